@@ -1,0 +1,8 @@
+"""fedscreen: privacy-preserving federated statistics for student mental-health screening."""
+
+from __future__ import annotations
+
+from fedscreen.errors import FedscreenError
+
+__all__ = ["FedscreenError", "__version__"]
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The ``fedscreen`` command: one module per subcommand group."""

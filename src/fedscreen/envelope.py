@@ -1,0 +1,182 @@
+"""DSSE v1 signed envelopes (https://github.com/secure-systems-lab/dsse, protocol.md).
+
+The payload of an :class:`Envelope` is deliberately not public: the only way to
+read it is :func:`verify_envelope`, which returns it after checking the payload
+type and a signature from a trusted key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from fedscreen.errors import VerificationError
+from fedscreen.signing import SigningKey, verify_signature
+
+ANSWER_V1 = "application/vnd.fedscreen.answer.v1+json"
+QUERY_V1 = "application/vnd.fedscreen.query.v1+json"
+RELEASE_V1 = "application/vnd.fedscreen.release.v1+json"
+LOG_ENTRY_V1 = "application/vnd.fedscreen.log-entry.v1+json"
+MANIFEST_V1 = "application/vnd.fedscreen.manifest.v1+json"
+
+# Bounds on what from_json accepts, so a hostile envelope cannot cost unbounded work.
+MAX_SIGNATURES = 16
+
+
+class MalformedEnvelope(VerificationError):
+    """An envelope's JSON is not a well-formed DSSE envelope."""
+
+
+class EnvelopeSignature(NamedTuple):
+    """One DSSE signature: the (unauthenticated) key id hint and the raw signature."""
+
+    keyid: str
+    sig: bytes
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE v1 pre-authentication encoding (protocol.md, "Signature definition").
+
+    ``PAE(type, body) = "DSSEv1" SP LEN(type) SP type SP LEN(body) SP body``,
+    with LEN the ASCII decimal byte length and ``type`` encoded as UTF-8.
+    """
+    t = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A DSSE envelope. Read the payload only through :func:`verify_envelope`."""
+
+    payload_type: str
+    _payload: bytes = field(repr=False)
+    signatures: tuple[EnvelopeSignature, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.payload_type, str) or not isinstance(self._payload, bytes):
+            raise TypeError("Envelope needs a str payload_type and a bytes payload")
+        if not all(isinstance(s, EnvelopeSignature) for s in self.signatures):
+            raise TypeError("Envelope signatures must be EnvelopeSignature tuples")
+
+    def to_json(self) -> str:
+        """Serialise per DSSE's JSON envelope (standard base64 for payload and sigs)."""
+        doc = {
+            "payload": _b64encode(self._payload),
+            "payloadType": self.payload_type,
+            "signatures": [{"keyid": s.keyid, "sig": _b64encode(s.sig)} for s in self.signatures],
+        }
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> Envelope:
+        """Parse a DSSE JSON envelope strictly; raise MalformedEnvelope if anything is off.
+
+        Exactly the fields ``payload``, ``payloadType`` and ``signatures`` (each
+        signature exactly ``keyid`` and ``sig``), no duplicate keys, canonical
+        standard base64 (DSSE also allows URL-safe; fedscreen only writes standard).
+        """
+        try:
+            doc = json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        except (ValueError, RecursionError) as e:
+            raise MalformedEnvelope(f"envelope is not valid JSON: {e}") from None
+        fields = _exact_object(doc, {"payload", "payloadType", "signatures"}, "envelope")
+        payload_type = fields["payloadType"]
+        if not isinstance(payload_type, str) or not payload_type:
+            raise MalformedEnvelope("envelope payloadType must be a non-empty string")
+        payload = _b64decode(fields["payload"], "payload")
+        sigs = fields["signatures"]
+        if not isinstance(sigs, list) or not sigs:
+            raise MalformedEnvelope("envelope signatures must be a non-empty list")
+        if len(sigs) > MAX_SIGNATURES:
+            raise MalformedEnvelope(f"envelope has more than {MAX_SIGNATURES} signatures")
+        parsed = []
+        for raw in sigs:
+            sig_fields = _exact_object(raw, {"keyid", "sig"}, "signature")
+            keyid = sig_fields["keyid"]
+            if not isinstance(keyid, str):
+                raise MalformedEnvelope("signature keyid must be a string")
+            parsed.append(EnvelopeSignature(keyid, _b64decode(sig_fields["sig"], "sig")))
+        return cls(payload_type, payload, tuple(parsed))
+
+
+def sign_envelope(*, payload_type: str, payload: bytes, key: SigningKey) -> Envelope:
+    """Sign ``payload`` as ``payload_type`` (DSSE protocol.md, "Protocol" step Sign)."""
+    if not payload_type:
+        raise ValueError("payload_type must be non-empty")
+    sig = key.sign(pae(payload_type, payload))
+    return Envelope(payload_type, payload, (EnvelopeSignature(key.key_id, sig),))
+
+
+def verify_envelope(
+    envelope: Envelope, *, expected_payload_type: str, trusted_keys: Mapping[str, bytes]
+) -> bytes:
+    """Return the payload once the type matches and a trusted key's signature verifies.
+
+    ``trusted_keys`` maps key id to raw Ed25519 public key. Signatures whose key id
+    is not trusted are ignored (DSSE: keyid is only a hint); a signature under a
+    trusted key id that fails to verify rejects the whole envelope.
+    """
+    if envelope.payload_type != expected_payload_type:
+        raise VerificationError(
+            f"envelope payload type is {envelope.payload_type!r}, "
+            f"expected {expected_payload_type!r}"
+        )
+    # DSSE protocol.md "Verify": signatures are over PAE(payloadType, payload).
+    message = pae(envelope.payload_type, envelope._payload)
+    verified = False
+    for sig in envelope.signatures:
+        public_key = trusted_keys.get(sig.keyid)
+        if public_key is None:
+            continue
+        try:
+            verify_signature(public_key, message, sig.sig)
+        except VerificationError:
+            raise VerificationError(
+                f"envelope signature by key {sig.keyid} does not verify"
+            ) from None
+        verified = True
+    if not verified:
+        raise VerificationError("envelope has no signature from a trusted key")
+    return envelope._payload
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _b64decode(value: object, what: str) -> bytes:
+    """Decode canonical standard base64 (RFC 4648 §4), rejecting anything else."""
+    if not isinstance(value, str):
+        raise MalformedEnvelope(f"{what} must be a base64 string")
+    try:
+        raw = base64.b64decode(value.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error):
+        raise MalformedEnvelope(f"{what} is not valid base64") from None
+    if _b64encode(raw) != value:  # non-zero pad bits or missing padding
+        raise MalformedEnvelope(f"{what} is not canonical base64")
+    return raw
+
+
+def _exact_object(value: object, keys: set[str], what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise MalformedEnvelope(f"{what} must be a JSON object")
+    if set(value) != keys:
+        raise MalformedEnvelope(f"{what} must have exactly the fields {sorted(keys)}")
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")

@@ -1,0 +1,1 @@
+"""The county node: home, store, ingest and (later) the query engine and servicer."""

@@ -1,0 +1,131 @@
+"""A node's home directory: its config, database and secret.
+
+::
+
+    HOME/
+      node.toml      config (id, name, county, limits)
+      node.db        SQLite database (WAL) — raw records stay here
+      secret.key     32 random bytes, 0600: the HMAC key for student numbers
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import tomllib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+from fedscreen.errors import ConfigError
+from fedscreen.node import store
+
+CONFIG_FILE: Final = "node.toml"
+DATABASE_FILE: Final = "node.db"
+SECRET_FILE: Final = "secret.key"  # noqa: S105 - a file name, not a secret
+SECRET_BYTES: Final = 32
+NODE_ID_PATTERN: Final = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{1,31}")
+#: problems listed for a rejected file before the rest are only counted
+DEFAULT_MAX_PROBLEMS: Final = 50
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """A node's resolved configuration."""
+
+    home: Path
+    node_id: str
+    name: str
+    #: rows of a screening export must carry this county code
+    county_code: str
+    max_problems: int = DEFAULT_MAX_PROBLEMS
+
+    @property
+    def database(self) -> Path:
+        """The node's SQLite database file."""
+        return self.home / DATABASE_FILE
+
+    def secret(self) -> bytes:
+        """The node secret (HMAC key for student numbers)."""
+        path = self.home / SECRET_FILE
+        data = path.read_bytes()
+        if len(data) != SECRET_BYTES:
+            raise ConfigError(f"{path}: node secret must be {SECRET_BYTES} bytes")
+        return data
+
+
+def _toml_str(value: str) -> str:
+    # JSON string escapes are a subset of TOML basic-string escapes
+    return json.dumps(value, ensure_ascii=False)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Create ``path`` with mode 0600 and write ``data``; refuse to overwrite."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def init_home(home: Path, *, node_id: str, name: str, county_code: str | None = None) -> NodeConfig:
+    """Create a node home; refuses a directory that already holds a node."""
+    if not NODE_ID_PATTERN.fullmatch(node_id):
+        raise ConfigError(f"node id {node_id!r}: use 2-32 letters, digits, '_' or '-'")
+    county = county_code or node_id
+    if not re.fullmatch(r"\d{6}", county):
+        raise ConfigError(f"county code {county!r}: six digits (GB/T 2260), e.g. 130102")
+    if home.exists() and any(home.iterdir()):
+        raise ConfigError(f"{home} is not empty; refusing to overwrite an existing home")
+    home.mkdir(parents=True, exist_ok=True)
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    config_text = (
+        "# fedscreen node configuration\n"
+        "[node]\n"
+        f"id = {_toml_str(node_id)}\n"
+        f"name = {_toml_str(name)}\n"
+        f"county_code = {_toml_str(county)}\n"
+        f"created = {_toml_str(created)}\n\n"
+        "[ingest]\n"
+        "# problems listed for a rejected file before the rest are only counted\n"
+        f"max_problems = {DEFAULT_MAX_PROBLEMS}\n"
+    )
+    write_private(home / SECRET_FILE, secrets.token_bytes(SECRET_BYTES))
+    conn = store.connect(home / DATABASE_FILE)
+    try:
+        conn.execute("BEGIN")
+        store.create_schema(conn)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    # the config is written last: a home without it is recognisably unfinished
+    (home / CONFIG_FILE).write_text(config_text, encoding="utf-8")
+    return load_config(home)
+
+
+def load_config(home: Path) -> NodeConfig:
+    """Read and validate a node home's configuration."""
+    path = home / CONFIG_FILE
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{home} is not a node home (no {CONFIG_FILE}); run `fedscreen node init`"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    try:
+        node = data["node"]
+        max_problems = int(data.get("ingest", {}).get("max_problems", DEFAULT_MAX_PROBLEMS))
+        return NodeConfig(
+            home=home,
+            node_id=str(node["id"]),
+            name=str(node["name"]),
+            county_code=str(node["county_code"]),
+            max_problems=max_problems,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: missing or bad setting {exc}") from None

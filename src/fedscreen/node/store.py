@@ -1,0 +1,205 @@
+"""The node's SQLite database: connection settings and schema.
+
+Tables:
+
+``screening``
+    every loaded screening row, without direct identifiers; ``student_key`` is an
+    HMAC of the student number under the node secret, so a student can be followed
+    across files and years inside the node and nowhere else. ``bounded`` marks the
+    rows of the contribution-bounded view (see below).
+``school`` / ``school_grade``
+    the school tables: staffing per school, enrolment and eligibility per grade.
+``ingest_batch``
+    one row per loaded file: digest, rows, schools, year, time, what it replaced.
+``meta``
+    key/value facts such as the data version, bumped by every load.
+
+**The unit of privacy** is one student in one academic year. The view
+``screenings`` holds at most one row per student per academic year — the
+student's latest screening that year (a screened row beats an absent or refused
+one; then the later screening date; then the later load) — and that row carries
+every instrument's result from that screening. One student therefore changes
+any count over the view by at most one, and a query never needs a join (a
+comorbidity is two columns of one row). The ``bounded`` flag is maintained at
+load time, so queries read stored rows instead of ranking them per query.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Final
+
+import sqlite_utils
+
+from fedscreen.instruments import instruments
+
+#: seconds a writer waits for another writer (a large ingest holds the lock for a while)
+BUSY_TIMEOUT_S: Final = 600
+#: page cache per connection, KiB: random student keys make index inserts cache-hungry
+CACHE_KIB: Final = 131_072
+
+SCREENING_BASE_COLUMNS: Final[dict[str, type]] = {
+    "id": int,
+    "batch_id": int,
+    "student_key": bytes,
+    "academic_year": str,
+    "county_code": str,
+    "school_id": str,
+    "school_type": str,
+    "location": str,
+    "grade": str,
+    "grade_band": str,
+    "class_id": str,
+    "sex": str,
+    "age_band": str,
+    "boarding": int,
+    "left_behind": int,
+    "single_parent": int,
+    "economic_hardship": int,
+    "participation": str,
+    "screened": int,
+    "screening_date": str,
+    "mode": str,
+    "consent": int,
+}
+RISK_COLUMNS: Final = (
+    "risk_academic",
+    "risk_employment",
+    "risk_economic",
+    "risk_emotional",
+    "risk_family",
+    "risk_bullying",
+    "risk_other",
+)
+FOLLOWUP_COLUMNS: Final[dict[str, type]] = {
+    "warning_level": str,
+    "warning_status": str,
+    "interview_done": int,
+    "interview_days": int,
+    "referred": int,
+    "referral_visited": int,
+    "plan_status": str,
+    "followups_scheduled": int,
+    "followups_done": int,
+}
+
+
+def instrument_columns() -> dict[str, type]:
+    """Stored result columns of every packaged instrument, derived from its definition."""
+    columns: dict[str, type] = {}
+    for code, inst in instruments().items():
+        columns[f"{code}_total"] = int
+        columns[f"{code}_band"] = str
+        columns[f"{code}_valid"] = int
+        for flag in inst.flag_names:
+            columns[f"{code}_{flag}"] = int
+    return columns
+
+
+def screening_columns() -> dict[str, type]:
+    """All stored columns of ``screening``, in table order (``bounded`` last)."""
+    return {
+        **SCREENING_BASE_COLUMNS,
+        **instrument_columns(),
+        **dict.fromkeys(RISK_COLUMNS, int),
+        **FOLLOWUP_COLUMNS,
+        "bounded": int,
+    }
+
+
+#: columns of the view ``screenings`` (everything but keys and batch bookkeeping)
+def view_columns() -> list[str]:
+    """Columns of the contribution-bounded view ``screenings``."""
+    hidden = {"id", "batch_id", "student_key", "bounded", "class_id", "screening_date"}
+    return [c for c in screening_columns() if c not in hidden]
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open the node database with the settings every process must use.
+
+    WAL lets readers run beside one writer; ``synchronous=FULL`` makes a commit
+    durable once it returns, so a budget charge survives a power cut.
+    ``isolation_level=None`` leaves transactions to explicit BEGIN/COMMIT.
+    """
+    # check_same_thread=False: ingest hands the connection to one writer thread at a time
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+    )
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+    return conn
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create every table, index and view of a new node database."""
+    db = sqlite_utils.Database(conn)
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+    db.table("meta").insert({"key": "data_version", "value": "0"})
+    db.table("ingest_batch").create(
+        {
+            "batch_id": int,
+            "kind": str,
+            "file_name": str,
+            "digest": str,
+            "rows": int,
+            "academic_year": str,
+            "schools": str,
+            "loaded_at": str,
+            "replaced": str,
+            "replaced_by": int,
+        },
+        pk="batch_id",
+        not_null={"kind", "file_name", "digest", "rows", "academic_year", "loaded_at"},
+    )
+    db.table("ingest_batch").create_index(["digest"])
+    db.table("screening").create(
+        screening_columns(),
+        pk="id",
+        not_null={"batch_id", "student_key", "academic_year", "school_id", "bounded"},
+        foreign_keys=[("batch_id", "ingest_batch", "batch_id")],
+    )
+    db.table("screening").create_index(["academic_year", "student_key"])
+    db.table("screening").create_index(["academic_year", "school_id"])
+    db.table("school").create(
+        {
+            "academic_year": str,
+            "school_id": str,
+            "school_name": str,
+            "county_code": str,
+            "school_type": str,
+            "location": str,
+            "ft_teachers": int,
+            "pt_teachers": int,
+            "counselling_room": int,
+            "batch_id": int,
+        },
+        pk=("academic_year", "school_id"),
+        foreign_keys=[("batch_id", "ingest_batch", "batch_id")],
+    )
+    db.table("school_grade").create(
+        {
+            "academic_year": str,
+            "school_id": str,
+            "grade": str,
+            "grade_band": str,
+            "enrolled_male": int,
+            "enrolled_female": int,
+            "eligible": int,
+            "batch_id": int,
+        },
+        pk=("academic_year", "school_id", "grade"),
+        foreign_keys=[("batch_id", "ingest_batch", "batch_id")],
+    )
+    conn.execute(
+        f"CREATE VIEW screenings AS SELECT {', '.join(view_columns())} "
+        "FROM screening WHERE bounded = 1"
+    )
+
+
+def data_version(conn: sqlite3.Connection) -> int:
+    """The current data version; every committed load increments it."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'data_version'").fetchone()
+    return int(row[0])

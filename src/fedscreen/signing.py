@@ -1,0 +1,167 @@
+"""Ed25519 signing keys and signature verification (RFC 8032), via PyNaCl/libsodium.
+
+The private key never leaves this module except as the file written by
+:meth:`SigningKey.save`; ``repr`` shows only the public key id.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import NoReturn
+
+import nacl.exceptions
+import nacl.signing
+import nacl.utils
+
+from fedscreen.errors import ConfigError, VerificationError
+
+PUBLIC_KEY_SIZE = 32
+SIGNATURE_SIZE = 64
+SEED_SIZE = 32
+
+# RFC 8032 §5.1: L, the order of the prime-order subgroup of edwards25519.
+_GROUP_ORDER = 2**252 + 27742317777372353535851937790883648493
+
+# Private key file: this header line, then the base64 seed, then a newline.
+_FILE_HEADER = b"fedscreen-ed25519-private-key-v1\n"
+_MAX_FILE_SIZE = 4096
+
+
+def public_key_id(public_key: bytes) -> str:
+    """Return the stable key id: first 16 hex digits of SHA-256(raw 32-byte public key)."""
+    if len(public_key) != PUBLIC_KEY_SIZE:
+        raise ValueError(f"an Ed25519 public key is {PUBLIC_KEY_SIZE} bytes")
+    return hashlib.sha256(public_key).hexdigest()[:16]
+
+
+class SigningKey:
+    """An Ed25519 private key; its ``repr`` shows only the key id."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, seed: bytes) -> None:
+        """Wrap a 32-byte RFC 8032 private key (the seed)."""
+        if not isinstance(seed, bytes) or len(seed) != SEED_SIZE:
+            raise ValueError(f"an Ed25519 private key seed is {SEED_SIZE} bytes")
+        self._key = nacl.signing.SigningKey(seed)
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        """Make a new key from libsodium's CSPRNG."""
+        return cls(nacl.utils.random(SEED_SIZE))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, check_permissions: bool = True) -> SigningKey:
+        """Read a key written by :meth:`save`.
+
+        With ``check_permissions`` (the default) a file that group or others
+        may access is refused, as ssh does.
+        """
+        p = Path(path)
+        try:
+            with p.open("rb") as f:
+                mode = os.fstat(f.fileno()).st_mode
+                data = f.read(_MAX_FILE_SIZE + 1)
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read private key: {e.strerror}") from None
+        if check_permissions and os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"{p}: private key is accessible by group or others "
+                f"(mode {stat.S_IMODE(mode):o}); run chmod 600 on it"
+            )
+        seed = _decode_key_file(data)
+        if seed is None:
+            raise ConfigError(f"{p}: not a fedscreen Ed25519 private key file")
+        return cls(seed)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the key to a new file with mode 0600; an existing file is never replaced."""
+        p = Path(path)
+        data = _FILE_HEADER + base64.b64encode(self._key.encode()) + b"\n"
+        # O_EXCL: creation fails if anything (even a dangling symlink) is at the path,
+        # and the file never exists with wider permissions than 0600.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(p, flags, 0o600)
+        except FileExistsError:
+            raise ConfigError(f"{p}: already exists; refusing to overwrite a key") from None
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot create private key file: {e.strerror}") from None
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            p.unlink(missing_ok=True)
+            raise
+        _fsync_dir(p.parent)
+
+    @property
+    def public_key(self) -> bytes:
+        """The raw 32-byte public key."""
+        return bytes(self._key.verify_key)
+
+    @property
+    def key_id(self) -> str:
+        """See :func:`public_key_id`."""
+        return public_key_id(self.public_key)
+
+    def sign(self, message: bytes) -> bytes:
+        """Return the 64-byte detached Ed25519 signature of ``message``."""
+        return bytes(self._key.sign(message).signature)
+
+    def __repr__(self) -> str:
+        return f"<SigningKey key_id={self.key_id}>"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("SigningKey cannot be pickled; use save()")
+
+
+def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> None:
+    """Check an Ed25519 signature (RFC 8032 §5.1.7); raise VerificationError if it is bad."""
+    if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_SIZE:
+        raise VerificationError(f"an Ed25519 public key is {PUBLIC_KEY_SIZE} bytes")
+    if not isinstance(signature, bytes) or len(signature) != SIGNATURE_SIZE:
+        raise VerificationError(f"an Ed25519 signature is {SIGNATURE_SIZE} bytes")
+    # RFC 8032 §5.1.7 step 1: S must satisfy 0 <= S < L. libsodium already rejects a
+    # non-canonical S (all Wycheproof cases pass without this line); the explicit check
+    # keeps signatures non-malleable even with a libsodium built in compatibility mode.
+    if int.from_bytes(signature[32:], "little") >= _GROUP_ORDER:
+        raise VerificationError("Ed25519 signature has a non-canonical S")
+    try:
+        nacl.signing.VerifyKey(public_key).verify(message, signature)
+    except (nacl.exceptions.BadSignatureError, ValueError):
+        raise VerificationError("Ed25519 signature does not verify") from None
+
+
+def _decode_key_file(data: bytes) -> bytes | None:
+    if len(data) > _MAX_FILE_SIZE or not data.startswith(_FILE_HEADER):
+        return None
+    body = data[len(_FILE_HEADER) :]
+    if not body.endswith(b"\n"):
+        return None
+    try:
+        seed = base64.b64decode(body[:-1], validate=True)
+    except binascii.Error:
+        return None
+    return seed if len(seed) == SEED_SIZE else None
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the new directory entry durable; best effort where unsupported."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
