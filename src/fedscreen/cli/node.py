@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from fedscreen.cli.output import Progress, table
-from fedscreen.node import store
+from fedscreen.node import ledger, store
+from fedscreen.node.engine import QueryRequest, answer_query
 from fedscreen.node.home import init_home, load_config
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.node.reader import ENCODINGS
@@ -40,6 +43,27 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     status = node_sub.add_parser("status", help="what the node holds (aggregate counts only)")
     status.add_argument("--home", type=Path, required=True)
     status.set_defaults(func=run_status)
+
+    query = node_sub.add_parser(
+        "query",
+        help="answer a query locally with differential privacy (charges the budget)",
+        description="SELECT <group columns>, COUNT(*) | SUM(col) | AVG(col) | RATE(<condition>) | "
+        "QUANTILE(col, q) | HISTOGRAM(col) FROM screenings [WHERE ...] [GROUP BY ...]",
+    )
+    query.add_argument("--home", type=Path, required=True)
+    query.add_argument("--analyst", required=True, help="who is asking (charged to their share)")
+    cost = query.add_mutually_exclusive_group(required=True)
+    cost.add_argument("--epsilon", type=float, help="privacy cost ε of this query")
+    cost.add_argument("--accuracy", type=float, help="95%% half-width wanted per noisy count")
+    query.add_argument("--format", choices=("table", "json"), default="table")
+    query.add_argument("sql", help="the query")
+    query.set_defaults(func=run_query)
+
+    budget = node_sub.add_parser(
+        "budget", help="privacy budget spent and left, per year and analyst"
+    )
+    budget.add_argument("--home", type=Path, required=True)
+    budget.set_defaults(func=run_budget)
 
 
 def run_init(args: argparse.Namespace) -> int:
@@ -85,6 +109,97 @@ def run_status(args: argparse.Namespace) -> int:
         f"data version {status.data_version}\n"
     )
     print_status(status)
+    return 0
+
+
+def run_query(args: argparse.Namespace) -> int:
+    """``fedscreen node query``."""
+    config = load_config(args.home)
+    policy = config.policy()
+    request = QueryRequest(
+        analyst=args.analyst,
+        spec=None,
+        epsilon=args.epsilon,
+        accuracy=args.accuracy,
+        text=args.sql,
+    )
+    conn = store.connect(config.database)
+    try:
+        answer = answer_query(config, policy, request, conn=conn)
+        spent = ledger.spent(conn, answer.body["query"]["years"][0], args.analyst)
+    finally:
+        conn.close()
+    if args.format == "json":
+        print(json.dumps({**answer.body, "cached": answer.cached}, ensure_ascii=False, indent=2))
+        return 0
+    print_answer(answer.body)
+    charged = (
+        "nothing (the same query was answered before)"
+        if answer.cached
+        else (f"ε={answer.body['epsilon']:g}")
+    )
+    left = policy.limits.epsilon_per_node_per_year - ledger.from_micro(spent.node_micro)
+    print(f"\ncharged {charged}; the node has ε={left:g} left for {spent.year}")
+    return 0
+
+
+def print_answer(body: dict[str, Any]) -> None:
+    """Print an answer's cells as a table."""
+    query = body["query"]
+    groups = query["group_by"]
+    print(
+        f"{query['measure']['kind']} over {query['dataset']} {', '.join(query['years'])}; "
+        f"mechanism {body['mechanism']}; 95% intervals"
+    )
+    rows = [
+        [
+            *cell["group"],
+            cell.get("display", cell["value"]),
+            "" if cell.get("lower") is None else f"[{_num(cell['lower'])}, {_num(cell['upper'])}]",
+        ]
+        for cell in body["cells"]
+    ]
+    table([*groups, "value", "95% interval"], rows)
+
+
+def _num(value: float) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def run_budget(args: argparse.Namespace) -> int:
+    """``fedscreen node budget``."""
+    config = load_config(args.home)
+    limits = config.policy().limits
+    conn = store.connect(config.database)
+    try:
+        spent = ledger.budget_table(conn)
+    finally:
+        conn.close()
+    years: dict[str, int] = {}
+    for year, _, micro in spent:
+        years[year] = years.get(year, 0) + micro
+    rows: list[list[object]] = []
+    for year, total in years.items():
+        rows.append(
+            [
+                year,
+                "(node total)",
+                f"{ledger.from_micro(total):g}",
+                f"{limits.epsilon_per_node_per_year - ledger.from_micro(total):g}",
+            ]
+        )
+        for y, analyst, micro in spent:
+            if y == year:
+                left = min(
+                    limits.analyst_budget(analyst) - ledger.from_micro(micro),
+                    limits.epsilon_per_node_per_year - ledger.from_micro(total),
+                )
+                rows.append([year, analyst, f"{ledger.from_micro(micro):g}", f"{left:g}"])
+    print(
+        f"node {config.node_id}: ε {limits.epsilon_per_node_per_year:g} per academic year, "
+        f"analysts {limits.analyst_share:g} of it unless named in the policy"
+    )
+    table(["year", "analyst", "ε spent", "ε left"], rows)
     return 0
 
 

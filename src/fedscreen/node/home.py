@@ -22,6 +22,8 @@ from typing import Final
 
 from fedscreen.errors import ConfigError
 from fedscreen.node import store
+from fedscreen.policy import Policy, county_policy_path, default_policy_dir, load_node_policy
+from fedscreen.policy.default import PROVINCE_FILE
 
 CONFIG_FILE: Final = "node.toml"
 DATABASE_FILE: Final = "node.db"
@@ -42,11 +44,27 @@ class NodeConfig:
     #: rows of a screening export must carry this county code
     county_code: str
     max_problems: int = DEFAULT_MAX_PROBLEMS
+    #: the provincial catalogue; None: the source tree's policies/province.toml
+    province_policy: Path | None = None
+    #: this county's stricter document; None: policies/counties/<county>.toml if present
+    county_policy: Path | None = None
 
     @property
     def database(self) -> Path:
         """The node's SQLite database file."""
         return self.home / DATABASE_FILE
+
+    def policy(self) -> Policy:
+        """The merged policy this node enforces (catalogue ∩ county document)."""
+        province = self.province_policy
+        county = self.county_policy
+        if province is None:
+            directory = default_policy_dir()
+            province = directory / PROVINCE_FILE
+            if county is None:
+                candidate = county_policy_path(directory, self.county_code)
+                county = candidate if candidate.is_file() else None
+        return load_node_policy(province, county)
 
     def secret(self) -> bytes:
         """The node secret (HMAC key for student numbers)."""
@@ -89,6 +107,9 @@ def init_home(home: Path, *, node_id: str, name: str, county_code: str | None = 
         f"name = {_toml_str(name)}\n"
         f"county_code = {_toml_str(county)}\n"
         f"created = {_toml_str(created)}\n\n"
+        "[policy]\n"
+        '# province = "/etc/fedscreen/province.toml"   # default: the source tree\'s policies/\n'
+        '# county = "/etc/fedscreen/130102.toml"  # default: policies/counties/<county>.toml\n\n'
         "[ingest]\n"
         "# problems listed for a rejected file before the rest are only counted\n"
         f"max_problems = {DEFAULT_MAX_PROBLEMS}\n"
@@ -106,6 +127,11 @@ def init_home(home: Path, *, node_id: str, name: str, county_code: str | None = 
     return load_config(home)
 
 
+def _path(home: Path, value: object) -> Path | None:
+    """A configured path; relative paths are relative to the home."""
+    return None if value is None else home / str(value)
+
+
 def load_config(home: Path) -> NodeConfig:
     """Read and validate a node home's configuration."""
     path = home / CONFIG_FILE
@@ -120,12 +146,15 @@ def load_config(home: Path) -> NodeConfig:
     try:
         node = data["node"]
         max_problems = int(data.get("ingest", {}).get("max_problems", DEFAULT_MAX_PROBLEMS))
+        policy = data.get("policy", {})
         return NodeConfig(
             home=home,
             node_id=str(node["id"]),
             name=str(node["name"]),
             county_code=str(node["county_code"]),
             max_problems=max_problems,
+            province_policy=_path(home, policy.get("province")),
+            county_policy=_path(home, policy.get("county")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: missing or bad setting {exc}") from None

@@ -33,6 +33,7 @@ from typing import Final
 import sqlite_utils
 
 from fedscreen.instruments import instruments
+from fedscreen.node import ledger
 
 #: seconds a writer waits for another writer (a large ingest holds the lock for a while)
 BUSY_TIMEOUT_S: Final = 600
@@ -193,9 +194,19 @@ def create_schema(conn: sqlite3.Connection) -> None:
         pk=("academic_year", "school_id", "grade"),
         foreign_keys=[("batch_id", "ingest_batch", "batch_id")],
     )
+    for statement in ledger.SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
     conn.execute(
         f"CREATE VIEW screenings AS SELECT {', '.join(view_columns())} "
         "FROM screening WHERE bounded = 1"
+    )
+    # the school tables are not personal: a policy may declare this view public
+    conn.execute(
+        "CREATE VIEW school_grades AS SELECT g.academic_year, g.school_id, s.school_type, "
+        "s.location, g.grade, g.grade_band, g.enrolled_male, g.enrolled_female, g.eligible, "
+        "s.ft_teachers, s.pt_teachers, s.counselling_room "
+        "FROM school_grade AS g JOIN school AS s USING (academic_year, school_id)"
     )
 
 

@@ -1,0 +1,333 @@
+"""The node's query engine: policy, SQL, OpenDP noise and the ledger, in one transaction.
+
+``answer_query`` runs, for one request::
+
+    compile against the merged policy  ──refused──▶ record refusal, raise
+    BEGIN IMMEDIATE
+      identical query answered before?  ──yes──▶ return the stored answer (no cost)
+      budget left for every year read?  ──no───▶ rollback, record refusal, raise
+      aggregate in SQLite, add OpenDP noise
+      store the answer and charge the ledger
+    COMMIT                              ──then──▶ return the answer
+
+so an answer can only leave after its charge is durable, and a crash anywhere
+before COMMIT leaves neither charge nor answer. Repeating a question (same
+canonical spec, ε, data version and policy) returns the same noisy answer, so
+averaging repeated answers teaches nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from fedscreen.errors import QueryRefused
+from fedscreen.node import ledger, store
+from fedscreen.node.home import NodeConfig
+from fedscreen.policy import Policy
+from fedscreen.policy import digest as policy_digest
+from fedscreen.query import mechanisms
+from fedscreen.query.compile import Plan, compile_query
+from fedscreen.query.spec import QuerySpec, canonical_json
+from fedscreen.query.sqlparse import parse_sql
+
+ANSWER_VERSION: Final = 1
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    """One analyst's question: the spec (or SQL text) and either ε or a target accuracy."""
+
+    analyst: str
+    #: the typed query; None to parse ``text`` (a parse failure is then a recorded refusal)
+    spec: QuerySpec | None
+    epsilon: float | None = None
+    #: half-width of the 95% interval wanted for each noisy count or sum
+    accuracy: float | None = None
+    #: the SQL the analyst wrote, kept in refusal records
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer as stored and released; ``cached`` if it was answered before."""
+
+    answer_id: int
+    body: dict[str, Any]
+    cached: bool
+
+    def to_bytes(self) -> bytes:
+        """The canonical bytes of the answer body (what gets signed and logged)."""
+        return canonical_json(self.body)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def latest_year(conn: sqlite3.Connection) -> str | None:
+    """The most recent academic year with loaded screenings."""
+    row = conn.execute(
+        "SELECT MAX(academic_year) FROM ingest_batch WHERE kind = 'screening' AND rows > 0"
+    ).fetchone()
+    return str(row[0]) if row and row[0] else None
+
+
+def request_epsilon(request: QueryRequest, plan: Plan, policy: Policy) -> float:
+    """The ε this request spends; refuses a missing, invalid or too expensive one."""
+    if plan.dataset.public:
+        return 0.0
+    if (request.epsilon is None) == (request.accuracy is None):
+        raise QueryRefused("give exactly one of epsilon or accuracy")
+    kind = plan.spec.measure.kind
+    if request.epsilon is not None:
+        epsilon = request.epsilon
+        if not 0 < epsilon < float("inf"):
+            raise QueryRefused("epsilon must be a positive number")
+    else:
+        accuracy = request.accuracy
+        assert accuracy is not None
+        if kind == "quantile":
+            raise QueryRefused("give epsilon, not accuracy, for a quantile")
+        if not 0 < accuracy < float("inf"):
+            raise QueryRefused("accuracy must be a positive number")
+        # mean and rate: the accuracy is that of each noisy component; two components
+        parts = 2 if kind in ("mean", "rate") else 1
+        epsilon = parts * mechanisms.epsilon_for_accuracy(accuracy=accuracy, sensitivity=1)
+        if kind == "sum":
+            epsilon = mechanisms.epsilon_for_accuracy(
+                accuracy=accuracy, sensitivity=plan.sensitivity
+            )
+    cap = policy.limits.max_epsilon_per_query
+    if epsilon > cap:
+        raise QueryRefused(
+            f"this query would cost ε={epsilon:.4g}, above the per-query cap {cap:g}"
+        )
+    return epsilon
+
+
+def answer_query(
+    config: NodeConfig, policy: Policy, request: QueryRequest, *, conn: sqlite3.Connection
+) -> Answer:
+    """Answer one request (see the module docstring); raises QueryRefused with a reason."""
+    try:
+        spec = request.spec if request.spec is not None else parse_sql(request.text)
+        if not spec.years:
+            year = latest_year(conn)
+            if year is None:
+                raise QueryRefused("this node holds no screenings yet")
+            spec = QuerySpec(spec.dataset, spec.measure, spec.group_by, spec.where, (year,))
+        plan = compile_query(spec, policy)
+        epsilon = request_epsilon(request, plan, policy)
+        return _answer(config, policy, request.analyst, plan, epsilon, conn)
+    except QueryRefused as refusal:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
+        ledger.record_refusal(
+            conn,
+            analyst=request.analyst,
+            query=request.text or (request.spec.canonical().decode() if request.spec else ""),
+            reason=str(refusal),
+            at=_now(),
+        )
+        conn.execute("COMMIT")
+        raise
+
+
+def _answer(
+    config: NodeConfig,
+    policy: Policy,
+    analyst: str,
+    plan: Plan,
+    epsilon: float,
+    conn: sqlite3.Connection,
+) -> Answer:
+    digest = policy_digest(policy)
+    cost_micro = ledger.to_micro(epsilon)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = store.data_version(conn)
+        key_material = canonical_json(
+            [plan.spec.to_json(), cost_micro, version, digest, config.node_id]
+        )
+        cache_key = hashlib.sha256(key_material).hexdigest()
+        row = conn.execute(
+            "SELECT answer_id, answer FROM query_answer WHERE cache_key = ?", (cache_key,)
+        ).fetchone()
+        if row is not None:
+            conn.execute("COMMIT")
+            return Answer(int(row[0]), json.loads(row[1]), cached=True)
+        if not plan.dataset.public:
+            limits = policy.limits
+            for year in plan.spec.years:
+                ledger.check_budget(
+                    ledger.spent(conn, year, analyst),
+                    cost_micro=cost_micro,
+                    node_budget_micro=ledger.to_micro(limits.epsilon_per_node_per_year),
+                    analyst_budget_micro=ledger.to_micro(limits.analyst_budget(analyst)),
+                    analyst=analyst,
+                )
+        rows = conn.execute(plan.sql, plan.params).fetchall()
+        now = _now()
+        body = {
+            "version": ANSWER_VERSION,
+            "node_id": config.node_id,
+            "node_name": config.name,
+            "analyst": analyst,
+            "query": plan.spec.to_json(),
+            "epsilon": ledger.from_micro(cost_micro),
+            "unit_of_privacy": plan.dataset.unit,
+            "policy_digest": digest,
+            "data_version": version,
+            "answered_at": now,
+            "alpha": mechanisms.ALPHA,
+            "threshold": policy.limits.publication_threshold,
+            **release(plan, rows, epsilon, policy.limits.publication_threshold),
+        }
+        answer_id = conn.execute(
+            "INSERT INTO query_answer (cache_key, analyst, spec, epsilon_micro, policy_digest, "
+            "data_version, answer, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                cache_key,
+                analyst,
+                plan.spec.canonical().decode(),
+                cost_micro,
+                digest,
+                version,
+                canonical_json(body).decode(),
+                now,
+            ),
+        ).lastrowid
+        assert answer_id is not None
+        if cost_micro > 0:
+            ledger.charge(
+                conn,
+                years=plan.spec.years,
+                analyst=analyst,
+                cost_micro=cost_micro,
+                answer_id=answer_id,
+                at=now,
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return Answer(answer_id, body, cached=False)
+
+
+def _filled(plan: Plan, rows: list[tuple[Any, ...]]) -> list[list[int]]:
+    """Aggregates per cell in ``plan.cells`` order; cells with no rows are zeros."""
+    width = len(plan.spec.group_by)
+    found = {tuple(r[:width]): [int(v or 0) for v in r[width:]] for r in rows}
+    return [found.get(cell, [0] * plan.aggregates) for cell in plan.cells]
+
+
+def release(
+    plan: Plan, rows: list[tuple[Any, ...]], epsilon: float, threshold: int
+) -> dict[str, Any]:
+    """Noisy cells for the plan's measure (exact cells for a public dataset)."""
+    values = _filled(plan, rows)
+    kind = plan.spec.measure.kind
+    groups = [list(cell) for cell in plan.cells]
+    if plan.dataset.public:
+        return {
+            "mechanism": "none (public data)",
+            "cells": [
+                {"group": g, "value": v[0], **({"denominator": v[1]} if len(v) > 1 else {})}
+                for g, v in zip(groups, values, strict=True)
+            ],
+        }
+    if kind in ("count", "sum"):
+        noisy = mechanisms.laplace_vector(
+            [v[0] for v in values], epsilon=epsilon, sensitivity=plan.sensitivity
+        )
+        cells = [
+            _cell(g, value, noisy.scale, noisy.half_width, threshold if kind == "count" else None)
+            for g, value in zip(groups, noisy.values, strict=True)
+        ]
+        return {"mechanism": noisy.mechanism, "scale": noisy.scale, "cells": cells}
+    if kind in ("mean", "rate"):
+        # split ε: half for the numerator (sum or matching count), half for the count
+        numerator = mechanisms.laplace_vector(
+            [v[0] for v in values], epsilon=epsilon / 2, sensitivity=plan.sensitivity
+        )
+        denominator = mechanisms.laplace_vector(
+            [v[1] for v in values], epsilon=epsilon / 2, sensitivity=1
+        )
+        low, high = plan.bounds if kind == "mean" and plan.bounds else (0, 1)
+        cells = []
+        for g, num, den in zip(groups, numerator.values, denominator.values, strict=True):
+            cells.append(
+                {
+                    "group": g,
+                    **ratio(num, numerator.scale, den, denominator.scale, low, high, threshold),
+                    "numerator": {"value": num, "scale": numerator.scale},
+                    "denominator": {"value": den, "scale": denominator.scale},
+                }
+            )
+        return {"mechanism": "discrete_laplace ratio", "cells": cells}
+    assert kind == "quantile"
+    assert plan.spec.measure.q is not None
+    cells = []
+    per_cell = len(plan.candidates)
+    scale = 0.0
+    for g, v in zip(groups, values, strict=True):
+        below, above = v[0 : 2 * per_cell : 2], v[1 : 2 * per_cell : 2]
+        scores, sensitivity = mechanisms.quantile_scores(below, above, plan.spec.measure.q)
+        # cells are disjoint: each spends ε on its own rows (parallel composition)
+        index, scale = mechanisms.exponential_quantile(
+            scores, sensitivity=sensitivity, epsilon=epsilon
+        )
+        cells.append(
+            {"group": g, "value": plan.candidates[index], "display": str(plan.candidates[index])}
+        )
+    return {"mechanism": "exponential (report noisy max, Gumbel)", "scale": scale, "cells": cells}
+
+
+def _cell(
+    group: list[Any], value: int, scale: float, half: int, threshold: int | None
+) -> dict[str, Any]:
+    small = threshold is not None and value < threshold
+    return {
+        "group": group,
+        "value": value,
+        "lower": value - half,
+        "upper": value + half,
+        "display": f"< {threshold}" if small else str(value),
+        "suppressed": small,
+    }
+
+
+def ratio(
+    num: int, num_scale: float, den: int, den_scale: float, low: float, high: float, threshold: int
+) -> dict[str, Any]:
+    """A noisy ratio with a ≥95% interval (each part at 97.5%, union bound), clipped to bounds."""
+    if den < threshold:
+        return {
+            "value": None,
+            "lower": low,
+            "upper": high,
+            "display": f"< {threshold}",
+            "suppressed": True,
+        }
+    num_half = mechanisms.half_width(num_scale, alpha=mechanisms.ALPHA / 2)
+    den_half = mechanisms.half_width(den_scale, alpha=mechanisms.ALPHA / 2)
+    value = min(max(num / den, low), high)
+    lows = [(num - num_half) / (den + den_half)]
+    highs = [(num + num_half) / (den - den_half)] if den - den_half > 0 else [high]
+    if den - den_half > 0:
+        lows.append((num - num_half) / (den - den_half))
+        highs.append((num + num_half) / (den + den_half))
+    return {
+        "value": value,
+        "lower": min(max(min(lows), low), high),
+        "upper": min(max(max(highs), low), high),
+        "display": f"{value:.4g}",
+        "suppressed": False,
+    }

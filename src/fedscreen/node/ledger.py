@@ -1,0 +1,142 @@
+"""The node's privacy ledger: what every answer cost, per academic year and analyst.
+
+ε is stored in integer micro-units (1 µε = 10⁻⁶ ε), and a charge is rounded
+*up*, so sums are exact and the ledger never records less than was spent.
+Checking and charging happen inside the caller's ``BEGIN IMMEDIATE``
+transaction (one writer at a time across processes), and the answer is stored
+in the same transaction, so an answer exists only if its charge does.
+
+The decision itself (``check_budget``) takes numbers and returns or raises: no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from dataclasses import dataclass
+from typing import Final
+
+from fedscreen.errors import QueryRefused
+
+MICRO: Final = 1_000_000
+
+SCHEMA: Final = """
+CREATE TABLE query_answer (
+    answer_id INTEGER PRIMARY KEY,
+    cache_key TEXT NOT NULL UNIQUE,
+    analyst TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    epsilon_micro INTEGER NOT NULL CHECK (epsilon_micro >= 0),
+    policy_digest TEXT NOT NULL,
+    data_version INTEGER NOT NULL,
+    answer TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE ledger_charge (
+    charge_id INTEGER PRIMARY KEY,
+    academic_year TEXT NOT NULL,
+    analyst TEXT NOT NULL,
+    epsilon_micro INTEGER NOT NULL CHECK (epsilon_micro > 0),
+    answer_id INTEGER NOT NULL REFERENCES query_answer (answer_id),
+    charged_at TEXT NOT NULL
+);
+CREATE INDEX ledger_charge_year ON ledger_charge (academic_year, analyst);
+CREATE TABLE query_refusal (
+    refusal_id INTEGER PRIMARY KEY,
+    analyst TEXT NOT NULL,
+    query TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    refused_at TEXT NOT NULL
+);
+"""
+
+
+def to_micro(epsilon: float) -> int:
+    """ε in micro-units, rounded up (never undercharge)."""
+    return math.ceil(epsilon * MICRO - 1e-6)
+
+
+def from_micro(micro: int) -> float:
+    """Micro-units back to ε."""
+    return micro / MICRO
+
+
+@dataclass(frozen=True)
+class Spent:
+    """ε spent in one academic year: by the node in total and by one analyst."""
+
+    year: str
+    node_micro: int
+    analyst_micro: int
+
+
+def check_budget(
+    spent: Spent,
+    *,
+    cost_micro: int,
+    node_budget_micro: int,
+    analyst_budget_micro: int,
+    analyst: str,
+) -> None:
+    """Refuse a charge that would take the node or the analyst over the year's budget."""
+    node_left = node_budget_micro - spent.node_micro
+    analyst_left = analyst_budget_micro - spent.analyst_micro
+    if cost_micro > node_left:
+        raise QueryRefused(
+            f"budget: the node has ε={from_micro(max(node_left, 0)):g} left for {spent.year}; "
+            f"this query costs ε={from_micro(cost_micro):g}"
+        )
+    if cost_micro > analyst_left:
+        raise QueryRefused(
+            f"budget: analyst {analyst} has ε={from_micro(max(analyst_left, 0)):g} left for "
+            f"{spent.year}; this query costs ε={from_micro(cost_micro):g}"
+        )
+
+
+def spent(conn: sqlite3.Connection, year: str, analyst: str) -> Spent:
+    """ε spent so far in ``year``, by the node and by ``analyst``."""
+    node_total, analyst_total = conn.execute(
+        "SELECT COALESCE(SUM(epsilon_micro), 0), "
+        "COALESCE(SUM(CASE WHEN analyst = ? THEN epsilon_micro ELSE 0 END), 0) "
+        "FROM ledger_charge WHERE academic_year = ?",
+        (analyst, year),
+    ).fetchone()
+    return Spent(year, int(node_total), int(analyst_total))
+
+
+def charge(
+    conn: sqlite3.Connection,
+    *,
+    years: tuple[str, ...],
+    analyst: str,
+    cost_micro: int,
+    answer_id: int,
+    at: str,
+) -> None:
+    """Record the charge of one answer against every year it read."""
+    conn.executemany(
+        "INSERT INTO ledger_charge (academic_year, analyst, epsilon_micro, answer_id, charged_at) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [(year, analyst, cost_micro, answer_id, at) for year in years],
+    )
+
+
+def record_refusal(
+    conn: sqlite3.Connection, *, analyst: str, query: str, reason: str, at: str
+) -> None:
+    """Record a refused query (costs nothing). Runs in its own short transaction."""
+    conn.execute(
+        "INSERT INTO query_refusal (analyst, query, reason, refused_at) VALUES (?, ?, ?, ?)",
+        (analyst, query, reason, at),
+    )
+
+
+def budget_table(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
+    """(year, analyst, µε spent) for every year and analyst with charges."""
+    return [
+        (str(y), str(a), int(m))
+        for y, a, m in conn.execute(
+            "SELECT academic_year, analyst, SUM(epsilon_micro) FROM ledger_charge "
+            "GROUP BY academic_year, analyst ORDER BY academic_year, analyst"
+        )
+    ]

@@ -1,0 +1,65 @@
+"""Policy documents: the provincial catalogue, county overrides, their merge and digest.
+
+A node enforces ``load_node_policy(province, county)``: the catalogue intersected
+with its county's document, which may only tighten it; ``digest`` of that policy
+goes into every signed answer.
+"""
+
+from __future__ import annotations
+
+from fedscreen.policy.default import county_policy_path, default_policy_dir
+from fedscreen.policy.digest import canonical_json, digest
+from fedscreen.policy.load import (
+    load_node_policy,
+    load_override,
+    load_policy,
+    parse_override,
+    parse_policy,
+)
+from fedscreen.policy.merge import as_override, check_tightens, loosenings, merge
+from fedscreen.policy.model import (
+    CATEGORY_MEASURES,
+    NUMERIC_MEASURES,
+    CategoryRule,
+    ColumnOverride,
+    ColumnRule,
+    Dataset,
+    DatasetOverride,
+    Limits,
+    LimitsOverride,
+    Measure,
+    NumericRule,
+    Override,
+    Policy,
+    Value,
+)
+
+__all__ = [
+    "CATEGORY_MEASURES",
+    "NUMERIC_MEASURES",
+    "CategoryRule",
+    "ColumnOverride",
+    "ColumnRule",
+    "Dataset",
+    "DatasetOverride",
+    "Limits",
+    "LimitsOverride",
+    "Measure",
+    "NumericRule",
+    "Override",
+    "Policy",
+    "Value",
+    "as_override",
+    "canonical_json",
+    "check_tightens",
+    "county_policy_path",
+    "default_policy_dir",
+    "digest",
+    "load_node_policy",
+    "load_override",
+    "load_policy",
+    "loosenings",
+    "merge",
+    "parse_override",
+    "parse_policy",
+]

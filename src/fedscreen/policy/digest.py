@@ -1,0 +1,74 @@
+"""Canonical serialisation of a policy and its digest, carried by every signed answer.
+
+The canonical form is JSON (RFC 8259) with sorted keys, no insignificant whitespace,
+UTF-8, and numbers as Python writes them (epsilons and shares are always floats, so
+``1.0`` never meets ``1``). Sets (measures, withheld columns, override versions) are
+sorted; domains and candidates keep their catalogue order, which is the order groups
+are released in. It depends only on the policy's values, never on the layout of the
+TOML documents it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Final
+
+from fedscreen.policy.model import CategoryRule, ColumnRule, Dataset, Limits, Policy
+
+__all__ = ["FORMAT", "canonical_json", "digest"]
+
+#: names this serialisation; change it whenever the canonical form changes
+FORMAT: Final = "fedscreen-policy/1"
+
+
+def canonical_json(policy: Policy) -> bytes:
+    """The canonical JSON bytes of ``policy``."""
+    document = {
+        "format": FORMAT,
+        "version": policy.version,
+        "overrides": sorted(policy.overrides),
+        "limits": _limits(policy.limits),
+        "datasets": {name: _dataset(d) for name, d in policy.datasets.items()},
+    }
+    text = json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    return text.encode("utf-8")
+
+
+def digest(policy: Policy) -> str:
+    """``"sha256:"`` and the hex SHA-256 of the canonical JSON of ``policy``."""
+    return "sha256:" + hashlib.sha256(canonical_json(policy)).hexdigest()
+
+
+def _limits(limits: Limits) -> dict[str, object]:
+    return {
+        "max_epsilon_per_query": limits.max_epsilon_per_query,
+        "epsilon_per_node_per_year": limits.epsilon_per_node_per_year,
+        "analyst_share": limits.analyst_share,
+        "analysts": dict(limits.analysts),
+        "publication_threshold": limits.publication_threshold,
+        "max_groups": limits.max_groups,
+        "approval_above_epsilon": limits.approval_above_epsilon,
+    }
+
+
+def _dataset(dataset: Dataset) -> dict[str, object]:
+    return {
+        "public": dataset.public,
+        "period": dataset.period,
+        "unit": dataset.unit,
+        "withheld": sorted(dataset.withheld),
+        "columns": {name: _column(rule) for name, rule in dataset.columns.items()},
+    }
+
+
+def _column(rule: ColumnRule) -> dict[str, object]:
+    out: dict[str, object] = {"kind": rule.kind, "measures": sorted(rule.measures)}
+    if isinstance(rule, CategoryRule):
+        out["domain"] = list(rule.domain)
+    else:
+        out["bounds"] = list(rule.bounds)
+        out["candidates"] = list(rule.candidates)
+    return out

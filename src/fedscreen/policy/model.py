@@ -1,0 +1,167 @@
+"""Policy values: the provincial catalogue, a county's override, and what a node enforces.
+
+A :class:`Policy` is complete: every limit is set and every queryable column has its
+rule. An :class:`Override` (a county document) is partial: ``None`` or an absent entry
+means "as the province says". :func:`fedscreen.policy.merge` combines the two.
+
+Everything here is a plain frozen value; parsing and checking live in ``load``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import ClassVar, Final, TypeAlias
+
+
+class Measure(StrEnum):
+    """What a query may do with a column."""
+
+    GROUP = "group"  # GROUP BY it: needs a public domain, so groups never depend on data
+    FILTER = "filter"  # use it in WHERE / RATE(...) conditions
+    COUNT = "count"  # COUNT(column): rows where it is not NULL
+    SUM = "sum"  # clamped to the column's bounds; sensitivity = the larger |bound|
+    MEAN = "mean"  # noisy clamped sum / noisy count
+    QUANTILE = "quantile"  # exponential mechanism over the declared candidates
+
+
+CATEGORY_MEASURES: Final = frozenset({Measure.GROUP, Measure.FILTER, Measure.COUNT})
+NUMERIC_MEASURES: Final = frozenset(
+    {Measure.FILTER, Measure.COUNT, Measure.SUM, Measure.MEAN, Measure.QUANTILE}
+)
+
+#: a coded value of a category column: a code ("F", "junior") or a 0/1 flag
+Value: TypeAlias = str | int
+
+
+@dataclass(frozen=True)
+class CategoryRule:
+    """A column with a public, finite domain (codes, bands, 0/1 flags).
+
+    NULL (e.g. an instrument not taken) is never one of the values.
+    """
+
+    kind: ClassVar[str] = "category"
+
+    #: every value that may be released, in display order
+    domain: tuple[Value, ...]
+    measures: frozenset[Measure]
+
+
+@dataclass(frozen=True)
+class NumericRule:
+    """An integer column: values are clamped to ``bounds`` (inclusive) before any sum."""
+
+    kind: ClassVar[str] = "numeric"
+
+    bounds: tuple[int, int]
+    measures: frozenset[Measure]
+    #: quantile answers are chosen among these (strictly increasing, within bounds);
+    #: non-empty exactly when QUANTILE is allowed
+    candidates: tuple[int, ...] = ()
+
+
+ColumnRule: TypeAlias = CategoryRule | NumericRule
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One queryable table or view.
+
+    A dataset's columns are an allow-list: anything not in ``columns`` is refused.
+    ``withheld`` names view columns refused on purpose, so a refusal can say so.
+    A dataset whose ``period`` column is not filterable has no columns at all (a
+    merge may empty it): the node cannot charge a year's budget for it.
+    """
+
+    #: public data (no personal rows) is released exactly, without noise or budget
+    public: bool
+    #: the column naming the reporting period; each period has its own budget
+    period: str
+    #: the unit of privacy, stated in every answer; None for public data
+    unit: str | None
+    columns: Mapping[str, ColumnRule]
+    withheld: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Budgets and release limits, per node."""
+
+    max_epsilon_per_query: float
+    #: total ε per node per reporting period (sequential composition)
+    epsilon_per_node_per_year: float
+    #: fraction of the node's yearly budget one analyst may spend
+    analyst_share: float
+    #: cells with a noisy count below this are published as "< k"
+    publication_threshold: int
+    #: most cells one query may release
+    max_groups: int
+    #: per-analyst shares (analyst id -> fraction) replacing ``analyst_share``
+    analysts: Mapping[str, float] = field(default_factory=dict)
+    #: a query costing more than this ε waits for an operator's approval; None: never
+    approval_above_epsilon: float | None = None
+
+    def share_of(self, analyst: str) -> float:
+        """The fraction of the yearly budget ``analyst`` may spend."""
+        return self.analysts.get(analyst, self.analyst_share)
+
+    def analyst_budget(self, analyst: str) -> float:
+        """The ε ``analyst`` may spend per node per year."""
+        return self.share_of(analyst) * self.epsilon_per_node_per_year
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The complete policy a node enforces and states (by digest) in every answer."""
+
+    #: version of the provincial catalogue
+    version: str
+    limits: Limits
+    datasets: Mapping[str, Dataset]
+    #: versions of the county documents merged in
+    overrides: frozenset[str] = frozenset()
+
+
+# --- a county's override: every field optional, it can only narrow ---------------------
+
+
+@dataclass(frozen=True)
+class ColumnOverride:
+    """Narrowings of one column; ``None`` keeps the province's."""
+
+    measures: frozenset[Measure] | None = None
+    domain: tuple[Value, ...] | None = None
+    bounds: tuple[int, int] | None = None
+    candidates: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class DatasetOverride:
+    """Narrowings of one dataset: columns to withhold and per-column narrowings."""
+
+    withheld: frozenset[str] = frozenset()
+    columns: Mapping[str, ColumnOverride] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LimitsOverride:
+    """Lower caps and budgets, a higher threshold; ``None`` keeps the province's."""
+
+    max_epsilon_per_query: float | None = None
+    epsilon_per_node_per_year: float | None = None
+    analyst_share: float | None = None
+    publication_threshold: int | None = None
+    max_groups: int | None = None
+    analysts: Mapping[str, float] = field(default_factory=dict)
+    approval_above_epsilon: float | None = None
+
+
+@dataclass(frozen=True)
+class Override:
+    """A county policy document: the same schema as the catalogue, every field optional."""
+
+    version: str | None = None
+    limits: LimitsOverride = field(default_factory=LimitsOverride)
+    datasets: Mapping[str, DatasetOverride] = field(default_factory=dict)

@@ -1,0 +1,166 @@
+"""Check a query against the policy and compile it to parameterised SQL.
+
+The SQL text is assembled only from names the policy lists (checked against
+an identifier pattern as well) and fixed keywords; every value travels as a
+parameter. Cells are the cartesian product of the group columns' *public*
+domains, so which cells an answer has never depends on the data; rows whose
+group value is outside the domain (or NULL) are filtered out, which keeps each
+student in at most one cell.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Final
+
+from fedscreen.errors import QueryRefused
+from fedscreen.policy.model import (
+    CategoryRule,
+    ColumnRule,
+    Dataset,
+    Measure,
+    NumericRule,
+    Policy,
+)
+from fedscreen.query.spec import BoolOp, Condition, QuerySpec, Value
+from fedscreen.query.sqlparse import IDENTIFIER
+
+SQL_OPS: Final = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+_SPEC_MEASURE: Final = {"sum": Measure.SUM, "mean": Measure.MEAN, "quantile": Measure.QUANTILE}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked, compiled query: run ``sql`` with ``params``, then fill ``cells``."""
+
+    spec: QuerySpec
+    dataset: Dataset
+    sql: str
+    params: tuple[Value, ...]
+    cells: tuple[tuple[Value, ...], ...]
+    #: number of aggregate columns after the group columns in each result row
+    aggregates: int
+    #: L1 sensitivity of the measure's main aggregate (sum bound; 1 for counts)
+    sensitivity: int
+    bounds: tuple[int, int] | None = None
+    candidates: tuple[int, ...] = ()
+
+
+def _rule(dataset: Dataset, column: str, need: Measure, what: str) -> ColumnRule:
+    if not IDENTIFIER.fullmatch(column):
+        raise QueryRefused(f"column {column!r} is not a plain identifier")
+    if column in dataset.withheld:
+        raise QueryRefused(f"column {column} is withheld by this node's policy")
+    rule = dataset.columns.get(column)
+    if rule is None:
+        raise QueryRefused(f"unknown column {column} (not in the catalogue)")
+    if need not in rule.measures:
+        raise QueryRefused(f"column {column} may not be used for {what}")
+    return rule
+
+
+def _value(rule: ColumnRule, column: str, value: Value) -> Value:
+    if isinstance(rule, CategoryRule):
+        if value not in rule.domain or isinstance(value, float):
+            shown = ", ".join(map(str, rule.domain))
+            raise QueryRefused(f"value {value!r} is not in the public domain of {column} ({shown})")
+        return value
+    if isinstance(value, str) or not math.isfinite(value):
+        raise QueryRefused(f"column {column} is numeric; {value!r} is not a number")
+    return value
+
+
+def _condition(dataset: Dataset, cond: Condition, params: list[Value]) -> str:
+    if isinstance(cond, BoolOp):
+        parts = [_condition(dataset, arg, params) for arg in cond.args]
+        if cond.op == "not":
+            return f"NOT ({parts[0]})"
+        return "(" + f" {cond.op.upper()} ".join(f"({p})" for p in parts) + ")"
+    rule = _rule(dataset, cond.column, Measure.FILTER, "conditions")
+    values = [_value(rule, cond.column, v) for v in cond.values]
+    params.extend(values)
+    if cond.op in ("in", "not in"):
+        marks = ", ".join("?" * len(values))
+        return f"{cond.column} {'NOT IN' if cond.op == 'not in' else 'IN'} ({marks})"
+    return f"{cond.column} {SQL_OPS[cond.op]} ?"
+
+
+def compile_query(spec: QuerySpec, policy: Policy) -> Plan:
+    """Check ``spec`` against ``policy``; return the SQL plan or raise QueryRefused."""
+    dataset = policy.datasets.get(spec.dataset)
+    if dataset is None or not IDENTIFIER.fullmatch(spec.dataset):
+        known = ", ".join(sorted(policy.datasets))
+        raise QueryRefused(f"unknown dataset {spec.dataset!r} (known: {known})")
+    if not spec.years:
+        raise QueryRefused("no academic year given (WHERE academic_year = '2024-2025')")
+    params: list[Value] = []
+    where = [f"{dataset.period} IN ({', '.join('?' * len(spec.years))})"]
+    params.extend(spec.years)
+
+    domains: list[tuple[Value, ...]] = []
+    for column in spec.group_by:
+        if column == dataset.period:
+            domains.append(tuple(spec.years))
+            continue
+        rule = _rule(dataset, column, Measure.GROUP, "GROUP BY")
+        if not isinstance(rule, CategoryRule):
+            raise QueryRefused(f"column {column} has no public domain to group by")
+        domains.append(rule.domain)
+        where.append(f"{column} IN ({', '.join('?' * len(rule.domain))})")
+        params.extend(rule.domain)
+    cells = tuple(itertools.product(*domains))
+    if len(cells) > policy.limits.max_groups:
+        raise QueryRefused(f"{len(cells)} cells exceed the limit of {policy.limits.max_groups}")
+    if spec.where is not None:
+        where.append(_condition(dataset, spec.where, params))
+
+    measure = spec.measure
+    sensitivity = 1
+    bounds: tuple[int, int] | None = None
+    candidates: tuple[int, ...] = ()
+    agg_params: list[Value] = []
+    if measure.kind == "count":
+        aggregates = ["COUNT(*)"]
+    elif measure.kind == "rate":
+        if measure.condition is None:
+            raise QueryRefused("RATE needs a condition")
+        matching = _condition(dataset, measure.condition, agg_params)
+        aggregates = [f"SUM(CASE WHEN {matching} THEN 1 ELSE 0 END)", "COUNT(*)"]
+    else:
+        column = measure.column or ""
+        rule = _rule(dataset, column, _SPEC_MEASURE[measure.kind], measure.kind.upper())
+        if not isinstance(rule, NumericRule):
+            raise QueryRefused(f"column {column} is not numeric")
+        low, high = bounds = rule.bounds
+        clamped = f"MIN(MAX({column}, ?), ?)"
+        where.append(f"{column} IS NOT NULL")
+        if measure.kind == "quantile":
+            candidates = rule.candidates
+            aggregates = []
+            for candidate in candidates:
+                aggregates += [f"SUM({clamped} < ?)", f"SUM({clamped} > ?)"]
+                agg_params += [low, high, candidate, low, high, candidate]
+        else:
+            sensitivity = max(abs(low), abs(high))
+            aggregates = [f"SUM({clamped})"] + (["COUNT(*)"] if measure.kind == "mean" else [])
+            agg_params += [low, high]
+
+    groups = ", ".join(spec.group_by)
+    select = ", ".join([*spec.group_by, *aggregates])
+    sql = f"SELECT {select} FROM {spec.dataset} WHERE " + " AND ".join(f"({w})" for w in where)
+    if groups:
+        sql += f" GROUP BY {groups}"
+    return Plan(
+        spec=spec,
+        dataset=dataset,
+        sql=sql,
+        # aggregate parameters come first: they sit in the SELECT list, before WHERE
+        params=(*agg_params, *params),
+        cells=cells,
+        aggregates=len(aggregates),
+        sensitivity=sensitivity,
+        bounds=bounds,
+        candidates=candidates,
+    )

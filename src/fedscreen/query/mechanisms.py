@@ -1,0 +1,133 @@
+"""Differentially private mechanisms, all from OpenDP.
+
+The node aggregates in SQLite and adds noise to the aggregates (DESIGN.md: pushing
+a million rows through an OpenDP transformation costs seconds; noising a vector
+of counts costs a fraction of a millisecond). What OpenDP is asked to do, and the
+sensitivity it is told, follow from the unit of privacy — one student in one
+academic year, one row of the bounded view — under add/remove-one neighbours:
+
+* counts over disjoint cells: L1 sensitivity 1 → discrete Laplace (pure ε-DP);
+* clamped sums over disjoint cells: L1 sensitivity max(|lo|, |hi|);
+* quantiles: the exponential mechanism (report-noisy-max with Gumbel noise) on
+  OpenDP's quantile score, whose per-candidate terms are computed in SQL.
+
+Every measurement is built here from numbers, never deserialised from input,
+and its privacy map is asked for the ε it spends (no hand-written ε formula).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any, Final
+
+import opendp.prelude as dp
+from opendp.accuracy import (
+    accuracy_to_discrete_laplacian_scale,
+    discrete_laplacian_scale_to_accuracy,
+)
+
+dp.enable_features("contrib")
+
+#: every stated interval is a 95% interval
+ALPHA: Final = 0.05
+#: quantile levels are rationals with at most this denominator (as in OpenDP's scorer)
+QUANTILE_DENOMINATOR: Final = 10_000
+#: float rounding slack when checking a measurement's privacy map against a budget
+EPSILON_SLACK: Final = 1e-9
+
+
+@dataclass(frozen=True)
+class NoisyVector:
+    """Noisy integer aggregates with the mechanism that produced them."""
+
+    values: tuple[int, ...]
+    mechanism: str
+    scale: float
+    epsilon: float
+    #: noisy value ± half_width covers the true value with probability ≥ 95%
+    half_width: int
+
+
+@lru_cache(maxsize=256)
+def _laplace(scale: float) -> Any:
+    # vector input: one OpenDP call noises every cell of a query
+    return dp.m.make_laplace(
+        dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64"), scale
+    )
+
+
+def scale_for(*, epsilon: float, sensitivity: int) -> float:
+    """Discrete-Laplace scale that spends ``epsilon`` at L1 ``sensitivity``."""
+    if not epsilon > 0 or not math.isfinite(epsilon):
+        raise ValueError("epsilon must be a positive number")
+    return sensitivity / epsilon
+
+
+def epsilon_for_accuracy(*, accuracy: float, sensitivity: int) -> float:
+    """ε at which each noisy aggregate is within ±accuracy with 95% probability."""
+    scale = accuracy_to_discrete_laplacian_scale(accuracy, ALPHA)
+    return float(sensitivity / scale)
+
+
+def half_width(scale: float, *, alpha: float = ALPHA) -> int:
+    """(1 − alpha) half-width of discrete Laplace noise of this scale (integer noise → floor)."""
+    return math.floor(float(discrete_laplacian_scale_to_accuracy(scale, alpha)))
+
+
+def laplace_vector(values: list[int], *, epsilon: float, sensitivity: int) -> NoisyVector:
+    """Add discrete Laplace noise to integer aggregates of disjoint cells."""
+    scale = scale_for(epsilon=epsilon, sensitivity=sensitivity)
+    measurement = _laplace(scale)
+    spent = float(measurement.map(sensitivity))
+    if spent > epsilon * (1 + EPSILON_SLACK):
+        raise AssertionError(f"OpenDP maps this release to ε={spent}, above the {epsilon} charged")
+    noisy = measurement([int(v) for v in values]) if values else []
+    return NoisyVector(
+        tuple(int(v) for v in noisy), "discrete_laplace", scale, spent, half_width(scale)
+    )
+
+
+def quantile_fraction(q: float) -> tuple[int, int]:
+    """The quantile level as num/den, the way OpenDP's quantile scorer rationalises it."""
+    frac = Fraction(q).limit_denominator(QUANTILE_DENOMINATOR)
+    return frac.numerator, frac.denominator
+
+
+def quantile_scores(below: list[int], above: list[int], q: float) -> tuple[list[int], int]:
+    """OpenDP's quantile score per candidate, from counts below/above it, and its sensitivity.
+
+    score = |(den − num)·#below − num·#above| for q = num/den, as in
+    ``opendp.trans.make_quantile_score_candidates``; adding or removing one row
+    moves one count by one, so the scores' L∞ sensitivity is max(num, den − num).
+    """
+    num, den = quantile_fraction(q)
+    scores = [abs((den - num) * b - num * a) for b, a in zip(below, above, strict=True)]
+    return scores, max(num, den - num)
+
+
+@lru_cache(maxsize=256)
+def _noisy_min(scale: float) -> Any:
+    return dp.m.make_noisy_max(
+        dp.vector_domain(dp.atom_domain(T="u64")),
+        dp.linf_distance(T="u64"),
+        dp.max_divergence(),
+        scale,
+        negate=True,
+    )
+
+
+def exponential_quantile(
+    scores: list[int], *, sensitivity: int, epsilon: float
+) -> tuple[int, float]:
+    """Index of the chosen candidate (lowest noisy score) and the mechanism's scale."""
+    # the privacy map is linear in 1/scale: find the scale that spends exactly ε
+    unit = float(_noisy_min(1.0).map(sensitivity))
+    scale = unit / epsilon
+    measurement = _noisy_min(scale)
+    spent = float(measurement.map(sensitivity))
+    if spent > epsilon * (1 + EPSILON_SLACK):
+        raise AssertionError(f"OpenDP maps this release to ε={spent}, above the {epsilon} charged")
+    return int(measurement(scores)), scale

@@ -1,0 +1,181 @@
+"""The typed query specification and its canonical form.
+
+A query asks for **one measure** over the cells of a grouping, in one or more
+academic years::
+
+    QuerySpec(dataset="screenings", measure=Measure("rate", condition=...),
+              group_by=("grade_band", "sex"), where=..., years=("2024-2025",))
+
+The canonical form (sorted keys, no whitespace, every value typed) is what is
+signed, logged and used as the cache key, so two spellings of one question are
+one question.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from fedscreen.errors import QueryRefused
+
+Value = str | int | float
+MeasureKind = Literal["count", "sum", "mean", "rate", "quantile"]
+MEASURE_KINDS: Final = ("count", "sum", "mean", "rate", "quantile")
+COMPARISONS: Final = ("=", "!=", "<", "<=", ">", ">=", "in", "not in")
+BOOL_OPS: Final = ("and", "or", "not")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``column op value`` (``in``/``not in`` take several values)."""
+
+    column: str
+    op: str
+    values: tuple[Value, ...]
+
+
+@dataclass(frozen=True)
+class BoolOp:
+    """``and``/``or`` over two or more conditions, or ``not`` of one."""
+
+    op: str
+    args: tuple[Condition, ...]
+
+
+Condition = Comparison | BoolOp
+
+
+@dataclass(frozen=True)
+class Measure:
+    """What is computed per cell.
+
+    count: rows; sum/mean: of ``column`` clamped to the catalogue bounds;
+    rate: share of rows meeting ``condition``; quantile: the ``q`` quantile of
+    ``column`` among the catalogue's candidates.
+    """
+
+    kind: MeasureKind
+    column: str | None = None
+    q: float | None = None
+    condition: Condition | None = None
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    """One question to a node."""
+
+    dataset: str
+    measure: Measure
+    group_by: tuple[str, ...] = ()
+    where: Condition | None = None
+    years: tuple[str, ...] = ()
+
+    def columns(self) -> set[str]:
+        """Every column the query mentions."""
+        found = set(self.group_by)
+        if self.measure.column:
+            found.add(self.measure.column)
+        for cond in (self.where, self.measure.condition):
+            if cond is not None:
+                found |= condition_columns(cond)
+        return found
+
+    def to_json(self) -> dict[str, Any]:
+        """The canonical, JSON-ready form."""
+        measure: dict[str, Any] = {"kind": self.measure.kind}
+        if self.measure.column is not None:
+            measure["column"] = self.measure.column
+        if self.measure.q is not None:
+            measure["q"] = self.measure.q
+        if self.measure.condition is not None:
+            measure["condition"] = _cond_json(self.measure.condition)
+        return {
+            "dataset": self.dataset,
+            "measure": measure,
+            "group_by": list(self.group_by),
+            "where": _cond_json(self.where) if self.where is not None else None,
+            "years": sorted(self.years),
+        }
+
+    def canonical(self) -> bytes:
+        """Canonical JSON bytes (sorted keys, compact, UTF-8)."""
+        return canonical_json(self.to_json())
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical form, hex."""
+        return hashlib.sha256(self.canonical()).hexdigest()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> QuerySpec:
+        """Rebuild a spec from its JSON form; raises QueryRefused on any malformation."""
+        try:
+            m = data["measure"]
+            kind = m["kind"]
+            if kind not in MEASURE_KINDS:
+                raise QueryRefused(f"measure {kind!r} is not one of {', '.join(MEASURE_KINDS)}")
+            measure = Measure(
+                kind=kind,
+                column=_opt_str(m.get("column")),
+                q=float(m["q"]) if m.get("q") is not None else None,
+                condition=_cond_from(m["condition"]) if m.get("condition") is not None else None,
+            )
+            extra = set(data) - {"dataset", "measure", "group_by", "where", "years"}
+            if extra:
+                raise QueryRefused(f"unknown query fields: {', '.join(sorted(extra))}")
+            return cls(
+                dataset=str(data["dataset"]),
+                measure=measure,
+                group_by=tuple(str(c) for c in data.get("group_by", [])),
+                where=_cond_from(data["where"]) if data.get("where") is not None else None,
+                years=tuple(sorted(str(y) for y in data.get("years", []))),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise QueryRefused(f"malformed query spec: {exc!r}") from None
+
+
+def canonical_json(value: Any) -> bytes:
+    """Deterministic JSON: sorted keys, no spaces, UTF-8, no NaN."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def condition_columns(cond: Condition) -> set[str]:
+    """Columns mentioned by a condition tree."""
+    if isinstance(cond, Comparison):
+        return {cond.column}
+    found: set[str] = set()
+    for arg in cond.args:
+        found |= condition_columns(arg)
+    return found
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _cond_json(cond: Condition) -> dict[str, Any]:
+    if isinstance(cond, Comparison):
+        return {"column": cond.column, "op": cond.op, "values": list(cond.values)}
+    return {"op": cond.op, "args": [_cond_json(a) for a in cond.args]}
+
+
+def _cond_from(data: dict[str, Any]) -> Condition:
+    op = data["op"]
+    if op in BOOL_OPS:
+        args = tuple(_cond_from(a) for a in data["args"])
+        if (op == "not") != (len(args) == 1) or not args:
+            raise QueryRefused(f"'{op}' has the wrong number of conditions")
+        return BoolOp(op, args)
+    if op not in COMPARISONS:
+        raise QueryRefused(f"comparison {op!r} is not one of {', '.join(COMPARISONS)}")
+    values = tuple(data["values"])
+    if not values or any(
+        not isinstance(v, str | int | float) or isinstance(v, bool) for v in values
+    ):
+        raise QueryRefused("comparison values must be strings or numbers")
+    if op not in ("in", "not in") and len(values) != 1:
+        raise QueryRefused(f"'{op}' compares with exactly one value")
+    return Comparison(str(data["column"]), op, values)
