@@ -143,7 +143,9 @@ def _merge_limits(p: Limits, c: LimitsOverride) -> Limits:
     # a per-query cap above the yearly budget could never be spent: keep the two consistent
     per_query = min(_min(p.max_epsilon_per_query, c.max_epsilon_per_query), per_year)
     share = _min(p.analyst_share, c.analyst_share)
-    county_share = p.analyst_share if c.analyst_share is None else c.analyst_share
+    # the county's default share caps every analyst it does not name, even ones the
+    # province grants more; with no default it caps only those it names
+    county_share = _or_inf(c.analyst_share)
     analysts = {
         a: min(p.share_of(a), c.analysts.get(a, county_share))
         for a in sorted({*p.analysts, *c.analysts})
