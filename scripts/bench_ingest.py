@@ -107,8 +107,8 @@ def main() -> None:
     )
     print(f"{'':34} {'seconds':>8} {'rows/s':>10} {'x baseline':>10} {'peak MiB':>9}")
     print(
-        f"{'baseline: executemany (parsed)':34} {baseline_s:8.1f} {rows_in_file / baseline_s:10,.0f}"
-        f" {1.0:10.2f} {'':>9}"
+        f"{'baseline: executemany (parsed)':34} {baseline_s:8.1f} "
+        f"{rows_in_file / baseline_s:10,.0f} {1.0:10.2f} {'':>9}"
     )
     print(
         f"{'fedscreen node ingest':34} {ingest_s:8.1f} {rows_in_file / ingest_s:10,.0f}"
