@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from fedscreen.envelope import ANSWER_V1, Envelope, sign_envelope
 from fedscreen.errors import QueryRefused
-from fedscreen.node import ledger, store
+from fedscreen.node import ledger, nodelog, store
 from fedscreen.node.home import NodeConfig
 from fedscreen.policy import Policy
 from fedscreen.policy import digest as policy_digest
@@ -34,6 +35,7 @@ from fedscreen.query import mechanisms
 from fedscreen.query.compile import Plan, compile_query
 from fedscreen.query.spec import QuerySpec, canonical_json
 from fedscreen.query.sqlparse import parse_sql
+from fedscreen.signing import SigningKey
 
 ANSWER_VERSION: Final = 1
 
@@ -54,15 +56,28 @@ class QueryRequest:
 
 @dataclass(frozen=True)
 class Answer:
-    """An answer as stored and released; ``cached`` if it was answered before."""
+    """An answer as released: the body, and the node-signed envelope that carries it.
+
+    ``cached`` if the same question was answered before (no new charge). The
+    envelope's payload is the body plus the node's log index and signed
+    checkpoint after the log entry for this answer.
+    """
 
     answer_id: int
     body: dict[str, Any]
     cached: bool
+    envelope: Envelope
+    log_index: int
+    checkpoint: str
 
     def to_bytes(self) -> bytes:
-        """The canonical bytes of the answer body (what gets signed and logged)."""
+        """The canonical bytes of the answer body (its digest is in the log entry)."""
         return canonical_json(self.body)
+
+
+def answer_payload(body: dict[str, Any], log_index: int, checkpoint: str) -> bytes:
+    """The exact bytes a node signs for an answer."""
+    return canonical_json({"answer": body, "log_index": log_index, "checkpoint": checkpoint})
 
 
 def _now() -> str:
@@ -127,15 +142,30 @@ def answer_query(
     except QueryRefused as refusal:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
+        query = request.text or (request.spec.canonical().decode() if request.spec else "")
+        at = _now()
         conn.execute("BEGIN IMMEDIATE")
-        ledger.record_refusal(
-            conn,
-            analyst=request.analyst,
-            query=request.text or (request.spec.canonical().decode() if request.spec else ""),
-            reason=str(refusal),
-            at=_now(),
-        )
-        conn.execute("COMMIT")
+        try:
+            ledger.record_refusal(
+                conn, analyst=request.analyst, query=query, reason=str(refusal), at=at
+            )
+            nodelog.append(
+                conn,
+                node_id=config.node_id,
+                key=config.signing_key(),
+                payload={
+                    "kind": "refusal",
+                    "at": at,
+                    "analyst": request.analyst,
+                    "query": query,
+                    "reason": str(refusal),
+                    "epsilon": 0,
+                },
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         raise
 
 
@@ -149,6 +179,7 @@ def _answer(
 ) -> Answer:
     digest = policy_digest(policy)
     cost_micro = ledger.to_micro(epsilon)
+    key = config.signing_key()
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = store.data_version(conn)
@@ -160,8 +191,10 @@ def _answer(
             "SELECT answer_id, answer FROM query_answer WHERE cache_key = ?", (cache_key,)
         ).fetchone()
         if row is not None:
+            body = json.loads(row[1])
+            logged = _log_answer(conn, config, key, analyst, plan, body, 0, cached=True)
             conn.execute("COMMIT")
-            return Answer(int(row[0]), json.loads(row[1]), cached=True)
+            return _signed(int(row[0]), body, True, logged, key)
         if not plan.dataset.public:
             limits = policy.limits
             for year in plan.spec.years:
@@ -213,12 +246,62 @@ def _answer(
                 answer_id=answer_id,
                 at=now,
             )
+        logged = _log_answer(
+            conn, config, key, analyst, plan, body, cost_micro, cached=False, policy=policy
+        )
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return Answer(answer_id, body, cached=False)
+    return _signed(answer_id, body, False, logged, key)
+
+
+def _log_answer(
+    conn: sqlite3.Connection,
+    config: NodeConfig,
+    key: SigningKey,
+    analyst: str,
+    plan: Plan,
+    body: dict[str, Any],
+    cost_micro: int,
+    *,
+    cached: bool,
+    policy: Policy | None = None,
+) -> nodelog.Appended:
+    """Append the answer's log entry (same transaction as the charge)."""
+    budget: dict[str, Any] = {}
+    if policy is not None and not plan.dataset.public:
+        limits = policy.limits
+        for year in plan.spec.years:
+            after = ledger.spent(conn, year, analyst)
+            budget[year] = {
+                "node_spent": ledger.from_micro(after.node_micro),
+                "node_budget": limits.epsilon_per_node_per_year,
+                "analyst_spent": ledger.from_micro(after.analyst_micro),
+                "analyst_budget": limits.analyst_budget(analyst),
+            }
+    payload = {
+        "kind": "answer",
+        "at": _now(),
+        "analyst": analyst,
+        "query": plan.spec.to_json(),
+        "epsilon": ledger.from_micro(cost_micro),
+        "cached": cached,
+        "budget_after": budget,
+        "policy_digest": body["policy_digest"],
+        "answer_sha256": hashlib.sha256(canonical_json(body)).hexdigest(),
+    }
+    return nodelog.append(conn, node_id=config.node_id, key=key, payload=payload)
+
+
+def _signed(
+    answer_id: int, body: dict[str, Any], cached: bool, logged: nodelog.Appended, key: SigningKey
+) -> Answer:
+    envelope = sign_envelope(
+        payload_type=ANSWER_V1, payload=answer_payload(body, logged.index, logged.note), key=key
+    )
+    return Answer(answer_id, body, cached, envelope, logged.index, logged.note)
 
 
 def _filled(plan: Plan, rows: list[tuple[Any, ...]]) -> list[list[int]]:

@@ -6,6 +6,7 @@
       node.toml      config (id, name, county, limits)
       node.db        SQLite database (WAL) — raw records stay here
       secret.key     32 random bytes, 0600: the HMAC key for student numbers
+      signing.key    Ed25519 private key, 0600: signs answers, log entries, checkpoints
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from fedscreen.errors import ConfigError
 from fedscreen.node import store
 from fedscreen.policy import Policy, county_policy_path, default_policy_dir, load_node_policy
 from fedscreen.policy.default import PROVINCE_FILE
+from fedscreen.signing import SigningKey
 
 CONFIG_FILE: Final = "node.toml"
 DATABASE_FILE: Final = "node.db"
 SECRET_FILE: Final = "secret.key"  # noqa: S105 - a file name, not a secret
+SIGNING_KEY_FILE: Final = "signing.key"
 SECRET_BYTES: Final = 32
 NODE_ID_PATTERN: Final = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{1,31}")
 #: problems listed for a rejected file before the rest are only counted
@@ -65,6 +68,10 @@ class NodeConfig:
                 candidate = county_policy_path(directory, self.county_code)
                 county = candidate if candidate.is_file() else None
         return load_node_policy(province, county)
+
+    def signing_key(self) -> SigningKey:
+        """The node's Ed25519 key: signs its answers, log entries and checkpoints."""
+        return SigningKey.load(self.home / SIGNING_KEY_FILE)
 
     def secret(self) -> bytes:
         """The node secret (HMAC key for student numbers)."""
@@ -115,6 +122,7 @@ def init_home(home: Path, *, node_id: str, name: str, county_code: str | None = 
         f"max_problems = {DEFAULT_MAX_PROBLEMS}\n"
     )
     write_private(home / SECRET_FILE, secrets.token_bytes(SECRET_BYTES))
+    SigningKey.generate().save(home / SIGNING_KEY_FILE)
     conn = store.connect(home / DATABASE_FILE)
     try:
         conn.execute("BEGIN")

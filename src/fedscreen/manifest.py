@@ -1,0 +1,199 @@
+"""The federation manifest: who is a member, in which role, with which keys.
+
+The province authority signs the manifest (a DSSE envelope, payload type
+``MANIFEST_V1``) with its Ed25519 key. A manifest file is::
+
+    {"authority_key": "<base64 Ed25519 public key>", "envelope": <DSSE envelope>}
+
+The authority key in the file is a root of trust, like a self-signed CA
+certificate: whoever holds the file trusts that key, and can pin it
+(``authority_key=`` in ``load_manifest``). Revoking a member is a new manifest
+version without it (or with ``revoked = true``); versions only go up.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from fedscreen.envelope import MANIFEST_V1, Envelope, sign_envelope, verify_envelope
+from fedscreen.errors import VerificationError
+from fedscreen.signing import PUBLIC_KEY_SIZE, SigningKey, public_key_id
+
+ROLES: Final = ("node", "coordinator", "analyst", "auditor")
+MANIFEST_FORMAT: Final = "fedscreen-manifest/1"
+
+
+class UnknownMember(VerificationError):
+    """A member id, key or role that the manifest does not vouch for."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member of the federation."""
+
+    id: str
+    role: str
+    name: str
+    #: Ed25519 public key (raw 32 bytes) that signs this member's answers, queries, notes
+    signing_key: bytes
+    #: SHA-256 (hex) of the DER of the member's TLS certificate
+    tls_sha256: str
+    #: "county", "city", "university", "school", "province" — informational
+    level: str = ""
+    revoked: bool = False
+
+    @property
+    def key_id(self) -> str:
+        """The key id signatures by this member carry."""
+        return public_key_id(self.signing_key)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form (keys base64)."""
+        return {
+            "id": self.id,
+            "role": self.role,
+            "name": self.name,
+            "level": self.level,
+            "signing_key": base64.b64encode(self.signing_key).decode(),
+            "tls_sha256": self.tls_sha256,
+            "revoked": self.revoked,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Member:
+        """Parse one member; raises VerificationError on malformed input."""
+        try:
+            key = base64.b64decode(str(data["signing_key"]), validate=True)
+            role = str(data["role"])
+            if role not in ROLES or len(key) != PUBLIC_KEY_SIZE:
+                raise ValueError(f"bad role or key for {data.get('id')!r}")
+            return cls(
+                id=str(data["id"]),
+                role=role,
+                name=str(data["name"]),
+                signing_key=key,
+                tls_sha256=str(data["tls_sha256"]).lower(),
+                level=str(data.get("level", "")),
+                revoked=bool(data.get("revoked", False)),
+            )
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise VerificationError(f"malformed manifest member: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A verified manifest."""
+
+    federation: str
+    version: int
+    issued_at: str
+    authority_key: bytes
+    members: tuple[Member, ...]
+    #: SHA-256 (hex) of the federation CA certificate (DER)
+    ca_sha256: str = ""
+    _by_id: dict[str, Member] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ids = [m.id for m in self.members]
+        if len(set(ids)) != len(ids):
+            raise VerificationError("manifest lists a member twice")
+        self._by_id.update({m.id: m for m in self.members})
+
+    def member(self, member_id: str, *, role: str | None = None) -> Member:
+        """The active member with this id (and role); raises UnknownMember."""
+        member = self._by_id.get(member_id)
+        if member is None or member.revoked:
+            raise UnknownMember(f"{member_id!r} is not an active member of the federation")
+        if role is not None and member.role != role:
+            raise UnknownMember(f"{member_id!r} is a {member.role}, not a {role}")
+        return member
+
+    def keys(self, *, role: str | None = None) -> dict[str, bytes]:
+        """key id -> public key of active members (of one role)."""
+        return {
+            m.key_id: m.signing_key
+            for m in self.members
+            if not m.revoked and (role is None or m.role == role)
+        }
+
+    def by_key_id(self, key_id: str) -> Member:
+        """The active member whose signing key has this id."""
+        for m in self.members:
+            if m.key_id == key_id and not m.revoked:
+                return m
+        raise UnknownMember(f"no active member has key {key_id}")
+
+    def payload(self) -> bytes:
+        """The canonical payload bytes that the authority signs."""
+        body = {
+            "format": MANIFEST_FORMAT,
+            "federation": self.federation,
+            "version": self.version,
+            "issued_at": self.issued_at,
+            "ca_sha256": self.ca_sha256,
+            "members": [m.to_json() for m in self.members],
+        }
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign_manifest(manifest: Manifest, *, key: SigningKey) -> str:
+    """The manifest file text: authority key and the signed envelope."""
+    if key.public_key != manifest.authority_key:
+        raise ValueError("the manifest must be signed by its own authority key")
+    envelope = sign_envelope(payload_type=MANIFEST_V1, payload=manifest.payload(), key=key)
+    return json.dumps(
+        {
+            "authority_key": base64.b64encode(key.public_key).decode(),
+            "envelope": json.loads(envelope.to_json()),
+        },
+        indent=1,
+        ensure_ascii=False,
+    )
+
+
+def parse_manifest(text: str | bytes, *, authority_key: bytes | None = None) -> Manifest:
+    """Verify a manifest file's signature and return the manifest; raises VerificationError.
+
+    ``authority_key`` pins the expected authority; without it the key written in
+    the file is trusted (the file itself is then the root of trust).
+    """
+    try:
+        outer = json.loads(text)
+        written = base64.b64decode(str(outer["authority_key"]), validate=True)
+        envelope = Envelope.from_json(json.dumps(outer["envelope"]))
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise VerificationError(f"malformed manifest file: {exc}") from None
+    if authority_key is not None and written != authority_key:
+        raise VerificationError("the manifest is signed by another authority than the pinned one")
+    payload = verify_envelope(
+        envelope, expected_payload_type=MANIFEST_V1, trusted_keys={public_key_id(written): written}
+    )
+    try:
+        body = json.loads(payload)
+        if body.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"format {body.get('format')!r}")
+        return Manifest(
+            federation=str(body["federation"]),
+            version=int(body["version"]),
+            issued_at=str(body["issued_at"]),
+            authority_key=written,
+            members=tuple(Member.from_json(m) for m in body["members"]),
+            ca_sha256=str(body.get("ca_sha256", "")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise VerificationError(f"malformed manifest: {exc}") from None
+
+
+def load_manifest(path: Path, *, authority_key: bytes | None = None) -> Manifest:
+    """Read and verify a manifest file."""
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise VerificationError(f"cannot read manifest {path}: {exc.strerror}") from None
+    return parse_manifest(text, authority_key=authority_key)

@@ -1,0 +1,67 @@
+"""The node's own transparency log: every query it answered or refused.
+
+Each entry is a DSSE envelope (``LOG_ENTRY_V1``) signed by the node, whose
+payload records the requester, the canonical query, the ε charged, the budget
+after the charge, the policy digest and the digest of the answer — never a
+student-level value. Entries are appended **in the same SQLite transaction as
+the ledger charge**, and after each append the node signs a C2SP checkpoint of
+the new tree head, which its answer carries; an auditor can then check the
+answer against the log and the log against every checkpoint it has seen.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Any, Final
+
+from fedscreen.audit.checkpoint import Checkpoint, sign_checkpoint
+from fedscreen.audit.log import TransparencyLog
+from fedscreen.envelope import LOG_ENTRY_V1, sign_envelope
+from fedscreen.query.spec import canonical_json
+from fedscreen.signing import SigningKey
+
+LOG_NAME: Final = "node"
+CHECKPOINT_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS log_checkpoint (size INTEGER PRIMARY KEY, note TEXT NOT NULL)"
+)
+
+
+def origin(node_id: str) -> str:
+    """The checkpoint origin line of a node's log."""
+    return f"fedscreen.node/{node_id}"
+
+
+@dataclass(frozen=True)
+class Appended:
+    """Where an entry landed, and the signed checkpoint that covers it."""
+
+    index: int
+    size: int
+    note: str
+
+
+def append(
+    conn: sqlite3.Connection, *, node_id: str, key: SigningKey, payload: dict[str, Any]
+) -> Appended:
+    """Sign ``payload`` as the next entry, append it and sign a checkpoint. Does not commit."""
+    conn.execute(CHECKPOINT_SCHEMA)
+    log = TransparencyLog(conn, name=LOG_NAME)
+    index = log.size()
+    # the entry states its own position, so a reordered log is visible entry by entry too
+    body = canonical_json({**payload, "index": index, "node_id": node_id})
+    envelope = sign_envelope(payload_type=LOG_ENTRY_V1, payload=body, key=key)
+    log.append(envelope.to_json().encode("utf-8"))
+    size = index + 1
+    note = sign_checkpoint(Checkpoint(origin(node_id), size, log.root(size)), key=key)
+    conn.execute("INSERT INTO log_checkpoint (size, note) VALUES (?, ?)", (size, note))
+    return Appended(index, size, note)
+
+
+def export(conn: sqlite3.Connection) -> tuple[list[bytes], list[str]]:
+    """All entries and every checkpoint the node signed, in order."""
+    conn.execute(CHECKPOINT_SCHEMA)
+    log = TransparencyLog(conn, name=LOG_NAME)
+    entries = [log.entry(i) for i in range(log.size())]
+    notes = [str(n) for (n,) in conn.execute("SELECT note FROM log_checkpoint ORDER BY size")]
+    return entries, notes
