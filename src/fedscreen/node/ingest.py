@@ -13,34 +13,35 @@ the same transaction, and the load records which batches it replaced.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from fedscreen import exports
 from fedscreen.errors import IngestError, Problem
 from fedscreen.node import store
 from fedscreen.node.home import NodeConfig
+from fedscreen.node.parsing import (
+    Collected,
+    WorkerArgs,
+    parse_in_worker,
+    rows_checked,
+    screening_chunks,
+)
 from fedscreen.node.reader import CSV_SUFFIXES, XLSX_SUFFIXES, ReadError, Table, open_table
 from fedscreen.node.validate import HeaderError, SchoolParser, ScreeningParser
 
-#: rows per executemany call: large enough to amortise the call, small enough to stream
-CHUNK_ROWS: Final = 10_000
-#: chunks waiting for the writer thread: bounds memory while parsing runs ahead
-WRITE_QUEUE: Final = 4
+#: files at least this large are parsed in a worker process while this one inserts
+WORKER_MIN_BYTES: Final = 8 << 20
 #: the bounded flag is recomputed for at most this many keys per statement batch
 HASH_BLOCK: Final = 1 << 20
 
 ProgressFn = Callable[[str, int, float], None]
-_Row = TypeVar("_Row")
 
 
 @dataclass(frozen=True)
@@ -164,9 +165,7 @@ def _ingest_table(
         ).lastrowid
         assert batch_id is not None
         if isinstance(parser, ScreeningParser):
-            result = _load_screenings(
-                conn, config, table.rows, parser, batch_id, name, progress, table.fraction
-            )
+            result = _load_screenings(conn, config, table, parser, batch_id, name, progress)
         else:
             result = _load_schools(conn, config, table.rows, parser, batch_id, name)
         conn.execute(
@@ -181,24 +180,6 @@ def _ingest_table(
 
 def _fail(name: str, problems: list[Problem], config: NodeConfig) -> IngestError:
     return IngestError(name, problems[: config.max_problems], len(problems))
-
-
-def _rows_checked(
-    rows: Iterator[tuple[int, list[str]]],
-    parse: Callable[[int, list[str], list[Problem]], _Row | None],
-    problems: list[Problem],
-    name: str,
-) -> Iterator[tuple[int, _Row]]:
-    """Parsed rows; blank lines are skipped, unreadable input becomes a problem."""
-    try:
-        for line, cells in rows:
-            if not any(c.strip() for c in cells):
-                continue
-            parsed = parse(line, cells, problems)
-            if parsed is not None:
-                yield line, parsed
-    except ReadError as exc:
-        problems.append(exc.problem)
 
 
 def _one_year(years: dict[str, int], name: str, problems: list[Problem]) -> str:
@@ -221,97 +202,57 @@ def _one_year(years: dict[str, int], name: str, problems: list[Problem]) -> str:
 def _load_screenings(
     conn: sqlite3.Connection,
     config: NodeConfig,
-    rows: Iterator[tuple[int, list[str]]],
+    table: Table,
     parser: ScreeningParser,
     batch_id: int,
     name: str,
     progress: ProgressFn | None,
-    fraction: Callable[[], float],
 ) -> LoadResult:
     columns = parser.columns
     insert = (
         f"INSERT INTO screening ({', '.join(columns)}, bounded) "
         f"VALUES ({', '.join('?' * len(columns))}, 1)"
     )
-    problems: list[Problem] = []
-    seen: dict[bytes, int] = {}
-    years: dict[str, int] = {}
-    schools: dict[str, None] = {}
-    chunk: list[tuple[Any, ...]] = []
-    count = 0
-    key_at, year_at, school_at = (
-        columns.index("student_key"),
-        columns.index("academic_year"),
-        columns.index("school_id"),
-    )
-    parse = functools.partial(parser.parse, batch_id=batch_id)
-    writer = _ChunkWriter(conn, insert)
-    try:
-        for line, row in _rows_checked(rows, parse, problems, name):
-            first = seen.setdefault(row[key_at], line)
-            if first != line:
-                problems.append(Problem(name, line, "student_no", f"same student as line {first}"))
-                continue
-            years.setdefault(row[year_at], line)
-            schools.setdefault(row[school_at])
-            count += 1
-            if problems:
-                continue  # keep validating to report everything, but write nothing more
-            chunk.append(row)
-            if len(chunk) >= CHUNK_ROWS:
-                writer.put(chunk)
-                chunk = []
+    collected = Collected(name)
+    if table.path.stat().st_size >= WORKER_MIN_BYTES:
+        table.close()  # the worker reads the file itself
+        args = WorkerArgs(
+            table.path,
+            table.encoding,
+            name,
+            config.county_code,
+            config.secret(),
+            batch_id,
+            config.max_problems,
+        )
+        for item in parse_in_worker(args):
+            if isinstance(item, Collected):
+                collected = item
+            else:
+                chunk, done, fraction = item
+                conn.executemany(insert, chunk)
                 if progress is not None:
-                    progress(name, count, fraction())
-        writer.put(chunk)
-    finally:
-        # always join the writer before the connection is used again by this thread
-        writer.close()
-    year = _one_year(years, name, problems)
+                    progress(name, done, fraction)
+    else:
+        for chunk in screening_chunks(table.rows, parser, batch_id, collected):
+            conn.executemany(insert, chunk)
+            if progress is not None:
+                progress(name, collected.count, table.fraction())
+        collected.total_problems = len(collected.problems)
+    problems = collected.problems
+    before = len(problems)
+    year = _one_year(collected.years, name, problems)
     if problems:
-        raise _fail(name, problems, config)
+        total = collected.total_problems + len(problems) - before
+        raise IngestError(name, problems[: config.max_problems], total)
     if progress is not None:
-        progress(name, count, 1.0)
-    replaced = _replace_earlier(conn, "screening", batch_id, year, list(schools))
-    _reconcile_bounded(conn, batch_id, year, replaced[1])
-    return _record(conn, name, "screening", batch_id, count, year, tuple(schools), replaced[0])
-
-
-class _ChunkWriter:
-    """Inserts row chunks on a second thread while the caller parses the next ones.
-
-    sqlite3 releases the GIL while SQLite works, so B-tree inserts overlap with
-    parsing. Only this thread touches the connection until ``close`` returns.
-    """
-
-    def __init__(self, conn: sqlite3.Connection, sql: str) -> None:
-        self.conn, self.sql = conn, sql
-        self.queue: queue.Queue[list[tuple[Any, ...]] | None] = queue.Queue(maxsize=WRITE_QUEUE)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while (chunk := self.queue.get()) is not None:
-            if self.error is None:
-                try:
-                    self.conn.executemany(self.sql, chunk)
-                except BaseException as exc:  # re-raised on the caller's thread in close()
-                    self.error = exc
-
-    def put(self, chunk: list[tuple[Any, ...]]) -> None:
-        """Queue a chunk for insertion (blocks while the queue is full)."""
-        if self.error is not None:
-            raise self.error
-        if chunk:
-            self.queue.put(chunk)
-
-    def close(self) -> None:
-        """Wait until every queued chunk is written; re-raise a write error."""
-        self.queue.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
+        progress(name, collected.count, 1.0)
+    schools = list(collected.schools)
+    replaced, orphaned = _replace_earlier(conn, "screening", batch_id, year, schools)
+    _reconcile_bounded(conn, batch_id, year, orphaned)
+    return _record(
+        conn, name, "screening", batch_id, collected.count, year, tuple(schools), replaced
+    )
 
 
 def _load_schools(
@@ -327,7 +268,7 @@ def _load_schools(
     seen: dict[tuple[str, str], int] = {}
     schools: dict[str, dict[str, Any]] = {}
     grades: list[dict[str, Any]] = []
-    for line, row in _rows_checked(rows, parser.parse, problems, name):
+    for line, row in rows_checked(rows, parser.parse, problems):
         years.setdefault(row["academic_year"], line)
         first = seen.setdefault((row["school_id"], row["grade"]), line)
         if first != line:

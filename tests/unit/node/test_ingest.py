@@ -10,7 +10,7 @@ import xlsxwriter
 from exportrows import SCREENING_KEYS, school_row, screening_row, write_csv
 
 from fedscreen import exports
-from fedscreen.node import store
+from fedscreen.node import ingest, store
 from fedscreen.node.home import NodeConfig
 from fedscreen.node.ingest import ingest_file, ingest_paths
 
@@ -254,3 +254,21 @@ def test_ingest_file_keeps_the_connection_usable_after_rejection(
         assert ingest_file(conn, node_home, good).rows == 1
     finally:
         conn.close()
+
+
+def test_large_file_path_parses_in_a_worker_process(
+    node_home: NodeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker-process path (used for large files) loads and rejects exactly as in-process."""
+    monkeypatch.setattr(ingest, "WORKER_MIN_BYTES", 0)
+    good = write_csv(tmp_path / "good.csv", [screening_row(n) for n in range(1, 301)])
+    rows = [screening_row(n) for n in range(1, 301)]
+    rows[10] = screening_row(11, sex="?")
+    rows[200] = screening_row(1)  # duplicate of line 2
+    bad = write_csv(tmp_path / "bad.csv", rows)
+    loaded, rejected = ingest_paths(node_home, [bad, good])
+    assert [r.rows for r in loaded] == [300]
+    messages = [str(p) for p in rejected[0].problems]
+    assert any("bad.csv:12: sex:" in m for m in messages)
+    assert any("bad.csv:202: student_no: same student as line 2" in m for m in messages)
+    assert _scalar(node_home, "SELECT COUNT(*) FROM screening") == 300
