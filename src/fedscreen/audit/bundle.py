@@ -1,0 +1,97 @@
+"""Audit bundles: a self-contained export of transparency logs for offline verification.
+
+A bundle is one JSON file::
+
+    {"format": "fedscreen-audit-bundle/1",
+     "manifest": <manifest file, as written by the authority> | null,
+     "logs": [{"member_id": "130102", "origin": "fedscreen.node/130102",
+               "entries": ["<base64 of each entry's exact bytes>", ...],
+               "checkpoints": ["<signed note>", ...]}]}
+
+Entries are kept as their exact bytes (base64), because their signatures and the
+Merkle tree are over those bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from fedscreen.errors import VerificationError
+
+BUNDLE_FORMAT: Final = "fedscreen-audit-bundle/1"
+#: refuse absurd bundles before parsing them (bytes)
+MAX_BUNDLE_BYTES: Final = 4 << 30
+
+
+class BundleError(VerificationError):
+    """The bundle file itself is unreadable or malformed."""
+
+
+@dataclass(frozen=True)
+class LogExport:
+    """One log as exported."""
+
+    member_id: str
+    origin: str
+    entries: tuple[bytes, ...]
+    checkpoints: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "member_id": self.member_id,
+            "origin": self.origin,
+            "entries": [base64.b64encode(e).decode("ascii") for e in self.entries],
+            "checkpoints": list(self.checkpoints),
+        }
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A parsed (not yet verified) bundle."""
+
+    logs: tuple[LogExport, ...]
+    manifest: str | None
+
+
+def write_bundle(path: Path, logs: list[LogExport], manifest_text: str | None) -> None:
+    """Write a bundle file (refuses to overwrite)."""
+    data = {
+        "format": BUNDLE_FORMAT,
+        "manifest": json.loads(manifest_text) if manifest_text else None,
+        "logs": [log.to_json() for log in logs],
+    }
+    with path.open("x", encoding="utf-8") as handle:
+        json.dump(data, handle, ensure_ascii=False, indent=1)
+        handle.write("\n")
+
+
+def read_bundle(path: Path) -> Bundle:
+    """Parse a bundle file; raises BundleError on anything malformed."""
+    try:
+        if path.stat().st_size > MAX_BUNDLE_BYTES:
+            raise BundleError(f"{path}: larger than {MAX_BUNDLE_BYTES} bytes")
+        data = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read: {exc.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not JSON: {exc}") from None
+    try:
+        if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+            raise BundleError(f"{path}: not a {BUNDLE_FORMAT} file")
+        logs = []
+        for raw in data["logs"]:
+            entries = tuple(base64.b64decode(str(e), validate=True) for e in raw["entries"])
+            notes = tuple(raw["checkpoints"])
+            if not all(isinstance(n, str) for n in notes):
+                raise BundleError(f"{path}: checkpoints must be strings")
+            logs.append(LogExport(str(raw["member_id"]), str(raw["origin"]), entries, notes))
+        manifest = data.get("manifest")
+        return Bundle(tuple(logs), json.dumps(manifest) if manifest is not None else None)
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise BundleError(f"{path}: malformed bundle: {exc!r}") from None

@@ -1,0 +1,262 @@
+"""Offline verification of an audit bundle against the federation manifest.
+
+Checks, per log, in this order (the first failure decides the outcome):
+
+1. the log belongs to an active manifest member, under its expected origin, and
+   every checkpoint is a well-formed note signed by that member  → else **4**;
+2. every entry is a well-formed DSSE envelope signed by that member → else **2**;
+3. every checkpoint's root equals the Merkle root (RFC 9162 §2.1.1) of the
+   entries up to its size, the latest checkpoint covers every entry, and the
+   trusted checkpoint (the last one this auditor saw) is a prefix of this
+   history → else **3** (rollback, truncation, reordering or a fork), with the
+   conflicting signed checkpoints as evidence;
+4. every entry's content: its stated index and node, and the ε it charged —
+   summed per academic year for the node and per analyst, the sums must match
+   what the entry says was spent and stay within the budgets it recorded → else **2**.
+
+Nothing here does I/O: it takes parsed values and returns a report or raises.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from fedscreen.audit import merkle
+from fedscreen.audit.bundle import Bundle, LogExport
+from fedscreen.audit.checkpoint import Checkpoint, parse_and_verify_note
+from fedscreen.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
+from fedscreen.errors import FedscreenError, VerificationError
+from fedscreen.manifest import Manifest
+
+VALID: Final = 0
+ENTRY_INVALID: Final = 2
+HISTORY_INCONSISTENT: Final = 3
+UNTRUSTED: Final = 4
+MICRO: Final = 1_000_000
+
+
+class AuditFailure(FedscreenError):
+    """Verification failed; ``exit_code`` says how, ``index`` names the first bad entry."""
+
+    exit_code = UNTRUSTED
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        origin: str = "",
+        index: int | None = None,
+        evidence: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.origin = origin
+        self.index = index
+        self.evidence = evidence
+
+
+class EntryInvalid(AuditFailure):
+    """An entry's signature, format or content is wrong (exit 2)."""
+
+    exit_code = ENTRY_INVALID
+
+
+class HistoryInconsistent(AuditFailure):
+    """The log's history contradicts a signed checkpoint (exit 3)."""
+
+    exit_code = HISTORY_INCONSISTENT
+
+
+class BundleUntrusted(AuditFailure):
+    """The bundle cannot be trusted at all: manifest, keys or notes (exit 4)."""
+
+    exit_code = UNTRUSTED
+
+
+@dataclass
+class LogReport:
+    """What one verified log holds."""
+
+    member_id: str
+    origin: str
+    size: int
+    checkpoints: int
+    answers: int = 0
+    refusals: int = 0
+    #: academic year -> ε the node spent (sum of its charges)
+    node_epsilon: dict[str, float] = field(default_factory=dict)
+    #: (academic year, analyst) -> ε spent
+    analyst_epsilon: dict[tuple[str, str], float] = field(default_factory=dict)
+    #: the newest verified checkpoint note, to trust next time
+    latest_note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form for ``--json``."""
+        return {
+            "member_id": self.member_id,
+            "origin": self.origin,
+            "size": self.size,
+            "checkpoints": self.checkpoints,
+            "answers": self.answers,
+            "refusals": self.refusals,
+            "node_epsilon": self.node_epsilon,
+            "analyst_epsilon": [
+                {"year": y, "analyst": a, "epsilon": e}
+                for (y, a), e in sorted(self.analyst_epsilon.items())
+            ],
+        }
+
+
+def expected_origin(member_role: str, member_id: str) -> str:
+    """The checkpoint origin a member's log must use."""
+    return f"fedscreen.{member_role}/{member_id}"
+
+
+def verify_bundle(
+    bundle: Bundle, manifest: Manifest, *, trusted: Mapping[str, str] | None = None
+) -> list[LogReport]:
+    """Verify every log in ``bundle``; raises an AuditFailure subclass on the first failure."""
+    if not bundle.logs:
+        raise BundleUntrusted("the bundle holds no logs")
+    return [_verify_log(log, manifest, (trusted or {}).get(log.origin)) for log in bundle.logs]
+
+
+def _verify_log(log: LogExport, manifest: Manifest, trusted_note: str | None) -> LogReport:
+    origin = log.origin
+    try:
+        member = manifest.member(log.member_id)
+    except VerificationError as exc:
+        raise BundleUntrusted(str(exc), origin=origin) from None
+    if origin != expected_origin(member.role, member.id):
+        raise BundleUntrusted(
+            f"log origin {origin!r} does not belong to {member.id}", origin=origin
+        )
+    verifiers = {origin: member.signing_key}
+
+    # 1. checkpoints: signed by the member, well formed
+    checkpoints: list[tuple[Checkpoint, str]] = []
+    for n, note in enumerate(log.checkpoints):
+        try:
+            checkpoints.append((parse_and_verify_note(note, verifiers=verifiers), note))
+        except VerificationError as exc:
+            raise BundleUntrusted(f"checkpoint #{n}: {exc}", origin=origin) from None
+    trusted: tuple[Checkpoint, str] | None = None
+    if trusted_note is not None:
+        try:
+            trusted = (parse_and_verify_note(trusted_note, verifiers=verifiers), trusted_note)
+        except VerificationError as exc:
+            raise BundleUntrusted(f"trusted checkpoint: {exc}", origin=origin) from None
+
+    # 2. entries: signed by the member
+    payloads: list[bytes] = []
+    keys = {member.key_id: member.signing_key}
+    for index, raw in enumerate(log.entries):
+        try:
+            envelope = Envelope.from_json(raw)
+            payloads.append(
+                verify_envelope(envelope, expected_payload_type=LOG_ENTRY_V1, trusted_keys=keys)
+            )
+        except VerificationError as exc:
+            raise EntryInvalid(f"entry {index}: {exc}", origin=origin, index=index) from None
+
+    # 3. history: every checkpoint's root is the root of the entries it covers
+    tree = merkle.MemoryHashStore()
+    for raw in log.entries:
+        tree.append(merkle.leaf_hash(raw))
+    size = len(log.entries)
+    latest = max(checkpoints, key=lambda c: c[0].size, default=None)
+    for checkpoint, note in [*checkpoints, *([trusted] if trusted else [])]:
+        evidence = (note, latest[1]) if latest and latest[1] != note else (note,)
+        if checkpoint.size > size:
+            raise HistoryInconsistent(
+                f"a signed checkpoint covers {checkpoint.size} entries but the log has {size} "
+                "(truncated or rolled back)",
+                origin=origin,
+                evidence=evidence,
+            )
+        if merkle.root(tree, size=checkpoint.size) != checkpoint.root:
+            raise HistoryInconsistent(
+                f"the entries do not match the signed checkpoint of size {checkpoint.size} "
+                "(rewritten, reordered or forked history)",
+                origin=origin,
+                evidence=evidence,
+            )
+    if size and (latest is None or latest[0].size != size):
+        covered = latest[0].size if latest else 0
+        raise HistoryInconsistent(
+            f"entries {covered}..{size - 1} are not covered by any signed checkpoint",
+            origin=origin,
+            index=covered,
+        )
+
+    # 4. content
+    report = LogReport(
+        member.id, origin, size, len(checkpoints), latest_note=latest[1] if latest else ""
+    )
+    node_micro: dict[str, int] = {}
+    analyst_micro: dict[tuple[str, str], int] = {}
+    for index, payload in enumerate(payloads):
+        _check_entry(index, payload, member.id, origin, report, node_micro, analyst_micro)
+    report.node_epsilon = {y: m / MICRO for y, m in node_micro.items()}
+    report.analyst_epsilon = {k: m / MICRO for k, m in analyst_micro.items()}
+    return report
+
+
+def _check_entry(
+    index: int,
+    payload: bytes,
+    member_id: str,
+    origin: str,
+    report: LogReport,
+    node_micro: dict[str, int],
+    analyst_micro: dict[tuple[str, str], int],
+) -> None:
+    def bad(reason: str) -> EntryInvalid:
+        return EntryInvalid(f"entry {index}: {reason}", origin=origin, index=index)
+
+    try:
+        entry = json.loads(payload)
+        kind, stated, node = entry["kind"], entry["index"], entry["node_id"]
+        epsilon = round(float(entry["epsilon"]) * MICRO)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise bad(f"malformed entry ({exc!r})") from None
+    if stated != index or node != member_id:
+        raise bad(f"says it is entry {stated} of {node}")
+    if kind == "refusal":
+        report.refusals += 1
+        if epsilon != 0:
+            raise bad("a refusal charged ε")
+        return
+    if kind != "answer":
+        raise bad(f"unknown kind {kind!r}")
+    report.answers += 1
+    if epsilon == 0:
+        return
+    try:
+        analyst = str(entry["analyst"])
+        years = [str(y) for y in entry["query"]["years"]]
+        budgets = entry["budget_after"]
+    except (KeyError, TypeError) as exc:
+        raise bad(f"malformed charge ({exc!r})") from None
+    for year in years:
+        node_micro[year] = node_micro.get(year, 0) + epsilon
+        analyst_micro[year, analyst] = analyst_micro.get((year, analyst), 0) + epsilon
+        try:
+            recorded = budgets[year]
+            node_spent = round(float(recorded["node_spent"]) * MICRO)
+            analyst_spent = round(float(recorded["analyst_spent"]) * MICRO)
+            node_budget = round(float(recorded["node_budget"]) * MICRO)
+            analyst_budget = round(float(recorded["analyst_budget"]) * MICRO)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise bad(f"no budget record for {year} ({exc!r})") from None
+        if node_spent != node_micro[year] or analyst_spent != analyst_micro[year, analyst]:
+            raise bad(
+                f"says ε={node_spent / MICRO:g} was spent in {year}, but the log's charges add "
+                f"up to ε={node_micro[year] / MICRO:g}"
+            )
+        if node_micro[year] > node_budget:
+            raise bad(f"the node's {year} budget ε={node_budget / MICRO:g} is exceeded")
+        if analyst_micro[year, analyst] > analyst_budget:
+            raise bad(f"{analyst}'s {year} budget ε={analyst_budget / MICRO:g} is exceeded")

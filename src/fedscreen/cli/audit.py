@@ -1,0 +1,167 @@
+"""``fedscreen audit ...``: export transparency logs and verify them offline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from fedscreen.audit.bundle import Bundle, BundleError, LogExport, read_bundle, write_bundle
+from fedscreen.audit.verify import VALID, AuditFailure, BundleUntrusted, LogReport, verify_bundle
+from fedscreen.errors import ConfigError, VerificationError
+from fedscreen.manifest import load_manifest
+from fedscreen.node import nodelog, store
+from fedscreen.node.home import load_config
+
+VERIFY_HELP = """\
+Verify an audit bundle offline against the federation manifest.
+
+exit codes:
+  0  valid: every signature, checkpoint root, the history and the ε sums check out
+  2  an entry fails: its signature, its format, or its content (ε over budget,
+     sums that do not add up); the first bad index and the reason are printed
+  3  the history is inconsistent: rollback, truncation, reordering, or a fork
+     against the trusted checkpoint; the conflicting signed checkpoints are
+     written as evidence files
+  4  the bundle cannot be trusted: manifest or checkpoint signature invalid,
+     unknown key or member, malformed note or file
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``audit`` and its subcommands."""
+    audit = sub.add_parser("audit", help="export and verify transparency logs")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
+
+    export = audit_sub.add_parser("export", help="write a node's log as a self-contained bundle")
+    export.add_argument("--home", type=Path, required=True, help="node home")
+    export.add_argument("--out", type=Path, required=True, help="bundle file to create")
+    export.set_defaults(func=run_export)
+
+    verify = audit_sub.add_parser(
+        "verify",
+        help="verify a bundle offline",
+        description=VERIFY_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verify.add_argument("bundle", type=Path)
+    verify.add_argument("--manifest", type=Path, required=True, help="your copy of the manifest")
+    verify.add_argument("--trusted-checkpoint", type=Path, help="checkpoints verified last time")
+    verify.add_argument("--save-checkpoint", type=Path, help="store the newly verified checkpoints")
+    verify.add_argument("--evidence-dir", type=Path, help="where to write evidence (default: .)")
+    verify.add_argument("--json", action="store_true", help="machine-readable report")
+    verify.set_defaults(func=run_verify)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``fedscreen audit export``."""
+    config = load_config(args.home)
+    conn = store.connect(config.database)
+    try:
+        entries, notes = nodelog.export(conn)
+    finally:
+        conn.close()
+    manifest_path = args.home / "manifest.json"
+    manifest = manifest_path.read_text(encoding="utf-8") if manifest_path.is_file() else None
+    log = LogExport(config.node_id, nodelog.origin(config.node_id), tuple(entries), tuple(notes))
+    try:
+        write_bundle(args.out, [log], manifest)
+    except FileExistsError:
+        raise ConfigError(f"{args.out} exists; refusing to overwrite") from None
+    print(f"wrote {args.out}: {len(entries)} entries, {len(notes)} checkpoints of {log.origin}")
+    return 0
+
+
+def _read_trusted(path: Path | None) -> dict[str, str]:
+    """origin -> note, from a saved checkpoint file (JSON map) or a single raw note."""
+    if path is None:
+        return {}
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("{"):
+        data = json.loads(text)
+        return {str(k): str(v) for k, v in data["checkpoints"].items()}
+    origin = text.split("\n", 1)[0]
+    return {origin: text}
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """``fedscreen audit verify``; returns the exit code of the outcome."""
+    try:
+        manifest = load_manifest(args.manifest)
+        bundle: Bundle = read_bundle(args.bundle)
+        trusted = _read_trusted(args.trusted_checkpoint)
+        reports = verify_bundle(bundle, manifest, trusted=trusted)
+    except AuditFailure as failure:
+        return _report_failure(args, failure)
+    except (BundleError, VerificationError, OSError, ValueError, KeyError) as exc:
+        return _report_failure(args, BundleUntrusted(str(exc)))
+    if args.save_checkpoint:
+        saved = {r.origin: r.latest_note for r in reports if r.latest_note}
+        args.save_checkpoint.write_text(
+            json.dumps({"checkpoints": saved}, ensure_ascii=False, indent=1) + "\n",
+            encoding="utf-8",
+        )
+    if args.json:
+        print(
+            json.dumps(
+                {"valid": True, "exit_code": VALID, "logs": [r.to_json() for r in reports]},
+                ensure_ascii=False,
+                indent=1,
+            )
+        )
+    else:
+        for report in reports:
+            _print_report(report)
+        print("\nVALID: every signature, checkpoint, the history and the ε sums check out")
+    return VALID
+
+
+def _print_report(report: LogReport) -> None:
+    print(
+        f"{report.origin}: {report.size} entries ({report.answers} answers, "
+        f"{report.refusals} refusals), {report.checkpoints} signed checkpoints verified"
+    )
+    for year, eps in sorted(report.node_epsilon.items()):
+        print(f"  {year}: node spent ε={eps:g}")
+        for (y, analyst), spent in sorted(report.analyst_epsilon.items()):
+            if y == year:
+                print(f"    {analyst}: ε={spent:g}")
+
+
+def _report_failure(args: argparse.Namespace, failure: AuditFailure) -> int:
+    written: list[str] = []
+    if failure.evidence:
+        directory = args.evidence_dir or Path(".")
+        directory.mkdir(parents=True, exist_ok=True)
+        stem = re.sub(r"[^0-9A-Za-z_.-]", "_", failure.origin or "log")
+        for n, note in enumerate(failure.evidence):
+            path = directory / f"evidence-{stem}-{n}.note"
+            path.write_text(note, encoding="utf-8")
+            written.append(str(path))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "valid": False,
+                    "exit_code": failure.exit_code,
+                    "reason": str(failure),
+                    "origin": failure.origin,
+                    "index": failure.index,
+                    "evidence": written,
+                },
+                ensure_ascii=False,
+                indent=1,
+            )
+        )
+    else:
+        label = {2: "ENTRY INVALID", 3: "HISTORY INCONSISTENT", 4: "UNTRUSTED"}[failure.exit_code]
+        where = f" (first bad index {failure.index})" if failure.index is not None else ""
+        print(
+            f"{label}{where}: {failure.origin + ': ' if failure.origin else ''}{failure}",
+            file=sys.stderr,
+        )
+        for path in written:
+            print(f"evidence: {path}", file=sys.stderr)
+    return failure.exit_code
