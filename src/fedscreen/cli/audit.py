@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -92,7 +93,7 @@ def run_verify(args: argparse.Namespace) -> int:
         manifest = load_manifest(args.manifest)
         bundle: Bundle = read_bundle(args.bundle)
         trusted = _read_trusted(args.trusted_checkpoint)
-        reports = verify_bundle(bundle, manifest, trusted=trusted)
+        reports = verify_bundle(bundle, manifest, trusted=trusted, workers=os.cpu_count() or 1)
     except AuditFailure as failure:
         return _report_failure(args, failure)
     except (BundleError, VerificationError, OSError, ValueError, KeyError) as exc:
