@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n5. differentially private answers for analyst {ANALYST}\n")
         for sql in QUERIES:
             print(f"   {sql}")
-            request = QueryRequest(analyst=ANALYST, spec=None, epsilon=0.5, text=sql)
+            request = QueryRequest(analyst=ANALYST, spec=None, epsilon=0.3, text=sql)
             print_answer(answer_query(config, policy, request, conn=conn).body)
             print()
         spent = ledger.spent(conn, YEAR, ANALYST)

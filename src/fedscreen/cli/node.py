@@ -10,7 +10,7 @@ from typing import Any
 
 from fedscreen.cli.output import Progress, table
 from fedscreen.node import ledger, store
-from fedscreen.node.engine import QueryRequest, answer_query
+from fedscreen.node.engine import QueryRequest, answer_query, now
 from fedscreen.node.home import init_home, load_config
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.node.reader import ENCODINGS
@@ -58,6 +58,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     query.add_argument("--format", choices=("table", "json"), default="table")
     query.add_argument("sql", help="the query")
     query.set_defaults(func=run_query)
+
+    approvals = node_sub.add_parser("approvals", help="queries waiting for the operator")
+    approvals.add_argument("--home", type=Path, required=True)
+    approvals.set_defaults(func=run_approvals)
+    for verb in ("approve", "reject"):
+        decide = node_sub.add_parser(verb, help=f"{verb} a pending query (see approvals)")
+        decide.add_argument("--home", type=Path, required=True)
+        decide.add_argument("--id", type=int, required=True, help="approval request number")
+        decide.set_defaults(func=run_decide, approve=verb == "approve")
 
     budget = node_sub.add_parser(
         "budget", help="privacy budget spent and left, per year and analyst"
@@ -164,6 +173,43 @@ def print_answer(body: dict[str, Any]) -> None:
 
 def _num(value: float) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def run_approvals(args: argparse.Namespace) -> int:
+    """``fedscreen node approvals``."""
+    config = load_config(args.home)
+    conn = store.connect(config.database)
+    try:
+        rows = conn.execute(
+            "SELECT approval_id, status, analyst, epsilon_micro, requested_at, spec "
+            "FROM query_approval ORDER BY approval_id"
+        ).fetchall()
+    finally:
+        conn.close()
+    table(
+        ["#", "status", "analyst", "ε", "requested", "query"],
+        [(i, s, a, f"{ledger.from_micro(e):g}", t, q) for i, s, a, e, t, q in rows],
+    )
+    return 0
+
+
+def run_decide(args: argparse.Namespace) -> int:
+    """``fedscreen node approve|reject``."""
+    config = load_config(args.home)
+    conn = store.connect(config.database)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            ledger.decide_approval(conn, args.id, approve=args.approve, at=now())
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.close()
+    outcome = "approved: the analyst may now ask it" if args.approve else "rejected"
+    print(f"request #{args.id} {outcome}")
+    return 0
 
 
 def run_budget(args: argparse.Namespace) -> int:

@@ -80,7 +80,8 @@ def answer_payload(body: dict[str, Any], log_index: int, checkpoint: str) -> byt
     return canonical_json({"answer": body, "log_index": log_index, "checkpoint": checkpoint})
 
 
-def _now() -> str:
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
@@ -143,7 +144,7 @@ def answer_query(
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         query = request.text or (request.spec.canonical().decode() if request.spec else "")
-        at = _now()
+        at = now()
         conn.execute("BEGIN IMMEDIATE")
         try:
             ledger.record_refusal(
@@ -195,6 +196,20 @@ def _answer(
             logged = _log_answer(conn, config, key, analyst, plan, body, 0, cached=True)
             conn.execute("COMMIT")
             return _signed(int(row[0]), body, True, logged, key)
+        threshold = policy.limits.approval_above_epsilon
+        if threshold is not None and cost_micro > ledger.to_micro(threshold):
+            try:
+                ledger.require_approval(
+                    conn,
+                    request_key=f"{cache_key}:{analyst}",
+                    analyst=analyst,
+                    spec=plan.spec.canonical().decode(),
+                    cost_micro=cost_micro,
+                    at=now(),
+                )
+            except QueryRefused:
+                conn.execute("COMMIT")  # keep the pending request; the caller records the refusal
+                raise
         if not plan.dataset.public:
             limits = policy.limits
             for year in plan.spec.years:
@@ -206,7 +221,7 @@ def _answer(
                     analyst=analyst,
                 )
         rows = conn.execute(plan.sql, plan.params).fetchall()
-        now = _now()
+        answered_at = now()
         body = {
             "version": ANSWER_VERSION,
             "node_id": config.node_id,
@@ -217,7 +232,7 @@ def _answer(
             "unit_of_privacy": plan.dataset.unit,
             "policy_digest": digest,
             "data_version": version,
-            "answered_at": now,
+            "answered_at": answered_at,
             "alpha": mechanisms.ALPHA,
             "threshold": policy.limits.publication_threshold,
             **release(plan, rows, epsilon, policy.limits.publication_threshold),
@@ -233,7 +248,7 @@ def _answer(
                 digest,
                 version,
                 canonical_json(body).decode(),
-                now,
+                answered_at,
             ),
         ).lastrowid
         assert answer_id is not None
@@ -244,7 +259,7 @@ def _answer(
                 analyst=analyst,
                 cost_micro=cost_micro,
                 answer_id=answer_id,
-                at=now,
+                at=answered_at,
             )
         logged = _log_answer(
             conn, config, key, analyst, plan, body, cost_micro, cached=False, policy=policy
@@ -283,7 +298,7 @@ def _log_answer(
             }
     payload = {
         "kind": "answer",
-        "at": _now(),
+        "at": now(),
         "analyst": analyst,
         "query": plan.spec.to_json(),
         "epsilon": ledger.from_micro(cost_micro),

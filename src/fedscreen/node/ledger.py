@@ -41,6 +41,16 @@ CREATE TABLE ledger_charge (
     charged_at TEXT NOT NULL
 );
 CREATE INDEX ledger_charge_year ON ledger_charge (academic_year, analyst);
+CREATE TABLE query_approval (
+    approval_id INTEGER PRIMARY KEY,
+    request_key TEXT NOT NULL UNIQUE,
+    analyst TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    epsilon_micro INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'rejected')),
+    requested_at TEXT NOT NULL,
+    decided_at TEXT
+);
 CREATE TABLE query_refusal (
     refusal_id INTEGER PRIMARY KEY,
     analyst TEXT NOT NULL,
@@ -129,6 +139,51 @@ def record_refusal(
         "INSERT INTO query_refusal (analyst, query, reason, refused_at) VALUES (?, ?, ?, ?)",
         (analyst, query, reason, at),
     )
+
+
+def require_approval(
+    conn: sqlite3.Connection,
+    *,
+    request_key: str,
+    analyst: str,
+    spec: str,
+    cost_micro: int,
+    at: str,
+) -> None:
+    """Pass if an operator approved this exact request; else file it as pending and refuse.
+
+    The pending request is committed even though the query is refused, so the
+    operator sees it (``fedscreen node approvals``).
+    """
+    row = conn.execute(
+        "SELECT approval_id, status FROM query_approval WHERE request_key = ?", (request_key,)
+    ).fetchone()
+    if row is not None and row[1] == "approved":
+        return
+    if row is None:
+        approval_id = conn.execute(
+            "INSERT INTO query_approval (request_key, analyst, spec, epsilon_micro, status, "
+            "requested_at) VALUES (?, ?, ?, ?, 'pending', ?)",
+            (request_key, analyst, spec, cost_micro, at),
+        ).lastrowid
+        state = "pending"
+    else:
+        approval_id, state = row
+    raise QueryRefused(
+        f"ε={from_micro(cost_micro):g} needs the operator's approval (request #{approval_id} "
+        f"is {state}; the operator runs: fedscreen node approve --id {approval_id})"
+    )
+
+
+def decide_approval(conn: sqlite3.Connection, approval_id: int, *, approve: bool, at: str) -> None:
+    """Approve or reject a pending request."""
+    updated = conn.execute(
+        "UPDATE query_approval SET status = ?, decided_at = ? "
+        "WHERE approval_id = ? AND status = 'pending'",
+        ("approved" if approve else "rejected", at, approval_id),
+    ).rowcount
+    if not updated:
+        raise QueryRefused(f"no pending approval request #{approval_id}")
 
 
 def budget_table(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:

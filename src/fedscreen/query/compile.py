@@ -27,6 +27,8 @@ from fedscreen.policy.model import (
 from fedscreen.query.spec import BoolOp, Condition, QuerySpec, Value
 from fedscreen.query.sqlparse import IDENTIFIER
 
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
 SQL_OPS: Final = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 _SPEC_MEASURE: Final = {"sum": Measure.SUM, "mean": Measure.MEAN, "quantile": Measure.QUANTILE}
 
@@ -67,8 +69,12 @@ def _value(rule: ColumnRule, column: str, value: Value) -> Value:
             shown = ", ".join(map(str, rule.domain))
             raise QueryRefused(f"value {value!r} is not in the public domain of {column} ({shown})")
         return value
-    if isinstance(value, str) or not math.isfinite(value):
+    if isinstance(value, str):
         raise QueryRefused(f"column {column} is numeric; {value!r} is not a number")
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise QueryRefused(f"value for {column} outside the 64-bit integer range")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise QueryRefused(f"column {column} is numeric; {value!r} is not a finite number")
     return value
 
 
@@ -95,6 +101,9 @@ def compile_query(spec: QuerySpec, policy: Policy) -> Plan:
         raise QueryRefused(f"unknown dataset {spec.dataset!r} (known: {known})")
     if not spec.years:
         raise QueryRefused("no academic year given (WHERE academic_year = '2024-2025')")
+    period_rule = _rule(dataset, dataset.period, Measure.FILTER, "the period")
+    for year in spec.years:
+        _value(period_rule, dataset.period, year)
     params: list[Value] = []
     where = [f"{dataset.period} IN ({', '.join('?' * len(spec.years))})"]
     params.extend(spec.years)

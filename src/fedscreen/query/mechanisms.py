@@ -91,9 +91,16 @@ def laplace_vector(values: list[int], *, epsilon: float, sensitivity: int) -> No
 
 
 def quantile_fraction(q: float) -> tuple[int, int]:
-    """The quantile level as num/den, the way OpenDP's quantile scorer rationalises it."""
-    frac = Fraction(q).limit_denominator(QUANTILE_DENOMINATOR)
-    return frac.numerator, frac.denominator
+    """The quantile level as num/den, exactly as OpenDP's quantile scorer rationalises it.
+
+    OpenDP (``score_candidates_constants``) keeps the float's exact fraction when
+    its denominator is below 10,000 (0.5 → 1/2) and otherwise uses
+    ⌊q · 10,000⌋/10,000 (the tests pin this against OpenDP itself).
+    """
+    exact = Fraction(q)
+    if exact.denominator < QUANTILE_DENOMINATOR:
+        return exact.numerator, exact.denominator
+    return math.floor(q * QUANTILE_DENOMINATOR), QUANTILE_DENOMINATOR
 
 
 def quantile_scores(below: list[int], above: list[int], q: float) -> tuple[list[int], int]:

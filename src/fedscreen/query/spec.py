@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -115,10 +116,13 @@ class QuerySpec:
             kind = m["kind"]
             if kind not in MEASURE_KINDS:
                 raise QueryRefused(f"measure {kind!r} is not one of {', '.join(MEASURE_KINDS)}")
+            q = float(m["q"]) if m.get("q") is not None else None
+            if q is not None and not 0 < q < 1:  # also refuses NaN
+                raise QueryRefused("a quantile level must be strictly between 0 and 1")
             measure = Measure(
                 kind=kind,
                 column=_opt_str(m.get("column")),
-                q=float(m["q"]) if m.get("q") is not None else None,
+                q=q,
                 condition=_cond_from(m["condition"]) if m.get("condition") is not None else None,
             )
             extra = set(data) - {"dataset", "measure", "group_by", "where", "years"}
@@ -152,6 +156,12 @@ def condition_columns(cond: Condition) -> set[str]:
     return found
 
 
+def _plain_value(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return False
+    return not isinstance(value, float) or math.isfinite(value)
+
+
 def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -172,10 +182,8 @@ def _cond_from(data: dict[str, Any]) -> Condition:
     if op not in COMPARISONS:
         raise QueryRefused(f"comparison {op!r} is not one of {', '.join(COMPARISONS)}")
     values = tuple(data["values"])
-    if not values or any(
-        not isinstance(v, str | int | float) or isinstance(v, bool) for v in values
-    ):
-        raise QueryRefused("comparison values must be strings or numbers")
+    if not values or any(not _plain_value(v) for v in values):
+        raise QueryRefused("comparison values must be strings or numbers (finite)")
     if op not in ("in", "not in") and len(values) != 1:
         raise QueryRefused(f"'{op}' compares with exactly one value")
     return Comparison(str(data["column"]), op, values)

@@ -120,13 +120,13 @@ def parse_sql(text: str) -> QuerySpec:
         # HISTOGRAM(col): a count grouped by the column
         group_by.append(measure.column)
         measure = Measure("count")
-    if sorted(selected_columns) != sorted(set(group_by) - {PERIOD_COLUMN}) and selected_columns:
+    if len(set(group_by)) != len(group_by):
+        raise QueryRefused("a column is grouped twice")
+    if selected_columns and sorted(selected_columns) != sorted(group_by):
         missing = set(selected_columns) ^ set(group_by)
         raise QueryRefused(
             f"selected columns must be the GROUP BY columns: {', '.join(sorted(missing))}"
         )
-    if len(set(group_by)) != len(group_by):
-        raise QueryRefused("a column is grouped twice")
 
     where_node = select.args.get("where")
     where = _condition(where_node.this) if where_node is not None else None

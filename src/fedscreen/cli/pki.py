@@ -1,0 +1,197 @@
+"""``fedscreen pki ...``: the province authority's commands (CA, issuing, manifest).
+
+Members make their own keys (``fedscreen identity init``); the authority only
+verifies their ``request.json`` and signs. On one machine (a demo, a test) the
+authority reads the request from the member's home and installs the result
+there (``--home``). In a real deployment the request and the issued files
+travel between machines: ``fedscreen pki issue --request request.json --out
+DIR`` writes ``tls.pem``, ``ca.pem`` and ``manifest.json`` into ``DIR``, which
+goes back to the member, who runs ``fedscreen identity install --from DIR``.
+Compare the request fingerprint with the member over a second channel (the
+phone) and pass it as ``--expect-fingerprint``.
+
+Nothing here prints a private key: only public key ids and certificate hashes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fedscreen import pki
+from fedscreen.cli.output import table
+from fedscreen.errors import ConfigError
+from fedscreen.identity import (
+    CA_FILE,
+    CERT_FILE,
+    MANIFEST_FILE,
+    REQUEST_FILE,
+    install_issued,
+    load_identity,
+)
+from fedscreen.signing import public_key_id
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``pki`` and its subcommands."""
+    parser = sub.add_parser("pki", help="the province authority: federation CA and manifest")
+    pki_sub = parser.add_subparsers(dest="pki_command", required=True, metavar="SUBCOMMAND")
+
+    init = pki_sub.add_parser(
+        "init", help="create the federation CA, the manifest-signing key and manifest version 0"
+    )
+    init.add_argument("--dir", type=Path, required=True, help="authority directory to create")
+    init.add_argument("--federation", required=True, help="federation name, e.g. 河北省")
+    init.add_argument(
+        "--validity-days", type=int, default=pki.DEFAULT_CA_VALIDITY_DAYS, help="CA lifetime"
+    )
+    init.set_defaults(func=run_init)
+
+    issue = pki_sub.add_parser(
+        "issue",
+        help="verify a member's request, issue its certificate, sign a new manifest",
+        description="Either --home (request and result in the member's home on this machine) "
+        "or --request FILE --out DIR (the files travel between machines).",
+    )
+    issue.add_argument("--dir", type=Path, required=True, help="authority directory")
+    source = issue.add_mutually_exclusive_group(required=True)
+    source.add_argument("--home", type=Path, help="member home holding request.json")
+    source.add_argument("--request", type=Path, help="a member's request.json")
+    issue.add_argument("--out", type=Path, help="with --request: directory for the issued files")
+    issue.add_argument(
+        "--expect-fingerprint",
+        help="the request fingerprint the member read out (at least 16 hex digits)",
+    )
+    issue.add_argument(
+        "--replace", action="store_true", help="re-issue an active member (new keys or renewal)"
+    )
+    issue.add_argument(
+        "--validity-days",
+        type=int,
+        default=pki.DEFAULT_LEAF_VALIDITY_DAYS,
+        help="certificate lifetime",
+    )
+    issue.set_defaults(func=run_issue)
+
+    revoke = pki_sub.add_parser("revoke", help="sign a new manifest version revoking a member")
+    revoke.add_argument("--dir", type=Path, required=True, help="authority directory")
+    revoke.add_argument("--id", dest="member_id", required=True, help="member id")
+    revoke.set_defaults(func=run_revoke)
+
+    manifest = pki_sub.add_parser("manifest", help="show the current manifest's members")
+    manifest.add_argument("--dir", type=Path, required=True, help="authority directory")
+    manifest.add_argument("--json", action="store_true", help="print JSON")
+    manifest.set_defaults(func=run_manifest)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    """``fedscreen pki init``."""
+    authority = pki.init_authority(
+        args.dir, federation=args.federation, validity_days=args.validity_days
+    )
+    print(f"created the authority of federation {authority.federation!r} in {args.dir}")
+    print(f"  CA certificate      {args.dir / pki.CA_CERT_FILE}")
+    print(f"  CA sha256           {authority.ca_sha256}")
+    print(f"  manifest key id     {authority.authority_key_id}")
+    print("  manifest version    0 (no members)")
+    print(f"private keys ({pki.CA_KEY_FILE}, {pki.AUTHORITY_KEY_FILE}) are 0600; keep them offline")
+    print("next: members run `fedscreen identity init`, then `fedscreen pki issue`")
+    return 0
+
+
+def run_issue(args: argparse.Namespace) -> int:
+    """``fedscreen pki issue``."""
+    out: Path | None = args.out
+    if args.home is not None:
+        if out is not None:
+            raise ConfigError("--out goes with --request; with --home the files go to the home")
+        load_identity(args.home)  # fail before issuing if it is not a member home
+        request_path = args.home / REQUEST_FILE
+    else:
+        if out is None:
+            raise ConfigError("--request needs --out DIR for the issued files")
+        request_path = args.request
+        _check_out_dir(out)
+    request = pki.read_request(request_path)
+    fingerprint = pki.verify_request(request).fingerprint
+    cert_pem, member = pki.issue(
+        args.dir,
+        request,
+        validity_days=args.validity_days,
+        replace=args.replace,
+        expect_fingerprint=args.expect_fingerprint,
+    )
+    authority = pki.load_authority(args.dir)
+    manifest_text = pki.manifest_text(args.dir)
+    version = pki.current_manifest(args.dir).version
+    print(f"issued {member.role} {member.id} ({member.name})")
+    print(f"  request fingerprint {fingerprint}")
+    print(f"  signing key id      {member.key_id}")
+    print(f"  certificate sha256  {member.tls_sha256}")
+    print(f"  manifest version    {version}")
+    if out is None:
+        install_issued(args.home, cert_pem, authority.ca_pem, manifest_text)
+        print(f"installed {CERT_FILE}, {CA_FILE} and {MANIFEST_FILE} in {args.home}")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        pki.write_new_file(out / CERT_FILE, cert_pem, mode=0o644)
+        pki.write_new_file(out / CA_FILE, authority.ca_pem, mode=0o644)
+        pki.write_new_file(out / MANIFEST_FILE, manifest_text.encode(), mode=0o644)
+        print(f"wrote {CERT_FILE}, {CA_FILE} and {MANIFEST_FILE} to {out}")
+        print(f"next: the member runs `fedscreen identity install --home HOME --from {out}`")
+    print("distribute the new manifest to every member (`fedscreen identity update-manifest`)")
+    return 0
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse before issuing if the output files exist, so nothing is issued twice."""
+    for name in (CERT_FILE, CA_FILE, MANIFEST_FILE):
+        if (out / name).exists():
+            raise ConfigError(f"{out / name} already exists; choose an empty --out directory")
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    """``fedscreen pki revoke``."""
+    manifest = pki.revoke(args.dir, args.member_id)
+    print(f"revoked {args.member_id}; manifest version {manifest.version}")
+    print(
+        f"distribute {args.dir / pki.MANIFEST_FILE} to every member "
+        "(`fedscreen identity update-manifest`)"
+    )
+    return 0
+
+
+def run_manifest(args: argparse.Namespace) -> int:
+    """``fedscreen pki manifest``."""
+    manifest = pki.current_manifest(args.dir)
+    if args.json:
+        doc = {
+            "federation": manifest.federation,
+            "version": manifest.version,
+            "issued_at": manifest.issued_at,
+            "ca_sha256": manifest.ca_sha256,
+            "authority_key_id": public_key_id(manifest.authority_key),
+            "members": [{**m.to_json(), "key_id": m.key_id} for m in manifest.members],
+        }
+        print(json.dumps(doc, indent=1, ensure_ascii=False))
+        return 0
+    print(
+        f"federation {manifest.federation!r}  manifest version {manifest.version}  "
+        f"issued {manifest.issued_at}"
+    )
+    print(f"CA sha256 {manifest.ca_sha256}")
+    rows = [
+        (
+            m.id,
+            m.role,
+            m.name,
+            m.level,
+            m.key_id,
+            m.tls_sha256[:16],
+            "revoked" if m.revoked else "active",
+        )
+        for m in manifest.members
+    ]
+    table(("id", "role", "name", "level", "key id", "cert sha256", "status"), rows)
+    return 0
