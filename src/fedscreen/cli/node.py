@@ -79,6 +79,8 @@ def run_init(args: argparse.Namespace) -> int:
     """``fedscreen node init``."""
     config = init_home(args.home, node_id=args.node_id, name=args.name, county_code=args.county)
     print(f"created node {config.node_id} ({config.name}) in {config.home}")
+    print(f"next: the province issues its certificate from {config.home / 'request.json'}:")
+    print(f"  fedscreen pki issue --dir <authority dir> --home {config.home}")
     return 0
 
 

@@ -7,6 +7,9 @@
       node.db        SQLite database (WAL) — raw records stay here
       secret.key     32 random bytes, 0600: the HMAC key for student numbers
       signing.key    Ed25519 private key, 0600: signs answers, log entries, checkpoints
+      tls.key, identity.json, request.json
+                     the node's federation identity; after `fedscreen pki issue` also
+                     tls.pem, ca.pem, manifest.json, authority.pub
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Final
 
 from fedscreen.errors import ConfigError
+from fedscreen.identity import create_identity
 from fedscreen.node import store
 from fedscreen.policy import Policy, county_policy_path, default_policy_dir, load_node_policy
 from fedscreen.policy.default import PROVINCE_FILE
@@ -122,7 +126,8 @@ def init_home(home: Path, *, node_id: str, name: str, county_code: str | None = 
         f"max_problems = {DEFAULT_MAX_PROBLEMS}\n"
     )
     write_private(home / SECRET_FILE, secrets.token_bytes(SECRET_BYTES))
-    SigningKey.generate().save(home / SIGNING_KEY_FILE)
+    # the node's Ed25519 and TLS keys and its certificate request (fedscreen pki issue signs it)
+    create_identity(home, member_id=node_id, role="node", name=name, level="county")
     conn = store.connect(home / DATABASE_FILE)
     try:
         conn.execute("BEGIN")

@@ -34,13 +34,13 @@ from fedscreen.policy.model import (
     Override,
     Policy,
     Value,
+    key_path,
 )
 
 __all__ = ["load_node_policy", "load_override", "load_policy", "parse_override", "parse_policy"]
 
 #: dataset and column names become SQL identifiers: nothing but lowercase identifiers
 _IDENT = re.compile(r"[a-z][a-z0-9_]{0,62}")
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _LIMITS = ("max_epsilon_per_query", "epsilon_per_node_per_year", "analyst_share")
 _LIMITS_INT = ("publication_threshold", "max_groups")
 _LIMITS_OPTIONAL = ("analysts", "approval_above_epsilon")
@@ -78,10 +78,11 @@ def parse_policy(data: Mapping[str, object], *, source: str) -> Policy:
     r = _Reader(source)
     top = r.table(data, ())
     r.keys(top, (), required=("version", "limits", "datasets"))
+    version = r.text(top["version"], ("version",))
     limits = _limits(r, r.table(top["limits"], ("limits",)))
     datasets = r.table(top["datasets"], ("datasets",), non_empty=True)
     return Policy(
-        version=r.text(top["version"], ("version",)),
+        version=version,
         limits=limits,
         datasets={
             name: _dataset(r, r.table(value, ("datasets", name)), ("datasets", name))
@@ -95,15 +96,16 @@ def parse_override(data: Mapping[str, object], *, source: str) -> Override:
     r = _Reader(source)
     top = r.table(data, ())
     r.keys(top, (), required=("version",), optional=("limits", "datasets"))
-    datasets: dict[str, DatasetOverride] = {}
-    for name, value in r.named(r.table(top.get("datasets", {}), ("datasets",)), ("datasets",)):
-        datasets[name] = _dataset_override(
-            r, r.table(value, ("datasets", name)), ("datasets", name)
-        )
+    version = r.text(top["version"], ("version",))
+    limits = _limits_override(r, r.table(top.get("limits", {}), ("limits",)))
+    datasets = r.table(top.get("datasets", {}), ("datasets",))
     return Override(
-        version=r.text(top["version"], ("version",)),
-        limits=_limits_override(r, r.table(top.get("limits", {}), ("limits",))),
-        datasets=datasets,
+        version=version,
+        limits=limits,
+        datasets={
+            name: _dataset_override(r, r.table(value, ("datasets", name)), ("datasets", name))
+            for name, value in r.named(datasets, ("datasets",))
+        },
     )
 
 
@@ -250,8 +252,7 @@ class _Reader:
         self.source = source
 
     def fail(self, at: _At, message: str) -> NoReturn:
-        where = ".".join(k if _BARE_KEY.fullmatch(k) else json.dumps(k) for k in at)
-        raise PolicyError(f"{self.source}: {where or '(document)'}: {message}")
+        raise PolicyError(f"{self.source}: {key_path(at) or '(document)'}: {message}")
 
     def keys(
         self,
@@ -270,9 +271,9 @@ class _Reader:
                 self.fail((*at, key), "missing")
 
     def table(self, value: object, at: _At, *, non_empty: bool = False) -> dict[str, object]:
-        if not isinstance(value, dict) or (non_empty and not value):
+        if not isinstance(value, Mapping) or (non_empty and not value):
             self.fail(at, "must be a non-empty table" if non_empty else "must be a table")
-        return value
+        return {str(k): v for k, v in value.items()}
 
     def named(self, table: dict[str, object], at: _At) -> list[tuple[str, object]]:
         """The entries of a table keyed by dataset or column names, names checked."""
@@ -299,9 +300,13 @@ class _Reader:
     def epsilon(self, value: object, at: _At) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.fail(at, "must be a number")
-        if not (math.isfinite(value) and value > 0):
+        try:
+            number = float(value)  # TOML integers are accepted: 10 means 10.0
+        except OverflowError:
+            number = math.inf
+        if not (math.isfinite(number) and number > 0):
             self.fail(at, "must be a finite number > 0")
-        return float(value)
+        return number
 
     def share(self, value: object, at: _At) -> float:
         share = self.epsilon(value, at)
@@ -336,15 +341,13 @@ class _Reader:
         self, value: object, at: _At, *, allowed: frozenset[Measure]
     ) -> frozenset[Measure]:
         values = self._list(value, at)
-        self._unique(values, at)
         names = ", ".join(sorted(allowed))
-        measures: set[Measure] = set()
         for v in values:
             if not isinstance(v, str) or v not in allowed:
                 kind = "" if allowed == frozenset(Measure) else " for this kind of column"
                 self.fail(at, f"{_show(v)} is not a measure{kind} (allowed: {names})")
-            measures.add(Measure(v))
-        return frozenset(measures)
+        self._unique(values, at)
+        return frozenset(Measure(v) for v in values if isinstance(v, str))
 
     def _integers(self, value: object, at: _At) -> list[int]:
         values = self._list(value, at)

@@ -38,6 +38,7 @@ from fedscreen.policy.model import (
     NumericRule,
     Override,
     Policy,
+    key_path,
 )
 
 __all__ = ["as_override", "check_tightens", "loosenings", "merge"]
@@ -109,7 +110,8 @@ def loosenings(province: Policy, county: Override) -> list[str]:
     for analyst, share in sorted(c.analysts.items()):
         if share > p.share_of(analyst):
             found.append(
-                f"limits.analysts.{analyst}: {share} is above the provincial {p.share_of(analyst)}"
+                f"{key_path(('limits', 'analysts', analyst))}: {share} is above "
+                f"the provincial {p.share_of(analyst)}"
             )
     approval = c.approval_above_epsilon
     if approval is not None and approval > _or_inf(p.approval_above_epsilon):

@@ -9,7 +9,9 @@ Everything here is a plain frozen value; parsing and checking live in ``load``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar, Final, TypeAlias
@@ -33,6 +35,15 @@ NUMERIC_MEASURES: Final = frozenset(
 
 #: a coded value of a category column: a code ("F", "junior") or a 0/1 flag
 Value: TypeAlias = str | int
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def key_path(keys: Iterable[str]) -> str:
+    """A key path as TOML writes it (``limits.analysts."a.b"``), for messages."""
+    return ".".join(
+        k if _BARE_KEY.fullmatch(k) else json.dumps(k, ensure_ascii=False) for k in keys
+    )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import fedscreen.policy
 from fedscreen import exports
@@ -359,6 +361,42 @@ def test_the_catalogue_fixture_is_valid() -> None:
         measures=frozenset({Measure.FILTER, Measure.SUM, Measure.QUANTILE}),
         candidates=(0, 10, 27),
     )
+
+
+def _paths(doc: dict[str, Any], prefix: str = "") -> list[str]:
+    paths = []
+    for key, value in doc.items():
+        paths.append(prefix + key)
+        if isinstance(value, dict):
+            paths.extend(_paths(value, f"{prefix}{key}."))
+    return paths
+
+
+toml_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=5)
+    | st.sampled_from(["category", "numeric", "group", "quantile"]),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(st.sampled_from(_paths(_catalogue())), toml_values)
+def test_any_edit_parses_or_is_a_policy_error(key: str, value: object) -> None:
+    """Whatever a document holds, the loader answers with a policy or a PolicyError."""
+    doc = _edit(_catalogue(), key, value)
+    for parse, source in ((parse_policy, "province.toml"), (parse_override, "c.toml")):
+        message = f"{source}: (parsed)"
+        try:
+            parse(doc, source=source)
+        except PolicyError as err:
+            message = str(err)
+        assert message.startswith(f"{source}: ")
 
 
 # --- malformed county documents -------------------------------------------------------
