@@ -97,7 +97,8 @@ class Manifest:
     members: tuple[Member, ...]
     #: SHA-256 (hex) of the federation CA certificate (DER)
     ca_sha256: str = ""
-    _by_id: dict[str, Member] = field(default_factory=dict, compare=False, repr=False)
+    # derived from members; init=False so dataclasses.replace() builds a fresh table
+    _by_id: dict[str, Member] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         ids = [m.id for m in self.members]
