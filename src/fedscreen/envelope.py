@@ -69,7 +69,7 @@ class Envelope:
             "payloadType": self.payload_type,
             "signatures": [{"keyid": s.keyid, "sig": _b64encode(s.sig)} for s in self.signatures],
         }
-        return json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+        return _canonical(doc)
 
     @classmethod
     def from_json(cls, data: str | bytes) -> Envelope:
@@ -80,8 +80,16 @@ class Envelope:
         standard base64 (DSSE also allows URL-safe; fedscreen only writes standard).
         """
         try:
-            doc = json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-        except (ValueError, RecursionError) as e:
+            doc = json.loads(data, parse_constant=_no_constant)
+            # Fast path: text that is exactly the canonical serialisation (what to_json
+            # writes) cannot hold a duplicate key; anything else is parsed again with
+            # the duplicate-rejecting hook. Audits verify millions of our own envelopes.
+            text = data.decode("utf-8") if isinstance(data, bytes) else data
+            if not isinstance(doc, dict) or _canonical(doc) != text:
+                doc = json.loads(
+                    data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant
+                )
+        except (ValueError, RecursionError, TypeError) as e:
             raise MalformedEnvelope(f"envelope is not valid JSON: {e}") from None
         fields = _exact_object(doc, {"payload", "payloadType", "signatures"}, "envelope")
         payload_type = fields["payloadType"]
@@ -142,6 +150,10 @@ def verify_envelope(
     if not verified:
         raise VerificationError("envelope has no signature from a trusted key")
     return envelope._payload
+
+
+def _canonical(doc: Any) -> str:
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
 
 def _b64encode(data: bytes) -> str:

@@ -209,7 +209,7 @@ _SPECS = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(spec=_SPECS)
 def test_from_json_to_json_round_trips(spec: QuerySpec) -> None:
     assert QuerySpec.from_json(spec.to_json()) == spec
@@ -219,7 +219,7 @@ def test_from_json_to_json_round_trips(spec: QuerySpec) -> None:
     assert rebuilt.canonical() == spec.canonical()
 
 
-@settings(max_examples=100, deadline=None, database=None)
+@settings(max_examples=40, deadline=None, database=None)
 @given(spec=_SPECS, data=st.data())
 def test_years_order_never_changes_the_canonical_form(spec: QuerySpec, data: st.DataObject) -> None:
     shuffled = tuple(data.draw(st.permutations(spec.years)))
@@ -292,7 +292,7 @@ _JSON = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(
     measure=_JSON | st.fixed_dictionaries({"kind": st.sampled_from(["count", "rate"])}, optional={
         "condition": _JSON, "column": _JSON, "q": _JSON}),

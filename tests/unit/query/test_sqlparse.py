@@ -453,7 +453,7 @@ def _render(cond: Condition) -> str:
     return f" {cond.op.upper()} ".join(f"({_render(a)})" for a in cond.args)
 
 
-@settings(max_examples=200, deadline=None, database=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(where=_conditions(3))
 def test_rendered_conditions_parse_back(where: Condition) -> None:
     """Any condition tree written as SQL parses to the same tree (values exact, typed)."""
