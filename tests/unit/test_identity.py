@@ -85,13 +85,13 @@ def test_create_refuses_to_overwrite_an_identity(tmp_path: Path) -> None:
 
 
 def test_an_identity_lives_in_an_existing_node_home(node_home: NodeConfig) -> None:
-    ident = create_identity(
-        node_home.home, member_id=node_home.node_id, role="node", name=node_home.name
-    )
-    assert ident.home == node_home.home
+    # `fedscreen node init` creates the node's identity in its home
+    ident = load_identity(node_home.home)
+    assert (ident.home, ident.member_id, ident.role) == (node_home.home, "130102", "node")
     assert (node_home.home / "node.toml").is_file()
-    # `fedscreen node init` made the node's signing key; the identity adopts it
     assert ident.signing_key().public_key == node_home.signing_key().public_key
+    with pytest.raises(ConfigError, match="already exists"):
+        create_identity(node_home.home, member_id="130102", role="node", name="x")
 
 
 @pytest.mark.parametrize(
