@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import tomllib
@@ -27,6 +26,7 @@ from typing import Final
 from fedscreen.errors import ConfigError
 from fedscreen.identity import create_identity
 from fedscreen.node import store
+from fedscreen.pki import write_new_file
 from fedscreen.policy import Policy, county_policy_path, default_policy_dir, load_node_policy
 from fedscreen.policy.default import PROVINCE_FILE
 from fedscreen.signing import SigningKey
@@ -91,15 +91,6 @@ def _toml_str(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600 and write ``data``; refuse to overwrite."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def init_home(home: Path, *, node_id: str, name: str, county_code: str | None = None) -> NodeConfig:
     """Create a node home; refuses a directory that already holds a node."""
     if not NODE_ID_PATTERN.fullmatch(node_id):
@@ -125,7 +116,7 @@ def init_home(home: Path, *, node_id: str, name: str, county_code: str | None = 
         "# problems listed for a rejected file before the rest are only counted\n"
         f"max_problems = {DEFAULT_MAX_PROBLEMS}\n"
     )
-    write_private(home / SECRET_FILE, secrets.token_bytes(SECRET_BYTES))
+    write_new_file(home / SECRET_FILE, secrets.token_bytes(SECRET_BYTES), mode=0o600)
     # the node's Ed25519 and TLS keys and its certificate request (fedscreen pki issue signs it)
     create_identity(home, member_id=node_id, role="node", name=name, level="county")
     conn = store.connect(home / DATABASE_FILE)

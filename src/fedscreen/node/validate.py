@@ -70,62 +70,58 @@ def map_header(header: list[str], columns: tuple[Column, ...], path: str) -> dic
 
 
 class _Row:
-    """Cells of one row, with problem collection; kept tiny because it is per row."""
+    """The stripped cells of one row by column key, with problem collection.
 
-    __slots__ = ("cells", "index", "line", "path", "problems")
+    Kept small and flat because it runs once per row, a million times per file.
+    """
+
+    __slots__ = ("line", "path", "problems", "values")
 
     def __init__(
-        self, path: str, line: int, cells: list[str], index: dict[str, int], problems: list[Problem]
+        self, path: str, line: int, values: dict[str, str], problems: list[Problem]
     ) -> None:
-        self.path, self.line, self.cells, self.index, self.problems = (
-            path,
-            line,
-            cells,
-            index,
-            problems,
-        )
+        self.path, self.line, self.values, self.problems = path, line, values, problems
 
     def get(self, key: str) -> str:
-        i = self.index.get(key)
-        if i is None or i >= len(self.cells):
-            return ""
-        return self.cells[i].strip()
+        return self.values.get(key, "")
 
     def bad(self, key: str, reason: str) -> None:
         self.problems.append(Problem(self.path, self.line, key, reason))
 
     def required(self, key: str) -> str | None:
-        value = self.get(key)
+        value = self.values.get(key, "")
         if not value:
             self.bad(key, "required value missing")
             return None
         return value
 
     def code(self, key: str, aliases: dict[str, str], *, optional: bool = False) -> str | None:
-        value = self.get(key)
+        value = self.values.get(key, "")
         if not value:
             if not optional:
                 self.bad(key, "required value missing")
             return None
         code = aliases.get(value) or aliases.get(value.lower())
         if code is None:
-            allowed = ", ".join(sorted({v for v in aliases.values()}))
+            allowed = ", ".join(sorted(set(aliases.values())))
             self.bad(key, f"{value!r} is not one of {allowed}")
         return code
 
     def yes_no(self, key: str, *, optional: bool = False) -> int | None:
-        value = self.get(key)
+        value = self.values.get(key, "")
         if not value:
             if not optional:
                 self.bad(key, "required value missing (yes/no, 是/否)")
             return None
-        flag = YES_NO_ALIASES.get(value.lower())
+        flag = YES_NO_ALIASES.get(value)
         if flag is None:
-            self.bad(key, f"{value!r} is not yes/no (是/否, 1/0)")
+            flag = YES_NO_ALIASES.get(value.lower())
+            if flag is None:
+                self.bad(key, f"{value!r} is not yes/no (是/否, 1/0)")
         return flag
 
     def integer(self, key: str, low: int, high: int) -> int | None:
-        value = self.get(key)
+        value = self.values.get(key, "")
         if not value:
             self.bad(key, "required value missing")
             return None
@@ -140,7 +136,7 @@ class _Row:
         return number
 
     def date(self, key: str, first: str, last: str) -> str | None:
-        value = self.get(key)
+        value = self.values.get(key, "")
         if not value:
             return None
         try:
@@ -156,6 +152,12 @@ class _Row:
         return value
 
 
+def _values(keys: tuple[str, ...], order: list[int], cells: list[str]) -> dict[str, str]:
+    """Column key -> stripped cell ("" for a missing column or a short row)."""
+    size = len(cells)
+    return dict(zip(keys, [cells[i].strip() if 0 <= i < size else "" for i in order], strict=True))
+
+
 def _academic_year(row: _Row) -> str | None:
     value = row.required("academic_year")
     if value is None:
@@ -168,6 +170,7 @@ def _academic_year(row: _Row) -> str | None:
 
 
 _SCREENING_KEYS: Final = tuple(c.key for c in exports.SCREENING_COLUMNS)
+_SCHOOL_KEYS: Final = tuple(c.key for c in exports.SCHOOL_COLUMNS)
 _YEAR_FLAGS: Final = ("boarding", "left_behind", "single_parent", "economic_hardship")
 
 
@@ -212,73 +215,13 @@ class ScreeningParser:
     ) -> tuple[Any, ...] | None:
         """Validate one row; on success return its stored values in ``columns`` order."""
         before = len(problems)
-        path = self.path
-
-        def bad(key: str, reason: str) -> None:
-            problems.append(Problem(path, line, key, reason))
-
-        size = len(cells)
-        v = dict(
-            zip(
-                _SCREENING_KEYS,
-                [cells[i].strip() if 0 <= i < size else "" for i in self.order],
-                strict=True,
-            )
-        )
+        v = _values(_SCREENING_KEYS, self.order, cells)
+        row = _Row(self.path, line, v, problems)
+        bad, integer, date, yes_no = row.bad, row.integer, row.date, row.yes_no
         aliases = self.aliases
 
         def code(key: str, *, optional: bool = False) -> str | None:
-            value = v[key]
-            if not value:
-                if not optional:
-                    bad(key, "required value missing")
-                return None
-            found = aliases[key].get(value) or aliases[key].get(value.lower())
-            if found is None:
-                bad(key, f"{value!r} is not one of {', '.join(sorted(set(aliases[key].values())))}")
-            return found
-
-        def yes_no(key: str, *, optional: bool = False) -> int | None:
-            value = v[key]
-            flag = YES_NO_ALIASES.get(value) if value else None
-            if flag is None and value:
-                flag = YES_NO_ALIASES.get(value.lower())
-                if flag is None:
-                    bad(key, f"{value!r} is not yes/no (是/否, 1/0)")
-            elif not value and not optional:
-                bad(key, "required value missing (yes/no, 是/否)")
-            return flag
-
-        def integer(key: str, low: int, high: int) -> int | None:
-            value = v[key]
-            if not value:
-                bad(key, "required value missing")
-                return None
-            try:
-                number = int(value)
-            except ValueError:
-                bad(key, f"{value!r} is not a whole number")
-                return None
-            if not low <= number <= high:
-                bad(key, f"{number} outside {low}..{high}")
-                return None
-            return number
-
-        def date(key: str, first: str, last: str) -> str | None:
-            value = v[key]
-            if not value:
-                return None
-            try:
-                if len(value) != 10 or value[4] != "-":
-                    raise ValueError
-                dt.date.fromisoformat(value)
-            except ValueError:
-                bad(key, f"{value!r} is not a date YYYY-MM-DD")
-                return None
-            if not first <= value <= last:
-                bad(key, f"{value} outside {first}..{last}")
-                return None
-            return value
+            return row.code(key, aliases[key], optional=optional)
 
         student_key = None
         student_no = v["student_no"]
@@ -429,7 +372,8 @@ class SchoolParser:
 
     def __init__(self, *, path: str, header: list[str], county_code: str) -> None:
         self.path = path
-        self.index = map_header(header, exports.SCHOOL_COLUMNS, path)
+        index = map_header(header, exports.SCHOOL_COLUMNS, path)
+        self.order = [index.get(key, -1) for key in _SCHOOL_KEYS]
         self.county_code = county_code
         self.types = exports.value_aliases(exports.SCHOOL_TYPES)
         self.locations = exports.value_aliases(exports.LOCATIONS)
@@ -440,7 +384,7 @@ class SchoolParser:
     def parse(self, line: int, cells: list[str], problems: list[Problem]) -> dict[str, Any] | None:
         """Validate one row; on success return its values by column."""
         before = len(problems)
-        row = _Row(self.path, line, cells, self.index, problems)
+        row = _Row(self.path, line, _values(_SCHOOL_KEYS, self.order, cells), problems)
         out: dict[str, Any] = {"academic_year": _academic_year(row)}
         school_id = out["school_id"] = row.required("school_id")
         if school_id is not None and not SCHOOL_ID.fullmatch(school_id):
