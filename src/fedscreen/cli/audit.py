@@ -51,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     verify.add_argument("--manifest", type=Path, required=True, help="your copy of the manifest")
     verify.add_argument("--trusted-checkpoint", type=Path, help="checkpoints verified last time")
     verify.add_argument("--save-checkpoint", type=Path, help="store the newly verified checkpoints")
-    verify.add_argument("--evidence-dir", type=Path, help="where to write evidence (default: .)")
+    verify.add_argument("--evidence-dir", type=Path, help="where to write evidence (default: the bundle's folder)")
     verify.add_argument("--json", action="store_true", help="machine-readable report")
     verify.set_defaults(func=run_verify)
 
@@ -134,7 +134,7 @@ def _print_report(report: LogReport) -> None:
 def _report_failure(args: argparse.Namespace, failure: AuditFailure) -> int:
     written: list[str] = []
     if failure.evidence:
-        directory = args.evidence_dir or Path(".")
+        directory = args.evidence_dir or args.bundle.parent
         directory.mkdir(parents=True, exist_ok=True)
         stem = re.sub(r"[^0-9A-Za-z_.-]", "_", failure.origin or "log")
         for n, note in enumerate(failure.evidence):
