@@ -51,7 +51,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     verify.add_argument("--manifest", type=Path, required=True, help="your copy of the manifest")
     verify.add_argument("--trusted-checkpoint", type=Path, help="checkpoints verified last time")
     verify.add_argument("--save-checkpoint", type=Path, help="store the newly verified checkpoints")
-    verify.add_argument("--evidence-dir", type=Path, help="where to write evidence (default: the bundle's folder)")
+    verify.add_argument(
+        "--evidence-dir", type=Path, help="where to write evidence (default: the bundle's folder)"
+    )
     verify.add_argument("--json", action="store_true", help="machine-readable report")
     verify.set_defaults(func=run_verify)
 
