@@ -52,6 +52,8 @@ class QueryRequest:
     accuracy: float | None = None
     #: the SQL the analyst wrote, kept in refusal records
     text: str = ""
+    #: the signed query's id: a query id is answered once; a replay gets the stored answer
+    query_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,34 +141,39 @@ def answer_query(
             spec = QuerySpec(spec.dataset, spec.measure, spec.group_by, spec.where, (year,))
         plan = compile_query(spec, policy)
         epsilon = request_epsilon(request, plan, policy)
-        return _answer(config, policy, request.analyst, plan, epsilon, conn)
+        return _answer(config, policy, request.analyst, plan, epsilon, conn, request.query_id)
     except QueryRefused as refusal:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         query = request.text or (request.spec.canonical().decode() if request.spec else "")
-        at = now()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            ledger.record_refusal(
-                conn, analyst=request.analyst, query=query, reason=str(refusal), at=at
-            )
-            nodelog.append(
-                conn,
-                node_id=config.node_id,
-                key=config.signing_key(),
-                payload={
-                    "kind": "refusal",
-                    "at": at,
-                    "analyst": request.analyst,
-                    "query": query,
-                    "reason": str(refusal),
-                    "epsilon": 0,
-                },
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        record_refusal(config, conn, analyst=request.analyst, query=query, reason=str(refusal))
+        raise
+
+
+def record_refusal(
+    config: NodeConfig, conn: sqlite3.Connection, *, analyst: str, query: str, reason: str
+) -> None:
+    """Record a refused request and log it, in one transaction; it costs no budget."""
+    at = now()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        ledger.record_refusal(conn, analyst=analyst, query=query, reason=reason, at=at)
+        nodelog.append(
+            conn,
+            node_id=config.node_id,
+            key=config.signing_key(),
+            payload={
+                "kind": "refusal",
+                "at": at,
+                "analyst": analyst,
+                "query": query,
+                "reason": reason,
+                "epsilon": 0,
+            },
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
         raise
 
 
@@ -177,6 +184,7 @@ def _answer(
     plan: Plan,
     epsilon: float,
     conn: sqlite3.Connection,
+    query_id: str | None = None,
 ) -> Answer:
     digest = policy_digest(policy)
     cost_micro = ledger.to_micro(epsilon)
@@ -191,6 +199,17 @@ def _answer(
         row = conn.execute(
             "SELECT answer_id, answer FROM query_answer WHERE cache_key = ?", (cache_key,)
         ).fetchone()
+        if query_id is not None:
+            # a replayed query id gets exactly what it got before, whatever changed since
+            seen = conn.execute(
+                "SELECT a.answer_id, a.answer FROM query_request AS r "
+                "JOIN query_answer AS a USING (answer_id) WHERE r.query_id = ?",
+                (query_id,),
+            ).fetchone()
+            if seen is not None:
+                row = seen
+            elif row is not None:
+                _remember(conn, query_id, analyst, int(row[0]))
         if row is not None:
             body = json.loads(row[1])
             logged = _log_answer(conn, config, key, analyst, plan, body, 0, cached=True)
@@ -261,6 +280,8 @@ def _answer(
                 answer_id=answer_id,
                 at=answered_at,
             )
+        if query_id is not None:
+            _remember(conn, query_id, analyst, answer_id)
         logged = _log_answer(
             conn, config, key, analyst, plan, body, cost_micro, cached=False, policy=policy
         )
@@ -270,6 +291,13 @@ def _answer(
             conn.execute("ROLLBACK")
         raise
     return _signed(answer_id, body, False, logged, key)
+
+
+def _remember(conn: sqlite3.Connection, query_id: str, analyst: str, answer_id: int) -> None:
+    conn.execute(
+        "INSERT INTO query_request (query_id, analyst, answer_id, received_at) VALUES (?, ?, ?, ?)",
+        (query_id, analyst, answer_id, now()),
+    )
 
 
 def _log_answer(

@@ -41,6 +41,12 @@ CREATE TABLE ledger_charge (
     charged_at TEXT NOT NULL
 );
 CREATE INDEX ledger_charge_year ON ledger_charge (academic_year, analyst);
+CREATE TABLE query_request (
+    query_id TEXT PRIMARY KEY,
+    analyst TEXT NOT NULL,
+    answer_id INTEGER NOT NULL REFERENCES query_answer (answer_id),
+    received_at TEXT NOT NULL
+);
 CREATE TABLE query_approval (
     approval_id INTEGER PRIMARY KEY,
     request_key TEXT NOT NULL UNIQUE,

@@ -1,4 +1,6 @@
-"""The node's own transparency log: every query it answered or refused.
+"""Signed transparency logs of a member: the node's own log, and the coordinator's.
+
+The node logs every query it answered or refused.
 
 Each entry is a DSSE envelope (``LOG_ENTRY_V1``) signed by the node, whose
 payload records the requester, the canonical query, the ε charged, the budget
@@ -21,15 +23,15 @@ from fedscreen.envelope import LOG_ENTRY_V1, sign_envelope
 from fedscreen.query.spec import canonical_json
 from fedscreen.signing import SigningKey
 
-LOG_NAME: Final = "node"
 CHECKPOINT_SCHEMA: Final = (
-    "CREATE TABLE IF NOT EXISTS log_checkpoint (size INTEGER PRIMARY KEY, note TEXT NOT NULL)"
+    "CREATE TABLE IF NOT EXISTS log_checkpoint (log TEXT NOT NULL, size INTEGER NOT NULL, "
+    "note TEXT NOT NULL, PRIMARY KEY (log, size))"
 )
 
 
-def origin(node_id: str) -> str:
-    """The checkpoint origin line of a node's log."""
-    return f"fedscreen.node/{node_id}"
+def origin(member_id: str, role: str = "node") -> str:
+    """The checkpoint origin line of a member's log (role "node" or "coordinator")."""
+    return f"fedscreen.{role}/{member_id}"
 
 
 @dataclass(frozen=True)
@@ -42,26 +44,39 @@ class Appended:
 
 
 def append(
-    conn: sqlite3.Connection, *, node_id: str, key: SigningKey, payload: dict[str, Any]
+    conn: sqlite3.Connection,
+    *,
+    node_id: str,
+    key: SigningKey,
+    payload: dict[str, Any],
+    role: str = "node",
 ) -> Appended:
-    """Sign ``payload`` as the next entry, append it and sign a checkpoint. Does not commit."""
+    """Sign ``payload`` as the next entry of the member's log, append it and sign a
+    checkpoint. Does not commit. (``node_id`` is the log owner's member id.)"""
     conn.execute(CHECKPOINT_SCHEMA)
-    log = TransparencyLog(conn, name=LOG_NAME)
+    log = TransparencyLog(conn, name=role)
     index = log.size()
     # the entry states its own position, so a reordered log is visible entry by entry too
     body = canonical_json({**payload, "index": index, "node_id": node_id})
     envelope = sign_envelope(payload_type=LOG_ENTRY_V1, payload=body, key=key)
     log.append(envelope.to_json().encode("utf-8"))
     size = index + 1
-    note = sign_checkpoint(Checkpoint(origin(node_id), size, log.root(size)), key=key)
-    conn.execute("INSERT INTO log_checkpoint (size, note) VALUES (?, ?)", (size, note))
+    note = sign_checkpoint(Checkpoint(origin(node_id, role), size, log.root(size)), key=key)
+    conn.execute(
+        "INSERT INTO log_checkpoint (log, size, note) VALUES (?, ?, ?)", (role, size, note)
+    )
     return Appended(index, size, note)
 
 
-def export(conn: sqlite3.Connection) -> tuple[list[bytes], list[str]]:
-    """All entries and every checkpoint the node signed, in order."""
+def export(conn: sqlite3.Connection, role: str = "node") -> tuple[list[bytes], list[str]]:
+    """All entries and every checkpoint the member signed for its log, in order."""
     conn.execute(CHECKPOINT_SCHEMA)
-    log = TransparencyLog(conn, name=LOG_NAME)
+    log = TransparencyLog(conn, name=role)
     entries = [log.entry(i) for i in range(log.size())]
-    notes = [str(n) for (n,) in conn.execute("SELECT note FROM log_checkpoint ORDER BY size")]
+    notes = [
+        str(n)
+        for (n,) in conn.execute(
+            "SELECT note FROM log_checkpoint WHERE log = ? ORDER BY size", (role,)
+        )
+    ]
     return entries, notes

@@ -1,0 +1,103 @@
+"""Analysts' signed queries: what an analyst signs, and what a node checks before answering.
+
+A query travels as a DSSE envelope (``QUERY_V1``) signed by the analyst, so the
+coordinator that relays it cannot forge or alter one. Its payload::
+
+    {"query_id": "<32 hex>", "analyst": "<member id>", "issued_at_ms": <unix ms>,
+     "spec": <QuerySpec JSON>, "epsilon": <float|null>, "accuracy": <float|null>,
+     "nodes": ["130102", ...]}
+
+A node accepts it only if the signature is by an active **analyst** of the
+manifest, the payload names that same analyst, and it is fresh (issued within
+the freshness window of the node's clock). Uniqueness — a query id is answered
+once, a replay gets the stored answer — is kept by the node's engine.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any, Final
+
+from fedscreen.envelope import QUERY_V1, Envelope, sign_envelope, verify_envelope
+from fedscreen.errors import QueryRefused, VerificationError
+from fedscreen.manifest import Manifest
+from fedscreen.query.spec import QuerySpec, canonical_json
+from fedscreen.signing import SigningKey
+
+#: a query older (or further in the future) than this is refused as stale, milliseconds
+FRESHNESS_WINDOW_MS: Final = 5 * 60 * 1000
+QUERY_ID_HEX: Final = 32
+
+
+@dataclass(frozen=True)
+class SignedQuery:
+    """A verified query."""
+
+    query_id: str
+    analyst: str
+    issued_at_ms: int
+    spec: QuerySpec
+    epsilon: float | None
+    accuracy: float | None
+    nodes: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The payload form."""
+        return {
+            "query_id": self.query_id,
+            "analyst": self.analyst,
+            "issued_at_ms": self.issued_at_ms,
+            "spec": self.spec.to_json(),
+            "epsilon": self.epsilon,
+            "accuracy": self.accuracy,
+            "nodes": list(self.nodes),
+        }
+
+
+def new_query_id() -> str:
+    """A fresh random query id (128 bits)."""
+    return secrets.token_hex(QUERY_ID_HEX // 2)
+
+
+def sign_query(query: SignedQuery, *, key: SigningKey) -> Envelope:
+    """Sign a query as its analyst."""
+    return sign_envelope(payload_type=QUERY_V1, payload=canonical_json(query.to_json()), key=key)
+
+
+def verify_query(
+    envelope: Envelope, *, manifest: Manifest, now_ms: int, window_ms: int = FRESHNESS_WINDOW_MS
+) -> SignedQuery:
+    """Check signature, signer role, freshness and shape; raise VerificationError/QueryRefused."""
+    payload = verify_envelope(
+        envelope, expected_payload_type=QUERY_V1, trusted_keys=manifest.keys(role="analyst")
+    )
+    try:
+        data = json.loads(payload)
+        query = SignedQuery(
+            query_id=str(data["query_id"]),
+            analyst=str(data["analyst"]),
+            issued_at_ms=int(data["issued_at_ms"]),
+            spec=QuerySpec.from_json(data["spec"]),
+            epsilon=None if data.get("epsilon") is None else float(data["epsilon"]),
+            accuracy=None if data.get("accuracy") is None else float(data["accuracy"]),
+            nodes=tuple(str(n) for n in data.get("nodes", [])),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise QueryRefused(f"malformed query: {exc!r}") from None
+    if len(query.query_id) != QUERY_ID_HEX or not all(
+        c in "0123456789abcdef" for c in query.query_id
+    ):
+        raise QueryRefused("a query id is 32 lowercase hex digits")
+    # the signature must be the named analyst's own: no signing on someone else's behalf
+    signer = manifest.member(query.analyst, role="analyst")
+    keyids = {s.keyid for s in envelope.signatures}
+    if signer.key_id not in keyids:
+        raise VerificationError(f"the query is not signed by {query.analyst} itself")
+    if abs(now_ms - query.issued_at_ms) > window_ms:
+        raise QueryRefused(
+            f"stale query: issued {abs(now_ms - query.issued_at_ms) // 1000} s from this node's "
+            f"clock (window {window_ms // 1000} s)"
+        )
+    return query
