@@ -15,8 +15,10 @@ def _node_answers(truths: list[list[int]], epsilons: list[float], kind: str) -> 
     answers = []
     for n, (truth, eps) in enumerate(zip(truths, epsilons, strict=True)):
         noisy = laplace_vector(truth, epsilon=eps, sensitivity=1)
-        cells = [{"group": [i], "value": v, "lower": v - noisy.half_width,
-                  "upper": v + noisy.half_width} for i, v in enumerate(noisy.values)]
+        cells = [
+            {"group": [i], "value": v, "lower": v - noisy.half_width, "upper": v + noisy.half_width}
+            for i, v in enumerate(noisy.values)
+        ]
         answers.append(NodeCells(f"n{n}", {"scale": noisy.scale, "cells": cells}))
     return answers
 
@@ -38,8 +40,11 @@ def test_province_interval_coverage(epsilons: list[float]) -> None:
 def test_rate_combines_numerators_and_denominators() -> None:
     answers = []
     for n, (num, den) in enumerate([(30, 200), (50, 400), (10, 100)]):
-        cell = {"group": ["x"], "numerator": {"value": num, "scale": 4.0},
-                "denominator": {"value": den, "scale": 4.0}}
+        cell = {
+            "group": ["x"],
+            "numerator": {"value": num, "scale": 4.0},
+            "denominator": {"value": den, "scale": 4.0},
+        }
         answers.append(NodeCells(f"n{n}", {"cells": [cell]}))
     (cell,) = combine("rate", answers, threshold=10)
     assert cell["value"] == pytest.approx(90 / 700)

@@ -1,0 +1,95 @@
+"""The analyst's side: sign a query, verify a release.
+
+An analyst's home is a member identity (``fedscreen identity init --role analyst``)
+issued by the authority. ``verify_release`` trusts nothing but the manifest: the
+release must be signed by the active coordinator, every node answer in it must
+verify against its node's key and answer exactly this query, and the provincial
+cells must be the combination of those answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedscreen.answer import verify_answer
+from fedscreen.coordinator.combine import NodeCells, combine
+from fedscreen.envelope import RELEASE_V1, Envelope, verify_envelope
+from fedscreen.errors import ConfigError, VerificationError
+from fedscreen.identity import load_identity
+from fedscreen.manifest import Manifest
+from fedscreen.query.signed import SignedQuery, new_query_id, sign_query
+from fedscreen.query.spec import canonical_json
+from fedscreen.query.sqlparse import parse_sql
+
+
+def make_query(
+    home: Path,
+    sql: str,
+    *,
+    epsilon: float | None,
+    accuracy: float | None,
+    nodes: Sequence[str] = (),
+) -> tuple[SignedQuery, bytes]:
+    """Parse ``sql`` and sign it with the analyst identity in ``home``."""
+    identity = load_identity(home)
+    if identity.role != "analyst":
+        raise ConfigError(f"{home} holds a {identity.role} identity, not an analyst's")
+    query = SignedQuery(
+        query_id=new_query_id(),
+        analyst=identity.member_id,
+        issued_at_ms=int(time.time() * 1000),
+        spec=parse_sql(sql),
+        epsilon=epsilon,
+        accuracy=accuracy,
+        nodes=tuple(nodes),
+    )
+    envelope = sign_query(query, key=identity.signing_key())
+    return query, envelope.to_json().encode("utf-8")
+
+
+@dataclass(frozen=True)
+class VerifiedRelease:
+    """A release whose signature, answers and combination were verified."""
+
+    body: dict[str, Any]
+
+
+def verify_release(
+    envelope: bytes,
+    *,
+    manifest: Manifest,
+    query: SignedQuery,
+    answers: Mapping[str, bytes],
+) -> VerifiedRelease:
+    """Verify a release of ``query`` and the node answers it was made of."""
+    coordinators = manifest.keys(role="coordinator")
+    payload = verify_envelope(
+        Envelope.from_json(envelope), expected_payload_type=RELEASE_V1, trusted_keys=coordinators
+    )
+    body = json.loads(payload)
+    if body.get("query_id") != query.query_id:
+        raise VerificationError("the release is for another query")
+    listed = {a["node_id"]: a for a in body["answers"]}
+    if set(listed) != set(answers):
+        raise VerificationError("the release lists other answers than those delivered")
+    nodes = []
+    for node_id in sorted(answers):
+        if hashlib.sha256(answers[node_id]).hexdigest() != listed[node_id]["envelope_sha256"]:
+            raise VerificationError(f"{node_id}'s answer is not the one the release names")
+        verified = verify_answer(
+            Envelope.from_json(answers[node_id]),
+            manifest=manifest,
+            node_id=node_id,
+            expected_query=query.spec,
+        )
+        nodes.append(NodeCells(node_id, verified.body))
+    recomputed = combine(query.spec.measure.kind, nodes, threshold=int(body["threshold"]))
+    if canonical_json(recomputed) != canonical_json(body["province"]):
+        raise VerificationError("the provincial figures are not the combination of the answers")
+    return VerifiedRelease(body)

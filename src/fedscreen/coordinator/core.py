@@ -1,0 +1,228 @@
+"""The coordinator's core: accept signed queries, combine signed answers, sign releases, log all.
+
+The coordinator is trusted to relay and combine, not for privacy and not for
+honesty: it checks an analyst's query early (signature, role, freshness, the
+provincial catalogue) only to refuse cheaply — every node checks again. Every
+request, every node answer (the node's envelope, verbatim) and every release
+goes into the coordinator's transparency log::
+
+    HOME/
+      coordinator.toml   config
+      coordinator.db     its transparency log (SQLite, WAL, synchronous=FULL)
+      signing.key, tls.key, tls.pem, ca.pem, manifest.json   its federation identity
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from fedscreen.answer import VerifiedAnswer, verify_answer
+from fedscreen.audit.log import TransparencyLog
+from fedscreen.coordinator.release import release_body
+from fedscreen.envelope import RELEASE_V1, Envelope, sign_envelope
+from fedscreen.errors import ConfigError, QueryRefused, VerificationError
+from fedscreen.identity import Identity, create_identity, load_identity
+from fedscreen.manifest import Manifest
+from fedscreen.node import nodelog, store
+from fedscreen.policy import Policy, default_policy_dir, load_policy
+from fedscreen.policy.default import PROVINCE_FILE
+from fedscreen.query.compile import compile_query
+from fedscreen.query.signed import SignedQuery, verify_query
+from fedscreen.query.spec import canonical_json
+
+CONFIG_FILE: Final = "coordinator.toml"
+DATABASE_FILE: Final = "coordinator.db"
+ROLE: Final = "coordinator"
+
+
+@dataclass(frozen=True)
+class Release:
+    """A signed release and what it was made of."""
+
+    envelope: bytes
+    body: dict[str, Any]
+    #: node id -> the node's answer envelope, verbatim
+    answers: dict[str, bytes]
+    missing: tuple[str, ...]
+
+
+def init_coordinator(home: Path, *, member_id: str, name: str) -> None:
+    """Create a coordinator home: config, log database and identity (keys + request)."""
+    if (home / CONFIG_FILE).exists():
+        raise ConfigError(f"{home} already holds a coordinator; refusing to overwrite")
+    home.mkdir(parents=True, exist_ok=True)
+    create_identity(home, member_id=member_id, role=ROLE, name=name, level="province")
+    conn = store.connect(home / DATABASE_FILE)
+    conn.close()
+    (home / CONFIG_FILE).write_text(
+        "# fedscreen coordinator\n[coordinator]\n"
+        f"id = {json.dumps(member_id)}\n\n[policy]\n"
+        '# province = "/etc/fedscreen/province.toml"   # default: the source tree\'s policies/\n',
+        encoding="utf-8",
+    )
+
+
+class Coordinator:
+    """An open coordinator home."""
+
+    def __init__(self, home: Path, identity: Identity, policy: Policy) -> None:
+        self.home = home
+        self.identity = identity
+        self.member_id = identity.member_id
+        self.policy = policy
+        self.manifest: Manifest = identity.manifest()
+        self.key = identity.signing_key()
+        self.origin = nodelog.origin(self.member_id, ROLE)
+        self.conn = store.connect(home / DATABASE_FILE)
+        self.conn.execute(nodelog.CHECKPOINT_SCHEMA)
+        self.log = TransparencyLog(self.conn, name=ROLE)
+
+    @classmethod
+    def open(cls, home: Path) -> Coordinator:
+        """Open a coordinator home whose identity has been issued."""
+        try:
+            config = tomllib.loads((home / CONFIG_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{home} is not a coordinator home; run coordinator init") from None
+        identity = load_identity(home)
+        if identity.role != ROLE:
+            raise ConfigError(f"{home} holds a {identity.role} identity, not a coordinator")
+        province = config.get("policy", {}).get("province")
+        path = home / province if province else default_policy_dir() / PROVINCE_FILE
+        return cls(home, identity, load_policy(path))
+
+    @property
+    def node_ids(self) -> tuple[str, ...]:
+        """Active node members of the manifest."""
+        return tuple(m.id for m in self.manifest.members if m.role == "node" and not m.revoked)
+
+    def reload_manifest(self) -> None:
+        """Pick up a newer manifest installed in the home."""
+        self.manifest = self.identity.manifest()
+
+    def accept(self, query_envelope: bytes, *, now_ms: int) -> SignedQuery:
+        """Verify and log an analyst's query; raise QueryRefused/VerificationError early."""
+        envelope = Envelope.from_json(query_envelope)
+        query = verify_query(envelope, manifest=self.manifest, now_ms=now_ms)
+        if query.spec.years:
+            # the provincial catalogue: a cheap early refusal (nodes apply their own, stricter)
+            compile_query(query.spec, self.policy)
+        unknown = [n for n in query.nodes if n not in self.node_ids]
+        if unknown:
+            raise QueryRefused(f"not active nodes of the federation: {', '.join(unknown)}")
+        self._append(
+            {
+                "kind": "request",
+                "query_id": query.query_id,
+                "envelope": query_envelope.decode("utf-8"),
+            }
+        )
+        return query
+
+    def release(
+        self,
+        query: SignedQuery,
+        query_envelope: bytes,
+        answers: Mapping[str, bytes],
+        missing: Sequence[str],
+    ) -> Release:
+        """Verify the nodes' answers, combine them, sign and log the release."""
+        del query_envelope  # logged by accept(); kept in the signature for callers' clarity
+        verified: dict[str, tuple[bytes, VerifiedAnswer]] = {}
+        lost = list(missing)
+        for node_id, raw in answers.items():
+            try:
+                answer = verify_answer(
+                    Envelope.from_json(raw),
+                    manifest=self.manifest,
+                    node_id=node_id,
+                    expected_query=query.spec,
+                )
+            except VerificationError:
+                lost.append(node_id)  # an answer that does not verify counts as no answer
+                continue
+            verified[node_id] = (raw, answer)
+        targeted = list(query.nodes or self.node_ids)
+        body = release_body(
+            coordinator_id=self.member_id,
+            query=query,
+            answers=verified,
+            missing=lost,
+            targeted=targeted,
+            threshold=self.policy.limits.publication_threshold,
+        )
+        signed = (
+            sign_envelope(payload_type=RELEASE_V1, payload=canonical_json(body), key=self.key)
+            .to_json()
+            .encode("utf-8")
+        )
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for node_id, (raw, _) in sorted(verified.items()):
+                self._append(
+                    {
+                        "kind": "answer",
+                        "query_id": query.query_id,
+                        "node": node_id,
+                        "envelope": raw.decode("utf-8"),
+                    },
+                    commit=False,
+                )
+            self._append(
+                {"kind": "release", "query_id": query.query_id, "envelope": signed.decode("utf-8")},
+                commit=False,
+            )
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return Release(signed, body, {n: v[0] for n, v in verified.items()}, tuple(sorted(lost)))
+
+    def _append(self, payload: dict[str, Any], *, commit: bool = True) -> None:
+        if commit:
+            self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            nodelog.append(
+                self.conn, node_id=self.member_id, key=self.key, payload=payload, role=ROLE
+            )
+            if commit:
+                self.conn.execute("COMMIT")
+        except BaseException:
+            if commit:
+                self.conn.execute("ROLLBACK")
+            raise
+
+    # --- the auditors' view ------------------------------------------------------------
+
+    def checkpoint(self) -> str:
+        """The newest signed checkpoint of the coordinator's log ("" if empty)."""
+        row = self.conn.execute(
+            "SELECT note FROM log_checkpoint WHERE log = ? ORDER BY size DESC LIMIT 1", (ROLE,)
+        ).fetchone()
+        return str(row[0]) if row else ""
+
+    def entries(self, start: int, end: int) -> list[bytes]:
+        """Entries [start, end) of the log."""
+        end = min(end, self.log.size())
+        return [self.log.entry(i) for i in range(max(start, 0), end)]
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """RFC 9162 inclusion proof of entry ``index`` in the tree of ``size``."""
+        return self.log.inclusion_proof(index, size)
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        """RFC 9162 consistency proof between two tree sizes."""
+        return self.log.consistency_proof(size1, size2)
+
+    def export(self) -> tuple[list[bytes], list[str]]:
+        """Every entry and checkpoint, for an audit bundle."""
+        return nodelog.export(self.conn, role=ROLE)
+
+    def close(self) -> None:
+        """Close the log database."""
+        self.conn.close()

@@ -1,0 +1,61 @@
+"""Releases: the coordinator's signed combination of the nodes' signed answers.
+
+A release body holds the analyst's query, which nodes answered (each with the
+SHA-256 of its answer envelope, its ε and its log checkpoint) and which did
+not, each node's cells, and the provincial cells computed by
+``combine.combine`` from exactly those answers — so anyone holding the answers
+can recompute the release and compare.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from fedscreen.answer import VerifiedAnswer
+from fedscreen.coordinator.combine import NodeCells, combine
+from fedscreen.query.signed import SignedQuery
+
+RELEASE_VERSION: Final = 1
+
+
+def release_body(
+    *,
+    coordinator_id: str,
+    query: SignedQuery,
+    answers: Mapping[str, tuple[bytes, VerifiedAnswer]],
+    missing: Sequence[str],
+    targeted: Sequence[str],
+    threshold: int,
+) -> dict[str, Any]:
+    """The body the coordinator signs for one query."""
+    ordered = sorted(answers)
+    nodes = [NodeCells(n, answers[n][1].body) for n in ordered]
+    return {
+        "version": RELEASE_VERSION,
+        "coordinator": coordinator_id,
+        "query_id": query.query_id,
+        "analyst": query.analyst,
+        "query": query.spec.to_json(),
+        "released_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "targeted": sorted(targeted),
+        "answered": ordered,
+        "missing": sorted(missing),
+        "coverage": len(ordered) / len(targeted) if targeted else 0.0,
+        "answers": [
+            {
+                "node_id": n,
+                "envelope_sha256": hashlib.sha256(answers[n][0]).hexdigest(),
+                "epsilon": answers[n][1].body.get("epsilon"),
+                "log_index": answers[n][1].log_index,
+                "checkpoint": answers[n][1].checkpoint_note,
+            }
+            for n in ordered
+        ],
+        "per_node": {n: answers[n][1].body["cells"] for n in ordered},
+        "threshold": threshold,
+        # the auditor recomputes exactly this from the logged answers
+        "province": combine(query.spec.measure.kind, nodes, threshold=threshold),
+    }

@@ -1,0 +1,221 @@
+"""The federation's logic end to end, in process: signed query -> node answers -> release.
+
+(The gRPC transport around it is tested in tests/integration.)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from exportrows import screening_row, write_csv
+
+from fedscreen import pki
+from fedscreen.analyst import make_query, verify_release
+from fedscreen.coordinator.core import Coordinator, init_coordinator
+from fedscreen.errors import QueryRefused, VerificationError
+from fedscreen.identity import create_identity, install_issued, load_identity, update_manifest
+from fedscreen.node import store
+from fedscreen.node.home import NodeConfig, init_home
+from fedscreen.node.ingest import ingest_paths
+from fedscreen.node.requests import handle_query
+from fedscreen.query.signed import SignedQuery, new_query_id, sign_query
+from fedscreen.query.sqlparse import parse_sql
+
+SQL = "SELECT sex, COUNT(*) FROM screenings WHERE academic_year = '2024-2025' GROUP BY sex"
+COUNTIES = ("130104", "130105", "130107")  # no county documents: the provincial policy applies
+
+
+@dataclass
+class Federation:
+    auth: Path
+    coordinator: Path
+    analyst: Path
+    auditor: Path
+    nodes: dict[str, NodeConfig]
+
+
+def _issue(auth: Path, home: Path) -> None:
+    cert, _ = pki.issue(auth, load_identity(home).request_path)
+    install_issued(home, cert, pki.load_authority(auth).ca_pem, pki.manifest_text(auth))
+
+
+@pytest.fixture
+def fed(tmp_path: Path) -> Federation:
+    auth = tmp_path / "auth"
+    pki.init_authority(auth, federation="test")
+    init_coordinator(tmp_path / "coord", member_id="coordinator", name="省平台")
+    _issue(auth, tmp_path / "coord")
+    for home, member, role in (
+        (tmp_path / "analyst", "analyst-1", "analyst"),
+        (tmp_path / "auditor", "auditor-1", "auditor"),
+    ):
+        create_identity(home, member_id=member, role=role, name=member)
+        _issue(auth, home)
+    nodes = {}
+    for n, code in enumerate(COUNTIES):
+        config = init_home(tmp_path / code, node_id=code, name=code)
+        _issue(auth, config.home)
+        rows = [
+            screening_row(i, county_code=code, sex="F" if i % 3 else "M")
+            for i in range(1, 101 + 50 * n)
+        ]
+        ingest_paths(config, [write_csv(tmp_path / f"{code}.csv", rows)])
+        nodes[code] = config
+    text = pki.manifest_text(auth)
+    for home in [
+        tmp_path / "coord",
+        tmp_path / "analyst",
+        tmp_path / "auditor",
+        *(c.home for c in nodes.values()),
+    ]:
+        update_manifest(home, text)
+    return Federation(auth, tmp_path / "coord", tmp_path / "analyst", tmp_path / "auditor", nodes)
+
+
+def _answer(config: NodeConfig, envelope: bytes) -> bytes:
+    conn = store.connect(config.database)
+    try:
+        return handle_query(
+            config, config.policy(), load_identity(config.home).manifest(), envelope, conn=conn
+        )
+    finally:
+        conn.close()
+
+
+def _charged(config: NodeConfig) -> int:
+    conn = store.connect(config.database)
+    try:
+        return int(
+            conn.execute("SELECT COALESCE(SUM(epsilon_micro), 0) FROM ledger_charge").fetchone()[0]
+        )
+    finally:
+        conn.close()
+
+
+def test_query_end_to_end_with_a_missing_node(fed: Federation) -> None:
+    query, envelope = make_query(fed.analyst, SQL, epsilon=0.5, accuracy=None)
+    coordinator = Coordinator.open(fed.coordinator)
+    try:
+        accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
+        answers = {code: _answer(fed.nodes[code], envelope) for code in COUNTIES[:2]}
+        release = coordinator.release(accepted, envelope, answers, missing=[COUNTIES[2]])
+    finally:
+        coordinator.close()
+    manifest = load_identity(fed.analyst).manifest()
+    verified = verify_release(
+        release.envelope, manifest=manifest, query=query, answers=release.answers
+    )
+    body = verified.body
+    assert body["missing"] == [COUNTIES[2]]
+    assert body["coverage"] == pytest.approx(2 / 3)
+    for i, cell in enumerate(body["province"]):
+        assert cell["value"] == sum(body["per_node"][n][i]["value"] for n in COUNTIES[:2])
+        assert cell["lower"] < cell["value"] < cell["upper"]
+
+
+def test_a_tampered_release_or_answer_does_not_verify(fed: Federation) -> None:
+    query, envelope = make_query(fed.analyst, SQL, epsilon=0.5, accuracy=None)
+    coordinator = Coordinator.open(fed.coordinator)
+    try:
+        accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
+        answers = {code: _answer(fed.nodes[code], envelope) for code in COUNTIES}
+        release = coordinator.release(accepted, envelope, answers, missing=[])
+    finally:
+        coordinator.close()
+    manifest = load_identity(fed.analyst).manifest()
+    swapped = dict(release.answers)
+    swapped[COUNTIES[0]], swapped[COUNTIES[1]] = swapped[COUNTIES[1]], swapped[COUNTIES[0]]
+    with pytest.raises(VerificationError):
+        verify_release(release.envelope, manifest=manifest, query=query, answers=swapped)
+    other, _ = make_query(fed.analyst, SQL, epsilon=0.4, accuracy=None)
+    with pytest.raises(VerificationError, match="another query"):
+        verify_release(release.envelope, manifest=manifest, query=other, answers=release.answers)
+
+
+def test_a_replayed_query_is_answered_from_the_stored_answer(fed: Federation) -> None:
+    node = fed.nodes[COUNTIES[0]]
+    _, envelope = make_query(fed.analyst, SQL, epsilon=0.5, accuracy=None)
+    first = json.loads(_answer(node, envelope))
+    charged = _charged(node)
+    # new data arrives, then the same signed envelope is delivered again
+    ingest_paths(
+        node,
+        [
+            write_csv(
+                node.home / "more.csv",
+                [
+                    screening_row(900 + i, county_code=node.county_code, school_id="1301049999")
+                    for i in range(5)
+                ],
+            )
+        ],
+    )
+    second = json.loads(_answer(node, envelope))
+    assert _charged(node) == charged > 0
+    assert _payload(first)["answer"] == _payload(second)["answer"]
+
+
+def _payload(envelope: dict) -> dict:  # type: ignore[type-arg]
+    return json.loads(base64.b64decode(envelope["payload"]))  # type: ignore[no-any-return]
+
+
+def test_nodes_refuse_queries_not_signed_by_an_analyst(fed: Federation) -> None:
+    node = fed.nodes[COUNTIES[0]]
+    for home in (fed.auditor, node.home, fed.coordinator):
+        ident = load_identity(home)
+        query = SignedQuery(new_query_id(), ident.member_id, _now(), parse_sql(SQL), 0.5, None, ())
+        envelope = sign_query(query, key=ident.signing_key()).to_json().encode()
+        with pytest.raises(QueryRefused, match="not a valid analyst query"):
+            _answer(node, envelope)
+    assert _charged(node) == 0
+    conn = store.connect(node.database)
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM query_refusal").fetchone()[0] == 3
+    finally:
+        conn.close()
+
+
+def test_a_stale_query_and_one_for_other_nodes_are_refused(fed: Federation) -> None:
+    node = fed.nodes[COUNTIES[0]]
+    ident = load_identity(fed.analyst)
+    stale = SignedQuery(
+        new_query_id(), ident.member_id, _now() - 3_600_000, parse_sql(SQL), 0.5, None, ()
+    )
+    with pytest.raises(QueryRefused, match="stale"):
+        _answer(node, sign_query(stale, key=ident.signing_key()).to_json().encode())
+    elsewhere = SignedQuery(
+        new_query_id(), ident.member_id, _now(), parse_sql(SQL), 0.5, None, (COUNTIES[1],)
+    )
+    with pytest.raises(QueryRefused, match="not addressed"):
+        _answer(node, sign_query(elsewhere, key=ident.signing_key()).to_json().encode())
+
+
+def test_the_coordinator_refuses_early(fed: Federation) -> None:
+    coordinator = Coordinator.open(fed.coordinator)
+    try:
+        query, envelope = make_query(
+            fed.analyst,
+            "SELECT school_id, COUNT(*) FROM screenings WHERE academic_year = '2024-2025' "
+            "GROUP BY school_id",
+            epsilon=0.5,
+            accuracy=None,
+        )
+        with pytest.raises(QueryRefused, match="withheld"):
+            coordinator.accept(envelope, now_ms=query.issued_at_ms)
+        ident = load_identity(fed.auditor)
+        forged = SignedQuery(new_query_id(), "analyst-1", _now(), parse_sql(SQL), 0.5, None, ())
+        with pytest.raises(VerificationError):
+            coordinator.accept(
+                sign_query(forged, key=ident.signing_key()).to_json().encode(), now_ms=_now()
+            )
+    finally:
+        coordinator.close()
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
