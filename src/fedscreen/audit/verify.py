@@ -19,6 +19,7 @@ Nothing here does I/O: it takes parsed values and returns a report or raises.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 from collections.abc import Iterator, Mapping
@@ -26,12 +27,17 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from fedscreen.answer import VerifiedAnswer, verify_answer
 from fedscreen.audit import merkle
 from fedscreen.audit.bundle import Bundle, LogExport
 from fedscreen.audit.checkpoint import Checkpoint, parse_and_verify_note
-from fedscreen.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
+from fedscreen.coordinator.combine import NodeCells, combine
+from fedscreen.envelope import LOG_ENTRY_V1, RELEASE_V1, Envelope, verify_envelope
 from fedscreen.errors import FedscreenError, VerificationError
 from fedscreen.manifest import Manifest
+from fedscreen.query.signed import SignedQuery, verify_query
+from fedscreen.query.spec import canonical_json
+from fedscreen.signing import public_key_id
 
 VALID: Final = 0
 ENTRY_INVALID: Final = 2
@@ -95,6 +101,10 @@ class LogReport:
     analyst_epsilon: dict[tuple[str, str], float] = field(default_factory=dict)
     #: the newest verified checkpoint note, to trust next time
     latest_note: str = ""
+    #: releases verified as the combination of their answers (coordinator logs)
+    releases: int = 0
+    #: node origin -> the largest node checkpoint relayed in an answer (coordinator logs)
+    relayed_checkpoints: dict[str, tuple[Checkpoint, str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """JSON form for ``--json``."""
@@ -105,6 +115,7 @@ class LogReport:
             "checkpoints": self.checkpoints,
             "answers": self.answers,
             "refusals": self.refusals,
+            "releases": self.releases,
             "node_epsilon": self.node_epsilon,
             "analyst_epsilon": [
                 {"year": y, "analyst": a, "epsilon": e}
@@ -131,13 +142,34 @@ def verify_bundle(
     """
     if not bundle.logs:
         raise BundleUntrusted("the bundle holds no logs")
-    return [
-        _verify_log(log, manifest, (trusted or {}).get(log.origin), workers) for log in bundle.logs
+    trees: dict[str, tuple[merkle.MemoryHashStore, int, str]] = {}
+    reports = [
+        _verify_log(log, manifest, (trusted or {}).get(log.origin), workers, trees)
+        for log in bundle.logs
     ]
+    # split view: every node checkpoint a coordinator relayed must be a prefix of the
+    # log that node exported (when the bundle has it)
+    for report in reports:
+        for origin, (checkpoint, note) in report.relayed_checkpoints.items():
+            if origin not in trees:
+                continue
+            tree, size, latest = trees[origin]
+            if checkpoint.size > size or merkle.root(tree, size=checkpoint.size) != checkpoint.root:
+                raise HistoryInconsistent(
+                    f"{report.origin} relayed a checkpoint of {origin} (size {checkpoint.size}) "
+                    "that the node's own log contradicts: a split view",
+                    origin=origin,
+                    evidence=(note, latest),
+                )
+    return reports
 
 
 def _verify_log(
-    log: LogExport, manifest: Manifest, trusted_note: str | None, workers: int
+    log: LogExport,
+    manifest: Manifest,
+    trusted_note: str | None,
+    workers: int,
+    trees: dict[str, tuple[merkle.MemoryHashStore, int, str]],
 ) -> LogReport:
     origin = log.origin
     try:
@@ -203,10 +235,17 @@ def _verify_log(
             index=covered,
         )
 
+    trees[origin] = (tree, size, latest[1] if latest else "")
+
     # 4. content
     report = LogReport(
         member.id, origin, size, len(checkpoints), latest_note=latest[1] if latest else ""
     )
+    if member.role == "coordinator":
+        _check_coordinator_entries(
+            payloads, member.id, member.signing_key, origin, manifest, report
+        )
+        return report
     node_micro: dict[str, int] = {}
     analyst_micro: dict[tuple[str, str], int] = {}
     for index, payload in enumerate(payloads):
@@ -246,6 +285,76 @@ def _verified_chunks(
         futures = [pool.submit(_verify_entries, entries[s : s + step], s, keys) for s in starts]
         for future in futures:
             yield future.result()
+
+
+def _check_coordinator_entries(
+    payloads: list[bytes],
+    member_id: str,
+    coordinator_key: bytes,
+    origin: str,
+    manifest: Manifest,
+    report: LogReport,
+) -> None:
+    """Requests, answers and releases: each inner envelope verifies, and each release is
+    exactly the combination of the answers logged before it."""
+    queries: dict[str, SignedQuery] = {}
+    answers: dict[str, dict[str, tuple[bytes, VerifiedAnswer]]] = {}
+    coordinator_keys = {public_key_id(coordinator_key): coordinator_key}
+    for index, payload in enumerate(payloads):
+        try:
+            entry = json.loads(payload)
+            kind, query_id = entry["kind"], str(entry["query_id"])
+            inner = str(entry["envelope"]).encode("utf-8")
+            if entry["index"] != index or entry["node_id"] != member_id:
+                raise ValueError(f"says it is entry {entry['index']} of {entry['node_id']}")
+            envelope = Envelope.from_json(inner)
+            if kind == "request":
+                # freshness was the nodes' concern at the time; offline only the signature counts
+                queries[query_id] = verify_query(
+                    envelope, manifest=manifest, now_ms=0, window_ms=2**62
+                )
+            elif kind == "answer":
+                node = str(entry["node"])
+                verified = verify_answer(
+                    envelope,
+                    manifest=manifest,
+                    node_id=node,
+                    expected_query=queries[query_id].spec,
+                )
+                answers.setdefault(query_id, {})[node] = (inner, verified)
+                report.answers += 1
+                node_origin = f"fedscreen.node/{node}"
+                known = report.relayed_checkpoints.get(node_origin)
+                if known is None or known[0].size < verified.checkpoint.size:
+                    report.relayed_checkpoints[node_origin] = (
+                        verified.checkpoint,
+                        verified.checkpoint_note,
+                    )
+            elif kind == "release":
+                body = json.loads(
+                    verify_envelope(
+                        envelope, expected_payload_type=RELEASE_V1, trusted_keys=coordinator_keys
+                    )
+                )
+                _check_release(body, queries[query_id], answers.get(query_id, {}))
+                report.releases += 1
+            else:
+                raise ValueError(f"unknown kind {kind!r}")
+        except (ValueError, KeyError, TypeError, VerificationError) as exc:
+            raise EntryInvalid(f"entry {index}: {exc}", origin=origin, index=index) from None
+
+
+def _check_release(
+    body: dict[str, Any], query: SignedQuery, answers: dict[str, tuple[bytes, VerifiedAnswer]]
+) -> None:
+    listed = {a["node_id"]: a["envelope_sha256"] for a in body["answers"]}
+    logged = {n: hashlib.sha256(raw).hexdigest() for n, (raw, _) in answers.items()}
+    if listed != logged or body["query_id"] != query.query_id:
+        raise ValueError("the release names other answers than the log holds")
+    nodes = [NodeCells(n, answers[n][1].body) for n in sorted(answers)]
+    recomputed = combine(query.spec.measure.kind, nodes, threshold=int(body["threshold"]))
+    if canonical_json(recomputed) != canonical_json(body["province"]):
+        raise ValueError("the release is not the combination of its signed answers")
 
 
 def _check_entry(

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from fedscreen.audit.bundle import Bundle, BundleError, LogExport, read_bundle, write_bundle
 from fedscreen.audit.verify import VALID, AuditFailure, BundleUntrusted, LogReport, verify_bundle
+from fedscreen.coordinator.core import CONFIG_FILE as COORDINATOR_CONFIG
+from fedscreen.coordinator.core import Coordinator
 from fedscreen.errors import ConfigError, VerificationError
 from fedscreen.manifest import load_manifest
 from fedscreen.node import nodelog, store
@@ -36,8 +38,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     audit = sub.add_parser("audit", help="export and verify transparency logs")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
 
-    export = audit_sub.add_parser("export", help="write a node's log as a self-contained bundle")
-    export.add_argument("--home", type=Path, required=True, help="node home")
+    export = audit_sub.add_parser(
+        "export", help="write node and coordinator logs as one self-contained bundle"
+    )
+    export.add_argument(
+        "--home",
+        type=Path,
+        required=True,
+        action="append",
+        help="a node or coordinator home (repeat to bundle several logs: split views are "
+        "then checked across them)",
+    )
     export.add_argument("--out", type=Path, required=True, help="bundle file to create")
     export.set_defaults(func=run_export)
 
@@ -60,21 +71,40 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run_export(args: argparse.Namespace) -> int:
     """``fedscreen audit export``."""
-    config = load_config(args.home)
+    logs: list[LogExport] = []
+    manifest: str | None = None
+    for home in args.home:
+        logs.append(_export_home(home))
+        manifest_path = home / "manifest.json"
+        if manifest is None and manifest_path.is_file():
+            manifest = manifest_path.read_text(encoding="utf-8")
+    try:
+        write_bundle(args.out, logs, manifest)
+    except FileExistsError:
+        raise ConfigError(f"{args.out} exists; refusing to overwrite") from None
+    for log in logs:
+        print(f"{log.origin}: {len(log.entries)} entries, {len(log.checkpoints)} checkpoints")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _export_home(home: Path) -> LogExport:
+    if (home / COORDINATOR_CONFIG).is_file():
+        coordinator = Coordinator.open(home)
+        try:
+            entries, notes = coordinator.export()
+            return LogExport(
+                coordinator.member_id, coordinator.origin, tuple(entries), tuple(notes)
+            )
+        finally:
+            coordinator.close()
+    config = load_config(home)
     conn = store.connect(config.database)
     try:
         entries, notes = nodelog.export(conn)
     finally:
         conn.close()
-    manifest_path = args.home / "manifest.json"
-    manifest = manifest_path.read_text(encoding="utf-8") if manifest_path.is_file() else None
-    log = LogExport(config.node_id, nodelog.origin(config.node_id), tuple(entries), tuple(notes))
-    try:
-        write_bundle(args.out, [log], manifest)
-    except FileExistsError:
-        raise ConfigError(f"{args.out} exists; refusing to overwrite") from None
-    print(f"wrote {args.out}: {len(entries)} entries, {len(notes)} checkpoints of {log.origin}")
-    return 0
+    return LogExport(config.node_id, nodelog.origin(config.node_id), tuple(entries), tuple(notes))
 
 
 def _read_trusted(path: Path | None) -> dict[str, str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,11 @@ from exportrows import screening_row, write_csv
 
 from fedscreen import pki
 from fedscreen.analyst import make_query, verify_release
+from fedscreen.answer import verify_answer
+from fedscreen.cli.main import main
 from fedscreen.coordinator.core import Coordinator, init_coordinator
+from fedscreen.coordinator.release import release_body
+from fedscreen.envelope import RELEASE_V1, Envelope, sign_envelope
 from fedscreen.errors import QueryRefused, VerificationError
 from fedscreen.identity import create_identity, install_issued, load_identity, update_manifest
 from fedscreen.node import store
@@ -24,6 +29,7 @@ from fedscreen.node.home import NodeConfig, init_home
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.node.requests import handle_query
 from fedscreen.query.signed import SignedQuery, new_query_id, sign_query
+from fedscreen.query.spec import canonical_json
 from fedscreen.query.sqlparse import parse_sql
 
 SQL = "SELECT sex, COUNT(*) FROM screenings WHERE academic_year = '2024-2025' GROUP BY sex"
@@ -219,3 +225,122 @@ def test_the_coordinator_refuses_early(fed: Federation) -> None:
 
 def _now() -> int:
     return int(time.time() * 1000)
+
+
+def _export(homes: list[Path], out: Path) -> Path:
+    args = [a for h in homes for a in ("--home", str(h))]
+    assert main(["audit", "export", *args, "--out", str(out)]) == 0
+    return out
+
+
+def _release_round(fed: Federation, sql: str = SQL) -> None:
+    query, envelope = make_query(fed.analyst, sql, epsilon=0.3, accuracy=None)
+    coordinator = Coordinator.open(fed.coordinator)
+    try:
+        accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
+        answers = {code: _answer(fed.nodes[code], envelope) for code in COUNTIES}
+        coordinator.release(accepted, envelope, answers, missing=[])
+    finally:
+        coordinator.close()
+
+
+def test_coordinator_and_node_logs_verify_together(fed: Federation, tmp_path: Path) -> None:
+    _release_round(fed)
+    _release_round(
+        fed,
+        "SELECT grade_band, RATE(phq9_total >= 10) FROM screenings "
+        "WHERE academic_year = '2024-2025' GROUP BY grade_band",
+    )
+    homes = [fed.coordinator, *(c.home for c in fed.nodes.values())]
+    bundle = _export(homes, tmp_path / "all.json")
+    manifest = fed.auth / "manifest.json"
+    assert main(["audit", "verify", str(bundle), "--manifest", str(manifest)]) == 0
+
+
+def test_a_release_that_is_not_the_combination_is_caught(fed: Federation, tmp_path: Path) -> None:
+    query, envelope = make_query(fed.analyst, SQL, epsilon=0.3, accuracy=None)
+    coordinator = Coordinator.open(fed.coordinator)
+    try:
+        accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
+        answers = {code: _answer(fed.nodes[code], envelope) for code in COUNTIES}
+        verified = {
+            n: (
+                raw,
+                verify_answer(
+                    Envelope.from_json(raw),
+                    manifest=coordinator.manifest,
+                    node_id=n,
+                    expected_query=accepted.spec,
+                ),
+            )
+            for n, raw in answers.items()
+        }
+        body = release_body(
+            coordinator_id="coordinator",
+            query=accepted,
+            answers=verified,
+            missing=[],
+            targeted=list(COUNTIES),
+            threshold=10,
+        )
+        body["province"][0]["value"] += 100  # a dishonest coordinator inflates a figure
+        signed = sign_envelope(
+            payload_type=RELEASE_V1, payload=canonical_json(body), key=coordinator.key
+        ).to_json()
+        for n, (raw, _) in sorted(verified.items()):
+            coordinator._append(
+                {
+                    "kind": "answer",
+                    "query_id": accepted.query_id,
+                    "node": n,
+                    "envelope": raw.decode(),
+                }
+            )
+        coordinator._append({"kind": "release", "query_id": accepted.query_id, "envelope": signed})
+    finally:
+        coordinator.close()
+    bundle = _export([fed.coordinator], tmp_path / "c.json")
+    assert (
+        main(["audit", "verify", str(bundle), "--manifest", str(fed.auth / "manifest.json")]) == 2
+    )
+
+
+def test_a_split_view_is_caught(fed: Federation, tmp_path: Path) -> None:
+    node = fed.nodes[COUNTIES[0]]
+    backup = tmp_path / "backup.db"
+    conn = store.connect(node.database)
+    conn.execute("VACUUM INTO ?", (str(backup),))
+    conn.close()
+    _release_round(fed)  # the coordinator now holds an answer (and checkpoint) from this node
+    # the node shows auditors another history: its database from before that answer,
+    # which then continues with other entries
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{node.database}{suffix}").unlink(missing_ok=True)
+    shutil.copy(backup, node.database)
+    _answer(
+        node,
+        make_query(
+            fed.analyst,
+            "SELECT grade, COUNT(*) FROM screenings "
+            "WHERE academic_year = '2024-2025' GROUP BY grade",
+            epsilon=0.2,
+            accuracy=None,
+        )[1],
+    )
+    bundle = _export([fed.coordinator, node.home], tmp_path / "split.json")
+    evidence = tmp_path / "evidence"
+    assert (
+        main(
+            [
+                "audit",
+                "verify",
+                str(bundle),
+                "--manifest",
+                str(fed.auth / "manifest.json"),
+                "--evidence-dir",
+                str(evidence),
+            ]
+        )
+        == 3
+    )
+    assert len(list(evidence.iterdir())) == 2
