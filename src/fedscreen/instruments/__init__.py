@@ -54,7 +54,7 @@ class Instrument:
     flag_names: tuple[str, ...]
     has_validity: bool
     source: str
-    _scorer: Callable[[str], tuple[int, str, bool, tuple[bool | None, ...]]]
+    _scorer: Callable[[str], tuple[Any, ...]]
 
     @property
     def band_labels(self) -> tuple[str, ...]:
@@ -68,18 +68,27 @@ class Instrument:
         """The largest possible total."""
         return sum(end - start for start, end in self.total_runs) * self.max
 
-    def score_text(self, answers: str) -> tuple[int, str, bool, tuple[bool | None, ...]]:
+    def score_text(self, answers: str) -> tuple[Any, ...]:
         """Score a validated answer string of exactly ``items`` digits in ``min..max``.
 
-        Returns (total, band, valid, flags in ``flag_names`` order); flags are
-        ``None`` when the answers are invalid (they say nothing).
+        Returns the stored form, ready for the database: (total, band, valid 1/0,
+        then each flag 1/0 in ``flag_names`` order, or None when the answers are
+        invalid — they say nothing).
         """
         return self._scorer(answers)
 
     def score(self, answers: str) -> Score:
         """Score a validated answer string (see ``score_text``) into a ``Score``."""
-        total, band, valid, flags = self._scorer(answers)
-        return Score(total, band, valid, dict(zip(self.flag_names, flags, strict=True)))
+        total, band, valid, *flags = self._scorer(answers)
+        return Score(
+            total,
+            band,
+            bool(valid),
+            {
+                n: None if f is None else bool(f)
+                for n, f in zip(self.flag_names, flags, strict=True)
+            },
+        )
 
 
 def parse_items(text: str, instrument: Instrument) -> str:
@@ -193,11 +202,9 @@ def _compile(data: dict[str, Any], source: str) -> Instrument:
             scale = str(data["validity"]["score"]).removeprefix("scale:")
             if scale not in scale_names:
                 raise InstrumentError(f"{source}: validity refers to unknown scale {scale!r}")
-            invalid = ", ".join(["None"] * len(flag_names))
+            invalid = "".join(", None" for _ in flag_names)
             lines.append(f"    if scale_{scale} >= {int(data['validity']['invalid_ge'])}:")
-            lines.append(
-                f"        return total, 'invalid', False, ({invalid}{',' if flag_names else ''})"
-            )
+            lines.append(f"        return (total, 'invalid', 0{invalid})")
         bands = [(str(b["label"]), condition(b)) for b in data["band"]]
         if not bands or bands[-1][1] != "True":
             raise InstrumentError(f"{source}: the last band must have no conditions (default)")
@@ -211,8 +218,8 @@ def _compile(data: dict[str, Any], source: str) -> Instrument:
         lines.append(
             f"    {'else' if len(bands) > 1 else 'if True'}:\n        band = {bands[-1][0]!r}"
         )
-        flags = "".join(f"({condition(f)}), " for f in data.get("flag", []))
-        lines.append(f"    return total, band, True, ({flags})")
+        flags = "".join(f", int({condition(f)})" for f in data.get("flag", []))
+        lines.append(f"    return (total, band, 1{flags})")
         text = "\n".join(lines) + "\n"
         namespace: dict[str, Any] = {}
         exec(compile(text, f"<instrument {code}>", "exec"), namespace)  # noqa: S102 - see docstring

@@ -188,7 +188,13 @@ class ScreeningParser:
         self.order = [index.get(key, -1) for key in _SCREENING_KEYS]
         self.county_code = county_code
         self.secret = secret
-        self.instruments: tuple[tuple[str, Instrument], ...] = tuple(instruments().items())
+        #: (code, instrument, items column, total column, the stored form of "no result")
+        self.instrument_keys: tuple[tuple[str, Instrument, str, str, tuple[None, ...]], ...] = (
+            tuple(
+                (code, inst, f"{code}_items", f"{code}_total", (None,) * (3 + len(inst.flag_names)))
+                for code, inst in instruments().items()
+            )
+        )
         self.aliases = {
             "school_type": exports.value_aliases(exports.SCHOOL_TYPES),
             "location": exports.value_aliases(exports.LOCATIONS),
@@ -217,11 +223,8 @@ class ScreeningParser:
         before = len(problems)
         v = _values(_SCREENING_KEYS, self.order, cells)
         row = _Row(self.path, line, v, problems)
-        bad, integer, date, yes_no = row.bad, row.integer, row.date, row.yes_no
+        bad, integer, date, yes_no, code = row.bad, row.integer, row.date, row.yes_no, row.code
         aliases = self.aliases
-
-        def code(key: str, *, optional: bool = False) -> str | None:
-            return row.code(key, aliases[key], optional=optional)
 
         student_key = None
         student_no = v["student_no"]
@@ -238,16 +241,16 @@ class ScreeningParser:
         school_id = v["school_id"]
         if not SCHOOL_ID.fullmatch(school_id):
             bad("school_id", f"{school_id!r} is not a school code (4-20 letters/digits)")
-        school_type = code("school_type")
-        location = code("location")
-        grade = code("grade")
+        school_type = code("school_type", aliases["school_type"])
+        location = code("location", aliases["location"])
+        grade = code("grade", aliases["grade"])
         band = exports.GRADE_BAND.get(grade) if grade else None
         if grade and school_type and grade not in exports.SCHOOL_GRADES[school_type]:
             bad("grade", f"{grade} is not taught at a {school_type} school")
         class_id = v["class_id"]
         if not class_id or len(class_id) > MAX_CLASS_ID:
             bad("class_id", f"required, at most {MAX_CLASS_ID} characters")
-        sex = code("sex")
+        sex = code("sex", aliases["sex"])
         age = integer("age", exports.MIN_AGE, exports.MAX_AGE)
         if (
             age is not None
@@ -263,11 +266,11 @@ class ScreeningParser:
             first, last = "0000-00-00", "9999-99-99"
         else:
             first, last = self._year_bounds(year)
-        participation = code("participation")
+        participation = code("participation", aliases["participation"])
         screened = participation == "screened"
         consent = yes_no("consent")
         screening_date = date("screening_date", first, last)
-        mode = code("mode", optional=not screened)
+        mode = code("mode", aliases["mode"], optional=not screened)
         if screened:
             if consent == 0:
                 bad("consent", "a screened student must have consent (yes)")
@@ -284,8 +287,7 @@ class ScreeningParser:
         ]  # fmt: skip
 
         needed = exports.BAND_INSTRUMENTS.get(band, ()) if band else ()
-        for inst_code, inst in self.instruments:
-            items_key, total_key = inst_code + "_items", inst_code + "_total"
+        for inst_code, inst, items_key, total_key, empty in self.instrument_keys:
             text, total_text = v[items_key], v[total_key]
             result: tuple[Any, ...] | None = None
             if not screened:
@@ -299,20 +301,14 @@ class ScreeningParser:
                 except ValueError as exc:
                     bad(items_key, str(exc))
                 else:
-                    total, result_band, valid, raised = inst.score_text(answers)
-                    if total_text and total_text != str(total):
-                        bad(total_key, f"{total_text} does not match the items' total {total}")
-                    result = (
-                        total,
-                        result_band,
-                        int(valid),
-                        *(None if f is None else int(f) for f in raised),
-                    )
+                    result = inst.score_text(answers)
+                    if total_text and total_text != str(result[0]):
+                        bad(total_key, f"{total_text} does not match the items' total {result[0]}")
             elif inst_code in needed:
                 bad(items_key, f"{inst.name} answers required for {band} students")
             elif total_text:
                 bad(total_key, "a total without item answers cannot be checked")
-            out.extend(result or (None,) * (3 + len(inst.flag_names)))
+            out.extend(result or empty)
 
         risks = dict.fromkeys(self.risk_codes, 0)
         if v["risk_factors"]:
@@ -327,8 +323,8 @@ class ScreeningParser:
                     else:
                         risks[found] = 1
         out.extend(risks.values())
-        level = code("warning_level")
-        status = code("warning_status")
+        level = code("warning_level", aliases["warning_level"])
+        status = code("warning_status", aliases["warning_status"])
         if level is not None and status is not None and (level == "none") != (status == "none"):
             bad("warning_status", f"{status} does not fit warning level {level}")
         if level not in (None, "none") and not screened:
@@ -338,7 +334,7 @@ class ScreeningParser:
         visited = yes_no("referral_visited", optional=True)
         if referred == 0 and visited == 1:
             bad("referral_visited", "a visit needs a referral (referred = yes)")
-        plan = code("plan_status")
+        plan = code("plan_status", aliases["plan_status"])
         if plan not in (None, "none") and level == "none":
             bad("plan_status", "a one-student-one-plan record needs a warning level")
         scheduled = integer("followups_scheduled", 0, MAX_FOLLOWUPS)

@@ -1,0 +1,70 @@
+"""``fedscreen node serve``: keep the node connected to the coordinator and answer its queries.
+
+The node dials out (county networks allow outbound connections only), keeps
+one mutual-TLS stream open, and redials with jittered backoff when it drops.
+Every query is verified and answered here, under this node's policy and budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from fedscreen.cli.coordinator import run_until_signalled
+from fedscreen.coordinator.server import write_ready_file
+from fedscreen.node.serve import Welcomed, run_node
+
+
+def add_serve_parser(node_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``serve`` to the ``node`` subcommands."""
+    serve = node_sub.add_parser(
+        "serve",
+        help="connect to the coordinator and answer its queries until Ctrl-C",
+    )
+    serve.add_argument("--home", type=Path, required=True)
+    serve.add_argument("--coordinator", required=True, help="the coordinator's HOST:PORT")
+    serve.add_argument(
+        "--coordinator-id",
+        help="the coordinator's member id (default: the one coordinator in the manifest)",
+    )
+    serve.add_argument(
+        "--ready-file",
+        type=Path,
+        help="rewritten (JSON) each time the coordinator accepts a session",
+    )
+    serve.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``fedscreen node serve``."""
+
+    def welcomed(event: Welcomed) -> None:
+        print(
+            f"node {event.node_id} connected to coordinator {event.coordinator} "
+            f"(session {event.session})",
+            flush=True,
+        )
+        if args.ready_file is not None:
+            write_ready_file(
+                args.ready_file,
+                {
+                    "node_id": event.node_id,
+                    "coordinator": event.coordinator,
+                    "session": event.session,
+                    "manifest_version": event.manifest_version,
+                },
+            )
+
+    async def main(stop: asyncio.Event) -> None:
+        await run_node(
+            args.home,
+            args.coordinator,
+            coordinator_id=args.coordinator_id,
+            stop=stop,
+            on_welcome=welcomed,
+        )
+
+    run_until_signalled(main)
+    print("node stopped", flush=True)
+    return 0

@@ -1,0 +1,208 @@
+"""``fedscreen query``: ask the federation, as an analyst, and verify what comes back.
+
+Signs the query with the analyst identity in ``--home``, submits it to the
+coordinator over mutual TLS, verifies the release against the analyst's own
+manifest (the coordinator's signature, every node's signed answer, and that the
+provincial figures are the combination of those answers), then prints each
+node's cells, the province's, the ε each node charged, the nodes that did not
+answer and the share of nodes covered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from fedscreen import transport
+from fedscreen.analyst import make_query, verify_release
+from fedscreen.cli.output import table
+from fedscreen.errors import ConfigError
+from fedscreen.identity import load_identity
+from fedscreen.node.serve import coordinator_of
+from fedscreen.transport import DEFAULT_LIMITS, TransportLimits
+from fedscreen.v1 import federation_pb2 as pb
+from fedscreen.v1 import federation_pb2_grpc as pb_grpc
+
+#: added to the wait for nodes to make the call's own deadline: time for the
+#: coordinator to verify, combine, sign, log and send the release back (ms)
+CALL_MARGIN_MS: Final = 5_000
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``query``."""
+    query = sub.add_parser(
+        "query",
+        help="ask the federation a question (signed), get a verified release",
+        description="SELECT <group columns>, COUNT(*) | SUM(col) | AVG(col) | RATE(<condition>) "
+        "| QUANTILE(col, q) FROM screenings [WHERE ...] [GROUP BY ...]. Every node charges the "
+        "ε (or the ε that reaches the accuracy) to its own budget.",
+    )
+    query.add_argument("--home", type=Path, required=True, help="the analyst's identity home")
+    query.add_argument("--coordinator", required=True, help="the coordinator's HOST:PORT")
+    query.add_argument(
+        "--coordinator-id", help="its member id (default: the one coordinator in the manifest)"
+    )
+    cost = query.add_mutually_exclusive_group(required=True)
+    cost.add_argument("--epsilon", type=float, help="privacy cost ε at each node")
+    cost.add_argument("--accuracy", type=float, help="95%% half-width wanted per noisy count")
+    query.add_argument(
+        "--nodes", help="comma-separated node ids to ask (default: every active node)"
+    )
+    query.add_argument(
+        "--deadline-ms",
+        type=int,
+        default=0,
+        help="how long the coordinator waits for nodes (default: its own, 10 s)",
+    )
+    query.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    query.add_argument("sql", help="the query")
+    query.set_defaults(func=run_query)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What the coordinator returned for one query, as received (not yet verified)."""
+
+    release_envelope: bytes
+    #: node id -> the node's answer envelope, verbatim
+    answers: dict[str, bytes]
+    missing: tuple[str, ...]
+
+
+async def submit(
+    home: Path,
+    coordinator: str,
+    query_envelope: bytes,
+    *,
+    coordinator_id: str | None = None,
+    deadline_ms: int = 0,
+    limits: TransportLimits = DEFAULT_LIMITS,
+) -> Submitted:
+    """Submit a signed query as the member in ``home``; raises RpcFailed if refused."""
+    identity = load_identity(home)
+    peer = coordinator_id or coordinator_of(identity.manifest())
+    timeout_s = (deadline_ms + CALL_MARGIN_MS) / 1000 if deadline_ms > 0 else limits.call_timeout_s
+    async with transport.channel(identity, coordinator, peer_id=peer, limits=limits) as channel:
+        with transport.rpc_errors("submit"):
+            response = await pb_grpc.AnalystStub(channel).Submit(
+                pb.SubmitRequest(query_envelope=query_envelope, deadline_ms=deadline_ms),
+                timeout=timeout_s,
+            )
+    return Submitted(
+        release_envelope=bytes(response.release_envelope),
+        answers={a.node_id: bytes(a.envelope) for a in response.answers},
+        missing=tuple(response.missing_nodes),
+    )
+
+
+def run_query(args: argparse.Namespace) -> int:
+    """``fedscreen query``."""
+    if args.deadline_ms < 0:
+        raise ConfigError("--deadline-ms must be positive")
+    nodes = tuple(n.strip() for n in (args.nodes or "").split(",") if n.strip())
+    query, envelope = make_query(
+        args.home, args.sql, epsilon=args.epsilon, accuracy=args.accuracy, nodes=nodes
+    )
+    submitted = asyncio.run(
+        submit(
+            args.home,
+            args.coordinator,
+            envelope,
+            coordinator_id=args.coordinator_id,
+            deadline_ms=args.deadline_ms,
+        )
+    )
+    manifest = load_identity(args.home).manifest()
+    body = verify_release(
+        submitted.release_envelope, manifest=manifest, query=query, answers=submitted.answers
+    ).body
+    if args.format == "json":
+        print(json.dumps({"verified": True, "release": body}, ensure_ascii=False, indent=2))
+    elif args.format == "csv":
+        write_csv(body)
+    else:
+        print_release(body)
+    return 0
+
+
+def _interval(cell: dict[str, Any]) -> str:
+    low, high = cell.get("lower"), cell.get("upper")
+    if low is None or high is None:
+        return ""
+    return f"[{_num(low)}, {_num(high)}]"
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _display(cell: dict[str, Any]) -> str:
+    return str(cell.get("display", cell.get("value")))
+
+
+def print_release(body: dict[str, Any], *, out: Any = None) -> None:
+    """Print a verified release as tables."""
+    stream = out or sys.stdout
+    query = body["query"]
+    groups: Sequence[str] = query["group_by"]
+    targeted, answered, missing = body["targeted"], body["answered"], body["missing"]
+    stream.write(
+        f"release of query {body['query_id']} by {body['analyst']} "
+        f"(verified: coordinator {body['coordinator']} and every node signature)\n"
+        f"{query['measure']['kind']} over {query['dataset']} {', '.join(query['years'])}; "
+        f"95% intervals; cells below {body['threshold']} shown as '< {body['threshold']}'\n"
+        f"answered: {len(answered)} of {len(targeted)} nodes "
+        f"({body['coverage']:.0%} of the nodes asked)"
+        + (f"; did not answer: {', '.join(missing)}" if missing else "")
+        + "\n\nProvince (combined)\n"
+    )
+    table(
+        [*groups, "value", "95% interval", "nodes"],
+        [
+            [*cell["group"], _display(cell), _interval(cell), cell.get("nodes", "")]
+            for cell in body["province"]
+        ],
+        out=stream,
+    )
+    stream.write("\nBy node\n")
+    table(
+        ["node", *groups, "value", "95% interval"],
+        [
+            [node, *cell["group"], _display(cell), _interval(cell)]
+            for node in answered
+            for cell in body["per_node"][node]
+        ],
+        out=stream,
+    )
+    stream.write("\nPrivacy budget charged\n")
+    table(
+        ["node", "ε", "log index"],
+        [[a["node_id"], _num(a["epsilon"]), a["log_index"]] for a in body["answers"]]
+        + [[node, "(no answer)", ""] for node in missing],
+        out=stream,
+    )
+
+
+def write_csv(body: dict[str, Any], *, out: Any = None) -> None:
+    """Write every cell of a verified release as CSV: province first, then each node."""
+    writer = csv.writer(out or sys.stdout)
+    groups = body["query"]["group_by"]
+    writer.writerow(["scope", *groups, "value", "display", "lower", "upper"])
+    for cell in body["province"]:
+        writer.writerow(
+            ["province", *cell["group"], cell.get("value"), _display(cell),
+             cell.get("lower"), cell.get("upper")]
+        )  # fmt: skip
+    for node in body["answered"]:
+        for cell in body["per_node"][node]:
+            writer.writerow(
+                [node, *cell["group"], cell.get("value"), _display(cell),
+                 cell.get("lower"), cell.get("upper")]
+            )  # fmt: skip

@@ -1,0 +1,599 @@
+"""The coordinator's gRPC face: node sessions, analysts' queries, the auditors' view of its log.
+
+Servicers are thin — authenticate, decode, call :class:`~fedscreen.coordinator.core.Coordinator`,
+encode — and everything they refuse goes through the transport's one error table.
+
+* **NodeLink.Connect** — a node dials out and keeps one stream open. Its
+  certificate says who it is; its first message (Hello) must name the same
+  member. The session is registered (one live session per node: a new one
+  replaces the old) and queries are pushed down it; answers and refusals coming
+  back settle the waiting queries. When the stream ends, every query still
+  waiting on that node counts it as missing.
+* **Analyst.Submit** — verify and log the query (``core.accept``), push it to the
+  target nodes, wait until all have replied or the deadline passes, then
+  ``core.release``. A node that is not connected, refuses, loses its link or
+  misses the deadline is *missing*; an answer arriving after the query was
+  settled finds nobody waiting and is discarded (the node's own ledger keeps
+  the charge, and a replay of the same query id gets the stored answer free).
+* **Audit** — checkpoint, entries and Merkle proofs of the coordinator's log, for
+  auditors and analysts, who verify them themselves.
+
+Concurrency: one asyncio loop (``grpc.aio``). The core — its SQLite log and its
+signing key — lives on one dedicated worker thread (:class:`CoreThread`), so the
+loop never waits on an fsync and core calls run one at a time in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import grpc
+
+from fedscreen import transport
+from fedscreen.coordinator.core import Coordinator
+from fedscreen.errors import ConfigError, QueryRefused, VerificationError
+from fedscreen.query.signed import SignedQuery
+from fedscreen.transport import DEFAULT_LIMITS, TransportLimits
+from fedscreen.v1 import federation_pb2 as pb
+from fedscreen.v1 import federation_pb2_grpc as pb_grpc
+
+__all__ = [
+    "DEFAULT_SERVER_LIMITS",
+    "CoreThread",
+    "Listening",
+    "NodeReply",
+    "NodeSession",
+    "ServerLimits",
+    "SessionRegistry",
+    "serve",
+]
+
+_log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: full service names, for the health service
+SERVICES: Final = ("fedscreen.v1.NodeLink", "fedscreen.v1.Analyst", "fedscreen.v1.Audit")
+#: longest refusal reason from a node kept in the coordinator's own log lines (characters)
+MAX_REASON_CHARS: Final = 300
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Every wait, count and size of the coordinator's server, with its unit."""
+
+    #: how long Submit waits for node answers when the request names no wait (ms)
+    default_answer_wait_ms: int = 10_000
+    #: the longest wait an analyst may ask for (ms); longer requests are cut to this
+    max_answer_wait_ms: int = 60_000
+    #: kept back from the analyst's own gRPC deadline to sign and return the release (ms)
+    release_margin_ms: int = 1_000
+    #: a node must send its Hello within this after opening its stream (ms)
+    hello_timeout_ms: int = 10_000
+    #: a session that sends nothing — no answer, no heartbeat — for this long is dropped
+    #: (ms); well above the node's heartbeat interval (15 s by default)
+    session_idle_timeout_ms: int = 60_000
+    #: messages queued for one node before its session counts as stuck (count); a query
+    #: that finds the queue full treats the node as missing instead of waiting
+    session_outbox_messages: int = 1_024
+    #: entries one GetEntries call returns at most (count); clients continue from there
+    max_entries_per_call: int = 1_000
+    #: time calls in flight get to finish when the server stops (ms)
+    shutdown_grace_ms: int = 5_000
+    transport: TransportLimits = field(default=DEFAULT_LIMITS)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "transport":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"server limit {f.name} must be a positive integer")
+        if self.default_answer_wait_ms > self.max_answer_wait_ms:
+            raise ConfigError("default_answer_wait_ms must not exceed max_answer_wait_ms")
+
+
+DEFAULT_SERVER_LIMITS: Final = ServerLimits()
+
+
+def now_ms() -> int:
+    """Milliseconds since the Unix epoch (UTC), the unit of every ``*_unix_ms`` field."""
+    return int(time.time() * 1000)
+
+
+# ---------------------------------------------------------------- the core's thread
+
+
+class CoreThread:
+    """The coordinator core, used from one worker thread only.
+
+    Signing, answer verification and SQLite commits (``synchronous=FULL``) take
+    milliseconds; on the loop they would stall every node stream. One thread
+    also serialises the core's calls, which share one SQLite connection.
+    """
+
+    def __init__(self, executor: ThreadPoolExecutor, core: Coordinator) -> None:
+        self._executor = executor
+        self.core = core
+
+    @classmethod
+    async def open(cls, home: Path) -> CoreThread:
+        """Open the coordinator home on a new worker thread."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coordinator-core")
+        loop = asyncio.get_running_loop()
+        try:
+            core = await loop.run_in_executor(executor, Coordinator.open, home)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(executor, core)
+
+    async def call(self, fn: Callable[[Coordinator], T]) -> T:
+        """``fn(core)`` on the core's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self.core)
+
+    async def close(self) -> None:
+        """Close the core (after every queued call) and stop the thread."""
+        try:
+            await self.call(lambda core: core.close())
+        finally:
+            self._executor.shutdown(wait=True)
+
+
+# ---------------------------------------------------------------- node sessions
+
+
+@dataclass(frozen=True)
+class NodeReply:
+    """What became of one query at one node: its answer envelope, or why there is none."""
+
+    #: the node's answer envelope, byte for byte as received; None if no answer
+    envelope: bytes | None
+    #: why there is no answer (refused, link lost, not connected, deadline)
+    reason: str = ""
+
+
+class NodeSession:
+    """One node's live stream: what to push down it, and the queries waiting on it."""
+
+    def __init__(self, node_id: str, *, outbox_messages: int) -> None:
+        self.node_id = node_id
+        self.opened_ms = now_ms()
+        #: messages for the writer; None tells it to end the stream
+        self.outbox: asyncio.Queue[pb.CoordinatorMessage | None] = asyncio.Queue(outbox_messages)
+        self._waiting: dict[str, list[asyncio.Future[NodeReply]]] = {}
+        self.closed = False
+
+    def ask(
+        self, query_id: str, envelope: bytes, *, deadline_unix_ms: int
+    ) -> asyncio.Future[NodeReply]:
+        """Push a query to the node; the future settles with its reply (never raises)."""
+        future: asyncio.Future[NodeReply] = asyncio.get_running_loop().create_future()
+        if self.closed:
+            future.set_result(NodeReply(None, "link lost"))
+            return future
+        waiting = self._waiting.get(query_id)
+        if waiting is None:
+            # the same query id already on its way (a concurrent replay) is not sent twice
+            message = pb.CoordinatorMessage(
+                query=pb.QueryRequest(
+                    query_id=query_id, query_envelope=envelope, deadline_unix_ms=deadline_unix_ms
+                )
+            )
+            try:
+                self.outbox.put_nowait(message)
+            except asyncio.QueueFull:
+                future.set_result(NodeReply(None, "the node's stream is backed up"))
+                return future
+            waiting = self._waiting[query_id] = []
+        waiting.append(future)
+        return future
+
+    def settle(self, query_id: str, reply: NodeReply) -> bool:
+        """Hand a reply to whoever waits for it; False if nobody does (late: discard it)."""
+        waiting = self._waiting.pop(query_id, None)
+        if not waiting:
+            return False
+        for future in waiting:
+            if not future.done():
+                future.set_result(reply)
+        return True
+
+    def withdraw(self, query_id: str, future: asyncio.Future[NodeReply]) -> None:
+        """Stop waiting (deadline passed, analyst gone); tell the node, advisorily."""
+        waiting = self._waiting.get(query_id)
+        if waiting is None or future not in waiting:
+            return
+        waiting.remove(future)
+        if waiting:
+            return
+        del self._waiting[query_id]
+        with contextlib.suppress(asyncio.QueueFull):  # advisory only
+            self.outbox.put_nowait(pb.CoordinatorMessage(cancel=pb.Cancel(query_id=query_id)))
+
+    def close(self, reason: str) -> None:
+        """End the session: every waiting query counts this node as missing."""
+        if self.closed:
+            return
+        self.closed = True
+        for waiting in self._waiting.values():
+            for future in waiting:
+                if not future.done():
+                    future.set_result(NodeReply(None, reason))
+        self._waiting.clear()
+        # wake the writer even if the queue is full: it only needs to see the end mark
+        while True:
+            try:
+                self.outbox.put_nowait(None)
+                break
+            except asyncio.QueueFull:
+                self.outbox.get_nowait()
+
+
+class SessionRegistry:
+    """The live session of each node: one per node, the newest wins."""
+
+    def __init__(self) -> None:
+        self._live: dict[str, NodeSession] = {}
+
+    def open(self, session: NodeSession) -> None:
+        """Register ``session``; an older session of the same node is closed."""
+        old = self._live.get(session.node_id)
+        self._live[session.node_id] = session
+        if old is not None:
+            _log.info("node %s reconnected; closing its older session", session.node_id)
+            old.close("replaced by a newer session")
+
+    def close(self, session: NodeSession, reason: str) -> None:
+        """Unregister ``session`` (if still the live one) and close it."""
+        if self._live.get(session.node_id) is session:
+            del self._live[session.node_id]
+        session.close(reason)
+
+    def get(self, node_id: str) -> NodeSession | None:
+        """The node's live session, if it has one."""
+        return self._live.get(node_id)
+
+    @property
+    def connected(self) -> tuple[str, ...]:
+        """Ids of the nodes with a live session."""
+        return tuple(sorted(self._live))
+
+    def close_all(self, reason: str) -> None:
+        """Close every session (shutdown)."""
+        for session in list(self._live.values()):
+            self.close(session, reason)
+
+
+# ---------------------------------------------------------------- servicers
+
+
+class NodeLinkServicer(pb_grpc.NodeLinkServicer):
+    """Nodes' long-lived streams."""
+
+    def __init__(self, core: CoreThread, sessions: SessionRegistry, limits: ServerLimits) -> None:
+        self.core = core
+        self.sessions = sessions
+        self.limits = limits
+
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[pb.NodeMessage],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.CoordinatorMessage]:
+        """Authenticate, take the Hello, then push queries until the stream ends."""
+        manifest = self.core.core.manifest
+        member = await transport.authenticate(context, manifest, roles={"node"})
+        incoming = aiter(request_iterator)
+        try:
+            first = await asyncio.wait_for(
+                anext(incoming), timeout=self.limits.hello_timeout_ms / 1000
+            )
+        except (TimeoutError, StopAsyncIteration):
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no Hello in time")
+        # the certificate says who the node is; the Hello only cross-checks it
+        if first.WhichOneof("kind") != "hello" or first.hello.node_id != member.id:
+            _log.warning("node %s: first message is not its own Hello", member.id)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be Hello")
+        session = NodeSession(member.id, outbox_messages=self.limits.session_outbox_messages)
+        self.sessions.open(session)
+        _log.info("node %s connected (software %s)", member.id, first.hello.software_version[:40])
+        reader = asyncio.create_task(self._read(session, incoming))
+        try:
+            yield pb.CoordinatorMessage(welcome=pb.Welcome(manifest_version=manifest.version))
+            while True:
+                message = await session.outbox.get()
+                if message is None:
+                    break
+                yield message
+        finally:
+            reader.cancel()
+            self.sessions.close(session, "link lost")
+            _log.info("node %s disconnected", member.id)
+
+    async def _read(self, session: NodeSession, incoming: AsyncIterator[pb.NodeMessage]) -> None:
+        """Settle queries from the node's answers and refusals until its stream ends."""
+        idle_s = self.limits.session_idle_timeout_ms / 1000
+        reason = "link lost"
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(anext(incoming), timeout=idle_s)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    reason = "silent for too long"
+                    _log.warning(
+                        "node %s sent nothing for %.0f s; dropping it", session.node_id, idle_s
+                    )
+                    break
+                kind = message.WhichOneof("kind")
+                if kind == "answer":
+                    reply = NodeReply(bytes(message.answer.envelope))
+                    self._settle(session, message.answer.query_id, reply)
+                elif kind == "refusal":
+                    why = message.refusal.reason[:MAX_REASON_CHARS]
+                    _log.info(
+                        "node %s refused query %s: %s",
+                        session.node_id,
+                        message.refusal.query_id[:64],
+                        why,
+                    )
+                    self._settle(session, message.refusal.query_id, NodeReply(None, "refused"))
+                elif kind == "hello":
+                    _log.warning("node %s sent a second Hello; ignored", session.node_id)
+                # heartbeats only prove liveness: reading one reset the idle timer
+        except grpc.RpcError as exc:
+            _log.info(
+                "node %s stream failed: %s",
+                session.node_id,
+                exc.code() if hasattr(exc, "code") else exc,
+            )
+        finally:
+            self.sessions.close(session, reason)
+
+    @staticmethod
+    def _settle(session: NodeSession, query_id: str, reply: NodeReply) -> None:
+        if not session.settle(query_id, reply):
+            # DESIGN "Transport": a late answer is discarded (the query was already released)
+            _log.info(
+                "discarded a late or unrequested reply from node %s for query %s",
+                session.node_id,
+                query_id[:64],
+            )
+
+
+class AnalystServicer(pb_grpc.AnalystServicer):
+    """Analysts' signed queries in, signed releases out."""
+
+    def __init__(self, core: CoreThread, sessions: SessionRegistry, limits: ServerLimits) -> None:
+        self.core = core
+        self.sessions = sessions
+        self.limits = limits
+
+    async def Submit(
+        self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SubmitResponse:
+        """Accept, fan out, wait, release."""
+        member = await transport.authenticate(context, self.core.core.manifest, roles={"analyst"})
+        async with transport.abort_on_error(context):
+            received_ms = now_ms()
+            envelope = bytes(request.query_envelope)
+            query = await self.core.call(lambda core: core.accept(envelope, now_ms=received_ms))
+            if query.analyst != member.id:
+                # a captured query relayed by another analyst is not theirs to spend
+                raise VerificationError("the query is not signed by the calling analyst")
+            wait_s = self._wait_s(request.deadline_ms, context.time_remaining())
+            targets = query.nodes or self.core.core.node_ids
+            replies = await self._fan_out(query, envelope, targets, wait_s)
+            answers = {n: r.envelope for n, r in replies.items() if r.envelope is not None}
+            missing = [n for n in targets if n not in answers]
+            for node_id in missing:
+                _log.info(
+                    "query %s: node %s missing (%s)",
+                    query.query_id,
+                    node_id,
+                    replies[node_id].reason,
+                )
+            release = await self.core.call(
+                lambda core: core.release(query, envelope, answers, missing)
+            )
+        return pb.SubmitResponse(
+            release_envelope=release.envelope,
+            answers=[
+                pb.NodeAnswer(node_id=n, envelope=release.answers[n])
+                for n in sorted(release.answers)
+            ],
+            missing_nodes=list(release.missing),
+        )
+
+    def _wait_s(self, requested_ms: int, time_remaining: float | None) -> float:
+        """How long to wait for nodes: the request's wait (or the default), capped twice."""
+        wait_ms = requested_ms if requested_ms > 0 else self.limits.default_answer_wait_ms
+        wait_ms = min(wait_ms, self.limits.max_answer_wait_ms)
+        if time_remaining is not None:
+            # leave the analyst's call enough time to get the release back
+            wait_ms = min(wait_ms, int(time_remaining * 1000) - self.limits.release_margin_ms)
+        if wait_ms <= 0:
+            raise QueryRefused("the call's deadline leaves no time to wait for nodes")
+        return wait_ms / 1000
+
+    async def _fan_out(
+        self, query: SignedQuery, envelope: bytes, targets: tuple[str, ...], wait_s: float
+    ) -> dict[str, NodeReply]:
+        """Each target's reply, or why there is none, by the deadline."""
+        deadline_unix_ms = now_ms() + int(wait_s * 1000)
+        replies: dict[str, NodeReply] = {}
+        asked: dict[str, tuple[NodeSession, asyncio.Future[NodeReply]]] = {}
+        for node_id in targets:
+            session = self.sessions.get(node_id)
+            if session is None:
+                replies[node_id] = NodeReply(None, "not connected")
+                continue
+            future = session.ask(query.query_id, envelope, deadline_unix_ms=deadline_unix_ms)
+            asked[node_id] = (session, future)
+        try:
+            if asked:
+                await asyncio.wait([f for _, f in asked.values()], timeout=wait_s)
+        finally:
+            # settle every target now: whatever arrives later finds nobody waiting
+            for node_id, (session, future) in asked.items():
+                if future.done():
+                    replies[node_id] = future.result()
+                else:
+                    session.withdraw(query.query_id, future)
+                    future.cancel()
+                    replies[node_id] = NodeReply(None, "no answer before the deadline")
+        return replies
+
+
+class AuditServicer(pb_grpc.AuditServicer):
+    """The coordinator's transparency log, read-only, for auditors and analysts."""
+
+    ROLES: Final = frozenset({"auditor", "analyst"})
+
+    def __init__(self, core: CoreThread, limits: ServerLimits) -> None:
+        self.core = core
+        self.limits = limits
+
+    async def _check(self, context: grpc.aio.ServicerContext[Any, Any], origin: str) -> None:
+        await transport.authenticate(context, self.core.core.manifest, roles=self.ROLES)
+        if origin and origin != self.core.core.origin:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "this server holds no such log")
+
+    async def _size(self) -> int:
+        return await self.core.call(lambda core: core.log.size())
+
+    async def GetCheckpoint(
+        self, request: pb.CheckpointRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CheckpointResponse:
+        """The newest signed checkpoint ("" while the log is empty)."""
+        await self._check(context, request.origin)
+        async with transport.abort_on_error(context):
+            note = await self.core.call(lambda core: core.checkpoint())
+        return pb.CheckpointResponse(note=note)
+
+    async def GetEntries(
+        self, request: pb.EntriesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.Entry]:
+        """Entries [start, end), at most ``max_entries_per_call`` of them."""
+        await self._check(context, request.origin)
+        async with transport.abort_on_error(context):
+            size = await self._size()
+            if not 0 <= request.start <= request.end <= size:
+                raise QueryRefused(f"entries must satisfy 0 <= start <= end <= {size}")
+            start = request.start
+            end = min(request.end, start + self.limits.max_entries_per_call)
+            entries = await self.core.call(lambda core: core.entries(start, end))
+        for offset, data in enumerate(entries):
+            yield pb.Entry(index=start + offset, data=data)
+
+    async def GetInclusionProof(
+        self, request: pb.InclusionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ProofResponse:
+        """RFC 9162 §2.1.3 inclusion proof."""
+        await self._check(context, request.origin)
+        async with transport.abort_on_error(context):
+            size = await self._size()
+            index, tree = request.index, request.size
+            if not 0 <= index < tree <= size:
+                raise QueryRefused(f"the proof needs 0 <= index < size <= {size}")
+            hashes = await self.core.call(lambda core: core.inclusion_proof(index, tree))
+        return pb.ProofResponse(hashes=hashes)
+
+    async def GetConsistencyProof(
+        self, request: pb.ConsistencyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ProofResponse:
+        """RFC 9162 §2.1.4 consistency proof."""
+        await self._check(context, request.origin)
+        async with transport.abort_on_error(context):
+            size = await self._size()
+            size1, size2 = request.size1, request.size2
+            if not 0 <= size1 <= size2 <= size:
+                raise QueryRefused(f"the proof needs 0 <= size1 <= size2 <= {size}")
+            hashes = await self.core.call(lambda core: core.consistency_proof(size1, size2))
+        return pb.ProofResponse(hashes=hashes)
+
+
+# ---------------------------------------------------------------- serving
+
+
+@dataclass(frozen=True)
+class Listening:
+    """Where a started coordinator listens (also what ``--ready-file`` holds, as JSON)."""
+
+    member_id: str
+    address: str
+    port: int
+    pid: int
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "member_id": self.member_id,
+            "address": self.address,
+            "port": self.port,
+            "pid": self.pid,
+        }
+
+
+def write_ready_file(path: Path, doc: dict[str, Any]) -> None:
+    """Write ``doc`` as JSON to ``path`` atomically: a reader sees all of it or nothing."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(doc, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+async def serve(
+    home: Path,
+    listen: str,
+    *,
+    limits: ServerLimits = DEFAULT_SERVER_LIMITS,
+    ready_file: Path | None = None,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[Listening], None] | None = None,
+) -> None:
+    """Run the coordinator of ``home`` on ``listen`` (``host:port``; port 0 picks one).
+
+    Returns when ``stop`` is set (or the task is cancelled), after closing every
+    node session and giving calls in flight ``shutdown_grace_ms`` to finish.
+    Once listening, writes ``ready_file`` (see :class:`Listening`) and calls ``on_ready``.
+    """
+    core = await CoreThread.open(home)
+    try:
+        sessions = SessionRegistry()
+        server = transport.server(limits=limits.transport)
+        pb_grpc.add_NodeLinkServicer_to_server(NodeLinkServicer(core, sessions, limits), server)
+        pb_grpc.add_AnalystServicer_to_server(AnalystServicer(core, sessions, limits), server)
+        pb_grpc.add_AuditServicer_to_server(AuditServicer(core, limits), server)
+        health = await transport.add_health(server, services=SERVICES)
+        port = transport.add_secure_port(server, core.core.identity, listen)
+        await server.start()
+        host = listen.rsplit(":", 1)[0]
+        where = Listening(core.core.member_id, f"{host}:{port}", port, os.getpid())
+        _log.info("coordinator %s listening on %s", where.member_id, where.address)
+        if ready_file is not None:
+            write_ready_file(ready_file, where.to_json())
+        if on_ready is not None:
+            on_ready(where)
+        try:
+            if stop is None:
+                await server.wait_for_termination()
+            else:
+                await stop.wait()
+        finally:
+            # not SERVING any more, streams ended (nodes redial), then calls get their grace
+            await health.enter_graceful_shutdown()
+            sessions.close_all("the coordinator is shutting down")
+            await server.stop(grace=limits.shutdown_grace_ms / 1000)
+    finally:
+        await core.close()

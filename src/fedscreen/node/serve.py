@@ -1,0 +1,382 @@
+"""The node agent: dial out to the coordinator, keep one stream open, answer what comes down it.
+
+County networks allow outbound connections only, so the node calls the
+coordinator (mutual TLS, the node's own certificate) and keeps a
+``NodeLink.Connect`` stream open: Hello up, Welcome down, then QueryRequests
+down and Answers or Refusals up, with a Heartbeat every
+``heartbeat_interval_ms`` so the coordinator knows the node's loop is alive
+(gRPC keepalive, from :class:`~fedscreen.transport.TransportLimits`, watches
+the connection itself). When the stream fails the node redials after a
+jittered exponential backoff.
+
+The coordinator is only a relay: every query is checked here again by
+:func:`fedscreen.node.requests.handle_query` (the analyst's signature against
+the node's own manifest, freshness, the node's policy and budget), which runs
+on one worker thread holding the node's SQLite connection, so the event loop
+keeps reading and heartbeating while a query runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Final
+
+import grpc
+
+from fedscreen import __version__, transport
+from fedscreen.errors import ConfigError, FedscreenError, QueryRefused
+from fedscreen.identity import load_identity
+from fedscreen.manifest import Manifest
+from fedscreen.node import store
+from fedscreen.node.home import NodeConfig, load_config
+from fedscreen.node.requests import handle_query
+from fedscreen.policy import Policy
+from fedscreen.transport import DEFAULT_LIMITS, RpcFailed, TransportLimits
+from fedscreen.v1 import federation_pb2 as pb
+from fedscreen.v1 import federation_pb2_grpc as pb_grpc
+
+__all__ = [
+    "DEFAULT_NODE_LIMITS",
+    "UNSAFE_TEST_ANSWER_DELAY_ENV",
+    "NodeLimits",
+    "Welcomed",
+    "backoff_ms",
+    "coordinator_of",
+    "run_node",
+]
+
+_log = logging.getLogger(__name__)
+
+#: TEST ONLY. Milliseconds the node sleeps between computing an answer and sending it,
+#: so integration tests can make a node miss the coordinator's deadline. Never set it in
+#: production: it only delays, but a delayed node is reported missing.
+UNSAFE_TEST_ANSWER_DELAY_ENV: Final = "FEDSCREEN_UNSAFE_TEST_ANSWER_DELAY_MS"
+#: longest refusal reason sent up the stream (characters)
+MAX_REASON_CHARS: Final = 300
+
+
+@dataclass(frozen=True)
+class NodeLimits:
+    """Every wait and interval of the node agent, with its unit."""
+
+    #: a Heartbeat goes up the stream this often (ms); the coordinator drops a
+    #: session silent for its ``session_idle_timeout_ms`` (60 s by default)
+    heartbeat_interval_ms: int = 15_000
+    #: first redial delay after a failed or ended stream (ms)
+    backoff_initial_ms: int = 500
+    #: the redial delay doubles per failure up to this (ms)
+    backoff_max_ms: int = 30_000
+    #: dialing, the TLS handshake, Hello and Welcome together must take at most this (ms)
+    welcome_timeout_ms: int = 10_000
+    transport: TransportLimits = field(default=DEFAULT_LIMITS)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "transport":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"node limit {f.name} must be a positive integer")
+        if self.backoff_initial_ms > self.backoff_max_ms:
+            raise ConfigError("backoff_initial_ms must not exceed backoff_max_ms")
+
+
+DEFAULT_NODE_LIMITS: Final = NodeLimits()
+
+
+@dataclass(frozen=True)
+class Welcomed:
+    """The coordinator accepted a session (reported to ``on_welcome``)."""
+
+    node_id: str
+    coordinator: str
+    #: sessions opened since the agent started, this one included (count)
+    session: int
+    manifest_version: int
+
+
+def backoff_ms(attempt: int, *, limits: NodeLimits = DEFAULT_NODE_LIMITS) -> int:
+    """The delay before redial number ``attempt`` (0-based), in ms.
+
+    Exponential with "equal jitter": half of ``min(max, initial·2^attempt)`` fixed
+    plus a uniformly random other half, so a province's nodes restarting together
+    do not redial in lockstep, and no delay is ever near zero. The randomness is
+    ``secrets`` (the project never uses ``random``).
+    """
+    ceiling = min(limits.backoff_max_ms, limits.backoff_initial_ms << min(attempt, 32))
+    half = ceiling // 2
+    return ceiling - half + secrets.randbelow(half + 1)
+
+
+def coordinator_of(manifest: Manifest) -> str:
+    """The member id of the federation's coordinator (the single active one)."""
+    ids = [m.id for m in manifest.members if m.role == "coordinator" and not m.revoked]
+    if len(ids) != 1:
+        raise ConfigError(
+            f"the manifest lists {len(ids)} active coordinators; name one with --coordinator-id"
+        )
+    return ids[0]
+
+
+def _unsafe_test_delay_ms() -> int:
+    value = os.environ.get(UNSAFE_TEST_ANSWER_DELAY_ENV, "")
+    if not value:
+        return 0
+    try:
+        delay = int(value)
+    except ValueError:
+        raise ConfigError(f"{UNSAFE_TEST_ANSWER_DELAY_ENV} must be an integer (ms)") from None
+    _log.warning(
+        "%s=%d: TEST ONLY — every answer is held back %d ms before it is sent",
+        UNSAFE_TEST_ANSWER_DELAY_ENV,
+        delay,
+        delay,
+    )
+    return max(delay, 0)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class QueryWorker:
+    """Runs :func:`handle_query` on one dedicated thread that owns the node's SQLite connection.
+
+    One thread is enough: answering takes SQLite's write lock (BEGIN IMMEDIATE)
+    anyway, so queries at one node run one at a time whatever the thread count.
+    """
+
+    def __init__(self, config: NodeConfig, policy: Policy, manifest: Manifest) -> None:
+        self.config = config
+        self.policy = policy
+        self.manifest = manifest
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"node-{config.node_id}"
+        )
+        # opened lazily on the worker thread and only ever used there
+        self._conn: sqlite3.Connection | None = None
+
+    def _answer(self, envelope: bytes) -> bytes:
+        if self._conn is None:
+            self._conn = store.connect(self.config.database)
+        return handle_query(self.config, self.policy, self.manifest, envelope, conn=self._conn)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def answer(self, envelope: bytes) -> bytes:
+        """The signed answer envelope; raises QueryRefused (already recorded by the node)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._answer, envelope)
+
+    def close(self) -> None:
+        """Finish the query running (if any), close the connection, stop the thread."""
+        with contextlib.suppress(RuntimeError):  # already shut down
+            self._executor.submit(self._close)
+        self._executor.shutdown(wait=True)
+
+
+class _Agent:
+    """One node's link to the coordinator; see :func:`run_node`."""
+
+    def __init__(
+        self,
+        home: Path,
+        coordinator: str,
+        *,
+        coordinator_id: str | None,
+        limits: NodeLimits,
+        on_welcome: Callable[[Welcomed], None] | None,
+    ) -> None:
+        self.config = load_config(home)
+        self.identity = load_identity(home)
+        if self.identity.member_id != self.config.node_id or self.identity.role != "node":
+            raise ConfigError(f"{home}: the identity is not node {self.config.node_id}'s")
+        manifest = self.identity.manifest()
+        self.manifest_version = manifest.version
+        self.coordinator = coordinator
+        self.peer_id = coordinator_id or coordinator_of(manifest)
+        self.limits = limits
+        self.on_welcome = on_welcome
+        self.delay_s = _unsafe_test_delay_ms() / 1000
+        self.worker = QueryWorker(self.config, self.config.policy(), manifest)
+        self.sessions = 0
+
+    async def session(self) -> None:
+        """One stream from dial to end: returns when the coordinator ends it, raises if it fails."""
+        node_id = self.config.node_id
+        # everything sent up the stream goes through one queue: a stream takes one
+        # writer, and answers and heartbeats come from several tasks
+        outbox: asyncio.Queue[pb.NodeMessage] = asyncio.Queue()
+
+        async def upstream() -> AsyncIterator[pb.NodeMessage]:
+            while True:
+                yield await outbox.get()
+
+        async def send(message: pb.NodeMessage) -> None:
+            outbox.put_nowait(message)
+
+        async with transport.channel(
+            self.identity, self.coordinator, peer_id=self.peer_id, limits=self.limits.transport
+        ) as channel:
+            hello = pb.Hello(node_id=node_id, software_version=__version__)
+            outbox.put_nowait(pb.NodeMessage(hello=hello))
+            call = pb_grpc.NodeLinkStub(channel).Connect(upstream())
+            downstream = aiter(call)
+            tasks: set[asyncio.Task[None]] = set()
+            try:
+                with transport.rpc_errors("node link"):
+                    try:
+                        welcome = await asyncio.wait_for(
+                            anext(downstream), timeout=self.limits.welcome_timeout_ms / 1000
+                        )
+                    except TimeoutError:
+                        raise RpcFailed(
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"no Welcome within {self.limits.welcome_timeout_ms} ms",
+                            what="node link",
+                        ) from None
+                    except StopAsyncIteration:
+                        raise RpcFailed(
+                            grpc.StatusCode.UNAVAILABLE,
+                            "stream ended before Welcome",
+                            what="node link",
+                        ) from None
+                    if welcome.WhichOneof("kind") != "welcome":
+                        raise RpcFailed(
+                            grpc.StatusCode.UNAVAILABLE,
+                            "first reply is not Welcome",
+                            what="node link",
+                        )
+                    self._welcomed(welcome.welcome.manifest_version)
+                    tasks.add(asyncio.create_task(self._heartbeats(send)))
+                    async for message in downstream:
+                        if message.WhichOneof("kind") == "query":
+                            task = asyncio.create_task(self._answer(message.query, send))
+                            tasks.add(task)
+                            task.add_done_callback(tasks.discard)
+                        # Cancel is advisory: a query already running finishes and is charged
+                        # once; the coordinator discards its answer, and a replay of the
+                        # query id gets the stored answer at no cost
+            finally:
+                for task in tasks:
+                    task.cancel()
+                call.cancel()
+
+    def _welcomed(self, version: int) -> None:
+        self.sessions += 1
+        _log.info(
+            "node %s: connected to %s at %s", self.config.node_id, self.peer_id, self.coordinator
+        )
+        if version > self.manifest_version:
+            _log.warning(
+                "the coordinator holds manifest version %d, this node %d: "
+                "install the newer manifest (fedscreen identity install)",
+                version,
+                self.manifest_version,
+            )
+        if self.on_welcome is not None:
+            self.on_welcome(Welcomed(self.config.node_id, self.peer_id, self.sessions, version))
+
+    async def _heartbeats(self, send: Callable[[pb.NodeMessage], Awaitable[None]]) -> None:
+        interval = self.limits.heartbeat_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            await send(pb.NodeMessage(heartbeat=pb.Heartbeat()))
+
+    async def _answer(
+        self, request: pb.QueryRequest, send: Callable[[pb.NodeMessage], Awaitable[None]]
+    ) -> None:
+        query_id = request.query_id
+        if request.deadline_unix_ms and _now_ms() >= request.deadline_unix_ms:
+            # DESIGN: do not start work that cannot be delivered in time
+            reason = "the coordinator's deadline passed before the node could start"
+            await send(pb.NodeMessage(refusal=pb.Refusal(query_id=query_id, reason=reason)))
+            return
+        try:
+            envelope = await self.worker.answer(bytes(request.query_envelope))
+        except QueryRefused as refused:
+            reason = str(refused)[:MAX_REASON_CHARS]
+            _log.info("node %s refused query %s: %s", self.config.node_id, query_id[:64], reason)
+            await send(pb.NodeMessage(refusal=pb.Refusal(query_id=query_id, reason=reason)))
+            return
+        except FedscreenError as exc:
+            _log.error(
+                "node %s could not answer query %s: %s", self.config.node_id, query_id[:64], exc
+            )
+            reason = "the node could not answer (see its log)"
+            await send(pb.NodeMessage(refusal=pb.Refusal(query_id=query_id, reason=reason)))
+            return
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)  # TEST ONLY, see UNSAFE_TEST_ANSWER_DELAY_ENV
+        await send(pb.NodeMessage(answer=pb.Answer(query_id=query_id, envelope=envelope)))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep a session open until ``stop`` is set; redial with backoff when one ends."""
+        attempt = 0
+        stopped = asyncio.create_task(stop.wait())
+        session: asyncio.Task[None] | None = None
+        try:
+            while not stop.is_set():
+                before = self.sessions
+                session = asyncio.create_task(self.session())
+                await asyncio.wait({session, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                if not session.done():
+                    break
+                error = session.exception()
+                if error is not None and not isinstance(error, RpcFailed):
+                    raise error  # a bug or a broken home, not a network problem: stop loudly
+                if self.sessions > before:
+                    attempt = 0  # a session was welcomed: the link works, start over
+                delay = backoff_ms(attempt, limits=self.limits)
+                attempt += 1
+                _log.warning(
+                    "node %s: link to %s %s; redialling in %d ms",
+                    self.config.node_id,
+                    self.coordinator,
+                    f"failed ({error})" if error else "ended",
+                    delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(stopped), timeout=delay / 1000)
+        finally:
+            stopped.cancel()
+            if session is not None and not session.done():
+                session.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RpcFailed):
+                    await session
+            await asyncio.get_running_loop().run_in_executor(None, self.worker.close)
+
+
+async def run_node(
+    home: Path,
+    coordinator: str,
+    *,
+    coordinator_id: str | None = None,
+    limits: NodeLimits = DEFAULT_NODE_LIMITS,
+    stop: asyncio.Event | None = None,
+    on_welcome: Callable[[Welcomed], None] | None = None,
+) -> None:
+    """Serve the node in ``home`` to the coordinator at ``coordinator`` (``host:port``).
+
+    The coordinator's member id is ``coordinator_id`` or, by default, the single
+    active coordinator in the node's manifest; its certificate must name it.
+    Policy and manifest are read once, here. Runs until ``stop`` is set (or the
+    task is cancelled); ``on_welcome`` is called each time a session is accepted.
+    """
+    agent = _Agent(
+        home, coordinator, coordinator_id=coordinator_id, limits=limits, on_welcome=on_welcome
+    )
+    await agent.run(stop or asyncio.Event())
