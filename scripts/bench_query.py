@@ -7,9 +7,13 @@ Setup (not timed): a synthetic county of N students is generated and loaded
 into a fresh node (county 130104, which has no county policy document; the
 node points at a temporary copy of the provincial catalogue whose yearly budget
 is large enough for every timed query). With ``--workdir`` the loaded node is
-kept and reused by later runs with the same ``--students``/``--seed``.
+kept and reused by later runs with the same ``--students``/``--seed``, as long
+as fedscreen's storage code (node, audit, synth, instruments) is unchanged.
 
-Then, for each benchmark query, three engines answer it ``--runs`` times,
+Two queries (``QUERIES``): PHQ-9 ≥ 10 by grade band x sex (large cells), and
+PHQ-9 item 9 positive by grade x sex x location (78 cells, many small: where
+SmartNoise's dropping of small groups shows). For each, three engines answer it
+``--runs`` times,
 interleaved (one run of each per round, the order rotating), after a few
 untimed warm-up rounds, on the same database file:
 
@@ -20,8 +24,9 @@ untimed warm-up rounds, on the same database file:
   check and compile, budget check, the same SQL, OpenDP discrete Laplace noise,
   the stored answer, the ledger charge, the signed log entry, COMMIT with
   ``synchronous=FULL`` and the signed envelope. Every timed call does all of it:
-  each run asks at its own ε (ε ± k·10⁻⁶, distinct micro-units, at most ±0.02%
-  off ε), since repeating an identical question would return the cached answer;
+  each run asks at its own ε (the unused micro-units nearest ε: ε ± k·10⁻⁶, within
+  ±0.02% of ε for 200 runs on a fresh node; the range used is printed), since
+  repeating an identical question would return the cached answer;
 * **SmartNoise SQL** (``smartnoise-sql``, a benchmark-only peer, never a
   dependency): it pins ``opendp<0.15``, so it runs in its own virtual
   environment, created once under ``--cache-dir`` and reused, in a child process
@@ -44,6 +49,7 @@ or smaller MAE at equal ε.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import re
@@ -58,6 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
+import fedscreen
 from fedscreen.node import ledger, store
 from fedscreen.node.engine import QueryRequest, answer_query
 from fedscreen.node.home import CONFIG_FILE, NodeConfig, init_home, load_config
@@ -73,6 +80,8 @@ YEAR: Final = "2024-2025"
 ANALYST: Final = "bench-analyst"
 SMARTNOISE_SPEC: Final = "smartnoise-sql==1.0.10"
 PEER_SCRIPT: Final = Path(__file__).resolve().parent / "smartnoise_peer.py"
+#: parts of the fedscreen package whose changes invalidate a kept node (see storage_fingerprint)
+STORAGE_CODE: Final = ("node", "audit", "synth", "instruments", "exports.py")
 WARMUP: Final = 3
 TARGET_VS_BASELINE: Final = 1.3
 
@@ -138,11 +147,35 @@ def bench_policy(path: Path, epsilon: float) -> None:
     path.write_text(text, encoding="utf-8")
 
 
+def storage_fingerprint() -> str:
+    """Digest of the code that decides what a loaded node holds (schema, ingest, synth data).
+
+    A kept node is reused only while this is unchanged: an older database may lack
+    a table or column the current code writes.
+    """
+    package = Path(fedscreen.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for part in STORAGE_CODE:
+        root = package / part
+        files = sorted(root.rglob("*")) if root.is_dir() else [root]
+        for path in files:
+            if path.is_file() and path.suffix in (".py", ".toml"):
+                digest.update(str(path.relative_to(package)).encode() + b"\0")
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def prepare_node(work: Path, students: int, seed: int, epsilon: float) -> tuple[NodeConfig, str]:
     """A node loaded with ``students`` synthetic rows; reused if ``work`` already has it."""
     home = work / "node"
     stamp = home / "bench-query.json"
-    want = {"students": students, "seed": seed, "county": COUNTY, "year": YEAR}
+    want = {
+        "students": students,
+        "seed": seed,
+        "county": COUNTY,
+        "year": YEAR,
+        "code": storage_fingerprint(),
+    }
     if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == want:
         bench_policy(home / "bench-province.toml", epsilon)
         return load_config(home), "reused the node loaded by an earlier run"
@@ -373,6 +406,7 @@ def bench_one(
     node = Engine("fedscreen node (answer_query)")
     smart = Engine(f"SmartNoise SQL {peer.info['smartnoise_sql']}" if peer else "SmartNoise SQL")
     taus: set[float] = set()
+    node_eps: list[float] = []
     extra_groups = 0
 
     def run_baseline(record: bool) -> None:
@@ -391,6 +425,7 @@ def bench_one(
         assert not answer.cached, "a timed node call hit the answer cache"
         assert abs(answer.body["epsilon"] - eps) < 1e-9, (answer.body["epsilon"], eps)
         if record:
+            node_eps.append(eps)
             node.times_ms.append(elapsed)
             cells = {tuple(c["group"]): int(c["value"]) for c in answer.body["cells"]}
             node.runs.append(cells)
@@ -429,7 +464,8 @@ def bench_one(
     base_ms = baseline.median()
     print(
         f"\n{runs} interleaved runs per engine after {WARMUP} warm-up rounds "
-        f"({elapsed_s:.0f} s), ε = {args.epsilon:g}\n"
+        f"({elapsed_s:.0f} s), ε = {args.epsilon:g} "
+        f"(fedscreen: {min(node_eps):.6f} .. {max(node_eps):.6f}, one per run)\n"
     )
     header = (
         f"{'engine':34} {'median ms':>10} {'p95 ms':>9} {'x baseline':>10} "

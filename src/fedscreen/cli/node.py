@@ -223,26 +223,20 @@ def run_budget(args: argparse.Namespace) -> int:
         spent = ledger.budget_table(conn)
     finally:
         conn.close()
+    node_budget = ledger.to_micro(limits.epsilon_per_node_per_year)
     years: dict[str, int] = {}
     for year, _, micro in spent:
         years[year] = years.get(year, 0) + micro
     rows: list[list[object]] = []
+    show = ledger.from_micro
     for year, total in years.items():
-        rows.append(
-            [
-                year,
-                "(node total)",
-                f"{ledger.from_micro(total):g}",
-                f"{limits.epsilon_per_node_per_year - ledger.from_micro(total):g}",
-            ]
-        )
+        # integer micro-ε: "left" is exact, never 4.4e-16
+        rows.append([year, "(node total)", f"{show(total):g}", f"{show(node_budget - total):g}"])
         for y, analyst, micro in spent:
             if y == year:
-                left = min(
-                    limits.analyst_budget(analyst) - ledger.from_micro(micro),
-                    limits.epsilon_per_node_per_year - ledger.from_micro(total),
-                )
-                rows.append([year, analyst, f"{ledger.from_micro(micro):g}", f"{left:g}"])
+                own = ledger.to_micro(limits.analyst_budget(analyst)) - micro
+                left = max(min(own, node_budget - total), 0)
+                rows.append([year, analyst, f"{show(micro):g}", f"{show(left):g}"])
     print(
         f"node {config.node_id}: ε {limits.epsilon_per_node_per_year:g} per academic year, "
         f"analysts {limits.analyst_share:g} of it unless named in the policy"

@@ -353,11 +353,7 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
                     _log.warning("node %s sent a second Hello; ignored", session.node_id)
                 # heartbeats only prove liveness: reading one reset the idle timer
         except grpc.RpcError as exc:
-            _log.info(
-                "node %s stream failed: %s",
-                session.node_id,
-                exc.code() if hasattr(exc, "code") else exc,
-            )
+            _log.info("node %s stream failed: %s", session.node_id, exc)
         finally:
             self.sessions.close(session, reason)
 
@@ -393,7 +389,8 @@ class AnalystServicer(pb_grpc.AnalystServicer):
                 # a captured query relayed by another analyst is not theirs to spend
                 raise VerificationError("the query is not signed by the calling analyst")
             wait_s = self._wait_s(request.deadline_ms, context.time_remaining())
-            targets = query.nodes or self.core.core.node_ids
+            # each node once, in the order asked
+            targets = tuple(dict.fromkeys(query.nodes or self.core.core.node_ids))
             replies = await self._fan_out(query, envelope, targets, wait_s)
             answers = {n: r.envelope for n, r in replies.items() if r.envelope is not None}
             missing = [n for n in targets if n not in answers]

@@ -113,13 +113,12 @@ def request_epsilon(request: QueryRequest, plan: Plan, policy: Policy) -> float:
             raise QueryRefused("give epsilon, not accuracy, for a quantile")
         if not 0 < accuracy < float("inf"):
             raise QueryRefused("accuracy must be a positive number")
-        # mean and rate: the accuracy is that of each noisy component; two components
-        parts = 2 if kind in ("mean", "rate") else 1
-        epsilon = parts * mechanisms.epsilon_for_accuracy(accuracy=accuracy, sensitivity=1)
-        if kind == "sum":
-            epsilon = mechanisms.epsilon_for_accuracy(
-                accuracy=accuracy, sensitivity=plan.sensitivity
-            )
+        # each noisy component (the count; a sum's numerator) is within ±accuracy at 95%;
+        # mean and rate split ε evenly between two components, so each half must suffice
+        # for the more sensitive one
+        epsilon = mechanisms.epsilon_for_accuracy(accuracy=accuracy, sensitivity=plan.sensitivity)
+        if kind in ("mean", "rate"):
+            epsilon *= 2
     cap = policy.limits.max_epsilon_per_query
     if epsilon > cap:
         raise QueryRefused(
@@ -145,9 +144,19 @@ def answer_query(
     except QueryRefused as refusal:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        query = request.text or (request.spec.canonical().decode() if request.spec else "")
+        query = request.text or _describe(request.spec)
         record_refusal(config, conn, analyst=request.analyst, query=query, reason=str(refusal))
         raise
+
+
+def _describe(spec: QuerySpec | None) -> str:
+    """The spec's canonical text for a refusal record (a malformed spec may have none)."""
+    if spec is None:
+        return ""
+    try:
+        return spec.canonical().decode()
+    except ValueError:
+        return repr(spec)
 
 
 def record_refusal(
@@ -413,7 +422,11 @@ def release(
         cells.append(
             {"group": g, "value": plan.candidates[index], "display": str(plan.candidates[index])}
         )
-    return {"mechanism": "exponential (report noisy max, Gumbel)", "scale": scale, "cells": cells}
+    return {
+        "mechanism": "exponential mechanism (report noisy max, exponential noise)",
+        "scale": scale,
+        "cells": cells,
+    }
 
 
 def _cell(

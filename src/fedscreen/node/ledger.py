@@ -68,8 +68,12 @@ CREATE TABLE query_refusal (
 
 
 def to_micro(epsilon: float) -> int:
-    """ε in micro-units, rounded up (never undercharge)."""
-    return math.ceil(epsilon * MICRO - 1e-6)
+    """ε in micro-units, rounded up (never undercharge); any positive ε costs at least 1 µε."""
+    if epsilon <= 0:
+        return 0
+    # the tiny slack absorbs float noise (0.3 * 10^6 = 300000.00000000006) without
+    # ever rounding a positive charge down to nothing
+    return max(1, math.ceil(epsilon * MICRO - 1e-6))
 
 
 def from_micro(micro: int) -> float:

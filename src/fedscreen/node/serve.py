@@ -34,7 +34,7 @@ from typing import Final
 import grpc
 
 from fedscreen import __version__, transport
-from fedscreen.errors import ConfigError, FedscreenError, QueryRefused
+from fedscreen.errors import ConfigError, QueryRefused
 from fedscreen.identity import load_identity
 from fedscreen.manifest import Manifest
 from fedscreen.node import store
@@ -312,10 +312,8 @@ class _Agent:
             _log.info("node %s refused query %s: %s", self.config.node_id, query_id[:64], reason)
             await send(pb.NodeMessage(refusal=pb.Refusal(query_id=query_id, reason=reason)))
             return
-        except FedscreenError as exc:
-            _log.error(
-                "node %s could not answer query %s: %s", self.config.node_id, query_id[:64], exc
-            )
+        except Exception:  # anything else is the node's own trouble: say so, keep serving
+            _log.exception("node %s could not answer query %s", self.config.node_id, query_id[:64])
             reason = "the node could not answer (see its log)"
             await send(pb.NodeMessage(refusal=pb.Refusal(query_id=query_id, reason=reason)))
             return

@@ -146,6 +146,8 @@ def compile_query(spec: QuerySpec, policy: Policy) -> Plan:
         clamped = f"MIN(MAX({column}, ?), ?)"
         where.append(f"{column} IS NOT NULL")
         if measure.kind == "quantile":
+            if measure.q is None or not 0 < measure.q < 1:  # also refuses NaN
+                raise QueryRefused(f"QUANTILE level {measure.q} is not strictly between 0 and 1")
             candidates = rule.candidates
             aggregates = []
             for candidate in candidates:

@@ -8,7 +8,8 @@ academic year, one row of the bounded view — under add/remove-one neighbours:
 
 * counts over disjoint cells: L1 sensitivity 1 → discrete Laplace (pure ε-DP);
 * clamped sums over disjoint cells: L1 sensitivity max(|lo|, |hi|);
-* quantiles: the exponential mechanism (report-noisy-max with Gumbel noise) on
+* quantiles: the exponential mechanism (OpenDP's report-noisy-max, which under
+  pure DP adds exponential noise — permute-and-flip) on
   OpenDP's quantile score, whose per-candidate terms are computed in SQL.
 
 Every measurement is built here from numbers, never deserialised from input,

@@ -167,9 +167,17 @@ def _opt_str(value: Any) -> str | None:
 
 
 def _cond_json(cond: Condition) -> dict[str, Any]:
+    # order-free parts are sorted, so that reordering an IN list or the operands of
+    # AND/OR is the same question (and the same cached answer), not a new charge
     if isinstance(cond, Comparison):
-        return {"column": cond.column, "op": cond.op, "values": list(cond.values)}
-    return {"op": cond.op, "args": [_cond_json(a) for a in cond.args]}
+        values = list(cond.values)
+        if cond.op in ("in", "not in"):
+            values = sorted(set(values), key=lambda v: (type(v).__name__, v))
+        return {"column": cond.column, "op": cond.op, "values": values}
+    args = [_cond_json(a) for a in cond.args]
+    if cond.op in ("and", "or"):
+        args.sort(key=lambda a: canonical_json(a))
+    return {"op": cond.op, "args": args}
 
 
 def _cond_from(data: dict[str, Any]) -> Condition:

@@ -8,6 +8,8 @@ therefore has probability below ~1e-6 per assertion: a failure means a bug.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import warnings
 from collections import Counter
@@ -35,12 +37,9 @@ dp.enable_features("contrib")
 # libcst's import raises a DeprecationWarning (mypy_extensions.TypedDict) that the
 # project's "warnings are errors" turns into an INTERNALERROR ending the whole session.
 # Importing libcst once here, with that warning silenced, keeps a failure a failure.
-with warnings.catch_warnings():
+with warnings.catch_warnings(), contextlib.suppress(ImportError):
     warnings.simplefilter("ignore", DeprecationWarning)
-    try:
-        import libcst  # noqa: F401
-    except ImportError:  # pragma: no cover - hypothesis then skips the patch
-        pass
+    import libcst  # noqa: F401
 
 #: a fixed true count: every cell of every release has this value
 TRUE_COUNT = 1_000
@@ -203,11 +202,10 @@ def test_quantile_scores_equal_opendp_scores(q: float) -> None:
     """fedscreen computes OpenDP's quantile score from SQL counts; the two must agree.
 
     OpenDP 0.16 rationalises q as its exact binary fraction when that has a denominator
-    below 10,000 (0.5 → 1/2, 0.125 → 1/8), and otherwise as round(q·10,000)/10,000
-    *unreduced* (0.1 → 1,000/10,000; 1/3 → 3,333/10,000). ``quantile_fraction`` instead
-    takes ``Fraction(q).limit_denominator(10_000)`` (0.1 → 1/10, 1/3 → 1/3,
-    0.77777 → 7,773/9,994), so for every non-dyadic level the scores (and the sensitivity)
-    differ from OpenDP's, contrary to the docstring.
+    below 10,000 (0.5 → 1/2, 0.125 → 1/8), and otherwise as ⌊q·10,000⌋/10,000 *unreduced*
+    (0.1 → 1,000/10,000; 1/3 → 3,333/10,000; 0.77777 → 7,777/10,000): scores and
+    sensitivity then scale with that denominator. (``Fraction.limit_denominator`` — 1/10,
+    1/3, 7,773/9,994 — gives different scores.)
     """
     data = [3, 7, 7, 0, 12, 5, 5, 5, 9, 1, 27, 14, 2, 8]
     candidates = [0, 2, 4, 5, 7, 10, 15, 27]
@@ -296,7 +294,7 @@ def _noisy_min_probabilities(scores: list[int], scale: float) -> list[float]:
     probs = []
     for i, si in enumerate(scores):
         total = 0.0
-        for lo, hi in zip(breaks, breaks[1:], strict=False):
+        for lo, hi in itertools.pairwise(breaks):
             if hi <= -si:
                 continue
             lo = max(lo, -si)
