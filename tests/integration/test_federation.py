@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedscreen import pki, transport
 from fedscreen.analyst import make_query, verify_release
@@ -557,6 +558,23 @@ def test_query_signed_by_a_non_analyst_is_refused_by_coordinator_and_node(
             assert fed.charges(node_id) == charges
         finally:
             conn.close()
+
+
+def test_health_reports_serving(fed: Federation) -> None:
+    async def scenario() -> list[int]:
+        async with transport.channel(fed.auditor, fed.address, peer_id=COORDINATOR) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            return [
+                (await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)).status
+                for name in (
+                    "",
+                    "fedscreen.v1.NodeLink",
+                    "fedscreen.v1.Analyst",
+                    "fedscreen.v1.Audit",
+                )
+            ]
+
+    assert run(scenario) == [health_pb2.HealthCheckResponse.SERVING] * 4
 
 
 # ---------------------------------------------------------------- logs

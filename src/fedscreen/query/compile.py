@@ -3,9 +3,10 @@
 The SQL text is assembled only from names the policy lists (checked against
 an identifier pattern as well) and fixed keywords; every value travels as a
 parameter. Cells are the cartesian product of the group columns' *public*
-domains, so which cells an answer has never depends on the data; rows whose
-group value is outside the domain (or NULL) are filtered out, which keeps each
-student in at most one cell.
+domains, so which cells an answer has never depends on the data. SQLite groups
+every row, but groups outside the public domains (or NULL) are never among the
+cells and are dropped unseen (engine ``_filled``); each student still falls in at
+most one released cell. (Filtering them in SQL instead cost 25% of the query.)
 """
 
 from __future__ import annotations
@@ -105,7 +106,9 @@ def compile_query(spec: QuerySpec, policy: Policy) -> Plan:
     for year in spec.years:
         _value(period_rule, dataset.period, year)
     params: list[Value] = []
-    where = [f"{dataset.period} IN ({', '.join('?' * len(spec.years))})"]
+    # unary + keeps SQLite off the (year, school) index: a year is most of the table, and
+    # a full scan is faster than walking the index for it (measured: 15-20% at 10^6 rows)
+    where = [f"+{dataset.period} IN ({', '.join('?' * len(spec.years))})"]
     params.extend(spec.years)
 
     domains: list[tuple[Value, ...]] = []
@@ -117,8 +120,6 @@ def compile_query(spec: QuerySpec, policy: Policy) -> Plan:
         if not isinstance(rule, CategoryRule):
             raise QueryRefused(f"column {column} has no public domain to group by")
         domains.append(rule.domain)
-        where.append(f"{column} IN ({', '.join('?' * len(rule.domain))})")
-        params.extend(rule.domain)
     cells = tuple(itertools.product(*domains))
     if len(cells) > policy.limits.max_groups:
         raise QueryRefused(f"{len(cells)} cells exceed the limit of {policy.limits.max_groups}")
