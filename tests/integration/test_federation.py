@@ -61,7 +61,7 @@ from fedscreen.v1 import federation_pb2 as pb
 from fedscreen.v1 import federation_pb2_grpc as pb_grpc
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-CLI = [sys.executable, "/tmp/wired_main.py"]  # DEV
+CLI = [sys.executable, "-m", "fedscreen.cli.main"]
 YEAR = "2024-2025"
 COORDINATOR = "coordinator"
 NODES = ("130104", "130105", "130107")
@@ -517,9 +517,15 @@ async def _hello_as(identity: Identity, address: str, node_id: str) -> None:
         # write/read rather than a request iterator: a request iterator still running
         # when the call fails makes gRPC report INTERNAL instead of the server's status
         call = pb_grpc.NodeLinkStub(channel).Connect(timeout=5)
-        with transport.rpc_errors("connect"):
+        try:
             await call.write(pb.NodeMessage(hello=pb.Hello(node_id=node_id)))
             await call.read()
+        except grpc.RpcError:
+            pass  # the write or the read may be the one that sees the refusal
+        # the call's final status is the server's verdict, whichever step noticed it first
+        code = await call.code()
+        if code is not grpc.StatusCode.OK:
+            raise RpcFailed(code, await call.details() or "", what="connect")
             await call.read()
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedscreen.cli.nodeserve import add_serve_parser
 from fedscreen.cli.output import Progress, table
 from fedscreen.node import ledger, store
 from fedscreen.node.engine import QueryRequest, answer_query, now
@@ -73,6 +74,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     budget.add_argument("--home", type=Path, required=True)
     budget.set_defaults(func=run_budget)
+
+    add_serve_parser(node_sub)
 
 
 def run_init(args: argparse.Namespace) -> int:
