@@ -76,6 +76,7 @@ class Coordinator:
         self.member_id = identity.member_id
         self.policy = policy
         self.manifest: Manifest = identity.manifest()
+        self._stamp = self._manifest_stamp()
         self.key = identity.signing_key()
         self.origin = nodelog.origin(self.member_id, ROLE)
         self.conn = store.connect(home / DATABASE_FILE)
@@ -102,13 +103,27 @@ class Coordinator:
         return tuple(m.id for m in self.manifest.members if m.role == "node" and not m.revoked)
 
     def reload_manifest(self) -> None:
-        """Pick up a newer manifest installed in the home."""
-        self.manifest = self.identity.manifest()
+        """Pick up a newer manifest installed in the home (a revocation takes effect)."""
+        stamp = self._manifest_stamp()
+        if stamp != self._stamp:
+            self.manifest, self._stamp = self.identity.manifest(), stamp
 
-    def accept(self, query_envelope: bytes, *, now_ms: int) -> SignedQuery:
-        """Verify and log an analyst's query; raise QueryRefused/VerificationError early."""
+    def _manifest_stamp(self) -> tuple[int, int]:
+        stat = (self.home / "manifest.json").stat()
+        return stat.st_mtime_ns, stat.st_size
+
+    def accept(
+        self, query_envelope: bytes, *, now_ms: int, caller: str | None = None
+    ) -> SignedQuery:
+        """Verify and log an analyst's query; raise QueryRefused/VerificationError early.
+
+        ``caller`` is the member id the transport authenticated; the query must be theirs.
+        """
+        self.reload_manifest()  # each query sees the newest manifest installed (a stat call)
         envelope = Envelope.from_json(query_envelope)
         query = verify_query(envelope, manifest=self.manifest, now_ms=now_ms)
+        if caller is not None and query.analyst != caller:
+            raise VerificationError("the query is not signed by the calling analyst")
         if query.spec.years:
             # the provincial catalogue: a cheap early refusal (nodes apply their own, stricter)
             compile_query(query.spec, self.policy)

@@ -41,7 +41,7 @@ import grpc
 
 from fedscreen import transport
 from fedscreen.coordinator.core import Coordinator
-from fedscreen.errors import ConfigError, QueryRefused, VerificationError
+from fedscreen.errors import ConfigError, QueryRefused
 from fedscreen.query.signed import SignedQuery
 from fedscreen.transport import DEFAULT_LIMITS, TransportLimits
 from fedscreen.v1 import federation_pb2 as pb
@@ -384,10 +384,11 @@ class AnalystServicer(pb_grpc.AnalystServicer):
         async with transport.abort_on_error(context):
             received_ms = now_ms()
             envelope = bytes(request.query_envelope)
-            query = await self.core.call(lambda core: core.accept(envelope, now_ms=received_ms))
-            if query.analyst != member.id:
-                # a captured query relayed by another analyst is not theirs to spend
-                raise VerificationError("the query is not signed by the calling analyst")
+            # a captured query relayed by another analyst is not theirs to spend: accept()
+            # refuses it before anything is logged
+            query = await self.core.call(
+                lambda core: core.accept(envelope, now_ms=received_ms, caller=member.id)
+            )
             wait_s = self._wait_s(request.deadline_ms, context.time_remaining())
             # each node once, in the order asked
             targets = tuple(dict.fromkeys(query.nodes or self.core.core.node_ids))
