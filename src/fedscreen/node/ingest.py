@@ -27,11 +27,15 @@ from fedscreen.errors import IngestError, Problem
 from fedscreen.node import store
 from fedscreen.node.home import NodeConfig
 from fedscreen.node.parsing import (
+    BLOCK_ROWS,
+    WORKERS,
+    Block,
     Collected,
     WorkerArgs,
-    parse_in_worker,
+    collect,
+    parse_blocks,
+    parse_in_workers,
     rows_checked,
-    screening_chunks,
 )
 from fedscreen.node.reader import CSV_SUFFIXES, XLSX_SUFFIXES, ReadError, Table, open_table
 from fedscreen.node.validate import HeaderError, SchoolParser, ScreeningParser
@@ -214,8 +218,11 @@ def _load_screenings(
         f"VALUES ({', '.join('?' * len(columns))}, 1)"
     )
     collected = Collected(name)
-    if table.path.stat().st_size >= WORKER_MIN_BYTES:
-        table.close()  # the worker reads the file itself
+    large = table.path.stat().st_size >= WORKER_MIN_BYTES
+    read = [0.0]  # the workers' latest progress (share of the file read)
+    blocks: Iterator[Block]
+    if large:
+        table.close()  # the workers read the file themselves
         args = WorkerArgs(
             table.path,
             table.encoding,
@@ -223,22 +230,18 @@ def _load_screenings(
             config.county_code,
             config.secret(),
             batch_id,
-            config.max_problems,
+            stripe=0,
+            stripes=WORKERS,
+            block_rows=BLOCK_ROWS,
         )
-        for item in parse_in_worker(args):
-            if isinstance(item, Collected):
-                collected = item
-            else:
-                chunk, done, fraction = item
-                conn.executemany(insert, chunk)
-                if progress is not None:
-                    progress(name, done, fraction)
+        blocks = parse_in_workers(args, progress=lambda f: read.__setitem__(0, f))
     else:
-        for chunk in screening_chunks(table.rows, parser, batch_id, collected):
-            conn.executemany(insert, chunk)
-            if progress is not None:
-                progress(name, collected.count, table.fraction())
-        collected.total_problems = len(collected.problems)
+        blocks = parse_blocks(table.rows, parser, batch_id, block_rows=BLOCK_ROWS)
+    key_at, year_at = columns.index("student_key"), columns.index("academic_year")
+    for chunk in collect(blocks, name, key_at, year_at, columns.index("school_id"), collected):
+        conn.executemany(insert, chunk)
+        if progress is not None:
+            progress(name, collected.count, read[0] if large else table.fraction())
     problems = collected.problems
     before = len(problems)
     year = _one_year(collected.years, name, problems)

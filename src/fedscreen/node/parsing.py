@@ -1,16 +1,17 @@
-"""Parsing a screening export into row chunks — in this process or in a worker process.
+"""Parsing a screening export into row blocks — in this process or in worker processes.
 
 Validation is CPU-bound Python and SQLite's inserts are too, so for a large file
-the node parses in a child process while the parent inserts: on two cores the
-two halves overlap. The child never touches the database; it only reads the
-file and sends validated row chunks (and, at the end, the problems) back. If the
-parent dies, the child notices and exits; if the child dies, the parent's
-transaction is rolled back.
+the node parses in child processes while the parent inserts. The file is cut
+into blocks of ``BLOCK_ROWS`` input rows; with ``n`` workers, worker ``k`` reads
+every row (reading is cheap) but parses only blocks ``k, k + n, …``. The parent
+takes the blocks back in file order and does the per-file bookkeeping —
+duplicate students, years, schools — so the outcome is the same as parsing in
+one process. A child never touches the database. If the parent dies, the
+children notice and exit; if a child dies, the parent's transaction is rolled back.
 """
 
 from __future__ import annotations
 
-import functools
 import multiprocessing
 import os
 import queue
@@ -23,14 +24,30 @@ from fedscreen.errors import Problem
 from fedscreen.node.reader import ReadError, open_table
 from fedscreen.node.validate import ScreeningParser
 
-#: rows per chunk: large enough to amortise a pickle or an executemany, small enough to stream
-CHUNK_ROWS: Final = 10_000
-#: chunks in flight between the worker and the writer: bounds memory
-QUEUE_CHUNKS: Final = 6
+#: input rows per block: large enough to amortise a pickle or an executemany
+BLOCK_ROWS: Final = 10_000
+#: problems a block carries (the report shows the first ones of the file anyway)
+BLOCK_PROBLEMS: Final = 50
+#: worker processes for a large file (the parent inserting is the third process)
+WORKERS: Final = 2
+#: blocks in flight per worker: bounds memory while parsing runs ahead of inserting
+QUEUE_BLOCKS: Final = 4
 #: seconds between checks that the other process is still alive
 LIVENESS_S: Final = 1.0
 
 Row = tuple[Any, ...]
+
+
+@dataclass
+class Block:
+    """Parsed rows of one block, with their line numbers and the block's problems."""
+
+    index: int
+    lines: list[int]
+    rows: list[Row]
+    problems: list[Problem]
+    #: problems beyond the first ``BLOCK_PROBLEMS`` kept: counted, not carried
+    extra_problems: int = 0
 
 
 @dataclass
@@ -63,39 +80,79 @@ def rows_checked(
         problems.append(exc.problem)
 
 
-def screening_chunks(
-    rows: Iterator[tuple[int, list[str]]], parser: ScreeningParser, batch_id: int, out: Collected
+def parse_blocks(
+    rows: Iterator[tuple[int, list[str]]],
+    parser: ScreeningParser,
+    batch_id: int,
+    *,
+    stripe: int = 0,
+    stripes: int = 1,
+    block_rows: int = BLOCK_ROWS,
+) -> Iterator[Block]:
+    """Blocks ``stripe, stripe + stripes, …`` of the file, parsed; the others are only read.
+
+    Every block of the stripe is yielded, empty or not, so that blocks from several
+    workers can be merged back in file order by taking them in turn.
+    """
+    block = Block(0, [], [], [])
+    parse = parser.parse
+    try:
+        for position, (line, cells) in enumerate(rows):
+            index = position // block_rows
+            if index != block.index:
+                if block.index % stripes == stripe:
+                    yield _trimmed(block)
+                block = Block(index, [], [], [])
+            if index % stripes != stripe or not any(c.strip() for c in cells):
+                continue
+            row = parse(line, cells, block.problems, batch_id)
+            if row is not None:
+                block.lines.append(line)
+                block.rows.append(row)
+    except ReadError as exc:
+        # every worker reads the whole file and meets the error; the block's owner reports it
+        if block.index % stripes == stripe:
+            block.problems.append(exc.problem)
+    if block.index % stripes == stripe:
+        yield _trimmed(block)
+
+
+def _trimmed(block: Block) -> Block:
+    if len(block.problems) > BLOCK_PROBLEMS:
+        block.extra_problems = len(block.problems) - BLOCK_PROBLEMS
+        del block.problems[BLOCK_PROBLEMS:]
+    return block
+
+
+def collect(
+    blocks: Iterator[Block], name: str, key_at: int, year_at: int, school_at: int, out: Collected
 ) -> Iterator[list[Row]]:
-    """Validated row chunks; after the first problem nothing more is yielded (but all
-    rows are still checked, so that every problem is reported)."""
-    columns = parser.columns
-    key_at, year_at = columns.index("student_key"), columns.index("academic_year")
-    school_at = columns.index("school_id")
+    """Per-file bookkeeping over blocks in file order; yields the rows to insert (nothing
+    after the first problem, though every row is still checked and counted)."""
     seen: dict[bytes, int] = {}
-    chunk: list[Row] = []
     problems = out.problems
-    parse = functools.partial(parser.parse, batch_id=batch_id)
-    for line, row in rows_checked(rows, parse, problems):
-        first = seen.setdefault(row[key_at], line)
-        if first != line:
-            problems.append(Problem(out.name, line, "student_no", f"same student as line {first}"))
-            continue
-        out.years.setdefault(row[year_at], line)
-        out.schools.setdefault(row[school_at])
-        out.count += 1
-        if problems:
-            continue
-        chunk.append(row)
-        if len(chunk) >= CHUNK_ROWS:
-            yield chunk
-            chunk = []
-    if chunk and not problems:
-        yield chunk
+    for block in blocks:
+        problems.extend(block.problems)
+        out.total_problems += len(block.problems) + block.extra_problems
+        keep: list[Row] = []
+        for line, row in zip(block.lines, block.rows, strict=True):
+            first = seen.setdefault(row[key_at], line)
+            if first != line:
+                problems.append(Problem(name, line, "student_no", f"same student as line {first}"))
+                out.total_problems += 1
+                continue
+            out.years.setdefault(row[year_at], line)
+            out.schools.setdefault(row[school_at])
+            out.count += 1
+            keep.append(row)
+        if keep and not problems:
+            yield keep
+    problems.sort(key=lambda p: p.line)
 
 
 @dataclass(frozen=True)
 class WorkerArgs:
-    """What the worker needs to parse a file on its own (all picklable)."""
+    """What a worker needs to parse its blocks of a file on its own (all picklable)."""
 
     path: Path
     encoding: str | None
@@ -103,7 +160,9 @@ class WorkerArgs:
     county_code: str
     secret: bytes
     batch_id: int
-    max_problems: int
+    stripe: int
+    stripes: int
+    block_rows: int = BLOCK_ROWS
 
 
 def _worker(args: WorkerArgs, out: multiprocessing.Queue[Any], parent: int) -> None:
@@ -125,51 +184,64 @@ def _worker(args: WorkerArgs, out: multiprocessing.Queue[Any], parent: int) -> N
                 county_code=args.county_code,
                 secret=args.secret,
             )
-            collected = Collected(args.name)
-            for chunk in screening_chunks(table.rows, parser, args.batch_id, collected):
-                send(("rows", chunk, collected.count, table.fraction()))
+            for block in parse_blocks(
+                table.rows,
+                parser,
+                args.batch_id,
+                stripe=args.stripe,
+                stripes=args.stripes,
+                block_rows=args.block_rows,
+            ):
+                send(("block", block, table.fraction()))
         finally:
             table.close()
-        shown = collected.problems[: args.max_problems]
-        send(
-            (
-                "done",
-                collected.count,
-                collected.years,
-                list(collected.schools),
-                shown,
-                len(collected.problems),
-            )
-        )
+        send(("done",))
     except BaseException as exc:  # reported to the parent, which rolls back
         send(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def parse_in_worker(args: WorkerArgs) -> Iterator[tuple[list[Row], int, float] | Collected]:
-    """Run the parser in a child process; yields (chunk, rows so far, fraction) and, last,
-    the ``Collected`` summary (``problems`` holds only the first ``max_problems``)."""
+def parse_in_workers(
+    args: WorkerArgs, progress: Callable[[float], None] | None = None
+) -> Iterator[Block]:
+    """Run ``args.stripes`` workers (``args.stripe`` is ignored); yield their blocks in
+    file order."""
     context = multiprocessing.get_context("spawn")
-    channel: multiprocessing.Queue[Any] = context.Queue(maxsize=QUEUE_CHUNKS)
-    process = context.Process(target=_worker, args=(args, channel, os.getpid()), daemon=True)
-    process.start()
+    channels: list[multiprocessing.Queue[Any]] = []
+    processes = []
+    for stripe in range(args.stripes):
+        channel: multiprocessing.Queue[Any] = context.Queue(maxsize=QUEUE_BLOCKS)
+        mine = WorkerArgs(**{**args.__dict__, "stripe": stripe})
+        process = context.Process(target=_worker, args=(mine, channel, os.getpid()), daemon=True)
+        process.start()
+        channels.append(channel)
+        processes.append(process)
     try:
-        while True:
-            try:
-                message = channel.get(timeout=LIVENESS_S)
-            except queue.Empty:
-                if not process.is_alive():
-                    raise RuntimeError("the parsing worker died") from None
+        done = [False] * args.stripes
+        turn = 0
+        while not all(done):
+            if done[turn]:
+                turn = (turn + 1) % args.stripes
                 continue
-            if message[0] == "rows":
-                yield message[1], message[2], message[3]
+            try:
+                message = channels[turn].get(timeout=LIVENESS_S)
+            except queue.Empty:
+                if not processes[turn].is_alive():
+                    raise RuntimeError("a parsing worker died") from None
+                continue
+            if message[0] == "block":
+                if progress is not None:
+                    progress(message[2])
+                yield message[1]
             elif message[0] == "done":
-                _, count, years, schools, problems, total = message
-                yield Collected(args.name, count, problems, years, dict.fromkeys(schools), total)
-                return
+                done[turn] = True
             else:
-                raise RuntimeError(f"the parsing worker failed: {message[1]}")
+                raise RuntimeError(f"a parsing worker failed: {message[1]}")
+            # blocks alternate between workers in file order
+            turn = (turn + 1) % args.stripes
     finally:
-        if process.is_alive():
-            process.terminate()
-        process.join(timeout=10)
-        channel.close()
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+            process.join(timeout=10)
+        for channel in channels:
+            channel.close()

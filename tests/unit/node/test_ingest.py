@@ -261,6 +261,7 @@ def test_large_file_path_parses_in_a_worker_process(
 ) -> None:
     """The worker-process path (used for large files) loads and rejects exactly as in-process."""
     monkeypatch.setattr(ingest, "WORKER_MIN_BYTES", 0)
+    monkeypatch.setattr(ingest, "BLOCK_ROWS", 7)  # many blocks, taken in turn from 2 workers
     good = write_csv(tmp_path / "good.csv", [screening_row(n) for n in range(1, 301)])
     rows = [screening_row(n) for n in range(1, 301)]
     rows[10] = screening_row(11, sex="?")
