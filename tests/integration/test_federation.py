@@ -318,7 +318,7 @@ def test_query_end_to_end_combines_every_node(fed: Federation) -> None:
         "--epsilon", str(EPSILON), "--nodes", ",".join(NODES[:2]), SQL,
     )  # fmt: skip
     assert table.returncode == 0, table.stderr
-    assert "answered: 2 of 2 nodes (100% of the nodes asked)" in table.stdout
+    assert "answered: 2 of 2 nodes (100% of the nodes asked" in table.stdout
     assert "Province (combined)" in table.stdout
     assert NODES[2] not in table.stdout
 

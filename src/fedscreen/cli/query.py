@@ -147,6 +147,18 @@ def _display(cell: dict[str, Any]) -> str:
     return str(cell.get("display", cell.get("value")))
 
 
+def _population(population: dict[str, Any] | None) -> str:
+    """ ", 96% of the eligible students" from the release's public population figures."""
+    if not population or population.get("share") is None:
+        return ""
+    text = (
+        f", {population['share']:.0%} of the {population['eligible_targeted']:,} eligible students"
+    )
+    if population["unknown"]:
+        text += f" of the nodes with school tables; unknown: {', '.join(population['unknown'])}"
+    return text
+
+
 def print_release(body: dict[str, Any], *, out: Any = None) -> None:
     """Print a verified release as tables."""
     stream = out or sys.stdout
@@ -160,7 +172,9 @@ def print_release(body: dict[str, Any], *, out: Any = None) -> None:
         f"{', '.join(query['years']) or 'each node’s latest year'}; "
         f"95% intervals; cells below {body['threshold']} shown as '< {body['threshold']}'\n"
         f"answered: {len(answered)} of {len(targeted)} nodes "
-        f"({body['coverage']:.0%} of the nodes asked)"
+        f"({body['coverage']:.0%} of the nodes asked"
+        + _population(body.get("population"))
+        + ")"
         + (f"; did not answer: {', '.join(missing)}" if missing else "")
         + "\n\nProvince (combined)\n"
     )

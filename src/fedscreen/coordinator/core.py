@@ -145,6 +145,8 @@ class Coordinator:
         query_envelope: bytes,
         answers: Mapping[str, bytes],
         missing: Sequence[str],
+        *,
+        eligible: Mapping[str, int] | None = None,
     ) -> Release:
         """Verify the nodes' answers, combine them, sign and log the release."""
         del query_envelope  # logged by accept(); kept in the signature for callers' clarity
@@ -170,6 +172,7 @@ class Coordinator:
             missing=lost,
             targeted=targeted,
             threshold=self.policy.limits.publication_threshold,
+            eligible=eligible or {},
         )
         signed = (
             sign_envelope(payload_type=RELEASE_V1, payload=canonical_json(body), key=self.key)

@@ -21,6 +21,21 @@ from fedscreen.query.signed import SignedQuery
 RELEASE_VERSION: Final = 1
 
 
+def population(
+    answered: Sequence[str], targeted: Sequence[str], eligible: Mapping[str, int]
+) -> dict[str, Any]:
+    """The share of the eligible students (public school tables) that the answers cover."""
+    known = [n for n in targeted if n in eligible]
+    total = sum(eligible[n] for n in known)
+    covered = sum(eligible[n] for n in answered if n in eligible)
+    return {
+        "eligible_answered": covered,
+        "eligible_targeted": total,
+        "share": covered / total if total else None,
+        "unknown": sorted(n for n in targeted if n not in eligible),
+    }
+
+
 def release_body(
     *,
     coordinator_id: str,
@@ -29,6 +44,7 @@ def release_body(
     missing: Sequence[str],
     targeted: Sequence[str],
     threshold: int,
+    eligible: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The body the coordinator signs for one query."""
     ordered = sorted(answers)
@@ -44,6 +60,7 @@ def release_body(
         "answered": ordered,
         "missing": sorted(missing),
         "coverage": len(ordered) / len(targeted) if targeted else 0.0,
+        "population": population(ordered, targeted, eligible or {}),
         "answers": [
             {
                 "node_id": n,

@@ -244,6 +244,8 @@ class SessionRegistry:
 
     def __init__(self) -> None:
         self._live: dict[str, NodeSession] = {}
+        #: node -> eligible students it last announced (public); kept after it disconnects
+        self.eligible: dict[str, int] = {}
 
     def open(self, session: NodeSession) -> None:
         """Register ``session``; an older session of the same node is closed."""
@@ -306,6 +308,8 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be Hello")
         session = NodeSession(member.id, outbox_messages=self.limits.session_outbox_messages)
         self.sessions.open(session)
+        if first.hello.eligible_students > 0:
+            self.sessions.eligible[member.id] = int(first.hello.eligible_students)
         _log.info("node %s connected (software %s)", member.id, first.hello.software_version[:40])
         reader = asyncio.create_task(self._read(session, incoming))
         try:
@@ -402,8 +406,9 @@ class AnalystServicer(pb_grpc.AnalystServicer):
                     node_id,
                     replies[node_id].reason,
                 )
+            eligible = dict(self.sessions.eligible)
             release = await self.core.call(
-                lambda core: core.release(query, envelope, answers, missing)
+                lambda core: core.release(query, envelope, answers, missing, eligible=eligible)
             )
         return pb.SubmitResponse(
             release_envelope=release.envelope,

@@ -214,6 +214,14 @@ class _Agent:
         self.worker = QueryWorker(self.config, self.config.policy(), manifest)
         self.sessions = 0
 
+    def _eligible(self) -> int:
+        """The public eligible-student count the Hello announces (a quick local read)."""
+        conn = store.connect(self.config.database)
+        try:
+            return store.eligible_students(conn)
+        finally:
+            conn.close()
+
     async def session(self) -> None:
         """One stream from dial to end: returns when the coordinator ends it, raises if it fails."""
         node_id = self.config.node_id
@@ -231,7 +239,11 @@ class _Agent:
         async with transport.channel(
             self.identity, self.coordinator, peer_id=self.peer_id, limits=self.limits.transport
         ) as channel:
-            hello = pb.Hello(node_id=node_id, software_version=__version__)
+            hello = pb.Hello(
+                node_id=node_id,
+                software_version=__version__,
+                eligible_students=self._eligible(),
+            )
             outbox.put_nowait(pb.NodeMessage(hello=hello))
             call = pb_grpc.NodeLinkStub(channel).Connect(upstream())
             downstream = aiter(call)

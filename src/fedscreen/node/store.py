@@ -210,6 +210,15 @@ def create_schema(conn: sqlite3.Connection) -> None:
     )
 
 
+def eligible_students(conn: sqlite3.Connection) -> int:
+    """Students eligible for screening in the latest school tables (public data)."""
+    row = conn.execute(
+        "SELECT COALESCE(SUM(eligible), 0) FROM school_grade "
+        "WHERE academic_year = (SELECT MAX(academic_year) FROM school_grade)"
+    ).fetchone()
+    return int(row[0])
+
+
 def data_version(conn: sqlite3.Connection) -> int:
     """The current data version; every committed load increments it."""
     row = conn.execute("SELECT value FROM meta WHERE key = 'data_version'").fetchone()

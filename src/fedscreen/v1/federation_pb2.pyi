@@ -134,19 +134,26 @@ class Hello(_message.Message):
 
     NODE_ID_FIELD_NUMBER: _builtins.int
     SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
+    ELIGIBLE_STUDENTS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node's member id (e.g. a GB/T 2260 administrative code, "130102")."""
     software_version: _builtins.str
     """The node software's version string (e.g. "0.1.0"), for the operator's view."""
+    eligible_students: _builtins.int
+    """Students eligible for screening in the node's latest school tables (public data, not
+    a count of records); lets releases state the share of the population they cover.
+    0 when the node has no school tables.
+    """
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         software_version: _builtins.str = ...,
+        eligible_students: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible_students", b"eligible_students", "node_id", b"node_id", "software_version", b"software_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

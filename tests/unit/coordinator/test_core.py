@@ -344,3 +344,23 @@ def test_a_split_view_is_caught(fed: Federation, tmp_path: Path) -> None:
         == 3
     )
     assert len(list(evidence.iterdir())) == 2
+
+
+def test_the_release_states_the_share_of_eligible_students_covered(fed: Federation) -> None:
+    query, envelope = make_query(fed.analyst, SQL, epsilon=0.3, accuracy=None)
+    coordinator = Coordinator.open(fed.coordinator)
+    try:
+        accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
+        answers = {code: _answer(fed.nodes[code], envelope) for code in COUNTIES[:2]}
+        eligible = {COUNTIES[0]: 600, COUNTIES[1]: 300, COUNTIES[2]: 100}
+        release = coordinator.release(
+            accepted, envelope, answers, missing=[COUNTIES[2]], eligible=eligible
+        )
+    finally:
+        coordinator.close()
+    assert release.body["population"] == {
+        "eligible_answered": 900,
+        "eligible_targeted": 1000,
+        "share": 0.9,
+        "unknown": [],
+    }
