@@ -38,6 +38,7 @@ from cryptography.x509.oid import NameOID
 
 from fedscreen.envelope import pae
 from fedscreen.errors import ConfigError, VerificationError
+from fedscreen.files import write_new_file
 from fedscreen.manifest import Manifest, parse_manifest
 from fedscreen.pki import (
     CLAIMS_OID,
@@ -54,7 +55,6 @@ from fedscreen.pki import (
     replace_file,
     request_fingerprint,
     validate_member_fields,
-    write_new_file,
 )
 from fedscreen.signing import PUBLIC_KEY_SIZE, SigningKey, public_key_id
 

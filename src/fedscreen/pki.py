@@ -70,6 +70,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedscreen.envelope import pae
 from fedscreen.errors import ConfigError, VerificationError
+from fedscreen.files import fsync_dir, write_new_file
 from fedscreen.manifest import ROLES, Manifest, Member, UnknownMember, load_manifest, sign_manifest
 from fedscreen.signing import PUBLIC_KEY_SIZE, SigningKey, public_key_id, verify_signature
 
@@ -519,26 +520,6 @@ def _leaf_certificate(
 # ---------------------------------------------------------------- files
 
 
-def write_new_file(path: Path, data: bytes, *, mode: int) -> None:
-    """Create ``path`` with ``mode`` (O_EXCL: never replaces anything) and write ``data``."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags, mode)
-    except FileExistsError:
-        raise ConfigError(f"{path}: already exists; refusing to overwrite it") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot create: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def replace_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Atomically replace (or create) ``path`` with ``data``: write a temporary file, rename."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
@@ -548,7 +529,7 @@ def replace_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise ConfigError(f"{path}: cannot write: {exc.strerror}") from None
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def read_private_file(path: Path, *, max_bytes: int = MAX_PEM_BYTES) -> bytes:
@@ -579,18 +560,6 @@ def read_public_file(path: Path, *, max_bytes: int = MAX_PEM_BYTES) -> bytes:
     if len(data) > max_bytes:
         raise ConfigError(f"{path}: larger than {max_bytes} bytes")
     return data
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _make_private_dir(directory: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import os
 import stat
@@ -20,6 +19,7 @@ import nacl.signing
 import nacl.utils
 
 from fedscreen.errors import ConfigError, VerificationError
+from fedscreen.files import write_new_file
 
 PUBLIC_KEY_SIZE = 32
 SIGNATURE_SIZE = 64
@@ -84,24 +84,7 @@ class SigningKey:
         """Write the key to a new file with mode 0600; an existing file is never replaced."""
         p = Path(path)
         data = _FILE_HEADER + base64.b64encode(self._key.encode()) + b"\n"
-        # O_EXCL: creation fails if anything (even a dangling symlink) is at the path,
-        # and the file never exists with wider permissions than 0600.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(p, flags, 0o600)
-        except FileExistsError:
-            raise ConfigError(f"{p}: already exists; refusing to overwrite a key") from None
-        except OSError as e:
-            raise ConfigError(f"{p}: cannot create private key file: {e.strerror}") from None
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        except BaseException:
-            p.unlink(missing_ok=True)
-            raise
-        _fsync_dir(p.parent)
+        write_new_file(p, data, mode=0o600, what="key")
 
     @property
     def public_key(self) -> bytes:
@@ -152,16 +135,3 @@ def _decode_key_file(data: bytes) -> bytes | None:
     except binascii.Error:
         return None
     return seed if len(seed) == SEED_SIZE else None
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the new directory entry durable; best effort where unsupported."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)

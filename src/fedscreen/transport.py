@@ -82,6 +82,17 @@ _SECURITY_TYPE_KEY: Final = "transport_security_type"
 MAX_DETAIL_CHARS: Final = 300
 
 
+def check_positive_limits(limits: Any, what: str) -> None:
+    """Every int field of a limits dataclass must be a positive integer (not a bool)."""
+    for f in fields(limits):
+        value = getattr(limits, f.name)
+        if isinstance(value, TransportLimits):
+            continue
+        # bool is an int; a True here is a mistake, not 1
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{what} limit {f.name} must be a positive integer")
+
+
 @dataclass(frozen=True)
 class TransportLimits:
     """Every size, count and timeout of the transport, with its unit.
@@ -116,11 +127,7 @@ class TransportLimits:
     max_concurrent_streams: int = 128
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            # bool is an int; a True here is a mistake, not 1
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"transport limit {f.name} must be a positive integer")
+        check_positive_limits(self, "transport")
 
     @property
     def call_timeout_s(self) -> float:

@@ -22,6 +22,7 @@ from pathlib import Path
 from fedscreen import pki
 from fedscreen.cli.output import table
 from fedscreen.errors import ConfigError
+from fedscreen.files import write_new_file
 from fedscreen.identity import (
     CA_FILE,
     CERT_FILE,
@@ -135,9 +136,9 @@ def run_issue(args: argparse.Namespace) -> int:
         print(f"installed {CERT_FILE}, {CA_FILE} and {MANIFEST_FILE} in {args.home}")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        pki.write_new_file(out / CERT_FILE, cert_pem, mode=0o644)
-        pki.write_new_file(out / CA_FILE, authority.ca_pem, mode=0o644)
-        pki.write_new_file(out / MANIFEST_FILE, manifest_text.encode(), mode=0o644)
+        write_new_file(out / CERT_FILE, cert_pem, mode=0o644)
+        write_new_file(out / CA_FILE, authority.ca_pem, mode=0o644)
+        write_new_file(out / MANIFEST_FILE, manifest_text.encode(), mode=0o644)
         print(f"wrote {CERT_FILE}, {CA_FILE} and {MANIFEST_FILE} to {out}")
         print(f"next: the member runs `fedscreen identity install --home HOME --from {out}`")
     print("distribute the new manifest to every member (`fedscreen identity update-manifest`)")

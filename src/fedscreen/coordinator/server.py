@@ -33,7 +33,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -92,12 +92,7 @@ class ServerLimits:
     transport: TransportLimits = field(default=DEFAULT_LIMITS)
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "transport":
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"server limit {f.name} must be a positive integer")
+        transport.check_positive_limits(self, "server")
         if self.default_answer_wait_ms > self.max_answer_wait_ms:
             raise ConfigError("default_answer_wait_ms must not exceed max_answer_wait_ms")
 

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Final
 
 from fedscreen.errors import ConfigError
+from fedscreen.files import write_new_file
 from fedscreen.identity import create_identity
 from fedscreen.node import store
-from fedscreen.pki import write_new_file
 from fedscreen.policy import Policy, county_policy_path, default_policy_dir, load_node_policy
 from fedscreen.policy.default import PROVINCE_FILE
 from fedscreen.signing import SigningKey
@@ -116,7 +116,7 @@ def init_home(home: Path, *, node_id: str, name: str, county_code: str | None = 
         "# problems listed for a rejected file before the rest are only counted\n"
         f"max_problems = {DEFAULT_MAX_PROBLEMS}\n"
     )
-    write_new_file(home / SECRET_FILE, secrets.token_bytes(SECRET_BYTES), mode=0o600)
+    write_new_file(home / SECRET_FILE, secrets.token_bytes(SECRET_BYTES), mode=0o600, what="secret")
     # the node's Ed25519 and TLS keys and its certificate request (fedscreen pki issue signs it)
     create_identity(home, member_id=node_id, role="node", name=name, level="county")
     conn = store.connect(home / DATABASE_FILE)

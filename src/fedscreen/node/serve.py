@@ -27,7 +27,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -81,12 +81,7 @@ class NodeLimits:
     transport: TransportLimits = field(default=DEFAULT_LIMITS)
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "transport":
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"node limit {f.name} must be a positive integer")
+        transport.check_positive_limits(self, "node")
         if self.backoff_initial_ms > self.backoff_max_ms:
             raise ConfigError("backoff_initial_ms must not exceed backoff_max_ms")
 
