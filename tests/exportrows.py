@@ -104,3 +104,53 @@ def write_csv(
         for row in rows:
             writer.writerow([row.get(k, "") for k in keys])
     return path
+
+
+#: senior-school grades and a plausible age for each
+SENIOR_AGES = {"S10": 15, "S11": 16, "S12": 17}
+LOCATIONS = ("urban", "town", "rural")
+
+
+def phq9_items(total: int) -> str:
+    """Nine PHQ-9 answers (0-3) adding up to ``total``."""
+    out = []
+    for _ in range(9):
+        digit = min(3, total)
+        out.append(str(digit))
+        total -= digit
+    return "".join(out)
+
+
+def varied_rows(
+    count: int, *, year: str = "2024-2025", first: int = 1, school: str = "1301020001"
+) -> list[dict[str, str]]:
+    """Senior-school rows spread over grade, sex, location, boarding and PHQ-9 totals;
+    every 11th student is absent (no instrument results: NULL totals)."""
+    rows = []
+    for i in range(count):
+        grade = list(SENIOR_AGES)[i % 3]
+        values: dict[str, Any] = {
+            "academic_year": year,
+            "school_id": school,
+            "screening_date": f"{year[:4]}-10-08",
+            "grade": grade,
+            "age": SENIOR_AGES[grade],
+            "sex": "MF"[i % 2],
+            "location": LOCATIONS[(i // 2) % 3],
+            "boarding": "yes" if i % 5 == 0 else "no",
+            "phq9_items": phq9_items(i % 28),
+            "phq9_total": "",
+        }
+        if i % 11 == 0:
+            values.update(
+                participation="absent",
+                screening_date="",
+                mode="",
+                phq9_items="",
+                gad7_items="",
+                gad7_total="",
+                mht_items="",
+                mht_total="",
+            )
+        rows.append(screening_row(first + i, **values))
+    return rows

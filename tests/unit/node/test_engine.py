@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from exportrows import school_row, screening_row, write_csv
+from exportrows import SENIOR_AGES, school_row, varied_rows, write_csv
 
 from fedscreen.errors import QueryRefused
 from fedscreen.node import ledger, store
@@ -34,8 +34,7 @@ from fedscreen.query.sqlparse import parse_sql
 YEAR = "2024-2025"
 EARLIER = "2023-2024"
 Y = f"WHERE academic_year = '{YEAR}'"
-AGES = {"S10": 15, "S11": 16, "S12": 17}
-LOCATIONS = ("urban", "town", "rural")
+
 #: tables a refused query must leave exactly as they were
 DATA_TABLES = (
     "screening",
@@ -54,50 +53,6 @@ SIGMAS = 5.0
 # --- helpers ----------------------------------------------------------------------
 
 
-def phq9_items(total: int) -> str:
-    out = []
-    for _ in range(9):
-        digit = min(3, total)
-        out.append(str(digit))
-        total -= digit
-    return "".join(out)
-
-
-def export_rows(
-    count: int, *, year: str = YEAR, first: int = 1, school: str = "1301020001"
-) -> list[dict[str, str]]:
-    """Senior-school rows spread over grade, sex, location, boarding and PHQ-9 totals;
-    every 11th student is absent (NULL instrument results)."""
-    rows = []
-    for i in range(count):
-        grade = list(AGES)[i % 3]
-        values: dict[str, Any] = {
-            "academic_year": year,
-            "school_id": school,
-            "screening_date": f"{year[:4]}-10-08",
-            "grade": grade,
-            "age": AGES[grade],
-            "sex": "MF"[i % 2],
-            "location": LOCATIONS[(i // 2) % 3],
-            "boarding": "yes" if i % 5 == 0 else "no",
-            "phq9_items": phq9_items(i % 28),
-            "phq9_total": "",
-        }
-        if i % 11 == 0:
-            values.update(
-                participation="absent",
-                screening_date="",
-                mode="",
-                phq9_items="",
-                gad7_items="",
-                gad7_total="",
-                mht_items="",
-                mht_total="",
-            )
-        rows.append(screening_row(first + i, **values))
-    return rows
-
-
 def load(config: NodeConfig, path: Path, rows: list[dict[str, str]]) -> None:
     _, rejected = ingest_paths(config, [write_csv(path, rows)])
     assert not rejected, rejected
@@ -108,8 +63,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A node home holding 600 screenings for 2024-2025 and 300 for 2023-2024."""
     base = tmp_path_factory.mktemp("engine")
     config = init_home(base / "node", node_id="130102", name="长安区")
-    load(config, base / "a.csv", export_rows(600))
-    load(config, base / "b.csv", export_rows(300, year=EARLIER, first=5_000))
+    load(config, base / "a.csv", varied_rows(600))
+    load(config, base / "b.csv", varied_rows(300, year=EARLIER, first=5_000))
     return config.home
 
 
@@ -287,7 +242,7 @@ def test_quantile_answer_names_the_mechanism_opendp_runs(
 def test_public_dataset_is_exact_and_free(
     node: NodeConfig, conn: sqlite3.Connection, tmp_path: Path
 ) -> None:
-    rows = [school_row("1301020001", g, eligible=str(100 + i)) for i, g in enumerate(AGES)]
+    rows = [school_row("1301020001", g, eligible=str(100 + i)) for i, g in enumerate(SENIOR_AGES)]
     load(node, tmp_path / "schools.csv", rows)
     request = QueryRequest("alice", None, text=f"SELECT SUM(eligible) FROM school_grades {Y}")
     answer = answer_query(node, node.policy(), request, conn=conn)
@@ -322,7 +277,7 @@ def test_identical_query_returns_the_same_answer_without_a_charge(
     assert len(charges(conn)) == 2
 
     # new data: the data version moves on and the same question is answered afresh
-    load(node, tmp_path / "more.csv", export_rows(50, first=20_000, school="1301020002"))
+    load(node, tmp_path / "more.csv", varied_rows(50, first=20_000, school="1301020002"))
     fresh = ask(node, conn, sql)
     assert not fresh.cached
     assert fresh.answer_id not in (first.answer_id, dearer.answer_id)

@@ -15,7 +15,7 @@ from typing import Any
 
 import opendp.prelude as dp
 import pytest
-from exportrows import screening_row, write_csv
+from exportrows import varied_rows, write_csv
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,50 +34,6 @@ dp.enable_features("contrib")
 
 YEAR = "2024-2025"
 Y = f"WHERE academic_year = '{YEAR}'"
-AGES = {"S10": 15, "S11": 16, "S12": 17}
-LOCATIONS = ("urban", "town", "rural")
-
-
-def phq9_items(total: int) -> str:
-    """Nine PHQ-9 answers (0-3) adding up to ``total``."""
-    out = []
-    for _ in range(9):
-        digit = min(3, total)
-        out.append(str(digit))
-        total -= digit
-    return "".join(out)
-
-
-def export_rows(count: int, *, year: str = YEAR, first: int = 1) -> list[dict[str, str]]:
-    """Senior-school rows spread over grade, sex, location, boarding and PHQ-9 totals;
-    every 11th student is absent (no instrument results: NULL totals)."""
-    rows = []
-    for i in range(count):
-        grade = list(AGES)[i % 3]
-        values: dict[str, Any] = {
-            "academic_year": year,
-            "screening_date": f"{year[:4]}-10-08",
-            "grade": grade,
-            "age": AGES[grade],
-            "sex": "MF"[i % 2],
-            "location": LOCATIONS[(i // 2) % 3],
-            "boarding": "yes" if i % 5 == 0 else "no",
-            "phq9_items": phq9_items(i % 28),
-            "phq9_total": "",
-        }
-        if i % 11 == 0:
-            values.update(
-                participation="absent",
-                screening_date="",
-                mode="",
-                phq9_items="",
-                gad7_items="",
-                gad7_total="",
-                mht_items="",
-                mht_total="",
-            )
-        rows.append(screening_row(first + i, **values))
-    return rows
 
 
 #: the merged policy of a node for county 130102 (no home needed to compute it)
@@ -91,7 +47,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> tuple[NodeConfig, Policy
     """A node with 600 screenings for 2024-2025 (read only in this module)."""
     base = tmp_path_factory.mktemp("compile")
     config = init_home(base / "node", node_id="130102", name="长安区")
-    path = write_csv(base / "s.csv", export_rows(600))
+    path = write_csv(base / "s.csv", varied_rows(600))
     _, rejected = ingest_paths(config, [path])
     assert not rejected, rejected
     return config, config.policy()
