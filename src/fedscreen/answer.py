@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from fedscreen.audit.checkpoint import Checkpoint, parse_and_verify_note
+from fedscreen.audit.checkpoint import Checkpoint, member_origin, parse_and_verify_note
 from fedscreen.envelope import ANSWER_V1, Envelope, verify_envelope
 from fedscreen.errors import VerificationError
 from fedscreen.manifest import Manifest
@@ -58,7 +58,7 @@ def verify_answer(
         answered_json["years"] = []
     if canonical_json(answered_json) != canonical_json(expected_query.to_json()):
         raise VerificationError(f"the answer from {node_id} answers a different query")
-    origin = f"fedscreen.node/{node_id}"
+    origin = member_origin("node", node_id)
     checkpoint = parse_and_verify_note(note, verifiers={origin: member.signing_key})
     if checkpoint.origin != origin or not 0 <= index < checkpoint.size:
         raise VerificationError(f"the checkpoint in {node_id}'s answer does not cover its entry")

@@ -33,6 +33,11 @@ _CONTROL_RE = re.compile(r"[\x00-\x09\x0b-\x1f]")
 _MAX_SIZE = 2**64 - 1  # sizes are uint64 in RFC 9162 and every log implementation
 
 
+def member_origin(role: str, member_id: str) -> str:
+    """The checkpoint origin line of a federation member's log, e.g. "fedscreen.node/130102"."""
+    return f"fedscreen.{role}/{member_id}"
+
+
 class MalformedNote(VerificationError):
     """The note or its checkpoint body does not follow the C2SP format."""
 

@@ -30,7 +30,7 @@ from typing import Any, Final
 from fedscreen.answer import VerifiedAnswer, verify_answer
 from fedscreen.audit import merkle
 from fedscreen.audit.bundle import Bundle, LogExport
-from fedscreen.audit.checkpoint import Checkpoint, parse_and_verify_note
+from fedscreen.audit.checkpoint import Checkpoint, member_origin, parse_and_verify_note
 from fedscreen.coordinator.combine import NodeCells, combine
 from fedscreen.envelope import LOG_ENTRY_V1, RELEASE_V1, Envelope, verify_envelope
 from fedscreen.errors import FedscreenError, VerificationError
@@ -124,11 +124,6 @@ class LogReport:
         }
 
 
-def expected_origin(member_role: str, member_id: str) -> str:
-    """The checkpoint origin a member's log must use."""
-    return f"fedscreen.{member_role}/{member_id}"
-
-
 def verify_bundle(
     bundle: Bundle,
     manifest: Manifest,
@@ -176,7 +171,7 @@ def _verify_log(
         member = manifest.member(log.member_id)
     except VerificationError as exc:
         raise BundleUntrusted(str(exc), origin=origin) from None
-    if origin != expected_origin(member.role, member.id):
+    if origin != member_origin(member.role, member.id):
         raise BundleUntrusted(
             f"log origin {origin!r} does not belong to {member.id}", origin=origin
         )
@@ -323,7 +318,7 @@ def _check_coordinator_entries(
                 )
                 answers.setdefault(query_id, {})[node] = (inner, verified)
                 report.answers += 1
-                node_origin = f"fedscreen.node/{node}"
+                node_origin = member_origin("node", node)
                 known = report.relayed_checkpoints.get(node_origin)
                 if known is None or known[0].size < verified.checkpoint.size:
                     report.relayed_checkpoints[node_origin] = (

@@ -72,10 +72,6 @@ class Answer:
     log_index: int
     checkpoint: str
 
-    def to_bytes(self) -> bytes:
-        """The canonical bytes of the answer body (its digest is in the log entry)."""
-        return canonical_json(self.body)
-
 
 def answer_payload(body: dict[str, Any], log_index: int, checkpoint: str) -> bytes:
     """The exact bytes a node signs for an answer."""

@@ -17,7 +17,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Final
 
-from fedscreen.audit.checkpoint import Checkpoint, sign_checkpoint
+from fedscreen.audit.checkpoint import Checkpoint, member_origin, sign_checkpoint
 from fedscreen.audit.log import TransparencyLog
 from fedscreen.envelope import LOG_ENTRY_V1, sign_envelope
 from fedscreen.query.spec import canonical_json
@@ -31,7 +31,7 @@ CHECKPOINT_SCHEMA: Final = (
 
 def origin(member_id: str, role: str = "node") -> str:
     """The checkpoint origin line of a member's log (role "node" or "coordinator")."""
-    return f"fedscreen.{role}/{member_id}"
+    return member_origin(role, member_id)
 
 
 @dataclass(frozen=True)
