@@ -190,6 +190,7 @@ class Coordinator:
                         "envelope": raw.decode("utf-8"),
                     },
                     commit=False,
+                    checkpoint=False,  # one checkpoint, after the release, covers them all
                 )
             self._append(
                 {"kind": "release", "query_id": query.query_id, "envelope": signed.decode("utf-8")},
@@ -201,12 +202,19 @@ class Coordinator:
             raise
         return Release(signed, body, {n: v[0] for n, v in verified.items()}, tuple(sorted(lost)))
 
-    def _append(self, payload: dict[str, Any], *, commit: bool = True) -> None:
+    def _append(
+        self, payload: dict[str, Any], *, commit: bool = True, checkpoint: bool = True
+    ) -> None:
         if commit:
             self.conn.execute("BEGIN IMMEDIATE")
         try:
             nodelog.append(
-                self.conn, node_id=self.member_id, key=self.key, payload=payload, role=ROLE
+                self.conn,
+                node_id=self.member_id,
+                key=self.key,
+                payload=payload,
+                role=ROLE,
+                checkpoint=checkpoint,
             )
             if commit:
                 self.conn.execute("COMMIT")

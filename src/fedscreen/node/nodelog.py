@@ -50,8 +50,10 @@ def append(
     key: SigningKey,
     payload: dict[str, Any],
     role: str = "node",
+    checkpoint: bool = True,
 ) -> Appended:
-    """Sign ``payload`` as the next entry of the member's log, append it and sign a
+    """Sign ``payload`` as the next entry of the member's log, append it and (unless
+    ``checkpoint`` is false: more entries follow in the same transaction) sign a
     checkpoint. Does not commit. (``node_id`` is the log owner's member id.)"""
     conn.execute(CHECKPOINT_SCHEMA)
     log = TransparencyLog(conn, name=role)
@@ -61,6 +63,8 @@ def append(
     envelope = sign_envelope(payload_type=LOG_ENTRY_V1, payload=body, key=key)
     log.append(envelope.to_json().encode("utf-8"))
     size = index + 1
+    if not checkpoint:
+        return Appended(index, size, "")
     note = sign_checkpoint(Checkpoint(origin(node_id, role), size, log.root(size)), key=key)
     conn.execute(
         "INSERT INTO log_checkpoint (log, size, note) VALUES (?, ?, ?)", (role, size, note)
