@@ -1,8 +1,9 @@
-"""``fedscreen demo``: the quick start — a county node on synthetic data, end to end.
+"""``fedscreen demo``: the quick start.
 
-Generates a county's exports as its schools would send them (one file per
-school, Chinese headers, GB18030), creates a node, loads them, prints the node's
-summary and answers a few differentially private monitoring queries.
+By default a whole federation on this machine (see ``fedscreen.federation_demo``).
+With ``--single-node``: a county's exports as its schools would send them (one file
+per school, Chinese headers, GB18030), loaded into one node, its summary, and a
+few differentially private monitoring queries answered locally.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
+from fedscreen import federation_demo
 from fedscreen.cli.node import print_answer, print_status
 from fedscreen.cli.output import Progress
 from fedscreen.errors import FedscreenError
@@ -23,6 +25,7 @@ from fedscreen.node.status import node_status
 from fedscreen.synth import generate, write_export
 
 COUNTY: Final = ("130102", "长安区")
+DEFAULT_STUDENTS: Final = 20_000
 YEAR: Final = "2024-2025"
 ANALYST: Final = "hebei-monitoring-centre"
 QUERIES: Final = (
@@ -38,8 +41,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     """Add ``demo``."""
     demo = sub.add_parser("demo", help="run the quick-start demo on synthetic data")
     demo.add_argument("--dir", type=Path, help="work directory (default: a new temporary one)")
-    demo.add_argument("--students", type=int, default=20_000, help="students in the county")
+    demo.add_argument(
+        "--students",
+        type=int,
+        default=DEFAULT_STUDENTS,
+        help="students (in the single county; the federation's counties are scaled by it)",
+    )
     demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument(
+        "--single-node",
+        action="store_true",
+        help="only one county node: load its schools' exports, show its status, answer locally",
+    )
     demo.set_defaults(func=run)
 
 
@@ -47,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo."""
     work = args.dir or Path(tempfile.mkdtemp(prefix="fedscreen-demo-"))
     work.mkdir(parents=True, exist_ok=True)
+    if not args.single_node:
+        return federation_demo.run(work, seed=args.seed, scale=args.students / DEFAULT_STUDENTS)
     code, name = COUNTY
     print(f"1. synthetic exports of {name} ({code}), {args.students:,} students, {YEAR}")
     county = generate(code, args.students, YEAR, args.seed)

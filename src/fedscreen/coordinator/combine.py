@@ -14,6 +14,7 @@ Nothing here sees anything but the nodes' released (noisy) values.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,30 +74,38 @@ def _clip(value: float, low: float, high: float) -> float:
 
 
 def combine(kind: str, answers: Sequence[NodeCells], *, threshold: int) -> list[dict[str, Any]]:
-    """Provincial cells from the nodes' cells (same query, so the same cells in the same order).
+    """Provincial cells from the nodes' cells.
 
-    Each cell: ``group``, ``value``, ``lower``, ``upper``, ``display``, ``nodes``.
+    Nodes answer the same query, but a county policy may narrow a public domain (a
+    district without a university has no "university" cells): each provincial cell
+    combines the nodes that released it, and says how many (``nodes``). Cells come
+    in the order they first appear. Each cell: ``group``, ``value``, ``lower``,
+    ``upper``, ``display``, ``nodes``.
     """
     if not answers:
         return []
-    first = answers[0].body["cells"]
-    for answer in answers[1:]:
-        if [c["group"] for c in answer.body["cells"]] != [c["group"] for c in first]:
-            raise ValueError(f"{answer.node_id} answered with different cells")
+    by_group: dict[str, list[tuple[NodeCells, dict[str, Any]]]] = {}
+    groups: dict[str, list[Any]] = {}
+    for answer in answers:
+        for node_cell in answer.body["cells"]:
+            key = json.dumps(node_cell["group"])
+            groups.setdefault(key, node_cell["group"])
+            by_group.setdefault(key, []).append((answer, node_cell))
     combined: list[dict[str, Any]] = []
-    for i, cell in enumerate(first):
-        parts = [a.body["cells"][i] for a in answers]
+    for key, group in groups.items():
+        released = by_group[key]
+        parts = [c for _, c in released]
         if kind in ("count", "sum"):
             if "scale" not in answers[0].body:  # public data: exact values
                 total = sum(int(p["value"]) for p in parts)
-                combined.append(_cell(cell["group"], total, total, total, None, len(parts)))
+                combined.append(_cell(group, total, total, total, None, len(parts)))
                 continue
-            scales = [float(a.body["scale"]) for a in answers]
+            scales = [float(a.body["scale"]) for a, _ in released]
             total, low, high, _ = sum_interval([int(p["value"]) for p in parts], scales)
             if len(parts) == 1:  # keep the node's exact interval
                 low, high = float(parts[0]["lower"]), float(parts[0]["upper"])
             small = threshold if kind == "count" and total < threshold else None
-            combined.append(_cell(cell["group"], total, low, high, small, len(parts)))
+            combined.append(_cell(group, total, low, high, small, len(parts)))
         elif kind in ("rate", "mean"):
             num = sum(int(p["numerator"]["value"]) for p in parts)
             den = sum(int(p["denominator"]["value"]) for p in parts)
@@ -107,13 +116,13 @@ def combine(kind: str, answers: Sequence[NodeCells], *, threshold: int) -> list[
             bounds = (0.0, 1.0) if kind == "rate" else (-math.inf, math.inf)
             value, low, high = ratio_interval(num, num_var, den, den_var, *bounds)
             small = threshold if den < threshold else None
-            entry = _cell(cell["group"], value, low, high, small, len(parts))
+            entry = _cell(group, value, low, high, small, len(parts))
             entry["numerator"], entry["denominator"] = num, den
             combined.append(entry)
         else:
             # quantiles do not add up across nodes: the release lists each node's value only
             combined.append(
-                {"group": cell["group"], "value": None, "display": "per node", "nodes": len(parts)}
+                {"group": group, "value": None, "display": "per node", "nodes": len(parts)}
             )
     return combined
 

@@ -14,7 +14,9 @@ from fedscreen.node.home import load_config
 def test_demo_loads_a_county_and_answers_with_privacy(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["demo", "--dir", str(tmp_path / "demo"), "--students", "3000"]) == 0
+    assert (
+        main(["demo", "--single-node", "--dir", str(tmp_path / "demo"), "--students", "3000"]) == 0
+    )
     out = capsys.readouterr().out
     assert "0 rejected" in out
     assert "differentially private answers" in out
@@ -28,3 +30,17 @@ def test_demo_loads_a_county_and_answers_with_privacy(
         conn.close()
     assert loaded == 3000
     assert charged == 2 * 300_000  # two private queries at ε = 0.3; the public one is free
+
+
+def test_demo_runs_a_whole_federation_and_audits_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default demo: real coordinator and node processes on 127.0.0.1, mutual TLS."""
+    assert main(["demo", "--dir", str(tmp_path / "fed"), "--students", "2000"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("answered: 3 of 3 nodes") == 2
+    assert "Province (combined)" in out
+    # the auditor verified the coordinator's log and each node's: 2 releases, 6 answers
+    assert "fedscreen.coordinator/coordinator: 10 entries" in out
+    assert "2 releases — valid" in out
+    assert out.count(" — valid") == 4

@@ -58,8 +58,13 @@ def test_variance_matches_the_discrete_laplace_formula() -> None:
     assert empirical == pytest.approx(discrete_laplace_variance(noisy.scale), rel=0.06)
 
 
-def test_mismatched_cells_are_refused() -> None:
-    a = NodeCells("a", {"scale": 1.0, "cells": [{"group": ["M"], "value": 1}]})
-    b = NodeCells("b", {"scale": 1.0, "cells": [{"group": ["F"], "value": 1}]})
-    with pytest.raises(ValueError, match="different cells"):
-        combine("count", [a, b], threshold=0)
+def test_a_cell_a_county_policy_removed_combines_the_nodes_that_released_it() -> None:
+    def cell(group: str, value: int) -> dict:  # type: ignore[type-arg]
+        return {"group": [group], "value": value, "lower": value - 3, "upper": value + 3}
+
+    a = NodeCells("a", {"scale": 1.0, "cells": [cell("junior", 40), cell("university", 30)]})
+    b = NodeCells("b", {"scale": 1.0, "cells": [cell("junior", 50)]})  # no university
+    junior, university = combine("count", [a, b], threshold=0)
+    assert (junior["group"], junior["value"], junior["nodes"]) == (["junior"], 90, 2)
+    assert (university["value"], university["nodes"]) == (30, 1)
+    assert (university["lower"], university["upper"]) == (27, 33)  # the node's own interval
