@@ -20,6 +20,21 @@ ROWS = 60_000
 WAL_BYTES_BEFORE_KILL = 4 << 20
 POLL_S = 0.01
 MAX_WAIT_S = 120
+#: orphaned workers check on their parent every second
+ORPHAN_EXIT_S = 15
+
+
+def _children(pid: int) -> list[int]:
+    """Ids of the live processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def _start_ingest(config: NodeConfig, path: Path) -> subprocess.Popen[bytes]:
@@ -62,9 +77,16 @@ def test_kill_9_during_ingest_leaves_all_or_nothing(node_home: NodeConfig, tmp_p
             break
         time.sleep(POLL_S)
     assert proc.poll() is None, "ingest finished before it could be killed; raise ROWS"
+    workers = _children(proc.pid)
+    assert workers, "a file this large is parsed by worker processes"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert _check(node_home) == 0
+    # orphaned parsing workers notice and exit instead of lingering
+    deadline = time.monotonic() + ORPHAN_EXIT_S
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(POLL_S)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
 
     # the same file loads completely afterwards, and a kill after the commit keeps it
     proc = _start_ingest(node_home, path)

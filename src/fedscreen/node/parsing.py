@@ -15,6 +15,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,7 +167,21 @@ class WorkerArgs:
     block_rows: int = BLOCK_ROWS
 
 
+def _watch_parent(parent: int) -> None:
+    """Exit as soon as the parent is gone (a kill -9 of the ingest).
+
+    Without this, an orphaned worker could wait forever: blocked on a full queue, or at
+    exit, flushing into a pipe whose only reader left is itself.
+    """
+    while True:
+        time.sleep(LIVENESS_S)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
 def _worker(args: WorkerArgs, out: multiprocessing.Queue[Any], parent: int) -> None:
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
     def send(message: tuple[Any, ...]) -> None:
         while True:
             try:
