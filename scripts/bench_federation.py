@@ -49,7 +49,7 @@ from fedscreen.coordinator.core import init_coordinator  # noqa: E402
 from fedscreen.coordinator.server import serve, write_ready_file  # noqa: E402
 from fedscreen.identity import (  # noqa: E402
     create_identity,
-    install_issued,
+    issue_here,
     load_identity,
     update_manifest,
 )
@@ -96,18 +96,12 @@ def _make_node(args: tuple[Path, str, Path]) -> str:
     return node_id
 
 
-def _issue(auth: Path, home: Path) -> None:
-    identity = load_identity(home)
-    cert_pem, _ = pki.issue(auth, identity.request_path)
-    install_issued(home, cert_pem, pki.load_authority(auth).ca_pem, pki.manifest_text(auth))
-
-
 def setup(work: Path, nodes: int, students: int, analysts: int) -> list[str]:
     """Authority, coordinator, ``nodes`` node homes with data, analysts; all issued."""
     auth = work / "auth"
     pki.init_authority(auth, federation="河北省 (bench)")
     init_coordinator(work / "coord", member_id=COORDINATOR, name="协调服务")
-    _issue(auth, work / "coord")
+    issue_here(auth, work / "coord")
     # every node holds the same county's export (same rows, its own secret and keys)
     write_export(generate(COUNTY, students, YEAR, seed=1), work / "export")
     node_ids = [_node_id(i) for i in range(nodes)]
@@ -115,11 +109,11 @@ def setup(work: Path, nodes: int, students: int, analysts: int) -> list[str]:
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         list(pool.map(_make_node, jobs, chunksize=8))
     for node_id in node_ids:
-        _issue(auth, work / "nodes" / node_id)
+        issue_here(auth, work / "nodes" / node_id)
     for a in range(analysts):
         home = work / f"analyst-{a + 1}"
         create_identity(home, member_id=f"analyst-{a + 1}", role="analyst", name=f"A{a + 1}")
-        _issue(auth, home)
+        issue_here(auth, home)
     text = pki.manifest_text(auth)
     homes = [work / "coord", *(work / "nodes" / n for n in node_ids)]
     homes += [work / f"analyst-{a + 1}" for a in range(analysts)]

@@ -26,7 +26,7 @@ from fedscreen.audit.verify import verify_bundle
 from fedscreen.cli.query import print_release, submit
 from fedscreen.coordinator.core import Coordinator, init_coordinator
 from fedscreen.errors import ConfigError
-from fedscreen.identity import create_identity, install_issued, load_identity, update_manifest
+from fedscreen.identity import create_identity, issue_here, load_identity, update_manifest
 from fedscreen.node import nodelog, store
 from fedscreen.node.home import init_home
 from fedscreen.node.ingest import ingest_paths
@@ -99,11 +99,6 @@ def _wait_ready(path: Path, proc: subprocess.Popen[bytes], log: Path) -> dict[st
     )
 
 
-def _issue(auth: Path, home: Path) -> None:
-    cert, _ = pki.issue(auth, load_identity(home).request_path)
-    install_issued(home, cert, pki.load_authority(auth).ca_pem, pki.manifest_text(auth))
-
-
 def build(work: Path, *, seed: int, scale: float, say: Callable[[str], None]) -> dict[str, Path]:
     """Create the authority, every member and the nodes' data; returns the homes by role/id."""
     auth = work / "authority"
@@ -114,18 +109,18 @@ def build(work: Path, *, seed: int, scale: float, say: Callable[[str], None]) ->
         "auditor": work / "auditor",
     }
     init_coordinator(homes["coordinator"], member_id=COORDINATOR, name="河北省平台")
-    _issue(auth, homes["coordinator"])
+    issue_here(auth, homes["coordinator"])
     create_identity(homes["analyst"], member_id=ANALYST, role="analyst", name="省心理健康监测中心")
-    _issue(auth, homes["analyst"])
+    issue_here(auth, homes["analyst"])
     create_identity(
         homes["auditor"], member_id="data-security-office", role="auditor", name="数据安全办公室"
     )
-    _issue(auth, homes["auditor"])
+    issue_here(auth, homes["auditor"])
     for code, name, students, profile in COUNTIES:
         n = max(200, int(students * scale))
         say(f"   node {code} {name}: {n:,} synthetic students ({profile})")
         config = init_home(work / code, node_id=code, name=name)
-        _issue(auth, config.home)
+        issue_here(auth, config.home)
         exports = work / f"exports-{code}"
         write_export(generate(code, n, YEAR, seed, profile=profile), exports, per_school=True)
         _, rejected = ingest_paths(config, [exports])

@@ -49,6 +49,9 @@ from fedscreen.pki import (
     cert_sha256,
     check_issued_certificate,
     claims_bytes,
+    issue,
+    load_authority,
+    manifest_text,
     member_uri,
     read_private_file,
     read_public_file,
@@ -403,3 +406,15 @@ def _load_tls_key(path: Path) -> ec.EllipticCurvePrivateKey:
 
 def _json_bytes(doc: dict[str, Any]) -> bytes:
     return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode()
+
+
+def issue_here(authority_dir: Path, home: Path) -> Manifest:
+    """Issue the identity in ``home`` and install it, with the authority on this machine.
+
+    For demos, tests and benchmarks; a deployment moves ``request.json`` and the issued
+    files between machines (``fedscreen pki issue --request … --out …``).
+    """
+    cert_pem, _ = issue(authority_dir, load_identity(home).request_path)
+    return install_issued(
+        home, cert_pem, load_authority(authority_dir).ca_pem, manifest_text(authority_dir)
+    )

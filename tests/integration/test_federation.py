@@ -43,7 +43,7 @@ from fedscreen.errors import QueryRefused
 from fedscreen.identity import (
     Identity,
     create_identity,
-    install_issued,
+    issue_here,
     load_identity,
     update_manifest,
 )
@@ -216,10 +216,8 @@ class Federation:
 
 
 def _issue(auth: Path, home: Path) -> Identity:
-    ident = load_identity(home)
-    cert_pem, _ = pki.issue(auth, ident.request_path)
-    install_issued(home, cert_pem, pki.load_authority(auth).ca_pem, pki.manifest_text(auth))
-    return ident
+    issue_here(auth, home)
+    return load_identity(home)
 
 
 @pytest.fixture(scope="module")

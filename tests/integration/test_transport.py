@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fedscreen import pki, transport
 from fedscreen.envelope import MalformedEnvelope
 from fedscreen.errors import ConfigError, PolicyError, QueryRefused, VerificationError
-from fedscreen.identity import Identity, create_identity, install_issued
+from fedscreen.identity import Identity, create_identity, issue_here
 from fedscreen.manifest import Manifest, UnknownMember
 from fedscreen.transport import RoleNotPermitted, RpcFailed, TransportLimits
 from fedscreen.v1 import federation_pb2 as pb
@@ -57,8 +57,7 @@ class Federation:
 
 def _enrol(auth: Path, home: Path, member_id: str, role: str) -> Identity:
     ident = create_identity(home, member_id=member_id, role=role, name=f"name {member_id}")
-    cert_pem, _ = pki.issue(auth, ident.request_path)
-    install_issued(home, cert_pem, pki.load_authority(auth).ca_pem, pki.manifest_text(auth))
+    issue_here(auth, home)
     return ident
 
 

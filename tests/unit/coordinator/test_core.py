@@ -23,7 +23,7 @@ from fedscreen.coordinator.core import Coordinator, init_coordinator
 from fedscreen.coordinator.release import release_body
 from fedscreen.envelope import RELEASE_V1, Envelope, sign_envelope
 from fedscreen.errors import QueryRefused, VerificationError
-from fedscreen.identity import create_identity, install_issued, load_identity, update_manifest
+from fedscreen.identity import create_identity, issue_here, load_identity, update_manifest
 from fedscreen.node import store
 from fedscreen.node.home import NodeConfig, init_home
 from fedscreen.node.ingest import ingest_paths
@@ -45,27 +45,22 @@ class Federation:
     nodes: dict[str, NodeConfig]
 
 
-def _issue(auth: Path, home: Path) -> None:
-    cert, _ = pki.issue(auth, load_identity(home).request_path)
-    install_issued(home, cert, pki.load_authority(auth).ca_pem, pki.manifest_text(auth))
-
-
 @pytest.fixture
 def fed(tmp_path: Path) -> Federation:
     auth = tmp_path / "auth"
     pki.init_authority(auth, federation="test")
     init_coordinator(tmp_path / "coord", member_id="coordinator", name="省平台")
-    _issue(auth, tmp_path / "coord")
+    issue_here(auth, tmp_path / "coord")
     for home, member, role in (
         (tmp_path / "analyst", "analyst-1", "analyst"),
         (tmp_path / "auditor", "auditor-1", "auditor"),
     ):
         create_identity(home, member_id=member, role=role, name=member)
-        _issue(auth, home)
+        issue_here(auth, home)
     nodes = {}
     for n, code in enumerate(COUNTIES):
         config = init_home(tmp_path / code, node_id=code, name=code)
-        _issue(auth, config.home)
+        issue_here(auth, config.home)
         rows = [
             screening_row(i, county_code=code, sex="F" if i % 3 else "M")
             for i in range(1, 101 + 50 * n)
