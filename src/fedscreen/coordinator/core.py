@@ -142,14 +142,15 @@ class Coordinator:
     def release(
         self,
         query: SignedQuery,
-        query_envelope: bytes,
         answers: Mapping[str, bytes],
         missing: Sequence[str],
         *,
         eligible: Mapping[str, int] | None = None,
     ) -> Release:
-        """Verify the nodes' answers, combine them, sign and log the release."""
-        del query_envelope  # logged by accept(); kept in the signature for callers' clarity
+        """Verify the nodes' answers, combine them, sign and log the release.
+
+        (The query itself was logged by ``accept``.)
+        """
         verified: dict[str, tuple[bytes, VerifiedAnswer]] = {}
         lost = list(missing)
         for node_id, raw in answers.items():

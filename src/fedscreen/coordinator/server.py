@@ -403,7 +403,7 @@ class AnalystServicer(pb_grpc.AnalystServicer):
                 )
             eligible = dict(self.sessions.eligible)
             release = await self.core.call(
-                lambda core: core.release(query, envelope, answers, missing, eligible=eligible)
+                lambda core: core.release(query, answers, missing, eligible=eligible)
             )
         return pb.SubmitResponse(
             release_envelope=release.envelope,

@@ -104,7 +104,7 @@ def test_query_end_to_end_with_a_missing_node(fed: Federation) -> None:
     try:
         accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
         answers = {code: _answer(fed.nodes[code], envelope) for code in COUNTIES[:2]}
-        release = coordinator.release(accepted, envelope, answers, missing=[COUNTIES[2]])
+        release = coordinator.release(accepted, answers, missing=[COUNTIES[2]])
     finally:
         coordinator.close()
     manifest = load_identity(fed.analyst).manifest()
@@ -125,7 +125,7 @@ def test_a_tampered_release_or_answer_does_not_verify(fed: Federation) -> None:
     try:
         accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
         answers = {code: _answer(fed.nodes[code], envelope) for code in COUNTIES}
-        release = coordinator.release(accepted, envelope, answers, missing=[])
+        release = coordinator.release(accepted, answers, missing=[])
     finally:
         coordinator.close()
     manifest = load_identity(fed.analyst).manifest()
@@ -234,7 +234,7 @@ def _release_round(fed: Federation, sql: str = SQL) -> None:
     try:
         accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
         answers = {code: _answer(fed.nodes[code], envelope) for code in COUNTIES}
-        coordinator.release(accepted, envelope, answers, missing=[])
+        coordinator.release(accepted, answers, missing=[])
     finally:
         coordinator.close()
 
@@ -348,9 +348,7 @@ def test_the_release_states_the_share_of_eligible_students_covered(fed: Federati
         accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
         answers = {code: _answer(fed.nodes[code], envelope) for code in COUNTIES[:2]}
         eligible = {COUNTIES[0]: 600, COUNTIES[1]: 300, COUNTIES[2]: 100}
-        release = coordinator.release(
-            accepted, envelope, answers, missing=[COUNTIES[2]], eligible=eligible
-        )
+        release = coordinator.release(accepted, answers, missing=[COUNTIES[2]], eligible=eligible)
     finally:
         coordinator.close()
     assert release.body["population"] == {
