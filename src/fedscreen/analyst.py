@@ -58,6 +58,8 @@ class VerifiedRelease:
     """A release whose signature, answers and combination were verified."""
 
     body: dict[str, Any]
+    #: node id -> the node's verified answer body (cells with the noise scale each used)
+    node_bodies: dict[str, dict[str, Any]]
 
 
 def verify_release(
@@ -92,4 +94,4 @@ def verify_release(
     recomputed = combine(query.spec.measure.kind, nodes, threshold=int(body["threshold"]))
     if canonical_json(recomputed) != canonical_json(body["province"]):
         raise VerificationError("the provincial figures are not the combination of the answers")
-    return VerifiedRelease(body)
+    return VerifiedRelease(body, {n.node_id: n.body for n in nodes})

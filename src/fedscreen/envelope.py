@@ -20,6 +20,7 @@ from fedscreen.signing import SigningKey, verify_signature
 ANSWER_V1 = "application/vnd.fedscreen.answer.v1+json"
 QUERY_V1 = "application/vnd.fedscreen.query.v1+json"
 RELEASE_V1 = "application/vnd.fedscreen.release.v1+json"
+BUDGET_V1 = "application/vnd.fedscreen.budget.v1+json"
 LOG_ENTRY_V1 = "application/vnd.fedscreen.log-entry.v1+json"
 MANIFEST_V1 = "application/vnd.fedscreen.manifest.v1+json"
 

@@ -1,15 +1,15 @@
 """A whole federation on this machine: authority, coordinator, county nodes, analyst, auditor.
 
-``fedscreen demo --federation`` builds it in a work directory, starts the
-coordinator and every node as real processes on 127.0.0.1 (mutual TLS, the
-nodes dialling out), asks federated questions as the analyst, verifies each
-release, then exports every log and verifies them as the auditor would, and
-stops the processes — also on Ctrl-C or an error.
+``fedscreen demo`` builds it in a work directory (two school years of synthetic
+exports per county), starts the coordinator and every node as real processes on
+127.0.0.1 (mutual TLS, the nodes dialling out), checks the annual report plan
+against every node's signed budget, runs it as the analyst (every release
+verified) and writes the report, then exports every log and verifies them as the
+auditor would, and stops the processes — also on Ctrl-C or an error.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -17,19 +17,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from fedscreen import pki
-from fedscreen.analyst import make_query, verify_release
 from fedscreen.audit.bundle import Bundle, LogExport
 from fedscreen.audit.verify import verify_bundle
-from fedscreen.cli.query import print_release, submit
 from fedscreen.coordinator.core import Coordinator, init_coordinator
 from fedscreen.errors import ConfigError
 from fedscreen.identity import create_identity, issue_here, load_identity, update_manifest
 from fedscreen.node import nodelog, store
 from fedscreen.node.home import init_home
 from fedscreen.node.ingest import ingest_paths
+from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
+from fedscreen.policy.load import load_policy
+from fedscreen.report.affordable import refuse_if_unaffordable
+from fedscreen.report.figures import format_value
+from fedscreen.report.plan import load_plan
+from fedscreen.report.run import build_model, check_budgets, run_plan, write_report
+from fedscreen.report.verify import releases_logged, verify_report
 from fedscreen.synth import generate, write_export
 
 #: (county code, name, students, profile): real Hebei counties of different sizes and kinds
@@ -39,19 +44,18 @@ COUNTIES: Final = (
     ("130121", "井陉县", 3_000, "rural"),
 )
 YEAR: Final = "2024-2025"
+#: the year before, for the report's year-over-year change
+PREVIOUS_YEAR: Final = "2023-2024"
 ANALYST: Final = "hebei-monitoring-centre"
 COORDINATOR: Final = "coordinator"
 #: seconds a process may take to be ready (start, TLS handshake, Welcome)
 READY_TIMEOUT_S: Final = 60.0
 #: seconds a process gets to stop after SIGTERM before it is killed
 STOP_TIMEOUT_S: Final = 10.0
-QUERIES: Final = (
-    "SELECT grade_band, sex, RATE(phq9_total >= 10) FROM screenings "
-    f"WHERE academic_year = '{YEAR}' AND phq9_valid = 1 GROUP BY grade_band, sex",
-    "SELECT warning_level, COUNT(*) FROM screenings "
-    f"WHERE academic_year = '{YEAR}' AND warning_level <> 'none' GROUP BY warning_level",
-)
-EPSILON: Final = 0.3
+#: the provincial annual report plan, under the repository's policies/
+PLAN: Final = ("reports", "annual.toml")
+#: statistics printed on the terminal at the end of the run
+HEADLINE: Final = ("coverage", "phq9_positive")
 
 
 @dataclass
@@ -121,11 +125,13 @@ def build(work: Path, *, seed: int, scale: float, say: Callable[[str], None]) ->
         say(f"   node {code} {name}: {n:,} synthetic students ({profile})")
         config = init_home(work / code, node_id=code, name=name)
         issue_here(auth, config.home)
-        exports = work / f"exports-{code}"
-        write_export(generate(code, n, YEAR, seed, profile=profile), exports, per_school=True)
-        _, rejected = ingest_paths(config, [exports])
-        if rejected:
-            raise ConfigError("\n".join(str(e) for e in rejected))
+        for offset, year in enumerate((PREVIOUS_YEAR, YEAR)):
+            exports = work / f"exports-{code}-{year}"
+            county = generate(code, n, year, seed + offset, profile=profile)
+            write_export(county, exports, per_school=True)
+            _, rejected = ingest_paths(config, [exports])
+            if rejected:
+                raise ConfigError("\n".join(str(e) for e in rejected))
         homes[code] = config.home
     text = pki.manifest_text(auth)
     for home in homes.values():
@@ -181,32 +187,72 @@ def run(
             )
             _wait_ready(node_ready, node, work / f"{code}.log")
         say(f"   coordinator on {address}; {len(COUNTIES)} nodes connected\n")
-        say(
-            "3. the analyst's federated queries (each release verified: signatures and combination)"
+        say(f"3. the analyst plans the annual report ({'/'.join(PLAN)})")
+        policies = default_policy_dir()
+        policy = load_policy(policies / PROVINCE_FILE)
+        plan = load_plan(policies.joinpath(*PLAN), policy)
+        checks = check_budgets(homes["analyst"], address, plan)
+        for check in checks:
+            for cost in check.years:
+                say(
+                    f"   {check.node_id}: the plan costs ε={cost.cost:g} of {cost.year}; "
+                    f"{'unknown ε' if cost.left is None else f'ε={cost.left:g}'} left for "
+                    f"{ANALYST}"
+                )
+        refuse_if_unaffordable(checks)
+        say(f"\n4. the analyst runs it: {len(plan.queries)} signed queries, each release verified")
+        checks, runs = run_plan(homes["analyst"], address, plan, say=say)
+        model = build_model(
+            plan,
+            runs,
+            checks,
+            manifest=load_identity(homes["analyst"]).manifest(),
+            analyst=ANALYST,
         )
-        manifest = load_identity(homes["analyst"]).manifest()
-        for sql in QUERIES:
-            query, envelope = make_query(homes["analyst"], sql, epsilon=EPSILON, accuracy=None)
-            submitted = asyncio.run(submit(homes["analyst"], address, envelope))
-            body = verify_release(
-                submitted.release_envelope,
-                manifest=manifest,
-                query=query,
-                answers=submitted.answers,
-            ).body
-            say(f"\n   {sql}")
-            print_release(body)
+        written = write_report(work / "report", plan, model, runs)
+        _headline(model, say)
     finally:
         processes.stop()
-    say("\n4. the auditor verifies every log offline")
-    reports = verify_bundle(_bundle(homes), load_identity(homes["auditor"]).manifest())
+    say("\n5. the auditor verifies every log offline, then the report against them")
+    manifest = load_identity(homes["auditor"]).manifest()
+    reports = verify_bundle(_bundle(homes), manifest)
     for report in reports:
         say(
             f"   {report.origin}: {report.size} entries, {report.checkpoints} signed "
             f"checkpoints, {report.answers} answers, {report.releases} releases — valid"
         )
-    say(f"\ndone: {work} (logs of each process: *.log)")
+    checked = verify_report(written["json"].parent, manifest=manifest, policy=policy)
+    releases_logged(checked, {d for r in reports for d in r.release_digests})
+    say(
+        f"   the report: {checked.figures} figures of {checked.statistics} statistics "
+        f"recomputed from its {checked.releases} signed releases, each found in the "
+        "coordinator's log — valid"
+    )
+    say(
+        f"\nthe report: {written['html']}\n   (figures: {written['csv'].name}, "
+        f"{written['json'].name}; signed releases: {written['html'].parent / 'releases'})"
+    )
+    say(f"done: {work} (logs of each process: *.log)")
     return 0
+
+
+def _headline(model: dict[str, Any], say: Callable[[str], None]) -> None:
+    """A few provincial figures on the terminal; the report has them all."""
+    for section in model["sections"]:
+        for stat in section["statistics"]:
+            if stat["id"] not in HEADLINE:
+                continue
+            say(f"\n   {stat['title']} (province, 95% interval)")
+            for row in stat["rows"]:
+                if row["scope"] != "province":
+                    continue
+                span = (
+                    ""
+                    if row["lower"] is None or row["upper"] is None
+                    else f"  [{format_value(row['lower'], stat['unit'])}, "
+                    f"{format_value(row['upper'], stat['unit'])}]"
+                )
+                say(f"     {' · '.join(str(g) for g in row['group']):<22}{row['display']:>8}{span}")
 
 
 def _bundle(homes: dict[str, Path]) -> Bundle:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -220,9 +221,9 @@ def _issue(auth: Path, home: Path) -> Identity:
     return load_identity(home)
 
 
-@pytest.fixture(scope="module")
-def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    root = tmp_path_factory.mktemp("federation")
+@contextlib.contextmanager
+def running_federation(root: Path) -> Iterator[Federation]:
+    """The test federation in ``root``, its coordinator and nodes running; stopped on exit."""
     auth = root / "auth"
     pki.init_authority(auth, federation="河北省")
     pki.init_authority(root / "other-auth", federation="another federation")
@@ -260,6 +261,12 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         yield federation
     finally:
         federation.stop_all()
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    with running_federation(tmp_path_factory.mktemp("federation")) as federation:
+        yield federation
 
 
 def _query(
@@ -357,6 +364,7 @@ def test_stalled_node_is_missing_and_its_late_answer_is_discarded(fed: Federatio
     assert submitted.missing == (slow,)
     body = _verified(fed, query, submitted)
     assert body["missing"] == [slow]
+    assert body["missing_reasons"] == {slow: "no answer before the deadline"}
     assert body["answered"] == sorted(NODES[:2])
     assert body["coverage"] == pytest.approx(2 / 3)
     # the slow node did answer (and charged), but after the release: it is discarded
@@ -403,6 +411,7 @@ def test_node_killed_mid_query_gives_a_partial_release(fed: Federation) -> None:
     body = _verified(fed, query, submitted)
     assert body["answered"] == sorted(NODES[1:])
     assert body["missing"] == [victim]
+    assert body["missing_reasons"] == {victim: "link lost"}
 
     fed.start_node(victim)
     fresh, fresh_envelope = _query(fed)

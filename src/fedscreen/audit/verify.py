@@ -103,6 +103,9 @@ class LogReport:
     latest_note: str = ""
     #: releases verified as the combination of their answers (coordinator logs)
     releases: int = 0
+    #: SHA-256 (hex) of each verified release envelope, so a report's releases can be
+    #: matched to the log (``fedscreen report verify --bundle``)
+    release_digests: set[str] = field(default_factory=set)
     #: node origin -> the largest node checkpoint relayed in an answer (coordinator logs)
     relayed_checkpoints: dict[str, tuple[Checkpoint, str]] = field(default_factory=dict)
 
@@ -333,6 +336,7 @@ def _check_coordinator_entries(
                 )
                 _check_release(body, queries[query_id], answers.get(query_id, {}))
                 report.releases += 1
+                report.release_digests.add(hashlib.sha256(inner).hexdigest())
             else:
                 raise ValueError(f"unknown kind {kind!r}")
         except (ValueError, KeyError, TypeError, VerificationError) as exc:

@@ -8,7 +8,18 @@ import traceback
 from collections.abc import Sequence
 
 from fedscreen import __version__
-from fedscreen.cli import audit, coordinator, demo, identity, node, pki, query, synth
+from fedscreen.cli import (
+    audit,
+    budgets,
+    coordinator,
+    demo,
+    identity,
+    node,
+    pki,
+    query,
+    report,
+    synth,
+)
 from fedscreen.errors import FedscreenError
 
 
@@ -21,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fedscreen {__version__}")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, synth, node, identity, pki, coordinator, query, audit):
+    for module in (demo, synth, node, identity, pki, coordinator, query, budgets, report, audit):
         module.add_parser(sub)
     return parser
 

@@ -203,6 +203,15 @@ def print_release(body: dict[str, Any], *, out: Any = None) -> None:
         + [[node, "(no answer)", ""] for node in missing],
         out=stream,
     )
+    if missing:
+        # releases made before missing_reasons existed name the nodes only
+        reasons = body.get("missing_reasons") or {}
+        stream.write("\nDid not answer\n")
+        table(
+            ["node", "why"],
+            [[node, reasons.get(node, "(not stated)")] for node in missing],
+            out=stream,
+        )
 
 
 def write_csv(body: dict[str, Any], *, out: Any = None) -> None:

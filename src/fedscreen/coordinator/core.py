@@ -38,6 +38,8 @@ from fedscreen.query.spec import canonical_json
 CONFIG_FILE: Final = "coordinator.toml"
 DATABASE_FILE: Final = "coordinator.db"
 ROLE: Final = "coordinator"
+#: the reason a release states for a missing node when the caller gave none
+NO_REASON: Final = "no answer"
 
 
 @dataclass(frozen=True)
@@ -146,13 +148,16 @@ class Coordinator:
         missing: Sequence[str],
         *,
         eligible: Mapping[str, int] | None = None,
+        reasons: Mapping[str, str] | None = None,
     ) -> Release:
         """Verify the nodes' answers, combine them, sign and log the release.
 
-        (The query itself was logged by ``accept``.)
+        ``reasons`` says why each ``missing`` node has no answer (the release states
+        it). (The query itself was logged by ``accept``.)
         """
         verified: dict[str, tuple[bytes, VerifiedAnswer]] = {}
         lost = list(missing)
+        why = {n: (reasons or {}).get(n) or NO_REASON for n in missing}
         for node_id, raw in answers.items():
             try:
                 answer = verify_answer(
@@ -163,6 +168,7 @@ class Coordinator:
                 )
             except VerificationError:
                 lost.append(node_id)  # an answer that does not verify counts as no answer
+                why[node_id] = "its answer did not verify"
                 continue
             verified[node_id] = (raw, answer)
         targeted = list(query.nodes or self.node_ids)
@@ -171,6 +177,7 @@ class Coordinator:
             query=query,
             answers=verified,
             missing=lost,
+            missing_reasons=why,
             targeted=targeted,
             threshold=self.policy.limits.publication_threshold,
             eligible=eligible or {},

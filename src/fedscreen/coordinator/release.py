@@ -2,7 +2,9 @@
 
 A release body holds the analyst's query, which nodes answered (each with the
 SHA-256 of its answer envelope, its ε and its log checkpoint) and which did
-not, each node's cells, and the provincial cells computed by
+not, with why (``missing_reasons``: ``"refused: <the node's reason>"``, ``"not
+connected"``, ``"no answer before the deadline"``, ``"link lost"``, ...), each
+node's cells, and the provincial cells computed by
 ``combine.combine`` from exactly those answers — so anyone holding the answers
 can recompute the release and compare.
 """
@@ -45,9 +47,11 @@ def release_body(
     targeted: Sequence[str],
     threshold: int,
     eligible: Mapping[str, int] | None = None,
+    missing_reasons: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The body the coordinator signs for one query."""
     ordered = sorted(answers)
+    reasons = missing_reasons or {}
     nodes = [NodeCells(n, answers[n][1].body) for n in ordered]
     return {
         "version": RELEASE_VERSION,
@@ -59,6 +63,8 @@ def release_body(
         "targeted": sorted(targeted),
         "answered": ordered,
         "missing": sorted(missing),
+        # one line per missing node, for the analyst; not part of the combination
+        "missing_reasons": {n: reasons.get(n, "no answer") for n in sorted(missing)},
         "coverage": len(ordered) / len(targeted) if targeted else 0.0,
         "population": population(ordered, targeted, eligible or {}),
         "answers": [

@@ -8,13 +8,19 @@ encode — and everything they refuse goes through the transport's one error tab
   member. The session is registered (one live session per node: a new one
   replaces the old) and queries are pushed down it; answers and refusals coming
   back settle the waiting queries. When the stream ends, every query still
-  waiting on that node counts it as missing.
+  waiting on that node counts it as missing. The node's signed budget
+  statements (after its Welcome and after each answer or refusal) are verified
+  against the manifest and the newest per node is kept, in memory, also after
+  the node disconnects.
 * **Analyst.Submit** — verify and log the query (``core.accept``), push it to the
   target nodes, wait until all have replied or the deadline passes, then
   ``core.release``. A node that is not connected, refuses, loses its link or
   misses the deadline is *missing*; an answer arriving after the query was
   settled finds nobody waiting and is discarded (the node's own ledger keeps
   the charge, and a replay of the same query id gets the stored answer free).
+  The release says why each missing node is missing (``missing_reasons``).
+* **Analyst.Budgets** — the nodes' newest budget statements, verbatim, for
+  analysts and auditors to verify and plan with.
 * **Audit** — checkpoint, entries and Merkle proofs of the coordinator's log, for
   auditors and analysts, who verify them themselves.
 
@@ -40,8 +46,9 @@ from typing import Any, Final, TypeVar
 import grpc
 
 from fedscreen import transport
+from fedscreen.budget import BudgetStatement, verify_statement
 from fedscreen.coordinator.core import Coordinator
-from fedscreen.errors import ConfigError, QueryRefused
+from fedscreen.errors import ConfigError, QueryRefused, VerificationError
 from fedscreen.query.signed import SignedQuery
 from fedscreen.transport import DEFAULT_LIMITS, TransportLimits
 from fedscreen.v1 import federation_pb2 as pb
@@ -63,8 +70,10 @@ T = TypeVar("T")
 
 #: full service names, for the health service
 SERVICES: Final = ("fedscreen.v1.NodeLink", "fedscreen.v1.Analyst", "fedscreen.v1.Audit")
-#: longest refusal reason from a node kept in the coordinator's own log lines (characters)
+#: longest refusal reason from a node kept in log lines and releases (characters)
 MAX_REASON_CHARS: Final = 300
+#: who may read the nodes' budget statements
+BUDGET_READERS: Final = frozenset({"analyst", "auditor"})
 
 
 @dataclass(frozen=True)
@@ -153,7 +162,8 @@ class NodeReply:
 
     #: the node's answer envelope, byte for byte as received; None if no answer
     envelope: bytes | None
-    #: why there is no answer (refused, link lost, not connected, deadline)
+    #: why there is no answer ("refused: <the node's reason>", "link lost", "not
+    #: connected", "no answer before the deadline", ...); the release states it
     reason: str = ""
 
 
@@ -241,6 +251,10 @@ class SessionRegistry:
         self._live: dict[str, NodeSession] = {}
         #: node -> eligible students it last announced (public); kept after it disconnects
         self.eligible: dict[str, int] = {}
+        #: node -> its newest verified budget statement and that statement's envelope,
+        #: verbatim; kept after it disconnects (in memory: a restarted coordinator waits
+        #: for each node's next statement, which its Welcome brings)
+        self.budgets: dict[str, tuple[BudgetStatement, bytes]] = {}
 
     def open(self, session: NodeSession) -> None:
         """Register ``session``; an older session of the same node is closed."""
@@ -255,6 +269,18 @@ class SessionRegistry:
         if self._live.get(session.node_id) is session:
             del self._live[session.node_id]
         session.close(reason)
+
+    def record_budget(self, statement: BudgetStatement, envelope: bytes) -> bool:
+        """Keep a verified statement unless a newer one is held; False if it was older.
+
+        Newer is by the node's own signed issue time, so a statement delayed on an
+        old stream cannot roll the view back (the node's issue times strictly increase).
+        """
+        held = self.budgets.get(statement.node_id)
+        if held is not None and held[0].issued_at_ms > statement.issued_at_ms:
+            return False
+        self.budgets[statement.node_id] = (statement, envelope)
+        return True
 
     def get(self, node_id: str) -> NodeSession | None:
         """The node's live session, if it has one."""
@@ -340,14 +366,17 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
                     reply = NodeReply(bytes(message.answer.envelope))
                     self._settle(session, message.answer.query_id, reply)
                 elif kind == "refusal":
-                    why = message.refusal.reason[:MAX_REASON_CHARS]
+                    why = _printable(message.refusal.reason[:MAX_REASON_CHARS])
                     _log.info(
                         "node %s refused query %s: %s",
                         session.node_id,
                         message.refusal.query_id[:64],
                         why,
                     )
-                    self._settle(session, message.refusal.query_id, NodeReply(None, "refused"))
+                    reply = NodeReply(None, f"refused: {why}")
+                    self._settle(session, message.refusal.query_id, reply)
+                elif kind == "budget":
+                    self._budget(session, bytes(message.budget.envelope))
                 elif kind == "hello":
                     _log.warning("node %s sent a second Hello; ignored", session.node_id)
                 # heartbeats only prove liveness: reading one reset the idle timer
@@ -355,6 +384,26 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
             _log.info("node %s stream failed: %s", session.node_id, exc)
         finally:
             self.sessions.close(session, reason)
+
+    def _budget(self, session: NodeSession, envelope: bytes) -> None:
+        """Verify a node's budget statement and keep it if it is the newest; drop a bad one.
+
+        Verified here on the loop: one Ed25519 verification and a small JSON parse
+        (well under a millisecond), and the core's thread may be busy with a release.
+        """
+        try:
+            statement = verify_statement(
+                envelope, manifest=self.core.core.manifest, node_id=session.node_id
+            )
+        except VerificationError as exc:
+            _log.warning(
+                "node %s sent a budget statement that does not verify; dropped: %s",
+                session.node_id,
+                exc,
+            )
+            return
+        if not self.sessions.record_budget(statement, envelope):
+            _log.info("node %s sent an out-of-date budget statement; dropped", session.node_id)
 
     @staticmethod
     def _settle(session: NodeSession, query_id: str, reply: NodeReply) -> None:
@@ -402,8 +451,11 @@ class AnalystServicer(pb_grpc.AnalystServicer):
                     replies[node_id].reason,
                 )
             eligible = dict(self.sessions.eligible)
+            reasons = {n: replies[n].reason for n in missing}
             release = await self.core.call(
-                lambda core: core.release(query, answers, missing, eligible=eligible)
+                lambda core: core.release(
+                    query, answers, missing, eligible=eligible, reasons=reasons
+                )
             )
         return pb.SubmitResponse(
             release_envelope=release.envelope,
@@ -412,6 +464,21 @@ class AnalystServicer(pb_grpc.AnalystServicer):
                 for n in sorted(release.answers)
             ],
             missing_nodes=list(release.missing),
+        )
+
+    async def Budgets(
+        self, request: pb.BudgetsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.BudgetsResponse:
+        """Every active node's newest budget statement, verbatim, and who is connected."""
+        await transport.authenticate(context, self.core.core.manifest, roles=BUDGET_READERS)
+        async with transport.abort_on_error(context):
+            # a revoked node's statements are no longer handed out (as Submit, newest manifest)
+            node_ids = set(await self.core.call(_active_nodes))
+        held = {n: envelope for n, (_, envelope) in self.sessions.budgets.items() if n in node_ids}
+        return pb.BudgetsResponse(
+            statements=[pb.NodeAnswer(node_id=n, envelope=held[n]) for n in sorted(held)],
+            connected_nodes=[n for n in self.sessions.connected if n in node_ids],
+            missing_nodes=sorted(node_ids - set(held)),
         )
 
     def _wait_s(self, requested_ms: int, time_remaining: float | None) -> float:
@@ -452,6 +519,17 @@ class AnalystServicer(pb_grpc.AnalystServicer):
                     future.cancel()
                     replies[node_id] = NodeReply(None, "no answer before the deadline")
         return replies
+
+
+def _active_nodes(core: Coordinator) -> tuple[str, ...]:
+    """The active nodes of the newest manifest installed in the coordinator's home."""
+    core.reload_manifest()
+    return core.node_ids
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters blanked: a node's words reach analysts' terminals."""
+    return "".join(c if c.isprintable() else " " for c in text)
 
 
 class AuditServicer(pb_grpc.AuditServicer):

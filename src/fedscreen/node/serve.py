@@ -7,7 +7,10 @@ down and Answers or Refusals up, with a Heartbeat every
 ``heartbeat_interval_ms`` so the coordinator knows the node's loop is alive
 (gRPC keepalive, from :class:`~fedscreen.transport.TransportLimits`, watches
 the connection itself). When the stream fails the node redials after a
-jittered exponential backoff.
+jittered exponential backoff. Right after each Welcome, and after every Answer
+or Refusal, the node sends a fresh signed budget statement
+(:mod:`fedscreen.budget`) made from its ledger after that charge, so analysts
+can see what it has left before they ask.
 
 The coordinator is only a relay: every query is checked here again by
 :func:`fedscreen.node.requests.handle_query` (the analyst's signature against
@@ -33,7 +36,7 @@ from typing import Final
 
 import grpc
 
-from fedscreen import __version__, transport
+from fedscreen import __version__, budget, transport
 from fedscreen.errors import ConfigError, QueryRefused
 from fedscreen.identity import load_identity
 from fedscreen.manifest import Manifest
@@ -160,11 +163,26 @@ class QueryWorker:
         )
         # opened lazily on the worker thread and only ever used there
         self._conn: sqlite3.Connection | None = None
+        #: issue time of the last budget statement (ms); each next one is strictly later
+        self._issued_ms = 0
 
-    def _answer(self, envelope: bytes) -> bytes:
+    def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             self._conn = store.connect(self.config.database)
-        return handle_query(self.config, self.policy, self.manifest, envelope, conn=self._conn)
+        return self._conn
+
+    def _answer(self, envelope: bytes) -> bytes:
+        conn = self._connection()
+        return handle_query(self.config, self.policy, self.manifest, envelope, conn=conn)
+
+    def _statement(self) -> bytes:
+        # strictly increasing issue times order this process's statements even within
+        # one millisecond: the coordinator keeps the newest by issue time
+        self._issued_ms = max(_now_ms(), self._issued_ms + 1)
+        body = budget.statement_body(
+            self._connection(), self.policy, self.config.node_id, now_ms=self._issued_ms
+        )
+        return budget.sign_statement(body, key=self.config.signing_key())
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -175,6 +193,11 @@ class QueryWorker:
         """The signed answer envelope; raises QueryRefused (already recorded by the node)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._answer, envelope)
+
+    async def statement(self) -> bytes:
+        """A signed budget statement of the ledger after every charge queued before it."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._statement)
 
     def close(self) -> None:
         """Finish the query running (if any), close the connection, stop the thread."""
@@ -269,6 +292,9 @@ class _Agent:
                         )
                     self._welcomed(welcome.welcome.manifest_version)
                     tasks.add(asyncio.create_task(self._heartbeats(send)))
+                    statement = asyncio.create_task(self._send_statement(send))
+                    tasks.add(statement)
+                    statement.add_done_callback(tasks.discard)
                     async for message in downstream:
                         if message.WhichOneof("kind") == "query":
                             task = asyncio.create_task(self._answer(message.query, send))
@@ -303,9 +329,27 @@ class _Agent:
             await asyncio.sleep(interval)
             await send(pb.NodeMessage(heartbeat=pb.Heartbeat()))
 
+    async def _send_statement(self, send: Callable[[pb.NodeMessage], Awaitable[None]]) -> None:
+        """Send a fresh budget statement up the stream; a failure is logged, never fatal."""
+        try:
+            envelope = await self.worker.statement()
+        except Exception:  # the statement is informative only: keep answering queries
+            _log.exception("node %s could not make its budget statement", self.config.node_id)
+            return
+        await send(pb.NodeMessage(budget=pb.BudgetStatement(envelope=envelope)))
+
     async def _answer(
         self, request: pb.QueryRequest, send: Callable[[pb.NodeMessage], Awaitable[None]]
     ) -> None:
+        await self._reply(request, send)
+        # made after the answer's charge committed (same worker thread, queued behind it),
+        # so it reflects that charge; after a refusal it shows that nothing was charged
+        await self._send_statement(send)
+
+    async def _reply(
+        self, request: pb.QueryRequest, send: Callable[[pb.NodeMessage], Awaitable[None]]
+    ) -> None:
+        """Answer or refuse one query."""
         query_id = request.query_id
         if request.deadline_unix_ms and _now_ms() >= request.deadline_unix_ms:
             # DESIGN: do not start work that cannot be delivered in time

@@ -8,7 +8,8 @@ Tables:
     across files and years inside the node and nowhere else. ``bounded`` marks the
     rows of the contribution-bounded view (see below).
 ``school`` / ``school_grade``
-    the school tables: staffing per school, enrolment and eligibility per grade.
+    the school tables: staffing per school, enrolment and eligibility per grade;
+    views ``school_grades`` (per grade) and ``schools`` (per school) are public.
 ``ingest_batch``
     one row per loaded file: digest, rows, schools, year, time, what it replaced.
 ``meta``
@@ -134,6 +135,29 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+#: One row per school and year (public facts, not personal data): staffing, counselling
+#: room, enrolment and eligibility summed over the school's grades, and the provincial
+#: staffing target. A school meets it with at least one full- or part-time mental-health
+#: teacher; a university with at least max(2, enrolment / 4000) full-time ones, counted
+#: on the enrolment its school table declares.
+SCHOOLS_VIEW: Final = """
+CREATE VIEW schools AS
+SELECT s.academic_year, s.school_id, s.school_type, s.location,
+       s.ft_teachers, s.pt_teachers, s.ft_teachers + s.pt_teachers AS mh_teachers,
+       CASE WHEN s.ft_teachers + s.pt_teachers > 0 THEN 1 ELSE 0 END AS has_mh_teacher,
+       s.counselling_room,
+       COALESCE(g.enrolled, 0) AS enrolled, COALESCE(g.eligible, 0) AS eligible,
+       CASE WHEN s.school_type = 'university'
+            THEN s.ft_teachers >= MAX(2, (COALESCE(g.enrolled, 0) + 3999) / 4000)
+            ELSE s.ft_teachers + s.pt_teachers >= 1 END AS meets_teacher_target
+FROM school AS s
+LEFT JOIN (SELECT academic_year, school_id, SUM(enrolled_male + enrolled_female) AS enrolled,
+                  SUM(eligible) AS eligible
+           FROM school_grade GROUP BY academic_year, school_id) AS g
+USING (academic_year, school_id)
+"""
+
+
 def create_schema(conn: sqlite3.Connection) -> None:
     """Create every table, index and view of a new node database."""
     db = sqlite_utils.Database(conn)
@@ -208,6 +232,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
         "s.ft_teachers, s.pt_teachers, s.counselling_room "
         "FROM school_grade AS g JOIN school AS s USING (academic_year, school_id)"
     )
+    conn.execute(SCHOOLS_VIEW)
 
 
 def eligible_students(conn: sqlite3.Connection) -> int:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64screen/v1/federation.proto\x12\x0c\x66\x65\x64screen.v1\"\xbb\x01\n\x0bNodeMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.fedscreen.v1.HelloH\x00\x12&\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x14.fedscreen.v1.AnswerH\x00\x12(\n\x07refusal\x18\x03 \x01(\x0b\x32\x15.fedscreen.v1.RefusalH\x00\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.fedscreen.v1.HeartbeatH\x00\x42\x06\n\x04kind\"\x9b\x01\n\x12\x43oordinatorMessage\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.fedscreen.v1.WelcomeH\x00\x12+\n\x05query\x18\x02 \x01(\x0b\x32\x1a.fedscreen.v1.QueryRequestH\x00\x12&\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x14.fedscreen.v1.CancelH\x00\x42\x06\n\x04kind\"M\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x18\n\x10software_version\x18\x02 \x01(\t\x12\x19\n\x11\x65ligible_students\x18\x03 \x01(\x03\",\n\x06\x41nswer\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\"=\n\x07Refusal\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x03 \x01(\x0c\"\x0b\n\tHeartbeat\"#\n\x07Welcome\x12\x18\n\x10manifest_version\x18\x01 \x01(\x03\"R\n\x0cQueryRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x16\n\x0equery_envelope\x18\x02 \x01(\x0c\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x03 \x01(\x03\"\x1a\n\x06\x43\x61ncel\x12\x10\n\x08query_id\x18\x01 \x01(\t\"<\n\rSubmitRequest\x12\x16\n\x0equery_envelope\x18\x01 \x01(\x0c\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\x03\"l\n\x0eSubmitResponse\x12\x18\n\x10release_envelope\x18\x01 \x01(\x0c\x12)\n\x07\x61nswers\x18\x02 \x03(\x0b\x32\x18.fedscreen.v1.NodeAnswer\x12\x15\n\rmissing_nodes\x18\x03 \x03(\t\"/\n\nNodeAnswer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\"#\n\x11\x43heckpointRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\"\"\n\x12\x43heckpointResponse\x12\x0c\n\x04note\x18\x01 \x01(\t\"<\n\x0e\x45ntriesRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x03\"$\n\x05\x45ntry\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"?\n\x10InclusionRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x03\x12\x0c\n\x04size\x18\x03 \x01(\x03\"B\n\x12\x43onsistencyRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\r\n\x05size1\x18\x02 \x01(\x03\x12\r\n\x05size2\x18\x03 \x01(\x03\"\x1f\n\rProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\x32V\n\x08NodeLink\x12J\n\x07\x43onnect\x12\x19.fedscreen.v1.NodeMessage\x1a .fedscreen.v1.CoordinatorMessage(\x01\x30\x01\x32N\n\x07\x41nalyst\x12\x43\n\x06Submit\x12\x1b.fedscreen.v1.SubmitRequest\x1a\x1c.fedscreen.v1.SubmitResponse2\xc6\x02\n\x05\x41udit\x12R\n\rGetCheckpoint\x12\x1f.fedscreen.v1.CheckpointRequest\x1a .fedscreen.v1.CheckpointResponse\x12\x41\n\nGetEntries\x12\x1c.fedscreen.v1.EntriesRequest\x1a\x13.fedscreen.v1.Entry0\x01\x12P\n\x11GetInclusionProof\x12\x1e.fedscreen.v1.InclusionRequest\x1a\x1b.fedscreen.v1.ProofResponse\x12T\n\x13GetConsistencyProof\x12 .fedscreen.v1.ConsistencyRequest\x1a\x1b.fedscreen.v1.ProofResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64screen/v1/federation.proto\x12\x0c\x66\x65\x64screen.v1\"\xec\x01\n\x0bNodeMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.fedscreen.v1.HelloH\x00\x12&\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x14.fedscreen.v1.AnswerH\x00\x12(\n\x07refusal\x18\x03 \x01(\x0b\x32\x15.fedscreen.v1.RefusalH\x00\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.fedscreen.v1.HeartbeatH\x00\x12/\n\x06\x62udget\x18\x05 \x01(\x0b\x32\x1d.fedscreen.v1.BudgetStatementH\x00\x42\x06\n\x04kind\"\x9b\x01\n\x12\x43oordinatorMessage\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.fedscreen.v1.WelcomeH\x00\x12+\n\x05query\x18\x02 \x01(\x0b\x32\x1a.fedscreen.v1.QueryRequestH\x00\x12&\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x14.fedscreen.v1.CancelH\x00\x42\x06\n\x04kind\"M\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x18\n\x10software_version\x18\x02 \x01(\t\x12\x19\n\x11\x65ligible_students\x18\x03 \x01(\x03\",\n\x06\x41nswer\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\"=\n\x07Refusal\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x03 \x01(\x0c\"\x0b\n\tHeartbeat\"#\n\x0f\x42udgetStatement\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"#\n\x07Welcome\x12\x18\n\x10manifest_version\x18\x01 \x01(\x03\"R\n\x0cQueryRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x16\n\x0equery_envelope\x18\x02 \x01(\x0c\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x03 \x01(\x03\"\x1a\n\x06\x43\x61ncel\x12\x10\n\x08query_id\x18\x01 \x01(\t\"<\n\rSubmitRequest\x12\x16\n\x0equery_envelope\x18\x01 \x01(\x0c\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\x03\"l\n\x0eSubmitResponse\x12\x18\n\x10release_envelope\x18\x01 \x01(\x0c\x12)\n\x07\x61nswers\x18\x02 \x03(\x0b\x32\x18.fedscreen.v1.NodeAnswer\x12\x15\n\rmissing_nodes\x18\x03 \x03(\t\"\x10\n\x0e\x42udgetsRequest\"o\n\x0f\x42udgetsResponse\x12,\n\nstatements\x18\x01 \x03(\x0b\x32\x18.fedscreen.v1.NodeAnswer\x12\x17\n\x0f\x63onnected_nodes\x18\x02 \x03(\t\x12\x15\n\rmissing_nodes\x18\x03 \x03(\t\"/\n\nNodeAnswer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\"#\n\x11\x43heckpointRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\"\"\n\x12\x43heckpointResponse\x12\x0c\n\x04note\x18\x01 \x01(\t\"<\n\x0e\x45ntriesRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x03\"$\n\x05\x45ntry\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"?\n\x10InclusionRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x03\x12\x0c\n\x04size\x18\x03 \x01(\x03\"B\n\x12\x43onsistencyRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\r\n\x05size1\x18\x02 \x01(\x03\x12\r\n\x05size2\x18\x03 \x01(\x03\"\x1f\n\rProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\x32V\n\x08NodeLink\x12J\n\x07\x43onnect\x12\x19.fedscreen.v1.NodeMessage\x1a .fedscreen.v1.CoordinatorMessage(\x01\x30\x01\x32\x96\x01\n\x07\x41nalyst\x12\x43\n\x06Submit\x12\x1b.fedscreen.v1.SubmitRequest\x1a\x1c.fedscreen.v1.SubmitResponse\x12\x46\n\x07\x42udgets\x12\x1c.fedscreen.v1.BudgetsRequest\x1a\x1d.fedscreen.v1.BudgetsResponse2\xc6\x02\n\x05\x41udit\x12R\n\rGetCheckpoint\x12\x1f.fedscreen.v1.CheckpointRequest\x1a .fedscreen.v1.CheckpointResponse\x12\x41\n\nGetEntries\x12\x1c.fedscreen.v1.EntriesRequest\x1a\x13.fedscreen.v1.Entry0\x01\x12P\n\x11GetInclusionProof\x12\x1e.fedscreen.v1.InclusionRequest\x1a\x1b.fedscreen.v1.ProofResponse\x12T\n\x13GetConsistencyProof\x12 .fedscreen.v1.ConsistencyRequest\x1a\x1b.fedscreen.v1.ProofResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,47 +32,53 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedscreen.v1.federation_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NODEMESSAGE']._serialized_start=48
-  _globals['_NODEMESSAGE']._serialized_end=235
-  _globals['_COORDINATORMESSAGE']._serialized_start=238
-  _globals['_COORDINATORMESSAGE']._serialized_end=393
-  _globals['_HELLO']._serialized_start=395
-  _globals['_HELLO']._serialized_end=472
-  _globals['_ANSWER']._serialized_start=474
-  _globals['_ANSWER']._serialized_end=518
-  _globals['_REFUSAL']._serialized_start=520
-  _globals['_REFUSAL']._serialized_end=581
-  _globals['_HEARTBEAT']._serialized_start=583
-  _globals['_HEARTBEAT']._serialized_end=594
-  _globals['_WELCOME']._serialized_start=596
-  _globals['_WELCOME']._serialized_end=631
-  _globals['_QUERYREQUEST']._serialized_start=633
-  _globals['_QUERYREQUEST']._serialized_end=715
-  _globals['_CANCEL']._serialized_start=717
-  _globals['_CANCEL']._serialized_end=743
-  _globals['_SUBMITREQUEST']._serialized_start=745
-  _globals['_SUBMITREQUEST']._serialized_end=805
-  _globals['_SUBMITRESPONSE']._serialized_start=807
-  _globals['_SUBMITRESPONSE']._serialized_end=915
-  _globals['_NODEANSWER']._serialized_start=917
-  _globals['_NODEANSWER']._serialized_end=964
-  _globals['_CHECKPOINTREQUEST']._serialized_start=966
-  _globals['_CHECKPOINTREQUEST']._serialized_end=1001
-  _globals['_CHECKPOINTRESPONSE']._serialized_start=1003
-  _globals['_CHECKPOINTRESPONSE']._serialized_end=1037
-  _globals['_ENTRIESREQUEST']._serialized_start=1039
-  _globals['_ENTRIESREQUEST']._serialized_end=1099
-  _globals['_ENTRY']._serialized_start=1101
-  _globals['_ENTRY']._serialized_end=1137
-  _globals['_INCLUSIONREQUEST']._serialized_start=1139
-  _globals['_INCLUSIONREQUEST']._serialized_end=1202
-  _globals['_CONSISTENCYREQUEST']._serialized_start=1204
-  _globals['_CONSISTENCYREQUEST']._serialized_end=1270
-  _globals['_PROOFRESPONSE']._serialized_start=1272
-  _globals['_PROOFRESPONSE']._serialized_end=1303
-  _globals['_NODELINK']._serialized_start=1305
-  _globals['_NODELINK']._serialized_end=1391
-  _globals['_ANALYST']._serialized_start=1393
-  _globals['_ANALYST']._serialized_end=1471
-  _globals['_AUDIT']._serialized_start=1474
-  _globals['_AUDIT']._serialized_end=1800
+  _globals['_NODEMESSAGE']._serialized_end=284
+  _globals['_COORDINATORMESSAGE']._serialized_start=287
+  _globals['_COORDINATORMESSAGE']._serialized_end=442
+  _globals['_HELLO']._serialized_start=444
+  _globals['_HELLO']._serialized_end=521
+  _globals['_ANSWER']._serialized_start=523
+  _globals['_ANSWER']._serialized_end=567
+  _globals['_REFUSAL']._serialized_start=569
+  _globals['_REFUSAL']._serialized_end=630
+  _globals['_HEARTBEAT']._serialized_start=632
+  _globals['_HEARTBEAT']._serialized_end=643
+  _globals['_BUDGETSTATEMENT']._serialized_start=645
+  _globals['_BUDGETSTATEMENT']._serialized_end=680
+  _globals['_WELCOME']._serialized_start=682
+  _globals['_WELCOME']._serialized_end=717
+  _globals['_QUERYREQUEST']._serialized_start=719
+  _globals['_QUERYREQUEST']._serialized_end=801
+  _globals['_CANCEL']._serialized_start=803
+  _globals['_CANCEL']._serialized_end=829
+  _globals['_SUBMITREQUEST']._serialized_start=831
+  _globals['_SUBMITREQUEST']._serialized_end=891
+  _globals['_SUBMITRESPONSE']._serialized_start=893
+  _globals['_SUBMITRESPONSE']._serialized_end=1001
+  _globals['_BUDGETSREQUEST']._serialized_start=1003
+  _globals['_BUDGETSREQUEST']._serialized_end=1019
+  _globals['_BUDGETSRESPONSE']._serialized_start=1021
+  _globals['_BUDGETSRESPONSE']._serialized_end=1132
+  _globals['_NODEANSWER']._serialized_start=1134
+  _globals['_NODEANSWER']._serialized_end=1181
+  _globals['_CHECKPOINTREQUEST']._serialized_start=1183
+  _globals['_CHECKPOINTREQUEST']._serialized_end=1218
+  _globals['_CHECKPOINTRESPONSE']._serialized_start=1220
+  _globals['_CHECKPOINTRESPONSE']._serialized_end=1254
+  _globals['_ENTRIESREQUEST']._serialized_start=1256
+  _globals['_ENTRIESREQUEST']._serialized_end=1316
+  _globals['_ENTRY']._serialized_start=1318
+  _globals['_ENTRY']._serialized_end=1354
+  _globals['_INCLUSIONREQUEST']._serialized_start=1356
+  _globals['_INCLUSIONREQUEST']._serialized_end=1419
+  _globals['_CONSISTENCYREQUEST']._serialized_start=1421
+  _globals['_CONSISTENCYREQUEST']._serialized_end=1487
+  _globals['_PROOFRESPONSE']._serialized_start=1489
+  _globals['_PROOFRESPONSE']._serialized_end=1520
+  _globals['_NODELINK']._serialized_start=1522
+  _globals['_NODELINK']._serialized_end=1608
+  _globals['_ANALYST']._serialized_start=1611
+  _globals['_ANALYST']._serialized_end=1761
+  _globals['_AUDIT']._serialized_start=1764
+  _globals['_AUDIT']._serialized_end=2090
 # @@protoc_insertion_point(module_scope)

@@ -47,6 +47,7 @@ class NodeMessage(_message.Message):
     ANSWER_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello:
         """First message of every session, and only then."""
@@ -65,6 +66,12 @@ class NodeMessage(_message.Message):
         covers the connection; this proves the node's event loop is alive).
         """
 
+    @_builtins.property
+    def budget(self) -> Global___BudgetStatement:
+        """The node's signed privacy-budget statement: sent right after the Welcome
+        and after every Answer or Refusal, so it reflects the charge just made.
+        """
+
     def __init__(
         self,
         *,
@@ -72,12 +79,13 @@ class NodeMessage(_message.Message):
         answer: Global___Answer | None = ...,
         refusal: Global___Refusal | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
+        budget: Global___BudgetStatement | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "refusal", b"refusal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "budget", b"budget", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "refusal", b"refusal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "refusal", b"refusal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "budget", b"budget", "heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "refusal", b"refusal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "answer", "refusal", "heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "answer", "refusal", "heartbeat", "budget"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -238,6 +246,36 @@ class Heartbeat(_message.Message):
 Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
 
 @_typing.final
+class BudgetStatement(_message.Message):
+    """What a node's privacy ledger has spent, per academic year, in total and per
+    analyst, with the budget limits of the node's policy. The ε spent depends on
+    the queries asked, never on any student's data: publishing it reveals nothing
+    about a student.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    envelope: _builtins.bytes
+    """DSSE envelope (JSON bytes, payload type
+    application/vnd.fedscreen.budget.v1+json) signed by the node; the
+    coordinator verifies it, keeps the newest per node and hands it to analysts
+    verbatim.
+    """
+    def __init__(
+        self,
+        *,
+        envelope: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BudgetStatement: _TypeAlias = BudgetStatement  # noqa: Y015
+
+@_typing.final
 class Welcome(_message.Message):
     """The coordinator accepted the node's Hello."""
 
@@ -372,7 +410,7 @@ class SubmitResponse(_message.Message):
     @_builtins.property
     def missing_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Member ids of target nodes that did not answer in time or refused
-        (the release names them too).
+        (the release names them too, each with the reason, in `missing_reasons`).
         """
 
     def __init__(
@@ -391,8 +429,72 @@ class SubmitResponse(_message.Message):
 Global___SubmitResponse: _TypeAlias = SubmitResponse  # noqa: Y015
 
 @_typing.final
+class BudgetsRequest(_message.Message):
+    """Ask for every node's budget statement; carries nothing (the caller is known
+    from its certificate).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BudgetsRequest: _TypeAlias = BudgetsRequest  # noqa: Y015
+
+@_typing.final
+class BudgetsResponse(_message.Message):
+    """The nodes' budget statements as the coordinator last received them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATEMENTS_FIELD_NUMBER: _builtins.int
+    CONNECTED_NODES_FIELD_NUMBER: _builtins.int
+    MISSING_NODES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def statements(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeAnswer]:
+        """One statement per active node that has sent one: `node_id` and the node's
+        budget DSSE envelope (JSON bytes, payload type
+        application/vnd.fedscreen.budget.v1+json), byte for byte as received. The
+        caller verifies each against its own manifest; the statement's issue time
+        says how old it is.
+        """
+
+    @_builtins.property
+    def connected_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Member ids of the nodes with a live session now, sorted."""
+
+    @_builtins.property
+    def missing_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Member ids of the active nodes that have sent no statement since the
+        coordinator started, sorted.
+        """
+
+    def __init__(
+        self,
+        *,
+        statements: _abc.Iterable[Global___NodeAnswer] | None = ...,
+        connected_nodes: _abc.Iterable[_builtins.str] | None = ...,
+        missing_nodes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected_nodes", b"connected_nodes", "missing_nodes", b"missing_nodes", "statements", b"statements"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BudgetsResponse: _TypeAlias = BudgetsResponse  # noqa: Y015
+
+@_typing.final
 class NodeAnswer(_message.Message):
-    """One node's answer, as the node signed it."""
+    """One node's signed envelope (an answer, or a budget statement), as the node
+    signed it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -401,7 +503,9 @@ class NodeAnswer(_message.Message):
     node_id: _builtins.str
     """The node's member id."""
     envelope: _builtins.bytes
-    """The node's answer DSSE envelope (JSON bytes), byte for byte as received."""
+    """The node's DSSE envelope (JSON bytes: its answer in a SubmitResponse, its
+    budget statement in a BudgetsResponse), byte for byte as received.
+    """
     def __init__(
         self,
         *,

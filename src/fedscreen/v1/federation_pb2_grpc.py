@@ -125,6 +125,11 @@ class AnalystStub:
                 request_serializer=fedscreen_dot_v1_dot_federation__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=fedscreen_dot_v1_dot_federation__pb2.SubmitResponse.FromString,
                 _registered_method=True)
+        self.Budgets = channel.unary_unary(
+                '/fedscreen.v1.Analyst/Budgets',
+                request_serializer=fedscreen_dot_v1_dot_federation__pb2.BudgetsRequest.SerializeToString,
+                response_deserializer=fedscreen_dot_v1_dot_federation__pb2.BudgetsResponse.FromString,
+                _registered_method=True)
 
 
 class AnalystServicer:
@@ -139,6 +144,15 @@ class AnalystServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Budgets(self, request, context):
+        """The newest signed budget statement of every node (kept after a node
+        disconnects), so an analyst can plan queries against what each node has
+        left before spending anything. Analysts and auditors may call it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalystServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +160,11 @@ def add_AnalystServicer_to_server(servicer, server):
                     servicer.Submit,
                     request_deserializer=fedscreen_dot_v1_dot_federation__pb2.SubmitRequest.FromString,
                     response_serializer=fedscreen_dot_v1_dot_federation__pb2.SubmitResponse.SerializeToString,
+            ),
+            'Budgets': grpc.unary_unary_rpc_method_handler(
+                    servicer.Budgets,
+                    request_deserializer=fedscreen_dot_v1_dot_federation__pb2.BudgetsRequest.FromString,
+                    response_serializer=fedscreen_dot_v1_dot_federation__pb2.BudgetsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +195,33 @@ class Analyst:
             '/fedscreen.v1.Analyst/Submit',
             fedscreen_dot_v1_dot_federation__pb2.SubmitRequest.SerializeToString,
             fedscreen_dot_v1_dot_federation__pb2.SubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Budgets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscreen.v1.Analyst/Budgets',
+            fedscreen_dot_v1_dot_federation__pb2.BudgetsRequest.SerializeToString,
+            fedscreen_dot_v1_dot_federation__pb2.BudgetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

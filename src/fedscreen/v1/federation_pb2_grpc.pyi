@@ -73,6 +73,11 @@ class AnalystStub:
     """Fan a signed query out to the target nodes, combine their answers and
     return the coordinator's signed release.
     """
+    Budgets: _aio.UnaryUnaryMultiCallable[_federation_pb2.BudgetsRequest, _federation_pb2.BudgetsResponse]
+    """The newest signed budget statement of every node (kept after a node
+    disconnects), so an analyst can plan queries against what each node has
+    left before spending anything. Analysts and auditors may call it.
+    """
 
 class AnalystServicer(metaclass=_abc_1.ABCMeta):
     """Analysts submit signed queries and receive signed releases."""
@@ -85,6 +90,17 @@ class AnalystServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_federation_pb2.SubmitResponse]:
         """Fan a signed query out to the target nodes, combine their answers and
         return the coordinator's signed release.
+        """
+
+    @_abc_1.abstractmethod
+    def Budgets(
+        self,
+        request: _federation_pb2.BudgetsRequest,
+        context: _aio.ServicerContext[_federation_pb2.BudgetsRequest, _abc.Awaitable[_federation_pb2.BudgetsResponse]],
+    ) -> _abc.Awaitable[_federation_pb2.BudgetsResponse]:
+        """The newest signed budget statement of every node (kept after a node
+        disconnects), so an analyst can plan queries against what each node has
+        left before spending anything. Analysts and auditors may call it.
         """
 
 def add_AnalystServicer_to_server(servicer: AnalystServicer, server: _aio.Server) -> None: ...

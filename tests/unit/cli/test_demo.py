@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import base64
+import csv
+import json
 from pathlib import Path
 
 import pytest
 
 from fedscreen.cli.main import main
+from fedscreen.identity import load_identity
 from fedscreen.node import store
 from fedscreen.node.home import load_config
+from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
+from fedscreen.policy.load import load_policy
+from fedscreen.report.plan import load_plan
+from fedscreen.report.verify import verify_report
+
+ALL_STATISTICS = {
+    s.id
+    for s in load_plan(
+        default_policy_dir() / "reports" / "annual.toml",
+        load_policy(default_policy_dir() / PROVINCE_FILE),
+    ).statistics
+}
 
 
 def test_demo_loads_a_county_and_answers_with_privacy(
@@ -32,15 +48,56 @@ def test_demo_loads_a_county_and_answers_with_privacy(
     assert charged == 2 * 300_000  # two private queries at ε = 0.3; the public one is free
 
 
-def test_demo_runs_a_whole_federation_and_audits_it(
+def test_demo_runs_a_whole_federation_reports_and_audits_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The default demo: real coordinator and node processes on 127.0.0.1, mutual TLS."""
-    assert main(["demo", "--dir", str(tmp_path / "fed"), "--students", "2000"]) == 0
+    """The default demo: real coordinator and node processes on 127.0.0.1, mutual TLS,
+    the annual report, and the auditor's check of every log and of the report."""
+    work = tmp_path / "fed"
+    assert main(["demo", "--dir", str(work), "--students", "2000"]) == 0
     out = capsys.readouterr().out
-    assert out.count("answered: 3 of 3 nodes") == 2
-    assert "Province (combined)" in out
-    # the auditor verified the coordinator's log and each node's: 2 releases, 6 answers
-    assert "fedscreen.coordinator/coordinator: 10 entries" in out
-    assert "2 releases — valid" in out
-    assert out.count(" — valid") == 4
+    report = work / "report"
+    assert f"the report: {report / 'report.html'}" in out
+    # 28 queries, each release verified by the analyst
+    assert out.count("— verified") == 28
+    # 长安区's policy does not let anyone group by left-behind status: it is missing there
+    assert "phq9_by_left_behind: 2/3 nodes, ε=0.1 per node; missing 130102" in out
+    # the auditor: the coordinator's log and each node's, then the report against them
+    assert "28 releases — valid" in out
+    assert out.count(" — valid") == 5
+    assert "recomputed from its 28 signed releases, each found in the coordinator's log" in out
+
+    model = json.loads((report / "report.json").read_text(encoding="utf-8"))
+    manifest = load_identity(work / "auditor").manifest()
+    policy = load_policy(default_policy_dir() / PROVINCE_FILE)
+    # every figure is what its signed releases give (recomputed independently of the run)
+    checked = verify_report(report, manifest=manifest, policy=policy)
+    assert checked.statistics == len(ALL_STATISTICS)
+    assert {s["id"] for sec in model["sections"] for s in sec["statistics"]} == ALL_STATISTICS
+    # a figure taken straight from a release equals the release's signed cell
+    release = json.loads((report / "releases" / "phq9_positive.json").read_text("utf-8"))
+    payload = json.loads(base64.b64decode(json.loads(release["release_envelope"])["payload"]))
+    (stat,) = [
+        s for sec in model["sections"] for s in sec["statistics"] if s["id"] == "phq9_positive"
+    ]
+    signed = {json.dumps(c["group"]): c for c in payload["province"]}
+    for row in stat["rows"]:
+        if row["scope"] == "province" and not row["suppressed"]:
+            cell = signed[json.dumps(row["group"])]
+            assert (row["value"], row["lower"], row["upper"]) == (
+                cell["value"], cell["lower"], cell["upper"]
+            )  # fmt: skip
+    # the county that refused is marked missing, with its node's reason
+    (changan,) = [n for n in model["nodes"] if n["id"] == "130102"]
+    assert changan["name"] == "长安区"
+    assert changan["missing_from"] == ["phq9_by_left_behind"]
+    assert any(
+        m["node"] == "130102" and "left_behind" in m["reason"] for m in model["privacy"]["missing"]
+    )
+    # ε spent per node and year, within what each node allows this analyst
+    for spent in model["privacy"]["spent"]:
+        assert spent["epsilon"] <= spent["budget"]
+    # the CSV holds the same figures
+    with (report / "report.csv").open(encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == checked.figures

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import shutil
 import time
@@ -19,6 +20,7 @@ from fedscreen import pki
 from fedscreen.analyst import make_query, verify_release
 from fedscreen.answer import verify_answer
 from fedscreen.cli.main import main
+from fedscreen.cli.query import print_release
 from fedscreen.coordinator.core import Coordinator, init_coordinator
 from fedscreen.coordinator.release import release_body
 from fedscreen.envelope import RELEASE_V1, Envelope, sign_envelope
@@ -113,6 +115,7 @@ def test_query_end_to_end_with_a_missing_node(fed: Federation) -> None:
     )
     body = verified.body
     assert body["missing"] == [COUNTIES[2]]
+    assert body["missing_reasons"] == {COUNTIES[2]: "no answer"}  # the caller gave no reason
     assert body["coverage"] == pytest.approx(2 / 3)
     for i, cell in enumerate(body["province"]):
         assert cell["value"] == sum(body["per_node"][n][i]["value"] for n in COUNTIES[:2])
@@ -357,3 +360,39 @@ def test_the_release_states_the_share_of_eligible_students_covered(fed: Federati
         "share": 0.9,
         "unknown": [],
     }
+
+
+def test_the_release_says_why_each_missing_node_is_missing(fed: Federation, tmp_path: Path) -> None:
+    query, envelope = make_query(fed.analyst, SQL, epsilon=0.3, accuracy=None)
+    refused = "refused: this query would cost ε=0.3, above the per-query cap 0.2"
+    coordinator = Coordinator.open(fed.coordinator)
+    try:
+        accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
+        first = _answer(fed.nodes[COUNTIES[0]], envelope)
+        # one node's answer passed off as another's does not verify: no answer either
+        answers = {COUNTIES[0]: first, COUNTIES[1]: first}
+        release = coordinator.release(
+            accepted, answers, missing=[COUNTIES[2]], reasons={COUNTIES[2]: refused}
+        )
+    finally:
+        coordinator.close()
+    manifest = load_identity(fed.analyst).manifest()
+    body = verify_release(
+        release.envelope, manifest=manifest, query=query, answers=release.answers
+    ).body
+    assert body["answered"] == [COUNTIES[0]]
+    assert body["missing"] == [COUNTIES[1], COUNTIES[2]]
+    assert body["missing_reasons"] == {
+        COUNTIES[1]: "its answer did not verify",
+        COUNTIES[2]: refused,
+    }
+    out = io.StringIO()
+    print_release(body, out=out)
+    shown = out.getvalue().split("Did not answer\n", 1)[1].splitlines()
+    assert shown[0].split() == ["node", "why"]
+    assert shown[2].split(maxsplit=1) == [COUNTIES[1], "its answer did not verify"]
+    assert shown[3].split(maxsplit=1) == [COUNTIES[2], refused]
+    # the offline auditor recomputes the release with the reasons in it
+    bundle = _export([fed.coordinator], tmp_path / "c.json")
+    manifest_file = str(fed.auth / "manifest.json")
+    assert main(["audit", "verify", str(bundle), "--manifest", manifest_file]) == 0

@@ -1,0 +1,236 @@
+"""``fedscreen report``: the provincial monitoring report from a plan file.
+
+``report plan PLAN`` prints what each query costs every node and, given the
+analyst's home and the coordinator, checks the total against every node's signed
+budget statement; it exits 3 if a node cannot pay. ``report run`` does the same
+check, refuses before any query runs if it fails, then runs the plan and writes
+the report (see ``fedscreen.report.run``). ``report verify`` recomputes a written
+report from its signed releases and, given an audit bundle, finds every release in
+the coordinator's verified log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+from fedscreen.audit.bundle import BundleError, read_bundle
+from fedscreen.audit.verify import AuditFailure, verify_bundle
+from fedscreen.cli.output import table
+from fedscreen.errors import ConfigError, VerificationError
+from fedscreen.identity import load_identity
+from fedscreen.manifest import load_manifest
+from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
+from fedscreen.policy.load import load_policy
+from fedscreen.report.affordable import NodeCheck, PlanRefused
+from fedscreen.report.plan import ReportPlan, load_plan
+from fedscreen.report.run import build_model, check_budgets, run_plan, write_report
+from fedscreen.report.verify import releases_logged, verify_report
+
+#: ``report plan`` / ``report run``: a node cannot pay for the plan
+EXIT_UNAFFORDABLE: Final = 3
+#: ``report verify``: a figure or a release does not check out (as ``audit verify``'s 2)
+EXIT_INVALID: Final = 2
+#: ``report verify --bundle``: the bundle itself cannot be trusted (as ``audit verify``'s 4)
+EXIT_UNTRUSTED: Final = 4
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``report plan`` and ``report run``."""
+    report = sub.add_parser("report", help="plan and run the provincial monitoring report")
+    actions = report.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def common(parser: argparse.ArgumentParser, *, connect_required: bool) -> None:
+        parser.add_argument("plan", type=Path, help="the report plan (TOML)")
+        parser.add_argument(
+            "--home", type=Path, required=connect_required, help="the analyst's identity home"
+        )
+        parser.add_argument(
+            "--coordinator", required=connect_required, help="the coordinator's HOST:PORT"
+        )
+        parser.add_argument("--coordinator-id", help="its member id (default: the only one)")
+        parser.add_argument("--year", help="academic year (default: the plan's)")
+        parser.add_argument("--nodes", help="comma-separated node ids (default: every active node)")
+        parser.add_argument(
+            "--policy",
+            type=Path,
+            help="the provincial catalogue the plan is checked against "
+            f"(default: policies/{PROVINCE_FILE})",
+        )
+
+    plan = actions.add_parser(
+        "plan",
+        help="what the plan costs each node, against their budgets (runs nothing)",
+        description="Without --home/--coordinator: the cost of each query only. With them: "
+        "also every node's remaining budget from its signed statement; exit 3 if any "
+        "node cannot pay.",
+    )
+    common(plan, connect_required=False)
+    plan.set_defaults(func=run_plan_command)
+    run = actions.add_parser(
+        "run",
+        help="run the plan through the federation and write the report",
+        description="Checks every node's budget first and refuses the plan (exit 3) before "
+        "any query runs if one cannot pay. Writes report.html, report.json, report.csv "
+        "and releases/ (the signed bytes of every query, release and answer) to --out.",
+    )
+    common(run, connect_required=True)
+    run.add_argument("--out", type=Path, required=True, help="a new directory for the report")
+    run.set_defaults(func=run_report_command)
+    verify = actions.add_parser(
+        "verify",
+        help="recompute a report from its signed releases (and find them in the logs)",
+        description="Verifies every release in DIR/releases (analyst's query signature, "
+        "coordinator's release signature, every node answer, the combination) and recomputes "
+        "every figure of DIR/report.json from them and DIR/plan.toml. With --bundle (from "
+        "`fedscreen audit export`), also verifies the logs and requires every release to be "
+        "in the coordinator's log. Exit 0 valid; 2 a figure, release or log entry is wrong; "
+        "3 a log's history is inconsistent; 4 the bundle cannot be trusted.",
+    )
+    verify.add_argument("dir", type=Path, help="the report directory (from report run)")
+    verify.add_argument("--manifest", type=Path, required=True, help="your copy of the manifest")
+    verify.add_argument("--bundle", type=Path, help="an audit bundle holding the coordinator's log")
+    verify.add_argument(
+        "--policy", type=Path, help=f"the provincial catalogue (default: policies/{PROVINCE_FILE})"
+    )
+    verify.set_defaults(func=run_verify_command)
+
+
+def _load(args: argparse.Namespace) -> ReportPlan:
+    policy_path = args.policy or default_policy_dir() / PROVINCE_FILE
+    return load_plan(args.plan, load_policy(policy_path), year=args.year)
+
+
+def _nodes(args: argparse.Namespace) -> list[str]:
+    return [n.strip() for n in (args.nodes or "").split(",") if n.strip()]
+
+
+def print_costs(plan: ReportPlan) -> None:
+    """Each query's ε per node and the years it charges."""
+    print(f"plan {plan.name} ({plan.path}, sha256 {plan.sha256[:16]}…), year {plan.year}\n")
+    table(
+        ["query", "ε per node", "charged to", "used by"],
+        [
+            [
+                q.name,
+                "public, exact" if q.public else f"{q.cost:g}",
+                ", ".join(q.years) or "nothing",
+                ", ".join(plan.statistics_of(q.name)),
+            ]
+            for q in plan.queries.values()
+        ],
+    )
+    totals = ", ".join(f"ε={c:g} in {y}" for y, c in sorted(plan.cost_by_year().items()))
+    print(f"\ntotal per node: {totals or 'nothing'}")
+
+
+def print_checks(checks: Sequence[NodeCheck]) -> None:
+    """Each node's cost against what it has left, and every problem or note."""
+    print()
+    rows = []
+    for check in checks:
+        for year in check.years:
+            rows.append(
+                [
+                    check.node_id,
+                    "yes" if check.connected else "no",
+                    year.year,
+                    f"{year.cost:g}",
+                    "unknown" if year.left is None else f"{year.left:g}",
+                    "unknown" if year.budget is None else f"{year.budget:g}",
+                    "REFUSED" if check.problems else "ok",
+                ]
+            )
+    table(["node", "connected", "year", "plan ε", "ε left", "analyst budget", "verdict"], rows)
+    for check in checks:
+        for line in check.problems:
+            print(f"  {check.node_id}: {line}", file=sys.stderr)
+        for line in check.notes:
+            print(f"  {check.node_id}: note: {line}")
+
+
+def run_plan_command(args: argparse.Namespace) -> int:
+    """``fedscreen report plan``."""
+    plan = _load(args)
+    print_costs(plan)
+    if args.home is None or args.coordinator is None:
+        if args.home is not None or args.coordinator is not None:
+            raise ConfigError("give both --home and --coordinator to check the nodes' budgets")
+        print("\n(budgets not checked: give --home and --coordinator)")
+        return 0
+    checks = check_budgets(
+        args.home, args.coordinator, plan, nodes=_nodes(args), coordinator_id=args.coordinator_id
+    )
+    print_checks(checks)
+    if any(c.problems for c in checks):
+        print("\nthe plan would overspend or be refused: not affordable", file=sys.stderr)
+        return EXIT_UNAFFORDABLE
+    print("\nevery node can pay for this plan")
+    return 0
+
+
+def run_report_command(args: argparse.Namespace) -> int:
+    """``fedscreen report run``."""
+    plan = _load(args)
+    if (args.out / "report.json").exists():
+        raise ConfigError(f"{args.out} already holds a report; give a new --out directory")
+    print(f"plan {plan.name}: {len(plan.queries)} queries, {len(plan.statistics)} statistics")
+    try:
+        checks, runs = run_plan(
+            args.home,
+            args.coordinator,
+            plan,
+            nodes=_nodes(args),
+            coordinator_id=args.coordinator_id,
+        )
+    except PlanRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNAFFORDABLE
+    identity = load_identity(args.home)
+    model = build_model(
+        plan, runs, checks, manifest=identity.manifest(), analyst=identity.member_id
+    )
+    paths = write_report(args.out, plan, model, runs)
+    missing = [n["id"] for n in model["nodes"] if n["missing_from"]]
+    if missing:
+        print(f"nodes missing from some figures: {', '.join(missing)} (see the privacy page)")
+    print(
+        f"report: {paths['html']}\n        {paths['json']}, {paths['csv']}, {args.out / 'releases'}"
+    )
+    return 0
+
+
+def run_verify_command(args: argparse.Namespace) -> int:
+    """``fedscreen report verify``."""
+    manifest = load_manifest(args.manifest)
+    policy = load_policy(args.policy or default_policy_dir() / PROVINCE_FILE)
+    try:
+        checked = verify_report(args.dir, manifest=manifest, policy=policy)
+    except VerificationError as exc:
+        print(f"REPORT INVALID: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(
+        f"{checked.figures} figures of {checked.statistics} statistics recomputed from "
+        f"{checked.releases} verified releases"
+    )
+    if args.bundle is not None:
+        try:
+            logs = verify_bundle(read_bundle(args.bundle), manifest, workers=os.cpu_count() or 1)
+        except AuditFailure as failure:
+            print(f"LOG INVALID: {failure.origin}: {failure}", file=sys.stderr)
+            return failure.exit_code
+        except (BundleError, VerificationError, OSError, ValueError, KeyError) as exc:
+            print(f"UNTRUSTED: {exc}", file=sys.stderr)
+            return EXIT_UNTRUSTED
+        try:
+            releases_logged(checked, {d for log in logs for d in log.release_digests})
+        except VerificationError as exc:
+            print(f"REPORT INVALID: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        print(f"every release is in the coordinator's log; {len(logs)} logs verified")
+    print("VALID")
+    return 0

@@ -1,0 +1,1 @@
+"""The provincial monitoring report: plan, figures and rendering."""

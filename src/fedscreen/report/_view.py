@@ -1,0 +1,338 @@
+"""The report model (a JSON-shaped dict) read once into frozen, typed values.
+
+The renderer works on these values only, so a missing key or a wrong type is
+reported once, here, with its path in the model ("sections[1].statistics[0]
+.rows[3].scope"), instead of surfacing as a KeyError half-way through a page.
+Optional fields get their documented defaults.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+UNITS: Final = ("percent", "count", "days", "ratio")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One cell of a statistic: a scope (province or node id) and a group."""
+
+    scope: str
+    group: tuple[str, ...]
+    value: float | None
+    lower: float | None
+    upper: float | None
+    display: str | None
+    suppressed: bool
+
+
+@dataclass(frozen=True)
+class Stat:
+    """One statistic of the report."""
+
+    id: str
+    item: int | None
+    title: str
+    description: str
+    unit: str
+    dims: tuple[str, ...]
+    target: float | None
+    target_label: str | None
+    epsilon: float
+    public: bool
+    queries: tuple[str, ...]
+    missing: tuple[str, ...]
+    rows: tuple[Row, ...]
+
+
+@dataclass(frozen=True)
+class Section:
+    """A chapter of the report."""
+
+    id: str
+    title: str
+    statistics: tuple[Stat, ...]
+
+
+@dataclass(frozen=True)
+class Node:
+    """A county node the report asked."""
+
+    id: str
+    name: str
+    asked: int
+    answered: int
+    missing_from: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Spent:
+    """ε this report spent at one node in one academic year."""
+
+    node: str
+    year: str
+    epsilon: float
+    budget: float | None
+    left: float | None
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A node that did not contribute to a statistic, and why."""
+
+    node: str
+    statistic: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Privacy:
+    """The privacy page's facts."""
+
+    unit: str
+    mechanism: str
+    threshold: int
+    spent: tuple[Spent, ...]
+    missing: tuple[Missing, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The plan the report ran."""
+
+    name: str
+    file: str
+    sha256: str
+    year: str
+
+
+@dataclass(frozen=True)
+class Report:
+    """The whole report model."""
+
+    title: str
+    plan: Plan
+    generated_at: str
+    analyst: str
+    coordinator: str
+    nodes: tuple[Node, ...]
+    privacy: Privacy
+    sections: tuple[Section, ...]
+
+    def statistics(self) -> list[Stat]:
+        """Every statistic, in report order."""
+        return [stat for section in self.sections for stat in section.statistics]
+
+
+class _Reader:
+    """Typed access to one mapping of the model, naming the path in every error."""
+
+    def __init__(self, value: object, path: str) -> None:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"report model: {path or 'the model'} must be an object")
+        self._m: Mapping[str, Any] = value
+        self._path = path
+
+    def _where(self, key: str) -> str:
+        return f"{self._path}.{key}" if self._path else key
+
+    def _get(self, key: str, *, required: bool) -> Any:
+        if key not in self._m:
+            if required:
+                raise ValueError(f"report model: {self._where(key)} is missing")
+            return None
+        return self._m[key]
+
+    def text(self, key: str, default: str | None = None) -> str:
+        value = self._get(key, required=default is None)
+        if value is None:
+            return default if default is not None else ""
+        if not isinstance(value, str):
+            raise ValueError(f"report model: {self._where(key)} must be a string")
+        return value
+
+    def optional_text(self, key: str) -> str | None:
+        value = self._get(key, required=False)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError(f"report model: {self._where(key)} must be a string")
+        return value
+
+    def number(self, key: str, default: float | None = None) -> float:
+        value = self.optional_number(key)
+        if value is None:
+            if default is None:
+                raise ValueError(f"report model: {self._where(key)} must be a number")
+            return default
+        return value
+
+    def optional_number(self, key: str) -> float | None:
+        value = self._get(key, required=False)
+        if value is None:
+            return None
+        # bool is an int in Python; a flag is never a number here
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"report model: {self._where(key)} must be a number")
+        number = float(value)
+        # JSON cannot carry NaN or infinity; treat them as no value, never as a bar
+        return number if math.isfinite(number) else None
+
+    def integer(self, key: str, default: int | None = None) -> int:
+        value = self._get(key, required=default is None)
+        if value is None and default is not None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"report model: {self._where(key)} must be an integer")
+        return value
+
+    def optional_integer(self, key: str) -> int | None:
+        if self._get(key, required=False) is None:
+            return None
+        return self.integer(key)
+
+    def flag(self, key: str, default: bool = False) -> bool:
+        value = self._get(key, required=False)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ValueError(f"report model: {self._where(key)} must be true or false")
+        return value
+
+    def codes(self, key: str) -> tuple[str, ...]:
+        """A list of ids or codes (numbers such as 0/1 flags become their text)."""
+        value = self._get(key, required=False)
+        if value is None:
+            return ()
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ValueError(f"report model: {self._where(key)} must be a list")
+        return tuple(_code(v, f"{self._where(key)}[{i}]") for i, v in enumerate(value))
+
+    def objects(self, key: str) -> list[_Reader]:
+        value = self._get(key, required=False)
+        if value is None:
+            return []
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ValueError(f"report model: {self._where(key)} must be a list")
+        return [_Reader(v, f"{self._where(key)}[{i}]") for i, v in enumerate(value)]
+
+    def child(self, key: str) -> _Reader:
+        return _Reader(self._get(key, required=True), self._where(key))
+
+
+def _code(value: object, where: str) -> str:
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if value is None:
+        return ""
+    raise ValueError(f"report model: {where} must be a string or an integer")
+
+
+def _row(r: _Reader) -> Row:
+    return Row(
+        scope=r.text("scope"),
+        group=r.codes("group"),
+        value=r.optional_number("value"),
+        lower=r.optional_number("lower"),
+        upper=r.optional_number("upper"),
+        display=r.optional_text("display"),
+        suppressed=r.flag("suppressed"),
+    )
+
+
+def _stat(r: _Reader) -> Stat:
+    unit = r.text("unit")
+    if unit not in UNITS:
+        raise ValueError(f"report model: unit {unit!r} is not one of {', '.join(UNITS)}")
+    return Stat(
+        id=r.text("id"),
+        item=r.optional_integer("item"),
+        title=r.text("title"),
+        description=r.text("description", ""),
+        unit=unit,
+        dims=r.codes("dims"),
+        target=r.optional_number("target"),
+        target_label=r.optional_text("target_label"),
+        epsilon=r.number("epsilon", 0.0),
+        public=r.flag("public"),
+        queries=r.codes("queries"),
+        missing=r.codes("missing"),
+        rows=tuple(_row(x) for x in r.objects("rows")),
+    )
+
+
+def read_report(model: Mapping[str, Any]) -> Report:
+    """Read and check the report model; raises ``ValueError`` naming the bad field."""
+    r = _Reader(model, "")
+    plan = r.child("plan")
+    privacy = r.child("privacy")
+    sections = tuple(
+        Section(
+            id=s.text("id"),
+            title=s.text("title"),
+            statistics=tuple(_stat(x) for x in s.objects("statistics")),
+        )
+        for s in r.objects("sections")
+    )
+    report = Report(
+        title=r.text("title"),
+        plan=Plan(
+            name=plan.text("name"),
+            file=plan.text("file", ""),
+            sha256=plan.text("sha256", ""),
+            year=plan.text("year", ""),
+        ),
+        generated_at=r.text("generated_at", ""),
+        analyst=r.text("analyst", ""),
+        coordinator=r.text("coordinator", ""),
+        nodes=tuple(
+            Node(
+                id=n.text("id"),
+                name=n.text("name", ""),
+                asked=n.integer("asked", 0),
+                answered=n.integer("answered", 0),
+                missing_from=n.codes("missing_from"),
+            )
+            for n in r.objects("nodes")
+        ),
+        privacy=Privacy(
+            unit=privacy.text("unit", "one student in one academic year"),
+            mechanism=privacy.text("mechanism", ""),
+            threshold=privacy.integer("threshold"),
+            spent=tuple(
+                Spent(
+                    node=s.text("node"),
+                    year=s.text("year", ""),
+                    epsilon=s.number("epsilon"),
+                    budget=s.optional_number("budget"),
+                    left=s.optional_number("left"),
+                )
+                for s in privacy.objects("spent")
+            ),
+            missing=tuple(
+                Missing(
+                    node=m.text("node"),
+                    statistic=m.text("statistic"),
+                    reason=m.text("reason", ""),
+                )
+                for m in privacy.objects("missing")
+            ),
+        ),
+        sections=sections,
+    )
+    counts = Counter(stat.id for stat in report.statistics())
+    duplicates = sorted(i for i, n in counts.items() if n > 1)
+    if duplicates:
+        # each statistic is an anchor (#stat-<id>); two with one id would clash
+        raise ValueError(f"report model: statistic ids used twice: {', '.join(duplicates)}")
+    return report

@@ -1,0 +1,121 @@
+"""Can every node afford a plan? Checked against the nodes' own signed budget statements.
+
+Each node signs what it has spent (``fedscreen.budget``); the coordinator only relays
+the statements. A plan is refused before any query runs if, at some node, the ε it
+would charge in a year exceeds what that node has left for this analyst, or one of
+its queries costs more than the node's per-query cap (the node would refuse it).
+A query above the node's approval threshold is allowed but flagged: it waits for
+the county operator and may miss the deadline. The costs are upper bounds: a node
+whose county policy clamps tighter charges less, and an identical query already
+answered on the same data is answered again from the node's cache at no cost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from fedscreen.budget import Budgets
+from fedscreen.errors import FedscreenError
+from fedscreen.node.ledger import from_micro, to_micro
+from fedscreen.report.plan import ReportPlan
+
+
+class PlanRefused(FedscreenError):
+    """The plan would overspend a node's budget or be refused by a node."""
+
+
+@dataclass(frozen=True)
+class YearCost:
+    """One node's cost and what it has left, in one academic year."""
+
+    year: str
+    cost: float
+    #: ε the node has left for this analyst; None when the node sent no statement
+    left: float | None
+    budget: float | None
+
+
+@dataclass(frozen=True)
+class NodeCheck:
+    """What the plan costs one node, and whether it can pay."""
+
+    node_id: str
+    connected: bool
+    #: seconds since the node signed its statement; None when it sent none
+    age_s: float | None
+    years: tuple[YearCost, ...]
+    #: reasons the node cannot run the plan (overspend, per-query cap)
+    problems: tuple[str, ...] = ()
+    #: things to know that do not stop the plan (approval waits, unknown budget)
+    notes: tuple[str, ...] = field(default=())
+
+
+def check_plan(
+    plan: ReportPlan, budgets: Budgets, *, analyst: str, nodes: Sequence[str]
+) -> list[NodeCheck]:
+    """Check the plan against the statement of every node in ``nodes``."""
+    # the ledger charges each query rounded up to a micro-ε: add up the same way
+    micro: dict[str, int] = {}
+    for query in plan.queries.values():
+        for year in query.years:
+            micro[year] = micro.get(year, 0) + to_micro(query.cost)
+    now_ms = time.time() * 1000
+    checks = []
+    for node in nodes:
+        statement = budgets.statements.get(node)
+        connected = node in budgets.connected
+        if statement is None:
+            years = tuple(YearCost(y, from_micro(m), None, None) for y, m in sorted(micro.items()))
+            checks.append(
+                NodeCheck(node, connected, None, years, notes=("no budget statement: unknown",))
+            )
+            continue
+        problems, notes = [], []
+        years_out = []
+        for year, cost in sorted(micro.items()):
+            left_micro = statement.remaining_micro(year, analyst)
+            left = from_micro(left_micro)
+            years_out.append(
+                YearCost(year, from_micro(cost), left, statement.analyst_budget(analyst))
+            )
+            if cost > left_micro:
+                problems.append(
+                    f"{year}: the plan costs ε={from_micro(cost):g}, {node} has "
+                    f"ε={left:g} left for {analyst}"
+                )
+        for query in plan.queries.values():
+            if query.public:
+                continue
+            if query.cost > statement.max_epsilon_per_query:
+                problems.append(
+                    f"query {query.name} costs ε={query.cost:g}, above {node}'s per-query "
+                    f"cap {statement.max_epsilon_per_query:g}: it would be refused"
+                )
+            approval = statement.approval_above_epsilon
+            if approval is not None and to_micro(query.cost) > to_micro(approval):
+                notes.append(
+                    f"query {query.name} (ε={query.cost:g}) waits for {node}'s operator "
+                    f"(approval above ε={approval:g})"
+                )
+        if not connected:
+            notes.append("not connected now: it will be listed as missing")
+        checks.append(
+            NodeCheck(
+                node,
+                connected,
+                max(0.0, (now_ms - statement.issued_at_ms) / 1000),
+                tuple(years_out),
+                tuple(problems),
+                tuple(notes),
+            )
+        )
+    return checks
+
+
+def refuse_if_unaffordable(checks: Sequence[NodeCheck]) -> None:
+    """Raise PlanRefused naming every problem, if there is one."""
+    problems = [p for c in checks for p in c.problems]
+    if problems:
+        raise PlanRefused("the plan is refused before any query runs:\n  " + "\n  ".join(problems))

@@ -1,0 +1,372 @@
+"""The report's figures, computed from verified releases only (post-processing: no cost).
+
+Every figure is either a release's own cell (province or county, as signed) or
+arithmetic on released noisy values whose noise scales the signed answers state:
+sums of noisy counts (a sum's variance is the sum of the discrete Laplace variances),
+ratios of sums (the delta method), shares within a group and changes between two
+rates. Intervals are 95%. A figure computed from a noisy count below the publication
+threshold is shown as "< k", like the cells it came from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from fedscreen.coordinator.combine import (
+    Z_975,
+    discrete_laplace_variance,
+    ratio_interval,
+    sum_interval,
+)
+from fedscreen.report.plan import ReportPlan, Statistic
+
+PROVINCE: Final = "province"
+
+
+@dataclass(frozen=True)
+class Released:
+    """One query's verified release: the signed body and each node's verified answer."""
+
+    body: Mapping[str, Any]
+    node_bodies: Mapping[str, Mapping[str, Any]]
+
+    @property
+    def group_by(self) -> list[str]:
+        """The query's group columns."""
+        return list(self.body["query"]["group_by"])
+
+    def threshold(self, scope: str) -> int:
+        """The publication threshold that applies to ``scope``'s cells."""
+        if scope == PROVINCE:
+            return int(self.body["threshold"])
+        return int(self.node_bodies[scope].get("threshold", self.body["threshold"]))
+
+    def scopes(self) -> list[str]:
+        """Province first, then every node that answered."""
+        return [PROVINCE, *self.body["answered"]] if self.body["answered"] else []
+
+    def cells(self, scope: str) -> list[dict[str, Any]]:
+        """The cells of ``scope`` as released."""
+        if scope == PROVINCE:
+            return list(self.body["province"])
+        return list(self.body["per_node"][scope])
+
+    def parts(self, scope: str) -> list[tuple[list[Any], Part]]:
+        """Each group's noisy value and the noise scales in it (a COUNT or SUM query)."""
+        nodes = self.body["answered"] if scope == PROVINCE else [scope]
+        merged: dict[str, tuple[list[Any], Part]] = {}
+        for node in nodes:
+            answer = self.node_bodies[node]
+            # public data has no scale: exact values
+            scales = (float(answer["scale"]),) if "scale" in answer else ()
+            for cell in answer["cells"]:
+                key = repr(cell["group"])
+                part = Part(int(cell["value"]), scales)
+                if key in merged:
+                    merged[key] = (merged[key][0], merged[key][1] + part)
+                else:
+                    merged[key] = (list(cell["group"]), part)
+        return list(merged.values())
+
+
+@dataclass(frozen=True)
+class Part:
+    """A sum of released values and the discrete Laplace scale of each noisy term."""
+
+    value: int
+    scales: tuple[float, ...] = ()
+
+    def __add__(self, other: Part) -> Part:
+        return Part(self.value + other.value, self.scales + other.scales)
+
+    @property
+    def exact(self) -> bool:
+        """No noise in it (public data)."""
+        return not self.scales
+
+    @property
+    def variance(self) -> float:
+        """The variance of its noise."""
+        return sum(discrete_laplace_variance(s) for s in self.scales)
+
+    def interval(self) -> tuple[float, float]:
+        """95% interval (Cornish–Fisher for a sum of Laplace-like noises)."""
+        if self.exact:
+            return float(self.value), float(self.value)
+        _, low, high, _ = sum_interval([self.value], list(self.scales))
+        return low, high
+
+
+def _sum_by(
+    parts: Iterable[tuple[list[Any], Part]], keep: Sequence[int]
+) -> list[tuple[list[Any], Part]]:
+    """Parts added up over the group positions not in ``keep`` (order of first appearance)."""
+    out: dict[str, tuple[list[Any], Part]] = {}
+    for group, part in parts:
+        kept = [group[i] for i in keep]
+        key = repr(kept)
+        out[key] = (kept, out[key][1] + part) if key in out else (kept, part)
+    return list(out.values())
+
+
+def _kept(
+    parts: Iterable[tuple[list[Any], Part]], columns: Sequence[str], where: Mapping[str, Any]
+) -> list[tuple[list[Any], Part]]:
+    index = {c: i for i, c in enumerate(columns)}
+    return [(g, p) for g, p in parts if all(g[index[c]] in vals for c, vals in where.items())]
+
+
+def _row(
+    scope: str,
+    group: list[Any],
+    value: float | None,
+    low: float | None,
+    high: float | None,
+    *,
+    unit: str,
+    small: int | None = None,
+) -> dict[str, Any]:
+    """One figure; ``small`` = the threshold a noisy count in it fell below."""
+    if small is not None:
+        return {
+            "scope": scope, "group": group, "value": None, "lower": None, "upper": None,
+            "display": f"< {small}", "suppressed": True,
+        }  # fmt: skip
+    return {
+        "scope": scope,
+        "group": group,
+        "value": value,
+        "lower": low,
+        "upper": high,
+        "display": format_value(value, unit),
+        "suppressed": False,
+    }
+
+
+def format_value(value: float | None, unit: str) -> str:
+    """A value as the report shows it."""
+    if value is None:
+        return "—"
+    if unit == "percent":
+        return f"{value * 100:.1f}%"
+    if unit == "count":
+        return f"{round(value):,}"
+    return f"{value:.1f}"
+
+
+def _small(part: Part, threshold: int) -> int | None:
+    """The threshold if ``part`` is a noisy count below it (exact data is never hidden)."""
+    return threshold if not part.exact and part.value < threshold else None
+
+
+def _share(
+    num: Part, rest: Part, threshold: int
+) -> tuple[float | None, float | None, float | None, int | None]:
+    """num / (num + rest) for independent num and rest, by the delta method."""
+    small = _small(num, threshold) or _small(num + rest, threshold)
+    total = num.value + rest.value
+    if total <= 0:
+        return None, None, None, small
+    p = min(max(num.value / total, 0.0), 1.0)
+    # d/dA A/(A+B) = B/(A+B)², d/dB = −A/(A+B)²
+    sd = math.sqrt(rest.value**2 * num.variance + num.value**2 * rest.variance) / total**2
+    return p, max(p - Z_975 * sd, 0.0), min(p + Z_975 * sd, 1.0), small
+
+
+def statistic_rows(
+    stat: Statistic, plan: ReportPlan, released: Mapping[str, Released]
+) -> list[dict[str, Any]]:
+    """Every row (province, then each county) of one statistic."""
+    first = released[stat.queries[0]]
+    columns = first.group_by
+    rows: list[dict[str, Any]] = []
+    form: Callable[..., list[dict[str, Any]]] = _FORMS[stat.form]
+    for scope in first.scopes():
+        if stat.form == "ratio" and scope not in released[stat.queries[1]].scopes():
+            continue
+        rows.extend(form(stat, scope, columns, released))
+    return rows
+
+
+def dims(stat: Statistic, released: Mapping[str, Released]) -> list[str]:
+    """The group columns of a statistic's rows."""
+    columns = released[stat.queries[0]].group_by
+    if stat.form == "query":
+        return [c for c in columns if c not in stat.columns]
+    if stat.form == "ratio":
+        return released[stat.queries[1]].group_by
+    if stat.form == "flags":
+        return ["factor"]
+    if stat.form == "change":
+        return [c for c in columns if c not in stat.columns]
+    return columns
+
+
+def _query_form(
+    stat: Statistic, scope: str, columns: list[str], released: Mapping[str, Released]
+) -> list[dict[str, Any]]:
+    source = released[stat.queries[0]]
+    if not stat.columns:  # the release's own cells, as signed
+        index = {c: i for i, c in enumerate(columns)}
+        return [
+            _as_row(scope, cell, stat.unit)
+            for cell in source.cells(scope)
+            if all(cell["group"][index[c]] in v for c, v in stat.where.items())
+            and not (scope == PROVINCE and cell.get("display") == "per node")
+        ]
+    keep = [i for i, c in enumerate(columns) if c not in stat.columns]
+    threshold = source.threshold(scope)
+    out = []
+    for group, part in _sum_by(_kept(source.parts(scope), columns, stat.where), keep):
+        low, high = part.interval()
+        out.append(
+            _row(scope, group, part.value, max(low, 0.0), high, unit=stat.unit,
+                 small=_small(part, threshold))
+        )  # fmt: skip
+    return out
+
+
+def _as_row(scope: str, cell: Mapping[str, Any], unit: str) -> dict[str, Any]:
+    suppressed = bool(cell.get("suppressed"))
+    value = cell.get("value")
+    return {
+        "scope": scope,
+        "group": list(cell["group"]),
+        "value": None if suppressed else value,
+        "lower": None if suppressed else cell.get("lower"),
+        "upper": None if suppressed else cell.get("upper"),
+        "display": str(cell["display"]) if suppressed else format_value(value, unit),
+        "suppressed": suppressed,
+    }
+
+
+def _ratio_form(
+    stat: Statistic, scope: str, columns: list[str], released: Mapping[str, Released]
+) -> list[dict[str, Any]]:
+    num_source, den_source = released[stat.queries[0]], released[stat.queries[1]]
+    keep = [columns.index(c) for c in den_source.group_by]
+    nodes = num_source.body["answered"] if scope == PROVINCE else [scope]
+    nums: dict[str, Part] = {}
+    dens: dict[str, tuple[list[Any], Part]] = {}
+    for node in (n for n in nodes if n in den_source.body["answered"]):
+        node_nums = {
+            repr(g): p for g, p in _sum_by(_kept(num_source.parts(node), columns, stat.where), keep)
+        }
+        for group, den in den_source.parts(node):
+            key = repr(group)
+            # a cell the node's county policy withholds from the numerator (a district
+            # without universities) leaves its denominator out too: like with like
+            if key not in node_nums:
+                continue
+            nums[key] = nums.get(key, Part(0)) + node_nums[key]
+            dens[key] = (group, dens[key][1] + den) if key in dens else (group, den)
+    threshold = num_source.threshold(scope)
+    out = []
+    for key, (group, den) in dens.items():
+        num = nums[key]
+        small = _small(num, threshold) or _small(den, den_source.threshold(scope))
+        if den.exact:
+            if den.value <= 0:
+                out.append(_row(scope, group, None, None, None, unit=stat.unit, small=small))
+                continue
+            low, high = num.interval()
+            out.append(
+                _row(scope, group, max(num.value, 0) / den.value, max(low, 0.0) / den.value,
+                     high / den.value, unit=stat.unit, small=small)
+            )  # fmt: skip
+        else:
+            value, low, high = ratio_interval(
+                num.value, num.variance, den.value, den.variance, 0.0, math.inf
+            )
+            out.append(_row(scope, group, value, low, high, unit=stat.unit, small=small))
+    return out
+
+
+def _shares_form(
+    stat: Statistic, scope: str, columns: list[str], released: Mapping[str, Released]
+) -> list[dict[str, Any]]:
+    source = released[stat.queries[0]]
+    within = columns.index(stat.columns[0])
+    keep = [i for i in range(len(columns)) if i != within]
+    parts = _kept(source.parts(scope), columns, stat.where)
+    totals = {repr(g): p for g, p in _sum_by(parts, keep)}
+    threshold = source.threshold(scope)
+    out = []
+    for group, part in parts:
+        total = totals[repr([group[i] for i in keep])]
+        rest = Part(total.value - part.value, tuple(_rest_scales(total, part)))
+        p, low, high, small = _share(part, rest, threshold)
+        out.append(_row(scope, group, p, low, high, unit=stat.unit, small=small))
+    return out
+
+
+def _rest_scales(total: Part, part: Part) -> list[float]:
+    """The noise terms of ``total`` that are not in ``part`` (cells are independent)."""
+    rest = list(total.scales)
+    for scale in part.scales:
+        rest.remove(scale)
+    return rest
+
+
+def _flags_form(
+    stat: Statistic, scope: str, columns: list[str], released: Mapping[str, Released]
+) -> list[dict[str, Any]]:
+    source = released[stat.queries[0]]
+    parts = _kept(source.parts(scope), columns, stat.where)
+    threshold = source.threshold(scope)
+    out = []
+    for column in stat.columns or tuple(columns):
+        i = columns.index(column)
+        num, rest = Part(0), Part(0)
+        for group, part in parts:
+            if group[i] == 1:
+                num = num + part
+            else:
+                rest = rest + part
+        p, low, high, small = _share(num, rest, threshold)
+        out.append(_row(scope, [column], p, low, high, unit=stat.unit, small=small))
+    return out
+
+
+def _change_form(
+    stat: Statistic, scope: str, columns: list[str], released: Mapping[str, Released]
+) -> list[dict[str, Any]]:
+    source = released[stat.queries[0]]
+    along = columns.index(stat.columns[0])
+    keep = [i for i in range(len(columns)) if i != along]
+    series: dict[str, list[Mapping[str, Any]]] = {}
+    for cell in source.cells(scope):
+        series.setdefault(repr([cell["group"][i] for i in keep]), []).append(cell)
+    out = []
+    for cells in series.values():
+        cells = sorted(cells, key=lambda c: str(c["group"][along]))
+        before, after = cells[0], cells[-1]
+        group = [after["group"][i] for i in keep]
+        if len(cells) < 2:
+            out.append(_row(scope, group, None, None, None, unit=stat.unit))
+            continue
+        if before.get("suppressed") or after.get("suppressed"):
+            small = source.threshold(scope)
+            out.append(_row(scope, group, None, None, None, unit=stat.unit, small=small))
+            continue
+        # independent noise in the two years: the half-widths add in quadrature
+        half = math.hypot(*(_half(c) for c in (before, after)))
+        diff = float(after["value"]) - float(before["value"])
+        out.append(_row(scope, group, diff, diff - half, diff + half, unit=stat.unit))
+    return out
+
+
+def _half(cell: Mapping[str, Any]) -> float:
+    return (float(cell["upper"]) - float(cell["lower"])) / 2
+
+
+_FORMS: Final[dict[str, Callable[..., list[dict[str, Any]]]]] = {
+    "query": _query_form,
+    "ratio": _ratio_form,
+    "shares": _shares_form,
+    "flags": _flags_form,
+    "change": _change_form,
+}

@@ -1,0 +1,161 @@
+"""`fedscreen report plan|run|verify` against a real federation.
+
+The federation of ``test_federation.py`` (its builder and helpers, reused): a real
+coordinator and three real node processes on 127.0.0.1, mutual TLS, SQLite ledgers.
+The CLI runs as separate processes, as an analyst and an auditor would run it. The
+tests run in file order and leave every node running normally.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_federation import (
+    NODES,
+    Federation,
+    _cli,
+    running_federation,
+)
+
+from fedscreen.coordinator.core import DATABASE_FILE
+from fedscreen.policy.default import default_policy_dir
+
+ANNUAL = default_policy_dir() / "reports" / "annual.toml"
+#: seconds one `report run` may take (a plan of a few queries over three nodes)
+REPORT_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    with running_federation(tmp_path_factory.mktemp("report")) as federation:
+        yield federation
+
+
+def _plan(path: Path, epsilons: list[float]) -> Path:
+    """A plan of one count per ε given (distinct queries: no answer comes from a cache)."""
+    columns = ["sex", "grade_band", "location", "school_type", "age_band", "mode", "boarding"]
+    lines = [
+        'name = "test"', 'title = "Test report"', 'year = "2024-2025"', "deadline_ms = 8000",
+        '[[section]]', 'id = "s"', 'title = "Counts"',
+    ]  # fmt: skip
+    for n, epsilon in enumerate(epsilons):
+        lines += [
+            f"[queries.q{n}]",
+            f'sql = "SELECT {columns[n]}, COUNT(*) FROM screenings '
+            f"WHERE academic_year = '{{year}}' GROUP BY {columns[n]}\"",
+            f"epsilon = {epsilon}",
+            "[[statistic]]",
+            f'id = "s{n}"',
+            f'section = "s"\ntitle = "Students by {columns[n]}"\ndescription = "A count."',
+            'unit = "count"',
+            f'query = "q{n}"',
+        ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _charges(fed: Federation) -> dict[str, int]:
+    return {n: fed.charges(n) for n in NODES}
+
+
+def _logged(fed: Federation) -> int:
+    """Entries in the coordinator's transparency log (read beside the running server)."""
+    conn = sqlite3.connect(fed.coordinator_home / DATABASE_FILE)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM tlog_leaves").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _analyst(fed: Federation) -> list[str]:
+    return ["--home", str(fed.analyst.home), "--coordinator", fed.address]
+
+
+def test_plan_prints_each_querys_cost_against_every_nodes_budget(fed: Federation) -> None:
+    done = _cli("report", "plan", str(ANNUAL), *_analyst(fed))
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "phq9_positive" in out
+    assert "total per node: ε=0.15 in 2023-2024, ε=2.95 in 2024-2025" in out
+    for node in NODES:
+        # alice has the default share: half of each node's ε = 10 a year
+        assert f"{node}  yes        2024-2025  2.95" in out
+    assert "every node can pay for this plan" in out
+
+
+def test_a_plan_that_would_overspend_is_refused_before_any_query_runs(
+    fed: Federation, tmp_path: Path
+) -> None:
+    # six queries at the per-query cap: ε = 6 > the 5 alice may spend at each node
+    plan = _plan(tmp_path / "greedy.toml", [1.0] * 6)
+    before = _charges(fed)
+    log_before = _logged(fed)
+    planned = _cli("report", "plan", str(plan), *_analyst(fed))
+    assert planned.returncode == 3, planned.stdout + planned.stderr
+    assert "the plan costs ε=6, 130104 has ε=5 left for alice" in planned.stderr
+    ran = _cli("report", "run", str(plan), *_analyst(fed), "--out", str(tmp_path / "out"))
+    assert ran.returncode == 3, ran.stdout + ran.stderr
+    assert "refused before any query runs" in ran.stderr
+    # nothing was asked, so nothing was charged or logged, and no report was written
+    assert _charges(fed) == before
+    assert _logged(fed) == log_before
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_a_report_with_a_node_down_marks_that_county_missing(
+    fed: Federation, tmp_path: Path
+) -> None:
+    down = NODES[2]
+    fed.kill_node(down)
+    try:
+        out = tmp_path / "report"
+        plan = _plan(tmp_path / "small.toml", [0.1, 0.1])
+        checked = _cli("report", "plan", str(plan), *_analyst(fed))
+        assert checked.returncode == 0, checked.stderr
+        assert f"{down}: note: not connected now" in checked.stdout
+        ran = _cli("report", "run", str(plan), *_analyst(fed), "--out", str(out))
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+    finally:
+        fed.start_node(down)
+    assert f"nodes missing from some figures: {down}" in ran.stdout
+    model = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    nodes = {n["id"]: n for n in model["nodes"]}
+    assert nodes[down]["answered"] == 0
+    assert nodes[down]["missing_from"] == ["s0", "s1"]
+    assert {m["node"] for m in model["privacy"]["missing"]} == {down}
+    assert all("not connected" in m["reason"] for m in model["privacy"]["missing"])
+    for stat in model["sections"][0]["statistics"]:
+        assert stat["missing"] == [down]
+        assert {r["scope"] for r in stat["rows"]} == {"province", *NODES[:2]}
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert down in html
+    # the signed bytes of every query, release and answer are kept beside the report
+    releases = sorted(p.name for p in (out / "releases").iterdir())
+    assert releases == ["q0.json", "q1.json"]
+    assert (out / "plan.toml").read_bytes() == plan.read_bytes()
+
+
+def test_an_auditor_verifies_a_report_against_the_logs(fed: Federation, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    plan = _plan(tmp_path / "audited.toml", [0.2])
+    ran = _cli("report", "run", str(plan), *_analyst(fed), "--out", str(out))
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    bundle = tmp_path / "coordinator.bundle"
+    exported = _cli("audit", "export", "--home", str(fed.coordinator_home), "--out", str(bundle))
+    assert exported.returncode == 0, exported.stderr
+    manifest = str(fed.auth / "manifest.json")
+    verified = _cli("report", "verify", str(out), "--manifest", manifest, "--bundle", str(bundle))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "every release is in the coordinator's log" in verified.stdout
+    # a figure changed after the fact is caught
+    model = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    row = model["sections"][0]["statistics"][0]["rows"][0]
+    row["value"] += 1
+    (out / "report.json").write_text(json.dumps(model), encoding="utf-8")
+    tampered = _cli("report", "verify", str(out), "--manifest", manifest)
+    assert tampered.returncode == 2
+    assert "statistic s0: the report's figures are not what its releases give" in tampered.stderr
