@@ -14,7 +14,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -42,7 +42,19 @@ COUNTIES: Final = (
     ("130102", "长安区", 6_000, "urban"),
     ("130104", "桥西区", 4_000, "mixed"),
     ("130121", "井陉县", 3_000, "rural"),
+    # more real counties, across Hebei's cities, for larger demo federations (--counties)
+    ("130203", "路北区", 5_000, "urban"),
+    ("130425", "大名县", 4_000, "rural"),
+    ("130602", "竞秀区", 5_000, "urban"),
+    ("130722", "张北县", 2_500, "rural"),
+    ("130528", "宁晋县", 3_500, "mixed"),
+    ("131102", "桃城区", 4_500, "mixed"),
+    ("130802", "双桥区", 3_000, "urban"),
+    ("130681", "涿州市", 4_000, "mixed"),
+    ("131182", "深州市", 3_000, "rural"),
 )
+#: counties in the default demo federation (the first of COUNTIES)
+DEFAULT_COUNTIES: Final = 3
 YEAR: Final = "2024-2025"
 #: the year before, for the report's year-over-year change
 PREVIOUS_YEAR: Final = "2023-2024"
@@ -103,7 +115,17 @@ def _wait_ready(path: Path, proc: subprocess.Popen[bytes], log: Path) -> dict[st
     )
 
 
-def build(work: Path, *, seed: int, scale: float, say: Callable[[str], None]) -> dict[str, Path]:
+County = tuple[str, str, int, str]
+
+
+def build(
+    work: Path,
+    counties: Sequence[County],
+    *,
+    seed: int,
+    scale: float,
+    say: Callable[[str], None],
+) -> dict[str, Path]:
     """Create the authority, every member and the nodes' data; returns the homes by role/id."""
     auth = work / "authority"
     pki.init_authority(auth, federation="hebei-demo")
@@ -120,7 +142,7 @@ def build(work: Path, *, seed: int, scale: float, say: Callable[[str], None]) ->
         homes["auditor"], member_id="data-security-office", role="auditor", name="数据安全办公室"
     )
     issue_here(auth, homes["auditor"])
-    for code, name, students, profile in COUNTIES:
+    for code, name, students, profile in counties:
         n = max(200, int(students * scale))
         say(f"   node {code} {name}: {n:,} synthetic students ({profile})")
         config = init_home(work / code, node_id=code, name=name)
@@ -141,15 +163,23 @@ def build(work: Path, *, seed: int, scale: float, say: Callable[[str], None]) ->
 
 
 def run(
-    work: Path, *, seed: int = 1, scale: float = 1.0, say: Callable[[str], None] = print
+    work: Path,
+    *,
+    seed: int = 1,
+    scale: float = 1.0,
+    counties: int = DEFAULT_COUNTIES,
+    say: Callable[[str], None] = print,
 ) -> int:
-    """Build, start, query, audit and stop the demo federation; returns an exit code."""
+    """Build, start, report, audit and stop the demo federation; returns an exit code."""
+    if not 1 <= counties <= len(COUNTIES):
+        raise ConfigError(f"--counties must be between 1 and {len(COUNTIES)}")
+    members = COUNTIES[:counties]
     work.mkdir(parents=True, exist_ok=True)
     say(
         f"1. a federation in {work}: authority, coordinator, analyst, auditor, "
-        f"{len(COUNTIES)} county nodes"
+        f"{len(members)} county nodes"
     )
-    homes = build(work, seed=seed, scale=scale, say=say)
+    homes = build(work, members, seed=seed, scale=scale, say=say)
     processes = Processes()
     try:
         say(
@@ -170,7 +200,7 @@ def run(
             work / "coordinator.log",
         )
         address = str(_wait_ready(ready, proc, work / "coordinator.log")["address"])
-        for code, *_ in COUNTIES:
+        for code, *_ in members:
             node_ready = work / f"{code}.ready"
             node = processes.start(
                 [
@@ -186,7 +216,7 @@ def run(
                 work / f"{code}.log",
             )
             _wait_ready(node_ready, node, work / f"{code}.log")
-        say(f"   coordinator on {address}; {len(COUNTIES)} nodes connected\n")
+        say(f"   coordinator on {address}; {len(members)} nodes connected\n")
         say(f"3. the analyst plans the annual report ({'/'.join(PLAN)})")
         policies = default_policy_dir()
         policy = load_policy(policies / PROVINCE_FILE)
@@ -215,7 +245,7 @@ def run(
         processes.stop()
     say("\n5. the auditor verifies every log offline, then the report against them")
     manifest = load_identity(homes["auditor"]).manifest()
-    reports = verify_bundle(_bundle(homes), manifest)
+    reports = verify_bundle(_bundle(homes, [c[0] for c in members]), manifest)
     for report in reports:
         say(
             f"   {report.origin}: {report.size} entries, {report.checkpoints} signed "
@@ -255,7 +285,7 @@ def _headline(model: dict[str, Any], say: Callable[[str], None]) -> None:
                 say(f"     {' · '.join(str(g) for g in row['group']):<22}{row['display']:>8}{span}")
 
 
-def _bundle(homes: dict[str, Path]) -> Bundle:
+def _bundle(homes: dict[str, Path], nodes: Sequence[str]) -> Bundle:
     """Every log of the federation, as an auditor's bundle."""
     logs = []
     coordinator = Coordinator.open(homes["coordinator"])
@@ -264,7 +294,7 @@ def _bundle(homes: dict[str, Path]) -> Bundle:
         logs.append(LogExport(COORDINATOR, coordinator.origin, tuple(entries), tuple(notes)))
     finally:
         coordinator.close()
-    for code, *_ in COUNTIES:
+    for code in nodes:
         conn = store.connect(homes[code] / "node.db")
         try:
             entries, notes = nodelog.export(conn)

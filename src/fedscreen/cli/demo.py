@@ -49,6 +49,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument(
+        "--counties",
+        type=int,
+        default=federation_demo.DEFAULT_COUNTIES,
+        help=f"county nodes in the federation (1 to {len(federation_demo.COUNTIES)}; "
+        f"default {federation_demo.DEFAULT_COUNTIES})",
+    )
+    demo.add_argument(
         "--single-node",
         action="store_true",
         help="only one county node: load its schools' exports, show its status, answer locally",
@@ -61,7 +68,12 @@ def run(args: argparse.Namespace) -> int:
     work = args.dir or Path(tempfile.mkdtemp(prefix="fedscreen-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     if not args.single_node:
-        return federation_demo.run(work, seed=args.seed, scale=args.students / DEFAULT_STUDENTS)
+        return federation_demo.run(
+            work,
+            seed=args.seed,
+            scale=args.students / DEFAULT_STUDENTS,
+            counties=args.counties,
+        )
     code, name = COUNTY
     print(f"1. synthetic exports of {name} ({code}), {args.students:,} students, {YEAR}")
     county = generate(code, args.students, YEAR, args.seed)

@@ -171,8 +171,16 @@ def _attr(text: str) -> str:
     return escape(text, quote=True)
 
 
-def render_chart(chart: Chart) -> str:
-    """The chart as an ``<svg>`` element to inline in HTML."""
+@dataclass(frozen=True)
+class Rendered:
+    """A chart's ``<svg>`` element, to inline in HTML, and its height in px."""
+
+    svg: str
+    height: float
+
+
+def render_chart(chart: Chart) -> Rendered:
+    """Draw ``chart`` (its height grows with its number of bars)."""
     bars = [b for g in chart.groups for b in g.bars]
     lo, hi, step = _axis(chart)
 
@@ -287,7 +295,7 @@ def render_chart(chart: Chart) -> str:
         )
 
     ident = _attr(chart.ident)
-    return (
+    svg = (
         f'<svg class="chart" id="{ident}" role="img" '
         f'aria-labelledby="{ident}-title {ident}-desc" '
         f'viewBox="0 0 {WIDTH} {_num(height)}" width="{WIDTH}" height="{_num(height)}">'
@@ -298,6 +306,7 @@ def render_chart(chart: Chart) -> str:
         f'<g class="grid">{"".join(grid)}</g>'
         f"{''.join(groups)}{target}</svg>"
     )
+    return Rendered(svg=svg, height=height)
 
 
 def _cell(

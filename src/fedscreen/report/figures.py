@@ -264,25 +264,35 @@ def _ratio_form(
             nums[key] = nums.get(key, Part(0)) + node_nums[key]
             dens[key] = (group, dens[key][1] + den) if key in dens else (group, den)
     threshold = num_source.threshold(scope)
+    # a percentage is a share of its denominator: noise can push the estimate past 100%
+    # (coverage of a small university), and clipping it back is free post-processing
+    top = 1.0 if stat.unit == "percent" else math.inf
     out = []
     for key, (group, den) in dens.items():
         num = nums[key]
         small = _small(num, threshold) or _small(den, den_source.threshold(scope))
-        if den.exact:
-            if den.value <= 0:
-                out.append(_row(scope, group, None, None, None, unit=stat.unit, small=small))
-                continue
+        if den.exact and den.value <= 0:
+            # nothing to divide by (a county without universities): no figure, not a small one
+            out.append(_row(scope, group, None, None, None, unit=stat.unit))
+        elif den.value <= 0:
+            out.append(_row(scope, group, None, None, None, unit=stat.unit, small=small))
+        elif den.exact:
             low, high = num.interval()
             out.append(
-                _row(scope, group, max(num.value, 0) / den.value, max(low, 0.0) / den.value,
-                     high / den.value, unit=stat.unit, small=small)
+                _row(scope, group, _clip(num.value / den.value, top),
+                     _clip(low / den.value, top), _clip(high / den.value, top),
+                     unit=stat.unit, small=small)
             )  # fmt: skip
         else:
             value, low, high = ratio_interval(
-                num.value, num.variance, den.value, den.variance, 0.0, math.inf
+                num.value, num.variance, den.value, den.variance, 0.0, top
             )
             out.append(_row(scope, group, value, low, high, unit=stat.unit, small=small))
     return out
+
+
+def _clip(value: float, top: float) -> float:
+    return min(max(value, 0.0), top)
 
 
 def _shares_form(

@@ -39,6 +39,8 @@ __all__ = ["render_html"]
 
 #: how many cells a target summary names before it says "and N more"
 _MAX_NAMED: Final = 8
+#: the tallest chart (px as drawn) that fits on an A4 page once scaled to its text width
+_PRINT_PAGE_PX: Final = 1000
 
 
 def render_html(model: Mapping[str, Any]) -> str:
@@ -350,8 +352,11 @@ class _Page:
         )
         if any(row.suppressed for row in stat.rows):
             caption += f" “&lt; {self.k}”: below the publication threshold, no bar drawn."
+        drawn = render_chart(chart)
+        # in print, a chart that fits on a page is kept whole; a taller one may break
+        fits = drawn.height <= _PRINT_PAGE_PX
         return (
-            f'<figure class="chart">{render_chart(chart)}'
+            f'<figure class="chart{"" if fits else " tall"}">{drawn.svg}'
             f"<figcaption>{caption}</figcaption></figure>\n"
         )
 
@@ -638,7 +643,9 @@ code {
   display: inline-block; background: var(--accent); color: #fff; font-size: 11px;
   font-weight: 600; padding: 0 6px; border-radius: 3px; margin-right: 4px;
 }
-.toc .item { background: none; color: var(--muted); padding: 0; font-weight: 400; }
+.toc .item {
+  background: none; color: var(--muted); padding: 0; font-weight: 400; min-width: 4.2em;
+}
 .stat { margin: 28px 0 36px; padding-top: 4px; border-top: 1px solid var(--rule); }
 .part > h2 + .stat { border-top: none; margin-top: 12px; }
 .stat-id { margin: 8px 0 2px; font-size: 12px; color: var(--muted); }
@@ -677,6 +684,7 @@ td.num { text-align: right; white-space: nowrap; }
 td.suppressed { color: var(--muted); font-style: italic; }
 td.met { color: #00603f; }
 td.not-met { color: var(--warn); font-weight: 600; }
+sup { line-height: 0; }
 .table-note { font-size: 12px; color: var(--muted); margin: 0; }
 .privacy ul { padding-left: 20px; }
 .privacy li { margin: 4px 0; }
@@ -687,6 +695,7 @@ td.not-met { color: var(--warn); font-weight: 600; }
   .report { max-width: none; padding: 0; }
   h2, h3, .stat-id { break-after: avoid; }
   figure.chart, .card, tr { break-inside: avoid; }
+  figure.chart.tall { break-inside: auto; }
   .toc { break-after: page; }
   .privacy { break-before: page; }
   a { color: inherit; text-decoration: none; }

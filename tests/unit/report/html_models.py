@@ -206,7 +206,7 @@ def realistic_model(seed: int = 7) -> dict[str, Any]:
         description="Primary and secondary schools with at least one mental-health teacher "
         "(school tables, exact).",
         unit="percent",
-        dims=["has_mh_teacher"],
+        dims=["factor"],  # the "flags" form: the group is the flag's column name
         target=0.95,
         target_label="target 95%",
         epsilon=0.0,

@@ -301,6 +301,15 @@ def test_codes_are_labelled_and_counties_named(dom: Element) -> None:
     assert headers == ["Area", "Grade band", "Sex", "Value", "95% interval"]
 
 
+def test_flag_columns_read_as_words(dom: Element) -> None:
+    section = dom.by_id("stat-teacher_share")
+    assert [t.own_text() for t in section.find_all("text", "group-label")] == [
+        "Has a mental-health teacher"
+    ]
+    headers = [th.text() for th in section.find_all("thead")[0].iter("th")]
+    assert headers[:2] == ["Area", "Factor"]
+
+
 def test_summary_counts(dom: Element) -> None:
     cards = {
         card.find_all("dt")[0].text(): card.find_all("span", "big")[0].text()

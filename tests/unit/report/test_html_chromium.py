@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import struct
 import subprocess
@@ -203,8 +202,6 @@ def test_the_report_paints_and_no_request_leaves(chromium: Path, tmp_path: Path)
     # a painted page, not a blank one: many distinct byte values, far from all white
     assert len(set(pixels)) > 64
     assert pixels.count(255) < 0.97 * len(pixels)
-    if os.environ.get("FEDSCREEN_KEEP_SCREENSHOT"):
-        shutil.copy(shot, os.environ["FEDSCREEN_KEEP_SCREENSHOT"])
 
 
 def test_without_its_content_security_policy_the_report_still_requests_nothing(
