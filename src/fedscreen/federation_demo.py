@@ -200,6 +200,8 @@ def run(
             work / "coordinator.log",
         )
         address = str(_wait_ready(ready, proc, work / "coordinator.log")["address"])
+        # start every node, then wait for each: their start-ups overlap
+        starting = []
         for code, *_ in members:
             node_ready = work / f"{code}.ready"
             node = processes.start(
@@ -215,7 +217,9 @@ def run(
                 ],
                 work / f"{code}.log",
             )
-            _wait_ready(node_ready, node, work / f"{code}.log")
+            starting.append((node_ready, node, work / f"{code}.log"))
+        for node_ready, node, log in starting:
+            _wait_ready(node_ready, node, log)
         say(f"   coordinator on {address}; {len(members)} nodes connected\n")
         say(f"3. the analyst plans the annual report ({'/'.join(PLAN)})")
         policies = default_policy_dir()
