@@ -30,8 +30,8 @@ from fedscreen.node.home import init_home
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
+from fedscreen.report._format import format_value
 from fedscreen.report.affordable import refuse_if_unaffordable
-from fedscreen.report.figures import format_value
 from fedscreen.report.plan import load_plan
 from fedscreen.report.run import build_model, check_budgets, run_plan, write_report
 from fedscreen.report.verify import releases_logged, verify_report

@@ -21,9 +21,8 @@ from fedscreen.coordinator.combine import (
     ratio_interval,
     sum_interval,
 )
+from fedscreen.report._format import PROVINCE, format_value
 from fedscreen.report.plan import ReportPlan, Statistic
-
-PROVINCE: Final = "province"
 
 
 @dataclass(frozen=True)
@@ -144,17 +143,6 @@ def _row(
         "display": format_value(value, unit),
         "suppressed": False,
     }
-
-
-def format_value(value: float | None, unit: str) -> str:
-    """A value as the report shows it."""
-    if value is None:
-        return "—"
-    if unit == "percent":
-        return f"{value * 100:.1f}%"
-    if unit == "count":
-        return f"{round(value):,}"
-    return f"{value:.1f}"
 
 
 def _small(part: Part, threshold: int) -> int | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from exportrows import screening_row, write_csv
+from localnode import answer_locally
 
 from fedscreen import pki
 from fedscreen.analyst import make_query, verify_release
@@ -29,7 +30,6 @@ from fedscreen.identity import create_identity, issue_here, load_identity, updat
 from fedscreen.node import store
 from fedscreen.node.home import NodeConfig, init_home
 from fedscreen.node.ingest import ingest_paths
-from fedscreen.node.requests import handle_query
 from fedscreen.query.signed import SignedQuery, new_query_id, sign_query
 from fedscreen.query.spec import canonical_json
 from fedscreen.query.sqlparse import parse_sql
@@ -80,16 +80,6 @@ def fed(tmp_path: Path) -> Federation:
     return Federation(auth, tmp_path / "coord", tmp_path / "analyst", tmp_path / "auditor", nodes)
 
 
-def _answer(config: NodeConfig, envelope: bytes) -> bytes:
-    conn = store.connect(config.database)
-    try:
-        return handle_query(
-            config, config.policy(), load_identity(config.home).manifest(), envelope, conn=conn
-        )
-    finally:
-        conn.close()
-
-
 def _charged(config: NodeConfig) -> int:
     conn = store.connect(config.database)
     try:
@@ -105,7 +95,7 @@ def test_query_end_to_end_with_a_missing_node(fed: Federation) -> None:
     coordinator = Coordinator.open(fed.coordinator)
     try:
         accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
-        answers = {code: _answer(fed.nodes[code], envelope) for code in COUNTIES[:2]}
+        answers = {code: answer_locally(fed.nodes[code], envelope) for code in COUNTIES[:2]}
         release = coordinator.release(accepted, answers, missing=[COUNTIES[2]])
     finally:
         coordinator.close()
@@ -127,7 +117,7 @@ def test_a_tampered_release_or_answer_does_not_verify(fed: Federation) -> None:
     coordinator = Coordinator.open(fed.coordinator)
     try:
         accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
-        answers = {code: _answer(fed.nodes[code], envelope) for code in COUNTIES}
+        answers = {code: answer_locally(fed.nodes[code], envelope) for code in COUNTIES}
         release = coordinator.release(accepted, answers, missing=[])
     finally:
         coordinator.close()
@@ -144,7 +134,7 @@ def test_a_tampered_release_or_answer_does_not_verify(fed: Federation) -> None:
 def test_a_replayed_query_is_answered_from_the_stored_answer(fed: Federation) -> None:
     node = fed.nodes[COUNTIES[0]]
     _, envelope = make_query(fed.analyst, SQL, epsilon=0.5, accuracy=None)
-    first = json.loads(_answer(node, envelope))
+    first = json.loads(answer_locally(node, envelope))
     charged = _charged(node)
     # new data arrives, then the same signed envelope is delivered again
     ingest_paths(
@@ -159,7 +149,7 @@ def test_a_replayed_query_is_answered_from_the_stored_answer(fed: Federation) ->
             )
         ],
     )
-    second = json.loads(_answer(node, envelope))
+    second = json.loads(answer_locally(node, envelope))
     assert _charged(node) == charged > 0
     assert _payload(first)["answer"] == _payload(second)["answer"]
 
@@ -175,7 +165,7 @@ def test_nodes_refuse_queries_not_signed_by_an_analyst(fed: Federation) -> None:
         query = SignedQuery(new_query_id(), ident.member_id, _now(), parse_sql(SQL), 0.5, None, ())
         envelope = sign_query(query, key=ident.signing_key()).to_json().encode()
         with pytest.raises(QueryRefused, match="not a valid analyst query"):
-            _answer(node, envelope)
+            answer_locally(node, envelope)
     assert _charged(node) == 0
     conn = store.connect(node.database)
     try:
@@ -191,12 +181,12 @@ def test_a_stale_query_and_one_for_other_nodes_are_refused(fed: Federation) -> N
         new_query_id(), ident.member_id, _now() - 3_600_000, parse_sql(SQL), 0.5, None, ()
     )
     with pytest.raises(QueryRefused, match="stale"):
-        _answer(node, sign_query(stale, key=ident.signing_key()).to_json().encode())
+        answer_locally(node, sign_query(stale, key=ident.signing_key()).to_json().encode())
     elsewhere = SignedQuery(
         new_query_id(), ident.member_id, _now(), parse_sql(SQL), 0.5, None, (COUNTIES[1],)
     )
     with pytest.raises(QueryRefused, match="not addressed"):
-        _answer(node, sign_query(elsewhere, key=ident.signing_key()).to_json().encode())
+        answer_locally(node, sign_query(elsewhere, key=ident.signing_key()).to_json().encode())
 
 
 def test_the_coordinator_refuses_early(fed: Federation) -> None:
@@ -236,7 +226,7 @@ def _release_round(fed: Federation, sql: str = SQL) -> None:
     coordinator = Coordinator.open(fed.coordinator)
     try:
         accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
-        answers = {code: _answer(fed.nodes[code], envelope) for code in COUNTIES}
+        answers = {code: answer_locally(fed.nodes[code], envelope) for code in COUNTIES}
         coordinator.release(accepted, answers, missing=[])
     finally:
         coordinator.close()
@@ -260,7 +250,7 @@ def test_a_release_that_is_not_the_combination_is_caught(fed: Federation, tmp_pa
     coordinator = Coordinator.open(fed.coordinator)
     try:
         accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
-        answers = {code: _answer(fed.nodes[code], envelope) for code in COUNTIES}
+        answers = {code: answer_locally(fed.nodes[code], envelope) for code in COUNTIES}
         verified = {
             n: (
                 raw,
@@ -315,7 +305,7 @@ def test_a_split_view_is_caught(fed: Federation, tmp_path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{node.database}{suffix}").unlink(missing_ok=True)
     shutil.copy(backup, node.database)
-    _answer(
+    answer_locally(
         node,
         make_query(
             fed.analyst,
@@ -349,7 +339,7 @@ def test_the_release_states_the_share_of_eligible_students_covered(fed: Federati
     coordinator = Coordinator.open(fed.coordinator)
     try:
         accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
-        answers = {code: _answer(fed.nodes[code], envelope) for code in COUNTIES[:2]}
+        answers = {code: answer_locally(fed.nodes[code], envelope) for code in COUNTIES[:2]}
         eligible = {COUNTIES[0]: 600, COUNTIES[1]: 300, COUNTIES[2]: 100}
         release = coordinator.release(accepted, answers, missing=[COUNTIES[2]], eligible=eligible)
     finally:
@@ -368,7 +358,7 @@ def test_the_release_says_why_each_missing_node_is_missing(fed: Federation, tmp_
     coordinator = Coordinator.open(fed.coordinator)
     try:
         accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
-        first = _answer(fed.nodes[COUNTIES[0]], envelope)
+        first = answer_locally(fed.nodes[COUNTIES[0]], envelope)
         # one node's answer passed off as another's does not verify: no answer either
         answers = {COUNTIES[0]: first, COUNTIES[1]: first}
         release = coordinator.release(

@@ -16,15 +16,14 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from localnode import answer_locally
 
 from fedscreen import pki
 from fedscreen.analyst import make_query, verify_release
 from fedscreen.coordinator.core import Coordinator, init_coordinator
 from fedscreen.identity import create_identity, issue_here, load_identity, update_manifest
-from fedscreen.node import store
 from fedscreen.node.home import NodeConfig, init_home
 from fedscreen.node.ingest import ingest_paths
-from fedscreen.node.requests import handle_query
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
 from fedscreen.query.mechanisms import laplace_vector
@@ -75,7 +74,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Ran:
                 work / "analyst", query.sql, epsilon=query.epsilon, accuracy=query.accuracy
             )
             accepted = coordinator.accept(envelope, now_ms=signed.issued_at_ms)
-            answers = {code: _answer(config, envelope) for code, config in nodes.items()}
+            answers = {code: answer_locally(config, envelope) for code, config in nodes.items()}
             release = coordinator.release(accepted, answers, missing=[])
             verified = verify_release(
                 release.envelope, manifest=manifest, query=signed, answers=release.answers
@@ -84,16 +83,6 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Ran:
     finally:
         coordinator.close()
     return Ran(plan, released, nodes)
-
-
-def _answer(config: NodeConfig, envelope: bytes) -> bytes:
-    conn = store.connect(config.database)
-    try:
-        return handle_query(
-            config, config.policy(), load_identity(config.home).manifest(), envelope, conn=conn
-        )
-    finally:
-        conn.close()
 
 
 def _rows(ran: Ran, stat_id: str) -> list[dict[str, Any]]:
