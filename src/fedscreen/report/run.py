@@ -256,7 +256,8 @@ def _spent(
                 "node": node,
                 "year": year,
                 "epsilon": round(epsilon, 6),
-                "budget": None if check is None else check.budget,
+                # ε are micro-units at the ledger: six decimals say everything
+                "budget": None if check is None or check.budget is None else round(check.budget, 6),
                 "left": None if left is None else round(left, 6),
             }
         )
