@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from fedscreen.answer import verify_answer
-from fedscreen.coordinator.combine import NodeCells, combine
+from fedscreen.coordinator.combine import NodeCells
+from fedscreen.coordinator.release import check_release
 from fedscreen.envelope import RELEASE_V1, Envelope, verify_envelope
 from fedscreen.errors import ConfigError, VerificationError
 from fedscreen.identity import load_identity
 from fedscreen.manifest import Manifest
 from fedscreen.query.signed import SignedQuery, new_query_id, sign_query
-from fedscreen.query.spec import canonical_json
 from fedscreen.query.sqlparse import parse_sql
 
 
@@ -60,6 +60,9 @@ class VerifiedRelease:
     body: dict[str, Any]
     #: node id -> the node's verified answer body (cells with the noise scale each used)
     node_bodies: dict[str, dict[str, Any]]
+    #: node id -> the ε the node charged for this very answer (0 when it came from the
+    #: node's store; None from nodes that do not say)
+    charged: dict[str, float | None]
 
 
 def verify_release(
@@ -81,6 +84,7 @@ def verify_release(
     if set(listed) != set(answers):
         raise VerificationError("the release lists other answers than those delivered")
     nodes = []
+    charged: dict[str, float | None] = {}
     for node_id in sorted(answers):
         if hashlib.sha256(answers[node_id]).hexdigest() != listed[node_id]["envelope_sha256"]:
             raise VerificationError(f"{node_id}'s answer is not the one the release names")
@@ -91,7 +95,6 @@ def verify_release(
             expected_query=query.spec,
         )
         nodes.append(NodeCells(node_id, verified.body))
-    recomputed = combine(query.spec.measure.kind, nodes, threshold=int(body["threshold"]))
-    if canonical_json(recomputed) != canonical_json(body["province"]):
-        raise VerificationError("the provincial figures are not the combination of the answers")
-    return VerifiedRelease(body, {n.node_id: n.body for n in nodes})
+        charged[node_id] = verified.charged
+    check_release(body, query, nodes)
+    return VerifiedRelease(body, {n.node_id: n.body for n in nodes}, charged)

@@ -31,6 +31,8 @@ class VerifiedAnswer:
     log_index: int
     checkpoint: Checkpoint
     checkpoint_note: str
+    #: ε this delivery charged (0: the node's stored answer, given again); None if unstated
+    charged: float | None = None
 
 
 def verify_answer(
@@ -46,6 +48,7 @@ def verify_answer(
     try:
         data = json.loads(payload)
         body, index, note = data["answer"], int(data["log_index"]), str(data["checkpoint"])
+        charged = None if data.get("charged") is None else float(data["charged"])
         answered = QuerySpec.from_json(body["query"])
         claimed_node = body["node_id"]
     except (ValueError, KeyError, TypeError) as exc:
@@ -62,4 +65,4 @@ def verify_answer(
     checkpoint = parse_and_verify_note(note, verifiers={origin: member.signing_key})
     if checkpoint.origin != origin or not 0 <= index < checkpoint.size:
         raise VerificationError(f"the checkpoint in {node_id}'s answer does not cover its entry")
-    return VerifiedAnswer(node_id, body, index, checkpoint, note)
+    return VerifiedAnswer(node_id, body, index, checkpoint, note, charged)

@@ -330,6 +330,8 @@ class Budgets:
     connected: tuple[str, ...]
     #: active nodes of the caller's manifest with no statement
     missing: tuple[str, ...]
+    #: node id -> its statement's envelope, byte for byte (to keep as evidence)
+    envelopes: dict[str, bytes] = field(default_factory=dict)
 
 
 def verify_budgets(
@@ -344,6 +346,7 @@ def verify_budgets(
     collection, naming the node: a coordinator that tampers is not papered over.
     """
     verified: dict[str, BudgetStatement] = {}
+    envelopes: dict[str, bytes] = {}
     for node_id, envelope in statements:
         if node_id in verified:
             raise VerificationError(f"node {node_id!r} has two budget statements")
@@ -351,11 +354,13 @@ def verify_budgets(
             verified[node_id] = verify_statement(envelope, manifest=manifest, node_id=node_id)
         except VerificationError as exc:
             raise VerificationError(f"budget statement of node {node_id!r}: {exc}") from None
+        envelopes[node_id] = envelope
     active = [m.id for m in manifest.members if m.role == "node" and not m.revoked]
     return Budgets(
         statements=dict(sorted(verified.items())),
         connected=tuple(sorted(set(connected))),
         missing=tuple(sorted(n for n in active if n not in verified)),
+        envelopes=dict(sorted(envelopes.items())),
     )
 
 

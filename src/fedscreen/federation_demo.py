@@ -33,7 +33,13 @@ from fedscreen.policy.load import load_policy
 from fedscreen.report._format import format_value
 from fedscreen.report.affordable import refuse_if_unaffordable
 from fedscreen.report.plan import load_plan
-from fedscreen.report.run import build_model, check_budgets, run_plan, write_report
+from fedscreen.report.run import (
+    build_model,
+    check_budgets,
+    member_names,
+    run_plan,
+    write_report,
+)
 from fedscreen.report.verify import releases_logged, verify_report
 from fedscreen.synth import generate, write_export
 
@@ -225,7 +231,7 @@ def run(
         policies = default_policy_dir()
         policy = load_policy(policies / PROVINCE_FILE)
         plan = load_plan(policies.joinpath(*PLAN), policy)
-        checks = check_budgets(homes["analyst"], address, plan)
+        checks, _ = check_budgets(homes["analyst"], address, plan)
         for check in checks:
             for cost in check.years:
                 say(
@@ -235,15 +241,17 @@ def run(
                 )
         refuse_if_unaffordable(checks)
         say(f"\n4. the analyst runs it: {len(plan.queries)} signed queries, each release verified")
-        checks, runs = run_plan(homes["analyst"], address, plan, say=say)
+        report_dir = work / "report"
+        outcome = run_plan(homes["analyst"], address, plan, report_dir, say=say)
         model = build_model(
             plan,
-            runs,
-            checks,
-            manifest=load_identity(homes["analyst"]).manifest(),
+            {name: run.released for name, run in outcome.runs.items()},
+            outcome.checks,
+            outcome.fresh,
+            names=member_names(load_identity(homes["analyst"]).manifest()),
             analyst=ANALYST,
         )
-        written = write_report(work / "report", plan, model, runs)
+        written = write_report(report_dir, plan, model)
         _headline(model, say)
     finally:
         processes.stop()

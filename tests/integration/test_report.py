@@ -159,3 +159,55 @@ def test_an_auditor_verifies_a_report_against_the_logs(fed: Federation, tmp_path
     tampered = _cli("report", "verify", str(out), "--manifest", manifest)
     assert tampered.returncode == 2
     assert "statistic s0: the report's figures are not what its releases give" in tampered.stderr
+    # so is a forged copy of a statistic, a changed title, or another report.html
+    row["value"] -= 1
+    forgeries = {
+        "duplicate": lambda m: m["sections"][0]["statistics"].insert(
+            0, {**m["sections"][0]["statistics"][0], "rows": []}
+        ),
+        "title": lambda m: m.update(title="Everything is fine"),
+    }
+    for what, forge in forgeries.items():
+        forged = json.loads(json.dumps(model))
+        forge(forged)
+        (out / "report.json").write_text(json.dumps(forged), encoding="utf-8")
+        done = _cli("report", "verify", str(out), "--manifest", manifest)
+        assert done.returncode == 2, (what, done.stdout, done.stderr)
+    (out / "report.json").write_text(json.dumps(model), encoding="utf-8")
+    html = (out / "report.html").read_bytes()
+    (out / "report.html").write_bytes(html.replace(b"</h1>", b" (approved)</h1>", 1))
+    done = _cli("report", "verify", str(out), "--manifest", manifest)
+    assert done.returncode == 2
+    assert "report.html is not the report rendered" in done.stderr
+
+
+def test_a_run_that_stopped_part_way_resumes_without_charging_again(
+    fed: Federation, tmp_path: Path
+) -> None:
+    out = tmp_path / "report"
+    # an ε no other test asks, so that no answer comes from an earlier test's store
+    plan = _plan(tmp_path / "resumed.toml", [0.11, 0.11, 0.11])
+    ran = _cli("report", "run", str(plan), *_analyst(fed), "--out", str(out))
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    # as if it had stopped before the last query and before writing the report
+    for name in ("report.json", "report.html", "report.csv", "releases/q2.json"):
+        (out / name).unlink()
+    before = _charges(fed)
+    resumed = _cli("report", "run", str(plan), *_analyst(fed), "--out", str(out))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming: 2 of 3 queries already released" in resumed.stdout
+    assert resumed.stdout.count("verified (released before)") == 2
+    # only the missing query ran, and an identical question on the same data is answered
+    # from the node's store: nothing is charged twice
+    assert _charges(fed) == before
+    model = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    for spent in model["privacy"]["spent"]:
+        # the figures carry ε = 0.33 of answers; q2's came again from the node's store, as
+        # its node signed, so the deliveries charged 0.22
+        assert (spent["epsilon"], spent["charged"]) == (pytest.approx(0.33), pytest.approx(0.22))
+    manifest = str(fed.auth / "manifest.json")
+    verified = _cli("report", "verify", str(out), "--manifest", manifest)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    again = _cli("report", "run", str(plan), *_analyst(fed), "--out", str(out))
+    assert again.returncode == 1
+    assert "already holds a report" in again.stderr

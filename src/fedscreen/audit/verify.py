@@ -31,12 +31,12 @@ from fedscreen.answer import VerifiedAnswer, verify_answer
 from fedscreen.audit import merkle
 from fedscreen.audit.bundle import Bundle, LogExport
 from fedscreen.audit.checkpoint import Checkpoint, member_origin, parse_and_verify_note
-from fedscreen.coordinator.combine import NodeCells, combine
+from fedscreen.coordinator.combine import NodeCells
+from fedscreen.coordinator.release import check_release
 from fedscreen.envelope import LOG_ENTRY_V1, RELEASE_V1, Envelope, verify_envelope
 from fedscreen.errors import FedscreenError, VerificationError
 from fedscreen.manifest import Manifest
 from fedscreen.query.signed import SignedQuery, verify_query
-from fedscreen.query.spec import canonical_json
 from fedscreen.signing import public_key_id
 
 VALID: Final = 0
@@ -350,10 +350,7 @@ def _check_release(
     logged = {n: hashlib.sha256(raw).hexdigest() for n, (raw, _) in answers.items()}
     if listed != logged or body["query_id"] != query.query_id:
         raise ValueError("the release names other answers than the log holds")
-    nodes = [NodeCells(n, answers[n][1].body) for n in sorted(answers)]
-    recomputed = combine(query.spec.measure.kind, nodes, threshold=int(body["threshold"]))
-    if canonical_json(recomputed) != canonical_json(body["province"]):
-        raise ValueError("the release is not the combination of its signed answers")
+    check_release(body, query, [NodeCells(n, answers[n][1].body) for n in sorted(answers)])
 
 
 def _check_entry(

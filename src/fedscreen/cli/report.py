@@ -28,7 +28,13 @@ from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
 from fedscreen.report.affordable import NodeCheck, PlanRefused
 from fedscreen.report.plan import ReportPlan, load_plan
-from fedscreen.report.run import build_model, check_budgets, run_plan, write_report
+from fedscreen.report.run import (
+    build_model,
+    check_budgets,
+    member_names,
+    run_plan,
+    write_report,
+)
 from fedscreen.report.verify import releases_logged, verify_report
 
 #: ``report plan`` / ``report run``: a node cannot pay for the plan
@@ -162,7 +168,7 @@ def run_plan_command(args: argparse.Namespace) -> int:
             raise ConfigError("give both --home and --coordinator to check the nodes' budgets")
         print("\n(budgets not checked: give --home and --coordinator)")
         return 0
-    checks = check_budgets(
+    checks, _ = check_budgets(
         args.home, args.coordinator, plan, nodes=_nodes(args), coordinator_id=args.coordinator_id
     )
     print_checks(checks)
@@ -176,14 +182,13 @@ def run_plan_command(args: argparse.Namespace) -> int:
 def run_report_command(args: argparse.Namespace) -> int:
     """``fedscreen report run``."""
     plan = _load(args)
-    if (args.out / "report.json").exists():
-        raise ConfigError(f"{args.out} already holds a report; give a new --out directory")
     print(f"plan {plan.name}: {len(plan.queries)} queries, {len(plan.statistics)} statistics")
     try:
-        checks, runs = run_plan(
+        outcome = run_plan(
             args.home,
             args.coordinator,
             plan,
+            args.out,
             nodes=_nodes(args),
             coordinator_id=args.coordinator_id,
         )
@@ -192,9 +197,14 @@ def run_report_command(args: argparse.Namespace) -> int:
         return EXIT_UNAFFORDABLE
     identity = load_identity(args.home)
     model = build_model(
-        plan, runs, checks, manifest=identity.manifest(), analyst=identity.member_id
+        plan,
+        {name: run.released for name, run in outcome.runs.items()},
+        outcome.checks,
+        outcome.fresh,
+        names=member_names(identity.manifest()),
+        analyst=identity.member_id,
     )
-    paths = write_report(args.out, plan, model, runs)
+    paths = write_report(args.out, plan, model)
     missing = [n["id"] for n in model["nodes"] if n["missing_from"]]
     if missing:
         print(f"nodes missing from some figures: {', '.join(missing)} (see the privacy page)")

@@ -18,7 +18,9 @@ from typing import Any, Final
 
 from fedscreen.answer import VerifiedAnswer
 from fedscreen.coordinator.combine import NodeCells, combine
+from fedscreen.errors import VerificationError
 from fedscreen.query.signed import SignedQuery
+from fedscreen.query.spec import canonical_json
 
 RELEASE_VERSION: Final = 1
 
@@ -82,3 +84,34 @@ def release_body(
         # the auditor recomputes exactly this from the logged answers
         "province": combine(query.spec.measure.kind, nodes, threshold=threshold),
     }
+
+
+def check_release(body: Mapping[str, Any], query: SignedQuery, nodes: Sequence[NodeCells]) -> None:
+    """Everything a release states from the answers must be those answers.
+
+    ``nodes`` are the verified answers the release names. The release must be for this
+    query, name exactly those nodes as answered, repeat each node's cells and ε as the
+    node signed them, and hold their combination as the provincial cells; otherwise
+    VerificationError. (Readers of a release use all of these fields, so a coordinator
+    must not be able to change any of them.)
+    """
+    if body.get("query_id") != query.query_id:
+        raise VerificationError("the release is for another query")
+    if canonical_json(body["query"]) != canonical_json(query.spec.to_json()):
+        raise VerificationError("the release states another query than the analyst signed")
+    ordered = sorted(n.node_id for n in nodes)
+    if list(body["answered"]) != ordered or sorted(body["per_node"]) != ordered:
+        raise VerificationError("the release lists other answering nodes than its answers")
+    stated = {a["node_id"]: a for a in body["answers"]}
+    for node in nodes:
+        if canonical_json(body["per_node"][node.node_id]) != canonical_json(node.body["cells"]):
+            raise VerificationError(f"the release changes {node.node_id}'s cells")
+        if stated[node.node_id].get("epsilon") != node.body.get("epsilon"):
+            raise VerificationError(f"the release misstates {node.node_id}'s ε")
+    if query.nodes and sorted(body["targeted"]) != sorted(query.nodes):
+        raise VerificationError("the release names other nodes asked than the analyst signed")
+    if sorted(body["missing"]) != sorted(set(body["targeted"]) - set(ordered)):
+        raise VerificationError("the release's missing nodes are not the ones asked less answered")
+    recomputed = combine(query.spec.measure.kind, nodes, threshold=int(body["threshold"]))
+    if canonical_json(recomputed) != canonical_json(body["province"]):
+        raise VerificationError("the provincial figures are not the combination of the answers")

@@ -73,9 +73,15 @@ class Answer:
     checkpoint: str
 
 
-def answer_payload(body: dict[str, Any], log_index: int, checkpoint: str) -> bytes:
-    """The exact bytes a node signs for an answer."""
-    return canonical_json({"answer": body, "log_index": log_index, "checkpoint": checkpoint})
+def answer_payload(body: dict[str, Any], log_index: int, checkpoint: str, charged: float) -> bytes:
+    """The exact bytes a node signs for an answer.
+
+    ``charged`` is the ε this delivery cost the ledger: the body's ε when it was just
+    computed, 0 when the stored answer was given again (identical query, same data).
+    """
+    return canonical_json(
+        {"answer": body, "log_index": log_index, "checkpoint": checkpoint, "charged": charged}
+    )
 
 
 def now() -> str:
@@ -219,7 +225,7 @@ def _answer(
             body = json.loads(row[1])
             logged = _log_answer(conn, config, key, analyst, plan, body, 0, cached=True)
             conn.execute("COMMIT")
-            return _signed(int(row[0]), body, True, logged, key)
+            return _signed(int(row[0]), body, logged, key, cached=True, charged_micro=0)
         threshold = policy.limits.approval_above_epsilon
         if threshold is not None and cost_micro > ledger.to_micro(threshold):
             try:
@@ -295,7 +301,7 @@ def _answer(
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return _signed(answer_id, body, False, logged, key)
+    return _signed(answer_id, body, logged, key, cached=False, charged_micro=cost_micro)
 
 
 def _remember(conn: sqlite3.Connection, query_id: str, analyst: str, answer_id: int) -> None:
@@ -344,11 +350,17 @@ def _log_answer(
 
 
 def _signed(
-    answer_id: int, body: dict[str, Any], cached: bool, logged: nodelog.Appended, key: SigningKey
+    answer_id: int,
+    body: dict[str, Any],
+    logged: nodelog.Appended,
+    key: SigningKey,
+    *,
+    cached: bool,
+    charged_micro: int,
 ) -> Answer:
-    envelope = sign_envelope(
-        payload_type=ANSWER_V1, payload=answer_payload(body, logged.index, logged.note), key=key
-    )
+    """Sign an answer with what this delivery charged (nothing when ``cached``)."""
+    payload = answer_payload(body, logged.index, logged.note, ledger.from_micro(charged_micro))
+    envelope = sign_envelope(payload_type=ANSWER_V1, payload=payload, key=key)
     return Answer(answer_id, body, cached, envelope, logged.index, logged.note)
 
 

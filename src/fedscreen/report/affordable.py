@@ -4,8 +4,9 @@ Each node signs what it has spent (``fedscreen.budget``); the coordinator only r
 the statements. A plan is refused before any query runs if, at some node, the ε it
 would charge in a year exceeds what that node has left for this analyst, or one of
 its queries costs more than the node's per-query cap (the node would refuse it).
-A query above the node's approval threshold is allowed but flagged: it waits for
-the county operator and may miss the deadline. The costs are upper bounds: a node
+A query above the node's approval threshold is allowed but flagged: the node
+refuses it (and files it for its operator) until approved, so that county is
+missing from its figures. The costs are upper bounds: a node
 whose county policy clamps tighter charges less, and an identical query already
 answered on the same data is answered again from the node's cache at no cost.
 """
@@ -13,7 +14,7 @@ answered on the same data is answered again from the node's cache at no cost.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from fedscreen.budget import Budgets
@@ -53,12 +54,18 @@ class NodeCheck:
 
 
 def check_plan(
-    plan: ReportPlan, budgets: Budgets, *, analyst: str, nodes: Sequence[str]
+    plan: ReportPlan,
+    budgets: Budgets,
+    *,
+    analyst: str,
+    nodes: Sequence[str],
+    queries: Collection[str] | None = None,
 ) -> list[NodeCheck]:
-    """Check the plan against the statement of every node in ``nodes``."""
+    """Check the plan (or only its ``queries``) against the statement of each of ``nodes``."""
+    planned = [q for q in plan.queries.values() if queries is None or q.name in queries]
     # the ledger charges each query rounded up to a micro-ε: add up the same way
     micro: dict[str, int] = {}
-    for query in plan.queries.values():
+    for query in planned:
         for year in query.years:
             micro[year] = micro.get(year, 0) + to_micro(query.cost)
     now_ms = time.time() * 1000
@@ -85,7 +92,7 @@ def check_plan(
                     f"{year}: the plan costs ε={from_micro(cost):g}, {node} has "
                     f"ε={left:g} left for {analyst}"
                 )
-        for query in plan.queries.values():
+        for query in planned:
             if query.public:
                 continue
             if query.cost > statement.max_epsilon_per_query:
@@ -93,11 +100,18 @@ def check_plan(
                     f"query {query.name} costs ε={query.cost:g}, above {node}'s per-query "
                     f"cap {statement.max_epsilon_per_query:g}: it would be refused"
                 )
+            if query.cells > statement.limits.max_groups:
+                problems.append(
+                    f"query {query.name} releases {query.cells} cells, above {node}'s limit "
+                    f"of {statement.limits.max_groups}: it would be refused"
+                )
             approval = statement.approval_above_epsilon
             if approval is not None and to_micro(query.cost) > to_micro(approval):
+                # the node files a pending request and refuses at once: it is missing from
+                # this run's figures unless its operator approves before the plan is rerun
                 notes.append(
-                    f"query {query.name} (ε={query.cost:g}) waits for {node}'s operator "
-                    f"(approval above ε={approval:g})"
+                    f"query {query.name} (ε={query.cost:g}) needs {node}'s operator's approval "
+                    f"(above ε={approval:g}): {node} refuses it until approved"
                 )
         if not connected:
             notes.append("not connected now: it will be listed as missing")

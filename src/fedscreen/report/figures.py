@@ -27,10 +27,22 @@ from fedscreen.report.plan import ReportPlan, Statistic
 
 @dataclass(frozen=True)
 class Released:
-    """One query's verified release: the signed body and each node's verified answer."""
+    """One query's verified release: the signed body and each node's verified answer.
+
+    County figures come from the nodes' own signed answers (``node_bodies``), which the
+    release was checked to repeat; the release adds the provincial combination.
+    """
 
     body: Mapping[str, Any]
     node_bodies: Mapping[str, Mapping[str, Any]]
+    #: node id -> ε that node charged for this delivery (signed by the node; 0 when it
+    #: gave its stored answer again; None if it did not say)
+    charged: Mapping[str, float | None]
+
+    @property
+    def answered(self) -> list[str]:
+        """The nodes whose verified answers the release combines, in order."""
+        return sorted(self.node_bodies)
 
     @property
     def group_by(self) -> list[str]:
@@ -45,17 +57,33 @@ class Released:
 
     def scopes(self) -> list[str]:
         """Province first, then every node that answered."""
-        return [PROVINCE, *self.body["answered"]] if self.body["answered"] else []
+        return [PROVINCE, *self.answered] if self.answered else []
 
     def cells(self, scope: str) -> list[dict[str, Any]]:
         """The cells of ``scope`` as released."""
         if scope == PROVINCE:
             return list(self.body["province"])
-        return list(self.body["per_node"][scope])
+        return list(self.node_bodies[scope]["cells"])
+
+    def rate_parts(self, scope: str) -> dict[str, tuple[Part, Part]]:
+        """Each group's noisy numerator and denominator (a RATE or AVG query), by repr(group)."""
+        nodes = self.answered if scope == PROVINCE else [scope]
+        merged: dict[str, tuple[Part, Part]] = {}
+        for node in nodes:
+            for cell in self.node_bodies[node]["cells"]:
+                num = Part(int(cell["numerator"]["value"]), (float(cell["numerator"]["scale"]),))
+                den = Part(
+                    int(cell["denominator"]["value"]), (float(cell["denominator"]["scale"]),)
+                )
+                key = repr(cell["group"])
+                if key in merged:
+                    num, den = merged[key][0] + num, merged[key][1] + den
+                merged[key] = (num, den)
+        return merged
 
     def parts(self, scope: str) -> list[tuple[list[Any], Part]]:
         """Each group's noisy value and the noise scales in it (a COUNT or SUM query)."""
-        nodes = self.body["answered"] if scope == PROVINCE else [scope]
+        nodes = self.answered if scope == PROVINCE else [scope]
         merged: dict[str, tuple[list[Any], Part]] = {}
         for node in nodes:
             answer = self.node_bodies[node]
@@ -236,10 +264,10 @@ def _ratio_form(
 ) -> list[dict[str, Any]]:
     num_source, den_source = released[stat.queries[0]], released[stat.queries[1]]
     keep = [columns.index(c) for c in den_source.group_by]
-    nodes = num_source.body["answered"] if scope == PROVINCE else [scope]
+    nodes = num_source.answered if scope == PROVINCE else [scope]
     nums: dict[str, Part] = {}
     dens: dict[str, tuple[list[Any], Part]] = {}
-    for node in (n for n in nodes if n in den_source.body["answered"]):
+    for node in (n for n in nodes if n in den_source.node_bodies):
         node_nums = {
             repr(g): p for g, p in _sum_by(_kept(num_source.parts(node), columns, stat.where), keep)
         }
@@ -338,6 +366,7 @@ def _change_form(
     series: dict[str, list[Mapping[str, Any]]] = {}
     for cell in source.cells(scope):
         series.setdefault(repr([cell["group"][i] for i in keep]), []).append(cell)
+    parts = source.rate_parts(scope)
     out = []
     for cells in series.values():
         cells = sorted(cells, key=lambda c: str(c["group"][along]))
@@ -350,15 +379,20 @@ def _change_form(
             small = source.threshold(scope)
             out.append(_row(scope, group, None, None, None, unit=stat.unit, small=small))
             continue
-        # independent noise in the two years: the half-widths add in quadrature
-        half = math.hypot(*(_half(c) for c in (before, after)))
+        # the two years' noises are independent: their rates' variances add (delta method
+        # on each year's noisy numerator and denominator; the cells' own intervals are
+        # clipped to [0, 1] and would understate it)
+        variance = sum(_rate_variance(*parts[repr(c["group"])]) for c in (before, after))
         diff = float(after["value"]) - float(before["value"])
+        half = Z_975 * math.sqrt(variance)
         out.append(_row(scope, group, diff, diff - half, diff + half, unit=stat.unit))
     return out
 
 
-def _half(cell: Mapping[str, Any]) -> float:
-    return (float(cell["upper"]) - float(cell["lower"])) / 2
+def _rate_variance(num: Part, den: Part) -> float:
+    """Variance of num / den by the delta method (den > 0: the cell was not suppressed)."""
+    ratio = num.value / den.value
+    return (num.variance + ratio * ratio * den.variance) / den.value**2
 
 
 _FORMS: Final[dict[str, Callable[..., list[dict[str, Any]]]]] = {

@@ -20,6 +20,7 @@ from typing import Any, Final
 from fedscreen.errors import ConfigError, QueryRefused
 from fedscreen.node.engine import QueryRequest, request_epsilon
 from fedscreen.policy import Policy
+from fedscreen.policy.model import CategoryRule, Dataset
 from fedscreen.query.compile import compile_query
 from fedscreen.query.spec import QuerySpec
 from fedscreen.query.sqlparse import parse_sql
@@ -47,6 +48,8 @@ class PlannedQuery:
     public: bool
     #: ε each node charges to each year the query reads (an upper bound, see the module)
     cost: float
+    #: cells it releases (the product of its group-by domains in the catalogue)
+    cells: int
 
     @property
     def years(self) -> tuple[str, ...]:
@@ -84,6 +87,8 @@ class ReportPlan:
     name: str
     title: str
     year: str
+    #: the year "{previous_year}" in the plan's SQL stands for (None: the plan uses none)
+    previous_year: str | None
     path: Path
     sha256: str
     #: the file's bytes, kept with the report so that its figures can be recomputed
@@ -107,11 +112,13 @@ class ReportPlan:
         return [s.id for s in self.statistics if query in s.queries]
 
 
-def load_plan(path: Path, policy: Policy, *, year: str | None = None) -> ReportPlan:
+def load_plan(
+    path: Path, policy: Policy, *, year: str | None = None, previous_year: str | None = None
+) -> ReportPlan:
     """Read and check the plan in ``path`` against ``policy``; ConfigError says what is wrong.
 
-    ``year`` replaces the plan's own ``year`` (its ``previous_year`` is then the year
-    before it).
+    ``year`` replaces the plan's own ``year``; its ``previous_year`` is then the year
+    before it, unless ``previous_year`` says otherwise.
     """
     try:
         raw = path.read_bytes()
@@ -120,7 +127,12 @@ def load_plan(path: Path, policy: Policy, *, year: str | None = None) -> ReportP
         raise ConfigError(f"{path}: cannot read the report plan: {exc}") from exc
     where = str(path)
     plan_year = year or _text(doc, "year", where)
-    previous = _previous_year(plan_year) if year else doc.get("previous_year")
+    if previous_year is not None:
+        previous: object = previous_year
+    elif year is not None:
+        previous = _previous_year(plan_year)
+    else:
+        previous = doc.get("previous_year")
     if previous is not None and not isinstance(previous, str):
         raise ConfigError(f"{where}: previous_year must be a string")
     deadline = doc.get("deadline_ms", 0)
@@ -138,7 +150,9 @@ def load_plan(path: Path, policy: Policy, *, year: str | None = None) -> ReportP
         for name, q in raw_queries.items()
     }
     statistics = tuple(
-        _statistic(s, queries, {sid for sid, _ in sections}, f"{where} [[statistic]] #{n + 1}")
+        _statistic(
+            s, queries, {sid for sid, _ in sections}, policy, f"{where} [[statistic]] #{n + 1}"
+        )
         for n, s in enumerate(_tables(doc, "statistic", where))
     )
     ids = [s.id for s in statistics]
@@ -152,6 +166,7 @@ def load_plan(path: Path, policy: Policy, *, year: str | None = None) -> ReportP
         name=_text(doc, "name", where),
         title=_text(doc, "title", where),
         year=plan_year,
+        previous_year=previous,
         path=path,
         sha256=hashlib.sha256(raw).hexdigest(),
         source=raw,
@@ -228,11 +243,16 @@ def _query(
         accuracy=request.accuracy,
         public=public,
         cost=cost,
+        cells=len(compiled.cells),
     )
 
 
 def _statistic(
-    doc: dict[str, Any], queries: Mapping[str, PlannedQuery], sections: set[str], where: str
+    doc: dict[str, Any],
+    queries: Mapping[str, PlannedQuery],
+    sections: set[str],
+    policy: Policy,
+    where: str,
 ) -> Statistic:
     extra = sorted(set(doc) - _STAT_KEYS)
     if extra:
@@ -289,6 +309,18 @@ def _statistic(
     for column in columns:
         if column not in first.group_by:
             raise ConfigError(f"{where}: {names[0]} does not group by {column}")
+    dataset = policy.datasets[first.dataset]
+    for column, values in cells_where.items():
+        # a value outside the public domain would silently empty the statistic
+        allowed = _domain(dataset, column)
+        if allowed is not None and not set(values) <= set(allowed):
+            raise ConfigError(f"{where}: where.{column} has values outside its domain {allowed}")
+    if form == "flags":
+        for column in columns or first.group_by:
+            if set(_domain(dataset, column) or ()) != {0, 1}:
+                raise ConfigError(f"{where}: flags needs 0/1 columns; {column} is not one")
+    if form == "change" and cells_where:
+        raise ConfigError(f"{where}: where does not apply to change")
     if form in ("shares", "change") and len(columns) != 1:
         raise ConfigError(
             f"{where}: {form} needs one column ({'within' if form == 'shares' else 'along'})"
@@ -307,6 +339,12 @@ def _statistic(
         where=cells_where,
         columns=columns,
     )
+
+
+def _domain(dataset: Dataset, column: str) -> tuple[Any, ...] | None:
+    """The public domain of a category column (None for a numeric one)."""
+    rule = dataset.columns.get(column)
+    return rule.domain if isinstance(rule, CategoryRule) else None
 
 
 def _columns(doc: Mapping[str, Any], form: str, where: str) -> tuple[str, ...]:

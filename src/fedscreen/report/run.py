@@ -11,38 +11,51 @@ computes the report's figures from the verified releases only. It writes:
 ``report.csv``    one row per figure
 ``plan.toml``     the plan, byte for byte (its SHA-256 is in the report)
 ``releases/``     for each query, the signed query, the signed release and every
-                  node's signed answer, byte for byte (``fedscreen report verify``
-                  recomputes every figure from them; ``audit verify`` checks the logs)
+                  node's signed answer, byte for byte, written as each is verified
+``budgets.json``  the nodes' signed budget statements the plan was checked against
+
+``fedscreen report verify`` recomputes the whole report from these files. A run
+that stops part way keeps the releases it verified; running it again with the
+same ``--out`` resumes: it re-verifies them, checks the budgets for the queries
+still to run only, and runs those.
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import io
 import json
+import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 from fedscreen.analyst import make_query, verify_release
-from fedscreen.budget import fetch_budgets
+from fedscreen.budget import Budgets, fetch_budgets
 from fedscreen.cli.query import submit
-from fedscreen.errors import ConfigError
+from fedscreen.envelope import Envelope
+from fedscreen.errors import ConfigError, VerificationError
 from fedscreen.files import write_new_file
 from fedscreen.identity import load_identity
 from fedscreen.manifest import Manifest
+from fedscreen.query.signed import verify_query
+from fedscreen.query.spec import canonical_json
 from fedscreen.report.affordable import NodeCheck, check_plan, refuse_if_unaffordable
 from fedscreen.report.figures import Released, dims, statistic_rows
 from fedscreen.report.html import render_html
-from fedscreen.report.plan import ReportPlan
+from fedscreen.report.plan import PlannedQuery, ReportPlan
 
 REPORT_VERSION: Final = 1
 REPORT_FILE: Final = "report.json"
 PLAN_FILE: Final = "plan.toml"
 RELEASES_DIR: Final = "releases"
+BUDGETS_FILE: Final = "budgets.json"
+#: offline, a signed query's age no longer matters: only its signature does
+_ANY_TIME: Final = 2**62
 #: seconds to wait for the statement of a node that has just connected
 STATEMENT_WAIT_S: Final = 3.0
 UNIT_OF_PRIVACY: Final = "one student in one academic year"
@@ -64,6 +77,8 @@ class QueryRun:
     release_envelope: bytes
     answers: Mapping[str, bytes]
     released: Released
+    #: the analyst who signed the query
+    analyst: str
 
     def to_json(self) -> dict[str, Any]:
         """The signed bytes, as text (each envelope is UTF-8 JSON), for ``releases/``."""
@@ -80,10 +95,40 @@ def active_nodes(manifest: Manifest) -> list[str]:
     return sorted(m.id for m in manifest.members if m.role == "node" and not m.revoked)
 
 
+def read_run(path: Path, query: PlannedQuery, *, manifest: Manifest) -> QueryRun:
+    """Load a file of ``releases/`` and verify it all: VerificationError if anything fails.
+
+    The analyst's signature on the query (its age does not matter any more), that it
+    is the plan's query of that name, and the release with every answer it names.
+    """
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        query_bytes = doc["query_envelope"].encode("utf-8")
+        release_bytes = doc["release_envelope"].encode("utf-8")
+        answers = {n: a.encode("utf-8") for n, a in doc["answers"].items()}
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        raise VerificationError(f"{path}: not a readable release file: {exc}") from None
+    signed = verify_query(
+        Envelope.from_json(query_bytes), manifest=manifest, now_ms=0, window_ms=_ANY_TIME
+    )
+    if canonical_json(signed.spec.to_json()) != canonical_json(query.spec.to_json()):
+        raise VerificationError(f"{path}: the signed query is not the plan's query {query.name}")
+    if (signed.epsilon, signed.accuracy) != (query.epsilon, query.accuracy):
+        raise VerificationError(f"{path}: the signed query asks another ε than the plan")
+    verified = verify_release(release_bytes, manifest=manifest, query=signed, answers=answers)
+    released = Released(verified.body, verified.node_bodies, verified.charged)
+    return QueryRun(query.name, query_bytes, release_bytes, answers, released, signed.analyst)
+
+
 def check_budgets(
-    home: Path, coordinator: str, plan: ReportPlan, *, nodes: Sequence[str] = (),
+    home: Path,
+    coordinator: str,
+    plan: ReportPlan,
+    *,
+    nodes: Sequence[str] = (),
     coordinator_id: str | None = None,
-) -> list[NodeCheck]:  # fmt: skip
+    queries: Collection[str] | None = None,
+) -> tuple[list[NodeCheck], Budgets]:
     """Every targeted node's cost and budget left, from its signed statement."""
     identity = load_identity(home)
     targets = list(nodes) or active_nodes(identity.manifest())
@@ -94,71 +139,140 @@ def check_budgets(
         # but not yet heard from a moment, rather than call its budget unknown
         pending = [n for n in targets if n in budgets.connected and n not in budgets.statements]
         if not pending or time.monotonic() > deadline:
-            return check_plan(plan, budgets, analyst=identity.member_id, nodes=targets)
+            checks = check_plan(
+                plan, budgets, analyst=identity.member_id, nodes=targets, queries=queries
+            )
+            return checks, budgets
         time.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A plan run: the budget check, every query's verified run, and which ran now."""
+
+    checks: list[NodeCheck]
+    #: every query of the plan, in plan order
+    runs: dict[str, QueryRun]
+    #: the queries this invocation ran (the others were already released in ``out``)
+    fresh: tuple[str, ...]
 
 
 def run_plan(
     home: Path,
     coordinator: str,
     plan: ReportPlan,
+    out: Path,
     *,
     nodes: Sequence[str] = (),
     coordinator_id: str | None = None,
     say: Callable[[str], None] = print,
-) -> tuple[list[NodeCheck], dict[str, QueryRun]]:
-    """Check the budgets, then run every query; returns the checks and the runs by name."""
+) -> Outcome:
+    """Check the budgets, then run every query not yet released in ``out``.
+
+    Each release is written to ``out/releases`` as soon as it is verified, so a run
+    that stops part way loses nothing that was charged.
+    """
     identity = load_identity(home)
     manifest = identity.manifest()
     targets = list(nodes) or active_nodes(manifest)
-    checks = check_budgets(home, coordinator, plan, nodes=targets, coordinator_id=coordinator_id)
-    refuse_if_unaffordable(checks)
+    if (out / REPORT_FILE).exists():
+        raise ConfigError(f"{out} already holds a report; give a new --out directory")
+    releases = out / RELEASES_DIR
+    releases.mkdir(parents=True, exist_ok=True)
     runs: dict[str, QueryRun] = {}
+    for name, query in plan.queries.items():
+        path = releases / f"{name}.json"
+        if path.exists():
+            runs[name] = read_run(path, query, manifest=manifest)
+    todo = [name for name in plan.queries if name not in runs]
+    if runs:
+        say(f"  resuming: {len(runs)} of {len(plan.queries)} queries already released in {out}")
+    checks, budgets = check_budgets(
+        home, coordinator, plan, nodes=targets, coordinator_id=coordinator_id, queries=todo
+    )
+    refuse_if_unaffordable(checks)
+    # the statements the check used, kept as evidence of what each node had left
+    _replace(
+        out / BUDGETS_FILE,
+        {
+            "statements": {n: e.decode("utf-8") for n, e in budgets.envelopes.items()},
+            "nodes": targets,
+            "fresh": todo,
+        },
+    )
     width = len(plan.queries)
-    for n, query in enumerate(plan.queries.values(), start=1):
-        signed, envelope = make_query(
-            home, query.sql, epsilon=query.epsilon, accuracy=query.accuracy, nodes=targets
-        )
-        submitted = asyncio.run(
-            submit(
-                home,
-                coordinator,
-                envelope,
-                coordinator_id=coordinator_id,
-                deadline_ms=plan.deadline_ms,
+    for n, name in enumerate(plan.queries, start=1):
+        query = plan.queries[name]
+        if name in todo:
+            runs[name] = _run_one(home, coordinator, plan, query, targets, coordinator_id)
+            write_new_file(
+                releases / f"{name}.json",
+                json.dumps(runs[name].to_json(), ensure_ascii=False, indent=1).encode("utf-8"),
+                mode=0o644,
+                what="release",
             )
-        )
-        verified = verify_release(
-            submitted.release_envelope, manifest=manifest, query=signed, answers=submitted.answers
-        )
-        body = verified.body
-        runs[query.name] = QueryRun(
-            query.name,
-            envelope,
-            submitted.release_envelope,
-            submitted.answers,
-            Released(body, verified.node_bodies),
-        )
+        body = runs[name].released.body
         missing = f"; missing {', '.join(body['missing'])}" if body["missing"] else ""
         cost = "public, exact" if query.public else f"ε={query.cost:g} per node"
+        done = "verified" if name in todo else "verified (released before)"
         say(
-            f"  [{n:>{len(str(width))}}/{width}] {query.name}: "
-            f"{len(body['answered'])}/{len(body['targeted'])} nodes, {cost}{missing} — verified"
+            f"  [{n:>{len(str(width))}}/{width}] {name}: "
+            f"{len(body['answered'])}/{len(body['targeted'])} nodes, {cost}{missing} — {done}"
         )
-    return checks, runs
+    return Outcome(checks, {name: runs[name] for name in plan.queries}, tuple(todo))
+
+
+def _run_one(
+    home: Path,
+    coordinator: str,
+    plan: ReportPlan,
+    query: PlannedQuery,
+    targets: Sequence[str],
+    coordinator_id: str | None,
+) -> QueryRun:
+    signed, envelope = make_query(
+        home, query.sql, epsilon=query.epsilon, accuracy=query.accuracy, nodes=targets
+    )
+    submitted = asyncio.run(
+        submit(home, coordinator, envelope, coordinator_id=coordinator_id,
+               deadline_ms=plan.deadline_ms)
+    )  # fmt: skip
+    verified = verify_release(
+        submitted.release_envelope,
+        manifest=load_identity(home).manifest(),
+        query=signed,
+        answers=submitted.answers,
+    )
+    released = Released(verified.body, verified.node_bodies, verified.charged)
+    return QueryRun(
+        query.name, envelope, submitted.release_envelope, submitted.answers, released,
+        signed.analyst,
+    )  # fmt: skip
+
+
+def _replace(path: Path, doc: Mapping[str, Any]) -> None:
+    """Write ``doc`` as JSON to ``path`` atomically (a resumed run replaces it)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def build_model(
     plan: ReportPlan,
-    runs: Mapping[str, QueryRun],
+    released: Mapping[str, Released],
     checks: Sequence[NodeCheck],
+    fresh: Collection[str],
     *,
-    manifest: Manifest,
+    names: Mapping[str, str],
     analyst: str,
+    generated_at: str | None = None,
 ) -> dict[str, Any]:
-    """The report model (``report.json``; the HTML is rendered from it)."""
-    released = {name: run.released for name, run in runs.items()}
-    first = next(iter(runs.values())).released.body
+    """The report model (``report.json``; the HTML and CSV are rendered from it).
+
+    A function of the verified releases, the checks made from the signed budget
+    statements and the plan only, so ``report verify`` can recompute all of it.
+    """
+    first = next(iter(released.values())).body
     targeted: list[str] = first["targeted"]
     sections: dict[str, list[dict[str, Any]]] = {sid: [] for sid, _ in plan.sections}
     missing_from: dict[str, list[str]] = {n: [] for n in targeted}
@@ -193,7 +307,7 @@ def build_model(
                 "rows": statistic_rows(stat, plan, released),
             }
         )
-    spent = _spent(plan, runs, checks)
+    spent = _spent(plan, released, checks, fresh)
     return {
         "version": REPORT_VERSION,
         "title": f"{plan.title} {plan.year}",
@@ -202,16 +316,17 @@ def build_model(
             "file": plan.path.name,
             "sha256": plan.sha256,
             "year": plan.year,
+            "previous_year": plan.previous_year,
         },
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "generated_at": generated_at or datetime.now(UTC).isoformat(timespec="seconds"),
         "analyst": analyst,
         "coordinator": first["coordinator"],
         "nodes": [
             {
                 "id": node,
-                "name": _name(manifest, node),
-                "asked": len(runs),
-                "answered": sum(node in r.released.body["answered"] for r in runs.values()),
+                "name": names.get(node, node),
+                "asked": len(released),
+                "answered": sum(node in r.node_bodies for r in released.values()),
                 "missing_from": missing_from.get(node, []),
             }
             for node in targeted
@@ -226,37 +341,57 @@ def build_model(
         "sections": [
             {"id": sid, "title": title, "statistics": sections[sid]} for sid, title in plan.sections
         ],
-        "releases": {name: run.released.body["query_id"] for name, run in runs.items()},
+        "releases": {name: r.body["query_id"] for name, r in released.items()},
     }
 
 
-def _name(manifest: Manifest, node: str) -> str:
-    names = {m.id: m.name for m in manifest.members}
-    return names.get(node, node)
+def member_names(manifest: Manifest) -> dict[str, str]:
+    """Member id -> name, for the report's county names."""
+    return {m.id: m.name for m in manifest.members}
 
 
 def _spent(
-    plan: ReportPlan, runs: Mapping[str, QueryRun], checks: Sequence[NodeCheck]
+    plan: ReportPlan,
+    released: Mapping[str, Released],
+    checks: Sequence[NodeCheck],
+    fresh: Collection[str],
 ) -> list[dict[str, Any]]:
-    """ε each node charged for this report, per year, as its signed answers state."""
+    """ε per node and year: of the report's answers, charged by this run, and left.
+
+    ``epsilon`` is the privacy cost of the answers the figures use (each answer's ε, as
+    its node signed it). ``charged`` is what those deliveries cost the ledgers: an
+    answer a node gave again from its store (the same question on the same data) was
+    charged when first given and costs nothing now. ``left`` is the node's signed
+    statement before this run, less what the queries run after it charged.
+    """
+    cost: dict[tuple[str, str], float] = {}
     charged: dict[tuple[str, str], float] = {}
-    for name, run in runs.items():
-        years = plan.queries[name].years
-        for answer in run.released.body["answers"]:
-            for year in years:
-                key = (answer["node_id"], year)
-                charged[key] = charged.get(key, 0.0) + float(answer["epsilon"] or 0.0)
+    after: dict[tuple[str, str], float] = {}
+    for name, release in released.items():
+        for node, body in release.node_bodies.items():
+            epsilon = float(body.get("epsilon") or 0.0)
+            delivered = release.charged.get(node)
+            delivered = epsilon if delivered is None else delivered  # a node that does not say
+            for year in plan.queries[name].years:
+                key = (node, year)
+                cost[key] = cost.get(key, 0.0) + epsilon
+                charged[key] = charged.get(key, 0.0) + delivered
+                if name in fresh:
+                    after[key] = after.get(key, 0.0) + delivered
     before = {(c.node_id, y.year): y for c in checks for y in c.years}
     rows = []
-    for (node, year), epsilon in sorted(charged.items()):
+    for (node, year), epsilon in sorted(cost.items()):
         check = before.get((node, year))
-        left = None if check is None or check.left is None else max(check.left - epsilon, 0.0)
+        left = None
+        if check is not None and check.left is not None:
+            left = max(check.left - after.get((node, year), 0.0), 0.0)
         rows.append(
             {
                 "node": node,
                 "year": year,
-                "epsilon": round(epsilon, 6),
                 # ε are micro-units at the ledger: six decimals say everything
+                "epsilon": round(epsilon, 6),
+                "charged": round(charged[(node, year)], 6),
                 "budget": None if check is None or check.budget is None else round(check.budget, 6),
                 "left": None if left is None else round(left, 6),
             }
@@ -270,44 +405,42 @@ CSV_HEADER: Final = (
 )  # fmt: skip
 
 
-def write_report(
-    out: Path, plan: ReportPlan, model: Mapping[str, Any], runs: Mapping[str, QueryRun]
-) -> dict[str, Path]:
-    """Write report.html/json/csv and releases/ into ``out`` (which must not hold a report)."""
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / REPORT_FILE).exists():
-        raise ConfigError(f"{out} already holds a report; give a new --out directory")
-    write_new_file(out / PLAN_FILE, plan.source, mode=0o644, what="plan")
-    releases = out / RELEASES_DIR
-    releases.mkdir(exist_ok=True)
-    for name, run in runs.items():
-        write_new_file(
-            releases / f"{name}.json",
-            json.dumps(run.to_json(), ensure_ascii=False, indent=1).encode("utf-8"),
-            mode=0o644,
-            what="release",
-        )
-    rows = []
+def csv_text(model: Mapping[str, Any]) -> str:
+    """``report.csv``: one row per figure of the model."""
+    stream = io.StringIO(newline="")
+    writer = csv.writer(stream)
+    writer.writerow(CSV_HEADER)
     for section in model["sections"]:
         for stat in section["statistics"]:
             for row in stat["rows"]:
-                rows.append(
+                writer.writerow(
                     [stat["id"], stat["item"], stat["unit"], row["scope"],
                      " / ".join(str(g) for g in row["group"]), row["value"], row["lower"],
                      row["upper"], row["display"], int(row["suppressed"]), stat["epsilon"]]
                 )  # fmt: skip
-    paths = {
-        "html": out / "report.html",
-        "json": out / REPORT_FILE,
-        "csv": out / "report.csv",
-    }
-    with paths["csv"].open("w", encoding="utf-8", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(CSV_HEADER)
-        writer.writerows(rows)
-    paths["html"].write_text(render_html(dict(model)), encoding="utf-8")
+    return stream.getvalue()
+
+
+def normalized(model: Mapping[str, Any]) -> Any:
+    """The model as ``report.json`` holds it (lists for tuples; floats round-trip exactly)."""
+    return json.loads(json.dumps(model, ensure_ascii=False))
+
+
+def write_report(out: Path, plan: ReportPlan, model: Mapping[str, Any]) -> dict[str, Path]:
+    """Write plan.toml, report.csv, report.html and, last, report.json into ``out``."""
+    if (out / REPORT_FILE).exists():
+        raise ConfigError(f"{out} already holds a report; give a new --out directory")
+    plan_copy = out / PLAN_FILE
+    if plan_copy.exists() and plan_copy.read_bytes() != plan.source:
+        raise ConfigError(f"{out} holds the releases of another plan; give a new --out directory")
+    if not plan_copy.exists():
+        write_new_file(plan_copy, plan.source, mode=0o644, what="plan")
+    document = normalized(model)
+    paths = {"html": out / "report.html", "json": out / REPORT_FILE, "csv": out / "report.csv"}
+    paths["csv"].write_text(csv_text(document), encoding="utf-8", newline="")
+    paths["html"].write_text(render_html(document), encoding="utf-8", newline="")
     # the JSON last: its presence marks a complete report
     paths["json"].write_text(
-        json.dumps(model, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
+        json.dumps(document, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
     )
     return paths

@@ -1,36 +1,48 @@
 """Check a written report against its signed releases (and, optionally, the logs).
 
-Anyone holding the federation's manifest can recompute a report: every file in
-``releases/`` must hold a query signed by an analyst, a release signed by the
-coordinator and every node answer it names (each verified, and the provincial cells
-re-combined), each query must be the plan's query of that name, and every figure of
-``report.json`` must be exactly what ``figures.statistic_rows`` computes from those
-releases and the plan kept beside it. ``fedscreen report verify --bundle`` also
-requires each release to be in the coordinator's verified transparency log.
+Anyone holding the federation's manifest can recompute a report. Every file in
+``releases/`` must hold a query signed by the report's analyst that is the plan's
+query of that name (same question, same ε), a release signed by the coordinator,
+and every node answer it names, each verified, the release repeating them exactly
+and combining them. The nodes' signed budget statements in ``budgets.json`` must
+verify too. From those and ``plan.toml`` the whole of ``report.json`` is computed
+again and must match (floats to a relative 1e-9: another machine's libm may differ
+in the last bit), and ``report.csv`` and ``report.html`` must be exactly what that
+model renders to. ``fedscreen report verify --bundle`` also requires each release
+to be in the coordinator's verified transparency log.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedscreen.analyst import verify_release
-from fedscreen.envelope import Envelope
+from fedscreen.budget import verify_budgets
 from fedscreen.errors import ConfigError, VerificationError
 from fedscreen.manifest import Manifest
 from fedscreen.policy import Policy
-from fedscreen.query.signed import verify_query
-from fedscreen.query.spec import canonical_json
-from fedscreen.report.figures import Released, statistic_rows
+from fedscreen.report.affordable import check_plan
+from fedscreen.report.html import render_html
 from fedscreen.report.plan import load_plan
-from fedscreen.report.run import PLAN_FILE, RELEASES_DIR, REPORT_FILE
+from fedscreen.report.run import (
+    BUDGETS_FILE,
+    PLAN_FILE,
+    RELEASES_DIR,
+    REPORT_FILE,
+    build_model,
+    csv_text,
+    member_names,
+    normalized,
+    read_run,
+)
 
-#: offline, a query's freshness no longer matters: only its signature does
-_ANY_TIME = 2**62
+#: relative tolerance when comparing recomputed floats
+_REL_TOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -45,55 +57,102 @@ class VerifiedReport:
 
 
 def verify_report(directory: Path, *, manifest: Manifest, policy: Policy) -> VerifiedReport:
-    """Recompute every figure of the report in ``directory``; VerificationError if one differs."""
+    """Recompute the report in ``directory``; VerificationError names what differs."""
     try:
         model = json.loads((directory / REPORT_FILE).read_text(encoding="utf-8"))
         source = (directory / PLAN_FILE).read_bytes()
-    except (OSError, ValueError) as exc:
+        budgets_doc = json.loads((directory / BUDGETS_FILE).read_text(encoding="utf-8"))
+        stated_plan = model["plan"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{directory} does not hold a readable report: {exc}") from exc
-    if hashlib.sha256(source).hexdigest() != model["plan"]["sha256"]:
+    if hashlib.sha256(source).hexdigest() != stated_plan.get("sha256"):
         raise VerificationError(f"{PLAN_FILE} is not the plan the report names (SHA-256 differs)")
     plan = load_plan(directory / PLAN_FILE, policy)
-    if plan.year != model["plan"]["year"]:
-        plan = load_plan(directory / PLAN_FILE, policy, year=model["plan"]["year"])
-    released: dict[str, Released] = {}
-    digests = set()
-    for name, query in plan.queries.items():
-        path = directory / RELEASES_DIR / f"{name}.json"
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            query_bytes = doc["query_envelope"].encode("utf-8")
-            release_bytes = doc["release_envelope"].encode("utf-8")
-            answers = {n: a.encode("utf-8") for n, a in doc["answers"].items()}
-        except (OSError, ValueError, KeyError, AttributeError) as exc:
-            raise VerificationError(f"{path}: not a readable release file: {exc}") from None
-        signed = verify_query(
-            Envelope.from_json(query_bytes), manifest=manifest, now_ms=0, window_ms=_ANY_TIME
+    stated_years = (stated_plan.get("year"), stated_plan.get("previous_year"))
+    if (plan.year, plan.previous_year) != stated_years:
+        # run with --year: the years the report states are the ones its queries name
+        plan = load_plan(
+            directory / PLAN_FILE, policy, year=stated_years[0], previous_year=stated_years[1]
         )
-        if canonical_json(signed.spec.to_json()) != canonical_json(query.spec.to_json()):
-            raise VerificationError(f"{path}: the signed query is not the plan's query {name}")
-        verified = verify_release(release_bytes, manifest=manifest, query=signed, answers=answers)
-        if model["releases"].get(name) != signed.query_id:
-            raise VerificationError(f"{path}: the report names another release for {name}")
-        released[name] = Released(verified.body, verified.node_bodies)
-        digests.add(hashlib.sha256(release_bytes).hexdigest())
-    reported = {s["id"]: s for section in model["sections"] for s in section["statistics"]}
-    figures = 0
-    for stat in plan.statistics:
-        if stat.id not in reported:
-            raise VerificationError(f"the report lacks the plan's statistic {stat.id}")
-        recomputed = _json(statistic_rows(stat, plan, released))
-        if recomputed != reported[stat.id]["rows"]:
-            raise VerificationError(
-                f"statistic {stat.id}: the report's figures are not what its releases give"
-            )
-        figures += len(recomputed)
-    return VerifiedReport(len(plan.statistics), figures, len(released), frozenset(digests))
+    runs = {
+        name: read_run(directory / RELEASES_DIR / f"{name}.json", query, manifest=manifest)
+        for name, query in plan.queries.items()
+    }
+    analyst = model.get("analyst")
+    for run in runs.values():
+        if run.analyst != analyst:
+            raise VerificationError(f"query {run.name} was signed by {run.analyst}, not {analyst}")
+    try:
+        budgets = verify_budgets(
+            manifest,
+            [(n, e.encode("utf-8")) for n, e in budgets_doc["statements"].items()],
+        )
+        checks = check_plan(
+            plan,
+            budgets,
+            analyst=str(analyst),
+            nodes=list(budgets_doc["nodes"]),
+            queries=list(budgets_doc["fresh"]),
+        )
+        fresh = list(budgets_doc["fresh"])
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise VerificationError(f"{BUDGETS_FILE} is malformed: {exc!r}") from None
+    recomputed = normalized(
+        build_model(
+            plan,
+            {name: run.released for name, run in runs.items()},
+            checks,
+            fresh,
+            names=member_names(manifest),
+            analyst=str(analyst),
+            generated_at=str(model.get("generated_at")),
+        )
+    )
+    # the name the plan file had where it ran is a label, not a figure: it is kept as a copy
+    recomputed["plan"]["file"] = stated_plan.get("file")
+    _compare(recomputed, model)
+    if (directory / "report.csv").read_bytes() != csv_text(model).encode("utf-8"):
+        raise VerificationError("report.csv is not the report's figures")
+    if (directory / "report.html").read_bytes() != render_html(model).encode("utf-8"):
+        raise VerificationError("report.html is not the report rendered")
+    figures = sum(len(s["rows"]) for sec in model["sections"] for s in sec["statistics"])
+    digests = frozenset(hashlib.sha256(run.release_envelope).hexdigest() for run in runs.values())
+    return VerifiedReport(len(plan.statistics), figures, len(runs), digests)
 
 
-def _json(rows: Iterable[dict[str, Any]]) -> Any:
-    """Rows as report.json holds them (lists for tuples; floats round-trip exactly)."""
-    return json.loads(json.dumps(list(rows), ensure_ascii=False))
+def _compare(recomputed: Any, reported: Any) -> None:
+    """VerificationError naming the first part of the report that is not recomputed."""
+    if _same(recomputed.get("sections"), reported.get("sections")):
+        for key in sorted(set(recomputed) | set(reported)):
+            if not _same(recomputed.get(key), reported.get(key)):
+                raise VerificationError(f"the report's {key!r} is not what its releases give")
+        return
+    ours = {s["id"]: s for sec in recomputed["sections"] for s in sec["statistics"]}
+    theirs = [s.get("id") for sec in reported.get("sections", []) for s in sec["statistics"]]
+    if sorted(theirs, key=str) != sorted(ours):
+        raise VerificationError("the report's statistics are not the plan's, once each")
+    for section in reported["sections"]:
+        for stat in section["statistics"]:
+            if not _same(ours[stat["id"]], stat):
+                raise VerificationError(
+                    f"statistic {stat['id']}: the report's figures are not what its releases give"
+                )
+    raise VerificationError("the report's sections are not the plan's")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal JSON values, floats to a relative tolerance (ints and bools exactly)."""
+    if isinstance(a, float) or isinstance(b, float):
+        if isinstance(a, bool) or isinstance(b, bool):
+            return False
+        if not isinstance(a, int | float) or not isinstance(b, int | float):
+            return False
+        return math.isclose(a, b, rel_tol=_REL_TOL, abs_tol=1e-12)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and bool(a == b)
 
 
 def releases_logged(report: VerifiedReport, logged: Iterable[str]) -> None:

@@ -293,6 +293,43 @@ def test_a_release_that_is_not_the_combination_is_caught(fed: Federation, tmp_pa
     )
 
 
+def _dishonest(body: dict, field: str) -> None:  # type: ignore[type-arg]
+    """Change one field a reader of the release relies on."""
+    first = sorted(body["per_node"])[0]
+    if field == "per_node":
+        body["per_node"][first][0]["value"] += 50
+    elif field == "answered":
+        body["answered"] = body["answered"][1:]
+    elif field == "epsilon":
+        body["answers"][0]["epsilon"] = 0.0
+    elif field == "missing":
+        body["missing"] = [COUNTIES[0]]
+    elif field == "query":
+        body["query"]["group_by"] = []
+
+
+@pytest.mark.parametrize("field", ["per_node", "answered", "epsilon", "missing", "query"])
+def test_every_field_of_a_release_must_be_its_answers(fed: Federation, field: str) -> None:
+    """A coordinator that re-signs a release with a changed county figure, answering
+    nodes, ε, missing nodes or query is caught by the analyst (and the auditor)."""
+    query, envelope = make_query(fed.analyst, SQL, epsilon=0.3, accuracy=None)
+    coordinator = Coordinator.open(fed.coordinator)
+    try:
+        accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
+        answers = {code: answer_locally(fed.nodes[code], envelope) for code in COUNTIES}
+        release = coordinator.release(accepted, answers, missing=[])
+        body = _payload(json.loads(release.envelope))
+        _dishonest(body, field)
+        forged = sign_envelope(
+            payload_type=RELEASE_V1, payload=canonical_json(body), key=coordinator.key
+        ).to_json()
+    finally:
+        coordinator.close()
+    manifest = load_identity(fed.analyst).manifest()
+    with pytest.raises(VerificationError, match="the release"):
+        verify_release(forged.encode(), manifest=manifest, query=query, answers=release.answers)
+
+
 def test_a_split_view_is_caught(fed: Federation, tmp_path: Path) -> None:
     node = fed.nodes[COUNTIES[0]]
     backup = tmp_path / "backup.db"

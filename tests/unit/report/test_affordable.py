@@ -132,9 +132,10 @@ def test_caps_approvals_and_unknown_nodes_are_named(tmp_path: Path) -> None:
     assert by_node["130102"].problems == (
         "query q1 costs ε=0.6, above 130102's per-query cap 0.5: it would be refused",
     )
-    assert "query q0 (ε=0.4) waits for 130102's operator (approval above ε=0.3)" in (
-        by_node["130102"].notes
-    )
+    assert (
+        "query q0 (ε=0.4) needs 130102's operator's approval (above ε=0.3): "
+        "130102 refuses it until approved"
+    ) in (by_node["130102"].notes)
     assert "not connected now: it will be listed as missing" in by_node["130102"].notes
     # a node that never sent a statement is unknown, not refused
     assert by_node["130104"].problems == ()

@@ -79,7 +79,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Ran:
             verified = verify_release(
                 release.envelope, manifest=manifest, query=signed, answers=release.answers
             )
-            released[query.name] = Released(verified.body, verified.node_bodies)
+            released[query.name] = Released(verified.body, verified.node_bodies, verified.charged)
     finally:
         coordinator.close()
     return Ran(plan, released, nodes)

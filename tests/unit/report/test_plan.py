@@ -112,6 +112,8 @@ COUNT = (
         (COUNT, 'query = "q"\nwhere = { grade = ["J7"] }', "does not group by"),
         (COUNT, 'shares = "q"\nwithin = ["grade"]', "does not group by grade"),
         (COUNT, 'change = "q"\nalong = "sex"', "needs a RATE query"),
+        (COUNT, 'query = "q"\nwhere = { sex = ["X"] }', "outside its domain"),
+        (COUNT, 'flags = "q"', "flags needs 0/1 columns; sex is not one"),
         (COUNT + "colour = 1\n", 'query = "q"', "unknown keys colour"),
         (
             COUNT.replace("'{year}'", "'{previous_year}'"),
