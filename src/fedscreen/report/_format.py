@@ -114,9 +114,10 @@ def _minus(text: str) -> str:
 
 
 def _plain(value: float, unit: str) -> str:
-    if unit == "percent":
+    if unit in ("percent", "points"):
+        # points: a difference of two percentages, in percentage points
         text = f"{value * 100:.1f}"
-        return _minus("0.0" if text == "-0.0" else text) + "%"
+        return _minus("0.0" if text == "-0.0" else text) + ("%" if unit == "percent" else " pp")
     if unit == "count":
         return _minus(f"{round(value):,}")
     text = f"{value:,.1f}"
@@ -141,14 +142,14 @@ def format_interval(lower: float | None, upper: float | None, unit: str) -> str:
 
 def format_tick(value: float, unit: str, step: float) -> str:
     """An axis tick with just enough decimals for ``step`` (5%, 2.5%, 0.1%)."""
-    scale = 100.0 if unit == "percent" else 1.0
+    scale = 100.0 if unit in ("percent", "points") else 1.0
     decimals = 0
     while decimals < 4 and abs(round(step * scale, decimals) - step * scale) > 1e-9 * scale:
         decimals += 1
     text = _minus(f"{value * scale:,.{decimals}f}")
     if text.lstrip("\u2212").strip("0.,") == "":
         text = "0"
-    return text + ("%" if unit == "percent" else "")
+    return text + {"percent": "%", "points": " pp"}.get(unit, "")
 
 
 def format_epsilon(epsilon: float) -> str:

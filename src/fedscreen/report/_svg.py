@@ -143,11 +143,12 @@ def _axis(chart: Chart) -> tuple[float, float, float]:
         high = min(high, 1.0)
     # axes start at 0; only a statistic whose values go below 0 (a change) extends left
     low = min([0.0, *values])
-    if low < 0:
+    if low < 0 or chart.unit == "points":
+        # a change's interval may cross 0 even when every change is positive
         lowers = [b.lower for g in chart.groups for b in g.bars if b.lower is not None]
         low = min([low, *(v for v in lowers if not _hidden(v))])
     if high - low <= 0:
-        high = {"percent": 0.1, "count": 10.0}.get(chart.unit, 1.0)
+        high = {"percent": 0.1, "points": 0.1, "count": 10.0}.get(chart.unit, 1.0)
     try:
         lo, hi, step = nice_axis(low, high)
         if math.isfinite(hi - lo) and hi > lo:

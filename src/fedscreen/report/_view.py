@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-UNITS: Final = ("percent", "count", "days", "ratio")
+UNITS: Final = ("percent", "points", "count", "days", "ratio")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from fedscreen.query.compile import compile_query
 from fedscreen.query.spec import QuerySpec
 from fedscreen.query.sqlparse import parse_sql
 
-UNITS: Final = ("percent", "count", "days", "ratio")
+#: "points" are percentage points: the difference of two percentages (fractions, like them)
+UNITS: Final = ("percent", "points", "count", "days", "ratio")
 #: the ways a statistic is made from its queries (see the plan schema)
 FORMS: Final = ("query", "ratio", "shares", "flags", "change")
 _STAT_KEYS: Final = {
