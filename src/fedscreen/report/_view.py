@@ -70,6 +70,15 @@ class Node:
 
 
 @dataclass(frozen=True)
+class Area:
+    """A row between the province and the counties: a city combining its counties."""
+
+    id: str
+    name: str
+    counties: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Spent:
     """ε this report spent at one node in one academic year."""
 
@@ -122,6 +131,8 @@ class Report:
     nodes: tuple[Node, ...]
     privacy: Privacy
     sections: tuple[Section, ...]
+    #: city rows, in order (optional in the model)
+    areas: tuple[Area, ...] = ()
 
     def statistics(self) -> list[Stat]:
         """Every statistic, in report order."""
@@ -329,6 +340,10 @@ def read_report(model: Mapping[str, Any]) -> Report:
             ),
         ),
         sections=sections,
+        areas=tuple(
+            Area(id=a.text("id"), name=a.text("name", ""), counties=a.codes("counties"))
+            for a in r.objects("areas")
+        ),
     )
     counts = Counter(stat.id for stat in report.statistics())
     duplicates = sorted(i for i, n in counts.items() if n > 1)

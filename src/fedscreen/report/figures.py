@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from fedscreen.coordinator.combine import (
     Z_975,
+    NodeCells,
+    combine,
     discrete_laplace_variance,
     ratio_interval,
     sum_interval,
@@ -38,11 +40,21 @@ class Released:
     #: node id -> ε that node charged for this delivery (signed by the node; 0 when it
     #: gave its stored answer again; None if it did not say)
     charged: Mapping[str, float | None]
+    #: scope id -> its counties, for rows between the province and a county (cities)
+    areas: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     @property
     def answered(self) -> list[str]:
         """The nodes whose verified answers the release combines, in order."""
         return sorted(self.node_bodies)
+
+    def nodes_of(self, scope: str) -> list[str]:
+        """The answering nodes a scope's figures combine."""
+        if scope == PROVINCE:
+            return self.answered
+        if scope in self.areas:
+            return [n for n in self.areas[scope] if n in self.node_bodies]
+        return [scope]
 
     @property
     def group_by(self) -> list[str]:
@@ -51,23 +63,30 @@ class Released:
 
     def threshold(self, scope: str) -> int:
         """The publication threshold that applies to ``scope``'s cells."""
-        if scope == PROVINCE:
+        if scope == PROVINCE or scope in self.areas:
             return int(self.body["threshold"])
         return int(self.node_bodies[scope].get("threshold", self.body["threshold"]))
 
     def scopes(self) -> list[str]:
-        """Province first, then every node that answered."""
-        return [PROVINCE, *self.answered] if self.answered else []
+        """Province first, then each area with an answering county, then every county."""
+        if not self.answered:
+            return []
+        return [PROVINCE, *(a for a in self.areas if self.nodes_of(a)), *self.answered]
 
     def cells(self, scope: str) -> list[dict[str, Any]]:
-        """The cells of ``scope`` as released."""
+        """The cells of ``scope``: as released, or combined over an area's counties."""
         if scope == PROVINCE:
             return list(self.body["province"])
+        if scope in self.areas:
+            # the coordinator's own combination, over the area's counties
+            nodes = [NodeCells(n, dict(self.node_bodies[n])) for n in self.nodes_of(scope)]
+            kind = str(self.body["query"]["measure"]["kind"])
+            return combine(kind, nodes, threshold=self.threshold(scope))
         return list(self.node_bodies[scope]["cells"])
 
     def rate_parts(self, scope: str) -> dict[str, tuple[Part, Part]]:
         """Each group's noisy numerator and denominator (a RATE or AVG query), by repr(group)."""
-        nodes = self.answered if scope == PROVINCE else [scope]
+        nodes = self.nodes_of(scope)
         merged: dict[str, tuple[Part, Part]] = {}
         for node in nodes:
             for cell in self.node_bodies[node]["cells"]:
@@ -83,7 +102,7 @@ class Released:
 
     def parts(self, scope: str) -> list[tuple[list[Any], Part]]:
         """Each group's noisy value and the noise scales in it (a COUNT or SUM query)."""
-        nodes = self.answered if scope == PROVINCE else [scope]
+        nodes = self.nodes_of(scope)
         merged: dict[str, tuple[list[Any], Part]] = {}
         for node in nodes:
             answer = self.node_bodies[node]
@@ -193,9 +212,14 @@ def _share(
 
 
 def statistic_rows(
-    stat: Statistic, plan: ReportPlan, released: Mapping[str, Released]
+    stat: Statistic,
+    plan: ReportPlan,
+    released: Mapping[str, Released],
+    areas: Mapping[str, Sequence[str]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every row (province, then each county) of one statistic."""
+    """Every row (province, then each area such as a city, then each county) of one statistic."""
+    if areas:
+        released = {name: replace(r, areas=areas) for name, r in released.items()}
     first = released[stat.queries[0]]
     columns = first.group_by
     rows: list[dict[str, Any]] = []
@@ -231,7 +255,8 @@ def _query_form(
             _as_row(scope, cell, stat.unit)
             for cell in source.cells(scope)
             if all(cell["group"][index[c]] in v for c, v in stat.where.items())
-            and not (scope == PROVINCE and cell.get("display") == "per node")
+            # medians do not combine: no provincial or city median
+            and cell.get("display") != "per node"
         ]
     keep = [i for i, c in enumerate(columns) if c not in stat.columns]
     threshold = source.threshold(scope)
@@ -264,7 +289,7 @@ def _ratio_form(
 ) -> list[dict[str, Any]]:
     num_source, den_source = released[stat.queries[0]], released[stat.queries[1]]
     keep = [columns.index(c) for c in den_source.group_by]
-    nodes = num_source.answered if scope == PROVINCE else [scope]
+    nodes = num_source.nodes_of(scope)
     nums: dict[str, Part] = {}
     dens: dict[str, tuple[list[Any], Part]] = {}
     for node in (n for n in nodes if n in den_source.node_bodies):

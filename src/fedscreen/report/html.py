@@ -84,7 +84,10 @@ class _Page:
         self.r = report
         self.k = report.privacy.threshold
         self.names = {n.id: n.name or n.id for n in report.nodes}
-        scopes = [n.id for n in report.nodes]
+        self.areas = {a.id: a for a in report.areas}
+        self.names.update({a.id: a.name or a.id for a in report.areas})
+        # province, then the cities, then the counties
+        scopes = [a.id for a in report.areas] + [n.id for n in report.nodes]
         for stat in report.statistics():
             scopes.extend(row.scope for row in stat.rows if row.scope != PROVINCE)
         self.scope_order = {PROVINCE: 0}
@@ -107,6 +110,10 @@ class _Page:
     def scope_full(self, scope: str) -> str:
         if scope == PROVINCE:
             return "Province (all counties combined)"
+        area = self.areas.get(scope)
+        if area is not None:
+            counties = ", ".join(self.names.get(c, c) for c in area.counties)
+            return f"{area.name or area.id} (city: {counties})"
         name = self.names.get(scope)
         return f"{name} ({scope})" if name and name != scope else scope
 

@@ -45,6 +45,7 @@ from fedscreen.manifest import Manifest
 from fedscreen.query.signed import verify_query
 from fedscreen.query.spec import canonical_json
 from fedscreen.report.affordable import NodeCheck, check_plan, refuse_if_unaffordable
+from fedscreen.report.areas import city_name, city_scopes
 from fedscreen.report.figures import Released, dims, statistic_rows
 from fedscreen.report.html import render_html
 from fedscreen.report.plan import PlannedQuery, ReportPlan
@@ -274,6 +275,9 @@ def build_model(
     """
     first = next(iter(released.values())).body
     targeted: list[str] = first["targeted"]
+    # city rows where the report spans several cities (DOMAIN: "city level where county
+    # cells are small")
+    areas = city_scopes(targeted)
     sections: dict[str, list[dict[str, Any]]] = {sid: [] for sid, _ in plan.sections}
     missing_from: dict[str, list[str]] = {n: [] for n in targeted}
     missing_rows = []
@@ -304,7 +308,7 @@ def build_model(
                 "public": all(plan.queries[q].public for q in stat.queries),
                 "queries": [released[q].body["query_id"] for q in stat.queries],
                 "missing": sorted(missing),
-                "rows": statistic_rows(stat, plan, released),
+                "rows": statistic_rows(stat, plan, released, areas),
             }
         )
     spent = _spent(plan, released, checks, fresh)
@@ -330,6 +334,10 @@ def build_model(
                 "missing_from": missing_from.get(node, []),
             }
             for node in targeted
+        ],
+        "areas": [
+            {"id": area, "name": city_name(area), "counties": counties}
+            for area, counties in areas.items()
         ],
         "privacy": {
             "unit": UNIT_OF_PRIVACY,

@@ -248,3 +248,37 @@ def test_share_intervals_cover_95_percent() -> None:
     rate = covered / runs
     # binomial standard error at 1500 runs is about 0.6%: 4 SE either side
     assert abs(rate - 0.95) < 4 * math.sqrt(0.95 * 0.05 / runs) + 0.005, rate
+
+
+def test_city_rows_combine_their_counties_only(ran: Ran) -> None:
+    city = {"city:1301": ["130104", "130105"]}
+    for stat in ran.plan.statistics:
+        rows = statistic_rows(stat, ran.plan, ran.released, city)
+        scopes = [r["scope"] for r in rows]
+        if stat.id == "interview_days":
+            assert "city:1301" not in scopes  # medians do not combine
+            continue
+        assert "city:1301" in scopes, stat.id
+        # province first, then the city, then the counties
+        assert scopes.index(PROVINCE) < scopes.index("city:1301") < scopes.index("130104")
+    body = ran.released["warning_levels"].body
+    counties = {n: body["per_node"][n] for n in city["city:1301"]}
+    stat = next(s for s in ran.plan.statistics if s.id == "warning_levels")
+    for row in statistic_rows(stat, ran.plan, ran.released, city):
+        if row["scope"] == "city:1301" and not row["suppressed"]:
+            cells = [c for cs in counties.values() for c in cs if c["group"] == row["group"]]
+            assert row["value"] == sum(c["value"] for c in cells)
+    # a rate: numerators and denominators of the two counties, not the province's three
+    stat = next(s for s in ran.plan.statistics if s.id == "phq9_by_location")
+    released = ran.released["phq9_by_location"]
+    for row in statistic_rows(stat, ran.plan, ran.released, city):
+        if row["scope"] == "city:1301" and not row["suppressed"]:
+            parts = [
+                c
+                for n in city["city:1301"]
+                for c in released.node_bodies[n]["cells"]
+                if c["group"] == row["group"]
+            ]
+            num = sum(c["numerator"]["value"] for c in parts)
+            den = sum(c["denominator"]["value"] for c in parts)
+            assert row["value"] == pytest.approx(min(max(num / den, 0.0), 1.0))
