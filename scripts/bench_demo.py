@@ -19,8 +19,8 @@ from pathlib import Path
 
 from fedscreen import federation_demo
 
-#: the demo's numbered steps: build, start, plan, run the report, audit
-PHASES = ("build", "start", "plan", "report", "audit")
+#: the demo's numbered steps: build, start, the report (budget check and queries), audit
+PHASES = ("build", "start", "report", "audit")
 
 
 def one(work: Path, counties: int) -> dict[str, float]:

@@ -31,11 +31,9 @@ from fedscreen.node.ingest import ingest_paths
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
 from fedscreen.report._format import format_value
-from fedscreen.report.affordable import refuse_if_unaffordable
 from fedscreen.report.plan import load_plan
 from fedscreen.report.run import (
     build_model,
-    check_budgets,
     member_names,
     run_plan,
     write_report,
@@ -227,20 +225,13 @@ def run(
         for node_ready, node, log in starting:
             _wait_ready(node_ready, node, log)
         say(f"   coordinator on {address}; {len(members)} nodes connected\n")
-        say(f"3. the analyst plans the annual report ({'/'.join(PLAN)})")
+        say(
+            f"3. the analyst runs the annual report ({'/'.join(PLAN)}): first every node's "
+            "signed budget, then the signed queries, each release verified"
+        )
         policies = default_policy_dir()
         policy = load_policy(policies / PROVINCE_FILE)
         plan = load_plan(policies.joinpath(*PLAN), policy)
-        checks, _ = check_budgets(homes["analyst"], address, plan)
-        for check in checks:
-            for cost in check.years:
-                say(
-                    f"   {check.node_id}: the plan costs ε={cost.cost:g} of {cost.year}; "
-                    f"{'unknown ε' if cost.left is None else f'ε={cost.left:g}'} left for "
-                    f"{ANALYST}"
-                )
-        refuse_if_unaffordable(checks)
-        say(f"\n4. the analyst runs it: {len(plan.queries)} signed queries, each release verified")
         report_dir = work / "report"
         outcome = run_plan(homes["analyst"], address, plan, report_dir, say=say)
         model = build_model(
@@ -255,7 +246,7 @@ def run(
         _headline(model, say)
     finally:
         processes.stop()
-    say("\n5. the auditor verifies every log offline, then the report against them")
+    say("\n4. the auditor verifies every log offline, then the report against them")
     manifest = load_identity(homes["auditor"]).manifest()
     reports = verify_bundle(_bundle(homes, [c[0] for c in members]), manifest)
     for report in reports:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from pathlib import Path
 
 from fedscreen.errors import ConfigError
@@ -45,3 +46,15 @@ def fsync_dir(directory: Path) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Atomically replace (or create) ``path`` with ``data``: write a temporary file, rename."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    write_new_file(tmp, data, mode=mode)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"{path}: cannot write: {exc.strerror}") from None
+    fsync_dir(path.parent)

@@ -38,7 +38,7 @@ from cryptography.x509.oid import NameOID
 
 from fedscreen.envelope import pae
 from fedscreen.errors import ConfigError, VerificationError
-from fedscreen.files import write_new_file
+from fedscreen.files import replace_file, write_new_file
 from fedscreen.manifest import Manifest, parse_manifest
 from fedscreen.pki import (
     CLAIMS_OID,
@@ -55,7 +55,6 @@ from fedscreen.pki import (
     member_uri,
     read_private_file,
     read_public_file,
-    replace_file,
     request_fingerprint,
     validate_member_fields,
 )

@@ -54,7 +54,6 @@ import ipaddress
 import json
 import os
 import re
-import secrets
 import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -70,7 +69,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedscreen.envelope import pae
 from fedscreen.errors import ConfigError, VerificationError
-from fedscreen.files import fsync_dir, write_new_file
+from fedscreen.files import replace_file, write_new_file
 from fedscreen.manifest import ROLES, Manifest, Member, UnknownMember, load_manifest, sign_manifest
 from fedscreen.signing import PUBLIC_KEY_SIZE, SigningKey, public_key_id, verify_signature
 
@@ -518,18 +517,6 @@ def _leaf_certificate(
 
 
 # ---------------------------------------------------------------- files
-
-
-def replace_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Atomically replace (or create) ``path`` with ``data``: write a temporary file, rename."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    write_new_file(tmp, data, mode=mode)
-    try:
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"{path}: cannot write: {exc.strerror}") from None
-    fsync_dir(path.parent)
 
 
 def read_private_file(path: Path, *, max_bytes: int = MAX_PEM_BYTES) -> bytes:

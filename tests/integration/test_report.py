@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from reportplans import count_plan
 from test_federation import (
     NODES,
     Federation,
@@ -33,29 +34,6 @@ REPORT_TIMEOUT_S = 120
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     with running_federation(tmp_path_factory.mktemp("report")) as federation:
         yield federation
-
-
-def _plan(path: Path, epsilons: list[float]) -> Path:
-    """A plan of one count per ε given (distinct queries: no answer comes from a cache)."""
-    columns = ["sex", "grade_band", "location", "school_type", "age_band", "mode", "boarding"]
-    lines = [
-        'name = "test"', 'title = "Test report"', 'year = "2024-2025"', "deadline_ms = 8000",
-        '[[section]]', 'id = "s"', 'title = "Counts"',
-    ]  # fmt: skip
-    for n, epsilon in enumerate(epsilons):
-        lines += [
-            f"[queries.q{n}]",
-            f'sql = "SELECT {columns[n]}, COUNT(*) FROM screenings '
-            f"WHERE academic_year = '{{year}}' GROUP BY {columns[n]}\"",
-            f"epsilon = {epsilon}",
-            "[[statistic]]",
-            f'id = "s{n}"',
-            f'section = "s"\ntitle = "Students by {columns[n]}"\ndescription = "A count."',
-            'unit = "count"',
-            f'query = "q{n}"',
-        ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def _charges(fed: Federation) -> dict[str, int]:
@@ -91,7 +69,7 @@ def test_a_plan_that_would_overspend_is_refused_before_any_query_runs(
     fed: Federation, tmp_path: Path
 ) -> None:
     # six queries at the per-query cap: ε = 6 > the 5 alice may spend at each node
-    plan = _plan(tmp_path / "greedy.toml", [1.0] * 6)
+    plan = count_plan(tmp_path / "greedy.toml", [1.0] * 6)
     before = _charges(fed)
     log_before = _logged(fed)
     planned = _cli("report", "plan", str(plan), *_analyst(fed))
@@ -113,7 +91,7 @@ def test_a_report_with_a_node_down_marks_that_county_missing(
     fed.kill_node(down)
     try:
         out = tmp_path / "report"
-        plan = _plan(tmp_path / "small.toml", [0.1, 0.1])
+        plan = count_plan(tmp_path / "small.toml", [0.1, 0.1])
         checked = _cli("report", "plan", str(plan), *_analyst(fed))
         assert checked.returncode == 0, checked.stderr
         assert f"{down}: note: not connected now" in checked.stdout
@@ -141,7 +119,7 @@ def test_a_report_with_a_node_down_marks_that_county_missing(
 
 def test_an_auditor_verifies_a_report_against_the_logs(fed: Federation, tmp_path: Path) -> None:
     out = tmp_path / "report"
-    plan = _plan(tmp_path / "audited.toml", [0.2])
+    plan = count_plan(tmp_path / "audited.toml", [0.2])
     ran = _cli("report", "run", str(plan), *_analyst(fed), "--out", str(out))
     assert ran.returncode == 0, ran.stdout + ran.stderr
     bundle = tmp_path / "coordinator.bundle"
@@ -186,7 +164,7 @@ def test_a_run_that_stopped_part_way_resumes_without_charging_again(
 ) -> None:
     out = tmp_path / "report"
     # an ε no other test asks, so that no answer comes from an earlier test's store
-    plan = _plan(tmp_path / "resumed.toml", [0.11, 0.11, 0.11])
+    plan = count_plan(tmp_path / "resumed.toml", [0.11, 0.11, 0.11])
     ran = _cli("report", "run", str(plan), *_analyst(fed), "--out", str(out))
     assert ran.returncode == 0, ran.stdout + ran.stderr
     # as if it had stopped before the last query and before writing the report

@@ -343,23 +343,17 @@ def _shares_form(
     within = columns.index(stat.columns[0])
     keep = [i for i in range(len(columns)) if i != within]
     parts = _kept(source.parts(scope), columns, stat.where)
-    totals = {repr(g): p for g, p in _sum_by(parts, keep)}
+    # the cells sharing everything but the distribution's column make one whole
+    wholes: dict[str, list[Part]] = {}
+    for group, part in parts:
+        wholes.setdefault(repr([group[i] for i in keep]), []).append(part)
     threshold = source.threshold(scope)
     out = []
     for group, part in parts:
-        total = totals[repr([group[i] for i in keep])]
-        rest = Part(total.value - part.value, tuple(_rest_scales(total, part)))
-        p, low, high, small = _share(part, rest, threshold)
+        others = (o for o in wholes[repr([group[i] for i in keep])] if o is not part)
+        p, low, high, small = _share(part, sum(others, Part(0)), threshold)
         out.append(_row(scope, group, p, low, high, unit=stat.unit, small=small))
     return out
-
-
-def _rest_scales(total: Part, part: Part) -> list[float]:
-    """The noise terms of ``total`` that are not in ``part`` (cells are independent)."""
-    rest = list(total.scales)
-    for scale in part.scales:
-        rest.remove(scale)
-    return rest
 
 
 def _flags_form(

@@ -26,7 +26,6 @@ import asyncio
 import csv
 import io
 import json
-import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from fedscreen.budget import Budgets, fetch_budgets
 from fedscreen.cli.query import submit
 from fedscreen.envelope import Envelope
 from fedscreen.errors import ConfigError, VerificationError
-from fedscreen.files import write_new_file
+from fedscreen.files import replace_file, write_new_file
 from fedscreen.identity import load_identity
 from fedscreen.manifest import Manifest
 from fedscreen.query.signed import verify_query
@@ -191,15 +190,23 @@ def run_plan(
     checks, budgets = check_budgets(
         home, coordinator, plan, nodes=targets, coordinator_id=coordinator_id, queries=todo
     )
+    for check in checks:
+        for year in check.years:
+            left = "unknown ε" if year.left is None else f"ε={year.left:g}"
+            say(
+                f"  {check.node_id}: the plan costs ε={year.cost:g} of {year.year}; "
+                f"{left} left for {identity.member_id}"
+            )
     refuse_if_unaffordable(checks)
     # the statements the check used, kept as evidence of what each node had left
-    _replace(
-        out / BUDGETS_FILE,
-        {
-            "statements": {n: e.decode("utf-8") for n, e in budgets.envelopes.items()},
-            "nodes": targets,
-            "fresh": todo,
-        },
+    evidence = {
+        "statements": {n: e.decode("utf-8") for n, e in budgets.envelopes.items()},
+        "nodes": targets,
+        "fresh": todo,
+    }
+    # a resumed run replaces the evidence of the run before it
+    replace_file(
+        out / BUDGETS_FILE, json.dumps(evidence, ensure_ascii=False, indent=1).encode("utf-8")
     )
     width = len(plan.queries)
     for n, name in enumerate(plan.queries, start=1):
@@ -249,13 +256,6 @@ def _run_one(
         query.name, envelope, submitted.release_envelope, submitted.answers, released,
         signed.analyst,
     )  # fmt: skip
-
-
-def _replace(path: Path, doc: Mapping[str, Any]) -> None:
-    """Write ``doc`` as JSON to ``path`` atomically (a resumed run replaces it)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def build_model(

@@ -190,6 +190,15 @@ def _opendp_scorer(candidates: list[int], q: float) -> dp.Transformation:
     )
 
 
+def _assert_opendp_scores(data: list[int], candidates: list[int], q: float) -> None:
+    """Our scores and sensitivity, from SQL-style counts, equal OpenDP's own scorer's."""
+    below, above = _sql_counts(data, candidates)
+    scores, sensitivity = quantile_scores(below, above, q)
+    scorer = _opendp_scorer(candidates, q)
+    assert scores == list(scorer(data))
+    assert sensitivity == scorer.map(1)
+
+
 def _sql_counts(data: list[int], candidates: list[int]) -> tuple[list[int], list[int]]:
     """Counts below/above each candidate, the way the compiled SQL computes them."""
     below = [sum(x < c for x in data) for c in candidates]
@@ -209,11 +218,7 @@ def test_quantile_scores_equal_opendp_scores(q: float) -> None:
     """
     data = [3, 7, 7, 0, 12, 5, 5, 5, 9, 1, 27, 14, 2, 8]
     candidates = [0, 2, 4, 5, 7, 10, 15, 27]
-    below, above = _sql_counts(data, candidates)
-    scores, sensitivity = quantile_scores(below, above, q)
-    scorer = _opendp_scorer(candidates, q)
-    assert scores == list(scorer(data))
-    assert sensitivity == scorer.map(1)
+    _assert_opendp_scores(data, candidates, q)
 
 
 # no shrinking: the first non-dyadic level already fails (see the test above), and
@@ -230,11 +235,7 @@ def test_quantile_scores_equal_opendp_scores_on_random_data(
     data: list[int], candidates: list[int], q: float
 ) -> None:
     candidates = sorted(candidates)
-    below, above = _sql_counts(data, candidates)
-    scores, sensitivity = quantile_scores(below, above, q)
-    scorer = _opendp_scorer(candidates, q)
-    assert scores == list(scorer(data))
-    assert sensitivity == scorer.map(1)
+    _assert_opendp_scores(data, candidates, q)
 
 
 @settings(max_examples=150, deadline=None, database=None)
@@ -248,11 +249,7 @@ def test_quantile_scores_equal_opendp_scores_for_dyadic_levels(
 ) -> None:
     """Where both rationalise q the same way (binary fractions), the scores agree."""
     candidates = sorted(candidates)
-    below, above = _sql_counts(data, candidates)
-    scores, sensitivity = quantile_scores(below, above, q)
-    scorer = _opendp_scorer(candidates, q)
-    assert scores == list(scorer(data))
-    assert sensitivity == scorer.map(1)
+    _assert_opendp_scores(data, candidates, q)
 
 
 @settings(max_examples=200, deadline=None, database=None)

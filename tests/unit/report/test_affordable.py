@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from exportrows import varied_rows, write_csv
+from reportplans import count_plan
 
 from fedscreen import pki
 from fedscreen.budget import Budgets, sign_statement, statement_body, verify_budgets
@@ -69,19 +70,7 @@ def _budgets(nodes: dict[str, NodeConfig], connected: tuple[str, ...], auth: Pat
 
 
 def _plan(tmp_path: Path, epsilons: list[float]) -> ReportPlan:
-    lines = ['name = "t"', 'title = "T"', f'year = "{YEAR}"', '[[section]]', 'id = "s"',
-             'title = "S"']  # fmt: skip
-    for n, epsilon in enumerate(epsilons):
-        lines += [
-            f"[queries.q{n}]",
-            f"sql = \"SELECT COUNT(*) FROM screenings WHERE academic_year = '{{year}}' "
-            f'AND gad7_total >= {n}"',
-            f"epsilon = {epsilon}",
-            f'[[statistic]]\nid = "s{n}"\nsection = "s"\ntitle = "X"\ndescription = "d"',
-            f'unit = "count"\nquery = "q{n}"',
-        ]
-    path = tmp_path / "plan.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path = count_plan(tmp_path / "plan.toml", epsilons, year=YEAR)
     return load_plan(path, load_policy(default_policy_dir() / PROVINCE_FILE))
 
 
