@@ -28,15 +28,15 @@ from pathlib import Path
 
 from nacl.signing import VerifyKey
 
-from fedscreen.audit import merkle
 from fedscreen.audit.bundle import Bundle, LogExport
-from fedscreen.audit.checkpoint import Checkpoint, sign_checkpoint
-from fedscreen.audit.log import TransparencyLog
 from fedscreen.audit.verify import verify_bundle
-from fedscreen.envelope import LOG_ENTRY_V1, pae, sign_envelope
-from fedscreen.manifest import Manifest, Member
+from fedscreen.crypto.envelope import LOG_ENTRY_V1, pae, sign_envelope
+from fedscreen.crypto.signing import SigningKey
 from fedscreen.query.spec import canonical_json
-from fedscreen.signing import SigningKey
+from fedscreen.tlog import merkle
+from fedscreen.tlog.checkpoint import Checkpoint, sign_checkpoint
+from fedscreen.tlog.log import TransparencyLog
+from fedscreen.trust.manifest import Manifest, Member
 
 NODE = "130102"
 ORIGIN = f"fedscreen.node/{NODE}"

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedscreen import federation_demo
+from fedscreen.demo import federation
 
 #: the demo's numbered steps: build, start, the report (budget check and queries), audit
 PHASES = ("build", "start", "report", "audit")
@@ -34,7 +34,7 @@ def one(work: Path, counties: int) -> dict[str, float]:
             marks.append(time.perf_counter())
 
     start = time.perf_counter()
-    assert federation_demo.run(work, counties=counties, say=say) == 0
+    assert federation.run(work, counties=counties, say=say) == 0
     end = time.perf_counter()
     bounds = [*marks, end]
     phases = {name: bounds[i + 1] - bounds[i] for i, name in enumerate(PHASES)}
@@ -54,8 +54,8 @@ def main() -> None:
         work = root / f"demo-{n}"
         shutil.rmtree(work, ignore_errors=True)
         results[n] = one(work, n)
-    baseline = results.get(federation_demo.DEFAULT_COUNTIES) or next(iter(results.values()))
-    default = federation_demo.DEFAULT_COUNTIES
+    baseline = results.get(federation.DEFAULT_COUNTIES) or next(iter(results.values()))
+    default = federation.DEFAULT_COUNTIES
     print(f"\nfedscreen demo, seconds per phase (baseline: {default} counties)")
     header = ["counties", *PHASES, "total", "× baseline", "s per county"]
     print(" | ".join(header))

@@ -44,21 +44,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from fedscreen import pki, transport  # noqa: E402
-from fedscreen.analyst import make_query, verify_release  # noqa: E402
+from fedscreen.analyst.query import make_query, verify_release  # noqa: E402
 from fedscreen.coordinator.core import init_coordinator  # noqa: E402
 from fedscreen.coordinator.server import serve, write_ready_file  # noqa: E402
-from fedscreen.identity import (  # noqa: E402
+from fedscreen.node import store  # noqa: E402
+from fedscreen.node.agent import run_node  # noqa: E402
+from fedscreen.node.home import init_home, load_config  # noqa: E402
+from fedscreen.node.ingest import ingest_paths  # noqa: E402
+from fedscreen.node.requests import handle_query  # noqa: E402
+from fedscreen.synth import generate, write_export  # noqa: E402
+from fedscreen.trust.identity import (  # noqa: E402
     create_identity,
     issue_here,
     load_identity,
     update_manifest,
 )
-from fedscreen.node import store  # noqa: E402
-from fedscreen.node.home import init_home, load_config  # noqa: E402
-from fedscreen.node.ingest import ingest_paths  # noqa: E402
-from fedscreen.node.requests import handle_query  # noqa: E402
-from fedscreen.node.serve import run_node  # noqa: E402
-from fedscreen.synth import generate, write_export  # noqa: E402
 from fedscreen.v1 import federation_pb2 as pb  # noqa: E402
 from fedscreen.v1 import federation_pb2_grpc as pb_grpc  # noqa: E402
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from fedscreen import exports
+from fedscreen.screening import exports
 
 SCREENING_KEYS = [c.key for c in exports.SCREENING_COLUMNS]
 SCHOOL_KEYS = [c.key for c in exports.SCHOOL_COLUMNS]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fedscreen.identity import load_identity
 from fedscreen.node import store
 from fedscreen.node.home import NodeConfig
 from fedscreen.node.requests import handle_query
+from fedscreen.trust.identity import load_identity
 
 
 def answer_locally(config: NodeConfig, envelope: bytes) -> bytes:

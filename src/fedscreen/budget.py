@@ -42,17 +42,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from fedscreen import transport
-from fedscreen.envelope import BUDGET_V1, Envelope, sign_envelope, verify_envelope
+from fedscreen.crypto.envelope import BUDGET_V1, Envelope, sign_envelope, verify_envelope
+from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import VerificationError
-from fedscreen.identity import load_identity
-from fedscreen.manifest import Manifest
 from fedscreen.node import ledger
 from fedscreen.policy import Limits, Policy
 from fedscreen.policy import digest as policy_digest
 from fedscreen.query.spec import canonical_json
-from fedscreen.signing import SigningKey
-from fedscreen.transport import DEFAULT_LIMITS, TransportLimits
+from fedscreen.rpc import transport
+from fedscreen.rpc.transport import DEFAULT_LIMITS, TransportLimits
+from fedscreen.trust.identity import load_identity
+from fedscreen.trust.manifest import Manifest
 from fedscreen.v1 import federation_pb2 as pb
 from fedscreen.v1 import federation_pb2_grpc as pb_grpc
 
@@ -379,7 +379,7 @@ async def fetch_budgets(
     names a node whose statement fails); RpcFailed if the call is refused.
     """
     # node.serve imports this module (its agent sends statements): import it at call time
-    from fedscreen.node.serve import coordinator_of
+    from fedscreen.node.agent import coordinator_of
 
     identity = load_identity(home)
     manifest = identity.manifest()

@@ -3,7 +3,7 @@
 Design: **every member creates its own keys where it runs; the authority only
 signs.** A member (node, coordinator, analyst, auditor) runs ``fedscreen
 identity init``, which makes its Ed25519 signing key and its TLS key in its own
-home and writes ``request.json`` (see :mod:`fedscreen.identity`). The request
+home and writes ``request.json`` (see :mod:`fedscreen.trust.identity`). The request
 travels to the province authority, which checks it (:func:`verify_request`),
 issues a TLS certificate (:func:`issue`), adds the member to a new, signed
 version of the federation manifest, and sends back the certificate, the CA
@@ -67,11 +67,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedscreen.envelope import pae
+from fedscreen._util.files import replace_file, write_new_file
+from fedscreen.crypto.envelope import pae
+from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, SigningKey, public_key_id, verify_signature
 from fedscreen.errors import ConfigError, VerificationError
-from fedscreen.files import replace_file, write_new_file
-from fedscreen.manifest import ROLES, Manifest, Member, UnknownMember, load_manifest, sign_manifest
-from fedscreen.signing import PUBLIC_KEY_SIZE, SigningKey, public_key_id, verify_signature
+from fedscreen.trust.manifest import (
+    ROLES,
+    Manifest,
+    Member,
+    UnknownMember,
+    load_manifest,
+    sign_manifest,
+)
 
 __all__ = [
     "CLAIMS_OID",

@@ -38,10 +38,10 @@ from test_federation import (
 
 from fedscreen.budget import Budgets, fetch_budgets
 from fedscreen.cli.query import print_release
-from fedscreen.identity import load_identity
 from fedscreen.node import ledger
 from fedscreen.node.home import load_config
 from fedscreen.policy import digest as policy_digest
+from fedscreen.trust.identity import load_identity
 
 #: a county document that caps a query at ε 0.05, below the tests' ε 0.1
 STRICT_COUNTY = 'version = "test-strict-1"\n\n[limits]\nmax_epsilon_per_query = 0.05\n'

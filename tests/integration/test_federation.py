@@ -32,32 +32,33 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedscreen import pki, transport
-from fedscreen.analyst import make_query, verify_release
-from fedscreen.answer import verify_answer
-from fedscreen.audit import merkle
-from fedscreen.audit.checkpoint import parse_and_verify_note
+from fedscreen import pki
+from fedscreen.analyst.query import make_query, verify_release
 from fedscreen.cli.query import Submitted, submit
 from fedscreen.coordinator.core import init_coordinator
-from fedscreen.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
+from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
 from fedscreen.errors import QueryRefused
-from fedscreen.identity import (
+from fedscreen.node import store
+from fedscreen.node.agent import UNSAFE_TEST_ANSWER_DELAY_ENV, NodeLimits, backoff_ms
+from fedscreen.node.home import init_home, load_config
+from fedscreen.node.ingest import ingest_paths
+from fedscreen.node.requests import handle_query
+from fedscreen.protocol.answer import verify_answer
+from fedscreen.protocol.query import SignedQuery, new_query_id, sign_query
+from fedscreen.query.sqlparse import parse_sql
+from fedscreen.rpc import transport
+from fedscreen.rpc.transport import RpcFailed
+from fedscreen.synth import generate, write_export
+from fedscreen.tlog import merkle
+from fedscreen.tlog.checkpoint import parse_and_verify_note
+from fedscreen.trust.identity import (
     Identity,
     create_identity,
     issue_here,
     load_identity,
     update_manifest,
 )
-from fedscreen.manifest import Manifest
-from fedscreen.node import store
-from fedscreen.node.home import init_home, load_config
-from fedscreen.node.ingest import ingest_paths
-from fedscreen.node.requests import handle_query
-from fedscreen.node.serve import UNSAFE_TEST_ANSWER_DELAY_ENV, NodeLimits, backoff_ms
-from fedscreen.query.signed import SignedQuery, new_query_id, sign_query
-from fedscreen.query.sqlparse import parse_sql
-from fedscreen.synth import generate, write_export
-from fedscreen.transport import RpcFailed
+from fedscreen.trust.manifest import Manifest
 from fedscreen.v1 import federation_pb2 as pb
 from fedscreen.v1 import federation_pb2_grpc as pb_grpc
 

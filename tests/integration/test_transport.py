@@ -18,12 +18,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedscreen import pki, transport
-from fedscreen.envelope import MalformedEnvelope
+from fedscreen import pki
+from fedscreen.crypto.envelope import MalformedEnvelope
 from fedscreen.errors import ConfigError, PolicyError, QueryRefused, VerificationError
-from fedscreen.identity import Identity, create_identity, issue_here
-from fedscreen.manifest import Manifest, UnknownMember
-from fedscreen.transport import RoleNotPermitted, RpcFailed, TransportLimits
+from fedscreen.rpc import transport
+from fedscreen.rpc.transport import RoleNotPermitted, RpcFailed, TransportLimits
+from fedscreen.trust.identity import Identity, create_identity, issue_here
+from fedscreen.trust.manifest import Manifest, UnknownMember
 from fedscreen.v1 import federation_pb2 as pb
 from fedscreen.v1 import federation_pb2_grpc as pb_grpc
 

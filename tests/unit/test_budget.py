@@ -33,10 +33,9 @@ from fedscreen.budget import (
     verify_statement,
 )
 from fedscreen.coordinator.server import SessionRegistry
-from fedscreen.envelope import ANSWER_V1, sign_envelope
+from fedscreen.crypto.envelope import ANSWER_V1, sign_envelope
+from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import QueryRefused, VerificationError
-from fedscreen.identity import create_identity, issue_here
-from fedscreen.manifest import Manifest
 from fedscreen.node import ledger, store
 from fedscreen.node.engine import QueryRequest, answer_query
 from fedscreen.node.home import NodeConfig, init_home
@@ -44,7 +43,8 @@ from fedscreen.node.ingest import ingest_paths
 from fedscreen.policy import Policy
 from fedscreen.policy import digest as policy_digest
 from fedscreen.query.spec import canonical_json
-from fedscreen.signing import SigningKey
+from fedscreen.trust.identity import create_identity, issue_here
+from fedscreen.trust.manifest import Manifest
 
 YEAR = "2024-2025"
 EARLIER = "2023-2024"

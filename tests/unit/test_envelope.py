@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from fedscreen.envelope import (
+from fedscreen.crypto.envelope import (
     ANSWER_V1,
     LOG_ENTRY_V1,
     MANIFEST_V1,
@@ -20,8 +20,8 @@ from fedscreen.envelope import (
     sign_envelope,
     verify_envelope,
 )
+from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import VerificationError
-from fedscreen.signing import SigningKey
 
 KEY = SigningKey(hashlib.sha256(b"envelope test key").digest())
 OTHER = SigningKey(hashlib.sha256(b"another key").digest())

@@ -14,16 +14,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedscreen import pki
 from fedscreen.cli import identity as identity_cli
+from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import ConfigError, VerificationError
-from fedscreen.identity import (
+from fedscreen.node.home import NodeConfig
+from fedscreen.trust.identity import (
     Identity,
     create_identity,
     install_issued,
     load_identity,
     update_manifest,
 )
-from fedscreen.node.home import NodeConfig
-from fedscreen.signing import SigningKey
 
 
 @pytest.fixture

@@ -23,11 +23,17 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fedscreen import pki
 from fedscreen.cli import identity as identity_cli
 from fedscreen.cli import pki as pki_cli
-from fedscreen.envelope import pae
+from fedscreen.crypto.envelope import pae
+from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import ConfigError, VerificationError
-from fedscreen.identity import Identity, create_identity, install_issued, load_identity
-from fedscreen.manifest import Manifest, UnknownMember, load_manifest, parse_manifest, sign_manifest
-from fedscreen.signing import SigningKey
+from fedscreen.trust.identity import Identity, create_identity, install_issued, load_identity
+from fedscreen.trust.manifest import (
+    Manifest,
+    UnknownMember,
+    load_manifest,
+    parse_manifest,
+    sign_manifest,
+)
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from fedscreen.crypto.signing import SigningKey, public_key_id, verify_signature
 from fedscreen.errors import ConfigError, VerificationError
-from fedscreen.signing import SigningKey, public_key_id, verify_signature
 
 WYCHEPROOF = (
     Path(__file__).parents[2] / ".." / "shared" / "vectors" / "wycheproof" / "ed25519_test.json"

@@ -27,17 +27,17 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from fedscreen.answer import VerifiedAnswer, verify_answer
-from fedscreen.audit import merkle
 from fedscreen.audit.bundle import Bundle, LogExport
-from fedscreen.audit.checkpoint import Checkpoint, member_origin, parse_and_verify_note
-from fedscreen.coordinator.combine import NodeCells
-from fedscreen.coordinator.release import check_release
-from fedscreen.envelope import LOG_ENTRY_V1, RELEASE_V1, Envelope, verify_envelope
+from fedscreen.crypto.envelope import LOG_ENTRY_V1, RELEASE_V1, Envelope, verify_envelope
+from fedscreen.crypto.signing import public_key_id
 from fedscreen.errors import FedscreenError, VerificationError
-from fedscreen.manifest import Manifest
-from fedscreen.query.signed import SignedQuery, verify_query
-from fedscreen.signing import public_key_id
+from fedscreen.protocol.answer import VerifiedAnswer, verify_answer
+from fedscreen.protocol.combine import NodeCells
+from fedscreen.protocol.query import SignedQuery, verify_query
+from fedscreen.protocol.release import check_release
+from fedscreen.tlog import merkle
+from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
+from fedscreen.trust.manifest import Manifest
 
 VALID: Final = 0
 ENTRY_INVALID: Final = 2

@@ -14,9 +14,10 @@ from fedscreen.audit.verify import VALID, AuditFailure, BundleUntrusted, LogRepo
 from fedscreen.coordinator.core import CONFIG_FILE as COORDINATOR_CONFIG
 from fedscreen.coordinator.core import Coordinator
 from fedscreen.errors import ConfigError, VerificationError
-from fedscreen.manifest import load_manifest
-from fedscreen.node import nodelog, store
+from fedscreen.node import store
 from fedscreen.node.home import load_config
+from fedscreen.tlog import memberlog
+from fedscreen.trust.manifest import load_manifest
 
 VERIFY_HELP = """\
 Verify an audit bundle offline against the federation manifest.
@@ -101,10 +102,10 @@ def _export_home(home: Path) -> LogExport:
     config = load_config(home)
     conn = store.connect(config.database)
     try:
-        entries, notes = nodelog.export(conn)
+        entries, notes = memberlog.export(conn)
     finally:
         conn.close()
-    return LogExport(config.node_id, nodelog.origin(config.node_id), tuple(entries), tuple(notes))
+    return LogExport(config.node_id, memberlog.origin(config.node_id), tuple(entries), tuple(notes))
 
 
 def _read_trusted(path: Path | None) -> dict[str, str]:

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from fedscreen.budget import Budgets, BudgetStatement, fetch_budgets
 from fedscreen.cli.output import table
-from fedscreen.identity import load_identity
+from fedscreen.trust.identity import load_identity
 
 #: the year column when no node has charged anything yet: every year is untouched
 ANY_YEAR = "(any)"

@@ -1,6 +1,6 @@
 """``fedscreen demo``: the quick start.
 
-By default a whole federation on this machine (see ``fedscreen.federation_demo``).
+By default a whole federation on this machine (see ``fedscreen.demo.federation``).
 With ``--single-node``: a county's exports as its schools would send them (one file
 per school, Chinese headers, GB18030), loaded into one node, its summary, and a
 few differentially private monitoring queries answered locally.
@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
-from fedscreen import federation_demo
 from fedscreen.cli.node import print_answer, print_status
 from fedscreen.cli.output import Progress
+from fedscreen.demo import federation
 from fedscreen.errors import FedscreenError
 from fedscreen.node import ledger, store
 from fedscreen.node.engine import QueryRequest, answer_query
@@ -51,9 +51,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     demo.add_argument(
         "--counties",
         type=int,
-        default=federation_demo.DEFAULT_COUNTIES,
-        help=f"county nodes in the federation (1 to {len(federation_demo.COUNTIES)}; "
-        f"default {federation_demo.DEFAULT_COUNTIES})",
+        default=federation.DEFAULT_COUNTIES,
+        help=f"county nodes in the federation (1 to {len(federation.COUNTIES)}; "
+        f"default {federation.DEFAULT_COUNTIES})",
     )
     demo.add_argument(
         "--single-node",
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     work = args.dir or Path(tempfile.mkdtemp(prefix="fedscreen-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     if not args.single_node:
-        return federation_demo.run(
+        return federation.run(
             work,
             seed=args.seed,
             scale=args.students / DEFAULT_STUDENTS,

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from cryptography import x509
 
+from fedscreen.crypto.signing import public_key_id
 from fedscreen.errors import ConfigError
-from fedscreen.identity import (
+from fedscreen.pki import read_public_file
+from fedscreen.trust.identity import (
     CA_FILE,
     CERT_FILE,
     MANIFEST_FILE,
@@ -25,9 +27,7 @@ from fedscreen.identity import (
     load_identity,
     update_manifest,
 )
-from fedscreen.manifest import ROLES, UnknownMember
-from fedscreen.pki import read_public_file
-from fedscreen.signing import public_key_id
+from fedscreen.trust.manifest import ROLES, UnknownMember
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fedscreen.cli.coordinator import run_until_signalled
 from fedscreen.coordinator.server import write_ready_file
-from fedscreen.node.serve import Welcomed, run_node
+from fedscreen.node.agent import Welcomed, run_node
 
 
 def add_serve_parser(node_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

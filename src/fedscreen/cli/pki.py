@@ -20,10 +20,11 @@ import json
 from pathlib import Path
 
 from fedscreen import pki
+from fedscreen._util.files import write_new_file
 from fedscreen.cli.output import table
+from fedscreen.crypto.signing import public_key_id
 from fedscreen.errors import ConfigError
-from fedscreen.files import write_new_file
-from fedscreen.identity import (
+from fedscreen.trust.identity import (
     CA_FILE,
     CERT_FILE,
     MANIFEST_FILE,
@@ -31,7 +32,6 @@ from fedscreen.identity import (
     install_issued,
     load_identity,
 )
-from fedscreen.signing import public_key_id
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from fedscreen import transport
-from fedscreen.analyst import make_query, verify_release
+from fedscreen.analyst.query import make_query, verify_release
 from fedscreen.cli.output import table
 from fedscreen.errors import ConfigError
-from fedscreen.identity import load_identity
-from fedscreen.node.serve import coordinator_of
-from fedscreen.transport import DEFAULT_LIMITS, TransportLimits
+from fedscreen.node.agent import coordinator_of
+from fedscreen.rpc import transport
+from fedscreen.rpc.transport import DEFAULT_LIMITS, TransportLimits
+from fedscreen.trust.identity import load_identity
 from fedscreen.v1 import federation_pb2 as pb
 from fedscreen.v1 import federation_pb2_grpc as pb_grpc
 

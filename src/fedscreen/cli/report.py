@@ -22,8 +22,6 @@ from fedscreen.audit.bundle import BundleError, read_bundle
 from fedscreen.audit.verify import AuditFailure, verify_bundle
 from fedscreen.cli.output import table
 from fedscreen.errors import ConfigError, VerificationError
-from fedscreen.identity import load_identity
-from fedscreen.manifest import load_manifest
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
 from fedscreen.report.affordable import NodeCheck, PlanRefused
@@ -36,6 +34,8 @@ from fedscreen.report.run import (
     write_report,
 )
 from fedscreen.report.verify import releases_logged, verify_report
+from fedscreen.trust.identity import load_identity
+from fedscreen.trust.manifest import load_manifest
 
 #: ``report plan`` / ``report run``: a node cannot pay for the plan
 EXIT_UNAFFORDABLE: Final = 3

@@ -21,19 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from fedscreen.answer import VerifiedAnswer, verify_answer
-from fedscreen.audit.log import TransparencyLog
-from fedscreen.coordinator.release import release_body
-from fedscreen.envelope import RELEASE_V1, Envelope, sign_envelope
+from fedscreen.crypto.envelope import RELEASE_V1, Envelope, sign_envelope
 from fedscreen.errors import ConfigError, QueryRefused, VerificationError
-from fedscreen.identity import Identity, create_identity, load_identity
-from fedscreen.manifest import Manifest
-from fedscreen.node import nodelog, store
+from fedscreen.node import store
 from fedscreen.policy import Policy, default_policy_dir, load_policy
 from fedscreen.policy.default import PROVINCE_FILE
+from fedscreen.protocol.answer import VerifiedAnswer, verify_answer
+from fedscreen.protocol.query import SignedQuery, verify_query
+from fedscreen.protocol.release import release_body
 from fedscreen.query.compile import compile_query
-from fedscreen.query.signed import SignedQuery, verify_query
 from fedscreen.query.spec import canonical_json
+from fedscreen.tlog import memberlog
+from fedscreen.tlog.log import TransparencyLog
+from fedscreen.trust.identity import Identity, create_identity, load_identity
+from fedscreen.trust.manifest import Manifest
 
 CONFIG_FILE: Final = "coordinator.toml"
 DATABASE_FILE: Final = "coordinator.db"
@@ -80,9 +81,9 @@ class Coordinator:
         self.manifest: Manifest = identity.manifest()
         self._stamp = self._manifest_stamp()
         self.key = identity.signing_key()
-        self.origin = nodelog.origin(self.member_id, ROLE)
+        self.origin = memberlog.origin(self.member_id, ROLE)
         self.conn = store.connect(home / DATABASE_FILE)
-        self.conn.execute(nodelog.CHECKPOINT_SCHEMA)
+        self.conn.execute(memberlog.CHECKPOINT_SCHEMA)
         self.log = TransparencyLog(self.conn, name=ROLE)
 
     @classmethod
@@ -216,7 +217,7 @@ class Coordinator:
         if commit:
             self.conn.execute("BEGIN IMMEDIATE")
         try:
-            nodelog.append(
+            memberlog.append(
                 self.conn,
                 node_id=self.member_id,
                 key=self.key,
@@ -255,7 +256,7 @@ class Coordinator:
 
     def export(self) -> tuple[list[bytes], list[str]]:
         """Every entry and checkpoint, for an audit bundle."""
-        return nodelog.export(self.conn, role=ROLE)
+        return memberlog.export(self.conn, role=ROLE)
 
     def close(self) -> None:
         """Close the log database."""

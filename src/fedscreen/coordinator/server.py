@@ -45,12 +45,12 @@ from typing import Any, Final, TypeVar
 
 import grpc
 
-from fedscreen import transport
 from fedscreen.budget import BudgetStatement, verify_statement
 from fedscreen.coordinator.core import Coordinator
 from fedscreen.errors import ConfigError, QueryRefused, VerificationError
-from fedscreen.query.signed import SignedQuery
-from fedscreen.transport import DEFAULT_LIMITS, TransportLimits
+from fedscreen.protocol.query import SignedQuery
+from fedscreen.rpc import transport
+from fedscreen.rpc.transport import DEFAULT_LIMITS, TransportLimits
 from fedscreen.v1 import federation_pb2 as pb
 from fedscreen.v1 import federation_pb2_grpc as pb_grpc
 

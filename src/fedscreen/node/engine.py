@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from fedscreen.envelope import ANSWER_V1, Envelope, sign_envelope
+from fedscreen.crypto.envelope import ANSWER_V1, Envelope, sign_envelope
+from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import QueryRefused
-from fedscreen.node import ledger, nodelog, store
+from fedscreen.node import ledger, store
 from fedscreen.node.home import NodeConfig
 from fedscreen.policy import Policy
 from fedscreen.policy import digest as policy_digest
@@ -35,7 +36,7 @@ from fedscreen.query import mechanisms
 from fedscreen.query.compile import Plan, compile_query
 from fedscreen.query.spec import QuerySpec, canonical_json
 from fedscreen.query.sqlparse import parse_sql
-from fedscreen.signing import SigningKey
+from fedscreen.tlog import memberlog
 
 ANSWER_VERSION: Final = 1
 
@@ -169,7 +170,7 @@ def record_refusal(
     conn.execute("BEGIN IMMEDIATE")
     try:
         ledger.record_refusal(conn, analyst=analyst, query=query, reason=reason, at=at)
-        nodelog.append(
+        memberlog.append(
             conn,
             node_id=config.node_id,
             key=config.signing_key(),
@@ -322,7 +323,7 @@ def _log_answer(
     *,
     cached: bool,
     policy: Policy | None = None,
-) -> nodelog.Appended:
+) -> memberlog.Appended:
     """Append the answer's log entry (same transaction as the charge)."""
     budget: dict[str, Any] = {}
     if policy is not None and not plan.dataset.public:
@@ -346,13 +347,13 @@ def _log_answer(
         "policy_digest": body["policy_digest"],
         "answer_sha256": hashlib.sha256(canonical_json(body)).hexdigest(),
     }
-    return nodelog.append(conn, node_id=config.node_id, key=key, payload=payload)
+    return memberlog.append(conn, node_id=config.node_id, key=key, payload=payload)
 
 
 def _signed(
     answer_id: int,
     body: dict[str, Any],
-    logged: nodelog.Appended,
+    logged: memberlog.Appended,
     key: SigningKey,
     *,
     cached: bool,

@@ -23,13 +23,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+from fedscreen._util.files import write_new_file
+from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import ConfigError
-from fedscreen.files import write_new_file
-from fedscreen.identity import create_identity
 from fedscreen.node import store
 from fedscreen.policy import Policy, county_policy_path, default_policy_dir, load_node_policy
 from fedscreen.policy.default import PROVINCE_FILE
-from fedscreen.signing import SigningKey
+from fedscreen.trust.identity import create_identity
 
 CONFIG_FILE: Final = "node.toml"
 DATABASE_FILE: Final = "node.db"

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from fedscreen import exports
 from fedscreen.errors import IngestError, Problem
 from fedscreen.node import store
 from fedscreen.node.home import NodeConfig
@@ -39,6 +38,7 @@ from fedscreen.node.parsing import (
 )
 from fedscreen.node.reader import CSV_SUFFIXES, XLSX_SUFFIXES, ReadError, Table, open_table
 from fedscreen.node.validate import HeaderError, SchoolParser, ScreeningParser
+from fedscreen.screening import exports
 
 #: files at least this large are parsed in a worker process while this one inserts
 WORKER_MIN_BYTES: Final = 8 << 20

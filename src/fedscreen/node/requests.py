@@ -12,14 +12,14 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from fedscreen.envelope import Envelope
+from fedscreen.crypto.envelope import Envelope
 from fedscreen.errors import QueryRefused, VerificationError
-from fedscreen.manifest import Manifest
 from fedscreen.node.engine import QueryRequest, answer_query, record_refusal
 from fedscreen.node.home import NodeConfig
 from fedscreen.policy import Policy
-from fedscreen.query.signed import FRESHNESS_WINDOW_MS, verify_query
+from fedscreen.protocol.query import FRESHNESS_WINDOW_MS, verify_query
 from fedscreen.query.spec import canonical_json
+from fedscreen.trust.manifest import Manifest
 
 
 def handle_query(

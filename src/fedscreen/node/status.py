@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from fedscreen.instruments import instruments
 from fedscreen.node import store
+from fedscreen.screening.instruments import instruments
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,8 @@ from typing import Final
 
 import sqlite_utils
 
-from fedscreen.instruments import instruments
 from fedscreen.node import ledger
+from fedscreen.screening.instruments import instruments
 
 #: seconds a writer waits for another writer (a large ingest holds the lock for a while)
 BUSY_TIMEOUT_S: Final = 600

@@ -14,11 +14,11 @@ import re
 from collections.abc import Callable
 from typing import Any, Final
 
-from fedscreen import exports
 from fedscreen.errors import Problem
-from fedscreen.exports import Column
-from fedscreen.instruments import Instrument, instruments, parse_items
 from fedscreen.node import store
+from fedscreen.screening import exports
+from fedscreen.screening.exports import Column
+from fedscreen.screening.instruments import Instrument, instruments, parse_items
 
 YES_NO_ALIASES: Final = {
     **{k: 1 for k in ("yes", "y", "true", "1", "是", "有")},

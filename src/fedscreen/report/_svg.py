@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Final
 
-from fedscreen.report._format import format_tick, format_value
+from fedscreen.report.format import format_tick, format_value
 
 #: the province, then the counties; the last colours repeat, but bars are labelled too
 PROVINCE_COLOUR: Final = "#0072B2"

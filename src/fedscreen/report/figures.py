@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from fedscreen.coordinator.combine import (
+from fedscreen.protocol.combine import (
     Z_975,
     NodeCells,
     combine,
@@ -23,7 +23,7 @@ from fedscreen.coordinator.combine import (
     ratio_interval,
     sum_interval,
 )
-from fedscreen.report._format import PROVINCE, format_value
+from fedscreen.report.format import PROVINCE, format_value
 from fedscreen.report.plan import ReportPlan, Statistic
 
 

@@ -16,15 +16,6 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any, Final
 
-from fedscreen.report._format import (
-    PROVINCE,
-    code_label,
-    code_rank,
-    dimension_label,
-    format_epsilon,
-    format_interval,
-    format_value,
-)
 from fedscreen.report._svg import (
     COUNTY_COLOURS,
     PROVINCE_COLOUR,
@@ -34,6 +25,15 @@ from fedscreen.report._svg import (
     render_chart,
 )
 from fedscreen.report._view import Missing, Report, Row, Section, Stat, read_report
+from fedscreen.report.format import (
+    PROVINCE,
+    code_label,
+    code_rank,
+    dimension_label,
+    format_epsilon,
+    format_interval,
+    format_value,
+)
 
 __all__ = ["render_html"]
 

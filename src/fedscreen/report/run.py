@@ -33,21 +33,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from fedscreen.analyst import make_query, verify_release
+from fedscreen._util.files import replace_file, write_new_file
+from fedscreen.analyst.query import make_query, verify_release
 from fedscreen.budget import Budgets, fetch_budgets
 from fedscreen.cli.query import submit
-from fedscreen.envelope import Envelope
+from fedscreen.crypto.envelope import Envelope
 from fedscreen.errors import ConfigError, VerificationError
-from fedscreen.files import replace_file, write_new_file
-from fedscreen.identity import load_identity
-from fedscreen.manifest import Manifest
-from fedscreen.query.signed import verify_query
+from fedscreen.protocol.query import verify_query
 from fedscreen.query.spec import canonical_json
 from fedscreen.report.affordable import NodeCheck, check_plan, refuse_if_unaffordable
 from fedscreen.report.areas import city_name, city_scopes
 from fedscreen.report.figures import Released, dims, statistic_rows
 from fedscreen.report.html import render_html
 from fedscreen.report.plan import PlannedQuery, ReportPlan
+from fedscreen.trust.identity import load_identity
+from fedscreen.trust.manifest import Manifest
 
 REPORT_VERSION: Final = 1
 REPORT_FILE: Final = "report.json"

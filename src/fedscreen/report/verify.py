@@ -24,7 +24,6 @@ from typing import Any
 
 from fedscreen.budget import verify_budgets
 from fedscreen.errors import ConfigError, VerificationError
-from fedscreen.manifest import Manifest
 from fedscreen.policy import Policy
 from fedscreen.report.affordable import check_plan
 from fedscreen.report.html import render_html
@@ -40,6 +39,7 @@ from fedscreen.report.run import (
     normalized,
     read_run,
 )
+from fedscreen.trust.manifest import Manifest
 
 #: relative tolerance when comparing recomputed floats
 _REL_TOL = 1e-9

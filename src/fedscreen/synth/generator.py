@@ -31,8 +31,8 @@ from functools import lru_cache
 from operator import truediv
 from typing import Final
 
-from fedscreen import exports
 from fedscreen.errors import ConfigError
+from fedscreen.screening import exports
 from fedscreen.synth.prng import ONE, Keyed, Stream, cumulative, normal_table, threshold
 
 __all__ = [

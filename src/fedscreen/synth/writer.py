@@ -4,7 +4,7 @@ Rows are streamed from the generator straight into the file, so the size of a
 county is bounded by disk, not memory. With Chinese headers, coded values are
 written as their Chinese labels too (男/女, 是/否, 高一 …), as a school's own
 spreadsheet would have them; the column and vocabulary definitions are the
-ones the node's ingest reads (``fedscreen.exports``).
+ones the node's ingest reads (``fedscreen.screening.exports``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Final
 
 import xlsxwriter
 
-from fedscreen import exports
 from fedscreen.errors import ConfigError
+from fedscreen.screening import exports
 from fedscreen.synth.generator import County, Row
 
 __all__ = [

@@ -7,7 +7,8 @@ import hashlib
 
 import pytest
 
-from fedscreen.audit.checkpoint import (
+from fedscreen.crypto.signing import SigningKey
+from fedscreen.tlog.checkpoint import (
     MAX_SIGNATURES,
     BadSignature,
     Checkpoint,
@@ -19,7 +20,6 @@ from fedscreen.audit.checkpoint import (
     sign_note,
     verify_note,
 )
-from fedscreen.signing import SigningKey
 
 ORIGIN = "fedscreen.example/node-a"
 KEY = SigningKey(hashlib.sha256(b"checkpoint test key").digest())

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fedscreen.audit.log import LogIntegrityError, TransparencyLog
-from fedscreen.audit.merkle import (
+from fedscreen.tlog.log import LogIntegrityError, TransparencyLog
+from fedscreen.tlog.merkle import (
     TreeRangeError,
     leaf_hash,
     root_from_leaf_hashes,

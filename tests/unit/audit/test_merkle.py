@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedscreen.audit.merkle import (
+from fedscreen.errors import VerificationError
+from fedscreen.tlog.merkle import (
     EMPTY_ROOT,
     MemoryHashStore,
     TreeRangeError,
@@ -24,7 +25,6 @@ from fedscreen.audit.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from fedscreen.errors import VerificationError
 
 VECTORS = Path(__file__).parents[3] / ".." / "shared" / "vectors" / "merkle" / "testdata"
 MISSING = f"transparency-dev/merkle vectors not found at {VECTORS.resolve()}"

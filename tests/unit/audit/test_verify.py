@@ -14,19 +14,19 @@ from exportrows import screening_row, write_csv
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedscreen.answer import verify_answer
 from fedscreen.audit.bundle import read_bundle
-from fedscreen.audit.checkpoint import Checkpoint, sign_checkpoint
 from fedscreen.cli.main import main
-from fedscreen.envelope import LOG_ENTRY_V1, Envelope, sign_envelope
+from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, sign_envelope
+from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import QueryRefused, VerificationError
-from fedscreen.manifest import Manifest, Member, sign_manifest
 from fedscreen.node import store
 from fedscreen.node.engine import QueryRequest, answer_query
 from fedscreen.node.home import NodeConfig
 from fedscreen.node.ingest import ingest_paths
+from fedscreen.protocol.answer import verify_answer
 from fedscreen.query.sqlparse import parse_sql
-from fedscreen.signing import SigningKey
+from fedscreen.tlog.checkpoint import Checkpoint, sign_checkpoint
+from fedscreen.trust.manifest import Manifest, Member, sign_manifest
 
 ANALYST = "analyst-1"
 QUERIES = (
@@ -239,7 +239,7 @@ def test_signed_answers_verify_and_cannot_be_altered_or_reattached(
     node: NodeConfig, tmp_path: Path
 ) -> None:
     manifest_path = _manifest(node, tmp_path)
-    from fedscreen.manifest import load_manifest
+    from fedscreen.trust.manifest import load_manifest
 
     manifest = load_manifest(manifest_path)
     sql = "SELECT grade, COUNT(*) FROM screenings GROUP BY grade"

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from fedscreen.cli.main import main
-from fedscreen.identity import load_identity
 from fedscreen.node import store
 from fedscreen.node.home import load_config
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
 from fedscreen.report.plan import load_plan
 from fedscreen.report.verify import verify_report
+from fedscreen.trust.identity import load_identity
 
 ALL_STATISTICS = {
     s.id

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from fedscreen.coordinator.combine import NodeCells, combine, discrete_laplace_variance
+from fedscreen.protocol.combine import NodeCells, combine, discrete_laplace_variance
 from fedscreen.query.mechanisms import half_width, laplace_vector, scale_for
 
 RELEASES = 4000

@@ -18,21 +18,21 @@ from exportrows import screening_row, write_csv
 from localnode import answer_locally
 
 from fedscreen import pki
-from fedscreen.analyst import make_query, verify_release
-from fedscreen.answer import verify_answer
+from fedscreen.analyst.query import make_query, verify_release
 from fedscreen.cli.main import main
 from fedscreen.cli.query import print_release
 from fedscreen.coordinator.core import Coordinator, init_coordinator
-from fedscreen.coordinator.release import release_body
-from fedscreen.envelope import RELEASE_V1, Envelope, sign_envelope
+from fedscreen.crypto.envelope import RELEASE_V1, Envelope, sign_envelope
 from fedscreen.errors import QueryRefused, VerificationError
-from fedscreen.identity import create_identity, issue_here, load_identity, update_manifest
 from fedscreen.node import store
 from fedscreen.node.home import NodeConfig, init_home
 from fedscreen.node.ingest import ingest_paths
-from fedscreen.query.signed import SignedQuery, new_query_id, sign_query
+from fedscreen.protocol.answer import verify_answer
+from fedscreen.protocol.query import SignedQuery, new_query_id, sign_query
+from fedscreen.protocol.release import release_body
 from fedscreen.query.spec import canonical_json
 from fedscreen.query.sqlparse import parse_sql
+from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
 
 SQL = "SELECT sex, COUNT(*) FROM screenings WHERE academic_year = '2024-2025' GROUP BY sex"
 COUNTIES = ("130104", "130105", "130107")  # no county documents: the provincial policy applies

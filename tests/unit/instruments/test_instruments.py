@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedscreen.errors import InstrumentError
-from fedscreen.instruments import instruments, load_instrument, parse_items
+from fedscreen.screening.instruments import instruments, load_instrument, parse_items
 
 PHQ9 = instruments()["phq9"]
 GAD7 = instruments()["gad7"]

@@ -9,10 +9,10 @@ import pytest
 import xlsxwriter
 from exportrows import SCREENING_KEYS, school_row, screening_row, write_csv
 
-from fedscreen import exports
 from fedscreen.node import ingest, store
 from fedscreen.node.home import NodeConfig
 from fedscreen.node.ingest import ingest_file, ingest_paths
+from fedscreen.screening import exports
 
 
 def _db(config: NodeConfig) -> sqlite3.Connection:

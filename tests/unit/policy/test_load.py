@@ -13,9 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fedscreen.policy
-from fedscreen import exports
 from fedscreen.errors import PolicyError
-from fedscreen.instruments import instruments
 from fedscreen.node.store import view_columns
 from fedscreen.policy import (
     CategoryRule,
@@ -29,6 +27,8 @@ from fedscreen.policy import (
     parse_override,
     parse_policy,
 )
+from fedscreen.screening import exports
+from fedscreen.screening.instruments import instruments
 
 POLICIES = Path(__file__).resolve().parents[3] / "policies"
 PROVINCE = POLICIES / "province.toml"

@@ -16,7 +16,6 @@ from reportplans import count_plan
 
 from fedscreen import pki
 from fedscreen.budget import Budgets, sign_statement, statement_body, verify_budgets
-from fedscreen.identity import issue_here
 from fedscreen.node import store
 from fedscreen.node.engine import QueryRequest, answer_query
 from fedscreen.node.home import NodeConfig, init_home
@@ -25,6 +24,7 @@ from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
 from fedscreen.report.affordable import PlanRefused, check_plan, refuse_if_unaffordable
 from fedscreen.report.plan import ReportPlan, load_plan
+from fedscreen.trust.identity import issue_here
 
 CENTRE = "hebei-monitoring-centre"
 YEAR = "2024-2025"

@@ -19,9 +19,8 @@ from hypothesis import strategies as st
 from localnode import answer_locally
 
 from fedscreen import pki
-from fedscreen.analyst import make_query, verify_release
+from fedscreen.analyst.query import make_query, verify_release
 from fedscreen.coordinator.core import Coordinator, init_coordinator
-from fedscreen.identity import create_identity, issue_here, load_identity, update_manifest
 from fedscreen.node.home import NodeConfig, init_home
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
@@ -30,6 +29,7 @@ from fedscreen.query.mechanisms import laplace_vector
 from fedscreen.report.figures import PROVINCE, Part, Released, _share, statistic_rows
 from fedscreen.report.plan import ReportPlan, load_plan
 from fedscreen.synth import generate, write_export
+from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
 
 COUNTIES = {"130104": "mixed", "130105": "urban", "130107": "rural"}
 YEARS = ("2023-2024", "2024-2025")

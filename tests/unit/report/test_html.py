@@ -20,8 +20,8 @@ from html_models import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedscreen.report._format import format_interval, format_tick, format_value
 from fedscreen.report._svg import nice_axis
+from fedscreen.report.format import format_interval, format_tick, format_value
 from fedscreen.report.html import render_html
 
 

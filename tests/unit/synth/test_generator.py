@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 import fedscreen.synth
-from fedscreen import exports
 from fedscreen.errors import ConfigError
-from fedscreen.instruments import instruments, parse_items
+from fedscreen.screening import exports
+from fedscreen.screening.instruments import instruments, parse_items
 from fedscreen.synth import County, generate, write_export
 from fedscreen.synth.generator import GRADE_NUMBER, PHQ_SHARES
 

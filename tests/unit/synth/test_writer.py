@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from python_calamine import load_workbook
 
-from fedscreen import exports
 from fedscreen.cli import synth as synth_cli
 from fedscreen.errors import ConfigError
+from fedscreen.screening import exports
 from fedscreen.synth import generate, write_export
 from fedscreen.synth import writer as synth_writer
 

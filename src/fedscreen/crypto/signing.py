@@ -18,8 +18,8 @@ import nacl.exceptions
 import nacl.signing
 import nacl.utils
 
+from fedscreen._util.files import write_new_file
 from fedscreen.errors import ConfigError, VerificationError
-from fedscreen.files import write_new_file
 
 PUBLIC_KEY_SIZE = 32
 SIGNATURE_SIZE = 64

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import sqlite3
 
-from fedscreen.audit import merkle
-from fedscreen.audit.merkle import TreeRangeError
 from fedscreen.errors import VerificationError
+from fedscreen.tlog import merkle
+from fedscreen.tlog.merkle import TreeRangeError
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS tlog_leaves (
@@ -126,7 +126,7 @@ class TransparencyLog:
         return merkle.consistency_proof(self, size1=size1, size2=self._check_size(size2))
 
     def subtree_hash(self, level: int, index: int) -> bytes:
-        """See :meth:`fedscreen.audit.merkle.HashStore.subtree_hash`."""
+        """See :meth:`fedscreen.tlog.merkle.HashStore.subtree_hash`."""
         if level == 0:
             row = self._conn.execute(
                 "SELECT leaf_hash FROM tlog_leaves WHERE log = ? AND idx = ?",

@@ -17,11 +17,11 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Final
 
-from fedscreen.audit.checkpoint import Checkpoint, member_origin, sign_checkpoint
-from fedscreen.audit.log import TransparencyLog
-from fedscreen.envelope import LOG_ENTRY_V1, sign_envelope
+from fedscreen.crypto.envelope import LOG_ENTRY_V1, sign_envelope
+from fedscreen.crypto.signing import SigningKey
 from fedscreen.query.spec import canonical_json
-from fedscreen.signing import SigningKey
+from fedscreen.tlog.checkpoint import Checkpoint, member_origin, sign_checkpoint
+from fedscreen.tlog.log import TransparencyLog
 
 CHECKPOINT_SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS log_checkpoint (log TEXT NOT NULL, size INTEGER NOT NULL, "

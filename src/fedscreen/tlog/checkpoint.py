@@ -16,9 +16,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fedscreen.audit.merkle import HASH_SIZE
+from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, SigningKey, verify_signature
 from fedscreen.errors import VerificationError
-from fedscreen.signing import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, SigningKey, verify_signature
+from fedscreen.tlog.merkle import HASH_SIZE
 
 # signed-note "Signature types": 0x01 is Ed25519.
 SIG_TYPE_ED25519 = 0x01

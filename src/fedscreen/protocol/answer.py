@@ -15,11 +15,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from fedscreen.audit.checkpoint import Checkpoint, member_origin, parse_and_verify_note
-from fedscreen.envelope import ANSWER_V1, Envelope, verify_envelope
+from fedscreen.crypto.envelope import ANSWER_V1, Envelope, verify_envelope
 from fedscreen.errors import VerificationError
-from fedscreen.manifest import Manifest
 from fedscreen.query.spec import QuerySpec, canonical_json
+from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
+from fedscreen.trust.manifest import Manifest
 
 
 @dataclass(frozen=True)

@@ -255,7 +255,7 @@ def instruments() -> dict[str, Instrument]:
     """The packaged instruments, by code."""
     found: dict[str, Instrument] = {}
     for entry in sorted(
-        resources.files("fedscreen.instruments").joinpath("definitions").iterdir(),
+        resources.files("fedscreen.screening.instruments").joinpath("definitions").iterdir(),
         key=lambda e: e.name,
     ):
         if entry.name.endswith(".toml"):

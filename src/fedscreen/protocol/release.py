@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from fedscreen.answer import VerifiedAnswer
-from fedscreen.coordinator.combine import NodeCells, combine
 from fedscreen.errors import VerificationError
-from fedscreen.query.signed import SignedQuery
+from fedscreen.protocol.answer import VerifiedAnswer
+from fedscreen.protocol.combine import NodeCells, combine
+from fedscreen.protocol.query import SignedQuery
 from fedscreen.query.spec import canonical_json
 
 RELEASE_VERSION: Final = 1

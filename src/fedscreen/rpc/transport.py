@@ -38,7 +38,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fedscreen import pki
-from fedscreen.envelope import MalformedEnvelope
+from fedscreen.crypto.envelope import MalformedEnvelope
 from fedscreen.errors import (
     ConfigError,
     FedscreenError,
@@ -48,8 +48,8 @@ from fedscreen.errors import (
     QueryRefused,
     VerificationError,
 )
-from fedscreen.identity import Identity
-from fedscreen.manifest import ROLES, Manifest, Member
+from fedscreen.trust.identity import Identity
+from fedscreen.trust.manifest import ROLES, Manifest, Member
 
 __all__ = [
     "DEFAULT_LIMITS",

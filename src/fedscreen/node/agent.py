@@ -5,7 +5,7 @@ coordinator (mutual TLS, the node's own certificate) and keeps a
 ``NodeLink.Connect`` stream open: Hello up, Welcome down, then QueryRequests
 down and Answers or Refusals up, with a Heartbeat every
 ``heartbeat_interval_ms`` so the coordinator knows the node's loop is alive
-(gRPC keepalive, from :class:`~fedscreen.transport.TransportLimits`, watches
+(gRPC keepalive, from :class:`~fedscreen.rpc.transport.TransportLimits`, watches
 the connection itself). When the stream fails the node redials after a
 jittered exponential backoff. Right after each Welcome, and after every Answer
 or Refusal, the node sends a fresh signed budget statement
@@ -36,15 +36,16 @@ from typing import Final
 
 import grpc
 
-from fedscreen import __version__, budget, transport
+from fedscreen import __version__, budget
 from fedscreen.errors import ConfigError, QueryRefused
-from fedscreen.identity import load_identity
-from fedscreen.manifest import Manifest
 from fedscreen.node import store
 from fedscreen.node.home import NodeConfig, load_config
 from fedscreen.node.requests import handle_query
 from fedscreen.policy import Policy
-from fedscreen.transport import DEFAULT_LIMITS, RpcFailed, TransportLimits
+from fedscreen.rpc import transport
+from fedscreen.rpc.transport import DEFAULT_LIMITS, RpcFailed, TransportLimits
+from fedscreen.trust.identity import load_identity
+from fedscreen.trust.manifest import Manifest
 from fedscreen.v1 import federation_pb2 as pb
 from fedscreen.v1 import federation_pb2_grpc as pb_grpc
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from fedscreen.envelope import MANIFEST_V1, Envelope, sign_envelope, verify_envelope
+from fedscreen.crypto.envelope import MANIFEST_V1, Envelope, sign_envelope, verify_envelope
+from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, SigningKey, public_key_id
 from fedscreen.errors import VerificationError
-from fedscreen.signing import PUBLIC_KEY_SIZE, SigningKey, public_key_id
 
 ROLES: Final = ("node", "coordinator", "analyst", "auditor")
 MANIFEST_FORMAT: Final = "fedscreen-manifest/1"

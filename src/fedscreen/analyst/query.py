@@ -17,15 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedscreen.answer import verify_answer
-from fedscreen.coordinator.combine import NodeCells
-from fedscreen.coordinator.release import check_release
-from fedscreen.envelope import RELEASE_V1, Envelope, verify_envelope
+from fedscreen.crypto.envelope import RELEASE_V1, Envelope, verify_envelope
 from fedscreen.errors import ConfigError, VerificationError
-from fedscreen.identity import load_identity
-from fedscreen.manifest import Manifest
-from fedscreen.query.signed import SignedQuery, new_query_id, sign_query
+from fedscreen.protocol.answer import verify_answer
+from fedscreen.protocol.combine import NodeCells
+from fedscreen.protocol.query import SignedQuery, new_query_id, sign_query
+from fedscreen.protocol.release import check_release
 from fedscreen.query.sqlparse import parse_sql
+from fedscreen.trust.identity import load_identity
+from fedscreen.trust.manifest import Manifest
 
 
 def make_query(

@@ -36,10 +36,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fedscreen.envelope import pae
+from fedscreen._util.files import replace_file, write_new_file
+from fedscreen.crypto.envelope import pae
+from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, SigningKey, public_key_id
 from fedscreen.errors import ConfigError, VerificationError
-from fedscreen.files import replace_file, write_new_file
-from fedscreen.manifest import Manifest, parse_manifest
 from fedscreen.pki import (
     CLAIMS_OID,
     MAX_PEM_BYTES,
@@ -58,7 +58,7 @@ from fedscreen.pki import (
     request_fingerprint,
     validate_member_fields,
 )
-from fedscreen.signing import PUBLIC_KEY_SIZE, SigningKey, public_key_id
+from fedscreen.trust.manifest import Manifest, parse_manifest
 
 __all__ = ["Identity", "create_identity", "install_issued", "load_identity", "update_manifest"]
 

@@ -24,13 +24,12 @@ from fedscreen.audit.bundle import Bundle, LogExport
 from fedscreen.audit.verify import verify_bundle
 from fedscreen.coordinator.core import Coordinator, init_coordinator
 from fedscreen.errors import ConfigError
-from fedscreen.identity import create_identity, issue_here, load_identity, update_manifest
-from fedscreen.node import nodelog, store
+from fedscreen.node import store
 from fedscreen.node.home import init_home
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
-from fedscreen.report._format import format_value
+from fedscreen.report.format import format_value
 from fedscreen.report.plan import load_plan
 from fedscreen.report.run import (
     build_model,
@@ -40,6 +39,8 @@ from fedscreen.report.run import (
 )
 from fedscreen.report.verify import releases_logged, verify_report
 from fedscreen.synth import generate, write_export
+from fedscreen.tlog import memberlog
+from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
 
 #: (county code, name, students, profile): real Hebei counties of different sizes and kinds
 COUNTIES: Final = (
@@ -300,8 +301,8 @@ def _bundle(homes: dict[str, Path], nodes: Sequence[str]) -> Bundle:
     for code in nodes:
         conn = store.connect(homes[code] / "node.db")
         try:
-            entries, notes = nodelog.export(conn)
+            entries, notes = memberlog.export(conn)
         finally:
             conn.close()
-        logs.append(LogExport(code, nodelog.origin(code), tuple(entries), tuple(notes)))
+        logs.append(LogExport(code, memberlog.origin(code), tuple(entries), tuple(notes)))
     return Bundle(tuple(logs), None)
