@@ -44,9 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from fedscreen import pki, transport  # noqa: E402
+from fedscreen._util.files import write_ready_file  # noqa: E402
 from fedscreen.analyst.query import make_query, verify_release  # noqa: E402
 from fedscreen.coordinator.core import init_coordinator  # noqa: E402
-from fedscreen.coordinator.server import serve, write_ready_file  # noqa: E402
+from fedscreen.coordinator.server import serve  # noqa: E402
 from fedscreen.node import store  # noqa: E402
 from fedscreen.node.agent import run_node  # noqa: E402
 from fedscreen.node.home import init_home, load_config  # noqa: E402

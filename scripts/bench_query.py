@@ -65,12 +65,13 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 import fedscreen
-from fedscreen.node import ledger, store
+from fedscreen.node import store
 from fedscreen.node.engine import QueryRequest, answer_query
 from fedscreen.node.home import CONFIG_FILE, NodeConfig, init_home, load_config
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.policy import Policy, default_policy_dir
 from fedscreen.policy.default import PROVINCE_FILE
+from fedscreen.protocol.budget import MICRO, to_micro
 from fedscreen.query.compile import Plan, compile_query
 from fedscreen.query.sqlparse import parse_sql
 from fedscreen.synth import generate, write_export
@@ -319,12 +320,12 @@ def epsilons(conn: Any, plan: Plan, epsilon: float) -> Iterator[float]:
             (plan.spec.canonical().decode(),),
         )
     }
-    base = ledger.to_micro(epsilon)
+    base = to_micro(epsilon)
     step = 0
     while True:
         for micro in (base + step, base - step) if step else (base,):
             if micro > 0 and micro not in used:
-                yield micro / ledger.MICRO
+                yield micro / MICRO
         step += 1
 
 

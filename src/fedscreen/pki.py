@@ -67,6 +67,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedscreen._util.canonical import canonical_json
 from fedscreen._util.files import replace_file, write_new_file
 from fedscreen.crypto.envelope import pae
 from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, SigningKey, public_key_id, verify_signature
@@ -188,7 +189,7 @@ def claims_bytes(*, member_id: str, role: str, name: str, level: str, signing_ke
         "level": level,
         "signing_key": base64.b64encode(signing_key).decode(),
     }
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return canonical_json(body)
 
 
 def request_fingerprint(csr: x509.CertificateSigningRequest) -> str:

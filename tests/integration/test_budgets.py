@@ -36,11 +36,11 @@ from test_federation import (
     running_federation,
 )
 
-from fedscreen.budget import Budgets, fetch_budgets
+from fedscreen.analyst.budgets import fetch_budgets
 from fedscreen.cli.query import print_release
-from fedscreen.node import ledger
 from fedscreen.node.home import load_config
 from fedscreen.policy import digest as policy_digest
+from fedscreen.protocol.budget import Budgets, to_micro
 from fedscreen.trust.identity import load_identity
 
 #: a county document that caps a query at ε 0.05, below the tests' ε 0.1
@@ -102,7 +102,7 @@ def test_statements_reflect_the_charge_at_every_node(fed: Federation) -> None:
     submitted = run(lambda: _submit(fed, envelope))
     assert _verified(fed, query, submitted)["answered"] == sorted(NODES)
 
-    cost = ledger.to_micro(EPSILON)
+    cost = to_micro(EPSILON)
     after = _fetch_until(
         fed,
         lambda b: all(b.statements[n].spent_micro(YEAR, ANALYST) == spent[n] + cost for n in NODES),
@@ -121,8 +121,8 @@ def test_statements_reflect_the_charge_at_every_node(fed: Federation) -> None:
         assert statement.limits == policy.limits
         limits = policy.limits
         assert statement.remaining_micro(YEAR, ANALYST) == min(
-            ledger.to_micro(limits.epsilon_per_node_per_year) - statement.spent_micro(YEAR),
-            ledger.to_micro(limits.analyst_budget(ANALYST)) - statement.spent_micro(YEAR, ANALYST),
+            to_micro(limits.epsilon_per_node_per_year) - statement.spent_micro(YEAR),
+            to_micro(limits.analyst_budget(ANALYST)) - statement.spent_micro(YEAR, ANALYST),
         )
 
 

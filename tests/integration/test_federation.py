@@ -34,7 +34,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedscreen import pki
 from fedscreen.analyst.query import make_query, verify_release
-from fedscreen.cli.query import Submitted, submit
 from fedscreen.coordinator.core import init_coordinator
 from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
 from fedscreen.errors import QueryRefused
@@ -47,6 +46,7 @@ from fedscreen.protocol.answer import verify_answer
 from fedscreen.protocol.query import SignedQuery, new_query_id, sign_query
 from fedscreen.query.sqlparse import parse_sql
 from fedscreen.rpc import transport
+from fedscreen.rpc.client import Submitted, submit
 from fedscreen.rpc.transport import RpcFailed
 from fedscreen.synth import generate, write_export
 from fedscreen.tlog import merkle

@@ -24,15 +24,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedscreen import pki
-from fedscreen.budget import (
-    BUDGET_V1,
-    BudgetStatement,
-    sign_statement,
-    statement_body,
-    verify_budgets,
-    verify_statement,
-)
-from fedscreen.coordinator.server import SessionRegistry
+from fedscreen._util.canonical import canonical_json
+from fedscreen.coordinator.sessions import SessionRegistry
 from fedscreen.crypto.envelope import ANSWER_V1, sign_envelope
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import QueryRefused, VerificationError
@@ -40,9 +33,18 @@ from fedscreen.node import ledger, store
 from fedscreen.node.engine import QueryRequest, answer_query
 from fedscreen.node.home import NodeConfig, init_home
 from fedscreen.node.ingest import ingest_paths
+from fedscreen.node.statement import sign_statement, statement_body
 from fedscreen.policy import Policy
 from fedscreen.policy import digest as policy_digest
-from fedscreen.query.spec import canonical_json
+from fedscreen.protocol.budget import (
+    BUDGET_V1,
+    MICRO,
+    BudgetStatement,
+    from_micro,
+    to_micro,
+    verify_budgets,
+    verify_statement,
+)
 from fedscreen.trust.identity import create_identity, issue_here
 from fedscreen.trust.manifest import Manifest
 
@@ -52,7 +54,7 @@ NODE = "130102"
 OTHER = "130104"
 ALICE = "alice"
 CENTRE = "hebei-monitoring-centre"  # the county policy gives it a larger share
-MICRO = ledger.MICRO
+MICRO = MICRO
 
 
 def question(n: int, year: str = YEAR) -> str:
@@ -356,7 +358,7 @@ def _statement(
             "issued_at_ms": 0,
             "policy_digest": "sha256:" + "0" * 64,
             "limits": {
-                "epsilon_per_node_per_year": ledger.from_micro(budget_micro),
+                "epsilon_per_node_per_year": from_micro(budget_micro),
                 "max_epsilon_per_query": 1.0,
                 "approval_above_epsilon": None,
                 "analyst_share": share,
@@ -393,15 +395,15 @@ def test_remaining_is_never_negative_nor_above_either_budget(
         others_micro=others_micro,
     )
     left = statement.remaining_micro(YEAR, ALICE)
-    node_budget = ledger.to_micro(statement.epsilon_per_node_per_year)
-    analyst_budget = ledger.to_micro(statement.analyst_budget(ALICE))
+    node_budget = to_micro(statement.epsilon_per_node_per_year)
+    analyst_budget = to_micro(statement.analyst_budget(ALICE))
     assert 0 <= left <= node_budget
     assert left <= analyst_budget
     assert left <= node_budget - alice_micro - others_micro or left == 0
     assert left <= analyst_budget - alice_micro or left == 0
-    assert statement.remaining(YEAR, ALICE) == ledger.from_micro(left)
+    assert statement.remaining(YEAR, ALICE) == from_micro(left)
     # and it is exactly the boundary of the node's own check
     if left > 0:
-        statement.check_budget(YEAR, ALICE, epsilon=ledger.from_micro(left))
+        statement.check_budget(YEAR, ALICE, epsilon=from_micro(left))
     with pytest.raises(QueryRefused, match=r"^budget: "):
-        statement.check_budget(YEAR, ALICE, epsilon=ledger.from_micro(left + 1))
+        statement.check_budget(YEAR, ALICE, epsilon=from_micro(left + 1))

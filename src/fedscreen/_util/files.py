@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from fedscreen.errors import ConfigError
 
@@ -58,3 +60,8 @@ def replace_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         tmp.unlink(missing_ok=True)
         raise ConfigError(f"{path}: cannot write: {exc.strerror}") from None
     fsync_dir(path.parent)
+
+
+def write_ready_file(path: Path, doc: dict[str, Any]) -> None:
+    """Write ``doc`` as JSON to ``path`` atomically: a reader sees all of it or nothing."""
+    replace_file(path, (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8"))

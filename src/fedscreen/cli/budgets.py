@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from fedscreen.budget import Budgets, BudgetStatement, fetch_budgets
+from fedscreen.analyst.budgets import fetch_budgets
 from fedscreen.cli.output import table
+from fedscreen.protocol.budget import Budgets, BudgetStatement
 from fedscreen.trust.identity import load_identity
 
 #: the year column when no node has charged anything yet: every year is untouched

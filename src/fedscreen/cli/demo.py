@@ -22,6 +22,7 @@ from fedscreen.node.engine import QueryRequest, answer_query
 from fedscreen.node.home import init_home
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.node.status import node_status
+from fedscreen.protocol.budget import from_micro
 from fedscreen.synth import generate, write_export
 
 COUNTY: Final = ("130102", "长安区")
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         spent = ledger.spent(conn, YEAR, ANALYST)
     finally:
         conn.close()
-    left = policy.limits.epsilon_per_node_per_year - ledger.from_micro(spent.node_micro)
-    print(f"ε spent this year: {ledger.from_micro(spent.node_micro):g}; left: {left:g}")
+    left = policy.limits.epsilon_per_node_per_year - from_micro(spent.node_micro)
+    print(f"ε spent this year: {from_micro(spent.node_micro):g}; left: {left:g}")
     print(f"\ndone: {work}")
     return 0

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedscreen._util.sqlite import transaction
 from fedscreen.cli.nodeserve import add_serve_parser
 from fedscreen.cli.output import Progress, table
 from fedscreen.node import ledger, store
@@ -16,6 +17,7 @@ from fedscreen.node.home import init_home, load_config
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.node.reader import ENCODINGS
 from fedscreen.node.status import NodeStatus, node_status
+from fedscreen.protocol.budget import from_micro, to_micro
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -152,7 +154,7 @@ def run_query(args: argparse.Namespace) -> int:
         if answer.cached
         else (f"ε={answer.body['epsilon']:g}")
     )
-    left = policy.limits.epsilon_per_node_per_year - ledger.from_micro(spent.node_micro)
+    left = policy.limits.epsilon_per_node_per_year - from_micro(spent.node_micro)
     print(f"\ncharged {charged}; the node has ε={left:g} left for {spent.year}")
     return 0
 
@@ -193,7 +195,7 @@ def run_approvals(args: argparse.Namespace) -> int:
         conn.close()
     table(
         ["#", "status", "analyst", "ε", "requested", "query"],
-        [(i, s, a, f"{ledger.from_micro(e):g}", t, q) for i, s, a, e, t, q in rows],
+        [(i, s, a, f"{from_micro(e):g}", t, q) for i, s, a, e, t, q in rows],
     )
     return 0
 
@@ -203,13 +205,8 @@ def run_decide(args: argparse.Namespace) -> int:
     config = load_config(args.home)
     conn = store.connect(config.database)
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             ledger.decide_approval(conn, args.id, approve=args.approve, at=now())
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     finally:
         conn.close()
     outcome = "approved: the analyst may now ask it" if args.approve else "rejected"
@@ -226,18 +223,18 @@ def run_budget(args: argparse.Namespace) -> int:
         spent = ledger.budget_table(conn)
     finally:
         conn.close()
-    node_budget = ledger.to_micro(limits.epsilon_per_node_per_year)
+    node_budget = to_micro(limits.epsilon_per_node_per_year)
     years: dict[str, int] = {}
     for year, _, micro in spent:
         years[year] = years.get(year, 0) + micro
     rows: list[list[object]] = []
-    show = ledger.from_micro
+    show = from_micro
     for year, total in years.items():
         # integer micro-ε: "left" is exact, never 4.4e-16
         rows.append([year, "(node total)", f"{show(total):g}", f"{show(node_budget - total):g}"])
         for y, analyst, micro in spent:
             if y == year:
-                own = ledger.to_micro(limits.analyst_budget(analyst)) - micro
+                own = to_micro(limits.analyst_budget(analyst)) - micro
                 left = max(min(own, node_budget - total), 0)
                 rows.append([year, analyst, f"{show(micro):g}", f"{show(left):g}"])
     print(

@@ -11,8 +11,8 @@ import argparse
 import asyncio
 from pathlib import Path
 
+from fedscreen._util.files import write_ready_file
 from fedscreen.cli.coordinator import run_until_signalled
-from fedscreen.coordinator.server import write_ready_file
 from fedscreen.node.agent import Welcomed, run_node
 
 

@@ -16,23 +16,14 @@ import csv
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from fedscreen.analyst.query import make_query, verify_release
 from fedscreen.cli.output import table
 from fedscreen.errors import ConfigError
-from fedscreen.node.agent import coordinator_of
-from fedscreen.rpc import transport
-from fedscreen.rpc.transport import DEFAULT_LIMITS, TransportLimits
+from fedscreen.rpc.client import submit
 from fedscreen.trust.identity import load_identity
-from fedscreen.v1 import federation_pb2 as pb
-from fedscreen.v1 import federation_pb2_grpc as pb_grpc
-
-#: added to the wait for nodes to make the call's own deadline: time for the
-#: coordinator to verify, combine, sign, log and send the release back (ms)
-CALL_MARGIN_MS: Final = 5_000
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -64,42 +55,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     query.add_argument("--format", choices=("table", "json", "csv"), default="table")
     query.add_argument("sql", help="the query")
     query.set_defaults(func=run_query)
-
-
-@dataclass(frozen=True)
-class Submitted:
-    """What the coordinator returned for one query, as received (not yet verified)."""
-
-    release_envelope: bytes
-    #: node id -> the node's answer envelope, verbatim
-    answers: dict[str, bytes]
-    missing: tuple[str, ...]
-
-
-async def submit(
-    home: Path,
-    coordinator: str,
-    query_envelope: bytes,
-    *,
-    coordinator_id: str | None = None,
-    deadline_ms: int = 0,
-    limits: TransportLimits = DEFAULT_LIMITS,
-) -> Submitted:
-    """Submit a signed query as the member in ``home``; raises RpcFailed if refused."""
-    identity = load_identity(home)
-    peer = coordinator_id or coordinator_of(identity.manifest())
-    timeout_s = (deadline_ms + CALL_MARGIN_MS) / 1000 if deadline_ms > 0 else limits.call_timeout_s
-    async with transport.channel(identity, coordinator, peer_id=peer, limits=limits) as channel:
-        with transport.rpc_errors("submit"):
-            response = await pb_grpc.AnalystStub(channel).Submit(
-                pb.SubmitRequest(query_envelope=query_envelope, deadline_ms=deadline_ms),
-                timeout=timeout_s,
-            )
-    return Submitted(
-        release_envelope=bytes(response.release_envelope),
-        answers={a.node_id: bytes(a.envelope) for a in response.answers},
-        missing=tuple(response.missing_nodes),
-    )
 
 
 def run_query(args: argparse.Namespace) -> int:

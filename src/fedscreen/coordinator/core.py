@@ -14,6 +14,7 @@ goes into the coordinator's transparency log::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -21,16 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from fedscreen._util.canonical import canonical_json
+from fedscreen._util.sqlite import connect, transaction
 from fedscreen.crypto.envelope import RELEASE_V1, Envelope, sign_envelope
 from fedscreen.errors import ConfigError, QueryRefused, VerificationError
-from fedscreen.node import store
 from fedscreen.policy import Policy, default_policy_dir, load_policy
 from fedscreen.policy.default import PROVINCE_FILE
 from fedscreen.protocol.answer import VerifiedAnswer, verify_answer
 from fedscreen.protocol.query import SignedQuery, verify_query
 from fedscreen.protocol.release import release_body
 from fedscreen.query.compile import compile_query
-from fedscreen.query.spec import canonical_json
 from fedscreen.tlog import memberlog
 from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust.identity import Identity, create_identity, load_identity
@@ -60,7 +61,7 @@ def init_coordinator(home: Path, *, member_id: str, name: str) -> None:
         raise ConfigError(f"{home} already holds a coordinator; refusing to overwrite")
     home.mkdir(parents=True, exist_ok=True)
     create_identity(home, member_id=member_id, role=ROLE, name=name, level="province")
-    conn = store.connect(home / DATABASE_FILE)
+    conn = connect(home / DATABASE_FILE)
     conn.close()
     (home / CONFIG_FILE).write_text(
         "# fedscreen coordinator\n[coordinator]\n"
@@ -82,7 +83,7 @@ class Coordinator:
         self._stamp = self._manifest_stamp()
         self.key = identity.signing_key()
         self.origin = memberlog.origin(self.member_id, ROLE)
-        self.conn = store.connect(home / DATABASE_FILE)
+        self.conn = connect(home / DATABASE_FILE)
         self.conn.execute(memberlog.CHECKPOINT_SCHEMA)
         self.log = TransparencyLog(self.conn, name=ROLE)
 
@@ -103,7 +104,7 @@ class Coordinator:
     @property
     def node_ids(self) -> tuple[str, ...]:
         """Active node members of the manifest."""
-        return tuple(m.id for m in self.manifest.members if m.role == "node" and not m.revoked)
+        return self.manifest.active("node")
 
     def reload_manifest(self) -> None:
         """Pick up a newer manifest installed in the home (a revocation takes effect)."""
@@ -188,8 +189,7 @@ class Coordinator:
             .to_json()
             .encode("utf-8")
         )
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.conn):
             for node_id, (raw, _) in sorted(verified.items()):
                 self._append(
                     {
@@ -205,18 +205,12 @@ class Coordinator:
                 {"kind": "release", "query_id": query.query_id, "envelope": signed.decode("utf-8")},
                 commit=False,
             )
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
         return Release(signed, body, {n: v[0] for n, v in verified.items()}, tuple(sorted(lost)))
 
     def _append(
         self, payload: dict[str, Any], *, commit: bool = True, checkpoint: bool = True
     ) -> None:
-        if commit:
-            self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.conn) if commit else contextlib.nullcontext():
             memberlog.append(
                 self.conn,
                 node_id=self.member_id,
@@ -225,12 +219,6 @@ class Coordinator:
                 role=ROLE,
                 checkpoint=checkpoint,
             )
-            if commit:
-                self.conn.execute("COMMIT")
-        except BaseException:
-            if commit:
-                self.conn.execute("ROLLBACK")
-            raise
 
     # --- the auditors' view ------------------------------------------------------------
 

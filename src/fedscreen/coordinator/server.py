@@ -32,11 +32,8 @@ loop never waits on an fsync and core calls run one at a time in arrival order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,11 +42,20 @@ from typing import Any, Final, TypeVar
 
 import grpc
 
-from fedscreen.budget import BudgetStatement, verify_statement
+from fedscreen._util.files import write_ready_file
 from fedscreen.coordinator.core import Coordinator
+from fedscreen.coordinator.sessions import (
+    NodeReply,
+    NodeSession,
+    Push,
+    SessionRegistry,
+    Withdraw,
+    fan_out,
+    now_ms,
+)
 from fedscreen.errors import ConfigError, QueryRefused, VerificationError
-from fedscreen.protocol.query import SignedQuery
-from fedscreen.rpc import transport
+from fedscreen.protocol.budget import verify_statement
+from fedscreen.rpc import serde, transport
 from fedscreen.rpc.transport import DEFAULT_LIMITS, TransportLimits
 from fedscreen.v1 import federation_pb2 as pb
 from fedscreen.v1 import federation_pb2_grpc as pb_grpc
@@ -58,10 +64,7 @@ __all__ = [
     "DEFAULT_SERVER_LIMITS",
     "CoreThread",
     "Listening",
-    "NodeReply",
-    "NodeSession",
     "ServerLimits",
-    "SessionRegistry",
     "serve",
 ]
 
@@ -109,11 +112,6 @@ class ServerLimits:
 DEFAULT_SERVER_LIMITS: Final = ServerLimits()
 
 
-def now_ms() -> int:
-    """Milliseconds since the Unix epoch (UTC), the unit of every ``*_unix_ms`` field."""
-    return int(time.time() * 1000)
-
-
 # ---------------------------------------------------------------- the core's thread
 
 
@@ -151,150 +149,6 @@ class CoreThread:
             await self.call(lambda core: core.close())
         finally:
             self._executor.shutdown(wait=True)
-
-
-# ---------------------------------------------------------------- node sessions
-
-
-@dataclass(frozen=True)
-class NodeReply:
-    """What became of one query at one node: its answer envelope, or why there is none."""
-
-    #: the node's answer envelope, byte for byte as received; None if no answer
-    envelope: bytes | None
-    #: why there is no answer ("refused: <the node's reason>", "link lost", "not
-    #: connected", "no answer before the deadline", ...); the release states it
-    reason: str = ""
-
-
-class NodeSession:
-    """One node's live stream: what to push down it, and the queries waiting on it."""
-
-    def __init__(self, node_id: str, *, outbox_messages: int) -> None:
-        self.node_id = node_id
-        self.opened_ms = now_ms()
-        #: messages for the writer; None tells it to end the stream
-        self.outbox: asyncio.Queue[pb.CoordinatorMessage | None] = asyncio.Queue(outbox_messages)
-        self._waiting: dict[str, list[asyncio.Future[NodeReply]]] = {}
-        self.closed = False
-
-    def ask(
-        self, query_id: str, envelope: bytes, *, deadline_unix_ms: int
-    ) -> asyncio.Future[NodeReply]:
-        """Push a query to the node; the future settles with its reply (never raises)."""
-        future: asyncio.Future[NodeReply] = asyncio.get_running_loop().create_future()
-        if self.closed:
-            future.set_result(NodeReply(None, "link lost"))
-            return future
-        waiting = self._waiting.get(query_id)
-        if waiting is None:
-            # the same query id already on its way (a concurrent replay) is not sent twice
-            message = pb.CoordinatorMessage(
-                query=pb.QueryRequest(
-                    query_id=query_id, query_envelope=envelope, deadline_unix_ms=deadline_unix_ms
-                )
-            )
-            try:
-                self.outbox.put_nowait(message)
-            except asyncio.QueueFull:
-                future.set_result(NodeReply(None, "the node's stream is backed up"))
-                return future
-            waiting = self._waiting[query_id] = []
-        waiting.append(future)
-        return future
-
-    def settle(self, query_id: str, reply: NodeReply) -> bool:
-        """Hand a reply to whoever waits for it; False if nobody does (late: discard it)."""
-        waiting = self._waiting.pop(query_id, None)
-        if not waiting:
-            return False
-        for future in waiting:
-            if not future.done():
-                future.set_result(reply)
-        return True
-
-    def withdraw(self, query_id: str, future: asyncio.Future[NodeReply]) -> None:
-        """Stop waiting (deadline passed, analyst gone); tell the node, advisorily."""
-        waiting = self._waiting.get(query_id)
-        if waiting is None or future not in waiting:
-            return
-        waiting.remove(future)
-        if waiting:
-            return
-        del self._waiting[query_id]
-        with contextlib.suppress(asyncio.QueueFull):  # advisory only
-            self.outbox.put_nowait(pb.CoordinatorMessage(cancel=pb.Cancel(query_id=query_id)))
-
-    def close(self, reason: str) -> None:
-        """End the session: every waiting query counts this node as missing."""
-        if self.closed:
-            return
-        self.closed = True
-        for waiting in self._waiting.values():
-            for future in waiting:
-                if not future.done():
-                    future.set_result(NodeReply(None, reason))
-        self._waiting.clear()
-        # wake the writer even if the queue is full: it only needs to see the end mark
-        while True:
-            try:
-                self.outbox.put_nowait(None)
-                break
-            except asyncio.QueueFull:
-                self.outbox.get_nowait()
-
-
-class SessionRegistry:
-    """The live session of each node: one per node, the newest wins."""
-
-    def __init__(self) -> None:
-        self._live: dict[str, NodeSession] = {}
-        #: node -> eligible students it last announced (public); kept after it disconnects
-        self.eligible: dict[str, int] = {}
-        #: node -> its newest verified budget statement and that statement's envelope,
-        #: verbatim; kept after it disconnects (in memory: a restarted coordinator waits
-        #: for each node's next statement, which its Welcome brings)
-        self.budgets: dict[str, tuple[BudgetStatement, bytes]] = {}
-
-    def open(self, session: NodeSession) -> None:
-        """Register ``session``; an older session of the same node is closed."""
-        old = self._live.get(session.node_id)
-        self._live[session.node_id] = session
-        if old is not None:
-            _log.info("node %s reconnected; closing its older session", session.node_id)
-            old.close("replaced by a newer session")
-
-    def close(self, session: NodeSession, reason: str) -> None:
-        """Unregister ``session`` (if still the live one) and close it."""
-        if self._live.get(session.node_id) is session:
-            del self._live[session.node_id]
-        session.close(reason)
-
-    def record_budget(self, statement: BudgetStatement, envelope: bytes) -> bool:
-        """Keep a verified statement unless a newer one is held; False if it was older.
-
-        Newer is by the node's own signed issue time, so a statement delayed on an
-        old stream cannot roll the view back (the node's issue times strictly increase).
-        """
-        held = self.budgets.get(statement.node_id)
-        if held is not None and held[0].issued_at_ms > statement.issued_at_ms:
-            return False
-        self.budgets[statement.node_id] = (statement, envelope)
-        return True
-
-    def get(self, node_id: str) -> NodeSession | None:
-        """The node's live session, if it has one."""
-        return self._live.get(node_id)
-
-    @property
-    def connected(self) -> tuple[str, ...]:
-        """Ids of the nodes with a live session."""
-        return tuple(sorted(self._live))
-
-    def close_all(self, reason: str) -> None:
-        """Close every session (shutdown)."""
-        for session in list(self._live.values()):
-            self.close(session, reason)
 
 
 # ---------------------------------------------------------------- servicers
@@ -339,7 +193,7 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
                 message = await session.outbox.get()
                 if message is None:
                     break
-                yield message
+                yield _to_pb(message)
         finally:
             reader.cancel()
             self.sessions.close(session, "link lost")
@@ -440,7 +294,7 @@ class AnalystServicer(pb_grpc.AnalystServicer):
             wait_s = self._wait_s(request.deadline_ms, context.time_remaining())
             # each node once, in the order asked
             targets = tuple(dict.fromkeys(query.nodes or self.core.core.node_ids))
-            replies = await self._fan_out(query, envelope, targets, wait_s)
+            replies = await fan_out(self.sessions, query, envelope, targets, wait_s)
             answers = {n: r.envelope for n, r in replies.items() if r.envelope is not None}
             missing = [n for n in targets if n not in answers]
             for node_id in missing:
@@ -457,14 +311,7 @@ class AnalystServicer(pb_grpc.AnalystServicer):
                     query, answers, missing, eligible=eligible, reasons=reasons
                 )
             )
-        return pb.SubmitResponse(
-            release_envelope=release.envelope,
-            answers=[
-                pb.NodeAnswer(node_id=n, envelope=release.answers[n])
-                for n in sorted(release.answers)
-            ],
-            missing_nodes=list(release.missing),
-        )
+        return serde.submit_response(release.envelope, release.answers, release.missing)
 
     async def Budgets(
         self, request: pb.BudgetsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -475,10 +322,10 @@ class AnalystServicer(pb_grpc.AnalystServicer):
             # a revoked node's statements are no longer handed out (as Submit, newest manifest)
             node_ids = set(await self.core.call(_active_nodes))
         held = {n: envelope for n, (_, envelope) in self.sessions.budgets.items() if n in node_ids}
-        return pb.BudgetsResponse(
-            statements=[pb.NodeAnswer(node_id=n, envelope=held[n]) for n in sorted(held)],
-            connected_nodes=[n for n in self.sessions.connected if n in node_ids],
-            missing_nodes=sorted(node_ids - set(held)),
+        return serde.statements_response(
+            held,
+            connected=[n for n in self.sessions.connected if n in node_ids],
+            missing=node_ids - set(held),
         )
 
     def _wait_s(self, requested_ms: int, time_remaining: float | None) -> float:
@@ -492,33 +339,17 @@ class AnalystServicer(pb_grpc.AnalystServicer):
             raise QueryRefused("the call's deadline leaves no time to wait for nodes")
         return wait_ms / 1000
 
-    async def _fan_out(
-        self, query: SignedQuery, envelope: bytes, targets: tuple[str, ...], wait_s: float
-    ) -> dict[str, NodeReply]:
-        """Each target's reply, or why there is none, by the deadline."""
-        deadline_unix_ms = now_ms() + int(wait_s * 1000)
-        replies: dict[str, NodeReply] = {}
-        asked: dict[str, tuple[NodeSession, asyncio.Future[NodeReply]]] = {}
-        for node_id in targets:
-            session = self.sessions.get(node_id)
-            if session is None:
-                replies[node_id] = NodeReply(None, "not connected")
-                continue
-            future = session.ask(query.query_id, envelope, deadline_unix_ms=deadline_unix_ms)
-            asked[node_id] = (session, future)
-        try:
-            if asked:
-                await asyncio.wait([f for _, f in asked.values()], timeout=wait_s)
-        finally:
-            # settle every target now: whatever arrives later finds nobody waiting
-            for node_id, (session, future) in asked.items():
-                if future.done():
-                    replies[node_id] = future.result()
-                else:
-                    session.withdraw(query.query_id, future)
-                    future.cancel()
-                    replies[node_id] = NodeReply(None, "no answer before the deadline")
-        return replies
+def _to_pb(message: Push | Withdraw) -> pb.CoordinatorMessage:
+    """A session's queued message as it goes down the node's stream."""
+    if isinstance(message, Withdraw):
+        return pb.CoordinatorMessage(cancel=pb.Cancel(query_id=message.query_id))
+    return pb.CoordinatorMessage(
+        query=pb.QueryRequest(
+            query_id=message.query_id,
+            query_envelope=message.envelope,
+            deadline_unix_ms=message.deadline_unix_ms,
+        )
+    )
 
 
 def _active_nodes(core: Coordinator) -> tuple[str, ...]:
@@ -620,13 +451,6 @@ class Listening:
             "port": self.port,
             "pid": self.pid,
         }
-
-
-def write_ready_file(path: Path, doc: dict[str, Any]) -> None:
-    """Write ``doc`` as JSON to ``path`` atomically: a reader sees all of it or nothing."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(doc, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
 
 
 async def serve(

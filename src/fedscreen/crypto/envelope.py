@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from fedscreen._util.canonical import canonical_json
 from fedscreen.crypto.signing import SigningKey, verify_signature
 from fedscreen.errors import VerificationError
 
@@ -70,7 +71,7 @@ class Envelope:
             "payloadType": self.payload_type,
             "signatures": [{"keyid": s.keyid, "sig": _b64encode(s.sig)} for s in self.signatures],
         }
-        return _canonical(doc)
+        return canonical_json(doc).decode("utf-8")
 
     @classmethod
     def from_json(cls, data: str | bytes) -> Envelope:
@@ -85,8 +86,8 @@ class Envelope:
             # Fast path: text that is exactly the canonical serialisation (what to_json
             # writes) cannot hold a duplicate key; anything else is parsed again with
             # the duplicate-rejecting hook. Audits verify millions of our own envelopes.
-            text = data.decode("utf-8") if isinstance(data, bytes) else data
-            if not isinstance(doc, dict) or _canonical(doc) != text:
+            raw = data if isinstance(data, bytes) else data.encode("utf-8")
+            if not isinstance(doc, dict) or canonical_json(doc) != raw:
                 doc = json.loads(
                     data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant
                 )
@@ -151,10 +152,6 @@ def verify_envelope(
     if not verified:
         raise VerificationError("envelope has no signature from a trusted key")
     return envelope._payload
-
-
-def _canonical(doc: Any) -> str:
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
 
 def _b64encode(data: bytes) -> str:

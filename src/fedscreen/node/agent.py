@@ -9,7 +9,7 @@ down and Answers or Refusals up, with a Heartbeat every
 the connection itself). When the stream fails the node redials after a
 jittered exponential backoff. Right after each Welcome, and after every Answer
 or Refusal, the node sends a fresh signed budget statement
-(:mod:`fedscreen.budget`) made from its ledger after that charge, so analysts
+(:mod:`fedscreen.node.statement`) made from its ledger after that charge, so analysts
 can see what it has left before they ask.
 
 The coordinator is only a relay: every query is checked here again by
@@ -36,11 +36,12 @@ from typing import Final
 
 import grpc
 
-from fedscreen import __version__, budget
+from fedscreen import __version__
 from fedscreen.errors import ConfigError, QueryRefused
 from fedscreen.node import store
 from fedscreen.node.home import NodeConfig, load_config
 from fedscreen.node.requests import handle_query
+from fedscreen.node.statement import sign_statement, statement_body
 from fedscreen.policy import Policy
 from fedscreen.rpc import transport
 from fedscreen.rpc.transport import DEFAULT_LIMITS, RpcFailed, TransportLimits
@@ -55,7 +56,6 @@ __all__ = [
     "NodeLimits",
     "Welcomed",
     "backoff_ms",
-    "coordinator_of",
     "run_node",
 ]
 
@@ -117,16 +117,6 @@ def backoff_ms(attempt: int, *, limits: NodeLimits = DEFAULT_NODE_LIMITS) -> int
     return ceiling - half + secrets.randbelow(half + 1)
 
 
-def coordinator_of(manifest: Manifest) -> str:
-    """The member id of the federation's coordinator (the single active one)."""
-    ids = [m.id for m in manifest.members if m.role == "coordinator" and not m.revoked]
-    if len(ids) != 1:
-        raise ConfigError(
-            f"the manifest lists {len(ids)} active coordinators; name one with --coordinator-id"
-        )
-    return ids[0]
-
-
 def _unsafe_test_delay_ms() -> int:
     value = os.environ.get(UNSAFE_TEST_ANSWER_DELAY_ENV, "")
     if not value:
@@ -180,10 +170,10 @@ class QueryWorker:
         # strictly increasing issue times order this process's statements even within
         # one millisecond: the coordinator keeps the newest by issue time
         self._issued_ms = max(_now_ms(), self._issued_ms + 1)
-        body = budget.statement_body(
+        body = statement_body(
             self._connection(), self.policy, self.config.node_id, now_ms=self._issued_ms
         )
-        return budget.sign_statement(body, key=self.config.signing_key())
+        return sign_statement(body, key=self.config.signing_key())
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -226,7 +216,7 @@ class _Agent:
         manifest = self.identity.manifest()
         self.manifest_version = manifest.version
         self.coordinator = coordinator
-        self.peer_id = coordinator_id or coordinator_of(manifest)
+        self.peer_id = coordinator_id or manifest.coordinator()
         self.limits = limits
         self.on_welcome = on_welcome
         self.delay_s = _unsafe_test_delay_ms() / 1000

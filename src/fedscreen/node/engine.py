@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from fedscreen._util.canonical import canonical_json
+from fedscreen._util.sqlite import transaction
 from fedscreen.crypto.envelope import ANSWER_V1, Envelope, sign_envelope
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import QueryRefused
@@ -32,9 +34,12 @@ from fedscreen.node import ledger, store
 from fedscreen.node.home import NodeConfig
 from fedscreen.policy import Policy
 from fedscreen.policy import digest as policy_digest
+from fedscreen.protocol.answer import answer_payload
+from fedscreen.protocol.budget import check_budget, from_micro, to_micro
 from fedscreen.query import mechanisms
 from fedscreen.query.compile import Plan, compile_query
-from fedscreen.query.spec import QuerySpec, canonical_json
+from fedscreen.query.cost import request_epsilon
+from fedscreen.query.spec import QuerySpec
 from fedscreen.query.sqlparse import parse_sql
 from fedscreen.tlog import memberlog
 
@@ -74,17 +79,6 @@ class Answer:
     checkpoint: str
 
 
-def answer_payload(body: dict[str, Any], log_index: int, checkpoint: str, charged: float) -> bytes:
-    """The exact bytes a node signs for an answer.
-
-    ``charged`` is the ε this delivery cost the ledger: the body's ε when it was just
-    computed, 0 when the stored answer was given again (identical query, same data).
-    """
-    return canonical_json(
-        {"answer": body, "log_index": log_index, "checkpoint": checkpoint, "charged": charged}
-    )
-
-
 def now() -> str:
     """The current UTC time, ISO 8601 to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds")
@@ -96,38 +90,6 @@ def latest_year(conn: sqlite3.Connection) -> str | None:
         "SELECT MAX(academic_year) FROM ingest_batch WHERE kind = 'screening' AND rows > 0"
     ).fetchone()
     return str(row[0]) if row and row[0] else None
-
-
-def request_epsilon(request: QueryRequest, plan: Plan, policy: Policy) -> float:
-    """The ε this request spends; refuses a missing, invalid or too expensive one."""
-    if plan.dataset.public:
-        return 0.0
-    if (request.epsilon is None) == (request.accuracy is None):
-        raise QueryRefused("give exactly one of epsilon or accuracy")
-    kind = plan.spec.measure.kind
-    if request.epsilon is not None:
-        epsilon = request.epsilon
-        if not 0 < epsilon < float("inf"):
-            raise QueryRefused("epsilon must be a positive number")
-    else:
-        accuracy = request.accuracy
-        assert accuracy is not None
-        if kind == "quantile":
-            raise QueryRefused("give epsilon, not accuracy, for a quantile")
-        if not 0 < accuracy < float("inf"):
-            raise QueryRefused("accuracy must be a positive number")
-        # each noisy component (the count; a sum's numerator) is within ±accuracy at 95%;
-        # mean and rate split ε evenly between two components, so each half must suffice
-        # for the more sensitive one
-        epsilon = mechanisms.epsilon_for_accuracy(accuracy=accuracy, sensitivity=plan.sensitivity)
-        if kind in ("mean", "rate"):
-            epsilon *= 2
-    cap = policy.limits.max_epsilon_per_query
-    if epsilon > cap:
-        raise QueryRefused(
-            f"this query would cost ε={epsilon:.4g}, above the per-query cap {cap:g}"
-        )
-    return epsilon
 
 
 def answer_query(
@@ -142,7 +104,9 @@ def answer_query(
                 raise QueryRefused("this node holds no screenings yet")
             spec = QuerySpec(spec.dataset, spec.measure, spec.group_by, spec.where, (year,))
         plan = compile_query(spec, policy)
-        epsilon = request_epsilon(request, plan, policy)
+        epsilon = request_epsilon(
+            plan, policy, epsilon=request.epsilon, accuracy=request.accuracy
+        )
         return _answer(config, policy, request.analyst, plan, epsilon, conn, request.query_id)
     except QueryRefused as refusal:
         if conn.in_transaction:
@@ -167,8 +131,7 @@ def record_refusal(
 ) -> None:
     """Record a refused request and log it, in one transaction; it costs no budget."""
     at = now()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         ledger.record_refusal(conn, analyst=analyst, query=query, reason=reason, at=at)
         memberlog.append(
             conn,
@@ -183,10 +146,6 @@ def record_refusal(
                 "epsilon": 0,
             },
         )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def _answer(
@@ -199,7 +158,7 @@ def _answer(
     query_id: str | None = None,
 ) -> Answer:
     digest = policy_digest(policy)
-    cost_micro = ledger.to_micro(epsilon)
+    cost_micro = to_micro(epsilon)
     key = config.signing_key()
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -228,7 +187,7 @@ def _answer(
             conn.execute("COMMIT")
             return _signed(int(row[0]), body, logged, key, cached=True, charged_micro=0)
         threshold = policy.limits.approval_above_epsilon
-        if threshold is not None and cost_micro > ledger.to_micro(threshold):
+        if threshold is not None and cost_micro > to_micro(threshold):
             try:
                 ledger.require_approval(
                     conn,
@@ -244,11 +203,11 @@ def _answer(
         if not plan.dataset.public:
             limits = policy.limits
             for year in plan.spec.years:
-                ledger.check_budget(
+                check_budget(
                     ledger.spent(conn, year, analyst),
                     cost_micro=cost_micro,
-                    node_budget_micro=ledger.to_micro(limits.epsilon_per_node_per_year),
-                    analyst_budget_micro=ledger.to_micro(limits.analyst_budget(analyst)),
+                    node_budget_micro=to_micro(limits.epsilon_per_node_per_year),
+                    analyst_budget_micro=to_micro(limits.analyst_budget(analyst)),
                     analyst=analyst,
                 )
         rows = conn.execute(plan.sql, plan.params).fetchall()
@@ -259,7 +218,7 @@ def _answer(
             "node_name": config.name,
             "analyst": analyst,
             "query": plan.spec.to_json(),
-            "epsilon": ledger.from_micro(cost_micro),
+            "epsilon": from_micro(cost_micro),
             "unit_of_privacy": plan.dataset.unit,
             "policy_digest": digest,
             "data_version": version,
@@ -331,9 +290,9 @@ def _log_answer(
         for year in plan.spec.years:
             after = ledger.spent(conn, year, analyst)
             budget[year] = {
-                "node_spent": ledger.from_micro(after.node_micro),
+                "node_spent": from_micro(after.node_micro),
                 "node_budget": limits.epsilon_per_node_per_year,
-                "analyst_spent": ledger.from_micro(after.analyst_micro),
+                "analyst_spent": from_micro(after.analyst_micro),
                 "analyst_budget": limits.analyst_budget(analyst),
             }
     payload = {
@@ -341,7 +300,7 @@ def _log_answer(
         "at": now(),
         "analyst": analyst,
         "query": plan.spec.to_json(),
-        "epsilon": ledger.from_micro(cost_micro),
+        "epsilon": from_micro(cost_micro),
         "cached": cached,
         "budget_after": budget,
         "policy_digest": body["policy_digest"],
@@ -360,7 +319,7 @@ def _signed(
     charged_micro: int,
 ) -> Answer:
     """Sign an answer with what this delivery charged (nothing when ``cached``)."""
-    payload = answer_payload(body, logged.index, logged.note, ledger.from_micro(charged_micro))
+    payload = answer_payload(body, logged.index, logged.note, from_micro(charged_micro))
     envelope = sign_envelope(payload_type=ANSWER_V1, payload=payload, key=key)
     return Answer(answer_id, body, cached, envelope, logged.index, logged.note)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Final
 
 from fedscreen._util.files import write_new_file
+from fedscreen._util.sqlite import transaction
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import ConfigError
 from fedscreen.node import store
@@ -121,9 +122,8 @@ def init_home(home: Path, *, node_id: str, name: str, county_code: str | None = 
     create_identity(home, member_id=node_id, role="node", name=name, level="county")
     conn = store.connect(home / DATABASE_FILE)
     try:
-        conn.execute("BEGIN")
-        store.create_schema(conn)
-        conn.execute("COMMIT")
+        with transaction(conn, immediate=False):
+            store.create_schema(conn)
     finally:
         conn.close()
     # the config is written last: a home without it is recognisably unfinished

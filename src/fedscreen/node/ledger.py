@@ -6,19 +6,17 @@ Checking and charging happen inside the caller's ``BEGIN IMMEDIATE``
 transaction (one writer at a time across processes), and the answer is stored
 in the same transaction, so an answer exists only if its charge does.
 
-The decision itself (``check_budget``) takes numbers and returns or raises: no I/O.
+The decision itself (:func:`fedscreen.protocol.budget.check_budget`) takes numbers and
+returns or raises: no I/O; analysts planning a report run the same function.
 """
 
 from __future__ import annotations
 
-import math
 import sqlite3
-from dataclasses import dataclass
 from typing import Final
 
 from fedscreen.errors import QueryRefused
-
-MICRO: Final = 1_000_000
+from fedscreen.protocol.budget import Spent, from_micro
 
 SCHEMA: Final = """
 CREATE TABLE query_answer (
@@ -65,52 +63,6 @@ CREATE TABLE query_refusal (
     refused_at TEXT NOT NULL
 );
 """
-
-
-def to_micro(epsilon: float) -> int:
-    """ε in micro-units, rounded up (never undercharge); any positive ε costs at least 1 µε."""
-    if epsilon <= 0:
-        return 0
-    # the tiny slack absorbs float noise (0.3 * 10^6 = 300000.00000000006) without
-    # ever rounding a positive charge down to nothing
-    return max(1, math.ceil(epsilon * MICRO - 1e-6))
-
-
-def from_micro(micro: int) -> float:
-    """Micro-units back to ε."""
-    return micro / MICRO
-
-
-@dataclass(frozen=True)
-class Spent:
-    """ε spent in one academic year: by the node in total and by one analyst."""
-
-    year: str
-    node_micro: int
-    analyst_micro: int
-
-
-def check_budget(
-    spent: Spent,
-    *,
-    cost_micro: int,
-    node_budget_micro: int,
-    analyst_budget_micro: int,
-    analyst: str,
-) -> None:
-    """Refuse a charge that would take the node or the analyst over the year's budget."""
-    node_left = node_budget_micro - spent.node_micro
-    analyst_left = analyst_budget_micro - spent.analyst_micro
-    if cost_micro > node_left:
-        raise QueryRefused(
-            f"budget: the node has ε={from_micro(max(node_left, 0)):g} left for {spent.year}; "
-            f"this query costs ε={from_micro(cost_micro):g}"
-        )
-    if cost_micro > analyst_left:
-        raise QueryRefused(
-            f"budget: analyst {analyst} has ε={from_micro(max(analyst_left, 0)):g} left for "
-            f"{spent.year}; this query costs ε={from_micro(cost_micro):g}"
-        )
 
 
 def spent(conn: sqlite3.Connection, year: str, analyst: str) -> Spent:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import sqlite3
 import time
 
+from fedscreen._util.canonical import canonical_json
 from fedscreen.crypto.envelope import Envelope
 from fedscreen.errors import QueryRefused, VerificationError
 from fedscreen.node.engine import QueryRequest, answer_query, record_refusal
 from fedscreen.node.home import NodeConfig
 from fedscreen.policy import Policy
 from fedscreen.protocol.query import FRESHNESS_WINDOW_MS, verify_query
-from fedscreen.query.spec import canonical_json
 from fedscreen.trust.manifest import Manifest
 
 

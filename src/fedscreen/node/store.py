@@ -33,11 +33,10 @@ from typing import Final
 
 import sqlite_utils
 
+from fedscreen._util import sqlite
 from fedscreen.node import ledger
 from fedscreen.screening.instruments import instruments
 
-#: seconds a writer waits for another writer (a large ingest holds the lock for a while)
-BUSY_TIMEOUT_S: Final = 600
 #: page cache per connection, KiB: random student keys make index inserts cache-hungry
 CACHE_KIB: Final = 131_072
 
@@ -118,21 +117,8 @@ def view_columns() -> list[str]:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """Open the node database with the settings every process must use.
-
-    WAL lets readers run beside one writer; ``synchronous=FULL`` makes a commit
-    durable once it returns, so a budget charge survives a power cut.
-    ``isolation_level=None`` leaves transactions to explicit BEGIN/COMMIT.
-    """
-    # check_same_thread=False: ingest hands the connection to one writer thread at a time
-    conn = sqlite3.connect(
-        path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-    )
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-    return conn
+    """Open the node database (WAL, ``synchronous=FULL``: see ``fedscreen._util.sqlite``)."""
+    return sqlite.connect(path, cache_kib=CACHE_KIB)
 
 
 #: One row per school and year (public facts, not personal data): staffing, counselling

@@ -11,9 +11,9 @@ TOML documents it came from.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Final
 
+from fedscreen._util.canonical import canonical_json as canonical
 from fedscreen.policy.model import CategoryRule, ColumnRule, Dataset, Limits, Policy
 
 __all__ = ["FORMAT", "canonical_json", "digest"]
@@ -31,10 +31,7 @@ def canonical_json(policy: Policy) -> bytes:
         "limits": _limits(policy.limits),
         "datasets": {name: _dataset(d) for name, d in policy.datasets.items()},
     }
-    text = json.dumps(
-        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
-    return text.encode("utf-8")
+    return canonical(document)
 
 
 def digest(policy: Policy) -> str:

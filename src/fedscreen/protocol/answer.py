@@ -1,4 +1,4 @@
-"""Verifying a node's signed answer (used by the coordinator and by auditors).
+"""A node's signed answer: the bytes it signs, and their verification (coordinator, auditors).
 
 A node signs ``{"answer": body, "log_index": i, "checkpoint": note}`` as a DSSE
 envelope (``ANSWER_V1``). ``verify_answer`` checks, in order: the signature is
@@ -15,11 +15,23 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from fedscreen._util.canonical import canonical_json
 from fedscreen.crypto.envelope import ANSWER_V1, Envelope, verify_envelope
 from fedscreen.errors import VerificationError
-from fedscreen.query.spec import QuerySpec, canonical_json
+from fedscreen.query.spec import QuerySpec
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
 from fedscreen.trust.manifest import Manifest
+
+
+def answer_payload(body: dict[str, Any], log_index: int, checkpoint: str, charged: float) -> bytes:
+    """The exact bytes a node signs for an answer.
+
+    ``charged`` is the ε this delivery cost the ledger: the body's ε when it was just
+    computed, 0 when the stored answer was given again (identical query, same data).
+    """
+    return canonical_json(
+        {"answer": body, "log_index": log_index, "checkpoint": checkpoint, "charged": charged}
+    )
 
 
 @dataclass(frozen=True)

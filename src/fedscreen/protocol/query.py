@@ -20,10 +20,11 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Final
 
+from fedscreen._util.canonical import canonical_json
 from fedscreen.crypto.envelope import QUERY_V1, Envelope, sign_envelope, verify_envelope
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import QueryRefused, VerificationError
-from fedscreen.query.spec import QuerySpec, canonical_json
+from fedscreen.query.spec import QuerySpec
 from fedscreen.trust.manifest import Manifest
 
 #: a query older (or further in the future) than this is refused as stale, milliseconds

@@ -16,11 +16,11 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from fedscreen._util.canonical import canonical_json
 from fedscreen.errors import VerificationError
 from fedscreen.protocol.answer import VerifiedAnswer
 from fedscreen.protocol.combine import NodeCells, combine
 from fedscreen.protocol.query import SignedQuery
-from fedscreen.query.spec import canonical_json
 
 RELEASE_VERSION: Final = 1
 

@@ -14,11 +14,11 @@ one question.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from fedscreen._util.canonical import canonical_json
 from fedscreen.errors import QueryRefused
 
 Value = str | int | float
@@ -138,12 +138,6 @@ class QuerySpec:
         except (KeyError, TypeError, ValueError) as exc:
             raise QueryRefused(f"malformed query spec: {exc!r}") from None
 
-
-def canonical_json(value: Any) -> bytes:
-    """Deterministic JSON: sorted keys, no spaces, UTF-8, no NaN."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
 
 
 def condition_columns(cond: Condition) -> set[str]:

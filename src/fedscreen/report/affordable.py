@@ -1,6 +1,6 @@
 """Can every node afford a plan? Checked against the nodes' own signed budget statements.
 
-Each node signs what it has spent (``fedscreen.budget``); the coordinator only relays
+Each node signs what it has spent (``fedscreen.protocol.budget``); the coordinator only relays
 the statements. A plan is refused before any query runs if, at some node, the ε it
 would charge in a year exceeds what that node has left for this analyst, or one of
 its queries costs more than the node's per-query cap (the node would refuse it).
@@ -17,9 +17,8 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from fedscreen.budget import Budgets
 from fedscreen.errors import FedscreenError
-from fedscreen.node.ledger import from_micro, to_micro
+from fedscreen.protocol.budget import Budgets, from_micro, to_micro
 from fedscreen.report.plan import ReportPlan
 
 

@@ -3,7 +3,7 @@
 A plan is a TOML file (``policies/reports/annual.toml`` documents the schema). Loading
 it parses every query with the same SQL subset the nodes accept, checks it against the
 provincial catalogue, and works out what each query costs every node: the ε given, or
-the ε that reaches the accuracy asked (the node's own rule, ``engine.request_epsilon``).
+the ε that reaches the accuracy asked (the node's own rule, ``query.cost.request_epsilon``).
 The catalogue's clamp bounds are the widest a county may have, so the cost computed
 here is an upper bound of what any node charges.
 """
@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from fedscreen.errors import ConfigError, QueryRefused
-from fedscreen.node.engine import QueryRequest, request_epsilon
 from fedscreen.policy import Policy
 from fedscreen.policy.model import CategoryRule, Dataset
 from fedscreen.query.compile import compile_query
+from fedscreen.query.cost import request_epsilon
 from fedscreen.query.spec import QuerySpec
 from fedscreen.query.sqlparse import parse_sql
 
@@ -227,21 +227,17 @@ def _query(
         public = compiled.dataset.public
         if public and (epsilon is not None or accuracy is not None):
             raise ConfigError(f"{where}: {spec.dataset} is public (exact, free): give no ε")
-        request = QueryRequest(
-            analyst="",
-            spec=spec,
-            epsilon=None if epsilon is None else float(epsilon),
-            accuracy=None if accuracy is None else float(accuracy),
-        )
-        cost = request_epsilon(request, compiled, policy)
+        epsilon = None if epsilon is None else float(epsilon)
+        accuracy = None if accuracy is None else float(accuracy)
+        cost = request_epsilon(compiled, policy, epsilon=epsilon, accuracy=accuracy)
     except QueryRefused as exc:
         raise ConfigError(f"{where}: the provincial catalogue refuses it: {exc}") from exc
     return PlannedQuery(
         name=name,
         sql=sql,
         spec=spec,
-        epsilon=request.epsilon,
-        accuracy=request.accuracy,
+        epsilon=epsilon,
+        accuracy=accuracy,
         public=public,
         cost=cost,
         cells=len(compiled.cells),

@@ -33,19 +33,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from fedscreen._util.canonical import canonical_json
 from fedscreen._util.files import replace_file, write_new_file
+from fedscreen.analyst.budgets import fetch_budgets
 from fedscreen.analyst.query import make_query, verify_release
-from fedscreen.budget import Budgets, fetch_budgets
-from fedscreen.cli.query import submit
 from fedscreen.crypto.envelope import Envelope
 from fedscreen.errors import ConfigError, VerificationError
+from fedscreen.protocol.budget import Budgets
 from fedscreen.protocol.query import verify_query
-from fedscreen.query.spec import canonical_json
 from fedscreen.report.affordable import NodeCheck, check_plan, refuse_if_unaffordable
 from fedscreen.report.areas import city_name, city_scopes
 from fedscreen.report.figures import Released, dims, statistic_rows
 from fedscreen.report.html import render_html
 from fedscreen.report.plan import PlannedQuery, ReportPlan
+from fedscreen.rpc.client import submit
 from fedscreen.trust.identity import load_identity
 from fedscreen.trust.manifest import Manifest
 
@@ -92,7 +93,7 @@ class QueryRun:
 
 def active_nodes(manifest: Manifest) -> list[str]:
     """The manifest's active node ids, in order."""
-    return sorted(m.id for m in manifest.members if m.role == "node" and not m.revoked)
+    return sorted(manifest.active("node"))
 
 
 def read_run(path: Path, query: PlannedQuery, *, manifest: Manifest) -> QueryRun:

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedscreen.budget import verify_budgets
 from fedscreen.errors import ConfigError, VerificationError
 from fedscreen.policy import Policy
+from fedscreen.protocol.budget import verify_budgets
 from fedscreen.report.affordable import check_plan
 from fedscreen.report.html import render_html
 from fedscreen.report.plan import load_plan

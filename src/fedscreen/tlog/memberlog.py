@@ -17,9 +17,9 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Final
 
+from fedscreen._util.canonical import canonical_json
 from fedscreen.crypto.envelope import LOG_ENTRY_V1, sign_envelope
 from fedscreen.crypto.signing import SigningKey
-from fedscreen.query.spec import canonical_json
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, sign_checkpoint
 from fedscreen.tlog.log import TransparencyLog
 

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from fedscreen._util.canonical import canonical_json
 from fedscreen.crypto.envelope import MANIFEST_V1, Envelope, sign_envelope, verify_envelope
 from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, SigningKey, public_key_id
-from fedscreen.errors import VerificationError
+from fedscreen.errors import ConfigError, VerificationError
 
 ROLES: Final = ("node", "coordinator", "analyst", "auditor")
 MANIFEST_FORMAT: Final = "fedscreen-manifest/1"
@@ -123,6 +124,19 @@ class Manifest:
             if not m.revoked and (role is None or m.role == role)
         }
 
+    def active(self, role: str) -> tuple[str, ...]:
+        """The ids of the active (not revoked) members of ``role``, in manifest order."""
+        return tuple(m.id for m in self.members if m.role == role and not m.revoked)
+
+    def coordinator(self) -> str:
+        """The member id of the federation's coordinator; ConfigError unless exactly one."""
+        ids = self.active("coordinator")
+        if len(ids) != 1:
+            raise ConfigError(
+                f"the manifest lists {len(ids)} active coordinators; name one with --coordinator-id"
+            )
+        return ids[0]
+
     def by_key_id(self, key_id: str) -> Member:
         """The active member whose signing key has this id."""
         for m in self.members:
@@ -140,7 +154,7 @@ class Manifest:
             "ca_sha256": self.ca_sha256,
             "members": [m.to_json() for m in self.members],
         }
-        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return canonical_json(body)
 
 
 def sign_manifest(manifest: Manifest, *, key: SigningKey) -> str:

@@ -18,6 +18,7 @@ from exportrows import screening_row, write_csv
 from localnode import answer_locally
 
 from fedscreen import pki
+from fedscreen._util.canonical import canonical_json
 from fedscreen.analyst.query import make_query, verify_release
 from fedscreen.cli.main import main
 from fedscreen.cli.query import print_release
@@ -30,7 +31,6 @@ from fedscreen.node.ingest import ingest_paths
 from fedscreen.protocol.answer import verify_answer
 from fedscreen.protocol.query import SignedQuery, new_query_id, sign_query
 from fedscreen.protocol.release import release_body
-from fedscreen.query.spec import canonical_json
 from fedscreen.query.sqlparse import parse_sql
 from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
 

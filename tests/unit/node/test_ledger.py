@@ -21,7 +21,7 @@ from fedscreen.node import ledger, store
 from fedscreen.node.engine import QueryRequest, answer_query
 from fedscreen.node.home import NodeConfig, load_config
 from fedscreen.node.ingest import ingest_paths
-from fedscreen.node.ledger import MICRO, Spent, check_budget, from_micro, to_micro
+from fedscreen.protocol.budget import MICRO, Spent, check_budget, from_micro, to_micro
 
 YEAR = "2024-2025"
 EARLIER = "2023-2024"

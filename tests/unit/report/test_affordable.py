@@ -15,13 +15,14 @@ from exportrows import varied_rows, write_csv
 from reportplans import count_plan
 
 from fedscreen import pki
-from fedscreen.budget import Budgets, sign_statement, statement_body, verify_budgets
 from fedscreen.node import store
 from fedscreen.node.engine import QueryRequest, answer_query
 from fedscreen.node.home import NodeConfig, init_home
 from fedscreen.node.ingest import ingest_paths
+from fedscreen.node.statement import sign_statement, statement_body
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
+from fedscreen.protocol.budget import Budgets, verify_budgets
 from fedscreen.report.affordable import PlanRefused, check_plan, refuse_if_unaffordable
 from fedscreen.report.plan import ReportPlan, load_plan
 from fedscreen.trust.identity import issue_here

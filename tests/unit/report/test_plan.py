@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from fedscreen.errors import ConfigError
-from fedscreen.node.engine import QueryRequest, request_epsilon
-from fedscreen.node.ledger import to_micro
 from fedscreen.policy import Policy
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_node_policy, load_policy
+from fedscreen.protocol.budget import to_micro
 from fedscreen.query.compile import compile_query
+from fedscreen.query.cost import request_epsilon
 from fedscreen.report.plan import load_plan
 
 ANNUAL = default_policy_dir() / "reports" / "annual.toml"
@@ -64,9 +64,7 @@ def test_accuracy_costs_what_the_node_charges(tmp_path: Path, province: Policy) 
     )
     planned = load_plan(plan_file, province).queries["q"]
     node_cost = request_epsilon(
-        QueryRequest("a", planned.spec, accuracy=30.0),
-        compile_query(planned.spec, province),
-        province,
+        compile_query(planned.spec, province), province, epsilon=None, accuracy=30.0
     )
     assert planned.cost == node_cost
     assert planned.epsilon is None

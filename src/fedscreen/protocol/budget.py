@@ -1,4 +1,10 @@
-"""Signed privacy-budget statements: what each node has spent, for analysts to plan with.
+"""Privacy budgets in µε, and signed budget statements: what each node has spent.
+
+ε is counted in integer micro-units (1 µε = 10⁻⁶ ε), rounded *up* when charged, so
+sums are exact and never record less than was spent; :func:`check_budget` is the
+one rule, run by the node before it charges and by analysts planning a report.
+A node's statement is built and signed by ``fedscreen.node.statement``.
+
 
 A node sums its privacy ledger into a statement and signs it as a DSSE envelope
 (``BUDGET_V1``) with its own key, as it signs its answers::
@@ -20,13 +26,13 @@ node spent in total and per analyst. The node sends a fresh statement up its
 stream when the coordinator welcomes it and after every answer or refusal; the
 coordinator keeps the newest per node and hands them to analysts
 (``Analyst.Budgets``), who verify each against their own manifest
-(:func:`verify_statement`, :func:`fetch_budgets`). The coordinator is trusted
+(:func:`verify_statement`, ``fedscreen.analyst.budgets.fetch_budgets``). The coordinator is trusted
 for nothing here: it can withhold or delay a statement (its age shows), never
 alter one.
 
 :meth:`BudgetStatement.remaining` is the node's own rule: the same limits
 (:meth:`fedscreen.policy.Limits.analyst_budget`) and the same integer
-arithmetic as :func:`fedscreen.node.ledger.check_budget`, so a cost of at most
+arithmetic as :func:`check_budget`, so a cost of at most
 ``remaining_micro`` passes the node's budget check, and one micro-ε more does not
 (as of the statement's issue time).
 """
@@ -35,39 +41,31 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
-from fedscreen.crypto.envelope import BUDGET_V1, Envelope, sign_envelope, verify_envelope
-from fedscreen.crypto.signing import SigningKey
-from fedscreen.errors import VerificationError
-from fedscreen.node import ledger
-from fedscreen.policy import Limits, Policy
-from fedscreen.policy import digest as policy_digest
-from fedscreen.query.spec import canonical_json
-from fedscreen.rpc import transport
-from fedscreen.rpc.transport import DEFAULT_LIMITS, TransportLimits
-from fedscreen.trust.identity import load_identity
+from fedscreen.crypto.envelope import BUDGET_V1, Envelope, verify_envelope
+from fedscreen.errors import QueryRefused, VerificationError
+from fedscreen.policy import Limits
 from fedscreen.trust.manifest import Manifest
-from fedscreen.v1 import federation_pb2 as pb
-from fedscreen.v1 import federation_pb2_grpc as pb_grpc
 
 __all__ = [
     "BUDGET_V1",
+    "MICRO",
     "STATEMENT_VERSION",
     "UNIT",
     "BudgetStatement",
     "Budgets",
-    "fetch_budgets",
-    "sign_statement",
-    "statement_body",
+    "Spent",
+    "check_budget",
+    "from_micro",
+    "to_micro",
     "verify_budgets",
     "verify_statement",
 ]
+
+MICRO: Final = 1_000_000
 
 STATEMENT_VERSION: Final = 1
 #: the unit of the integers under "spent"
@@ -76,52 +74,53 @@ UNIT: Final = "micro-epsilon"
 MAX_ENTRIES: Final = 10_000
 
 
-# ---------------------------------------------------------------- the node's side
+# ---------------------------------------------------------------- µε arithmetic
 
 
-def statement_body(
-    conn: sqlite3.Connection, policy: Policy, node_id: str, *, now_ms: int | None = None
-) -> dict[str, Any]:
-    """The node's budget statement: its policy limits and its ledger, summed per year.
-
-    Publishing this leaks nothing about any student: what a node has spent is a
-    function of the queries it was asked (their ε and academic years, whether
-    its policy and budget admitted them, whether an identical one was answered
-    before) and never of the values in its records, so it is as public as the
-    queries themselves. It does show every analyst's spending to whoever may
-    read statements (analysts and auditors).
-    """
-    limits = policy.limits
-    spent: dict[str, dict[str, Any]] = {}
-    # one SELECT: a consistent snapshot of the ledger even while a query is being charged
-    for year, analyst, micro in ledger.budget_table(conn):
-        entry = spent.setdefault(year, {"node_micro": 0, "analysts": {}})
-        entry["node_micro"] += micro
-        entry["analysts"][analyst] = micro
-    return {
-        "version": STATEMENT_VERSION,
-        "node_id": node_id,
-        "issued_at_ms": int(time.time() * 1000) if now_ms is None else now_ms,
-        "policy_digest": policy_digest(policy),
-        "limits": {
-            "epsilon_per_node_per_year": limits.epsilon_per_node_per_year,
-            "max_epsilon_per_query": limits.max_epsilon_per_query,
-            "approval_above_epsilon": limits.approval_above_epsilon,
-            "analyst_share": limits.analyst_share,
-            "analyst_shares": dict(limits.analysts),
-            # not budgets, but what else decides whether a planned query passes
-            "publication_threshold": limits.publication_threshold,
-            "max_groups": limits.max_groups,
-        },
-        "spent": spent,
-        "unit": UNIT,
-    }
+def to_micro(epsilon: float) -> int:
+    """ε in micro-units, rounded up (never undercharge); any positive ε costs at least 1 µε."""
+    if epsilon <= 0:
+        return 0
+    # the tiny slack absorbs float noise (0.3 * 10^6 = 300000.00000000006) without
+    # ever rounding a positive charge down to nothing
+    return max(1, math.ceil(epsilon * MICRO - 1e-6))
 
 
-def sign_statement(body: Mapping[str, Any], *, key: SigningKey) -> bytes:
-    """The DSSE envelope (JSON bytes) of a statement body, signed by the node's key."""
-    envelope = sign_envelope(payload_type=BUDGET_V1, payload=canonical_json(dict(body)), key=key)
-    return envelope.to_json().encode("utf-8")
+def from_micro(micro: int) -> float:
+    """Micro-units back to ε."""
+    return micro / MICRO
+
+
+@dataclass(frozen=True)
+class Spent:
+    """ε spent in one academic year: by the node in total and by one analyst."""
+
+    year: str
+    node_micro: int
+    analyst_micro: int
+
+
+def check_budget(
+    spent: Spent,
+    *,
+    cost_micro: int,
+    node_budget_micro: int,
+    analyst_budget_micro: int,
+    analyst: str,
+) -> None:
+    """Refuse a charge that would take the node or the analyst over the year's budget."""
+    node_left = node_budget_micro - spent.node_micro
+    analyst_left = analyst_budget_micro - spent.analyst_micro
+    if cost_micro > node_left:
+        raise QueryRefused(
+            f"budget: the node has ε={from_micro(max(node_left, 0)):g} left for {spent.year}; "
+            f"this query costs ε={from_micro(cost_micro):g}"
+        )
+    if cost_micro > analyst_left:
+        raise QueryRefused(
+            f"budget: analyst {analyst} has ε={from_micro(max(analyst_left, 0)):g} left for "
+            f"{spent.year}; this query costs ε={from_micro(cost_micro):g}"
+        )
 
 
 # ---------------------------------------------------------------- the statement
@@ -235,37 +234,37 @@ class BudgetStatement:
 
     def spent(self, year: str, analyst: str | None = None) -> float:
         """ε spent in ``year``: by the node in total, or by ``analyst``."""
-        return ledger.from_micro(self.spent_micro(year, analyst))
+        return from_micro(self.spent_micro(year, analyst))
 
     def remaining_micro(self, year: str, analyst: str) -> int:
         """The largest cost (µε) in ``year`` the node's budget check lets ``analyst`` spend.
 
         min(node budget − node spent, analyst budget − analyst spent), never negative,
-        from exactly the integers :func:`fedscreen.node.ledger.check_budget` compares.
+        from exactly the integers :func:`fedscreen.node.check_budget` compares.
         """
         limits = self.limits
-        node_left = ledger.to_micro(limits.epsilon_per_node_per_year) - self.spent_micro(year)
-        analyst_left = ledger.to_micro(limits.analyst_budget(analyst)) - self.spent_micro(
+        node_left = to_micro(limits.epsilon_per_node_per_year) - self.spent_micro(year)
+        analyst_left = to_micro(limits.analyst_budget(analyst)) - self.spent_micro(
             year, analyst
         )
         return max(0, min(node_left, analyst_left))
 
     def remaining(self, year: str, analyst: str) -> float:
         """ε ``analyst`` has left at this node in ``year`` (see :meth:`remaining_micro`)."""
-        return ledger.from_micro(self.remaining_micro(year, analyst))
+        return from_micro(self.remaining_micro(year, analyst))
 
     def check_budget(self, year: str, analyst: str, *, epsilon: float) -> None:
         """Raise QueryRefused, as the node would, if ``epsilon`` is over what is left.
 
-        The node's own check (:func:`fedscreen.node.ledger.check_budget`) on the
+        The node's own check (:func:`fedscreen.node.check_budget`) on the
         stated figures; the per-query cap and approval threshold are separate.
         """
         limits = self.limits
-        ledger.check_budget(
-            ledger.Spent(year, self.spent_micro(year), self.spent_micro(year, analyst)),
-            cost_micro=ledger.to_micro(epsilon),
-            node_budget_micro=ledger.to_micro(limits.epsilon_per_node_per_year),
-            analyst_budget_micro=ledger.to_micro(limits.analyst_budget(analyst)),
+        check_budget(
+            Spent(year, self.spent_micro(year), self.spent_micro(year, analyst)),
+            cost_micro=to_micro(epsilon),
+            node_budget_micro=to_micro(limits.epsilon_per_node_per_year),
+            analyst_budget_micro=to_micro(limits.analyst_budget(analyst)),
             analyst=analyst,
         )
 
@@ -317,7 +316,7 @@ def verify_statement(envelope_bytes: bytes, *, manifest: Manifest, node_id: str)
     return statement
 
 
-# ---------------------------------------------------------------- the analyst's side
+# ---------------------------------------------------------------- a set of statements
 
 
 @dataclass(frozen=True)
@@ -355,42 +354,10 @@ def verify_budgets(
         except VerificationError as exc:
             raise VerificationError(f"budget statement of node {node_id!r}: {exc}") from None
         envelopes[node_id] = envelope
-    active = [m.id for m in manifest.members if m.role == "node" and not m.revoked]
+    active = manifest.active("node")
     return Budgets(
         statements=dict(sorted(verified.items())),
         connected=tuple(sorted(set(connected))),
         missing=tuple(sorted(n for n in active if n not in verified)),
         envelopes=dict(sorted(envelopes.items())),
-    )
-
-
-async def fetch_budgets(
-    home: Path,
-    coordinator: str,
-    *,
-    coordinator_id: str | None = None,
-    limits: TransportLimits = DEFAULT_LIMITS,
-) -> Budgets:
-    """Fetch every node's budget statement from the coordinator, as the member in ``home``.
-
-    ``home`` is an analyst's or auditor's identity; the coordinator's member id is
-    ``coordinator_id`` or the single active coordinator of its manifest. Every
-    statement is verified against the member's own manifest (VerificationError
-    names a node whose statement fails); RpcFailed if the call is refused.
-    """
-    # node.serve imports this module (its agent sends statements): import it at call time
-    from fedscreen.node.agent import coordinator_of
-
-    identity = load_identity(home)
-    manifest = identity.manifest()
-    peer = coordinator_id or coordinator_of(manifest)
-    async with transport.channel(identity, coordinator, peer_id=peer, limits=limits) as channel:
-        with transport.rpc_errors("budgets"):
-            response = await pb_grpc.AnalystStub(channel).Budgets(
-                pb.BudgetsRequest(), timeout=limits.call_timeout_s
-            )
-    return verify_budgets(
-        manifest,
-        [(s.node_id, bytes(s.envelope)) for s in response.statements],
-        connected=response.connected_nodes,
     )

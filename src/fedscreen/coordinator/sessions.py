@@ -1,0 +1,219 @@
+"""The coordinator's node sessions: one live stream per node, and the queries waiting on it.
+
+Pure asyncio bookkeeping: no protobuf (the servicers in ``server`` convert what a
+session queues), no log and no keys (those are the core's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from fedscreen.protocol.budget import BudgetStatement
+from fedscreen.protocol.query import SignedQuery
+
+__all__ = [
+    "NodeReply",
+    "NodeSession",
+    "Push",
+    "SessionRegistry",
+    "Withdraw",
+    "fan_out",
+    "now_ms",
+]
+
+_log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    """Milliseconds since the Unix epoch (UTC), the unit of every ``*_unix_ms`` field."""
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Push:
+    """A query to send down a node's stream, to be answered by ``deadline_unix_ms``."""
+
+    query_id: str
+    envelope: bytes
+    deadline_unix_ms: int
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    """Tell the node nobody waits for ``query_id`` any more (advisory)."""
+
+    query_id: str
+
+
+@dataclass(frozen=True)
+class NodeReply:
+    """What became of one query at one node: its answer envelope, or why there is none."""
+
+    #: the node's answer envelope, byte for byte as received; None if no answer
+    envelope: bytes | None
+    #: why there is no answer ("refused: <the node's reason>", "link lost", "not
+    #: connected", "no answer before the deadline", ...); the release states it
+    reason: str = ""
+
+
+class NodeSession:
+    """One node's live stream: what to push down it, and the queries waiting on it."""
+
+    def __init__(self, node_id: str, *, outbox_messages: int) -> None:
+        self.node_id = node_id
+        self.opened_ms = now_ms()
+        #: messages for the writer; None tells it to end the stream
+        self.outbox: asyncio.Queue[Push | Withdraw | None] = asyncio.Queue(outbox_messages)
+        self._waiting: dict[str, list[asyncio.Future[NodeReply]]] = {}
+        self.closed = False
+
+    def ask(
+        self, query_id: str, envelope: bytes, *, deadline_unix_ms: int
+    ) -> asyncio.Future[NodeReply]:
+        """Push a query to the node; the future settles with its reply (never raises)."""
+        future: asyncio.Future[NodeReply] = asyncio.get_running_loop().create_future()
+        if self.closed:
+            future.set_result(NodeReply(None, "link lost"))
+            return future
+        waiting = self._waiting.get(query_id)
+        if waiting is None:
+            # the same query id already on its way (a concurrent replay) is not sent twice
+            message = Push(query_id, envelope, deadline_unix_ms)
+            try:
+                self.outbox.put_nowait(message)
+            except asyncio.QueueFull:
+                future.set_result(NodeReply(None, "the node's stream is backed up"))
+                return future
+            waiting = self._waiting[query_id] = []
+        waiting.append(future)
+        return future
+
+    def settle(self, query_id: str, reply: NodeReply) -> bool:
+        """Hand a reply to whoever waits for it; False if nobody does (late: discard it)."""
+        waiting = self._waiting.pop(query_id, None)
+        if not waiting:
+            return False
+        for future in waiting:
+            if not future.done():
+                future.set_result(reply)
+        return True
+
+    def withdraw(self, query_id: str, future: asyncio.Future[NodeReply]) -> None:
+        """Stop waiting (deadline passed, analyst gone); tell the node, advisorily."""
+        waiting = self._waiting.get(query_id)
+        if waiting is None or future not in waiting:
+            return
+        waiting.remove(future)
+        if waiting:
+            return
+        del self._waiting[query_id]
+        with contextlib.suppress(asyncio.QueueFull):  # advisory only
+            self.outbox.put_nowait(Withdraw(query_id))
+
+    def close(self, reason: str) -> None:
+        """End the session: every waiting query counts this node as missing."""
+        if self.closed:
+            return
+        self.closed = True
+        for waiting in self._waiting.values():
+            for future in waiting:
+                if not future.done():
+                    future.set_result(NodeReply(None, reason))
+        self._waiting.clear()
+        # wake the writer even if the queue is full: it only needs to see the end mark
+        while True:
+            try:
+                self.outbox.put_nowait(None)
+                break
+            except asyncio.QueueFull:
+                self.outbox.get_nowait()
+
+
+class SessionRegistry:
+    """The live session of each node: one per node, the newest wins."""
+
+    def __init__(self) -> None:
+        self._live: dict[str, NodeSession] = {}
+        #: node -> eligible students it last announced (public); kept after it disconnects
+        self.eligible: dict[str, int] = {}
+        #: node -> its newest verified budget statement and that statement's envelope,
+        #: verbatim; kept after it disconnects (in memory: a restarted coordinator waits
+        #: for each node's next statement, which its Welcome brings)
+        self.budgets: dict[str, tuple[BudgetStatement, bytes]] = {}
+
+    def open(self, session: NodeSession) -> None:
+        """Register ``session``; an older session of the same node is closed."""
+        old = self._live.get(session.node_id)
+        self._live[session.node_id] = session
+        if old is not None:
+            _log.info("node %s reconnected; closing its older session", session.node_id)
+            old.close("replaced by a newer session")
+
+    def close(self, session: NodeSession, reason: str) -> None:
+        """Unregister ``session`` (if still the live one) and close it."""
+        if self._live.get(session.node_id) is session:
+            del self._live[session.node_id]
+        session.close(reason)
+
+    def record_budget(self, statement: BudgetStatement, envelope: bytes) -> bool:
+        """Keep a verified statement unless a newer one is held; False if it was older.
+
+        Newer is by the node's own signed issue time, so a statement delayed on an
+        old stream cannot roll the view back (the node's issue times strictly increase).
+        """
+        held = self.budgets.get(statement.node_id)
+        if held is not None and held[0].issued_at_ms > statement.issued_at_ms:
+            return False
+        self.budgets[statement.node_id] = (statement, envelope)
+        return True
+
+    def get(self, node_id: str) -> NodeSession | None:
+        """The node's live session, if it has one."""
+        return self._live.get(node_id)
+
+    @property
+    def connected(self) -> tuple[str, ...]:
+        """Ids of the nodes with a live session."""
+        return tuple(sorted(self._live))
+
+    def close_all(self, reason: str) -> None:
+        """Close every session (shutdown)."""
+        for session in list(self._live.values()):
+            self.close(session, reason)
+
+
+async def fan_out(
+    sessions: SessionRegistry,
+    query: SignedQuery,
+    envelope: bytes,
+    targets: tuple[str, ...],
+    wait_s: float,
+) -> dict[str, NodeReply]:
+    """Each target's reply, or why there is none, by the deadline."""
+    deadline_unix_ms = now_ms() + int(wait_s * 1000)
+    replies: dict[str, NodeReply] = {}
+    asked: dict[str, tuple[NodeSession, asyncio.Future[NodeReply]]] = {}
+    for node_id in targets:
+        session = sessions.get(node_id)
+        if session is None:
+            replies[node_id] = NodeReply(None, "not connected")
+            continue
+        future = session.ask(query.query_id, envelope, deadline_unix_ms=deadline_unix_ms)
+        asked[node_id] = (session, future)
+    try:
+        if asked:
+            await asyncio.wait([f for _, f in asked.values()], timeout=wait_s)
+    finally:
+        # settle every target now: whatever arrives later finds nobody waiting
+        for node_id, (session, future) in asked.items():
+            if future.done():
+                replies[node_id] = future.result()
+            else:
+                session.withdraw(query.query_id, future)
+                future.cancel()
+                replies[node_id] = NodeReply(None, "no answer before the deadline")
+    return replies

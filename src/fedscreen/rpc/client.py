@@ -1,0 +1,68 @@
+"""Typed calls to the coordinator's Analyst service, as one member (analyst or auditor).
+
+What comes back is returned as received — envelopes byte for byte — for the
+caller to verify against its own manifest (``fedscreen.analyst``): nothing here
+trusts the coordinator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+from fedscreen.rpc import serde, transport
+from fedscreen.rpc.serde import Statements, Submitted
+from fedscreen.rpc.transport import DEFAULT_LIMITS, TransportLimits
+from fedscreen.trust.identity import load_identity
+from fedscreen.v1 import federation_pb2 as pb
+from fedscreen.v1 import federation_pb2_grpc as pb_grpc
+
+__all__ = ["CALL_MARGIN_MS", "Statements", "Submitted", "budgets", "submit"]
+
+#: added to the wait for nodes to make the call's own deadline: time for the
+#: coordinator to verify, combine, sign, log and send the release back (ms)
+CALL_MARGIN_MS: Final = 5_000
+
+
+async def submit(
+    home: Path,
+    coordinator: str,
+    query_envelope: bytes,
+    *,
+    coordinator_id: str | None = None,
+    deadline_ms: int = 0,
+    limits: TransportLimits = DEFAULT_LIMITS,
+) -> Submitted:
+    """Submit a signed query as the member in ``home``; raises RpcFailed if refused.
+
+    The coordinator's member id is ``coordinator_id`` or the single active
+    coordinator of the member's manifest.
+    """
+    identity = load_identity(home)
+    peer = coordinator_id or identity.manifest().coordinator()
+    timeout_s = (deadline_ms + CALL_MARGIN_MS) / 1000 if deadline_ms > 0 else limits.call_timeout_s
+    async with transport.channel(identity, coordinator, peer_id=peer, limits=limits) as channel:
+        with transport.rpc_errors("submit"):
+            response = await pb_grpc.AnalystStub(channel).Submit(
+                pb.SubmitRequest(query_envelope=query_envelope, deadline_ms=deadline_ms),
+                timeout=timeout_s,
+            )
+    return serde.submitted(response)
+
+
+async def budgets(
+    home: Path,
+    coordinator: str,
+    *,
+    coordinator_id: str | None = None,
+    limits: TransportLimits = DEFAULT_LIMITS,
+) -> Statements:
+    """Every node's budget statement as the coordinator holds it (not yet verified)."""
+    identity = load_identity(home)
+    peer = coordinator_id or identity.manifest().coordinator()
+    async with transport.channel(identity, coordinator, peer_id=peer, limits=limits) as channel:
+        with transport.rpc_errors("budgets"):
+            response = await pb_grpc.AnalystStub(channel).Budgets(
+                pb.BudgetsRequest(), timeout=limits.call_timeout_s
+            )
+    return serde.statements(response)
