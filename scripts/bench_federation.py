@@ -43,7 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from fedscreen import pki, transport  # noqa: E402
+from fedscreen import transport  # noqa: E402
 from fedscreen._util.files import write_ready_file  # noqa: E402
 from fedscreen.analyst.query import make_query, verify_release  # noqa: E402
 from fedscreen.coordinator.core import init_coordinator  # noqa: E402
@@ -54,6 +54,7 @@ from fedscreen.node.home import init_home, load_config  # noqa: E402
 from fedscreen.node.ingest import ingest_paths  # noqa: E402
 from fedscreen.node.requests import handle_query  # noqa: E402
 from fedscreen.synth import generate, write_export  # noqa: E402
+from fedscreen.trust import authority  # noqa: E402
 from fedscreen.trust.identity import (  # noqa: E402
     create_identity,
     issue_here,
@@ -100,7 +101,7 @@ def _make_node(args: tuple[Path, str, Path]) -> str:
 def setup(work: Path, nodes: int, students: int, analysts: int) -> list[str]:
     """Authority, coordinator, ``nodes`` node homes with data, analysts; all issued."""
     auth = work / "auth"
-    pki.init_authority(auth, federation="河北省 (bench)")
+    authority.init_authority(auth, federation="河北省 (bench)")
     init_coordinator(work / "coord", member_id=COORDINATOR, name="协调服务")
     issue_here(auth, work / "coord")
     # every node holds the same county's export (same rows, its own secret and keys)
@@ -115,7 +116,7 @@ def setup(work: Path, nodes: int, students: int, analysts: int) -> list[str]:
         home = work / f"analyst-{a + 1}"
         create_identity(home, member_id=f"analyst-{a + 1}", role="analyst", name=f"A{a + 1}")
         issue_here(auth, home)
-    text = pki.manifest_text(auth)
+    text = authority.manifest_text(auth)
     homes = [work / "coord", *(work / "nodes" / n for n in node_ids)]
     homes += [work / f"analyst-{a + 1}" for a in range(analysts)]
     for home in homes:

@@ -32,7 +32,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedscreen import pki
 from fedscreen.analyst.query import make_query, verify_release
 from fedscreen.coordinator.core import init_coordinator
 from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
@@ -51,6 +50,7 @@ from fedscreen.rpc.transport import RpcFailed
 from fedscreen.synth import generate, write_export
 from fedscreen.tlog import merkle
 from fedscreen.tlog.checkpoint import parse_and_verify_note
+from fedscreen.trust import authority
 from fedscreen.trust.identity import (
     Identity,
     create_identity,
@@ -226,8 +226,8 @@ def _issue(auth: Path, home: Path) -> Identity:
 def running_federation(root: Path) -> Iterator[Federation]:
     """The test federation in ``root``, its coordinator and nodes running; stopped on exit."""
     auth = root / "auth"
-    pki.init_authority(auth, federation="河北省")
-    pki.init_authority(root / "other-auth", federation="another federation")
+    authority.init_authority(auth, federation="河北省")
+    authority.init_authority(root / "other-auth", federation="another federation")
     init_coordinator(root / "coord", member_id=COORDINATOR, name="河北省协调服务")
     _issue(auth, root / "coord")
     for n, node_id in enumerate(NODES):
@@ -243,13 +243,13 @@ def running_federation(root: Path) -> Iterator[Federation]:
         _issue(auth, home)
     _issue(root / "other-auth", root / "outsider")
     # everyone holds the final manifest, which lists every member
-    text = pki.manifest_text(auth)
+    text = authority.manifest_text(auth)
     for home in (root / "coord", *(root / n for n in NODES), root / ANALYST, root / AUDITOR):
         update_manifest(home, text)
     federation = Federation(
         root=root,
         auth=auth,
-        manifest=pki.current_manifest(auth),
+        manifest=authority.current_manifest(auth),
         coordinator_home=root / "coord",
         analyst=load_identity(root / ANALYST),
         auditor=load_identity(root / AUDITOR),

@@ -18,11 +18,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedscreen import pki
 from fedscreen.crypto.envelope import MalformedEnvelope
 from fedscreen.errors import ConfigError, PolicyError, QueryRefused, VerificationError
 from fedscreen.rpc import transport
 from fedscreen.rpc.transport import RoleNotPermitted, RpcFailed, TransportLimits
+from fedscreen.trust import authority
 from fedscreen.trust.identity import Identity, create_identity, issue_here
 from fedscreen.trust.manifest import Manifest, UnknownMember
 from fedscreen.v1 import federation_pb2 as pb
@@ -65,8 +65,8 @@ def _enrol(auth: Path, home: Path, member_id: str, role: str) -> Identity:
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
     root = tmp_path_factory.mktemp("federation")
-    pki.init_authority(root / "auth", federation="河北省")
-    pki.init_authority(root / "other-auth", federation="another federation")
+    authority.init_authority(root / "auth", federation="河北省")
+    authority.init_authority(root / "other-auth", federation="another federation")
     members = {
         member_id: _enrol(root / "auth", root / member_id, member_id, role)
         for member_id, role in [
@@ -79,7 +79,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
     outsider = _enrol(root / "other-auth", root / "outsider", ANALYST, "analyst")
     return Federation(
         auth=root / "auth",
-        manifest=pki.current_manifest(root / "auth"),
+        manifest=authority.current_manifest(root / "auth"),
         coordinator=members[COORDINATOR],
         node=members[NODE],
         analyst=members[ANALYST],
@@ -240,7 +240,7 @@ def test_revoked_member_is_refused_by_authenticate(fed: Federation) -> None:
         async with serving(fed, roles={"analyst"}) as (target, servicer):
             before = await checkpoint_note(fed.revokee, target)
             # a new manifest version marks it revoked; its certificate stays valid for TLS
-            servicer.manifest = pki.revoke(fed.auth, REVOKED)
+            servicer.manifest = authority.revoke(fed.auth, REVOKED)
             with pytest.raises(RpcFailed) as info:
                 await checkpoint_note(fed.revokee, target)
             # everyone else is unaffected

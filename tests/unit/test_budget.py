@@ -23,7 +23,6 @@ from exportrows import varied_rows, write_csv
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedscreen import pki
 from fedscreen._util.canonical import canonical_json
 from fedscreen.coordinator.sessions import SessionRegistry
 from fedscreen.crypto.envelope import ANSWER_V1, sign_envelope
@@ -45,6 +44,7 @@ from fedscreen.protocol.budget import (
     verify_budgets,
     verify_statement,
 )
+from fedscreen.trust import authority
 from fedscreen.trust.identity import create_identity, issue_here
 from fedscreen.trust.manifest import Manifest
 
@@ -74,7 +74,7 @@ class Setup:
 @pytest.fixture
 def setup(node_home: NodeConfig, tmp_path: Path) -> Setup:
     auth = tmp_path / "auth"
-    pki.init_authority(auth, federation="test")
+    authority.init_authority(auth, federation="test")
     issue_here(auth, node_home.home)
     other = init_home(tmp_path / "other", node_id=OTHER, name="桥西区")
     issue_here(auth, other.home)
@@ -86,7 +86,7 @@ def setup(node_home: NodeConfig, tmp_path: Path) -> Setup:
     ):
         _, rejected = ingest_paths(node_home, [write_csv(path, rows)])
         assert not rejected, rejected
-    return Setup(node_home, pki.current_manifest(auth), other, tmp_path / "analyst")
+    return Setup(node_home, authority.current_manifest(auth), other, tmp_path / "analyst")
 
 
 @pytest.fixture

@@ -12,11 +12,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedscreen import pki
 from fedscreen.cli import identity as identity_cli
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import ConfigError, VerificationError
 from fedscreen.node.home import NodeConfig
+from fedscreen.trust import authority, certs
 from fedscreen.trust.identity import (
     Identity,
     create_identity,
@@ -29,13 +29,13 @@ from fedscreen.trust.identity import (
 @pytest.fixture
 def auth(tmp_path: Path) -> Path:
     directory = tmp_path / "auth"
-    pki.init_authority(directory, federation="河北省")
+    authority.init_authority(directory, federation="河北省")
     return directory
 
 
 def issued(auth: Path, ident: Identity) -> tuple[bytes, bytes, str]:
-    cert_pem, _ = pki.issue(auth, ident.request_path)
-    return cert_pem, pki.load_authority(auth).ca_pem, pki.manifest_text(auth)
+    cert_pem, _ = authority.issue(auth, ident.request_path)
+    return cert_pem, authority.load_authority(auth).ca_pem, authority.manifest_text(auth)
 
 
 def mode(path: Path) -> int:
@@ -63,7 +63,7 @@ def test_create_writes_private_keys_0600_and_a_public_request(tmp_path: Path) ->
     request_text = ident.request_path.read_text()
     assert "PRIVATE" not in request_text
     assert "PRIVATE" not in (home / "identity.json").read_text()
-    verified = pki.verify_request(json.loads(request_text))
+    verified = certs.verify_request(json.loads(request_text))
     assert verified.member_id == "ana"
     assert verified.signing_key == ident.signing_public_key
 
@@ -157,13 +157,13 @@ def test_install_refuses_what_was_issued_to_someone_else(auth: Path, tmp_path: P
         install_issued(mine.home, their_cert, ca_pem, manifest_text)
     # a certificate from another CA
     other = tmp_path / "other"
-    pki.init_authority(other, federation="rogue")
+    authority.init_authority(other, federation="rogue")
     rogue = create_identity(tmp_path / "c", member_id="130104", role="node", name="c")
     rogue_cert, rogue_ca, rogue_manifest = issued(other, rogue)
     with pytest.raises(VerificationError, match="not issued by this CA"):
         install_issued(rogue.home, rogue_cert, ca_pem, rogue_manifest)
     # the rogue federation's manifest cannot replace ours once the authority key is pinned
-    rogue_cert_for_me = pki.issue(other, mine.request_path)[0]
+    rogue_cert_for_me = authority.issue(other, mine.request_path)[0]
     with pytest.raises(VerificationError):
         install_issued(mine.home, rogue_cert_for_me, rogue_ca, rogue_manifest)
 
@@ -171,11 +171,11 @@ def test_install_refuses_what_was_issued_to_someone_else(auth: Path, tmp_path: P
 def test_manifest_updates_never_roll_back(auth: Path, tmp_path: Path) -> None:
     ident = create_identity(tmp_path / "n", member_id="130102", role="node", name="a")
     install_issued(ident.home, *issued(auth, ident))
-    v1 = pki.manifest_text(auth)
+    v1 = authority.manifest_text(auth)
     other = create_identity(tmp_path / "m", member_id="130103", role="node", name="b")
-    pki.issue(auth, other.request_path)
-    pki.revoke(auth, "130103")
-    v3 = pki.manifest_text(auth)
+    authority.issue(auth, other.request_path)
+    authority.revoke(auth, "130103")
+    v3 = authority.manifest_text(auth)
     assert update_manifest(ident.home, v3).version == 3
     with pytest.raises(VerificationError, match="roll back"):
         update_manifest(ident.home, v1)
@@ -186,7 +186,7 @@ def test_manifest_updates_never_roll_back(auth: Path, tmp_path: Path) -> None:
 def test_update_manifest_before_issue_is_refused(auth: Path, tmp_path: Path) -> None:
     ident = create_identity(tmp_path / "n", member_id="130102", role="node", name="a")
     with pytest.raises(ConfigError, match="not issued yet"):
-        update_manifest(ident.home, pki.manifest_text(auth))
+        update_manifest(ident.home, authority.manifest_text(auth))
 
 
 def test_cli_init_prints_where_the_request_is_and_no_key(

@@ -20,12 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedscreen import pki
 from fedscreen.cli import identity as identity_cli
 from fedscreen.cli import pki as pki_cli
 from fedscreen.crypto.envelope import pae
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import ConfigError, VerificationError
+from fedscreen.trust import authority, certs
 from fedscreen.trust.identity import Identity, create_identity, install_issued, load_identity
 from fedscreen.trust.manifest import (
     Manifest,
@@ -39,7 +39,7 @@ from fedscreen.trust.manifest import (
 @pytest.fixture
 def auth(tmp_path: Path) -> Path:
     directory = tmp_path / "auth"
-    pki.init_authority(directory, federation="河北省")
+    authority.init_authority(directory, federation="河北省")
     return directory
 
 
@@ -48,8 +48,10 @@ def enrol(
 ) -> Identity:
     """Create an identity, issue it, install what was issued."""
     ident = create_identity(home, member_id=member_id, role=role, name=f"name {member_id}")
-    cert_pem, _ = pki.issue(auth, ident.request_path, replace=replace)
-    install_issued(home, cert_pem, pki.load_authority(auth).ca_pem, pki.manifest_text(auth))
+    cert_pem, _ = authority.issue(auth, ident.request_path, replace=replace)
+    install_issued(
+        home, cert_pem, authority.load_authority(auth).ca_pem, authority.manifest_text(auth)
+    )
     return ident
 
 
@@ -69,30 +71,30 @@ def forged_request(
     """A request whose parts are all self-consistent except for what the caller changes."""
     key = signing_key or SigningKey.generate()
     tls_key = ec.generate_private_key(ec.SECP256R1())
-    claims = pki.claims_bytes(
+    claims = certs.claims_bytes(
         member_id=member_id, role=role, name="n", level="", signing_key=key.public_key
     )
     names = san or [
         x509.DNSName(member_id),
-        x509.UniformResourceIdentifier(pki.member_uri(role, member_id)),
+        x509.UniformResourceIdentifier(certs.member_uri(role, member_id)),
     ]
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn or member_id)]))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_attribute(pki.CLAIMS_OID, claims)
+        .add_attribute(certs.CLAIMS_OID, claims)
         .sign(tls_key, hashes.SHA256())
     )
     der = csr.public_bytes(serialization.Encoding.DER)
     return {
-        "format": pki.REQUEST_FORMAT,
+        "format": certs.REQUEST_FORMAT,
         "id": member_id,
         "role": role,
         "name": "n",
         "level": "",
         "signing_key": base64.b64encode(key.public_key).decode(),
         "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
-        "proof": base64.b64encode(key.sign(pae(pki.REQUEST_PROOF_TYPE, der))).decode(),
+        "proof": base64.b64encode(key.sign(pae(certs.REQUEST_PROOF_TYPE, der))).decode(),
     }
 
 
@@ -118,9 +120,9 @@ def test_init_creates_ca_keys_and_manifest_zero(auth: Path) -> None:
     assert usage.value.crl_sign
     assert not usage.value.digital_signature
     ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-    manifest = pki.current_manifest(auth)
+    manifest = authority.current_manifest(auth)
     assert (manifest.version, manifest.members, manifest.federation) == (0, (), "河北省")
-    assert manifest.ca_sha256 == pki.cert_sha256(ca)
+    assert manifest.ca_sha256 == certs.cert_sha256(ca)
     authority_pub = base64.b64decode((auth / "authority.pub").read_text())
     assert manifest.authority_key == authority_pub
     assert SigningKey.load(auth / "authority.key").public_key == authority_pub
@@ -129,7 +131,7 @@ def test_init_creates_ca_keys_and_manifest_zero(auth: Path) -> None:
 def test_init_refuses_a_non_empty_directory(auth: Path) -> None:
     ca_key = (auth / "ca.key").read_bytes()
     with pytest.raises(ConfigError, match="not an empty directory"):
-        pki.init_authority(auth, federation="other")
+        authority.init_authority(auth, federation="other")
     assert (auth / "ca.key").read_bytes() == ca_key
 
 
@@ -150,8 +152,8 @@ def test_leaf_certificate_is_issued_by_the_ca_for_the_member(auth: Path, tmp_pat
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
         "fedscreen://member/node/130102"
     ]
-    assert pki.member_id_from_cert(leaf.public_bytes(serialization.Encoding.DER)) == "130102"
-    assert pki.cert_identity(ident.cert_path.read_bytes()) == pki.CertIdentity("130102", "node")
+    assert certs.member_id_from_cert(leaf.public_bytes(serialization.Encoding.DER)) == "130102"
+    assert certs.cert_identity(ident.cert_path.read_bytes()) == certs.CertIdentity("130102", "node")
     # the public key is the member's own TLS key: the authority never saw the private part
     tls_key = serialization.load_pem_private_key(ident.tls_key_path.read_bytes(), None)
     assert leaf.public_key() == tls_key.public_key()
@@ -166,9 +168,9 @@ def test_leaf_certificate_is_issued_by_the_ca_for_the_member(auth: Path, tmp_pat
 
 def test_manifest_lists_member_with_keys_and_fingerprint(auth: Path, tmp_path: Path) -> None:
     ident = enrol(auth, tmp_path / "n", "130102")
-    member = pki.current_manifest(auth).member("130102", role="node")
+    member = authority.current_manifest(auth).member("130102", role="node")
     assert member.signing_key == ident.signing_public_key
-    assert member.tls_sha256 == pki.cert_sha256(ident.cert_path.read_bytes())
+    assert member.tls_sha256 == certs.cert_sha256(ident.cert_path.read_bytes())
     assert member.name == "name 130102"
     record = json.loads((auth / "members" / "130102.json").read_text())
     assert record["member"] == member.to_json()
@@ -180,7 +182,7 @@ def test_manifest_lists_member_with_keys_and_fingerprint(auth: Path, tmp_path: P
 
 def test_a_request_from_create_identity_verifies(tmp_path: Path) -> None:
     ident = create_identity(tmp_path / "a", member_id="ana", role="analyst", name="Ana")
-    verified = pki.verify_request(request_of(ident))
+    verified = certs.verify_request(request_of(ident))
     assert (verified.member_id, verified.role, verified.signing_key) == (
         "ana",
         "analyst",
@@ -194,23 +196,23 @@ def test_csr_whose_san_names_another_member_is_refused(auth: Path) -> None:
         member_id="130102",
         san=[
             x509.DNSName("130103"),
-            x509.UniformResourceIdentifier(pki.member_uri("node", "130102")),
+            x509.UniformResourceIdentifier(certs.member_uri("node", "130102")),
         ],
     )
     with pytest.raises(VerificationError, match="subjectAltName"):
-        pki.issue(auth, request)
+        authority.issue(auth, request)
     request = forged_request(
         member_id="130102",
         san=[
             x509.DNSName("130102"),
-            x509.UniformResourceIdentifier(pki.member_uri("coordinator", "130102")),
+            x509.UniformResourceIdentifier(certs.member_uri("coordinator", "130102")),
         ],
     )
     with pytest.raises(VerificationError, match="subjectAltName"):
-        pki.issue(auth, request)
+        authority.issue(auth, request)
     with pytest.raises(VerificationError, match="CN"):
-        pki.issue(auth, forged_request(member_id="130102", cn="130103"))
-    assert pki.current_manifest(auth).version == 0
+        authority.issue(auth, forged_request(member_id="130102", cn="130103"))
+    assert authority.current_manifest(auth).version == 0
 
 
 def test_request_fields_edited_after_the_csr_are_refused(auth: Path, tmp_path: Path) -> None:
@@ -219,8 +221,8 @@ def test_request_fields_edited_after_the_csr_are_refused(auth: Path, tmp_path: P
         request = request_of(ident)
         request[field] = value
         with pytest.raises(VerificationError):
-            pki.issue(auth, request)
-    assert pki.current_manifest(auth).version == 0
+            authority.issue(auth, request)
+    assert authority.current_manifest(auth).version == 0
 
 
 def test_signing_key_swapped_after_the_csr_is_refused(auth: Path, tmp_path: Path) -> None:
@@ -229,13 +231,13 @@ def test_signing_key_swapped_after_the_csr_is_refused(auth: Path, tmp_path: Path
     request = request_of(ident)
     request["signing_key"] = base64.b64encode(attacker.public_key).decode()
     with pytest.raises(VerificationError, match="claims signed in its CSR"):
-        pki.issue(auth, request)
+        authority.issue(auth, request)
     # even with a valid proof by the attacker's key, the CSR still names the victim's key
     der = x509.load_pem_x509_csr(request["csr"].encode()).public_bytes(serialization.Encoding.DER)
-    request["proof"] = base64.b64encode(attacker.sign(pae(pki.REQUEST_PROOF_TYPE, der))).decode()
+    request["proof"] = base64.b64encode(attacker.sign(pae(certs.REQUEST_PROOF_TYPE, der))).decode()
     with pytest.raises(VerificationError, match="claims signed in its CSR"):
-        pki.issue(auth, request)
-    assert pki.current_manifest(auth).version == 0
+        authority.issue(auth, request)
+    assert authority.current_manifest(auth).version == 0
 
 
 def test_proof_and_csr_signature_are_checked(auth: Path, tmp_path: Path) -> None:
@@ -243,7 +245,7 @@ def test_proof_and_csr_signature_are_checked(auth: Path, tmp_path: Path) -> None
     request = request_of(ident)
     request["proof"] = base64.b64encode(bytes(64)).decode()
     with pytest.raises(VerificationError, match="proof"):
-        pki.issue(auth, request)
+        authority.issue(auth, request)
     request = request_of(ident)
     csr = x509.load_pem_x509_csr(request["csr"].encode())
     der = bytearray(csr.public_bytes(serialization.Encoding.DER))
@@ -251,8 +253,8 @@ def test_proof_and_csr_signature_are_checked(auth: Path, tmp_path: Path) -> None
     tampered = x509.load_der_x509_csr(bytes(der))
     request["csr"] = tampered.public_bytes(serialization.Encoding.PEM).decode()
     with pytest.raises(VerificationError):
-        pki.issue(auth, request)
-    assert pki.current_manifest(auth).version == 0
+        authority.issue(auth, request)
+    assert authority.current_manifest(auth).version == 0
 
 
 def test_malformed_requests_are_refused(auth: Path, tmp_path: Path) -> None:
@@ -267,18 +269,20 @@ def test_malformed_requests_are_refused(auth: Path, tmp_path: Path) -> None:
         {**good, "level": 3},
     ]:
         with pytest.raises(VerificationError):
-            pki.verify_request(bad)
+            certs.verify_request(bad)
 
 
 def test_expected_fingerprint_is_enforced(auth: Path, tmp_path: Path) -> None:
     ident = create_identity(tmp_path / "n", member_id="130102", role="node", name="x")
     with pytest.raises(VerificationError, match="fingerprint"):
-        pki.issue(auth, ident.request_path, expect_fingerprint="00" * 32)
+        authority.issue(auth, ident.request_path, expect_fingerprint="00" * 32)
     with pytest.raises(VerificationError, match="16 hex digits"):
-        pki.issue(auth, ident.request_path, expect_fingerprint=ident.request_fingerprint()[:8])
+        authority.issue(
+            auth, ident.request_path, expect_fingerprint=ident.request_fingerprint()[:8]
+        )
     fp = ident.request_fingerprint()
     spaced = " ".join(fp[i : i + 4] for i in range(0, 24, 4)).upper()
-    pki.issue(auth, ident.request_path, expect_fingerprint=spaced)
+    authority.issue(auth, ident.request_path, expect_fingerprint=spaced)
 
 
 # ---------------------------------------------------------------- manifest versions
@@ -287,10 +291,10 @@ def test_expected_fingerprint_is_enforced(auth: Path, tmp_path: Path) -> None:
 def test_versions_increase_and_revocation_removes_the_member(auth: Path, tmp_path: Path) -> None:
     enrol(auth, tmp_path / "n1", "130102")
     enrol(auth, tmp_path / "a1", "ana", "analyst")
-    assert pki.current_manifest(auth).version == 2
-    revoked = pki.revoke(auth, "130102")
+    assert authority.current_manifest(auth).version == 2
+    revoked = authority.revoke(auth, "130102")
     assert revoked.version == 3
-    current = pki.current_manifest(auth)
+    current = authority.current_manifest(auth)
     assert current == revoked
     with pytest.raises(UnknownMember):
         current.member("130102")
@@ -308,14 +312,14 @@ def test_versions_increase_and_revocation_removes_the_member(auth: Path, tmp_pat
     ]
     assert versions == [0, 1, 2, 3]
     with pytest.raises(ConfigError, match="nothing to revoke"):
-        pki.revoke(auth, "130102")
+        authority.revoke(auth, "130102")
     with pytest.raises(ConfigError, match="nothing to revoke"):
-        pki.revoke(auth, "nobody")
+        authority.revoke(auth, "nobody")
 
 
 def test_manifest_signed_by_another_authority_is_refused(auth: Path, tmp_path: Path) -> None:
     enrol(auth, tmp_path / "n1", "130102")
-    genuine = pki.current_manifest(auth)
+    genuine = authority.current_manifest(auth)
     rogue_key = SigningKey.generate()
     rogue = Manifest(
         federation=genuine.federation,
@@ -331,7 +335,7 @@ def test_manifest_signed_by_another_authority_is_refused(auth: Path, tmp_path: P
         parse_manifest(text, authority_key=genuine.authority_key)  # ... but not ours
     (auth / "manifest.json").write_text(text)
     with pytest.raises(VerificationError):
-        pki.current_manifest(auth)
+        authority.current_manifest(auth)
 
 
 def test_reissue_needs_replace_and_keys_are_never_shared(auth: Path, tmp_path: Path) -> None:
@@ -339,21 +343,23 @@ def test_reissue_needs_replace_and_keys_are_never_shared(auth: Path, tmp_path: P
     # the same id from a new identity (e.g. a reinstalled machine)
     second = create_identity(tmp_path / "n2", member_id="130102", role="node", name="again")
     with pytest.raises(ConfigError, match="already an active member"):
-        pki.issue(auth, second.request_path)
-    _, member = pki.issue(auth, second.request_path, replace=True)
+        authority.issue(auth, second.request_path)
+    _, member = authority.issue(auth, second.request_path, replace=True)
     assert member.signing_key == second.signing_public_key
-    assert pki.current_manifest(auth).member("130102").signing_key == second.signing_public_key
+    assert (
+        authority.current_manifest(auth).member("130102").signing_key == second.signing_public_key
+    )
     # a different id with a key that already belongs to a member
     with pytest.raises(ConfigError, match="already belongs"):
-        pki.issue(auth, request_of(_same_key_other_id(second, tmp_path / "n3", "130103")))
+        authority.issue(auth, request_of(_same_key_other_id(second, tmp_path / "n3", "130103")))
     # ids differing only in case would be the same DNS name
     enrol(auth, tmp_path / "a", "ana", "analyst")
     with pytest.raises(ConfigError, match="only in case"):
-        pki.issue(auth, forged_request(member_id="Ana", role="analyst"))
+        authority.issue(auth, forged_request(member_id="Ana", role="analyst"))
     # a revoked key is never re-admitted
-    pki.revoke(auth, "130102")
+    authority.revoke(auth, "130102")
     with pytest.raises(ConfigError, match="revoked with this signing key"):
-        pki.issue(auth, second.request_path)
+        authority.issue(auth, second.request_path)
 
 
 def _same_key_other_id(ident: Identity, home: Path, member_id: str) -> Identity:
@@ -370,7 +376,7 @@ def test_role_change_requires_revocation(auth: Path, tmp_path: Path) -> None:
     enrol(auth, tmp_path / "c", "hub")
     request = forged_request(member_id="hub", role="coordinator")
     with pytest.raises(ConfigError, match="revoke it before"):
-        pki.issue(auth, request, replace=True)
+        authority.issue(auth, request, replace=True)
 
 
 # ---------------------------------------------------------------- peers
@@ -379,25 +385,25 @@ def test_role_change_requires_revocation(auth: Path, tmp_path: Path) -> None:
 def test_verify_peer_matches_certificate_against_manifest(auth: Path, tmp_path: Path) -> None:
     node = enrol(auth, tmp_path / "n", "130102")
     old_cert = node.cert_path.read_bytes()
-    manifest = pki.current_manifest(auth)
-    assert pki.verify_peer(manifest, old_cert, role="node").id == "130102"
+    manifest = authority.current_manifest(auth)
+    assert certs.verify_peer(manifest, old_cert, role="node").id == "130102"
     with pytest.raises(UnknownMember):
-        pki.verify_peer(manifest, old_cert, role="analyst")
+        certs.verify_peer(manifest, old_cert, role="analyst")
     # renewal: the old certificate is no longer the one the manifest lists
-    pki.issue(auth, node.request_path, replace=True)
+    authority.issue(auth, node.request_path, replace=True)
     with pytest.raises(VerificationError, match="does not list"):
-        pki.verify_peer(pki.current_manifest(auth), old_cert)
-    pki.revoke(auth, "130102")
+        certs.verify_peer(authority.current_manifest(auth), old_cert)
+    authority.revoke(auth, "130102")
     with pytest.raises(UnknownMember):
-        pki.verify_peer(pki.current_manifest(auth), old_cert)
+        certs.verify_peer(authority.current_manifest(auth), old_cert)
 
 
 def test_cert_without_member_names_is_refused(auth: Path) -> None:
     ca = (auth / "ca.pem").read_bytes()
     with pytest.raises(VerificationError):
-        pki.member_id_from_cert(ca)
+        certs.member_id_from_cert(ca)
     with pytest.raises(VerificationError):
-        pki.cert_sha256(b"junk")
+        certs.cert_sha256(b"junk")
 
 
 # ---------------------------------------------------------------- mutual TLS
@@ -468,14 +474,14 @@ def test_mutual_tls_between_two_issued_members(auth: Path, tmp_path: Path) -> No
         _server_context(coordinator, ca_pem), _client_context(node, ca_pem), "hub"
     )
     assert received == b"ok", outcome
-    member = pki.verify_peer(pki.current_manifest(auth), outcome["peer"], role="node")
+    member = certs.verify_peer(authority.current_manifest(auth), outcome["peer"], role="node")
     assert member.id == "130102"
 
 
 def test_mutual_tls_rejects_a_client_from_another_ca(auth: Path, tmp_path: Path) -> None:
     coordinator = enrol(auth, tmp_path / "c", "hub", "coordinator")
     other_auth = tmp_path / "other-auth"
-    pki.init_authority(other_auth, federation="rogue")
+    authority.init_authority(other_auth, federation="rogue")
     rogue = enrol(other_auth, tmp_path / "r", "130102")
     ca_pem = (auth / "ca.pem").read_bytes()
     client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -587,4 +593,4 @@ def test_cli_issue_refuses_bad_argument_combinations(auth: Path, tmp_path: Path)
             "pki", "issue", "--dir", str(auth), "--request", str(tmp_path / "n" / "request.json"),
             "--out", str(tmp_path / "out"),
         )  # fmt: skip
-    assert pki.current_manifest(auth).version == 0  # nothing was issued
+    assert authority.current_manifest(auth).version == 0  # nothing was issued

@@ -11,11 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from cryptography import x509
-
 from fedscreen.crypto.signing import public_key_id
-from fedscreen.errors import ConfigError
-from fedscreen.pki import read_public_file
+from fedscreen.trust.certs import certificate_not_after, read_public_file
 from fedscreen.trust.identity import (
     CA_FILE,
     CERT_FILE,
@@ -133,11 +130,7 @@ def run_show(args: argparse.Namespace) -> int:
         "issued": identity.is_issued,
     }
     if identity.is_issued:
-        try:
-            cert = x509.load_pem_x509_certificate(read_public_file(identity.cert_path))
-        except ValueError:
-            raise ConfigError(f"{identity.cert_path}: not a PEM certificate") from None
-        doc["certificate_not_after"] = cert.not_valid_after_utc.isoformat()
+        doc["certificate_not_after"] = certificate_not_after(identity.cert_path).isoformat()
         manifest = identity.manifest()
         doc["manifest_version"] = manifest.version
         # compare these with what `fedscreen pki init` printed at the authority

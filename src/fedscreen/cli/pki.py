@@ -19,11 +19,11 @@ import argparse
 import json
 from pathlib import Path
 
-from fedscreen import pki
 from fedscreen._util.files import write_new_file
 from fedscreen.cli.output import table
 from fedscreen.crypto.signing import public_key_id
 from fedscreen.errors import ConfigError
+from fedscreen.trust import authority, certs
 from fedscreen.trust.identity import (
     CA_FILE,
     CERT_FILE,
@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     init.add_argument("--dir", type=Path, required=True, help="authority directory to create")
     init.add_argument("--federation", required=True, help="federation name, e.g. 河北省")
     init.add_argument(
-        "--validity-days", type=int, default=pki.DEFAULT_CA_VALIDITY_DAYS, help="CA lifetime"
+        "--validity-days", type=int, default=certs.DEFAULT_CA_VALIDITY_DAYS, help="CA lifetime"
     )
     init.set_defaults(func=run_init)
 
@@ -70,7 +70,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     issue.add_argument(
         "--validity-days",
         type=int,
-        default=pki.DEFAULT_LEAF_VALIDITY_DAYS,
+        default=certs.DEFAULT_LEAF_VALIDITY_DAYS,
         help="certificate lifetime",
     )
     issue.set_defaults(func=run_issue)
@@ -88,15 +88,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run_init(args: argparse.Namespace) -> int:
     """``fedscreen pki init``."""
-    authority = pki.init_authority(
+    auth = authority.init_authority(
         args.dir, federation=args.federation, validity_days=args.validity_days
     )
-    print(f"created the authority of federation {authority.federation!r} in {args.dir}")
-    print(f"  CA certificate      {args.dir / pki.CA_CERT_FILE}")
-    print(f"  CA sha256           {authority.ca_sha256}")
-    print(f"  manifest key id     {authority.authority_key_id}")
+    print(f"created the authority of federation {auth.federation!r} in {args.dir}")
+    print(f"  CA certificate      {args.dir / authority.CA_CERT_FILE}")
+    print(f"  CA sha256           {auth.ca_sha256}")
+    print(f"  manifest key id     {auth.authority_key_id}")
     print("  manifest version    0 (no members)")
-    print(f"private keys ({pki.CA_KEY_FILE}, {pki.AUTHORITY_KEY_FILE}) are 0600; keep them offline")
+    keys = f"{authority.CA_KEY_FILE}, {authority.AUTHORITY_KEY_FILE}"
+    print(f"private keys ({keys}) are 0600; keep them offline")
     print("next: members run `fedscreen identity init`, then `fedscreen pki issue`")
     return 0
 
@@ -114,30 +115,30 @@ def run_issue(args: argparse.Namespace) -> int:
             raise ConfigError("--request needs --out DIR for the issued files")
         request_path = args.request
         _check_out_dir(out)
-    request = pki.read_request(request_path)
-    fingerprint = pki.verify_request(request).fingerprint
-    cert_pem, member = pki.issue(
+    request = certs.read_request(request_path)
+    fingerprint = certs.verify_request(request).fingerprint
+    cert_pem, member = authority.issue(
         args.dir,
         request,
         validity_days=args.validity_days,
         replace=args.replace,
         expect_fingerprint=args.expect_fingerprint,
     )
-    authority = pki.load_authority(args.dir)
-    manifest_text = pki.manifest_text(args.dir)
-    version = pki.current_manifest(args.dir).version
+    auth = authority.load_authority(args.dir)
+    manifest_text = authority.manifest_text(args.dir)
+    version = authority.current_manifest(args.dir).version
     print(f"issued {member.role} {member.id} ({member.name})")
     print(f"  request fingerprint {fingerprint}")
     print(f"  signing key id      {member.key_id}")
     print(f"  certificate sha256  {member.tls_sha256}")
     print(f"  manifest version    {version}")
     if out is None:
-        install_issued(args.home, cert_pem, authority.ca_pem, manifest_text)
+        install_issued(args.home, cert_pem, auth.ca_pem, manifest_text)
         print(f"installed {CERT_FILE}, {CA_FILE} and {MANIFEST_FILE} in {args.home}")
     else:
         out.mkdir(parents=True, exist_ok=True)
         write_new_file(out / CERT_FILE, cert_pem, mode=0o644)
-        write_new_file(out / CA_FILE, authority.ca_pem, mode=0o644)
+        write_new_file(out / CA_FILE, auth.ca_pem, mode=0o644)
         write_new_file(out / MANIFEST_FILE, manifest_text.encode(), mode=0o644)
         print(f"wrote {CERT_FILE}, {CA_FILE} and {MANIFEST_FILE} to {out}")
         print(f"next: the member runs `fedscreen identity install --home HOME --from {out}`")
@@ -154,10 +155,10 @@ def _check_out_dir(out: Path) -> None:
 
 def run_revoke(args: argparse.Namespace) -> int:
     """``fedscreen pki revoke``."""
-    manifest = pki.revoke(args.dir, args.member_id)
+    manifest = authority.revoke(args.dir, args.member_id)
     print(f"revoked {args.member_id}; manifest version {manifest.version}")
     print(
-        f"distribute {args.dir / pki.MANIFEST_FILE} to every member "
+        f"distribute {args.dir / authority.MANIFEST_FILE} to every member "
         "(`fedscreen identity update-manifest`)"
     )
     return 0
@@ -165,7 +166,7 @@ def run_revoke(args: argparse.Namespace) -> int:
 
 def run_manifest(args: argparse.Namespace) -> int:
     """``fedscreen pki manifest``."""
-    manifest = pki.current_manifest(args.dir)
+    manifest = authority.current_manifest(args.dir)
     if args.json:
         doc = {
             "federation": manifest.federation,

@@ -25,14 +25,10 @@ from fedscreen.errors import ConfigError, VerificationError
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
 from fedscreen.report.affordable import NodeCheck, PlanRefused
+from fedscreen.report.files import write_report
+from fedscreen.report.model import build_model, member_names
 from fedscreen.report.plan import ReportPlan, load_plan
-from fedscreen.report.run import (
-    build_model,
-    check_budgets,
-    member_names,
-    run_plan,
-    write_report,
-)
+from fedscreen.report.run import check_budgets, run_plan
 from fedscreen.report.verify import releases_logged, verify_report
 from fedscreen.trust.identity import load_identity
 from fedscreen.trust.manifest import load_manifest

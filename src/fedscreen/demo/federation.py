@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from fedscreen import pki
 from fedscreen.audit.bundle import Bundle, LogExport
 from fedscreen.audit.verify import verify_bundle
 from fedscreen.coordinator.core import Coordinator, init_coordinator
@@ -29,17 +28,15 @@ from fedscreen.node.home import init_home
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
+from fedscreen.report.files import write_report
 from fedscreen.report.format import format_value
+from fedscreen.report.model import build_model, member_names
 from fedscreen.report.plan import load_plan
-from fedscreen.report.run import (
-    build_model,
-    member_names,
-    run_plan,
-    write_report,
-)
+from fedscreen.report.run import run_plan
 from fedscreen.report.verify import releases_logged, verify_report
 from fedscreen.synth import generate, write_export
 from fedscreen.tlog import memberlog
+from fedscreen.trust import authority
 from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
 
 #: (county code, name, students, profile): real Hebei counties of different sizes and kinds
@@ -133,7 +130,7 @@ def build(
 ) -> dict[str, Path]:
     """Create the authority, every member and the nodes' data; returns the homes by role/id."""
     auth = work / "authority"
-    pki.init_authority(auth, federation="hebei-demo")
+    authority.init_authority(auth, federation="hebei-demo")
     homes = {
         "coordinator": work / "coordinator",
         "analyst": work / "analyst",
@@ -160,7 +157,7 @@ def build(
             if rejected:
                 raise ConfigError("\n".join(str(e) for e in rejected))
         homes[code] = config.home
-    text = pki.manifest_text(auth)
+    text = authority.manifest_text(auth)
     for home in homes.values():
         update_manifest(home, text)
     homes["authority"] = auth

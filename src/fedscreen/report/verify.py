@@ -26,19 +26,18 @@ from fedscreen.errors import ConfigError, VerificationError
 from fedscreen.policy import Policy
 from fedscreen.protocol.budget import verify_budgets
 from fedscreen.report.affordable import check_plan
-from fedscreen.report.html import render_html
-from fedscreen.report.plan import load_plan
-from fedscreen.report.run import (
+from fedscreen.report.files import (
     BUDGETS_FILE,
     PLAN_FILE,
     RELEASES_DIR,
     REPORT_FILE,
-    build_model,
     csv_text,
-    member_names,
     normalized,
     read_run,
 )
+from fedscreen.report.html import render_html
+from fedscreen.report.model import build_model, member_names
+from fedscreen.report.plan import load_plan
 from fedscreen.trust.manifest import Manifest
 
 #: relative tolerance when comparing recomputed floats

@@ -5,7 +5,7 @@ Everything here is ``grpc.aio`` (one concurrency model per process).
 * **Who may connect.** Servers demand a client certificate chaining to the
   federation CA (the TLS handshake fails otherwise), and every servicer method
   starts with :func:`authenticate`, which matches that certificate against the
-  signed manifest (:func:`fedscreen.pki.verify_peer`) and the roles the method
+  signed manifest (:func:`fedscreen.certs.verify_peer`) and the roles the method
   admits. The manifest is the revocation list: a revoked member's still-valid
   certificate passes the handshake and is refused here.
 * **Who we dial.** Clients trust only the federation CA and check that the
@@ -37,7 +37,6 @@ from typing import Any, Final, NoReturn
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fedscreen import pki
 from fedscreen.crypto.envelope import MalformedEnvelope
 from fedscreen.errors import (
     ConfigError,
@@ -48,6 +47,7 @@ from fedscreen.errors import (
     QueryRefused,
     VerificationError,
 )
+from fedscreen.trust import certs
 from fedscreen.trust.identity import Identity
 from fedscreen.trust.manifest import ROLES, Manifest, Member
 
@@ -205,7 +205,7 @@ def channel(
     ``peer_id``. Call from inside the running event loop; close it (``await
     ch.close()`` or ``async with``). See :func:`connect` to also wait for it.
     """
-    if not pki.MEMBER_ID_PATTERN.fullmatch(peer_id):
+    if not certs.MEMBER_ID_PATTERN.fullmatch(peer_id):
         raise ConfigError(f"peer id {peer_id!r} is not a member id")
     cert, key, ca = identity.tls_files()
     credentials = grpc.ssl_channel_credentials(
@@ -309,7 +309,7 @@ def peer_member(
     pem = peer_certificate(auth_context)
     if pem is None:
         raise VerificationError("the connection carries no client certificate")
-    member = pki.verify_peer(manifest, pem)
+    member = certs.verify_peer(manifest, pem)
     if member.role not in wanted:
         raise RoleNotPermitted(f"{member.id!r} is a {member.role}; allowed: {sorted(wanted)}")
     return member

@@ -40,7 +40,8 @@ from fedscreen._util.files import replace_file, write_new_file
 from fedscreen.crypto.envelope import pae
 from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, SigningKey, public_key_id
 from fedscreen.errors import ConfigError, VerificationError
-from fedscreen.pki import (
+from fedscreen.trust.authority import issue, load_authority, manifest_text
+from fedscreen.trust.certs import (
     CLAIMS_OID,
     MAX_PEM_BYTES,
     REQUEST_FORMAT,
@@ -49,9 +50,6 @@ from fedscreen.pki import (
     cert_sha256,
     check_issued_certificate,
     claims_bytes,
-    issue,
-    load_authority,
-    manifest_text,
     member_uri,
     read_private_file,
     read_public_file,

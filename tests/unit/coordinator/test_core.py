@@ -17,7 +17,6 @@ import pytest
 from exportrows import screening_row, write_csv
 from localnode import answer_locally
 
-from fedscreen import pki
 from fedscreen._util.canonical import canonical_json
 from fedscreen.analyst.query import make_query, verify_release
 from fedscreen.cli.main import main
@@ -32,6 +31,7 @@ from fedscreen.protocol.answer import verify_answer
 from fedscreen.protocol.query import SignedQuery, new_query_id, sign_query
 from fedscreen.protocol.release import release_body
 from fedscreen.query.sqlparse import parse_sql
+from fedscreen.trust import authority
 from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
 
 SQL = "SELECT sex, COUNT(*) FROM screenings WHERE academic_year = '2024-2025' GROUP BY sex"
@@ -50,7 +50,7 @@ class Federation:
 @pytest.fixture
 def fed(tmp_path: Path) -> Federation:
     auth = tmp_path / "auth"
-    pki.init_authority(auth, federation="test")
+    authority.init_authority(auth, federation="test")
     init_coordinator(tmp_path / "coord", member_id="coordinator", name="省平台")
     issue_here(auth, tmp_path / "coord")
     for home, member, role in (
@@ -69,7 +69,7 @@ def fed(tmp_path: Path) -> Federation:
         ]
         ingest_paths(config, [write_csv(tmp_path / f"{code}.csv", rows)])
         nodes[code] = config
-    text = pki.manifest_text(auth)
+    text = authority.manifest_text(auth)
     for home in [
         tmp_path / "coord",
         tmp_path / "analyst",

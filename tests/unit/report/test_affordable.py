@@ -14,7 +14,6 @@ import pytest
 from exportrows import varied_rows, write_csv
 from reportplans import count_plan
 
-from fedscreen import pki
 from fedscreen.node import store
 from fedscreen.node.engine import QueryRequest, answer_query
 from fedscreen.node.home import NodeConfig, init_home
@@ -25,6 +24,7 @@ from fedscreen.policy.load import load_policy
 from fedscreen.protocol.budget import Budgets, verify_budgets
 from fedscreen.report.affordable import PlanRefused, check_plan, refuse_if_unaffordable
 from fedscreen.report.plan import ReportPlan, load_plan
+from fedscreen.trust import authority
 from fedscreen.trust.identity import issue_here
 
 CENTRE = "hebei-monitoring-centre"
@@ -32,7 +32,7 @@ YEAR = "2024-2025"
 
 
 def _nodes(tmp_path: Path) -> dict[str, NodeConfig]:
-    pki.init_authority(tmp_path / "auth", federation="test")
+    authority.init_authority(tmp_path / "auth", federation="test")
     nodes = {}
     for code in ("130102", "130104"):
         config = init_home(tmp_path / code, node_id=code, name=code)
@@ -67,7 +67,7 @@ def _budgets(nodes: dict[str, NodeConfig], connected: tuple[str, ...], auth: Pat
         finally:
             conn.close()
         signed.append((code, sign_statement(body, key=config.signing_key())))
-    return verify_budgets(pki.current_manifest(auth), signed, connected=connected)
+    return verify_budgets(authority.current_manifest(auth), signed, connected=connected)
 
 
 def _plan(tmp_path: Path, epsilons: list[float]) -> ReportPlan:

@@ -18,7 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from localnode import answer_locally
 
-from fedscreen import pki
 from fedscreen.analyst.query import make_query, verify_release
 from fedscreen.coordinator.core import Coordinator, init_coordinator
 from fedscreen.node.home import NodeConfig, init_home
@@ -29,6 +28,7 @@ from fedscreen.query.mechanisms import laplace_vector
 from fedscreen.report.figures import PROVINCE, Part, Released, _share, statistic_rows
 from fedscreen.report.plan import ReportPlan, load_plan
 from fedscreen.synth import generate, write_export
+from fedscreen.trust import authority
 from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
 
 COUNTIES = {"130104": "mixed", "130105": "urban", "130107": "rural"}
@@ -46,7 +46,7 @@ class Ran:
 def ran(tmp_path_factory: pytest.TempPathFactory) -> Ran:
     work = tmp_path_factory.mktemp("fed")
     auth = work / "auth"
-    pki.init_authority(auth, federation="test")
+    authority.init_authority(auth, federation="test")
     init_coordinator(work / "coord", member_id="coordinator", name="省平台")
     issue_here(auth, work / "coord")
     create_identity(work / "analyst", member_id="analyst-1", role="analyst", name="a")
@@ -60,7 +60,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Ran:
             write_export(generate(code, 1200 + 400 * n, year, 7 + y, profile=profile), exports)
             ingest_paths(config, [exports])
         nodes[code] = config
-    text = pki.manifest_text(auth)
+    text = authority.manifest_text(auth)
     for home in [work / "coord", work / "analyst", *(c.home for c in nodes.values())]:
         update_manifest(home, text)
     policies = default_policy_dir()

@@ -1,0 +1,176 @@
+"""The report model (``report.json``): a pure function of the plan, the verified releases
+and the budget checks, so that ``report verify`` recomputes all of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from fedscreen.report.affordable import NodeCheck
+from fedscreen.report.areas import city_name, city_scopes
+from fedscreen.report.figures import Released, dims, statistic_rows
+from fedscreen.report.plan import ReportPlan
+from fedscreen.trust.manifest import Manifest
+
+__all__ = ["MECHANISM", "REPORT_VERSION", "UNIT_OF_PRIVACY", "build_model", "member_names"]
+
+REPORT_VERSION: Final = 1
+UNIT_OF_PRIVACY: Final = "one student in one academic year"
+MECHANISM: Final = (
+    "Pure ε-differential privacy, applied by each county's node before anything leaves "
+    "it: counts and sums get discrete Laplace noise, rates and means are ratios of two "
+    "noisy counts from a split ε, medians are chosen by the exponential mechanism "
+    "(all OpenDP samplers). The provincial figures and everything in this report are "
+    "computed from those noisy answers only."
+)
+
+
+def build_model(
+    plan: ReportPlan,
+    released: Mapping[str, Released],
+    checks: Sequence[NodeCheck],
+    fresh: Collection[str],
+    *,
+    names: Mapping[str, str],
+    analyst: str,
+    generated_at: str | None = None,
+) -> dict[str, Any]:
+    """The report model (``report.json``; the HTML and CSV are rendered from it).
+
+    A function of the verified releases, the checks made from the signed budget
+    statements and the plan only, so ``report verify`` can recompute all of it.
+    """
+    first = next(iter(released.values())).body
+    targeted: list[str] = first["targeted"]
+    # city rows where the report spans several cities (DOMAIN: "city level where county
+    # cells are small")
+    areas = city_scopes(targeted)
+    sections: dict[str, list[dict[str, Any]]] = {sid: [] for sid, _ in plan.sections}
+    missing_from: dict[str, list[str]] = {n: [] for n in targeted}
+    missing_rows = []
+    for stat in plan.statistics:
+        missing: set[str] = set()
+        for name in stat.queries:
+            body = released[name].body
+            missing |= set(body["missing"])
+            reasons = body.get("missing_reasons", {})
+            for node in body["missing"]:
+                missing_rows.append(
+                    {"node": node, "statistic": stat.id,
+                     "reason": reasons.get(node, "no answer")}
+                )  # fmt: skip
+        for node in sorted(missing):
+            missing_from.setdefault(node, []).append(stat.id)
+        sections[stat.section].append(
+            {
+                "id": stat.id,
+                "item": stat.item,
+                "title": stat.title,
+                "description": stat.description,
+                "unit": stat.unit,
+                "dims": dims(stat, released),
+                "target": stat.target,
+                "target_label": stat.target_label,
+                "epsilon": sum(plan.queries[q].cost for q in stat.queries),
+                "public": all(plan.queries[q].public for q in stat.queries),
+                "queries": [released[q].body["query_id"] for q in stat.queries],
+                "missing": sorted(missing),
+                "rows": statistic_rows(stat, plan, released, areas),
+            }
+        )
+    spent = _spent(plan, released, checks, fresh)
+    return {
+        "version": REPORT_VERSION,
+        "title": f"{plan.title} {plan.year}",
+        "plan": {
+            "name": plan.name,
+            "file": plan.path.name,
+            "sha256": plan.sha256,
+            "year": plan.year,
+            "previous_year": plan.previous_year,
+        },
+        "generated_at": generated_at or datetime.now(UTC).isoformat(timespec="seconds"),
+        "analyst": analyst,
+        "coordinator": first["coordinator"],
+        "nodes": [
+            {
+                "id": node,
+                "name": names.get(node, node),
+                "asked": len(released),
+                "answered": sum(node in r.node_bodies for r in released.values()),
+                "missing_from": missing_from.get(node, []),
+            }
+            for node in targeted
+        ],
+        "areas": [
+            {"id": area, "name": city_name(area), "counties": counties}
+            for area, counties in areas.items()
+        ],
+        "privacy": {
+            "unit": UNIT_OF_PRIVACY,
+            "mechanism": MECHANISM,
+            "threshold": int(first["threshold"]),
+            "spent": spent,
+            "missing": missing_rows,
+        },
+        "sections": [
+            {"id": sid, "title": title, "statistics": sections[sid]} for sid, title in plan.sections
+        ],
+        "releases": {name: r.body["query_id"] for name, r in released.items()},
+    }
+
+
+def member_names(manifest: Manifest) -> dict[str, str]:
+    """Member id -> name, for the report's county names."""
+    return {m.id: m.name for m in manifest.members}
+
+
+def _spent(
+    plan: ReportPlan,
+    released: Mapping[str, Released],
+    checks: Sequence[NodeCheck],
+    fresh: Collection[str],
+) -> list[dict[str, Any]]:
+    """ε per node and year: of the report's answers, charged by this run, and left.
+
+    ``epsilon`` is the privacy cost of the answers the figures use (each answer's ε, as
+    its node signed it). ``charged`` is what those deliveries cost the ledgers: an
+    answer a node gave again from its store (the same question on the same data) was
+    charged when first given and costs nothing now. ``left`` is the node's signed
+    statement before this run, less what the queries run after it charged.
+    """
+    cost: dict[tuple[str, str], float] = {}
+    charged: dict[tuple[str, str], float] = {}
+    after: dict[tuple[str, str], float] = {}
+    for name, release in released.items():
+        for node, body in release.node_bodies.items():
+            epsilon = float(body.get("epsilon") or 0.0)
+            delivered = release.charged.get(node)
+            delivered = epsilon if delivered is None else delivered  # a node that does not say
+            for year in plan.queries[name].years:
+                key = (node, year)
+                cost[key] = cost.get(key, 0.0) + epsilon
+                charged[key] = charged.get(key, 0.0) + delivered
+                if name in fresh:
+                    after[key] = after.get(key, 0.0) + delivered
+    before = {(c.node_id, y.year): y for c in checks for y in c.years}
+    rows = []
+    for (node, year), epsilon in sorted(cost.items()):
+        check = before.get((node, year))
+        left = None
+        if check is not None and check.left is not None:
+            left = max(check.left - after.get((node, year), 0.0), 0.0)
+        rows.append(
+            {
+                "node": node,
+                "year": year,
+                # ε are micro-units at the ledger: six decimals say everything
+                "epsilon": round(epsilon, 6),
+                "charged": round(charged[(node, year)], 6),
+                "budget": None if check is None or check.budget is None else round(check.budget, 6),
+                "left": None if left is None else round(left, 6),
+            }
+        )
+    return rows
