@@ -15,7 +15,7 @@ from fedscreen.crypto.signing import SigningKey, public_key_id, verify_signature
 from fedscreen.errors import ConfigError, VerificationError
 
 WYCHEPROOF = (
-    Path(__file__).parents[2] / ".." / "shared" / "vectors" / "wycheproof" / "ed25519_test.json"
+    Path(__file__).parents[3] / ".." / "shared" / "vectors" / "wycheproof" / "ed25519_test.json"
 )
 
 
