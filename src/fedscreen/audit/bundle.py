@@ -19,9 +19,10 @@ import binascii
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from fedscreen.errors import VerificationError
+from fedscreen.tlog.export import LogExport
 
 BUNDLE_FORMAT: Final = "fedscreen-audit-bundle/1"
 #: refuse absurd bundles before parsing them (bytes)
@@ -30,25 +31,6 @@ MAX_BUNDLE_BYTES: Final = 4 << 30
 
 class BundleError(VerificationError):
     """The bundle file itself is unreadable or malformed."""
-
-
-@dataclass(frozen=True)
-class LogExport:
-    """One log as exported."""
-
-    member_id: str
-    origin: str
-    entries: tuple[bytes, ...]
-    checkpoints: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON form."""
-        return {
-            "member_id": self.member_id,
-            "origin": self.origin,
-            "entries": [base64.b64encode(e).decode("ascii") for e in self.entries],
-            "checkpoints": list(self.checkpoints),
-        }
 
 
 @dataclass(frozen=True)

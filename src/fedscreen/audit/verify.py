@@ -27,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from fedscreen.audit.bundle import Bundle, LogExport
+from fedscreen.audit.bundle import Bundle
 from fedscreen.crypto.envelope import LOG_ENTRY_V1, RELEASE_V1, Envelope, verify_envelope
 from fedscreen.crypto.signing import public_key_id
 from fedscreen.errors import FedscreenError, VerificationError
@@ -37,6 +37,7 @@ from fedscreen.protocol.query import SignedQuery, verify_query
 from fedscreen.protocol.release import check_release
 from fedscreen.tlog import merkle
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
+from fedscreen.tlog.export import LogExport
 from fedscreen.trust.manifest import Manifest
 
 VALID: Final = 0

@@ -9,14 +9,13 @@ import re
 import sys
 from pathlib import Path
 
-from fedscreen.audit.bundle import Bundle, BundleError, LogExport, read_bundle, write_bundle
+from fedscreen.audit.bundle import Bundle, BundleError, read_bundle, write_bundle
 from fedscreen.audit.verify import VALID, AuditFailure, BundleUntrusted, LogReport, verify_bundle
 from fedscreen.coordinator.core import CONFIG_FILE as COORDINATOR_CONFIG
-from fedscreen.coordinator.core import Coordinator
+from fedscreen.coordinator.core import export_log as coordinator_log
 from fedscreen.errors import ConfigError, VerificationError
-from fedscreen.node import store
-from fedscreen.node.home import load_config
-from fedscreen.tlog import memberlog
+from fedscreen.node.home import export_log as node_log
+from fedscreen.tlog.export import LogExport
 from fedscreen.trust.manifest import load_manifest
 
 VERIFY_HELP = """\
@@ -91,21 +90,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _export_home(home: Path) -> LogExport:
     if (home / COORDINATOR_CONFIG).is_file():
-        coordinator = Coordinator.open(home)
-        try:
-            entries, notes = coordinator.export()
-            return LogExport(
-                coordinator.member_id, coordinator.origin, tuple(entries), tuple(notes)
-            )
-        finally:
-            coordinator.close()
-    config = load_config(home)
-    conn = store.connect(config.database)
-    try:
-        entries, notes = memberlog.export(conn)
-    finally:
-        conn.close()
-    return LogExport(config.node_id, memberlog.origin(config.node_id), tuple(entries), tuple(notes))
+        return coordinator_log(home)
+    return node_log(home)
 
 
 def _read_trusted(path: Path | None) -> dict[str, str]:

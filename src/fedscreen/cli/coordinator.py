@@ -18,8 +18,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from fedscreen.audit.bundle import LogExport, write_bundle
-from fedscreen.coordinator.core import Coordinator, init_coordinator
+from fedscreen.audit.bundle import write_bundle
+from fedscreen.coordinator.core import export_log, init_coordinator
 from fedscreen.coordinator.server import Listening, serve
 from fedscreen.errors import ConfigError
 
@@ -103,17 +103,15 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """``fedscreen coordinator export``."""
-    coordinator = Coordinator.open(args.home)
-    try:
-        entries, notes = coordinator.export()
-        log = LogExport(coordinator.member_id, coordinator.origin, tuple(entries), tuple(notes))
-    finally:
-        coordinator.close()
+    log = export_log(args.home)
     manifest_path = args.home / "manifest.json"
     manifest = manifest_path.read_text(encoding="utf-8") if manifest_path.is_file() else None
     try:
         write_bundle(args.out, [log], manifest)
     except FileExistsError:
         raise ConfigError(f"{args.out} exists; refusing to overwrite") from None
-    print(f"wrote {args.out}: {len(entries)} entries, {len(notes)} checkpoints of {log.origin}")
+    print(
+        f"wrote {args.out}: {len(log.entries)} entries, "
+        f"{len(log.checkpoints)} checkpoints of {log.origin}"
+    )
     return 0

@@ -33,6 +33,8 @@ from fedscreen.protocol.query import SignedQuery, verify_query
 from fedscreen.protocol.release import release_body
 from fedscreen.query.compile import compile_query
 from fedscreen.tlog import memberlog
+from fedscreen.tlog.checkpoint import member_origin
+from fedscreen.tlog.export import LogExport
 from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust.identity import Identity, create_identity, load_identity
 from fedscreen.trust.manifest import Manifest
@@ -82,7 +84,7 @@ class Coordinator:
         self.manifest: Manifest = identity.manifest()
         self._stamp = self._manifest_stamp()
         self.key = identity.signing_key()
-        self.origin = memberlog.origin(self.member_id, ROLE)
+        self.origin = member_origin(ROLE, self.member_id)
         self.conn = connect(home / DATABASE_FILE)
         self.conn.execute(memberlog.CHECKPOINT_SCHEMA)
         self.log = TransparencyLog(self.conn, name=ROLE)
@@ -213,7 +215,7 @@ class Coordinator:
         with transaction(self.conn) if commit else contextlib.nullcontext():
             memberlog.append(
                 self.conn,
-                node_id=self.member_id,
+                member_id=self.member_id,
                 key=self.key,
                 payload=payload,
                 role=ROLE,
@@ -242,10 +244,19 @@ class Coordinator:
         """RFC 9162 consistency proof between two tree sizes."""
         return self.log.consistency_proof(size1, size2)
 
-    def export(self) -> tuple[list[bytes], list[str]]:
+    def export(self) -> LogExport:
         """Every entry and checkpoint, for an audit bundle."""
-        return memberlog.export(self.conn, role=ROLE)
+        return memberlog.export_log(self.conn, member_id=self.member_id, role=ROLE)
 
     def close(self) -> None:
         """Close the log database."""
         self.conn.close()
+
+
+def export_log(home: Path) -> LogExport:
+    """The coordinator's log in ``home``, as exported for auditors."""
+    coordinator = Coordinator.open(home)
+    try:
+        return coordinator.export()
+    finally:
+        coordinator.close()

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from fedscreen.audit.bundle import Bundle, LogExport
+from fedscreen.audit.bundle import Bundle
 from fedscreen.audit.verify import verify_bundle
-from fedscreen.coordinator.core import Coordinator, init_coordinator
+from fedscreen.coordinator.core import export_log as coordinator_log
+from fedscreen.coordinator.core import init_coordinator
 from fedscreen.errors import ConfigError
-from fedscreen.node import store
+from fedscreen.node.home import export_log as node_log
 from fedscreen.node.home import init_home
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
@@ -35,7 +36,6 @@ from fedscreen.report.plan import load_plan
 from fedscreen.report.run import run_plan
 from fedscreen.report.verify import releases_logged, verify_report
 from fedscreen.synth import generate, write_export
-from fedscreen.tlog import memberlog
 from fedscreen.trust import authority
 from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
 
@@ -288,18 +288,6 @@ def _headline(model: dict[str, Any], say: Callable[[str], None]) -> None:
 
 def _bundle(homes: dict[str, Path], nodes: Sequence[str]) -> Bundle:
     """Every log of the federation, as an auditor's bundle."""
-    logs = []
-    coordinator = Coordinator.open(homes["coordinator"])
-    try:
-        entries, notes = coordinator.export()
-        logs.append(LogExport(COORDINATOR, coordinator.origin, tuple(entries), tuple(notes)))
-    finally:
-        coordinator.close()
-    for code in nodes:
-        conn = store.connect(homes[code] / "node.db")
-        try:
-            entries, notes = memberlog.export(conn)
-        finally:
-            conn.close()
-        logs.append(LogExport(code, memberlog.origin(code), tuple(entries), tuple(notes)))
+    logs = [coordinator_log(homes["coordinator"])]
+    logs += [node_log(homes[code]) for code in nodes]
     return Bundle(tuple(logs), None)

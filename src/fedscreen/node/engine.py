@@ -135,7 +135,7 @@ def record_refusal(
         ledger.record_refusal(conn, analyst=analyst, query=query, reason=reason, at=at)
         memberlog.append(
             conn,
-            node_id=config.node_id,
+            member_id=config.node_id,
             key=config.signing_key(),
             payload={
                 "kind": "refusal",
@@ -306,7 +306,7 @@ def _log_answer(
         "policy_digest": body["policy_digest"],
         "answer_sha256": hashlib.sha256(canonical_json(body)).hexdigest(),
     }
-    return memberlog.append(conn, node_id=config.node_id, key=key, payload=payload)
+    return memberlog.append(conn, member_id=config.node_id, key=key, payload=payload)
 
 
 def _signed(

@@ -30,6 +30,8 @@ from fedscreen.errors import ConfigError
 from fedscreen.node import store
 from fedscreen.policy import Policy, county_policy_path, default_policy_dir, load_node_policy
 from fedscreen.policy.default import PROVINCE_FILE
+from fedscreen.tlog import memberlog
+from fedscreen.tlog.export import LogExport
 from fedscreen.trust.identity import create_identity
 
 CONFIG_FILE: Final = "node.toml"
@@ -162,3 +164,13 @@ def load_config(home: Path) -> NodeConfig:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: missing or bad setting {exc}") from None
+
+
+def export_log(home: Path) -> LogExport:
+    """The node's log in ``home``, as exported for auditors."""
+    config = load_config(home)
+    conn = store.connect(config.database)
+    try:
+        return memberlog.export_log(conn, member_id=config.node_id)
+    finally:
+        conn.close()

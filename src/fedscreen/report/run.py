@@ -51,6 +51,8 @@ from fedscreen.trust.manifest import Manifest
 
 #: seconds to wait for the statement of a node that has just connected
 STATEMENT_WAIT_S: Final = 3.0
+
+
 def active_nodes(manifest: Manifest) -> list[str]:
     """The manifest's active node ids, in order."""
     return sorted(manifest.active("node"))
@@ -192,5 +194,3 @@ def _run_one(
         query.name, envelope, submitted.release_envelope, submitted.answers, released,
         signed.analyst,
     )  # fmt: skip
-
-

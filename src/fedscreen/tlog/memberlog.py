@@ -1,6 +1,7 @@
 """Signed transparency logs of a member: the node's own log, and the coordinator's.
 
-The node logs every query it answered or refused.
+The node logs every query it answered or refused; the coordinator every query,
+answer and release. :func:`export_log` hands either to an auditor.
 
 Each entry is a DSSE envelope (``LOG_ENTRY_V1``) signed by the node, whose
 payload records the requester, the canonical query, the ε charged, the budget
@@ -21,17 +22,13 @@ from fedscreen._util.canonical import canonical_json
 from fedscreen.crypto.envelope import LOG_ENTRY_V1, sign_envelope
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, sign_checkpoint
+from fedscreen.tlog.export import LogExport
 from fedscreen.tlog.log import TransparencyLog
 
 CHECKPOINT_SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS log_checkpoint (log TEXT NOT NULL, size INTEGER NOT NULL, "
     "note TEXT NOT NULL, PRIMARY KEY (log, size))"
 )
-
-
-def origin(member_id: str, role: str = "node") -> str:
-    """The checkpoint origin line of a member's log (role "node" or "coordinator")."""
-    return member_origin(role, member_id)
 
 
 @dataclass(frozen=True)
@@ -46,7 +43,7 @@ class Appended:
 def append(
     conn: sqlite3.Connection,
     *,
-    node_id: str,
+    member_id: str,
     key: SigningKey,
     payload: dict[str, Any],
     role: str = "node",
@@ -59,21 +56,23 @@ def append(
     log = TransparencyLog(conn, name=role)
     index = log.size()
     # the entry states its own position, so a reordered log is visible entry by entry too
-    body = canonical_json({**payload, "index": index, "node_id": node_id})
+    # "node_id" names the log owner in every entry (also the coordinator's: wire format)
+    body = canonical_json({**payload, "index": index, "node_id": member_id})
     envelope = sign_envelope(payload_type=LOG_ENTRY_V1, payload=body, key=key)
     log.append(envelope.to_json().encode("utf-8"))
     size = index + 1
     if not checkpoint:
         return Appended(index, size, "")
-    note = sign_checkpoint(Checkpoint(origin(node_id, role), size, log.root(size)), key=key)
+    head = Checkpoint(member_origin(role, member_id), size, log.root(size))
+    note = sign_checkpoint(head, key=key)
     conn.execute(
         "INSERT INTO log_checkpoint (log, size, note) VALUES (?, ?, ?)", (role, size, note)
     )
     return Appended(index, size, note)
 
 
-def export(conn: sqlite3.Connection, role: str = "node") -> tuple[list[bytes], list[str]]:
-    """All entries and every checkpoint the member signed for its log, in order."""
+def export_log(conn: sqlite3.Connection, *, member_id: str, role: str = "node") -> LogExport:
+    """The member's log as exported: every entry and every checkpoint it signed, in order."""
     conn.execute(CHECKPOINT_SCHEMA)
     log = TransparencyLog(conn, name=role)
     entries = [log.entry(i) for i in range(log.size())]
@@ -83,4 +82,4 @@ def export(conn: sqlite3.Connection, role: str = "node") -> tuple[list[bytes], l
             "SELECT note FROM log_checkpoint WHERE log = ? ORDER BY size", (role,)
         )
     ]
-    return entries, notes
+    return LogExport(member_id, member_origin(role, member_id), tuple(entries), tuple(notes))
