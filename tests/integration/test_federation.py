@@ -37,7 +37,7 @@ from fedscreen.coordinator.core import init_coordinator
 from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
 from fedscreen.errors import QueryRefused
 from fedscreen.node import store
-from fedscreen.node.agent import UNSAFE_TEST_ANSWER_DELAY_ENV, NodeLimits, backoff_ms
+from fedscreen.node.agent import NodeLimits, backoff_ms
 from fedscreen.node.home import init_home, load_config
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.node.requests import handle_query
@@ -64,6 +64,7 @@ from fedscreen.v1 import federation_pb2_grpc as pb_grpc
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 CLI = [sys.executable, "-m", "fedscreen.cli.main"]
+SLOWNODE = Path(__file__).resolve().parents[1] / "slownode.py"
 YEAR = "2024-2025"
 COORDINATOR = "coordinator"
 NODES = ("130104", "130105", "130107")
@@ -100,7 +101,6 @@ def run(scenario: Callable[[], Awaitable[T]]) -> T:
 def _env(**extra: str) -> dict[str, str]:
     path = os.environ.get("PYTHONPATH", "")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(SRC), path) if p)}
-    env.pop(UNSAFE_TEST_ANSWER_DELAY_ENV, None)
     env.update(extra)
     return env
 
@@ -161,13 +161,16 @@ class Federation:
         """Start a node process and wait until the coordinator has welcomed it."""
         self.started += 1
         ready = self.root / f"{node_id}.{self.started}.ready"
-        extra = {UNSAFE_TEST_ANSWER_DELAY_ENV: str(delay_ms)} if delay_ms else {}
+        # the answer delay is injected by tests/slownode.py, never read from the environment
+        serve = (
+            [sys.executable, str(SLOWNODE), str(delay_ms)] if delay_ms else [*CLI, "node", "serve"]
+        )
         log_path = self.root / f"{node_id}.log"
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
-                [*CLI, "node", "serve", "--home", str(self.node_home(node_id)),
+                [*serve, "--home", str(self.node_home(node_id)),
                  "--coordinator", self.address, "--ready-file", str(ready)],
-                stdout=log, stderr=subprocess.STDOUT, env=_env(**extra),
+                stdout=log, stderr=subprocess.STDOUT, env=_env(),
             )  # fmt: skip
         self.nodes[node_id] = proc
         self.ready_files[node_id] = ready

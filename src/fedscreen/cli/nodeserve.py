@@ -36,8 +36,8 @@ def add_serve_parser(node_sub: argparse._SubParsersAction[argparse.ArgumentParse
     serve.set_defaults(func=run_serve)
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    """``fedscreen node serve``."""
+def run_serve(args: argparse.Namespace, *, unsafe_test_answer_delay_ms: int = 0) -> int:
+    """``fedscreen node serve`` (tests inject an answer delay; the command line cannot)."""
 
     def welcomed(event: Welcomed) -> None:
         print(
@@ -63,6 +63,7 @@ def run_serve(args: argparse.Namespace) -> int:
             coordinator_id=args.coordinator_id,
             stop=stop,
             on_welcome=welcomed,
+            unsafe_test_answer_delay_ms=unsafe_test_answer_delay_ms,
         )
 
     run_until_signalled(main)

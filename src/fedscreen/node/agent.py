@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
 import sqlite3
 import time
@@ -52,7 +51,6 @@ from fedscreen.v1 import federation_pb2_grpc as pb_grpc
 
 __all__ = [
     "DEFAULT_NODE_LIMITS",
-    "UNSAFE_TEST_ANSWER_DELAY_ENV",
     "NodeLimits",
     "Welcomed",
     "backoff_ms",
@@ -61,10 +59,6 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-#: TEST ONLY. Milliseconds the node sleeps between computing an answer and sending it,
-#: so integration tests can make a node miss the coordinator's deadline. Never set it in
-#: production: it only delays, but a delayed node is reported missing.
-UNSAFE_TEST_ANSWER_DELAY_ENV: Final = "FEDSCREEN_UNSAFE_TEST_ANSWER_DELAY_MS"
 #: longest refusal reason sent up the stream (characters)
 MAX_REASON_CHARS: Final = 300
 
@@ -115,23 +109,6 @@ def backoff_ms(attempt: int, *, limits: NodeLimits = DEFAULT_NODE_LIMITS) -> int
     ceiling = min(limits.backoff_max_ms, limits.backoff_initial_ms << min(attempt, 32))
     half = ceiling // 2
     return ceiling - half + secrets.randbelow(half + 1)
-
-
-def _unsafe_test_delay_ms() -> int:
-    value = os.environ.get(UNSAFE_TEST_ANSWER_DELAY_ENV, "")
-    if not value:
-        return 0
-    try:
-        delay = int(value)
-    except ValueError:
-        raise ConfigError(f"{UNSAFE_TEST_ANSWER_DELAY_ENV} must be an integer (ms)") from None
-    _log.warning(
-        "%s=%d: TEST ONLY — every answer is held back %d ms before it is sent",
-        UNSAFE_TEST_ANSWER_DELAY_ENV,
-        delay,
-        delay,
-    )
-    return max(delay, 0)
 
 
 def _now_ms() -> int:
@@ -208,6 +185,7 @@ class _Agent:
         coordinator_id: str | None,
         limits: NodeLimits,
         on_welcome: Callable[[Welcomed], None] | None,
+        unsafe_test_answer_delay_ms: int,
     ) -> None:
         self.config = load_config(home)
         self.identity = load_identity(home)
@@ -219,7 +197,12 @@ class _Agent:
         self.peer_id = coordinator_id or manifest.coordinator()
         self.limits = limits
         self.on_welcome = on_welcome
-        self.delay_s = _unsafe_test_delay_ms() / 1000
+        self.delay_s = max(unsafe_test_answer_delay_ms, 0) / 1000
+        if self.delay_s:
+            _log.warning(
+                "TEST ONLY: every answer is held back %d ms before it is sent",
+                unsafe_test_answer_delay_ms,
+            )
         self.worker = QueryWorker(self.config, self.config.policy(), manifest)
         self.sessions = 0
 
@@ -360,7 +343,7 @@ class _Agent:
             await send(pb.NodeMessage(refusal=pb.Refusal(query_id=query_id, reason=reason)))
             return
         if self.delay_s:
-            await asyncio.sleep(self.delay_s)  # TEST ONLY, see UNSAFE_TEST_ANSWER_DELAY_ENV
+            await asyncio.sleep(self.delay_s)  # TEST ONLY: see run_node
         await send(pb.NodeMessage(answer=pb.Answer(query_id=query_id, envelope=envelope)))
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -408,6 +391,7 @@ async def run_node(
     limits: NodeLimits = DEFAULT_NODE_LIMITS,
     stop: asyncio.Event | None = None,
     on_welcome: Callable[[Welcomed], None] | None = None,
+    unsafe_test_answer_delay_ms: int = 0,
 ) -> None:
     """Serve the node in ``home`` to the coordinator at ``coordinator`` (``host:port``).
 
@@ -415,8 +399,17 @@ async def run_node(
     active coordinator in the node's manifest; its certificate must name it.
     Policy and manifest are read once, here. Runs until ``stop`` is set (or the
     task is cancelled); ``on_welcome`` is called each time a session is accepted.
+
+    ``unsafe_test_answer_delay_ms`` is for tests only: every answer is held back
+    that long after it is computed (and charged), so a test can make a node miss
+    the coordinator's deadline. The command line never sets it.
     """
     agent = _Agent(
-        home, coordinator, coordinator_id=coordinator_id, limits=limits, on_welcome=on_welcome
+        home,
+        coordinator,
+        coordinator_id=coordinator_id,
+        limits=limits,
+        on_welcome=on_welcome,
+        unsafe_test_answer_delay_ms=unsafe_test_answer_delay_ms,
     )
     await agent.run(stop or asyncio.Event())
