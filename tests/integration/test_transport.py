@@ -18,13 +18,20 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedscreen.crypto.envelope import MalformedEnvelope
-from fedscreen.errors import ConfigError, PolicyError, QueryRefused, VerificationError
+from fedscreen.errors import (
+    ConfigError,
+    MalformedEnvelope,
+    PolicyError,
+    QueryRefused,
+    RoleNotPermitted,
+    UnknownMember,
+    VerificationError,
+)
 from fedscreen.rpc import transport
-from fedscreen.rpc.transport import RoleNotPermitted, RpcFailed, TransportLimits
+from fedscreen.rpc.transport import RpcFailed, TransportLimits
 from fedscreen.trust import authority
 from fedscreen.trust.identity import Identity, create_identity, issue_here
-from fedscreen.trust.manifest import Manifest, UnknownMember
+from fedscreen.trust.manifest import Manifest
 from fedscreen.v1 import federation_pb2 as pb
 from fedscreen.v1 import federation_pb2_grpc as pb_grpc
 

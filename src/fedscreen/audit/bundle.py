@@ -21,16 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from fedscreen.errors import VerificationError
+from fedscreen.errors import BundleError
 from fedscreen.tlog.export import LogExport
 
 BUNDLE_FORMAT: Final = "fedscreen-audit-bundle/1"
 #: refuse absurd bundles before parsing them (bytes)
 MAX_BUNDLE_BYTES: Final = 4 << 30
-
-
-class BundleError(VerificationError):
-    """The bundle file itself is unreadable or malformed."""
 
 
 @dataclass(frozen=True)

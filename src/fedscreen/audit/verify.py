@@ -30,7 +30,12 @@ from typing import Any, Final
 from fedscreen.audit.bundle import Bundle
 from fedscreen.crypto.envelope import LOG_ENTRY_V1, RELEASE_V1, Envelope, verify_envelope
 from fedscreen.crypto.signing import public_key_id
-from fedscreen.errors import FedscreenError, VerificationError
+from fedscreen.errors import (
+    BundleUntrusted,
+    EntryInvalid,
+    HistoryInconsistent,
+    VerificationError,
+)
 from fedscreen.protocol.answer import VerifiedAnswer, verify_answer
 from fedscreen.protocol.combine import NodeCells
 from fedscreen.protocol.query import SignedQuery, verify_query
@@ -40,50 +45,9 @@ from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verif
 from fedscreen.tlog.export import LogExport
 from fedscreen.trust.manifest import Manifest
 
-VALID: Final = 0
-ENTRY_INVALID: Final = 2
-HISTORY_INCONSISTENT: Final = 3
-UNTRUSTED: Final = 4
 MICRO: Final = 1_000_000
 #: logs shorter than this are verified in-process (starting workers costs ~0.3 s)
 PARALLEL_MIN_ENTRIES: Final = 20_000
-
-
-class AuditFailure(FedscreenError):
-    """Verification failed; ``exit_code`` says how, ``index`` names the first bad entry."""
-
-    exit_code = UNTRUSTED
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        origin: str = "",
-        index: int | None = None,
-        evidence: tuple[str, ...] = (),
-    ) -> None:
-        super().__init__(message)
-        self.origin = origin
-        self.index = index
-        self.evidence = evidence
-
-
-class EntryInvalid(AuditFailure):
-    """An entry's signature, format or content is wrong (exit 2)."""
-
-    exit_code = ENTRY_INVALID
-
-
-class HistoryInconsistent(AuditFailure):
-    """The log's history contradicts a signed checkpoint (exit 3)."""
-
-    exit_code = HISTORY_INCONSISTENT
-
-
-class BundleUntrusted(AuditFailure):
-    """The bundle cannot be trusted at all: manifest, keys or notes (exit 4)."""
-
-    exit_code = UNTRUSTED
 
 
 @dataclass

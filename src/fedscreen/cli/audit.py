@@ -9,11 +9,18 @@ import re
 import sys
 from pathlib import Path
 
-from fedscreen.audit.bundle import Bundle, BundleError, read_bundle, write_bundle
-from fedscreen.audit.verify import VALID, AuditFailure, BundleUntrusted, LogReport, verify_bundle
+from fedscreen.audit.bundle import Bundle, read_bundle, write_bundle
+from fedscreen.audit.verify import LogReport, verify_bundle
 from fedscreen.coordinator.core import CONFIG_FILE as COORDINATOR_CONFIG
 from fedscreen.coordinator.core import export_log as coordinator_log
-from fedscreen.errors import ConfigError, VerificationError
+from fedscreen.errors import (
+    VALID,
+    AuditFailure,
+    BundleError,
+    BundleUntrusted,
+    ConfigError,
+    VerificationError,
+)
 from fedscreen.node.home import export_log as node_log
 from fedscreen.tlog.export import LogExport
 from fedscreen.trust.manifest import load_manifest

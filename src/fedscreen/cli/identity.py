@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from fedscreen.crypto.signing import public_key_id
+from fedscreen.errors import UnknownMember
 from fedscreen.trust.certs import certificate_not_after, read_public_file
 from fedscreen.trust.identity import (
     CA_FILE,
@@ -24,7 +25,7 @@ from fedscreen.trust.identity import (
     load_identity,
     update_manifest,
 )
-from fedscreen.trust.manifest import ROLES, UnknownMember
+from fedscreen.trust.manifest import ROLES
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -16,15 +16,22 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
 
-from fedscreen.audit.bundle import BundleError, read_bundle
-from fedscreen.audit.verify import AuditFailure, verify_bundle
+from fedscreen.audit.bundle import read_bundle
+from fedscreen.audit.verify import verify_bundle
 from fedscreen.cli.output import table
-from fedscreen.errors import ConfigError, VerificationError
+from fedscreen.errors import (
+    ENTRY_INVALID,
+    UNAFFORDABLE,
+    UNTRUSTED,
+    AuditFailure,
+    BundleError,
+    ConfigError,
+    VerificationError,
+)
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
-from fedscreen.report.affordable import NodeCheck, PlanRefused
+from fedscreen.report.affordable import NodeCheck
 from fedscreen.report.files import write_report
 from fedscreen.report.model import build_model, member_names
 from fedscreen.report.plan import ReportPlan, load_plan
@@ -32,13 +39,6 @@ from fedscreen.report.run import check_budgets, run_plan
 from fedscreen.report.verify import releases_logged, verify_report
 from fedscreen.trust.identity import load_identity
 from fedscreen.trust.manifest import load_manifest
-
-#: ``report plan`` / ``report run``: a node cannot pay for the plan
-EXIT_UNAFFORDABLE: Final = 3
-#: ``report verify``: a figure or a release does not check out (as ``audit verify``'s 2)
-EXIT_INVALID: Final = 2
-#: ``report verify --bundle``: the bundle itself cannot be trusted (as ``audit verify``'s 4)
-EXIT_UNTRUSTED: Final = 4
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -170,7 +170,7 @@ def run_plan_command(args: argparse.Namespace) -> int:
     print_checks(checks)
     if any(c.problems for c in checks):
         print("\nthe plan would overspend or be refused: not affordable", file=sys.stderr)
-        return EXIT_UNAFFORDABLE
+        return UNAFFORDABLE
     print("\nevery node can pay for this plan")
     return 0
 
@@ -179,18 +179,15 @@ def run_report_command(args: argparse.Namespace) -> int:
     """``fedscreen report run``."""
     plan = _load(args)
     print(f"plan {plan.name}: {len(plan.queries)} queries, {len(plan.statistics)} statistics")
-    try:
-        outcome = run_plan(
-            args.home,
-            args.coordinator,
-            plan,
-            args.out,
-            nodes=_nodes(args),
-            coordinator_id=args.coordinator_id,
-        )
-    except PlanRefused as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNAFFORDABLE
+    # a PlanRefused ends the command with its exit code (3) before anything runs
+    outcome = run_plan(
+        args.home,
+        args.coordinator,
+        plan,
+        args.out,
+        nodes=_nodes(args),
+        coordinator_id=args.coordinator_id,
+    )
     identity = load_identity(args.home)
     model = build_model(
         plan,
@@ -218,7 +215,7 @@ def run_verify_command(args: argparse.Namespace) -> int:
         checked = verify_report(args.dir, manifest=manifest, policy=policy)
     except VerificationError as exc:
         print(f"REPORT INVALID: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+        return ENTRY_INVALID
     print(
         f"{checked.figures} figures of {checked.statistics} statistics recomputed from "
         f"{checked.releases} verified releases"
@@ -231,12 +228,12 @@ def run_verify_command(args: argparse.Namespace) -> int:
             return failure.exit_code
         except (BundleError, VerificationError, OSError, ValueError, KeyError) as exc:
             print(f"UNTRUSTED: {exc}", file=sys.stderr)
-            return EXIT_UNTRUSTED
+            return UNTRUSTED
         try:
             releases_logged(checked, {d for log in logs for d in log.release_digests})
         except VerificationError as exc:
             print(f"REPORT INVALID: {exc}", file=sys.stderr)
-            return EXIT_INVALID
+            return ENTRY_INVALID
         print(f"every release is in the coordinator's log; {len(logs)} logs verified")
     print("VALID")
     return 0

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from fedscreen._util.canonical import canonical_json
 from fedscreen.crypto.signing import SigningKey, verify_signature
-from fedscreen.errors import VerificationError
+from fedscreen.errors import MalformedEnvelope, VerificationError
 
 ANSWER_V1 = "application/vnd.fedscreen.protocol.answer.v1+json"
 QUERY_V1 = "application/vnd.fedscreen.query.v1+json"
@@ -27,10 +27,6 @@ MANIFEST_V1 = "application/vnd.fedscreen.trust.manifest.v1+json"
 
 # Bounds on what from_json accepts, so a hostile envelope cannot cost unbounded work.
 MAX_SIGNATURES = 16
-
-
-class MalformedEnvelope(VerificationError):
-    """An envelope's JSON is not a well-formed DSSE envelope."""
 
 
 class EnvelopeSignature(NamedTuple):

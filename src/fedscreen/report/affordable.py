@@ -17,13 +17,9 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from fedscreen.errors import FedscreenError
+from fedscreen.errors import PlanRefused
 from fedscreen.protocol.budget import Budgets, from_micro, to_micro
 from fedscreen.report.plan import ReportPlan
-
-
-class PlanRefused(FedscreenError):
-    """The plan would overspend a node's budget or be refused by a node."""
 
 
 @dataclass(frozen=True)

@@ -37,14 +37,15 @@ from typing import Any, Final, NoReturn
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fedscreen.crypto.envelope import MalformedEnvelope
 from fedscreen.errors import (
     ConfigError,
     FedscreenError,
     IngestError,
     InstrumentError,
+    MalformedEnvelope,
     PolicyError,
     QueryRefused,
+    RoleNotPermitted,
     VerificationError,
 )
 from fedscreen.trust import certs
@@ -54,7 +55,6 @@ from fedscreen.trust.manifest import ROLES, Manifest, Member
 __all__ = [
     "DEFAULT_LIMITS",
     "STATUS_OF",
-    "RoleNotPermitted",
     "RpcFailed",
     "TransportLimits",
     "abort_for",
@@ -282,10 +282,6 @@ async def add_health(srv: grpc.aio.Server, *, services: Iterable[str] = ()) -> A
 
 
 # ---------------------------------------------------------------- who is calling
-
-
-class RoleNotPermitted(VerificationError):
-    """An authenticated member called a method its role may not use."""
 
 
 def peer_certificate(auth_context: Mapping[str, Iterable[bytes]]) -> bytes | None:

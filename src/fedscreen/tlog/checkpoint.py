@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, SigningKey, verify_signature
-from fedscreen.errors import VerificationError
+from fedscreen.errors import BadSignature, MalformedNote, UnknownKey, VerificationError
 from fedscreen.tlog.merkle import HASH_SIZE
 
 # signed-note "Signature types": 0x01 is Ed25519.
@@ -36,18 +36,6 @@ _MAX_SIZE = 2**64 - 1  # sizes are uint64 in RFC 9162 and every log implementati
 def member_origin(role: str, member_id: str) -> str:
     """The checkpoint origin line of a federation member's log, e.g. "fedscreen.node/130102"."""
     return f"fedscreen.{role}/{member_id}"
-
-
-class MalformedNote(VerificationError):
-    """The note or its checkpoint body does not follow the C2SP format."""
-
-
-class UnknownKey(VerificationError):
-    """No signature in the note is from a trusted key for its origin."""
-
-
-class BadSignature(VerificationError):
-    """A signature from a trusted key does not verify."""
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from fedscreen.errors import VerificationError
+from fedscreen.errors import LogIntegrityError, TreeRangeError
 from fedscreen.tlog import merkle
-from fedscreen.tlog.merkle import TreeRangeError
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS tlog_leaves (
@@ -34,10 +33,6 @@ _SCHEMA = (
 )
 
 _SAVEPOINT = "fedscreen_tlog_append"
-
-
-class LogIntegrityError(VerificationError):
-    """The stored log is missing rows it must have: the database was altered."""
 
 
 class TransparencyLog:

@@ -12,16 +12,12 @@ import hmac
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from fedscreen.errors import FedscreenError, VerificationError
+from fedscreen.errors import TreeRangeError, VerificationError
 
 HASH_SIZE = 32
 
 # RFC 9162 §2.1.1: the hash of an empty list is the hash of an empty string.
 EMPTY_ROOT = hashlib.sha256(b"").digest()
-
-
-class TreeRangeError(FedscreenError, ValueError):
-    """A root or proof was asked for at an index or size the tree cannot serve."""
 
 
 class HashStore(Protocol):

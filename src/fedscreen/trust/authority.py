@@ -42,7 +42,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedscreen._util.files import replace_file, write_new_file
 from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, SigningKey, public_key_id
-from fedscreen.errors import ConfigError, VerificationError
+from fedscreen.errors import ConfigError, UnknownMember, VerificationError
 from fedscreen.trust.certs import (
     CLOCK_SKEW,
     DEFAULT_CA_VALIDITY_DAYS,
@@ -58,13 +58,7 @@ from fedscreen.trust.certs import (
     read_request,
     verify_request,
 )
-from fedscreen.trust.manifest import (
-    Manifest,
-    Member,
-    UnknownMember,
-    load_manifest,
-    sign_manifest,
-)
+from fedscreen.trust.manifest import Manifest, Member, load_manifest, sign_manifest
 
 __all__ = [
     "AUTHORITY_KEY_FILE",

@@ -51,13 +51,8 @@ from cryptography.x509.oid import NameOID
 from fedscreen._util.canonical import canonical_json
 from fedscreen.crypto.envelope import pae
 from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, verify_signature
-from fedscreen.errors import ConfigError, VerificationError
-from fedscreen.trust.manifest import (
-    ROLES,
-    Manifest,
-    Member,
-    UnknownMember,
-)
+from fedscreen.errors import ConfigError, UnknownMember, VerificationError
+from fedscreen.trust.manifest import ROLES, Manifest, Member
 
 __all__ = [
     "CLAIMS_OID",

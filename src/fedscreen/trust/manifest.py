@@ -24,14 +24,10 @@ from typing import Any, Final
 from fedscreen._util.canonical import canonical_json
 from fedscreen.crypto.envelope import MANIFEST_V1, Envelope, sign_envelope, verify_envelope
 from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, SigningKey, public_key_id
-from fedscreen.errors import ConfigError, VerificationError
+from fedscreen.errors import ConfigError, UnknownMember, VerificationError
 
 ROLES: Final = ("node", "coordinator", "analyst", "auditor")
 MANIFEST_FORMAT: Final = "fedscreen-manifest/1"
-
-
-class UnknownMember(VerificationError):
-    """A member id, key or role that the manifest does not vouch for."""
 
 
 @dataclass(frozen=True)

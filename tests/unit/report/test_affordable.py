@@ -14,6 +14,7 @@ import pytest
 from exportrows import varied_rows, write_csv
 from reportplans import count_plan
 
+from fedscreen.errors import PlanRefused
 from fedscreen.node import store
 from fedscreen.node.engine import QueryRequest, answer_query
 from fedscreen.node.home import NodeConfig, init_home
@@ -22,7 +23,7 @@ from fedscreen.node.statement import sign_statement, statement_body
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
 from fedscreen.protocol.budget import Budgets, verify_budgets
-from fedscreen.report.affordable import PlanRefused, check_plan, refuse_if_unaffordable
+from fedscreen.report.affordable import check_plan, refuse_if_unaffordable
 from fedscreen.report.plan import ReportPlan, load_plan
 from fedscreen.trust import authority
 from fedscreen.trust.identity import issue_here

@@ -17,7 +17,8 @@ from fedscreen.errors import ConfigError
 from fedscreen.screening import exports
 from fedscreen.screening.instruments import instruments, parse_items
 from fedscreen.synth import County, generate, write_export
-from fedscreen.synth.generator import GRADE_NUMBER, PHQ_SHARES
+from fedscreen.synth._answers import PHQ_SHARES
+from fedscreen.synth._roster import GRADE_NUMBER
 
 SCREENING_KEYS = [c.key for c in exports.SCREENING_COLUMNS]
 Rows = list[dict[str, str | int]]

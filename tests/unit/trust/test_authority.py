@@ -24,16 +24,10 @@ from fedscreen.cli import identity as identity_cli
 from fedscreen.cli import pki as pki_cli
 from fedscreen.crypto.envelope import pae
 from fedscreen.crypto.signing import SigningKey
-from fedscreen.errors import ConfigError, VerificationError
+from fedscreen.errors import ConfigError, UnknownMember, VerificationError
 from fedscreen.trust import authority, certs
 from fedscreen.trust.identity import Identity, create_identity, install_issued, load_identity
-from fedscreen.trust.manifest import (
-    Manifest,
-    UnknownMember,
-    load_manifest,
-    parse_manifest,
-    sign_manifest,
-)
+from fedscreen.trust.manifest import Manifest, load_manifest, parse_manifest, sign_manifest
 
 
 @pytest.fixture
