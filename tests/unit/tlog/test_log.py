@@ -8,14 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from fedscreen.tlog.log import LogIntegrityError, TransparencyLog
-from fedscreen.tlog.merkle import (
-    TreeRangeError,
-    leaf_hash,
-    root_from_leaf_hashes,
-    verify_consistency,
-    verify_inclusion,
-)
+from fedscreen.tlog.log import TransparencyLog
+from fedscreen.errors import LogIntegrityError
+from fedscreen.tlog.merkle import leaf_hash, root_from_leaf_hashes, verify_consistency, verify_inclusion
+from fedscreen.errors import TreeRangeError
 
 
 def _entry(i: int) -> bytes:
