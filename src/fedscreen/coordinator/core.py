@@ -68,7 +68,7 @@ def init_coordinator(home: Path, *, member_id: str, name: str) -> None:
     (home / CONFIG_FILE).write_text(
         "# fedscreen coordinator\n[coordinator]\n"
         f"id = {json.dumps(member_id)}\n\n[policy]\n"
-        '# province = "/etc/fedscreen/province.toml"   # default: the source tree\'s policies/\n',
+        '# province = "/etc/fedscreen/province.toml"   # default: the catalogue fedscreen ships\n',
         encoding="utf-8",
     )
 

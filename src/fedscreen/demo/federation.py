@@ -66,7 +66,7 @@ COORDINATOR: Final = "coordinator"
 READY_TIMEOUT_S: Final = 60.0
 #: seconds a process gets to stop after SIGTERM before it is killed
 STOP_TIMEOUT_S: Final = 10.0
-#: the provincial annual report plan, under the repository's policies/
+#: the provincial annual report plan, shipped beside the catalogue
 PLAN: Final = ("reports", "annual.toml")
 #: statistics printed on the terminal at the end of the run
 HEADLINE: Final = ("coverage", "phq9_positive")

@@ -54,9 +54,9 @@ class NodeConfig:
     #: rows of a screening export must carry this county code
     county_code: str
     max_problems: int = DEFAULT_MAX_PROBLEMS
-    #: the provincial catalogue; None: the source tree's policies/province.toml
+    #: the provincial catalogue; None: the one fedscreen ships (policy/catalogue/)
     province_policy: Path | None = None
-    #: this county's stricter document; None: policies/counties/<county>.toml if present
+    #: this county's stricter document; None: the shipped counties/<county>.toml if present
     county_policy: Path | None = None
 
     @property
@@ -113,8 +113,8 @@ def init_home(home: Path, *, node_id: str, name: str, county_code: str | None = 
         f"county_code = {_toml_str(county)}\n"
         f"created = {_toml_str(created)}\n\n"
         "[policy]\n"
-        '# province = "/etc/fedscreen/province.toml"   # default: the source tree\'s policies/\n'
-        '# county = "/etc/fedscreen/130102.toml"  # default: policies/counties/<county>.toml\n\n'
+        '# province = "/etc/fedscreen/province.toml"   # default: the catalogue fedscreen ships\n'
+        '# county = "/etc/fedscreen/130102.toml"  # default: the shipped counties/<county>.toml\n\n'
         "[ingest]\n"
         "# problems listed for a rejected file before the rest are only counted\n"
         f"max_problems = {DEFAULT_MAX_PROBLEMS}\n"

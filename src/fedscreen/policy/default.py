@@ -1,9 +1,11 @@
-"""Where the repository's policy documents are.
+"""Where the policy documents fedscreen ships with are.
 
-``policies/`` at the top of the source tree is the single copy of the provincial
-catalogue and the example county documents; it is not packaged into wheels. An
-installation from a checkout (``pip install -e .``) finds it here; any other
-installation is given explicit paths by its configuration.
+The provincial catalogue, the example county document and the annual report plan
+ship inside the package (``fedscreen/policy/catalogue/``), so every installation —
+a wheel as much as a source checkout — has them. ``policies/`` at the top of the
+repository holds the same files as editable examples (a test keeps the two
+identical); an installation that changes its catalogue points ``[policy]`` in its
+``node.toml`` or ``coordinator.toml`` at its own copy.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ PROVINCE_FILE: Final = "province.toml"
 
 
 def default_policy_dir() -> Path:
-    """The source tree's ``policies/`` directory; PolicyError if this is not a checkout."""
-    # src/fedscreen/policy/default.py -> parents[3] is the repository root
-    directory = Path(__file__).resolve().parents[3] / "policies"
+    """The shipped documents' directory: ``province.toml``, ``counties/``, ``reports/``.
+
+    PolicyError if the installation lacks them (a broken install).
+    """
+    directory = Path(__file__).resolve().parent / "catalogue"
     if not (directory / PROVINCE_FILE).is_file():
         raise PolicyError(
-            f"no {PROVINCE_FILE} in {directory}: fedscreen is not running from a source "
-            "checkout; give the policy files' paths explicitly"
+            f"no {PROVINCE_FILE} in {directory}: this fedscreen installation is incomplete; "
+            "reinstall it, or give the policy files' paths explicitly"
         )
     return directory
 

@@ -15,13 +15,12 @@ from fedscreen.crypto.envelope import (
     QUERY_V1,
     RELEASE_V1,
     Envelope,
-    MalformedEnvelope,
     pae,
     sign_envelope,
     verify_envelope,
 )
 from fedscreen.crypto.signing import SigningKey
-from fedscreen.errors import VerificationError
+from fedscreen.errors import MalformedEnvelope, VerificationError
 
 KEY = SigningKey(hashlib.sha256(b"envelope test key").digest())
 OTHER = SigningKey(hashlib.sha256(b"another key").digest())

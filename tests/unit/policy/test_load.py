@@ -73,8 +73,20 @@ def test_exported_names() -> None:
 # --- the shipped documents ------------------------------------------------------------
 
 
-def test_default_policy_dir_is_the_repository_copy() -> None:
-    assert default_policy_dir() == POLICIES
+def test_the_editable_examples_are_what_ships() -> None:
+    """``policies/`` (editable examples) holds exactly the documents the package ships."""
+    shipped = default_policy_dir()
+    assert shipped.parent.name == "policy" and shipped.name == "catalogue"
+    names = sorted(p.relative_to(shipped) for p in shipped.rglob("*.toml"))
+    examples = sorted(p.relative_to(POLICIES) for p in POLICIES.rglob("*.toml"))
+    assert names == examples
+    assert [str(n) for n in names] == [
+        "counties/130102.toml",
+        "province.toml",
+        "reports/annual.toml",
+    ]
+    for name in names:
+        assert (shipped / name).read_bytes() == (POLICIES / name).read_bytes(), name
 
 
 def test_province_loads() -> None:

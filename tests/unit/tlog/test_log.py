@@ -8,10 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from fedscreen.errors import LogIntegrityError, TreeRangeError
 from fedscreen.tlog.log import TransparencyLog
-from fedscreen.errors import LogIntegrityError
-from fedscreen.tlog.merkle import leaf_hash, root_from_leaf_hashes, verify_consistency, verify_inclusion
-from fedscreen.errors import TreeRangeError
+from fedscreen.tlog.merkle import (
+    leaf_hash,
+    root_from_leaf_hashes,
+    verify_consistency,
+    verify_inclusion,
+)
 
 
 def _entry(i: int) -> bytes:

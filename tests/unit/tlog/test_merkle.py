@@ -11,11 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedscreen.errors import VerificationError
+from fedscreen.errors import TreeRangeError, VerificationError
 from fedscreen.tlog.merkle import (
     EMPTY_ROOT,
     MemoryHashStore,
-    TreeRangeError,
     consistency_proof,
     inclusion_proof,
     leaf_hash,
@@ -26,20 +25,51 @@ from fedscreen.tlog.merkle import (
     verify_inclusion,
 )
 
-VECTORS = Path(__file__).parents[3] / ".." / "shared" / "vectors" / "merkle" / "testdata"
-MISSING = f"transparency-dev/merkle vectors not found at {VECTORS.resolve()}"
+# Copied unchanged from transparency-dev/merkle (testdata/inclusion and testdata/consistency);
+# source, commit and licence in tests/vectors/README.md.
+VECTORS = Path(__file__).resolve().parents[2] / "vectors" / "merkle" / "testdata"
+# Files per folder at the recorded commit; fewer means the copy is incomplete.
+MIN_VECTOR_FILES = {"inclusion": 98, "consistency": 98}
+
+
+def _vector_files(kind: str) -> list[Path]:
+    folder = VECTORS / kind
+    return sorted(folder.rglob("*.json")) if folder.is_dir() else []
 
 
 def _vector_params(kind: str) -> list[Any]:
-    folder = VECTORS / kind
-    if not folder.is_dir():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=MISSING), id="absent")]
-    files = sorted(folder.rglob("*.json"))
-    return [pytest.param(f, id=str(f.relative_to(folder))) for f in files]
+    files = _vector_files(kind)
+    if not files:
+        # One case that fails, rather than a skip or an empty (silently skipped) set.
+        return [pytest.param(VECTORS / kind, id="vectors-missing")]
+    return [pytest.param(f, id=str(f.relative_to(VECTORS / kind))) for f in files]
+
+
+@pytest.mark.parametrize("kind", sorted(MIN_VECTOR_FILES))
+def test_vector_files_are_complete(kind: str) -> None:
+    files = _vector_files(kind)
+    if len(files) < MIN_VECTOR_FILES[kind]:
+        pytest.fail(
+            f"expected at least {MIN_VECTOR_FILES[kind]} transparency-dev/merkle vector files "
+            f"under {VECTORS / kind}, found {len(files)} (see tests/vectors/README.md)",
+            pytrace=False,
+        )
+    # Each numbered folder holds a valid proof (happy-path.json) and its mutations.
+    numbered = {
+        f.parent for f in files if f.parent.parent == VECTORS / kind and f.parent.name.isdigit()
+    }
+    assert len(numbered) >= 5
+    for folder in sorted(numbered):
+        assert (folder / "happy-path.json") in files, f"{folder} has no happy-path.json"
 
 
 def _load(path: Path) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(path.read_text())
+    if not path.is_file():
+        pytest.fail(
+            f"transparency-dev/merkle vectors missing: {path} (see tests/vectors/README.md)",
+            pytrace=False,
+        )
+    doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     if path.name == "happy-path.json":
         assert doc["wantErr"] is False
     return doc
