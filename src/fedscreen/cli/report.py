@@ -97,7 +97,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     verify.add_argument("--manifest", type=Path, required=True, help="your copy of the manifest")
     verify.add_argument("--bundle", type=Path, help="an audit bundle holding the coordinator's log")
     verify.add_argument(
-        "--policy", type=Path, help=f"the provincial catalogue (default: the shipped {PROVINCE_FILE})"
+        "--policy",
+        type=Path,
+        help=f"the provincial catalogue (default: the shipped {PROVINCE_FILE})",
     )
     verify.set_defaults(func=run_verify_command)
 

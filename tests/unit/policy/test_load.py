@@ -76,7 +76,7 @@ def test_exported_names() -> None:
 def test_the_editable_examples_are_what_ships() -> None:
     """``policies/`` (editable examples) holds exactly the documents the package ships."""
     shipped = default_policy_dir()
-    assert shipped.parent.name == "policy" and shipped.name == "catalogue"
+    assert shipped == Path(fedscreen.policy.__file__).resolve().parent / "catalogue"
     names = sorted(p.relative_to(shipped) for p in shipped.rglob("*.toml"))
     examples = sorted(p.relative_to(POLICIES) for p in POLICIES.rglob("*.toml"))
     assert names == examples
