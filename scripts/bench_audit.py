@@ -30,6 +30,7 @@ from nacl.signing import VerifyKey
 
 from fedscreen._util.canonical import canonical_json
 from fedscreen.audit.bundle import Bundle
+from fedscreen.audit.parallel import in_processes
 from fedscreen.audit.verify import verify_bundle
 from fedscreen.crypto.envelope import LOG_ENTRY_V1, pae, sign_envelope
 from fedscreen.crypto.signing import SigningKey
@@ -108,7 +109,7 @@ def main() -> None:
 
     verify_s = timed(lambda: verify_bundle(bundle, manifest))
     workers = os.cpu_count() or 1
-    parallel_s = timed(lambda: verify_bundle(bundle, manifest, workers=workers))
+    parallel_s = timed(lambda: verify_bundle(bundle, manifest, entries=in_processes(workers)))
     # baseline inputs prepared outside the timing: the exact signed bytes and signatures
     signed = []
     for entry in raw:

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
-from collections.abc import Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -46,8 +44,13 @@ from fedscreen.tlog.export import LogExport
 from fedscreen.trust.manifest import Manifest
 
 MICRO: Final = 1_000_000
-#: logs shorter than this are verified in-process (starting workers costs ~0.3 s)
-PARALLEL_MIN_ENTRIES: Final = 20_000
+
+#: the verified payloads of a run of entries, or (index, reason) of the first bad one
+Checked = list[bytes] | tuple[int, str]
+#: verifies a log's entries against the member's keys, chunk by chunk, in log order;
+#: the offline verifier takes one, so that how it runs (here, or in worker processes:
+#: ``fedscreen.audit.parallel``) is the caller's choice and this module stays pure
+EntryVerifier = Callable[[tuple[bytes, ...], dict[str, bytes]], Iterable[Checked]]
 
 
 @dataclass
@@ -97,17 +100,18 @@ def verify_bundle(
     manifest: Manifest,
     *,
     trusted: Mapping[str, str] | None = None,
-    workers: int = 1,
+    entries: EntryVerifier | None = None,
 ) -> list[LogReport]:
     """Verify every log in ``bundle``; raises an AuditFailure subclass on the first failure.
 
-    ``workers`` > 1 verifies the entries' signatures of long logs in that many processes.
+    ``entries`` checks the entries' signatures, most of the work: by default in this
+    process (``fedscreen.audit.parallel.in_processes`` spreads long logs over workers).
     """
     if not bundle.logs:
         raise BundleUntrusted("the bundle holds no logs")
     trees: dict[str, tuple[merkle.MemoryHashStore, int, str]] = {}
     reports = [
-        _verify_log(log, manifest, (trusted or {}).get(log.origin), workers, trees)
+        _verify_log(log, manifest, (trusted or {}).get(log.origin), entries or in_process, trees)
         for log in bundle.logs
     ]
     # split view: every node checkpoint a coordinator relayed must be a prefix of the
@@ -131,7 +135,7 @@ def _verify_log(
     log: LogExport,
     manifest: Manifest,
     trusted_note: str | None,
-    workers: int,
+    entries: EntryVerifier,
     trees: dict[str, tuple[merkle.MemoryHashStore, int, str]],
 ) -> LogReport:
     origin = log.origin
@@ -162,7 +166,7 @@ def _verify_log(
     # 2. entries: signed by the member (in parallel for long logs: it is most of the work)
     keys = {member.key_id: member.signing_key}
     payloads: list[bytes] = []
-    for result in _verified_chunks(log.entries, keys, workers):
+    for result in entries(log.entries, keys):
         if isinstance(result, tuple):
             index, reason = result
             raise EntryInvalid(f"entry {index}: {reason}", origin=origin, index=index)
@@ -218,9 +222,7 @@ def _verify_log(
     return report
 
 
-def _verify_entries(
-    entries: tuple[bytes, ...], start: int, keys: dict[str, bytes]
-) -> list[bytes] | tuple[int, str]:
+def verify_entries(entries: tuple[bytes, ...], start: int, keys: dict[str, bytes]) -> Checked:
     """Payloads of signed entries, or (index, reason) of the first bad one."""
     payloads = []
     for offset, raw in enumerate(entries):
@@ -234,20 +236,9 @@ def _verify_entries(
     return payloads
 
 
-def _verified_chunks(
-    entries: tuple[bytes, ...], keys: dict[str, bytes], workers: int
-) -> Iterator[list[bytes] | tuple[int, str]]:
-    """The result of ``_verify_entries`` per chunk, in log order."""
-    if workers <= 1 or len(entries) < PARALLEL_MIN_ENTRIES:
-        yield _verify_entries(entries, 0, keys)
-        return
-    step = -(-len(entries) // (workers * 4))
-    starts = range(0, len(entries), step)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(_verify_entries, entries[s : s + step], s, keys) for s in starts]
-        for future in futures:
-            yield future.result()
+def in_process(entries: tuple[bytes, ...], keys: dict[str, bytes]) -> Iterator[Checked]:
+    """The default :data:`EntryVerifier`: every entry, here, in one chunk."""
+    yield verify_entries(entries, 0, keys)
 
 
 def _check_coordinator_entries(

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from fedscreen.audit.bundle import Bundle, read_bundle, write_bundle
+from fedscreen.audit.parallel import in_processes
 from fedscreen.audit.verify import LogReport, verify_bundle
 from fedscreen.coordinator.core import CONFIG_FILE as COORDINATOR_CONFIG
 from fedscreen.coordinator.core import export_log as coordinator_log
@@ -119,7 +120,9 @@ def run_verify(args: argparse.Namespace) -> int:
         manifest = load_manifest(args.manifest)
         bundle: Bundle = read_bundle(args.bundle)
         trusted = _read_trusted(args.trusted_checkpoint)
-        reports = verify_bundle(bundle, manifest, trusted=trusted, workers=os.cpu_count() or 1)
+        reports = verify_bundle(
+            bundle, manifest, trusted=trusted, entries=in_processes(os.cpu_count() or 1)
+        )
     except AuditFailure as failure:
         return _report_failure(args, failure)
     except (BundleError, VerificationError, OSError, ValueError, KeyError) as exc:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedscreen.audit.bundle import read_bundle
+from fedscreen.audit.parallel import in_processes
 from fedscreen.audit.verify import verify_bundle
 from fedscreen.cli.output import table
 from fedscreen.errors import (
@@ -224,7 +225,9 @@ def run_verify_command(args: argparse.Namespace) -> int:
     )
     if args.bundle is not None:
         try:
-            logs = verify_bundle(read_bundle(args.bundle), manifest, workers=os.cpu_count() or 1)
+            logs = verify_bundle(
+                read_bundle(args.bundle), manifest, entries=in_processes(os.cpu_count() or 1)
+            )
         except AuditFailure as failure:
             print(f"LOG INVALID: {failure.origin}: {failure}", file=sys.stderr)
             return failure.exit_code
