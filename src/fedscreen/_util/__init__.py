@@ -1,0 +1,1 @@
+"""Private plumbing: atomic files, one SQLite transaction, one canonical JSON."""

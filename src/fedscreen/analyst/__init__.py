@@ -1,0 +1,1 @@
+"""The analyst's side: sign queries, submit them, verify releases and budget statements."""

@@ -1,1 +1,1 @@
-"""Transparency log: RFC 9162 Merkle trees, an SQLite-backed log and C2SP checkpoints."""
+"""The offline auditor: verifies audit bundles (logs, signatures, budgets, releases)."""

@@ -1,0 +1,1 @@
+"""The province's coordinator: relays signed queries, releases and logs their combination."""

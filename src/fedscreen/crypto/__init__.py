@@ -1,0 +1,1 @@
+"""Signatures: Ed25519 (PyNaCl, only here) and DSSE envelopes."""

@@ -1,1 +1,1 @@
-"""The county node: home, store, ingest and (later) the query engine and servicer."""
+"""The county node: home, ingest, store, ledger, the query engine and the agent that dials out."""

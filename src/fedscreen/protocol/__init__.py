@@ -1,0 +1,1 @@
+"""The signed messages every role re-checks: query, answer, combination, release, budget."""

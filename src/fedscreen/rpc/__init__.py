@@ -1,0 +1,1 @@
+"""The gRPC edge: mutual TLS transport, protobuf conversion, typed client calls."""

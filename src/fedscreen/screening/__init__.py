@@ -1,0 +1,1 @@
+"""What a screening record is: export columns, vocabularies and instruments (as data)."""

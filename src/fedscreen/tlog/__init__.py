@@ -1,0 +1,1 @@
+"""Transparency logs: RFC 9162 Merkle trees, C2SP checkpoints, members' signed logs."""

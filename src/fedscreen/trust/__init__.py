@@ -1,0 +1,1 @@
+"""Who belongs and which keys vouch for them: manifest, certificates, authority, identity."""
