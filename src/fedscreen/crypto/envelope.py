@@ -18,12 +18,12 @@ from fedscreen._util.canonical import canonical_json
 from fedscreen.crypto.signing import SigningKey, verify_signature
 from fedscreen.errors import MalformedEnvelope, VerificationError
 
-ANSWER_V1 = "application/vnd.fedscreen.protocol.answer.v1+json"
+ANSWER_V1 = "application/vnd.fedscreen.answer.v1+json"
 QUERY_V1 = "application/vnd.fedscreen.query.v1+json"
 RELEASE_V1 = "application/vnd.fedscreen.release.v1+json"
 BUDGET_V1 = "application/vnd.fedscreen.budget.v1+json"
 LOG_ENTRY_V1 = "application/vnd.fedscreen.log-entry.v1+json"
-MANIFEST_V1 = "application/vnd.fedscreen.trust.manifest.v1+json"
+MANIFEST_V1 = "application/vnd.fedscreen.manifest.v1+json"
 
 # Bounds on what from_json accepts, so a hostile envelope cannot cost unbounded work.
 MAX_SIGNATURES = 16
