@@ -29,14 +29,13 @@ from pathlib import Path
 from nacl.signing import VerifyKey
 
 from fedscreen._util.canonical import canonical_json
-from fedscreen.audit.bundle import Bundle
 from fedscreen.audit.parallel import in_processes
 from fedscreen.audit.verify import verify_bundle
 from fedscreen.crypto.envelope import LOG_ENTRY_V1, pae, sign_envelope
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.tlog import merkle
 from fedscreen.tlog.checkpoint import Checkpoint, sign_checkpoint
-from fedscreen.tlog.export import LogExport
+from fedscreen.tlog.export import Bundle, LogExport
 from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust.manifest import Manifest, Member
 

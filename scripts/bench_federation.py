@@ -43,7 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from fedscreen import transport  # noqa: E402
+from fedscreen.rpc import transport  # noqa: E402
 from fedscreen._util.files import write_ready_file  # noqa: E402
 from fedscreen.analyst.query import make_query, verify_release  # noqa: E402
 from fedscreen.coordinator.core import init_coordinator  # noqa: E402

@@ -1,7 +1,5 @@
 """fedscreen: privacy-preserving federated statistics for student mental-health screening."""
 
-from __future__ import annotations
-
 from fedscreen.errors import FedscreenError
 
 __all__ = ["FedscreenError", "__version__"]

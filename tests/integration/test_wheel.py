@@ -28,6 +28,7 @@ _UNTRACKED = shutil.ignore_patterns(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(INSTALL_TIMEOUT_S + DEMO_TIMEOUT_S + 120)
 def test_pip_install_then_demo(tmp_path: Path) -> None:
     source = tmp_path / "source"
     shutil.copytree(ROOT, source, ignore=_UNTRACKED)
@@ -52,6 +53,14 @@ def test_pip_install_then_demo(tmp_path: Path) -> None:
     )  # fmt: skip
     installed = Path(where.stdout.strip())
     assert installed.is_relative_to(venv), installed
+    # every shipped document is there, exactly as the repository's editable examples
+    shipped = installed.parent / "policy" / "catalogue"
+    examples = sorted(p.relative_to(ROOT / "policies") for p in (ROOT / "policies").rglob("*.toml"))
+    assert len(examples) >= 3
+    for name in examples:
+        assert (shipped / name).read_bytes() == (ROOT / "policies" / name).read_bytes(), name
+    definitions = installed.parent / "screening" / "instruments" / "definitions"
+    assert len(list(definitions.glob("*.toml"))) >= 4
     demo = subprocess.run(
         [str(venv / "bin" / "fedscreen"), "demo", "--dir", "federation"],
         cwd=empty, env=env, capture_output=True, text=True, timeout=DEMO_TIMEOUT_S,

@@ -20,10 +20,17 @@ MODULES = sorted(p for p in SRC.rglob("*.py") if "v1" not in p.relative_to(SRC).
 #: decisions take values and return values or raise (see the "Decisions do no I/O" contract)
 DECISIONS = ("protocol", "query", "policy", "audit/verify.py", "tlog/merkle.py",
              "tlog/checkpoint.py")  # fmt: skip
-#: standard-library modules that open databases, sockets, processes or event loops
+#: the policy documents are read from files here; the merge and digest are pure
+READERS = ("policy/load.py", "policy/default.py")
+#: standard-library modules that open databases, sockets, processes, event loops or files
 STDLIB_IO = {"sqlite3", "socket", "asyncio", "subprocess", "multiprocessing", "threading",
-             "http", "urllib", "ssl", "select", "selectors"}  # fmt: skip
+             "http", "urllib", "ssl", "select", "selectors", "os", "shutil", "tempfile",
+             "fcntl", "io", "pathlib"}  # fmt: skip
+#: calls that read or write files
+FILE_CALLS = {"open", "read_text", "read_bytes", "write_text", "write_bytes", "touch",
+              "unlink", "mkdir", "rename", "replace"}  # fmt: skip
 MAX_LINES = 500
+ENVIRONMENT = {"environ", "environb", "getenv", "getenvb"}
 
 
 def _rel(path: Path) -> str:
@@ -48,11 +55,17 @@ def test_the_modules_are_found() -> None:
 
 
 @pytest.mark.parametrize("path", MODULES, ids=_rel)
-def test_decisions_import_no_stdlib_io(path: Path) -> None:
-    if not _rel(path).startswith(DECISIONS):
+def test_decisions_do_no_io(path: Path) -> None:
+    if not _rel(path).startswith(DECISIONS) or _rel(path) in READERS:
         return
-    found = {name for name in _imports(_parsed(path)) if name.split(".")[0] in STDLIB_IO}
+    tree = _parsed(path)
+    found = {name for name in _imports(tree) if name.split(".")[0] in STDLIB_IO}
     assert not found, f"{_rel(path)} is a decision module but imports {sorted(found)}"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            assert name not in FILE_CALLS, f"{_rel(path)}:{node.lineno} calls {name}()"
 
 
 @pytest.mark.parametrize("path", MODULES, ids=_rel)
@@ -66,8 +79,10 @@ def test_no_hidden_imports_randomness_or_environment_switches(path: Path) -> Non
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
             assert name not in {"import_module", "__import__"}, f"{_rel(path)}:{node.lineno}"
             assert name != "getenv", f"{_rel(path)}:{node.lineno} reads the environment"
-        if isinstance(node, ast.Attribute) and node.attr in {"environ", "environb"}:
+        if isinstance(node, ast.Attribute) and node.attr in ENVIRONMENT:
             pytest.fail(f"{_rel(path)}:{node.lineno} reads os.environ")
+        if isinstance(node, ast.ImportFrom) and ENVIRONMENT & {a.name for a in node.names}:
+            pytest.fail(f"{_rel(path)}:{node.lineno} imports the environment")
     randomness = {n for n in _imports(tree) if n.split(".")[0] == "random" or "numpy" in n}
     assert not randomness, f"{_rel(path)} imports {sorted(randomness)}"
 

@@ -88,3 +88,29 @@ def test_the_command_line_exits_with_the_errors_code(capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err
     assert err.startswith("error: ")
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [(errors.PlanRefused("a node cannot pay"), 3),
+     (errors.EntryInvalid("entry 3: bad signature"), 2),
+     (errors.HistoryInconsistent("a fork"), 3),
+     (errors.BundleUntrusted("unknown member"), 4),
+     (errors.MalformedEnvelope("not an envelope"), 1)],
+)  # fmt: skip
+def test_main_exits_with_the_code_of_the_error_that_ends_a_command(
+    error: FedscreenError,
+    code: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Whatever command an error ends, ``main`` prints it and exits with its code."""
+    from fedscreen.cli import node
+
+    def fails(args: object) -> int:
+        raise error
+
+    # the parser binds each subcommand's function when main builds it
+    monkeypatch.setattr(node, "run_status", fails)
+    assert main(["node", "status", "--home", "anywhere"]) == code
+    assert capsys.readouterr().err == f"error: {error}\n"

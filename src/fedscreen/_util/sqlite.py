@@ -10,8 +10,8 @@ from typing import Final
 
 #: seconds a writer waits for another writer (a large ingest holds the lock for a while)
 BUSY_TIMEOUT_S: Final = 600
-#: default page cache per connection, KiB
-DEFAULT_CACHE_KIB: Final = 16_384
+#: page cache per connection, KiB: random student keys make index inserts cache-hungry
+DEFAULT_CACHE_KIB: Final = 131_072
 
 
 def connect(path: Path, *, cache_kib: int = DEFAULT_CACHE_KIB) -> sqlite3.Connection:
@@ -42,7 +42,10 @@ def transaction(conn: sqlite3.Connection, *, immediate: bool = True) -> Iterator
     conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
     try:
         yield
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # a failed COMMIT (a deferred constraint, a full disk) leaves the transaction
+        # open: roll it back too, or the connection could never begin another
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")

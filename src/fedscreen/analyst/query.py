@@ -1,4 +1,4 @@
-"""The analyst's side: sign a query, verify a release.
+"""The analyst's side: sign a query, submit it (``submit``, from the gRPC edge), verify a release.
 
 An analyst's home is a member identity (``fedscreen identity init --role analyst``)
 issued by the authority. ``verify_release`` trusts nothing but the manifest: the
@@ -24,8 +24,11 @@ from fedscreen.protocol.combine import NodeCells
 from fedscreen.protocol.query import SignedQuery, new_query_id, sign_query
 from fedscreen.protocol.release import check_release
 from fedscreen.query.sqlparse import parse_sql
+from fedscreen.rpc.client import Submitted, submit
 from fedscreen.trust.identity import load_identity
 from fedscreen.trust.manifest import Manifest
+
+__all__ = ["Submitted", "VerifiedRelease", "make_query", "submit", "verify_release"]
 
 
 def make_query(

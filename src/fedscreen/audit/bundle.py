@@ -17,24 +17,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from fedscreen.errors import BundleError
-from fedscreen.tlog.export import LogExport
+from fedscreen.tlog.export import Bundle, LogExport
 
 BUNDLE_FORMAT: Final = "fedscreen-audit-bundle/1"
 #: refuse absurd bundles before parsing them (bytes)
 MAX_BUNDLE_BYTES: Final = 4 << 30
-
-
-@dataclass(frozen=True)
-class Bundle:
-    """A parsed (not yet verified) bundle."""
-
-    logs: tuple[LogExport, ...]
-    manifest: str | None
 
 
 def write_bundle(path: Path, logs: list[LogExport], manifest_text: str | None) -> None:

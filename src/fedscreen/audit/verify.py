@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from fedscreen.audit.bundle import Bundle
 from fedscreen.crypto.envelope import LOG_ENTRY_V1, RELEASE_V1, Envelope, verify_envelope
 from fedscreen.crypto.signing import public_key_id
 from fedscreen.errors import (
@@ -40,7 +39,7 @@ from fedscreen.protocol.query import SignedQuery, verify_query
 from fedscreen.protocol.release import check_release
 from fedscreen.tlog import merkle
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
-from fedscreen.tlog.export import LogExport
+from fedscreen.tlog.export import Bundle, LogExport
 from fedscreen.trust.manifest import Manifest
 
 MICRO: Final = 1_000_000

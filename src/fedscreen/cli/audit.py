@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from fedscreen.audit.bundle import Bundle, read_bundle, write_bundle
+from fedscreen.audit.bundle import read_bundle, write_bundle
 from fedscreen.audit.parallel import in_processes
 from fedscreen.audit.verify import LogReport, verify_bundle
 from fedscreen.coordinator.core import CONFIG_FILE as COORDINATOR_CONFIG
@@ -23,7 +23,7 @@ from fedscreen.errors import (
     VerificationError,
 )
 from fedscreen.node.home import export_log as node_log
-from fedscreen.tlog.export import LogExport
+from fedscreen.tlog.export import Bundle, LogExport
 from fedscreen.trust.manifest import load_manifest
 
 VERIFY_HELP = """\

@@ -82,8 +82,7 @@ class Envelope:
             # Fast path: text that is exactly the canonical serialisation (what to_json
             # writes) cannot hold a duplicate key; anything else is parsed again with
             # the duplicate-rejecting hook. Audits verify millions of our own envelopes.
-            raw = data if isinstance(data, bytes) else data.encode("utf-8")
-            if not isinstance(doc, dict) or canonical_json(doc) != raw:
+            if not isinstance(doc, dict) or not _is_canonical(doc, data):
                 doc = json.loads(
                     data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant
                 )
@@ -148,6 +147,15 @@ def verify_envelope(
     if not verified:
         raise VerificationError("envelope has no signature from a trusted key")
     return envelope._payload
+
+
+def _is_canonical(doc: dict[str, Any], data: str | bytes) -> bool:
+    """Whether ``data`` is exactly the canonical serialisation of ``doc`` (the fast path)."""
+    try:
+        canonical = canonical_json(doc)
+    except ValueError:  # NaN/infinity, lone surrogates: not ours; the strict parse decides
+        return False
+    return canonical == (data if isinstance(data, bytes) else data.encode("utf-8", "replace"))
 
 
 def _b64encode(data: bytes) -> str:

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from fedscreen.audit.bundle import Bundle
 from fedscreen.audit.verify import verify_bundle
 from fedscreen.coordinator.core import export_log as coordinator_log
 from fedscreen.coordinator.core import init_coordinator
@@ -36,6 +35,7 @@ from fedscreen.report.plan import load_plan
 from fedscreen.report.run import run_plan
 from fedscreen.report.verify import releases_logged, verify_report
 from fedscreen.synth import generate, write_export
+from fedscreen.tlog.export import Bundle
 from fedscreen.trust import authority
 from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
 

@@ -240,7 +240,7 @@ class BudgetStatement:
         """The largest cost (µε) in ``year`` the node's budget check lets ``analyst`` spend.
 
         min(node budget − node spent, analyst budget − analyst spent), never negative,
-        from exactly the integers :func:`fedscreen.node.check_budget` compares.
+        from exactly the integers :func:`check_budget` compares.
         """
         limits = self.limits
         node_left = to_micro(limits.epsilon_per_node_per_year) - self.spent_micro(year)
@@ -256,7 +256,7 @@ class BudgetStatement:
     def check_budget(self, year: str, analyst: str, *, epsilon: float) -> None:
         """Raise QueryRefused, as the node would, if ``epsilon`` is over what is left.
 
-        The node's own check (:func:`fedscreen.node.check_budget`) on the
+        The node's own check (:func:`check_budget`) on the
         stated figures; the per-query cap and approval threshold are separate.
         """
         limits = self.limits

@@ -32,7 +32,7 @@ from typing import Final
 
 from fedscreen._util.files import replace_file, write_new_file
 from fedscreen.analyst.budgets import fetch_budgets
-from fedscreen.analyst.query import make_query, verify_release
+from fedscreen.analyst.query import make_query, submit, verify_release
 from fedscreen.errors import ConfigError
 from fedscreen.protocol.budget import Budgets
 from fedscreen.report.affordable import NodeCheck, check_plan, refuse_if_unaffordable
@@ -45,7 +45,6 @@ from fedscreen.report.files import (
     read_run,
 )
 from fedscreen.report.plan import PlannedQuery, ReportPlan
-from fedscreen.rpc.client import submit
 from fedscreen.trust.identity import load_identity
 from fedscreen.trust.manifest import Manifest
 

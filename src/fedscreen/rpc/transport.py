@@ -5,7 +5,7 @@ Everything here is ``grpc.aio`` (one concurrency model per process).
 * **Who may connect.** Servers demand a client certificate chaining to the
   federation CA (the TLS handshake fails otherwise), and every servicer method
   starts with :func:`authenticate`, which matches that certificate against the
-  signed manifest (:func:`fedscreen.certs.verify_peer`) and the roles the method
+  signed manifest (:func:`fedscreen.trust.certs.verify_peer`) and the roles the method
   admits. The manifest is the revocation list: a revoked member's still-valid
   certificate passes the handshake and is refused here.
 * **Who we dial.** Clients trust only the federation CA and check that the

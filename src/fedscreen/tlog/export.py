@@ -1,4 +1,7 @@
-"""A member's log as exported for auditors: plain data, read by the offline verifier."""
+"""Logs as exported for auditors, and a bundle of them: plain data for the offline verifier.
+
+Reading and writing bundle files is ``fedscreen.audit.bundle``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LogExport"]
+__all__ = ["Bundle", "LogExport"]
 
 
 @dataclass(frozen=True)
@@ -26,3 +29,11 @@ class LogExport:
             "entries": [base64.b64encode(e).decode("ascii") for e in self.entries],
             "checkpoints": list(self.checkpoints),
         }
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A parsed (not yet verified) bundle: logs, and the manifest copy it carries."""
+
+    logs: tuple[LogExport, ...]
+    manifest: str | None

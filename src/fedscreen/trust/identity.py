@@ -3,7 +3,7 @@
 Design: **every member creates its own keys where it runs; the authority only
 signs.** :func:`create_identity` makes the Ed25519 signing key and the TLS key
 in the member's home and writes ``request.json``; the request goes to the
-province authority (``fedscreen pki issue``, see :mod:`fedscreen.pki`), and what
+province authority (``fedscreen pki issue``, see :mod:`fedscreen.trust.authority`), and what
 comes back — the certificate, the CA certificate and the signed manifest — is
 checked and installed by :func:`install_issued`. Private keys never leave the
 home and are never printed.
