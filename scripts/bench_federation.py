@@ -43,7 +43,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from fedscreen.rpc import transport  # noqa: E402
 from fedscreen._util.files import write_ready_file  # noqa: E402
 from fedscreen.analyst.query import make_query, verify_release  # noqa: E402
 from fedscreen.coordinator.core import init_coordinator  # noqa: E402
@@ -53,6 +52,7 @@ from fedscreen.node.agent import run_node  # noqa: E402
 from fedscreen.node.home import init_home, load_config  # noqa: E402
 from fedscreen.node.ingest import ingest_paths  # noqa: E402
 from fedscreen.node.requests import handle_query  # noqa: E402
+from fedscreen.rpc import transport  # noqa: E402
 from fedscreen.synth import generate, write_export  # noqa: E402
 from fedscreen.trust import authority  # noqa: E402
 from fedscreen.trust.identity import (  # noqa: E402
