@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Final
 
+from fedscreen.crypto.envelope import parse_json
 from fedscreen.errors import BundleError
 from fedscreen.tlog.export import Bundle, LogExport
 
@@ -45,22 +46,32 @@ def read_bundle(path: Path) -> Bundle:
     try:
         if path.stat().st_size > MAX_BUNDLE_BYTES:
             raise BundleError(f"{path}: larger than {MAX_BUNDLE_BYTES} bytes")
-        data = json.loads(path.read_bytes())
+        data = parse_json(path.read_bytes())
     except OSError as exc:
         raise BundleError(f"{path}: cannot read: {exc.strerror}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:
         raise BundleError(f"{path}: not JSON: {exc}") from None
     try:
         if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"{path}: not a {BUNDLE_FORMAT} file")
+        if not isinstance(data["logs"], list):
+            raise BundleError(f"{path}: logs must be a list")
         logs = []
         for raw in data["logs"]:
-            entries = tuple(base64.b64decode(str(e), validate=True) for e in raw["entries"])
-            notes = tuple(raw["checkpoints"])
-            if not all(isinstance(n, str) for n in notes):
-                raise BundleError(f"{path}: checkpoints must be strings")
-            logs.append(LogExport(str(raw["member_id"]), str(raw["origin"]), entries, notes))
+            if not isinstance(raw, dict):
+                raise BundleError(f"{path}: each log must be an object")
+            entries, notes = raw["entries"], raw["checkpoints"]
+            if not _strings(entries) or not _strings(notes):
+                raise BundleError(f"{path}: entries and checkpoints must be lists of strings")
+            if not isinstance(raw["member_id"], str) or not isinstance(raw["origin"], str):
+                raise BundleError(f"{path}: member_id and origin must be strings")
+            decoded = tuple(base64.b64decode(e, validate=True) for e in entries)
+            logs.append(LogExport(raw["member_id"], raw["origin"], decoded, tuple(notes)))
         manifest = data.get("manifest")
         return Bundle(tuple(logs), json.dumps(manifest) if manifest is not None else None)
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise BundleError(f"{path}: malformed bundle: {exc!r}") from None
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)

@@ -149,6 +149,22 @@ def verify_envelope(
     return envelope._payload
 
 
+def parse_json(data: str | bytes) -> Any:
+    """Parse untrusted JSON (a verified payload, a file); raise ValueError for anything else.
+
+    Plain :func:`json.loads` accepts ``NaN`` and ``Infinity`` (RFC 8259 §6 has neither)
+    and raises RecursionError, not ValueError, on deep nesting: here both are ValueError,
+    as are invalid UTF-8 and integers past Python's digit limit, so a caller's
+    ``except ValueError`` covers every way bytes fail to be JSON.
+    """
+    try:
+        return json.loads(data, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except TypeError as e:  # not str or bytes
+        raise ValueError(str(e)) from None
+
+
 def _is_canonical(doc: dict[str, Any], data: str | bytes) -> bool:
     """Whether ``data`` is exactly the canonical serialisation of ``doc`` (the fast path)."""
     try:

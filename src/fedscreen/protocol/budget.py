@@ -39,13 +39,12 @@ arithmetic as :func:`check_budget`, so a cost of at most
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from fedscreen.crypto.envelope import BUDGET_V1, Envelope, verify_envelope
+from fedscreen.crypto.envelope import BUDGET_V1, Envelope, parse_json, verify_envelope
 from fedscreen.errors import QueryRefused, VerificationError
 from fedscreen.policy import Limits
 from fedscreen.trust.manifest import Manifest
@@ -72,6 +71,10 @@ STATEMENT_VERSION: Final = 1
 UNIT: Final = "micro-epsilon"
 #: most years and analysts a statement may list (count); a real ledger holds a few of each
 MAX_ENTRIES: Final = 10_000
+#: the largest ε a statement may state (limits): far beyond any budget, exact in µε
+MAX_STATED_EPSILON: Final = 1e9
+#: the largest µε a statement may count (a SQLite integer; from_micro stays a finite float)
+MAX_MICRO: Final = 2**63 - 1
 
 
 # ---------------------------------------------------------------- µε arithmetic
@@ -281,14 +284,15 @@ def _epsilon(value: Any, what: str) -> float:
     # bool is an int; JSON true is not a number here
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{what} must be a number")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{what} must be a finite number >= 0")
+    # compared before any float conversion: a huge int must not raise OverflowError
+    if not 0 <= value <= MAX_STATED_EPSILON:  # refuses NaN and infinity too
+        raise ValueError(f"{what} must be a finite number >= 0 and <= {MAX_STATED_EPSILON:g}")
     return float(value)
 
 
 def _micro(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{what} must be a non-negative integer (µε)")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MICRO:
+        raise ValueError(f"{what} must be a non-negative integer (µε) up to {MAX_MICRO}")
     return value
 
 
@@ -305,7 +309,7 @@ def verify_statement(envelope_bytes: bytes, *, manifest: Manifest, node_id: str)
         trusted_keys={member.key_id: member.signing_key},
     )
     try:
-        body = json.loads(payload)
+        body = parse_json(payload)
     except ValueError:
         raise VerificationError(f"the budget statement of {node_id} is not JSON") from None
     statement = BudgetStatement.from_body(body)

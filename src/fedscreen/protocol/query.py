@@ -15,13 +15,18 @@ once, a replay gets the stored answer — is kept by the node's engine.
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass
 from typing import Any, Final
 
 from fedscreen._util.canonical import canonical_json
-from fedscreen.crypto.envelope import QUERY_V1, Envelope, sign_envelope, verify_envelope
+from fedscreen.crypto.envelope import (
+    QUERY_V1,
+    Envelope,
+    parse_json,
+    sign_envelope,
+    verify_envelope,
+)
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import QueryRefused, VerificationError
 from fedscreen.query.spec import QuerySpec
@@ -30,6 +35,8 @@ from fedscreen.trust.manifest import Manifest
 #: a query older (or further in the future) than this is refused as stale, milliseconds
 FRESHNESS_WINDOW_MS: Final = 5 * 60 * 1000
 QUERY_ID_HEX: Final = 32
+#: largest ε or accuracy a query may ask for; beyond, µε arithmetic would lose exactness
+MAX_QUERY_EPSILON: Final = 1e9
 
 
 @dataclass(frozen=True)
@@ -75,17 +82,26 @@ def verify_query(
         envelope, expected_payload_type=QUERY_V1, trusted_keys=manifest.keys(role="analyst")
     )
     try:
-        data = json.loads(payload)
+        data = parse_json(payload)
+        if not isinstance(data, dict):
+            raise TypeError("a query is a JSON object")
+        issued, nodes = data["issued_at_ms"], data.get("nodes", [])
+        if isinstance(issued, bool) or not isinstance(issued, int):
+            raise TypeError("issued_at_ms must be an integer")
+        if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+            raise TypeError("nodes must be a list of node ids")
+        if not isinstance(data["spec"], dict):
+            raise TypeError("spec must be an object")
         query = SignedQuery(
             query_id=str(data["query_id"]),
             analyst=str(data["analyst"]),
-            issued_at_ms=int(data["issued_at_ms"]),
+            issued_at_ms=issued,
             spec=QuerySpec.from_json(data["spec"]),
-            epsilon=None if data.get("epsilon") is None else float(data["epsilon"]),
-            accuracy=None if data.get("accuracy") is None else float(data["accuracy"]),
-            nodes=tuple(str(n) for n in data.get("nodes", [])),
+            epsilon=_positive(data.get("epsilon"), "epsilon"),
+            accuracy=_positive(data.get("accuracy"), "accuracy"),
+            nodes=tuple(nodes),
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise QueryRefused(f"malformed query: {exc!r}") from None
     if len(query.query_id) != QUERY_ID_HEX or not all(
         c in "0123456789abcdef" for c in query.query_id
@@ -102,3 +118,14 @@ def verify_query(
             f"clock (window {window_ms // 1000} s)"
         )
     return query
+
+
+def _positive(value: object, what: str) -> float | None:
+    """None, or a finite number ≥ 0 (NaN or infinity would reach the ledger's arithmetic)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be a number")
+    if not 0 <= value <= MAX_QUERY_EPSILON:  # refuses NaN, infinity and huge ints
+        raise ValueError(f"{what} must be a number within [0, {MAX_QUERY_EPSILON:g}]")
+    return float(value)

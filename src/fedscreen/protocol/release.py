@@ -95,7 +95,17 @@ def check_release(body: Mapping[str, Any], query: SignedQuery, nodes: Sequence[N
     VerificationError. (Readers of a release use all of these fields, so a coordinator
     must not be able to change any of them.)
     """
-    if body.get("query_id") != query.query_id:
+    try:
+        _check_release(body, query, nodes)
+    except (KeyError, TypeError, ValueError, ArithmeticError, RecursionError) as exc:
+        # a malformed body, or answers whose cells do not combine: never a crash
+        raise VerificationError(f"malformed release: {exc!r}") from None
+
+
+def _check_release(
+    body: Mapping[str, Any], query: SignedQuery, nodes: Sequence[NodeCells]
+) -> None:
+    if not isinstance(body, Mapping) or body.get("query_id") != query.query_id:
         raise VerificationError("the release is for another query")
     if canonical_json(body["query"]) != canonical_json(query.spec.to_json()):
         raise VerificationError("the release states another query than the analyst signed")
@@ -103,6 +113,8 @@ def check_release(body: Mapping[str, Any], query: SignedQuery, nodes: Sequence[N
     if list(body["answered"]) != ordered or sorted(body["per_node"]) != ordered:
         raise VerificationError("the release lists other answering nodes than its answers")
     stated = {a["node_id"]: a for a in body["answers"]}
+    if not all(isinstance(a, Mapping) for a in stated.values()):
+        raise VerificationError("the release's answers must be objects")
     for node in nodes:
         if canonical_json(body["per_node"][node.node_id]) != canonical_json(node.body["cells"]):
             raise VerificationError(f"the release changes {node.node_id}'s cells")

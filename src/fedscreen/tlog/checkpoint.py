@@ -152,15 +152,22 @@ def parse_and_verify_note(note_text: str | bytes, *, verifiers: Mapping[str, byt
 
 def _split_note(note: str | bytes) -> tuple[str, list[tuple[str, bytes, bytes]]]:
     """Split per signed-note §Format into text and (name, key id, signature) triples."""
-    if isinstance(note, bytes):
+    if isinstance(note, str):
         if len(note) > MAX_NOTE_BYTES:
             raise MalformedNote("note is too large")
         try:
-            note = note.decode("utf-8")
-        except UnicodeDecodeError:
-            raise MalformedNote("note is not valid UTF-8") from None
-    elif len(note) > MAX_NOTE_BYTES:
+            # signed-note §Format: a note is UTF-8; a str with a lone surrogate is not
+            note = note.encode("utf-8")
+        except UnicodeEncodeError:
+            raise MalformedNote("note is not valid UTF-8 (a lone surrogate)") from None
+    if not isinstance(note, bytes):
+        raise MalformedNote("a note is text")
+    if len(note) > MAX_NOTE_BYTES:
         raise MalformedNote("note is too large")
+    try:
+        note = note.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedNote("note is not valid UTF-8") from None
     _check_text(note)
     # The text is separated from the signatures by the last blank line.
     cut = note.rfind("\n\n")

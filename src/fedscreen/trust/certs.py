@@ -32,7 +32,6 @@ import base64
 import binascii
 import hashlib
 import ipaddress
-import json
 import os
 import re
 import stat
@@ -49,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fedscreen._util.canonical import canonical_json
-from fedscreen.crypto.envelope import pae
+from fedscreen.crypto.envelope import pae, parse_json
 from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, verify_signature
 from fedscreen.errors import ConfigError, UnknownMember, VerificationError
 from fedscreen.trust.manifest import ROLES, Manifest, Member
@@ -291,7 +290,7 @@ def read_request(path: Path) -> dict[str, Any]:
     if len(data) > MAX_REQUEST_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_REQUEST_BYTES} bytes; not a request")
     try:
-        parsed = json.loads(data)
+        parsed = parse_json(data)
     except ValueError as exc:
         raise ConfigError(f"{path}: not JSON: {exc}") from None
     if not isinstance(parsed, dict):

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from fedscreen._util.canonical import canonical_json
-from fedscreen.crypto.envelope import MANIFEST_V1, Envelope, sign_envelope, verify_envelope
+from fedscreen.crypto.envelope import (
+    MANIFEST_V1,
+    Envelope,
+    parse_json,
+    sign_envelope,
+    verify_envelope,
+)
 from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, SigningKey, public_key_id
 from fedscreen.errors import ConfigError, UnknownMember, VerificationError
 
@@ -66,6 +72,13 @@ class Member:
     def from_json(cls, data: Mapping[str, Any]) -> Member:
         """Parse one member; raises VerificationError on malformed input."""
         try:
+            texts = ("id", "role", "name", "signing_key", "tls_sha256")
+            if not all(isinstance(data[k], str) for k in texts) or not isinstance(
+                data.get("level", ""), str
+            ):
+                raise TypeError(f"the fields {', '.join(texts)} and level must be strings")
+            if not isinstance(data.get("revoked", False), bool):
+                raise TypeError("revoked must be true or false")
             key = base64.b64decode(str(data["signing_key"]), validate=True)
             role = str(data["role"])
             if role not in ROLES or len(key) != PUBLIC_KEY_SIZE:
@@ -175,8 +188,12 @@ def parse_manifest(text: str | bytes, *, authority_key: bytes | None = None) -> 
     the file is trusted (the file itself is then the root of trust).
     """
     try:
-        outer = json.loads(text)
-        written = base64.b64decode(str(outer["authority_key"]), validate=True)
+        outer = parse_json(text)
+        if not isinstance(outer, dict) or not isinstance(outer.get("authority_key"), str):
+            raise ValueError("not a manifest file (authority_key and envelope)")
+        written = base64.b64decode(outer["authority_key"], validate=True)
+        if len(written) != PUBLIC_KEY_SIZE:
+            raise ValueError(f"authority_key is not a {PUBLIC_KEY_SIZE}-byte Ed25519 key")
         envelope = Envelope.from_json(json.dumps(outer["envelope"]))
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise VerificationError(f"malformed manifest file: {exc}") from None
@@ -186,15 +203,21 @@ def parse_manifest(text: str | bytes, *, authority_key: bytes | None = None) -> 
         envelope, expected_payload_type=MANIFEST_V1, trusted_keys={public_key_id(written): written}
     )
     try:
-        body = json.loads(payload)
-        if body.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"format {body.get('format')!r}")
+        body = parse_json(payload)
+        if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"not a {MANIFEST_FORMAT} body")
+        version = body["version"]
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise ValueError(f"version {version!r} is not a non-negative integer")
+        members = body["members"]
+        if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
+            raise ValueError("members must be a list of objects")
         return Manifest(
             federation=str(body["federation"]),
-            version=int(body["version"]),
+            version=version,
             issued_at=str(body["issued_at"]),
             authority_key=written,
-            members=tuple(Member.from_json(m) for m in body["members"]),
+            members=tuple(Member.from_json(m) for m in members),
             ca_sha256=str(body.get("ca_sha256", "")),
         )
     except (KeyError, TypeError, ValueError) as exc:
