@@ -40,10 +40,12 @@ from fedscreen.query import mechanisms
 from fedscreen.query.compile import Plan, compile_query
 from fedscreen.query.cost import request_epsilon
 from fedscreen.query.spec import QuerySpec
-from fedscreen.query.sqlparse import parse_sql
+from fedscreen.query.sqlparse import MAX_SQL_CHARS, parse_sql
 from fedscreen.tlog import memberlog
 
 ANSWER_VERSION: Final = 1
+#: longest query text kept in a refusal record (characters); a longer one is cut
+MAX_RECORDED_CHARS: Final = 2 * MAX_SQL_CHARS
 
 
 @dataclass(frozen=True)
@@ -97,16 +99,20 @@ def answer_query(
 ) -> Answer:
     """Answer one request (see the module docstring); raises QueryRefused with a reason."""
     try:
-        spec = request.spec if request.spec is not None else parse_sql(request.text)
-        if not spec.years:
-            year = latest_year(conn)
-            if year is None:
-                raise QueryRefused("this node holds no screenings yet")
-            spec = QuerySpec(spec.dataset, spec.measure, spec.group_by, spec.where, (year,))
-        plan = compile_query(spec, policy)
-        epsilon = request_epsilon(
-            plan, policy, epsilon=request.epsilon, accuracy=request.accuracy
-        )
+        try:
+            spec = request.spec if request.spec is not None else parse_sql(request.text)
+            if not spec.years:
+                year = latest_year(conn)
+                if year is None:
+                    raise QueryRefused("this node holds no screenings yet")
+                spec = QuerySpec(spec.dataset, spec.measure, spec.group_by, spec.where, (year,))
+            plan = compile_query(spec, policy)
+            epsilon = request_epsilon(
+                plan, policy, epsilon=request.epsilon, accuracy=request.accuracy
+            )
+        except RecursionError:
+            # the parser and the spec limit nesting; this is only the last resort
+            raise QueryRefused("the query is nested too deeply to check") from None
         return _answer(config, policy, request.analyst, plan, epsilon, conn, request.query_id)
     except QueryRefused as refusal:
         if conn.in_transaction:
@@ -124,13 +130,24 @@ def _describe(spec: QuerySpec | None) -> str:
         return spec.canonical().decode()
     except ValueError:
         return repr(spec)
+    except RecursionError:
+        return f"(a query on {spec.dataset!r} nested too deeply to print)"
 
 
 def record_refusal(
     config: NodeConfig, conn: sqlite3.Connection, *, analyst: str, query: str, reason: str
 ) -> None:
-    """Record a refused request and log it, in one transaction; it costs no budget."""
+    """Record a refused request and log it, in one transaction; it costs no budget.
+
+    The texts are stored as valid UTF-8 (a lone surrogate from a command line becomes
+    ``\\udcff``) and the query at most ``MAX_RECORDED_CHARS`` long, so no refusal
+    fails to be recorded and none fills the disk.
+    """
     at = now()
+    analyst, reason = _storable(analyst), _storable(reason)
+    query = _storable(query)
+    if len(query) > MAX_RECORDED_CHARS:
+        query = f"{query[:MAX_RECORDED_CHARS]}… ({len(query):,} characters)"
     with transaction(conn):
         ledger.record_refusal(conn, analyst=analyst, query=query, reason=reason, at=at)
         memberlog.append(
@@ -146,6 +163,10 @@ def record_refusal(
                 "epsilon": 0,
             },
         )
+
+
+def _storable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _answer(
@@ -225,7 +246,9 @@ def _answer(
             "answered_at": answered_at,
             "alpha": mechanisms.ALPHA,
             "threshold": policy.limits.publication_threshold,
-            **release(plan, rows, epsilon, policy.limits.publication_threshold),
+            # noise drawn at the ε charged (rounded up to whole µε), so the ε the answer
+            # states, its scale, its charge and its cache key all agree
+            **release(plan, rows, from_micro(cost_micro), policy.limits.publication_threshold),
         }
         answer_id = conn.execute(
             "INSERT INTO query_answer (cache_key, analyst, spec, epsilon_micro, policy_digest, "

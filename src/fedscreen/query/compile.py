@@ -25,7 +25,7 @@ from fedscreen.policy.model import (
     NumericRule,
     Policy,
 )
-from fedscreen.query.spec import BoolOp, Condition, QuerySpec, Value
+from fedscreen.query.spec import BoolOp, Condition, QuerySpec, Value, check_size
 from fedscreen.query.sqlparse import IDENTIFIER
 
 INT64_MIN: Final = -(2**63)
@@ -96,6 +96,7 @@ def _condition(dataset: Dataset, cond: Condition, params: list[Value]) -> str:
 
 def compile_query(spec: QuerySpec, policy: Policy) -> Plan:
     """Check ``spec`` against ``policy``; return the SQL plan or raise QueryRefused."""
+    check_size(spec)  # a spec built in Python skipped the parser's limits
     dataset = policy.datasets.get(spec.dataset)
     if dataset is None or not IDENTIFIER.fullmatch(spec.dataset):
         known = ", ".join(sorted(policy.datasets))

@@ -38,6 +38,12 @@ ALPHA: Final = 0.05
 QUANTILE_DENOMINATOR: Final = 10_000
 #: float rounding slack when checking a measurement's privacy map against a budget
 EPSILON_SLACK: Final = 1e-9
+#: largest noise scale a release may use (the scale of the discrete Laplace or of the
+#: quantile's exponential noise): at 10^12 a noisy 64-bit count or sum passes 2^53 (the
+#: last integer every JSON reader keeps exact; 2^63 saturates OpenDP's i64) with
+#: probability below e^-9000, and every interval is a finite integer. ε ≥ 1 µε keeps
+#: counts at scale ≤ 10^6; only very large clamp bounds come near it.
+MAX_SCALE: Final = 10**12
 
 
 @dataclass(frozen=True)
@@ -68,9 +74,23 @@ def scale_for(*, epsilon: float, sensitivity: int) -> float:
 
 
 def epsilon_for_accuracy(*, accuracy: float, sensitivity: int) -> float:
-    """ε at which each noisy aggregate is within ±accuracy with 95% probability."""
-    scale = accuracy_to_discrete_laplacian_scale(accuracy, ALPHA)
-    return float(sensitivity / scale)
+    """ε at which each noisy aggregate is within ±accuracy with 95% probability
+    (``inf`` when no finite ε reaches an accuracy that fine)."""
+    scale = float(accuracy_to_discrete_laplacian_scale(accuracy, ALPHA))
+    if not scale > 0:
+        return math.inf
+    return sensitivity / scale
+
+
+def quantile_scale(*, q: float, epsilon: float) -> float:
+    """The scale :func:`exponential_quantile` uses for level ``q`` at ``epsilon``."""
+    num, den = quantile_fraction(q)
+    return _quantile_scale(max(num, den - num), epsilon)
+
+
+def _quantile_scale(sensitivity: int, epsilon: float) -> float:
+    # the privacy map is linear in 1/scale: the scale that spends exactly ε
+    return float(_noisy_min(1.0).map(sensitivity)) / epsilon
 
 
 def half_width(scale: float, *, alpha: float = ALPHA) -> int:
@@ -131,9 +151,7 @@ def exponential_quantile(
     scores: list[int], *, sensitivity: int, epsilon: float
 ) -> tuple[int, float]:
     """Index of the chosen candidate (lowest noisy score) and the mechanism's scale."""
-    # the privacy map is linear in 1/scale: find the scale that spends exactly ε
-    unit = float(_noisy_min(1.0).map(sensitivity))
-    scale = unit / epsilon
+    scale = _quantile_scale(sensitivity, epsilon)
     measurement = _noisy_min(scale)
     spent = float(measurement.map(sensitivity))
     if spent > epsilon * (1 + EPSILON_SLACK):

@@ -9,6 +9,12 @@ academic years::
 The canonical form (sorted keys, no whitespace, every value typed) is what is
 signed, logged and used as the cache key, so two spellings of one question are
 one question.
+
+A query's conditions have explicit size limits (:func:`check_size`), enforced on
+every path a spec can take — the SQL parser, :meth:`QuerySpec.from_json` (a signed
+query from the network) and the compiler (a spec built in Python) — so that no
+condition tree is too deep for the recursive code that walks it:
+``MAX_NESTING`` levels of AND/OR/NOT and ``MAX_CONDITIONS`` comparisons.
 """
 
 from __future__ import annotations
@@ -26,6 +32,14 @@ MeasureKind = Literal["count", "sum", "mean", "rate", "quantile"]
 MEASURE_KINDS: Final = ("count", "sum", "mean", "rate", "quantile")
 COMPARISONS: Final = ("=", "!=", "<", "<=", ">", ">=", "in", "not in")
 BOOL_OPS: Final = ("and", "or", "not")
+#: most levels of nesting in one condition (count): AND/OR/NOT inside one another in a
+#: spec; in SQL text, parentheses plus NOT (and other prefix operators) in one another
+#: (``fedscreen.query.sqlparse``). Real queries use 2-5; the parser needs ~25 Python
+#: frames per level, so 16 levels stay far below the interpreter's recursion limit.
+MAX_NESTING: Final = 16
+#: most comparisons in one query (count), WHERE and RATE together; a BETWEEN is two,
+#: an IN list one. Real queries use a handful.
+MAX_CONDITIONS: Final = 64
 
 
 @dataclass(frozen=True)
@@ -115,7 +129,7 @@ class QuerySpec:
             m = data["measure"]
             kind = m["kind"]
             if kind not in MEASURE_KINDS:
-                raise QueryRefused(f"measure {kind!r} is not one of {', '.join(MEASURE_KINDS)}")
+                raise QueryRefused(f"measure {kind!r:.40} is not one of {', '.join(MEASURE_KINDS)}")
             q = float(m["q"]) if m.get("q") is not None else None
             if q is not None and not 0 < q < 1:  # also refuses NaN
                 raise QueryRefused("a quantile level must be strictly between 0 and 1")
@@ -123,21 +137,43 @@ class QuerySpec:
                 kind=kind,
                 column=_opt_str(m.get("column")),
                 q=q,
-                condition=_cond_from(m["condition"]) if m.get("condition") is not None else None,
+                condition=_cond_from(m["condition"], 0) if m.get("condition") is not None else None,
             )
             extra = set(data) - {"dataset", "measure", "group_by", "where", "years"}
             if extra:
                 raise QueryRefused(f"unknown query fields: {', '.join(sorted(extra))}")
-            return cls(
+            spec = cls(
                 dataset=str(data["dataset"]),
                 measure=measure,
                 group_by=tuple(str(c) for c in data.get("group_by", [])),
-                where=_cond_from(data["where"]) if data.get("where") is not None else None,
+                where=_cond_from(data["where"], 0) if data.get("where") is not None else None,
                 years=tuple(sorted(str(y) for y in data.get("years", []))),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise QueryRefused(f"malformed query spec: {exc!r}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise QueryRefused(f"malformed query spec: {exc!r}"[:200]) from None
+        check_size(spec)
+        return spec
 
+
+
+def check_size(spec: QuerySpec) -> None:
+    """Refuse a spec whose conditions nest deeper than ``MAX_NESTING`` levels of AND/OR/NOT
+    or hold more than ``MAX_CONDITIONS`` comparisons. Iterative: safe on any tree."""
+    comparisons = 0
+    for root in (spec.where, spec.measure.condition):
+        stack: list[tuple[object, int]] = [(root, 0)] if root is not None else []
+        while stack:
+            cond, depth = stack.pop()
+            if isinstance(cond, BoolOp):
+                if depth >= MAX_NESTING:
+                    raise QueryRefused(
+                        f"conditions nested deeper than {MAX_NESTING} levels of AND/OR/NOT"
+                    )
+                stack.extend((arg, depth + 1) for arg in cond.args)
+            else:
+                comparisons += 1
+                if comparisons > MAX_CONDITIONS:
+                    raise QueryRefused(f"more than {MAX_CONDITIONS} comparisons in one query")
 
 
 def condition_columns(cond: Condition) -> set[str]:
@@ -174,10 +210,12 @@ def _cond_json(cond: Condition) -> dict[str, Any]:
     return {"op": cond.op, "args": args}
 
 
-def _cond_from(data: dict[str, Any]) -> Condition:
+def _cond_from(data: dict[str, Any], depth: int) -> Condition:
     op = data["op"]
     if op in BOOL_OPS:
-        args = tuple(_cond_from(a) for a in data["args"])
+        if depth >= MAX_NESTING:
+            raise QueryRefused(f"conditions nested deeper than {MAX_NESTING} levels of AND/OR/NOT")
+        args = tuple(_cond_from(a, depth + 1) for a in data["args"])
         if (op == "not") != (len(args) == 1) or not args:
             raise QueryRefused(f"'{op}' has the wrong number of conditions")
         return BoolOp(op, args)

@@ -17,29 +17,79 @@ parser checks shape only; the policy decides which columns and values are
 allowed (see ``fedscreen.query.compile``). Parsing uses sqlglot, never string
 surgery, and nothing of the text reaches SQLite: the compiler emits its own SQL
 with parameters.
+
+Limits, checked before anything recursive runs (sqlglot's parser recurses about
+25 Python frames per level of nesting): at most ``MAX_SQL_CHARS`` characters;
+at most ``MAX_NESTING`` levels of parentheses (also those of function calls and
+IN lists), CASE, and NOT or sign operators inside one another, counted on
+sqlglot's own tokens; at most ``MAX_CONDITIONS`` comparisons (so fewer AND/OR).
+Whatever still overflows the interpreter's stack is refused too, never a
+traceback: every text is either a ``QuerySpec`` or a ``QueryRefused``.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Final
 
 import sqlglot
-from sqlglot import exp
+from sqlglot import Token, TokenType, exp
 
 from fedscreen.errors import QueryRefused
 from fedscreen.query.spec import (
+    MAX_CONDITIONS,
+    MAX_NESTING,
     BoolOp,
     Comparison,
     Condition,
     Measure,
     QuerySpec,
     Value,
+    check_size,
 )
+
+__all__ = ["IDENTIFIER", "MAX_CONDITIONS", "MAX_NESTING", "MAX_SQL_CHARS", "parse_sql"]
 
 IDENTIFIER: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 PERIOD_COLUMN: Final = "academic_year"
+#: longest query text accepted (characters); also bounds ``--file`` reads
 MAX_SQL_CHARS: Final = 4_000
+
+# the pre-scan's view of sqlglot's tokens: what opens and closes a level of nesting,
+# the prefix operators that nest without brackets (NOT NOT x, - - 1, INTERVAL INTERVAL),
+# what ends such a run, and what a binary minus or NOT follows
+_OPENING: Final = frozenset(
+    {TokenType.L_PAREN, TokenType.L_BRACKET, TokenType.L_BRACE, TokenType.CASE}
+)
+_CLOSING: Final = frozenset(
+    {TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.R_BRACE, TokenType.END}
+)
+_PREFIX: Final = frozenset(
+    {
+        TokenType.NOT,
+        TokenType.DASH,
+        TokenType.PLUS,
+        TokenType.TILDE,
+        TokenType.PIPE_SLASH,
+        TokenType.DPIPE_SLASH,
+        TokenType.INTERVAL,
+    }
+)
+_CONNECTIVES: Final = frozenset({TokenType.AND, TokenType.OR, TokenType.XOR})
+_OPERANDS: Final = frozenset(
+    {
+        TokenType.NUMBER,
+        TokenType.STRING,
+        TokenType.VAR,
+        TokenType.IDENTIFIER,
+        TokenType.STAR,
+        TokenType.NULL,
+        TokenType.TRUE,
+        TokenType.FALSE,
+        *_CLOSING,
+    }
+)
 
 _COMPARISON_OPS: Final[dict[type[exp.Expression], str]] = {
     exp.EQ: "=",
@@ -70,13 +120,81 @@ def _sql(node: exp.Expr) -> str:
 
 
 def parse_sql(text: str) -> QuerySpec:
-    """Parse one query; raises QueryRefused naming what is not allowed."""
+    """Parse one query; raises QueryRefused naming what is not allowed (and nothing else)."""
     if len(text) > MAX_SQL_CHARS:
         raise QueryRefused(f"query longer than {MAX_SQL_CHARS} characters")
     try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise QueryRefused(
+            f"the query is not valid Unicode text (a lone surrogate at character {exc.start})"
+        ) from None
+    try:
+        tokens = sqlglot.tokenize(text, read="sqlite")
+    except sqlglot.errors.SqlglotError as exc:
+        raise QueryRefused(f"not valid SQL: {_first_line(exc)}") from None
+    _prescan(tokens)
+    try:
+        spec = _parse(text)
+    except RecursionError:
+        # the last resort: the pre-scan bounds every nesting we know of
+        raise QueryRefused(
+            f"the query is nested too deeply to parse (at most {MAX_NESTING} levels)"
+        ) from None
+    check_size(spec)
+    return spec
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def _prescan(tokens: list[Token]) -> None:
+    """Refuse too deep nesting or too many conditions from the tokens, before parsing.
+
+    Each bracket (and CASE … END) opens a level; each prefix NOT, sign or INTERVAL opens
+    one that lasts until the next AND/OR or comma at its bracket level (NOT binds
+    tighter than AND and OR), or until its bracket closes.
+    """
+    pending = [0]  # per open bracket: prefix operators not yet ended
+    nesting = 0  # open brackets + every pending prefix operator
+    connectives = 0
+    previous: TokenType | None = None
+    for token in tokens:
+        kind = token.token_type
+        if kind in _OPENING:
+            pending.append(0)
+            nesting += 1
+        elif kind in _CLOSING:
+            if len(pending) > 1:
+                nesting -= pending.pop() + 1
+        elif kind in _CONNECTIVES or kind == TokenType.COMMA:
+            nesting -= pending[-1]
+            pending[-1] = 0
+            if kind in _CONNECTIVES:
+                connectives += 1
+                if connectives >= MAX_CONDITIONS:
+                    raise QueryRefused(
+                        f"more than {MAX_CONDITIONS} comparisons in one query "
+                        f"({connectives} AND/OR at character {token.start})"
+                    )
+        elif kind in _PREFIX and previous not in _OPERANDS:
+            pending[-1] += 1
+            nesting += 1
+        if nesting > MAX_NESTING:
+            raise QueryRefused(
+                f"the query is nested deeper than {MAX_NESTING} levels (parentheses, CASE, "
+                f"NOT and signs inside one another) at character {token.start}"
+            )
+        previous = kind
+
+
+def _parse(text: str) -> QuerySpec:
+    try:
         statements = [s for s in sqlglot.parse(text, read="sqlite") if s is not None]
     except sqlglot.errors.SqlglotError as exc:
-        raise QueryRefused(f"not valid SQL: {str(exc).splitlines()[0]}") from None
+        raise QueryRefused(f"not valid SQL: {_first_line(exc)}") from None
     if len(statements) != 1:
         raise QueryRefused(f"exactly one statement allowed, got {len(statements)}")
     select = statements[0]
@@ -107,6 +225,8 @@ def parse_sql(text: str) -> QuerySpec:
     if group is not None:
         for node in group.expressions:
             if isinstance(node, exp.Literal) and not node.is_string:
+                if not re.fullmatch(r"\d{1,3}", str(node.this)):
+                    raise QueryRefused(f"GROUP BY {_sql(node)} does not point at a column")
                 position = int(node.this) - 1
                 items = select.expressions
                 if not 0 <= position < len(items) or not isinstance(items[position], exp.Column):
@@ -162,7 +282,7 @@ def _column(node: exp.Expression) -> str:
     return _name(node.name, "column")
 
 
-def _literal(node: exp.Expression) -> Value:
+def _literal(node: exp.Expression, column: str = "") -> Value:
     negative = False
     if isinstance(node, exp.Neg):
         negative, node = True, node.this
@@ -176,7 +296,10 @@ def _literal(node: exp.Expression) -> Value:
     try:
         number: int | float = int(text) if re.fullmatch(r"\d+", text) else float(text)
     except ValueError:
-        raise QueryRefused(f"not a number: {text!r}") from None
+        raise QueryRefused(f"not a number: {text[:40]!r}") from None
+    if isinstance(number, float) and not math.isfinite(number):
+        where = f" for {column}" if column else ""
+        raise QueryRefused(f"number out of range{where}: {text[:40]}")
     return -number if negative else number
 
 
@@ -214,8 +337,16 @@ def _condition(node: exp.Expression) -> Condition:
         return _condition(node.this)
     if isinstance(node, exp.And | exp.Or):
         op = "and" if isinstance(node, exp.And) else "or"
+        # sqlglot nests a chain a AND b AND c to the left: walk it without recursing
+        chain, operands = [node], []
+        while chain:
+            link = chain.pop()
+            if type(link) is type(node):
+                chain += [link.expression, link.this]
+            else:
+                operands.append(link)
         args: list[Condition] = []
-        for side in (node.this, node.expression):
+        for side in operands:
             cond = _condition(side)
             # flatten a AND (b AND c) so the canonical form does not depend on parentheses
             args.extend(cond.args if isinstance(cond, BoolOp) and cond.op == op else (cond,))
@@ -232,24 +363,27 @@ def _condition(node: exp.Expression) -> Condition:
         op = compared
         left, right = node.this, node.expression
         if isinstance(left, exp.Column):
-            return Comparison(_column(left), op, (_literal(right),))
+            column = _column(left)
+            return Comparison(column, op, (_literal(right, column),))
         if isinstance(right, exp.Column):
-            return Comparison(_column(right), _FLIPPED[op], (_literal(left),))
+            column = _column(right)
+            return Comparison(column, _FLIPPED[op], (_literal(left, column),))
         raise QueryRefused(f"a comparison needs a column and a value: {_sql(node)}")
     if isinstance(node, exp.In):
         if node.args.get("query") or node.args.get("unnest"):
             raise QueryRefused(f"subqueries are not allowed: {_sql(node)}")
-        values = tuple(_literal(v) for v in node.expressions)
+        column = _column(node.this)
+        values = tuple(_literal(v, column) for v in node.expressions)
         if not values:
             raise QueryRefused(f"IN needs values: {_sql(node)}")
-        return Comparison(_column(node.this), "in", values)
+        return Comparison(column, "in", values)
     if isinstance(node, exp.Between):
         column = _column(node.this)
         return BoolOp(
             "and",
             (
-                Comparison(column, ">=", (_literal(node.args["low"]),)),
-                Comparison(column, "<=", (_literal(node.args["high"]),)),
+                Comparison(column, ">=", (_literal(node.args["low"], column),)),
+                Comparison(column, "<=", (_literal(node.args["high"], column),)),
             ),
         )
     raise QueryRefused(f"condition not allowed: {_sql(node)}")
