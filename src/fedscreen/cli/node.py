@@ -11,6 +11,7 @@ from typing import Any
 from fedscreen._util.sqlite import transaction
 from fedscreen.cli.nodeserve import add_serve_parser
 from fedscreen.cli.output import Progress, table
+from fedscreen.cli.sqltext import add_sql_arguments, read_sql
 from fedscreen.node import ledger, store
 from fedscreen.node.engine import QueryRequest, answer_query, now
 from fedscreen.node.home import init_home, load_config
@@ -59,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     cost.add_argument("--epsilon", type=float, help="privacy cost ε of this query")
     cost.add_argument("--accuracy", type=float, help="95%% half-width wanted per noisy count")
     query.add_argument("--format", choices=("table", "json"), default="table")
-    query.add_argument("sql", help="the query")
+    add_sql_arguments(query)
     query.set_defaults(func=run_query)
 
     approvals = node_sub.add_parser("approvals", help="queries waiting for the operator")
@@ -137,7 +138,7 @@ def run_query(args: argparse.Namespace) -> int:
         spec=None,
         epsilon=args.epsilon,
         accuracy=args.accuracy,
-        text=args.sql,
+        text=read_sql(args),
     )
     conn = store.connect(config.database)
     try:

@@ -21,6 +21,7 @@ from typing import Any
 
 from fedscreen.analyst.query import make_query, verify_release
 from fedscreen.cli.output import table
+from fedscreen.cli.sqltext import add_sql_arguments, read_sql
 from fedscreen.errors import ConfigError
 from fedscreen.rpc.client import submit
 from fedscreen.trust.identity import load_identity
@@ -33,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="ask the federation a question (signed), get a verified release",
         description="SELECT <group columns>, COUNT(*) | SUM(col) | AVG(col) | RATE(<condition>) "
         "| QUANTILE(col, q) FROM screenings [WHERE ...] [GROUP BY ...]. Every node charges the "
-        "ε (or the ε that reaches the accuracy) to its own budget.",
+        "ε (or the ε that reaches the accuracy) to its own budget. The SQL is the argument "
+        "or --file F (- for standard input).",
     )
     query.add_argument("--home", type=Path, required=True, help="the analyst's identity home")
     query.add_argument("--coordinator", required=True, help="the coordinator's HOST:PORT")
@@ -53,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="how long the coordinator waits for nodes (default: its own, 10 s)",
     )
     query.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    query.add_argument("sql", help="the query")
+    add_sql_arguments(query)
     query.set_defaults(func=run_query)
 
 
@@ -63,7 +65,7 @@ def run_query(args: argparse.Namespace) -> int:
         raise ConfigError("--deadline-ms must be positive")
     nodes = tuple(n.strip() for n in (args.nodes or "").split(",") if n.strip())
     query, envelope = make_query(
-        args.home, args.sql, epsilon=args.epsilon, accuracy=args.accuracy, nodes=nodes
+        args.home, read_sql(args), epsilon=args.epsilon, accuracy=args.accuracy, nodes=nodes
     )
     submitted = asyncio.run(
         submit(
