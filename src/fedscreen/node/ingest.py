@@ -47,6 +47,17 @@ HASH_BLOCK: Final = 1 << 20
 
 ProgressFn = Callable[[str, int, float], None]
 
+#: Test-only observation point, ``None`` in production (nothing in fedscreen sets it):
+#: called with "inserted" after each chunk of rows, "committing" just before COMMIT and
+#: "committed" just after, so a crash test started in a process of its own knows on
+#: which side of the commit its kill landed.
+UNSAFE_TEST_STAGE_HOOK: Callable[[str], None] | None = None
+
+
+def _stage(name: str) -> None:
+    if UNSAFE_TEST_STAGE_HOOK is not None:
+        UNSAFE_TEST_STAGE_HOOK(name)
+
 
 @dataclass(frozen=True)
 class LoadResult:
@@ -175,18 +186,26 @@ def _ingest_table(
         conn.execute(
             "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'data_version'"
         )
+        _stage("committing")
         conn.execute("COMMIT")
+        _stage("committed")
         return result
     except BaseException:
         conn.execute("ROLLBACK")
         raise
 
 
-def _fail(name: str, problems: list[Problem], config: NodeConfig) -> IngestError:
-    return IngestError(name, problems[: config.max_problems], len(problems))
+def _fail(
+    name: str, problems: list[Problem], config: NodeConfig, fatal: Problem | None = None
+) -> IngestError:
+    """The first problems, and why checking stopped early (always shown) if it did."""
+    shown = problems[: config.max_problems] + ([fatal] if fatal else [])
+    return IngestError(name, shown, len(problems) + (fatal is not None))
 
 
-def _one_year(years: dict[str, int], name: str, problems: list[Problem]) -> str:
+def _one_year(
+    years: dict[str, int], name: str, problems: list[Problem], *, stopped: bool = False
+) -> str:
     if len(years) > 1:
         (first, _), *others = sorted(years.items(), key=lambda kv: kv[1])
         for year, line in others:
@@ -198,7 +217,7 @@ def _one_year(years: dict[str, int], name: str, problems: list[Problem]) -> str:
                     f"{year} differs from {first}: one academic year per file",
                 )
             )
-    if not years and not problems:
+    if not years and not problems and not stopped:
         problems.append(Problem(name, 2, "-", "no data rows"))
     return next(iter(years), "")
 
@@ -240,14 +259,17 @@ def _load_screenings(
     key_at, year_at = columns.index("student_key"), columns.index("academic_year")
     for chunk in collect(blocks, name, key_at, year_at, columns.index("school_id"), collected):
         conn.executemany(insert, chunk)
+        _stage("inserted")
         if progress is not None:
             progress(name, collected.count, read[0] if large else table.fraction())
     problems = collected.problems
     before = len(problems)
-    year = _one_year(collected.years, name, problems)
-    if problems:
+    fatal = collected.fatal
+    year = _one_year(collected.years, name, problems, stopped=fatal is not None)
+    if problems or fatal is not None:
         total = collected.total_problems + len(problems) - before
-        raise IngestError(name, problems[: config.max_problems], total)
+        shown = problems[: config.max_problems] + ([fatal] if fatal else [])
+        raise IngestError(name, shown, total)
     if progress is not None:
         progress(name, collected.count, 1.0)
     schools = list(collected.schools)
@@ -267,11 +289,12 @@ def _load_schools(
     name: str,
 ) -> LoadResult:
     problems: list[Problem] = []
+    fatal: list[Problem] = []
     years: dict[str, int] = {}
     seen: dict[tuple[str, str], int] = {}
     schools: dict[str, dict[str, Any]] = {}
     grades: list[dict[str, Any]] = []
-    for line, row in rows_checked(rows, parser.parse, problems):
+    for line, row in rows_checked(rows, parser, problems, fatal):
         years.setdefault(row["academic_year"], line)
         first = seen.setdefault((row["school_id"], row["grade"]), line)
         if first != line:
@@ -279,9 +302,9 @@ def _load_schools(
             continue
         schools.setdefault(row["school_id"], row)
         grades.append(row)
-    year = _one_year(years, name, problems)
-    if problems:
-        raise _fail(name, problems, config)
+    year = _one_year(years, name, problems, stopped=bool(fatal))
+    if problems or fatal:
+        raise _fail(name, problems, config, fatal[0] if fatal else None)
     replaced, _ = _replace_earlier(conn, "school_grade", batch_id, year, list(schools))
     conn.execute(
         "DELETE FROM school WHERE academic_year = ? AND school_id IN "

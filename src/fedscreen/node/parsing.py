@@ -7,7 +7,8 @@ every row (reading is cheap) but parses only blocks ``k, k + n, …``. The paren
 takes the blocks back in file order and does the per-file bookkeeping —
 duplicate students, years, schools — so the outcome is the same as parsing in
 one process. A child never touches the database. If the parent dies, the
-children notice and exit; if a child dies, the parent's transaction is rolled back.
+children notice and exit; if a child dies, the parent notices within a second,
+raises ``IngestError`` and its transaction is rolled back.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Final
 
-from fedscreen.errors import Problem
+from fedscreen.errors import IngestError, Problem
+from fedscreen.node.limits import MAX_PROBLEMS, MAX_SCHOOL_ROWS, check_cells
 from fedscreen.node.reader import ReadError, open_table
-from fedscreen.node.validate import ScreeningParser
+from fedscreen.node.validate import SchoolParser, ScreeningParser
 
 #: input rows per block: large enough to amortise a pickle or an executemany
 BLOCK_ROWS: Final = 10_000
@@ -50,6 +54,10 @@ class Block:
     problems: list[Problem]
     #: problems beyond the first ``BLOCK_PROBLEMS`` kept: counted, not carried
     extra_problems: int = 0
+    #: the last line read into the block
+    last_line: int = 0
+    #: reading stopped in this block (a limit, an undecodable byte): the file is rejected
+    fatal: Problem | None = None
 
 
 @dataclass
@@ -63,23 +71,45 @@ class Collected:
     schools: dict[str, None] = field(default_factory=dict)
     #: problems found in all (``problems`` may hold only the first of them)
     total_problems: int = 0
+    #: why checking stopped early (always shown), if it did
+    fatal: Problem | None = None
+
+
+def _stopped(name: str, line: int) -> Problem:
+    return Problem(
+        name, line, "-", f"checking stopped here after {MAX_PROBLEMS} problems; fix these first"
+    )
 
 
 def rows_checked(
     rows: Iterator[tuple[int, list[str]]],
-    parse: Callable[[int, list[str], list[Problem]], Any],
+    parser: SchoolParser,
     problems: list[Problem],
+    fatal: list[Problem],
 ) -> Iterator[tuple[int, Any]]:
-    """Parsed rows; blank lines are skipped, unreadable input becomes a problem."""
+    """Parsed rows; blank lines are skipped, bad rows become problems. Why reading stopped
+    early (unreadable input, a limit, too many problems) goes into ``fatal``."""
+    name, header, parse = parser.path, parser.header, parser.parse
+    kept = 0
     try:
         for line, cells in rows:
             if not any(c.strip() for c in cells):
                 continue
-            parsed = parse(line, cells, problems)
-            if parsed is not None:
-                yield line, parsed
+            if check_cells(name, line, cells, header, problems):
+                parsed = parse(line, cells, problems)
+                if parsed is not None:
+                    kept += 1
+                    if kept > MAX_SCHOOL_ROWS:
+                        fatal.append(
+                            Problem(name, line, "-", f"more than {MAX_SCHOOL_ROWS} school rows")
+                        )
+                        return
+                    yield line, parsed
+            if len(problems) >= MAX_PROBLEMS:
+                fatal.append(_stopped(name, line))
+                return
     except ReadError as exc:
-        problems.append(exc.problem)
+        fatal.append(exc.problem)
 
 
 def parse_blocks(
@@ -94,43 +124,45 @@ def parse_blocks(
     """Blocks ``stripe, stripe + stripes, …`` of the file, parsed; the others are only read.
 
     Every block of the stripe is yielded, empty or not, so that blocks from several
-    workers can be merged back in file order by taking them in turn.
+    workers can be merged back in file order by taking them in turn. A block carries
+    at most ``BLOCK_PROBLEMS`` problems (and counts the rest), so memory stays bounded
+    however bad the rows.
     """
     block = Block(0, [], [], [])
-    parse = parser.parse
+    parse, name, header = parser.parse, parser.path, parser.header
     try:
         for position, (line, cells) in enumerate(rows):
             index = position // block_rows
             if index != block.index:
                 if block.index % stripes == stripe:
-                    yield _trimmed(block)
+                    yield block
                 block = Block(index, [], [], [])
+            block.last_line = line
             if index % stripes != stripe or not any(c.strip() for c in cells):
                 continue
-            row = parse(line, cells, block.problems, batch_id)
-            if row is not None:
-                block.lines.append(line)
-                block.rows.append(row)
+            problems = block.problems
+            if check_cells(name, line, cells, header, problems):
+                row = parse(line, cells, problems, batch_id)
+                if row is not None:
+                    block.lines.append(line)
+                    block.rows.append(row)
+            if len(problems) > BLOCK_PROBLEMS:
+                block.extra_problems += len(problems) - BLOCK_PROBLEMS
+                del problems[BLOCK_PROBLEMS:]
     except ReadError as exc:
         # every worker reads the whole file and meets the error; the block's owner reports it
         if block.index % stripes == stripe:
-            block.problems.append(exc.problem)
+            block.fatal = exc.problem
     if block.index % stripes == stripe:
-        yield _trimmed(block)
-
-
-def _trimmed(block: Block) -> Block:
-    if len(block.problems) > BLOCK_PROBLEMS:
-        block.extra_problems = len(block.problems) - BLOCK_PROBLEMS
-        del block.problems[BLOCK_PROBLEMS:]
-    return block
+        yield block
 
 
 def collect(
     blocks: Iterator[Block], name: str, key_at: int, year_at: int, school_at: int, out: Collected
 ) -> Iterator[list[Row]]:
     """Per-file bookkeeping over blocks in file order; yields the rows to insert (nothing
-    after the first problem, though every row is still checked and counted)."""
+    after the first problem, though rows are still checked and counted — until
+    ``MAX_PROBLEMS`` or a block that stopped reading)."""
     seen: dict[bytes, int] = {}
     problems = out.problems
     for block in blocks:
@@ -147,6 +179,14 @@ def collect(
             out.schools.setdefault(row[school_at])
             out.count += 1
             keep.append(row)
+        if block.fatal is not None:
+            out.fatal = block.fatal
+        elif out.total_problems >= MAX_PROBLEMS:
+            out.fatal = _stopped(name, block.last_line)
+        if out.fatal is not None:
+            out.total_problems += 1
+            del problems[MAX_PROBLEMS:]
+            break
         if keep and not problems:
             yield keep
     problems.sort(key=lambda p: p.line)
@@ -179,18 +219,17 @@ def _watch_parent(parent: int) -> None:
             os._exit(1)
 
 
-def _worker(args: WorkerArgs, out: multiprocessing.Queue[Any], parent: int) -> None:
+def _worker(args: WorkerArgs, out: Connection, parent: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    # a sender thread keeps up to QUEUE_BLOCKS blocks in flight while this one parses on
+    outbox: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=QUEUE_BLOCKS)
 
-    def send(message: tuple[Any, ...]) -> None:
-        while True:
-            try:
-                out.put(message, timeout=LIVENESS_S)
-                return
-            except queue.Full:
-                if os.getppid() != parent:  # orphaned: the parent was killed
-                    os._exit(1)
+    def sender() -> None:
+        while (message := outbox.get()) is not None:
+            out.send(message)
 
+    thread = threading.Thread(target=sender, daemon=True)
+    thread.start()
     try:
         table = open_table(args.path, encoding=args.encoding)
         try:
@@ -208,42 +247,65 @@ def _worker(args: WorkerArgs, out: multiprocessing.Queue[Any], parent: int) -> N
                 stripes=args.stripes,
                 block_rows=args.block_rows,
             ):
-                send(("block", block, table.fraction()))
+                outbox.put(("block", block, table.fraction()))
         finally:
             table.close()
-        send(("done",))
+        outbox.put(("done",))
     except BaseException as exc:  # reported to the parent, which rolls back
-        send(("error", f"{type(exc).__name__}: {exc}"))
+        outbox.put(("error", type(exc).__name__))
+    outbox.put(None)
+    thread.join()
+
+
+def _died(name: str, process: BaseProcess) -> IngestError:
+    process.join(timeout=LIVENESS_S)
+    code = process.exitcode
+    how = f"was killed by signal {-code}" if code is not None and code < 0 else "exited"
+    return IngestError(
+        name, [Problem(name, 0, "-", f"a parsing worker {how} (exit code {code}); try again")], 1
+    )
 
 
 def parse_in_workers(
     args: WorkerArgs, progress: Callable[[float], None] | None = None
 ) -> Iterator[Block]:
     """Run ``args.stripes`` workers (``args.stripe`` is ignored); yield their blocks in
-    file order."""
+    file order.
+
+    Each worker writes to a pipe whose only writing end it holds, so a worker that dies
+    — even halfway through a message — is an end of file here, within ``LIVENESS_S``:
+    the ingest fails with an ``IngestError`` instead of waiting. The workers are
+    stopped and reaped whatever happens.
+    """
     context = multiprocessing.get_context("spawn")
-    channels: list[multiprocessing.Queue[Any]] = []
-    processes = []
-    for stripe in range(args.stripes):
-        channel: multiprocessing.Queue[Any] = context.Queue(maxsize=QUEUE_BLOCKS)
-        mine = WorkerArgs(**{**args.__dict__, "stripe": stripe})
-        process = context.Process(target=_worker, args=(mine, channel, os.getpid()), daemon=True)
-        process.start()
-        channels.append(channel)
-        processes.append(process)
+    channels: list[Connection] = []
+    processes: list[BaseProcess] = []
     try:
+        for stripe in range(args.stripes):
+            reader, writer = context.Pipe(duplex=False)
+            mine = WorkerArgs(**{**args.__dict__, "stripe": stripe})
+            process = context.Process(target=_worker, args=(mine, writer, os.getpid()), daemon=True)
+            channels.append(reader)
+            processes.append(process)
+            try:
+                process.start()
+            finally:
+                writer.close()
         done = [False] * args.stripes
         turn = 0
         while not all(done):
             if done[turn]:
                 turn = (turn + 1) % args.stripes
                 continue
+            channel = channels[turn]
             try:
-                message = channels[turn].get(timeout=LIVENESS_S)
-            except queue.Empty:
-                if not processes[turn].is_alive():
-                    raise RuntimeError("a parsing worker died") from None
-                continue
+                if not channel.poll(LIVENESS_S):
+                    if not processes[turn].is_alive():
+                        raise _died(args.name, processes[turn])
+                    continue
+                message = channel.recv()
+            except (EOFError, OSError):
+                raise _died(args.name, processes[turn]) from None
             if message[0] == "block":
                 if progress is not None:
                     progress(message[2])
@@ -251,13 +313,19 @@ def parse_in_workers(
             elif message[0] == "done":
                 done[turn] = True
             else:
-                raise RuntimeError(f"a parsing worker failed: {message[1]}")
+                reason = f"a parsing worker failed ({message[1]})"
+                raise IngestError(args.name, [Problem(args.name, 0, "-", reason)], 1)
             # blocks alternate between workers in file order
             turn = (turn + 1) % args.stripes
     finally:
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-            process.join(timeout=10)
         for channel in channels:
             channel.close()
+        for process in processes:
+            if process.pid is None:
+                continue
+            if process.is_alive():
+                process.terminate()
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()

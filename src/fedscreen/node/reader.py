@@ -1,7 +1,9 @@
 """Stream the rows of an export file (CSV in UTF-8/UTF-8-BOM/GB18030, or XLSX).
 
 Rows come out as lists of strings with their line number (the header is line 1),
-one at a time, so a file of a million rows is never held in memory.
+one at a time, so a file of a million rows is never held in memory — nor a line of
+unbounded length: every read is bounded by the limits in ``limits``, and every
+problem, at any byte of any file, is a ``ReadError`` naming its line.
 """
 
 from __future__ import annotations
@@ -9,14 +11,22 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime as dt
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final, TextIO
+from typing import BinaryIO, Final, NoReturn
 
 import python_calamine
 
 from fedscreen.errors import Problem
+from fedscreen.node.limits import (
+    MAX_COLUMNS,
+    MAX_FIELD_CHARS,
+    MAX_LINE_BYTES,
+    MAX_ROWS,
+    MAX_XLSX_BYTES,
+)
 
 ENCODINGS: Final = ("utf-8", "utf-8-sig", "gb18030")
 #: bytes sniffed to choose between UTF-8 and GB18030
@@ -73,78 +83,192 @@ def open_table(path: Path, *, encoding: str | None = None) -> Table:
     )
 
 
+class _Lines:
+    """The decoded physical lines of a CSV file, for ``csv.reader``, one at a time.
+
+    A line ends at ``\\n``, ``\\r\\n`` or ``\\r`` (these bytes never occur inside a UTF-8 or
+    GB18030 character, so lines are cut before decoding). Each line is decoded on its
+    own, so a decoding error names its line; none is longer than ``MAX_LINE_BYTES``
+    (the longest read is twice that), and neither is a record spanning lines.
+    """
+
+    def __init__(self, path: str, raw: BinaryIO, encoding: str) -> None:
+        self.path, self.raw, self.encoding = path, raw, encoding
+        #: physical lines handed out so far (the line number of the last one)
+        self.line = 0
+        #: bytes of the record being read (reset by the row loop)
+        self.record = 0
+
+    def __iter__(self) -> Iterator[str]:
+        raw, limit = self.raw, MAX_LINE_BYTES
+        carry = b""
+        while True:
+            chunk = raw.readline(limit + 2)
+            eof = not chunk
+            data = carry + chunk if carry else chunk
+            carry = b""
+            if not data:
+                return
+            parts = data.splitlines(keepends=True) if b"\r" in data else [data]
+            last = parts[-1]
+            if not eof and not last.endswith(b"\n"):
+                # cut by the read limit (or a "\r" that a "\n" may follow): read on
+                carry = parts.pop()
+            for part in parts:
+                yield self._decode(part)
+            if len(carry) > limit + 1:
+                self._too_long(self.line + 1)
+
+    def _decode(self, part: bytes) -> str:
+        self.line += 1
+        size = len(part) - (2 if part.endswith(b"\r\n") else 1 if part[-1:] in b"\r\n" else 0)
+        if size > MAX_LINE_BYTES:
+            self._too_long(self.line)
+        self.record += len(part)
+        if self.record > MAX_LINE_BYTES + 2:
+            raise ReadError(
+                Problem(self.path, self.line, "-",
+                        f"a row longer than {MAX_LINE_BYTES} bytes (a quote not closed?)")
+            )  # fmt: skip
+        codec = self.encoding
+        if codec == "utf-8-sig" and self.line > 1:
+            codec = "utf-8"
+        try:
+            return part.decode(codec)
+        except UnicodeDecodeError as exc:
+            raise ReadError(
+                Problem(self.path, self.line, "-",
+                        f"not valid {self.encoding}: {exc.reason} at byte {exc.start + 1}")
+            ) from None  # fmt: skip
+
+    def _too_long(self, line: int) -> NoReturn:
+        raise ReadError(
+            Problem(self.path, line, "-",
+                    f"line longer than {MAX_LINE_BYTES} bytes (were the line breaks lost?); "
+                    "reading stopped here")
+        )  # fmt: skip
+
+
 def _open_csv(path: Path, encoding: str) -> Table:
     if encoding not in ENCODINGS:
         raise ReadError(Problem(str(path), 0, "-", f"unsupported encoding {encoding!r}"))
-    # newline="" lets the csv module handle quoted line breaks itself
-    handle = path.open("r", encoding=encoding, newline="", errors="strict")
-    reader = csv.reader(handle)
+    raw = path.open("rb")
+    lines = _Lines(str(path), raw, encoding)
+    reader = csv.reader(lines)
     try:
-        header = next(reader)
-    except StopIteration:
-        handle.close()
-        raise ReadError(Problem(str(path), 1, "-", "empty file (no header)")) from None
-    except UnicodeDecodeError as exc:
-        handle.close()
-        raise ReadError(Problem(str(path), 1, "-", f"not valid {encoding}: {exc.reason}")) from None
+        header = _next_record(str(path), lines, reader)
+        if header is None:
+            raise ReadError(Problem(str(path), 1, "-", "empty file (no header)"))
+        if len(header) > MAX_COLUMNS:
+            raise ReadError(
+                Problem(str(path), 1, "-", f"{len(header)} columns; at most {MAX_COLUMNS}")
+            )
+    except BaseException:
+        raw.close()
+        raise
     if header and header[0].startswith("\ufeff"):
         header[0] = header[0][1:]
     size = max(path.stat().st_size, 1)
-    raw: BinaryIO = handle.buffer  # type: ignore[assignment]
     return Table(
         path,
         [h.strip() for h in header],
-        _csv_rows(path, handle, reader, encoding),
+        _csv_rows(str(path), raw, lines, reader),
         encoding,
-        # the binary buffer's offset runs ahead of the parser by one read-ahead block only
-        lambda: 0.0 if handle.closed else min(raw.tell() / size, 1.0),
-        handle.close,
+        lambda: 0.0 if raw.closed else min(raw.tell() / size, 1.0),
+        raw.close,
     )
 
 
+def _next_record(path: str, lines: _Lines, reader: Iterator[list[str]]) -> list[str] | None:
+    """The next record, or ``None`` at the end; every problem is a ``ReadError``."""
+    start = lines.line + 1
+    lines.record = 0
+    try:
+        return next(reader)
+    except StopIteration:
+        return None
+    except csv.Error as exc:
+        reason = f"malformed CSV: {exc}"
+        if "field limit" in str(exc):
+            reason = f"field longer than {MAX_FIELD_CHARS} characters (a quote not closed?)"
+        raise ReadError(Problem(path, start, "-", reason)) from None
+
+
 def _csv_rows(
-    path: Path, handle: TextIO, reader: Iterator[list[str]], encoding: str
+    path: str, raw: BinaryIO, lines: _Lines, reader: Iterator[list[str]]
 ) -> Iterator[tuple[int, list[str]]]:
-    line = 1
     try:
         while True:
-            try:
-                row = next(reader)
-            except StopIteration:
+            line = lines.line + 1
+            if line > MAX_ROWS + 1:
+                raise ReadError(
+                    Problem(path, line, "-",
+                            f"more than {MAX_ROWS} lines after the header; split the export")
+                )  # fmt: skip
+            row = _next_record(path, lines, reader)
+            if row is None:
                 return
-            except UnicodeDecodeError as exc:
-                raise ReadError(
-                    Problem(str(path), line + 1, "-", f"not valid {encoding}: {exc.reason}")
-                ) from None
-            except csv.Error as exc:
-                raise ReadError(
-                    Problem(str(path), line + 1, "-", f"malformed CSV: {exc}")
-                ) from None
-            line = reader.line_num  # type: ignore[attr-defined]
             yield line, row
     finally:
-        handle.close()
+        raw.close()
+
+
+def _unzipped_size(path: Path) -> int:
+    """Bytes of the workbook's parts once unzipped, counted by unzipping (a declared size
+    may lie); stops counting past the limit."""
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as part:
+                while block := part.read(1 << 20):
+                    total += len(block)
+                    if total > MAX_XLSX_BYTES:
+                        return total
+    return total
 
 
 def _open_xlsx(path: Path) -> Table:
+    name = str(path)
     try:
-        workbook = python_calamine.CalamineWorkbook.from_path(str(path))
+        size = _unzipped_size(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise ReadError(
+            Problem(name, 0, "-", f"not a readable .xlsx workbook ({type(exc).__name__})")
+        ) from None
+    if size > MAX_XLSX_BYTES:
+        raise ReadError(
+            Problem(name, 0, "-",
+                    f"workbook larger than {MAX_XLSX_BYTES >> 20} MiB unzipped; "
+                    "export it as CSV")
+        )  # fmt: skip
+    try:
+        workbook = python_calamine.CalamineWorkbook.from_path(name)
         sheet = workbook.get_sheet_by_index(0)
         rows = sheet.iter_rows()
-        header = [_cell(c).strip() for c in next(rows)]
+        first = next(rows)
     except StopIteration:
-        raise ReadError(Problem(str(path), 1, "-", "empty workbook (no header)")) from None
+        raise ReadError(Problem(name, 1, "-", "empty workbook (no header)")) from None
     except Exception as exc:  # calamine raises several unrelated types for broken files
         raise ReadError(
-            Problem(str(path), 0, "-", f"not a readable .xlsx workbook: {exc}")
+            Problem(name, 0, "-", f"not a readable .xlsx workbook ({type(exc).__name__})")
         ) from None
-
+    # the sheet's range starts at its first non-empty row: lines are the sheet's row numbers
+    top = int(sheet.start[0]) + 1 if sheet.start else 1
+    if len(first) > MAX_COLUMNS:
+        workbook.close()
+        raise ReadError(Problem(name, top, "-", f"{len(first)} columns; at most {MAX_COLUMNS}"))
+    header = [_cell(c).strip() for c in first]
     height = max(int(getattr(sheet, "height", 0) or 0), 1)
     done = [0]
 
     def cells() -> Iterator[tuple[int, list[str]]]:
-        for line, row in enumerate(rows, start=2):
-            done[0] = line
+        for line, row in enumerate(rows, start=top + 1):
+            if line > top + MAX_ROWS:
+                raise ReadError(
+                    Problem(name, line, "-",
+                            f"more than {MAX_ROWS} rows after the header; split the export")
+                )  # fmt: skip
+            done[0] = line - top
             yield line, [_cell(c) for c in row]
 
     return Table(path, header, cells(), "xlsx", lambda: min(done[0] / height, 1.0), workbook.close)

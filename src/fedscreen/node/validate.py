@@ -2,7 +2,8 @@
 
 Each parser checks every field of a row against its domain, collects *all* the
 problems of the row (so a user fixes a file in one round), and returns the row
-to store — with direct identifiers already removed — or ``None``.
+to store — with direct identifiers already removed — or ``None``. A message quotes
+a cell only through ``limits.shown`` (codes and numbers, never names or long numbers).
 This is ingest's hot path: lookups are precomputed dicts, and a row is one call.
 """
 
@@ -16,6 +17,7 @@ from typing import Any, Final
 
 from fedscreen.errors import Problem
 from fedscreen.node import store
+from fedscreen.node.limits import column_name, shown
 from fedscreen.screening import exports
 from fedscreen.screening.exports import Column
 from fedscreen.screening.instruments import Instrument, instruments, parse_items
@@ -56,9 +58,13 @@ def map_header(header: list[str], columns: tuple[Column, ...], path: str) -> dic
     for i, name in enumerate(header):
         key = aliases.get(name) or aliases.get(name.lower())
         if key is None:
-            problems.append(Problem(path, 1, name or f"#{i + 1}", "unknown column"))
+            problems.append(Problem(path, 1, column_name(header, i), "unknown column"))
         elif key in index:
-            problems.append(Problem(path, 1, name, f"duplicate column (also #{index[key] + 1})"))
+            problems.append(
+                Problem(
+                    path, 1, column_name(header, i), f"duplicate column (also #{index[key] + 1})"
+                )
+            )
         else:
             index[key] = i
     for column in columns:
@@ -104,7 +110,7 @@ class _Row:
         code = aliases.get(value) or aliases.get(value.lower())
         if code is None:
             allowed = ", ".join(sorted(set(aliases.values())))
-            self.bad(key, f"{value!r} is not one of {allowed}")
+            self.bad(key, f"{shown(value)} is not one of {allowed}")
         return code
 
     def yes_no(self, key: str, *, optional: bool = False) -> int | None:
@@ -117,7 +123,7 @@ class _Row:
         if flag is None:
             flag = YES_NO_ALIASES.get(value.lower())
             if flag is None:
-                self.bad(key, f"{value!r} is not yes/no (是/否, 1/0)")
+                self.bad(key, f"{shown(value)} is not yes/no (是/否, 1/0)")
         return flag
 
     def integer(self, key: str, low: int, high: int) -> int | None:
@@ -128,10 +134,10 @@ class _Row:
         try:
             number = int(value)
         except ValueError:
-            self.bad(key, f"{value!r} is not a whole number")
+            self.bad(key, f"{shown(value)} is not a whole number")
             return None
         if not low <= number <= high:
-            self.bad(key, f"{number} outside {low}..{high}")
+            self.bad(key, f"{shown(value)} outside {low}..{high}")
             return None
         return number
 
@@ -144,10 +150,10 @@ class _Row:
                 raise ValueError
             dt.date.fromisoformat(value)
         except ValueError:
-            self.bad(key, f"{value!r} is not a date YYYY-MM-DD")
+            self.bad(key, f"{shown(value)} is not a date YYYY-MM-DD")
             return None
         if not first <= value <= last:
-            self.bad(key, f"{value} outside {first}..{last}")
+            self.bad(key, f"{shown(value)} outside {first}..{last}")
             return None
         return value
 
@@ -164,7 +170,7 @@ def _academic_year(row: _Row) -> str | None:
         return None
     match = ACADEMIC_YEAR.fullmatch(value)
     if not match or int(match[2]) != int(match[1]) + 1:
-        row.bad("academic_year", f"{value!r} is not an academic year like 2024-2025")
+        row.bad("academic_year", f"{shown(value)} is not an academic year like 2024-2025")
         return None
     return value
 
@@ -184,6 +190,7 @@ class ScreeningParser:
 
     def __init__(self, *, path: str, header: list[str], county_code: str, secret: bytes) -> None:
         self.path = path
+        self.header = header
         index = map_header(header, exports.SCREENING_COLUMNS, path)
         self.order = [index.get(key, -1) for key in _SCREENING_KEYS]
         self.county_code = county_code
@@ -237,10 +244,14 @@ class ScreeningParser:
             bad("student_no", "must be 6-32 letters or digits")
         county = v["county_code"]
         if county != self.county_code:
-            bad("county_code", f"{county or 'missing'}: not this node's county {self.county_code}")
+            bad(
+                "county_code",
+                f"{shown(county) if county else 'missing'}: not this node's county "
+                f"{self.county_code}",
+            )
         school_id = v["school_id"]
         if not SCHOOL_ID.fullmatch(school_id):
-            bad("school_id", f"{school_id!r} is not a school code (4-20 letters/digits)")
+            bad("school_id", f"{shown(school_id)} is not a school code (4-20 letters/digits)")
         school_type = code("school_type", aliases["school_type"])
         location = code("location", aliases["location"])
         grade = code("grade", aliases["grade"])
@@ -262,7 +273,7 @@ class ScreeningParser:
         year = v["academic_year"]
         match = ACADEMIC_YEAR.fullmatch(year)
         if not match or int(match[2]) != int(match[1]) + 1:
-            bad("academic_year", f"{year!r} is not an academic year like 2024-2025")
+            bad("academic_year", f"{shown(year)} is not an academic year like 2024-2025")
             first, last = "0000-00-00", "9999-99-99"
         else:
             first, last = self._year_bounds(year)
@@ -303,7 +314,10 @@ class ScreeningParser:
                 else:
                     result = inst.score_text(answers)
                     if total_text and total_text != str(result[0]):
-                        bad(total_key, f"{total_text} does not match the items' total {result[0]}")
+                        bad(
+                            total_key,
+                            f"{shown(total_text)} does not match the items' total {result[0]}",
+                        )
             elif inst_code in needed:
                 bad(items_key, f"{inst.name} answers required for {band} students")
             elif total_text:
@@ -319,7 +333,10 @@ class ScreeningParser:
                         part.lower()
                     )
                     if found is None:
-                        bad("risk_factors", f"{part!r} is not one of {', '.join(self.risk_codes)}")
+                        bad(
+                            "risk_factors",
+                            f"{shown(part)} is not one of {', '.join(self.risk_codes)}",
+                        )
                     else:
                         risks[found] = 1
         out.extend(risks.values())
@@ -368,6 +385,7 @@ class SchoolParser:
 
     def __init__(self, *, path: str, header: list[str], county_code: str) -> None:
         self.path = path
+        self.header = header
         index = map_header(header, exports.SCHOOL_COLUMNS, path)
         self.order = [index.get(key, -1) for key in _SCHOOL_KEYS]
         self.county_code = county_code
@@ -384,11 +402,11 @@ class SchoolParser:
         out: dict[str, Any] = {"academic_year": _academic_year(row)}
         school_id = out["school_id"] = row.required("school_id")
         if school_id is not None and not SCHOOL_ID.fullmatch(school_id):
-            row.bad("school_id", f"{school_id!r} is not a school code (4-20 letters/digits)")
+            row.bad("school_id", f"{shown(school_id)} is not a school code (4-20 letters/digits)")
         out["school_name"] = row.required("school_name")
         county = out["county_code"] = row.required("county_code")
         if county is not None and county != self.county_code:
-            row.bad("county_code", f"{county} is not this node's county {self.county_code}")
+            row.bad("county_code", f"{shown(county)} is not this node's county {self.county_code}")
         school_type = out["school_type"] = row.code("school_type", self.types)
         out["location"] = row.code("location", self.locations)
         grade = out["grade"] = row.code("grade", self.grades)

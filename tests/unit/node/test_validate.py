@@ -45,7 +45,7 @@ SCREENING_CASES = [
     ({"mht_items": "01" * 50}, "mht_total", "does not match"),
     ({"mht_items": "2" * 100}, "mht_items", "outside 0..1"),
     ({"upi_items": "", "upi_total": "5"}, "upi_total", "without item answers"),
-    ({"risk_factors": "academic;aliens"}, "risk_factors", "'aliens' is not one of"),
+    ({"risk_factors": "academic;aliens"}, "risk_factors", "a value of 6 characters is not one of"),
     ({"warning_level": "purple"}, "warning_level", "is not one of"),
     ({"warning_level": "red", "warning_status": "none"}, "warning_status", "does not fit"),
     ({"interview_date": "2024-10-01"}, "interview_date", "outside 2024-10-08"),
