@@ -20,17 +20,23 @@ Nothing here does I/O: it takes parsed values and returns a report or raises.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from fedscreen.crypto.envelope import LOG_ENTRY_V1, RELEASE_V1, Envelope, verify_envelope
+from fedscreen.crypto.envelope import (
+    LOG_ENTRY_V1,
+    RELEASE_V1,
+    Envelope,
+    parse_json,
+    verify_envelope,
+)
 from fedscreen.crypto.signing import public_key_id
 from fedscreen.errors import (
     BundleUntrusted,
     EntryInvalid,
     HistoryInconsistent,
+    QueryRefused,
     VerificationError,
 )
 from fedscreen.protocol.answer import VerifiedAnswer, verify_answer
@@ -255,7 +261,7 @@ def _check_coordinator_entries(
     coordinator_keys = {public_key_id(coordinator_key): coordinator_key}
     for index, payload in enumerate(payloads):
         try:
-            entry = json.loads(payload)
+            entry = parse_json(payload)
             kind, query_id = entry["kind"], str(entry["query_id"])
             inner = str(entry["envelope"]).encode("utf-8")
             if entry["index"] != index or entry["node_id"] != member_id:
@@ -284,7 +290,7 @@ def _check_coordinator_entries(
                         verified.checkpoint_note,
                     )
             elif kind == "release":
-                body = json.loads(
+                body = parse_json(
                     verify_envelope(
                         envelope, expected_payload_type=RELEASE_V1, trusted_keys=coordinator_keys
                     )
@@ -294,7 +300,9 @@ def _check_coordinator_entries(
                 report.release_digests.add(hashlib.sha256(inner).hexdigest())
             else:
                 raise ValueError(f"unknown kind {kind!r}")
-        except (ValueError, KeyError, TypeError, VerificationError) as exc:
+        except (
+            ValueError, KeyError, TypeError, ArithmeticError, VerificationError, QueryRefused
+        ) as exc:  # fmt: skip
             raise EntryInvalid(f"entry {index}: {exc}", origin=origin, index=index) from None
 
 
@@ -321,10 +329,10 @@ def _check_entry(
         return EntryInvalid(f"entry {index}: {reason}", origin=origin, index=index)
 
     try:
-        entry = json.loads(payload)
+        entry = parse_json(payload)
         kind, stated, node = entry["kind"], entry["index"], entry["node_id"]
         epsilon = round(float(entry["epsilon"]) * MICRO)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
         raise bad(f"malformed entry ({exc!r})") from None
     if stated != index or node != member_id:
         raise bad(f"says it is entry {stated} of {node}")
@@ -353,7 +361,7 @@ def _check_entry(
             analyst_spent = round(float(recorded["analyst_spent"]) * MICRO)
             node_budget = round(float(recorded["node_budget"]) * MICRO)
             analyst_budget = round(float(recorded["analyst_budget"]) * MICRO)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
             raise bad(f"no budget record for {year} ({exc!r})") from None
         if node_spent != node_micro[year] or analyst_spent != analyst_micro[year, analyst]:
             raise bad(

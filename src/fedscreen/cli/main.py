@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Final
 
 from fedscreen import __version__
 from fedscreen.cli import (
@@ -21,6 +23,10 @@ from fedscreen.cli import (
     synth,
 )
 from fedscreen.errors import FedscreenError
+
+#: the exit status when a closed pipe cut the output short (``fedscreen … | head``):
+#: 128 + SIGPIPE, what a shell reports for a process that SIGPIPE ended
+BROKEN_PIPE_EXIT: Final = 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +45,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
+    try:
+        try:
+            code = _run(argv)
+        except SystemExit:  # argparse's --help, --version and usage errors print, then exit
+            sys.stdout.flush()
+            raise
+        # output still buffered must meet a closed pipe here, not at interpreter exit
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        return BROKEN_PIPE_EXIT
+    return code
+
+
+def _discard_stdout() -> None:
+    """After EPIPE, point stdout at devnull so that the interpreter's last flush is silent.
+
+    The recipe of the Python documentation (``signal``, "Note on SIGPIPE").
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file (a test's capture): nothing to flush
+        pass
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -133,7 +133,7 @@ def require_approval(
         approval_id, state = row
     raise QueryRefused(
         f"ε={from_micro(cost_micro):g} needs the operator's approval (request #{approval_id} "
-        f"is {state}; the operator runs: fedscreen node approve --id {approval_id})"
+        f"is {state}; the operator runs: fedscreen node approve --home HOME --id {approval_id})"
     )
 
 

@@ -20,7 +20,7 @@ from fedscreen.crypto.envelope import ANSWER_V1, Envelope, parse_json, verify_en
 from fedscreen.errors import QueryRefused, VerificationError
 from fedscreen.query.spec import QuerySpec
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
-from fedscreen.trust.manifest import Manifest
+from fedscreen.trust.manifest import Manifest, show_id
 
 #: largest noise scale an answer may state: beyond ~1e16, e^(−1/scale) rounds to 1 and
 #: ``combine.discrete_laplace_variance`` divides by zero (a real scale, sensitivity/ε, is
@@ -85,7 +85,9 @@ def verify_answer(
     except (ValueError, KeyError, TypeError, RecursionError, QueryRefused) as exc:
         raise VerificationError(f"malformed answer from {node_id}: {exc!r}") from None
     if claimed_node != node_id:
-        raise VerificationError(f"answer claims to be from {claimed_node!r}, not {node_id!r}")
+        raise VerificationError(
+            f"answer claims to be from {show_id(claimed_node)}, not {node_id!r}"
+        )
     answered_json = answered.to_json()
     if not expected_query.years:
         # a query without a period is answered for the node's latest year: compare the rest

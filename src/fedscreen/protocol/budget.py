@@ -47,7 +47,7 @@ from typing import Any, Final
 from fedscreen.crypto.envelope import BUDGET_V1, Envelope, parse_json, verify_envelope
 from fedscreen.errors import QueryRefused, VerificationError
 from fedscreen.policy import Limits
-from fedscreen.trust.manifest import Manifest
+from fedscreen.trust.manifest import Manifest, show_id
 
 __all__ = [
     "BUDGET_V1",
@@ -315,7 +315,7 @@ def verify_statement(envelope_bytes: bytes, *, manifest: Manifest, node_id: str)
     statement = BudgetStatement.from_body(body)
     if statement.node_id != node_id:
         raise VerificationError(
-            f"the budget statement names node {statement.node_id!r}, not {node_id!r}"
+            f"the budget statement names node {show_id(statement.node_id)}, not {node_id!r}"
         )
     return statement
 

@@ -102,9 +102,7 @@ def check_release(body: Mapping[str, Any], query: SignedQuery, nodes: Sequence[N
         raise VerificationError(f"malformed release: {exc!r}") from None
 
 
-def _check_release(
-    body: Mapping[str, Any], query: SignedQuery, nodes: Sequence[NodeCells]
-) -> None:
+def _check_release(body: Mapping[str, Any], query: SignedQuery, nodes: Sequence[NodeCells]) -> None:
     if not isinstance(body, Mapping) or body.get("query_id") != query.query_id:
         raise VerificationError("the release is for another query")
     if canonical_json(body["query"]) != canonical_json(query.spec.to_json()):

@@ -58,7 +58,14 @@ from fedscreen.trust.certs import (
     read_request,
     verify_request,
 )
-from fedscreen.trust.manifest import Manifest, Member, load_manifest, sign_manifest
+from fedscreen.trust.manifest import (
+    Manifest,
+    Member,
+    a_role,
+    load_manifest,
+    show_id,
+    sign_manifest,
+)
 
 __all__ = [
     "AUTHORITY_KEY_FILE",
@@ -399,7 +406,8 @@ def _check_admissible(manifest: Manifest, request: CertRequest, *, replace: bool
                 )
             if m.role != request.role and not m.revoked:
                 raise ConfigError(
-                    f"{m.id!r} is a {m.role}; revoke it before issuing it as a {request.role}"
+                    f"{m.id!r} is {a_role(m.role)}; revoke it before issuing it as "
+                    f"{a_role(request.role)}"
                 )
         elif m.id.lower() == request.member_id.lower():
             raise ConfigError(f"{request.member_id!r} differs from member {m.id!r} only in case")
@@ -426,7 +434,9 @@ def revoke(authority_dir: Path, member_id: str) -> Manifest:
         try:
             target = manifest.member(member_id)
         except UnknownMember:
-            raise ConfigError(f"{member_id!r} is not an active member; nothing to revoke") from None
+            raise ConfigError(
+                f"{show_id(member_id)} is not an active member; nothing to revoke"
+            ) from None
         signing_key = SigningKey.load(authority_dir / AUTHORITY_KEY_FILE)
         members = tuple(
             dataclasses.replace(m, revoked=True) if m.id == target.id else m

@@ -51,7 +51,7 @@ from fedscreen._util.canonical import canonical_json
 from fedscreen.crypto.envelope import pae, parse_json
 from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, verify_signature
 from fedscreen.errors import ConfigError, UnknownMember, VerificationError
-from fedscreen.trust.manifest import ROLES, Manifest, Member
+from fedscreen.trust.manifest import ROLES, Manifest, Member, show_id
 
 __all__ = [
     "CLAIMS_OID",
@@ -124,11 +124,11 @@ def validate_member_fields(*, member_id: str, role: str, name: str, level: str) 
     """Check a member's id, role, name and level; raise ConfigError naming the bad one."""
     if not MEMBER_ID_PATTERN.fullmatch(member_id) or ".." in member_id:
         raise ConfigError(
-            f"member id {member_id!r}: use 2-64 letters, digits, '_', '.' or '-', "
+            f"member id {show_id(member_id)}: use 2-64 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit, without '..'"
         )
     if member_id.endswith((".", "-")) or _is_ip_address(member_id):
-        raise ConfigError(f"member id {member_id!r} must be usable as a TLS host name")
+        raise ConfigError(f"member id {show_id(member_id)} must be usable as a TLS host name")
     if role not in ROLES:
         raise ConfigError(f"role {role!r}: one of {', '.join(ROLES)}")
     check_text("name", name, MAX_NAME_CHARS, required=True)

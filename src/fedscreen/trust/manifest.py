@@ -33,7 +33,32 @@ from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, SigningKey, public_key_id
 from fedscreen.errors import ConfigError, UnknownMember, VerificationError
 
 ROLES: Final = ("node", "coordinator", "analyst", "auditor")
+#: how many unusual characters :func:`show_id` names by code point
+_SHOWN_CODE_POINTS: Final = 8
 MANIFEST_FORMAT: Final = "fedscreen-manifest/1"
+
+
+def show_id(value: object) -> str:
+    """An identifier as an error message shows it: quoted, with its unusual characters named.
+
+    A refused id that looks right (``130102`` with a zero-width space, a full-width
+    digit, a Cyrillic letter) is shown with the code point of every character outside
+    printable ASCII, e.g. ``'130102\u200b' (U+200B)``, so an operator sees why it did
+    not match.
+    """
+    text = repr(value)
+    if not isinstance(value, str):
+        return text
+    odd = list(dict.fromkeys(c for c in value if not (c.isascii() and c.isprintable())))
+    if not odd:
+        return text
+    named = " ".join(f"U+{ord(c):04X}" for c in odd[:_SHOWN_CODE_POINTS])
+    return f"{text} ({named}{' …' if len(odd) > _SHOWN_CODE_POINTS else ''})"
+
+
+def a_role(role: str) -> str:
+    """``role`` with its indefinite article: "a node", "an analyst", "an auditor"."""
+    return f"{'an' if role[:1] in ('a', 'e', 'i', 'o', 'u') else 'a'} {role}"
 
 
 @dataclass(frozen=True)
@@ -120,9 +145,11 @@ class Manifest:
         """The active member with this id (and role); raises UnknownMember."""
         member = self._by_id.get(member_id)
         if member is None or member.revoked:
-            raise UnknownMember(f"{member_id!r} is not an active member of the federation")
+            raise UnknownMember(f"{show_id(member_id)} is not an active member of the federation")
         if role is not None and member.role != role:
-            raise UnknownMember(f"{member_id!r} is a {member.role}, not a {role}")
+            raise UnknownMember(
+                f"{show_id(member_id)} is {a_role(member.role)}, not {a_role(role)}"
+            )
         return member
 
     def keys(self, *, role: str | None = None) -> dict[str, bytes]:

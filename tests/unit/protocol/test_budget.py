@@ -267,7 +267,7 @@ def test_tampered_foreign_and_misattributed_statements_are_rejected(
     with pytest.raises(VerificationError, match="names node '130102', not '130104'"):
         verify_statement(claimed, manifest=setup.manifest, node_id=OTHER)
     # only nodes make statements; unknown members make none
-    with pytest.raises(VerificationError, match="is a analyst, not a node"):
+    with pytest.raises(VerificationError, match="is an analyst, not a node"):
         verify_statement(genuine, manifest=setup.manifest, node_id=ALICE)
     with pytest.raises(VerificationError, match="not an active member"):
         verify_statement(genuine, manifest=setup.manifest, node_id="139999")
