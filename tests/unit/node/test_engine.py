@@ -8,7 +8,9 @@ waits for the operator's approval — so these tests spend at most ε 0.3 per qu
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import math
 import shutil
 import sqlite3
@@ -21,15 +23,23 @@ from exportrows import SENIOR_AGES, school_row, varied_rows, write_csv
 
 from fedscreen.errors import QueryRefused
 from fedscreen.node import ledger, store
-from fedscreen.node.engine import Answer, QueryRequest, answer_query, ratio, release
+from fedscreen.node.engine import (
+    MAX_RECORDED_CHARS,
+    Answer,
+    QueryRequest,
+    answer_query,
+    ratio,
+    release,
+)
 from fedscreen.node.home import NodeConfig, init_home, load_config
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.policy import Policy
 from fedscreen.policy import digest as policy_digest
 from fedscreen.query import mechanisms
 from fedscreen.query.compile import compile_query
-from fedscreen.query.spec import Comparison, Measure, QuerySpec
+from fedscreen.query.spec import BoolOp, Comparison, Condition, Measure, QuerySpec
 from fedscreen.query.sqlparse import parse_sql
+from fedscreen.tlog import memberlog
 
 YEAR = "2024-2025"
 EARLIER = "2023-2024"
@@ -625,3 +635,160 @@ def test_release_of_a_public_plan_is_exact(node: NodeConfig) -> None:
         "mechanism": "none (public data)",
         "cells": [{"group": [], "value": 300, "denominator": 2}],
     }
+
+
+# --- issue 12: bad input never crashes, hangs, leaks or costs --------------------------
+
+
+def last_log_entry(config: NodeConfig, conn: sqlite3.Connection) -> dict[str, Any]:
+    """The payload of the node's newest log entry."""
+    entries = memberlog.export_log(conn, member_id=config.node_id).entries
+    envelope = json.loads(entries[-1])
+    return json.loads(base64.b64decode(envelope["payload"]))  # type: ignore[no-any-return]
+
+
+def assert_refused_and_recorded(
+    config: NodeConfig,
+    conn: sqlite3.Connection,
+    sql: str,
+    part: str,
+    **options: Any,
+) -> str:
+    """``sql`` is refused naming ``part``; the refusal is in the table and the log; free."""
+    before = snapshot(conn)
+    with pytest.raises(QueryRefused) as refused:
+        ask(config, conn, sql, **options)
+    reason = str(refused.value)
+    assert part in reason, reason
+    assert refusals(conn)[-1] == ("alice", sql, reason)
+    entry = last_log_entry(config, conn)
+    assert (entry["kind"], entry["query"], entry["reason"], entry["epsilon"]) == (
+        "refusal",
+        sql,
+        reason,
+        0,
+    )
+    assert snapshot(conn) == before
+    assert not conn.in_transaction
+    return reason
+
+
+_WHERE = f"SELECT COUNT(*) FROM screenings {Y} AND "
+DEEP = [
+    ("50 parentheses", _WHERE + "(" * 50 + "sex = 'F'" + ")" * 50),
+    ("100 NOT", _WHERE + "NOT " * 100 + "sex = 'F'"),
+    ("RATE of 40", "SELECT RATE(" + "(" * 40 + "sex = 'F'" + ")" * 40 + ") FROM screenings"),
+    ("signs", _WHERE + "phq9_total > " + "- " * 500 + "1"),
+]
+
+
+@pytest.mark.parametrize(("name", "sql"), DEEP, ids=[n for n, _ in DEEP])
+def test_deeply_nested_queries_are_refused_and_recorded(
+    name: str, sql: str, node: NodeConfig, conn: sqlite3.Connection
+) -> None:
+    """They ended in a RecursionError traceback, unrecorded; now a recorded refusal."""
+    assert_refused_and_recorded(node, conn, sql, "nested deeper than 16 levels")
+
+
+def test_texts_that_cannot_be_stored_as_given_are_still_recorded(
+    node: NodeConfig, conn: sqlite3.Connection
+) -> None:
+    """A lone surrogate (from a command line's undecodable bytes) and a huge text: refused,
+    and recorded in storable form — the surrogate escaped, the text cut."""
+    sql = f"SELECT COUNT(*) FROM screenings {Y} AND sex = '\udcff'"
+    with pytest.raises(QueryRefused, match="not valid Unicode"):
+        ask(node, conn, sql)
+    assert refusals(conn)[-1][1] == sql.replace("\udcff", "\\udcff")
+    huge = "SELECT " + "x" * 1_000_000
+    with pytest.raises(QueryRefused, match="longer than 4000"):
+        ask(node, conn, huge)
+    recorded = refusals(conn)[-1][1]
+    assert recorded.startswith(huge[:MAX_RECORDED_CHARS])
+    assert recorded.endswith("(1,000,007 characters)")
+    assert len(recorded) < MAX_RECORDED_CHARS + 40
+    assert last_log_entry(node, conn)["query"] == recorded
+    assert charges(conn) == []
+
+
+def test_a_deep_typed_spec_is_refused_and_recorded(
+    node: NodeConfig, conn: sqlite3.Connection
+) -> None:
+    cond: Condition = Comparison("sex", "=", ("F",))
+    for _ in range(10_000):
+        cond = BoolOp("not", (cond,))
+    spec = QuerySpec("screenings", Measure("count"), (), cond, (YEAR,))
+    before = snapshot(conn)
+    with pytest.raises(QueryRefused, match="deeper than 16"):
+        answer_query(node, node.policy(), QueryRequest("bob", spec, epsilon=0.1), conn=conn)
+    analyst, query, reason = refusals(conn)[-1]
+    assert (analyst, reason) == ("bob", "conditions nested deeper than 16 levels of AND/OR/NOT")
+    assert "nested too deeply to print" in query
+    assert snapshot(conn) == before
+
+
+@pytest.mark.parametrize(
+    ("sql", "options"),
+    [
+        (f"SELECT COUNT(*) FROM screenings {Y}", {"epsilon": 1e-300}),
+        (f"SELECT COUNT(*) FROM screenings {Y}", {"epsilon": 5e-324}),
+        (f"SELECT COUNT(*) FROM screenings {Y}", {"epsilon": 9.9e-7}),
+        (f"SELECT COUNT(*) FROM screenings {Y}", {"epsilon": None, "accuracy": 1e308}),
+        (f"SELECT RATE(boarding = 1) FROM screenings {Y}", {"epsilon": None, "accuracy": 1e308}),
+        (f"SELECT SUM(phq9_total) FROM screenings {Y}", {"epsilon": 1e-300}),
+    ],
+    ids=["1e-300", "subnormal", "just-below", "accuracy-1e308", "rate-accuracy-1e308", "sum"],
+)
+def test_an_epsilon_below_the_ledgers_resolution_is_refused_and_costs_nothing(
+    sql: str, options: dict[str, Any], node: NodeConfig, conn: sqlite3.Connection
+) -> None:
+    """ε=1e-300 was charged as 1 µε but answered at scale 1e300: counts saturated at 2^63−1
+    and a 300-digit interval."""
+    assert_refused_and_recorded(node, conn, sql, "below 1e-06 (1 µε)", **options)
+    assert charges(conn) == []
+
+
+def test_the_smallest_epsilon_after_a_refused_tiny_one_gets_a_fresh_sane_answer(
+    node: NodeConfig, conn: sqlite3.Connection
+) -> None:
+    """The 1e-300 answer used to be cached under 1 µε and handed to a genuine 1e-6 query."""
+    sql = f"SELECT sex, COUNT(*) FROM screenings {Y} GROUP BY sex"
+    with pytest.raises(QueryRefused):
+        ask(node, conn, sql, epsilon=1e-300)
+    answer = ask(node, conn, sql, epsilon=1e-6)
+    assert not answer.cached
+    assert answer.body["epsilon"] == 1e-6
+    assert answer.body["scale"] == pytest.approx(1e6, rel=1e-12)
+    half = mechanisms.half_width(answer.body["scale"])
+    assert half < 10**7
+    for cell in answer.body["cells"]:
+        assert abs(cell["value"]) < 2**53
+        assert cell["upper"] - cell["lower"] == 2 * half
+    assert charges(conn) == [(YEAR, "alice", 1, answer.answer_id)]
+
+
+@pytest.mark.parametrize(
+    ("sql", "parts"),
+    [
+        (f"SELECT sex, COUNT(*) FROM screenings {Y} GROUP BY sex", 1),
+        (f"SELECT RATE(boarding = 1) FROM screenings {Y}", 2),
+    ],
+    ids=["count", "rate"],
+)
+def test_the_answer_states_and_uses_the_epsilon_it_charges(
+    sql: str, parts: int, node: NodeConfig, conn: sqlite3.Connection
+) -> None:
+    """ε is charged in whole µε, rounded up; the noise is drawn at that ε, so the stated ε,
+    the scale and the charge agree — and two ε that charge the same share one cached answer."""
+    first = ask(node, conn, sql, epsilon=0.1234561)
+    assert first.body["epsilon"] == 0.123457
+    assert charges(conn) == [(YEAR, "alice", 123_457, first.answer_id)]
+    if parts == 1:
+        assert first.body["scale"] == 1 / 0.123457
+    else:
+        for cell in first.body["cells"]:
+            assert cell["numerator"]["scale"] == 1 / (0.123457 / 2)
+            assert cell["denominator"]["scale"] == 1 / (0.123457 / 2)
+    again = ask(node, conn, sql, epsilon=0.1234569)
+    assert again.cached
+    assert again.body == first.body
+    assert len(charges(conn)) == 1
