@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -239,7 +239,7 @@ def _load_screenings(
     collected = Collected(name)
     large = table.path.stat().st_size >= WORKER_MIN_BYTES
     read = [0.0]  # the workers' latest progress (share of the file read)
-    blocks: Iterator[Block]
+    blocks: Generator[Block]
     if large:
         table.close()  # the workers read the file themselves
         args = WorkerArgs(
@@ -257,11 +257,14 @@ def _load_screenings(
     else:
         blocks = parse_blocks(table.rows, parser, batch_id, block_rows=BLOCK_ROWS)
     key_at, year_at = columns.index("student_key"), columns.index("academic_year")
-    for chunk in collect(blocks, name, key_at, year_at, columns.index("school_id"), collected):
-        conn.executemany(insert, chunk)
-        _stage("inserted")
-        if progress is not None:
-            progress(name, collected.count, read[0] if large else table.fraction())
+    try:
+        for chunk in collect(blocks, name, key_at, year_at, columns.index("school_id"), collected):
+            conn.executemany(insert, chunk)
+            _stage("inserted")
+            if progress is not None:
+                progress(name, collected.count, read[0] if large else table.fraction())
+    finally:
+        blocks.close()  # collect may stop early: stop (and reap) the workers now
     problems = collected.problems
     before = len(problems)
     fatal = collected.fatal

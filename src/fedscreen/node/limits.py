@@ -46,6 +46,8 @@ CONTROL: Final = re.compile("[\x00-\x08\x0a-\x1f]")
 _SHOWABLE: Final = re.compile(r"[0-9A-Za-z./:+-]{1,12}")
 #: a number this long may be a phone, ID or student number; a word this long, a name
 _IDENTIFYING: Final = re.compile(r"[0-9]{5}|[A-Za-z]{4}")
+#: the shape of a Chinese personal name (two to four characters, maybe a middle dot)
+_PERSONAL_NAME: Final = re.compile(r"[\u3400-\u9fff·]{2,5}")
 
 
 def shown(value: str) -> str:
@@ -57,25 +59,36 @@ def shown(value: str) -> str:
 
 
 def column_name(header: list[str], index: int) -> str:
-    """A header cell as a column name in messages (cut short; ``#n`` when empty)."""
+    """A header cell as a column name in messages, or ``#n`` when it is empty, long, or
+    shaped like a personal name or a long number (a header line that swallowed a data
+    row, when a line break was lost, must not repeat a student's cells)."""
     name = header[index] if index < len(header) else ""
-    name = CONTROL.sub("?", name)
-    if not name:
+    if (
+        not name
+        or len(name) > 40
+        or CONTROL.search(name)
+        or _PERSONAL_NAME.fullmatch(name)
+        or re.search(r"[0-9]{5}", name)
+    ):
         return f"#{index + 1}"
-    return name if len(name) <= 40 else name[:40] + "…"
+    return name
+
+
+def column_names(header: list[str], index: dict[str, int]) -> list[str]:
+    """For each header cell, its column key if it is a known column, else ``column_name``."""
+    keys = {i: key for key, i in index.items()}
+    return [keys.get(i) or column_name(header, i) for i in range(len(header))]
 
 
 def check_cells(
-    path: str, line: int, cells: list[str], header: list[str], problems: list[Problem]
+    path: str, line: int, cells: list[str], names: list[str], problems: list[Problem]
 ) -> bool:
     """Shape and characters of one row; ``False`` (and problems) if its fields must not
     be read: the wrong number of cells (a shifted row), a control character or an
     oversize field. No cell's content enters a message here."""
-    if len(cells) != len(header):
+    if len(cells) != len(names):
         problems.append(
-            Problem(
-                path, line, "-", f"{len(cells)} cells, but the header has {len(header)} columns"
-            )
+            Problem(path, line, "-", f"{len(cells)} cells, but the header has {len(names)} columns")
         )
         return False
     ok = True
@@ -88,6 +101,6 @@ def check_cells(
                 reason = f"control character U+{ord(found[0]):04X} in the field"
             else:
                 continue
-            problems.append(Problem(path, line, column_name(header, i), reason))
+            problems.append(Problem(path, line, names[i], reason))
             ok = False
     return ok

@@ -18,7 +18,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -89,13 +89,13 @@ def rows_checked(
 ) -> Iterator[tuple[int, Any]]:
     """Parsed rows; blank lines are skipped, bad rows become problems. Why reading stopped
     early (unreadable input, a limit, too many problems) goes into ``fatal``."""
-    name, header, parse = parser.path, parser.header, parser.parse
+    name, names, parse = parser.path, parser.names, parser.parse
     kept = 0
     try:
         for line, cells in rows:
             if not any(c.strip() for c in cells):
                 continue
-            if check_cells(name, line, cells, header, problems):
+            if check_cells(name, line, cells, names, problems):
                 parsed = parse(line, cells, problems)
                 if parsed is not None:
                     kept += 1
@@ -120,7 +120,7 @@ def parse_blocks(
     stripe: int = 0,
     stripes: int = 1,
     block_rows: int = BLOCK_ROWS,
-) -> Iterator[Block]:
+) -> Generator[Block]:
     """Blocks ``stripe, stripe + stripes, …`` of the file, parsed; the others are only read.
 
     Every block of the stripe is yielded, empty or not, so that blocks from several
@@ -129,7 +129,7 @@ def parse_blocks(
     however bad the rows.
     """
     block = Block(0, [], [], [])
-    parse, name, header = parser.parse, parser.path, parser.header
+    parse, name, names = parser.parse, parser.path, parser.names
     try:
         for position, (line, cells) in enumerate(rows):
             index = position // block_rows
@@ -141,7 +141,7 @@ def parse_blocks(
             if index % stripes != stripe or not any(c.strip() for c in cells):
                 continue
             problems = block.problems
-            if check_cells(name, line, cells, header, problems):
+            if check_cells(name, line, cells, names, problems):
                 row = parse(line, cells, problems, batch_id)
                 if row is not None:
                     block.lines.append(line)
@@ -268,7 +268,7 @@ def _died(name: str, process: BaseProcess) -> IngestError:
 
 def parse_in_workers(
     args: WorkerArgs, progress: Callable[[float], None] | None = None
-) -> Iterator[Block]:
+) -> Generator[Block]:
     """Run ``args.stripes`` workers (``args.stripe`` is ignored); yield their blocks in
     file order.
 
@@ -320,12 +320,12 @@ def parse_in_workers(
     finally:
         for channel in channels:
             channel.close()
-        for process in processes:
-            if process.pid is None:
+        for worker in processes:
+            if worker.pid is None:
                 continue
-            if process.is_alive():
-                process.terminate()
-            process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
-                process.join()
+            if worker.is_alive():
+                worker.terminate()
+            worker.join(timeout=5)
+            if worker.is_alive():
+                worker.kill()
+                worker.join()

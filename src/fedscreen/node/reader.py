@@ -244,16 +244,18 @@ def _open_xlsx(path: Path) -> Table:
     try:
         workbook = python_calamine.CalamineWorkbook.from_path(name)
         sheet = workbook.get_sheet_by_index(0)
-        rows = sheet.iter_rows()
-        first = next(rows)
+        # rows come from the sheet's first row, so a row's position is its line; the
+        # header is the first row that is not empty
+        rows = enumerate(sheet.iter_rows(), start=1)
+        top, first = next(rows)
+        while not any(c not in (None, "") for c in first):
+            top, first = next(rows)
     except StopIteration:
         raise ReadError(Problem(name, 1, "-", "empty workbook (no header)")) from None
     except Exception as exc:  # calamine raises several unrelated types for broken files
         raise ReadError(
             Problem(name, 0, "-", f"not a readable .xlsx workbook ({type(exc).__name__})")
         ) from None
-    # the sheet's range starts at its first non-empty row: lines are the sheet's row numbers
-    top = int(sheet.start[0]) + 1 if sheet.start else 1
     if len(first) > MAX_COLUMNS:
         workbook.close()
         raise ReadError(Problem(name, top, "-", f"{len(first)} columns; at most {MAX_COLUMNS}"))
@@ -262,7 +264,7 @@ def _open_xlsx(path: Path) -> Table:
     done = [0]
 
     def cells() -> Iterator[tuple[int, list[str]]]:
-        for line, row in enumerate(rows, start=top + 1):
+        for line, row in rows:
             if line > top + MAX_ROWS:
                 raise ReadError(
                     Problem(name, line, "-",

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from fedscreen.errors import Problem
 from fedscreen.node import store
-from fedscreen.node.limits import column_name, shown
+from fedscreen.node.limits import column_name, column_names, shown
 from fedscreen.screening import exports
 from fedscreen.screening.exports import Column
 from fedscreen.screening.instruments import Instrument, instruments, parse_items
@@ -60,11 +60,7 @@ def map_header(header: list[str], columns: tuple[Column, ...], path: str) -> dic
         if key is None:
             problems.append(Problem(path, 1, column_name(header, i), "unknown column"))
         elif key in index:
-            problems.append(
-                Problem(
-                    path, 1, column_name(header, i), f"duplicate column (also #{index[key] + 1})"
-                )
-            )
+            problems.append(Problem(path, 1, name, f"duplicate column (also #{index[key] + 1})"))
         else:
             index[key] = i
     for column in columns:
@@ -190,8 +186,9 @@ class ScreeningParser:
 
     def __init__(self, *, path: str, header: list[str], county_code: str, secret: bytes) -> None:
         self.path = path
-        self.header = header
         index = map_header(header, exports.SCREENING_COLUMNS, path)
+        #: each header cell's name in messages: its column key if known
+        self.names = column_names(header, index)
         self.order = [index.get(key, -1) for key in _SCREENING_KEYS]
         self.county_code = county_code
         self.secret = secret
@@ -385,8 +382,9 @@ class SchoolParser:
 
     def __init__(self, *, path: str, header: list[str], county_code: str) -> None:
         self.path = path
-        self.header = header
         index = map_header(header, exports.SCHOOL_COLUMNS, path)
+        #: each header cell's name in messages: its column key if known
+        self.names = column_names(header, index)
         self.order = [index.get(key, -1) for key in _SCHOOL_KEYS]
         self.county_code = county_code
         self.types = exports.value_aliases(exports.SCHOOL_TYPES)
