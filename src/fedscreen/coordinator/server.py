@@ -32,18 +32,19 @@ loop never waits on an fsync and core calls run one at a time in arrival order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import grpc
 
 from fedscreen._util.files import write_ready_file
 from fedscreen.coordinator.core import Coordinator
+from fedscreen.coordinator.runtime import DEFAULT_SERVER_LIMITS, CoreThread, ServerLimits
 from fedscreen.coordinator.sessions import (
     NodeReply,
     NodeSession,
@@ -53,10 +54,9 @@ from fedscreen.coordinator.sessions import (
     fan_out,
     now_ms,
 )
-from fedscreen.errors import ConfigError, QueryRefused, VerificationError
+from fedscreen.errors import QueryRefused, VerificationError
 from fedscreen.protocol.budget import verify_statement
-from fedscreen.rpc import serde, transport
-from fedscreen.rpc.transport import DEFAULT_LIMITS, TransportLimits
+from fedscreen.rpc import clock, guard, serde, transport
 from fedscreen.v1 import federation_pb2 as pb
 from fedscreen.v1 import federation_pb2_grpc as pb_grpc
 
@@ -69,7 +69,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 #: full service names, for the health service
 SERVICES: Final = ("fedscreen.v1.NodeLink", "fedscreen.v1.Analyst", "fedscreen.v1.Audit")
@@ -77,78 +76,9 @@ SERVICES: Final = ("fedscreen.v1.NodeLink", "fedscreen.v1.Analyst", "fedscreen.v
 MAX_REASON_CHARS: Final = 300
 #: who may read the nodes' budget statements
 BUDGET_READERS: Final = frozenset({"analyst", "auditor"})
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    """Every wait, count and size of the coordinator's server, with its unit."""
-
-    #: how long Submit waits for node answers when the request names no wait (ms)
-    default_answer_wait_ms: int = 10_000
-    #: the longest wait an analyst may ask for (ms); longer requests are cut to this
-    max_answer_wait_ms: int = 60_000
-    #: kept back from the analyst's own gRPC deadline to sign and return the release (ms)
-    release_margin_ms: int = 1_000
-    #: a node must send its Hello within this after opening its stream (ms)
-    hello_timeout_ms: int = 10_000
-    #: a session that sends nothing — no answer, no heartbeat — for this long is dropped
-    #: (ms); well above the node's heartbeat interval (15 s by default)
-    session_idle_timeout_ms: int = 60_000
-    #: messages queued for one node before its session counts as stuck (count); a query
-    #: that finds the queue full treats the node as missing instead of waiting
-    session_outbox_messages: int = 1_024
-    #: entries one GetEntries call returns at most (count); clients continue from there
-    max_entries_per_call: int = 1_000
-    #: time calls in flight get to finish when the server stops (ms)
-    shutdown_grace_ms: int = 5_000
-    transport: TransportLimits = field(default=DEFAULT_LIMITS)
-
-    def __post_init__(self) -> None:
-        transport.check_positive_limits(self, "server")
-        if self.default_answer_wait_ms > self.max_answer_wait_ms:
-            raise ConfigError("default_answer_wait_ms must not exceed max_answer_wait_ms")
-
-
-DEFAULT_SERVER_LIMITS: Final = ServerLimits()
-
-
-# ---------------------------------------------------------------- the core's thread
-
-
-class CoreThread:
-    """The coordinator core, used from one worker thread only.
-
-    Signing, answer verification and SQLite commits (``synchronous=FULL``) take
-    milliseconds; on the loop they would stall every node stream. One thread
-    also serialises the core's calls, which share one SQLite connection.
-    """
-
-    def __init__(self, executor: ThreadPoolExecutor, core: Coordinator) -> None:
-        self._executor = executor
-        self.core = core
-
-    @classmethod
-    async def open(cls, home: Path) -> CoreThread:
-        """Open the coordinator home on a new worker thread."""
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coordinator-core")
-        loop = asyncio.get_running_loop()
-        try:
-            core = await loop.run_in_executor(executor, Coordinator.open, home)
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        return cls(executor, core)
-
-    async def call(self, fn: Callable[[Coordinator], T]) -> T:
-        """``fn(core)`` on the core's thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self.core)
-
-    async def close(self) -> None:
-        """Close the core (after every queued call) and stop the thread."""
-        try:
-            await self.call(lambda core: core.close())
-        finally:
-            self._executor.shutdown(wait=True)
+#: who may read the coordinator's view of its nodes: its operator (the coordinator's
+#: own identity), analysts and auditors
+STATUS_READERS: Final = frozenset({"coordinator", "analyst", "auditor"})
 
 
 # ---------------------------------------------------------------- servicers
@@ -185,10 +115,13 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
         self.sessions.open(session)
         if first.hello.eligible_students > 0:
             self.sessions.eligible[member.id] = int(first.hello.eligible_students)
-        _log.info("node %s connected (software %s)", member.id, first.hello.software_version[:40])
+        self._hello(session, first.hello)
         reader = asyncio.create_task(self._read(session, incoming))
         try:
-            yield pb.CoordinatorMessage(welcome=pb.Welcome(manifest_version=manifest.version))
+            welcome = pb.Welcome(
+                manifest_version=manifest.version, coordinator_time_unix_ms=now_ms()
+            )
+            yield pb.CoordinatorMessage(welcome=welcome)
             while True:
                 message = await session.outbox.get()
                 if message is None:
@@ -198,6 +131,17 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
             reader.cancel()
             self.sessions.close(session, "link lost")
             _log.info("node %s disconnected", member.id)
+
+    def _hello(self, session: NodeSession, hello: pb.Hello) -> None:
+        """Note the node's clock offset and software; say loudly if its clock is off."""
+        offset = clock.node_offset_ms(hello.node_time_unix_ms, session.opened_ms)
+        version = _printable(hello.software_version[:40])
+        self.sessions.hello(session, clock_offset_ms=offset, software_version=version)
+        shown = "unknown" if offset is None else clock.describe_offset(offset)
+        _log.info("node %s connected (software %s, clock %s)", session.node_id, version, shown)
+        refusal = clock.clock_refusal(offset, self.limits.clock_tolerance_ms)
+        if refusal is not None:
+            _log.error("node %s: %s", session.node_id, refusal)
 
     async def _read(self, session: NodeSession, incoming: AsyncIterator[pb.NodeMessage]) -> None:
         """Settle queries from the node's answers and refusals until its stream ends."""
@@ -236,6 +180,8 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
                 # heartbeats only prove liveness: reading one reset the idle timer
         except grpc.RpcError as exc:
             _log.info("node %s stream failed: %s", session.node_id, exc)
+        except grpc.aio.AbortError:
+            reason = "sent a message it may not (see the log)"  # the guard refused it
         finally:
             self.sessions.close(session, reason)
 
@@ -328,6 +274,21 @@ class AnalystServicer(pb_grpc.AnalystServicer):
             missing=node_ids - set(held),
         )
 
+    async def Status(
+        self, request: pb.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.StatusResponse:
+        """The coordinator's view of its active nodes: link, clock offset, statement age."""
+        await transport.authenticate(context, self.core.core.manifest, roles=STATUS_READERS)
+        async with transport.abort_on_error(context):
+            node_ids = await self.core.call(_active_nodes)
+        return serde.status_response(
+            node_ids,
+            self.sessions.seen,
+            connected=set(self.sessions.connected),
+            now_ms=now_ms(),
+            tolerance_ms=self.limits.clock_tolerance_ms,
+        )
+
     def _wait_s(self, requested_ms: int, time_remaining: float | None) -> float:
         """How long to wait for nodes: the request's wait (or the default), capped twice."""
         wait_ms = requested_ms if requested_ms > 0 else self.limits.default_answer_wait_ms
@@ -338,6 +299,7 @@ class AnalystServicer(pb_grpc.AnalystServicer):
         if wait_ms <= 0:
             raise QueryRefused("the call's deadline leaves no time to wait for nodes")
         return wait_ms / 1000
+
 
 def _to_pb(message: Push | Withdraw) -> pb.CoordinatorMessage:
     """A session's queued message as it goes down the node's stream."""
@@ -478,6 +440,9 @@ async def serve(
         health = await transport.add_health(server, services=SERVICES)
         port = transport.add_secure_port(server, core.core.identity, listen)
         await server.start()
+        trimming = asyncio.create_task(
+            guard.return_freed_memory(interval_s=limits.heap_trim_interval_ms / 1000)
+        )
         host = listen.rsplit(":", 1)[0]
         where = Listening(core.core.member_id, f"{host}:{port}", port, os.getpid())
         _log.info("coordinator %s listening on %s", where.member_id, where.address)
@@ -495,5 +460,8 @@ async def serve(
             await health.enter_graceful_shutdown()
             sessions.close_all("the coordinator is shutting down")
             await server.stop(grace=limits.shutdown_grace_ms / 1000)
+            trimming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await trimming
     finally:
         await core.close()

@@ -17,6 +17,7 @@ from fedscreen.protocol.query import SignedQuery
 
 __all__ = [
     "NodeReply",
+    "NodeSeen",
     "NodeSession",
     "Push",
     "SessionRegistry",
@@ -58,6 +59,19 @@ class NodeReply:
     #: why there is no answer ("refused: <the node's reason>", "link lost", "not
     #: connected", "no answer before the deadline", ...); the release states it
     reason: str = ""
+
+
+@dataclass
+class NodeSeen:
+    """What the coordinator last saw of a node, for its operator (kept after it disconnects)."""
+
+    #: the node's clock minus the coordinator's at its newest Hello (ms); None if unknown
+    clock_offset_ms: int | None = None
+    #: when its newest session opened (ms since the epoch, coordinator's clock); 0 never
+    session_opened_ms: int = 0
+    #: when its newest verified budget statement arrived (ms, coordinator's clock); 0 none
+    statement_at_ms: int = 0
+    software_version: str = ""
 
 
 class NodeSession:
@@ -144,6 +158,17 @@ class SessionRegistry:
         #: verbatim; kept after it disconnects (in memory: a restarted coordinator waits
         #: for each node's next statement, which its Welcome brings)
         self.budgets: dict[str, tuple[BudgetStatement, bytes]] = {}
+        #: node -> what the coordinator last saw of it (clock, session, statement times)
+        self.seen: dict[str, NodeSeen] = {}
+
+    def hello(
+        self, session: NodeSession, *, clock_offset_ms: int | None, software_version: str
+    ) -> None:
+        """Note a node's Hello: its clock offset (None: it sent no clock) and software."""
+        seen = self.seen.setdefault(session.node_id, NodeSeen())
+        seen.clock_offset_ms = clock_offset_ms
+        seen.session_opened_ms = session.opened_ms
+        seen.software_version = software_version
 
     def open(self, session: NodeSession) -> None:
         """Register ``session``; an older session of the same node is closed."""
@@ -169,6 +194,7 @@ class SessionRegistry:
         if held is not None and held[0].issued_at_ms > statement.issued_at_ms:
             return False
         self.budgets[statement.node_id] = (statement, envelope)
+        self.seen.setdefault(statement.node_id, NodeSeen()).statement_at_ms = now_ms()
         return True
 
     def get(self, node_id: str) -> NodeSession | None:

@@ -17,6 +17,13 @@ The coordinator is only a relay: every query is checked here again by
 the node's own manifest, freshness, the node's policy and budget), which runs
 on one worker thread holding the node's SQLite connection, so the event loop
 keeps reading and heartbeating while a query runs.
+
+Clocks: the Hello carries the node's clock, the Welcome the coordinator's; the
+node estimates its offset from the round trip (:mod:`fedscreen.rpc.clock`),
+reads the coordinator's deadlines through it, and records it in
+``HOME/link.json`` for ``fedscreen node status``. A node off by more than
+``clock_tolerance_ms`` says so loudly in its log and refuses every query with
+that reason (recorded in its own log), so the release names it as missing and why.
 """
 
 from __future__ import annotations
@@ -25,10 +32,8 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -38,14 +43,12 @@ import grpc
 from fedscreen import __version__
 from fedscreen.errors import ConfigError, QueryRefused
 from fedscreen.node import store
-from fedscreen.node.home import NodeConfig, load_config
-from fedscreen.node.requests import handle_query
-from fedscreen.node.statement import sign_statement, statement_body
-from fedscreen.policy import Policy
-from fedscreen.rpc import transport
+from fedscreen.node.home import load_config
+from fedscreen.node.status import LinkState, write_link
+from fedscreen.node.worker import QueryWorker
+from fedscreen.rpc import clock, transport
 from fedscreen.rpc.transport import DEFAULT_LIMITS, RpcFailed, TransportLimits
 from fedscreen.trust.identity import load_identity
-from fedscreen.trust.manifest import Manifest
 from fedscreen.v1 import federation_pb2 as pb
 from fedscreen.v1 import federation_pb2_grpc as pb_grpc
 
@@ -76,6 +79,9 @@ class NodeLimits:
     backoff_max_ms: int = 30_000
     #: dialing, the TLS handshake, Hello and Welcome together must take at most this (ms)
     welcome_timeout_ms: int = 10_000
+    #: the largest clock offset from the coordinator, either way, at which the node
+    #: still answers (ms); see fedscreen.rpc.clock
+    clock_tolerance_ms: int = clock.CLOCK_TOLERANCE_MS
     transport: TransportLimits = field(default=DEFAULT_LIMITS)
 
     def __post_init__(self) -> None:
@@ -96,6 +102,8 @@ class Welcomed:
     #: sessions opened since the agent started, this one included (count)
     session: int
     manifest_version: int
+    #: this node's clock minus the coordinator's (ms); None if the coordinator sent no clock
+    clock_offset_ms: int | None = None
 
 
 def backoff_ms(attempt: int, *, limits: NodeLimits = DEFAULT_NODE_LIMITS) -> int:
@@ -115,65 +123,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class QueryWorker:
-    """Runs :func:`handle_query` on one dedicated thread that owns the node's SQLite connection.
-
-    One thread is enough: answering takes SQLite's write lock (BEGIN IMMEDIATE)
-    anyway, so queries at one node run one at a time whatever the thread count.
-    """
-
-    def __init__(self, config: NodeConfig, policy: Policy, manifest: Manifest) -> None:
-        self.config = config
-        self.policy = policy
-        self.manifest = manifest
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"node-{config.node_id}"
-        )
-        # opened lazily on the worker thread and only ever used there
-        self._conn: sqlite3.Connection | None = None
-        #: issue time of the last budget statement (ms); each next one is strictly later
-        self._issued_ms = 0
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = store.connect(self.config.database)
-        return self._conn
-
-    def _answer(self, envelope: bytes) -> bytes:
-        conn = self._connection()
-        return handle_query(self.config, self.policy, self.manifest, envelope, conn=conn)
-
-    def _statement(self) -> bytes:
-        # strictly increasing issue times order this process's statements even within
-        # one millisecond: the coordinator keeps the newest by issue time
-        self._issued_ms = max(_now_ms(), self._issued_ms + 1)
-        body = statement_body(
-            self._connection(), self.policy, self.config.node_id, now_ms=self._issued_ms
-        )
-        return sign_statement(body, key=self.config.signing_key())
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    async def answer(self, envelope: bytes) -> bytes:
-        """The signed answer envelope; raises QueryRefused (already recorded by the node)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._answer, envelope)
-
-    async def statement(self) -> bytes:
-        """A signed budget statement of the ledger after every charge queued before it."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._statement)
-
-    def close(self) -> None:
-        """Finish the query running (if any), close the connection, stop the thread."""
-        with contextlib.suppress(RuntimeError):  # already shut down
-            self._executor.submit(self._close)
-        self._executor.shutdown(wait=True)
-
-
 class _Agent:
     """One node's link to the coordinator; see :func:`run_node`."""
 
@@ -186,6 +135,7 @@ class _Agent:
         limits: NodeLimits,
         on_welcome: Callable[[Welcomed], None] | None,
         unsafe_test_answer_delay_ms: int,
+        unsafe_test_clock_skew_ms: int,
     ) -> None:
         self.config = load_config(home)
         self.identity = load_identity(home)
@@ -203,8 +153,33 @@ class _Agent:
                 "TEST ONLY: every answer is held back %d ms before it is sent",
                 unsafe_test_answer_delay_ms,
             )
+        self.skew_ms = unsafe_test_clock_skew_ms
+        if self.skew_ms:
+            _log.warning("TEST ONLY: this node's clock is set %d ms off", self.skew_ms)
         self.worker = QueryWorker(self.config, self.config.policy(), manifest)
         self.sessions = 0
+        #: this node's clock minus the coordinator's, from the newest Welcome (ms)
+        self.offset_ms: int | None = None
+
+    def _now_ms(self) -> int:
+        """The node's clock (ms since the epoch); off by the test skew, if any."""
+        return _now_ms() + self.skew_ms
+
+    def _record_link(self, *, connected: bool) -> None:
+        """Write ``HOME/link.json`` for ``fedscreen node status``; a failure is only logged."""
+        refusal = clock.clock_refusal(self.offset_ms, self.limits.clock_tolerance_ms)
+        state = LinkState(
+            coordinator=self.coordinator,
+            connected=connected,
+            clock_offset_ms=self.offset_ms,
+            clock_tolerance_ms=self.limits.clock_tolerance_ms,
+            updated_ms=self._now_ms(),
+            refusing=refusal or "",
+        )
+        try:
+            write_link(self.config.home, state)
+        except (OSError, ConfigError) as exc:
+            _log.warning("node %s: cannot record its link state: %s", self.config.node_id, exc)
 
     def _eligible(self) -> int:
         """The public eligible-student count the Hello announces (a quick local read)."""
@@ -217,6 +192,7 @@ class _Agent:
     async def session(self) -> None:
         """One stream from dial to end: returns when the coordinator ends it, raises if it fails."""
         node_id = self.config.node_id
+        before = self.sessions
         # everything sent up the stream goes through one queue: a stream takes one
         # writer, and answers and heartbeats come from several tasks
         outbox: asyncio.Queue[pb.NodeMessage] = asyncio.Queue()
@@ -235,6 +211,7 @@ class _Agent:
                 node_id=node_id,
                 software_version=__version__,
                 eligible_students=self._eligible(),
+                node_time_unix_ms=self._now_ms(),
             )
             outbox.put_nowait(pb.NodeMessage(hello=hello))
             call = pb_grpc.NodeLinkStub(channel).Connect(upstream())
@@ -264,7 +241,14 @@ class _Agent:
                             "first reply is not Welcome",
                             what="node link",
                         )
-                    self._welcomed(welcome.welcome.manifest_version)
+                    self._welcomed(
+                        welcome.welcome.manifest_version,
+                        clock.round_trip_offset_ms(
+                            hello.node_time_unix_ms,
+                            welcome.welcome.coordinator_time_unix_ms,
+                            self._now_ms(),
+                        ),
+                    )
                     tasks.add(asyncio.create_task(self._heartbeats(send)))
                     statement = asyncio.create_task(self._send_statement(send))
                     tasks.add(statement)
@@ -281,12 +265,28 @@ class _Agent:
                 for task in tasks:
                     task.cancel()
                 call.cancel()
+                if self.sessions > before:  # this session was welcomed; it is over now
+                    self._record_link(connected=False)
 
-    def _welcomed(self, version: int) -> None:
+    def _welcomed(self, version: int, offset_ms: int | None) -> None:
         self.sessions += 1
+        self.offset_ms = offset_ms
+        shown = "unknown" if offset_ms is None else clock.describe_offset(offset_ms)
         _log.info(
-            "node %s: connected to %s at %s", self.config.node_id, self.peer_id, self.coordinator
+            "node %s: connected to %s at %s (clock offset %s)",
+            self.config.node_id,
+            self.peer_id,
+            self.coordinator,
+            shown,
         )
+        refusal = clock.clock_refusal(offset_ms, self.limits.clock_tolerance_ms)
+        if refusal is not None:
+            _log.error(
+                "node %s: EVERY QUERY WILL BE REFUSED: its %s. Fix this machine's clock.",
+                self.config.node_id,
+                refusal,
+            )
+        self._record_link(connected=True)
         if version > self.manifest_version:
             _log.warning(
                 "the coordinator holds manifest version %d, this node %d: "
@@ -295,7 +295,9 @@ class _Agent:
                 self.manifest_version,
             )
         if self.on_welcome is not None:
-            self.on_welcome(Welcomed(self.config.node_id, self.peer_id, self.sessions, version))
+            self.on_welcome(
+                Welcomed(self.config.node_id, self.peer_id, self.sessions, version, offset_ms)
+            )
 
     async def _heartbeats(self, send: Callable[[pb.NodeMessage], Awaitable[None]]) -> None:
         interval = self.limits.heartbeat_interval_ms / 1000
@@ -325,13 +327,29 @@ class _Agent:
     ) -> None:
         """Answer or refuse one query."""
         query_id = request.query_id
-        if request.deadline_unix_ms and _now_ms() >= request.deadline_unix_ms:
+        # the deadline is in the coordinator's clock: read it through the offset
+        coordinator_now = self._now_ms() - (self.offset_ms or 0)
+        refusal = clock.clock_refusal(self.offset_ms, self.limits.clock_tolerance_ms)
+        if (
+            refusal is None
+            and request.deadline_unix_ms
+            and (coordinator_now >= request.deadline_unix_ms)
+        ):
             # DESIGN: do not start work that cannot be delivered in time
-            reason = "the coordinator's deadline passed before the node could start"
-            await send(pb.NodeMessage(refusal=pb.Refusal(query_id=query_id, reason=reason)))
+            refusal = "the coordinator's deadline passed before the node could start"
+        if refusal is not None:
+            node_id = self.config.node_id
+            _log.warning("node %s refused query %s: %s", node_id, query_id[:64], refusal)
+            try:
+                await self.worker.refuse(query_id[:64], refusal)
+            except Exception:  # the refusal still goes up: the coordinator must know why
+                _log.exception("node %s could not record a refusal", self.config.node_id)
+            await send(pb.NodeMessage(refusal=pb.Refusal(query_id=query_id, reason=refusal)))
             return
         try:
-            envelope = await self.worker.answer(bytes(request.query_envelope))
+            envelope = await self.worker.answer(
+                bytes(request.query_envelope), now_ms=self._now_ms()
+            )
         except QueryRefused as refused:
             reason = str(refused)[:MAX_REASON_CHARS]
             _log.info("node %s refused query %s: %s", self.config.node_id, query_id[:64], reason)
@@ -392,6 +410,7 @@ async def run_node(
     stop: asyncio.Event | None = None,
     on_welcome: Callable[[Welcomed], None] | None = None,
     unsafe_test_answer_delay_ms: int = 0,
+    unsafe_test_clock_skew_ms: int = 0,
 ) -> None:
     """Serve the node in ``home`` to the coordinator at ``coordinator`` (``host:port``).
 
@@ -402,7 +421,9 @@ async def run_node(
 
     ``unsafe_test_answer_delay_ms`` is for tests only: every answer is held back
     that long after it is computed (and charged), so a test can make a node miss
-    the coordinator's deadline. The command line never sets it.
+    the coordinator's deadline. ``unsafe_test_clock_skew_ms`` is for tests only
+    too: the node's clock (its Hello, freshness checks, deadlines) runs that far
+    off. The command line never sets either.
     """
     agent = _Agent(
         home,
@@ -411,5 +432,6 @@ async def run_node(
         limits=limits,
         on_welcome=on_welcome,
         unsafe_test_answer_delay_ms=unsafe_test_answer_delay_ms,
+        unsafe_test_clock_skew_ms=unsafe_test_clock_skew_ms,
     )
     await agent.run(stop or asyncio.Event())

@@ -2,13 +2,19 @@
 
 Only counts per year, instrument, school type and load — nothing student-level.
 These counts stay on the operator's screen; they are not released to anyone.
+Beside them, what the running agent last recorded of its link to the
+coordinator (``link.json``: connected or not, the clock offset).
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
 
+from fedscreen._util.files import replace_file
 from fedscreen.node import store
 from fedscreen.screening.instruments import instruments
 
@@ -52,3 +58,56 @@ def node_status(conn: sqlite3.Connection, *, last_loads: int = 10) -> NodeStatus
         (last_loads,),
     ).fetchall()
     return NodeStatus(store.data_version(conn), by_type, by_instrument, schools, loads)
+
+
+#: in the node's home: what the agent last knew of its link (JSON, replaced atomically)
+LINK_FILE: Final = "link.json"
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """What ``fedscreen node serve`` last recorded about its link to the coordinator."""
+
+    coordinator: str
+    connected: bool
+    #: the node's clock minus the coordinator's (ms); None if the coordinator sent no clock
+    clock_offset_ms: int | None
+    clock_tolerance_ms: int
+    #: when this was recorded (ms since the epoch, the node's clock)
+    updated_ms: int
+    #: why this node refuses every query, or "" if it does not
+    refusing: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form (the file's content)."""
+        return {
+            "coordinator": self.coordinator,
+            "connected": self.connected,
+            "clock_offset_ms": self.clock_offset_ms,
+            "clock_tolerance_ms": self.clock_tolerance_ms,
+            "updated_unix_ms": self.updated_ms,
+            "refusing": self.refusing,
+        }
+
+
+def write_link(home: Path, state: LinkState) -> None:
+    """Record the link's state in ``HOME/link.json`` (atomically: all of it or the old one)."""
+    text = json.dumps(state.to_json(), ensure_ascii=False, indent=2) + "\n"
+    replace_file(home / LINK_FILE, text.encode("utf-8"))
+
+
+def read_link(home: Path) -> LinkState | None:
+    """The link's state as the agent last recorded it; None if never recorded or unreadable."""
+    try:
+        doc = json.loads((home / LINK_FILE).read_text(encoding="utf-8"))
+        offset = doc["clock_offset_ms"]
+        return LinkState(
+            coordinator=str(doc["coordinator"]),
+            connected=bool(doc["connected"]),
+            clock_offset_ms=None if offset is None else int(offset),
+            clock_tolerance_ms=int(doc["clock_tolerance_ms"]),
+            updated_ms=int(doc["updated_unix_ms"]),
+            refusing=str(doc.get("refusing", "")),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -11,13 +11,21 @@ from pathlib import Path
 from typing import Final
 
 from fedscreen.rpc import serde, transport
-from fedscreen.rpc.serde import Statements, Submitted
+from fedscreen.rpc.serde import CoordinatorStatus, Statements, Submitted
 from fedscreen.rpc.transport import DEFAULT_LIMITS, TransportLimits
 from fedscreen.trust.identity import load_identity
 from fedscreen.v1 import federation_pb2 as pb
 from fedscreen.v1 import federation_pb2_grpc as pb_grpc
 
-__all__ = ["CALL_MARGIN_MS", "Statements", "Submitted", "budgets", "submit"]
+__all__ = [
+    "CALL_MARGIN_MS",
+    "CoordinatorStatus",
+    "Statements",
+    "Submitted",
+    "budgets",
+    "status",
+    "submit",
+]
 
 #: added to the wait for nodes to make the call's own deadline: time for the
 #: coordinator to verify, combine, sign, log and send the release back (ms)
@@ -66,3 +74,21 @@ async def budgets(
                 pb.BudgetsRequest(), timeout=limits.call_timeout_s
             )
     return serde.statements(response)
+
+
+async def status(
+    home: Path,
+    coordinator: str,
+    *,
+    coordinator_id: str | None = None,
+    limits: TransportLimits = DEFAULT_LIMITS,
+) -> CoordinatorStatus:
+    """The coordinator's view of its nodes (link, clock offset, newest statement)."""
+    identity = load_identity(home)
+    peer = coordinator_id or identity.manifest().coordinator()
+    async with transport.channel(identity, coordinator, peer_id=peer, limits=limits) as channel:
+        with transport.rpc_errors("status"):
+            response = await pb_grpc.AnalystStub(channel).Status(
+                pb.StatusRequest(), timeout=limits.call_timeout_s
+            )
+    return serde.status(response)

@@ -6,16 +6,21 @@ over exactly those bytes); everything else is converted here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from fedscreen.v1 import federation_pb2 as pb
 
 __all__ = [
+    "CoordinatorStatus",
+    "NodeView",
     "Statements",
     "Submitted",
     "statements",
     "statements_response",
+    "status",
+    "status_response",
     "submit_response",
     "submitted",
 ]
@@ -77,4 +82,89 @@ def statements_response(
         statements=[pb.NodeAnswer(node_id=n, envelope=held[n]) for n in sorted(held)],
         connected_nodes=list(connected),
         missing_nodes=sorted(missing),
+    )
+
+
+class _Seen(Protocol):
+    """What the coordinator keeps per node (``coordinator.sessions.NodeSeen``)."""
+
+    @property
+    def clock_offset_ms(self) -> int | None: ...
+    @property
+    def session_opened_ms(self) -> int: ...
+    @property
+    def statement_at_ms(self) -> int: ...
+    @property
+    def software_version(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """One node as the coordinator sees it (its word: nothing here is signed)."""
+
+    node_id: str
+    connected: bool
+    #: the node's clock minus the coordinator's (ms); None if the node never sent its clock
+    clock_offset_ms: int | None
+    #: when its newest budget statement arrived (ms since the epoch); 0 if none
+    statement_at_ms: int
+    #: when its newest session opened (ms since the epoch); 0 if never
+    session_opened_ms: int
+    software_version: str
+
+
+@dataclass(frozen=True)
+class CoordinatorStatus:
+    """The coordinator's view of its nodes."""
+
+    coordinator_time_ms: int
+    clock_tolerance_ms: int
+    nodes: tuple[NodeView, ...]
+
+
+def status_response(
+    node_ids: Iterable[str],
+    seen: Mapping[str, _Seen],
+    *,
+    connected: Collection[str],
+    now_ms: int,
+    tolerance_ms: int,
+) -> pb.StatusResponse:
+    """The coordinator's StatusResponse: a row per active node, sorted."""
+    rows = []
+    for node_id in sorted(node_ids):
+        node = seen.get(node_id)
+        offset = None if node is None else node.clock_offset_ms
+        rows.append(
+            pb.NodeState(
+                node_id=node_id,
+                connected=node_id in connected,
+                clock_offset_ms=offset or 0,
+                clock_known=offset is not None,
+                last_statement_unix_ms=0 if node is None else node.statement_at_ms,
+                session_opened_unix_ms=0 if node is None else node.session_opened_ms,
+                software_version="" if node is None else node.software_version,
+            )
+        )
+    return pb.StatusResponse(
+        coordinator_time_unix_ms=now_ms, clock_tolerance_ms=tolerance_ms, nodes=rows
+    )
+
+
+def status(response: pb.StatusResponse) -> CoordinatorStatus:
+    """The operator's view of a StatusResponse."""
+    return CoordinatorStatus(
+        coordinator_time_ms=response.coordinator_time_unix_ms,
+        clock_tolerance_ms=response.clock_tolerance_ms,
+        nodes=tuple(
+            NodeView(
+                node_id=n.node_id,
+                connected=n.connected,
+                clock_offset_ms=n.clock_offset_ms if n.clock_known else None,
+                statement_at_ms=n.last_statement_unix_ms,
+                session_opened_ms=n.session_opened_unix_ms,
+                software_version=n.software_version,
+            )
+            for n in response.nodes
+        ),
     )

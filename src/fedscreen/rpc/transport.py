@@ -13,7 +13,9 @@ Everything here is ``grpc.aio`` (one concurrency model per process).
   (``grpc.ssl_target_name_override`` = its member id, the certificate's SAN
   DNS name), so a different member of the same federation cannot stand in.
 * **Limits.** Message sizes, keepalive, connect and call timeouts are named
-  fields of :class:`TransportLimits`, with their units.
+  fields of :class:`TransportLimits`, with their units. Servers hold every
+  method to its own request size (:class:`~fedscreen.rpc.guard.RequestLimits`,
+  checked before parsing by :class:`~fedscreen.rpc.guard.RequestGuard`).
 * **Errors.** Domain errors become gRPC status codes through one table
   (:data:`STATUS_OF`, :func:`abort_for`); abort details are fixed texts, never
   data. Clients turn ``grpc.RpcError`` into :class:`RpcFailed`.
@@ -31,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Final, NoReturn
 
 import grpc
@@ -47,6 +49,13 @@ from fedscreen.errors import (
     QueryRefused,
     RoleNotPermitted,
     VerificationError,
+)
+from fedscreen.rpc.guard import (
+    DEFAULT_REQUEST_LIMITS,
+    REFUSALS,
+    RequestGuard,
+    RequestLimits,
+    release_abort,
 )
 from fedscreen.trust import certs
 from fedscreen.trust.identity import Identity
@@ -86,7 +95,7 @@ def check_positive_limits(limits: Any, what: str) -> None:
     """Every int field of a limits dataclass must be a positive integer (not a bool)."""
     for f in fields(limits):
         value = getattr(limits, f.name)
-        if isinstance(value, TransportLimits):
+        if is_dataclass(value):  # nested limits check themselves
             continue
         # bool is an int; a True here is a mistake, not 1
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -101,8 +110,8 @@ class TransportLimits:
     few KiB, county networks behind NAT and firewalls that drop idle flows.
     """
 
-    #: largest message sent or accepted, either direction (bytes); a release
-    #: carrying a few hundred node answers of a few KiB each fits well inside
+    #: largest message a client accepts and anyone sends (bytes): a release with a few
+    #: hundred answers of a few KiB fits; what servers accept is per method (requests)
     max_message_bytes: int = 8 * 1024 * 1024
     #: largest header block accepted (bytes)
     max_metadata_bytes: int = 16 * 1024
@@ -125,6 +134,8 @@ class TransportLimits:
     max_concurrent_rpcs: int = 1024
     #: concurrent streams on one HTTP/2 connection (count)
     max_concurrent_streams: int = 128
+    #: the largest request each server method accepts (bytes), checked before parsing
+    requests: RequestLimits = field(default=DEFAULT_REQUEST_LIMITS)
 
     def __post_init__(self) -> None:
         check_positive_limits(self, "transport")
@@ -142,7 +153,6 @@ class TransportLimits:
     def _common_options(self) -> list[tuple[str, int]]:
         return [
             ("grpc.max_send_message_length", self.max_message_bytes),
-            ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_metadata_size", self.max_metadata_bytes),
             ("grpc.keepalive_time_ms", self.keepalive_time_ms),
             ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
@@ -154,6 +164,7 @@ class TransportLimits:
         """Client channel arguments."""
         return [
             *self._common_options(),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
             # gRPC otherwise stops pinging after 2 pings with no data in between,
             # which would let a NAT box forget an idle node stream
             ("grpc.http2.max_pings_without_data", 0),
@@ -164,6 +175,8 @@ class TransportLimits:
         """Server arguments."""
         return [
             *self._common_options(),
+            # gRPC's core refuses anything larger unparsed; RequestGuard does the rest
+            ("grpc.max_receive_message_length", self.requests.largest),
             # accept clients' keepalive pings at our own rate (with margin for
             # timer jitter); the default, 5 min, would GOAWAY them as abusive
             ("grpc.http2.min_ping_interval_without_data_ms", self.keepalive_time_ms // 2),
@@ -248,9 +261,14 @@ async def connect(
 
 
 def server(*, limits: TransportLimits = DEFAULT_LIMITS) -> grpc.aio.Server:
-    """A ``grpc.aio`` server with the limits applied; add services, a port, then ``start()``."""
+    """A ``grpc.aio`` server with the limits applied; add services, a port, then ``start()``.
+
+    Every method is held to its request limit before parsing (:class:`RequestGuard`).
+    """
     return grpc.aio.server(
-        options=limits.server_options(), maximum_concurrent_rpcs=limits.max_concurrent_rpcs
+        interceptors=[RequestGuard(limits.requests)],
+        options=limits.server_options(),
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
 
 
@@ -319,13 +337,15 @@ async def authenticate(
     The one verification function every servicer method calls first, with the
     current manifest. Aborts with UNAUTHENTICATED (not an active member, or not
     this certificate) or PERMISSION_DENIED (wrong role); the reason is logged
-    here, never sent.
+    here (at most a line per peer a minute), never sent.
     """
     try:
         return peer_member(context.auth_context(), manifest, roles=roles)
     except VerificationError as exc:
-        _log.warning("refused peer %s: %s", context.peer(), exc)
-        await abort_for(context, exc)
+        REFUSALS.warning(context.peer(), f"refused: {exc}")
+        refused: VerificationError = exc
+    # aborted outside the except block: the abort chains no exception (see rpc.guard)
+    await abort_for(context, refused)
 
 
 def _roles(roles: Collection[str]) -> frozenset[str]:
@@ -417,6 +437,7 @@ async def abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: BaseExcept
 
     An abort already under way (``grpc.aio.AbortError``) is re-raised unchanged.
     Errors that are not fedscreen's own are logged with their traceback here.
+    ``exc``'s frames are cleared and the abort chains nothing (see :mod:`fedscreen.rpc.guard`).
     """
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
@@ -429,7 +450,13 @@ async def abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: BaseExcept
         _log.error("unexpected error in %s", context.peer(), exc_info=exc)
     elif code is grpc.StatusCode.INTERNAL:
         _log.error("call from %s failed: %s", context.peer(), exc)
-    await context.abort(code, details)
+    release_abort(exc)
+    del exc
+    try:
+        await context.abort(code, details)
+    except grpc.aio.AbortError as abort:
+        abort.__context__ = None
+        raise
 
 
 @contextlib.asynccontextmanager
@@ -440,8 +467,14 @@ async def abort_on_error(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIt
     """
     try:
         yield
+    except grpc.aio.AbortError:  # an abort under way passes untouched
+        raise
     except Exception as exc:  # every error, so nothing unmapped reaches the caller
-        await abort_for(context, exc)
+        failed: Exception = exc
+    else:
+        return
+    # outside the except block, so the abort is chained to nothing
+    await abort_for(context, failed)
 
 
 def wrap_rpc_error(exc: grpc.RpcError, *, what: str = "call") -> RpcFailed:

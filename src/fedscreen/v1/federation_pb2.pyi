@@ -143,6 +143,7 @@ class Hello(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
     ELIGIBLE_STUDENTS_FIELD_NUMBER: _builtins.int
+    NODE_TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node's member id (e.g. a GB/T 2260 administrative code, "130102")."""
     software_version: _builtins.str
@@ -152,16 +153,22 @@ class Hello(_message.Message):
     a count of records); lets releases state the share of the population they cover.
     0 when the node has no school tables.
     """
+    node_time_unix_ms: _builtins.int
+    """The node's clock when it sent this Hello (milliseconds since the Unix
+    epoch, UTC); the coordinator compares it with its own clock to know the
+    node's clock offset. 0 from nodes that predate the field.
+    """
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         software_version: _builtins.str = ...,
         eligible_students: _builtins.int = ...,
+        node_time_unix_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible_students", b"eligible_students", "node_id", b"node_id", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible_students", b"eligible_students", "node_id", b"node_id", "node_time_unix_ms", b"node_time_unix_ms", "software_version", b"software_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -282,18 +289,25 @@ class Welcome(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MANIFEST_VERSION_FIELD_NUMBER: _builtins.int
+    COORDINATOR_TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
     manifest_version: _builtins.int
     """The version of the federation manifest the coordinator authenticated the
     node against; a node holding an older manifest should fetch the newer one.
+    """
+    coordinator_time_unix_ms: _builtins.int
+    """The coordinator's clock when it sent this Welcome (milliseconds since the
+    Unix epoch, UTC); the node compares it with its own clock around the
+    Hello/Welcome round trip to know its offset. 0 from older coordinators.
     """
     def __init__(
         self,
         *,
         manifest_version: _builtins.int = ...,
+        coordinator_time_unix_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["manifest_version", b"manifest_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_time_unix_ms", b"coordinator_time_unix_ms", "manifest_version", b"manifest_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -489,6 +503,108 @@ class BudgetsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BudgetsResponse: _TypeAlias = BudgetsResponse  # noqa: Y015
+
+@_typing.final
+class StatusRequest(_message.Message):
+    """Ask for the coordinator's view of its nodes; carries nothing."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusRequest: _TypeAlias = StatusRequest  # noqa: Y015
+
+@_typing.final
+class StatusResponse(_message.Message):
+    """The coordinator's view of its nodes (its word: nothing here is signed)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COORDINATOR_TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
+    CLOCK_TOLERANCE_MS_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    coordinator_time_unix_ms: _builtins.int
+    """The coordinator's clock when it answered (milliseconds since the Unix epoch, UTC)."""
+    clock_tolerance_ms: _builtins.int
+    """The largest clock offset, either way, at which a node still answers
+    queries (milliseconds).
+    """
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeState]:
+        """One row per active node, sorted by node id."""
+
+    def __init__(
+        self,
+        *,
+        coordinator_time_unix_ms: _builtins.int = ...,
+        clock_tolerance_ms: _builtins.int = ...,
+        nodes: _abc.Iterable[Global___NodeState] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock_tolerance_ms", b"clock_tolerance_ms", "coordinator_time_unix_ms", b"coordinator_time_unix_ms", "nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
+
+@_typing.final
+class NodeState(_message.Message):
+    """One node as the coordinator sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    CLOCK_OFFSET_MS_FIELD_NUMBER: _builtins.int
+    CLOCK_KNOWN_FIELD_NUMBER: _builtins.int
+    LAST_STATEMENT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    SESSION_OPENED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """The node's member id."""
+    connected: _builtins.bool
+    """Whether the node has a live session now."""
+    clock_offset_ms: _builtins.int
+    """The node's clock minus the coordinator's at its newest Hello
+    (milliseconds; positive = the node runs ahead); meaningful only when
+    `clock_known`.
+    """
+    clock_known: _builtins.bool
+    """Whether the node has sent a Hello with its clock since the coordinator started."""
+    last_statement_unix_ms: _builtins.int
+    """When the coordinator received the node's newest verified budget statement
+    (milliseconds since the Unix epoch, UTC, coordinator's clock); 0 if none.
+    """
+    session_opened_unix_ms: _builtins.int
+    """When the node's current (or last) session opened (ms since the Unix epoch); 0 if never."""
+    software_version: _builtins.str
+    """The node software's version string from its newest Hello."""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        connected: _builtins.bool = ...,
+        clock_offset_ms: _builtins.int = ...,
+        clock_known: _builtins.bool = ...,
+        last_statement_unix_ms: _builtins.int = ...,
+        session_opened_unix_ms: _builtins.int = ...,
+        software_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock_known", b"clock_known", "clock_offset_ms", b"clock_offset_ms", "connected", b"connected", "last_statement_unix_ms", b"last_statement_unix_ms", "node_id", b"node_id", "session_opened_unix_ms", b"session_opened_unix_ms", "software_version", b"software_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeState: _TypeAlias = NodeState  # noqa: Y015
 
 @_typing.final
 class NodeAnswer(_message.Message):

@@ -130,6 +130,11 @@ class AnalystStub:
                 request_serializer=fedscreen_dot_v1_dot_federation__pb2.BudgetsRequest.SerializeToString,
                 response_deserializer=fedscreen_dot_v1_dot_federation__pb2.BudgetsResponse.FromString,
                 _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/fedscreen.v1.Analyst/Status',
+                request_serializer=fedscreen_dot_v1_dot_federation__pb2.StatusRequest.SerializeToString,
+                response_deserializer=fedscreen_dot_v1_dot_federation__pb2.StatusResponse.FromString,
+                _registered_method=True)
 
 
 class AnalystServicer:
@@ -153,6 +158,15 @@ class AnalystServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Status(self, request, context):
+        """The coordinator's view of its nodes for its operator: who is connected,
+        each node's clock offset and how old its newest budget statement is. The
+        coordinator itself (its operator), analysts and auditors may call it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalystServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +179,11 @@ def add_AnalystServicer_to_server(servicer, server):
                     servicer.Budgets,
                     request_deserializer=fedscreen_dot_v1_dot_federation__pb2.BudgetsRequest.FromString,
                     response_serializer=fedscreen_dot_v1_dot_federation__pb2.BudgetsResponse.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=fedscreen_dot_v1_dot_federation__pb2.StatusRequest.FromString,
+                    response_serializer=fedscreen_dot_v1_dot_federation__pb2.StatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +241,33 @@ class Analyst:
             '/fedscreen.v1.Analyst/Budgets',
             fedscreen_dot_v1_dot_federation__pb2.BudgetsRequest.SerializeToString,
             fedscreen_dot_v1_dot_federation__pb2.BudgetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscreen.v1.Analyst/Status',
+            fedscreen_dot_v1_dot_federation__pb2.StatusRequest.SerializeToString,
+            fedscreen_dot_v1_dot_federation__pb2.StatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

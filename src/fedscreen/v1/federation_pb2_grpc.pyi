@@ -78,6 +78,11 @@ class AnalystStub:
     disconnects), so an analyst can plan queries against what each node has
     left before spending anything. Analysts and auditors may call it.
     """
+    Status: _aio.UnaryUnaryMultiCallable[_federation_pb2.StatusRequest, _federation_pb2.StatusResponse]
+    """The coordinator's view of its nodes for its operator: who is connected,
+    each node's clock offset and how old its newest budget statement is. The
+    coordinator itself (its operator), analysts and auditors may call it.
+    """
 
 class AnalystServicer(metaclass=_abc_1.ABCMeta):
     """Analysts submit signed queries and receive signed releases."""
@@ -101,6 +106,17 @@ class AnalystServicer(metaclass=_abc_1.ABCMeta):
         """The newest signed budget statement of every node (kept after a node
         disconnects), so an analyst can plan queries against what each node has
         left before spending anything. Analysts and auditors may call it.
+        """
+
+    @_abc_1.abstractmethod
+    def Status(
+        self,
+        request: _federation_pb2.StatusRequest,
+        context: _aio.ServicerContext[_federation_pb2.StatusRequest, _abc.Awaitable[_federation_pb2.StatusResponse]],
+    ) -> _abc.Awaitable[_federation_pb2.StatusResponse]:
+        """The coordinator's view of its nodes for its operator: who is connected,
+        each node's clock offset and how old its newest budget statement is. The
+        coordinator itself (its operator), analysts and auditors may call it.
         """
 
 def add_AnalystServicer_to_server(servicer: AnalystServicer, server: _aio.Server) -> None: ...

@@ -1,0 +1,103 @@
+"""The node's query worker: one thread that owns the node's SQLite connection.
+
+The agent (:mod:`fedscreen.node.agent`) hands it queries to answer or refuse and
+asks it for budget statements; all of them run in arrival order on this thread,
+so the agent's event loop never waits on SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from fedscreen.node import store
+from fedscreen.node.engine import record_refusal
+from fedscreen.node.home import NodeConfig
+from fedscreen.node.requests import handle_query
+from fedscreen.node.statement import sign_statement, statement_body
+from fedscreen.policy import Policy
+from fedscreen.trust.manifest import Manifest
+
+__all__ = ["QueryWorker"]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class QueryWorker:
+    """Runs :func:`handle_query` on one dedicated thread that owns the node's SQLite connection.
+
+    One thread is enough: answering takes SQLite's write lock (BEGIN IMMEDIATE)
+    anyway, so queries at one node run one at a time whatever the thread count.
+    """
+
+    def __init__(self, config: NodeConfig, policy: Policy, manifest: Manifest) -> None:
+        self.config = config
+        self.policy = policy
+        self.manifest = manifest
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"node-{config.node_id}"
+        )
+        # opened lazily on the worker thread and only ever used there
+        self._conn: sqlite3.Connection | None = None
+        #: issue time of the last budget statement (ms); each next one is strictly later
+        self._issued_ms = 0
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = store.connect(self.config.database)
+        return self._conn
+
+    def _answer(self, envelope: bytes, now_ms: int) -> bytes:
+        conn = self._connection()
+        return handle_query(
+            self.config, self.policy, self.manifest, envelope, conn=conn, now_ms=now_ms
+        )
+
+    def _refuse(self, query_id: str, reason: str) -> None:
+        # the query is refused before it is verified: its analyst is not known yet
+        record_refusal(
+            self.config, self._connection(), analyst="(unverified)", query=query_id, reason=reason
+        )
+
+    def _statement(self) -> bytes:
+        # strictly increasing issue times order this process's statements even within
+        # one millisecond: the coordinator keeps the newest by issue time
+        self._issued_ms = max(_now_ms(), self._issued_ms + 1)
+        body = statement_body(
+            self._connection(), self.policy, self.config.node_id, now_ms=self._issued_ms
+        )
+        return sign_statement(body, key=self.config.signing_key())
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def answer(self, envelope: bytes, *, now_ms: int) -> bytes:
+        """The signed answer envelope; raises QueryRefused (already recorded by the node).
+
+        ``now_ms`` is the node's clock, against which the query's freshness is checked.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._answer, envelope, now_ms)
+
+    async def refuse(self, query_id: str, reason: str) -> None:
+        """Record (in the ledger and the node's log) a query refused before it ran."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._refuse, query_id, reason)
+
+    async def statement(self) -> bytes:
+        """A signed budget statement of the ledger after every charge queued before it."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._statement)
+
+    def close(self) -> None:
+        """Finish the query running (if any), close the connection, stop the thread."""
+        with contextlib.suppress(RuntimeError):  # already shut down
+            self._executor.submit(self._close)
+        self._executor.shutdown(wait=True)
