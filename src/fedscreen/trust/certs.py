@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -213,10 +213,14 @@ def verify_request(request: Mapping[str, Any]) -> CertRequest:
         csr = x509.load_pem_x509_csr(fields["csr"].encode("ascii"))
     except (ValueError, UnicodeEncodeError):
         raise VerificationError("request csr is not a PEM certificate request") from None
-    # RFC 2986 §3: the CSR is signed by the private key of the public key it carries.
-    if not csr.is_signature_valid:
+    try:
+        # RFC 2986 §3: the CSR is signed by the private key of the public key it carries.
+        # Both raise ValueError on a key that does not decode (a point off the curve).
+        valid, key = csr.is_signature_valid, csr.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        raise VerificationError("the CSR's public key is malformed") from None
+    if not valid:
         raise VerificationError("the CSR's signature does not verify (TLS key not proven)")
-    key = csr.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise VerificationError("the CSR's key must be an EC P-256 key")
     signed_claims = _csr_claims(csr)
@@ -225,7 +229,10 @@ def verify_request(request: Mapping[str, Any]) -> CertRequest:
     )
     if signed_claims != wanted:
         raise VerificationError("the request's fields differ from the claims signed in its CSR")
-    cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    try:
+        cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except ValueError as exc:
+        raise VerificationError(f"the CSR's subject is malformed: {exc}") from None
     if len(cns) != 1 or cns[0].value != member_id:
         raise VerificationError(f"the CSR's subject CN does not carry member id {member_id!r}")
     try:

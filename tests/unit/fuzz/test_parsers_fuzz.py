@@ -347,3 +347,15 @@ def test_bundle_reader_serves_or_refuses(tmp_path: Path, data: bytes) -> None:
     path = tmp_path / "bundle.json"
     path.write_bytes(data)
     served_or_refused(lambda: read_bundle(path), BundleError)
+
+
+def test_a_csr_whose_key_is_off_the_curve_is_refused(request_doc: dict[str, Any]) -> None:
+    """Found by the property above: one flipped bit in the EC point (04 -> 84) made
+    ``is_signature_valid`` raise ValueError("Invalid key"); one in the curve's OID,
+    UnsupportedAlgorithm."""
+    for before, after in [("DQgAE", "DQgCE"), ("\nzj0DAQc", "\nzj0DAQd")]:  # point; curve
+        doc = dict(request_doc)
+        doc["csr"] = doc["csr"].replace(before, after, 1)
+        assert doc["csr"] != request_doc["csr"]
+        with pytest.raises(VerificationError):
+            verify_request(doc)
