@@ -155,7 +155,6 @@ class QuerySpec:
         return spec
 
 
-
 def check_size(spec: QuerySpec) -> None:
     """Refuse a spec whose conditions nest deeper than ``MAX_NESTING`` levels of AND/OR/NOT
     or hold more than ``MAX_CONDITIONS`` comparisons. Iterative: safe on any tree."""

@@ -56,39 +56,23 @@ PERIOD_COLUMN: Final = "academic_year"
 #: longest query text accepted (characters); also bounds ``--file`` reads
 MAX_SQL_CHARS: Final = 4_000
 
+
 # the pre-scan's view of sqlglot's tokens: what opens and closes a level of nesting,
 # the prefix operators that nest without brackets (NOT NOT x, - - 1, INTERVAL INTERVAL),
-# what ends such a run, and what a binary minus or NOT follows
-_OPENING: Final = frozenset(
-    {TokenType.L_PAREN, TokenType.L_BRACKET, TokenType.L_BRACE, TokenType.CASE}
+# what ends such a run, and what a binary minus or NOT follows. By name, as sqlglot
+# releases rename some (TILDA became TILDE) and add others (XOR).
+def _token_types(*names: str) -> frozenset[TokenType]:
+    return frozenset(TokenType[name] for name in names if name in TokenType.__members__)
+
+
+_OPENING: Final = _token_types("L_PAREN", "L_BRACKET", "L_BRACE", "CASE")
+_CLOSING: Final = _token_types("R_PAREN", "R_BRACKET", "R_BRACE", "END")
+_PREFIX: Final = _token_types(
+    "NOT", "DASH", "PLUS", "TILDE", "TILDA", "PIPE_SLASH", "DPIPE_SLASH", "INTERVAL"
 )
-_CLOSING: Final = frozenset(
-    {TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.R_BRACE, TokenType.END}
-)
-_PREFIX: Final = frozenset(
-    {
-        TokenType.NOT,
-        TokenType.DASH,
-        TokenType.PLUS,
-        TokenType.TILDE,
-        TokenType.PIPE_SLASH,
-        TokenType.DPIPE_SLASH,
-        TokenType.INTERVAL,
-    }
-)
-_CONNECTIVES: Final = frozenset({TokenType.AND, TokenType.OR, TokenType.XOR})
-_OPERANDS: Final = frozenset(
-    {
-        TokenType.NUMBER,
-        TokenType.STRING,
-        TokenType.VAR,
-        TokenType.IDENTIFIER,
-        TokenType.STAR,
-        TokenType.NULL,
-        TokenType.TRUE,
-        TokenType.FALSE,
-        *_CLOSING,
-    }
+_CONNECTIVES: Final = _token_types("AND", "OR", "XOR")
+_OPERANDS: Final = _CLOSING | _token_types(
+    "NUMBER", "STRING", "VAR", "IDENTIFIER", "STAR", "NULL", "TRUE", "FALSE"
 )
 
 _COMPARISON_OPS: Final[dict[type[exp.Expression], str]] = {
