@@ -65,6 +65,7 @@ from fedscreen.v1 import federation_pb2_grpc as pb_grpc
 SRC = Path(__file__).resolve().parents[2] / "src"
 CLI = [sys.executable, "-m", "fedscreen.cli.main"]
 SLOWNODE = Path(__file__).resolve().parents[1] / "slownode.py"
+SKEWNODE = Path(__file__).resolve().parents[1] / "skewnode.py"
 YEAR = "2024-2025"
 COORDINATOR = "coordinator"
 NODES = ("130104", "130105", "130107")
@@ -157,7 +158,7 @@ class Federation:
         """How many sessions the node's current process has had welcomed."""
         return int(json.loads(self.ready_files[node_id].read_text(encoding="utf-8"))["session"])
 
-    def start_node(self, node_id: str, *, delay_ms: int = 0) -> None:
+    def start_node(self, node_id: str, *, delay_ms: int = 0, skew_ms: int = 0) -> None:
         """Start a node process and wait until the coordinator has welcomed it."""
         self.started += 1
         ready = self.root / f"{node_id}.{self.started}.ready"
@@ -165,6 +166,8 @@ class Federation:
         serve = (
             [sys.executable, str(SLOWNODE), str(delay_ms)] if delay_ms else [*CLI, "node", "serve"]
         )
+        if skew_ms:  # the clock skew likewise, by tests/skewnode.py
+            serve = [sys.executable, str(SKEWNODE), str(skew_ms)]
         log_path = self.root / f"{node_id}.log"
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
@@ -182,9 +185,16 @@ class Federation:
         proc.kill()
         proc.wait(timeout=READY_TIMEOUT_S)
 
-    def restart_node(self, node_id: str, *, delay_ms: int = 0) -> None:
+    def restart_node(self, node_id: str, *, delay_ms: int = 0, skew_ms: int = 0) -> None:
         self.kill_node(node_id)
-        self.start_node(node_id, delay_ms=delay_ms)
+        self.start_node(node_id, delay_ms=delay_ms, skew_ms=skew_ms)
+
+    def refusals(self, node_id: str) -> int:
+        conn = self.db(node_id)
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM query_refusal").fetchone()[0])
+        finally:
+            conn.close()
 
     def stop_all(self) -> None:
         procs = [*self.nodes.values(), *([self.coordinator] if self.coordinator else [])]
@@ -444,6 +454,59 @@ def test_nodes_redial_a_restarted_coordinator(fed: Federation) -> None:
         return await _submit(fed, envelope)
 
     assert _verified(fed, query, run(scenario))["answered"] == sorted(NODES)
+
+
+def test_node_with_a_skewed_clock_shows_its_offset_and_says_why_it_refuses(
+    fed: Federation,
+) -> None:
+    skewed = NODES[1]
+    # 20 s ahead: more than the coordinator's default wait (10 s), within the tolerance
+    # (60 s). The node reads the coordinator's deadline through its offset and answers.
+    fed.restart_node(skewed, skew_ms=20_000)
+    query, envelope = _query(fed)
+
+    async def ask(envelope: bytes = envelope) -> Submitted:
+        return await _submit(fed, envelope, deadline_ms=0)
+
+    assert _verified(fed, query, run(ask))["answered"] == sorted(NODES)
+
+    # 120 s ahead: outside the tolerance (but inside the 5 min freshness window, so only
+    # the clock check can refuse it). Both ends see the offset; the refusal says why.
+    fed.restart_node(skewed, skew_ms=120_000)
+    coordinator = _cli(
+        "coordinator", "status", "--home", str(fed.coordinator_home), "--coordinator", fed.address
+    )
+    assert coordinator.returncode == 1, coordinator.stdout + coordinator.stderr
+    row = next(line for line in coordinator.stdout.splitlines() if line.startswith(skewed))
+    assert " connected " in row, coordinator.stdout
+    assert "+120." in row, coordinator.stdout
+    assert "(ahead) !" in row, coordinator.stdout
+    other = next(line for line in coordinator.stdout.splitlines() if line.startswith(NODES[0]))
+    assert "!" not in other, coordinator.stdout
+    assert "s ago" in other, coordinator.stdout  # its newest budget statement
+    node = _cli("node", "status", "--home", str(fed.node_home(skewed)))
+    assert node.returncode == 0, node.stderr
+    assert "clock offset +120." in node.stdout
+    assert "REFUSING EVERY QUERY" in node.stdout
+    offset = json.loads(fed.ready_files[skewed].read_text(encoding="utf-8"))["clock_offset_ms"]
+    assert 119_000 <= offset <= 121_000
+
+    refusals = fed.refusals(skewed)
+    query, envelope = _query(fed)
+    body = _verified(fed, query, run(lambda: ask(envelope)))
+    assert body["missing"] == [skewed]
+    reason = body["missing_reasons"][skewed]
+    assert reason.startswith("refused: clock offset +120."), reason
+    assert "exceeds the tolerance of ±60 s" in reason
+    # recorded in the node's own log, not only sent
+    assert fed.refusals(skewed) == refusals + 1
+    node_log = (fed.root / f"{skewed}.log").read_text(encoding="utf-8")
+    assert "EVERY QUERY WILL BE REFUSED" in node_log
+    assert f"node {skewed}: clock offset +120." in fed.coordinator_log.read_text(encoding="utf-8")
+
+    fed.restart_node(skewed)
+    fresh, fresh_envelope = _query(fed)
+    assert _verified(fed, fresh, run(lambda: ask(fresh_envelope)))["answered"] == sorted(NODES)
 
 
 def test_backoff_grows_with_jitter_and_stays_bounded() -> None:

@@ -6,6 +6,7 @@ their signed answers into a signed release and logs all of it::
     fedscreen coordinator init --home coord --id coordinator --name 河北省协调服务
     fedscreen pki issue --dir AUTHORITY --home coord
     fedscreen coordinator serve --home coord --listen 0.0.0.0:7443
+    fedscreen coordinator status --home coord --coordinator 127.0.0.1:7443
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from fedscreen.audit.bundle import write_bundle
 from fedscreen.coordinator.core import export_log, init_coordinator
 from fedscreen.coordinator.server import Listening, serve
 from fedscreen.errors import ConfigError
+from fedscreen.rpc import client
+from fedscreen.rpc.clock import clock_refusal, describe_offset
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -51,6 +55,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--ready-file", type=Path, help="once listening, write the address here (JSON)"
     )
     serve_cmd.set_defaults(func=run_serve)
+
+    status = coord_sub.add_parser(
+        "status", help="the running coordinator's nodes: link, clock offset, statement age"
+    )
+    status.add_argument("--home", type=Path, required=True)
+    status.add_argument("--coordinator", required=True, help="the coordinator's HOST:PORT")
+    status.set_defaults(func=run_status)
 
     export = coord_sub.add_parser(
         "export", help="write the coordinator's log as an audit bundle (fedscreen audit verify)"
@@ -115,3 +126,34 @@ def run_export(args: argparse.Namespace) -> int:
         f"{len(log.checkpoints)} checkpoints of {log.origin}"
     )
     return 0
+
+
+def _age(at_ms: int, now_ms: int) -> str:
+    return "-" if at_ms <= 0 else f"{max(now_ms - at_ms, 0) / 1000:.0f} s ago"
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """``fedscreen coordinator status``: exit 1 if a connected node's clock is out of tolerance."""
+    view = asyncio.run(client.status(args.home, args.coordinator))
+    now = view.coordinator_time_ms
+    skew = time.time() * 1000 - now
+    print(
+        f"coordinator at {args.coordinator}: {sum(n.connected for n in view.nodes)} of "
+        f"{len(view.nodes)} nodes connected; clock tolerance ±{view.clock_tolerance_ms // 1000} s"
+        + (f" (this machine's clock differs by {skew / 1000:+.1f} s)" if abs(skew) > 5000 else "")
+    )
+    print(f"{'node':<12} {'link':<13} {'clock offset':<22} {'last statement':<15} software")
+    bad = 0
+    for n in view.nodes:
+        offset = "unknown" if n.clock_offset_ms is None else describe_offset(n.clock_offset_ms)
+        if clock_refusal(n.clock_offset_ms, view.clock_tolerance_ms) is not None:
+            offset += " !"
+            bad += n.connected
+        link = "connected" if n.connected else "disconnected"
+        print(
+            f"{n.node_id:<12} {link:<13} {offset:<22} {_age(n.statement_at_ms, now):<15} "
+            f"{n.software_version or '-'}"
+        )
+    if bad:
+        print(f"{bad} connected node(s) outside the clock tolerance (!) refuse every query")
+    return 1 if bad else 0

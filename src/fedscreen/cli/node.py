@@ -17,7 +17,7 @@ from fedscreen.node.engine import QueryRequest, answer_query, now
 from fedscreen.node.home import init_home, load_config
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.node.reader import ENCODINGS
-from fedscreen.node.status import NodeStatus, node_status
+from fedscreen.node.status import NodeStatus, node_status, read_link
 from fedscreen.protocol.budget import from_micro, to_micro
 
 
@@ -125,6 +125,20 @@ def run_status(args: argparse.Namespace) -> int:
         f"node {config.node_id} ({config.name}), county {config.county_code}, "
         f"data version {status.data_version}\n"
     )
+    link = read_link(config.home)
+    if link is None:
+        print("link: never connected (fedscreen node serve records it)\n")
+    else:
+        ms = link.clock_offset_ms
+        offset = "unknown" if ms is None else f"{ms / 1000:+.1f} s"
+        state = "connected to" if link.connected else "last connected to"
+        print(
+            f"link: {state} {link.coordinator}; clock offset {offset} "
+            f"(tolerance ±{link.clock_tolerance_ms // 1000} s)"
+        )
+        if link.refusing:
+            print(f"  REFUSING EVERY QUERY: {link.refusing}")
+        print()
     print_status(status)
     return 0
 

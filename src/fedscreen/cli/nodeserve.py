@@ -36,8 +36,13 @@ def add_serve_parser(node_sub: argparse._SubParsersAction[argparse.ArgumentParse
     serve.set_defaults(func=run_serve)
 
 
-def run_serve(args: argparse.Namespace, *, unsafe_test_answer_delay_ms: int = 0) -> int:
-    """``fedscreen node serve`` (tests inject an answer delay; the command line cannot)."""
+def run_serve(
+    args: argparse.Namespace,
+    *,
+    unsafe_test_answer_delay_ms: int = 0,
+    unsafe_test_clock_skew_ms: int = 0,
+) -> int:
+    """``fedscreen node serve`` (tests inject a delay or a clock skew; the command line cannot)."""
 
     def welcomed(event: Welcomed) -> None:
         print(
@@ -53,6 +58,7 @@ def run_serve(args: argparse.Namespace, *, unsafe_test_answer_delay_ms: int = 0)
                     "coordinator": event.coordinator,
                     "session": event.session,
                     "manifest_version": event.manifest_version,
+                    "clock_offset_ms": event.clock_offset_ms,
                 },
             )
 
@@ -64,6 +70,7 @@ def run_serve(args: argparse.Namespace, *, unsafe_test_answer_delay_ms: int = 0)
             stop=stop,
             on_welcome=welcomed,
             unsafe_test_answer_delay_ms=unsafe_test_answer_delay_ms,
+            unsafe_test_clock_skew_ms=unsafe_test_clock_skew_ms,
         )
 
     run_until_signalled(main)
