@@ -75,13 +75,30 @@ def verify_release(
     query: SignedQuery,
     answers: Mapping[str, bytes],
 ) -> VerifiedRelease:
-    """Verify a release of ``query`` and the node answers it was made of."""
+    """Verify a release of ``query`` and the node answers it was made of.
+
+    Anything wrong — a signature, a shape, a number — is a VerificationError, also
+    for a release that is well signed but malformed.
+    """
     coordinators = manifest.keys(role="coordinator")
     payload = verify_envelope(
         Envelope.from_json(envelope), expected_payload_type=RELEASE_V1, trusted_keys=coordinators
     )
+    try:
+        return _verify_release(payload, manifest=manifest, query=query, answers=answers)
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError, RecursionError) as e:
+        raise VerificationError(f"malformed release: {type(e).__name__}") from None
+
+
+def _verify_release(
+    payload: bytes,
+    *,
+    manifest: Manifest,
+    query: SignedQuery,
+    answers: Mapping[str, bytes],
+) -> VerifiedRelease:
     body = json.loads(payload)
-    if body.get("query_id") != query.query_id:
+    if not isinstance(body, dict) or body.get("query_id") != query.query_id:
         raise VerificationError("the release is for another query")
     listed = {a["node_id"]: a for a in body["answers"]}
     if set(listed) != set(answers):

@@ -289,3 +289,30 @@ def test_release_over_malformed_answer_cells_is_refused(answer_body: Any) -> Non
 
 def test_the_valid_release_checks() -> None:
     check_release(RELEASE, QUERY, NODES)
+
+
+def _answers() -> dict[str, bytes]:
+    return {"130102": _sign(ANSWER_V1, ANSWER, NODE).to_json().encode()}
+
+
+@FUZZ
+@given(payloads(RELEASE))
+@example({**RELEASE, "answers": "not a list"})
+@example([RELEASE])
+def test_the_analyst_refuses_a_well_signed_malformed_release(body: Any) -> None:
+    """``fedscreen query`` and ``report run`` verify what the coordinator signed."""
+    from fedscreen.analyst.query import verify_release
+
+    raw = _sign(RELEASE_V1, body, COORDINATOR).to_json().encode()
+    served_or_refused(
+        lambda: verify_release(raw, manifest=MANIFEST, query=QUERY, answers=_answers()),
+        VerificationError,
+    )
+
+
+def test_the_analyst_verifies_the_valid_release() -> None:
+    from fedscreen.analyst.query import verify_release
+
+    raw = _sign(RELEASE_V1, RELEASE, COORDINATOR).to_json().encode()
+    verified = verify_release(raw, manifest=MANIFEST, query=QUERY, answers=_answers())
+    assert verified.body["query_id"] == QUERY.query_id
