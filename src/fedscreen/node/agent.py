@@ -290,7 +290,7 @@ class _Agent:
         if version > self.manifest_version:
             _log.warning(
                 "the coordinator holds manifest version %d, this node %d: "
-                "install the newer manifest (fedscreen identity install)",
+                "install the newer manifest (fedscreen identity update-manifest)",
                 version,
                 self.manifest_version,
             )
@@ -347,8 +347,13 @@ class _Agent:
             await send(pb.NodeMessage(refusal=pb.Refusal(query_id=query_id, reason=refusal)))
             return
         try:
+            # a query queued behind another may start late: the worker checks the
+            # deadline again (in the node's clock) when it takes the query up
+            deadline = request.deadline_unix_ms
             envelope = await self.worker.answer(
-                bytes(request.query_envelope), now_ms=self._now_ms()
+                bytes(request.query_envelope),
+                now_ms=self._now_ms,
+                deadline_ms=deadline + (self.offset_ms or 0) if deadline else None,
             )
         except QueryRefused as refused:
             reason = str(refused)[:MAX_REASON_CHARS]

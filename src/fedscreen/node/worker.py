@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from fedscreen.node import store
@@ -52,10 +53,16 @@ class QueryWorker:
             self._conn = store.connect(self.config.database)
         return self._conn
 
-    def _answer(self, envelope: bytes, now_ms: int) -> bytes:
+    def _answer(self, envelope: bytes, now_ms: Callable[[], int], deadline_ms: int | None) -> bytes:
         conn = self._connection()
         return handle_query(
-            self.config, self.policy, self.manifest, envelope, conn=conn, now_ms=now_ms
+            self.config,
+            self.policy,
+            self.manifest,
+            envelope,
+            conn=conn,
+            now_ms=now_ms(),  # read when the query is taken up, not when it was queued
+            deadline_unix_ms=deadline_ms,
         )
 
     def _refuse(self, query_id: str, reason: str) -> None:
@@ -78,13 +85,19 @@ class QueryWorker:
             self._conn.close()
             self._conn = None
 
-    async def answer(self, envelope: bytes, *, now_ms: int) -> bytes:
+    async def answer(
+        self, envelope: bytes, *, now_ms: Callable[[], int], deadline_ms: int | None = None
+    ) -> bytes:
         """The signed answer envelope; raises QueryRefused (already recorded by the node).
 
-        ``now_ms`` is the node's clock, against which the query's freshness is checked.
+        ``now_ms`` is the node's clock, read when the query is taken up: its freshness
+        and ``deadline_ms`` (the coordinator's deadline in the node's clock) are
+        checked against it, so a query that waited behind another is not started late.
         """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._answer, envelope, now_ms)
+        return await loop.run_in_executor(
+            self._executor, self._answer, envelope, now_ms, deadline_ms
+        )
 
     async def refuse(self, query_id: str, reason: str) -> None:
         """Record (in the ledger and the node's log) a query refused before it ran."""

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Final, NoReturn
 
 import grpc
@@ -50,16 +49,11 @@ from fedscreen.errors import (
     RoleNotPermitted,
     VerificationError,
 )
-from fedscreen.rpc.guard import (
-    DEFAULT_REQUEST_LIMITS,
-    REFUSALS,
-    RequestGuard,
-    RequestLimits,
-    release_abort,
-)
+from fedscreen.rpc.guard import REFUSALS, RequestGuard, release_abort
+from fedscreen.rpc.limits import DEFAULT_LIMITS, TransportLimits, check_positive_limits
 from fedscreen.trust import certs
 from fedscreen.trust.identity import Identity
-from fedscreen.trust.manifest import ROLES, Manifest, Member
+from fedscreen.trust.manifest import ROLES, Manifest, Member, a_role, show_id
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -72,6 +66,7 @@ __all__ = [
     "add_secure_port",
     "authenticate",
     "channel",
+    "check_positive_limits",
     "connect",
     "peer_certificate",
     "peer_member",
@@ -89,105 +84,6 @@ _PEER_CERT_KEY: Final = "x509_pem_cert"
 _SECURITY_TYPE_KEY: Final = "transport_security_type"
 #: longest server-supplied detail text copied into an RpcFailed message (characters)
 MAX_DETAIL_CHARS: Final = 300
-
-
-def check_positive_limits(limits: Any, what: str) -> None:
-    """Every int field of a limits dataclass must be a positive integer (not a bool)."""
-    for f in fields(limits):
-        value = getattr(limits, f.name)
-        if is_dataclass(value):  # nested limits check themselves
-            continue
-        # bool is an int; a True here is a mistake, not 1
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"{what} limit {f.name} must be a positive integer")
-
-
-@dataclass(frozen=True)
-class TransportLimits:
-    """Every size, count and timeout of the transport, with its unit.
-
-    The defaults suit a province: tens to a few hundred nodes, answers of a
-    few KiB, county networks behind NAT and firewalls that drop idle flows.
-    """
-
-    #: largest message a client accepts and anyone sends (bytes): a release with a few
-    #: hundred answers of a few KiB fits; what servers accept is per method (requests)
-    max_message_bytes: int = 8 * 1024 * 1024
-    #: largest header block accepted (bytes)
-    max_metadata_bytes: int = 16 * 1024
-    #: interval between HTTP/2 pings on a connection (ms); below the idle
-    #: timeout of common NAT boxes, so an open node stream keeps its mapping
-    keepalive_time_ms: int = 20_000
-    #: a ping unanswered for this long closes the connection (ms), so a dead
-    #: node's stream is noticed within keepalive_time_ms + keepalive_timeout_ms
-    keepalive_timeout_ms: int = 10_000
-    #: a client gives up establishing a connection (TCP + TLS) after this (ms)
-    connect_timeout_ms: int = 10_000
-    #: a server drops a connection whose TLS handshake takes longer (ms)
-    handshake_timeout_ms: int = 10_000
-    #: ceiling of gRPC's own exponential reconnect backoff inside a channel (ms)
-    max_reconnect_backoff_ms: int = 30_000
-    #: default deadline of a unary call (ms)
-    call_timeout_ms: int = 30_000
-    #: RPCs a server runs at once, streams included (count); more are refused
-    #: with RESOURCE_EXHAUSTED
-    max_concurrent_rpcs: int = 1024
-    #: concurrent streams on one HTTP/2 connection (count)
-    max_concurrent_streams: int = 128
-    #: the largest request each server method accepts (bytes), checked before parsing
-    requests: RequestLimits = field(default=DEFAULT_REQUEST_LIMITS)
-
-    def __post_init__(self) -> None:
-        check_positive_limits(self, "transport")
-
-    @property
-    def call_timeout_s(self) -> float:
-        """:attr:`call_timeout_ms` in seconds, as gRPC's ``timeout=`` wants it."""
-        return self.call_timeout_ms / 1000
-
-    @property
-    def connect_timeout_s(self) -> float:
-        """:attr:`connect_timeout_ms` in seconds."""
-        return self.connect_timeout_ms / 1000
-
-    def _common_options(self) -> list[tuple[str, int]]:
-        return [
-            ("grpc.max_send_message_length", self.max_message_bytes),
-            ("grpc.max_metadata_size", self.max_metadata_bytes),
-            ("grpc.keepalive_time_ms", self.keepalive_time_ms),
-            ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
-            # a node's stream may sit idle for hours between queries; keep pinging
-            ("grpc.keepalive_permit_without_calls", 1),
-        ]
-
-    def channel_options(self) -> list[tuple[str, int]]:
-        """Client channel arguments."""
-        return [
-            *self._common_options(),
-            ("grpc.max_receive_message_length", self.max_message_bytes),
-            # gRPC otherwise stops pinging after 2 pings with no data in between,
-            # which would let a NAT box forget an idle node stream
-            ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.max_reconnect_backoff_ms", self.max_reconnect_backoff_ms),
-        ]
-
-    def server_options(self) -> list[tuple[str, int]]:
-        """Server arguments."""
-        return [
-            *self._common_options(),
-            # gRPC's core refuses anything larger unparsed; RequestGuard does the rest
-            ("grpc.max_receive_message_length", self.requests.largest),
-            # accept clients' keepalive pings at our own rate (with margin for
-            # timer jitter); the default, 5 min, would GOAWAY them as abusive
-            ("grpc.http2.min_ping_interval_without_data_ms", self.keepalive_time_ms // 2),
-            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
-            ("grpc.server_handshake_timeout_ms", self.handshake_timeout_ms),
-            # Linux SO_REUSEPORT would let a second process share our port unnoticed
-            ("grpc.so_reuseport", 0),
-        ]
-
-
-DEFAULT_LIMITS: Final = TransportLimits()
 
 
 # ---------------------------------------------------------------- credentials
@@ -325,7 +221,9 @@ def peer_member(
         raise VerificationError("the connection carries no client certificate")
     member = certs.verify_peer(manifest, pem)
     if member.role not in wanted:
-        raise RoleNotPermitted(f"{member.id!r} is a {member.role}; allowed: {sorted(wanted)}")
+        raise RoleNotPermitted(
+            f"{show_id(member.id)} is {a_role(member.role)}; allowed: {sorted(wanted)}"
+        )
     return member
 
 

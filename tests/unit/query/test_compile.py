@@ -355,7 +355,10 @@ REFUSED: list[tuple[str, str]] = [
         f"SELECT COUNT(*) FROM screenings {Y} AND phq9_total > 'x'",
         "phq9_total is numeric; 'x' is not a number",
     ),
-    (f"SELECT COUNT(*) FROM screenings {Y} AND phq9_total > 1e999", "number out of range for phq9_total: 1e999"),
+    (
+        f"SELECT COUNT(*) FROM screenings {Y} AND phq9_total > 1e999",
+        "number out of range for phq9_total: 1e999",
+    ),
     # too many cells: 12 grades × 2 sexes × 3 locations × 5 age bands
     (
         f"SELECT grade, sex, location, age_band, COUNT(*) FROM screenings {Y} GROUP BY 1, 2, 3, 4",
