@@ -89,12 +89,13 @@ def start_coordinator(work: Path) -> tuple[subprocess.Popen[bytes], str]:
     """``fedscreen coordinator serve`` as a process; its address once it listens."""
     ready = work / "coordinator.ready"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    log = (work / "coordinator.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedscreen.cli.main", "coordinator", "serve",
-         "--home", str(work / "coord"), "--listen", "127.0.0.1:0", "--ready-file", str(ready)],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )  # fmt: skip
+    # the child keeps its own descriptor of the log; this one closes at once
+    with (work / "coordinator.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fedscreen.cli.main", "coordinator", "serve",
+             "--home", str(work / "coord"), "--listen", "127.0.0.1:0", "--ready-file", str(ready)],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not ready.is_file():
         if proc.poll() is not None or time.monotonic() > deadline:

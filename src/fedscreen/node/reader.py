@@ -200,14 +200,15 @@ def _csv_rows(
     try:
         while True:
             line = lines.line + 1
+            row = _next_record(path, lines, reader)
+            if row is None:
+                return
+            # checked once a record is there: a file of exactly MAX_ROWS rows loads
             if line > MAX_ROWS + 1:
                 raise ReadError(
                     Problem(path, line, "-",
                             f"more than {MAX_ROWS} lines after the header; split the export")
                 )  # fmt: skip
-            row = _next_record(path, lines, reader)
-            if row is None:
-                return
             yield line, row
     finally:
         raw.close()

@@ -37,8 +37,11 @@ from fedscreen._util import sqlite
 from fedscreen.node import ledger
 from fedscreen.screening.instruments import instruments
 
-#: page cache per connection, KiB: random student keys make index inserts cache-hungry
-CACHE_KIB: Final = 131_072
+#: page cache per connection, KiB. Random student keys make index inserts cache-hungry,
+#: but the key index of a million students (~40 MiB) mostly fits: 32 MiB keeps a 1 GB
+#: export's ingest, parent and workers together, under 512 MiB (bench_ingest_limits.py)
+#: at 2.1x raw executemany (bench_ingest.py; 2.0x with 128 MiB)
+CACHE_KIB: Final = 32_768
 
 SCREENING_BASE_COLUMNS: Final[dict[str, type]] = {
     "id": int,

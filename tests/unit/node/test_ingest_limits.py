@@ -207,6 +207,18 @@ def test_too_many_lines(
     assert str(error.problems[-1]).startswith(f"{path}:12: -: more than 10 lines")
 
 
+def test_exactly_the_limit_loads(
+    node_home: NodeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of exactly ``MAX_ROWS`` rows, ending in a line break, is not too long."""
+    monkeypatch.setattr(reader, "MAX_ROWS", 10)
+    path = write_csv(tmp_path / "s.csv", _rows(10))
+    assert path.read_bytes().endswith(b"\n")
+    loaded, rejected = ingest_paths(node_home, [path])
+    assert not rejected
+    assert loaded[0].rows == 10
+
+
 def test_problems_are_capped_and_checking_stops(
     node_home: NodeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
