@@ -40,6 +40,8 @@ def read_sql(args: argparse.Namespace) -> str:
     if args.file is None:
         return str(args.sql)
     if args.file == "-":
+        if sys.stdin is None:  # started with standard input closed
+            raise ConfigError("--file -: standard input is closed")
         return read_bounded(sys.stdin.buffer, name="standard input")
     path = Path(args.file)
     try:

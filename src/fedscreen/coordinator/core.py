@@ -37,9 +37,11 @@ from fedscreen.tlog.checkpoint import member_origin
 from fedscreen.tlog.export import LogExport
 from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust.identity import Identity, create_identity, load_identity
-from fedscreen.trust.manifest import Manifest
+from fedscreen.trust.manifest import Manifest, show_id
 
 CONFIG_FILE: Final = "coordinator.toml"
+#: unknown node ids a refusal names before it only counts them
+MAX_NAMED_NODES: Final = 10
 DATABASE_FILE: Final = "coordinator.db"
 ROLE: Final = "coordinator"
 #: the reason a release states for a missing node when the caller gave none
@@ -135,7 +137,11 @@ class Coordinator:
             compile_query(query.spec, self.policy)
         unknown = [n for n in query.nodes if n not in self.node_ids]
         if unknown:
-            raise QueryRefused(f"not active nodes of the federation: {', '.join(unknown)}")
+            # shown by code point (an analyst's terminal must not get raw control characters)
+            named = ", ".join(show_id(n) for n in unknown[:MAX_NAMED_NODES])
+            extra = len(unknown) - MAX_NAMED_NODES
+            more = f" and {extra} more" if extra > 0 else ""
+            raise QueryRefused(f"not active nodes of the federation: {named}{more}")
         self._append(
             {
                 "kind": "request",

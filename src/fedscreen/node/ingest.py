@@ -109,7 +109,9 @@ def ingest_file(
     """Load one export file; raises IngestError (and writes nothing) if any row is bad."""
     name = str(path)
     if not path.is_file():
-        raise IngestError(name, [Problem(name, 0, "-", "no such file")], 1)
+        # a device, FIFO or directory is never an export (and /dev/zero never ends)
+        reason = "not a regular file" if path.exists() else "no such file"
+        raise IngestError(name, [Problem(name, 0, "-", reason)], 1)
     digest = file_digest(path)
     try:
         table = open_table(path, encoding=encoding)

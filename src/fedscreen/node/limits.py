@@ -8,7 +8,8 @@ time and memory, and never makes a message repeat what a student's cells hold:
   so a file whose line breaks were lost costs one line's worth of memory;
 * a field is at most ``MAX_FIELD_CHARS``, a header at most ``MAX_COLUMNS`` cells,
   a file at most ``MAX_ROWS`` lines after the header (blank ones included) and an
-  XLSX workbook at most ``MAX_XLSX_BYTES`` once unzipped;
+  XLSX workbook at most ``MAX_XLSX_BYTES`` once unzipped and ``MAX_XLSX_CELLS`` in its
+  first sheet's extent (checked in the sheet's XML before the sheet is loaded);
 * a row has exactly as many cells as the header, and no field holds a control
   character (NUL and the C0 set except tab; so also no line break inside a cell);
 * after ``MAX_PROBLEMS`` problems checking stops (the file is rejected anyway).
@@ -35,6 +36,10 @@ MAX_COLUMNS: Final = 256
 MAX_ROWS: Final = 1_000_000
 #: bytes of an XLSX workbook's parts once unzipped (the reader holds the sheet in memory)
 MAX_XLSX_BYTES: Final = 128 << 20
+#: cells of the first sheet's extent (last row × last column its cells name): the reader
+#: fills every cell up to there, so one far cell (XFD1048576) would cost gigabytes;
+#: 4 million cells is 90,000 rows of a 45-column export, more than MAX_XLSX_BYTES holds
+MAX_XLSX_CELLS: Final = 4_000_000
 #: problems counted before checking stops; the first ``max_problems`` (config) are shown
 MAX_PROBLEMS: Final = 10_000
 #: rows of a school table (one per school and grade)

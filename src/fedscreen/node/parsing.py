@@ -226,7 +226,10 @@ def _worker(args: WorkerArgs, out: Connection, parent: int) -> None:
 
     def sender() -> None:
         while (message := outbox.get()) is not None:
-            out.send(message)
+            try:
+                out.send(message)
+            except OSError:  # the parent closed the pipe (it stopped the ingest): done
+                os._exit(1)
 
     thread = threading.Thread(target=sender, daemon=True)
     thread.start()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime as dt
+import posixpath
+import re
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from fedscreen.node.limits import (
     MAX_LINE_BYTES,
     MAX_ROWS,
     MAX_XLSX_BYTES,
+    MAX_XLSX_CELLS,
 )
 
 ENCODINGS: Final = ("utf-8", "utf-8-sig", "gb18030")
@@ -228,6 +231,80 @@ def _unzipped_size(path: Path) -> int:
     return total
 
 
+#: the first <sheet> of xl/workbook.xml, and a relationship's id and target
+_FIRST_SHEET: Final = re.compile(rb"<(?:\w+:)?sheet\b[^>]*?\br:id=\"([^\"]+)\"")
+_RELATIONSHIP: Final = re.compile(rb"<(?:\w+:)?Relationship\b[^>]*>")
+_ATTRIBUTE: Final = re.compile(rb"\b(Id|Target)=\"([^\"]*)\"")
+#: a row's or a cell's position in sheet XML: <row r="12"…>, <c r="AB12"…>
+_POSITION: Final = re.compile(rb"<(?:\w+:)?(?:row|c)\b[^>]*?\br=\"([A-Z]{0,3})([0-9]{1,9})\"")
+
+
+def _first_sheet_part(archive: zipfile.ZipFile) -> str | None:
+    """The zip name of the workbook's first sheet (the one read), or None if not found."""
+    try:
+        workbook = archive.read("xl/workbook.xml")
+        rels = archive.read("xl/_rels/workbook.xml.rels")
+    except KeyError:
+        return None
+    first = _FIRST_SHEET.search(workbook)
+    if first is None:
+        return None
+    for element in _RELATIONSHIP.findall(rels):
+        attrs = dict(_ATTRIBUTE.findall(element))
+        if attrs.get(b"Id") == first[1] and b"Target" in attrs:
+            target = attrs[b"Target"].decode("utf-8", "replace")
+            return (
+                target.lstrip("/")
+                if target.startswith("/")
+                else posixpath.normpath(posixpath.join("xl", target))
+            )
+    return None
+
+
+def _extent(archive: zipfile.ZipFile, part: str) -> tuple[int, int]:
+    """The last row and column that the sheet's rows and cells name, read as a stream."""
+    rows = columns = 0
+    tail = b""
+    with archive.open(part) as stream:
+        while block := stream.read(1 << 20):
+            data = tail + block
+            for match in _POSITION.finditer(data):
+                letters, number = match[1], int(match[2])
+                rows = max(rows, number)
+                column = 0
+                for letter in letters:
+                    column = column * 26 + letter - 64
+                columns = max(columns, column)
+            # a tag cut at the block's end is matched again, whole, with the next block
+            tail = data[-512:]
+    return rows, columns
+
+
+def _check_extent(path: Path, name: str) -> None:
+    """Refuse a sheet whose cells name a far row or column before it is loaded."""
+    with zipfile.ZipFile(path) as archive:
+        part = _first_sheet_part(archive)
+        parts = (
+            [part]
+            if part in archive.namelist()
+            else [
+                n
+                for n in archive.namelist()
+                if n.startswith("xl/worksheets/") and n.endswith(".xml")
+            ]
+        )
+        for sheet in parts:
+            rows, columns = _extent(archive, sheet)
+            if columns > MAX_COLUMNS:
+                raise ReadError(Problem(name, 1, "-", f"{columns} columns; at most {MAX_COLUMNS}"))
+            if rows * max(columns, 1) > MAX_XLSX_CELLS:
+                raise ReadError(
+                    Problem(name, 0, "-",
+                            f"the sheet spans {rows} rows × {columns} columns, more than "
+                            f"{MAX_XLSX_CELLS} cells; export it as CSV")
+                )  # fmt: skip
+
+
 def _open_xlsx(path: Path) -> Table:
     name = str(path)
     try:
@@ -242,6 +319,12 @@ def _open_xlsx(path: Path) -> Table:
                     f"workbook larger than {MAX_XLSX_BYTES >> 20} MiB unzipped; "
                     "export it as CSV")
         )  # fmt: skip
+    try:
+        _check_extent(path, name)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise ReadError(
+            Problem(name, 0, "-", f"not a readable .xlsx workbook ({type(exc).__name__})")
+        ) from None
     try:
         workbook = python_calamine.CalamineWorkbook.from_path(name)
         sheet = workbook.get_sheet_by_index(0)

@@ -50,6 +50,10 @@ class HeaderError(Exception):
         self.problems = problems
 
 
+#: a whole number as exports write it: ASCII digits, an optional sign
+_WHOLE: Final = re.compile(r"[+-]?[0-9]{1,18}")
+
+
 def map_header(header: list[str], columns: tuple[Column, ...], path: str) -> dict[str, int]:
     """Column key -> cell index, from English or Chinese header names."""
     aliases = exports.header_aliases(columns + DROPPED_COLUMNS)
@@ -127,11 +131,11 @@ class _Row:
         if not value:
             self.bad(key, "required value missing")
             return None
-        try:
-            number = int(value)
-        except ValueError:
+        # ASCII digits only: int() also reads "٩" and "９", which no export system writes
+        if not _WHOLE.fullmatch(value):
             self.bad(key, f"{shown(value)} is not a whole number")
             return None
+        number = int(value)
         if not low <= number <= high:
             self.bad(key, f"{shown(value)} outside {low}..{high}")
             return None

@@ -44,7 +44,8 @@ def request_epsilon(
     if epsilon is not None:
         if not 0 < epsilon < math.inf:
             raise QueryRefused("epsilon must be a positive number")
-        asked = f"epsilon {epsilon:g}"
+        # repr, not :g — 9.999999999999997e-07 must not print as 1e-06
+        asked = f"epsilon {epsilon!r}"
     else:
         assert accuracy is not None
         if kind == "quantile":

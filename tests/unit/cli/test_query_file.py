@@ -196,3 +196,21 @@ def test_an_endless_pipe_into_the_command(tmp_path: Path) -> None:
             producer.kill()
     assert done.returncode == 1, done.stderr
     assert f"query longer than {MAX_SQL_CHARS} characters" in done.stderr
+
+
+def test_closed_stdin_is_a_clear_error(home: Path) -> None:
+    """``--file -`` with standard input closed (``<&-``): a message, not a traceback."""
+    done = subprocess.run(
+        [sys.executable, "-m", "fedscreen.cli.main", "node", "query", "--home", str(home),
+         "--analyst", "alice", "--epsilon", "0.01", "--file", "-"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        # close fd 0 in the child: Python then starts with sys.stdin = None
+        preexec_fn=lambda: __import__("os").close(0),
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip() == "error: --file -: standard input is closed"
+
+
+def test_an_epsilon_just_below_one_micro_epsilon_is_named_exactly(home: Path) -> None:
+    assert node_query(home, "--epsilon", "9.999999999999997e-07", SQL) == 1
+    assert refusals(home)[-1][1].startswith("epsilon 9.999999999999997e-07 is below 1e-06")

@@ -211,6 +211,24 @@ def test_the_coordinator_refuses_early(fed: Federation) -> None:
         coordinator.close()
 
 
+def test_unknown_nodes_are_named_by_code_point_and_counted(fed: Federation) -> None:
+    """An analyst's terminal never gets raw control or bidi characters back, nor a list
+    of thousands of ids."""
+    coordinator = Coordinator.open(fed.coordinator)
+    try:
+        odd = ["1301\u202e02", "\x1b[31mRED", *(f"9{n:05}" for n in range(5000))]
+        query, envelope = make_query(fed.analyst, SQL, epsilon=0.3, accuracy=None, nodes=odd)
+        with pytest.raises(QueryRefused) as refused:
+            coordinator.accept(envelope, now_ms=query.issued_at_ms)
+        message = str(refused.value)
+        assert "\x1b" not in message
+        assert "\u202e" not in message
+        assert "(U+202E)" in message
+        assert message.endswith("and 4992 more")
+    finally:
+        coordinator.close()
+
+
 def _now() -> int:
     return int(time.time() * 1000)
 

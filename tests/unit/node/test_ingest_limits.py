@@ -310,3 +310,40 @@ def test_lock_is_free_after_a_rejection(node_home: NodeConfig, tmp_path: Path) -
         other.execute("ROLLBACK")
     finally:
         other.close()
+
+
+@pytest.mark.parametrize(
+    ("row", "column", "reason"),
+    [(1_048_575, 0, "the sheet spans 1048576 rows"),
+     (899_999, 3, "the sheet spans 900000 rows"),
+     (3, 16_383, "16384 columns; at most 256")],
+)  # fmt: skip
+def test_xlsx_with_one_far_cell_is_refused_before_it_is_loaded(
+    node_home: NodeConfig, tmp_path: Path, row: int, column: int, reason: str
+) -> None:
+    """A 15 KB workbook with one cell at row 1,048,576 (or column XFD) made the reader
+    allocate the whole range: 1.3 GB, or an abort in the XLSX library."""
+    path = _xlsx(tmp_path / "s.xlsx", _rows(5))
+    book = xlsxwriter.Workbook(str(tmp_path / "far.xlsx"))
+    sheet = book.add_worksheet()
+    columns = {c.key: c.zh for c in exports.SCREENING_COLUMNS}
+    sheet.write_row(0, 0, [columns[k] for k in SCREENING_KEYS])
+    sheet.write(row, column, 1)
+    book.close()
+    assert path.stat().st_size < 100_000
+    start = time.monotonic()
+    error = _reject(node_home, tmp_path / "far.xlsx")
+    assert time.monotonic() - start < 5
+    assert reason in str(error)
+
+
+def test_a_device_is_not_a_regular_file(node_home: NodeConfig) -> None:
+    error = _reject(node_home, Path("/dev/zero"))
+    assert str(error.problems[0]) == "/dev/zero:0: -: not a regular file"
+
+
+@pytest.mark.parametrize("age", ["٩", "１３", "1_3", "+-13"])
+def test_whole_numbers_are_ascii_digits(node_home: NodeConfig, tmp_path: Path, age: str) -> None:
+    path = write_csv(tmp_path / "s.csv", _rows(3, age=age))
+    error = _reject(node_home, path)
+    assert "is not a whole number" in str(error)
