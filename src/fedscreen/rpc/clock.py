@@ -50,8 +50,9 @@ def round_trip_offset_ms(sent_ms: int, coordinator_ms: int, received_ms: int) ->
 
 def describe_offset(offset_ms: int) -> str:
     """``"+120.0 s (ahead)"``, ``"-3.2 s (behind)"``: an offset for people."""
-    direction = "ahead" if offset_ms > 0 else "behind" if offset_ms < 0 else "in step"
-    return f"{offset_ms / 1000:+.1f} s ({direction})"
+    tenths = round(offset_ms / 100)  # what is shown decides the word: never "-0.0 s (behind)"
+    direction = "ahead" if tenths > 0 else "behind" if tenths < 0 else "in step"
+    return f"{tenths / 10:+.1f} s ({direction})"
 
 
 def clock_refusal(offset_ms: int | None, tolerance_ms: int = CLOCK_TOLERANCE_MS) -> str | None:
