@@ -64,8 +64,7 @@ from fedscreen.v1 import federation_pb2_grpc as pb_grpc
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 CLI = [sys.executable, "-m", "fedscreen.cli.main"]
-SLOWNODE = Path(__file__).resolve().parents[1] / "slownode.py"
-SKEWNODE = Path(__file__).resolve().parents[1] / "skewnode.py"
+TESTNODE = Path(__file__).resolve().parents[1] / "testnode.py"
 YEAR = "2024-2025"
 COORDINATOR = "coordinator"
 NODES = ("130104", "130105", "130107")
@@ -162,12 +161,11 @@ class Federation:
         """Start a node process and wait until the coordinator has welcomed it."""
         self.started += 1
         ready = self.root / f"{node_id}.{self.started}.ready"
-        # the answer delay is injected by tests/slownode.py, never read from the environment
-        serve = (
-            [sys.executable, str(SLOWNODE), str(delay_ms)] if delay_ms else [*CLI, "node", "serve"]
-        )
-        if skew_ms:  # the clock skew likewise, by tests/skewnode.py
-            serve = [sys.executable, str(SKEWNODE), str(skew_ms)]
+        # an answer delay or a clock skew is injected by tests/testnode.py, never read from
+        # the environment
+        serve = [*CLI, "node", "serve"]
+        if delay_ms or skew_ms:
+            serve = [sys.executable, str(TESTNODE), str(delay_ms), str(skew_ms)]
         log_path = self.root / f"{node_id}.log"
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
