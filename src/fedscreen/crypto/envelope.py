@@ -179,14 +179,24 @@ def _b64encode(data: bytes) -> str:
 
 
 def _b64decode(value: object, what: str) -> bytes:
-    """Decode canonical standard base64 (RFC 4648 §4), rejecting anything else."""
+    """Decode canonical base64 in the standard (RFC 4648 §4) or the URL-safe (§5) alphabet.
+
+    DSSE requires verifiers to accept both (fedscreen writes only the standard one);
+    either way the encoding must be canonical, padding included, so one value has one
+    spelling per alphabet. Anything else is MalformedEnvelope.
+    """
     if not isinstance(value, str):
         raise MalformedEnvelope(f"{what} must be a base64 string")
+    url_safe = "-" in value or "_" in value
+    if url_safe and ("+" in value or "/" in value):
+        raise MalformedEnvelope(f"{what} mixes the two base64 alphabets")
     try:
-        raw = base64.b64decode(value.encode("ascii"), validate=True)
+        data = value.encode("ascii")
+        raw = base64.b64decode(data, altchars=b"-_" if url_safe else None, validate=True)
     except (UnicodeEncodeError, binascii.Error):
         raise MalformedEnvelope(f"{what} is not valid base64") from None
-    if _b64encode(raw) != value:  # non-zero pad bits or missing padding
+    encoded = base64.urlsafe_b64encode(raw).decode("ascii") if url_safe else _b64encode(raw)
+    if encoded != value:  # non-zero pad bits or missing padding
         raise MalformedEnvelope(f"{what} is not canonical base64")
     return raw
 

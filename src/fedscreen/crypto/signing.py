@@ -14,6 +14,7 @@ import stat
 from pathlib import Path
 from typing import NoReturn
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 import nacl.utils
@@ -105,6 +106,23 @@ class SigningKey:
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("SigningKey cannot be pickled; use save()")
+
+
+def check_public_key(public_key: bytes) -> None:
+    """Refuse an Ed25519 public key that is not a canonical point of prime order.
+
+    libsodium verifies signatures under keys with a low-order component (42 of CCTV's
+    edge cases); other verifiers reject them, so a signer and an auditor could
+    disagree. Admitting only prime-order keys (``crypto_core_ed25519_is_valid_point``:
+    canonical, on the curve, in the main subgroup, not of small order) closes that.
+    """
+    if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_SIZE:
+        raise VerificationError(f"an Ed25519 public key is {PUBLIC_KEY_SIZE} bytes")
+    if not nacl.bindings.crypto_core_ed25519_is_valid_point(public_key):
+        raise VerificationError(
+            "the Ed25519 public key is not a point of prime order (a low-order or "
+            "non-canonical key); make a new key with fedscreen identity init"
+        )
 
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> None:

@@ -49,7 +49,7 @@ from cryptography.x509.oid import NameOID
 
 from fedscreen._util.canonical import canonical_json
 from fedscreen.crypto.envelope import pae, parse_json
-from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, verify_signature
+from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, check_public_key, verify_signature
 from fedscreen.errors import ConfigError, UnknownMember, VerificationError
 from fedscreen.trust.manifest import ROLES, Manifest, Member, show_id
 
@@ -209,6 +209,8 @@ def verify_request(request: Mapping[str, Any]) -> CertRequest:
     proof = _b64(fields["proof"], "proof")
     if len(signing_key) != PUBLIC_KEY_SIZE:
         raise VerificationError(f"request signing_key must be {PUBLIC_KEY_SIZE} bytes")
+    # only prime-order keys are admitted: every verifier agrees on their signatures
+    check_public_key(signing_key)
     try:
         csr = x509.load_pem_x509_csr(fields["csr"].encode("ascii"))
     except (ValueError, UnicodeEncodeError):

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from fedscreen.crypto.signing import verify_signature
+from fedscreen.crypto.signing import check_public_key, verify_signature
 from fedscreen.errors import VerificationError
 
 # Copied unchanged from C2SP/CCTV ed25519/; source, commit and licence in
@@ -95,3 +95,23 @@ def test_edge_case_verdict(case: dict[str, Any] | None) -> None:
     else:
         with pytest.raises(VerificationError):
             verify_signature(key, message, sig)
+
+
+def test_only_prime_order_keys_are_admitted() -> None:
+    """The authority admits a key only if ``check_public_key`` passes: exactly the CCTV
+    keys with no low-order, mixed-order or non-canonical A. So no admitted key can make
+    libsodium accept a signature that a strict verifier refuses."""
+    bad_key = {"low_order_A", "low_order_component_A", "non_canonical_A"}
+    refused = 0
+    for case in _load():
+        key = bytes.fromhex(case["key"])
+        if _flags(case) & bad_key:
+            refused += 1
+            with pytest.raises(VerificationError, match="prime order"):
+                check_public_key(key)
+        else:
+            check_public_key(key)
+            # and under an admitted key libsodium accepts only what the strict rule does
+            if _accepted(case):
+                assert not _flags(case) & {"low_order_component_A"}
+    assert refused > 100

@@ -23,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fedscreen.cli import identity as identity_cli
 from fedscreen.cli import pki as pki_cli
 from fedscreen.crypto.envelope import pae
-from fedscreen.crypto.signing import SigningKey
+from fedscreen.crypto.signing import SigningKey, check_public_key
 from fedscreen.errors import ConfigError, UnknownMember, VerificationError
 from fedscreen.trust import authority, certs
 from fedscreen.trust.identity import Identity, create_identity, install_issued, load_identity
@@ -230,6 +230,21 @@ def test_signing_key_swapped_after_the_csr_is_refused(auth: Path, tmp_path: Path
     der = x509.load_pem_x509_csr(request["csr"].encode()).public_bytes(serialization.Encoding.DER)
     request["proof"] = base64.b64encode(attacker.sign(pae(certs.REQUEST_PROOF_TYPE, der))).decode()
     with pytest.raises(VerificationError, match="claims signed in its CSR"):
+        authority.issue(auth, request)
+    assert authority.current_manifest(auth).version == 0
+
+
+def test_a_mixed_order_signing_key_is_refused(auth: Path, tmp_path: Path) -> None:
+    """A public key with a low-order component (CCTV's case 4 key) is never admitted,
+    whatever else the request holds: libsodium would verify signatures under it that
+    other verifiers reject."""
+    mixed = bytes.fromhex("10eb7c3acfb2bed3e0d6ab89bf5a3d6afddd1176ce4812e38d9fd485058fdb1f")
+    with pytest.raises(VerificationError, match="not a point of prime order"):
+        check_public_key(mixed)
+    ident = create_identity(tmp_path / "n", member_id="130102", role="node", name="x")
+    request = request_of(ident)
+    request["signing_key"] = base64.b64encode(mixed).decode()
+    with pytest.raises(VerificationError, match="not a point of prime order"):
         authority.issue(auth, request)
     assert authority.current_manifest(auth).version == 0
 
