@@ -81,6 +81,26 @@ class LogReport:
     release_digests: set[str] = field(default_factory=set)
     #: node origin -> the largest node checkpoint relayed in an answer (coordinator logs)
     relayed_checkpoints: dict[str, tuple[Checkpoint, str]] = field(default_factory=dict)
+    #: analysts' queries the coordinator accepted and logged (coordinator logs)
+    requests: int = 0
+    #: requests whose query id an earlier request already had (an analyst resubmitted it)
+    resubmissions: int = 0
+    #: requests no release answers (the coordinator stopped before releasing)
+    unreleased: int = 0
+    #: releases with nodes missing (some or all of the nodes asked did not answer)
+    partial_releases: int = 0
+    #: query ids requested
+    requested_ids: set[str] = field(default_factory=set)
+
+    def coordinator_summary(self) -> str:
+        """One line on a coordinator log's requests and releases ("" for a node log)."""
+        if not (self.requests or self.releases):
+            return ""
+        return (
+            f"  {self.requests} requests ({self.resubmissions} resubmitted query ids), "
+            f"{self.releases} releases ({self.partial_releases} partial), "
+            f"{self.unreleased} requests without a release"
+        )
 
     def to_json(self) -> dict[str, Any]:
         """JSON form for ``--json``."""
@@ -92,6 +112,10 @@ class LogReport:
             "answers": self.answers,
             "refusals": self.refusals,
             "releases": self.releases,
+            "requests": self.requests,
+            "resubmissions": self.resubmissions,
+            "unreleased": self.unreleased,
+            "partial_releases": self.partial_releases,
             "node_epsilon": self.node_epsilon,
             "analyst_epsilon": [
                 {"year": y, "analyst": a, "epsilon": e}
@@ -255,9 +279,18 @@ def _check_coordinator_entries(
     report: LogReport,
 ) -> None:
     """Requests, answers and releases: each inner envelope verifies, and each release is
-    exactly the combination of the answers logged before it."""
-    queries: dict[str, SignedQuery] = {}
-    answers: dict[str, dict[str, tuple[bytes, VerifiedAnswer]]] = {}
+    exactly the combination of the answers logged with it.
+
+    The coordinator logs a request when it accepts a query, and the answers it used
+    with their release, in one transaction, answers first. So a release is paired
+    with the answers logged just before it (not all answers ever logged under its
+    id: an analyst may resubmit a query id, answered by fewer or other nodes the
+    second time) and with one earlier, not yet released request of its id. A request
+    may lack a release (the coordinator stopped); answers may not (rolled back).
+    """
+    pending: dict[str, list[SignedQuery]] = {}  # query id -> requests not yet released
+    run: list[tuple[int, str, bytes]] = []  # (index, node, envelope) logged since the last
+    run_id = ""  # query id of the answers in ``run``
     coordinator_keys = {public_key_id(coordinator_key): coordinator_key}
     for index, payload in enumerate(payloads):
         try:
@@ -267,52 +300,125 @@ def _check_coordinator_entries(
             if entry["index"] != index or entry["node_id"] != member_id:
                 raise ValueError(f"says it is entry {entry['index']} of {entry['node_id']}")
             envelope = Envelope.from_json(inner)
+        except (ValueError, KeyError, TypeError, VerificationError) as exc:
+            raise EntryInvalid(f"entry {index}: {exc}", origin=origin, index=index) from None
+        if run and (kind == "request" or query_id != run_id):
+            raise _unreleased(run, origin)
+        try:
             if kind == "request":
                 # freshness was the nodes' concern at the time; offline only the signature counts
-                queries[query_id] = verify_query(
-                    envelope, manifest=manifest, now_ms=0, window_ms=2**62
-                )
+                query = verify_query(envelope, manifest=manifest, now_ms=0, window_ms=2**62)
+                if query.query_id != query_id:
+                    raise ValueError(f"logged as query {query_id!r} but is {query.query_id!r}")
+                report.requests += 1
+                if query_id in report.requested_ids:
+                    report.resubmissions += 1
+                report.requested_ids.add(query_id)
+                pending.setdefault(query_id, []).append(query)
             elif kind == "answer":
                 node = str(entry["node"])
-                verified = verify_answer(
-                    envelope,
-                    manifest=manifest,
-                    node_id=node,
-                    expected_query=queries[query_id].spec,
-                )
-                answers.setdefault(query_id, {})[node] = (inner, verified)
-                report.answers += 1
-                node_origin = member_origin("node", node)
-                known = report.relayed_checkpoints.get(node_origin)
-                if known is None or known[0].size < verified.checkpoint.size:
-                    report.relayed_checkpoints[node_origin] = (
-                        verified.checkpoint,
-                        verified.checkpoint_note,
-                    )
+                if not pending.get(query_id):
+                    raise ValueError("an answer to a query that was not requested")
+                if any(n == node for _, n, _ in run):
+                    raise ValueError(f"a second answer from {node} for the same release")
+                run.append((index, node, inner))
+                run_id = query_id
             elif kind == "release":
                 body = parse_json(
                     verify_envelope(
                         envelope, expected_payload_type=RELEASE_V1, trusted_keys=coordinator_keys
                     )
                 )
-                _check_release(body, queries[query_id], answers.get(query_id, {}))
+                if not isinstance(body, dict):
+                    raise TypeError("a release body is an object")
+                candidates = pending.get(query_id)
+                if not candidates:
+                    raise ValueError(
+                        "a release of a query that was not requested (or was already released)"
+                    )
+                query, verified = _pair_release(index, body, candidates, run, manifest, origin)
+                candidates.remove(query)
+                for node, (_, answer) in verified.items():
+                    known = report.relayed_checkpoints.get(
+                        node_origin := member_origin("node", node)
+                    )
+                    if known is None or known[0].size < answer.checkpoint.size:
+                        report.relayed_checkpoints[node_origin] = (
+                            answer.checkpoint,
+                            answer.checkpoint_note,
+                        )
+                report.answers += len(run)
                 report.releases += 1
+                if body["missing"]:
+                    report.partial_releases += 1
                 report.release_digests.add(hashlib.sha256(inner).hexdigest())
+                run = []
             else:
                 raise ValueError(f"unknown kind {kind!r}")
         except (
             ValueError, KeyError, TypeError, ArithmeticError, VerificationError, QueryRefused
         ) as exc:  # fmt: skip
             raise EntryInvalid(f"entry {index}: {exc}", origin=origin, index=index) from None
+    if run:
+        raise _unreleased(run, origin)
+    report.unreleased = sum(len(queries) for queries in pending.values())
+
+
+def _unreleased(run: list[tuple[int, str, bytes]], origin: str) -> EntryInvalid:
+    first = run[0][0]
+    return EntryInvalid(
+        f"entry {first}: answers logged without their release", origin=origin, index=first
+    )
+
+
+def _pair_release(
+    index: int,
+    body: dict[str, Any],
+    candidates: list[SignedQuery],
+    run: list[tuple[int, str, bytes]],
+    manifest: Manifest,
+    origin: str,
+) -> tuple[SignedQuery, dict[str, tuple[bytes, VerifiedAnswer]]]:
+    """The pending request a release answers, and the answers logged with it, verified:
+    each its node's signed answer to the query; the release names exactly those (by
+    envelope digest) and is their combination. (A resubmitted id is normally the same
+    signed query; of different ones the oldest that fits is used, and the first
+    one's failure reported.)"""
+    failure: EntryInvalid | None = None
+    tried: list[SignedQuery] = []
+    for query in candidates:
+        if query in tried:
+            continue
+        tried.append(query)
+        verified: dict[str, tuple[bytes, VerifiedAnswer]] = {}
+        at = index
+        try:
+            for entry, node, raw in run:
+                at = entry  # the answer a failure is reported at
+                answer = verify_answer(
+                    Envelope.from_json(raw),
+                    manifest=manifest,
+                    node_id=node,
+                    expected_query=query.spec,
+                )
+                verified[node] = (raw, answer)
+            at = index
+            _check_release(body, query, verified)
+        except (ValueError, KeyError, TypeError, VerificationError) as exc:
+            failure = failure or EntryInvalid(f"entry {at}: {exc}", origin=origin, index=at)
+            continue
+        return query, verified
+    assert failure is not None  # candidates is never empty
+    raise failure
 
 
 def _check_release(
     body: dict[str, Any], query: SignedQuery, answers: dict[str, tuple[bytes, VerifiedAnswer]]
 ) -> None:
-    listed = {a["node_id"]: a["envelope_sha256"] for a in body["answers"]}
+    listed = {str(a["node_id"]): a["envelope_sha256"] for a in body["answers"]}
     logged = {n: hashlib.sha256(raw).hexdigest() for n, (raw, _) in answers.items()}
-    if listed != logged or body["query_id"] != query.query_id:
-        raise ValueError("the release names other answers than the log holds")
+    if listed != logged or len(listed) != len(body["answers"]):
+        raise ValueError("the release names other answers than the ones logged with it")
     check_release(body, query, [NodeCells(n, answers[n][1].body) for n in sorted(answers)])
 
 

@@ -153,6 +153,8 @@ def _print_report(report: LogReport) -> None:
         f"{report.origin}: {report.size} entries ({report.answers} answers, "
         f"{report.refusals} refusals), {report.checkpoints} signed checkpoints verified"
     )
+    if summary := report.coordinator_summary():
+        print(summary)
     for year, eps in sorted(report.node_epsilon.items()):
         print(f"  {year}: node spent ε={eps:g}")
         for (y, analyst), spent in sorted(report.analyst_epsilon.items()):
