@@ -7,6 +7,8 @@ trusts the coordinator.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
 
@@ -32,6 +34,22 @@ __all__ = [
 CALL_MARGIN_MS: Final = 5_000
 
 
+@contextlib.asynccontextmanager
+async def _analyst(
+    home: Path, coordinator: str, coordinator_id: str | None, limits: TransportLimits, what: str
+) -> AsyncIterator[pb_grpc.AnalystStub]:
+    """The coordinator's Analyst service over mutual TLS, as the member in ``home``.
+
+    The coordinator's member id is ``coordinator_id`` or the single active
+    coordinator of the member's manifest; a refused call raises RpcFailed.
+    """
+    identity = load_identity(home)
+    peer = coordinator_id or identity.manifest().coordinator()
+    async with transport.channel(identity, coordinator, peer_id=peer, limits=limits) as channel:
+        with transport.rpc_errors(what):
+            yield pb_grpc.AnalystStub(channel)
+
+
 async def submit(
     home: Path,
     coordinator: str,
@@ -41,20 +59,11 @@ async def submit(
     deadline_ms: int = 0,
     limits: TransportLimits = DEFAULT_LIMITS,
 ) -> Submitted:
-    """Submit a signed query as the member in ``home``; raises RpcFailed if refused.
-
-    The coordinator's member id is ``coordinator_id`` or the single active
-    coordinator of the member's manifest.
-    """
-    identity = load_identity(home)
-    peer = coordinator_id or identity.manifest().coordinator()
+    """Submit a signed query as the member in ``home``; raises RpcFailed if refused."""
     timeout_s = (deadline_ms + CALL_MARGIN_MS) / 1000 if deadline_ms > 0 else limits.call_timeout_s
-    async with transport.channel(identity, coordinator, peer_id=peer, limits=limits) as channel:
-        with transport.rpc_errors("submit"):
-            response = await pb_grpc.AnalystStub(channel).Submit(
-                pb.SubmitRequest(query_envelope=query_envelope, deadline_ms=deadline_ms),
-                timeout=timeout_s,
-            )
+    request = pb.SubmitRequest(query_envelope=query_envelope, deadline_ms=deadline_ms)
+    async with _analyst(home, coordinator, coordinator_id, limits, "submit") as stub:
+        response = await stub.Submit(request, timeout=timeout_s)
     return serde.submitted(response)
 
 
@@ -66,13 +75,8 @@ async def budgets(
     limits: TransportLimits = DEFAULT_LIMITS,
 ) -> Statements:
     """Every node's budget statement as the coordinator holds it (not yet verified)."""
-    identity = load_identity(home)
-    peer = coordinator_id or identity.manifest().coordinator()
-    async with transport.channel(identity, coordinator, peer_id=peer, limits=limits) as channel:
-        with transport.rpc_errors("budgets"):
-            response = await pb_grpc.AnalystStub(channel).Budgets(
-                pb.BudgetsRequest(), timeout=limits.call_timeout_s
-            )
+    async with _analyst(home, coordinator, coordinator_id, limits, "budgets") as stub:
+        response = await stub.Budgets(pb.BudgetsRequest(), timeout=limits.call_timeout_s)
     return serde.statements(response)
 
 
@@ -84,11 +88,6 @@ async def status(
     limits: TransportLimits = DEFAULT_LIMITS,
 ) -> CoordinatorStatus:
     """The coordinator's view of its nodes (link, clock offset, newest statement)."""
-    identity = load_identity(home)
-    peer = coordinator_id or identity.manifest().coordinator()
-    async with transport.channel(identity, coordinator, peer_id=peer, limits=limits) as channel:
-        with transport.rpc_errors("status"):
-            response = await pb_grpc.AnalystStub(channel).Status(
-                pb.StatusRequest(), timeout=limits.call_timeout_s
-            )
+    async with _analyst(home, coordinator, coordinator_id, limits, "status") as stub:
+        response = await stub.Status(pb.StatusRequest(), timeout=limits.call_timeout_s)
     return serde.status(response)
