@@ -408,8 +408,10 @@ def _pair_release(
             failure = failure or EntryInvalid(f"entry {at}: {exc}", origin=origin, index=at)
             continue
         return query, verified
-    assert failure is not None  # candidates is never empty
-    raise failure
+    # the caller passes at least one candidate; an empty list is still a refusal
+    raise failure or EntryInvalid(
+        f"entry {index}: a release without a request", origin=origin, index=index
+    )
 
 
 def _check_release(
