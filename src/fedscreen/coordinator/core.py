@@ -215,6 +215,13 @@ class Coordinator:
             )
         return Release(signed, body, {n: v[0] for n, v in verified.items()}, tuple(sorted(lost)))
 
+    def record(self, payload: dict[str, Any]) -> None:
+        """Append one event (a manifest version, quarantine evidence, a readmission) to the log.
+
+        ``payload["kind"]`` names the event; the payload holds no student data.
+        """
+        self._append(payload)
+
     def _append(
         self, payload: dict[str, Any], *, commit: bool = True, checkpoint: bool = True
     ) -> None:

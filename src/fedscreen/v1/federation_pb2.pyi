@@ -100,6 +100,7 @@ class CoordinatorMessage(_message.Message):
     WELCOME_FIELD_NUMBER: _builtins.int
     QUERY_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    MANIFEST_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome:
         """Reply to Hello: the session is accepted."""
@@ -115,18 +116,25 @@ class CoordinatorMessage(_message.Message):
         charged and is returned again, at no cost, if the same query id comes back.
         """
 
+    @_builtins.property
+    def manifest(self) -> Global___ManifestUpdate:
+        """A newer federation manifest (e.g. after a revocation): the node verifies
+        it against its pinned authority key and uses it from the next query on.
+        """
+
     def __init__(
         self,
         *,
         welcome: Global___Welcome | None = ...,
         query: Global___QueryRequest | None = ...,
         cancel: Global___Cancel | None = ...,
+        manifest: Global___ManifestUpdate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "query", b"query", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "manifest", b"manifest", "query", b"query", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "query", b"query", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "manifest", b"manifest", "query", b"query", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["welcome", "query", "cancel"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["welcome", "query", "cancel", "manifest"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -144,6 +152,7 @@ class Hello(_message.Message):
     SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
     ELIGIBLE_STUDENTS_FIELD_NUMBER: _builtins.int
     NODE_TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
+    COORDINATOR_LOG_SIZE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node's member id (e.g. a GB/T 2260 administrative code, "130102")."""
     software_version: _builtins.str
@@ -158,6 +167,10 @@ class Hello(_message.Message):
     epoch, UTC); the coordinator compares it with its own clock to know the
     node's clock offset. 0 from nodes that predate the field.
     """
+    coordinator_log_size: _builtins.int
+    """The size of the coordinator's log in the newest coordinator checkpoint
+    this node has verified (0: none); the Welcome proves consistency from it.
+    """
     def __init__(
         self,
         *,
@@ -165,10 +178,11 @@ class Hello(_message.Message):
         software_version: _builtins.str = ...,
         eligible_students: _builtins.int = ...,
         node_time_unix_ms: _builtins.int = ...,
+        coordinator_log_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible_students", b"eligible_students", "node_id", b"node_id", "node_time_unix_ms", b"node_time_unix_ms", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_log_size", b"coordinator_log_size", "eligible_students", b"eligible_students", "node_id", b"node_id", "node_time_unix_ms", b"node_time_unix_ms", "software_version", b"software_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -182,6 +196,7 @@ class Answer(_message.Message):
 
     QUERY_ID_FIELD_NUMBER: _builtins.int
     ENVELOPE_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_PROOF_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     """The query id from the QueryRequest this answers."""
     envelope: _builtins.bytes
@@ -189,15 +204,23 @@ class Answer(_message.Message):
     application/vnd.fedscreen.answer.v1+json) signed by the node; kept
     verbatim by the coordinator, its log and the release.
     """
+    @_builtins.property
+    def consistency_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """RFC 9162 consistency proof (32-byte hashes) of the node's log from the
+        size in the QueryRequest's `known_log_size` to the size of the checkpoint
+        signed into this answer; empty when `known_log_size` was 0 or equal.
+        """
+
     def __init__(
         self,
         *,
         query_id: _builtins.str = ...,
         envelope: _builtins.bytes = ...,
+        consistency_proof: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "query_id", b"query_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_proof", b"consistency_proof", "envelope", b"envelope", "query_id", b"query_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -290,6 +313,9 @@ class Welcome(_message.Message):
 
     MANIFEST_VERSION_FIELD_NUMBER: _builtins.int
     COORDINATOR_TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
+    COORDINATOR_CHECKPOINT_FIELD_NUMBER: _builtins.int
+    COORDINATOR_CONSISTENCY_PROOF_FIELD_NUMBER: _builtins.int
+    MANIFEST_FIELD_NUMBER: _builtins.int
     manifest_version: _builtins.int
     """The version of the federation manifest the coordinator authenticated the
     node against; a node holding an older manifest should fetch the newer one.
@@ -299,15 +325,32 @@ class Welcome(_message.Message):
     Unix epoch, UTC); the node compares it with its own clock around the
     Hello/Welcome round trip to know its offset. 0 from older coordinators.
     """
+    coordinator_checkpoint: _builtins.str
+    """The coordinator's newest signed checkpoint (C2SP signed note); empty if
+    its log is empty.
+    """
+    manifest: _builtins.bytes
+    """The coordinator's current manifest file (JSON bytes), so a node holding an
+    older version picks up the newer one at once.
+    """
+    @_builtins.property
+    def coordinator_consistency_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """RFC 9162 consistency proof of the coordinator's log from the node's
+        `coordinator_log_size` in its Hello to `coordinator_checkpoint`'s size.
+        """
+
     def __init__(
         self,
         *,
         manifest_version: _builtins.int = ...,
         coordinator_time_unix_ms: _builtins.int = ...,
+        coordinator_checkpoint: _builtins.str = ...,
+        coordinator_consistency_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+        manifest: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_time_unix_ms", b"coordinator_time_unix_ms", "manifest_version", b"manifest_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_checkpoint", b"coordinator_checkpoint", "coordinator_consistency_proof", b"coordinator_consistency_proof", "coordinator_time_unix_ms", b"coordinator_time_unix_ms", "manifest", b"manifest", "manifest_version", b"manifest_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -322,6 +365,8 @@ class QueryRequest(_message.Message):
     QUERY_ID_FIELD_NUMBER: _builtins.int
     QUERY_ENVELOPE_FIELD_NUMBER: _builtins.int
     DEADLINE_UNIX_MS_FIELD_NUMBER: _builtins.int
+    ACADEMIC_YEAR_FIELD_NUMBER: _builtins.int
+    KNOWN_LOG_SIZE_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     """Unique query id (also inside the signed query); answers are idempotent on it."""
     query_envelope: _builtins.bytes
@@ -334,20 +379,55 @@ class QueryRequest(_message.Message):
     UTC) are discarded by the coordinator; a node should not start work it
     cannot finish by then.
     """
+    academic_year: _builtins.str
+    """The academic year every node answers for when the signed spec names
+    none (e.g. "2024-2025"); the coordinator pins one year per query so a
+    provincial figure never sums different years. Empty when the spec names years.
+    """
+    known_log_size: _builtins.int
+    """The size of this node's log in the newest node checkpoint the coordinator
+    has verified (0: none): the answer must prove consistency from it.
+    """
     def __init__(
         self,
         *,
         query_id: _builtins.str = ...,
         query_envelope: _builtins.bytes = ...,
         deadline_unix_ms: _builtins.int = ...,
+        academic_year: _builtins.str = ...,
+        known_log_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_unix_ms", b"deadline_unix_ms", "query_envelope", b"query_envelope", "query_id", b"query_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["academic_year", b"academic_year", "deadline_unix_ms", b"deadline_unix_ms", "known_log_size", b"known_log_size", "query_envelope", b"query_envelope", "query_id", b"query_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QueryRequest: _TypeAlias = QueryRequest  # noqa: Y015
+
+@_typing.final
+class ManifestUpdate(_message.Message):
+    """A newer federation manifest, pushed down every open node stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANIFEST_FIELD_NUMBER: _builtins.int
+    manifest: _builtins.bytes
+    """The manifest file (JSON bytes: authority key and the authority's DSSE
+    envelope), verbatim.
+    """
+    def __init__(
+        self,
+        *,
+        manifest: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManifestUpdate: _TypeAlias = ManifestUpdate  # noqa: Y015
 
 @_typing.final
 class Cancel(_message.Message):
@@ -568,6 +648,9 @@ class NodeState(_message.Message):
     LAST_STATEMENT_UNIX_MS_FIELD_NUMBER: _builtins.int
     SESSION_OPENED_UNIX_MS_FIELD_NUMBER: _builtins.int
     SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
+    QUARANTINED_FIELD_NUMBER: _builtins.int
+    QUARANTINE_REASON_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_SIZE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node's member id."""
     connected: _builtins.bool
@@ -587,6 +670,15 @@ class NodeState(_message.Message):
     """When the node's current (or last) session opened (ms since the Unix epoch); 0 if never."""
     software_version: _builtins.str
     """The node software's version string from its newest Hello."""
+    quarantined: _builtins.bool
+    """Whether the coordinator has quarantined the node (its log shrank, forked
+    or did not prove consistency): its answers are not used until a logged
+    `coordinator readmit`.
+    """
+    quarantine_reason: _builtins.str
+    """Why it is quarantined (one line, no student data); empty when it is not."""
+    checkpoint_size: _builtins.int
+    """The size of the node's log in its newest checkpoint the coordinator verified (0: none)."""
     def __init__(
         self,
         *,
@@ -597,10 +689,13 @@ class NodeState(_message.Message):
         last_statement_unix_ms: _builtins.int = ...,
         session_opened_unix_ms: _builtins.int = ...,
         software_version: _builtins.str = ...,
+        quarantined: _builtins.bool = ...,
+        quarantine_reason: _builtins.str = ...,
+        checkpoint_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock_known", b"clock_known", "clock_offset_ms", b"clock_offset_ms", "connected", b"connected", "last_statement_unix_ms", b"last_statement_unix_ms", "node_id", b"node_id", "session_opened_unix_ms", b"session_opened_unix_ms", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_size", b"checkpoint_size", "clock_known", b"clock_known", "clock_offset_ms", b"clock_offset_ms", "connected", b"connected", "last_statement_unix_ms", b"last_statement_unix_ms", "node_id", b"node_id", "quarantine_reason", b"quarantine_reason", "quarantined", b"quarantined", "session_opened_unix_ms", b"session_opened_unix_ms", "software_version", b"software_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
