@@ -153,6 +153,7 @@ class Hello(_message.Message):
     ELIGIBLE_STUDENTS_FIELD_NUMBER: _builtins.int
     NODE_TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
     COORDINATOR_LOG_SIZE_FIELD_NUMBER: _builtins.int
+    LATEST_ACADEMIC_YEAR_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node's member id (e.g. a GB/T 2260 administrative code, "130102")."""
     software_version: _builtins.str
@@ -171,6 +172,11 @@ class Hello(_message.Message):
     """The size of the coordinator's log in the newest coordinator checkpoint
     this node has verified (0: none); the Welcome proves consistency from it.
     """
+    latest_academic_year: _builtins.str
+    """The newest academic year with screenings loaded at the node (e.g.
+    "2024-2025"; empty if none): public, lets the coordinator pin one year for
+    a query whose spec names none.
+    """
     def __init__(
         self,
         *,
@@ -179,10 +185,11 @@ class Hello(_message.Message):
         eligible_students: _builtins.int = ...,
         node_time_unix_ms: _builtins.int = ...,
         coordinator_log_size: _builtins.int = ...,
+        latest_academic_year: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_log_size", b"coordinator_log_size", "eligible_students", b"eligible_students", "node_id", b"node_id", "node_time_unix_ms", b"node_time_unix_ms", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_log_size", b"coordinator_log_size", "eligible_students", b"eligible_students", "latest_academic_year", b"latest_academic_year", "node_id", b"node_id", "node_time_unix_ms", b"node_time_unix_ms", "software_version", b"software_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
