@@ -137,7 +137,8 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> Non
     if int.from_bytes(signature[32:], "little") >= _GROUP_ORDER:
         raise VerificationError("Ed25519 signature has a non-canonical S")
     try:
-        nacl.signing.VerifyKey(public_key).verify(message, signature)
+        # the binding itself: VerifyKey would re-check the key's type and size per call
+        nacl.bindings.crypto_sign_open(signature + message, public_key)
     except (nacl.exceptions.BadSignatureError, ValueError):
         raise VerificationError("Ed25519 signature does not verify") from None
 
