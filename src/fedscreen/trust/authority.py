@@ -11,6 +11,7 @@ Authority directory::
       authority.pub     its raw public key, base64
       manifest.json     the current signed manifest (the commit point of every change)
       manifests/        every manifest version ever signed, 00000000.json, 00000001.json, ...
+                        each naming its predecessor's digest (a chain: trust.manifest)
       members/<id>.json each member's manifest entry, certificate and request fingerprint
       .lock             serialises issue/revoke
 
@@ -58,6 +59,7 @@ from fedscreen.trust.certs import (
     read_request,
     verify_request,
 )
+from fedscreen.trust.history import HISTORY_DIR, version_name
 from fedscreen.trust.manifest import (
     Manifest,
     Member,
@@ -91,9 +93,10 @@ CA_CERT_FILE: Final = "ca.pem"
 AUTHORITY_KEY_FILE: Final = "authority.key"
 AUTHORITY_PUB_FILE: Final = "authority.pub"
 MANIFEST_FILE: Final = "manifest.json"
-MANIFESTS_DIR: Final = "manifests"
+MANIFESTS_DIR: Final = HISTORY_DIR
 MEMBERS_DIR: Final = "members"
 _LOCK_FILE: Final = ".lock"
+
 
 #: Member ids: also a DNS name in the certificate and a file name at the authority.
 def _ski(key: ec.EllipticCurvePublicKey) -> x509.SubjectKeyIdentifier:
@@ -416,7 +419,7 @@ def _check_admissible(manifest: Manifest, request: CertRequest, *, replace: bool
 
 
 def replace_manifest(manifest: Manifest, *, members: tuple[Member, ...]) -> Manifest:
-    """The next manifest version with these members (sorted by id)."""
+    """The next manifest version with these members (sorted by id), chained to ``manifest``."""
     return Manifest(
         federation=manifest.federation,
         version=manifest.version + 1,
@@ -424,6 +427,7 @@ def replace_manifest(manifest: Manifest, *, members: tuple[Member, ...]) -> Mani
         authority_key=manifest.authority_key,
         members=tuple(sorted(members, key=lambda m: m.id)),
         ca_sha256=manifest.ca_sha256,
+        previous_sha256=manifest.digest,
     )
 
 
@@ -460,7 +464,7 @@ def revoke(authority_dir: Path, member_id: str) -> Manifest:
 def _publish(directory: Path, manifest: Manifest, key: SigningKey) -> None:
     """Sign, keep a numbered copy, then switch ``manifest.json`` (the commit point)."""
     text = sign_manifest(manifest, key=key).encode()
-    write_new_file(directory / MANIFESTS_DIR / f"{manifest.version:08d}.json", text, mode=0o644)
+    write_new_file(directory / MANIFESTS_DIR / version_name(manifest.version), text, mode=0o644)
     replace_file(directory / MANIFEST_FILE, text, mode=0o644)
 
 
@@ -491,5 +495,3 @@ def _locked(directory: Path) -> Iterator[None]:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-

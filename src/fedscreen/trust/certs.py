@@ -111,7 +111,6 @@ _REQUEST_FIELDS: Final = frozenset(
 )
 
 
-
 # ---------------------------------------------------------------- names and claims
 
 

@@ -19,6 +19,7 @@ analyst's or an auditor's)::
       tls.pem         the member's certificate                 (once issued)
       ca.pem          the federation CA certificate            (once issued)
       manifest.json   the latest signed manifest, verbatim     (once issued)
+      manifests/      every manifest version installed here, by version (trust.history)
       authority.pub   the manifest authority's key, pinned at the first install
 """
 
@@ -56,7 +57,8 @@ from fedscreen.trust.certs import (
     request_fingerprint,
     validate_member_fields,
 )
-from fedscreen.trust.manifest import Manifest, parse_manifest
+from fedscreen.trust.history import HISTORY_DIR, MAX_MANIFEST_BYTES, keep_version
+from fedscreen.trust.manifest import Manifest, check_successor, parse_manifest
 
 __all__ = ["Identity", "create_identity", "install_issued", "load_identity", "update_manifest"]
 
@@ -69,8 +71,6 @@ CA_FILE: Final = "ca.pem"
 MANIFEST_FILE: Final = "manifest.json"
 AUTHORITY_PUB_FILE: Final = "authority.pub"
 IDENTITY_FORMAT: Final = "fedscreen-identity/1"
-#: a manifest file larger than this (bytes) is refused
-MAX_MANIFEST_BYTES: Final = 16 * 1024 * 1024
 _KEY_FILES: Final = (SIGNING_KEY_FILE, TLS_KEY_FILE, IDENTITY_FILE, REQUEST_FILE)
 
 
@@ -151,10 +151,16 @@ class Identity:
 
     def manifest(self) -> Manifest:
         """The installed manifest, verified against the pinned authority key."""
+        return self.manifest_file()[0]
+
+    def manifest_file(self) -> tuple[Manifest, bytes]:
+        """The installed manifest and the exact bytes it was verified from (read once,
+        so a concurrent update cannot pair one version's bytes with another's)."""
         pinned = _pinned_key(self.home)
         if pinned is None or not self.manifest_path.is_file():
             raise ConfigError(f"{self.home}: no manifest installed yet: run fedscreen pki issue")
-        return parse_manifest(_read_manifest(self.manifest_path), authority_key=pinned)
+        text = _read_manifest(self.manifest_path)
+        return parse_manifest(text, authority_key=pinned), text
 
 
 def create_identity(
@@ -324,8 +330,12 @@ def install_issued(
 def update_manifest(home: Path, manifest_text: str | bytes) -> Manifest:
     """Install a newer manifest (e.g. after a revocation); returns it.
 
-    It must verify under the pinned authority key, name the installed CA and not
-    be older than the installed manifest. It may mark this member revoked.
+    It must verify under the pinned authority key, name the installed CA, not be
+    older than the installed manifest and, when it is the next version, name the
+    installed one as its predecessor (a rollback or a forked history is refused).
+    A jump over versions is accepted on the authority's signature alone: the
+    versions skipped are not here to check the links against (the auditor, who
+    gets the whole history, checks them). It may mark this member revoked.
     """
     identity = load_identity(home)
     if _pinned_key(identity.home) is None or not identity.ca_path.is_file():
@@ -348,8 +358,13 @@ def _check_manifest(identity: Identity, text: str | bytes, *, ca_sha256: str) ->
                 f"manifest version {manifest.version} is older than the installed "
                 f"version {installed.version}; refusing to roll back"
             )
-        if manifest.version == installed.version and manifest.payload() != installed.payload():
+        if manifest.version == installed.version and manifest.digest != installed.digest:
             raise VerificationError(f"two different manifests claim version {manifest.version}")
+        if manifest.version == installed.version + 1:
+            try:
+                check_successor(installed, manifest)
+            except VerificationError as exc:
+                raise VerificationError(f"{exc}; refusing to install it") from None
     return manifest
 
 
@@ -360,6 +375,8 @@ def _install_manifest(identity: Identity, manifest: Manifest, text: str | bytes)
             base64.b64encode(manifest.authority_key) + b"\n",
         )
     data = text.encode() if isinstance(text, str) else text
+    # kept first: manifest.json is the commit point, and a kept copy is harmless alone
+    keep_version(identity.home / HISTORY_DIR, manifest, data)
     replace_file(identity.manifest_path, data)
 
 

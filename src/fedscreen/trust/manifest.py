@@ -9,14 +9,25 @@ The authority key in the file is a root of trust, like a self-signed CA
 certificate: whoever holds the file trusts that key, and can pin it
 (``authority_key=`` in ``load_manifest``). Revoking a member is a new manifest
 version without it (or with ``revoked = true``); versions only go up.
+
+**The chain.** Each version names its predecessor: ``previous_sha256`` is the
+SHA-256 of the predecessor's signed payload (:attr:`Manifest.digest`), so the
+versions form a hash chain that :func:`verify_history` checks. Version 0 has no
+predecessor. Manifests signed before the chain existed carry no link: such
+*legacy* versions are accepted only as the start of a history (once a version
+names its predecessor, every later one must), so an old authority's history
+still verifies and chains from its first linked version on.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import itertools
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -36,6 +47,9 @@ ROLES: Final = ("node", "coordinator", "analyst", "auditor")
 #: how many unusual characters :func:`show_id` names by code point
 _SHOWN_CODE_POINTS: Final = 8
 MANIFEST_FORMAT: Final = "fedscreen-manifest/1"
+#: the ``kind`` of a log entry recording the manifest version a member starts using
+MANIFEST_ENTRY_KIND: Final = "manifest"
+_SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 
 
 def show_id(value: object) -> str:
@@ -132,8 +146,13 @@ class Manifest:
     members: tuple[Member, ...]
     #: SHA-256 (hex) of the federation CA certificate (DER)
     ca_sha256: str = ""
+    #: :attr:`digest` of the version before this one; None for version 0 and legacy files
+    previous_sha256: str | None = None
     # derived from members; init=False so dataclasses.replace() builds a fresh table
     _by_id: dict[str, Member] = field(default_factory=dict, init=False, compare=False, repr=False)
+    # the payload bytes the authority signed, kept verbatim by parse_manifest (the digest
+    # is over them, not over a re-serialisation); init=False: replace() starts afresh
+    _signed: bytes = field(default=b"", init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         ids = [m.id for m in self.members]
@@ -181,8 +200,10 @@ class Manifest:
         raise UnknownMember(f"no active member has key {key_id}")
 
     def payload(self) -> bytes:
-        """The canonical payload bytes that the authority signs."""
-        body = {
+        """The payload bytes the authority signs (verbatim when parsed from a file)."""
+        if self._signed:
+            return self._signed
+        body: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
             "federation": self.federation,
             "version": self.version,
@@ -190,7 +211,15 @@ class Manifest:
             "ca_sha256": self.ca_sha256,
             "members": [m.to_json() for m in self.members],
         }
+        if self.previous_sha256 is not None:
+            # absent, not null, when unset: a legacy manifest re-signs to the same bytes
+            body["previous_sha256"] = self.previous_sha256
         return canonical_json(body)
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 (hex) of the signed payload: what the next version names as its predecessor."""
+        return hashlib.sha256(self.payload()).hexdigest()
 
 
 def sign_manifest(manifest: Manifest, *, key: SigningKey) -> str:
@@ -239,16 +268,26 @@ def parse_manifest(text: str | bytes, *, authority_key: bytes | None = None) -> 
         members = body["members"]
         if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
             raise ValueError("members must be a list of objects")
-        return Manifest(
+        previous = body.get("previous_sha256")
+        if previous is not None and not (
+            isinstance(previous, str) and _SHA256_HEX.fullmatch(previous)
+        ):
+            raise ValueError("previous_sha256 is not a lowercase hex SHA-256")
+        if previous is not None and version == 0:
+            raise ValueError("version 0 names a predecessor")
+        manifest = Manifest(
             federation=str(body["federation"]),
             version=version,
             issued_at=str(body["issued_at"]),
             authority_key=written,
             members=tuple(Member.from_json(m) for m in members),
             ca_sha256=str(body.get("ca_sha256", "")),
+            previous_sha256=previous,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise VerificationError(f"malformed manifest: {exc}") from None
+    object.__setattr__(manifest, "_signed", payload)
+    return manifest
 
 
 def load_manifest(path: Path, *, authority_key: bytes | None = None) -> Manifest:
@@ -258,3 +297,72 @@ def load_manifest(path: Path, *, authority_key: bytes | None = None) -> Manifest
     except OSError as exc:
         raise VerificationError(f"cannot read manifest {path}: {exc.strerror}") from None
     return parse_manifest(text, authority_key=authority_key)
+
+
+def check_successor(previous: Manifest, manifest: Manifest) -> None:
+    """Raise VerificationError unless ``manifest`` is the version right after ``previous``.
+
+    Same federation and authority, version + 1, and ``previous_sha256`` equal to the
+    predecessor's digest; a legacy (unlinked) version may follow only a legacy one.
+    """
+    if (manifest.federation, manifest.authority_key) != (
+        previous.federation,
+        previous.authority_key,
+    ):
+        raise VerificationError(
+            f"manifest version {manifest.version} belongs to another federation or authority"
+        )
+    if manifest.version != previous.version + 1:
+        raise VerificationError(
+            f"manifest version {manifest.version} does not follow version {previous.version}"
+        )
+    if manifest.previous_sha256 is None:
+        if previous.previous_sha256 is not None:
+            raise VerificationError(
+                f"manifest version {manifest.version} does not name its predecessor, "
+                f"but version {previous.version} does: the chain is broken"
+            )
+    elif manifest.previous_sha256 != previous.digest:
+        raise VerificationError(
+            f"manifest version {manifest.version} does not chain from version "
+            f"{previous.version} (another version {previous.version} was signed, or this "
+            "history was altered)"
+        )
+
+
+def check_chain(manifests: Sequence[Manifest]) -> None:
+    """Raise VerificationError unless ``manifests`` is one unbroken chain, oldest first."""
+    if not manifests:
+        raise VerificationError("an empty manifest history")
+    for previous, manifest in itertools.pairwise(manifests):
+        check_successor(previous, manifest)
+
+
+def verify_history(files: Sequence[str | bytes], authority_key: bytes) -> list[Manifest]:
+    """Verify a manifest history: every file signed by ``authority_key``, versions rising
+    by one, each naming its predecessor's digest. Returns the manifests, oldest first.
+
+    The files may come in any order (they are sorted by version); a gap, a repeated
+    version, a broken link or a foreign signature raises VerificationError.
+    """
+    manifests = sorted(
+        (parse_manifest(text, authority_key=authority_key) for text in files),
+        key=lambda m: m.version,
+    )
+    check_chain(manifests)
+    return manifests
+
+
+def manifest_entry(text: str | bytes, *, authority_key: bytes) -> dict[str, Any]:
+    """The log entry recording that a member starts using this manifest file.
+
+    ``{"kind": "manifest", "version": N, "manifest": <the file's text>}``: the file
+    is verified against ``authority_key`` first and logged verbatim, so an auditor
+    can verify it again from the log alone.
+    """
+    manifest = parse_manifest(text, authority_key=authority_key)
+    try:
+        decoded = text.decode("utf-8") if isinstance(text, bytes) else text
+    except UnicodeDecodeError:
+        raise VerificationError("the manifest file is not UTF-8") from None
+    return {"kind": MANIFEST_ENTRY_KIND, "version": manifest.version, "manifest": decoded}
