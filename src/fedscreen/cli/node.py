@@ -17,6 +17,7 @@ from fedscreen.node.engine import QueryRequest, answer_query, now
 from fedscreen.node.home import init_home, load_config
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.node.reader import ENCODINGS
+from fedscreen.node.rollback import MAX_REASON_CHARS, diagnose, guarded, recover, sync_checkpoint
 from fedscreen.node.status import NodeStatus, node_status, read_link
 from fedscreen.protocol.budget import from_micro, to_micro
 
@@ -78,6 +79,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     budget.add_argument("--home", type=Path, required=True)
     budget.set_defaults(func=run_budget)
 
+    rec = node_sub.add_parser(
+        "recover",
+        help="record in the log that the database was restored from a backup, then run again",
+        description="After a restore the node refuses to run: its database's log is behind "
+        "the checkpoint it saved. This logs the rollback (both checkpoints and your reason), "
+        "charges again the ε spent after the backup (never given back) and re-baselines.",
+    )
+    rec.add_argument("--home", type=Path, required=True)
+    rec.add_argument(
+        "--reason", required=True, help=f"why (logged; at most {MAX_REASON_CHARS} characters)"
+    )
+    rec.set_defaults(func=run_recover)
+
     add_serve_parser(node_sub)
 
 
@@ -93,7 +107,9 @@ def run_init(args: argparse.Namespace) -> int:
 def run_ingest(args: argparse.Namespace) -> int:
     """``fedscreen node ingest``."""
     config = load_config(args.home)
+    sync_checkpoint(config)  # nothing loads into a database restored behind its checkpoint
     loaded, rejected = ingest_paths(config, args.paths, encoding=args.encoding, progress=Progress())
+    sync_checkpoint(config)  # after the commits: should a load be logged, it is saved
     for result in loaded:
         if result.status == "unchanged":
             print(f"{result.path}: already loaded as batch {result.batch_id}; nothing changed")
@@ -139,7 +155,46 @@ def run_status(args: argparse.Namespace) -> int:
         if link.refusing:
             print(f"  REFUSING EVERY QUERY: {link.refusing}")
         print()
+    rolled_back = diagnose(config)
+    if rolled_back is not None:
+        print(f"REFUSING TO RUN: {rolled_back}\n")
+    for r in status.recoveries:
+        print(
+            f"recovered {r.at} from a rolled-back database (log {r.from_size} -> {r.to_size} "
+            f"entries, rollback logged as entry {r.log_index}; ε charged again "
+            f"{from_micro(r.restored_micro):g}): {r.reason}"
+        )
+    if status.recoveries:
+        print()
     print_status(status)
+    return 0
+
+
+def run_recover(args: argparse.Namespace) -> int:
+    """``fedscreen node recover``."""
+    config = load_config(args.home)
+    done = recover(config, reason=args.reason, at=now())
+    print(
+        f"node {config.node_id}: the rollback is logged as entry {done.log_index} "
+        f"(saved checkpoint {done.from_size} entries, database {done.to_size})"
+    )
+    if not done.mirrored:
+        print(
+            "WARNING: no record of the ledger before the restore was found: ε spent after "
+            "the backup is no longer counted (the log entry says so)"
+        )
+    elif done.restored:
+        print("ε spent after the backup, forgotten by it, is charged again (never given back):")
+        table(
+            ["year", "analyst", "ε restored"],
+            [[y, a, f"{from_micro(m):g}"] for (y, a), m in sorted(done.restored.items())],
+        )
+    else:
+        print("the restored ledger had forgotten no ε: nothing to charge again")
+    print(
+        "node serve and node query run again. The coordinator still sees this node's log "
+        "shrink: the province readmits it (fedscreen coordinator readmit)."
+    )
     return 0
 
 
@@ -154,12 +209,9 @@ def run_query(args: argparse.Namespace) -> int:
         accuracy=args.accuracy,
         text=read_sql(args),
     )
-    conn = store.connect(config.database)
-    try:
+    with guarded(config) as conn:
         answer = answer_query(config, policy, request, conn=conn)
         spent = ledger.spent(conn, answer.body["query"]["years"][0], args.analyst)
-    finally:
-        conn.close()
     if args.format == "json":
         print(json.dumps({**answer.body, "cached": answer.cached}, ensure_ascii=False, indent=2))
         return 0
@@ -235,7 +287,9 @@ def run_budget(args: argparse.Namespace) -> int:
     limits = config.policy().limits
     conn = store.connect(config.database)
     try:
+        ledger.ensure_recovery_schema(conn)
         spent = ledger.budget_table(conn)
+        recovered = ledger.recoveries(conn)
     finally:
         conn.close()
     node_budget = to_micro(limits.epsilon_per_node_per_year)
@@ -257,6 +311,11 @@ def run_budget(args: argparse.Namespace) -> int:
         f"analysts {limits.analyst_share:g} of it unless named in the policy"
     )
     table(["year", "analyst", "ε spent", "ε left"], rows)
+    for r in recovered:
+        print(
+            f"recovered {r.at} from a restored database: ε {from_micro(r.restored_micro):g} "
+            "spent after its backup is counted above again"
+        )
     return 0
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from fedscreen._util.files import write_ready_file
 from fedscreen.cli.coordinator import run_until_signalled
 from fedscreen.node.agent import Welcomed, run_node
+from fedscreen.node.home import load_config
+from fedscreen.node.rollback import sync_checkpoint
 
 
 def add_serve_parser(node_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,6 +75,8 @@ def run_serve(
             unsafe_test_clock_skew_ms=unsafe_test_clock_skew_ms,
         )
 
+    # a database restored behind the node's saved checkpoint: refuse before dialing
+    sync_checkpoint(load_config(args.home))
     run_until_signalled(main)
     print("node stopped", flush=True)
     return 0

@@ -13,12 +13,43 @@ returns or raises: no I/O; analysts planning a report run the same function.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Final
 
 from fedscreen.errors import QueryRefused
 from fedscreen.protocol.budget import Spent, from_micro
 
-SCHEMA: Final = """
+#: Recoveries from a restored database (``fedscreen node recover``) and the ε they
+#: carried forward: the spending the restored database forgot, charged again so a
+#: restore never gives budget back (see ``fedscreen.node.rollback``). ``IF NOT EXISTS``:
+#: homes made before these tables get them from :func:`ensure_recovery_schema`.
+RECOVERY_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS node_recovery (
+    recovery_id INTEGER PRIMARY KEY,
+    recovered_at TEXT NOT NULL,
+    from_size INTEGER NOT NULL CHECK (from_size >= 0),
+    to_size INTEGER NOT NULL CHECK (to_size >= 0),
+    log_index INTEGER NOT NULL CHECK (log_index >= 0),
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger_restored (
+    restored_id INTEGER PRIMARY KEY,
+    academic_year TEXT NOT NULL,
+    analyst TEXT NOT NULL,
+    epsilon_micro INTEGER NOT NULL CHECK (epsilon_micro > 0),
+    recovery_id INTEGER NOT NULL REFERENCES node_recovery (recovery_id)
+);
+"""
+
+#: every charge the budget counts: answers' charges and ε restored by a recovery
+_CHARGES: Final = (
+    "(SELECT academic_year, analyst, epsilon_micro FROM ledger_charge "
+    "UNION ALL SELECT academic_year, analyst, epsilon_micro FROM ledger_restored)"
+)
+
+SCHEMA: Final = (
+    """
 CREATE TABLE query_answer (
     answer_id INTEGER PRIMARY KEY,
     cache_key TEXT NOT NULL UNIQUE,
@@ -63,6 +94,8 @@ CREATE TABLE query_refusal (
     refused_at TEXT NOT NULL
 );
 """
+    + RECOVERY_SCHEMA
+)
 
 
 def spent(conn: sqlite3.Connection, year: str, analyst: str) -> Spent:
@@ -70,7 +103,7 @@ def spent(conn: sqlite3.Connection, year: str, analyst: str) -> Spent:
     node_total, analyst_total = conn.execute(
         "SELECT COALESCE(SUM(epsilon_micro), 0), "
         "COALESCE(SUM(CASE WHEN analyst = ? THEN epsilon_micro ELSE 0 END), 0) "
-        "FROM ledger_charge WHERE academic_year = ?",
+        f"FROM {_CHARGES} WHERE academic_year = ?",
         (analyst, year),
     ).fetchone()
     return Spent(year, int(node_total), int(analyst_total))
@@ -153,7 +186,62 @@ def budget_table(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
     return [
         (str(y), str(a), int(m))
         for y, a, m in conn.execute(
-            "SELECT academic_year, analyst, SUM(epsilon_micro) FROM ledger_charge "
+            f"SELECT academic_year, analyst, SUM(epsilon_micro) FROM {_CHARGES} "
             "GROUP BY academic_year, analyst ORDER BY academic_year, analyst"
+        )
+    ]
+
+
+def ensure_recovery_schema(conn: sqlite3.Connection) -> None:
+    """Create the recovery tables in a database made before they existed (else nothing)."""
+    for statement in RECOVERY_SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+@dataclass(frozen=True)
+class RecoveryRecord:
+    """One ``fedscreen node recover``: when, the log sizes, why, and the ε carried forward."""
+
+    at: str
+    from_size: int
+    to_size: int
+    log_index: int
+    reason: str
+    restored_micro: int
+
+
+def record_recovery(
+    conn: sqlite3.Connection,
+    *,
+    at: str,
+    from_size: int,
+    to_size: int,
+    log_index: int,
+    reason: str,
+    restored: Mapping[tuple[str, str], int],
+) -> None:
+    """Record a recovery and charge again, per (year, analyst), the µε the database forgot."""
+    recovery_id = conn.execute(
+        "INSERT INTO node_recovery (recovered_at, from_size, to_size, log_index, reason) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (at, from_size, to_size, log_index, reason),
+    ).lastrowid
+    conn.executemany(
+        "INSERT INTO ledger_restored (academic_year, analyst, epsilon_micro, recovery_id) "
+        "VALUES (?, ?, ?, ?)",
+        [(y, a, m, recovery_id) for (y, a), m in sorted(restored.items()) if m > 0],
+    )
+
+
+def recoveries(conn: sqlite3.Connection) -> list[RecoveryRecord]:
+    """Every recovery of this database, oldest first."""
+    return [
+        RecoveryRecord(str(at), int(f), int(t), int(i), str(r), int(m))
+        for at, f, t, i, r, m in conn.execute(
+            "SELECT recovered_at, from_size, to_size, log_index, reason, "
+            "(SELECT COALESCE(SUM(epsilon_micro), 0) FROM ledger_restored AS l "
+            " WHERE l.recovery_id = n.recovery_id) "
+            "FROM node_recovery AS n ORDER BY recovery_id"
         )
     ]

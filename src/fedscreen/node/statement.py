@@ -40,7 +40,7 @@ def statement_body(
         entry = spent.setdefault(year, {"node_micro": 0, "analysts": {}})
         entry["node_micro"] += micro
         entry["analysts"][analyst] = micro
-    return {
+    body: dict[str, Any] = {
         "version": STATEMENT_VERSION,
         "node_id": node_id,
         "issued_at_ms": int(time.time() * 1000) if now_ms is None else now_ms,
@@ -58,6 +58,20 @@ def statement_body(
         "spent": spent,
         "unit": UNIT,
     }
+    recovered = ledger.recoveries(conn)
+    if recovered:
+        # restored from a backup: "spent" includes the ε charged again (node/rollback.py)
+        body["recoveries"] = [
+            {
+                "at": r.at,
+                "from_size": r.from_size,
+                "to_size": r.to_size,
+                "log_index": r.log_index,
+                "restored_micro": r.restored_micro,
+            }
+            for r in recovered
+        ]
+    return body
 
 
 def sign_statement(body: Mapping[str, Any], *, key: SigningKey) -> bytes:

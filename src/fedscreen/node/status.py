@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from fedscreen._util.files import replace_file
-from fedscreen.node import store
+from fedscreen.node import ledger, store
 from fedscreen.screening.instruments import instruments
 
 
@@ -32,6 +32,8 @@ class NodeStatus:
     schools: list[tuple[str, int, int]]
     #: (batch, kind, file, rows, year, loaded at, replaced batches, replaced by)
     loads: list[tuple[int, str, str, int, str, str, str, int | None]]
+    #: every ``fedscreen node recover`` of this database, oldest first
+    recoveries: list[ledger.RecoveryRecord] = field(default_factory=list)
 
 
 def node_status(conn: sqlite3.Connection, *, last_loads: int = 10) -> NodeStatus:
@@ -57,7 +59,15 @@ def node_status(conn: sqlite3.Connection, *, last_loads: int = 10) -> NodeStatus
         "FROM ingest_batch ORDER BY batch_id DESC LIMIT ?",
         (last_loads,),
     ).fetchall()
-    return NodeStatus(store.data_version(conn), by_type, by_instrument, schools, loads)
+    ledger.ensure_recovery_schema(conn)
+    return NodeStatus(
+        store.data_version(conn),
+        by_type,
+        by_instrument,
+        schools,
+        loads,
+        ledger.recoveries(conn),
+    )
 
 
 #: in the node's home: what the agent last knew of its link (JSON, replaced atomically)
