@@ -18,6 +18,7 @@ from fedscreen.node import store
 from fedscreen.node.engine import record_refusal
 from fedscreen.node.home import NodeConfig
 from fedscreen.node.requests import handle_query
+from fedscreen.node.rollback import CheckpointGuard
 from fedscreen.node.statement import sign_statement, statement_body
 from fedscreen.policy import Policy
 from fedscreen.trust.manifest import Manifest
@@ -50,26 +51,36 @@ class QueryWorker:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = store.connect(self.config.database)
+            conn = store.connect(self.config.database)
+            try:
+                # a database restored behind the node's saved checkpoint is refused here
+                self._guard = CheckpointGuard.open(self.config, conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
         return self._conn
 
     def _answer(self, envelope: bytes, now_ms: Callable[[], int], deadline_ms: int | None) -> bytes:
         conn = self._connection()
-        return handle_query(
-            self.config,
-            self.policy,
-            self.manifest,
-            envelope,
-            conn=conn,
-            now_ms=now_ms(),  # read when the query is taken up, not when it was queued
-            deadline_unix_ms=deadline_ms,
-        )
+        try:
+            return handle_query(
+                self.config,
+                self.policy,
+                self.manifest,
+                envelope,
+                conn=conn,
+                now_ms=now_ms(),  # read when the query is taken up, not when it was queued
+                deadline_unix_ms=deadline_ms,
+            )
+        finally:  # answers and refusals are both logged: save the checkpoint after the commit
+            self._guard.advance(conn)
 
     def _refuse(self, query_id: str, reason: str) -> None:
         # the query is refused before it is verified: its analyst is not known yet
-        record_refusal(
-            self.config, self._connection(), analyst="(unverified)", query=query_id, reason=reason
-        )
+        conn = self._connection()
+        record_refusal(self.config, conn, analyst="(unverified)", query=query_id, reason=reason)
+        self._guard.advance(conn)
 
     def _statement(self) -> bytes:
         # strictly increasing issue times order this process's statements even within
