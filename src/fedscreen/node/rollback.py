@@ -92,13 +92,13 @@ def behind(
     ``size`` (None: the log could not produce one). Pure: no I/O.
     """
     if size < saved.size:
-        return f"its log has {size} entries, the saved checkpoint {saved.size}"
+        return f"its log has {_entries(size)}, the saved checkpoint {saved.size}"
     if saved.size == 0:
         return None
     if proof is None or root is None:
         return (
-            f"its log ({size} entries) cannot prove it extends the saved checkpoint "
-            f"({saved.size} entries)"
+            f"its log ({_entries(size)}) cannot prove it extends the saved checkpoint "
+            f"({_entries(saved.size)})"
         )
     try:
         merkle.verify_consistency(
@@ -106,12 +106,16 @@ def behind(
         )
     except VerificationError:
         if size == saved.size:
-            return f"its log has {size} entries, as the saved checkpoint, but another root"
+            return f"its log has {_entries(size)}, as the saved checkpoint, but another root"
         return (
-            f"its log ({size} entries) does not extend the saved checkpoint "
-            f"({saved.size} entries): another history"
+            f"its log ({_entries(size)}) does not extend the saved checkpoint "
+            f"({_entries(saved.size)}): another history"
         )
     return None
+
+
+def _entries(n: int) -> str:
+    return f"{n} entry" if n == 1 else f"{n} entries"
 
 
 def check_not_behind(

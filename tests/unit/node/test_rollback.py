@@ -207,7 +207,7 @@ def test_the_guard_refuses_a_database_that_went_back_while_it_ran(
     _append(node_home, conn, 2)
     guard.advance(conn)
     _restore(tmp_path / "backup.db", conn)
-    with pytest.raises(ConfigError, match="its log has 1 entries, the saved checkpoint 3"):
+    with pytest.raises(ConfigError, match="its log has 1 entry, the saved checkpoint 3"):
         guard.advance(conn)
     assert _saved_size(node_home) == 3
 
@@ -258,7 +258,7 @@ def test_recover_logs_the_rollback_and_never_gives_budget_back(
     finally:
         conn.close()
     assert before == {(YEAR, "alice"): 300_000}
-    with pytest.raises(ConfigError, match="its log has 1 entries, the saved checkpoint 3"):
+    with pytest.raises(ConfigError, match="its log has 1 entry, the saved checkpoint 3"):
         sync_checkpoint(loaded)
 
     done = recover(loaded, reason="restored from the Monday backup", at=AT)
