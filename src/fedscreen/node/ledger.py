@@ -8,6 +8,10 @@ in the same transaction, so an answer exists only if its charge does.
 
 The decision itself (:func:`fedscreen.protocol.budget.check_budget`) takes numbers and
 returns or raises: no I/O; analysts planning a report run the same function.
+
+What the node has spent is its answers' charges plus any *restored* charges: ε a
+database restored from a backup had forgotten, charged again by ``fedscreen node
+recover`` (:mod:`fedscreen.node.rollback`), so a restore never gives budget back.
 """
 
 from __future__ import annotations

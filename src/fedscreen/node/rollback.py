@@ -292,6 +292,8 @@ class CheckpointGuard:
         behind the saved checkpoint while the node ran.
         """
         config = self._config
+        if conn.in_transaction:
+            return  # the caller's work did not commit (it failed): nothing new to save
         with _locked(config.home):
             state, proof = _state(conn, config, self._saved)
             if self._saved is not None:

@@ -32,6 +32,9 @@ def statement_body(
     before) and never of the values in its records, so it is as public as the
     queries themselves. It does show every analyst's spending to whoever may
     read statements (analysts and auditors).
+
+    A node recovered from a restored database lists its ``recoveries`` (when, the
+    log sizes, the µε charged again, which ``spent`` includes).
     """
     limits = policy.limits
     spent: dict[str, dict[str, Any]] = {}
