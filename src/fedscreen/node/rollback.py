@@ -170,17 +170,22 @@ def _state(
     return _State(size, root, head, note, spent), proof
 
 
-def _verify_note(config: NodeConfig, note: str, *, what: str) -> Checkpoint:
+def _verify_note(config: NodeConfig, note: str, *, what: str, file: bool = False) -> Checkpoint:
     origin = member_origin(_ROLE, config.node_id)
     try:
         checkpoint = parse_and_verify_note(
             note, verifiers={origin: config.signing_key().public_key}
         )
     except VerificationError as exc:
+        hint = (
+            "; put back the node's own file, or move it aside to start the check afresh "
+            "from the database"
+            if file
+            else ""
+        )
         raise VerificationError(
             f"{what} does not verify with node {config.node_id}'s key ({exc}): it was altered "
-            "or is not this node's; put back the node's own file, or move it aside to start "
-            "the check afresh from the database"
+            f"or is not this node's{hint}"
         ) from None
     if checkpoint.origin != origin:
         raise VerificationError(f"{what} is for {checkpoint.origin}, not {origin}")
@@ -196,7 +201,7 @@ def _read_saved(config: NodeConfig) -> tuple[Checkpoint, str] | None:
         return None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: unreadable ({exc})") from None
-    return _verify_note(config, note, what=str(path)), note
+    return _verify_note(config, note, what=str(path), file=True), note
 
 
 def _read_spent(config: NodeConfig) -> Spending | None:
