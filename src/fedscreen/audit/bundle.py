@@ -4,12 +4,15 @@ A bundle is one JSON file::
 
     {"format": "fedscreen-audit-bundle/1",
      "manifest": <manifest file, as written by the authority> | null,
+     "manifests": [<manifest file>, ...],      (optional: the history, oldest first)
      "logs": [{"member_id": "130102", "origin": "fedscreen.node/130102",
                "entries": ["<base64 of each entry's exact bytes>", ...],
                "checkpoints": ["<signed note>", ...]}]}
 
 Entries are kept as their exact bytes (base64), because their signatures and the
-Merkle tree are over those bytes.
+Merkle tree are over those bytes. The manifest copies are not trusted: the
+auditor verifies each against the authority key it pins
+(``fedscreen.audit.manifests``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -29,11 +33,19 @@ BUNDLE_FORMAT: Final = "fedscreen-audit-bundle/1"
 MAX_BUNDLE_BYTES: Final = 4 << 30
 
 
-def write_bundle(path: Path, logs: list[LogExport], manifest_text: str | None) -> None:
-    """Write a bundle file (refuses to overwrite)."""
+def write_bundle(
+    path: Path,
+    logs: list[LogExport],
+    manifest_text: str | None,
+    *,
+    history: Sequence[str | bytes] = (),
+) -> None:
+    """Write a bundle file (refuses to overwrite); ``history`` is the manifest versions
+    to carry, oldest first."""
     data = {
         "format": BUNDLE_FORMAT,
         "manifest": json.loads(manifest_text) if manifest_text else None,
+        "manifests": [json.loads(text) for text in history],
         "logs": [log.to_json() for log in logs],
     }
     with path.open("x", encoding="utf-8") as handle:
@@ -68,7 +80,14 @@ def read_bundle(path: Path) -> Bundle:
             decoded = tuple(base64.b64decode(e, validate=True) for e in entries)
             logs.append(LogExport(raw["member_id"], raw["origin"], decoded, tuple(notes)))
         manifest = data.get("manifest")
-        return Bundle(tuple(logs), json.dumps(manifest) if manifest is not None else None)
+        history = data.get("manifests", [])
+        if not isinstance(history, list) or not all(isinstance(m, dict) for m in history):
+            raise BundleError(f"{path}: manifests must be a list of manifest files")
+        return Bundle(
+            tuple(logs),
+            json.dumps(manifest) if manifest is not None else None,
+            tuple(json.dumps(m, ensure_ascii=False) for m in history),
+        )
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise BundleError(f"{path}: malformed bundle: {exc!r}") from None
 

@@ -2,6 +2,9 @@
 
 Checks, per log, in this order (the first failure decides the outcome):
 
+0. every manifest version the auditor holds (its own copy, the bundle's copies)
+   is signed by the pinned authority key and the versions chain → else **4**
+   (``fedscreen.audit.manifests``);
 1. the log belongs to an active manifest member, under its expected origin, and
    every checkpoint is a well-formed note signed by that member  → else **4**;
 2. every entry is a well-formed DSSE envelope signed by that member → else **2**;
@@ -12,7 +15,9 @@ Checks, per log, in this order (the first failure decides the outcome):
    conflicting signed checkpoints as evidence;
 4. every entry's content: its stated index and node, and the ε it charged —
    summed per academic year for the node and per analyst, the sums must match
-   what the entry says was spent and stay within the budgets it recorded → else **2**.
+   what the entry says was spent and stay within the budgets it recorded; every
+   signature inside an entry by the members of the manifest version in force when
+   it was logged (the log's ``manifest`` entries switch it) → else **2**.
 
 Nothing here does I/O: it takes parsed values and returns a report or raises.
 """
@@ -24,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from fedscreen.audit.manifests import InForce, Versions, in_force, known_versions, log_owner
 from fedscreen.crypto.envelope import (
     LOG_ENTRY_V1,
     RELEASE_V1,
@@ -133,14 +139,18 @@ def verify_bundle(
 ) -> list[LogReport]:
     """Verify every log in ``bundle``; raises an AuditFailure subclass on the first failure.
 
+    ``manifest`` is the auditor's own copy: its authority key is the one trusted.
     ``entries`` checks the entries' signatures, most of the work: by default in this
     process (``fedscreen.audit.parallel.in_processes`` spreads long logs over workers).
     """
     if not bundle.logs:
         raise BundleUntrusted("the bundle holds no logs")
+    versions = known_versions(
+        manifest, [*bundle.manifests, *([bundle.manifest] if bundle.manifest else [])]
+    )
     trees: dict[str, tuple[merkle.MemoryHashStore, int, str]] = {}
     reports = [
-        _verify_log(log, manifest, (trusted or {}).get(log.origin), entries or in_process, trees)
+        _verify_log(log, versions, (trusted or {}).get(log.origin), entries or in_process, trees)
         for log in bundle.logs
     ]
     # split view: every node checkpoint a coordinator relayed must be a prefix of the
@@ -162,16 +172,13 @@ def verify_bundle(
 
 def _verify_log(
     log: LogExport,
-    manifest: Manifest,
+    versions: Versions,
     trusted_note: str | None,
     entries: EntryVerifier,
     trees: dict[str, tuple[merkle.MemoryHashStore, int, str]],
 ) -> LogReport:
     origin = log.origin
-    try:
-        member = manifest.member(log.member_id)
-    except VerificationError as exc:
-        raise BundleUntrusted(str(exc), origin=origin) from None
+    member = log_owner(versions, log.member_id, origin=origin)
     if origin != member_origin(member.role, member.id):
         raise BundleUntrusted(
             f"log origin {origin!r} does not belong to {member.id}", origin=origin
@@ -237,14 +244,17 @@ def _verify_log(
     report = LogReport(
         member.id, origin, size, len(checkpoints), latest_note=latest[1] if latest else ""
     )
+    manifests = in_force(versions, payloads, owner=member, origin=origin)
     if member.role == "coordinator":
         _check_coordinator_entries(
-            payloads, member.id, member.signing_key, origin, manifest, report
+            payloads, member.id, member.signing_key, origin, manifests, report
         )
         return report
     node_micro: dict[str, int] = {}
     analyst_micro: dict[tuple[str, str], int] = {}
     for index, payload in enumerate(payloads):
+        if index in manifests.switches:
+            continue  # a manifest entry: checked by in_force
         _check_entry(index, payload, member.id, origin, report, node_micro, analyst_micro)
     report.node_epsilon = {y: m / MICRO for y, m in node_micro.items()}
     report.analyst_epsilon = {k: m / MICRO for k, m in analyst_micro.items()}
@@ -275,11 +285,12 @@ def _check_coordinator_entries(
     member_id: str,
     coordinator_key: bytes,
     origin: str,
-    manifest: Manifest,
+    manifests: InForce,
     report: LogReport,
 ) -> None:
-    """Requests, answers and releases: each inner envelope verifies, and each release is
-    exactly the combination of the answers logged with it.
+    """Requests, answers and releases: each inner envelope verifies (against the manifest
+    in force when it was logged), and each release is exactly the combination of the
+    answers logged with it.
 
     The coordinator logs a request when it accepts a query, and the answers it used
     with their release, in one transaction, answers first. So a release is paired
@@ -293,6 +304,9 @@ def _check_coordinator_entries(
     run_id = ""  # query id of the answers in ``run``
     coordinator_keys = {public_key_id(coordinator_key): coordinator_key}
     for index, payload in enumerate(payloads):
+        if index in manifests.switches:
+            continue  # a manifest entry: checked by in_force
+        manifest = manifests.at(index)
         try:
             entry = parse_json(payload)
             kind, query_id = entry["kind"], str(entry["query_id"])

@@ -24,7 +24,9 @@ from fedscreen.errors import (
 )
 from fedscreen.node.home import export_log as node_log
 from fedscreen.tlog.export import Bundle, LogExport
-from fedscreen.trust.manifest import load_manifest
+from fedscreen.trust.certs import read_public_file
+from fedscreen.trust.history import HISTORY_DIR, MAX_MANIFEST_BYTES
+from fedscreen.trust.manifest import load_manifest, parse_manifest
 
 VERIFY_HELP = """\
 Verify an audit bundle offline against the federation manifest.
@@ -36,8 +38,14 @@ exit codes:
   3  the history is inconsistent: rollback, truncation, reordering, or a fork
      against the trusted checkpoint; the conflicting signed checkpoints are
      written as evidence files
-  4  the bundle cannot be trusted: manifest or checkpoint signature invalid,
-     unknown key or member, malformed note or file
+  4  the bundle cannot be trusted: manifest or checkpoint signature invalid
+     (any manifest copy the bundle carries is checked against your manifest's
+     authority key), a broken manifest chain, unknown key or member, malformed
+     note or file
+
+Each entry is checked against the manifest version in force when it was logged
+(the logs record each version they start using), so an old log still verifies
+after a later revocation.
 """
 
 
@@ -58,6 +66,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "then checked across them)",
     )
     export.add_argument("--out", type=Path, required=True, help="bundle file to create")
+    export.add_argument(
+        "--manifests",
+        type=Path,
+        action="append",
+        default=[],
+        help="a directory of manifest versions to carry too, e.g. the authority's "
+        "AUTH/manifests (each home's own manifests/ and manifest.json are always carried)",
+    )
     export.set_defaults(func=run_export)
 
     verify = audit_sub.add_parser(
@@ -81,19 +97,49 @@ def run_export(args: argparse.Namespace) -> int:
     """``fedscreen audit export``."""
     logs: list[LogExport] = []
     manifest: str | None = None
+    copies: list[bytes] = []
     for home in args.home:
         logs.append(_export_home(home))
         manifest_path = home / "manifest.json"
-        if manifest is None and manifest_path.is_file():
-            manifest = manifest_path.read_text(encoding="utf-8")
+        if manifest_path.is_file():
+            copies.append(manifest_path.read_bytes())
+            if manifest is None:
+                manifest = manifest_path.read_text(encoding="utf-8")
+        copies.extend(_manifest_files(home / HISTORY_DIR))
+    for directory in args.manifests:
+        if not directory.is_dir():
+            raise ConfigError(f"{directory} is not a directory of manifest versions")
+        copies.extend(_manifest_files(directory))
+    history = _history(copies)
     try:
-        write_bundle(args.out, logs, manifest)
+        write_bundle(args.out, logs, manifest, history=[text for _, text in history])
     except FileExistsError:
         raise ConfigError(f"{args.out} exists; refusing to overwrite") from None
     for log in logs:
         print(f"{log.origin}: {len(log.entries)} entries, {len(log.checkpoints)} checkpoints")
+    versions = f"versions {history[0][0]}..{history[-1][0]}" if history else "none"
+    print(f"manifest history: {len(history)} files ({versions})")
     print(f"wrote {args.out}")
     return 0
+
+
+def _manifest_files(directory: Path) -> list[bytes]:
+    if not directory.is_dir():
+        return []
+    return [
+        read_public_file(path, max_bytes=MAX_MANIFEST_BYTES)
+        for path in sorted(directory.glob("*.json"))
+    ]
+
+
+def _history(copies: list[bytes]) -> list[tuple[int, bytes]]:
+    """Distinct manifest files, oldest version first. Only sorted here, under the key
+    each file names: the auditor verifies them against the key it pins."""
+    found: dict[tuple[int, str], bytes] = {}
+    for text in copies:
+        manifest = parse_manifest(text)
+        found.setdefault((manifest.version, manifest.digest), text)
+    return [(version, text) for (version, _), text in sorted(found.items())]
 
 
 def _export_home(home: Path) -> LogExport:

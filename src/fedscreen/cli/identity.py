@@ -14,11 +14,11 @@ from pathlib import Path
 from fedscreen.crypto.signing import public_key_id
 from fedscreen.errors import UnknownMember
 from fedscreen.trust.certs import certificate_not_after, read_public_file
+from fedscreen.trust.history import MAX_MANIFEST_BYTES
 from fedscreen.trust.identity import (
     CA_FILE,
     CERT_FILE,
     MANIFEST_FILE,
-    MAX_MANIFEST_BYTES,
     SIGNING_KEY_FILE,
     create_identity,
     install_issued,

@@ -22,8 +22,10 @@ from pathlib import Path
 from fedscreen._util.files import write_new_file
 from fedscreen.cli.output import table
 from fedscreen.crypto.signing import public_key_id
-from fedscreen.errors import ConfigError
+from fedscreen.errors import ConfigError, VerificationError
 from fedscreen.trust import authority, certs
+from fedscreen.trust.authority import MANIFESTS_DIR
+from fedscreen.trust.history import read_history
 from fedscreen.trust.identity import (
     CA_FILE,
     CERT_FILE,
@@ -84,6 +86,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     manifest.add_argument("--dir", type=Path, required=True, help="authority directory")
     manifest.add_argument("--json", action="store_true", help="print JSON")
     manifest.set_defaults(func=run_manifest)
+
+    history = pki_sub.add_parser(
+        "history",
+        help="verify the chain of every manifest version signed and list them",
+        description="Every version names its predecessor's digest. Hand the auditor "
+        "AUTH/manifests (`fedscreen audit export --manifests AUTH/manifests`).",
+    )
+    history.add_argument("--dir", type=Path, required=True, help="authority directory")
+    history.add_argument("--json", action="store_true", help="print JSON")
+    history.set_defaults(func=run_history)
 
 
 def run_init(args: argparse.Namespace) -> int:
@@ -196,4 +208,38 @@ def run_manifest(args: argparse.Namespace) -> int:
         for m in manifest.members
     ]
     table(("id", "role", "name", "level", "key id", "cert sha256", "status"), rows)
+    return 0
+
+
+def run_history(args: argparse.Namespace) -> int:
+    """``fedscreen pki history``: exit 0 if the whole chain verifies (else an error, 1)."""
+    current = authority.current_manifest(args.dir)
+    history = [
+        m for m, _ in read_history(args.dir / MANIFESTS_DIR, authority_key=current.authority_key)
+    ]
+    if not history or history[-1].digest != current.digest:
+        raise VerificationError(
+            f"{args.dir / MANIFESTS_DIR} does not end with the current manifest"
+        )
+    docs = [
+        {
+            "version": m.version,
+            "issued_at": m.issued_at,
+            "sha256": m.digest,
+            "previous_sha256": m.previous_sha256,
+            "active": sum(1 for x in m.members if not x.revoked),
+            "revoked": sum(1 for x in m.members if x.revoked),
+        }
+        for m in history
+    ]
+    if args.json:
+        print(json.dumps(docs, indent=1, ensure_ascii=False))
+        return 0
+    rows = [
+        (d["version"], d["issued_at"], m.digest[:16], (m.previous_sha256 or "-")[:16],
+         d["active"], d["revoked"])
+        for d, m in zip(docs, history, strict=True)
+    ]  # fmt: skip
+    table(("version", "issued", "sha256", "previous sha256", "active", "revoked"), rows)
+    print(f"the chain of {len(history)} versions verifies; the newest is the current manifest")
     return 0

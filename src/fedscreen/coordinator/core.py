@@ -37,7 +37,7 @@ from fedscreen.tlog.checkpoint import member_origin
 from fedscreen.tlog.export import LogExport
 from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust.identity import Identity, create_identity, load_identity
-from fedscreen.trust.manifest import Manifest, show_id
+from fedscreen.trust.manifest import Manifest, manifest_entry, show_id
 
 CONFIG_FILE: Final = "coordinator.toml"
 #: unknown node ids a refusal names before it only counts them
@@ -83,13 +83,16 @@ class Coordinator:
         self.identity = identity
         self.member_id = identity.member_id
         self.policy = policy
-        self.manifest: Manifest = identity.manifest()
+        # stamp first: a file replaced while it is read is then read again at the next reload
         self._stamp = self._manifest_stamp()
+        manifest, text = identity.manifest_file()
+        self.manifest: Manifest = manifest
         self.key = identity.signing_key()
         self.origin = member_origin(ROLE, self.member_id)
         self.conn = connect(home / DATABASE_FILE)
         self.conn.execute(memberlog.CHECKPOINT_SCHEMA)
         self.log = TransparencyLog(self.conn, name=ROLE)
+        self._log_manifest(text)
 
     @classmethod
     def open(cls, home: Path) -> Coordinator:
@@ -111,10 +114,25 @@ class Coordinator:
         return self.manifest.active("node")
 
     def reload_manifest(self) -> None:
-        """Pick up a newer manifest installed in the home (a revocation takes effect)."""
+        """Pick up a newer manifest installed in the home (a revocation takes effect) and
+        log it. An older or equal version is ignored: the manifest never goes back."""
         stamp = self._manifest_stamp()
-        if stamp != self._stamp:
-            self.manifest, self._stamp = self.identity.manifest(), stamp
+        if stamp == self._stamp:
+            return
+        manifest, text = self.identity.manifest_file()
+        self._stamp = stamp
+        if manifest.version > self.manifest.version:
+            self.manifest = manifest
+            self._log_manifest(text)
+
+    def _log_manifest(self, text: bytes) -> None:
+        """Log the manifest version now in force, unless the log already has it (a restart):
+        the auditor checks each later entry against it (``fedscreen.audit.manifests``)."""
+        entry = manifest_entry(text, authority_key=self.manifest.authority_key)
+        with transaction(self.conn):
+            memberlog.append_manifest(
+                self.conn, member_id=self.member_id, key=self.key, entry=entry, role=ROLE
+            )
 
     def _manifest_stamp(self) -> tuple[int, int]:
         stat = (self.home / "manifest.json").stat()

@@ -33,7 +33,9 @@ class LogExport:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A parsed (not yet verified) bundle: logs, and the manifest copy it carries."""
+    """A parsed (not yet verified) bundle: logs, and the manifest copies it carries."""
 
     logs: tuple[LogExport, ...]
     manifest: str | None
+    #: the manifest history: every version the exporter found, oldest first
+    manifests: tuple[str, ...] = ()

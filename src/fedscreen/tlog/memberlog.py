@@ -29,6 +29,12 @@ CHECKPOINT_SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS log_checkpoint (log TEXT NOT NULL, size INTEGER NOT NULL, "
     "note TEXT NOT NULL, PRIMARY KEY (log, size))"
 )
+#: the newest manifest version each log recorded (an index of its "manifest" entries,
+#: written in the same transaction, so "already logged?" needs no scan of the log)
+MANIFEST_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS log_manifest (log TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+    "entry INTEGER NOT NULL)"
+)
 
 
 @dataclass(frozen=True)
@@ -83,3 +89,38 @@ def export_log(conn: sqlite3.Connection, *, member_id: str, role: str = "node") 
         )
     ]
     return LogExport(member_id, member_origin(role, member_id), tuple(entries), tuple(notes))
+
+
+def logged_manifest_version(conn: sqlite3.Connection, *, role: str = "node") -> int | None:
+    """The newest manifest version the member's log recorded, or None before the first."""
+    conn.execute(MANIFEST_SCHEMA)
+    row = conn.execute("SELECT version FROM log_manifest WHERE log = ?", (role,)).fetchone()
+    return int(row[0]) if row else None
+
+
+def append_manifest(
+    conn: sqlite3.Connection,
+    *,
+    member_id: str,
+    key: SigningKey,
+    entry: dict[str, Any],
+    role: str = "node",
+) -> Appended | None:
+    """Log a manifest version the member starts using, if it is newer than the last one
+    logged (so restarts do not repeat it); None when it is not. Does not commit.
+
+    ``entry`` is ``fedscreen.trust.manifest.manifest_entry(...)``: the verified file.
+    """
+    version = entry.get("version")
+    if entry.get("kind") != "manifest" or isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError("not a manifest entry")
+    last = logged_manifest_version(conn, role=role)
+    if last is not None and version <= last:
+        return None
+    appended = append(conn, member_id=member_id, key=key, payload=entry, role=role)
+    conn.execute(
+        "INSERT INTO log_manifest (log, version, entry) VALUES (?, ?, ?) "
+        "ON CONFLICT (log) DO UPDATE SET version = excluded.version, entry = excluded.entry",
+        (role, version, appended.index),
+    )
+    return appended

@@ -1,0 +1,214 @@
+"""Which manifest version was in force when each log entry was logged.
+
+A member logs each manifest version it starts using (``{"kind": "manifest",
+"version": N, "manifest": <the signed file>}``, see
+:func:`fedscreen.trust.manifest.manifest_entry`). The auditor pins one authority
+key (that of its own manifest copy) and:
+
+1. verifies every manifest version it is handed — its own copy and every copy the
+   bundle carries — against that key, refuses two different versions with one
+   number, and checks the chain link between every two consecutive versions it
+   holds (:func:`known_versions`; any failure: **4**, the bundle cannot be trusted);
+2. walks each log in order (:func:`in_force`): at each ``manifest`` entry the
+   version changes, after the entry's file is verified against the pinned key,
+   found newer than the version before it and chained to the known neighbours
+   (else **2**, at that entry). Every signature in a later entry is checked
+   against the members active in that version: a signature an old version admits
+   still verifies after a later revocation, and one made after the log recorded
+   the revocation does not.
+
+Entries before a log's first ``manifest`` entry (logs made before manifest entries
+existed) do not say which version was in force: they are checked against every
+member active in some known version up to the first one the log records (all
+known versions, for a log that records none). A gap in the versions known is
+tolerated — the versions skipped cannot be checked, and nothing in the logs was
+checked under them.
+
+Nothing here does I/O: it takes parsed values and returns values or raises.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from fedscreen.crypto.envelope import parse_json
+from fedscreen.errors import BundleUntrusted, EntryInvalid, UnknownMember, VerificationError
+from fedscreen.trust.manifest import (
+    MANIFEST_ENTRY_KIND,
+    Manifest,
+    Member,
+    check_successor,
+    parse_manifest,
+    show_id,
+)
+
+__all__ = ["InForce", "Versions", "in_force", "known_versions", "log_owner"]
+
+#: a cheap pre-filter: only payloads holding this (canonical JSON) are parsed here
+_MARK: Final = b'"' + MANIFEST_ENTRY_KIND.encode() + b'"'
+
+
+@dataclass(frozen=True)
+class Versions:
+    """The manifest versions an auditor holds, each verified under the pinned key."""
+
+    authority_key: bytes
+    by_version: Mapping[int, Manifest]
+
+
+def known_versions(pinned: Manifest, copies: Iterable[str | bytes]) -> Versions:
+    """``pinned`` (the auditor's own copy) and every manifest ``copies`` holds, verified
+    against ``pinned``'s authority key and chained; BundleUntrusted otherwise."""
+    by_version: dict[int, Manifest] = {pinned.version: pinned}
+    for n, text in enumerate(copies):
+        try:
+            manifest = parse_manifest(text, authority_key=pinned.authority_key)
+        except VerificationError as exc:
+            raise BundleUntrusted(f"manifest copy #{n} in the bundle: {exc}") from None
+        _merge(by_version, manifest, BundleUntrusted)
+    for version, manifest in by_version.items():
+        if manifest.federation != pinned.federation:
+            raise BundleUntrusted(f"manifest version {version} is of another federation")
+    return Versions(pinned.authority_key, by_version)
+
+
+def _merge(
+    by_version: dict[int, Manifest], manifest: Manifest, error: Callable[[str], Exception]
+) -> None:
+    """Add ``manifest``, checked against the versions either side of it."""
+    known = by_version.get(manifest.version)
+    if known is not None:
+        if known.digest != manifest.digest:
+            raise error(
+                f"two different manifests claim version {manifest.version} "
+                "(the authority signed both, or one was altered)"
+            )
+        return
+    try:
+        if (previous := by_version.get(manifest.version - 1)) is not None:
+            check_successor(previous, manifest)
+        if (following := by_version.get(manifest.version + 1)) is not None:
+            check_successor(manifest, following)
+    except VerificationError as exc:
+        raise error(str(exc)) from None
+    by_version[manifest.version] = manifest
+
+
+def log_owner(versions: Versions, member_id: str, *, origin: str = "") -> Member:
+    """The log's owner as the newest known version lists it active; BundleUntrusted if
+    no known version does."""
+    for version in sorted(versions.by_version, reverse=True):
+        try:
+            return versions.by_version[version].member(member_id)
+        except UnknownMember:
+            continue
+    raise BundleUntrusted(
+        f"{show_id(member_id)} is not an active member in any manifest version the auditor holds",
+        origin=origin,
+    )
+
+
+@dataclass(frozen=True)
+class InForce:
+    """The manifest in force at each entry of one log."""
+
+    #: the entry index from which each manifest in ``manifests`` is in force (ascending)
+    starts: tuple[int, ...]
+    manifests: tuple[Manifest, ...]
+    #: indices of the log's ``manifest`` entries (checked here; nothing else to check)
+    switches: frozenset[int]
+
+    def at(self, index: int) -> Manifest:
+        """The manifest in force at entry ``index``."""
+        return self.manifests[bisect.bisect_right(self.starts, index) - 1]
+
+
+def in_force(
+    versions: Versions, payloads: Sequence[bytes], *, owner: Member, origin: str
+) -> InForce:
+    """Walk a log's verified entry payloads: check every ``manifest`` entry and say which
+    version is in force at each entry. Raises EntryInvalid at the first bad entry."""
+    local = dict(versions.by_version)
+    logged: list[tuple[int, Manifest]] = []
+    for index, payload in enumerate(payloads):
+        if logged and not _active(logged[-1][1], owner):
+            raise EntryInvalid(
+                f"entry {index}: logged after manifest version {logged[-1][1].version} "
+                f"revoked {owner.id}",
+                origin=origin,
+                index=index,
+            )
+        if _MARK not in payload:
+            continue
+        try:
+            entry = parse_json(payload)
+        except ValueError:
+            continue  # not this module's to judge: the content check reports it
+        if not isinstance(entry, dict) or entry.get("kind") != MANIFEST_ENTRY_KIND:
+            continue
+        try:
+            manifest = _check_entry(index, entry, local, owner, versions.authority_key)
+            if logged and manifest.version <= logged[-1][1].version:
+                raise VerificationError(
+                    f"version {manifest.version} logged after version "
+                    f"{logged[-1][1].version}: the manifest went back"
+                )
+            _merge(local, manifest, VerificationError)
+        except VerificationError as exc:
+            raise EntryInvalid(f"entry {index}: {exc}", origin=origin, index=index) from None
+        logged.append((index, manifest))
+    bound = logged[0][1].version if logged else max(local)
+    prefix = _union([local[v] for v in sorted(local) if v <= bound])
+    return InForce(
+        starts=(0, *(i for i, _ in logged)),
+        manifests=(prefix, *(m for _, m in logged)),
+        switches=frozenset(i for i, _ in logged),
+    )
+
+
+def _check_entry(
+    index: int,
+    entry: dict[str, object],
+    local: Mapping[int, Manifest],
+    owner: Member,
+    authority_key: bytes,
+) -> Manifest:
+    if entry.get("index") != index or entry.get("node_id") != owner.id:
+        raise VerificationError(f"says it is entry {entry.get('index')!r} of another log")
+    text, version = entry.get("manifest"), entry.get("version")
+    if not isinstance(text, str):
+        raise VerificationError("a manifest entry without its manifest file")
+    manifest = parse_manifest(text, authority_key=authority_key)
+    if manifest.version != version:
+        raise VerificationError(f"logged as version {version!r} but is {manifest.version}")
+    return manifest
+
+
+def _active(manifest: Manifest, owner: Member) -> bool:
+    try:
+        return manifest.member(owner.id).signing_key == owner.signing_key
+    except UnknownMember:
+        return False
+
+
+def _union(manifests: Sequence[Manifest]) -> Manifest:
+    """One manifest listing every member active in any of ``manifests`` (oldest first;
+    a later version's entry for a member replaces an earlier one). Never signed: the
+    auditor's view of a stretch of log that does not say which version was in force."""
+    newest = manifests[-1]
+    if len(manifests) == 1:
+        return newest
+    members: dict[str, Member] = {}
+    for manifest in manifests:
+        members.update((m.id, m) for m in manifest.members if not m.revoked)
+    return Manifest(
+        federation=newest.federation,
+        version=newest.version,
+        issued_at=newest.issued_at,
+        authority_key=newest.authority_key,
+        members=tuple(members.values()),
+        ca_sha256=newest.ca_sha256,
+    )

@@ -1,0 +1,248 @@
+"""Each log entry is verified against the manifest in force when it was logged (issue 11).
+
+Real homes in process: an authority, a coordinator that logs each manifest version it
+starts using, an analyst whose queries it logs; then a revocation. The coordinator's
+log is exported (``fedscreen audit export``) and verified (``fedscreen audit verify``)
+against the authority's newest manifest, in which the analyst is revoked.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedscreen.analyst.query import make_query
+from fedscreen.audit.manifests import in_force, known_versions
+from fedscreen.cli.main import main
+from fedscreen.coordinator.core import Coordinator, init_coordinator
+from fedscreen.crypto.signing import SigningKey
+from fedscreen.errors import BundleUntrusted, EntryInvalid, UnknownMember, VerificationError
+from fedscreen.trust import authority
+from fedscreen.trust.history import read_history
+from fedscreen.trust.identity import create_identity, issue_here, update_manifest
+from fedscreen.trust.manifest import manifest_entry, parse_manifest, sign_manifest
+
+SQL = "SELECT sex, COUNT(*) FROM screenings WHERE academic_year = '2024-2025' GROUP BY sex"
+ANALYST = "analyst-1"
+#: how a query signed by no active analyst is refused
+REFUSED = "signed by an active analyst|no signature from a trusted key"
+
+
+@dataclasses.dataclass
+class Fed:
+    auth: Path
+    coordinator: Path
+    analyst: Path
+    root: Path
+
+    @property
+    def manifest(self) -> str:
+        return str(self.auth / "manifest.json")
+
+
+@pytest.fixture
+def fed(tmp_path: Path) -> Fed:
+    auth = tmp_path / "auth"
+    authority.init_authority(auth, federation="test")
+    init_coordinator(tmp_path / "coord", member_id="coordinator", name="省平台")
+    issue_here(auth, tmp_path / "coord")
+    create_identity(tmp_path / "analyst", member_id=ANALYST, role="analyst", name="A")
+    issue_here(auth, tmp_path / "analyst")
+    update_manifest(tmp_path / "coord", authority.manifest_text(auth))
+    return Fed(auth, tmp_path / "coord", tmp_path / "analyst", tmp_path)
+
+
+def _request(fed: Fed, *, forged: bool = False) -> None:
+    """The analyst's query, accepted and logged; ``forged``: logged by the coordinator's
+    key without the checks ``accept`` makes (a dishonest coordinator)."""
+    query, envelope = make_query(fed.analyst, SQL, epsilon=0.5, accuracy=None)
+    coordinator = Coordinator.open(fed.coordinator)
+    try:
+        if forged:
+            coordinator.record(
+                {"kind": "request", "query_id": query.query_id, "envelope": envelope.decode()}
+            )
+        else:
+            coordinator.accept(envelope, now_ms=query.issued_at_ms)
+    finally:
+        coordinator.close()
+
+
+def _revoke(fed: Fed) -> None:
+    authority.revoke(fed.auth, ANALYST)
+    update_manifest(fed.coordinator, authority.manifest_text(fed.auth))
+
+
+def _audit(
+    fed: Fed, capsys: pytest.CaptureFixture[str], *extra: str, name: str = "bundle.json"
+) -> tuple[int, dict[str, Any]]:
+    bundle = fed.root / name
+    assert (
+        main(["audit", "export", "--home", str(fed.coordinator), "--out", str(bundle), *extra]) == 0
+    )
+    capsys.readouterr()
+    code = main(["audit", "verify", str(bundle), "--manifest", fed.manifest, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def _logged_versions(fed: Fed) -> list[int]:
+    coordinator = Coordinator.open(fed.coordinator)
+    try:
+        payloads = [json.loads(_payload(raw)) for raw in coordinator.export().entries]
+    finally:
+        coordinator.close()
+    return [p["version"] for p in payloads if p["kind"] == "manifest"]
+
+
+def _payload(raw: bytes) -> bytes:
+    return base64.b64decode(json.loads(raw)["payload"])
+
+
+def test_the_coordinator_logs_each_version_once(fed: Fed) -> None:
+    current = authority.current_manifest(fed.auth).version
+    _request(fed)
+    _request(fed)  # a restart: the version is not logged again
+    assert _logged_versions(fed) == [current]
+    _revoke(fed)
+    with pytest.raises(VerificationError, match=REFUSED):
+        _request(fed)  # refused (revoked); the newer manifest was picked up and logged
+    assert _logged_versions(fed) == [current, current + 1]
+
+
+def test_an_old_log_verifies_after_a_later_revocation(
+    fed: Fed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _request(fed)
+    _revoke(fed)
+    code, out = _audit(fed, capsys)
+    assert code == 0, out
+    assert out["logs"][0]["requests"] == 1
+
+
+def test_a_signature_logged_after_the_revocation_fails(
+    fed: Fed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _request(fed)
+    _revoke(fed)
+    _request(fed, forged=True)  # opening the coordinator logs the revocation first
+    code, out = _audit(fed, capsys)
+    assert code == 2, out
+    assert out["index"] == 3  # manifest, request, manifest (revocation), forged request
+    assert re.search(REFUSED, out["reason"])
+
+
+def test_the_bundle_carries_the_history_and_a_tampered_copy_is_untrusted(
+    fed: Fed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _request(fed)
+    _revoke(fed)
+    history = fed.auth / "manifests"
+    code, out = _audit(fed, capsys, "--manifests", str(history))
+    assert code == 0, out
+    bundle = json.loads((fed.root / "bundle.json").read_text())
+    versions = [parse_manifest(json.dumps(m)).version for m in bundle["manifests"]]
+    assert versions == list(range(authority.current_manifest(fed.auth).version + 1))
+    # one member's name edited in an old copy: its signature no longer holds
+    old = bundle["manifests"][1]
+    payload = json.loads(base64.b64decode(old["envelope"]["payload"]))
+    payload["issued_at"] = "2020-01-01T00:00:00+00:00"
+    old["envelope"]["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
+    tampered = fed.root / "tampered.json"
+    tampered.write_text(json.dumps(bundle))
+    code = main(["audit", "verify", str(tampered), "--manifest", fed.manifest])
+    assert code == 4
+    assert "manifest copy #1 in the bundle" in capsys.readouterr().err
+
+
+def test_a_copy_from_another_authority_or_a_second_version_n_is_untrusted(fed: Fed) -> None:
+    pinned = authority.current_manifest(fed.auth)
+    other = SigningKey.generate()
+    foreign = sign_manifest(dataclasses.replace(pinned, authority_key=other.public_key), key=other)
+    with pytest.raises(BundleUntrusted, match="another authority"):
+        known_versions(pinned, [foreign])
+    key = SigningKey.load(fed.auth / authority.AUTHORITY_KEY_FILE)
+    second = sign_manifest(
+        dataclasses.replace(pinned, issued_at="2030-01-01T00:00:00+00:00"), key=key
+    )
+    with pytest.raises(
+        BundleUntrusted, match=f"two different manifests claim version {pinned.version}"
+    ):
+        known_versions(pinned, [second])
+
+
+def _versions(fed: Fed) -> list[tuple[Any, bytes]]:
+    return read_history(
+        fed.auth / "manifests", authority_key=authority.current_manifest(fed.auth).authority_key
+    )
+
+
+def _entry(index: int, text: bytes, owner: str = "coordinator") -> bytes:
+    pinned = parse_manifest(text)
+    body = {
+        **manifest_entry(text, authority_key=pinned.authority_key),
+        "index": index,
+        "node_id": owner,
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def test_manifest_entries_must_verify_go_forward_and_chain(fed: Fed) -> None:
+    _revoke(fed)
+    history = _versions(fed)
+    pinned = history[-1][0]
+    versions = known_versions(pinned, [t for _, t in history])
+    owner = pinned.member("coordinator")
+    request = b'{"kind":"request"}'
+    # in force: versions switch at their entries
+    payloads = [_entry(0, history[-2][1]), request, _entry(2, history[-1][1]), request]
+    schedule = in_force(versions, payloads, owner=owner, origin="o")
+    assert schedule.switches == {0, 2}
+    assert schedule.at(1).version == pinned.version - 1
+    assert schedule.at(3).version == pinned.version
+    assert schedule.at(1).member(ANALYST)  # active then; revoked in the newest
+    # going back
+    backwards = [_entry(0, history[-1][1]), _entry(1, history[-2][1])]
+    with pytest.raises(EntryInvalid, match="went back") as caught:
+        in_force(versions, backwards, owner=owner, origin="o")
+    assert caught.value.index == 1
+    # a manifest not signed by the pinned authority, logged in an entry
+    other = SigningKey.generate()
+    foreign = sign_manifest(
+        dataclasses.replace(pinned, authority_key=other.public_key), key=other
+    ).encode()
+    with pytest.raises(EntryInvalid, match="another authority"):
+        in_force(versions, [_entry(0, foreign)], owner=owner, origin="o")
+    # another index or owner
+    with pytest.raises(EntryInvalid, match="says it is entry"):
+        in_force(versions, [request, _entry(0, history[-1][1])], owner=owner, origin="o")
+
+
+def test_entries_after_the_owner_was_revoked_fail(fed: Fed) -> None:
+    authority.revoke(fed.auth, "coordinator")
+    history = _versions(fed)
+    versions = known_versions(history[-1][0], [t for _, t in history])
+    owner = history[-2][0].member("coordinator")
+    payloads = [_entry(0, history[-2][1]), b"{}", _entry(2, history[-1][1]), b"{}"]
+    with pytest.raises(EntryInvalid, match="revoked coordinator") as caught:
+        in_force(versions, payloads, owner=owner, origin="o")
+    assert caught.value.index == 3
+
+
+def test_a_log_without_manifest_entries_is_checked_against_every_known_version(fed: Fed) -> None:
+    # logs made before manifest entries existed: any member active in some known version
+    _revoke(fed)
+    history = _versions(fed)
+    versions = known_versions(history[-1][0], [t for _, t in history])
+    owner = history[-1][0].member("coordinator")
+    schedule = in_force(versions, [b"{}", b"{}"], owner=owner, origin="o")
+    assert schedule.at(1).member(ANALYST).id == ANALYST
+    # only the newest version known: the revoked analyst is not admitted
+    alone = known_versions(history[-1][0], [])
+    with pytest.raises(UnknownMember, match="not an active member"):
+        in_force(alone, [b"{}"], owner=owner, origin="o").at(0).member(ANALYST)
