@@ -71,12 +71,14 @@ MANIFEST = Manifest(
 )
 MANIFEST_TEXT = sign_manifest(MANIFEST, key=AUTHORITY)
 SPEC = QuerySpec("screenings", Measure("count"), ("sex",), Comparison("phq9_total", ">=", (10,)))
-QUERY = SignedQuery("ab" * 16, "alice", NOW_MS, SPEC, 0.3, None, ("130102",))
+QUERY = SignedQuery("ab" * 16, "alice", NOW_MS, SPEC, 0.3, None, ("130102",), digest="cd" * 32)
 NOTE = sign_checkpoint(Checkpoint(ORIGIN, 5, bytes(32)), key=NODE)
 ANSWER = answer_payload(
-    {"node_id": "130102", "query": SPEC.to_json(), "epsilon": 0.3, "scale": 3.3,
+    {"node_id": "130102", "analyst": "alice", "epsilon": 0.3,
+     "query": {**SPEC.to_json(), "years": ["2024-2025"]},
+     "mechanism": "discrete_laplace", "scale": 3.3,
      "cells": [{"group": ["M"], "value": 120, "lower": 110.0, "upper": 130.0}]},
-    2, NOTE, 0.3,
+    2, NOTE, 0.3, query_id=QUERY.query_id, query_sha256=QUERY.digest,
 )  # fmt: skip
 STATEMENT = json.dumps(
     {"version": 1, "node_id": "130102", "issued_at_ms": NOW_MS, "policy_digest": "sha256:0",
@@ -159,7 +161,9 @@ def query(data: bytes) -> None:
 def answer(data: bytes) -> None:
     signed = sign_envelope(payload_type=ANSWER_V1, payload=data, key=NODE)
     with contextlib.suppress(VerificationError):
-        verify_answer(signed, manifest=MANIFEST, node_id="130102", expected_query=SPEC)
+        verify_answer(
+            signed, manifest=MANIFEST, node_id="130102", expected_query=QUERY, public=False
+        )
 
 
 def statement(data: bytes) -> None:

@@ -42,7 +42,7 @@ from fedscreen.node.home import init_home, load_config
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.node.requests import handle_query
 from fedscreen.protocol.answer import verify_answer
-from fedscreen.protocol.query import SignedQuery, new_query_id, sign_query
+from fedscreen.protocol.query import SignedQuery, new_query_id, sign_query, verify_query
 from fedscreen.query.sqlparse import parse_sql
 from fedscreen.rpc import transport
 from fedscreen.rpc.client import Submitted, submit
@@ -724,10 +724,14 @@ def test_audit_service_serves_a_verifiable_log(fed: Federation) -> None:
         *["answer"] * len(NODES),
         "release",
     ]
+    request = verify_query(
+        Envelope.from_json(logged[-len(NODES) - 2]["envelope"].encode()),
+        manifest=fed.manifest, now_ms=0, window_ms=2**62,
+    )  # fmt: skip
     for entry in logged[-len(NODES) - 1 : -1]:
         answer = Envelope.from_json(entry["envelope"].encode())
         verify_answer(answer, manifest=fed.manifest, node_id=entry["node"],
-                      expected_query=parse_sql(SQL))  # fmt: skip
+                      expected_query=request, public=False)  # fmt: skip
 
 
 def _tamper(bundle: Path, out: Path) -> Path:

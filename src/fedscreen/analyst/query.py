@@ -1,28 +1,28 @@
 """The analyst's side: sign a query, submit it (``submit``, from the gRPC edge), verify a release.
 
 An analyst's home is a member identity (``fedscreen identity init --role analyst``)
-issued by the authority. ``verify_release`` trusts nothing but the manifest: the
-release must be signed by the active coordinator, every node answer in it must
-verify against its node's key and answer exactly this query, and the provincial
-cells must be the combination of those answers.
+issued by the authority. ``verify_release`` trusts nothing but the manifest and the
+provincial catalogue fedscreen ships: the release must be signed by the active
+coordinator, every node answer in it must verify against its node's key and be
+bound to exactly this signed query (its id, its digest, its ε, the one academic
+year the release states), use the mechanism the catalogue gives the dataset, and
+the provincial cells must be the combination of those answers.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedscreen.crypto.envelope import RELEASE_V1, Envelope, verify_envelope
+from fedscreen.crypto.envelope import RELEASE_V1, Envelope, parse_json, verify_envelope
 from fedscreen.errors import ConfigError, VerificationError
-from fedscreen.protocol.answer import verify_answer
-from fedscreen.protocol.combine import NodeCells
-from fedscreen.protocol.query import SignedQuery, new_query_id, sign_query
-from fedscreen.protocol.release import check_release
+from fedscreen.protocol.answer import bounded, dataset_public, verify_answer
+from fedscreen.protocol.query import SignedQuery, issue_query, new_query_id
+from fedscreen.protocol.release import ReleaseBody, check_release, parse_release
 from fedscreen.query.sqlparse import parse_sql
 from fedscreen.rpc.client import Submitted, submit
 from fedscreen.trust.identity import load_identity
@@ -52,8 +52,8 @@ def make_query(
         accuracy=accuracy,
         nodes=tuple(nodes),
     )
-    envelope = sign_query(query, key=identity.signing_key())
-    return query, envelope.to_json().encode("utf-8")
+    signed, envelope = issue_query(query, key=identity.signing_key())
+    return signed, envelope.to_json().encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -61,10 +61,12 @@ class VerifiedRelease:
     """A release whose signature, answers and combination were verified."""
 
     body: dict[str, Any]
+    #: the body's typed form
+    release: ReleaseBody
     #: node id -> the node's verified answer body (cells with the noise scale each used)
     node_bodies: dict[str, dict[str, Any]]
     #: node id -> the ε the node charged for this very answer (0 when it came from the
-    #: node's store; None from nodes that do not say)
+    #: node's store)
     charged: dict[str, float | None]
 
 
@@ -75,8 +77,10 @@ def verify_release(
     query: SignedQuery,
     answers: Mapping[str, bytes],
 ) -> VerifiedRelease:
-    """Verify a release of ``query`` and the node answers it was made of.
+    """Verify a release of ``query`` (as signed: it carries its digest) and the node
+    answers it was made of.
 
+    Whether the data are public comes from the provincial catalogue fedscreen ships.
     Anything wrong — a signature, a shape, a number — is a VerificationError, also
     for a release that is well signed but malformed.
     """
@@ -85,36 +89,36 @@ def verify_release(
         Envelope.from_json(envelope), expected_payload_type=RELEASE_V1, trusted_keys=coordinators
     )
     try:
-        return _verify_release(payload, manifest=manifest, query=query, answers=answers)
-    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError, RecursionError) as e:
-        raise VerificationError(f"malformed release: {type(e).__name__}") from None
-
-
-def _verify_release(
-    payload: bytes,
-    *,
-    manifest: Manifest,
-    query: SignedQuery,
-    answers: Mapping[str, bytes],
-) -> VerifiedRelease:
-    body = json.loads(payload)
-    if not isinstance(body, dict) or body.get("query_id") != query.query_id:
+        body = parse_json(payload)
+    except ValueError as exc:
+        raise VerificationError(f"malformed release: {bounded(str(exc))}") from None
+    release = parse_release(body)
+    if not isinstance(body, dict):  # parse_release refuses these; mypy cannot tell
+        raise VerificationError("malformed release: a release body is an object")
+    if release.query_id != query.query_id:
         raise VerificationError("the release is for another query")
-    listed = {a["node_id"]: a for a in body["answers"]}
+    listed = release.answer_digests()
     if set(listed) != set(answers):
         raise VerificationError("the release lists other answers than those delivered")
-    nodes = []
-    charged: dict[str, float | None] = {}
+    public = dataset_public(query.spec)
+    verified = []
     for node_id in sorted(answers):
-        if hashlib.sha256(answers[node_id]).hexdigest() != listed[node_id]["envelope_sha256"]:
+        if hashlib.sha256(answers[node_id]).hexdigest() != listed[node_id]:
             raise VerificationError(f"{node_id}'s answer is not the one the release names")
-        verified = verify_answer(
-            Envelope.from_json(answers[node_id]),
-            manifest=manifest,
-            node_id=node_id,
-            expected_query=query.spec,
+        verified.append(
+            verify_answer(
+                Envelope.from_json(answers[node_id]),
+                manifest=manifest,
+                node_id=node_id,
+                expected_query=query,
+                public=public,
+                academic_year=release.academic_year,
+            )
         )
-        nodes.append(NodeCells(node_id, verified.body))
-        charged[node_id] = verified.charged
-    check_release(body, query, nodes)
-    return VerifiedRelease(body, {n.node_id: n.body for n in nodes}, charged)
+    check_release(body, query, verified, public=public)
+    return VerifiedRelease(
+        body,
+        release,
+        {a.node_id: a.body for a in verified},
+        {a.node_id: a.charged for a in verified},
+    )

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from fedscreen.audit.manifests import InForce, Versions, in_force, known_versions, log_owner
+from fedscreen.audit.releases import pair_release
 from fedscreen.crypto.envelope import (
     LOG_ENTRY_V1,
     RELEASE_V1,
@@ -45,10 +46,7 @@ from fedscreen.errors import (
     QueryRefused,
     VerificationError,
 )
-from fedscreen.protocol.answer import VerifiedAnswer, verify_answer
-from fedscreen.protocol.combine import NodeCells
 from fedscreen.protocol.query import SignedQuery, verify_query
-from fedscreen.protocol.release import check_release
 from fedscreen.tlog import merkle
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
 from fedscreen.tlog.export import Bundle, LogExport
@@ -350,7 +348,7 @@ def _check_coordinator_entries(
                     raise ValueError(
                         "a release of a query that was not requested (or was already released)"
                     )
-                query, verified = _pair_release(index, body, candidates, run, manifest, origin)
+                query, verified = pair_release(index, body, candidates, run, manifest, origin)
                 candidates.remove(query)
                 for node, (_, answer) in verified.items():
                     known = report.relayed_checkpoints.get(
@@ -383,59 +381,6 @@ def _unreleased(run: list[tuple[int, str, bytes]], origin: str) -> EntryInvalid:
     return EntryInvalid(
         f"entry {first}: answers logged without their release", origin=origin, index=first
     )
-
-
-def _pair_release(
-    index: int,
-    body: dict[str, Any],
-    candidates: list[SignedQuery],
-    run: list[tuple[int, str, bytes]],
-    manifest: Manifest,
-    origin: str,
-) -> tuple[SignedQuery, dict[str, tuple[bytes, VerifiedAnswer]]]:
-    """The pending request a release answers, and the answers logged with it, verified:
-    each its node's signed answer to the query; the release names exactly those (by
-    envelope digest) and is their combination. (A resubmitted id is normally the same
-    signed query; of different ones the oldest that fits is used, and the first
-    one's failure reported.)"""
-    failure: EntryInvalid | None = None
-    tried: list[SignedQuery] = []
-    for query in candidates:
-        if query in tried:
-            continue
-        tried.append(query)
-        verified: dict[str, tuple[bytes, VerifiedAnswer]] = {}
-        at = index
-        try:
-            for entry, node, raw in run:
-                at = entry  # the answer a failure is reported at
-                answer = verify_answer(
-                    Envelope.from_json(raw),
-                    manifest=manifest,
-                    node_id=node,
-                    expected_query=query.spec,
-                )
-                verified[node] = (raw, answer)
-            at = index
-            _check_release(body, query, verified)
-        except (ValueError, KeyError, TypeError, VerificationError) as exc:
-            failure = failure or EntryInvalid(f"entry {at}: {exc}", origin=origin, index=at)
-            continue
-        return query, verified
-    # the caller passes at least one candidate; an empty list is still a refusal
-    raise failure or EntryInvalid(
-        f"entry {index}: a release without a request", origin=origin, index=index
-    )
-
-
-def _check_release(
-    body: dict[str, Any], query: SignedQuery, answers: dict[str, tuple[bytes, VerifiedAnswer]]
-) -> None:
-    listed = {str(a["node_id"]): a["envelope_sha256"] for a in body["answers"]}
-    logged = {n: hashlib.sha256(raw).hexdigest() for n, (raw, _) in answers.items()}
-    if listed != logged or len(listed) != len(body["answers"]):
-        raise ValueError("the release names other answers than the ones logged with it")
-    check_release(body, query, [NodeCells(n, answers[n][1].body) for n in sorted(answers)])
 
 
 def _check_entry(

@@ -126,7 +126,7 @@ def print_release(body: dict[str, Any], *, out: Any = None) -> None:
         f"release of query {body['query_id']} by {body['analyst']} "
         f"(verified: coordinator {body['coordinator']} and every node signature)\n"
         f"{query['measure']['kind']} over {query['dataset']}, "
-        f"{', '.join(query['years']) or 'each node’s latest year'}; "
+        f"{', '.join(query['years']) or body.get('academic_year') or 'no year stated'}; "
         f"95% intervals; cells below {body['threshold']} shown as '< {body['threshold']}'\n"
         f"answered: {len(answered)} of {len(targeted)} nodes "
         f"({body['coverage']:.0%} of the nodes asked"

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import tomllib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +29,9 @@ from fedscreen._util.sqlite import connect, transaction
 from fedscreen.crypto.envelope import RELEASE_V1, Envelope, sign_envelope
 from fedscreen.errors import ConfigError, QueryRefused, VerificationError
 from fedscreen.policy import Policy, default_policy_dir, load_policy
+from fedscreen.policy import digest as policy_digest
 from fedscreen.policy.default import PROVINCE_FILE
-from fedscreen.protocol.answer import VerifiedAnswer, verify_answer
+from fedscreen.protocol.answer import VerifiedAnswer, bounded, dataset_public, verify_answer
 from fedscreen.protocol.query import SignedQuery, verify_query
 from fedscreen.protocol.release import release_body
 from fedscreen.query.compile import compile_query
@@ -46,6 +49,8 @@ DATABASE_FILE: Final = "coordinator.db"
 ROLE: Final = "coordinator"
 #: the reason a release states for a missing node when the caller gave none
 NO_REASON: Final = "no answer"
+#: what ``[query] academic_year`` in coordinator.toml must look like
+ACADEMIC_YEAR: Final = re.compile(r"[0-9]{4}-[0-9]{4}")
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,10 @@ class Coordinator:
         query = verify_query(envelope, manifest=self.manifest, now_ms=now_ms)
         if caller is not None and query.analyst != caller:
             raise VerificationError("the query is not signed by the calling analyst")
+        try:
+            dataset_public(query.spec, self.policy)
+        except VerificationError as exc:
+            raise QueryRefused(str(exc)) from None
         if query.spec.years:
             # the provincial catalogue: a cheap early refusal (nodes apply their own, stricter)
             compile_query(query.spec, self.policy)
@@ -169,6 +178,36 @@ class Coordinator:
         )
         return query
 
+    def academic_year_for(self, query: SignedQuery, announced: Mapping[str, str]) -> str | None:
+        """The one academic year a query without years is answered for (None if it has years).
+
+        ``[query] academic_year`` in coordinator.toml if set; else the latest year that
+        most of the asked nodes announced (``announced``: node -> its latest year; ties go
+        to the newer year); None if no node announced one.
+        """
+        if query.spec.years:
+            return None
+        configured = self._configured_year()
+        if configured is not None:
+            return configured
+        asked = query.nodes or self.node_ids
+        counts = Counter(announced[n] for n in asked if announced.get(n))
+        if not counts:
+            return None
+        return max(counts.items(), key=lambda item: (item[1], item[0]))[0]
+
+    def _configured_year(self) -> str | None:
+        try:
+            config = tomllib.loads((self.home / CONFIG_FILE).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{self.home / CONFIG_FILE}: {exc}") from None
+        year = config.get("query", {}).get("academic_year")
+        if year is None:
+            return None
+        if not isinstance(year, str) or not ACADEMIC_YEAR.fullmatch(year):
+            raise ConfigError('[query] academic_year must be a year like "2024-2025"')
+        return year
+
     def release(
         self,
         query: SignedQuery,
@@ -177,28 +216,38 @@ class Coordinator:
         *,
         eligible: Mapping[str, int] | None = None,
         reasons: Mapping[str, str] | None = None,
+        academic_year: str | None = None,
     ) -> Release:
         """Verify the nodes' answers, combine them, sign and log the release.
 
         ``reasons`` says why each ``missing`` node has no answer (the release states
-        it). (The query itself was logged by ``accept``.)
+        it). ``academic_year``: the year a query without years was pinned to
+        (``academic_year_for``); answers for another year are not used. An answer that
+        does not verify (a bad signature, another query, a malformed body) makes its
+        node missing, with the reason; the release goes on. (The query itself was
+        logged by ``accept``.)
         """
         verified: dict[str, tuple[bytes, VerifiedAnswer]] = {}
         lost = list(missing)
         why = {n: (reasons or {}).get(n) or NO_REASON for n in missing}
+        public = dataset_public(query.spec, self.policy)
         for node_id, raw in answers.items():
             try:
                 answer = verify_answer(
                     Envelope.from_json(raw),
                     manifest=self.manifest,
                     node_id=node_id,
-                    expected_query=query.spec,
+                    expected_query=query,
+                    public=public,
+                    academic_year=academic_year,
                 )
-            except VerificationError:
+            except VerificationError as exc:
                 lost.append(node_id)  # an answer that does not verify counts as no answer
-                why[node_id] = "its answer did not verify"
+                why[node_id] = f"its answer did not verify: {bounded(str(exc))}"
                 continue
             verified[node_id] = (raw, answer)
+        if not query.spec.years and academic_year is None:
+            academic_year = _one_year(verified, lost, why)
         targeted = list(query.nodes or self.node_ids)
         body = release_body(
             coordinator_id=self.member_id,
@@ -208,6 +257,9 @@ class Coordinator:
             missing_reasons=why,
             targeted=targeted,
             threshold=self.policy.limits.publication_threshold,
+            public=public,
+            academic_year=academic_year,
+            catalogue_digest=policy_digest(self.policy),
             eligible=eligible or {},
         )
         signed = (
@@ -282,6 +334,23 @@ class Coordinator:
     def close(self) -> None:
         """Close the log database."""
         self.conn.close()
+
+
+def _one_year(
+    verified: dict[str, tuple[bytes, VerifiedAnswer]], lost: list[str], why: dict[str, str]
+) -> str | None:
+    """With no pinned year, the year most answers are for (ties: the newer); the answers
+    for other years are dropped as missing. None if no answer verified."""
+    years = Counter(answer.answer.query.years[0] for _, answer in verified.values())
+    if not years:
+        return None
+    year = max(years.items(), key=lambda item: (item[1], item[0]))[0]
+    for node_id, (_, answer) in list(verified.items()):
+        if answer.answer.query.years[0] != year:
+            del verified[node_id]
+            lost.append(node_id)
+            why[node_id] = f"answered for another academic year than {year}"
+    return year
 
 
 def export_log(home: Path) -> LogExport:

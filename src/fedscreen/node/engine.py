@@ -11,7 +11,8 @@
     COMMIT                              ──then──▶ return the answer
 
 so an answer can only leave after its charge is durable, and a crash anywhere
-before COMMIT leaves neither charge nor answer. Repeating a question (same
+before COMMIT leaves neither charge nor answer. Every refusal is recorded with a
+reason ``<code>: <detail>`` from ``protocol.refusal``'s fixed vocabulary. Repeating a question (same
 canonical spec, ε, data version and policy) returns the same noisy answer, so
 averaging repeated answers teaches nothing.
 """
@@ -31,11 +32,13 @@ from fedscreen.crypto.envelope import ANSWER_V1, Envelope, sign_envelope
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import QueryRefused
 from fedscreen.node import ledger, store
+from fedscreen.node.cells import release
 from fedscreen.node.home import NodeConfig
 from fedscreen.policy import Policy
 from fedscreen.policy import digest as policy_digest
 from fedscreen.protocol.answer import answer_payload
 from fedscreen.protocol.budget import check_budget, from_micro, to_micro
+from fedscreen.protocol.refusal import parse_reason, refusal_reason
 from fedscreen.query import mechanisms
 from fedscreen.query.compile import Plan, compile_query
 from fedscreen.query.cost import request_epsilon
@@ -62,6 +65,19 @@ class QueryRequest:
     text: str = ""
     #: the signed query's id: a query id is answered once; a replay gets the stored answer
     query_id: str | None = None
+    #: SHA-256 (hex) of the signed query's payload; the signed answer states it with the id
+    query_sha256: str | None = None
+    #: the year a spec without years is answered for (the coordinator's pin); None: the
+    #: node's latest year (a local query)
+    academic_year: str | None = None
+
+
+class _Refused(Exception):
+    """A refusal with its code, inside the engine (callers get QueryRefused)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -99,27 +115,32 @@ def answer_query(
 ) -> Answer:
     """Answer one request (see the module docstring); raises QueryRefused with a reason."""
     try:
+        code = "invalid-query"
         try:
             spec = request.spec if request.spec is not None else parse_sql(request.text)
             if not spec.years:
-                year = latest_year(conn)
+                year = request.academic_year or latest_year(conn)
                 if year is None:
-                    raise QueryRefused("this node holds no screenings yet")
+                    raise _Refused("no-data", "this node holds no screenings yet")
                 spec = QuerySpec(spec.dataset, spec.measure, spec.group_by, spec.where, (year,))
+            code = "policy"
             plan = compile_query(spec, policy)
             epsilon = request_epsilon(
                 plan, policy, epsilon=request.epsilon, accuracy=request.accuracy
             )
         except RecursionError:
             # the parser and the spec limit nesting; this is only the last resort
-            raise QueryRefused("the query is nested too deeply to check") from None
-        return _answer(config, policy, request.analyst, plan, epsilon, conn, request.query_id)
-    except QueryRefused as refusal:
+            raise _Refused("invalid-query", "the query is nested too deeply to check") from None
+        except QueryRefused as exc:
+            raise _Refused(code, str(exc)) from None
+        return _answer(config, policy, request, plan, epsilon, conn)
+    except _Refused as refusal:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         query = request.text or _describe(request.spec)
-        record_refusal(config, conn, analyst=request.analyst, query=query, reason=str(refusal))
-        raise
+        reason = refusal_reason(refusal.code, str(refusal))
+        record_refusal(config, conn, analyst=request.analyst, query=query, reason=reason)
+        raise QueryRefused(reason) from None
 
 
 def _describe(spec: QuerySpec | None) -> str:
@@ -139,12 +160,14 @@ def record_refusal(
 ) -> None:
     """Record a refused request and log it, in one transaction; it costs no budget.
 
-    The texts are stored as valid UTF-8 (a lone surrogate from a command line becomes
-    ``\\udcff``) and the query at most ``MAX_RECORDED_CHARS`` long, so no refusal
-    fails to be recorded and none fills the disk.
+    ``reason`` is ``<code>: <detail>`` (``protocol.refusal.refusal_reason``); a reason
+    without a code of the vocabulary (a caller's plain text) is filed under the code
+    its words suggest. The texts are stored as valid UTF-8 (a lone surrogate from a
+    command line becomes ``\\udcff``) and the query at most ``MAX_RECORDED_CHARS``
+    long, so no refusal fails to be recorded and none fills the disk.
     """
     at = now()
-    analyst, reason = _storable(analyst), _storable(reason)
+    analyst, reason = _storable(analyst), _storable(_coded(reason))
     query = _storable(query)
     if len(query) > MAX_RECORDED_CHARS:
         query = f"{query[:MAX_RECORDED_CHARS]}… ({len(query):,} characters)"
@@ -165,6 +188,18 @@ def record_refusal(
         )
 
 
+def _coded(reason: str) -> str:
+    try:
+        parse_reason(reason)
+        return reason
+    except ValueError:
+        pass
+    words = reason.lower()
+    # the agent's own refusals: a passed deadline, or a clock too far from the coordinator's
+    code = "deadline-passed" if "deadline" in words else "stale" if "clock" in words else "internal"
+    return refusal_reason(code, reason)
+
+
 def _storable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
@@ -172,12 +207,14 @@ def _storable(text: str) -> str:
 def _answer(
     config: NodeConfig,
     policy: Policy,
-    analyst: str,
+    request: QueryRequest,
     plan: Plan,
     epsilon: float,
     conn: sqlite3.Connection,
-    query_id: str | None = None,
 ) -> Answer:
+    analyst, query_id = request.analyst, request.query_id
+    # the signed answer names the request it answers now (a replay: this request's id)
+    bound = (query_id, request.query_sha256)
     digest = policy_digest(policy)
     cost_micro = to_micro(epsilon)
     key = config.signing_key()
@@ -206,7 +243,7 @@ def _answer(
             body = json.loads(row[1])
             logged = _log_answer(conn, config, key, analyst, plan, body, 0, cached=True)
             conn.execute("COMMIT")
-            return _signed(int(row[0]), body, logged, key, cached=True, charged_micro=0)
+            return _signed(int(row[0]), body, logged, key, cached=True, charged_micro=0, to=bound)
         threshold = policy.limits.approval_above_epsilon
         if threshold is not None and cost_micro > to_micro(threshold):
             try:
@@ -218,19 +255,22 @@ def _answer(
                     cost_micro=cost_micro,
                     at=now(),
                 )
-            except QueryRefused:
+            except QueryRefused as exc:
                 conn.execute("COMMIT")  # keep the pending request; the caller records the refusal
-                raise
+                raise _Refused("approval-required", str(exc)) from None
         if not plan.dataset.public:
             limits = policy.limits
             for year in plan.spec.years:
-                check_budget(
-                    ledger.spent(conn, year, analyst),
-                    cost_micro=cost_micro,
-                    node_budget_micro=to_micro(limits.epsilon_per_node_per_year),
-                    analyst_budget_micro=to_micro(limits.analyst_budget(analyst)),
-                    analyst=analyst,
-                )
+                try:
+                    check_budget(
+                        ledger.spent(conn, year, analyst),
+                        cost_micro=cost_micro,
+                        node_budget_micro=to_micro(limits.epsilon_per_node_per_year),
+                        analyst_budget_micro=to_micro(limits.analyst_budget(analyst)),
+                        analyst=analyst,
+                    )
+                except QueryRefused as exc:
+                    raise _Refused("budget", str(exc)) from None
         rows = conn.execute(plan.sql, plan.params).fetchall()
         answered_at = now()
         body = {
@@ -284,7 +324,7 @@ def _answer(
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return _signed(answer_id, body, logged, key, cached=False, charged_micro=cost_micro)
+    return _signed(answer_id, body, logged, key, cached=False, charged_micro=cost_micro, to=bound)
 
 
 def _remember(conn: sqlite3.Connection, query_id: str, analyst: str, answer_id: int) -> None:
@@ -340,124 +380,17 @@ def _signed(
     *,
     cached: bool,
     charged_micro: int,
+    to: tuple[str | None, str | None],
 ) -> Answer:
-    """Sign an answer with what this delivery charged (nothing when ``cached``)."""
-    payload = answer_payload(body, logged.index, logged.note, from_micro(charged_micro))
+    """Sign an answer with what this delivery charged (nothing when ``cached``) and the
+    signed query it answers (``to``: query id and digest; None for a local query)."""
+    payload = answer_payload(
+        body,
+        logged.index,
+        logged.note,
+        from_micro(charged_micro),
+        query_id=to[0],
+        query_sha256=to[1],
+    )
     envelope = sign_envelope(payload_type=ANSWER_V1, payload=payload, key=key)
     return Answer(answer_id, body, cached, envelope, logged.index, logged.note)
-
-
-def _filled(plan: Plan, rows: list[tuple[Any, ...]]) -> list[list[int]]:
-    """Aggregates per cell in ``plan.cells`` order; cells with no rows are zeros."""
-    width = len(plan.spec.group_by)
-    found = {tuple(r[:width]): [int(v or 0) for v in r[width:]] for r in rows}
-    return [found.get(cell, [0] * plan.aggregates) for cell in plan.cells]
-
-
-def release(
-    plan: Plan, rows: list[tuple[Any, ...]], epsilon: float, threshold: int
-) -> dict[str, Any]:
-    """Noisy cells for the plan's measure (exact cells for a public dataset)."""
-    values = _filled(plan, rows)
-    kind = plan.spec.measure.kind
-    groups = [list(cell) for cell in plan.cells]
-    if plan.dataset.public:
-        return {
-            "mechanism": "none (public data)",
-            "cells": [
-                {"group": g, "value": v[0], **({"denominator": v[1]} if len(v) > 1 else {})}
-                for g, v in zip(groups, values, strict=True)
-            ],
-        }
-    if kind in ("count", "sum"):
-        noisy = mechanisms.laplace_vector(
-            [v[0] for v in values], epsilon=epsilon, sensitivity=plan.sensitivity
-        )
-        cells = [
-            _cell(g, value, noisy.scale, noisy.half_width, threshold if kind == "count" else None)
-            for g, value in zip(groups, noisy.values, strict=True)
-        ]
-        return {"mechanism": noisy.mechanism, "scale": noisy.scale, "cells": cells}
-    if kind in ("mean", "rate"):
-        # split ε: half for the numerator (sum or matching count), half for the count
-        numerator = mechanisms.laplace_vector(
-            [v[0] for v in values], epsilon=epsilon / 2, sensitivity=plan.sensitivity
-        )
-        denominator = mechanisms.laplace_vector(
-            [v[1] for v in values], epsilon=epsilon / 2, sensitivity=1
-        )
-        low, high = plan.bounds if kind == "mean" and plan.bounds else (0, 1)
-        cells = []
-        for g, num, den in zip(groups, numerator.values, denominator.values, strict=True):
-            cells.append(
-                {
-                    "group": g,
-                    **ratio(num, numerator.scale, den, denominator.scale, low, high, threshold),
-                    "numerator": {"value": num, "scale": numerator.scale},
-                    "denominator": {"value": den, "scale": denominator.scale},
-                }
-            )
-        return {"mechanism": "discrete_laplace ratio", "cells": cells}
-    assert kind == "quantile"
-    assert plan.spec.measure.q is not None
-    cells = []
-    per_cell = len(plan.candidates)
-    scale = 0.0
-    for g, v in zip(groups, values, strict=True):
-        below, above = v[0 : 2 * per_cell : 2], v[1 : 2 * per_cell : 2]
-        scores, sensitivity = mechanisms.quantile_scores(below, above, plan.spec.measure.q)
-        # cells are disjoint: each spends ε on its own rows (parallel composition)
-        index, scale = mechanisms.exponential_quantile(
-            scores, sensitivity=sensitivity, epsilon=epsilon
-        )
-        cells.append(
-            {"group": g, "value": plan.candidates[index], "display": str(plan.candidates[index])}
-        )
-    return {
-        "mechanism": "exponential mechanism (report noisy max, exponential noise)",
-        "scale": scale,
-        "cells": cells,
-    }
-
-
-def _cell(
-    group: list[Any], value: int, scale: float, half: int, threshold: int | None
-) -> dict[str, Any]:
-    small = threshold is not None and value < threshold
-    return {
-        "group": group,
-        "value": value,
-        "lower": value - half,
-        "upper": value + half,
-        "display": f"< {threshold}" if small else str(value),
-        "suppressed": small,
-    }
-
-
-def ratio(
-    num: int, num_scale: float, den: int, den_scale: float, low: float, high: float, threshold: int
-) -> dict[str, Any]:
-    """A noisy ratio with a ≥95% interval (each part at 97.5%, union bound), clipped to bounds."""
-    if den < threshold:
-        return {
-            "value": None,
-            "lower": low,
-            "upper": high,
-            "display": f"< {threshold}",
-            "suppressed": True,
-        }
-    num_half = mechanisms.half_width(num_scale, alpha=mechanisms.ALPHA / 2)
-    den_half = mechanisms.half_width(den_scale, alpha=mechanisms.ALPHA / 2)
-    value = min(max(num / den, low), high)
-    lows = [(num - num_half) / (den + den_half)]
-    highs = [(num + num_half) / (den - den_half)] if den - den_half > 0 else [high]
-    if den - den_half > 0:
-        lows.append((num - num_half) / (den - den_half))
-        highs.append((num + num_half) / (den + den_half))
-    return {
-        "value": value,
-        "lower": min(max(min(lows), low), high),
-        "upper": min(max(max(highs), low), high),
-        "display": f"{value:.4g}",
-        "suppressed": False,
-    }

@@ -4,24 +4,31 @@ The node trusts nobody on the path: it verifies the analyst's signature and
 role against its own copy of the manifest (the coordinator cannot forge or
 alter a query), checks freshness, the coordinator's deadline and that the query
 is addressed to it, then runs the engine, which answers each query id once (a
-replay gets the stored answer and costs nothing). Every refusal — a bad or stale
-envelope, a passed deadline, a query for other nodes, and whatever the engine
-refuses — is recorded and logged, and costs nothing.
+replay gets the stored answer and costs nothing) and signs the answer together
+with the query's id and digest. Every refusal — a bad or stale envelope, a
+passed deadline, a query for other nodes, and whatever the engine refuses — is
+recorded and logged with a reason ``<code>: <detail>`` (``protocol.refusal``),
+and costs nothing. Nothing of an envelope that did not verify is recorded.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from typing import NoReturn
 
 from fedscreen._util.canonical import canonical_json
 from fedscreen.crypto.envelope import Envelope
-from fedscreen.errors import FedscreenError, QueryRefused, VerificationError
+from fedscreen.errors import QueryRefused, VerificationError
 from fedscreen.node.engine import QueryRequest, answer_query, record_refusal
 from fedscreen.node.home import NodeConfig
 from fedscreen.policy import Policy
-from fedscreen.protocol.query import FRESHNESS_WINDOW_MS, verify_query
+from fedscreen.protocol.query import FRESHNESS_WINDOW_MS, check_fresh, verify_query
+from fedscreen.protocol.refusal import refusal_reason
 from fedscreen.trust.manifest import Manifest
+
+#: the freshness window verify_query is given: freshness is checked apart, to say "stale"
+_ANY_TIME = 2**62
 
 
 def handle_query(
@@ -34,35 +41,45 @@ def handle_query(
     now_ms: int | None = None,
     window_ms: int = FRESHNESS_WINDOW_MS,
     deadline_unix_ms: int | None = None,
+    academic_year: str | None = None,
 ) -> bytes:
     """Answer a signed query; returns the signed answer envelope (JSON bytes).
 
     ``deadline_unix_ms`` (the coordinator's, 0 or None: none): a query that reaches
     the node when its deadline has passed is refused, not started — its answer
     could not be delivered, and a charge for it would buy nothing.
+    ``academic_year`` (the coordinator's pin, "" or None: none): the year a query
+    whose spec names no years is answered for, the same at every node.
 
     Raises QueryRefused (recorded and logged) for anything the node will not answer.
     """
     clock = int(time.time() * 1000) if now_ms is None else now_ms
     try:
         envelope = Envelope.from_json(envelope_bytes)
-        query = verify_query(envelope, manifest=manifest, now_ms=clock, window_ms=window_ms)
-    except (VerificationError, QueryRefused, RecursionError) as exc:
-        problem = str(exc) if isinstance(exc, FedscreenError) else "nested too deeply"
-        reason = f"not a valid analyst query: {problem}"
-        record_refusal(config, conn, analyst="(unverified)", query="", reason=reason)
-        raise QueryRefused(reason) from None
+    except VerificationError:
+        _refuse(config, conn, "(unverified)", "", "invalid-query", "not a well-formed envelope")
+    try:
+        query = verify_query(envelope, manifest=manifest, now_ms=clock, window_ms=_ANY_TIME)
+    except RecursionError:
+        _refuse(config, conn, "(unverified)", "", "invalid-query", "nested too deeply")
+    except (VerificationError, QueryRefused) as exc:
+        # verify_query's words: fixed ones before the signature verified, and after it
+        # only what the analyst signed (bounded by refusal_reason)
+        detail = f"not a valid analyst query: {exc}"
+        _refuse(config, conn, "(unverified)", "", "invalid-query", detail)
+    try:
+        check_fresh(query, now_ms=clock, window_ms=window_ms)
+    except QueryRefused as exc:
+        _refuse(config, conn, query.analyst, query.query_id, "stale", str(exc))
     if deadline_unix_ms and clock >= deadline_unix_ms:
-        reason = (
+        detail = (
             f"the coordinator's deadline for query {query.query_id} passed "
             f"{(clock - deadline_unix_ms) / 1000:.3g} s before the node could start"
         )
-        record_refusal(config, conn, analyst=query.analyst, query=query.query_id, reason=reason)
-        raise QueryRefused(reason)
+        _refuse(config, conn, query.analyst, query.query_id, "deadline-passed", detail)
     if query.nodes and config.node_id not in query.nodes:
-        reason = f"query {query.query_id} is not addressed to node {config.node_id}"
-        record_refusal(config, conn, analyst=query.analyst, query=query.query_id, reason=reason)
-        raise QueryRefused(reason)
+        detail = f"query {query.query_id} is not addressed to node {config.node_id}"
+        _refuse(config, conn, query.analyst, query.query_id, "not-addressed", detail)
     request = QueryRequest(
         analyst=query.analyst,
         spec=query.spec,
@@ -70,6 +87,17 @@ def handle_query(
         accuracy=query.accuracy,
         text=canonical_json(query.to_json()).decode(),
         query_id=query.query_id,
+        query_sha256=query.digest,
+        academic_year=academic_year or None,
     )
     answer = answer_query(config, policy, request, conn=conn)
     return answer.envelope.to_json().encode("utf-8")
+
+
+def _refuse(
+    config: NodeConfig, conn: sqlite3.Connection, analyst: str, query: str, code: str, detail: str
+) -> NoReturn:
+    """Record and log a refusal (it costs nothing), then raise it."""
+    reason = refusal_reason(code, detail)
+    record_refusal(config, conn, analyst=analyst, query=query, reason=reason)
+    raise QueryRefused(reason)

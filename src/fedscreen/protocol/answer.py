@@ -1,23 +1,40 @@
 """A node's signed answer: the bytes it signs, and their verification (coordinator, auditors).
 
-A node signs ``{"answer": body, "log_index": i, "checkpoint": note}`` as a DSSE
-envelope (``ANSWER_V1``). ``verify_answer`` checks, in order: the signature is
-by the active manifest member that ``node_id`` names (a node); the payload is
-well formed; the answer says it is from that node; it answers exactly the
-expected query (so an answer cannot be reattached to another question); and the
-checkpoint it carries is signed by the same node for its own log and covers the
-entry. It returns the verified parts or raises VerificationError.
+A node signs, as a DSSE envelope (``ANSWER_V1``)::
+
+    {"answer": body, "log_index": i, "checkpoint": note, "charged": ε,
+     "query_id": "<32 hex>" | null, "query_sha256": "<64 hex>" | null}
+
+``query_id`` and ``query_sha256`` bind the answer to the analyst's signed query it
+answers (``protocol.query.query_digest``: SHA-256 of the signed query payload); a
+local ``fedscreen node query`` answer has no signed query and carries nulls, which
+no federation verifier accepts. The binding is in this signed payload, not in the
+body: a stored body given again for a replayed query id is signed with the id and
+digest of the request it answers now.
+
+``verify_answer`` checks, in order: the signature is by the active manifest
+member that ``node_id`` names (a node); the payload and body parse into their
+types (:class:`AnswerBody`; any shape error is a VerificationError); the answer
+says it is from that node; it answers exactly the expected signed query (id,
+digest, question, academic year and ε: "another id, another question, another ε"
+are all refused); its mechanism is the one the catalogue says the dataset takes
+(public: exact; otherwise noisy, with its scale); and the checkpoint it carries is
+signed by the same node for its own log and covers the entry.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from fedscreen._util.canonical import canonical_json
 from fedscreen.crypto.envelope import ANSWER_V1, Envelope, parse_json, verify_envelope
 from fedscreen.errors import QueryRefused, VerificationError
+from fedscreen.policy import Policy, default_policy_dir, load_policy
+from fedscreen.policy.default import PROVINCE_FILE
 from fedscreen.query.spec import QuerySpec
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
 from fedscreen.trust.manifest import Manifest, show_id
@@ -30,36 +47,151 @@ MAX_SCALE: Final = 1e15
 MAX_VALUE: Final = 2**62
 #: the largest ε a message may state; far beyond any budget, and exact in µε
 MAX_STATED_EPSILON: Final = 1e9
+#: the mechanism a public dataset's answer states: exact values, no noise, no ε
+PUBLIC_MECHANISM: Final = "none (public data)"
+#: longest reason a verification failure quotes (characters)
+MAX_REASON_CHARS: Final = 200
 
 
-def answer_payload(body: dict[str, Any], log_index: int, checkpoint: str, charged: float) -> bytes:
+def answer_payload(
+    body: dict[str, Any],
+    log_index: int,
+    checkpoint: str,
+    charged: float,
+    *,
+    query_id: str | None,
+    query_sha256: str | None,
+) -> bytes:
     """The exact bytes a node signs for an answer.
 
     ``charged`` is the ε this delivery cost the ledger: the body's ε when it was just
     computed, 0 when the stored answer was given again (identical query, same data).
+    ``query_id`` and ``query_sha256`` name the signed query answered (None: a local query).
     """
     return canonical_json(
-        {"answer": body, "log_index": log_index, "checkpoint": checkpoint, "charged": charged}
+        {
+            "answer": body,
+            "log_index": log_index,
+            "checkpoint": checkpoint,
+            "charged": charged,
+            "query_id": query_id,
+            "query_sha256": query_sha256,
+        }
     )
+
+
+class ExpectedQuery(Protocol):
+    """What an answer is checked against: a ``protocol.query.SignedQuery`` (the message
+    modules are independent, so it is named by its shape)."""
+
+    @property
+    def query_id(self) -> str: ...
+    @property
+    def digest(self) -> str: ...
+    @property
+    def spec(self) -> QuerySpec: ...
+    @property
+    def epsilon(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class Part:
+    """A noisy numerator or denominator of a rate or mean cell."""
+
+    value: int
+    scale: float
+
+
+@dataclass(frozen=True)
+class AnswerCell:
+    """One cell of an answer. Counts and sums: ``value`` (and ``lower``/``upper`` when
+    noisy); rates and means: ``numerator`` and ``denominator``; quantiles: ``value``."""
+
+    group: tuple[Any, ...]
+    value: int | float | None
+    lower: float | None = None
+    upper: float | None = None
+    numerator: Part | None = None
+    denominator: Part | None = None
+
+
+@dataclass(frozen=True)
+class AnswerBody:
+    """The typed form of an answer body, as the node signed it."""
+
+    node_id: str
+    analyst: str
+    query: QuerySpec
+    epsilon: float
+    mechanism: str
+    #: the noise scale of count, sum and quantile answers (None: public data, or a ratio)
+    scale: float | None
+    cells: tuple[AnswerCell, ...]
+
+    @property
+    def public(self) -> bool:
+        """Whether the answer states exact (public) values."""
+        return self.mechanism == PUBLIC_MECHANISM
 
 
 @dataclass(frozen=True)
 class VerifiedAnswer:
-    """An answer whose signature, origin, query and checkpoint were verified."""
+    """An answer whose signature, origin, query binding and checkpoint were verified."""
 
     node_id: str
+    #: the body as signed (JSON); ``answer`` is its typed form
     body: dict[str, Any]
     log_index: int
     checkpoint: Checkpoint
     checkpoint_note: str
-    #: ε this delivery charged (0: the node's stored answer, given again); None if unstated
-    charged: float | None = None
+    #: ε this delivery charged (0: the node's stored answer, given again)
+    charged: float
+    answer: AnswerBody
+    query_id: str
+    query_sha256: str
+
+
+@functools.cache
+def shipped_catalogue() -> Policy:
+    """The provincial catalogue fedscreen ships (package data, read once): what analysts
+    and auditors decide public-ness by."""
+    return load_policy(default_policy_dir() / PROVINCE_FILE)
+
+
+def dataset_public(spec: QuerySpec, catalogue: Policy | None = None) -> bool:
+    """Whether the catalogue (default: the shipped one) says ``spec``'s dataset is public;
+    VerificationError if it does not know the dataset.
+
+    Every role decides this the same way, from the provincial catalogue, never from
+    what an answer says about itself.
+    """
+    dataset = (catalogue or shipped_catalogue()).datasets.get(spec.dataset)
+    if dataset is None:
+        raise VerificationError(f"dataset {show_id(spec.dataset)} is not in the catalogue")
+    return dataset.public
+
+
+def bounded(text: str) -> str:
+    """``text`` cut to ``MAX_REASON_CHARS`` printable characters (for errors and logs)."""
+    clean = "".join(c if c.isprintable() else "?" for c in text[: MAX_REASON_CHARS + 1])
+    return clean if len(clean) <= MAX_REASON_CHARS else clean[: MAX_REASON_CHARS - 1] + "…"
 
 
 def verify_answer(
-    envelope: Envelope, *, manifest: Manifest, node_id: str, expected_query: QuerySpec
+    envelope: Envelope,
+    *,
+    manifest: Manifest,
+    node_id: str,
+    expected_query: ExpectedQuery,
+    public: bool,
+    academic_year: str | None = None,
 ) -> VerifiedAnswer:
-    """Verify a node's answer to ``expected_query``; raises VerificationError."""
+    """Verify a node's answer to the signed query ``expected_query``; raises VerificationError.
+
+    ``expected_query`` is the verified signed query; ``public`` comes from
+    :func:`dataset_public`.
+    ``academic_year``: the year a query without years was pinned to (the release says).
+    """
     member = manifest.member(node_id, role="node")
     payload = verify_envelope(
         envelope,
@@ -73,81 +205,165 @@ def verify_answer(
         body, index, note = data["answer"], data["log_index"], data["checkpoint"]
         if isinstance(index, bool) or not isinstance(index, int) or not isinstance(note, str):
             raise TypeError("log_index must be an integer and checkpoint a string")
-        charged = data.get("charged")
-        if charged is not None:
-            charged = _epsilon(charged)
-        if not isinstance(body.get("query"), dict):
-            raise TypeError("the answer's query must be an object")
-        answered = QuerySpec.from_json(body["query"])
-        claimed_node = body["node_id"]
-        # what combine() reads must be there, so a verified answer can be combined
-        check_cells(answered.measure.kind, body)
+        charged = _epsilon(data.get("charged"), "charged")
+        query_id, digest = data.get("query_id"), data.get("query_sha256")
+        if not isinstance(query_id, str | None) or not isinstance(digest, str | None):
+            raise TypeError("query_id and query_sha256 must be strings or null")
+        typed = parse_answer_body(body)
     except (ValueError, KeyError, TypeError, RecursionError, QueryRefused) as exc:
-        raise VerificationError(f"malformed answer from {node_id}: {exc!r}") from None
-    if claimed_node != node_id:
+        raise VerificationError(f"malformed answer from {node_id}: {bounded(str(exc))}") from None
+    if typed.node_id != node_id:
         raise VerificationError(
-            f"answer claims to be from {show_id(claimed_node)}, not {node_id!r}"
+            f"answer claims to be from {show_id(typed.node_id)}, not {node_id!r}"
         )
-    answered_json = answered.to_json()
-    if not expected_query.years:
-        # a query without a period is answered for the node's latest year: compare the rest
-        answered_json["years"] = []
-    if canonical_json(answered_json) != canonical_json(expected_query.to_json()):
-        raise VerificationError(f"the answer from {node_id} answers a different query")
+    if query_id is None or digest is None:
+        raise VerificationError(
+            f"the answer from {node_id} answers no signed query (a local answer)"
+        )
+    if query_id != expected_query.query_id:
+        raise VerificationError(f"the answer from {node_id} answers another query id")
+    if digest != expected_query.digest:
+        raise VerificationError(
+            f"the answer from {node_id} answers another signed query (its digest differs)"
+        )
+    _check_question(typed.query, expected_query.spec, academic_year, node_id)
+    _check_mechanism(typed, public=public, node_id=node_id)
+    _check_epsilon(typed, charged, expected_query.epsilon, public=public, node_id=node_id)
     origin = member_origin("node", node_id)
     checkpoint = parse_and_verify_note(note, verifiers={origin: member.signing_key})
     if checkpoint.origin != origin or not 0 <= index < checkpoint.size:
         raise VerificationError(f"the checkpoint in {node_id}'s answer does not cover its entry")
-    return VerifiedAnswer(node_id, body, index, checkpoint, note, charged)
+    return VerifiedAnswer(node_id, body, index, checkpoint, note, charged, typed, query_id, digest)
 
 
-def _epsilon(value: object) -> float:
-    """A stated ε: a finite number ≥ 0 (ValueError otherwise)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError("charged must be a number")
-    if not 0 <= value <= MAX_STATED_EPSILON:  # refuses NaN, infinity and huge ints
-        raise ValueError(f"charged must be within [0, {MAX_STATED_EPSILON:g}]")
-    return float(value)
+def _check_question(
+    answered: QuerySpec, expected: QuerySpec, year: str | None, node_id: str
+) -> None:
+    answered_json = answered.to_json()
+    if not expected.years:
+        # a query without a period is answered for one academic year, the same at every node
+        if len(answered.years) != 1 or (year is not None and answered.years[0] != year):
+            raise VerificationError(
+                f"the answer from {node_id} is for another academic year than the release's"
+            )
+        answered_json["years"] = []
+    if canonical_json(answered_json) != canonical_json(expected.to_json()):
+        raise VerificationError(f"the answer from {node_id} answers a different question")
 
 
-def check_cells(kind: str, body: Mapping[str, Any]) -> None:
-    """Raise ValueError unless ``body`` holds the cells ``combine.combine`` reads for ``kind``.
+def _check_epsilon(
+    body: AnswerBody, charged: float, asked: float | None, *, public: bool, node_id: str
+) -> None:
+    stated = to_micro(body.epsilon)
+    if public and stated != 0:
+        raise VerificationError(f"the answer from {node_id} charges ε for public data")
+    if not public and asked is not None and stated != to_micro(asked):
+        raise VerificationError(f"the answer from {node_id} is for another ε than asked")
+    if to_micro(charged) not in (0, stated):
+        raise VerificationError(f"the answer from {node_id} charged another ε than it states")
 
-    A node's signature says who wrote an answer, not that it is well formed: every cell
-    is an object with a ``group`` list and, for counts and sums, a finite ``value``
-    (and ``lower``/``upper`` and a ``scale`` when noisy); for rates and means, a
-    numerator and a denominator with a finite ``value`` and ``scale`` each.
+
+def _check_mechanism(body: AnswerBody, *, public: bool, node_id: str) -> None:
+    if body.public != public:
+        kind = "public" if public else "noisy"
+        raise VerificationError(
+            f"the answer from {node_id} does not use the mechanism for {kind} data"
+        )
+    if not public and body.query.measure.kind not in ("rate", "mean") and body.scale is None:
+        raise VerificationError(f"malformed answer from {node_id}: a noisy answer needs its scale")
+
+
+def parse_answer_body(body: Mapping[str, Any]) -> AnswerBody:
+    """The typed form of a signed answer body; ValueError/TypeError/KeyError on a bad shape.
+
+    What ``combine`` reads must be there: every cell an object with a ``group`` list and,
+    for counts and sums, an integer ``value`` (and finite ``lower``/``upper`` when
+    noisy); for rates and means, a numerator and a denominator with an integer
+    ``value`` and a ``scale`` each.
     """
+    if not isinstance(body.get("query"), dict):
+        raise TypeError("the answer's query must be an object")
+    query = QuerySpec.from_json(body["query"])
+    node_id, analyst, mechanism = body["node_id"], body["analyst"], body["mechanism"]
+    if not all(isinstance(v, str) for v in (node_id, analyst, mechanism)):
+        raise TypeError("node_id, analyst and mechanism must be strings")
+    epsilon = _epsilon(body["epsilon"], "epsilon")
+    scale = _scale(body["scale"]) if "scale" in body else None
+    kind = query.measure.kind
+    noisy = mechanism != PUBLIC_MECHANISM
     cells = body.get("cells")
     if not isinstance(cells, list):
         raise ValueError("an answer's cells must be a list")
-    noisy = "scale" in body
-    if noisy and kind in ("count", "sum"):
-        _scale(body["scale"])
-    for cell in cells:
-        if not isinstance(cell, dict) or not isinstance(cell.get("group"), list):
-            raise ValueError("each cell must be an object with a group list")
-        if kind in ("count", "sum"):
-            for name in ("value", "lower", "upper") if noisy else ("value",):
-                _finite(cell.get(name), name)
-        elif kind in ("rate", "mean"):
-            for name in ("numerator", "denominator"):
-                part = cell.get(name)
-                if not isinstance(part, dict):
-                    raise ValueError(f"a {kind} cell needs a {name} object")
-                _finite(part.get("value"), f"{name} value")
-                _scale(part.get("scale"))
+    return AnswerBody(
+        node_id, analyst, query, epsilon, mechanism, scale,
+        tuple(_cell(c, kind, noisy=noisy) for c in cells),
+    )  # fmt: skip
 
 
-def _finite(value: Any, what: str) -> None:
+def _cell(cell: object, kind: str, *, noisy: bool) -> AnswerCell:
+    if not isinstance(cell, dict) or not isinstance(cell.get("group"), list):
+        raise ValueError("each cell must be an object with a group list")
+    group = tuple(cell["group"])
+    stated = cell.get("value")
+    if kind in ("count", "sum"):
+        count = _integer(stated, "value")
+        if not noisy:
+            return AnswerCell(group, count)
+        return AnswerCell(
+            group, count, _finite(cell.get("lower"), "lower"), _finite(cell.get("upper"), "upper")
+        )
+    if kind in ("rate", "mean"):
+        parts = []
+        for name in ("numerator", "denominator"):
+            part = cell.get(name)
+            if not isinstance(part, dict):
+                raise ValueError(f"a {kind} cell needs a {name} object")
+            parts.append(
+                Part(_integer(part.get("value"), f"{name} value"), _scale(part.get("scale")))
+            )
+        return AnswerCell(
+            group, None if stated is None else _finite(stated, "value"),
+            numerator=parts[0], denominator=parts[1],
+        )  # fmt: skip
+    return AnswerCell(group, None if stated is None else _finite(stated, "value"))
+
+
+def to_micro(epsilon: float) -> int:
+    """ε in whole µε, rounded up as the ledger charges (``protocol.budget.to_micro``; the
+    message modules are independent, and a test pins the two together)."""
+    if epsilon <= 0:
+        return 0
+    return max(1, math.ceil(epsilon * 1_000_000 - 1e-6))
+
+
+def _epsilon(value: object, what: str) -> float:
+    """A stated ε: a finite number ≥ 0 (ValueError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what} must be a number")
+    if not 0 <= value <= MAX_STATED_EPSILON:  # refuses NaN, infinity and huge ints
+        raise ValueError(f"{what} must be within [0, {MAX_STATED_EPSILON:g}]")
+    return float(value)
+
+
+def _integer(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"a cell's {what} must be an integer")
+    if not abs(value) <= MAX_VALUE:
+        raise ValueError(f"a cell's {what} is out of range")
+    return value
+
+
+def _finite(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"a cell's {what} must be a number")
-    if not abs(value) <= MAX_VALUE:  # refuses NaN and infinity; an int is compared exactly
+    if not abs(value) <= MAX_VALUE or not math.isfinite(value):  # refuses NaN and infinity
         raise ValueError(f"a cell's {what} is out of range")
+    return float(value)
 
 
-def _scale(value: Any) -> None:
+def _scale(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("a noise scale must be a number")
     if not 0 <= value <= MAX_SCALE:  # also refuses NaN
         raise ValueError(f"a noise scale must be within [0, {MAX_SCALE:g}]")
+    return float(value)

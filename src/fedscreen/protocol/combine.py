@@ -73,8 +73,14 @@ def _clip(value: float, low: float, high: float) -> float:
     return min(max(value, low), high)
 
 
-def combine(kind: str, answers: Sequence[NodeCells], *, threshold: int) -> list[dict[str, Any]]:
+def combine(
+    kind: str, answers: Sequence[NodeCells], *, threshold: int, public: bool | None = None
+) -> list[dict[str, Any]]:
     """Provincial cells from the nodes' cells.
+
+    ``public``: whether the dataset is public (exact values), as the catalogue says;
+    releases are always combined with it given. None (a report's own regrouping of
+    verified answers) reads it from the answers, which must then all agree.
 
     Nodes answer the same query, but a county policy may narrow a public domain (a
     district without a university has no "university" cells): each provincial cell
@@ -84,6 +90,11 @@ def combine(kind: str, answers: Sequence[NodeCells], *, threshold: int) -> list[
     """
     if not answers:
         return []
+    if public is None:
+        flags = {"scale" not in a.body for a in answers}
+        if len(flags) != 1:
+            raise ValueError("the answers do not agree on the mechanism")
+        public = flags.pop()
     by_group: dict[str, list[tuple[NodeCells, dict[str, Any]]]] = {}
     groups: dict[str, list[Any]] = {}
     for answer in answers:
@@ -96,7 +107,7 @@ def combine(kind: str, answers: Sequence[NodeCells], *, threshold: int) -> list[
         released = by_group[key]
         parts = [c for _, c in released]
         if kind in ("count", "sum"):
-            if "scale" not in answers[0].body:  # public data: exact values
+            if public:  # exact values
                 total = sum(int(p["value"]) for p in parts)
                 combined.append(_cell(group, total, total, total, None, len(parts)))
                 continue

@@ -11,10 +11,18 @@ A node accepts it only if the signature is by an active **analyst** of the
 manifest, the payload names that same analyst, and it is fresh (issued within
 the freshness window of the node's clock). Uniqueness — a query id is answered
 once, a replay gets the stored answer — is kept by the node's engine.
+
+A query's **digest** is the SHA-256 (hex) of its DSSE *payload* bytes, the exact
+bytes the analyst signed. Not of the envelope's JSON: that may be re-encoded on
+the way (key order, whitespace, either base64 alphabet, signatures added) without
+changing what was signed, and every node, the coordinator and the auditor must
+compute the same digest. A node's answer states the query id and this digest, so
+it cannot be presented as the answer to another query.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass
 from typing import Any, Final
@@ -50,6 +58,8 @@ class SignedQuery:
     epsilon: float | None
     accuracy: float | None
     nodes: tuple[str, ...]
+    #: SHA-256 (hex) of the signed payload bytes ("" until signed or verified)
+    digest: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The payload form."""
@@ -69,18 +79,40 @@ def new_query_id() -> str:
     return secrets.token_hex(QUERY_ID_HEX // 2)
 
 
+def query_digest(payload: bytes) -> str:
+    """The digest answers state for a query: SHA-256 (hex) of its signed payload bytes."""
+    return hashlib.sha256(payload).hexdigest()
+
+
 def sign_query(query: SignedQuery, *, key: SigningKey) -> Envelope:
-    """Sign a query as its analyst."""
-    return sign_envelope(payload_type=QUERY_V1, payload=canonical_json(query.to_json()), key=key)
+    """Sign a query as its analyst (``issue_query`` also gives the query with its digest)."""
+    return issue_query(query, key=key)[1]
+
+
+def issue_query(query: SignedQuery, *, key: SigningKey) -> tuple[SignedQuery, Envelope]:
+    """Sign a query as its analyst: the query with its ``digest`` set, and the envelope."""
+    payload = canonical_json(query.to_json())
+    envelope = sign_envelope(payload_type=QUERY_V1, payload=payload, key=key)
+    signed = SignedQuery(
+        query.query_id, query.analyst, query.issued_at_ms, query.spec, query.epsilon,
+        query.accuracy, query.nodes, digest=query_digest(payload),
+    )  # fmt: skip
+    return signed, envelope
 
 
 def verify_query(
     envelope: Envelope, *, manifest: Manifest, now_ms: int, window_ms: int = FRESHNESS_WINDOW_MS
 ) -> SignedQuery:
     """Check signature, signer role, freshness and shape; raise VerificationError/QueryRefused."""
-    payload = verify_envelope(
-        envelope, expected_payload_type=QUERY_V1, trusted_keys=manifest.keys(role="analyst")
-    )
+    try:
+        payload = verify_envelope(
+            envelope, expected_payload_type=QUERY_V1, trusted_keys=manifest.keys(role="analyst")
+        )
+    except VerificationError:
+        # fixed words: what the envelope says of itself (its type, key ids) is unverified
+        raise VerificationError(
+            "not a query signed by an active analyst of the federation"
+        ) from None
     try:
         data = parse_json(payload)
         if not isinstance(data, dict):
@@ -100,6 +132,7 @@ def verify_query(
             epsilon=_positive(data.get("epsilon"), "epsilon"),
             accuracy=_positive(data.get("accuracy"), "accuracy"),
             nodes=tuple(nodes),
+            digest=query_digest(payload),
         )
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise QueryRefused(f"malformed query: {exc!r}") from None
@@ -112,12 +145,17 @@ def verify_query(
     keyids = {s.keyid for s in envelope.signatures}
     if signer.key_id not in keyids:
         raise VerificationError(f"the query is not signed by {query.analyst} itself")
+    check_fresh(query, now_ms=now_ms, window_ms=window_ms)
+    return query
+
+
+def check_fresh(query: SignedQuery, *, now_ms: int, window_ms: int = FRESHNESS_WINDOW_MS) -> None:
+    """QueryRefused unless ``query`` was issued within ``window_ms`` of ``now_ms``."""
     if abs(now_ms - query.issued_at_ms) > window_ms:
         raise QueryRefused(
             f"stale query: issued {abs(now_ms - query.issued_at_ms) // 1000} s from this node's "
             f"clock (window {window_ms // 1000} s)"
         )
-    return query
 
 
 def _positive(value: object, what: str) -> float | None:

@@ -1,26 +1,34 @@
 """Releases: the coordinator's signed combination of the nodes' signed answers.
 
-A release body holds the analyst's query, which nodes answered (each with the
-SHA-256 of its answer envelope, its ε and its log checkpoint) and which did
-not, with why (``missing_reasons``: ``"refused: <the node's reason>"``, ``"not
-connected"``, ``"no answer before the deadline"``, ``"link lost"``, ...), each
-node's cells, and the provincial cells computed by
+A release body holds the analyst's query (and the digest of its signed payload),
+the academic year a query without years was pinned to, the digest of the
+catalogue the coordinator combined under, which nodes answered (each with the
+SHA-256 of its answer envelope, its ε and its log checkpoint) and which did not,
+with why (``missing_reasons``: ``"refused: <the node's reason>"``, ``"not
+connected"``, ``"no answer before the deadline"``, ``"its answer did not verify:
+<reason>"``, ...), each node's cells, and the provincial cells computed by
 ``combine.combine`` from exactly those answers — so anyone holding the answers
-can recompute the release and compare.
+can recompute the release and compare (``compare.same_figures``).
+
+``check_release`` parses a body into :class:`ReleaseBody` first: any shape error
+is a VerificationError, never a crash.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from fedscreen._util.canonical import canonical_json
-from fedscreen.errors import VerificationError
-from fedscreen.protocol.answer import VerifiedAnswer
+from fedscreen.errors import QueryRefused, VerificationError
+from fedscreen.protocol.answer import VerifiedAnswer, bounded
 from fedscreen.protocol.combine import NodeCells, combine
+from fedscreen.protocol.compare import same_figures
 from fedscreen.protocol.query import SignedQuery
+from fedscreen.query.spec import QuerySpec
 
 RELEASE_VERSION: Final = 1
 
@@ -48,10 +56,17 @@ def release_body(
     missing: Sequence[str],
     targeted: Sequence[str],
     threshold: int,
+    public: bool,
+    academic_year: str | None = None,
+    catalogue_digest: str = "",
     eligible: Mapping[str, int] | None = None,
     missing_reasons: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The body the coordinator signs for one query."""
+    """The body the coordinator signs for one query.
+
+    ``public`` (from the catalogue) decides how the cells combine; ``academic_year``
+    is the year a query without years was pinned to (None when the query names years).
+    """
     ordered = sorted(answers)
     reasons = missing_reasons or {}
     nodes = [NodeCells(n, answers[n][1].body) for n in ordered]
@@ -59,8 +74,11 @@ def release_body(
         "version": RELEASE_VERSION,
         "coordinator": coordinator_id,
         "query_id": query.query_id,
+        "query_sha256": query.digest,
         "analyst": query.analyst,
         "query": query.spec.to_json(),
+        "academic_year": academic_year,
+        "catalogue_digest": catalogue_digest,
         "released_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "targeted": sorted(targeted),
         "answered": ordered,
@@ -73,7 +91,7 @@ def release_body(
             {
                 "node_id": n,
                 "envelope_sha256": hashlib.sha256(answers[n][0]).hexdigest(),
-                "epsilon": answers[n][1].body.get("epsilon"),
+                "epsilon": answers[n][1].answer.epsilon,
                 "log_index": answers[n][1].log_index,
                 "checkpoint": answers[n][1].checkpoint_note,
             }
@@ -82,46 +100,189 @@ def release_body(
         "per_node": {n: answers[n][1].body["cells"] for n in ordered},
         "threshold": threshold,
         # the auditor recomputes exactly this from the logged answers
-        "province": combine(query.spec.measure.kind, nodes, threshold=threshold),
+        "province": combine(query.spec.measure.kind, nodes, threshold=threshold, public=public),
     }
 
 
-def check_release(body: Mapping[str, Any], query: SignedQuery, nodes: Sequence[NodeCells]) -> None:
+@dataclass(frozen=True)
+class ReleasedAnswer:
+    """One answer as a release names it."""
+
+    node_id: str
+    envelope_sha256: str
+    epsilon: float
+    log_index: int
+    checkpoint: str
+
+
+@dataclass(frozen=True)
+class ReleaseBody:
+    """The typed form of a release body (the JSON stays what was signed)."""
+
+    coordinator: str
+    query_id: str
+    query_sha256: str
+    analyst: str
+    query: QuerySpec
+    academic_year: str | None
+    catalogue_digest: str
+    targeted: tuple[str, ...]
+    answered: tuple[str, ...]
+    missing: tuple[str, ...]
+    missing_reasons: Mapping[str, str]
+    answers: tuple[ReleasedAnswer, ...]
+    per_node: Mapping[str, list[Any]]
+    threshold: int
+    province: list[Any]
+
+    def answer_digests(self) -> dict[str, str]:
+        """Node id -> SHA-256 (hex) of the answer envelope the release names."""
+        return {a.node_id: a.envelope_sha256 for a in self.answers}
+
+
+def parse_release(body: object) -> ReleaseBody:
+    """The typed form of a release body; VerificationError on any shape error."""
+    try:
+        if not isinstance(body, Mapping):
+            raise TypeError("a release body is an object")
+        answers = tuple(_released_answer(a) for a in _list(body["answers"], "answers"))
+        per_node = body["per_node"]
+        if not isinstance(per_node, Mapping) or not all(
+            isinstance(c, list) for c in per_node.values()
+        ):
+            raise TypeError("per_node must map node ids to cell lists")
+        reasons = body.get("missing_reasons") or {}
+        if not isinstance(reasons, Mapping) or not all(
+            isinstance(v, str) for v in reasons.values()
+        ):
+            raise TypeError("missing_reasons must map node ids to texts")
+        year, threshold = body.get("academic_year"), body["threshold"]
+        if not isinstance(year, str | None):
+            raise TypeError("academic_year must be a string or null")
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
+            raise TypeError("threshold must be a whole number")
+        if not isinstance(body["query"], dict):
+            raise TypeError("query must be an object")
+        parsed = ReleaseBody(
+            coordinator=_text(body["coordinator"], "coordinator"),
+            query_id=_text(body["query_id"], "query_id"),
+            query_sha256=_text(body.get("query_sha256"), "query_sha256"),
+            analyst=_text(body["analyst"], "analyst"),
+            query=QuerySpec.from_json(body["query"]),
+            academic_year=year,
+            catalogue_digest=_text(body.get("catalogue_digest", ""), "catalogue_digest"),
+            targeted=_ids(body["targeted"], "targeted"),
+            answered=_ids(body["answered"], "answered"),
+            missing=_ids(body["missing"], "missing"),
+            missing_reasons=dict(reasons),
+            answers=answers,
+            per_node=dict(per_node),
+            threshold=threshold,
+            province=_list(body["province"], "province"),
+        )
+    except (KeyError, TypeError, ValueError, RecursionError, QueryRefused) as exc:
+        raise VerificationError(f"malformed release: {bounded(_why(exc))}") from None
+    if len({a.node_id for a in answers}) != len(answers):
+        raise VerificationError("malformed release: a node's answer is named twice")
+    return parsed
+
+
+def check_release(
+    body: object, query: SignedQuery, answers: Sequence[VerifiedAnswer], *, public: bool
+) -> ReleaseBody:
     """Everything a release states from the answers must be those answers.
 
-    ``nodes`` are the verified answers the release names. The release must be for this
-    query, name exactly those nodes as answered, repeat each node's cells and ε as the
-    node signed them, and hold their combination as the provincial cells; otherwise
-    VerificationError. (Readers of a release use all of these fields, so a coordinator
-    must not be able to change any of them.)
+    ``answers`` are the verified answers the release names; ``public`` is what the
+    catalogue says of the query's dataset. The release must be for this signed query
+    (id and digest) and its academic year, name exactly those nodes as answered,
+    repeat each node's cells, ε and checkpoint as the node signed them, and hold their
+    combination as the provincial cells (``same_figures``); otherwise VerificationError.
+    (Readers of a release use all of these fields, so a coordinator must not be able
+    to change any of them.) Returns the parsed body.
     """
+    release = parse_release(body)
     try:
-        _check_release(body, query, nodes)
+        _check_release(release, query, answers, public=public)
     except (KeyError, TypeError, ValueError, ArithmeticError, RecursionError) as exc:
-        # a malformed body, or answers whose cells do not combine: never a crash
-        raise VerificationError(f"malformed release: {exc!r}") from None
+        # answers whose cells do not combine: never a crash
+        raise VerificationError(f"malformed release: {bounded(_why(exc))}") from None
+    return release
 
 
-def _check_release(body: Mapping[str, Any], query: SignedQuery, nodes: Sequence[NodeCells]) -> None:
-    if not isinstance(body, Mapping) or body.get("query_id") != query.query_id:
+def _check_release(
+    release: ReleaseBody, query: SignedQuery, answers: Sequence[VerifiedAnswer], *, public: bool
+) -> None:
+    if release.query_id != query.query_id or release.query_sha256 != query.digest:
         raise VerificationError("the release is for another query")
-    if canonical_json(body["query"]) != canonical_json(query.spec.to_json()):
+    if canonical_json(release.query.to_json()) != canonical_json(query.spec.to_json()):
         raise VerificationError("the release states another query than the analyst signed")
-    ordered = sorted(n.node_id for n in nodes)
-    if list(body["answered"]) != ordered or sorted(body["per_node"]) != ordered:
+    if query.spec.years and release.academic_year is not None:
+        raise VerificationError("the release pins a year on a query that names its years")
+    if not query.spec.years and release.academic_year is None:
+        raise VerificationError("the release does not say which academic year it is for")
+    for answer in answers:
+        if not query.spec.years and answer.answer.query.years != (release.academic_year,):
+            raise VerificationError(f"{answer.node_id} answered for another academic year")
+    ordered = tuple(sorted(a.node_id for a in answers))
+    if release.answered != ordered or tuple(sorted(release.per_node)) != ordered:
         raise VerificationError("the release lists other answering nodes than its answers")
-    stated = {a["node_id"]: a for a in body["answers"]}
-    if not all(isinstance(a, Mapping) for a in stated.values()):
-        raise VerificationError("the release's answers must be objects")
-    for node in nodes:
-        if canonical_json(body["per_node"][node.node_id]) != canonical_json(node.body["cells"]):
-            raise VerificationError(f"the release changes {node.node_id}'s cells")
-        if stated[node.node_id].get("epsilon") != node.body.get("epsilon"):
-            raise VerificationError(f"the release misstates {node.node_id}'s ε")
-    if query.nodes and sorted(body["targeted"]) != sorted(query.nodes):
+    stated = {a.node_id: a for a in release.answers}
+    if tuple(sorted(stated)) != ordered:
+        raise VerificationError("the release names other answers than its answering nodes")
+    for answer in answers:
+        node = answer.node_id
+        if canonical_json(release.per_node[node]) != canonical_json(answer.body["cells"]):
+            raise VerificationError(f"the release changes {node}'s cells")
+        if stated[node].epsilon != answer.answer.epsilon:
+            raise VerificationError(f"the release misstates {node}'s ε")
+        if (stated[node].log_index, stated[node].checkpoint) != (
+            answer.log_index,
+            answer.checkpoint_note,
+        ):
+            raise VerificationError(f"the release misstates {node}'s log checkpoint")
+    if query.nodes and sorted(release.targeted) != sorted(query.nodes):
         raise VerificationError("the release names other nodes asked than the analyst signed")
-    if sorted(body["missing"]) != sorted(set(body["targeted"]) - set(ordered)):
+    if sorted(release.missing) != sorted(set(release.targeted) - set(ordered)):
         raise VerificationError("the release's missing nodes are not the ones asked less answered")
-    recomputed = combine(query.spec.measure.kind, nodes, threshold=int(body["threshold"]))
-    if canonical_json(recomputed) != canonical_json(body["province"]):
+    nodes = [NodeCells(a.node_id, a.body) for a in sorted(answers, key=lambda a: a.node_id)]
+    recomputed = combine(query.spec.measure.kind, nodes, threshold=release.threshold, public=public)
+    if not same_figures(recomputed, release.province):
         raise VerificationError("the provincial figures are not the combination of the answers")
+
+
+def _released_answer(entry: object) -> ReleasedAnswer:
+    if not isinstance(entry, Mapping):
+        raise TypeError("each answer a release names is an object")
+    epsilon, index = entry["epsilon"], entry["log_index"]
+    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
+        raise TypeError("an answer's epsilon must be a number")
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise TypeError("an answer's log_index must be an integer")
+    return ReleasedAnswer(
+        _text(entry["node_id"], "node_id"),
+        _text(entry["envelope_sha256"], "envelope_sha256"),
+        float(epsilon),
+        index,
+        _text(entry["checkpoint"], "checkpoint"),
+    )
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string")
+    return value
+
+
+def _list(value: object, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"{what} must be a list")
+    return value
+
+
+def _ids(value: object, what: str) -> tuple[str, ...]:
+    return tuple(_text(v, what) for v in _list(value, what))
+
+
+def _why(exc: BaseException) -> str:
+    # a KeyError's text is just the key: say what it means
+    return f"missing {exc}" if isinstance(exc, KeyError) else str(exc) or type(exc).__name__

@@ -6,17 +6,17 @@ query of that name (same question, same ε), a release signed by the coordinator
 and every node answer it names, each verified, the release repeating them exactly
 and combining them. The nodes' signed budget statements in ``budgets.json`` must
 verify too. From those and ``plan.toml`` the whole of ``report.json`` is computed
-again and must match (floats to a relative 1e-9: another machine's libm may differ
-in the last bit), and ``report.csv`` and ``report.html`` must be exactly what that
-model renders to. ``fedscreen report verify --bundle`` also requires each release
-to be in the coordinator's verified transparency log.
+again and must match (``protocol.compare.same_figures``: floats to a relative 1e-9,
+as another machine's libm may differ in the last bit), and ``report.csv`` and
+``report.html`` must be exactly what that model renders to. ``fedscreen report
+verify --bundle`` also requires each release to be in the coordinator's verified
+transparency log.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ from typing import Any
 from fedscreen.errors import ConfigError, VerificationError
 from fedscreen.policy import Policy
 from fedscreen.protocol.budget import verify_budgets
+from fedscreen.protocol.compare import same_figures
 from fedscreen.report.affordable import check_plan
 from fedscreen.report.files import (
     BUDGETS_FILE,
@@ -39,9 +40,6 @@ from fedscreen.report.html import render_html
 from fedscreen.report.model import build_model, member_names
 from fedscreen.report.plan import load_plan
 from fedscreen.trust.manifest import Manifest
-
-#: relative tolerance when comparing recomputed floats
-_REL_TOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -121,9 +119,9 @@ def verify_report(directory: Path, *, manifest: Manifest, policy: Policy) -> Ver
 
 def _compare(recomputed: Any, reported: Any) -> None:
     """VerificationError naming the first part of the report that is not recomputed."""
-    if _same(recomputed.get("sections"), reported.get("sections")):
+    if same_figures(recomputed.get("sections"), reported.get("sections")):
         for key in sorted(set(recomputed) | set(reported)):
-            if not _same(recomputed.get(key), reported.get(key)):
+            if not same_figures(recomputed.get(key), reported.get(key)):
                 raise VerificationError(f"the report's {key!r} is not what its releases give")
         return
     ours = {s["id"]: s for sec in recomputed["sections"] for s in sec["statistics"]}
@@ -132,26 +130,11 @@ def _compare(recomputed: Any, reported: Any) -> None:
         raise VerificationError("the report's statistics are not the plan's, once each")
     for section in reported["sections"]:
         for stat in section["statistics"]:
-            if not _same(ours[stat["id"]], stat):
+            if not same_figures(ours[stat["id"]], stat):
                 raise VerificationError(
                     f"statistic {stat['id']}: the report's figures are not what its releases give"
                 )
     raise VerificationError("the report's sections are not the plan's")
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal JSON values, floats to a relative tolerance (ints and bools exactly)."""
-    if isinstance(a, float) or isinstance(b, float):
-        if isinstance(a, bool) or isinstance(b, bool):
-            return False
-        if not isinstance(a, int | float) or not isinstance(b, int | float):
-            return False
-        return math.isclose(a, b, rel_tol=_REL_TOL, abs_tol=1e-12)
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return type(a) is type(b) and bool(a == b)
 
 
 def releases_logged(report: VerifiedReport, logged: Iterable[str]) -> None:

@@ -214,7 +214,8 @@ def _verified(coordinator: Coordinator, query: SignedQuery, raw: bytes, node: st
         Envelope.from_json(raw),
         manifest=coordinator.manifest,
         node_id=node,
-        expected_query=query.spec,
+        expected_query=query,
+        public=False,
     )
 
 
@@ -228,6 +229,8 @@ def _forged_release(coordinator: Coordinator, query: SignedQuery, answers: dict[
         missing=[n for n in COUNTIES if n not in answers],
         targeted=list(COUNTIES),
         threshold=coordinator.policy.limits.publication_threshold,
+        public=False,
+        academic_year=None if query.spec.years else "2024-2025",
     )
     return sign_envelope(
         payload_type=RELEASE_V1, payload=canonical_json(body), key=coordinator.key

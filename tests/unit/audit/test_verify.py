@@ -24,6 +24,7 @@ from fedscreen.node.engine import QueryRequest, answer_query
 from fedscreen.node.home import NodeConfig
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.protocol.answer import verify_answer
+from fedscreen.protocol.query import SignedQuery, issue_query, new_query_id
 from fedscreen.query.sqlparse import parse_sql
 from fedscreen.tlog.checkpoint import Checkpoint, sign_checkpoint
 from fedscreen.trust.manifest import Manifest, Member, sign_manifest
@@ -235,6 +236,29 @@ def test_unknown_key_malformed_note_and_wrong_manifest(node: NodeConfig, tmp_pat
     assert _verify(tmp_path / "junk.json", manifest) == 4
 
 
+def _signed(sql: str, epsilon: float, year: str = "2024-2025") -> SignedQuery:
+    """A signed query for ``sql`` (its digest set), as a node receives it."""
+    query = SignedQuery(
+        new_query_id(), ANALYST, 0, replace(parse_sql(sql), years=(year,)), epsilon, None, ()
+    )
+    return issue_query(query, key=SigningKey.generate())[0]
+
+
+def _answer_to(config: NodeConfig, query: SignedQuery):  # type: ignore[no-untyped-def]
+    conn = store.connect(config.database)
+    try:
+        request = QueryRequest(
+            ANALYST,
+            query.spec,
+            epsilon=query.epsilon,
+            query_id=query.query_id,
+            query_sha256=query.digest,
+        )
+        return answer_query(config, config.policy(), request, conn=conn)
+    finally:
+        conn.close()
+
+
 def test_signed_answers_verify_and_cannot_be_altered_or_reattached(
     node: NodeConfig, tmp_path: Path
 ) -> None:
@@ -243,27 +267,46 @@ def test_signed_answers_verify_and_cannot_be_altered_or_reattached(
 
     manifest = load_manifest(manifest_path)
     sql = "SELECT grade, COUNT(*) FROM screenings GROUP BY grade"
-    answer = _ask(node, sql)
-    spec = replace(parse_sql(sql), years=("2024-2025",))
+    query = _signed(sql, 0.2)
+    answer = _answer_to(node, query)
+
+    def check(envelope: Envelope, expected: SignedQuery, *, public: bool = False) -> None:
+        verify_answer(
+            envelope, manifest=manifest, node_id="130102", expected_query=expected, public=public
+        )
+
     verified = verify_answer(
-        answer.envelope, manifest=manifest, node_id="130102", expected_query=spec
+        answer.envelope, manifest=manifest, node_id="130102", expected_query=query, public=False
     )
     assert verified.body == answer.body
+    assert (verified.query_id, verified.query_sha256) == (query.query_id, query.digest)
+    assert verified.charged == 0.2
     # changed after signing
     outer = json.loads(answer.envelope.to_json())
     payload = json.loads(base64.b64decode(outer["payload"]))
     payload["answer"]["cells"][0]["value"] += 1
     outer["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
     with pytest.raises(VerificationError):
-        verify_answer(
-            Envelope.from_json(json.dumps(outer)),
-            manifest=manifest,
-            node_id="130102",
-            expected_query=spec,
-        )
-    # reattached to a different question
-    other = replace(
-        parse_sql("SELECT sex, COUNT(*) FROM screenings GROUP BY sex"), years=("2024-2025",)
-    )
-    with pytest.raises(VerificationError, match="different query"):
-        verify_answer(answer.envelope, manifest=manifest, node_id="130102", expected_query=other)
+        check(Envelope.from_json(json.dumps(outer)), query)
+    # another id, another question, another ε, another signed query with the same id
+    with pytest.raises(VerificationError, match="another query id"):
+        check(answer.envelope, replace(query, query_id=new_query_id()))
+    other = _signed("SELECT sex, COUNT(*) FROM screenings GROUP BY sex", 0.2)
+    with pytest.raises(VerificationError, match="another query id"):
+        check(answer.envelope, other)
+    with pytest.raises(VerificationError, match="digest differs"):
+        check(answer.envelope, replace(other, query_id=query.query_id))
+    with pytest.raises(VerificationError, match="digest differs"):
+        check(answer.envelope, replace(_signed(sql, 0.3), query_id=query.query_id))
+    # the same question at another ε, even under this query's id and digest
+    with pytest.raises(VerificationError, match="another ε"):
+        check(answer.envelope, replace(query, epsilon=0.3))
+    with pytest.raises(VerificationError, match="different question"):
+        check(answer.envelope, replace(other, query_id=query.query_id, digest=query.digest))
+    # the catalogue, not the answer, says whether the data are public
+    with pytest.raises(VerificationError, match="mechanism for public data"):
+        check(answer.envelope, query, public=True)
+    # a local answer (no signed query) is not accepted by a federation verifier
+    local = _ask(node, sql)
+    with pytest.raises(VerificationError, match="answers no signed query"):
+        check(local.envelope, query)

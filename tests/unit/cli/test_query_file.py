@@ -213,4 +213,4 @@ def test_closed_stdin_is_a_clear_error(home: Path) -> None:
 
 def test_an_epsilon_just_below_one_micro_epsilon_is_named_exactly(home: Path) -> None:
     assert node_query(home, "--epsilon", "9.999999999999997e-07", SQL) == 1
-    assert refusals(home)[-1][1].startswith("epsilon 9.999999999999997e-07 is below 1e-06")
+    assert refusals(home)[-1][1].startswith("policy: epsilon 9.999999999999997e-07 is below 1e-06")

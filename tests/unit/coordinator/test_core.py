@@ -276,7 +276,8 @@ def test_a_release_that_is_not_the_combination_is_caught(fed: Federation, tmp_pa
                     Envelope.from_json(raw),
                     manifest=coordinator.manifest,
                     node_id=n,
-                    expected_query=accepted.spec,
+                    expected_query=accepted,
+                    public=False,
                 ),
             )
             for n, raw in answers.items()
@@ -288,6 +289,7 @@ def test_a_release_that_is_not_the_combination_is_caught(fed: Federation, tmp_pa
             missing=[],
             targeted=list(COUNTIES),
             threshold=10,
+            public=False,
         )
         body["province"][0]["value"] += 100  # a dishonest coordinator inflates a figure
         signed = sign_envelope(
@@ -428,14 +430,17 @@ def test_the_release_says_why_each_missing_node_is_missing(fed: Federation, tmp_
     assert body["answered"] == [COUNTIES[0]]
     assert body["missing"] == [COUNTIES[1], COUNTIES[2]]
     assert body["missing_reasons"] == {
-        COUNTIES[1]: "its answer did not verify",
+        COUNTIES[1]: "its answer did not verify: envelope has no signature from a trusted key",
         COUNTIES[2]: refused,
     }
     out = io.StringIO()
     print_release(body, out=out)
     shown = out.getvalue().split("Did not answer\n", 1)[1].splitlines()
     assert shown[0].split() == ["node", "why"]
-    assert shown[2].split(maxsplit=1) == [COUNTIES[1], "its answer did not verify"]
+    assert shown[2].split(maxsplit=1) == [
+        COUNTIES[1],
+        "its answer did not verify: envelope has no signature from a trusted key",
+    ]
     assert shown[3].split(maxsplit=1) == [COUNTIES[2], refused]
     # the offline auditor recomputes the release with the reasons in it
     bundle = _export([fed.coordinator], tmp_path / "c.json")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -33,10 +34,9 @@ from fedscreen.crypto.envelope import (
 )
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import QueryRefused, VerificationError
-from fedscreen.protocol.answer import answer_payload, verify_answer
+from fedscreen.protocol.answer import VerifiedAnswer, answer_payload, verify_answer
 from fedscreen.protocol.budget import verify_statement
-from fedscreen.protocol.combine import NodeCells
-from fedscreen.protocol.query import SignedQuery, verify_query
+from fedscreen.protocol.query import SignedQuery, query_digest, verify_query
 from fedscreen.protocol.release import check_release, release_body
 from fedscreen.query.spec import Comparison, Measure, QuerySpec
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, sign_checkpoint
@@ -65,7 +65,11 @@ SPEC = QuerySpec(
     where=Comparison("phq9_total", ">=", (10,)),
     years=("2024-2025",),
 )
-QUERY = SignedQuery("ab" * 16, "alice", NOW_MS, SPEC, 0.3, None, ("130102",))
+UNSIGNED = SignedQuery("ab" * 16, "alice", NOW_MS, SPEC, 0.3, None, ("130102",))
+#: the query as ``_sign`` signs it, with the digest of those payload bytes
+QUERY = replace(
+    UNSIGNED, digest=query_digest(json.dumps(UNSIGNED.to_json(), ensure_ascii=False).encode())
+)
 NOTE = sign_checkpoint(Checkpoint(member_origin("node", "130102"), 5, bytes(32)), key=NODE)
 ANSWER_BODY: dict[str, Any] = {
     "version": 1,
@@ -81,7 +85,9 @@ ANSWER_BODY: dict[str, Any] = {
         {"group": ["F"], "value": 131, "lower": 121.0, "upper": 141.0},
     ],
 }
-ANSWER = json.loads(answer_payload(ANSWER_BODY, 2, NOTE, 0.3))
+ANSWER = json.loads(
+    answer_payload(ANSWER_BODY, 2, NOTE, 0.3, query_id=QUERY.query_id, query_sha256=QUERY.digest)
+)
 STATEMENT: dict[str, Any] = {
     "version": 1,
     "node_id": "130102",
@@ -215,14 +221,18 @@ def test_the_valid_query_verifies() -> None:
 def test_signed_malformed_answer_is_refused(payload: Any) -> None:
     envelope = _sign(ANSWER_V1, payload, NODE)
     served_or_refused(
-        lambda: verify_answer(envelope, manifest=MANIFEST, node_id="130102", expected_query=SPEC),
+        lambda: verify_answer(
+            envelope, manifest=MANIFEST, node_id="130102", expected_query=QUERY, public=False
+        ),
         VerificationError,
     )
 
 
 def test_the_valid_answer_verifies() -> None:
     envelope = _sign(ANSWER_V1, ANSWER, NODE)
-    verified = verify_answer(envelope, manifest=MANIFEST, node_id="130102", expected_query=SPEC)
+    verified = verify_answer(
+        envelope, manifest=MANIFEST, node_id="130102", expected_query=QUERY, public=False
+    )
     assert verified.log_index == 2
 
 
@@ -250,9 +260,11 @@ def test_the_valid_statement_verifies() -> None:
     assert statement.remaining_micro("2024-2025", "alice") == 3_300_000
 
 
-def _release() -> tuple[dict[str, Any], list[NodeCells]]:
+def _release() -> tuple[dict[str, Any], list[VerifiedAnswer]]:
     envelope = _sign(ANSWER_V1, ANSWER, NODE)
-    verified = verify_answer(envelope, manifest=MANIFEST, node_id="130102", expected_query=SPEC)
+    verified = verify_answer(
+        envelope, manifest=MANIFEST, node_id="130102", expected_query=QUERY, public=False
+    )
     raw = envelope.to_json().encode()
     body = release_body(
         coordinator_id="coordinator",
@@ -261,8 +273,9 @@ def _release() -> tuple[dict[str, Any], list[NodeCells]]:
         missing=[],
         targeted=["130102"],
         threshold=20,
+        public=False,
     )
-    return json.loads(canonical_json(body)), [NodeCells("130102", verified.body)]
+    return json.loads(canonical_json(body)), [verified]
 
 
 RELEASE, NODES = _release()
@@ -276,19 +289,26 @@ def test_signed_malformed_release_is_refused(body: Any) -> None:
     # a coordinator signs it; what matters is that the checks on its content never crash
     envelope = _sign(RELEASE_V1, body, COORDINATOR)
     assert envelope.payload_type == RELEASE_V1
-    served_or_refused(lambda: check_release(body, QUERY, NODES), VerificationError)
+    served_or_refused(lambda: check_release(body, QUERY, NODES, public=False), VerificationError)
 
 
 @FUZZ
 @given(perturbed(ANSWER_BODY))
 def test_release_over_malformed_answer_cells_is_refused(answer_body: Any) -> None:
-    """The nodes' answers are verified for origin and query, not for their cells."""
-    nodes = [NodeCells("130102", answer_body)]
-    served_or_refused(lambda: check_release(RELEASE, QUERY, nodes), VerificationError)
+    """A well-signed answer whose body is malformed: refused when verified or combined."""
+    envelope = _sign(ANSWER_V1, {**ANSWER, "answer": answer_body}, NODE)
+
+    def verify_and_check() -> None:
+        verified = verify_answer(
+            envelope, manifest=MANIFEST, node_id="130102", expected_query=QUERY, public=False
+        )
+        check_release(RELEASE, QUERY, [verified], public=False)
+
+    served_or_refused(verify_and_check, VerificationError)
 
 
 def test_the_valid_release_checks() -> None:
-    check_release(RELEASE, QUERY, NODES)
+    check_release(RELEASE, QUERY, NODES, public=False)
 
 
 def _answers() -> dict[str, bytes]:

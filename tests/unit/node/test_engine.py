@@ -23,13 +23,12 @@ from exportrows import SENIOR_AGES, school_row, varied_rows, write_csv
 
 from fedscreen.errors import QueryRefused
 from fedscreen.node import ledger, store
+from fedscreen.node.cells import ratio, release
 from fedscreen.node.engine import (
     MAX_RECORDED_CHARS,
     Answer,
     QueryRequest,
     answer_query,
-    ratio,
-    release,
 )
 from fedscreen.node.home import NodeConfig, init_home, load_config
 from fedscreen.node.ingest import ingest_paths
@@ -210,7 +209,7 @@ def test_a_node_without_screenings_refuses(node_home: NodeConfig) -> None:
     try:
         with pytest.raises(QueryRefused, match="holds no screenings yet"):
             ask(node_home, conn, "SELECT COUNT(*) FROM screenings")
-        assert refusals(conn)[0][2] == "this node holds no screenings yet"
+        assert refusals(conn)[0][2] == "no-data: this node holds no screenings yet"
     finally:
         conn.close()
 
@@ -721,7 +720,10 @@ def test_a_deep_typed_spec_is_refused_and_recorded(
     with pytest.raises(QueryRefused, match="deeper than 16"):
         answer_query(node, node.policy(), QueryRequest("bob", spec, epsilon=0.1), conn=conn)
     analyst, query, reason = refusals(conn)[-1]
-    assert (analyst, reason) == ("bob", "conditions nested deeper than 16 levels of AND/OR/NOT")
+    assert (analyst, reason) == (
+        "bob",
+        "policy: conditions nested deeper than 16 levels of AND/OR/NOT",
+    )
     assert "nested too deeply to print" in query
     assert snapshot(conn) == before
 
