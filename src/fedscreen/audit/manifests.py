@@ -11,8 +11,9 @@ key (that of its own manifest copy) and:
    holds (:func:`known_versions`; any failure: **4**, the bundle cannot be trusted);
 2. walks each log in order (:func:`in_force`): at each ``manifest`` entry the
    version changes, after the entry's file is verified against the pinned key,
-   found newer than the version before it and chained to the known neighbours
-   (else **2**, at that entry). Every signature in a later entry is checked
+   found not older than the version before it and chained to the known
+   neighbours (else **2**, at that entry; the same version logged again changes
+   nothing). Every signature in a later entry is checked
    against the members active in that version: a signature an old version admits
    still verifies after a later revocation, and one made after the log recorded
    the revocation does not.
@@ -133,6 +134,7 @@ def in_force(
     version is in force at each entry. Raises EntryInvalid at the first bad entry."""
     local = dict(versions.by_version)
     logged: list[tuple[int, Manifest]] = []
+    repeated: list[int] = []
     for index, payload in enumerate(payloads):
         if logged and not _active(logged[-1][1], owner):
             raise EntryInvalid(
@@ -151,7 +153,7 @@ def in_force(
             continue
         try:
             manifest = _check_entry(index, entry, local, owner, versions.authority_key)
-            if logged and manifest.version <= logged[-1][1].version:
+            if logged and manifest.version < logged[-1][1].version:
                 raise VerificationError(
                     f"version {manifest.version} logged after version "
                     f"{logged[-1][1].version}: the manifest went back"
@@ -159,13 +161,16 @@ def in_force(
             _merge(local, manifest, VerificationError)
         except VerificationError as exc:
             raise EntryInvalid(f"entry {index}: {exc}", origin=origin, index=index) from None
+        if logged and manifest.version == logged[-1][1].version:
+            repeated.append(index)  # the same version again (_merge: the same file): no change
+            continue
         logged.append((index, manifest))
     bound = logged[0][1].version if logged else max(local)
     prefix = _union([local[v] for v in sorted(local) if v <= bound])
     return InForce(
         starts=(0, *(i for i, _ in logged)),
         manifests=(prefix, *(m for _, m in logged)),
-        switches=frozenset(i for i, _ in logged),
+        switches=frozenset([*(i for i, _ in logged), *repeated]),
     )
 
 

@@ -206,6 +206,11 @@ def test_manifest_entries_must_verify_go_forward_and_chain(fed: Fed) -> None:
     assert schedule.at(1).version == pinned.version - 1
     assert schedule.at(3).version == pinned.version
     assert schedule.at(1).member(ANALYST)  # active then; revoked in the newest
+    # the same version again (a member that logs at each start) changes nothing
+    again = [_entry(0, history[-1][1]), request, _entry(2, history[-1][1]), request]
+    schedule = in_force(versions, again, owner=owner, origin="o")
+    assert schedule.switches == {0, 2}
+    assert schedule.at(3).version == pinned.version
     # going back
     backwards = [_entry(0, history[-1][1]), _entry(1, history[-2][1])]
     with pytest.raises(EntryInvalid, match="went back") as caught:
