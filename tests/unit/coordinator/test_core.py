@@ -22,11 +22,12 @@ from fedscreen.analyst.query import make_query, verify_release
 from fedscreen.cli.main import main
 from fedscreen.cli.query import print_release
 from fedscreen.coordinator.core import Coordinator, init_coordinator
-from fedscreen.crypto.envelope import RELEASE_V1, Envelope, sign_envelope
-from fedscreen.errors import QueryRefused, VerificationError
+from fedscreen.crypto.envelope import ANSWER_V1, RELEASE_V1, Envelope, sign_envelope
+from fedscreen.errors import ConfigError, QueryRefused, VerificationError
 from fedscreen.node import store
 from fedscreen.node.home import NodeConfig, init_home
 from fedscreen.node.ingest import ingest_paths
+from fedscreen.node.requests import handle_query
 from fedscreen.protocol.answer import verify_answer
 from fedscreen.protocol.query import SignedQuery, new_query_id, sign_query
 from fedscreen.protocol.release import release_body
@@ -446,3 +447,117 @@ def test_the_release_says_why_each_missing_node_is_missing(fed: Federation, tmp_
     bundle = _export([fed.coordinator], tmp_path / "c.json")
     manifest_file = str(fed.auth / "manifest.json")
     assert main(["audit", "verify", str(bundle), "--manifest", manifest_file]) == 0
+
+
+# ------------------------------------------------ answers bound to their query (issue 11)
+
+
+def _answer_for_year(config: NodeConfig, envelope: bytes, year: str) -> bytes:
+    conn = store.connect(config.database)
+    try:
+        manifest = load_identity(config.home).manifest()
+        return handle_query(
+            config, config.policy(), manifest, envelope, conn=conn, academic_year=year
+        )
+    finally:
+        conn.close()
+
+
+def test_answers_to_another_query_are_missing_with_the_reason(fed: Federation) -> None:
+    query, envelope = make_query(fed.analyst, SQL, epsilon=0.3, accuracy=None)
+    # the same question at another ε, and another question: answered, then moved over
+    _, other_eps = make_query(fed.analyst, SQL, epsilon=0.2, accuracy=None)
+    _, other_sql = make_query(fed.analyst, SQL.replace("sex", "grade_band"), epsilon=0.3,
+                              accuracy=None)  # fmt: skip
+    coordinator = Coordinator.open(fed.coordinator)
+    try:
+        accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
+        answers = {
+            COUNTIES[0]: answer_locally(fed.nodes[COUNTIES[0]], envelope),
+            COUNTIES[1]: answer_locally(fed.nodes[COUNTIES[1]], other_eps),
+            COUNTIES[2]: answer_locally(fed.nodes[COUNTIES[2]], other_sql),
+        }
+        release = coordinator.release(accepted, answers, missing=[])
+    finally:
+        coordinator.close()
+    assert release.body["answered"] == [COUNTIES[0]]
+    reasons = release.body["missing_reasons"]
+    assert reasons[COUNTIES[1]] == (
+        f"its answer did not verify: the answer from {COUNTIES[1]} answers another query id"
+    )
+    assert reasons[COUNTIES[2]].endswith("answers another query id")
+    body = verify_release(
+        release.envelope,
+        manifest=load_identity(fed.analyst).manifest(),
+        query=query,
+        answers=release.answers,
+    ).body
+    assert body["missing"] == [COUNTIES[1], COUNTIES[2]]
+
+
+def test_a_well_signed_malformed_answer_makes_its_node_missing(fed: Federation) -> None:
+    query, envelope = make_query(fed.analyst, SQL, epsilon=0.3, accuracy=None)
+    good = answer_locally(fed.nodes[COUNTIES[0]], envelope)
+    node = fed.nodes[COUNTIES[1]]
+    honest = json.loads(base64.b64decode(json.loads(answer_locally(node, envelope))["payload"]))
+    honest["answer"]["cells"][0]["value"] = "many"  # signed by the node's own key
+    malformed = sign_envelope(
+        payload_type=ANSWER_V1, payload=canonical_json(honest), key=node.signing_key()
+    )
+    coordinator = Coordinator.open(fed.coordinator)
+    try:
+        accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
+        release = coordinator.release(
+            accepted,
+            {COUNTIES[0]: good, COUNTIES[1]: malformed.to_json().encode()},
+            missing=[COUNTIES[2]],
+        )
+    finally:
+        coordinator.close()
+    assert release.body["answered"] == [COUNTIES[0]]
+    reason = release.body["missing_reasons"][COUNTIES[1]]
+    assert reason.startswith(f"its answer did not verify: malformed answer from {COUNTIES[1]}")
+    assert len(reason) < 300
+
+
+def test_a_query_without_years_is_pinned_to_one_year(fed: Federation) -> None:
+    sql = "SELECT sex, COUNT(*) FROM screenings GROUP BY sex"
+    query, envelope = make_query(fed.analyst, sql, epsilon=0.3, accuracy=None)
+    coordinator = Coordinator.open(fed.coordinator)
+    try:
+        accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
+        # most nodes announced 2024-2025; a tie would go to the newer year
+        announced = {COUNTIES[0]: "2024-2025", COUNTIES[1]: "2024-2025", COUNTIES[2]: "2023-2024"}
+        assert coordinator.academic_year_for(accepted, announced) == "2024-2025"
+        tie = {COUNTIES[0]: "2023-2024", COUNTIES[1]: "2024-2025"}
+        assert coordinator.academic_year_for(accepted, tie) == "2024-2025"
+        assert coordinator.academic_year_for(accepted, {}) is None
+        named, _ = make_query(fed.analyst, SQL, epsilon=0.3, accuracy=None)
+        assert coordinator.academic_year_for(named, announced) is None
+        config = fed.coordinator / "coordinator.toml"
+        config.write_text(
+            config.read_text() + '\n[query]\nacademic_year = "2023-2024"\n', encoding="utf-8"
+        )
+        assert coordinator.academic_year_for(accepted, announced) == "2023-2024"
+        answers = {
+            COUNTIES[0]: _answer_for_year(fed.nodes[COUNTIES[0]], envelope, "2024-2025"),
+            COUNTIES[1]: _answer_for_year(fed.nodes[COUNTIES[1]], envelope, "2024-2025"),
+            COUNTIES[2]: _answer_for_year(fed.nodes[COUNTIES[2]], envelope, "2023-2024"),
+        }
+        # pinned: an answer for another year is not used
+        pinned = coordinator.release(accepted, answers, missing=[], academic_year="2024-2025")
+        # no pin (no node announced a year): the year most answers are for
+        unpinned = coordinator.release(accepted, answers, missing=[])
+        config.write_text(config.read_text().replace('"2023-2024"', '"last year"'))
+        with pytest.raises(ConfigError, match="academic_year"):
+            coordinator.academic_year_for(accepted, announced)
+    finally:
+        coordinator.close()
+    manifest = load_identity(fed.analyst).manifest()
+    for release in (pinned, unpinned):
+        body = verify_release(
+            release.envelope, manifest=manifest, query=query, answers=release.answers
+        ).body
+        assert body["academic_year"] == "2024-2025"
+        assert body["answered"] == [COUNTIES[0], COUNTIES[1]]
+        assert "another academic year" in body["missing_reasons"][COUNTIES[2]]

@@ -23,13 +23,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedscreen._util.canonical import canonical_json
-from fedscreen.crypto.envelope import QUERY_V1, sign_envelope
+from fedscreen.crypto.envelope import ANSWER_V1, QUERY_V1, Envelope, sign_envelope, verify_envelope
 from fedscreen.errors import QueryRefused
 from fedscreen.node import store
 from fedscreen.node.home import NodeConfig, init_home, load_config
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.node.requests import handle_query
-from fedscreen.protocol.query import SignedQuery, new_query_id, sign_query
+from fedscreen.protocol.query import SignedQuery, issue_query, new_query_id, sign_query
+from fedscreen.protocol.refusal import CODES, parse_reason
 from fedscreen.query.sqlparse import parse_sql
 from fedscreen.tlog import memberlog
 from fedscreen.trust import authority
@@ -94,13 +95,17 @@ class Node:
         payload = json.loads(entries[-1])["payload"]
         return json.loads(base64.b64decode(payload))  # type: ignore[no-any-return]
 
-    def assert_refused(self, envelope: bytes, part: str, **options: Any) -> tuple[str, str, str]:
-        """Refused naming ``part``, recorded in the table and the log, nothing charged."""
+    def assert_refused(
+        self, envelope: bytes, part: str, code: str, **options: Any
+    ) -> tuple[str, str, str]:
+        """Refused with ``code``, naming ``part``, recorded in the table and the log, nothing
+        charged."""
         charged, count = self.charged(), len(self.refusals())
         with pytest.raises(QueryRefused) as refused:
             self.handle(envelope, **options)
         reason = str(refused.value)
         assert part in reason, reason
+        assert parse_reason(reason)[0] == code, reason
         assert len(self.refusals()) == count + 1
         record = self.refusals()[-1]
         assert record[2] == reason
@@ -154,7 +159,7 @@ def test_a_fresh_query_is_answered_and_charged(node: Node) -> None:
 def test_a_query_past_its_deadline_is_refused_recorded_and_free(node: Node) -> None:
     query = node.query()
     analyst, query_id, _ = node.assert_refused(
-        node.sign(query), "deadline", deadline_unix_ms=now_ms() - 1
+        node.sign(query), "deadline", "deadline-passed", deadline_unix_ms=now_ms() - 1
     )
     assert (analyst, query_id) == (query.analyst, query.query_id)
     # the same query within its deadline is answered: the refusal stored nothing
@@ -164,7 +169,7 @@ def test_a_query_past_its_deadline_is_refused_recorded_and_free(node: Node) -> N
 
 def test_a_stale_query_is_refused_recorded_and_free(node: Node) -> None:
     stale = node.query(issued_at_ms=now_ms() - 3_600_000)
-    node.assert_refused(node.sign(stale), "stale")
+    node.assert_refused(node.sign(stale), "stale query", "stale")
 
 
 @pytest.mark.parametrize(
@@ -175,7 +180,7 @@ def test_a_stale_query_is_refused_recorded_and_free(node: Node) -> None:
 def test_an_epsilon_below_one_micro_epsilon_is_refused_for_free(
     node: Node, options: dict[str, Any]
 ) -> None:
-    node.assert_refused(node.sign(node.query(**options)), "below 1e-06")
+    node.assert_refused(node.sign(node.query(**options)), "below 1e-06", "policy")
     # and does not poison the cache for a genuine 1 µε query
     node.handle(node.sign(node.query(epsilon=1e-6)))
     assert node.charged() == 1
@@ -198,7 +203,7 @@ def test_a_deeply_nested_spec_is_refused_for_free(node: Node) -> None:
     for _ in range(200):
         cond = {"op": "not", "args": [cond]}
     spec = {"dataset": "screenings", "measure": {"kind": "count"}, "where": cond, "years": [YEAR]}
-    node.assert_refused(node.sign_payload(_payload(node, spec)), "deeper than 16")
+    node.assert_refused(node.sign_payload(_payload(node, spec)), "deeper than 16", "invalid-query")
 
 
 def test_a_payload_deeper_than_any_json_parser_is_refused_for_free(node: Node) -> None:
@@ -206,7 +211,7 @@ def test_a_payload_deeper_than_any_json_parser_is_refused_for_free(node: Node) -
     raw = canonical_json(_payload(node, None)).replace(
         b'"spec":null', b'"spec":' + b"[" * 100_000 + b"]" * 100_000
     )
-    node.assert_refused(node.sign_payload(raw), "not a valid analyst query")
+    node.assert_refused(node.sign_payload(raw), "not a valid analyst query", "invalid-query")
 
 
 _SPECS = st.recursive(
@@ -254,5 +259,67 @@ def test_any_signed_query_is_answered_or_refused_and_recorded(
     else:
         assert len(node.refusals()) == count + 1
         assert node.refusals()[-1][2] == reason
+        assert parse_reason(reason)[0] in CODES
         assert node.charged() == charged
     assert not node.conn.in_transaction
+
+
+def _signed_answer(node: Node, raw: bytes) -> dict[str, Any]:
+    key = node.config.signing_key()
+    payload = verify_envelope(
+        Envelope.from_json(raw),
+        expected_payload_type=ANSWER_V1,
+        trusted_keys={key.key_id: key.public_key},
+    )
+    return json.loads(payload)  # type: ignore[no-any-return]
+
+
+def test_the_answer_names_the_signed_query_it_answers_now(node: Node) -> None:
+    query = node.query()
+    signed, envelope = issue_query(query, key=node.analyst.signing_key())
+    first = _signed_answer(node, node.handle(envelope.to_json().encode()))
+    assert (first["query_id"], first["query_sha256"]) == (query.query_id, signed.digest)
+    assert first["charged"] == 0.01
+    # the same id signed again (the analyst resubmits it, issued later): the stored body,
+    # free, bound to the request it answers now
+    again, resigned = issue_query(
+        node.query(query_id=query.query_id), key=node.analyst.signing_key()
+    )
+    assert again.digest != signed.digest
+    second = _signed_answer(node, node.handle(resigned.to_json().encode()))
+    assert second["answer"] == first["answer"]
+    assert (second["query_id"], second["query_sha256"], second["charged"]) == (
+        query.query_id,
+        again.digest,
+        0,
+    )
+    assert node.charged() == 10_000
+
+
+def test_a_query_without_years_is_answered_for_the_pinned_year(node: Node) -> None:
+    no_year = parse_sql("SELECT sex, COUNT(*) FROM screenings GROUP BY sex")
+    pinned = _signed_answer(
+        node, node.handle(node.sign(node.query(spec=no_year)), academic_year="2023-2024")
+    )
+    assert pinned["answer"]["query"]["years"] == ["2023-2024"]
+    latest = _signed_answer(node, node.handle(node.sign(node.query(spec=no_year))))
+    assert latest["answer"]["query"]["years"] == [YEAR]
+
+
+def test_a_query_for_other_nodes_is_refused_as_not_addressed(node: Node) -> None:
+    node.assert_refused(node.sign(node.query(nodes=("130104",))), "130102", "not-addressed")
+
+
+def test_nothing_of_an_unverified_envelope_reaches_the_signed_log(node: Node) -> None:
+    planted = "planted\u202etext-" + "x" * 5_000
+    forged = sign_envelope(payload_type=planted, payload=b"{}", key=node.analyst.signing_key())
+    node.assert_refused(forged.to_json().encode(), "not a valid analyst query", "invalid-query")
+    unknown = json.loads(node.sign(node.query()))
+    unknown["signatures"][0]["keyid"] = planted
+    node.assert_refused(json.dumps(unknown).encode(), "not a valid analyst query", "invalid-query")
+    node.assert_refused(
+        b'{"payloadType": "' + planted.encode() + b'"}', "well-formed", "invalid-query"
+    )
+    for _, query, reason in node.refusals():
+        assert "planted" not in reason
+        assert "planted" not in query
