@@ -6,13 +6,15 @@ their signed answers into a signed release and logs all of it::
     fedscreen coordinator init --home coord --id coordinator --name 河北省协调服务
     fedscreen pki issue --dir AUTHORITY --home coord
     fedscreen coordinator serve --home coord --listen 0.0.0.0:7443
-    fedscreen coordinator status --home coord --coordinator 127.0.0.1:7443
+    fedscreen coordinator status --home coord --coordinator 127.0.0.1:7443 [--json]
+    fedscreen coordinator readmit --home coord --node 130102 --reason "restored from backup"
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import time
@@ -21,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from fedscreen.audit.bundle import write_bundle
-from fedscreen.coordinator.core import export_log, init_coordinator
+from fedscreen.coordinator.core import Coordinator, export_log, init_coordinator
+from fedscreen.coordinator.quarantine import readmit
 from fedscreen.coordinator.server import Listening, serve
 from fedscreen.errors import ConfigError
 from fedscreen.rpc import client
 from fedscreen.rpc.clock import clock_refusal, describe_offset
+from fedscreen.rpc.serde import CoordinatorStatus
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -57,11 +61,24 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve_cmd.set_defaults(func=run_serve)
 
     status = coord_sub.add_parser(
-        "status", help="the running coordinator's nodes: link, clock offset, statement age"
+        "status",
+        help="the running coordinator's nodes: link, log checkpoint, quarantine, clock offset",
     )
     status.add_argument("--home", type=Path, required=True)
     status.add_argument("--coordinator", required=True, help="the coordinator's HOST:PORT")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.set_defaults(func=run_status)
+
+    readmit_cmd = coord_sub.add_parser(
+        "readmit",
+        help="end a node's quarantine (logged); its next checkpoint becomes the new baseline",
+    )
+    readmit_cmd.add_argument("--home", type=Path, required=True)
+    readmit_cmd.add_argument("--node", required=True, help="the quarantined node's member id")
+    readmit_cmd.add_argument(
+        "--reason", required=True, help="why the province readmits it (logged; no student data)"
+    )
+    readmit_cmd.set_defaults(func=run_readmit)
 
     export = coord_sub.add_parser(
         "export", help="write the coordinator's log as an audit bundle (fedscreen audit verify)"
@@ -132,9 +149,52 @@ def _age(at_ms: int, now_ms: int) -> str:
     return "-" if at_ms <= 0 else f"{max(now_ms - at_ms, 0) / 1000:.0f} s ago"
 
 
+def run_readmit(args: argparse.Namespace) -> int:
+    """``fedscreen coordinator readmit``: works whether or not the coordinator is running."""
+    core = Coordinator.open(args.home)
+    try:
+        ended = readmit(core, node_id=args.node, reason=args.reason, now_ms=int(time.time() * 1000))
+    finally:
+        core.close()
+    print(f"node {args.node} readmitted (it was quarantined: {ended.reason}); logged")
+    print("its next answer's checkpoint is the new baseline")
+    return 0
+
+
+def _status_json(view: CoordinatorStatus) -> dict[str, object]:
+    return {
+        "coordinator_time_ms": view.coordinator_time_ms,
+        "clock_tolerance_ms": view.clock_tolerance_ms,
+        "nodes": [
+            {
+                "node_id": n.node_id,
+                "connected": n.connected,
+                "clock_offset_ms": n.clock_offset_ms,
+                "clock_ok": clock_refusal(n.clock_offset_ms, view.clock_tolerance_ms) is None,
+                "statement_at_ms": n.statement_at_ms,
+                "session_opened_ms": n.session_opened_ms,
+                "software_version": n.software_version,
+                "checkpoint_size": n.checkpoint_size,
+                "quarantined": n.quarantined,
+                "quarantine_reason": n.quarantine_reason,
+            }
+            for n in view.nodes
+        ],
+    }
+
+
 def run_status(args: argparse.Namespace) -> int:
-    """``fedscreen coordinator status``: exit 1 if a connected node's clock is out of tolerance."""
+    """``fedscreen coordinator status``: exit 1 if a connected node's clock is out of
+    tolerance or a node is quarantined."""
     view = asyncio.run(client.status(args.home, args.coordinator))
+    quarantined = [n for n in view.nodes if n.quarantined]
+    if args.json:
+        print(json.dumps(_status_json(view), ensure_ascii=False, indent=2))
+        bad_clocks = sum(
+            n.connected and clock_refusal(n.clock_offset_ms, view.clock_tolerance_ms) is not None
+            for n in view.nodes
+        )
+        return 1 if bad_clocks or quarantined else 0
     now = view.coordinator_time_ms
     skew = time.time() * 1000 - now
     print(
@@ -142,7 +202,10 @@ def run_status(args: argparse.Namespace) -> int:
         f"{len(view.nodes)} nodes connected; clock tolerance ±{view.clock_tolerance_ms // 1000} s"
         + (f" (this machine's clock differs by {skew / 1000:+.1f} s)" if abs(skew) > 5000 else "")
     )
-    print(f"{'node':<12} {'link':<13} {'clock offset':<22} {'last statement':<15} software")
+    print(
+        f"{'node':<12} {'link':<13} {'log':<11} {'clock offset':<22} {'last statement':<15} "
+        "software"
+    )
     bad = 0
     for n in view.nodes:
         offset = "unknown" if n.clock_offset_ms is None else describe_offset(n.clock_offset_ms)
@@ -150,10 +213,19 @@ def run_status(args: argparse.Namespace) -> int:
             offset += " !"
             bad += n.connected
         link = "connected" if n.connected else "disconnected"
+        log = (
+            "QUARANTINED"
+            if n.quarantined
+            else (f"{n.checkpoint_size} entries" if n.checkpoint_size else "-")
+        )
         print(
-            f"{n.node_id:<12} {link:<13} {offset:<22} {_age(n.statement_at_ms, now):<15} "
-            f"{n.software_version or '-'}"
+            f"{n.node_id:<12} {link:<13} {log:<11} {offset:<22} "
+            f"{_age(n.statement_at_ms, now):<15} {n.software_version or '-'}"
         )
     if bad:
         print(f"{bad} connected node(s) outside the clock tolerance (!) refuse every query")
-    return 1 if bad else 0
+    for n in quarantined:
+        print(f"node {n.node_id} is quarantined, its answers unused: {n.quarantine_reason}")
+    if quarantined:
+        print("after investigating: fedscreen coordinator readmit --node ID --reason TEXT")
+    return 1 if bad or quarantined else 0

@@ -1,4 +1,4 @@
-"""What the coordinator's server runs on: its limits and the core's own thread.
+"""What the coordinator's server runs on: its limits, the core's own thread, the manifest watch.
 
 Kept apart from the servicers (``server``) so that module stays small; no
 protobuf and no gRPC here.
@@ -7,21 +7,36 @@ protobuf and no gRPC here.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from fedscreen.coordinator.core import Coordinator
-from fedscreen.errors import ConfigError
+from fedscreen.coordinator.quarantine import CheckpointBook, screen_answer
+from fedscreen.coordinator.sessions import NodeReply, NodeSession, SessionRegistry, now_ms
+from fedscreen.errors import ConfigError, QueryRefused
 from fedscreen.rpc import transport
 from fedscreen.rpc.clock import CLOCK_TOLERANCE_MS
 from fedscreen.rpc.transport import DEFAULT_LIMITS, TransportLimits
+from fedscreen.tlog.checkpoint import Checkpoint
 
-__all__ = ["DEFAULT_SERVER_LIMITS", "CoreThread", "ServerLimits"]
+__all__ = [
+    "DEFAULT_SERVER_LIMITS",
+    "CoreThread",
+    "Listening",
+    "ManifestWatch",
+    "ServerLimits",
+    "active_nodes",
+    "log_head",
+    "screen",
+]
 
 T = TypeVar("T")
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,9 @@ class ServerLimits:
     clock_tolerance_ms: int = CLOCK_TOLERANCE_MS
     #: how often the C heap's freed memory is returned to the system (ms; see rpc.guard)
     heap_trim_interval_ms: int = 5_000
+    #: how often the home's manifest file is checked for a newer version to push to the
+    #: nodes (ms); every query and every node's Hello checks it too
+    manifest_check_interval_ms: int = 1_000
     transport: TransportLimits = field(default=DEFAULT_LIMITS)
 
     def __post_init__(self) -> None:
@@ -58,8 +76,38 @@ class ServerLimits:
         if self.default_answer_wait_ms > self.max_answer_wait_ms:
             raise ConfigError("default_answer_wait_ms must not exceed max_answer_wait_ms")
 
+    def answer_wait_s(self, requested_ms: int, time_remaining: float | None) -> float:
+        """How long to wait for nodes: the request's wait (or the default), capped twice."""
+        wait_ms = requested_ms if requested_ms > 0 else self.default_answer_wait_ms
+        wait_ms = min(wait_ms, self.max_answer_wait_ms)
+        if time_remaining is not None:
+            # leave the analyst's call enough time to get the release back
+            wait_ms = min(wait_ms, int(time_remaining * 1000) - self.release_margin_ms)
+        if wait_ms <= 0:
+            raise QueryRefused("the call's deadline leaves no time to wait for nodes")
+        return wait_ms / 1000
+
 
 DEFAULT_SERVER_LIMITS: Final = ServerLimits()
+
+
+@dataclass(frozen=True)
+class Listening:
+    """Where a started coordinator listens (also what ``--ready-file`` holds, as JSON)."""
+
+    member_id: str
+    address: str
+    port: int
+    pid: int
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "member_id": self.member_id,
+            "address": self.address,
+            "port": self.port,
+            "pid": self.pid,
+        }
 
 
 # ---------------------------------------------------------------- the core's thread
@@ -76,6 +124,8 @@ class CoreThread:
     def __init__(self, executor: ThreadPoolExecutor, core: Coordinator) -> None:
         self._executor = executor
         self.core = core
+        #: the nodes' verified checkpoints and quarantines, in the core's database
+        self.book = CheckpointBook(core.conn)
 
     @classmethod
     async def open(cls, home: Path) -> CoreThread:
@@ -99,3 +149,104 @@ class CoreThread:
             await self.call(lambda core: core.close())
         finally:
             self._executor.shutdown(wait=True)
+
+
+# ---------------------------------------------------------------- the manifest watch
+
+
+def _manifest_now(core: Coordinator) -> tuple[int, bytes, tuple[str, ...]]:
+    """Version, file bytes and active nodes of the newest manifest installed in the home."""
+    core.reload_manifest()
+    return core.manifest.version, core.identity.manifest_path.read_bytes(), core.node_ids
+
+
+class ManifestWatch:
+    """Pushes a newer manifest down every open node stream; ends revoked members' streams.
+
+    Revocation takes effect at once: the coordinator re-reads its home's manifest
+    for each query and Hello anyway (a stat call), and this watch also looks every
+    ``manifest_check_interval_ms`` so an idle federation learns of it too.
+    """
+
+    def __init__(self, core: CoreThread, sessions: SessionRegistry) -> None:
+        self.core = core
+        self.sessions = sessions
+        self.version = core.core.manifest.version
+        self._lock = asyncio.Lock()
+
+    async def current(self) -> bytes:
+        """The manifest file now installed (after pushing it, if it is new)."""
+        async with self._lock:
+            version, data, active = await self.core.call(_manifest_now)
+            if version != self.version:
+                self.version = version
+                self._push(version, data, frozenset(active))
+            return data
+
+    def _push(self, version: int, data: bytes, active: frozenset[str]) -> None:
+        _log.info("manifest version %d installed; pushing it to the nodes", version)
+        for session in self.sessions.live():
+            if session.node_id not in active:
+                _log.warning(
+                    "node %s is revoked or removed in manifest version %d; closing its stream",
+                    session.node_id,
+                    version,
+                )
+                self.sessions.close(session, "revoked by the federation manifest")
+            elif not session.push_manifest(data):
+                _log.warning("node %s: could not queue the new manifest", session.node_id)
+
+    async def run(self, interval_ms: int) -> None:
+        """Check every ``interval_ms`` until cancelled; a failed check is logged, not fatal."""
+        while True:
+            await asyncio.sleep(interval_ms / 1000)
+            try:
+                await self.current()
+            except Exception:  # a half-written or bad file: the next check tries again
+                _log.exception("could not check the manifest for a newer version")
+
+
+# ---------------------------------------------------------------- run on the core's thread
+
+
+def active_nodes(core: Coordinator) -> tuple[str, ...]:
+    """The active nodes of the newest manifest installed in the coordinator's home."""
+    core.reload_manifest()
+    return core.node_ids
+
+
+def log_head(core: Coordinator, known_size: int) -> tuple[str, list[bytes]]:
+    """The newest checkpoint of the coordinator's log, and its consistency proof from
+    ``known_size`` (a node's Hello); no proof if that is 0, the same, or beyond the log."""
+    note = core.checkpoint()
+    if not note:
+        return "", []
+    size = Checkpoint.from_body(note[: note.index("\n\n") + 1]).size
+    if not 0 < known_size < size:
+        return note, []
+    return note, core.consistency_proof(known_size, size)
+
+
+async def screen(
+    core: CoreThread, session: NodeSession, query_id: str, envelope: bytes, proof: list[bytes]
+) -> NodeReply:
+    """A node's answer as a reply: itself, unless the node's log rolled back (then: why)."""
+    sent = session.sent_log_size(query_id)
+    if sent is None:
+        return NodeReply(envelope)  # not asked (or long forgotten): settling discards it
+    node_id, book = session.node_id, core.book
+    reason = await core.call(
+        lambda c: screen_answer(
+            c,
+            book,
+            node_id=node_id,
+            envelope=envelope,
+            proof=proof,
+            sent_size=sent,
+            now_ms=now_ms(),
+        )
+    )
+    if reason is None:
+        return NodeReply(envelope)
+    _log.error("node %s: answer to query %s not used: %s", node_id, query_id[:64], reason)
+    return NodeReply(None, reason)

@@ -14,11 +14,17 @@ encode — and everything they refuse goes through the transport's one error tab
   the node disconnects.
 * **Analyst.Submit** — verify and log the query (``core.accept``), push it to the
   target nodes, wait until all have replied or the deadline passes, then
-  ``core.release``. A node that is not connected, refuses, loses its link or
+  ``core.release``. Each query carries the size of the node's log the
+  coordinator last verified, and each answer proves its log extends it; a node
+  whose log shrank or forked is quarantined (:mod:`.quarantine`) and its answers
+  are not used. A node that is not connected, refuses, loses its link or
   misses the deadline is *missing*; an answer arriving after the query was
   settled finds nobody waiting and is discarded (the node's own ledger keeps
   the charge, and a replay of the same query id gets the stored answer free).
   The release says why each missing node is missing (``missing_reasons``).
+* **Manifest** — a newer manifest installed in the home is pushed down every open
+  node stream (and sent in each Welcome); a member it revokes has its stream closed
+  at once and its Hello refused (:class:`~.runtime.ManifestWatch`).
 * **Analyst.Budgets** — the nodes' newest budget statements, verbatim, for
   analysts and auditors to verify and plan with.
 * **Audit** — checkpoint, entries and Merkle proofs of the coordinator's log, for
@@ -36,19 +42,28 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import grpc
 
 from fedscreen._util.files import write_ready_file
-from fedscreen.coordinator.core import Coordinator
-from fedscreen.coordinator.runtime import DEFAULT_SERVER_LIMITS, CoreThread, ServerLimits
+from fedscreen.coordinator.core import ACADEMIC_YEAR
+from fedscreen.coordinator.runtime import (
+    DEFAULT_SERVER_LIMITS,
+    CoreThread,
+    Listening,
+    ManifestWatch,
+    ServerLimits,
+    active_nodes,
+    log_head,
+    screen,
+)
 from fedscreen.coordinator.sessions import (
     NodeReply,
     NodeSession,
     Push,
+    PushManifest,
     SessionRegistry,
     Withdraw,
     fan_out,
@@ -87,10 +102,17 @@ STATUS_READERS: Final = frozenset({"coordinator", "analyst", "auditor"})
 class NodeLinkServicer(pb_grpc.NodeLinkServicer):
     """Nodes' long-lived streams."""
 
-    def __init__(self, core: CoreThread, sessions: SessionRegistry, limits: ServerLimits) -> None:
+    def __init__(
+        self,
+        core: CoreThread,
+        sessions: SessionRegistry,
+        limits: ServerLimits,
+        watch: ManifestWatch,
+    ) -> None:
         self.core = core
         self.sessions = sessions
         self.limits = limits
+        self.watch = watch
 
     async def Connect(
         self,
@@ -98,6 +120,8 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.CoordinatorMessage]:
         """Authenticate, take the Hello, then push queries until the stream ends."""
+        # the newest manifest installed: a member revoked a moment ago is refused now
+        manifest_file = await self.watch.current()
         manifest = self.core.core.manifest
         member = await transport.authenticate(context, manifest, roles={"node"})
         incoming = aiter(request_iterator)
@@ -115,11 +139,19 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
         self.sessions.open(session)
         if first.hello.eligible_students > 0:
             self.sessions.eligible[member.id] = int(first.hello.eligible_students)
+        if ACADEMIC_YEAR.fullmatch(first.hello.latest_academic_year):
+            self.sessions.latest_years[member.id] = first.hello.latest_academic_year
         self._hello(session, first.hello)
+        known = max(int(first.hello.coordinator_log_size), 0)
+        note, proof = await self.core.call(lambda core: log_head(core, known))
         reader = asyncio.create_task(self._read(session, incoming))
         try:
             welcome = pb.Welcome(
-                manifest_version=manifest.version, coordinator_time_unix_ms=now_ms()
+                manifest_version=manifest.version,
+                coordinator_time_unix_ms=now_ms(),
+                coordinator_checkpoint=note,
+                coordinator_consistency_proof=proof,
+                manifest=manifest_file,
             )
             yield pb.CoordinatorMessage(welcome=welcome)
             while True:
@@ -161,7 +193,11 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
                     break
                 kind = message.WhichOneof("kind")
                 if kind == "answer":
-                    reply = NodeReply(bytes(message.answer.envelope))
+                    answer = message.answer
+                    proof = [bytes(h) for h in answer.consistency_proof]
+                    reply = await screen(
+                        self.core, session, answer.query_id, bytes(answer.envelope), proof
+                    )
                     self._settle(session, message.answer.query_id, reply)
                 elif kind == "refusal":
                     why = _printable(message.refusal.reason[:MAX_REASON_CHARS])
@@ -219,10 +255,17 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
 class AnalystServicer(pb_grpc.AnalystServicer):
     """Analysts' signed queries in, signed releases out."""
 
-    def __init__(self, core: CoreThread, sessions: SessionRegistry, limits: ServerLimits) -> None:
+    def __init__(
+        self,
+        core: CoreThread,
+        sessions: SessionRegistry,
+        limits: ServerLimits,
+        watch: ManifestWatch,
+    ) -> None:
         self.core = core
         self.sessions = sessions
         self.limits = limits
+        self.watch = watch
 
     async def Submit(
         self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -237,10 +280,19 @@ class AnalystServicer(pb_grpc.AnalystServicer):
             query = await self.core.call(
                 lambda core: core.accept(envelope, now_ms=received_ms, caller=member.id)
             )
-            wait_s = self._wait_s(request.deadline_ms, context.time_remaining())
+            wait_s = self.limits.answer_wait_s(request.deadline_ms, context.time_remaining())
+            # accept() read the newest manifest: the nodes get it before the query
+            await self.watch.current()
             # each node once, in the order asked
             targets = tuple(dict.fromkeys(query.nodes or self.core.core.node_ids))
-            replies = await fan_out(self.sessions, query, envelope, targets, wait_s)
+            book = self.core.book
+            known = await self.core.call(lambda _: book.known_sizes(targets))
+            latest = dict(self.sessions.latest_years)
+            year = await self.core.call(lambda core: core.academic_year_for(query, latest))
+            replies = await fan_out(
+                self.sessions, query, envelope, targets, wait_s, known_log_sizes=known,
+                academic_year=year or "",  # a query without years: one year for every node
+            )  # fmt: skip
             answers = {n: r.envelope for n, r in replies.items() if r.envelope is not None}
             missing = [n for n in targets if n not in answers]
             for node_id in missing:
@@ -254,7 +306,7 @@ class AnalystServicer(pb_grpc.AnalystServicer):
             reasons = {n: replies[n].reason for n in missing}
             release = await self.core.call(
                 lambda core: core.release(
-                    query, answers, missing, eligible=eligible, reasons=reasons
+                    query, answers, missing, eligible=eligible, reasons=reasons, academic_year=year
                 )
             )
         return serde.submit_response(release.envelope, release.answers, release.missing)
@@ -266,7 +318,7 @@ class AnalystServicer(pb_grpc.AnalystServicer):
         await transport.authenticate(context, self.core.core.manifest, roles=BUDGET_READERS)
         async with transport.abort_on_error(context):
             # a revoked node's statements are no longer handed out (as Submit, newest manifest)
-            node_ids = set(await self.core.call(_active_nodes))
+            node_ids = set(await self.core.call(active_nodes))
         held = {n: envelope for n, (_, envelope) in self.sessions.budgets.items() if n in node_ids}
         return serde.statements_response(
             held,
@@ -280,44 +332,35 @@ class AnalystServicer(pb_grpc.AnalystServicer):
         """The coordinator's view of its active nodes: link, clock offset, statement age."""
         await transport.authenticate(context, self.core.core.manifest, roles=STATUS_READERS)
         async with transport.abort_on_error(context):
-            node_ids = await self.core.call(_active_nodes)
+            node_ids = await self.core.call(active_nodes)
+            book = self.core.book
+            # read from the database: a readmission made by another process shows at once
+            logs = await self.core.call(lambda _: book.states(node_ids))
         return serde.status_response(
             node_ids,
             self.sessions.seen,
             connected=set(self.sessions.connected),
             now_ms=now_ms(),
             tolerance_ms=self.limits.clock_tolerance_ms,
+            logs={s.node_id: s for s in logs},
         )
 
-    def _wait_s(self, requested_ms: int, time_remaining: float | None) -> float:
-        """How long to wait for nodes: the request's wait (or the default), capped twice."""
-        wait_ms = requested_ms if requested_ms > 0 else self.limits.default_answer_wait_ms
-        wait_ms = min(wait_ms, self.limits.max_answer_wait_ms)
-        if time_remaining is not None:
-            # leave the analyst's call enough time to get the release back
-            wait_ms = min(wait_ms, int(time_remaining * 1000) - self.limits.release_margin_ms)
-        if wait_ms <= 0:
-            raise QueryRefused("the call's deadline leaves no time to wait for nodes")
-        return wait_ms / 1000
 
-
-def _to_pb(message: Push | Withdraw) -> pb.CoordinatorMessage:
+def _to_pb(message: Push | PushManifest | Withdraw) -> pb.CoordinatorMessage:
     """A session's queued message as it goes down the node's stream."""
     if isinstance(message, Withdraw):
         return pb.CoordinatorMessage(cancel=pb.Cancel(query_id=message.query_id))
+    if isinstance(message, PushManifest):
+        return pb.CoordinatorMessage(manifest=pb.ManifestUpdate(manifest=message.manifest))
     return pb.CoordinatorMessage(
         query=pb.QueryRequest(
             query_id=message.query_id,
             query_envelope=message.envelope,
             deadline_unix_ms=message.deadline_unix_ms,
+            known_log_size=message.known_log_size,
+            academic_year=message.academic_year,
         )
     )
-
-
-def _active_nodes(core: Coordinator) -> tuple[str, ...]:
-    """The active nodes of the newest manifest installed in the coordinator's home."""
-    core.reload_manifest()
-    return core.node_ids
 
 
 def _printable(text: str) -> str:
@@ -396,25 +439,6 @@ class AuditServicer(pb_grpc.AuditServicer):
 # ---------------------------------------------------------------- serving
 
 
-@dataclass(frozen=True)
-class Listening:
-    """Where a started coordinator listens (also what ``--ready-file`` holds, as JSON)."""
-
-    member_id: str
-    address: str
-    port: int
-    pid: int
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON form."""
-        return {
-            "member_id": self.member_id,
-            "address": self.address,
-            "port": self.port,
-            "pid": self.pid,
-        }
-
-
 async def serve(
     home: Path,
     listen: str,
@@ -433,9 +457,13 @@ async def serve(
     core = await CoreThread.open(home)
     try:
         sessions = SessionRegistry()
+        watch = ManifestWatch(core, sessions)
         server = transport.server(limits=limits.transport)
-        pb_grpc.add_NodeLinkServicer_to_server(NodeLinkServicer(core, sessions, limits), server)
-        pb_grpc.add_AnalystServicer_to_server(AnalystServicer(core, sessions, limits), server)
+        node_link = NodeLinkServicer(core, sessions, limits, watch)
+        pb_grpc.add_NodeLinkServicer_to_server(node_link, server)
+        pb_grpc.add_AnalystServicer_to_server(
+            AnalystServicer(core, sessions, limits, watch), server
+        )
         pb_grpc.add_AuditServicer_to_server(AuditServicer(core, limits), server)
         health = await transport.add_health(server, services=SERVICES)
         port = transport.add_secure_port(server, core.core.identity, listen)
@@ -443,6 +471,7 @@ async def serve(
         trimming = asyncio.create_task(
             guard.return_freed_memory(interval_s=limits.heap_trim_interval_ms / 1000)
         )
+        watching = asyncio.create_task(watch.run(limits.manifest_check_interval_ms))
         host = listen.rsplit(":", 1)[0]
         where = Listening(core.core.member_id, f"{host}:{port}", port, os.getpid())
         _log.info("coordinator %s listening on %s", where.member_id, where.address)
@@ -460,8 +489,9 @@ async def serve(
             await health.enter_graceful_shutdown()
             sessions.close_all("the coordinator is shutting down")
             await server.stop(grace=limits.shutdown_grace_ms / 1000)
-            trimming.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await trimming
+            for task in (trimming, watching):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     finally:
         await core.close()

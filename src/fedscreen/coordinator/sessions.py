@@ -10,7 +10,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final
 
 from fedscreen.protocol.budget import BudgetStatement
 from fedscreen.protocol.query import SignedQuery
@@ -20,6 +23,7 @@ __all__ = [
     "NodeSeen",
     "NodeSession",
     "Push",
+    "PushManifest",
     "SessionRegistry",
     "Withdraw",
     "fan_out",
@@ -27,6 +31,10 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+
+#: queries whose ``known_log_size`` a session remembers until the node replies (count);
+#: the oldest is forgotten beyond this (its reply, if it ever comes, is then not checked)
+MAX_REMEMBERED_QUERIES: Final = 4_096
 
 
 def now_ms() -> int:
@@ -41,6 +49,18 @@ class Push:
     query_id: str
     envelope: bytes
     deadline_unix_ms: int
+    #: the size of the node's log in its newest checkpoint the coordinator verified
+    #: (0: none): the answer proves consistency from it
+    known_log_size: int = 0
+    #: the year a query without years is answered for ("": none pinned)
+    academic_year: str = ""
+
+
+@dataclass(frozen=True)
+class PushManifest:
+    """A newer federation manifest (the file, verbatim) for the node to verify and install."""
+
+    manifest: bytes
 
 
 @dataclass(frozen=True)
@@ -81,12 +101,36 @@ class NodeSession:
         self.node_id = node_id
         self.opened_ms = now_ms()
         #: messages for the writer; None tells it to end the stream
-        self.outbox: asyncio.Queue[Push | Withdraw | None] = asyncio.Queue(outbox_messages)
+        self.outbox: asyncio.Queue[Push | PushManifest | Withdraw | None] = asyncio.Queue(
+            outbox_messages
+        )
         self._waiting: dict[str, list[asyncio.Future[NodeReply]]] = {}
+        #: query id -> the known_log_size it was pushed with (until the node replies)
+        self._sent: OrderedDict[str, int] = OrderedDict()
         self.closed = False
 
+    def sent_log_size(self, query_id: str) -> int | None:
+        """The ``known_log_size`` the query was pushed with (None: not pushed, or forgotten)."""
+        return self._sent.pop(query_id, None)
+
+    def push_manifest(self, manifest: bytes) -> bool:
+        """Queue a newer manifest for the node; False if the stream is backed up or closed."""
+        if self.closed:
+            return False
+        try:
+            self.outbox.put_nowait(PushManifest(manifest))
+        except asyncio.QueueFull:
+            return False
+        return True
+
     def ask(
-        self, query_id: str, envelope: bytes, *, deadline_unix_ms: int
+        self,
+        query_id: str,
+        envelope: bytes,
+        *,
+        deadline_unix_ms: int,
+        known_log_size: int = 0,
+        academic_year: str = "",
     ) -> asyncio.Future[NodeReply]:
         """Push a query to the node; the future settles with its reply (never raises)."""
         future: asyncio.Future[NodeReply] = asyncio.get_running_loop().create_future()
@@ -96,12 +140,16 @@ class NodeSession:
         waiting = self._waiting.get(query_id)
         if waiting is None:
             # the same query id already on its way (a concurrent replay) is not sent twice
-            message = Push(query_id, envelope, deadline_unix_ms)
+            message = Push(query_id, envelope, deadline_unix_ms, known_log_size, academic_year)
             try:
                 self.outbox.put_nowait(message)
             except asyncio.QueueFull:
                 future.set_result(NodeReply(None, "the node's stream is backed up"))
                 return future
+            self._sent[query_id] = known_log_size
+            self._sent.move_to_end(query_id)
+            while len(self._sent) > MAX_REMEMBERED_QUERIES:
+                self._sent.popitem(last=False)
             waiting = self._waiting[query_id] = []
         waiting.append(future)
         return future
@@ -154,6 +202,9 @@ class SessionRegistry:
         self._live: dict[str, NodeSession] = {}
         #: node -> eligible students it last announced (public); kept after it disconnects
         self.eligible: dict[str, int] = {}
+        #: node -> the latest academic year it last announced (public); kept after it
+        #: disconnects, for pinning a query without years to one year
+        self.latest_years: dict[str, str] = {}
         #: node -> its newest verified budget statement and that statement's envelope,
         #: verbatim; kept after it disconnects (in memory: a restarted coordinator waits
         #: for each node's next statement, which its Welcome brings)
@@ -201,6 +252,10 @@ class SessionRegistry:
         """The node's live session, if it has one."""
         return self._live.get(node_id)
 
+    def live(self) -> tuple[NodeSession, ...]:
+        """Every live session."""
+        return tuple(self._live.values())
+
     @property
     def connected(self) -> tuple[str, ...]:
         """Ids of the nodes with a live session."""
@@ -218,8 +273,15 @@ async def fan_out(
     envelope: bytes,
     targets: tuple[str, ...],
     wait_s: float,
+    *,
+    known_log_sizes: Mapping[str, int] | None = None,
+    academic_year: str = "",
 ) -> dict[str, NodeReply]:
-    """Each target's reply, or why there is none, by the deadline."""
+    """Each target's reply, or why there is none, by the deadline.
+
+    ``known_log_sizes``: each node's log size in its newest checkpoint the coordinator
+    verified, sent with the query so the answer proves consistency from it.
+    """
     deadline_unix_ms = now_ms() + int(wait_s * 1000)
     replies: dict[str, NodeReply] = {}
     asked: dict[str, tuple[NodeSession, asyncio.Future[NodeReply]]] = {}
@@ -228,7 +290,13 @@ async def fan_out(
         if session is None:
             replies[node_id] = NodeReply(None, "not connected")
             continue
-        future = session.ask(query.query_id, envelope, deadline_unix_ms=deadline_unix_ms)
+        future = session.ask(
+            query.query_id,
+            envelope,
+            deadline_unix_ms=deadline_unix_ms,
+            known_log_size=(known_log_sizes or {}).get(node_id, 0),
+            academic_year=academic_year,
+        )
         asked[node_id] = (session, future)
     try:
         if asked:

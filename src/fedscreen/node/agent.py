@@ -24,6 +24,15 @@ reads the coordinator's deadlines through it, and records it in
 ``HOME/link.json`` for ``fedscreen node status``. A node off by more than
 ``clock_tolerance_ms`` says so loudly in its log and refuses every query with
 that reason (recorded in its own log), so the release names it as missing and why.
+
+Trust kept current (:mod:`fedscreen.node.link`): a newer manifest in the Welcome
+or pushed down the stream (``ManifestUpdate``) is verified against the pinned
+authority key and used from the next query on, so a revoked analyst is refused
+without a restart. Each answer carries a consistency proof of the node's log from
+the size the coordinator last verified (``known_log_size``). The Welcome carries
+the coordinator's newest checkpoint with a proof from the size this node last
+verified: a coordinator whose log shrank or forked gets no answers — the node
+says so in its log and keeps redialling (with backoff) in case it is repaired.
 """
 
 from __future__ import annotations
@@ -31,23 +40,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 import grpc
 
 from fedscreen import __version__
-from fedscreen.errors import ConfigError, QueryRefused
+from fedscreen.errors import ConfigError, QueryRefused, VerificationError
 from fedscreen.node import store
+from fedscreen.node.dial import DEFAULT_NODE_LIMITS, NodeLimits, Welcomed, backoff_ms
+from fedscreen.node.engine import latest_year
 from fedscreen.node.home import load_config
+from fedscreen.node.link import CoordinatorLog
 from fedscreen.node.status import LinkState, write_link
 from fedscreen.node.worker import QueryWorker
 from fedscreen.rpc import clock, transport
-from fedscreen.rpc.transport import DEFAULT_LIMITS, RpcFailed, TransportLimits
+from fedscreen.rpc.transport import RpcFailed
 from fedscreen.trust.identity import load_identity
 from fedscreen.v1 import federation_pb2 as pb
 from fedscreen.v1 import federation_pb2_grpc as pb_grpc
@@ -64,59 +74,6 @@ _log = logging.getLogger(__name__)
 
 #: longest refusal reason sent up the stream (characters)
 MAX_REASON_CHARS: Final = 300
-
-
-@dataclass(frozen=True)
-class NodeLimits:
-    """Every wait and interval of the node agent, with its unit."""
-
-    #: a Heartbeat goes up the stream this often (ms); the coordinator drops a
-    #: session silent for its ``session_idle_timeout_ms`` (60 s by default)
-    heartbeat_interval_ms: int = 15_000
-    #: first redial delay after a failed or ended stream (ms)
-    backoff_initial_ms: int = 500
-    #: the redial delay doubles per failure up to this (ms)
-    backoff_max_ms: int = 30_000
-    #: dialing, the TLS handshake, Hello and Welcome together must take at most this (ms)
-    welcome_timeout_ms: int = 10_000
-    #: the largest clock offset from the coordinator, either way, at which the node
-    #: still answers (ms); see fedscreen.rpc.clock
-    clock_tolerance_ms: int = clock.CLOCK_TOLERANCE_MS
-    transport: TransportLimits = field(default=DEFAULT_LIMITS)
-
-    def __post_init__(self) -> None:
-        transport.check_positive_limits(self, "node")
-        if self.backoff_initial_ms > self.backoff_max_ms:
-            raise ConfigError("backoff_initial_ms must not exceed backoff_max_ms")
-
-
-DEFAULT_NODE_LIMITS: Final = NodeLimits()
-
-
-@dataclass(frozen=True)
-class Welcomed:
-    """The coordinator accepted a session (reported to ``on_welcome``)."""
-
-    node_id: str
-    coordinator: str
-    #: sessions opened since the agent started, this one included (count)
-    session: int
-    manifest_version: int
-    #: this node's clock minus the coordinator's (ms); None if the coordinator sent no clock
-    clock_offset_ms: int | None = None
-
-
-def backoff_ms(attempt: int, *, limits: NodeLimits = DEFAULT_NODE_LIMITS) -> int:
-    """The delay before redial number ``attempt`` (0-based), in ms.
-
-    Exponential with "equal jitter": half of ``min(max, initial·2^attempt)`` fixed
-    plus a uniformly random other half, so a province's nodes restarting together
-    do not redial in lockstep, and no delay is ever near zero. The randomness is
-    ``secrets`` (the project never uses ``random``).
-    """
-    ceiling = min(limits.backoff_max_ms, limits.backoff_initial_ms << min(attempt, 32))
-    half = ceiling // 2
-    return ceiling - half + secrets.randbelow(half + 1)
 
 
 def _now_ms() -> int:
@@ -142,9 +99,9 @@ class _Agent:
         if self.identity.member_id != self.config.node_id or self.identity.role != "node":
             raise ConfigError(f"{home}: the identity is not node {self.config.node_id}'s")
         manifest = self.identity.manifest()
-        self.manifest_version = manifest.version
         self.coordinator = coordinator
         self.peer_id = coordinator_id or manifest.coordinator()
+        self.coordinator_log = CoordinatorLog(home, self.peer_id)
         self.limits = limits
         self.on_welcome = on_welcome
         self.delay_s = max(unsafe_test_answer_delay_ms, 0) / 1000
@@ -189,6 +146,14 @@ class _Agent:
         finally:
             conn.close()
 
+    def _latest_year(self) -> str:
+        """The latest academic year with screenings the Hello announces (public; "" none)."""
+        conn = store.connect(self.config.database)
+        try:
+            return latest_year(conn) or ""
+        finally:
+            conn.close()
+
     async def session(self) -> None:
         """One stream from dial to end: returns when the coordinator ends it, raises if it fails."""
         node_id = self.config.node_id
@@ -211,7 +176,9 @@ class _Agent:
                 node_id=node_id,
                 software_version=__version__,
                 eligible_students=self._eligible(),
+                latest_academic_year=self._latest_year(),
                 node_time_unix_ms=self._now_ms(),
+                coordinator_log_size=self.coordinator_log.known_size(self._coordinator_key()),
             )
             outbox.put_nowait(pb.NodeMessage(hello=hello))
             call = pb_grpc.NodeLinkStub(channel).Connect(upstream())
@@ -241,6 +208,7 @@ class _Agent:
                             "first reply is not Welcome",
                             what="node link",
                         )
+                    await self._check_welcome(welcome.welcome)
                     self._welcomed(
                         welcome.welcome.manifest_version,
                         clock.round_trip_offset_ms(
@@ -258,6 +226,9 @@ class _Agent:
                             task = asyncio.create_task(self._answer(message.query, send))
                             tasks.add(task)
                             task.add_done_callback(tasks.discard)
+                        elif message.WhichOneof("kind") == "manifest":
+                            # in the worker's queue: queries after it are checked against it
+                            await self._offer_manifest(bytes(message.manifest.manifest))
                         # Cancel is advisory: a query already running finishes and is charged
                         # once; the coordinator discards its answer, and a replay of the
                         # query id gets the stored answer at no cost
@@ -267,6 +238,41 @@ class _Agent:
                 call.cancel()
                 if self.sessions > before:  # this session was welcomed; it is over now
                     self._record_link(connected=False)
+
+    def _coordinator_key(self) -> bytes:
+        return self.worker.manifest.member(self.peer_id, role="coordinator").signing_key
+
+    async def _offer_manifest(self, text: bytes) -> None:
+        """Use a newer manifest from the coordinator; a bad one is logged and ignored."""
+        try:
+            await self.worker.offer_manifest(text)
+        except (VerificationError, ConfigError) as exc:
+            _log.error("node %s: the coordinator sent a manifest that does not verify: %s",
+                       self.config.node_id, exc)  # fmt: skip
+
+    async def _check_welcome(self, welcome: pb.Welcome) -> None:
+        """Adopt the Welcome's manifest if newer; refuse a coordinator whose log rolled back."""
+        if welcome.manifest:
+            await self._offer_manifest(bytes(welcome.manifest))
+        proof = [bytes(h) for h in welcome.coordinator_consistency_proof]
+        try:
+            self.coordinator_log.check(
+                welcome.coordinator_checkpoint, proof, key=self._coordinator_key()
+            )
+        except VerificationError as exc:
+            _log.error(
+                "node %s: NOT WORKING WITH COORDINATOR %s: %s. Its log was rolled back or "
+                "rewritten; the province must investigate (saved checkpoint: %s)",
+                self.config.node_id,
+                self.peer_id,
+                exc,
+                self.coordinator_log.path,
+            )
+            raise RpcFailed(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the coordinator's log does not extend the one this node saw: {exc}",
+                what="node link",
+            ) from None
 
     def _welcomed(self, version: int, offset_ms: int | None) -> None:
         self.sessions += 1
@@ -287,12 +293,12 @@ class _Agent:
                 refusal,
             )
         self._record_link(connected=True)
-        if version > self.manifest_version:
+        if version > self.worker.manifest.version:
             _log.warning(
                 "the coordinator holds manifest version %d, this node %d: "
                 "install the newer manifest (fedscreen identity update-manifest)",
                 version,
-                self.manifest_version,
+                self.worker.manifest.version,
             )
         if self.on_welcome is not None:
             self.on_welcome(
@@ -354,6 +360,7 @@ class _Agent:
                 bytes(request.query_envelope),
                 now_ms=self._now_ms,
                 deadline_ms=deadline + (self.offset_ms or 0) if deadline else None,
+                academic_year=request.academic_year,
             )
         except QueryRefused as refused:
             reason = str(refused)[:MAX_REASON_CHARS]
@@ -365,9 +372,11 @@ class _Agent:
             reason = "the node could not answer (see its log)"
             await send(pb.NodeMessage(refusal=pb.Refusal(query_id=query_id, reason=reason)))
             return
+        proof = await self.worker.consistency_proof(envelope, request.known_log_size)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)  # TEST ONLY: see run_node
-        await send(pb.NodeMessage(answer=pb.Answer(query_id=query_id, envelope=envelope)))
+        answer = pb.Answer(query_id=query_id, envelope=envelope, consistency_proof=proof)
+        await send(pb.NodeMessage(answer=answer))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep a session open until ``stop`` is set; redial with backoff when one ends."""

@@ -2,7 +2,10 @@
 
 The agent (:mod:`fedscreen.node.agent`) hands it queries to answer or refuse and
 asks it for budget statements; all of them run in arrival order on this thread,
-so the agent's event loop never waits on SQLite.
+so the agent's event loop never waits on SQLite. It also holds the manifest in
+force (:class:`~fedscreen.node.link.ManifestKeeper`): before each query it looks
+for a newer file in the home, and a manifest the coordinator pushes is offered
+here; each version the node adopts is logged in its own transparency log.
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from fedscreen._util.sqlite import transaction
 from fedscreen.node import store
 from fedscreen.node.engine import record_refusal
 from fedscreen.node.home import NodeConfig
+from fedscreen.node.link import Adopted, ManifestKeeper, answer_proof
 from fedscreen.node.requests import handle_query
 from fedscreen.node.rollback import CheckpointGuard
 from fedscreen.node.statement import sign_statement, statement_body
 from fedscreen.policy import Policy
-from fedscreen.trust.manifest import Manifest
+from fedscreen.tlog import memberlog
+from fedscreen.trust.manifest import Manifest, manifest_entry
 
 __all__ = ["QueryWorker"]
 
@@ -40,7 +46,7 @@ class QueryWorker:
     def __init__(self, config: NodeConfig, policy: Policy, manifest: Manifest) -> None:
         self.config = config
         self.policy = policy
-        self.manifest = manifest
+        self.keeper = ManifestKeeper(config.home, manifest)
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"node-{config.node_id}"
         )
@@ -61,7 +67,42 @@ class QueryWorker:
             self._conn = conn
         return self._conn
 
-    def _answer(self, envelope: bytes, now_ms: Callable[[], int], deadline_ms: int | None) -> bytes:
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest in force (queries are verified against it)."""
+        return self.keeper.current
+
+    def _adopt(self, adopted: Adopted | None) -> None:
+        """Log a manifest version the node starts using (its own log says when it did)."""
+        if adopted is None:
+            return
+        conn = self._connection()
+        entry = manifest_entry(adopted.text, authority_key=adopted.manifest.authority_key)
+        with transaction(conn):
+            memberlog.append(
+                conn, member_id=self.config.node_id, key=self.config.signing_key(), payload=entry
+            )
+        self._guard.advance(conn)
+
+    def _offer(self, text: bytes) -> int:
+        self._adopt(self.keeper.offer(text))
+        return self.manifest.version
+
+    def _proof(self, answer: bytes, known_size: int) -> list[bytes]:
+        conn = self._connection()
+        return answer_proof(
+            conn, key=self.config.signing_key(), answer=answer, known_size=known_size
+        )
+
+    def _answer(
+        self,
+        envelope: bytes,
+        now_ms: Callable[[], int],
+        deadline_ms: int | None,
+        academic_year: str = "",
+    ) -> bytes:
+        # a manifest installed in the home since the last query is in force for this one
+        self._adopt(self.keeper.check_file())
         conn = self._connection()
         try:
             return handle_query(
@@ -72,6 +113,7 @@ class QueryWorker:
                 conn=conn,
                 now_ms=now_ms(),  # read when the query is taken up, not when it was queued
                 deadline_unix_ms=deadline_ms,
+                academic_year=academic_year,
             )
         finally:  # answers and refusals are both logged: save the checkpoint after the commit
             self._guard.advance(conn)
@@ -97,7 +139,12 @@ class QueryWorker:
             self._conn = None
 
     async def answer(
-        self, envelope: bytes, *, now_ms: Callable[[], int], deadline_ms: int | None = None
+        self,
+        envelope: bytes,
+        *,
+        now_ms: Callable[[], int],
+        deadline_ms: int | None = None,
+        academic_year: str = "",
     ) -> bytes:
         """The signed answer envelope; raises QueryRefused (already recorded by the node).
 
@@ -107,8 +154,21 @@ class QueryWorker:
         """
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._executor, self._answer, envelope, now_ms, deadline_ms
+            self._executor, self._answer, envelope, now_ms, deadline_ms, academic_year
         )
+
+    async def consistency_proof(self, answer: bytes, known_size: int) -> list[bytes]:
+        """The proof that the node's log at ``answer``'s checkpoint extends ``known_size``."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._proof, answer, known_size)
+
+    async def offer_manifest(self, text: bytes) -> int:
+        """Verify a manifest the coordinator sent and use it if newer; the version in force.
+
+        Raises VerificationError if it does not verify under the pinned authority key.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._offer, text)
 
     async def refuse(self, query_id: str, reason: str) -> None:
         """Record (in the ledger and the node's log) a query refused before it ran."""

@@ -98,6 +98,20 @@ class _Seen(Protocol):
     def software_version(self) -> str: ...
 
 
+class _QuarantineView(Protocol):
+    @property
+    def reason(self) -> str: ...
+
+
+class _LogState(Protocol):
+    """What the coordinator holds of a node's log (``coordinator.quarantine.NodeLogState``)."""
+
+    @property
+    def checkpoint_size(self) -> int: ...
+    @property
+    def quarantined(self) -> _QuarantineView | None: ...
+
+
 @dataclass(frozen=True)
 class NodeView:
     """One node as the coordinator sees it (its word: nothing here is signed)."""
@@ -111,6 +125,11 @@ class NodeView:
     #: when its newest session opened (ms since the epoch); 0 if never
     session_opened_ms: int
     software_version: str
+    #: the size of the node's log in its newest checkpoint the coordinator verified (0: none)
+    checkpoint_size: int = 0
+    quarantined: bool = False
+    #: why it is quarantined ("" when it is not)
+    quarantine_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -129,11 +148,14 @@ def status_response(
     connected: Collection[str],
     now_ms: int,
     tolerance_ms: int,
+    logs: Mapping[str, _LogState] | None = None,
 ) -> pb.StatusResponse:
     """The coordinator's StatusResponse: a row per active node, sorted."""
     rows = []
     for node_id in sorted(node_ids):
         node = seen.get(node_id)
+        log = (logs or {}).get(node_id)
+        held = None if log is None else log.quarantined
         offset = None if node is None else node.clock_offset_ms
         rows.append(
             pb.NodeState(
@@ -144,6 +166,9 @@ def status_response(
                 last_statement_unix_ms=0 if node is None else node.statement_at_ms,
                 session_opened_unix_ms=0 if node is None else node.session_opened_ms,
                 software_version="" if node is None else node.software_version,
+                quarantined=held is not None,
+                quarantine_reason="" if held is None else held.reason,
+                checkpoint_size=0 if log is None else log.checkpoint_size,
             )
         )
     return pb.StatusResponse(
@@ -164,6 +189,9 @@ def status(response: pb.StatusResponse) -> CoordinatorStatus:
                 statement_at_ms=n.last_statement_unix_ms,
                 session_opened_ms=n.session_opened_unix_ms,
                 software_version=n.software_version,
+                checkpoint_size=n.checkpoint_size,
+                quarantined=n.quarantined,
+                quarantine_reason=n.quarantine_reason,
             )
             for n in response.nodes
         ),

@@ -1,0 +1,203 @@
+"""What a node holds about the federation while it serves: the manifest, the coordinator's log.
+
+**The manifest in force.** A revocation must reach a running node at once. The
+coordinator pushes each newer manifest down the node's stream (and sends its own
+in every Welcome), and an operator may install one in the home
+(``fedscreen identity update-manifest``); the node checks the file's stat before
+every query. Either way :class:`ManifestKeeper` verifies it against the authority
+key the node pinned at its first install, accepts only a *newer* version, and
+installs it atomically in ``HOME/manifest.json`` (as ``update-manifest`` does),
+so the next query is checked against it.
+
+**The coordinator's log.** The node keeps the newest coordinator checkpoint it
+verified in ``HOME/coordinator.checkpoint`` and sends its size in each Hello; the
+Welcome must carry the coordinator's newest checkpoint and a consistency proof
+from that size (:class:`CoordinatorLog`). A coordinator whose log shrank or
+forked is not worked with.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from fedscreen._util.files import replace_file
+from fedscreen.crypto.envelope import ANSWER_V1, Envelope, parse_json, verify_envelope
+from fedscreen.crypto.signing import SigningKey
+from fedscreen.errors import ConfigError, MalformedNote, VerificationError
+from fedscreen.protocol.consistency import check_extends
+from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
+from fedscreen.tlog.log import TransparencyLog
+from fedscreen.trust.identity import MANIFEST_FILE, update_manifest
+from fedscreen.trust.manifest import Manifest, parse_manifest
+
+__all__ = [
+    "COORDINATOR_CHECKPOINT_FILE",
+    "MAX_PUSHED_MANIFEST_BYTES",
+    "Adopted",
+    "CoordinatorLog",
+    "ManifestKeeper",
+    "answer_proof",
+]
+
+_log = logging.getLogger(__name__)
+
+#: the newest coordinator checkpoint the node verified (a C2SP signed note, verbatim)
+COORDINATOR_CHECKPOINT_FILE: Final = "coordinator.checkpoint"
+#: a pushed manifest larger than this (bytes) is refused unread
+MAX_PUSHED_MANIFEST_BYTES: Final = 1 << 20
+#: a saved coordinator checkpoint larger than this (bytes) is not a checkpoint
+_MAX_NOTE_BYTES: Final = 64 << 10
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """A newer manifest the node now uses, and its file as installed (verbatim)."""
+
+    manifest: Manifest
+    text: bytes
+
+
+class ManifestKeeper:
+    """The manifest in force at a node; see the module docstring.
+
+    Not thread-safe: the node's query worker owns it (on its one thread).
+    """
+
+    def __init__(self, home: Path, manifest: Manifest) -> None:
+        self.home = home
+        #: the manifest queries are checked against
+        self.current = manifest
+        self._path = home / MANIFEST_FILE
+        self._stamp = self._file_stamp()
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = self._path.stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def check_file(self) -> Adopted | None:
+        """A newer manifest installed in the home since the last look (one stat call), if any.
+
+        A file that does not verify, or is not newer, is logged and ignored: the
+        manifest in force stays.
+        """
+        stamp = self._file_stamp()
+        if stamp == self._stamp or stamp is None:
+            return None
+        self._stamp = stamp
+        try:
+            text = self._path.read_bytes()
+            # the pinned authority key: the one the manifest in force verified under
+            manifest = parse_manifest(text, authority_key=self.current.authority_key)
+        except (OSError, ValueError, VerificationError) as exc:
+            _log.error("the manifest file in %s does not verify; still using version %d: %s",
+                       self.home, self.current.version, exc)  # fmt: skip
+            return None
+        return self._newer(manifest, text, "installed in the home")
+
+    def offer(self, text: bytes) -> Adopted | None:
+        """Verify a manifest the coordinator sent; install and use it if it is newer.
+
+        Raises VerificationError if it does not verify under the pinned authority key
+        (or names another CA); an older or equal version is ignored (None).
+        """
+        if len(text) > MAX_PUSHED_MANIFEST_BYTES:
+            raise VerificationError(f"a pushed manifest is over {MAX_PUSHED_MANIFEST_BYTES} bytes")
+        manifest = parse_manifest(text, authority_key=self.current.authority_key)
+        if manifest.version <= self.current.version:
+            if manifest.version < self.current.version:
+                _log.warning("the coordinator sent manifest version %d; version %d is in force",
+                             manifest.version, self.current.version)  # fmt: skip
+            return None
+        # update_manifest checks it again (CA, not older than the file) and replaces the
+        # file atomically: a crash leaves the old or the new manifest, never half of one
+        installed = update_manifest(self.home, text)
+        self._stamp = self._file_stamp()
+        return self._newer(installed, text, "sent by the coordinator")
+
+    def _newer(self, manifest: Manifest, text: bytes, how: str) -> Adopted | None:
+        if manifest.version <= self.current.version:
+            return None
+        _log.info("manifest version %d %s is now in force (was %d)",
+                  manifest.version, how, self.current.version)  # fmt: skip
+        self.current = manifest
+        return Adopted(manifest, text)
+
+
+class CoordinatorLog:
+    """The newest checkpoint of the coordinator's log this node verified; see the module doc."""
+
+    def __init__(self, home: Path, coordinator_id: str) -> None:
+        self.path = home / COORDINATOR_CHECKPOINT_FILE
+        self.origin = member_origin("coordinator", coordinator_id)
+
+    def held(self, key: bytes) -> Checkpoint | None:
+        """The saved checkpoint, verified under the coordinator's ``key`` (None: none yet)."""
+        try:
+            data = self.path.read_bytes()[: _MAX_NOTE_BYTES + 1]
+        except FileNotFoundError:
+            return None
+        try:
+            return parse_and_verify_note(data, verifiers={self.origin: key})
+        except VerificationError as exc:
+            raise ConfigError(
+                f"{self.path} is not a checkpoint signed by the coordinator ({exc}); "
+                "delete it only if the coordinator's key changed"
+            ) from None
+
+    def known_size(self, key: bytes) -> int:
+        """The saved checkpoint's size (0: none), for the Hello."""
+        held = self.held(key)
+        return 0 if held is None else held.size
+
+    def check(self, note: str, proof: list[bytes], *, key: bytes) -> Checkpoint | None:
+        """Verify the Welcome's checkpoint extends the saved one, then save it if newer.
+
+        Raises VerificationError (the reason in one line) if it is not signed by the
+        coordinator, or its log shrank, forked or did not prove consistency.
+        """
+        held = self.held(key)
+        if not note:
+            if held is not None:
+                raise VerificationError(
+                    f"its log is empty now, but held {held.size} entries (shrank)"
+                )
+            return None
+        try:
+            new = parse_and_verify_note(note, verifiers={self.origin: key})
+        except MalformedNote as exc:
+            raise VerificationError(f"its checkpoint is malformed: {exc}") from None
+        if new.origin != self.origin:
+            raise VerificationError("its checkpoint is of another log")
+        if held is not None:
+            check_extends(held, new, proof)
+        if held is None or new.size > held.size:
+            replace_file(self.path, note.encode("utf-8"))
+        return new
+
+
+def answer_proof(
+    conn: sqlite3.Connection, *, key: SigningKey, answer: bytes, known_size: int
+) -> list[bytes]:
+    """RFC 9162 consistency proof of the node's log from ``known_size`` (the coordinator's
+    ``known_log_size``) to the checkpoint signed into ``answer``, the node's own envelope.
+
+    Empty when ``known_size`` is 0, that size, or beyond it: the coordinator then sees
+    equal or shrunk sizes and needs no proof to judge.
+    """
+    payload = verify_envelope(
+        Envelope.from_json(answer),
+        expected_payload_type=ANSWER_V1,
+        trusted_keys={key.key_id: key.public_key},
+    )
+    note = parse_json(payload)["checkpoint"]
+    size = Checkpoint.from_body(note[: note.index("\n\n") + 1]).size
+    if not 0 < known_size < size:
+        return []
+    return TransparencyLog(conn, name="node").consistency_proof(known_size, size)
