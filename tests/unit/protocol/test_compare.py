@@ -14,8 +14,9 @@ from fedscreen.protocol.compare import REL_TOL, same_figures
 SCALARS = st.none() | st.booleans() | st.integers() | st.text(max_size=5) | st.floats()
 VALUES = st.recursive(
     SCALARS,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(max_size=3), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
