@@ -179,7 +179,9 @@ def test_a_refusing_node_is_missing_with_its_own_reason(fed: Federation) -> None
         body = _verified(fed, query, submitted)
         assert body["answered"] == sorted(n for n in NODES if n != strict)
         reason = body["missing_reasons"][strict]
-        assert reason == "refused: this query would cost ε=0.1, above the per-query cap 0.05"
+        assert reason == (
+            "refused: policy: this query would cost ε=0.1, above the per-query cap 0.05"
+        )
         assert list(body["missing_reasons"]) == [strict]
         shown = io.StringIO()
         print_release(body, out=shown)
