@@ -73,6 +73,18 @@ class ManifestKeeper:
         self.current = manifest
         self._path = home / MANIFEST_FILE
         self._stamp = self._file_stamp()
+        #: the file of the manifest in force, verbatim (None: the file changed meanwhile)
+        self._text: bytes | None = None
+        try:
+            text = self._path.read_bytes()
+            if parse_manifest(text, authority_key=manifest.authority_key) == manifest:
+                self._text = text
+        except (OSError, ValueError, VerificationError):
+            pass  # check_file() looks again before the first query
+
+    def in_force(self) -> Adopted | None:
+        """The manifest in force and its file, for the node's log (None if not at hand)."""
+        return None if self._text is None else Adopted(self.current, self._text)
 
     def _file_stamp(self) -> tuple[int, int] | None:
         try:
@@ -126,7 +138,7 @@ class ManifestKeeper:
             return None
         _log.info("manifest version %d %s is now in force (was %d)",
                   manifest.version, how, self.current.version)  # fmt: skip
-        self.current = manifest
+        self.current, self._text = manifest, text
         return Adopted(manifest, text)
 
 

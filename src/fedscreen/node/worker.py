@@ -65,6 +65,8 @@ class QueryWorker:
                 conn.close()
                 raise
             self._conn = conn
+            # the version in force at start is logged too (once: restarts repeat nothing)
+            self._adopt(self.keeper.in_force())
         return self._conn
 
     @property
@@ -73,14 +75,15 @@ class QueryWorker:
         return self.keeper.current
 
     def _adopt(self, adopted: Adopted | None) -> None:
-        """Log a manifest version the node starts using (its own log says when it did)."""
+        """Log a manifest version the node starts using (its own log says when it did),
+        unless that version or a newer one is logged already."""
         if adopted is None:
             return
         conn = self._connection()
         entry = manifest_entry(adopted.text, authority_key=adopted.manifest.authority_key)
         with transaction(conn):
-            memberlog.append(
-                conn, member_id=self.config.node_id, key=self.config.signing_key(), payload=entry
+            memberlog.append_manifest(
+                conn, member_id=self.config.node_id, key=self.config.signing_key(), entry=entry
             )
         self._guard.advance(conn)
 

@@ -1,0 +1,223 @@
+"""node.link and the worker's manifest: what a serving node trusts, kept current and checked.
+
+Real homes (an authority, a coordinator and a node, issued), real signed manifests
+and real signed checkpoints of a SQLite transparency log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fedscreen.coordinator.core import init_coordinator
+from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
+from fedscreen.crypto.signing import SigningKey
+from fedscreen.errors import ConfigError, VerificationError
+from fedscreen.node import store
+from fedscreen.node.home import NodeConfig, init_home
+from fedscreen.node.link import COORDINATOR_CHECKPOINT_FILE, CoordinatorLog, ManifestKeeper
+from fedscreen.node.worker import QueryWorker
+from fedscreen.tlog import memberlog
+from fedscreen.tlog.log import TransparencyLog
+from fedscreen.trust import authority
+from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
+
+NODE = "130102"
+COORDINATOR = "coordinator"
+
+
+@dataclass
+class Homes:
+    auth: Path
+    node: NodeConfig
+    coordinator: Path
+
+
+@pytest.fixture
+def homes(tmp_path: Path) -> Homes:
+    auth = tmp_path / "auth"
+    authority.init_authority(auth, federation="test")
+    init_coordinator(tmp_path / "coord", member_id=COORDINATOR, name="省平台")
+    issue_here(auth, tmp_path / "coord")
+    create_identity(tmp_path / "alice", member_id="alice", role="analyst", name="Alice")
+    issue_here(auth, tmp_path / "alice")
+    config = init_home(tmp_path / NODE, node_id=NODE, name="长安区")
+    issue_here(auth, config.home)
+    update_manifest(config.home, authority.manifest_text(auth))
+    return Homes(auth, config, tmp_path / "coord")
+
+
+def _keeper(homes: Homes) -> ManifestKeeper:
+    return ManifestKeeper(homes.node.home, load_identity(homes.node.home).manifest())
+
+
+def _installed_version(homes: Homes) -> int:
+    return load_identity(homes.node.home).manifest().version
+
+
+def test_a_pushed_newer_manifest_is_verified_installed_and_used(homes: Homes) -> None:
+    keeper = _keeper(homes)
+    old = keeper.current.version
+    old_text = (homes.node.home / "manifest.json").read_bytes()
+    authority.revoke(homes.auth, "alice")
+    text = authority.manifest_text(homes.auth).encode()
+    adopted = keeper.offer(text)
+    assert adopted is not None
+    assert adopted.manifest.version == old + 1
+    assert keeper.current.version == old + 1
+    assert (homes.node.home / "manifest.json").read_bytes() == text
+    assert "alice" not in keeper.current.active("analyst")
+    # the same again, or the older one: nothing changes
+    assert keeper.offer(text) is None
+    assert keeper.offer(old_text) is None
+    assert _installed_version(homes) == old + 1
+    # the file the keeper installed is not taken for an operator's new one
+    assert keeper.check_file() is None
+
+
+def test_a_pushed_manifest_that_does_not_verify_is_refused(homes: Homes, tmp_path: Path) -> None:
+    keeper = _keeper(homes)
+    before = (homes.node.home / "manifest.json").read_bytes()
+    other = tmp_path / "other-auth"
+    authority.init_authority(other, federation="test")
+    with pytest.raises(VerificationError):
+        keeper.offer(authority.manifest_text(other).encode())
+    authority.revoke(homes.auth, "alice")
+    doc = json.loads(authority.manifest_text(homes.auth))
+    doc["envelope"]["signatures"][0]["sig"] = doc["envelope"]["signatures"][0]["sig"][::-1]
+    with pytest.raises(VerificationError):
+        keeper.offer(json.dumps(doc).encode())
+    with pytest.raises(VerificationError):
+        keeper.offer(b"{" * 10)
+    assert (homes.node.home / "manifest.json").read_bytes() == before
+    assert keeper.current.version == _installed_version(homes)
+
+
+def test_a_manifest_installed_in_the_home_is_picked_up(homes: Homes) -> None:
+    keeper = _keeper(homes)
+    old = keeper.current.version
+    assert keeper.check_file() is None
+    authority.revoke(homes.auth, "alice")
+    update_manifest(homes.node.home, authority.manifest_text(homes.auth))
+    adopted = keeper.check_file()
+    assert adopted is not None
+    assert keeper.current.version == old + 1
+    assert keeper.check_file() is None  # once
+
+
+def test_an_older_or_broken_file_in_the_home_is_ignored(homes: Homes) -> None:
+    old_text = (homes.node.home / "manifest.json").read_bytes()
+    authority.revoke(homes.auth, "alice")
+    update_manifest(homes.node.home, authority.manifest_text(homes.auth))
+    keeper = _keeper(homes)
+    version = keeper.current.version
+    (homes.node.home / "manifest.json").write_bytes(old_text)
+    assert keeper.check_file() is None
+    (homes.node.home / "manifest.json").write_bytes(b"not a manifest, and longer")
+    assert keeper.check_file() is None
+    assert keeper.current.version == version
+
+
+def _manifest_versions(config: NodeConfig) -> list[int]:
+    conn = store.connect(config.database)
+    try:
+        log = TransparencyLog(conn, name="node")
+        key = config.signing_key()
+        versions = []
+        for i in range(log.size()):
+            entry = json.loads(
+                verify_envelope(
+                    Envelope.from_json(log.entry(i)),
+                    expected_payload_type=LOG_ENTRY_V1,
+                    trusted_keys={key.key_id: key.public_key},
+                )
+            )
+            if entry["kind"] == "manifest":
+                versions.append(entry["version"])
+        return versions
+    finally:
+        conn.close()
+
+
+def test_the_worker_logs_each_manifest_version_it_uses_once(homes: Homes) -> None:
+    config = homes.node
+    start = load_identity(config.home).manifest()
+
+    async def scenario() -> list[int]:
+        worker = QueryWorker(config, config.policy(), start)
+        try:
+            await worker.statement()  # opens the database: the version in force is logged
+            authority.revoke(homes.auth, "alice")
+            pushed = authority.manifest_text(homes.auth).encode()
+            in_force = [await worker.offer_manifest(pushed), await worker.offer_manifest(pushed)]
+            assert worker.manifest.version == start.version + 1
+            return in_force
+        finally:
+            worker.close()
+
+    assert asyncio.run(scenario()) == [start.version + 1] * 2
+    assert _manifest_versions(config) == [start.version, start.version + 1]
+
+
+# ---------------------------------------------------------------- the coordinator's log
+
+
+@dataclass
+class CoordinatorTree:
+    conn: sqlite3.Connection
+    key: SigningKey
+
+    def grow(self, entries: int, tag: str = "") -> str:
+        note = ""
+        for _ in range(entries):
+            note = memberlog.append(
+                self.conn, member_id=COORDINATOR, key=self.key,
+                payload={"kind": "test", "tag": tag}, role="coordinator",
+            ).note  # fmt: skip
+        self.conn.commit()
+        return note
+
+    def proof(self, size1: int) -> list[bytes]:
+        log = TransparencyLog(self.conn, name="coordinator")
+        return log.consistency_proof(size1, log.size())
+
+
+def test_the_coordinators_log_must_extend_the_one_seen(homes: Homes) -> None:
+    key = load_identity(homes.coordinator).signing_key()
+    tree = CoordinatorTree(sqlite3.connect(":memory:"), key)
+    seen = CoordinatorLog(homes.node.home, COORDINATOR)
+    public = key.public_key
+    assert seen.known_size(public) == 0
+    assert seen.check("", [], key=public) is None  # an empty log, nothing seen yet
+    first = tree.grow(3)
+    assert seen.check(first, [], key=public) is not None
+    assert seen.known_size(public) == 3
+    grown = tree.grow(4)
+    assert seen.check(grown, tree.proof(3), key=public) is not None
+    assert seen.known_size(public) == 7
+    with pytest.raises(VerificationError, match="does not prove"):
+        seen.check(tree.grow(1), [], key=public)
+    assert seen.known_size(public) == 7
+
+    # rolled back: shrunk, emptied, or forked at the same size
+    with pytest.raises(VerificationError, match="shrank from 7 to 3"):
+        seen.check(first, [], key=public)
+    with pytest.raises(VerificationError, match="shrank"):
+        seen.check("", [], key=public)
+    other = CoordinatorTree(sqlite3.connect(":memory:"), key)
+    with pytest.raises(VerificationError, match="forked"):
+        seen.check(other.grow(7, tag="another history"), [], key=public)
+    # signed by someone else
+    with pytest.raises(VerificationError):
+        seen.check(CoordinatorTree(sqlite3.connect(":memory:"), SigningKey.generate()).grow(9),
+                   [], key=public)  # fmt: skip
+    assert seen.known_size(public) == 7
+
+    (homes.node.home / COORDINATOR_CHECKPOINT_FILE).write_text("tampered\n")
+    with pytest.raises(ConfigError, match="not a checkpoint signed by the coordinator"):
+        seen.known_size(public)
