@@ -14,6 +14,10 @@ server runs (another process) counts from the next answer on. Readmission forget
 the node's checkpoints: its next answer's checkpoint is the new baseline.
 
 Every function here runs on the core's thread (it uses the core's connection).
+Verified checkpoints are written in batches (:meth:`CheckpointBook.flush`, before
+each release and at shutdown), not one commit per answer: a checkpoint lost in a
+crash only leaves an older baseline, from which the node's log still proves
+consistency. A quarantine and a readmission are committed at once.
 """
 
 from __future__ import annotations
@@ -82,13 +86,16 @@ class CheckpointBook:
         self.conn = conn
         for statement in _SCHEMA:
             conn.execute(statement)
+        #: node -> size -> (root, note): verified, not yet written (see flush)
+        self._pending: dict[str, dict[int, tuple[bytes, str]]] = {}
 
     def known_size(self, node_id: str) -> int:
         """Size of the newest checkpoint verified for the node (0: none)."""
         row = self.conn.execute(
             "SELECT MAX(size) FROM node_checkpoint WHERE node_id = ?", (node_id,)
         ).fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
+        held = int(row[0]) if row and row[0] is not None else 0
+        return max(held, max(self._pending.get(node_id, {}), default=0))
 
     def known_sizes(self, node_ids: Iterable[str]) -> dict[str, int]:
         """:meth:`known_size` of each node."""
@@ -96,10 +103,12 @@ class CheckpointBook:
 
     def held(self, node_id: str, size: int) -> tuple[Checkpoint, str] | None:
         """The verified checkpoint (and its signed note) of the node's log at ``size``."""
-        row = self.conn.execute(
-            "SELECT root, note FROM node_checkpoint WHERE node_id = ? AND size = ?",
-            (node_id, size),
-        ).fetchone()
+        row = self._pending.get(node_id, {}).get(size)
+        if row is None:
+            row = self.conn.execute(
+                "SELECT root, note FROM node_checkpoint WHERE node_id = ? AND size = ?",
+                (node_id, size),
+            ).fetchone()
         if row is None:
             return None
         return Checkpoint(member_origin("node", node_id), size, bytes(row[0])), str(row[1])
@@ -116,21 +125,31 @@ class CheckpointBook:
         return [NodeLogState(n, self.known_size(n), self.quarantined(n)) for n in sorted(node_ids)]
 
     def keep(self, node_id: str, checkpoint: Checkpoint, note: str) -> None:
-        """Hold a verified checkpoint (idempotent); forget the oldest beyond the limit."""
+        """Hold a verified checkpoint (idempotent); written at the next :meth:`flush`."""
+        self._pending.setdefault(node_id, {})[checkpoint.size] = (checkpoint.root, note)
+
+    def flush(self) -> None:
+        """Write the checkpoints held since the last flush, in one transaction; forget
+        each node's oldest beyond ``MAX_HELD_CHECKPOINTS``."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
         with transaction(self.conn):
-            self.conn.execute(
-                "INSERT OR IGNORE INTO node_checkpoint (node_id, size, root, note) "
-                "VALUES (?, ?, ?, ?)",
-                (node_id, checkpoint.size, checkpoint.root, note),
-            )
-            self.conn.execute(
-                "DELETE FROM node_checkpoint WHERE node_id = ? AND size NOT IN "
-                "(SELECT size FROM node_checkpoint WHERE node_id = ? ORDER BY size DESC LIMIT ?)",
-                (node_id, node_id, MAX_HELD_CHECKPOINTS),
-            )
+            for node_id, held in pending.items():
+                self.conn.executemany(
+                    "INSERT OR IGNORE INTO node_checkpoint (node_id, size, root, note) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(node_id, size, root, note) for size, (root, note) in held.items()],
+                )
+                self.conn.execute(
+                    "DELETE FROM node_checkpoint WHERE node_id = ? AND size < (SELECT size "
+                    "FROM node_checkpoint WHERE node_id = ? ORDER BY size DESC LIMIT 1 OFFSET ?)",
+                    (node_id, node_id, MAX_HELD_CHECKPOINTS - 1),
+                )
 
     def quarantine(self, node_id: str, reason: str, *, now_ms: int) -> None:
         """Mark the node quarantined (a second quarantine keeps the first reason)."""
+        self._pending.pop(node_id, None)  # what it showed before is no baseline any more
         with transaction(self.conn):
             self.conn.execute(
                 "INSERT OR IGNORE INTO node_quarantine (node_id, reason, since_ms) "
@@ -140,6 +159,7 @@ class CheckpointBook:
 
     def release_node(self, node_id: str) -> None:
         """End the node's quarantine and forget its checkpoints (the next is the baseline)."""
+        self._pending.pop(node_id, None)
         with transaction(self.conn):
             self.conn.execute("DELETE FROM node_quarantine WHERE node_id = ?", (node_id,))
             self.conn.execute("DELETE FROM node_checkpoint WHERE node_id = ?", (node_id,))

@@ -146,6 +146,7 @@ class CoreThread:
     async def close(self) -> None:
         """Close the core (after every queued call) and stop the thread."""
         try:
+            await self.call(lambda _: self.book.flush())
             await self.call(lambda core: core.close())
         finally:
             self._executor.shutdown(wait=True)

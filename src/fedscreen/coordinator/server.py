@@ -304,6 +304,8 @@ class AnalystServicer(pb_grpc.AnalystServicer):
                 )
             eligible = dict(self.sessions.eligible)
             reasons = {n: replies[n].reason for n in missing}
+            # the checkpoints verified with these answers, one commit for all of them
+            await self.core.call(lambda _: book.flush())
             release = await self.core.call(
                 lambda core: core.release(
                     query, answers, missing, eligible=eligible, reasons=reasons, academic_year=year

@@ -18,7 +18,12 @@ import pytest
 
 from fedscreen._util.canonical import canonical_json
 from fedscreen.coordinator.core import Coordinator, init_coordinator
-from fedscreen.coordinator.quarantine import CheckpointBook, readmit, screen_answer
+from fedscreen.coordinator.quarantine import (
+    MAX_HELD_CHECKPOINTS,
+    CheckpointBook,
+    readmit,
+    screen_answer,
+)
 from fedscreen.crypto.envelope import (
     ANSWER_V1,
     LOG_ENTRY_V1,
@@ -222,3 +227,24 @@ def test_an_answer_that_does_not_verify_is_no_evidence(setup: Setup) -> None:
     assert reason is None  # the release's own verification drops it
     assert setup.book.quarantined(NODE) is None
     assert setup.book.known_size(NODE) == 3
+
+
+def test_checkpoints_are_written_in_batches_and_the_oldest_forgotten(setup: Setup) -> None:
+    log = _log(setup)
+    sent = 0
+    for _ in range(MAX_HELD_CHECKPOINTS + 3):
+        assert _screen(setup, log, log.grow(1), sent=sent) is None
+        sent = log.size()
+    other = CheckpointBook(setup.coordinator.conn)
+    assert other.known_size(NODE) == 0  # verified, not yet written
+    setup.book.flush()
+    assert other.known_size(NODE) == sent
+    sizes = [
+        size
+        for (size,) in setup.coordinator.conn.execute(
+            "SELECT size FROM node_checkpoint WHERE node_id = ? ORDER BY size", (NODE,)
+        )
+    ]
+    assert sizes == list(range(sent - MAX_HELD_CHECKPOINTS + 1, sent + 1))
+    setup.book.flush()  # nothing pending: nothing changes
+    assert other.known_size(NODE) == sent
