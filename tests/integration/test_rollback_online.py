@@ -217,4 +217,6 @@ def test_nodes_refuse_a_coordinator_whose_log_went_back(fed: Federation) -> None
                        for p in logs.values()))  # fmt: skip
     body = _ask(fed, "SELECT COUNT(*) FROM screenings WHERE phq9_total >= 14")
     assert body["answered"] == []
+    status = _cli("node", "status", "--home", str(fed.node_home(NODES[0])))
+    assert "REFUSING EVERY QUERY: the coordinator's log went back" in status.stdout, status
     assert all(p.poll() is None for p in fed.nodes.values())  # they keep redialling

@@ -122,9 +122,10 @@ class _Agent:
         """The node's clock (ms since the epoch); off by the test skew, if any."""
         return _now_ms() + self.skew_ms
 
-    def _record_link(self, *, connected: bool) -> None:
+    def _record_link(self, *, connected: bool, refusal: str | None = None) -> None:
         """Write ``HOME/link.json`` for ``fedscreen node status``; a failure is only logged."""
-        refusal = clock.clock_refusal(self.offset_ms, self.limits.clock_tolerance_ms)
+        if refusal is None:
+            refusal = clock.clock_refusal(self.offset_ms, self.limits.clock_tolerance_ms)
         state = LinkState(
             coordinator=self.coordinator,
             connected=connected,
@@ -268,6 +269,7 @@ class _Agent:
                 exc,
                 self.coordinator_log.path,
             )
+            self._record_link(connected=False, refusal=f"the coordinator's log went back: {exc}")
             raise RpcFailed(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"the coordinator's log does not extend the one this node saw: {exc}",
