@@ -155,10 +155,13 @@ class CoreThread:
 # ---------------------------------------------------------------- the manifest watch
 
 
-def _manifest_now(core: Coordinator) -> tuple[int, bytes, tuple[str, ...]]:
-    """Version, file bytes and active nodes of the newest manifest installed in the home."""
+def _manifest_now(core: Coordinator, known: int) -> tuple[int, bytes | None, tuple[str, ...]]:
+    """Version and active nodes of the newest manifest installed in the home, and its file
+    if the version is not ``known`` (a stat call otherwise: this runs for every query)."""
     core.reload_manifest()
-    return core.manifest.version, core.identity.manifest_path.read_bytes(), core.node_ids
+    version = core.manifest.version
+    data = None if version == known else core.identity.manifest_path.read_bytes()
+    return version, data, core.node_ids
 
 
 class ManifestWatch:
@@ -173,16 +176,19 @@ class ManifestWatch:
         self.core = core
         self.sessions = sessions
         self.version = core.core.manifest.version
+        #: the manifest file of ``version``, verbatim (nodes verify it themselves)
+        self.data = core.core.identity.manifest_path.read_bytes()
         self._lock = asyncio.Lock()
 
     async def current(self) -> bytes:
         """The manifest file now installed (after pushing it, if it is new)."""
         async with self._lock:
-            version, data, active = await self.core.call(_manifest_now)
-            if version != self.version:
-                self.version = version
+            known = self.version
+            version, data, active = await self.core.call(lambda c: _manifest_now(c, known))
+            if data is not None:
+                self.version, self.data = version, data
                 self._push(version, data, frozenset(active))
-            return data
+            return self.data
 
     def _push(self, version: int, data: bytes, active: frozenset[str]) -> None:
         _log.info("manifest version %d installed; pushing it to the nodes", version)
