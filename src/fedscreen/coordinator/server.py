@@ -432,8 +432,9 @@ class AuditServicer(pb_grpc.AuditServicer):
         async with transport.abort_on_error(context):
             size = await self._size()
             size1, size2 = request.size1, request.size2
-            if not 0 <= size1 <= size2 <= size:
-                raise QueryRefused(f"the proof needs 0 <= size1 <= size2 <= {size}")
+            # RFC 9162 §2.1.4 defines proofs from a non-empty tree only
+            if not 0 < size1 <= size2 <= size:
+                raise QueryRefused(f"the proof needs 0 < size1 <= size2 <= {size}")
             hashes = await self.core.call(lambda core: core.consistency_proof(size1, size2))
         return pb.ProofResponse(hashes=hashes)
 
