@@ -794,3 +794,24 @@ def test_the_answer_states_and_uses_the_epsilon_it_charges(
     assert again.cached
     assert again.body == first.body
     assert len(charges(conn)) == 1
+
+
+def _signed_payload(answer: Answer) -> dict[str, Any]:
+    return json.loads(base64.b64decode(json.loads(answer.envelope.to_json())["payload"]))  # type: ignore[no-any-return]
+
+
+def test_answers_name_the_signed_query_or_none_and_the_year_they_are_for(
+    node: NodeConfig, conn: sqlite3.Connection
+) -> None:
+    sql = "SELECT sex, COUNT(*) FROM screenings GROUP BY sex"
+    local = _signed_payload(ask(node, conn, sql))
+    assert (local["query_id"], local["query_sha256"]) == (None, None)
+    assert local["answer"]["query"]["years"] == [YEAR]  # a local query: the latest year
+    request = QueryRequest(
+        "alice", parse_sql(sql), epsilon=0.1, query_id="ab" * 16, query_sha256="cd" * 32,
+        academic_year=EARLIER,
+    )  # fmt: skip
+    pinned = _signed_payload(answer_query(node, node.policy(), request, conn=conn))
+    assert (pinned["query_id"], pinned["query_sha256"]) == ("ab" * 16, "cd" * 32)
+    assert pinned["answer"]["query"]["years"] == [EARLIER]
+    assert pinned["charged"] == 0.1
