@@ -181,10 +181,6 @@ def test_after_recovery_query_and_serve_run_again(fed: Federation, recovered: Sc
     fed.start_node(NODE)  # waits until the coordinator welcomed it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="audit verify does not yet know the node log's 'rollback' entry (audit/verify.py)",
-)
 def test_the_node_log_with_its_rollback_entry_verifies(
     fed: Federation, recovered: Scenario
 ) -> None:
@@ -194,3 +190,4 @@ def test_the_node_log_with_its_rollback_entry_verifies(
     manifest = str(fed.auth / "manifest.json")
     done = _cli("audit", "verify", str(bundle), "--manifest", manifest)
     assert done.returncode == 0, (done.stdout, done.stderr)
+    assert "1 database rollback(s) recorded by node recover" in done.stdout

@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from fedscreen.audit.events import COORDINATOR_EVENTS, Quarantines, coordinator_event
+from fedscreen.audit.events import rollback_restored as _rollback_restored
 from fedscreen.audit.manifests import InForce, Versions, in_force, known_versions, log_owner
 from fedscreen.audit.releases import pair_release
 from fedscreen.crypto.envelope import (
@@ -95,15 +97,27 @@ class LogReport:
     partial_releases: int = 0
     #: query ids requested
     requested_ids: set[str] = field(default_factory=set)
+    #: database rollbacks the node recorded (``fedscreen node recover``)
+    rollbacks: int = 0
+    #: node quarantines and readmissions the coordinator recorded
+    quarantines: int = 0
+    readmissions: int = 0
 
     def coordinator_summary(self) -> str:
         """One line on a coordinator log's requests and releases ("" for a node log)."""
-        if not (self.requests or self.releases):
+        if self.rollbacks:
+            return f"  {self.rollbacks} database rollback(s) recorded by node recover"
+        if not (self.requests or self.releases or self.quarantines):
             return ""
+        events = (
+            f", {self.quarantines} node quarantine(s), {self.readmissions} readmission(s)"
+            if self.quarantines
+            else ""
+        )
         return (
             f"  {self.requests} requests ({self.resubmissions} resubmitted query ids), "
             f"{self.releases} releases ({self.partial_releases} partial), "
-            f"{self.unreleased} requests without a release"
+            f"{self.unreleased} requests without a release{events}"
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -120,6 +134,9 @@ class LogReport:
             "resubmissions": self.resubmissions,
             "unreleased": self.unreleased,
             "partial_releases": self.partial_releases,
+            "rollbacks": self.rollbacks,
+            "quarantines": self.quarantines,
+            "readmissions": self.readmissions,
             "node_epsilon": self.node_epsilon,
             "analyst_epsilon": [
                 {"year": y, "analyst": a, "epsilon": e}
@@ -253,7 +270,22 @@ def _verify_log(
     for index, payload in enumerate(payloads):
         if index in manifests.switches:
             continue  # a manifest entry: checked by in_force
-        _check_entry(index, payload, member.id, origin, report, node_micro, analyst_micro)
+        _check_entry(
+            index,
+            payload,
+            member.id,
+            origin,
+            report,
+            node_micro,
+            analyst_micro,
+            lambda at, entry: _rollback_restored(
+                entry,
+                index=at,
+                origin=origin,
+                key=member.signing_key,
+                root_at=lambda n: merkle.root(tree, size=n),
+            ),
+        )
     report.node_epsilon = {y: m / MICRO for y, m in node_micro.items()}
     report.analyst_epsilon = {k: m / MICRO for k, m in analyst_micro.items()}
     return report
@@ -301,16 +333,20 @@ def _check_coordinator_entries(
     run: list[tuple[int, str, bytes]] = []  # (index, node, envelope) logged since the last
     run_id = ""  # query id of the answers in ``run``
     coordinator_keys = {public_key_id(coordinator_key): coordinator_key}
+    quarantined = Quarantines()
     for index, payload in enumerate(payloads):
         if index in manifests.switches:
             continue  # a manifest entry: checked by in_force
         manifest = manifests.at(index)
         try:
             entry = parse_json(payload)
-            kind, query_id = entry["kind"], str(entry["query_id"])
-            inner = str(entry["envelope"]).encode("utf-8")
             if entry["index"] != index or entry["node_id"] != member_id:
                 raise ValueError(f"says it is entry {entry['index']} of {entry['node_id']}")
+            if entry["kind"] in COORDINATOR_EVENTS:
+                coordinator_event(entry["kind"], entry, manifest=manifest, seen=quarantined)
+                continue
+            kind, query_id = entry["kind"], str(entry["query_id"])
+            inner = str(entry["envelope"]).encode("utf-8")
             envelope = Envelope.from_json(inner)
         except (ValueError, KeyError, TypeError, VerificationError) as exc:
             raise EntryInvalid(f"entry {index}: {exc}", origin=origin, index=index) from None
@@ -331,6 +367,8 @@ def _check_coordinator_entries(
                 node = str(entry["node"])
                 if not pending.get(query_id):
                     raise ValueError("an answer to a query that was not requested")
+                if node in quarantined.current:
+                    raise ValueError(f"an answer from {node}, which was quarantined, was used")
                 if any(n == node for _, n, _ in run):
                     raise ValueError(f"a second answer from {node} for the same release")
                 run.append((index, node, inner))
@@ -374,6 +412,7 @@ def _check_coordinator_entries(
     if run:
         raise _unreleased(run, origin)
     report.unreleased = sum(len(queries) for queries in pending.values())
+    report.quarantines, report.readmissions = quarantined.quarantines, quarantined.readmissions
 
 
 def _unreleased(run: list[tuple[int, str, bytes]], origin: str) -> EntryInvalid:
@@ -391,6 +430,7 @@ def _check_entry(
     report: LogReport,
     node_micro: dict[str, int],
     analyst_micro: dict[tuple[str, str], int],
+    rollback: Callable[[int, Mapping[str, Any]], dict[tuple[str, str], int]],
 ) -> None:
     def bad(reason: str) -> EntryInvalid:
         return EntryInvalid(f"entry {index}: {reason}", origin=origin, index=index)
@@ -407,6 +447,17 @@ def _check_entry(
         report.refusals += 1
         if epsilon != 0:
             raise bad("a refusal charged ε")
+        return
+    if kind == "rollback":
+        try:
+            restored = rollback(index, entry)
+        except (ValueError, KeyError, TypeError, VerificationError) as exc:
+            raise bad(f"rollback: {exc}") from None
+        report.rollbacks += 1
+        # ε the restored ledger forgot, charged again: the sums go on from there
+        for (year, analyst), micro in restored.items():
+            node_micro[year] = node_micro.get(year, 0) + micro
+            analyst_micro[year, analyst] = analyst_micro.get((year, analyst), 0) + micro
         return
     if kind != "answer":
         raise bad(f"unknown kind {kind!r}")

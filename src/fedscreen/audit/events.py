@@ -1,0 +1,128 @@
+"""Log entries that record events, not queries: a node's rollback, a node's quarantine.
+
+* A node's ``rollback`` entry (``fedscreen node recover``) says its database went
+  back from one signed checkpoint to an older one, why, and the ε it charged again
+  (``restored``) because the restored ledger had forgotten it. The auditor checks
+  both checkpoints are the node's own signed notes, that the older one is this
+  log's own history just before the entry, that the newer one is really ahead
+  (or a fork), and adds the restored ε to the charges it sums — so a node's
+  ``budget_after`` figures keep adding up across a recovery.
+* A coordinator's ``quarantine`` entry holds the evidence (two checkpoints the
+  node signed: the one the coordinator held and the one it presented); a
+  ``readmit`` entry ends a quarantine. The auditor checks the evidence is signed
+  by the node, that a readmission follows a quarantine, and (in ``verify``) that
+  no release uses a quarantined node's answer.
+
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from fedscreen.errors import VerificationError
+from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
+from fedscreen.trust.manifest import Manifest
+
+MICRO: Final = 1_000_000
+#: event kinds a coordinator logs besides requests, answers and releases
+COORDINATOR_EVENTS: Final = frozenset({"quarantine", "readmit"})
+
+
+@dataclass
+class Quarantines:
+    """The quarantines a coordinator log recorded, in log order."""
+
+    quarantines: int = 0
+    readmissions: int = 0
+    #: nodes quarantined and not (yet) readmitted
+    current: set[str] = field(default_factory=set)
+
+
+def rollback_restored(
+    entry: Mapping[str, Any],
+    *,
+    index: int,
+    origin: str,
+    key: bytes,
+    root_at: Callable[[int], bytes],
+) -> dict[tuple[str, str], int]:
+    """Check a node's rollback entry at ``index``; the µε per (year, analyst) it charged again.
+
+    ``root_at(size)`` is the Merkle root of this log's first ``size`` entries.
+    Raises ValueError or VerificationError.
+    """
+    if entry.get("epsilon") != 0:
+        raise ValueError("a rollback entry charges no ε of its own")
+    verifiers = {origin: key}
+    before = _note(entry.get("from_checkpoint"), verifiers, origin, "from_checkpoint")
+    after_note = entry.get("to_checkpoint")
+    if after_note is not None:
+        after = _note(after_note, verifiers, origin, "to_checkpoint")
+        if after.size > index or root_at(after.size) != after.root:
+            raise ValueError("the rollback's to_checkpoint is not this log's own history")
+        if after.size > before.size or (after.size == before.size and after.root == before.root):
+            raise ValueError("the rollback's from_checkpoint is not ahead of its to_checkpoint")
+    if not isinstance(entry.get("reason"), str) or not entry["reason"].strip():
+        raise ValueError("a rollback entry states its reason")
+    restored = entry.get("restored", {})
+    if not isinstance(restored, dict):
+        raise TypeError("restored must be an object of years")
+    charged: dict[tuple[str, str], int] = {}
+    for year, analysts in restored.items():
+        if not isinstance(analysts, dict):
+            raise TypeError("restored[year] must be an object of analysts")
+        for analyst, epsilon in analysts.items():
+            if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
+                raise TypeError("a restored ε is a number")
+            micro = round(float(epsilon) * MICRO)
+            if micro < 0:
+                raise ValueError("a restored ε is never negative")
+            charged[str(year), str(analyst)] = micro
+    return charged
+
+
+def coordinator_event(
+    kind: str, entry: Mapping[str, Any], *, manifest: Manifest, seen: Quarantines
+) -> None:
+    """Check a coordinator's quarantine or readmission entry; update ``seen``.
+
+    Raises ValueError, KeyError, TypeError or VerificationError (the caller reports
+    the entry as invalid).
+    """
+    node = entry["node"]
+    if not isinstance(node, str) or not isinstance(entry.get("reason"), str):
+        raise TypeError("a quarantine or readmission names its node and reason")
+    if kind == "quarantine":
+        member = manifest.member(node, role="node")
+        origin = member_origin("node", node)
+        verifiers = {origin: member.signing_key}
+        held = _note(entry.get("held_checkpoint"), verifiers, origin, "held_checkpoint")
+        shown = _note(entry.get("presented_checkpoint"), verifiers, origin, "presented_checkpoint")
+        if shown.size == held.size and shown.root == held.root:
+            # a smaller tree or another root at the same size is evidence on its face; a
+            # larger one failed its consistency proof, which the coordinator checked
+            raise ValueError("the quarantine's two checkpoints are the same")
+        seen.quarantines += 1
+        seen.current.add(node)
+    elif kind == "readmit":
+        if node not in seen.current:
+            raise ValueError(f"readmits node {node}, which is not quarantined")
+        seen.readmissions += 1
+        seen.current.discard(node)
+    else:  # pragma: no cover - callers pass only COORDINATOR_EVENTS
+        raise ValueError(f"unknown event {kind!r}")
+
+
+def _note(value: object, verifiers: dict[str, bytes], origin: str, what: str) -> Checkpoint:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a signed checkpoint note")
+    try:
+        checkpoint = parse_and_verify_note(value, verifiers=verifiers)
+    except VerificationError as exc:
+        raise VerificationError(f"{what}: {exc}") from None
+    if checkpoint.origin != origin:
+        raise ValueError(f"{what} is another log's checkpoint")
+    return checkpoint
