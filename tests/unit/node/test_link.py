@@ -9,15 +9,17 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from fedscreen.analyst.query import make_query
 from fedscreen.coordinator.core import init_coordinator
 from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
 from fedscreen.crypto.signing import SigningKey
-from fedscreen.errors import ConfigError, VerificationError
+from fedscreen.errors import ConfigError, QueryRefused, VerificationError
 from fedscreen.node import store
 from fedscreen.node.home import NodeConfig, init_home
 from fedscreen.node.link import COORDINATOR_CHECKPOINT_FILE, CoordinatorLog, ManifestKeeper
@@ -221,3 +223,37 @@ def test_the_coordinators_log_must_extend_the_one_seen(homes: Homes) -> None:
     (homes.node.home / COORDINATOR_CHECKPOINT_FILE).write_text("tampered\n")
     with pytest.raises(ConfigError, match="not a checkpoint signed by the coordinator"):
         seen.known_size(public)
+
+
+def _charges(config: NodeConfig) -> int:
+    conn = store.connect(config.database)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM ledger_charge").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_a_manifest_placed_in_the_home_is_in_force_for_the_next_query(homes: Homes) -> None:
+    """No restart and no push: the worker looks at the file before each query."""
+    config = homes.node
+    _, envelope = make_query(
+        homes.auth.parent / "alice", "SELECT COUNT(*) FROM screenings", epsilon=0.5, accuracy=None
+    )
+
+    async def scenario() -> str:
+        worker = QueryWorker(config, config.policy(), load_identity(config.home).manifest())
+        try:
+            await worker.statement()
+            authority.revoke(homes.auth, "alice")
+            update_manifest(config.home, authority.manifest_text(homes.auth))  # the operator
+            with pytest.raises(QueryRefused) as refused:
+                await worker.answer(envelope, now_ms=lambda: int(time.time() * 1000))
+            return str(refused.value)
+        finally:
+            worker.close()
+
+    reason = asyncio.run(scenario())
+    assert "active analyst" in reason
+    assert _charges(config) == 0
+    version = load_identity(config.home).manifest().version
+    assert _manifest_versions(config)[-1] == version
