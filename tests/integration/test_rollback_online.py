@@ -192,6 +192,16 @@ def test_a_node_restored_from_a_backup_is_quarantined_until_readmitted(fed: Fede
     # and the next answer is checked against it
     assert _ask(fed, "SELECT COUNT(*) FROM screenings WHERE phq9_total >= 12")["missing"] == []
 
+    # an auditor sees both events, and the honest logs verify
+    bundle = fed.root / "quarantine.bundle"
+    homes = [fed.coordinator_home, *(fed.node_home(n) for n in NODES)]
+    exported = _cli("audit", "export", *[a for h in homes for a in ("--home", str(h))],
+                    "--out", str(bundle))  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    verified = _cli("audit", "verify", str(bundle), "--manifest", str(fed.auth / "manifest.json"))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "1 node quarantine(s), 1 readmission(s)" in verified.stdout
+
 
 def test_nodes_refuse_a_coordinator_whose_log_went_back(fed: Federation) -> None:
     assert fed.coordinator is not None
