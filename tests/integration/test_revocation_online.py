@@ -186,3 +186,16 @@ def test_a_revoked_node_has_its_stream_closed_at_once(fed: Federation) -> None:
     assert victim not in listed  # the status shows active members only
     assert all(listed[n]["connected"] for n in NODES[:2])
     assert COORDINATOR not in listed
+
+
+def test_the_nodes_logs_with_the_versions_they_adopted_verify(fed: Federation) -> None:
+    """Each adopted version is logged where the auditor checks entries against it."""
+    bundle = fed.root / "nodes.bundle"
+    homes = [a for n in NODES for a in ("--home", str(fed.node_home(n)))]
+    history = str(fed.auth / "manifests")
+    exported = _cli("audit", "export", *homes, "--manifests", history, "--out", str(bundle))
+    assert exported.returncode == 0, exported.stderr
+    verified = _cli("audit", "verify", str(bundle), "--manifest", str(fed.auth / "manifest.json"))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    for node_id in NODES:
+        assert len(_logged_manifest_versions(fed, node_id)) >= 2  # at start, then pushed
