@@ -374,7 +374,12 @@ class _Agent:
             reason = "the node could not answer (see its log)"
             await send(pb.NodeMessage(refusal=pb.Refusal(query_id=query_id, reason=reason)))
             return
-        proof = await self.worker.consistency_proof(envelope, request.known_log_size)
+        proof: list[bytes] = []
+        if request.known_log_size > 0:
+            try:
+                proof = await self.worker.consistency_proof(envelope, request.known_log_size)
+            except Exception:  # the answer is charged: send it; the coordinator judges it
+                _log.exception("node %s could not prove its log's consistency", self.config.node_id)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)  # TEST ONLY: see run_node
         answer = pb.Answer(query_id=query_id, envelope=envelope, consistency_proof=proof)
