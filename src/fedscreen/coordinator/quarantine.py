@@ -247,7 +247,9 @@ def readmit(core: Coordinator, *, node_id: str, reason: str, now_ms: int) -> Qua
     Raises ConfigError if the node is not quarantined. The log entry comes first:
     a crash in between leaves the node quarantined, never readmitted unlogged.
     """
-    reason = " ".join(reason.split())[:MAX_READMIT_REASON_CHARS]
+    # one line of printable text: it reaches auditors' terminals
+    reason = " ".join("".join(c if c.isprintable() else " " for c in reason).split())
+    reason = reason[:MAX_READMIT_REASON_CHARS]
     if not reason:
         raise ConfigError("a readmission needs a reason (--reason)")
     book = CheckpointBook(core.conn)

@@ -200,11 +200,12 @@ def test_readmission_is_logged_and_the_next_checkpoint_is_the_baseline(setup: Se
     assert _screen(setup, restored, restored.grow(1), sent=4) is not None
     with pytest.raises(ConfigError, match="reason"):
         readmit(setup.coordinator, node_id=NODE, reason=" \n ", now_ms=NOW_MS)
-    ended = readmit(setup.coordinator, node_id=NODE, reason="restored\nfrom backup", now_ms=NOW_MS)
+    why = "restored\nfrom\x1b[2J backup"
+    ended = readmit(setup.coordinator, node_id=NODE, reason=why, now_ms=NOW_MS)
     assert "shrank" in ended.reason
     [entry] = _logged(setup.coordinator, "readmit")
     assert entry["node"] == NODE
-    assert entry["reason"] == "restored from backup"
+    assert entry["reason"] == "restored from [2J backup"
     assert entry["quarantine_reason"] == ended.reason
     assert setup.book.quarantined(NODE) is None
     assert setup.book.known_size(NODE) == 0
