@@ -56,6 +56,7 @@ from fedscreen.coordinator.runtime import (
     ManifestWatch,
     ServerLimits,
     active_nodes,
+    keep_statement,
     log_head,
     screen,
 )
@@ -69,8 +70,7 @@ from fedscreen.coordinator.sessions import (
     fan_out,
     now_ms,
 )
-from fedscreen.errors import QueryRefused, VerificationError
-from fedscreen.protocol.budget import verify_statement
+from fedscreen.errors import QueryRefused
 from fedscreen.rpc import clock, guard, serde, transport
 from fedscreen.v1 import federation_pb2 as pb
 from fedscreen.v1 import federation_pb2_grpc as pb_grpc
@@ -210,7 +210,8 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
                     reply = NodeReply(None, f"refused: {why}")
                     self._settle(session, message.refusal.query_id, reply)
                 elif kind == "budget":
-                    self._budget(session, bytes(message.budget.envelope))
+                    envelope = bytes(message.budget.envelope)
+                    keep_statement(self.core, self.sessions, session.node_id, envelope)
                 elif kind == "hello":
                     _log.warning("node %s sent a second Hello; ignored", session.node_id)
                 # heartbeats only prove liveness: reading one reset the idle timer
@@ -220,26 +221,6 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
             reason = "sent a message it may not (see the log)"  # the guard refused it
         finally:
             self.sessions.close(session, reason)
-
-    def _budget(self, session: NodeSession, envelope: bytes) -> None:
-        """Verify a node's budget statement and keep it if it is the newest; drop a bad one.
-
-        Verified here on the loop: one Ed25519 verification and a small JSON parse
-        (well under a millisecond), and the core's thread may be busy with a release.
-        """
-        try:
-            statement = verify_statement(
-                envelope, manifest=self.core.core.manifest, node_id=session.node_id
-            )
-        except VerificationError as exc:
-            _log.warning(
-                "node %s sent a budget statement that does not verify; dropped: %s",
-                session.node_id,
-                exc,
-            )
-            return
-        if not self.sessions.record_budget(statement, envelope):
-            _log.info("node %s sent an out-of-date budget statement; dropped", session.node_id)
 
     @staticmethod
     def _settle(session: NodeSession, query_id: str, reply: NodeReply) -> None:
