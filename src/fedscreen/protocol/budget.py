@@ -247,9 +247,7 @@ class BudgetStatement:
         """
         limits = self.limits
         node_left = to_micro(limits.epsilon_per_node_per_year) - self.spent_micro(year)
-        analyst_left = to_micro(limits.analyst_budget(analyst)) - self.spent_micro(
-            year, analyst
-        )
+        analyst_left = to_micro(limits.analyst_budget(analyst)) - self.spent_micro(year, analyst)
         return max(0, min(node_left, analyst_left))
 
     def remaining(self, year: str, analyst: str) -> float:
