@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64screen/v1/federation.proto\x12\x0c\x66\x65\x64screen.v1\"\xec\x01\n\x0bNodeMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.fedscreen.v1.HelloH\x00\x12&\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x14.fedscreen.v1.AnswerH\x00\x12(\n\x07refusal\x18\x03 \x01(\x0b\x32\x15.fedscreen.v1.RefusalH\x00\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.fedscreen.v1.HeartbeatH\x00\x12/\n\x06\x62udget\x18\x05 \x01(\x0b\x32\x1d.fedscreen.v1.BudgetStatementH\x00\x42\x06\n\x04kind\"\xcd\x01\n\x12\x43oordinatorMessage\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.fedscreen.v1.WelcomeH\x00\x12+\n\x05query\x18\x02 \x01(\x0b\x32\x1a.fedscreen.v1.QueryRequestH\x00\x12&\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x14.fedscreen.v1.CancelH\x00\x12\x30\n\x08manifest\x18\x04 \x01(\x0b\x32\x1c.fedscreen.v1.ManifestUpdateH\x00\x42\x06\n\x04kind\"\xa4\x01\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x18\n\x10software_version\x18\x02 \x01(\t\x12\x19\n\x11\x65ligible_students\x18\x03 \x01(\x03\x12\x19\n\x11node_time_unix_ms\x18\x04 \x01(\x03\x12\x1c\n\x14\x63oordinator_log_size\x18\x05 \x01(\x03\x12\x1c\n\x14latest_academic_year\x18\x06 \x01(\t\"G\n\x06\x41nswer\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12\x19\n\x11\x63onsistency_proof\x18\x03 \x03(\x0c\"=\n\x07Refusal\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x03 \x01(\x0c\"\x0b\n\tHeartbeat\"#\n\x0f\x42udgetStatement\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"\x9e\x01\n\x07Welcome\x12\x18\n\x10manifest_version\x18\x01 \x01(\x03\x12 \n\x18\x63oordinator_time_unix_ms\x18\x02 \x01(\x03\x12\x1e\n\x16\x63oordinator_checkpoint\x18\x03 \x01(\t\x12%\n\x1d\x63oordinator_consistency_proof\x18\x04 \x03(\x0c\x12\x10\n\x08manifest\x18\x05 \x01(\x0c\"\x81\x01\n\x0cQueryRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x16\n\x0equery_envelope\x18\x02 \x01(\x0c\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x03 \x01(\x03\x12\x15\n\racademic_year\x18\x04 \x01(\t\x12\x16\n\x0eknown_log_size\x18\x05 \x01(\x03\"\"\n\x0eManifestUpdate\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\"\x1a\n\x06\x43\x61ncel\x12\x10\n\x08query_id\x18\x01 \x01(\t\"<\n\rSubmitRequest\x12\x16\n\x0equery_envelope\x18\x01 \x01(\x0c\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\x03\"l\n\x0eSubmitResponse\x12\x18\n\x10release_envelope\x18\x01 \x01(\x0c\x12)\n\x07\x61nswers\x18\x02 \x03(\x0b\x32\x18.fedscreen.v1.NodeAnswer\x12\x15\n\rmissing_nodes\x18\x03 \x03(\t\"\x10\n\x0e\x42udgetsRequest\"o\n\x0f\x42udgetsResponse\x12,\n\nstatements\x18\x01 \x03(\x0b\x32\x18.fedscreen.v1.NodeAnswer\x12\x17\n\x0f\x63onnected_nodes\x18\x02 \x03(\t\x12\x15\n\rmissing_nodes\x18\x03 \x03(\t\"\x0f\n\rStatusRequest\"v\n\x0eStatusResponse\x12 \n\x18\x63oordinator_time_unix_ms\x18\x01 \x01(\x03\x12\x1a\n\x12\x63lock_tolerance_ms\x18\x02 \x01(\x03\x12&\n\x05nodes\x18\x03 \x03(\x0b\x32\x17.fedscreen.v1.NodeState\"\x80\x02\n\tNodeState\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x17\n\x0f\x63lock_offset_ms\x18\x03 \x01(\x03\x12\x13\n\x0b\x63lock_known\x18\x04 \x01(\x08\x12\x1e\n\x16last_statement_unix_ms\x18\x05 \x01(\x03\x12\x1e\n\x16session_opened_unix_ms\x18\x06 \x01(\x03\x12\x18\n\x10software_version\x18\x07 \x01(\t\x12\x13\n\x0bquarantined\x18\x08 \x01(\x08\x12\x19\n\x11quarantine_reason\x18\t \x01(\t\x12\x17\n\x0f\x63heckpoint_size\x18\n \x01(\x03\"/\n\nNodeAnswer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\"#\n\x11\x43heckpointRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\"\"\n\x12\x43heckpointResponse\x12\x0c\n\x04note\x18\x01 \x01(\t\"<\n\x0e\x45ntriesRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x03\"$\n\x05\x45ntry\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"?\n\x10InclusionRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x03\x12\x0c\n\x04size\x18\x03 \x01(\x03\"B\n\x12\x43onsistencyRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\r\n\x05size1\x18\x02 \x01(\x03\x12\r\n\x05size2\x18\x03 \x01(\x03\"\x1f\n\rProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\x32V\n\x08NodeLink\x12J\n\x07\x43onnect\x12\x19.fedscreen.v1.NodeMessage\x1a .fedscreen.v1.CoordinatorMessage(\x01\x30\x01\x32\xdb\x01\n\x07\x41nalyst\x12\x43\n\x06Submit\x12\x1b.fedscreen.v1.SubmitRequest\x1a\x1c.fedscreen.v1.SubmitResponse\x12\x46\n\x07\x42udgets\x12\x1c.fedscreen.v1.BudgetsRequest\x1a\x1d.fedscreen.v1.BudgetsResponse\x12\x43\n\x06Status\x12\x1b.fedscreen.v1.StatusRequest\x1a\x1c.fedscreen.v1.StatusResponse2\xc6\x02\n\x05\x41udit\x12R\n\rGetCheckpoint\x12\x1f.fedscreen.v1.CheckpointRequest\x1a .fedscreen.v1.CheckpointResponse\x12\x41\n\nGetEntries\x12\x1c.fedscreen.v1.EntriesRequest\x1a\x13.fedscreen.v1.Entry0\x01\x12P\n\x11GetInclusionProof\x12\x1e.fedscreen.v1.InclusionRequest\x1a\x1b.fedscreen.v1.ProofResponse\x12T\n\x13GetConsistencyProof\x12 .fedscreen.v1.ConsistencyRequest\x1a\x1b.fedscreen.v1.ProofResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64screen/v1/federation.proto\x12\x0c\x66\x65\x64screen.v1\"\xec\x01\n\x0bNodeMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.fedscreen.v1.HelloH\x00\x12&\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x14.fedscreen.v1.AnswerH\x00\x12(\n\x07refusal\x18\x03 \x01(\x0b\x32\x15.fedscreen.v1.RefusalH\x00\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.fedscreen.v1.HeartbeatH\x00\x12/\n\x06\x62udget\x18\x05 \x01(\x0b\x32\x1d.fedscreen.v1.BudgetStatementH\x00\x42\x06\n\x04kind\"\xcd\x01\n\x12\x43oordinatorMessage\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.fedscreen.v1.WelcomeH\x00\x12+\n\x05query\x18\x02 \x01(\x0b\x32\x1a.fedscreen.v1.QueryRequestH\x00\x12&\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x14.fedscreen.v1.CancelH\x00\x12\x30\n\x08manifest\x18\x04 \x01(\x0b\x32\x1c.fedscreen.v1.ManifestUpdateH\x00\x42\x06\n\x04kind\"\xa4\x01\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x18\n\x10software_version\x18\x02 \x01(\t\x12\x19\n\x11\x65ligible_students\x18\x03 \x01(\x03\x12\x19\n\x11node_time_unix_ms\x18\x04 \x01(\x03\x12\x1c\n\x14\x63oordinator_log_size\x18\x05 \x01(\x03\x12\x1c\n\x14latest_academic_year\x18\x06 \x01(\t\"G\n\x06\x41nswer\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12\x19\n\x11\x63onsistency_proof\x18\x03 \x03(\x0c\"=\n\x07Refusal\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x03 \x01(\x0c\"\x0b\n\tHeartbeat\"#\n\x0f\x42udgetStatement\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"\x9e\x01\n\x07Welcome\x12\x18\n\x10manifest_version\x18\x01 \x01(\x03\x12 \n\x18\x63oordinator_time_unix_ms\x18\x02 \x01(\x03\x12\x1e\n\x16\x63oordinator_checkpoint\x18\x03 \x01(\t\x12%\n\x1d\x63oordinator_consistency_proof\x18\x04 \x03(\x0c\x12\x10\n\x08manifest\x18\x05 \x01(\x0c\"\xc8\x01\n\x0cQueryRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x16\n\x0equery_envelope\x18\x02 \x01(\x0c\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x03 \x01(\x03\x12\x15\n\racademic_year\x18\x04 \x01(\t\x12\x16\n\x0eknown_log_size\x18\x05 \x01(\x03\x12\x1e\n\x16\x63oordinator_checkpoint\x18\x06 \x01(\t\x12%\n\x1d\x63oordinator_consistency_proof\x18\x07 \x03(\x0c\"\"\n\x0eManifestUpdate\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\"\x1a\n\x06\x43\x61ncel\x12\x10\n\x08query_id\x18\x01 \x01(\t\"<\n\rSubmitRequest\x12\x16\n\x0equery_envelope\x18\x01 \x01(\x0c\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\x03\"l\n\x0eSubmitResponse\x12\x18\n\x10release_envelope\x18\x01 \x01(\x0c\x12)\n\x07\x61nswers\x18\x02 \x03(\x0b\x32\x18.fedscreen.v1.NodeAnswer\x12\x15\n\rmissing_nodes\x18\x03 \x03(\t\"\x10\n\x0e\x42udgetsRequest\"o\n\x0f\x42udgetsResponse\x12,\n\nstatements\x18\x01 \x03(\x0b\x32\x18.fedscreen.v1.NodeAnswer\x12\x17\n\x0f\x63onnected_nodes\x18\x02 \x03(\t\x12\x15\n\rmissing_nodes\x18\x03 \x03(\t\"\x0f\n\rStatusRequest\"v\n\x0eStatusResponse\x12 \n\x18\x63oordinator_time_unix_ms\x18\x01 \x01(\x03\x12\x1a\n\x12\x63lock_tolerance_ms\x18\x02 \x01(\x03\x12&\n\x05nodes\x18\x03 \x03(\x0b\x32\x17.fedscreen.v1.NodeState\"\x80\x02\n\tNodeState\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x17\n\x0f\x63lock_offset_ms\x18\x03 \x01(\x03\x12\x13\n\x0b\x63lock_known\x18\x04 \x01(\x08\x12\x1e\n\x16last_statement_unix_ms\x18\x05 \x01(\x03\x12\x1e\n\x16session_opened_unix_ms\x18\x06 \x01(\x03\x12\x18\n\x10software_version\x18\x07 \x01(\t\x12\x13\n\x0bquarantined\x18\x08 \x01(\x08\x12\x19\n\x11quarantine_reason\x18\t \x01(\t\x12\x17\n\x0f\x63heckpoint_size\x18\n \x01(\x03\"/\n\nNodeAnswer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\"#\n\x11\x43heckpointRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\"\"\n\x12\x43heckpointResponse\x12\x0c\n\x04note\x18\x01 \x01(\t\"<\n\x0e\x45ntriesRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x03\"$\n\x05\x45ntry\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"?\n\x10InclusionRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x03\x12\x0c\n\x04size\x18\x03 \x01(\x03\"B\n\x12\x43onsistencyRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\r\n\x05size1\x18\x02 \x01(\x03\x12\r\n\x05size2\x18\x03 \x01(\x03\"\x1f\n\rProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\x32V\n\x08NodeLink\x12J\n\x07\x43onnect\x12\x19.fedscreen.v1.NodeMessage\x1a .fedscreen.v1.CoordinatorMessage(\x01\x30\x01\x32\xdb\x01\n\x07\x41nalyst\x12\x43\n\x06Submit\x12\x1b.fedscreen.v1.SubmitRequest\x1a\x1c.fedscreen.v1.SubmitResponse\x12\x46\n\x07\x42udgets\x12\x1c.fedscreen.v1.BudgetsRequest\x1a\x1d.fedscreen.v1.BudgetsResponse\x12\x43\n\x06Status\x12\x1b.fedscreen.v1.StatusRequest\x1a\x1c.fedscreen.v1.StatusResponse2\xc6\x02\n\x05\x41udit\x12R\n\rGetCheckpoint\x12\x1f.fedscreen.v1.CheckpointRequest\x1a .fedscreen.v1.CheckpointResponse\x12\x41\n\nGetEntries\x12\x1c.fedscreen.v1.EntriesRequest\x1a\x13.fedscreen.v1.Entry0\x01\x12P\n\x11GetInclusionProof\x12\x1e.fedscreen.v1.InclusionRequest\x1a\x1b.fedscreen.v1.ProofResponse\x12T\n\x13GetConsistencyProof\x12 .fedscreen.v1.ConsistencyRequest\x1a\x1b.fedscreen.v1.ProofResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,45 +48,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WELCOME']._serialized_start=848
   _globals['_WELCOME']._serialized_end=1006
   _globals['_QUERYREQUEST']._serialized_start=1009
-  _globals['_QUERYREQUEST']._serialized_end=1138
-  _globals['_MANIFESTUPDATE']._serialized_start=1140
-  _globals['_MANIFESTUPDATE']._serialized_end=1174
-  _globals['_CANCEL']._serialized_start=1176
-  _globals['_CANCEL']._serialized_end=1202
-  _globals['_SUBMITREQUEST']._serialized_start=1204
-  _globals['_SUBMITREQUEST']._serialized_end=1264
-  _globals['_SUBMITRESPONSE']._serialized_start=1266
-  _globals['_SUBMITRESPONSE']._serialized_end=1374
-  _globals['_BUDGETSREQUEST']._serialized_start=1376
-  _globals['_BUDGETSREQUEST']._serialized_end=1392
-  _globals['_BUDGETSRESPONSE']._serialized_start=1394
-  _globals['_BUDGETSRESPONSE']._serialized_end=1505
-  _globals['_STATUSREQUEST']._serialized_start=1507
-  _globals['_STATUSREQUEST']._serialized_end=1522
-  _globals['_STATUSRESPONSE']._serialized_start=1524
-  _globals['_STATUSRESPONSE']._serialized_end=1642
-  _globals['_NODESTATE']._serialized_start=1645
-  _globals['_NODESTATE']._serialized_end=1901
-  _globals['_NODEANSWER']._serialized_start=1903
-  _globals['_NODEANSWER']._serialized_end=1950
-  _globals['_CHECKPOINTREQUEST']._serialized_start=1952
-  _globals['_CHECKPOINTREQUEST']._serialized_end=1987
-  _globals['_CHECKPOINTRESPONSE']._serialized_start=1989
-  _globals['_CHECKPOINTRESPONSE']._serialized_end=2023
-  _globals['_ENTRIESREQUEST']._serialized_start=2025
-  _globals['_ENTRIESREQUEST']._serialized_end=2085
-  _globals['_ENTRY']._serialized_start=2087
-  _globals['_ENTRY']._serialized_end=2123
-  _globals['_INCLUSIONREQUEST']._serialized_start=2125
-  _globals['_INCLUSIONREQUEST']._serialized_end=2188
-  _globals['_CONSISTENCYREQUEST']._serialized_start=2190
-  _globals['_CONSISTENCYREQUEST']._serialized_end=2256
-  _globals['_PROOFRESPONSE']._serialized_start=2258
-  _globals['_PROOFRESPONSE']._serialized_end=2289
-  _globals['_NODELINK']._serialized_start=2291
-  _globals['_NODELINK']._serialized_end=2377
-  _globals['_ANALYST']._serialized_start=2380
-  _globals['_ANALYST']._serialized_end=2599
-  _globals['_AUDIT']._serialized_start=2602
-  _globals['_AUDIT']._serialized_end=2928
+  _globals['_QUERYREQUEST']._serialized_end=1209
+  _globals['_MANIFESTUPDATE']._serialized_start=1211
+  _globals['_MANIFESTUPDATE']._serialized_end=1245
+  _globals['_CANCEL']._serialized_start=1247
+  _globals['_CANCEL']._serialized_end=1273
+  _globals['_SUBMITREQUEST']._serialized_start=1275
+  _globals['_SUBMITREQUEST']._serialized_end=1335
+  _globals['_SUBMITRESPONSE']._serialized_start=1337
+  _globals['_SUBMITRESPONSE']._serialized_end=1445
+  _globals['_BUDGETSREQUEST']._serialized_start=1447
+  _globals['_BUDGETSREQUEST']._serialized_end=1463
+  _globals['_BUDGETSRESPONSE']._serialized_start=1465
+  _globals['_BUDGETSRESPONSE']._serialized_end=1576
+  _globals['_STATUSREQUEST']._serialized_start=1578
+  _globals['_STATUSREQUEST']._serialized_end=1593
+  _globals['_STATUSRESPONSE']._serialized_start=1595
+  _globals['_STATUSRESPONSE']._serialized_end=1713
+  _globals['_NODESTATE']._serialized_start=1716
+  _globals['_NODESTATE']._serialized_end=1972
+  _globals['_NODEANSWER']._serialized_start=1974
+  _globals['_NODEANSWER']._serialized_end=2021
+  _globals['_CHECKPOINTREQUEST']._serialized_start=2023
+  _globals['_CHECKPOINTREQUEST']._serialized_end=2058
+  _globals['_CHECKPOINTRESPONSE']._serialized_start=2060
+  _globals['_CHECKPOINTRESPONSE']._serialized_end=2094
+  _globals['_ENTRIESREQUEST']._serialized_start=2096
+  _globals['_ENTRIESREQUEST']._serialized_end=2156
+  _globals['_ENTRY']._serialized_start=2158
+  _globals['_ENTRY']._serialized_end=2194
+  _globals['_INCLUSIONREQUEST']._serialized_start=2196
+  _globals['_INCLUSIONREQUEST']._serialized_end=2259
+  _globals['_CONSISTENCYREQUEST']._serialized_start=2261
+  _globals['_CONSISTENCYREQUEST']._serialized_end=2327
+  _globals['_PROOFRESPONSE']._serialized_start=2329
+  _globals['_PROOFRESPONSE']._serialized_end=2360
+  _globals['_NODELINK']._serialized_start=2362
+  _globals['_NODELINK']._serialized_end=2448
+  _globals['_ANALYST']._serialized_start=2451
+  _globals['_ANALYST']._serialized_end=2670
+  _globals['_AUDIT']._serialized_start=2673
+  _globals['_AUDIT']._serialized_end=2999
 # @@protoc_insertion_point(module_scope)

@@ -374,6 +374,8 @@ class QueryRequest(_message.Message):
     DEADLINE_UNIX_MS_FIELD_NUMBER: _builtins.int
     ACADEMIC_YEAR_FIELD_NUMBER: _builtins.int
     KNOWN_LOG_SIZE_FIELD_NUMBER: _builtins.int
+    COORDINATOR_CHECKPOINT_FIELD_NUMBER: _builtins.int
+    COORDINATOR_CONSISTENCY_PROOF_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     """Unique query id (also inside the signed query); answers are idempotent on it."""
     query_envelope: _builtins.bytes
@@ -395,6 +397,17 @@ class QueryRequest(_message.Message):
     """The size of this node's log in the newest node checkpoint the coordinator
     has verified (0: none): the answer must prove consistency from it.
     """
+    coordinator_checkpoint: _builtins.str
+    """The coordinator's newest signed checkpoint when it sent this query (C2SP
+    signed note), so a node notices a coordinator log that went back between
+    Welcomes; empty if the log is empty.
+    """
+    @_builtins.property
+    def coordinator_consistency_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """RFC 9162 consistency proof of the coordinator's log from the size of the
+        checkpoint it last sent this node (Welcome or query) to `coordinator_checkpoint`.
+        """
+
     def __init__(
         self,
         *,
@@ -403,10 +416,12 @@ class QueryRequest(_message.Message):
         deadline_unix_ms: _builtins.int = ...,
         academic_year: _builtins.str = ...,
         known_log_size: _builtins.int = ...,
+        coordinator_checkpoint: _builtins.str = ...,
+        coordinator_consistency_proof: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["academic_year", b"academic_year", "deadline_unix_ms", b"deadline_unix_ms", "known_log_size", b"known_log_size", "query_envelope", b"query_envelope", "query_id", b"query_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["academic_year", b"academic_year", "coordinator_checkpoint", b"coordinator_checkpoint", "coordinator_consistency_proof", b"coordinator_consistency_proof", "deadline_unix_ms", b"deadline_unix_ms", "known_log_size", b"known_log_size", "query_envelope", b"query_envelope", "query_id", b"query_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
