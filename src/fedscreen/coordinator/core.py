@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from fedscreen._util.canonical import canonical_json
 from fedscreen._util.sqlite import connect, transaction
+from fedscreen.coordinator.checkpoints import CheckpointBook
 from fedscreen.crypto.envelope import RELEASE_V1, Envelope, sign_envelope
 from fedscreen.errors import ConfigError, QueryRefused, VerificationError
 from fedscreen.policy import Policy, default_policy_dir, load_policy
@@ -97,6 +98,8 @@ class Coordinator:
         self.conn = connect(home / DATABASE_FILE)
         self.conn.execute(memberlog.CHECKPOINT_SCHEMA)
         self.log = TransparencyLog(self.conn, name=ROLE)
+        #: the nodes' verified checkpoints and quarantines, in the same database
+        self.book = CheckpointBook(self.conn)
         self._log_manifest(text)
 
     @classmethod
@@ -117,6 +120,12 @@ class Coordinator:
     def node_ids(self) -> tuple[str, ...]:
         """Active node members of the manifest."""
         return self.manifest.active("node")
+
+    @property
+    def revoked(self) -> bool:
+        """True once the manifest in force no longer lists this coordinator as active: it
+        then takes no query (``accept`` refuses) and its server ends the nodes' streams."""
+        return self.member_id not in self.manifest.active(ROLE)
 
     def reload_manifest(self) -> None:
         """Pick up a newer manifest installed in the home (a revocation takes effect) and
@@ -151,6 +160,10 @@ class Coordinator:
         ``caller`` is the member id the transport authenticated; the query must be theirs.
         """
         self.reload_manifest()  # each query sees the newest manifest installed (a stat call)
+        if self.revoked:
+            raise QueryRefused(
+                f"this coordinator is revoked in manifest version {self.manifest.version}"
+            )
         envelope = Envelope.from_json(query_envelope)
         query = verify_query(envelope, manifest=self.manifest, now_ms=now_ms)
         if caller is not None and query.analyst != caller:
@@ -182,8 +195,12 @@ class Coordinator:
         """The one academic year a query without years is answered for (None if it has years).
 
         ``[query] academic_year`` in coordinator.toml if set; else the latest year that
-        most of the asked nodes announced (``announced``: node -> its latest year; ties go
-        to the newer year); None if no node announced one.
+        most of the asked nodes announced (``announced``: node -> its latest year); None if
+        no node announced one. A tie goes to the *older* year: a node announcing a newer
+        latest year has most likely loaded the older one too, while one whose latest year
+        is older holds nothing newer — so a single node cannot steer the federation to a
+        year the others have not loaded by announcing a newer one. (A node without the
+        pinned year refuses ``no-data`` and is listed missing.)
         """
         if query.spec.years:
             return None
@@ -194,7 +211,8 @@ class Coordinator:
         counts = Counter(announced[n] for n in asked if announced.get(n))
         if not counts:
             return None
-        return max(counts.items(), key=lambda item: (item[1], item[0]))[0]
+        most = max(counts.values())
+        return min(year for year, count in counts.items() if count == most)
 
     def _configured_year(self) -> str | None:
         try:
@@ -217,6 +235,7 @@ class Coordinator:
         eligible: Mapping[str, int] | None = None,
         reasons: Mapping[str, str] | None = None,
         academic_year: str | None = None,
+        targeted: Sequence[str] | None = None,
     ) -> Release:
         """Verify the nodes' answers, combine them, sign and log the release.
 
@@ -226,12 +245,23 @@ class Coordinator:
         does not verify (a bad signature, another query, a malformed body) makes its
         node missing, with the reason; the release goes on. (The query itself was
         logged by ``accept``.)
+
+        ``targeted``: the nodes the query was pushed to (default: the query's nodes, or
+        every active node) — the manifest may change while a query runs, and the
+        release must name the nodes actually asked. An answer from a node quarantined
+        meanwhile (its answer to another query showed a rollback) is not used: it is
+        missing, with the quarantine as its reason.
         """
         verified: dict[str, tuple[bytes, VerifiedAnswer]] = {}
         lost = list(missing)
         why = {n: (reasons or {}).get(n) or NO_REASON for n in missing}
         public = dataset_public(query.spec, self.policy)
         for node_id, raw in answers.items():
+            held = self.book.quarantined(node_id)
+            if held is not None:
+                lost.append(node_id)
+                why[node_id] = f"quarantined: {bounded(held.reason)}"
+                continue
             try:
                 answer = verify_answer(
                     Envelope.from_json(raw),
@@ -248,7 +278,7 @@ class Coordinator:
             verified[node_id] = (raw, answer)
         if not query.spec.years and academic_year is None:
             academic_year = _one_year(verified, lost, why)
-        targeted = list(query.nodes or self.node_ids)
+        targeted = list(targeted if targeted is not None else query.nodes or self.node_ids)
         body = release_body(
             coordinator_id=self.member_id,
             query=query,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +16,19 @@ from typing import Any, Final, TypeVar
 
 from fedscreen.coordinator.core import Coordinator
 from fedscreen.coordinator.quarantine import CheckpointBook, screen_answer
-from fedscreen.coordinator.sessions import NodeReply, NodeSession, SessionRegistry, now_ms
+from fedscreen.coordinator.sessions import (
+    CoordinatorHead,
+    NodeReply,
+    NodeSession,
+    SessionRegistry,
+    collect_replies,
+    now_ms,
+    push_query,
+)
 from fedscreen.errors import ConfigError, QueryRefused, VerificationError
 from fedscreen.protocol.budget import verify_statement
+from fedscreen.protocol.query import QUERY_ID_HEX, SignedQuery
+from fedscreen.protocol.refusal import parse_reason, refusal_reason
 from fedscreen.rpc import transport
 from fedscreen.rpc.clock import CLOCK_TOLERANCE_MS
 from fedscreen.rpc.transport import DEFAULT_LIMITS, TransportLimits
@@ -31,14 +41,25 @@ __all__ = [
     "ManifestWatch",
     "ServerLimits",
     "active_nodes",
+    "ask_nodes",
+    "coordinator_head",
     "keep_statement",
     "log_head",
+    "node_refusal",
+    "open_session",
     "screen",
+    "shown_query_id",
 ]
 
 T = TypeVar("T")
 
 _log = logging.getLogger(__name__)
+
+#: how a query id a node sent is shown when it is not one (32 lowercase hex digits)
+INVALID_QUERY_ID: Final = "(invalid id)"
+#: the reason a release states for a node refusal outside the fixed vocabulary
+REASON_NOT_UNDERSTOOD: Final = "refused: (reason not understood)"
+_HEX: Final = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
@@ -127,7 +148,7 @@ class CoreThread:
         self._executor = executor
         self.core = core
         #: the nodes' verified checkpoints and quarantines, in the core's database
-        self.book = CheckpointBook(core.conn)
+        self.book: CheckpointBook = core.book
 
     @classmethod
     async def open(cls, home: Path) -> CoreThread:
@@ -227,13 +248,59 @@ def active_nodes(core: Coordinator) -> tuple[str, ...]:
 def log_head(core: Coordinator, known_size: int) -> tuple[str, list[bytes]]:
     """The newest checkpoint of the coordinator's log, and its consistency proof from
     ``known_size`` (a node's Hello); no proof if that is 0, the same, or beyond the log."""
+    head = coordinator_head(core, {"": known_size})
+    return head.note, list(head.proofs[""])
+
+
+def coordinator_head(core: Coordinator, sent: Mapping[str, int]) -> CoordinatorHead:
+    """The newest checkpoint of the coordinator's log, with a consistency proof for each
+    node from the size ``sent`` names (what its session last got); a proof is empty when
+    that size is 0, the same, or beyond the log (the node judges a log that shrank)."""
     note = core.checkpoint()
-    if not note:
-        return "", []
-    size = Checkpoint.from_body(note[: note.index("\n\n") + 1]).size
-    if not 0 < known_size < size:
-        return note, []
-    return note, core.consistency_proof(known_size, size)
+    size = Checkpoint.from_body(note[: note.index("\n\n") + 1]).size if note else 0
+    proofs = {
+        node: tuple(core.consistency_proof(known, size)) if 0 < known < size else ()
+        for node, known in sent.items()
+    }
+    return CoordinatorHead(note, size, proofs)
+
+
+async def open_session(
+    core: CoreThread, sessions: SessionRegistry, session: NodeSession, known_size: int
+) -> tuple[str, list[bytes]]:
+    """Register a node's new session; returns its Welcome's checkpoint and proof from
+    ``known_size`` (the Hello's). Under ``head_lock``: no query is pushed to the session
+    before it knows what the Welcome sends, so its next query's proof starts there."""
+    async with sessions.head_lock:
+        head = await core.call(lambda c: coordinator_head(c, {session.node_id: known_size}))
+        session.coordinator_size = head.size
+        sessions.open(session)
+    return head.note, list(head.proofs[session.node_id])
+
+
+async def ask_nodes(
+    core: CoreThread,
+    sessions: SessionRegistry,
+    query: SignedQuery,
+    envelope: bytes,
+    targets: tuple[str, ...],
+    wait_s: float,
+    *,
+    known_log_sizes: Mapping[str, int],
+    academic_year: str,
+) -> dict[str, NodeReply]:
+    """Push a query to its targets with the coordinator's newest checkpoint and each
+    node's consistency proof (so a node catches a coordinator log put back between
+    Welcomes), then wait for the replies (:func:`~.sessions.collect_replies`)."""
+    deadline_unix_ms = now_ms() + int(wait_s * 1000)
+    async with sessions.head_lock:
+        sent = {n: s.coordinator_size for n in targets if (s := sessions.get(n)) is not None}
+        head = await core.call(lambda c: coordinator_head(c, sent))
+        replies, asked = push_query(
+            sessions, query, envelope, targets, deadline_unix_ms=deadline_unix_ms,
+            known_log_sizes=known_log_sizes, academic_year=academic_year, head=head,
+        )  # fmt: skip
+    return await collect_replies(query.query_id, replies, asked, wait_s)
 
 
 async def screen(
@@ -257,7 +324,9 @@ async def screen(
     )
     if reason is None:
         return NodeReply(envelope)
-    _log.error("node %s: answer to query %s not used: %s", node_id, query_id[:64], reason)
+    _log.error(
+        "node %s: answer to query %s not used: %s", node_id, shown_query_id(query_id), reason
+    )
     return NodeReply(None, reason)
 
 
@@ -278,3 +347,22 @@ def keep_statement(
         return
     if not sessions.record_budget(statement, envelope):
         _log.info("node %s sent an out-of-date budget statement; dropped", node_id)
+
+
+def shown_query_id(query_id: str) -> str:
+    """A query id a node sent, fit for a log line: itself if it is one, else a fixed text
+    (a node's raw string could forge log lines or drive the operator's terminal)."""
+    if len(query_id) == QUERY_ID_HEX and set(query_id) <= _HEX:
+        return query_id
+    return INVALID_QUERY_ID
+
+
+def node_refusal(reason: str) -> str:
+    """A node's refusal reason as a release and the log state it: ``refused: <code>:
+    <detail>`` of the fixed vocabulary (``protocol.refusal``), printable and bounded;
+    anything else from the node becomes :data:`REASON_NOT_UNDERSTOOD`."""
+    try:
+        code, detail = parse_reason(reason)
+    except ValueError:
+        return REASON_NOT_UNDERSTOOD
+    return f"refused: {refusal_reason(code, detail)}"

@@ -56,9 +56,12 @@ from fedscreen.coordinator.runtime import (
     ManifestWatch,
     ServerLimits,
     active_nodes,
+    ask_nodes,
     keep_statement,
-    log_head,
+    node_refusal,
+    open_session,
     screen,
+    shown_query_id,
 )
 from fedscreen.coordinator.sessions import (
     NodeReply,
@@ -67,7 +70,6 @@ from fedscreen.coordinator.sessions import (
     PushManifest,
     SessionRegistry,
     Withdraw,
-    fan_out,
     now_ms,
 )
 from fedscreen.errors import QueryRefused
@@ -87,8 +89,6 @@ _log = logging.getLogger(__name__)
 
 #: full service names, for the health service
 SERVICES: Final = ("fedscreen.v1.NodeLink", "fedscreen.v1.Analyst", "fedscreen.v1.Audit")
-#: longest refusal reason from a node kept in log lines and releases (characters)
-MAX_REASON_CHARS: Final = 300
 #: who may read the nodes' budget statements
 BUDGET_READERS: Final = frozenset({"analyst", "auditor"})
 #: who may read the coordinator's view of its nodes: its operator (the coordinator's
@@ -136,14 +136,13 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
             _log.warning("node %s: first message is not its own Hello", member.id)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be Hello")
         session = NodeSession(member.id, outbox_messages=self.limits.session_outbox_messages)
-        self.sessions.open(session)
         if first.hello.eligible_students > 0:
             self.sessions.eligible[member.id] = int(first.hello.eligible_students)
         if ACADEMIC_YEAR.fullmatch(first.hello.latest_academic_year):
             self.sessions.latest_years[member.id] = first.hello.latest_academic_year
         self._hello(session, first.hello)
         known = max(int(first.hello.coordinator_log_size), 0)
-        note, proof = await self.core.call(lambda core: log_head(core, known))
+        note, proof = await open_session(self.core, self.sessions, session, known)
         reader = asyncio.create_task(self._read(session, incoming))
         try:
             welcome = pb.Welcome(
@@ -200,15 +199,11 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
                     )
                     self._settle(session, message.answer.query_id, reply)
                 elif kind == "refusal":
-                    why = _printable(message.refusal.reason[:MAX_REASON_CHARS])
-                    _log.info(
-                        "node %s refused query %s: %s",
-                        session.node_id,
-                        message.refusal.query_id[:64],
-                        why,
-                    )
-                    reply = NodeReply(None, f"refused: {why}")
-                    self._settle(session, message.refusal.query_id, reply)
+                    refusal = message.refusal
+                    why = node_refusal(refusal.reason)
+                    shown = shown_query_id(refusal.query_id)
+                    _log.info("node %s, query %s: %s", session.node_id, shown, why)
+                    self._settle(session, refusal.query_id, NodeReply(None, why))
                 elif kind == "budget":
                     envelope = bytes(message.budget.envelope)
                     keep_statement(self.core, self.sessions, session.node_id, envelope)
@@ -229,7 +224,7 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
             _log.info(
                 "discarded a late or unrequested reply from node %s for query %s",
                 session.node_id,
-                query_id[:64],
+                shown_query_id(query_id),
             )
 
 
@@ -270,8 +265,8 @@ class AnalystServicer(pb_grpc.AnalystServicer):
             known = await self.core.call(lambda _: book.known_sizes(targets))
             latest = dict(self.sessions.latest_years)
             year = await self.core.call(lambda core: core.academic_year_for(query, latest))
-            replies = await fan_out(
-                self.sessions, query, envelope, targets, wait_s, known_log_sizes=known,
+            replies = await ask_nodes(
+                self.core, self.sessions, query, envelope, targets, wait_s, known_log_sizes=known,
                 academic_year=year or "",  # a query without years: one year for every node
             )  # fmt: skip
             answers = {n: r.envelope for n, r in replies.items() if r.envelope is not None}
@@ -289,9 +284,10 @@ class AnalystServicer(pb_grpc.AnalystServicer):
             await self.core.call(lambda _: book.flush())
             release = await self.core.call(
                 lambda core: core.release(
-                    query, answers, missing, eligible=eligible, reasons=reasons, academic_year=year
+                    query, answers, missing, eligible=eligible, reasons=reasons,
+                    academic_year=year, targeted=targets,  # those asked, even if revoked since
                 )
-            )
+            )  # fmt: skip
         return serde.submit_response(release.envelope, release.answers, release.missing)
 
     async def Budgets(
@@ -342,6 +338,8 @@ def _to_pb(message: Push | PushManifest | Withdraw) -> pb.CoordinatorMessage:
             deadline_unix_ms=message.deadline_unix_ms,
             known_log_size=message.known_log_size,
             academic_year=message.academic_year,
+            coordinator_checkpoint=message.coordinator_checkpoint,
+            coordinator_consistency_proof=message.coordinator_proof,
         )
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -19,6 +20,7 @@ from fedscreen.protocol.budget import BudgetStatement
 from fedscreen.protocol.query import SignedQuery
 
 __all__ = [
+    "CoordinatorHead",
     "NodeReply",
     "NodeSeen",
     "NodeSession",
@@ -26,8 +28,10 @@ __all__ = [
     "PushManifest",
     "SessionRegistry",
     "Withdraw",
+    "collect_replies",
     "fan_out",
     "now_ms",
+    "push_query",
 ]
 
 _log = logging.getLogger(__name__)
@@ -54,6 +58,22 @@ class Push:
     known_log_size: int = 0
     #: the year a query without years is answered for ("": none pinned)
     academic_year: str = ""
+    #: the coordinator's newest signed checkpoint when the query was sent ("": none)
+    coordinator_checkpoint: str = ""
+    #: RFC 9162 consistency proof of the coordinator's log from the size of the
+    #: checkpoint this session last sent the node to ``coordinator_checkpoint``
+    coordinator_proof: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
+class CoordinatorHead:
+    """The coordinator's newest checkpoint, as each query carries it to the nodes."""
+
+    note: str
+    #: its tree size (0: the log is empty)
+    size: int
+    #: node id -> consistency proof from the size that node's session last got to ``size``
+    proofs: Mapping[str, tuple[bytes, ...]]
 
 
 @dataclass(frozen=True)
@@ -107,6 +127,10 @@ class NodeSession:
         self._waiting: dict[str, list[asyncio.Future[NodeReply]]] = {}
         #: query id -> the known_log_size it was pushed with (until the node replies)
         self._sent: OrderedDict[str, int] = OrderedDict()
+        #: the size of the coordinator checkpoint last sent down this stream (Welcome or
+        #: query): the next query's proof starts there. Set and used only under
+        #: ``SessionRegistry.head_lock``, so the sizes a node sees never go down.
+        self.coordinator_size = 0
         self.closed = False
 
     def sent_log_size(self, query_id: str) -> int | None:
@@ -131,6 +155,7 @@ class NodeSession:
         deadline_unix_ms: int,
         known_log_size: int = 0,
         academic_year: str = "",
+        head: CoordinatorHead | None = None,
     ) -> asyncio.Future[NodeReply]:
         """Push a query to the node; the future settles with its reply (never raises)."""
         future: asyncio.Future[NodeReply] = asyncio.get_running_loop().create_future()
@@ -141,11 +166,18 @@ class NodeSession:
         if waiting is None:
             # the same query id already on its way (a concurrent replay) is not sent twice
             message = Push(query_id, envelope, deadline_unix_ms, known_log_size, academic_year)
+            if head is not None:
+                proof = head.proofs.get(self.node_id, ())
+                message = dataclasses.replace(
+                    message, coordinator_checkpoint=head.note, coordinator_proof=proof
+                )
             try:
                 self.outbox.put_nowait(message)
             except asyncio.QueueFull:
                 future.set_result(NodeReply(None, "the node's stream is backed up"))
                 return future
+            if head is not None:
+                self.coordinator_size = head.size
             self._sent[query_id] = known_log_size
             self._sent.move_to_end(query_id)
             while len(self._sent) > MAX_REMEMBERED_QUERIES:
@@ -211,6 +243,9 @@ class SessionRegistry:
         self.budgets: dict[str, tuple[BudgetStatement, bytes]] = {}
         #: node -> what the coordinator last saw of it (clock, session, statement times)
         self.seen: dict[str, NodeSeen] = {}
+        #: held while the coordinator's checkpoint is read and sent down streams (a Welcome,
+        #: a query's push), so each stream gets checkpoints in the order they were read
+        self.head_lock = asyncio.Lock()
 
     def hello(
         self, session: NodeSession, *, clock_offset_ms: int | None, software_version: str
@@ -282,7 +317,36 @@ async def fan_out(
     ``known_log_sizes``: each node's log size in its newest checkpoint the coordinator
     verified, sent with the query so the answer proves consistency from it.
     """
-    deadline_unix_ms = now_ms() + int(wait_s * 1000)
+    replies, asked = push_query(
+        sessions,
+        query,
+        envelope,
+        targets,
+        deadline_unix_ms=now_ms() + int(wait_s * 1000),
+        known_log_sizes=known_log_sizes,
+        academic_year=academic_year,
+    )
+    return await collect_replies(query.query_id, replies, asked, wait_s)
+
+
+#: what :func:`push_query` pushed: node id -> its session and the future of its reply
+Asked = dict[str, tuple[NodeSession, "asyncio.Future[NodeReply]"]]
+
+
+def push_query(
+    sessions: SessionRegistry,
+    query: SignedQuery,
+    envelope: bytes,
+    targets: tuple[str, ...],
+    *,
+    deadline_unix_ms: int,
+    known_log_sizes: Mapping[str, int] | None = None,
+    academic_year: str = "",
+    head: CoordinatorHead | None = None,
+) -> tuple[dict[str, NodeReply], Asked]:
+    """Push the query down each target's stream, without waiting (no ``await``: the caller
+    may hold ``head_lock``); returns the replies known already ("not connected") and the
+    nodes asked. ``head``: the coordinator's checkpoint and each node's proof to send."""
     replies: dict[str, NodeReply] = {}
     asked: dict[str, tuple[NodeSession, asyncio.Future[NodeReply]]] = {}
     for node_id in targets:
@@ -296,8 +360,17 @@ async def fan_out(
             deadline_unix_ms=deadline_unix_ms,
             known_log_size=(known_log_sizes or {}).get(node_id, 0),
             academic_year=academic_year,
+            head=head,
         )
         asked[node_id] = (session, future)
+    return replies, asked
+
+
+async def collect_replies(
+    query_id: str, replies: dict[str, NodeReply], asked: Asked, wait_s: float
+) -> dict[str, NodeReply]:
+    """Wait up to ``wait_s`` for the nodes asked; each that did not reply by then is
+    withdrawn and missing ("no answer before the deadline")."""
     try:
         if asked:
             await asyncio.wait([f for _, f in asked.values()], timeout=wait_s)
@@ -307,7 +380,7 @@ async def fan_out(
             if future.done():
                 replies[node_id] = future.result()
             else:
-                session.withdraw(query.query_id, future)
+                session.withdraw(query_id, future)
                 future.cancel()
                 replies[node_id] = NodeReply(None, "no answer before the deadline")
     return replies

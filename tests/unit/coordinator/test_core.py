@@ -22,7 +22,14 @@ from fedscreen.analyst.query import make_query, verify_release
 from fedscreen.cli.main import main
 from fedscreen.cli.query import print_release
 from fedscreen.coordinator.core import Coordinator, init_coordinator
-from fedscreen.crypto.envelope import ANSWER_V1, RELEASE_V1, Envelope, sign_envelope
+from fedscreen.coordinator.quarantine import screen_answer
+from fedscreen.crypto.envelope import (
+    ANSWER_V1,
+    RELEASE_V1,
+    Envelope,
+    sign_envelope,
+    verify_envelope,
+)
 from fedscreen.errors import ConfigError, QueryRefused, VerificationError
 from fedscreen.node import store
 from fedscreen.node.home import NodeConfig, init_home
@@ -32,6 +39,12 @@ from fedscreen.protocol.answer import verify_answer
 from fedscreen.protocol.query import SignedQuery, new_query_id, sign_query
 from fedscreen.protocol.release import release_body
 from fedscreen.query.sqlparse import parse_sql
+from fedscreen.tlog.checkpoint import (
+    Checkpoint,
+    member_origin,
+    parse_and_verify_note,
+    sign_checkpoint,
+)
 from fedscreen.trust import authority
 from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
 
@@ -526,11 +539,15 @@ def test_a_query_without_years_is_pinned_to_one_year(fed: Federation) -> None:
     coordinator = Coordinator.open(fed.coordinator)
     try:
         accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
-        # most nodes announced 2024-2025; a tie would go to the newer year
+        # most nodes announced 2024-2025
         announced = {COUNTIES[0]: "2024-2025", COUNTIES[1]: "2024-2025", COUNTIES[2]: "2023-2024"}
         assert coordinator.academic_year_for(accepted, announced) == "2024-2025"
+        # a tie goes to the older year: one node announcing a newer year cannot steer the
+        # federation to a year the others have not loaded (finding A8)
         tie = {COUNTIES[0]: "2023-2024", COUNTIES[1]: "2024-2025"}
-        assert coordinator.academic_year_for(accepted, tie) == "2024-2025"
+        assert coordinator.academic_year_for(accepted, tie) == "2023-2024"
+        tie3 = {COUNTIES[0]: "2025-2026", COUNTIES[1]: "2024-2025", COUNTIES[2]: "2023-2024"}
+        assert coordinator.academic_year_for(accepted, tie3) == "2023-2024"
         assert coordinator.academic_year_for(accepted, {}) is None
         named, _ = make_query(fed.analyst, SQL, epsilon=0.3, accuracy=None)
         assert coordinator.academic_year_for(named, announced) is None
@@ -561,3 +578,90 @@ def test_a_query_without_years_is_pinned_to_one_year(fed: Federation) -> None:
         assert body["academic_year"] == "2024-2025"
         assert body["answered"] == [COUNTIES[0], COUNTIES[1]]
         assert "another academic year" in body["missing_reasons"][COUNTIES[2]]
+
+
+def _forked_answer(config: NodeConfig, honest: bytes, other: SignedQuery) -> bytes:
+    """The node's answer to ``other``, signed by the node, carrying a checkpoint of the
+    same size as the one in ``honest`` but another root: a forked log."""
+    member = load_identity(config.home).manifest().member(config.node_id, role="node")
+    payload = json.loads(
+        verify_envelope(
+            Envelope.from_json(honest),
+            expected_payload_type=ANSWER_V1,
+            trusted_keys={member.key_id: member.signing_key},
+        )
+    )
+    origin = member_origin("node", config.node_id)
+    good = parse_and_verify_note(payload["checkpoint"], verifiers={origin: member.signing_key})
+    key = config.signing_key()
+    payload["checkpoint"] = sign_checkpoint(Checkpoint(origin, good.size, b"\x01" * 32), key=key)
+    payload["query_id"], payload["query_sha256"] = other.query_id, other.digest
+    forged = sign_envelope(payload_type=ANSWER_V1, payload=canonical_json(payload), key=key)
+    return forged.to_json().encode()
+
+
+def test_a_node_quarantined_between_its_answer_and_the_release_is_not_used(
+    fed: Federation, tmp_path: Path
+) -> None:
+    """Finding A2: queries A and B in flight; the node's answer to A is screened and kept,
+    its answer to B shows a forked log and quarantines it; A's release, made after, must
+    not use its earlier answer — else the honest coordinator's log fails audit."""
+    query_a, envelope_a = make_query(fed.analyst, SQL, epsilon=0.3, accuracy=None)
+    query_b, envelope_b = make_query(fed.analyst, SQL, epsilon=0.3, accuracy=None)
+    bad = COUNTIES[0]
+    coordinator = Coordinator.open(fed.coordinator)
+    try:
+        accepted_a = coordinator.accept(envelope_a, now_ms=query_a.issued_at_ms)
+        accepted_b = coordinator.accept(envelope_b, now_ms=query_b.issued_at_ms)
+        answers = {code: answer_locally(fed.nodes[code], envelope_a) for code in COUNTIES}
+        for code, raw in answers.items():
+            screened = screen_answer(
+                coordinator, coordinator.book, node_id=code, envelope=raw, proof=[],
+                sent_size=0, now_ms=_now(),
+            )  # fmt: skip
+            assert screened is None
+        forked = _forked_answer(fed.nodes[bad], answers[bad], accepted_b)
+        why = screen_answer(
+            coordinator, coordinator.book, node_id=bad, envelope=forked, proof=[],
+            sent_size=0, now_ms=_now(),
+        )  # fmt: skip
+        assert why is not None
+        assert why.startswith("quarantined:")
+        coordinator.book.flush()
+        release = coordinator.release(accepted_a, answers, [])
+    finally:
+        coordinator.close()
+    assert release.body["answered"] == list(COUNTIES[1:])
+    assert release.body["missing"] == [bad]
+    assert release.body["missing_reasons"][bad].startswith("quarantined: ")
+    manifest = load_identity(fed.analyst).manifest()
+    verify_release(release.envelope, manifest=manifest, query=query_a, answers=release.answers)
+    bundle = _export([fed.coordinator], tmp_path / "coordinator.json")
+    assert (
+        main(["audit", "verify", str(bundle), "--manifest", str(fed.auth / "manifest.json")]) == 0
+    )
+
+
+def test_the_release_names_the_nodes_the_query_was_pushed_to(fed: Federation) -> None:
+    """Finding T1: a node revoked while the query runs stays targeted (it was asked), and
+    the analyst's check — missing = asked less answered — holds."""
+    query, envelope = make_query(fed.analyst, SQL, epsilon=0.3, accuracy=None)
+    coordinator = Coordinator.open(fed.coordinator)
+    try:
+        accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
+        asked = coordinator.node_ids
+        answers = {code: answer_locally(fed.nodes[code], envelope) for code in COUNTIES[1:]}
+        authority.revoke(fed.auth, COUNTIES[0])
+        update_manifest(fed.coordinator, authority.manifest_text(fed.auth))
+        coordinator.reload_manifest()
+        assert COUNTIES[0] not in coordinator.node_ids
+        release = coordinator.release(
+            accepted, answers, [COUNTIES[0]], reasons={COUNTIES[0]: "link lost"}, targeted=asked
+        )
+    finally:
+        coordinator.close()
+    assert release.body["targeted"] == list(asked)
+    assert release.body["missing"] == [COUNTIES[0]]
+    # the analyst still holds the manifest the query was made under
+    manifest = load_identity(fed.analyst).manifest()
+    verify_release(release.envelope, manifest=manifest, query=query, answers=release.answers)

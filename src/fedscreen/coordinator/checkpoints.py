@@ -1,0 +1,147 @@
+"""The coordinator's store of each node's verified checkpoints and of its quarantines.
+
+Kept apart from :mod:`.quarantine` (which decides, and logs) so the core can ask
+whether a node is quarantined when it makes a release, without a cycle: this
+module needs only the coordinator's SQLite connection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from fedscreen._util.sqlite import transaction
+from fedscreen.tlog.checkpoint import Checkpoint, member_origin
+
+__all__ = [
+    "MAX_HELD_CHECKPOINTS",
+    "CheckpointBook",
+    "NodeLogState",
+    "Quarantined",
+]
+
+#: verified checkpoints kept per node (count): enough to check answers to queries that
+#: were in flight together (each was sent the size known when it was pushed)
+MAX_HELD_CHECKPOINTS: Final = 256
+
+_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS node_checkpoint (node_id TEXT NOT NULL, "
+    "size INTEGER NOT NULL, root BLOB NOT NULL, note TEXT NOT NULL, "
+    "PRIMARY KEY (node_id, size))",
+    "CREATE TABLE IF NOT EXISTS node_quarantine (node_id TEXT PRIMARY KEY, "
+    "reason TEXT NOT NULL, since_ms INTEGER NOT NULL)",
+)
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A quarantined node: why, and since when (ms since the epoch, coordinator's clock)."""
+
+    node_id: str
+    reason: str
+    since_ms: int
+
+
+@dataclass(frozen=True)
+class NodeLogState:
+    """What the coordinator holds of one node's log (for ``coordinator status``)."""
+
+    node_id: str
+    #: size of the newest verified checkpoint (0: none yet)
+    checkpoint_size: int
+    quarantined: Quarantined | None
+
+
+class CheckpointBook:
+    """The ``node_checkpoint`` and ``node_quarantine`` tables of the coordinator's database."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        #: node -> size -> (root, note): verified, not yet written (see flush)
+        self._pending: dict[str, dict[int, tuple[bytes, str]]] = {}
+
+    def known_size(self, node_id: str) -> int:
+        """Size of the newest checkpoint verified for the node (0: none)."""
+        row = self.conn.execute(
+            "SELECT MAX(size) FROM node_checkpoint WHERE node_id = ?", (node_id,)
+        ).fetchone()
+        held = int(row[0]) if row and row[0] is not None else 0
+        return max(held, max(self._pending.get(node_id, {}), default=0))
+
+    def known_sizes(self, node_ids: Iterable[str]) -> dict[str, int]:
+        """:meth:`known_size` of each node."""
+        return {n: self.known_size(n) for n in node_ids}
+
+    def held(self, node_id: str, size: int) -> tuple[Checkpoint, str] | None:
+        """The verified checkpoint (and its signed note) of the node's log at ``size``."""
+        row = self._pending.get(node_id, {}).get(size)
+        if row is None:
+            row = self.conn.execute(
+                "SELECT root, note FROM node_checkpoint WHERE node_id = ? AND size = ?",
+                (node_id, size),
+            ).fetchone()
+        if row is None:
+            return None
+        return Checkpoint(member_origin("node", node_id), size, bytes(row[0])), str(row[1])
+
+    def quarantined(self, node_id: str) -> Quarantined | None:
+        """The node's quarantine, if it is quarantined."""
+        row = self.conn.execute(
+            "SELECT reason, since_ms FROM node_quarantine WHERE node_id = ?", (node_id,)
+        ).fetchone()
+        return None if row is None else Quarantined(node_id, str(row[0]), int(row[1]))
+
+    def states(self, node_ids: Iterable[str]) -> list[NodeLogState]:
+        """Each node's newest checkpoint size and quarantine."""
+        return [NodeLogState(n, self.known_size(n), self.quarantined(n)) for n in sorted(node_ids)]
+
+    def keep(self, node_id: str, checkpoint: Checkpoint, note: str) -> None:
+        """Hold a verified checkpoint (idempotent); written at the next :meth:`flush`."""
+        self._pending.setdefault(node_id, {})[checkpoint.size] = (checkpoint.root, note)
+
+    def flush(self) -> None:
+        """Write the checkpoints held since the last flush, in one transaction; forget
+        each node's oldest beyond ``MAX_HELD_CHECKPOINTS``."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        with transaction(self.conn):
+            for node_id, held in pending.items():
+                self.conn.executemany(
+                    "INSERT OR IGNORE INTO node_checkpoint (node_id, size, root, note) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(node_id, size, root, note) for size, (root, note) in held.items()],
+                )
+                self.conn.execute(
+                    "DELETE FROM node_checkpoint WHERE node_id = ? AND size < (SELECT size "
+                    "FROM node_checkpoint WHERE node_id = ? ORDER BY size DESC LIMIT 1 OFFSET ?)",
+                    (node_id, node_id, MAX_HELD_CHECKPOINTS - 1),
+                )
+
+    def quarantine(self, node_id: str, reason: str, *, now_ms: int) -> None:
+        """Mark the node quarantined (a second quarantine keeps the first reason)."""
+        self._pending.pop(node_id, None)  # what it showed before is no baseline any more
+        with transaction(self.conn):
+            self.conn.execute(
+                "INSERT OR IGNORE INTO node_quarantine (node_id, reason, since_ms) "
+                "VALUES (?, ?, ?)",
+                (node_id, reason, now_ms),
+            )
+
+    def release_node(self, node_id: str) -> None:
+        """End the node's quarantine and forget its checkpoints (the next is the baseline)."""
+        self._pending.pop(node_id, None)
+        with transaction(self.conn):
+            self.conn.execute("DELETE FROM node_quarantine WHERE node_id = ?", (node_id,))
+            self.conn.execute("DELETE FROM node_checkpoint WHERE node_id = ?", (node_id,))
+
+    def forget(self, node_id: str) -> None:
+        """Forget the node's checkpoints, not its quarantine: signed by a key the node no
+        longer holds (re-keyed in the manifest), they are no baseline for its new log."""
+        self._pending.pop(node_id, None)
+        with transaction(self.conn):
+            self.conn.execute("DELETE FROM node_checkpoint WHERE node_id = ?", (node_id,))
