@@ -18,7 +18,7 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -56,11 +56,10 @@ def rollback_restored(
     """
     if entry.get("epsilon") != 0:
         raise ValueError("a rollback entry charges no ε of its own")
-    verifiers = {origin: key}
-    before = _note(entry.get("from_checkpoint"), verifiers, origin, "from_checkpoint")
+    before = _note(entry.get("from_checkpoint"), [key], origin, "from_checkpoint")
     after_note = entry.get("to_checkpoint")
     if after_note is not None:
-        after = _note(after_note, verifiers, origin, "to_checkpoint")
+        after = _note(after_note, [key], origin, "to_checkpoint")
         if after.size > index or root_at(after.size) != after.root:
             raise ValueError("the rollback's to_checkpoint is not this log's own history")
         if after.size > before.size or (after.size == before.size and after.root == before.root):
@@ -85,12 +84,19 @@ def rollback_restored(
 
 
 def coordinator_event(
-    kind: str, entry: Mapping[str, Any], *, manifest: Manifest, seen: Quarantines
+    kind: str,
+    entry: Mapping[str, Any],
+    *,
+    manifest: Manifest,
+    seen: Quarantines,
+    keys: Sequence[bytes] = (),
 ) -> None:
     """Check a coordinator's quarantine or readmission entry; update ``seen``.
 
-    Raises ValueError, KeyError, TypeError or VerificationError (the caller reports
-    the entry as invalid).
+    The evidence must be signed by the node: by the key ``manifest`` (in force) gives
+    it, or by one of ``keys`` (every key it held up to then: the coordinator may
+    hold a checkpoint the node signed before it was re-keyed). Raises ValueError,
+    KeyError, TypeError or VerificationError (the caller reports the entry as invalid).
     """
     node = entry["node"]
     if not isinstance(node, str) or not isinstance(entry.get("reason"), str):
@@ -98,9 +104,9 @@ def coordinator_event(
     if kind == "quarantine":
         member = manifest.member(node, role="node")
         origin = member_origin("node", node)
-        verifiers = {origin: member.signing_key}
-        held = _note(entry.get("held_checkpoint"), verifiers, origin, "held_checkpoint")
-        shown = _note(entry.get("presented_checkpoint"), verifiers, origin, "presented_checkpoint")
+        held_by = [member.signing_key, *(k for k in keys if k != member.signing_key)]
+        held = _note(entry.get("held_checkpoint"), held_by, origin, "held_checkpoint")
+        shown = _note(entry.get("presented_checkpoint"), held_by, origin, "presented_checkpoint")
         if shown.size == held.size and shown.root == held.root:
             # a smaller tree or another root at the same size is evidence on its face; a
             # larger one failed its consistency proof, which the coordinator checked
@@ -116,13 +122,20 @@ def coordinator_event(
         raise ValueError(f"unknown event {kind!r}")
 
 
-def _note(value: object, verifiers: dict[str, bytes], origin: str, what: str) -> Checkpoint:
+def _note(value: object, keys: Sequence[bytes], origin: str, what: str) -> Checkpoint:
+    """``value``: a checkpoint of ``origin`` signed by one of ``keys`` (the note's key id
+    picks it)."""
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a signed checkpoint note")
-    try:
-        checkpoint = parse_and_verify_note(value, verifiers=verifiers)
-    except VerificationError as exc:
-        raise VerificationError(f"{what}: {exc}") from None
+    failure: VerificationError | None = None
+    for key in keys:
+        try:
+            checkpoint = parse_and_verify_note(value, verifiers={origin: key})
+            break
+        except VerificationError as exc:
+            failure = failure or exc
+    else:
+        raise VerificationError(f"{what}: {failure or 'no key'}")
     if checkpoint.origin != origin:
         raise ValueError(f"{what} is another log's checkpoint")
     return checkpoint

@@ -25,6 +25,25 @@ known versions, for a log that records none). A gap in the versions known is
 tolerated — the versions skipped cannot be checked, and nothing in the logs was
 checked under them.
 
+A member re-keyed (revoked, then re-added under its id with a new key, or
+re-issued with ``pki issue --replace``) has held several keys: every log it
+signed verifies under the key that signed it (:func:`owner_keys`; a note or an
+entry names its key by key id), and "active" is judged against that key.
+
+Every version is known by one digest across the whole bundle (:class:`Versions`
+keeps where each was first seen): two different authority-signed manifests with
+one number anywhere — the auditor's copy, the bundle's copies, any log's
+``manifest`` entries — are **4**, naming both places. A manifest inside a log
+entry that fails the authority's signature or the chain is **2** at that entry:
+the log's owner signed the entry, so the fault is the entry's.
+
+Revocation by time (:func:`check_not_revoked`): a signature a log records but
+whose own timestamp (a query's ``issued_at_ms``, a release's ``released_at``) is
+later than the ``issued_at`` of a known version that revoked the signer, by more
+than the queries' freshness window, is refused (**2**) even when the log never
+recorded that version. This assumes the authority's clock and the signers' clocks
+agree to within that window (the nodes refuse queries outside it already).
+
 Nothing here does I/O: it takes parsed values and returns values or raises.
 """
 
@@ -32,7 +51,8 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Final
 
 from fedscreen.crypto.envelope import parse_json
@@ -46,7 +66,17 @@ from fedscreen.trust.manifest import (
     show_id,
 )
 
-__all__ = ["InForce", "Versions", "in_force", "known_versions", "log_owner"]
+__all__ = [
+    "InForce",
+    "Versions",
+    "check_not_revoked",
+    "held_keys",
+    "in_force",
+    "iso_ms",
+    "known_versions",
+    "log_owner",
+    "owner_keys",
+]
 
 #: a cheap pre-filter: only payloads holding this (canonical JSON) are parsed here
 _MARK: Final = b'"' + MANIFEST_ENTRY_KIND.encode() + b'"'
@@ -58,22 +88,38 @@ class Versions:
 
     authority_key: bytes
     by_version: Mapping[int, Manifest]
+    #: version -> (digest, where it was first seen), across every log of the bundle:
+    #: :func:`in_force` adds the versions logs record, so one version has one digest
+    seen: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+    def see(self, manifest: Manifest, place: str) -> None:
+        """Record ``manifest`` as seen at ``place``; BundleUntrusted if another manifest
+        with its version was seen elsewhere (the authority signed two, or one was altered)."""
+        known = self.seen.setdefault(manifest.version, (manifest.digest, place))
+        if known[0] != manifest.digest:
+            raise BundleUntrusted(
+                f"two different manifests claim version {manifest.version}: {known[1]} "
+                f"and {place} (the authority signed both, or one was altered)"
+            )
 
 
 def known_versions(pinned: Manifest, copies: Iterable[str | bytes]) -> Versions:
     """``pinned`` (the auditor's own copy) and every manifest ``copies`` holds, verified
     against ``pinned``'s authority key and chained; BundleUntrusted otherwise."""
     by_version: dict[int, Manifest] = {pinned.version: pinned}
+    versions = Versions(pinned.authority_key, by_version)
+    versions.see(pinned, "the auditor's --manifest")
     for n, text in enumerate(copies):
         try:
             manifest = parse_manifest(text, authority_key=pinned.authority_key)
         except VerificationError as exc:
             raise BundleUntrusted(f"manifest copy #{n} in the bundle: {exc}") from None
+        versions.see(manifest, f"manifest copy #{n} in the bundle")
         _merge(by_version, manifest, BundleUntrusted)
     for version, manifest in by_version.items():
         if manifest.federation != pinned.federation:
             raise BundleUntrusted(f"manifest version {version} is of another federation")
-    return Versions(pinned.authority_key, by_version)
+    return versions
 
 
 def _merge(
@@ -101,15 +147,73 @@ def _merge(
 def log_owner(versions: Versions, member_id: str, *, origin: str = "") -> Member:
     """The log's owner as the newest known version lists it active; BundleUntrusted if
     no known version does."""
+    return owner_keys(versions, member_id, origin=origin)[0]
+
+
+def owner_keys(versions: Versions, member_id: str, *, origin: str = "") -> tuple[Member, ...]:
+    """Every key ``member_id`` held while active in a known version, as the newest
+    version listing each key has it, newest first (one, unless the member was
+    re-keyed); of the newest one's role. BundleUntrusted if no known version lists
+    it active."""
+    found: dict[bytes, Member] = {}
     for version in sorted(versions.by_version, reverse=True):
         try:
-            return versions.by_version[version].member(member_id)
+            member = versions.by_version[version].member(member_id)
         except UnknownMember:
             continue
-    raise BundleUntrusted(
-        f"{show_id(member_id)} is not an active member in any manifest version the auditor holds",
-        origin=origin,
-    )
+        found.setdefault(member.signing_key, member)
+    if not found:
+        raise BundleUntrusted(
+            f"{show_id(member_id)} is not an active member in any manifest version "
+            "the auditor holds",
+            origin=origin,
+        )
+    members = list(found.values())
+    return tuple(m for m in members if m.role == members[0].role)
+
+
+def check_not_revoked(
+    versions: Versions, member: Member, *, since: int, at_ms: int, window_ms: int, what: str
+) -> None:
+    """Raise VerificationError if ``member`` (its id and key), active in version
+    ``since`` (the one in force where its signature was logged), signed ``what`` at
+    ``at_ms`` (its own timestamp) more than ``window_ms`` after the issue time of a
+    later known version that revoked or removed it — and no version issued by then
+    re-admitted that key. A version whose ``issued_at`` does not parse is not used."""
+    revoked: Manifest | None = None
+    for version in sorted(v for v in versions.by_version if v > since):
+        manifest = versions.by_version[version]
+        issued = _issued_ms(manifest)
+        if issued is None:
+            continue
+        if _active(manifest, member):
+            if issued <= at_ms:
+                revoked = None  # re-admitted before it signed
+        elif revoked is None and issued + window_ms < at_ms:
+            revoked = manifest
+    if revoked is not None:
+        raise VerificationError(
+            f"{what} by {show_id(member.id)} is dated more than the freshness window after "
+            f"manifest version {revoked.version} (issued {revoked.issued_at}) revoked its key"
+        )
+
+
+def _issued_ms(manifest: Manifest) -> int | None:
+    try:
+        return iso_ms(manifest.issued_at)
+    except ValueError:
+        return None
+
+
+def iso_ms(text: object) -> int:
+    """Unix ms of an ISO 8601 time (UTC unless it names a zone: fedscreen writes UTC);
+    ValueError if it is not one."""
+    if not isinstance(text, str):
+        raise ValueError("a time is an ISO 8601 string")
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = datetime.combine(moment.date(), moment.time(), tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
 
 
 @dataclass(frozen=True)
@@ -121,6 +225,8 @@ class InForce:
     manifests: tuple[Manifest, ...]
     #: indices of the log's ``manifest`` entries (checked here; nothing else to check)
     switches: frozenset[int]
+    #: every version the auditor holds (for checks that look beyond the one in force)
+    versions: Versions
 
     def at(self, index: int) -> Manifest:
         """The manifest in force at entry ``index``."""
@@ -128,18 +234,27 @@ class InForce:
 
 
 def in_force(
-    versions: Versions, payloads: Sequence[bytes], *, owner: Member, origin: str
+    versions: Versions,
+    payloads: Sequence[bytes],
+    *,
+    owner: Member,
+    origin: str,
+    signers: Sequence[Member] | None = None,
 ) -> InForce:
     """Walk a log's verified entry payloads: check every ``manifest`` entry and say which
-    version is in force at each entry. Raises EntryInvalid at the first bad entry."""
+    version is in force at each entry. ``signers`` (for an owner that held several
+    keys) is the owner, with the key that signed it, at each entry. Raises
+    EntryInvalid at the first bad entry; BundleUntrusted if a version it logs has
+    another digest than the same version seen elsewhere."""
     local = dict(versions.by_version)
     logged: list[tuple[int, Manifest]] = []
     repeated: list[int] = []
     for index, payload in enumerate(payloads):
-        if logged and not _active(logged[-1][1], owner):
+        signer = owner if signers is None else signers[index]
+        if logged and not _active(logged[-1][1], signer):
             raise EntryInvalid(
                 f"entry {index}: logged after manifest version {logged[-1][1].version} "
-                f"revoked {owner.id}",
+                f"revoked {owner.id}'s key {signer.key_id}",
                 origin=origin,
                 index=index,
             )
@@ -153,6 +268,7 @@ def in_force(
             continue
         try:
             manifest = _check_entry(index, entry, local, owner, versions.authority_key)
+            versions.see(manifest, f"entry {index} of {origin}")
             if logged and manifest.version < logged[-1][1].version:
                 raise VerificationError(
                     f"version {manifest.version} logged after version "
@@ -171,7 +287,25 @@ def in_force(
         starts=(0, *(i for i, _ in logged)),
         manifests=(prefix, *(m for _, m in logged)),
         switches=frozenset([*(i for i, _ in logged), *repeated]),
+        versions=versions,
     )
+
+
+def held_keys(versions: Versions, member_id: str, manifest: Manifest) -> tuple[bytes, ...]:
+    """The key ``manifest`` (in force) gives the active ``member_id``, then every older
+    key the id held in a known version up to it: evidence it signed before a re-key.
+    Raises UnknownMember if ``manifest`` does not list it active."""
+    keys = [manifest.member(member_id).signing_key]
+    for version in sorted(versions.by_version, reverse=True):
+        if version > manifest.version:
+            continue
+        try:
+            key = versions.by_version[version].member(member_id).signing_key
+        except UnknownMember:
+            continue
+        if key not in keys:
+            keys.append(key)
+    return tuple(keys)
 
 
 def _check_entry(

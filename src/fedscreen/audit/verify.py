@@ -31,7 +31,17 @@ from typing import Any, Final
 
 from fedscreen.audit.events import COORDINATOR_EVENTS, Quarantines, coordinator_event
 from fedscreen.audit.events import rollback_restored as _rollback_restored
-from fedscreen.audit.manifests import InForce, Versions, in_force, known_versions, log_owner
+from fedscreen.audit.manifests import (
+    InForce,
+    Versions,
+    check_not_revoked,
+    held_keys,
+    in_force,
+    iso_ms,
+    known_versions,
+    owner_keys,
+)
+from fedscreen.audit.nodelog import check_node_entry
 from fedscreen.audit.releases import pair_release
 from fedscreen.crypto.envelope import (
     LOG_ENTRY_V1,
@@ -40,7 +50,6 @@ from fedscreen.crypto.envelope import (
     parse_json,
     verify_envelope,
 )
-from fedscreen.crypto.signing import public_key_id
 from fedscreen.errors import (
     BundleUntrusted,
     EntryInvalid,
@@ -48,11 +57,11 @@ from fedscreen.errors import (
     QueryRefused,
     VerificationError,
 )
-from fedscreen.protocol.query import SignedQuery, verify_query
+from fedscreen.protocol.query import FRESHNESS_WINDOW_MS, SignedQuery, verify_query
 from fedscreen.tlog import merkle
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
 from fedscreen.tlog.export import Bundle, LogExport
-from fedscreen.trust.manifest import Manifest
+from fedscreen.trust.manifest import Manifest, Member
 
 MICRO: Final = 1_000_000
 
@@ -193,29 +202,30 @@ def _verify_log(
     trees: dict[str, tuple[merkle.MemoryHashStore, int, str]],
 ) -> LogReport:
     origin = log.origin
-    member = log_owner(versions, log.member_id, origin=origin)
+    # a re-keyed member held several keys: each note and entry names the one it used
+    owners = owner_keys(versions, log.member_id, origin=origin)
+    member = owners[0]
     if origin != member_origin(member.role, member.id):
         raise BundleUntrusted(
             f"log origin {origin!r} does not belong to {member.id}", origin=origin
         )
-    verifiers = {origin: member.signing_key}
 
     # 1. checkpoints: signed by the member, well formed
     checkpoints: list[tuple[Checkpoint, str]] = []
     for n, note in enumerate(log.checkpoints):
         try:
-            checkpoints.append((parse_and_verify_note(note, verifiers=verifiers), note))
+            checkpoints.append((_owner_note(note, origin, owners), note))
         except VerificationError as exc:
             raise BundleUntrusted(f"checkpoint #{n}: {exc}", origin=origin) from None
     trusted: tuple[Checkpoint, str] | None = None
     if trusted_note is not None:
         try:
-            trusted = (parse_and_verify_note(trusted_note, verifiers=verifiers), trusted_note)
+            trusted = (_owner_note(trusted_note, origin, owners), trusted_note)
         except VerificationError as exc:
             raise BundleUntrusted(f"trusted checkpoint: {exc}", origin=origin) from None
 
     # 2. entries: signed by the member (in parallel for long logs: it is most of the work)
-    keys = {member.key_id: member.signing_key}
+    keys = {m.key_id: m.signing_key for m in owners}
     payloads: list[bytes] = []
     for result in entries(log.entries, keys):
         if isinstance(result, tuple):
@@ -259,10 +269,11 @@ def _verify_log(
     report = LogReport(
         member.id, origin, size, len(checkpoints), latest_note=latest[1] if latest else ""
     )
-    manifests = in_force(versions, payloads, owner=member, origin=origin)
+    signers = _signers(log.entries, owners) if len(owners) > 1 else None
+    manifests = in_force(versions, payloads, owner=member, origin=origin, signers=signers)
     if member.role == "coordinator":
         _check_coordinator_entries(
-            payloads, member.id, member.signing_key, origin, manifests, report
+            payloads, lambda i: signers[i] if signers else member, origin, manifests, report
         )
         return report
     node_micro: dict[str, int] = {}
@@ -270,7 +281,7 @@ def _verify_log(
     for index, payload in enumerate(payloads):
         if index in manifests.switches:
             continue  # a manifest entry: checked by in_force
-        _check_entry(
+        check_node_entry(
             index,
             payload,
             member.id,
@@ -289,6 +300,27 @@ def _verify_log(
     report.node_epsilon = {y: m / MICRO for y, m in node_micro.items()}
     report.analyst_epsilon = {k: m / MICRO for k, m in analyst_micro.items()}
     return report
+
+
+def _owner_note(note: str, origin: str, owners: tuple[Member, ...]) -> Checkpoint:
+    """A checkpoint note signed by one of the owner's keys (matched by the note's key id)."""
+    failure: VerificationError | None = None
+    for owner in owners:
+        try:
+            return parse_and_verify_note(note, verifiers={origin: owner.signing_key})
+        except VerificationError as exc:
+            failure = failure or exc
+    raise failure or VerificationError("no key to verify the note with")
+
+
+def _signers(entries: tuple[bytes, ...], owners: tuple[Member, ...]) -> list[Member]:
+    """The owner, with the key that signed it, at each (verified) entry."""
+    by_key_id = {m.key_id: m for m in owners}
+    signers = []
+    for raw in entries:
+        ids = [s.keyid for s in Envelope.from_json(raw).signatures if s.keyid in by_key_id]
+        signers.append(by_key_id[ids[0]])
+    return signers
 
 
 def verify_entries(entries: tuple[bytes, ...], start: int, keys: dict[str, bytes]) -> Checked:
@@ -312,8 +344,7 @@ def in_process(entries: tuple[bytes, ...], keys: dict[str, bytes]) -> Iterator[C
 
 def _check_coordinator_entries(
     payloads: list[bytes],
-    member_id: str,
-    coordinator_key: bytes,
+    signer_at: Callable[[int], Member],
     origin: str,
     manifests: InForce,
     report: LogReport,
@@ -332,18 +363,20 @@ def _check_coordinator_entries(
     pending: dict[str, list[SignedQuery]] = {}  # query id -> requests not yet released
     run: list[tuple[int, str, bytes]] = []  # (index, node, envelope) logged since the last
     run_id = ""  # query id of the answers in ``run``
-    coordinator_keys = {public_key_id(coordinator_key): coordinator_key}
     quarantined = Quarantines()
     for index, payload in enumerate(payloads):
         if index in manifests.switches:
             continue  # a manifest entry: checked by in_force
-        manifest = manifests.at(index)
+        manifest, coordinator = manifests.at(index), signer_at(index)
         try:
             entry = parse_json(payload)
-            if entry["index"] != index or entry["node_id"] != member_id:
+            if entry["index"] != index or entry["node_id"] != coordinator.id:
                 raise ValueError(f"says it is entry {entry['index']} of {entry['node_id']}")
             if entry["kind"] in COORDINATOR_EVENTS:
-                coordinator_event(entry["kind"], entry, manifest=manifest, seen=quarantined)
+                node_keys = held_keys(manifests.versions, str(entry["node"]), manifest)
+                coordinator_event(
+                    entry["kind"], entry, manifest=manifest, seen=quarantined, keys=node_keys
+                )
                 continue
             kind, query_id = entry["kind"], str(entry["query_id"])
             inner = str(entry["envelope"]).encode("utf-8")
@@ -358,6 +391,15 @@ def _check_coordinator_entries(
                 query = verify_query(envelope, manifest=manifest, now_ms=0, window_ms=2**62)
                 if query.query_id != query_id:
                     raise ValueError(f"logged as query {query_id!r} but is {query.query_id!r}")
+                # ... but not one signed after a known version revoked the analyst
+                check_not_revoked(
+                    manifests.versions,
+                    manifest.member(query.analyst),
+                    since=manifest.version,
+                    at_ms=query.issued_at_ms,
+                    window_ms=FRESHNESS_WINDOW_MS,
+                    what="a query",
+                )
                 report.requests += 1
                 if query_id in report.requested_ids:
                     report.resubmissions += 1
@@ -376,11 +418,21 @@ def _check_coordinator_entries(
             elif kind == "release":
                 body = parse_json(
                     verify_envelope(
-                        envelope, expected_payload_type=RELEASE_V1, trusted_keys=coordinator_keys
+                        envelope,
+                        expected_payload_type=RELEASE_V1,
+                        trusted_keys={coordinator.key_id: coordinator.signing_key},
                     )
                 )
                 if not isinstance(body, dict):
                     raise TypeError("a release body is an object")
+                check_not_revoked(
+                    manifests.versions,
+                    coordinator,
+                    since=manifest.version,
+                    at_ms=iso_ms(body.get("released_at")),
+                    window_ms=FRESHNESS_WINDOW_MS,
+                    what="a release",
+                )
                 candidates = pending.get(query_id)
                 if not candidates:
                     raise ValueError(
@@ -420,73 +472,3 @@ def _unreleased(run: list[tuple[int, str, bytes]], origin: str) -> EntryInvalid:
     return EntryInvalid(
         f"entry {first}: answers logged without their release", origin=origin, index=first
     )
-
-
-def _check_entry(
-    index: int,
-    payload: bytes,
-    member_id: str,
-    origin: str,
-    report: LogReport,
-    node_micro: dict[str, int],
-    analyst_micro: dict[tuple[str, str], int],
-    rollback: Callable[[int, Mapping[str, Any]], dict[tuple[str, str], int]],
-) -> None:
-    def bad(reason: str) -> EntryInvalid:
-        return EntryInvalid(f"entry {index}: {reason}", origin=origin, index=index)
-
-    try:
-        entry = parse_json(payload)
-        kind, stated, node = entry["kind"], entry["index"], entry["node_id"]
-        epsilon = round(float(entry["epsilon"]) * MICRO)
-    except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
-        raise bad(f"malformed entry ({exc!r})") from None
-    if stated != index or node != member_id:
-        raise bad(f"says it is entry {stated} of {node}")
-    if kind == "refusal":
-        report.refusals += 1
-        if epsilon != 0:
-            raise bad("a refusal charged ε")
-        return
-    if kind == "rollback":
-        try:
-            restored = rollback(index, entry)
-        except (ValueError, KeyError, TypeError, VerificationError) as exc:
-            raise bad(f"rollback: {exc}") from None
-        report.rollbacks += 1
-        # ε the restored ledger forgot, charged again: the sums go on from there
-        for (year, analyst), micro in restored.items():
-            node_micro[year] = node_micro.get(year, 0) + micro
-            analyst_micro[year, analyst] = analyst_micro.get((year, analyst), 0) + micro
-        return
-    if kind != "answer":
-        raise bad(f"unknown kind {kind!r}")
-    report.answers += 1
-    if epsilon == 0:
-        return
-    try:
-        analyst = str(entry["analyst"])
-        years = [str(y) for y in entry["query"]["years"]]
-        budgets = entry["budget_after"]
-    except (KeyError, TypeError) as exc:
-        raise bad(f"malformed charge ({exc!r})") from None
-    for year in years:
-        node_micro[year] = node_micro.get(year, 0) + epsilon
-        analyst_micro[year, analyst] = analyst_micro.get((year, analyst), 0) + epsilon
-        try:
-            recorded = budgets[year]
-            node_spent = round(float(recorded["node_spent"]) * MICRO)
-            analyst_spent = round(float(recorded["analyst_spent"]) * MICRO)
-            node_budget = round(float(recorded["node_budget"]) * MICRO)
-            analyst_budget = round(float(recorded["analyst_budget"]) * MICRO)
-        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
-            raise bad(f"no budget record for {year} ({exc!r})") from None
-        if node_spent != node_micro[year] or analyst_spent != analyst_micro[year, analyst]:
-            raise bad(
-                f"says ε={node_spent / MICRO:g} was spent in {year}, but the log's charges add "
-                f"up to ε={node_micro[year] / MICRO:g}"
-            )
-        if node_micro[year] > node_budget:
-            raise bad(f"the node's {year} budget ε={node_budget / MICRO:g} is exceeded")
-        if analyst_micro[year, analyst] > analyst_budget:
-            raise bad(f"{analyst}'s {year} budget ε={analyst_budget / MICRO:g} is exceeded")

@@ -9,9 +9,11 @@ verify``), and the report says what the auditor saw.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from fedscreen.analyst.query import make_query
 from fedscreen.cli.main import main
 from fedscreen.coordinator.core import Coordinator, Release, init_coordinator
 from fedscreen.crypto.envelope import RELEASE_V1, Envelope, sign_envelope
+from fedscreen.crypto.signing import SigningKey
 from fedscreen.node.home import NodeConfig, init_home
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.protocol.answer import verify_answer
@@ -31,6 +34,7 @@ from fedscreen.protocol.query import SignedQuery
 from fedscreen.protocol.release import release_body
 from fedscreen.trust import authority
 from fedscreen.trust.identity import create_identity, issue_here, update_manifest
+from fedscreen.trust.manifest import sign_manifest
 
 SQL = "SELECT sex, COUNT(*) FROM screenings WHERE academic_year = '2024-2025' GROUP BY sex"
 COUNTIES = ("130104", "130105", "130107")
@@ -315,3 +319,48 @@ def test_other_dishonest_histories_are_caught(
         "wrong signer": "entry 7:",  # after the manifest entry the coordinator logs first
     }[case]
     assert expected in err
+
+
+# ------------------------------------------ signatures dated after a known revocation
+
+
+def _revoked_minutes_ago(fed: Federation, member_id: str, minutes: int) -> None:
+    """The authority revokes ``member_id`` in a version dated ``minutes`` ago, which only
+    the auditor holds (its --manifest): no member's home hears of it, so the
+    coordinator's log never records it."""
+    revoked = authority.revoke(fed.auth, member_id)
+    issued = (datetime.now(UTC) - timedelta(minutes=minutes)).isoformat(timespec="seconds")
+    key = SigningKey.load(fed.auth / authority.AUTHORITY_KEY_FILE)
+    signed = sign_manifest(dataclasses.replace(revoked, issued_at=issued), key=key)
+    Path(fed.manifest).write_text(signed, encoding="utf-8")
+
+
+@pytest.mark.parametrize(("member", "index"), [("analyst-1", 1), ("coordinator", 5)])
+def test_a_signature_dated_after_a_known_revocation_fails(
+    fed: Federation, tmp_path: Path, capsys: pytest.CaptureFixture[str], member: str, index: int
+) -> None:
+    """The analyst's query (issued_at_ms) or the coordinator's release (released_at) is
+    dated more than the freshness window (5 min) after the version revoking its
+    signer was issued: refused, although the log never recorded that version."""
+    query, envelope = make_query(fed.analyst, SQL, epsilon=0.3, accuracy=None)
+    _submit(fed, query, envelope, COUNTIES)  # manifest, request, 3 answers, release
+    _revoked_minutes_ago(fed, member, minutes=10)
+    code, out, err = _audit(fed, tmp_path, capsys)
+    assert code == 2, out
+    assert out["index"] == index
+    what = "a query" if member == "analyst-1" else "a release"
+    assert f"entry {index}: {what} by '{member}' is dated more than the freshness window" in err
+
+
+@pytest.mark.parametrize("member", ["analyst-1", "coordinator"])
+def test_a_signature_within_the_freshness_window_of_a_revocation_verifies(
+    fed: Federation, tmp_path: Path, capsys: pytest.CaptureFixture[str], member: str
+) -> None:
+    """Clocks differ: a signature dated less than the window after the revocation was
+    issued may have been made before the signer could know of it."""
+    query, envelope = make_query(fed.analyst, SQL, epsilon=0.3, accuracy=None)
+    _submit(fed, query, envelope, COUNTIES)
+    _revoked_minutes_ago(fed, member, minutes=3)
+    code, report, _ = _audit(fed, tmp_path, capsys)
+    assert code == 0, report
+    assert (report["requests"], report["releases"]) == (1, 1)
