@@ -35,6 +35,9 @@ from fedscreen.crypto.envelope import ANSWER_V1, Envelope, parse_json, verify_en
 from fedscreen.errors import QueryRefused, VerificationError
 from fedscreen.policy import Policy, default_policy_dir, load_policy
 from fedscreen.policy.default import PROVINCE_FILE
+from fedscreen.protocol.compare import REL_TOL
+from fedscreen.query import mechanisms
+from fedscreen.query.compile import compile_query
 from fedscreen.query.spec import QuerySpec
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
 from fedscreen.trust.manifest import Manifest, show_id
@@ -185,12 +188,15 @@ def verify_answer(
     expected_query: ExpectedQuery,
     public: bool,
     academic_year: str | None = None,
+    catalogue: Policy | None = None,
 ) -> VerifiedAnswer:
     """Verify a node's answer to the signed query ``expected_query``; raises VerificationError.
 
     ``expected_query`` is the verified signed query; ``public`` comes from
     :func:`dataset_public`.
     ``academic_year``: the year a query without years was pinned to (the release says).
+    ``catalogue``: the provincial catalogue the cells are checked against (default:
+    the shipped one, as auditors use).
     """
     member = manifest.member(node_id, role="node")
     payload = verify_envelope(
@@ -229,6 +235,7 @@ def verify_answer(
     _check_question(typed.query, expected_query.spec, academic_year, node_id)
     _check_mechanism(typed, public=public, node_id=node_id)
     _check_epsilon(typed, charged, expected_query.epsilon, public=public, node_id=node_id)
+    _check_cells(typed, catalogue or shipped_catalogue(), node_id=node_id)
     origin = member_origin("node", node_id)
     checkpoint = parse_and_verify_note(note, verifiers={origin: member.signing_key})
     if checkpoint.origin != origin or not 0 <= index < checkpoint.size:
@@ -271,6 +278,75 @@ def _check_mechanism(body: AnswerBody, *, public: bool, node_id: str) -> None:
         )
     if not public and body.query.measure.kind not in ("rate", "mean") and body.scale is None:
         raise VerificationError(f"malformed answer from {node_id}: a noisy answer needs its scale")
+    if public and body.scale is not None:
+        # readers must never take exact public figures for noisy ones, or the reverse
+        raise VerificationError(f"the answer from {node_id} states a noise scale for public data")
+
+
+def _check_cells(body: AnswerBody, catalogue: Policy, *, node_id: str) -> None:
+    """The cells are the query's plan's, each once, with the noise the plan implies.
+
+    A county may narrow a public domain (a node omits cells) but never adds a cell
+    or states one twice (the province would count it twice). A node's noise scale
+    and interval are what its ε and the catalogue's sensitivity give (a county may
+    only narrow a sum's bounds, so lower its sensitivity): a node cannot shrink the
+    province's interval by stating less noise than it drew.
+    """
+    try:
+        plan = compile_query(body.query, catalogue)
+    except QueryRefused:
+        raise VerificationError(
+            f"the answer from {node_id} answers a query the catalogue refuses"
+        ) from None
+    known = {canonical_json(list(cell)) for cell in plan.cells}
+    seen: set[bytes] = set()
+    for cell in body.cells:
+        key = canonical_json(list(cell.group))
+        if key not in known:
+            raise VerificationError(
+                f"the answer from {node_id} has a cell outside the query's public domains"
+            )
+        if key in seen:
+            raise VerificationError(f"the answer from {node_id} states a cell twice")
+        seen.add(key)
+    if body.public:
+        return
+    kind, epsilon = body.query.measure.kind, body.epsilon
+    if epsilon <= 0:
+        raise VerificationError(f"the noisy answer from {node_id} states no ε")
+    if kind in ("count", "sum"):
+        _check_scale(body.scale, epsilon, plan.sensitivity, node_id)
+        half = mechanisms.half_width(body.scale or 0.0)
+        for cell in body.cells:
+            value = cell.value if isinstance(cell.value, int) else 0
+            if (cell.lower, cell.upper) != (value - half, value + half):
+                raise VerificationError(
+                    f"the answer from {node_id} states another interval than its noise gives"
+                )
+    elif kind in ("rate", "mean"):
+        # ε is split evenly between the numerator and the count (node ``cells.release``)
+        for cell in body.cells:
+            if cell.numerator is None or cell.denominator is None:
+                raise VerificationError(f"malformed answer from {node_id}: a ratio needs parts")
+            _check_scale(cell.numerator.scale, epsilon / 2, plan.sensitivity, node_id)
+            _check_scale(cell.denominator.scale, epsilon / 2, 1, node_id)
+    else:
+        q = body.query.measure.q or 0.0
+        if body.scale is None or not math.isclose(
+            body.scale, mechanisms.quantile_scale(q=q, epsilon=epsilon), rel_tol=REL_TOL
+        ):
+            raise VerificationError(f"the answer from {node_id} states another noise scale")
+        if any(c.value is not None and c.value not in plan.candidates for c in body.cells):
+            raise VerificationError(f"the answer from {node_id} states a non-candidate value")
+
+
+def _check_scale(scale: float | None, epsilon: float, sensitivity: int, node_id: str) -> None:
+    """``scale`` is sensitivity/ε for a whole sensitivity in [1, ``sensitivity``]."""
+    held = 0 if scale is None else round(scale * epsilon)
+    if not 1 <= held <= sensitivity or not math.isclose(
+        scale or 0.0, mechanisms.scale_for(epsilon=epsilon, sensitivity=held), rel_tol=REL_TOL
+    ):
+        raise VerificationError(f"the answer from {node_id} states another noise scale")
 
 
 def parse_answer_body(body: Mapping[str, Any]) -> AnswerBody:
@@ -294,16 +370,22 @@ def parse_answer_body(body: Mapping[str, Any]) -> AnswerBody:
     cells = body.get("cells")
     if not isinstance(cells, list):
         raise ValueError("an answer's cells must be a list")
+    width = len(query.group_by)
     return AnswerBody(
         node_id, analyst, query, epsilon, mechanism, scale,
-        tuple(_cell(c, kind, noisy=noisy) for c in cells),
+        tuple(_cell(c, kind, width, noisy=noisy) for c in cells),
     )  # fmt: skip
 
 
-def _cell(cell: object, kind: str, *, noisy: bool) -> AnswerCell:
+def _cell(cell: object, kind: str, width: int, *, noisy: bool) -> AnswerCell:
     if not isinstance(cell, dict) or not isinstance(cell.get("group"), list):
         raise ValueError("each cell must be an object with a group list")
     group = tuple(cell["group"])
+    # a group is one value per GROUP BY column: flat scalars, so no reader ever recurses
+    if len(group) != width or not all(
+        isinstance(v, str | int | float) and not isinstance(v, bool) for v in group
+    ):
+        raise ValueError(f"each cell's group must be a list of {width} values")
     stated = cell.get("value")
     if kind in ("count", "sum"):
         count = _integer(stated, "value")

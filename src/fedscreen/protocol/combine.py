@@ -7,7 +7,8 @@ Cornish–Fisher correction for the noise's heavy tails (a sum of few Laplace
 terms is not yet normal): for a symmetric sum with excess kurtosis κ the 97.5%
 point is z + (z³ − 3z)·κ/24. Rates and means combine numerators and
 denominators separately and use the delta method. A single node's answer keeps
-the node's own exact interval.
+the node's own exact interval, recomputed from its scale (``mechanisms.half_width``),
+never read from what the node states.
 
 Nothing here sees anything but the nodes' released (noisy) values.
 """
@@ -19,6 +20,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
+
+from fedscreen.query import mechanisms
 
 Z_975: Final = 1.959963984540054
 #: excess kurtosis of (continuous) Laplace noise; discrete Laplace is at most this
@@ -113,8 +116,9 @@ def combine(
                 continue
             scales = [float(a.body["scale"]) for a, _ in released]
             total, low, high, _ = sum_interval([int(p["value"]) for p in parts], scales)
-            if len(parts) == 1:  # keep the node's exact interval
-                low, high = float(parts[0]["lower"]), float(parts[0]["upper"])
+            if len(parts) == 1:  # the node's exact interval, as its scale gives it
+                half = mechanisms.half_width(scales[0])
+                low, high = float(total - half), float(total + half)
             small = threshold if kind == "count" and total < threshold else None
             combined.append(_cell(group, total, low, high, small, len(parts)))
         elif kind in ("rate", "mean"):

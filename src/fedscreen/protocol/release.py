@@ -24,7 +24,9 @@ from typing import Any, Final
 
 from fedscreen._util.canonical import canonical_json
 from fedscreen.errors import QueryRefused, VerificationError
-from fedscreen.protocol.answer import VerifiedAnswer, bounded
+from fedscreen.policy import Policy
+from fedscreen.policy.digest import digest as policy_digest
+from fedscreen.protocol.answer import VerifiedAnswer, bounded, shipped_catalogue
 from fedscreen.protocol.combine import NodeCells, combine
 from fedscreen.protocol.compare import same_figures
 from fedscreen.protocol.query import SignedQuery
@@ -134,6 +136,8 @@ class ReleaseBody:
     per_node: Mapping[str, list[Any]]
     threshold: int
     province: list[Any]
+    coverage: float = 0.0
+    population: Mapping[str, Any] | None = None
 
     def answer_digests(self) -> dict[str, str]:
         """Node id -> SHA-256 (hex) of the answer envelope the release names."""
@@ -179,6 +183,8 @@ def parse_release(body: object) -> ReleaseBody:
             per_node=dict(per_node),
             threshold=threshold,
             province=_list(body["province"], "province"),
+            coverage=_share(body["coverage"], "coverage"),
+            population=_population(body.get("population")),
         )
     except (KeyError, TypeError, ValueError, RecursionError, QueryRefused) as exc:
         raise VerificationError(f"malformed release: {bounded(_why(exc))}") from None
@@ -188,7 +194,12 @@ def parse_release(body: object) -> ReleaseBody:
 
 
 def check_release(
-    body: object, query: SignedQuery, answers: Sequence[VerifiedAnswer], *, public: bool
+    body: object,
+    query: SignedQuery,
+    answers: Sequence[VerifiedAnswer],
+    *,
+    public: bool,
+    catalogue: Policy | None = None,
 ) -> ReleaseBody:
     """Everything a release states from the answers must be those answers.
 
@@ -198,9 +209,20 @@ def check_release(
     repeat each node's cells, ε and checkpoint as the node signed them, and hold their
     combination as the provincial cells (``same_figures``); otherwise VerificationError.
     (Readers of a release use all of these fields, so a coordinator must not be able
-    to change any of them.) Returns the parsed body.
+    to change any of them.) The publication threshold must be the catalogue's
+    (``catalogue``, default: the shipped one), the catalogue digest (when stated)
+    that catalogue's, and the coverage the share of asked nodes that answered.
+    Returns the parsed body.
     """
     release = parse_release(body)
+    catalogue = catalogue or shipped_catalogue()
+    if release.threshold != catalogue.limits.publication_threshold:
+        raise VerificationError("the release uses another publication threshold than the catalogue")
+    if release.catalogue_digest and release.catalogue_digest != policy_digest(catalogue):
+        raise VerificationError("the release was combined under another catalogue")
+    targeted = len(release.targeted)
+    if release.coverage != (len(release.answered) / targeted if targeted else 0.0):
+        raise VerificationError("the release states another coverage than its nodes give")
     try:
         _check_release(release, query, answers, public=public)
     except (KeyError, TypeError, ValueError, ArithmeticError, RecursionError) as exc:
@@ -281,6 +303,30 @@ def _list(value: object, what: str) -> list[Any]:
 
 def _ids(value: object, what: str) -> tuple[str, ...]:
     return tuple(_text(v, what) for v in _list(value, what))
+
+
+def _share(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise TypeError(f"{what} must be a share between 0 and 1")
+    return float(value)
+
+
+def _population(value: object) -> Mapping[str, Any] | None:
+    """A release's ``population`` (None: not stated), typed as ``population`` builds it."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError("population must be an object")
+    for name in ("eligible_answered", "eligible_targeted"):
+        count = value.get(name)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise TypeError(f"population {name} must be a whole number")
+    share = value.get("share")
+    if share is not None:
+        _share(share, "population share")
+    unknown = value.get("unknown", [])
+    _ids(unknown, "population unknown")
+    return value
 
 
 def _why(exc: BaseException) -> str:

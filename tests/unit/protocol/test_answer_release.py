@@ -32,6 +32,7 @@ from fedscreen.protocol.answer import (
 from fedscreen.protocol.combine import NodeCells, combine
 from fedscreen.protocol.query import SignedQuery, issue_query, verify_query
 from fedscreen.protocol.release import check_release, parse_release, release_body
+from fedscreen.query import mechanisms
 from fedscreen.query.spec import Measure, QuerySpec
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, sign_checkpoint
 from fedscreen.trust.manifest import Manifest, Member
@@ -50,6 +51,9 @@ MANIFEST = Manifest(
 )
 YEAR = "2024-2025"
 NO_YEAR = QuerySpec("screenings", Measure("count"), ("sex",), None, ())
+#: the noise an honest node draws for a count at ε 0.3, and its 95% half width
+SCALE = mechanisms.scale_for(epsilon=0.3, sensitivity=1)
+HALF = mechanisms.half_width(SCALE)
 
 
 def _query(spec: QuerySpec = NO_YEAR, epsilon: float = 0.3) -> SignedQuery:
@@ -65,11 +69,11 @@ def _body(node: str, spec: QuerySpec, **changes: Any) -> dict[str, Any]:
         "query": spec.to_json(),
         "epsilon": 0.3,
         "mechanism": "discrete_laplace",
-        "scale": 3.3333,
+        "scale": SCALE,
         "threshold": 10,
         "cells": [
-            {"group": ["M"], "value": 120, "lower": 110.5, "upper": 129.5},
-            {"group": ["F"], "value": 131, "lower": 121.5, "upper": 140.5},
+            {"group": ["M"], "value": 120, "lower": 120 - HALF, "upper": 120 + HALF},
+            {"group": ["F"], "value": 131, "lower": 131 - HALF, "upper": 131 + HALF},
         ],
     }
     body.update(changes)
@@ -116,7 +120,7 @@ def test_an_answer_is_bound_to_its_query_id_digest_and_epsilon() -> None:
         0.3,
     )
     assert answer.answer.cells[0].value == 120
-    assert answer.answer.cells[0].lower == 110.5
+    assert answer.answer.cells[0].lower == 120 - HALF
     envelope = _signed("130102", _body("130102", spec), query)
     with pytest.raises(VerificationError, match="another query id"):
         _verify(envelope, replace(query, query_id="cd" * 16))
