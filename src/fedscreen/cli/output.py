@@ -5,15 +5,30 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Final, TextIO
+
+#: longest text one table cell shows (characters); longer text is cut with "…"
+MAX_CELL_CHARS: Final = 300
+
+
+def printable(text: object, *, limit: int = MAX_CELL_CHARS) -> str:
+    """``text`` as one line of printable characters, at most ``limit`` long.
+
+    Cells and names can come from other members (a node's display text, a refusal
+    reason): control characters would move the cursor or forge lines on the terminal.
+    """
+    raw = str(text)
+    clean = "".join(c if c.isprintable() else "?" for c in raw[: limit + 1])
+    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
 
 
 def table(
     headers: Sequence[str], rows: Sequence[Sequence[object]], *, out: TextIO | None = None
 ) -> None:
-    """Print an aligned plain-text table."""
+    """Print an aligned plain-text table of printable, bounded cells (``printable``)."""
     stream = out or sys.stdout
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    cells = [[printable(h) for h in headers]]
+    cells += [["" if c is None else printable(c) for c in r] for r in rows]
     widths = [max(_width(row[i]) for row in cells) for i in range(len(headers))]
     for n, row in enumerate(cells):
         stream.write(

@@ -13,18 +13,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import io
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from fedscreen.analyst.query import make_query, verify_release
-from fedscreen.cli.output import table
+from fedscreen.cli.output import printable, table
 from fedscreen.cli.sqltext import add_sql_arguments, read_sql
-from fedscreen.errors import ConfigError
+from fedscreen.errors import ConfigError, VerificationError
 from fedscreen.rpc.client import submit
 from fedscreen.trust.identity import load_identity
+
+#: longest display text of one cell shown (a formatted figure is far shorter)
+MAX_DISPLAY_CHARS: Final = 40
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -101,7 +105,8 @@ def _num(value: Any) -> str:
 
 
 def _display(cell: dict[str, Any]) -> str:
-    return str(cell.get("display", cell.get("value")))
+    # a node's cells carry its own display text: shown printable and short, in CSV too
+    return printable(cell.get("display", cell.get("value")), limit=MAX_DISPLAY_CHARS)
 
 
 def _population(population: dict[str, Any] | None) -> str:
@@ -112,27 +117,43 @@ def _population(population: dict[str, Any] | None) -> str:
         f", {population['share']:.0%} of the {population['eligible_targeted']:,} eligible students"
     )
     if population["unknown"]:
-        text += f" of the nodes with school tables; unknown: {', '.join(population['unknown'])}"
+        unknown = printable(", ".join(population["unknown"]))
+        text += f" of the nodes with school tables; unknown: {unknown}"
     return text
 
 
 def print_release(body: dict[str, Any], *, out: Any = None) -> None:
-    """Print a verified release as tables."""
-    stream = out or sys.stdout
+    """Print a verified release as tables; VerificationError (nothing printed) if its
+    shape cannot be shown.
+
+    The text is built whole first, so a release that cannot be shown prints nothing
+    rather than half its tables and a traceback.
+    """
+    text = io.StringIO()
+    try:
+        _write_release(body, text)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise VerificationError(
+            f"the release cannot be shown: {printable(exc, limit=200)}"
+        ) from None
+    (out or sys.stdout).write(text.getvalue())
+
+
+def _write_release(body: dict[str, Any], stream: io.StringIO) -> None:
     query = body["query"]
     groups: Sequence[str] = query["group_by"]
     targeted, answered, missing = body["targeted"], body["answered"], body["missing"]
+    years = printable(", ".join(query["years"]) or body.get("academic_year") or "no year stated")
     stream.write(
-        f"release of query {body['query_id']} by {body['analyst']} "
-        f"(verified: coordinator {body['coordinator']} and every node signature)\n"
-        f"{query['measure']['kind']} over {query['dataset']}, "
-        f"{', '.join(query['years']) or body.get('academic_year') or 'no year stated'}; "
+        f"release of query {printable(body['query_id'])} by {printable(body['analyst'])} "
+        f"(verified: coordinator {printable(body['coordinator'])} and every node signature)\n"
+        f"{query['measure']['kind']} over {query['dataset']}, {years}; "
         f"95% intervals; cells below {body['threshold']} shown as '< {body['threshold']}'\n"
         f"answered: {len(answered)} of {len(targeted)} nodes "
         f"({body['coverage']:.0%} of the nodes asked"
         + _population(body.get("population"))
         + ")"
-        + (f"; did not answer: {', '.join(missing)}" if missing else "")
+        + (f"; did not answer: {printable(', '.join(missing))}" if missing else "")
         + "\n\nProvince (combined)\n"
     )
     table(
