@@ -10,11 +10,13 @@ threshold is shown as "< k", like the cells it came from.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+from fedscreen.protocol.answer import dataset_public
 from fedscreen.protocol.combine import (
     Z_975,
     NodeCells,
@@ -23,6 +25,7 @@ from fedscreen.protocol.combine import (
     ratio_interval,
     sum_interval,
 )
+from fedscreen.query.spec import QuerySpec
 from fedscreen.report.format import PROVINCE, format_value
 from fedscreen.report.plan import ReportPlan, Statistic
 
@@ -47,6 +50,12 @@ class Released:
     def answered(self) -> list[str]:
         """The nodes whose verified answers the release combines, in order."""
         return sorted(self.node_bodies)
+
+    @functools.cached_property
+    def public(self) -> bool:
+        """Whether the query's dataset is public (exact values), as the shipped catalogue
+        says: never read from what an answer states about itself."""
+        return dataset_public(QuerySpec.from_json(dict(self.body["query"])))
 
     def nodes_of(self, scope: str) -> list[str]:
         """The answering nodes a scope's figures combine."""
@@ -81,7 +90,7 @@ class Released:
             # the coordinator's own combination, over the area's counties
             nodes = [NodeCells(n, dict(self.node_bodies[n])) for n in self.nodes_of(scope)]
             kind = str(self.body["query"]["measure"]["kind"])
-            return combine(kind, nodes, threshold=self.threshold(scope))
+            return combine(kind, nodes, threshold=self.threshold(scope), public=self.public)
         return list(self.node_bodies[scope]["cells"])
 
     def rate_parts(self, scope: str) -> dict[str, tuple[Part, Part]]:
@@ -106,8 +115,7 @@ class Released:
         merged: dict[str, tuple[list[Any], Part]] = {}
         for node in nodes:
             answer = self.node_bodies[node]
-            # public data has no scale: exact values
-            scales = (float(answer["scale"]),) if "scale" in answer else ()
+            scales = () if self.public else (float(answer["scale"]),)
             for cell in answer["cells"]:
                 key = repr(cell["group"])
                 part = Part(int(cell["value"]), scales)
