@@ -251,20 +251,11 @@ def in_force(
     repeated: list[int] = []
     for index, payload in enumerate(payloads):
         signer = owner if signers is None else signers[index]
-        if logged and not _active(logged[-1][1], signer):
-            raise EntryInvalid(
-                f"entry {index}: logged after manifest version {logged[-1][1].version} "
-                f"revoked {owner.id}'s key {signer.key_id}",
-                origin=origin,
-                index=index,
-            )
-        if _MARK not in payload:
-            continue
-        try:
-            entry = parse_json(payload)
-        except ValueError:
-            continue  # not this module's to judge: the content check reports it
-        if not isinstance(entry, dict) or entry.get("kind") != MANIFEST_ENTRY_KIND:
+        stale = bool(logged) and not _active(logged[-1][1], signer)
+        entry = _manifest_entry(payload)
+        if entry is None:
+            if stale:
+                raise _revoked(index, logged[-1][1], signer, origin)
             continue
         try:
             manifest = _check_entry(index, entry, local, owner, versions.authority_key)
@@ -277,6 +268,9 @@ def in_force(
             _merge(local, manifest, VerificationError)
         except VerificationError as exc:
             raise EntryInvalid(f"entry {index}: {exc}", origin=origin, index=index) from None
+        if stale and not _active(manifest, signer):
+            # (a member re-keyed in place logs the version giving it its new key with that key)
+            raise _revoked(index, logged[-1][1], signer, origin)
         if logged and manifest.version == logged[-1][1].version:
             repeated.append(index)  # the same version again (_merge: the same file): no change
             continue
@@ -288,6 +282,29 @@ def in_force(
         manifests=(prefix, *(m for _, m in logged)),
         switches=frozenset([*(i for i, _ in logged), *repeated]),
         versions=versions,
+    )
+
+
+def _manifest_entry(payload: bytes) -> dict[str, object] | None:
+    """``payload`` parsed if it is a ``manifest`` entry; None otherwise (or malformed: not
+    this module's to judge, the content check reports it)."""
+    if _MARK not in payload:
+        return None
+    try:
+        entry = parse_json(payload)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or entry.get("kind") != MANIFEST_ENTRY_KIND:
+        return None
+    return entry
+
+
+def _revoked(index: int, manifest: Manifest, signer: Member, origin: str) -> EntryInvalid:
+    return EntryInvalid(
+        f"entry {index}: logged after manifest version {manifest.version} "
+        f"revoked {signer.id}'s key {signer.key_id}",
+        origin=origin,
+        index=index,
     )
 
 

@@ -95,7 +95,8 @@ class LogReport:
     #: matched to the log (``fedscreen report verify --bundle``)
     release_digests: set[str] = field(default_factory=set)
     #: node origin -> the largest node checkpoint relayed in an answer (coordinator logs)
-    relayed_checkpoints: dict[str, tuple[Checkpoint, str]] = field(default_factory=dict)
+    #: (a re-keyed node's logs under each key are told apart by its key id)
+    relayed_checkpoints: dict[tuple[str, str], tuple[Checkpoint, str]] = field(default_factory=dict)
     #: analysts' queries the coordinator accepted and logged (coordinator logs)
     requests: int = 0
     #: requests whose query id an earlier request already had (an analyst resubmitted it)
@@ -172,7 +173,7 @@ def verify_bundle(
     versions = known_versions(
         manifest, [*bundle.manifests, *([bundle.manifest] if bundle.manifest else [])]
     )
-    trees: dict[str, tuple[merkle.MemoryHashStore, int, str]] = {}
+    trees: dict[tuple[str, str], tuple[merkle.MemoryHashStore, int, str]] = {}
     reports = [
         _verify_log(log, versions, (trusted or {}).get(log.origin), entries or in_process, trees)
         for log in bundle.logs
@@ -180,10 +181,10 @@ def verify_bundle(
     # split view: every node checkpoint a coordinator relayed must be a prefix of the
     # log that node exported (when the bundle has it)
     for report in reports:
-        for origin, (checkpoint, note) in report.relayed_checkpoints.items():
-            if origin not in trees:
+        for (origin, key_id), (checkpoint, note) in report.relayed_checkpoints.items():
+            if (origin, key_id) not in trees:
                 continue
-            tree, size, latest = trees[origin]
+            tree, size, latest = trees[origin, key_id]
             if checkpoint.size > size or merkle.root(tree, size=checkpoint.size) != checkpoint.root:
                 raise HistoryInconsistent(
                     f"{report.origin} relayed a checkpoint of {origin} (size {checkpoint.size}) "
@@ -199,7 +200,7 @@ def _verify_log(
     versions: Versions,
     trusted_note: str | None,
     entries: EntryVerifier,
-    trees: dict[str, tuple[merkle.MemoryHashStore, int, str]],
+    trees: dict[tuple[str, str], tuple[merkle.MemoryHashStore, int, str]],
 ) -> LogReport:
     origin = log.origin
     # a re-keyed member held several keys: each note and entry names the one it used
@@ -212,15 +213,17 @@ def _verify_log(
 
     # 1. checkpoints: signed by the member, well formed
     checkpoints: list[tuple[Checkpoint, str]] = []
+    signed_by: dict[str, str] = {}  # note -> the id of the owner's key that signed it
     for n, note in enumerate(log.checkpoints):
         try:
-            checkpoints.append((_owner_note(note, origin, owners), note))
+            checkpoint, signed_by[note] = _owner_note(note, origin, owners)
+            checkpoints.append((checkpoint, note))
         except VerificationError as exc:
             raise BundleUntrusted(f"checkpoint #{n}: {exc}", origin=origin) from None
     trusted: tuple[Checkpoint, str] | None = None
     if trusted_note is not None:
         try:
-            trusted = (_owner_note(trusted_note, origin, owners), trusted_note)
+            trusted = (_owner_note(trusted_note, origin, owners)[0], trusted_note)
         except VerificationError as exc:
             raise BundleUntrusted(f"trusted checkpoint: {exc}", origin=origin) from None
 
@@ -263,7 +266,11 @@ def _verify_log(
             index=covered,
         )
 
-    trees[origin] = (tree, size, latest[1] if latest else "")
+    trees[origin, signed_by[latest[1]] if latest else member.key_id] = (
+        tree,
+        size,
+        latest[1] if latest else "",
+    )
 
     # 4. content
     report = LogReport(
@@ -302,12 +309,14 @@ def _verify_log(
     return report
 
 
-def _owner_note(note: str, origin: str, owners: tuple[Member, ...]) -> Checkpoint:
-    """A checkpoint note signed by one of the owner's keys (matched by the note's key id)."""
+def _owner_note(note: str, origin: str, owners: tuple[Member, ...]) -> tuple[Checkpoint, str]:
+    """A checkpoint note signed by one of the owner's keys (matched by the note's key id),
+    and that key's id."""
     failure: VerificationError | None = None
     for owner in owners:
         try:
-            return parse_and_verify_note(note, verifiers={origin: owner.signing_key})
+            checkpoint = parse_and_verify_note(note, verifiers={origin: owner.signing_key})
+            return checkpoint, owner.key_id
         except VerificationError as exc:
             failure = failure or exc
     raise failure or VerificationError("no key to verify the note with")
@@ -441,11 +450,11 @@ def _check_coordinator_entries(
                 query, verified = pair_release(index, body, candidates, run, manifest, origin)
                 candidates.remove(query)
                 for node, (_, answer) in verified.items():
-                    known = report.relayed_checkpoints.get(
-                        node_origin := member_origin("node", node)
-                    )
+                    # the key the answer verified under tells a re-keyed node's logs apart
+                    relayed = (member_origin("node", node), manifest.member(node).key_id)
+                    known = report.relayed_checkpoints.get(relayed)
                     if known is None or known[0].size < answer.checkpoint.size:
-                        report.relayed_checkpoints[node_origin] = (
+                        report.relayed_checkpoints[relayed] = (
                             answer.checkpoint,
                             answer.checkpoint_note,
                         )

@@ -12,17 +12,22 @@ import base64
 import dataclasses
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fedscreen._util.sqlite import transaction
 from fedscreen.analyst.query import make_query
 from fedscreen.audit.manifests import in_force, known_versions
 from fedscreen.cli.main import main
 from fedscreen.coordinator.core import Coordinator, init_coordinator
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import BundleUntrusted, EntryInvalid, UnknownMember, VerificationError
+from fedscreen.node import store
+from fedscreen.node.home import init_home
+from fedscreen.tlog import memberlog
 from fedscreen.trust import authority
 from fedscreen.trust.history import read_history
 from fedscreen.trust.identity import create_identity, issue_here, update_manifest
@@ -251,3 +256,99 @@ def test_a_log_without_manifest_entries_is_checked_against_every_known_version(f
     alone = known_versions(history[-1][0], [])
     with pytest.raises(UnknownMember, match="not an active member"):
         in_force(alone, [b"{}"], owner=owner, origin="o").at(0).member(ANALYST)
+
+
+# ------------------------------------------- one digest per version, across the bundle
+
+
+def test_two_logs_holding_two_different_versions_n_are_untrusted(
+    fed: Fed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The authority signed two versions N (two copies of its directory each revoked
+    someone); the coordinator logged one, a node the other. Each log verifies on its
+    own; together they are exit 4, naming both places."""
+    create_identity(fed.root / "a2", member_id="analyst-2", role="analyst", name="B")
+    issue_here(fed.auth, fed.root / "a2")
+    config = init_home(fed.root / "node", node_id="130104", name="长安区")
+    issue_here(fed.auth, config.home)
+    pinned = fed.root / "pinned.json"
+    pinned.write_bytes((fed.auth / "manifest.json").read_bytes())
+    shutil.copytree(fed.auth, fed.root / "auth2")
+    first = authority.revoke(fed.auth, ANALYST)
+    second = authority.revoke(fed.root / "auth2", "analyst-2")
+    assert first.version == second.version
+    assert first.digest != second.digest
+    update_manifest(fed.coordinator, authority.manifest_text(fed.auth))
+    Coordinator.open(fed.coordinator).close()  # logs the version it starts with
+    text = authority.manifest_text(fed.root / "auth2")
+    conn = store.connect(config.database)
+    try:  # what the node's worker does when it adopts a version
+        with transaction(conn):
+            memberlog.append_manifest(
+                conn,
+                member_id=config.node_id,
+                key=config.signing_key(),
+                entry=manifest_entry(text, authority_key=second.authority_key),
+            )
+    finally:
+        conn.close()
+
+    def verify(*homes: Path, copies: bool = True) -> tuple[int, str]:
+        bundle = fed.root / "bundle.json"
+        bundle.unlink(missing_ok=True)
+        args = [a for home in homes for a in ("--home", str(home))]
+        assert main(["audit", "export", *args, "--out", str(bundle)]) == 0
+        if not copies:  # only the logs: the conflict is between them
+            data = json.loads(bundle.read_text(encoding="utf-8"))
+            data.update(manifest=None, manifests=[])
+            bundle.write_text(json.dumps(data), encoding="utf-8")
+        capsys.readouterr()
+        code = main(["audit", "verify", str(bundle), "--manifest", str(pinned)])
+        return code, capsys.readouterr().err
+
+    assert verify(fed.coordinator)[0] == 0
+    assert verify(config.home)[0] == 0
+    code, err = verify(fed.coordinator, config.home)
+    assert code == 4, err  # the coordinator's home copy against the node's entry
+    assert f"two different manifests claim version {first.version}" in err
+    assert "entry 0 of fedscreen.node/130104" in err
+    code, err = verify(fed.coordinator, config.home, copies=False)
+    assert code == 4, err
+    assert (
+        f"two different manifests claim version {first.version}: entry 0 of "
+        "fedscreen.coordinator/coordinator and entry 0 of fedscreen.node/130104"
+    ) in err
+
+
+def test_a_logged_version_n_other_than_the_auditors_is_untrusted(fed: Fed) -> None:
+    pinned = authority.current_manifest(fed.auth)
+    key = SigningKey.load(fed.auth / authority.AUTHORITY_KEY_FILE)
+    other = sign_manifest(
+        dataclasses.replace(pinned, issued_at="2030-01-01T00:00:00+00:00"), key=key
+    ).encode()
+    versions = known_versions(pinned, [])
+    owner = pinned.member("coordinator")
+    with pytest.raises(BundleUntrusted, match="the auditor's --manifest and entry 0 of o"):
+        in_force(versions, [_entry(0, other)], owner=owner, origin="o")
+
+
+def test_an_altered_manifest_inside_a_log_entry_is_that_entry_invalid(
+    fed: Fed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The entry is signed by the log's owner, so the fault is the entry's: exit 2 at its
+    index (a manifest copy the bundle carries, signed by no one else, is exit 4)."""
+    text = authority.manifest_text(fed.auth)
+    envelope = json.loads(text)
+    payload = json.loads(base64.b64decode(envelope["envelope"]["payload"]))
+    payload["issued_at"] = "2020-01-01T00:00:00+00:00"
+    envelope["envelope"]["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
+    coordinator = Coordinator.open(fed.coordinator)
+    try:
+        entry = manifest_entry(text, authority_key=coordinator.manifest.authority_key)
+        coordinator.record({**entry, "manifest": json.dumps(envelope)})
+    finally:
+        coordinator.close()
+    code, out = _audit(fed, capsys)
+    assert code == 2, out
+    assert out["index"] == 1
+    assert "entry 1:" in out["reason"]
