@@ -494,7 +494,7 @@ def test_node_with_a_skewed_clock_shows_its_offset_and_says_why_it_refuses(
     body = _verified(fed, query, run(lambda: ask(envelope)))
     assert body["missing"] == [skewed]
     reason = body["missing_reasons"][skewed]
-    assert reason.startswith("refused: clock offset +120."), reason
+    assert reason.startswith("refused: stale: clock offset +120."), reason
     assert "exceeds the tolerance of ±60 s" in reason
     # recorded in the node's own log, not only sent
     assert fed.refusals(skewed) == refusals + 1

@@ -154,6 +154,8 @@ def run_status(args: argparse.Namespace) -> int:
         )
         if link.refusing:
             print(f"  REFUSING EVERY QUERY: {link.refusing}")
+        if link.manifest_conflict:
+            print(f"  MANIFEST CONFLICT: {link.manifest_conflict}")
         print()
     rolled_back = diagnose(config)
     if rolled_back is not None:

@@ -28,17 +28,19 @@ that reason (recorded in its own log), so the release names it as missing and wh
 Trust kept current (:mod:`fedscreen.node.link`): a newer manifest in the Welcome
 or pushed down the stream (``ManifestUpdate``) is verified against the pinned
 authority key and used from the next query on, so a revoked analyst is refused
-without a restart. Each answer carries a consistency proof of the node's log from
-the size the coordinator last verified (``known_log_size``). The Welcome carries
-the coordinator's newest checkpoint with a proof from the size this node last
-verified: a coordinator whose log shrank or forked gets no answers — the node
-says so in its log and keeps redialling (with backoff) in case it is repaired.
+without a restart; one that no longer lists this node or its coordinator as
+active stops the node (nothing more answered or charged; ``link.json`` says why).
+Each answer carries a consistency proof of the node's log from the size the
+coordinator last verified (``known_log_size``). The Welcome and every
+QueryRequest carry the coordinator's newest checkpoint with a proof from the one
+this node holds: a coordinator whose log shrank or forked gets no answers (each
+query refused and recorded) — the node says so in its log and ``link.json`` and
+redials (with backoff) in case it is repaired.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,13 +51,18 @@ import grpc
 
 from fedscreen import __version__
 from fedscreen.errors import ConfigError, QueryRefused, VerificationError
-from fedscreen.node import store
-from fedscreen.node.dial import DEFAULT_NODE_LIMITS, NodeLimits, Welcomed, backoff_ms
-from fedscreen.node.engine import latest_year
+from fedscreen.node.dial import (
+    DEFAULT_NODE_LIMITS,
+    NodeLimits,
+    Welcomed,
+    backoff_ms,
+    keep_dialling,
+)
 from fedscreen.node.home import load_config
-from fedscreen.node.link import CoordinatorLog
+from fedscreen.node.link import CoordinatorLog, shown_query_id
 from fedscreen.node.status import LinkState, write_link
-from fedscreen.node.worker import QueryWorker
+from fedscreen.node.worker import QueryWorker, hello_facts
+from fedscreen.protocol.refusal import refusal_reason
 from fedscreen.rpc import clock, transport
 from fedscreen.rpc.transport import RpcFailed
 from fedscreen.trust.identity import load_identity
@@ -74,6 +81,8 @@ _log = logging.getLogger(__name__)
 
 #: longest refusal reason sent up the stream (characters)
 MAX_REASON_CHARS: Final = 300
+#: how long a stream the node ends may take to deliver the messages queued before (s)
+END_GRACE_S: Final = 2.0
 
 
 def _now_ms() -> int:
@@ -113,7 +122,12 @@ class _Agent:
         self.skew_ms = unsafe_test_clock_skew_ms
         if self.skew_ms:
             _log.warning("TEST ONLY: this node's clock is set %d ms off", self.skew_ms)
-        self.worker = QueryWorker(self.config, self.config.policy(), manifest)
+        self.worker = QueryWorker(
+            self.config, self.config.policy(), manifest, coordinator_id=self.peer_id
+        )
+        #: why every query of this session is refused: the coordinator's log went back
+        self.halted = ""
+        self.conflict = ""  # the manifest conflict last recorded in link.json
         self.sessions = 0
         #: this node's clock minus the coordinator's, from the newest Welcome (ms)
         self.offset_ms: int | None = None
@@ -125,6 +139,8 @@ class _Agent:
     def _record_link(self, *, connected: bool, refusal: str | None = None) -> None:
         """Write ``HOME/link.json`` for ``fedscreen node status``; a failure is only logged."""
         if refusal is None:
+            refusal = self.worker.ended or self.halted or None
+        if refusal is None:
             refusal = clock.clock_refusal(self.offset_ms, self.limits.clock_tolerance_ms)
         state = LinkState(
             coordinator=self.coordinator,
@@ -133,39 +149,26 @@ class _Agent:
             clock_tolerance_ms=self.limits.clock_tolerance_ms,
             updated_ms=self._now_ms(),
             refusing=refusal or "",
+            manifest_conflict=self.worker.keeper.conflict,
         )
         try:
             write_link(self.config.home, state)
         except (OSError, ConfigError) as exc:
             _log.warning("node %s: cannot record its link state: %s", self.config.node_id, exc)
 
-    def _eligible(self) -> int:
-        """The public eligible-student count the Hello announces (a quick local read)."""
-        conn = store.connect(self.config.database)
-        try:
-            return store.eligible_students(conn)
-        finally:
-            conn.close()
-
-    def _latest_year(self) -> str:
-        """The latest academic year with screenings the Hello announces (public; "" none)."""
-        conn = store.connect(self.config.database)
-        try:
-            return latest_year(conn) or ""
-        finally:
-            conn.close()
-
     async def session(self) -> None:
         """One stream from dial to end: returns when the coordinator ends it, raises if it fails."""
         node_id = self.config.node_id
         before = self.sessions
+        self._check_member()
         # everything sent up the stream goes through one queue: a stream takes one
-        # writer, and answers and heartbeats come from several tasks
-        outbox: asyncio.Queue[pb.NodeMessage] = asyncio.Queue()
+        # writer, and answers and heartbeats come from several tasks; None ends it
+        outbox: asyncio.Queue[pb.NodeMessage | None] = asyncio.Queue()
+        end = asyncio.Event()
 
         async def upstream() -> AsyncIterator[pb.NodeMessage]:
-            while True:
-                yield await outbox.get()
+            while (message := await outbox.get()) is not None:
+                yield message
 
         async def send(message: pb.NodeMessage) -> None:
             outbox.put_nowait(message)
@@ -173,23 +176,24 @@ class _Agent:
         async with transport.channel(
             self.identity, self.coordinator, peer_id=self.peer_id, limits=self.limits.transport
         ) as channel:
+            eligible, year = hello_facts(self.config.database)
             hello = pb.Hello(
                 node_id=node_id,
                 software_version=__version__,
-                eligible_students=self._eligible(),
-                latest_academic_year=self._latest_year(),
+                eligible_students=eligible,
+                latest_academic_year=year,
                 node_time_unix_ms=self._now_ms(),
                 coordinator_log_size=self.coordinator_log.known_size(self._coordinator_key()),
             )
             outbox.put_nowait(pb.NodeMessage(hello=hello))
             call = pb_grpc.NodeLinkStub(channel).Connect(upstream())
             downstream = aiter(call)
-            tasks: set[asyncio.Task[None]] = set()
+            tasks: set[asyncio.Task[object]] = set()
             try:
                 with transport.rpc_errors("node link"):
                     try:
                         welcome = await asyncio.wait_for(
-                            anext(downstream), timeout=self.limits.welcome_timeout_ms / 1000
+                            anext(downstream, None), timeout=self.limits.welcome_timeout_ms / 1000
                         )
                     except TimeoutError:
                         raise RpcFailed(
@@ -197,16 +201,10 @@ class _Agent:
                             f"no Welcome within {self.limits.welcome_timeout_ms} ms",
                             what="node link",
                         ) from None
-                    except StopAsyncIteration:
+                    if welcome is None or welcome.WhichOneof("kind") != "welcome":
                         raise RpcFailed(
                             grpc.StatusCode.UNAVAILABLE,
-                            "stream ended before Welcome",
-                            what="node link",
-                        ) from None
-                    if welcome.WhichOneof("kind") != "welcome":
-                        raise RpcFailed(
-                            grpc.StatusCode.UNAVAILABLE,
-                            "first reply is not Welcome",
+                            "the stream did not begin with a Welcome",
                             what="node link",
                         )
                     await self._check_welcome(welcome.welcome)
@@ -222,23 +220,72 @@ class _Agent:
                     statement = asyncio.create_task(self._send_statement(send))
                     tasks.add(statement)
                     statement.add_done_callback(tasks.discard)
-                    async for message in downstream:
-                        if message.WhichOneof("kind") == "query":
-                            task = asyncio.create_task(self._answer(message.query, send))
-                            tasks.add(task)
-                            task.add_done_callback(tasks.discard)
-                        elif message.WhichOneof("kind") == "manifest":
-                            # in the worker's queue: queries after it are checked against it
-                            await self._offer_manifest(bytes(message.manifest.manifest))
-                        # Cancel is advisory: a query already running finishes and is charged
-                        # once; the coordinator discards its answer, and a replay of the
-                        # query id gets the stored answer at no cost
+                    reader = asyncio.create_task(self._read(downstream, send, tasks, end))
+                    ender = asyncio.create_task(end.wait())
+                    tasks.update((reader, ender))
+                    await asyncio.wait({reader, ender}, return_when=asyncio.FIRST_COMPLETED)
+                    if reader.done():
+                        reader.result()  # the stream ended, or failed: raise that
+                    else:  # the refusals queued go first, then the node ends the stream
+                        outbox.put_nowait(None)
+                        await asyncio.wait({reader}, timeout=END_GRACE_S)
+                    self._check_member()
             finally:
                 for task in tasks:
                     task.cancel()
                 call.cancel()
                 if self.sessions > before:  # this session was welcomed; it is over now
                     self._record_link(connected=False)
+
+    async def _read(
+        self,
+        downstream: AsyncIterator[pb.CoordinatorMessage],
+        send: Callable[[pb.NodeMessage], Awaitable[None]],
+        tasks: set[asyncio.Task[object]],
+        end: asyncio.Event,
+    ) -> None:
+        """Take the coordinator's messages in order until the stream ends."""
+        async for message in downstream:
+            if message.WhichOneof("kind") == "query":
+                self._check_query_checkpoint(message.query)
+                task = asyncio.create_task(self._answer(message.query, send, end))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            elif message.WhichOneof("kind") == "manifest":
+                # in the worker's queue: queries after it are checked against it
+                await self._offer_manifest(bytes(message.manifest.manifest))
+                self._check_member()
+            # Cancel is advisory: a query running finishes and is charged once; the coordinator
+            # discards its answer, and a replay of the query id gets the stored one at no cost
+
+    def _check_member(self) -> None:
+        """Raise ConfigError (the node stops serving; recorded for ``node status``) if the
+        manifest in force no longer lists this node or its coordinator as active."""
+        reason = self.worker.membership()
+        if not reason:
+            return
+        _log.error("node %s: STOPS SERVING: %s", self.config.node_id, reason)
+        self._record_link(connected=False, refusal=reason)
+        raise ConfigError(f"node {self.config.node_id} stops serving: {reason}")
+
+    def _check_query_checkpoint(self, request: pb.QueryRequest) -> None:
+        """Verify the query's coordinator checkpoint extends the one held (then hold it);
+        a log that went back halts the session: each query in it is refused. An empty
+        checkpoint passes only while the node holds none: omitting it hides nothing.
+        """
+        if self.halted or self.worker.membership():
+            return  # already refusing every query
+        proof = [bytes(h) for h in request.coordinator_consistency_proof]
+        try:
+            self.coordinator_log.check(
+                request.coordinator_checkpoint, proof, key=self._coordinator_key()
+            )
+        except VerificationError as exc:
+            # no code fits better: the node will not work, and charges nothing
+            self.halted = refusal_reason("internal", f"the coordinator's log went back: {exc}")
+            _log.error("node %s: NOT WORKING WITH COORDINATOR %s: %s; the province must "
+                       "investigate", self.config.node_id, self.peer_id, self.halted)  # fmt: skip
+            self._record_link(connected=True)
 
     def _coordinator_key(self) -> bytes:
         return self.worker.manifest.member(self.peer_id, role="coordinator").signing_key
@@ -250,11 +297,19 @@ class _Agent:
         except (VerificationError, ConfigError) as exc:
             _log.error("node %s: the coordinator sent a manifest that does not verify: %s",
                        self.config.node_id, exc)  # fmt: skip
+            self._note_conflict()
+
+    def _note_conflict(self) -> None:
+        """Record a manifest conflict the keeper found in ``link.json`` (once)."""
+        if self.worker.keeper.conflict != self.conflict:
+            self.conflict = self.worker.keeper.conflict
+            self._record_link(connected=True)
 
     async def _check_welcome(self, welcome: pb.Welcome) -> None:
         """Adopt the Welcome's manifest if newer; refuse a coordinator whose log rolled back."""
         if welcome.manifest:
             await self._offer_manifest(bytes(welcome.manifest))
+            self._check_member()
         proof = [bytes(h) for h in welcome.coordinator_consistency_proof]
         try:
             self.coordinator_log.check(
@@ -275,6 +330,7 @@ class _Agent:
                 f"the coordinator's log does not extend the one this node saw: {exc}",
                 what="node link",
             ) from None
+        self.halted = ""  # the Welcome proved the log extends the one held
 
     def _welcomed(self, version: int, offset_ms: int | None) -> None:
         self.sessions += 1
@@ -323,9 +379,16 @@ class _Agent:
         await send(pb.NodeMessage(budget=pb.BudgetStatement(envelope=envelope)))
 
     async def _answer(
-        self, request: pb.QueryRequest, send: Callable[[pb.NodeMessage], Awaitable[None]]
+        self,
+        request: pb.QueryRequest,
+        send: Callable[[pb.NodeMessage], Awaitable[None]],
+        end: asyncio.Event,
     ) -> None:
         await self._reply(request, send)
+        self._note_conflict()  # a manifest installed in the home may be one
+        if self.worker.ended:  # a manifest installed in the home ended the membership
+            end.set()
+            return
         # made after the answer's charge committed (same worker thread, queued behind it),
         # so it reflects that charge; after a refusal it shows that nothing was charged
         await self._send_statement(send)
@@ -335,21 +398,22 @@ class _Agent:
     ) -> None:
         """Answer or refuse one query."""
         query_id = request.query_id
+        shown = shown_query_id(query_id)  # never the coordinator's raw text in a log
         # the deadline is in the coordinator's clock: read it through the offset
         coordinator_now = self._now_ms() - (self.offset_ms or 0)
-        refusal = clock.clock_refusal(self.offset_ms, self.limits.clock_tolerance_ms)
+        off = clock.clock_refusal(self.offset_ms, self.limits.clock_tolerance_ms)
+        refusal = self.halted or (off and refusal_reason("stale", off))
         if (
             refusal is None
             and request.deadline_unix_ms
             and (coordinator_now >= request.deadline_unix_ms)
         ):
             # DESIGN: do not start work that cannot be delivered in time
-            refusal = "the coordinator's deadline passed before the node could start"
-        if refusal is not None:
-            node_id = self.config.node_id
-            _log.warning("node %s refused query %s: %s", node_id, query_id[:64], refusal)
+            refusal = refusal_reason("deadline-passed", "it passed before the node could start")
+        if refusal:
+            _log.warning("node %s refused query %s: %s", self.config.node_id, shown, refusal)
             try:
-                await self.worker.refuse(query_id[:64], refusal)
+                await self.worker.refuse(shown, refusal)
             except Exception:  # the refusal still goes up: the coordinator must know why
                 _log.exception("node %s could not record a refusal", self.config.node_id)
             await send(pb.NodeMessage(refusal=pb.Refusal(query_id=query_id, reason=refusal)))
@@ -363,15 +427,16 @@ class _Agent:
                 now_ms=self._now_ms,
                 deadline_ms=deadline + (self.offset_ms or 0) if deadline else None,
                 academic_year=request.academic_year,
+                query_id=shown,
             )
         except QueryRefused as refused:
             reason = str(refused)[:MAX_REASON_CHARS]
-            _log.info("node %s refused query %s: %s", self.config.node_id, query_id[:64], reason)
+            _log.info("node %s refused query %s: %s", self.config.node_id, shown, reason)
             await send(pb.NodeMessage(refusal=pb.Refusal(query_id=query_id, reason=reason)))
             return
         except Exception:  # anything else is the node's own trouble: say so, keep serving
-            _log.exception("node %s could not answer query %s", self.config.node_id, query_id[:64])
-            reason = "the node could not answer (see its log)"
+            _log.exception("node %s could not answer query %s", self.config.node_id, shown)
+            reason = refusal_reason("internal", "the node could not answer (see its log)")
             await send(pb.NodeMessage(refusal=pb.Refusal(query_id=query_id, reason=reason)))
             return
         proof: list[bytes] = []
@@ -387,38 +452,15 @@ class _Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep a session open until ``stop`` is set; redial with backoff when one ends."""
-        attempt = 0
-        stopped = asyncio.create_task(stop.wait())
-        session: asyncio.Task[None] | None = None
         try:
-            while not stop.is_set():
-                before = self.sessions
-                session = asyncio.create_task(self.session())
-                await asyncio.wait({session, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                if not session.done():
-                    break
-                error = session.exception()
-                if error is not None and not isinstance(error, RpcFailed):
-                    raise error  # a bug or a broken home, not a network problem: stop loudly
-                if self.sessions > before:
-                    attempt = 0  # a session was welcomed: the link works, start over
-                delay = backoff_ms(attempt, limits=self.limits)
-                attempt += 1
-                _log.warning(
-                    "node %s: link to %s %s; redialling in %d ms",
-                    self.config.node_id,
-                    self.coordinator,
-                    f"failed ({error})" if error else "ended",
-                    delay,
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(stopped), timeout=delay / 1000)
+            await keep_dialling(
+                self.session,
+                lambda: self.sessions,
+                stop,
+                limits=self.limits,
+                link=f"node {self.config.node_id}: link to {self.coordinator}",
+            )
         finally:
-            stopped.cancel()
-            if session is not None and not session.done():
-                session.cancel()
-                with contextlib.suppress(asyncio.CancelledError, RpcFailed):
-                    await session
             await asyncio.get_running_loop().run_in_executor(None, self.worker.close)
 
 

@@ -27,8 +27,9 @@ from typing import Final
 from fedscreen._util.files import replace_file
 from fedscreen.crypto.envelope import ANSWER_V1, Envelope, parse_json, verify_envelope
 from fedscreen.crypto.signing import SigningKey
-from fedscreen.errors import ConfigError, MalformedNote, VerificationError
+from fedscreen.errors import ConfigError, MalformedNote, UnknownMember, VerificationError
 from fedscreen.protocol.consistency import check_extends
+from fedscreen.protocol.query import QUERY_ID_HEX
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
 from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust.identity import MANIFEST_FILE, update_manifest
@@ -36,11 +37,14 @@ from fedscreen.trust.manifest import Manifest, parse_manifest
 
 __all__ = [
     "COORDINATOR_CHECKPOINT_FILE",
+    "INVALID_QUERY_ID",
     "MAX_PUSHED_MANIFEST_BYTES",
     "Adopted",
     "CoordinatorLog",
     "ManifestKeeper",
     "answer_proof",
+    "check_membership",
+    "shown_query_id",
 ]
 
 _log = logging.getLogger(__name__)
@@ -51,6 +55,36 @@ COORDINATOR_CHECKPOINT_FILE: Final = "coordinator.checkpoint"
 MAX_PUSHED_MANIFEST_BYTES: Final = 1 << 20
 #: a saved coordinator checkpoint larger than this (bytes) is not a checkpoint
 _MAX_NOTE_BYTES: Final = 64 << 10
+#: how a query id that is not one (32 lowercase hex digits) is shown and recorded
+INVALID_QUERY_ID: Final = "(invalid id)"
+_HEX: Final = frozenset("0123456789abcdef")
+
+
+def shown_query_id(query_id: str) -> str:
+    """``query_id`` if it is one (32 lowercase hex digits), else ``"(invalid id)"``.
+
+    The coordinator's query ids reach the node's ledger, signed log and process log:
+    text of a dishonest coordinator's choosing (escapes, newlines) never does.
+    """
+    if len(query_id) == QUERY_ID_HEX and set(query_id) <= _HEX:
+        return query_id
+    return INVALID_QUERY_ID
+
+
+def check_membership(manifest: Manifest, *, node_id: str, coordinator_id: str) -> None:
+    """Raise UnknownMember unless ``node_id`` is an active node and ``coordinator_id``
+    the active coordinator in ``manifest`` (a node neither answers nor pays ε otherwise).
+    """
+    try:
+        manifest.member(node_id, role="node")
+    except UnknownMember as exc:
+        raise UnknownMember(f"this node is no longer in manifest version "
+                            f"{manifest.version}: {exc}") from None  # fmt: skip
+    try:
+        manifest.member(coordinator_id, role="coordinator")
+    except UnknownMember as exc:
+        raise UnknownMember(f"the coordinator is no longer in manifest version "
+                            f"{manifest.version}: {exc}") from None  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -75,6 +109,8 @@ class ManifestKeeper:
         self._stamp = self._file_stamp()
         #: the file of the manifest in force, verbatim (None: the file changed meanwhile)
         self._text: bytes | None = None
+        #: a second, different manifest with the version in force, if one was seen
+        self.conflict = ""
         try:
             text = self._path.read_bytes()
             if parse_manifest(text, authority_key=manifest.authority_key) == manifest:
@@ -111,6 +147,10 @@ class ManifestKeeper:
             _log.error("the manifest file in %s does not verify; still using version %d: %s",
                        self.home, self.current.version, exc)  # fmt: skip
             return None
+        try:
+            self._same_version(manifest, "installed in the home")
+        except VerificationError:
+            return None  # logged; the manifest in force stays
         return self._newer(manifest, text, "installed in the home")
 
     def offer(self, text: bytes) -> Adopted | None:
@@ -122,6 +162,7 @@ class ManifestKeeper:
         if len(text) > MAX_PUSHED_MANIFEST_BYTES:
             raise VerificationError(f"a pushed manifest is over {MAX_PUSHED_MANIFEST_BYTES} bytes")
         manifest = parse_manifest(text, authority_key=self.current.authority_key)
+        self._same_version(manifest, "sent by the coordinator")
         if manifest.version <= self.current.version:
             if manifest.version < self.current.version:
                 _log.warning("the coordinator sent manifest version %d; version %d is in force",
@@ -132,6 +173,20 @@ class ManifestKeeper:
         installed = update_manifest(self.home, text)
         self._stamp = self._file_stamp()
         return self._newer(installed, text, "sent by the coordinator")
+
+    def _same_version(self, manifest: Manifest, how: str) -> None:
+        """Raise VerificationError (logged at error level, kept in ``conflict``) if
+        ``manifest`` has the version in force but other content: the authority signed
+        two manifests with one version, a fork the province must investigate."""
+        if manifest.version != self.current.version or manifest == self.current:
+            return
+        self.conflict = (
+            f"a manifest {how} is version {manifest.version} too, but differs from the "
+            "one in force: the authority signed two manifests with one version"
+        )
+        _log.error("MANIFEST CONFLICT in %s: %s; still using the one in force",
+                   self.home, self.conflict)  # fmt: skip
+        raise VerificationError(self.conflict)
 
     def _newer(self, manifest: Manifest, text: bytes, how: str) -> Adopted | None:
         if manifest.version <= self.current.version:

@@ -87,6 +87,8 @@ class LinkState:
     updated_ms: int
     #: why this node refuses every query, or "" if it does not
     refusing: str = ""
+    #: a manifest with the version in force but other content, refused ("" none seen)
+    manifest_conflict: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """JSON form (the file's content)."""
@@ -97,6 +99,7 @@ class LinkState:
             "clock_tolerance_ms": self.clock_tolerance_ms,
             "updated_unix_ms": self.updated_ms,
             "refusing": self.refusing,
+            "manifest_conflict": self.manifest_conflict,
         }
 
 
@@ -118,6 +121,7 @@ def read_link(home: Path) -> LinkState | None:
             clock_tolerance_ms=int(doc["clock_tolerance_ms"]),
             updated_ms=int(doc["updated_unix_ms"]),
             refusing=str(doc.get("refusing", "")),
+            manifest_conflict=str(doc.get("manifest_conflict", "")),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None

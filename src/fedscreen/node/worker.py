@@ -16,24 +16,37 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from fedscreen._util.sqlite import transaction
+from fedscreen.errors import QueryRefused, UnknownMember
 from fedscreen.node import store
-from fedscreen.node.engine import record_refusal
+from fedscreen.node.engine import latest_year, record_refusal
 from fedscreen.node.home import NodeConfig
-from fedscreen.node.link import Adopted, ManifestKeeper, answer_proof
+from fedscreen.node.link import Adopted, ManifestKeeper, answer_proof, check_membership
 from fedscreen.node.requests import handle_query
 from fedscreen.node.rollback import CheckpointGuard
 from fedscreen.node.statement import sign_statement, statement_body
 from fedscreen.policy import Policy
+from fedscreen.protocol.refusal import refusal_reason
 from fedscreen.tlog import memberlog
 from fedscreen.trust.manifest import Manifest, manifest_entry
 
-__all__ = ["QueryWorker"]
+__all__ = ["QueryWorker", "hello_facts"]
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def hello_facts(database: Path) -> tuple[int, str]:
+    """The eligible-student count and latest academic year ("" none) a Hello announces
+    (public numbers; a quick read on a connection of its own)."""
+    conn = store.connect(database)
+    try:
+        return store.eligible_students(conn), latest_year(conn) or ""
+    finally:
+        conn.close()
 
 
 class QueryWorker:
@@ -43,8 +56,13 @@ class QueryWorker:
     anyway, so queries at one node run one at a time whatever the thread count.
     """
 
-    def __init__(self, config: NodeConfig, policy: Policy, manifest: Manifest) -> None:
+    def __init__(
+        self, config: NodeConfig, policy: Policy, manifest: Manifest, *, coordinator_id: str
+    ) -> None:
         self.config = config
+        self.coordinator_id = coordinator_id
+        #: why this node serves no more (it or its coordinator left the manifest); "" serving
+        self.ended = ""
         self.policy = policy
         self.keeper = ManifestKeeper(config.home, manifest)
         self._executor = ThreadPoolExecutor(
@@ -91,6 +109,18 @@ class QueryWorker:
         self._adopt(self.keeper.offer(text))
         return self.manifest.version
 
+    def membership(self) -> str:
+        """Why this node serves no more, "" while it does: set for good once the manifest
+        in force no longer lists it or its coordinator as active (revocation is final)."""
+        if not self.ended:
+            try:
+                check_membership(
+                    self.manifest, node_id=self.config.node_id, coordinator_id=self.coordinator_id
+                )
+            except UnknownMember as exc:
+                self.ended = str(exc)
+        return self.ended
+
     def _proof(self, answer: bytes, known_size: int) -> list[bytes]:
         conn = self._connection()
         return answer_proof(
@@ -103,9 +133,14 @@ class QueryWorker:
         now_ms: Callable[[], int],
         deadline_ms: int | None,
         academic_year: str = "",
+        query_id: str = "",
     ) -> bytes:
         # a manifest installed in the home since the last query is in force for this one
         self._adopt(self.keeper.check_file())
+        if self.membership():  # answer nothing, pay nothing: the membership this relied on is gone
+            reason = refusal_reason("revoked", self.ended)
+            self._refuse(query_id, reason)
+            raise QueryRefused(reason)
         conn = self._connection()
         try:
             return handle_query(
@@ -148,6 +183,7 @@ class QueryWorker:
         now_ms: Callable[[], int],
         deadline_ms: int | None = None,
         academic_year: str = "",
+        query_id: str = "",
     ) -> bytes:
         """The signed answer envelope; raises QueryRefused (already recorded by the node).
 
@@ -157,7 +193,7 @@ class QueryWorker:
         """
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._executor, self._answer, envelope, now_ms, deadline_ms, academic_year
+            self._executor, self._answer, envelope, now_ms, deadline_ms, academic_year, query_id
         )
 
     async def consistency_proof(self, answer: bytes, known_size: int) -> list[bytes]:

@@ -8,26 +8,42 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fedscreen.analyst.query import make_query
 from fedscreen.coordinator.core import init_coordinator
 from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
 from fedscreen.crypto.signing import SigningKey
-from fedscreen.errors import ConfigError, QueryRefused, VerificationError
+from fedscreen.errors import ConfigError, QueryRefused, UnknownMember, VerificationError
 from fedscreen.node import store
+from fedscreen.node.agent import _Agent
+from fedscreen.node.dial import DEFAULT_NODE_LIMITS
 from fedscreen.node.home import NodeConfig, init_home
-from fedscreen.node.link import COORDINATOR_CHECKPOINT_FILE, CoordinatorLog, ManifestKeeper
+from fedscreen.node.link import (
+    COORDINATOR_CHECKPOINT_FILE,
+    INVALID_QUERY_ID,
+    CoordinatorLog,
+    ManifestKeeper,
+    check_membership,
+    shown_query_id,
+)
+from fedscreen.node.status import read_link
 from fedscreen.node.worker import QueryWorker
 from fedscreen.tlog import memberlog
 from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust import authority
 from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
+from fedscreen.v1 import federation_pb2 as pb
 
 NODE = "130102"
 COORDINATOR = "coordinator"
@@ -151,7 +167,7 @@ def test_the_worker_logs_each_manifest_version_it_uses_once(homes: Homes) -> Non
     start = load_identity(config.home).manifest()
 
     async def scenario() -> list[int]:
-        worker = QueryWorker(config, config.policy(), start)
+        worker = QueryWorker(config, config.policy(), start, coordinator_id=COORDINATOR)
         try:
             await worker.statement()  # opens the database: the version in force is logged
             authority.revoke(homes.auth, "alice")
@@ -241,7 +257,12 @@ def test_a_manifest_placed_in_the_home_is_in_force_for_the_next_query(homes: Hom
     )
 
     async def scenario() -> str:
-        worker = QueryWorker(config, config.policy(), load_identity(config.home).manifest())
+        worker = QueryWorker(
+            config,
+            config.policy(),
+            load_identity(config.home).manifest(),
+            coordinator_id=COORDINATOR,
+        )
         try:
             await worker.statement()
             authority.revoke(homes.auth, "alice")
@@ -257,3 +278,206 @@ def test_a_manifest_placed_in_the_home_is_in_force_for_the_next_query(homes: Hom
     assert _charges(config) == 0
     version = load_identity(config.home).manifest().version
     assert _manifest_versions(config)[-1] == version
+
+
+def _refusals(config: NodeConfig) -> list[tuple[str, str]]:
+    conn = store.connect(config.database)
+    try:
+        rows = conn.execute("SELECT query, reason FROM query_refusal ORDER BY refusal_id")
+        return [(str(q), str(r)) for q, r in rows]
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------- query ids (A7a)
+
+
+@given(st.text(max_size=80))
+def test_a_query_id_is_shown_only_if_it_is_one(text: str) -> None:
+    shown = shown_query_id(text)
+    assert shown in (text, INVALID_QUERY_ID)
+    assert shown == INVALID_QUERY_ID or re.fullmatch(r"[0-9a-f]{32}", shown)
+
+
+def test_a_real_query_id_is_shown_as_is() -> None:
+    assert shown_query_id("0123456789abcdef" * 2) == "0123456789abcdef" * 2
+    assert shown_query_id("0123456789ABCDEF" * 2) == INVALID_QUERY_ID
+    assert shown_query_id("\x1b[2J\nCRITICAL forged" + "a" * 16) == INVALID_QUERY_ID
+
+
+# ---------------------------------------------------------------- forks and membership (T7, T2)
+
+
+def _forked(homes: Homes, tmp_path: Path) -> tuple[bytes, bytes]:
+    """Two manifests the authority signed with one version number, revoking different members."""
+    shutil.copytree(homes.auth, tmp_path / "auth-copy")
+    authority.revoke(homes.auth, "alice")
+    authority.revoke(tmp_path / "auth-copy", COORDINATOR)
+    return (
+        authority.manifest_text(homes.auth).encode(),
+        authority.manifest_text(tmp_path / "auth-copy").encode(),
+    )
+
+
+def test_a_second_manifest_with_the_version_in_force_is_refused_loudly(
+    homes: Homes, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = _forked(homes, tmp_path)
+    keeper = _keeper(homes)
+    assert keeper.offer(first) is not None
+    version = keeper.current.version
+    assert keeper.offer(first) is None  # the same one again: nothing to say
+    assert keeper.conflict == ""
+    with caplog.at_level(logging.ERROR), pytest.raises(VerificationError, match="two manifests"):
+        keeper.offer(second)
+    assert "MANIFEST CONFLICT" in caplog.text
+    assert "two manifests with one version" in keeper.conflict
+    assert keeper.current.version == version
+    assert COORDINATOR in keeper.current.active("coordinator")
+    assert (homes.node.home / "manifest.json").read_bytes() == first
+
+
+def test_a_forked_manifest_installed_in_the_home_is_not_used(homes: Homes, tmp_path: Path) -> None:
+    first, second = _forked(homes, tmp_path)
+    keeper = _keeper(homes)
+    assert keeper.offer(first) is not None
+    (homes.node.home / "manifest.json").write_bytes(second)  # past update-manifest's checks
+    assert keeper.check_file() is None
+    assert "two manifests" in keeper.conflict
+    assert COORDINATOR in keeper.current.active("coordinator")
+
+
+def test_membership_needs_this_node_and_its_coordinator_active(homes: Homes) -> None:
+    manifest = load_identity(homes.node.home).manifest()
+    check_membership(manifest, node_id=NODE, coordinator_id=COORDINATOR)
+    with pytest.raises(UnknownMember, match="the coordinator is no longer"):
+        check_membership(manifest, node_id=NODE, coordinator_id="alice")
+    without_coordinator = authority.revoke(homes.auth, COORDINATOR)
+    with pytest.raises(UnknownMember, match="the coordinator is no longer"):
+        check_membership(without_coordinator, node_id=NODE, coordinator_id=COORDINATOR)
+    without_node = authority.revoke(homes.auth, NODE)
+    with pytest.raises(UnknownMember, match="this node is no longer"):
+        check_membership(without_node, node_id=NODE, coordinator_id=COORDINATOR)
+
+
+@pytest.mark.parametrize("revoked", [NODE, COORDINATOR])
+def test_a_node_whose_membership_ended_answers_nothing_and_pays_nothing(
+    homes: Homes, revoked: str
+) -> None:
+    """A manifest placed in the home (not through update-manifest) that revokes the node
+    itself or its coordinator: the next query is refused, recorded, and nothing charged."""
+    config = homes.node
+    _, envelope = make_query(
+        homes.auth.parent / "alice", "SELECT COUNT(*) FROM screenings", epsilon=0.5, accuracy=None
+    )
+    query_id = "ab" * 16
+
+    async def scenario() -> tuple[str, str]:
+        worker = QueryWorker(
+            config,
+            config.policy(),
+            load_identity(config.home).manifest(),
+            coordinator_id=COORDINATOR,
+        )
+        try:
+            await worker.statement()
+            assert worker.membership() == ""
+            authority.revoke(homes.auth, revoked)
+            (config.home / "manifest.json").write_text(authority.manifest_text(homes.auth))
+            with pytest.raises(QueryRefused) as refused:
+                await worker.answer(
+                    envelope, now_ms=lambda: int(time.time() * 1000), query_id=query_id
+                )
+            return str(refused.value), worker.membership()
+        finally:
+            worker.close()
+
+    reason, ended = asyncio.run(scenario())
+    assert reason.startswith("revoked: ")
+    assert ended in reason
+    assert "no longer" in ended
+    assert _charges(config) == 0
+    [(query, recorded)] = _refusals(config)
+    assert query == query_id
+    assert "no longer" in recorded
+
+
+# ---------------------------------------------------------------- each query's checkpoint (T3)
+
+
+def _agent(config: NodeConfig) -> _Agent:
+    # never dialled here: the checks under test run on what a QueryRequest carries
+    return _Agent(
+        config.home,
+        "127.0.0.1:1",
+        coordinator_id=COORDINATOR,
+        limits=DEFAULT_NODE_LIMITS,
+        on_welcome=None,
+        unsafe_test_answer_delay_ms=0,
+        unsafe_test_clock_skew_ms=0,
+    )
+
+
+def test_a_query_from_a_coordinator_whose_log_went_back_is_refused_and_recorded(
+    homes: Homes,
+) -> None:
+    config = homes.node
+    key = load_identity(homes.coordinator).signing_key()
+    tree = CoordinatorTree(sqlite3.connect(":memory:"), key)
+    _, envelope = make_query(
+        homes.auth.parent / "alice", "SELECT COUNT(*) FROM screenings", epsilon=0.5, accuracy=None
+    )
+    agent = _agent(config)
+    welcomed = tree.grow(3)
+    agent.coordinator_log.check(welcomed, [], key=key.public_key)  # as at the Welcome
+    grown = tree.grow(2)
+    request = pb.QueryRequest(
+        query_id="\x1b[31m\nCRITICAL forged line",
+        query_envelope=envelope,
+        coordinator_checkpoint=grown,
+        coordinator_consistency_proof=tree.proof(3),
+    )
+    agent._check_query_checkpoint(request)
+    assert agent.halted == ""
+    assert agent.coordinator_log.known_size(key.public_key) == 5  # advanced
+    # the coordinator's database put back to the Welcome's time
+    del request.coordinator_consistency_proof[:]
+    request.coordinator_checkpoint = welcomed
+    agent._check_query_checkpoint(request)
+    assert "went back" in agent.halted
+    assert agent.coordinator_log.known_size(key.public_key) == 5
+    sent: list[pb.NodeMessage] = []
+
+    async def send(message: pb.NodeMessage) -> None:
+        sent.append(message)
+
+    async def reply() -> None:
+        try:
+            await agent._reply(request, send)
+        finally:
+            agent.worker.close()
+
+    asyncio.run(reply())
+    [message] = sent
+    assert "went back" in message.refusal.reason
+    assert _charges(config) == 0
+    [(query, reason)] = _refusals(config)
+    assert query == INVALID_QUERY_ID  # never the coordinator's raw text
+    assert "went back" in reason
+    link = read_link(config.home)
+    assert link is not None
+    assert "went back" in link.refusing
+
+
+def test_a_query_without_a_checkpoint_is_refused_once_the_node_holds_one(homes: Homes) -> None:
+    key = load_identity(homes.coordinator).signing_key()
+    tree = CoordinatorTree(sqlite3.connect(":memory:"), key)
+    agent = _agent(homes.node)
+    try:
+        agent._check_query_checkpoint(pb.QueryRequest(query_id="ab" * 16))
+        assert agent.halted == ""  # a coordinator with an empty log, none held
+        agent.coordinator_log.check(tree.grow(2), [], key=key.public_key)
+        agent._check_query_checkpoint(pb.QueryRequest(query_id="ab" * 16))
+        assert "went back" in agent.halted
+    finally:
+        agent.worker.close()
