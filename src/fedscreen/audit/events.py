@@ -10,8 +10,9 @@
 * A coordinator's ``quarantine`` entry holds the evidence (two checkpoints the
   node signed: the one the coordinator held and the one it presented); a
   ``readmit`` entry ends a quarantine. The auditor checks the evidence is signed
-  by the node, that a readmission follows a quarantine, and (in ``verify``) that
-  no release uses a quarantined node's answer.
+  by the node (its key in force, or an older key it held: a re-keyed node), that a
+  readmission follows a quarantine, and (in ``verify``) that no release uses a
+  quarantined node's answer.
 
 Nothing here does I/O.
 """

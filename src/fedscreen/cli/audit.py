@@ -34,14 +34,18 @@ Verify an audit bundle offline against the federation manifest.
 exit codes:
   0  valid: every signature, checkpoint root, the history and the ε sums check out
   2  an entry fails: its signature, its format, or its content (ε over budget,
-     sums that do not add up); the first bad index and the reason are printed
+     sums that do not add up, a manifest it logs that fails the authority's
+     signature or chain, a query or release dated more than the freshness window
+     after a known version revoked its signer); the first bad index and the
+     reason are printed
   3  the history is inconsistent: rollback, truncation, reordering, or a fork
      against the trusted checkpoint; the conflicting signed checkpoints are
      written as evidence files
   4  the bundle cannot be trusted: manifest or checkpoint signature invalid
      (any manifest copy the bundle carries is checked against your manifest's
-     authority key), a broken manifest chain, unknown key or member, malformed
-     note or file
+     authority key), a broken manifest chain, two different manifests with one
+     version number anywhere in the bundle (both places named), unknown key or
+     member, malformed note or file
 
 Each entry is checked against the manifest version in force when it was logged
 (the logs record each version they start using), so an old log still verifies
