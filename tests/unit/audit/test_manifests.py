@@ -13,14 +13,23 @@ import dataclasses
 import json
 import re
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fedscreen._util.sqlite import transaction
 from fedscreen.analyst.query import make_query
-from fedscreen.audit.manifests import in_force, known_versions
+from fedscreen.audit.manifests import (
+    Versions,
+    check_not_revoked,
+    in_force,
+    iso_ms,
+    known_versions,
+)
 from fedscreen.cli.main import main
 from fedscreen.coordinator.core import Coordinator, init_coordinator
 from fedscreen.crypto.signing import SigningKey
@@ -31,7 +40,13 @@ from fedscreen.tlog import memberlog
 from fedscreen.trust import authority
 from fedscreen.trust.history import read_history
 from fedscreen.trust.identity import create_identity, issue_here, update_manifest
-from fedscreen.trust.manifest import manifest_entry, parse_manifest, sign_manifest
+from fedscreen.trust.manifest import (
+    Manifest,
+    Member,
+    manifest_entry,
+    parse_manifest,
+    sign_manifest,
+)
 
 SQL = "SELECT sex, COUNT(*) FROM screenings WHERE academic_year = '2024-2025' GROUP BY sex"
 ANALYST = "analyst-1"
@@ -352,3 +367,86 @@ def test_an_altered_manifest_inside_a_log_entry_is_that_entry_invalid(
     assert code == 2, out
     assert out["index"] == 1
     assert "entry 1:" in out["reason"]
+
+
+# ------------------------------------------------------------- re-keyed in place
+
+
+def test_a_member_rekeyed_in_place_signs_on_with_its_new_key(fed: Fed) -> None:
+    """``pki issue --replace`` gives the coordinator a new key in the next version: the
+    entry logging that version, and those after it, are signed with the new key;
+    an entry signed with the old key after that version is refused."""
+    history = _versions(fed)
+    old = history[-1][0]
+    new_key = SigningKey.generate().public_key
+    key = SigningKey.load(fed.auth / authority.AUTHORITY_KEY_FILE)
+    members = tuple(
+        dataclasses.replace(m, signing_key=new_key) if m.id == "coordinator" else m
+        for m in old.members
+    )
+    rekeyed = sign_manifest(
+        dataclasses.replace(
+            old, version=old.version + 1, members=members, previous_sha256=old.digest
+        ),
+        key=key,
+    ).encode()
+    versions = known_versions(parse_manifest(rekeyed), [history[-1][1]])
+    was, now = old.member("coordinator"), parse_manifest(rekeyed).member("coordinator")
+    payloads = [_entry(0, history[-1][1]), b"{}", _entry(2, rekeyed), b"{}"]
+    schedule = in_force(versions, payloads, owner=now, origin="o", signers=[was, was, now, now])
+    assert schedule.at(3).version == old.version + 1
+    with pytest.raises(EntryInvalid, match="revoked coordinator's key") as caught:
+        in_force(versions, payloads, owner=now, origin="o", signers=[was, was, now, was])
+    assert caught.value.index == 3
+
+
+# ---------------------------------------------------- signatures dated after revocation
+
+_MINUTE = 60_000
+_WINDOW = 5 * _MINUTE
+
+
+def _timeline(flags: list[bool], gaps: list[int]) -> tuple[Versions, Member]:
+    """Version 0 lists the member; version i (1..) lists it iff ``flags[i-1]``, issued
+    ``gaps`` minutes after the version before (from 2026-01-01T00:00Z)."""
+    member = Member("a", "analyst", "A", SigningKey.generate().public_key, "00" * 32)
+    authority_key = SigningKey.generate().public_key
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    by_version, minutes = {}, 0
+    for version, (listed, gap) in enumerate(zip([True, *flags], [0, *gaps], strict=True)):
+        minutes += gap
+        issued = (start + timedelta(minutes=minutes)).isoformat(timespec="seconds")
+        members = (member,) if listed else ()
+        by_version[version] = Manifest("f", version, issued, authority_key, members)
+    return Versions(authority_key, by_version), member
+
+
+def _issued(versions: Versions, version: int) -> int:
+    return iso_ms(versions.by_version[version].issued_at)
+
+
+@given(
+    flags=st.lists(st.booleans(), min_size=1, max_size=6),
+    data=st.data(),
+)
+def test_revocation_by_time_invariants(flags: list[bool], data: st.DataObject) -> None:
+    gaps = data.draw(st.lists(st.integers(0, 20), min_size=len(flags), max_size=len(flags)))
+    versions, member = _timeline(flags, gaps)
+    at_ms = _issued(versions, 0) + data.draw(st.integers(-10, 200)) * _MINUTE // 2
+
+    def refused() -> bool:
+        try:
+            check_not_revoked(
+                versions, member, since=0, at_ms=at_ms, window_ms=_WINDOW, what="a query"
+            )
+        except VerificationError:
+            return True
+        return False
+
+    revoking = [v for v, listed in enumerate(flags, 1) if not listed]
+    if not revoking or at_ms <= _issued(versions, revoking[0]) + _WINDOW:
+        # never revoked, or signed before anyone could know of it (clocks differ)
+        assert not refused()
+    elif not flags[-1] and _issued(versions, len(flags)) + _WINDOW < at_ms:
+        # revoked and never re-admitted, long before it signed
+        assert refused()
