@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from fedscreen.crypto.signing import public_key_id
@@ -20,12 +21,13 @@ from fedscreen.trust.identity import (
     CERT_FILE,
     MANIFEST_FILE,
     SIGNING_KEY_FILE,
+    check_update,
     create_identity,
     install_issued,
     load_identity,
     update_manifest,
 )
-from fedscreen.trust.manifest import ROLES
+from fedscreen.trust.manifest import ROLES, show_id
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,6 +63,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     update.add_argument("--home", type=Path, required=True)
     update.add_argument("--manifest", type=Path, required=True, help="the new manifest.json")
+    update.add_argument(
+        "--accept-own-revocation",
+        action="store_true",
+        help="install it even if it revokes this member (which then must stop serving)",
+    )
     update.set_defaults(func=run_update_manifest)
 
     show = id_sub.add_parser("show", help="this member's id, key id and certificate status")
@@ -106,15 +113,25 @@ def run_install(args: argparse.Namespace) -> int:
 
 
 def run_update_manifest(args: argparse.Namespace) -> int:
-    """``fedscreen identity update-manifest``."""
+    """``fedscreen identity update-manifest``: exit 2, nothing installed, if the manifest
+    revokes this member itself (unless ``--accept-own-revocation``: installed, exit 2)."""
     text = read_public_file(args.manifest, max_bytes=MAX_MANIFEST_BYTES)
-    manifest = update_manifest(args.home, text)
     identity = load_identity(args.home)
+    manifest = check_update(args.home, text)
+    active = identity.member_id in manifest.active(identity.role)
+    shown = show_id(identity.member_id)
+    if not active and not args.accept_own_revocation:
+        print(
+            f"error: manifest version {manifest.version} revokes this {identity.role} "
+            f"({shown}) itself; not installed. A revoked member must stop serving; pass "
+            "--accept-own-revocation only to retire this home",
+            file=sys.stderr,
+        )
+        return 2
+    manifest = update_manifest(args.home, text)
     print(f"installed manifest version {manifest.version}")
-    try:
-        manifest.member(identity.member_id, role=identity.role)
-    except UnknownMember:
-        print(f"warning: {identity.member_id} is not an active member in this manifest")
+    if not active:
+        print(f"warning: {shown} is not an active member in this manifest")
         return 2
     return 0
 

@@ -202,6 +202,8 @@ class ManifestWatch:
         #: the manifest file of ``version``, verbatim (nodes verify it themselves)
         self.data = core.core.identity.manifest_path.read_bytes()
         self._lock = asyncio.Lock()
+        if self.revoked:
+            _log.error("this coordinator is revoked in the manifest installed; it takes no query")
 
     async def current(self) -> bytes:
         """The manifest file now installed (after pushing it, if it is new)."""
@@ -213,7 +215,21 @@ class ManifestWatch:
                 self._push(version, data, frozenset(active))
             return self.data
 
+    @property
+    def revoked(self) -> bool:
+        """True once the manifest in force revokes this coordinator itself."""
+        return self.core.core.revoked
+
     def _push(self, version: int, data: bytes, active: frozenset[str]) -> None:
+        if self.revoked:
+            # a revoked coordinator must not relay: every stream ends, no Hello is taken
+            _log.error(
+                "this coordinator is revoked in manifest version %d; it takes no query "
+                "and closes every node stream",
+                version,
+            )
+            self.sessions.close_all("the coordinator is revoked by the federation manifest")
+            return
         _log.info("manifest version %d installed; pushing it to the nodes", version)
         for session in self.sessions.live():
             if session.node_id not in active:

@@ -122,6 +122,8 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
         """Authenticate, take the Hello, then push queries until the stream ends."""
         # the newest manifest installed: a member revoked a moment ago is refused now
         manifest_file = await self.watch.current()
+        if self.watch.revoked:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "this coordinator is revoked")
         manifest = self.core.core.manifest
         member = await transport.authenticate(context, manifest, roles={"node"})
         incoming = aiter(request_iterator)

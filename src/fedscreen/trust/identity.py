@@ -60,7 +60,14 @@ from fedscreen.trust.certs import (
 from fedscreen.trust.history import HISTORY_DIR, MAX_MANIFEST_BYTES, keep_version
 from fedscreen.trust.manifest import Manifest, check_successor, parse_manifest
 
-__all__ = ["Identity", "create_identity", "install_issued", "load_identity", "update_manifest"]
+__all__ = [
+    "Identity",
+    "check_update",
+    "create_identity",
+    "install_issued",
+    "load_identity",
+    "update_manifest",
+]
 
 SIGNING_KEY_FILE: Final = "signing.key"
 TLS_KEY_FILE: Final = "tls.key"
@@ -330,20 +337,30 @@ def install_issued(
 def update_manifest(home: Path, manifest_text: str | bytes) -> Manifest:
     """Install a newer manifest (e.g. after a revocation); returns it.
 
+    It must pass :func:`check_update`. It may mark this member revoked (a running
+    node adopts what it is pushed); the operator's command refuses that unless told.
+    """
+    identity = load_identity(home)
+    manifest = check_update(home, manifest_text)
+    _install_manifest(identity, manifest, manifest_text)
+    return manifest
+
+
+def check_update(home: Path, manifest_text: str | bytes) -> Manifest:
+    """The manifest ``update_manifest`` would install, verified; raises, installs nothing.
+
     It must verify under the pinned authority key, name the installed CA, not be
     older than the installed manifest and, when it is the next version, name the
     installed one as its predecessor (a rollback or a forked history is refused).
     A jump over versions is accepted on the authority's signature alone: the
     versions skipped are not here to check the links against (the auditor, who
-    gets the whole history, checks them). It may mark this member revoked.
+    gets the whole history, checks them).
     """
     identity = load_identity(home)
     if _pinned_key(identity.home) is None or not identity.ca_path.is_file():
         raise ConfigError(f"{home}: not issued yet: run fedscreen pki issue")
     ca_sha = cert_sha256(read_public_file(identity.ca_path))
-    manifest = _check_manifest(identity, manifest_text, ca_sha256=ca_sha)
-    _install_manifest(identity, manifest, manifest_text)
-    return manifest
+    return _check_manifest(identity, manifest_text, ca_sha256=ca_sha)
 
 
 def _check_manifest(identity: Identity, text: str | bytes, *, ca_sha256: str) -> Manifest:

@@ -225,3 +225,26 @@ def test_an_adopted_signing_key_must_be_private(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="chmod 600"):
         create_identity(home, member_id="130102", role="node", name="a")
     assert sorted(p.name for p in home.iterdir()) == ["signing.key"]
+
+
+def test_update_manifest_cli_refuses_one_that_revokes_this_member(
+    auth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Finding T2: the operator's command does not silently retire its own member."""
+    from fedscreen.cli.main import main
+
+    ident = create_identity(tmp_path / "c", member_id="province", role="coordinator", name="p")
+    install_issued(ident.home, *issued(auth, ident))
+    before = (ident.home / "manifest.json").read_bytes()
+    authority.revoke(auth, "province")
+    path = tmp_path / "v2.json"
+    path.write_text(authority.manifest_text(auth), encoding="utf-8")
+    args = ["identity", "update-manifest", "--home", str(ident.home), "--manifest", str(path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "revokes this coordinator ('province') itself; not installed" in err
+    assert "Traceback" not in err
+    assert (ident.home / "manifest.json").read_bytes() == before  # nothing installed
+    assert main([*args, "--accept-own-revocation"]) == 2  # installed, and said so
+    assert "not an active member" in capsys.readouterr().out
+    assert ident.manifest().version == 2
