@@ -319,7 +319,8 @@ def _check_cells(body: AnswerBody, catalogue: Policy, *, node_id: str) -> None:
         half = mechanisms.half_width(body.scale or 0.0)
         for cell in body.cells:
             value = cell.value if isinstance(cell.value, int) else 0
-            if (cell.lower, cell.upper) != (value - half, value + half):
+            # as floats, as parsed: beyond 2^53 a stated integer bound is rounded too
+            if (cell.lower, cell.upper) != (float(value - half), float(value + half)):
                 raise VerificationError(
                     f"the answer from {node_id} states another interval than its noise gives"
                 )

@@ -241,6 +241,25 @@ def test_a_count_restated_as_a_nearby_float_is_refused(shift: float) -> None:
         check_release(body, _query(), answers, public=False)
 
 
+def test_a_huge_count_cannot_be_shifted_within_the_float_tolerance() -> None:
+    query = _query()
+    answers = {}
+    for node in NODES:
+        body = _honest(node)
+        half, big = mechanisms.half_width(body["scale"]), 2**61
+        body["cells"] = [{"group": ["M"], "value": big, "lower": big - half, "upper": big + half}]
+        answers[node] = _verify(body, query, node=node)
+    release = release_body(
+        coordinator_id="coord", query=query, answers=answers, missing=[],
+        targeted=sorted(NODES), threshold=THRESHOLD, public=False,
+    )  # fmt: skip
+    verified = [a for _, a in answers.values()]
+    check_release(release, query, verified, public=False)
+    release["province"][0]["value"] = float(2**62) + 4e9  # ~1e-9 relative
+    with pytest.raises(VerificationError, match="not the combination"):
+        check_release(release, query, verified, public=False)
+
+
 @given(st.integers(min_value=-(2**62), max_value=2**62), st.floats(allow_nan=False))
 @settings(max_examples=200)
 def test_an_integer_equals_a_float_only_when_exactly_equal(whole: int, stated: float) -> None:
