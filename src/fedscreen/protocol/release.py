@@ -321,9 +321,11 @@ def _population(value: object) -> Mapping[str, Any] | None:
         count = value.get(name)
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise TypeError(f"population {name} must be a whole number")
-    share = value.get("share")
-    if share is not None:
-        _share(share, "population share")
+    answered, targeted = value["eligible_answered"], value["eligible_targeted"]
+    # the eligible counts come from the coordinator's school tables (not re-checkable
+    # here), but the share must be theirs, as ``population`` computes it
+    if answered > targeted or value.get("share") != (answered / targeted if targeted else None):
+        raise TypeError("population share must be eligible_answered / eligible_targeted")
     unknown = value.get("unknown", [])
     _ids(unknown, "population unknown")
     return value

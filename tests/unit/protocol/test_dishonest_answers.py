@@ -304,10 +304,20 @@ def test_a_release_must_state_the_coverage_its_nodes_give() -> None:
 
 @pytest.mark.parametrize(
     "population",
-    ["x", {"share": "x", "eligible_answered": []}, {"eligible_answered": 1}, [1]],
+    [
+        "x",
+        [1],
+        {"share": "x", "eligible_answered": []},
+        {"eligible_answered": 1},
+        {"eligible_answered": 10, "eligible_targeted": 10, "share": 0.5, "unknown": []},
+        {"eligible_answered": 20, "eligible_targeted": 10, "share": 2.0, "unknown": []},
+        {"eligible_answered": 5, "eligible_targeted": 10, "share": 0.5, "unknown": [1]},
+    ],
 )
 def test_a_release_with_a_malformed_population_is_refused(population: Any) -> None:
     body, answers = _release()
+    fine = {"eligible_answered": 5, "eligible_targeted": 10, "share": 0.5, "unknown": []}
+    check_release({**body, "population": fine}, _query(), answers, public=False)
     with pytest.raises(VerificationError, match="malformed release"):
         check_release({**body, "population": population}, _query(), answers, public=False)
 
