@@ -90,6 +90,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     rec.add_argument(
         "--reason", required=True, help=f"why (logged; at most {MAX_REASON_CHARS} characters)"
     )
+    rec.add_argument(
+        "--accept-lost-budget",
+        action="store_true",
+        help="recover even though spent.json is missing or older than the saved checkpoint: "
+        "ε spent after the backup may be given back (the rollback entry says so)",
+    )
     rec.set_defaults(func=run_recover)
 
     add_serve_parser(node_sub)
@@ -175,15 +181,16 @@ def run_status(args: argparse.Namespace) -> int:
 def run_recover(args: argparse.Namespace) -> int:
     """``fedscreen node recover``."""
     config = load_config(args.home)
-    done = recover(config, reason=args.reason, at=now())
+    done = recover(config, reason=args.reason, at=now(), accept_lost_budget=args.accept_lost_budget)
     print(
         f"node {config.node_id}: the rollback is logged as entry {done.log_index} "
         f"(saved checkpoint {done.from_size} entries, database {done.to_size})"
     )
     if not done.mirrored:
         print(
-            "WARNING: no record of the ledger before the restore was found: ε spent after "
-            "the backup is no longer counted (the log entry says so)"
+            "WARNING: --accept-lost-budget: the record of the ledger before the restore was "
+            "missing or older: ε spent after the backup may no longer be counted (the log "
+            "entry says so)"
         )
     elif done.restored:
         print("ε spent after the backup, forgotten by it, is charged again (never given back):")

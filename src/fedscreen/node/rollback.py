@@ -13,43 +13,42 @@ tree, has another root at its size, or cannot prove consistency with it
 
 **The privacy ledger.** A restored database has also forgotten the ε spent after
 its backup, and the checkpoint tells only sizes. So beside the checkpoint the
-node mirrors what its ledger had spent, per year and analyst
-(``HOME/spent.json``, a DSSE envelope signed by the node), written before the
-checkpoint after every commit. ``recover`` charges the difference between that
-mirror and the restored ledger again, as *restored* charges
-(``ledger_restored``): budgets are never given back, which is what a privacy
-officer expects; analysts may lose ε the restored answers no longer show, and
-that errs on the safe side. The rollback entry in the log states both
-checkpoints, the reason and the ε restored, so an auditor can add the restored
-ε to the charges it sums. Without a mirror (a home from before this file) the
-entry and the command say plainly that ε spent after the backup is no longer
-counted.
+node mirrors what its ledger had spent, per year and analyst, at the checkpoint's
+log size (:mod:`fedscreen.node.spent`), written just before the checkpoint every
+time it moves. ``recover`` charges the difference between that mirror and the
+restored ledger again, as *restored* charges (``ledger_restored``): budgets are
+never given back, which is what a privacy officer expects; analysts may lose ε
+the restored answers no longer show, and that errs on the safe side. The
+rollback entry in the log states both checkpoints, the reason and the ε
+restored, so an auditor can add the restored ε to the charges it sums. A mirror
+that is missing, or of a log smaller than the saved checkpoint (put back with
+the database), cannot say what was forgotten: ``recover`` refuses unless the
+operator passes ``--accept-lost-budget``, which the entry states. A missing
+checkpoint file is taken as a fresh start and re-baselined from the database,
+unless the mirror shows a longer log or more ε spent than the ledger.
 
 **Limits.** The files sit in the node's home: restoring the whole home (files
-included) or deleting them is not caught here; the coordinator, which keeps
-each node's last checkpoint too, catches the first. A missing checkpoint file
-is taken as a fresh start and re-baselined from the database.
+included), or deleting both files, is not caught here; the coordinator, which
+keeps each node's last checkpoint too, quarantines the node at its next answer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from fedscreen._util.canonical import canonical_json
 from fedscreen._util.files import replace_file
 from fedscreen._util.sqlite import transaction
-from fedscreen.crypto.envelope import Envelope, sign_envelope, verify_envelope
 from fedscreen.errors import ConfigError, LogIntegrityError, TreeRangeError, VerificationError
 from fedscreen.node import ledger, store
 from fedscreen.node.home import NodeConfig
+from fedscreen.node.spent import SPENT_FILE, Mirror, Spending, forgotten, read_mirror, write_mirror
 from fedscreen.protocol.budget import from_micro
 from fedscreen.tlog import memberlog, merkle
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
@@ -70,17 +69,10 @@ __all__ = [
 
 #: in the node's home: the last checkpoint the node signed and committed
 CHECKPOINT_FILE: Final = "checkpoint.note"
-#: in the node's home: the ledger's spending per year and analyst at that checkpoint
-SPENT_FILE: Final = "spent.json"
-#: payload type of the spending mirror (node-private: it never leaves the home)
-SPENT_V1: Final = "application/vnd.fedscreen.node-spent.v1+json"
 #: longest reason an operator may give for a recovery (characters); it is signed into the log
 MAX_REASON_CHARS: Final = 500
 _LOCK_FILE: Final = ".checkpoint.lock"
 _ROLE: Final = "node"
-
-#: (academic year, analyst) -> µε spent
-Spending = dict[tuple[str, str], int]
 
 
 def behind(
@@ -204,48 +196,6 @@ def _read_saved(config: NodeConfig) -> tuple[Checkpoint, str] | None:
     return _verify_note(config, note, what=str(path), file=True), note
 
 
-def _read_spent(config: NodeConfig) -> Spending | None:
-    """The mirrored spending, verified; None if there is none."""
-    path = config.home / SPENT_FILE
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ConfigError(f"{path}: unreadable ({exc})") from None
-    key = config.signing_key()
-    try:
-        payload = verify_envelope(
-            Envelope.from_json(data),
-            expected_payload_type=SPENT_V1,
-            trusted_keys={key.key_id: key.public_key},
-        )
-        doc = json.loads(payload)
-        if doc["node_id"] != config.node_id:
-            raise ValueError("another node's")
-        spent: Spending = {}
-        for year, analysts in doc["spent"].items():
-            for analyst, micro in analysts.items():
-                if not isinstance(micro, int) or isinstance(micro, bool) or micro < 0:
-                    raise ValueError("a spending that is not a whole µε")
-                spent[str(year), str(analyst)] = micro
-    except (VerificationError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise VerificationError(
-            f"{path} does not verify with node {config.node_id}'s key ({exc}): it was altered "
-            "or is not this node's; put back the node's own file"
-        ) from None
-    return spent
-
-
-def _write_spent(config: NodeConfig, spent: Mapping[tuple[str, str], int], size: int) -> None:
-    nested: dict[str, dict[str, int]] = {}
-    for (year, analyst), micro in sorted(spent.items()):
-        nested.setdefault(year, {})[analyst] = micro
-    body = canonical_json({"node_id": config.node_id, "log_size": size, "spent": nested})
-    envelope = sign_envelope(payload_type=SPENT_V1, payload=body, key=config.signing_key())
-    replace_file(config.home / SPENT_FILE, envelope.to_json().encode("utf-8"), mode=0o600)
-
-
 @contextlib.contextmanager
 def _locked(home: Path) -> Iterator[None]:
     """One writer of the saved files at a time (``node serve`` and ``node query`` may both run).
@@ -260,28 +210,44 @@ def _locked(home: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def _check_mirror_not_ahead(config: NodeConfig, mirror: Mirror, state: _State) -> None:
+    """Raise ConfigError if the mirror is ahead of a database whose checkpoint file is gone."""
+    lost = forgotten(mirror.spent, state.spent)
+    if lost or mirror.log_size > state.size:
+        raise ConfigError(
+            f"{config.home / CHECKPOINT_FILE} is missing, but {SPENT_FILE} shows a log of "
+            f"{mirror.log_size} entries (the database has {state.size}) and "
+            f"{from_micro(sum(lost.values())):g} ε more spent than the ledger: the database "
+            "was restored and its checkpoint removed. Put back checkpoint.note, then run "
+            "fedscreen node recover --home HOME --reason TEXT"
+        )
+
+
 class CheckpointGuard:
     """The node's saved checkpoint: checked against its database, moved forward after commits."""
 
-    def __init__(self, config: NodeConfig, saved: Checkpoint | None, spent: Spending | None):
+    def __init__(self, config: NodeConfig, saved: Checkpoint | None):
         self._config = config
         self._saved = saved
-        self._spent = spent
 
     @classmethod
     def open(cls, config: NodeConfig, conn: sqlite3.Connection) -> CheckpointGuard:
         """Check the database against the saved checkpoint; raise if it is behind.
 
         A missing file (a fresh home) is fine: the database's checkpoint becomes the
-        baseline. A file that does not verify with the node's key is refused.
+        baseline — unless the spending mirror shows more spent than the ledger or a
+        longer log (the database went back and the checkpoint was removed: ε would be
+        given back). A file that does not verify with the node's key is refused.
         """
         found = _read_saved(config)
-        spent = _read_spent(config)
+        mirror = read_mirror(config)
         saved = None if found is None else found[0]
+        state, proof = _state(conn, config, saved)
         if saved is not None:
-            state, proof = _state(conn, config, saved)
             check_not_behind(saved, size=state.size, root=state.root, proof=proof)
-        guard = cls(config, saved, spent)
+        elif mirror is not None:
+            _check_mirror_not_ahead(config, mirror, state)
+        guard = cls(config, saved)
         guard.advance(conn)
         return guard
 
@@ -308,11 +274,9 @@ class CheckpointGuard:
                 return
             if self._saved is not None and head.size <= self._saved.size:
                 return
-            # the spending first: a crash between the two writes leaves the checkpoint
-            # behind, never the spending (which only grows) behind the checkpoint
-            if state.spent != self._spent:
-                _write_spent(config, state.spent, head.size)
-                self._spent = state.spent
+            # the spending first, at the same size: a crash between the two writes leaves
+            # the checkpoint behind, never the spending behind the checkpoint
+            write_mirror(config, state.spent, head.size)
             replace_file(config.home / CHECKPOINT_FILE, state.note.encode("utf-8"), mode=0o600)
             self._saved = head
 
@@ -327,7 +291,7 @@ class Recovered:
     log_index: int
     #: µε charged again per (year, analyst): spent after the backup, forgotten by it
     restored: Spending
-    #: False: no spending mirror was found, so ε spent after the backup is not counted
+    #: False: the spending mirror was missing or behind (accepted): ε may be lost
     mirrored: bool
 
 
@@ -342,12 +306,19 @@ def _check_reason(reason: str) -> str:
     return reason
 
 
-def recover(config: NodeConfig, *, reason: str, at: str) -> Recovered:
+def recover(
+    config: NodeConfig, *, reason: str, at: str, accept_lost_budget: bool = False
+) -> Recovered:
     """Record that the database was rolled back, carry forgotten ε forward, re-baseline.
 
     Refuses (ConfigError) when the database is not behind the saved checkpoint:
-    there is nothing to recover from. One transaction logs the rollback entry and
-    the restored charges; then the saved files move to the database's new head.
+    there is nothing to recover from; and when the spending mirror is missing or
+    behind the saved checkpoint (put back with the database, say): it cannot tell
+    what ε the backup forgot, and ε is never given back silently. Only
+    ``accept_lost_budget`` (``--accept-lost-budget``, stated in the rollback entry)
+    goes on then, charging again what the mirror at hand shows. One transaction
+    logs the rollback entry and the restored charges; then the saved files move to
+    the database's new head.
     """
     reason = _check_reason(reason)
     found = _read_saved(config)
@@ -357,7 +328,14 @@ def recover(config: NodeConfig, *, reason: str, at: str) -> Recovered:
             "so nothing to recover from (node serve and node query run as they are)"
         )
     saved, saved_note = found
-    mirror = _read_spent(config)
+    mirror = read_mirror(config)
+    lost = None
+    if mirror is None:
+        lost = f"{SPENT_FILE} is missing"
+    elif mirror.log_size < saved.size:
+        lost = (
+            f"{SPENT_FILE} is of a log of {mirror.log_size} entries, behind the saved {saved.size}"
+        )
     conn = store.connect(config.database)
     try:
         with _locked(config.home):
@@ -367,14 +345,17 @@ def recover(config: NodeConfig, *, reason: str, at: str) -> Recovered:
                 raise ConfigError(
                     "the database is not behind its saved checkpoint: nothing to recover"
                 )
-            restored: Spending = {}
+            if lost is not None and not accept_lost_budget:
+                raise ConfigError(
+                    f"{lost}: it cannot tell what ε was spent after the backup, so recovering "
+                    f"could give ε back. Put back the node's own {SPENT_FILE} (never an older "
+                    "copy), or accept that loss with --accept-lost-budget (it is logged)"
+                )
             key = config.signing_key()
             with transaction(conn):
                 # read again under the write lock: nothing may be charged in between
                 now_spent = {(y, a): m for y, a, m in ledger.budget_table(conn)}
-                for item, micro in (mirror or {}).items():
-                    if micro > now_spent.get(item, 0):
-                        restored[item] = micro - now_spent.get(item, 0)
+                restored = forgotten({} if mirror is None else mirror.spent, now_spent)
                 appended = memberlog.append(
                     conn,
                     member_id=config.node_id,
@@ -386,7 +367,7 @@ def recover(config: NodeConfig, *, reason: str, at: str) -> Recovered:
                         reason=reason,
                         why=why,
                         restored=restored,
-                        mirrored=mirror is not None,
+                        lost=lost,
                     ),
                 )
                 ledger.record_recovery(
@@ -400,11 +381,11 @@ def recover(config: NodeConfig, *, reason: str, at: str) -> Recovered:
                 )
             # the new baseline: the rollback entry's checkpoint, and the ledger with it
             after, _ = _state(conn, config, None)
-            _write_spent(config, after.spent, appended.size)
+            write_mirror(config, after.spent, appended.size)
             replace_file(config.home / CHECKPOINT_FILE, appended.note.encode("utf-8"), mode=0o600)
     finally:
         conn.close()
-    return Recovered(saved.size, state.size, appended.index, restored, mirror is not None)
+    return Recovered(saved.size, state.size, appended.index, restored, lost is None)
 
 
 def _rollback_entry(
@@ -415,15 +396,15 @@ def _rollback_entry(
     reason: str,
     why: str,
     restored: Spending,
-    mirrored: bool,
+    lost: str | None,
 ) -> dict[str, Any]:
     nested: dict[str, dict[str, float]] = {}
     for (year, analyst), micro in sorted(restored.items()):
         nested.setdefault(year, {})[analyst] = from_micro(micro)
-    if mirrored:
+    if lost is None:
         budget = "ε spent after the backup is charged again as 'restored' (never given back)"
-    else:
-        budget = "no spending mirror: ε spent after the backup is no longer counted"
+    else:  # the operator said so: --accept-lost-budget
+        budget = f"{lost}: ε spent after the backup may no longer be counted (accepted)"
     return {
         "kind": "rollback",
         "at": at,
@@ -435,6 +416,7 @@ def _rollback_entry(
         "epsilon": 0,
         "restored": nested,
         "budget": budget,
+        "accepted_lost_budget": lost is not None,
     }
 
 

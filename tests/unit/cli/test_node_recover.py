@@ -15,7 +15,7 @@ from exportrows import varied_rows, write_csv
 from fedscreen.cli.main import main
 from fedscreen.node import ledger, store
 from fedscreen.node.home import NodeConfig
-from fedscreen.node.rollback import CHECKPOINT_FILE
+from fedscreen.node.rollback import CHECKPOINT_FILE, SPENT_FILE
 
 YEAR = "2024-2025"
 
@@ -108,3 +108,21 @@ def test_recover_charges_the_forgotten_epsilon_and_the_node_runs_again(
     assert "REFUSING" not in status
     assert "(log 3 -> 1 entries, rollback logged as entry 1; ε charged again 0.2)" in status
     assert "disk replaced" in status
+
+
+def test_recover_without_spent_json_needs_accept_lost_budget(
+    restored: NodeConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = str(restored.home)
+    (restored.home / SPENT_FILE).unlink()
+    before = _spent(restored)
+    assert main(["node", "recover", "--home", home, "--reason", "disk restore"]) != 0
+    err = capsys.readouterr().err
+    assert "spent.json is missing" in err
+    assert "--accept-lost-budget" in err
+    assert "Traceback" not in err
+    assert _spent(restored) == before
+    args = ["node", "recover", "--home", home, "--reason", "disk restore", "--accept-lost-budget"]
+    assert main(args) == 0
+    assert "may no longer be counted" in capsys.readouterr().out
+    assert _query(restored.home, "P5") == 0  # it runs again

@@ -302,7 +302,7 @@ def test_recover_logs_the_rollback_and_never_gives_budget_back(
         recover(loaded, reason="again", at=AT)
 
 
-def test_recover_without_a_mirror_says_the_epsilon_is_no_longer_counted(
+def test_recover_without_a_mirror_refuses_unless_the_loss_is_accepted(
     node_home: NodeConfig, conn: sqlite3.Connection, tmp_path: Path
 ) -> None:
     _append(node_home, conn, 1)
@@ -311,11 +311,84 @@ def test_recover_without_a_mirror_says_the_epsilon_is_no_longer_counted(
     sync_checkpoint(node_home)
     (node_home.home / SPENT_FILE).unlink()
     _restore(tmp_path / "backup.db", conn)
-    done = recover(node_home, reason="restored", at=AT)
+    with pytest.raises(ConfigError, match=r"spent\.json is missing.*--accept-lost-budget"):
+        recover(node_home, reason="restored", at=AT)
+    assert _size(conn) == 1  # nothing written
+    assert _saved_size(node_home) == 2
+    done = recover(node_home, reason="restored", at=AT, accept_lost_budget=True)
     assert not done.mirrored
     assert done.restored == {}
-    entry = export_log(node_home.home).entries[-1]
-    assert b"no longer counted" in Envelope.from_json(entry)._payload
+    payload = json.loads(Envelope.from_json(export_log(node_home.home).entries[-1])._payload)
+    assert payload["accepted_lost_budget"] is True
+    assert "no longer be counted" in payload["budget"]
+
+
+def _mirror_size(config: NodeConfig) -> int:
+    envelope = json.loads((config.home / SPENT_FILE).read_text(encoding="utf-8"))
+    return int(json.loads(Envelope.from_json(json.dumps(envelope).encode())._payload)["log_size"])
+
+
+def test_the_mirror_always_names_the_checkpoints_size(
+    node_home: NodeConfig, conn: sqlite3.Connection
+) -> None:
+    """Entries that charge nothing (refusals) move the checkpoint: the mirror moves with it."""
+    guard = CheckpointGuard.open(node_home, conn)
+    for size in (1, 3):
+        _append(node_home, conn, size - _size(conn))
+        guard.advance(conn)
+        assert _saved_size(node_home) == _mirror_size(node_home) == size
+
+
+def test_recover_refuses_a_mirror_put_back_with_the_database(
+    loaded: NodeConfig, tmp_path: Path
+) -> None:
+    """The database and spent.json from one backup, checkpoint.note kept: the old mirror
+    would say nothing was forgotten, and the ε spent after the backup would be given back."""
+    with guarded(loaded) as conn:
+        _ask(loaded, conn, 1)
+        _backup(conn, tmp_path / "backup.db")
+    old_mirror = (loaded.home / SPENT_FILE).read_bytes()
+    with guarded(loaded) as conn:
+        _ask(loaded, conn, 2)
+        _ask(loaded, conn, 3)
+        before = _spent(conn)
+    conn = store.connect(loaded.database)
+    try:
+        _restore(tmp_path / "backup.db", conn)
+        (loaded.home / SPENT_FILE).write_bytes(old_mirror)
+        with pytest.raises(ConfigError, match=r"behind the saved 3.*--accept-lost-budget"):
+            recover(loaded, reason="disk restore", at=AT)
+        assert _size(conn) == 1
+        assert _spent(conn) != before
+        done = recover(loaded, reason="disk restore", at=AT, accept_lost_budget=True)
+        assert not done.mirrored
+        assert done.restored == {}
+    finally:
+        conn.close()
+
+
+def test_a_missing_checkpoint_with_a_mirror_ahead_of_the_ledger_is_refused(
+    loaded: NodeConfig, tmp_path: Path
+) -> None:
+    """The database restored and checkpoint.note deleted: spent.json still shows the ε."""
+    with guarded(loaded) as conn:
+        _ask(loaded, conn, 1)
+        _backup(conn, tmp_path / "backup.db")
+    with guarded(loaded) as conn:
+        _ask(loaded, conn, 2)
+    mirror = (loaded.home / SPENT_FILE).read_bytes()
+    conn = store.connect(loaded.database)
+    try:
+        _restore(tmp_path / "backup.db", conn)
+    finally:
+        conn.close()
+    (loaded.home / CHECKPOINT_FILE).unlink()
+    with pytest.raises(ConfigError, match=r"checkpoint\.note is missing.*0\.1 ε more spent"):
+        sync_checkpoint(loaded)
+    with pytest.raises(ConfigError, match=r"checkpoint\.note is missing"), guarded(loaded):
+        pass
+    assert (loaded.home / SPENT_FILE).read_bytes() == mirror  # not overwritten
+    assert not (loaded.home / CHECKPOINT_FILE).exists()
 
 
 @pytest.mark.parametrize(
