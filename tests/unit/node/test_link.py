@@ -21,6 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedscreen.analyst.query import make_query
+from fedscreen.cli.main import main
 from fedscreen.coordinator.core import init_coordinator
 from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
 from fedscreen.crypto.signing import SigningKey
@@ -481,3 +482,24 @@ def test_a_query_without_a_checkpoint_is_refused_once_the_node_holds_one(homes: 
         assert "went back" in agent.halted
     finally:
         agent.worker.close()
+
+
+def test_node_status_shows_a_manifest_conflict_the_coordinator_pushed(
+    homes: Homes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = _forked(homes, tmp_path)
+    agent = _agent(homes.node)
+
+    async def pushed() -> None:
+        try:
+            await agent._offer_manifest(first)
+            await agent._offer_manifest(second)
+        finally:
+            agent.worker.close()
+
+    asyncio.run(pushed())
+    link = read_link(homes.node.home)
+    assert link is not None
+    assert "two manifests with one version" in link.manifest_conflict
+    assert main(["node", "status", "--home", str(homes.node.home)]) == 0
+    assert "MANIFEST CONFLICT: a manifest sent by the coordinator" in capsys.readouterr().out
