@@ -18,8 +18,10 @@ types (:class:`AnswerBody`; any shape error is a VerificationError); the answer
 says it is from that node; it answers exactly the expected signed query (id,
 digest, question, academic year and ε: "another id, another question, another ε"
 are all refused); its mechanism is the one the catalogue says the dataset takes
-(public: exact; otherwise noisy, with its scale); and the checkpoint it carries is
-signed by the same node for its own log and covers the entry.
+(public: exact, no scale; otherwise noisy, with its scale); its cells are the
+query's plan's in the catalogue (flat groups from the public domains, each at most
+once) with the noise scale and intervals its ε gives; and the checkpoint it carries
+is signed by the same node for its own log and covers the entry.
 """
 
 from __future__ import annotations
