@@ -313,7 +313,7 @@ async def ask_nodes(
         sent = {n: s.coordinator_size for n in targets if (s := sessions.get(n)) is not None}
         head = await core.call(lambda c: coordinator_head(c, sent))
         replies, asked = push_query(
-            sessions, query, envelope, targets, deadline_unix_ms=deadline_unix_ms,
+            sessions, query.query_id, envelope, targets, deadline_unix_ms=deadline_unix_ms,
             known_log_sizes=known_log_sizes, academic_year=academic_year, head=head,
         )  # fmt: skip
     return await collect_replies(query.query_id, replies, asked, wait_s)

@@ -319,7 +319,7 @@ async def fan_out(
     """
     replies, asked = push_query(
         sessions,
-        query,
+        query.query_id,
         envelope,
         targets,
         deadline_unix_ms=now_ms() + int(wait_s * 1000),
@@ -335,7 +335,7 @@ Asked = dict[str, tuple[NodeSession, "asyncio.Future[NodeReply]"]]
 
 def push_query(
     sessions: SessionRegistry,
-    query: SignedQuery,
+    query_id: str,
     envelope: bytes,
     targets: tuple[str, ...],
     *,
@@ -355,7 +355,7 @@ def push_query(
             replies[node_id] = NodeReply(None, "not connected")
             continue
         future = session.ask(
-            query.query_id,
+            query_id,
             envelope,
             deadline_unix_ms=deadline_unix_ms,
             known_log_size=(known_log_sizes or {}).get(node_id, 0),

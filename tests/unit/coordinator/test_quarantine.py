@@ -249,3 +249,27 @@ def test_checkpoints_are_written_in_batches_and_the_oldest_forgotten(setup: Setu
     assert sizes == list(range(sent - MAX_HELD_CHECKPOINTS + 1, sent + 1))
     setup.book.flush()  # nothing pending: nothing changes
     assert other.known_size(NODE) == sent
+
+
+def test_a_re_keyed_node_starts_afresh_not_quarantined(setup: Setup) -> None:
+    """Finding T5: a node revoked and issued again under its id with a new key (a new log)
+    is not held to the checkpoints its old key signed."""
+    old = _log(setup)
+    assert _screen(setup, old, old.grow(3), 0) is None
+    setup.book.flush()
+    assert setup.book.known_size(NODE) == 3
+    auth = setup.home / "auth"
+    authority.revoke(auth, NODE)
+    config = init_home(setup.home / "rekeyed", node_id=NODE, name="长安区")
+    issue_here(auth, config.home)
+    update_manifest(setup.home / "coord", authority.manifest_text(auth))
+    setup.coordinator.reload_manifest()
+    new = NodeLog(sqlite3.connect(":memory:"), config.signing_key())
+    note = new.grow(1)  # a fresh log, shorter than the old one
+    assert _screen(setup, new, note, setup.book.known_size(NODE)) is None
+    assert setup.book.quarantined(NODE) is None
+    assert setup.book.known_size(NODE) == 1  # the new log is the baseline now
+    assert _logged(setup.coordinator, "quarantine") == []
+    # and the new log is followed from there: a rollback of it is still caught
+    grown = new.grow(2)
+    assert _screen(setup, new, grown, 1) is None
