@@ -150,3 +150,6 @@ def test_a_coordinator_that_finds_itself_revoked_stops(tmp_path: Path) -> None:
         _, envelope = _query(fed)
         with pytest.raises(RpcFailed, match="revoked"):
             run(lambda: _submit(fed, envelope))
+        # its log, the revocation included, still verifies: nothing was released after it
+        code, report = _audit(fed, "revoked-coordinator.bundle")
+        assert code == 0, report
