@@ -300,7 +300,7 @@ def _verify_log(
                 entry,
                 index=at,
                 origin=origin,
-                key=member.signing_key,
+                key=(signers[at] if signers else member).signing_key,  # the key then
                 root_at=lambda n: merkle.root(tree, size=n),
             ),
         )

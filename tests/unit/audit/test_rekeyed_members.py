@@ -11,6 +11,7 @@ authority's manifest history, as an auditor of a re-keyed federation must.
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,10 @@ from fedscreen.analyst.query import make_query
 from fedscreen.audit.bundle import read_bundle
 from fedscreen.cli.main import main
 from fedscreen.coordinator.core import Coordinator
+from fedscreen.node import store
 from fedscreen.node.home import NodeConfig, init_home
 from fedscreen.node.ingest import ingest_paths
+from fedscreen.node.rollback import guarded, recover
 from fedscreen.trust import authority
 from fedscreen.trust.identity import issue_here, update_manifest
 
@@ -121,3 +124,33 @@ def test_quarantine_evidence_signed_under_the_old_and_the_new_key_verifies(
     code, out = _verify(fed, tmp_path, capsys, fed.coordinator, history=True)
     assert code == 0, out
     assert (out["logs"][0]["quarantines"], out["logs"][0]["readmissions"]) == (1, 1)
+
+
+def test_a_rollback_recorded_under_the_old_key_verifies_after_the_rekey(
+    fed: Federation, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The old log holds a ``node recover`` entry whose checkpoints the old key signed."""
+    old = fed.nodes[REKEYED]
+    backup = tmp_path / "backup.db"
+    _submit(fed, *make_query(fed.analyst, SQL, epsilon=0.3, accuracy=None), COUNTIES)
+    with guarded(old) as conn:  # the node's checkpoint file follows its log
+        target = sqlite3.connect(backup)
+        try:
+            conn.backup(target)
+        finally:
+            target.close()
+    _submit(fed, *make_query(fed.analyst, SQL, epsilon=0.4, accuracy=None), COUNTIES)
+    with guarded(old):
+        pass
+    conn = store.connect(old.database)
+    source = sqlite3.connect(backup)
+    try:  # the database put back from the backup
+        source.backup(conn)
+    finally:
+        source.close()
+        conn.close()
+    recover(old, reason="restored from a backup", at="2026-12-06T21:00:00+00:00")
+    fed.nodes[REKEYED] = _rekey(fed, tmp_path)
+    code, out = _verify(fed, tmp_path, capsys, old.home, history=True)
+    assert code == 0, out
+    assert out["logs"][0]["rollbacks"] == 1
