@@ -17,7 +17,8 @@ encode — and everything they refuse goes through the transport's one error tab
   ``core.release``. Each query carries the size of the node's log the
   coordinator last verified, and each answer proves its log extends it; a node
   whose log shrank or forked is quarantined (:mod:`.quarantine`) and its answers
-  are not used. A node that is not connected, refuses, loses its link or
+  are not used. Each query also carries the coordinator's newest checkpoint and a
+  proof from the one the node's session last got, so nodes follow its log. A node that is not connected, refuses, loses its link or
   misses the deadline is *missing*; an answer arriving after the query was
   settled finds nobody waiting and is discarded (the node's own ledger keeps
   the charge, and a replay of the same query id gets the stored answer free).
