@@ -110,6 +110,14 @@ def latest_year(conn: sqlite3.Connection) -> str | None:
     return str(row[0]) if row and row[0] else None
 
 
+def _holds_screenings(conn: sqlite3.Connection, year: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM ingest_batch WHERE kind = 'screening' AND rows > 0 AND academic_year = ?",
+        (year,),
+    ).fetchone()
+    return row is not None
+
+
 def answer_query(
     config: NodeConfig, policy: Policy, request: QueryRequest, *, conn: sqlite3.Connection
 ) -> Answer:
@@ -128,6 +136,12 @@ def answer_query(
             epsilon = request_epsilon(
                 plan, policy, epsilon=request.epsilon, accuracy=request.accuracy
             )
+            if not plan.dataset.public:
+                # a year with no screenings loaded (a coordinator's pinned year, a typo)
+                # would be charged for pure noise: refuse it, at no cost
+                absent = [y for y in spec.years if not _holds_screenings(conn, y)]
+                if absent:
+                    raise _Refused("no-data", f"this node holds no screenings for {absent[0]}")
         except RecursionError:
             # the parser and the spec limit nesting; this is only the last resort
             raise _Refused("invalid-query", "the query is nested too deeply to check") from None

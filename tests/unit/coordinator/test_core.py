@@ -82,6 +82,13 @@ def fed(tmp_path: Path) -> Federation:
             for i in range(1, 101 + 50 * n)
         ]
         ingest_paths(config, [write_csv(tmp_path / f"{code}.csv", rows)])
+        if n == len(COUNTIES) - 1:  # one county also holds the year before
+            earlier = [
+                screening_row(i, county_code=code, academic_year="2023-2024",
+                              screening_date="2023-10-09")
+                for i in range(1, 61)
+            ]  # fmt: skip
+            ingest_paths(config, [write_csv(tmp_path / f"{code}-2023.csv", earlier)])
         nodes[code] = config
     text = authority.manifest_text(auth)
     for home in [

@@ -299,11 +299,22 @@ def test_the_answer_names_the_signed_query_it_answers_now(node: Node) -> None:
 def test_a_query_without_years_is_answered_for_the_pinned_year(node: Node) -> None:
     no_year = parse_sql("SELECT sex, COUNT(*) FROM screenings GROUP BY sex")
     pinned = _signed_answer(
-        node, node.handle(node.sign(node.query(spec=no_year)), academic_year="2023-2024")
+        node, node.handle(node.sign(node.query(spec=no_year)), academic_year=YEAR)
     )
-    assert pinned["answer"]["query"]["years"] == ["2023-2024"]
+    assert pinned["answer"]["query"]["years"] == [YEAR]
     latest = _signed_answer(node, node.handle(node.sign(node.query(spec=no_year))))
     assert latest["answer"]["query"]["years"] == [YEAR]
+
+
+def test_a_pinned_year_without_screenings_is_refused_at_no_cost(node: Node) -> None:
+    """Noise over a year the node never loaded would be charged for nothing."""
+    no_year = parse_sql("SELECT sex, COUNT(*) FROM screenings GROUP BY sex")
+    envelope = node.sign(node.query(spec=no_year))
+    node.assert_refused(
+        envelope, "no screenings for 2023-2024", "no-data", academic_year="2023-2024"
+    )
+    named = parse_sql("SELECT COUNT(*) FROM screenings WHERE academic_year = '2025-2026'")
+    node.assert_refused(node.sign(node.query(spec=named)), "2025-2026", "no-data")
 
 
 def test_a_query_for_other_nodes_is_refused_as_not_addressed(node: Node) -> None:
