@@ -28,6 +28,7 @@ from fedscreen._util.canonical import canonical_json
 from fedscreen._util.sqlite import connect, transaction
 from fedscreen.coordinator.checkpoints import CheckpointBook
 from fedscreen.crypto.envelope import RELEASE_V1, Envelope, sign_envelope
+from fedscreen.crypto.signing import SignatureMemo
 from fedscreen.errors import ConfigError, QueryRefused, VerificationError
 from fedscreen.policy import Policy, default_policy_dir, load_policy
 from fedscreen.policy import digest as policy_digest
@@ -100,6 +101,8 @@ class Coordinator:
         self.log = TransparencyLog(self.conn, name=ROLE)
         #: the nodes' verified checkpoints and quarantines, in the same database
         self.book = CheckpointBook(self.conn)
+        #: answers are verified on receipt (rollback screening) and again in the release
+        self.signatures = SignatureMemo()
         self._log_manifest(text)
 
     @classmethod
@@ -270,6 +273,8 @@ class Coordinator:
                     expected_query=query,
                     public=public,
                     academic_year=academic_year,
+                    catalogue=self.policy,
+                    memo=self.signatures,
                 )
             except VerificationError as exc:
                 lost.append(node_id)  # an answer that does not verify counts as no answer

@@ -59,6 +59,7 @@ def _answer_checkpoint(core: Coordinator, node_id: str, raw: bytes) -> tuple[Che
         Envelope.from_json(raw),
         expected_payload_type=ANSWER_V1,
         trusted_keys={member.key_id: member.signing_key},
+        memo=core.signatures,
     )
     try:
         data = parse_json(payload)
@@ -68,7 +69,9 @@ def _answer_checkpoint(core: Coordinator, node_id: str, raw: bytes) -> tuple[Che
     if not isinstance(note, str):
         raise VerificationError(f"the answer from {node_id} carries no checkpoint")
     origin = member_origin("node", node_id)
-    checkpoint = parse_and_verify_note(note, verifiers={origin: member.signing_key})
+    checkpoint = parse_and_verify_note(
+        note, verifiers={origin: member.signing_key}, memo=core.signatures
+    )
     if checkpoint.origin != origin:
         raise VerificationError(f"the checkpoint in {node_id}'s answer is of another log")
     return checkpoint, note
@@ -86,7 +89,9 @@ def _forget_old_key(core: Coordinator, book: CheckpointBook, node_id: str) -> No
         return
     key = core.manifest.member(node_id, role="node").signing_key
     try:
-        parse_and_verify_note(held[1], verifiers={member_origin("node", node_id): key})
+        parse_and_verify_note(
+            held[1], verifiers={member_origin("node", node_id): key}, memo=core.signatures
+        )
     except VerificationError:
         book.forget(node_id)
 

@@ -18,10 +18,11 @@ encode — and everything they refuse goes through the transport's one error tab
   coordinator last verified, and each answer proves its log extends it; a node
   whose log shrank or forked is quarantined (:mod:`.quarantine`) and its answers
   are not used. Each query also carries the coordinator's newest checkpoint and a
-  proof from the one the node's session last got, so nodes follow its log. A node that is not connected, refuses, loses its link or
-  misses the deadline is *missing*; an answer arriving after the query was
-  settled finds nobody waiting and is discarded (the node's own ledger keeps
-  the charge, and a replay of the same query id gets the stored answer free).
+  proof from the one the node's session last got, so nodes follow its log. A node
+  that is not connected, refuses, loses its link or misses the deadline is
+  *missing*; an answer arriving after the query was settled finds nobody waiting
+  and is discarded (the node's own ledger keeps the charge, and a replay of the
+  same query id gets the stored answer free).
   The release says why each missing node is missing (``missing_reasons``).
 * **Manifest** — a newer manifest installed in the home is pushed down every open
   node stream (and sent in each Welcome); a member it revokes has its stream closed

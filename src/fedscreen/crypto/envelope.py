@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from fedscreen._util.canonical import canonical_json
-from fedscreen.crypto.signing import SigningKey, verify_signature
+from fedscreen.crypto.signing import SignatureMemo, SigningKey, verify_signature
 from fedscreen.errors import MalformedEnvelope, VerificationError
 
 ANSWER_V1 = "application/vnd.fedscreen.answer.v1+json"
@@ -135,7 +135,11 @@ def sign_envelope(*, payload_type: str, payload: bytes, key: SigningKey) -> Enve
 
 
 def verify_envelope(
-    envelope: Envelope, *, expected_payload_type: str, trusted_keys: Mapping[str, bytes]
+    envelope: Envelope,
+    *,
+    expected_payload_type: str,
+    trusted_keys: Mapping[str, bytes],
+    memo: SignatureMemo | None = None,
 ) -> bytes:
     """Return the payload once the type matches and a trusted key's signature verifies.
 
@@ -156,7 +160,7 @@ def verify_envelope(
         if public_key is None:
             continue
         try:
-            verify_signature(public_key, message, sig.sig)
+            (memo.verify if memo is not None else verify_signature)(public_key, message, sig.sig)
         except VerificationError:
             raise VerificationError(
                 f"envelope signature by key {sig.keyid} does not verify"

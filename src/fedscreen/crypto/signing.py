@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import NoReturn
 
@@ -141,6 +142,35 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> Non
         nacl.bindings.crypto_sign_open(signature + message, public_key)
     except (nacl.exceptions.BadSignatureError, ValueError):
         raise VerificationError("Ed25519 signature does not verify") from None
+
+
+class SignatureMemo:
+    """Signatures already verified, so a message checked twice costs one verification.
+
+    The coordinator checks a node's answer when it arrives (its checkpoint, for
+    rollbacks) and again when it combines it into a release; with a memo the second
+    check is a SHA-256 and a lookup. Only signatures that verified are kept, keyed by
+    SHA-256 over key, signature and message (fixed-size key and signature first, so the
+    key is unambiguous); the oldest are forgotten past ``size``. Thread-safe. Callers
+    opt in: an auditor, which sees each signature once, uses none.
+    """
+
+    def __init__(self, size: int = 8192) -> None:
+        self._size = size
+        self._seen: dict[bytes, None] = {}
+        self._lock = threading.Lock()
+
+    def verify(self, public_key: bytes, message: bytes, signature: bytes) -> None:
+        """As :func:`verify_signature`, remembering success."""
+        token = hashlib.sha256(b"".join((public_key, signature, message))).digest()
+        with self._lock:
+            if token in self._seen:
+                return
+        verify_signature(public_key, message, signature)  # raises: nothing remembered
+        with self._lock:
+            self._seen[token] = None
+            if len(self._seen) > self._size:
+                del self._seen[next(iter(self._seen))]
 
 
 def _decode_key_file(data: bytes) -> bytes | None:

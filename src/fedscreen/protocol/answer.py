@@ -34,6 +34,7 @@ from typing import Any, Final, Protocol
 
 from fedscreen._util.canonical import canonical_json
 from fedscreen.crypto.envelope import ANSWER_V1, Envelope, parse_json, verify_envelope
+from fedscreen.crypto.signing import SignatureMemo
 from fedscreen.errors import QueryRefused, VerificationError
 from fedscreen.policy import Policy, default_policy_dir, load_policy
 from fedscreen.policy.default import PROVINCE_FILE
@@ -191,6 +192,7 @@ def verify_answer(
     public: bool,
     academic_year: str | None = None,
     catalogue: Policy | None = None,
+    memo: SignatureMemo | None = None,
 ) -> VerifiedAnswer:
     """Verify a node's answer to the signed query ``expected_query``; raises VerificationError.
 
@@ -198,13 +200,15 @@ def verify_answer(
     :func:`dataset_public`.
     ``academic_year``: the year a query without years was pinned to (the release says).
     ``catalogue``: the provincial catalogue the cells are checked against (default:
-    the shipped one, as auditors use).
+    the shipped one, as auditors use). ``memo``: signatures already verified (the
+    coordinator's, which checked the answer once on receipt).
     """
     member = manifest.member(node_id, role="node")
     payload = verify_envelope(
         envelope,
         expected_payload_type=ANSWER_V1,
         trusted_keys={member.key_id: member.signing_key},
+        memo=memo,
     )
     try:
         data = parse_json(payload)
@@ -239,7 +243,7 @@ def verify_answer(
     _check_epsilon(typed, charged, expected_query.epsilon, public=public, node_id=node_id)
     _check_cells(typed, catalogue or shipped_catalogue(), node_id=node_id)
     origin = member_origin("node", node_id)
-    checkpoint = parse_and_verify_note(note, verifiers={origin: member.signing_key})
+    checkpoint = parse_and_verify_note(note, verifiers={origin: member.signing_key}, memo=memo)
     if checkpoint.origin != origin or not 0 <= index < checkpoint.size:
         raise VerificationError(f"the checkpoint in {node_id}'s answer does not cover its entry")
     return VerifiedAnswer(node_id, body, index, checkpoint, note, charged, typed, query_id, digest)

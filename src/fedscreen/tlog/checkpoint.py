@@ -16,7 +16,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, SigningKey, verify_signature
+from fedscreen.crypto.signing import (
+    PUBLIC_KEY_SIZE,
+    SIGNATURE_SIZE,
+    SignatureMemo,
+    SigningKey,
+    verify_signature,
+)
 from fedscreen.errors import BadSignature, MalformedNote, UnknownKey, VerificationError
 from fedscreen.tlog.merkle import HASH_SIZE
 
@@ -111,7 +117,9 @@ def sign_checkpoint(checkpoint: Checkpoint, *, key: SigningKey) -> str:
     return sign_note(checkpoint.body(), name=checkpoint.origin, key=key)
 
 
-def verify_note(note: str | bytes, *, verifiers: Mapping[str, bytes]) -> VerifiedNote:
+def verify_note(
+    note: str | bytes, *, verifiers: Mapping[str, bytes], memo: SignatureMemo | None = None
+) -> VerifiedNote:
     """Verify a signed note against trusted ``verifiers`` (key name -> Ed25519 public key).
 
     Follows signed-note §Signatures: signatures from unknown keys (name and key
@@ -128,7 +136,7 @@ def verify_note(note: str | bytes, *, verifiers: Mapping[str, bytes]) -> Verifie
         if len(sig) != SIGNATURE_SIZE:
             raise BadSignature(f"signature by {name} has the wrong length")
         try:
-            verify_signature(public_key, message, sig)
+            (memo.verify if memo is not None else verify_signature)(public_key, message, sig)
         except VerificationError:
             raise BadSignature(f"signature by {name} does not verify") from None
         signers.add(name)
@@ -137,13 +145,15 @@ def verify_note(note: str | bytes, *, verifiers: Mapping[str, bytes]) -> Verifie
     return VerifiedNote(text, frozenset(signers))
 
 
-def parse_and_verify_note(note_text: str | bytes, *, verifiers: Mapping[str, bytes]) -> Checkpoint:
+def parse_and_verify_note(
+    note_text: str | bytes, *, verifiers: Mapping[str, bytes], memo: SignatureMemo | None = None
+) -> Checkpoint:
     """Verify a signed checkpoint and return it.
 
     The checkpoint must carry a valid signature from the verifier named after
     its origin; other trusted signatures (say, witnesses) are checked too.
     """
-    verified = verify_note(note_text, verifiers=verifiers)
+    verified = verify_note(note_text, verifiers=verifiers, memo=memo)
     checkpoint = Checkpoint.from_body(verified.text)
     if checkpoint.origin not in verified.signers:
         raise UnknownKey(f"checkpoint is not signed by a trusted key for {checkpoint.origin!r}")
