@@ -105,6 +105,15 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def wait_until(what: str, done: Callable[[], bool], timeout_s: float = READY_TIMEOUT_S) -> float:
+    """Wait (bounded, looking every 50 ms) until ``done()``; returns the seconds it took."""
+    started = time.monotonic()
+    while not done():
+        assert time.monotonic() - started < timeout_s, f"not within {timeout_s} s: {what}"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
 def _wait_for_file(path: Path, proc: subprocess.Popen[bytes], log: Path) -> dict[str, Any]:
     """The JSON a process writes to its ready file, once written (bounded)."""
     deadline = time.monotonic() + READY_TIMEOUT_S

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import json
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from test_federation import (
     _submit,
     run,
     running_federation,
+    wait_until,
 )
 
 from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
@@ -37,23 +37,11 @@ from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust import authority
 from fedscreen.trust.identity import load_identity
 
-#: how often a bounded wait looks again (s)
-POLL_S = 0.05
-
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     with running_federation(tmp_path_factory.mktemp("revocation")) as federation:
         yield federation
-
-
-def _until(what: str, done: Callable[[], bool], timeout_s: float = READY_TIMEOUT_S) -> float:
-    """Wait (bounded) until ``done()``; returns the seconds it took."""
-    started = time.monotonic()
-    while not done():
-        assert time.monotonic() - started < timeout_s, f"not within {timeout_s} s: {what}"
-        time.sleep(POLL_S)
-    return time.monotonic() - started
 
 
 def _version(home: Path) -> int:
@@ -102,7 +90,7 @@ def _restart_coordinator(fed: Federation, *, manifest: bytes) -> None:
     fed.coordinator.wait(timeout=READY_TIMEOUT_S)
     (fed.coordinator_home / "manifest.json").write_bytes(manifest)
     fed.start_coordinator(listen=fed.address)
-    _until(
+    wait_until(
         "every node is welcomed again",
         lambda: all(fed.session_of(n) > sessions[n] for n in sessions),
     )
@@ -128,7 +116,7 @@ def test_running_nodes_refuse_a_revoked_analyst_without_a_restart(fed: Federatio
     version = _revoke(fed, "alice")
     assert version == old + 1
     # pushed down every stream: each running node installs it in its home and logs it
-    took = _until(
+    took = wait_until(
         "every node installs the pushed manifest",
         lambda: all(_version(fed.node_home(n)) == version for n in NODES),
     )
@@ -166,13 +154,13 @@ def test_a_revoked_node_has_its_stream_closed_at_once(fed: Federation) -> None:
     node_log = fed.root / f"{victim}.log"
     _revoke(fed, victim)
     closed = f"node {victim} is revoked or removed in manifest version"
-    took = _until(
+    took = wait_until(
         "the coordinator closes the revoked node's stream",
         lambda: closed in fed.coordinator_log.read_text(encoding="utf-8"),
     )
     assert took < 10
     # its redial is refused: the coordinator no longer lets it in
-    _until(
+    wait_until(
         "the revoked node's redial is refused",
         lambda: "UNAUTHENTICATED" in node_log.read_text(encoding="utf-8"),
     )

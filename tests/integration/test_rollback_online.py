@@ -15,8 +15,7 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from test_federation import (
     _verified,
     run,
     running_federation,
+    wait_until,
 )
 
 from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
@@ -41,21 +41,12 @@ from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust.identity import load_identity
 
 VICTIM = NODES[1]
-#: how often a bounded wait looks again (s)
-POLL_S = 0.05
 
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     with running_federation(tmp_path_factory.mktemp("rollback")) as federation:
         yield federation
-
-
-def _until(what: str, done: Callable[[], bool], timeout_s: float = READY_TIMEOUT_S) -> None:
-    started = time.monotonic()
-    while not done():
-        assert time.monotonic() - started < timeout_s, f"not within {timeout_s} s: {what}"
-        time.sleep(POLL_S)
 
 
 def _copy_database(source: Path, target: Path) -> None:
@@ -214,7 +205,7 @@ def test_nodes_refuse_a_coordinator_whose_log_went_back(fed: Federation) -> None
     fed.coordinator.send_signal(signal.SIGTERM)
     fed.coordinator.wait(timeout=READY_TIMEOUT_S)
     fed.start_coordinator(listen=fed.address)
-    _until("every node is welcomed again",
+    wait_until("every node is welcomed again",
            lambda: all(fed.session_of(n) > sessions[n] for n in sessions))  # fmt: skip
 
     fed.coordinator.send_signal(signal.SIGTERM)
@@ -222,7 +213,7 @@ def test_nodes_refuse_a_coordinator_whose_log_went_back(fed: Federation) -> None
     _copy_database(backup, database)
     fed.start_coordinator(listen=fed.address)
     logs = {n: fed.root / f"{n}.log" for n in NODES}
-    _until("every node refuses the rolled-back coordinator",
+    wait_until("every node refuses the rolled-back coordinator",
            lambda: all("NOT WORKING WITH COORDINATOR" in p.read_text(encoding="utf-8")
                        for p in logs.values()))  # fmt: skip
     body = _ask(fed, "SELECT COUNT(*) FROM screenings WHERE phq9_total >= 14")
