@@ -8,7 +8,6 @@ the releases it came from and, for public data, against the nodes' own tables.
 
 from __future__ import annotations
 
-import math
 import sqlite3
 from dataclasses import dataclass, replace
 from typing import Any
@@ -254,8 +253,14 @@ def test_a_share_stays_in_its_bounds(a: int, b: int) -> None:
 
 
 def test_share_intervals_cover_95_percent() -> None:
-    """The delta-method interval of a share of two noisy counts covers the truth ~95%."""
-    true_a, true_b, epsilon, runs = 60, 240, 0.2, 1500
+    """The delta-method interval of a share of two noisy counts covers the truth ~95%.
+
+    Measured: about 94% here (60 of 300 at ε = 0.2: the ratio's heavy-tailed noise makes
+    the delta method slightly optimistic); the bound below allows 92.5-97.5%, about
+    four standard errors below the measured rate at 3,000 runs, so it fails only if
+    coverage really drops.
+    """
+    true_a, true_b, epsilon, runs = 60, 240, 0.2, 3000
     covered = 0
     for _ in range(runs):
         noisy = laplace_vector([true_a, true_b], epsilon=epsilon, sensitivity=1)
@@ -265,8 +270,7 @@ def test_share_intervals_cover_95_percent() -> None:
         assert high is not None
         covered += low <= true_a / (true_a + true_b) <= high
     rate = covered / runs
-    # binomial standard error at 1500 runs is about 0.6%: 4 SE either side
-    assert abs(rate - 0.95) < 4 * math.sqrt(0.95 * 0.05 / runs) + 0.005, rate
+    assert 0.925 <= rate <= 0.975, rate
 
 
 def test_city_rows_combine_their_counties_only(ran: Ran) -> None:
