@@ -206,6 +206,7 @@ def _b64encode(data: bytes) -> str:
 #: base64 symbols (either alphabet) whose value has its low 4 / low 2 bits zero
 _LOW_4_ZERO = frozenset("AQgw")
 _LOW_2_ZERO = frozenset("AEIMQUYcgkosw048")
+_URL_SAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 
 
 def _b64decode(value: object, what: str) -> bytes:
@@ -222,7 +223,9 @@ def _b64decode(value: object, what: str) -> bytes:
         raise MalformedEnvelope(f"{what} mixes the two base64 alphabets")
     try:
         data = value.encode("ascii")
-        raw = base64.b64decode(data, altchars=b"-_" if url_safe else None, validate=True)
+        if url_safe:
+            data = data.translate(_URL_SAFE_TO_STANDARD)
+        raw = binascii.a2b_base64(data, strict_mode=True)  # = b64decode(validate=True)
     except (UnicodeEncodeError, binascii.Error):
         raise MalformedEnvelope(f"{what} is not valid base64") from None
     if len(value) % 4 or not _zero_pad_bits(value):
