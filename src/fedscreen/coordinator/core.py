@@ -374,12 +374,14 @@ class Coordinator:
 def _one_year(
     verified: dict[str, tuple[bytes, VerifiedAnswer]], lost: list[str], why: dict[str, str]
 ) -> str | None:
-    """With no pinned year, the year most answers are for (ties: the newer); the answers
-    for other years are dropped as missing. None if no answer verified."""
+    """With no pinned year, the year most answers are for (ties: the older, as A8 pins);
+    the answers for other years are dropped as missing. None if no answer verified."""
     years = Counter(answer.answer.query.years[0] for _, answer in verified.values())
     if not years:
         return None
-    year = max(years.items(), key=lambda item: (item[1], item[0]))[0]
+    # Academic years ("2024-2025") sort as strings; min over (-count, year) is the most
+    # common year, the older on a tie.
+    year = min(years.items(), key=lambda item: (-item[1], item[0]))[0]
     for node_id, (_, answer) in list(verified.items()):
         if answer.answer.query.years[0] != year:
             del verified[node_id]

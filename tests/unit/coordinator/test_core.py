@@ -572,6 +572,9 @@ def test_a_query_without_years_is_pinned_to_one_year(fed: Federation) -> None:
         pinned = coordinator.release(accepted, answers, missing=[], academic_year="2024-2025")
         # no pin (no node announced a year): the year most answers are for
         unpinned = coordinator.release(accepted, answers, missing=[])
+        # no pin and a tie between the answers: the older year, as for announced years (A8)
+        tied = {node: answers[node] for node in (COUNTIES[0], COUNTIES[2])}
+        older = coordinator.release(accepted, tied, missing=[COUNTIES[1]])
         config.write_text(config.read_text().replace('"2023-2024"', '"last year"'))
         with pytest.raises(ConfigError, match="academic_year"):
             coordinator.academic_year_for(accepted, announced)
@@ -585,6 +588,12 @@ def test_a_query_without_years_is_pinned_to_one_year(fed: Federation) -> None:
         assert body["academic_year"] == "2024-2025"
         assert body["answered"] == [COUNTIES[0], COUNTIES[1]]
         assert "another academic year" in body["missing_reasons"][COUNTIES[2]]
+    tie_body = verify_release(
+        older.envelope, manifest=manifest, query=query, answers=older.answers
+    ).body
+    assert tie_body["academic_year"] == "2023-2024"
+    assert tie_body["answered"] == [COUNTIES[2]]
+    assert "another academic year" in tie_body["missing_reasons"][COUNTIES[0]]
 
 
 def _forked_answer(config: NodeConfig, honest: bytes, other: SignedQuery) -> bytes:
