@@ -110,10 +110,11 @@ def latest_year(conn: sqlite3.Connection) -> str | None:
     return str(row[0]) if row and row[0] else None
 
 
-def _holds_screenings(conn: sqlite3.Connection, year: str) -> bool:
+def _holds(conn: sqlite3.Connection, kind: str, year: str) -> bool:
+    """Whether rows of this ingest kind (``screening``, ``school``) are loaded for the year."""
     row = conn.execute(
-        "SELECT 1 FROM ingest_batch WHERE kind = 'screening' AND rows > 0 AND academic_year = ?",
-        (year,),
+        "SELECT 1 FROM ingest_batch WHERE kind = ? AND rows > 0 AND academic_year = ?",
+        (kind, year),
     ).fetchone()
     return row is not None
 
@@ -136,12 +137,15 @@ def answer_query(
             epsilon = request_epsilon(
                 plan, policy, epsilon=request.epsilon, accuracy=request.accuracy
             )
-            if not plan.dataset.public:
-                # a year with no screenings loaded (a coordinator's pinned year, a typo)
-                # would be charged for pure noise: refuse it, at no cost
-                absent = [y for y in spec.years if not _holds_screenings(conn, y)]
-                if absent:
-                    raise _Refused("no-data", f"this node holds no screenings for {absent[0]}")
+            # a year with nothing loaded (a coordinator's pinned year, a typo) would be
+            # charged for pure noise, or for public tables answered as an exact 0 and
+            # counted as answered: refuse it, at no cost. Public datasets are the school
+            # tables, loaded as ``school`` batches.
+            public = plan.dataset.public
+            kind, what = ("school", "school tables") if public else ("screening", "screenings")
+            absent = [y for y in spec.years if not _holds(conn, kind, y)]
+            if absent:
+                raise _Refused("no-data", f"this node holds no {what} for {absent[0]}")
         except RecursionError:
             # the parser and the spec limit nesting; this is only the last resort
             raise _Refused("invalid-query", "the query is nested too deeply to check") from None

@@ -261,6 +261,29 @@ def test_public_dataset_is_exact_and_free(
     assert charges(conn) == []
 
 
+@pytest.mark.parametrize("pinned", [True, False])
+def test_public_data_for_a_year_without_school_tables_is_refused_no_data(
+    pinned: bool, node: NodeConfig, conn: sqlite3.Connection, tmp_path: Path
+) -> None:
+    """Finding F4: school tables are loaded for YEAR only; a year without them (pinned by
+    the coordinator or named in the query) is refused no-data, not answered an exact 0.
+    Screenings exist for EARLIER, so the school-table batches are what is checked."""
+    load(node, tmp_path / "schools.csv", [school_row("1301020001", "S10")])
+    sql = "SELECT SUM(eligible) FROM school_grades"
+    request = (
+        QueryRequest("alice", None, text=sql, academic_year=EARLIER)
+        if pinned
+        else QueryRequest("alice", None, text=f"{sql} WHERE academic_year = '{EARLIER}'")
+    )
+    with pytest.raises(QueryRefused, match=f"no school tables for {EARLIER}"):
+        answer_query(node, node.policy(), request, conn=conn)
+    assert refusals(conn)[-1][2] == f"no-data: this node holds no school tables for {EARLIER}"
+    assert charges(conn) == []
+    # the year that is loaded is still answered
+    loaded = QueryRequest("alice", None, text=sql, academic_year=YEAR)
+    assert answer_query(node, node.policy(), loaded, conn=conn).body["cells"][0]["value"] > 0
+
+
 # --- the cache ----------------------------------------------------------------------
 
 
