@@ -9,13 +9,42 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 
 from fedscreen._util.files import write_ready_file
 from fedscreen.cli.coordinator import run_until_signalled
 from fedscreen.node.agent import Welcomed, run_node
 from fedscreen.node.home import load_config
 from fedscreen.node.rollback import sync_checkpoint
+
+#: in the node's home: held (flock) by the one ``node serve`` running on it
+SERVE_LOCK_FILE: Final = ".serve.lock"
+
+
+@contextlib.contextmanager
+def serve_lock(home: Path) -> Iterator[bool]:
+    """Hold the home's serve lock for the block; yields False if another process holds it.
+
+    Two ``node serve`` on one home would take the coordinator's session from each
+    other in turn. flock is released by the kernel when the process dies, so a
+    crashed server never leaves a stale lock behind.
+    """
+    fd = os.open(home / SERVE_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def add_serve_parser(node_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -75,8 +104,17 @@ def run_serve(
             unsafe_test_clock_skew_ms=unsafe_test_clock_skew_ms,
         )
 
-    # a database restored behind the node's saved checkpoint: refuse before dialing
-    sync_checkpoint(load_config(args.home))
-    run_until_signalled(main)
+    config = load_config(args.home)
+    with serve_lock(config.home) as locked:
+        if not locked:
+            print(
+                f"error: another 'fedscreen node serve' is already running on {config.home}; "
+                "stop it first (one node, one session with the coordinator)",
+                file=sys.stderr,
+            )
+            return 1
+        # a database restored behind the node's saved checkpoint: refuse before dialing
+        sync_checkpoint(config)
+        run_until_signalled(main)
     print("node stopped", flush=True)
     return 0
