@@ -18,7 +18,7 @@ import time
 from typing import NoReturn
 
 from fedscreen._util.canonical import canonical_json
-from fedscreen.crypto.envelope import Envelope
+from fedscreen.crypto.envelope import QUERY_V1, Envelope, verify_envelope
 from fedscreen.errors import QueryRefused, VerificationError
 from fedscreen.node.engine import QueryRequest, answer_query, record_refusal
 from fedscreen.node.home import NodeConfig
@@ -63,6 +63,10 @@ def handle_query(
     except RecursionError:
         _refuse(config, conn, "(unverified)", "", "invalid-query", "nested too deeply")
     except (VerificationError, QueryRefused) as exc:
+        revoked = _revoked_signer(envelope, manifest)
+        if revoked is not None:
+            detail = f"analyst {revoked} is revoked in manifest version {manifest.version}"
+            _refuse(config, conn, revoked, "", "revoked", detail)
         # verify_query's words: fixed ones before the signature verified, and after it
         # only what the analyst signed (bounded by refusal_reason)
         detail = f"not a valid analyst query: {exc}"
@@ -92,6 +96,26 @@ def handle_query(
     )
     answer = answer_query(config, policy, request, conn=conn)
     return answer.envelope.to_json().encode("utf-8")
+
+
+def _revoked_signer(envelope: Envelope, manifest: Manifest) -> str | None:
+    """The id of the revoked analyst whose key the query verifies under, if any.
+
+    Only a signature that verifies counts: anyone can name a revoked analyst, and such
+    a claim stays an ``invalid-query``."""
+    for member in manifest.members:
+        if not (member.revoked and member.role == "analyst"):
+            continue
+        try:
+            verify_envelope(
+                envelope,
+                expected_payload_type=QUERY_V1,
+                trusted_keys={member.key_id: member.signing_key},
+            )
+        except VerificationError:
+            continue
+        return member.id
+    return None
 
 
 def _refuse(

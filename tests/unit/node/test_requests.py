@@ -334,3 +334,27 @@ def test_nothing_of_an_unverified_envelope_reaches_the_signed_log(node: Node) ->
     for _, query, reason in node.refusals():
         assert "planted" not in reason
         assert "planted" not in query
+
+
+def test_a_revoked_analysts_query_is_refused_as_revoked(
+    node: Node, template: Path, tmp_path: Path
+) -> None:
+    """Finding F6c: a query that verifies under a revoked analyst's key is refused with the
+    vocabulary's ``revoked`` code (and names the analyst); a mere claim stays invalid."""
+    signed = node.sign(node.query())
+    other = json.loads(node.sign(node.query()))
+    shutil.copytree(template / "auth", tmp_path / "auth")
+    revoked = Node(
+        node.config, node.analyst, authority.revoke(tmp_path / "auth", "analyst-1"), node.conn
+    )
+    record = revoked.assert_refused(signed, "analyst-1 is revoked", "revoked")
+    assert record[:2] == ("analyst-1", "")
+    # the revoked analyst's key id on a payload its signature does not cover: not the analyst
+    tampered = json.loads(signed)
+    tampered["payload"] = other["payload"]
+    record = revoked.assert_refused(
+        json.dumps(tampered).encode(), "not a valid analyst query", "invalid-query"
+    )
+    assert record[0] == "(unverified)"
+    # while the analyst was active the same envelope is answered
+    assert node.handle(signed)
