@@ -32,6 +32,7 @@ from fedscreen.protocol.consistency import check_extends
 from fedscreen.protocol.query import QUERY_ID_HEX
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
 from fedscreen.tlog.log import TransparencyLog
+from fedscreen.trust.history import held_keys
 from fedscreen.trust.identity import MANIFEST_FILE, update_manifest
 from fedscreen.trust.manifest import Manifest, parse_manifest
 
@@ -201,22 +202,38 @@ class CoordinatorLog:
     """The newest checkpoint of the coordinator's log this node verified; see the module doc."""
 
     def __init__(self, home: Path, coordinator_id: str) -> None:
+        self.home = home
+        self.coordinator_id = coordinator_id
         self.path = home / COORDINATOR_CHECKPOINT_FILE
         self.origin = member_origin("coordinator", coordinator_id)
 
     def held(self, key: bytes) -> Checkpoint | None:
-        """The saved checkpoint, verified under the coordinator's ``key`` (None: none yet)."""
+        """The saved checkpoint, verified under the coordinator's ``key`` or a key it held
+        in a manifest version the home installed (re-keyed in place); None: none yet."""
+        found = self._held(key)
+        return None if found is None else found[0]
+
+    def _held(self, key: bytes) -> tuple[Checkpoint, bool] | None:
+        """The saved checkpoint and whether it verified under ``key`` itself."""
         try:
             data = self.path.read_bytes()[: _MAX_NOTE_BYTES + 1]
         except FileNotFoundError:
             return None
         try:
-            return parse_and_verify_note(data, verifiers={self.origin: key})
+            return parse_and_verify_note(data, verifiers={self.origin: key}), True
         except VerificationError as exc:
-            raise ConfigError(
-                f"{self.path} is not a checkpoint signed by the coordinator ({exc}); "
-                "delete it only if the coordinator's key changed"
-            ) from None
+            error = exc
+        # the coordinator re-keyed in place: its former checkpoint keeps protecting the node
+        for former in held_keys(self.home, self.coordinator_id):
+            try:
+                return parse_and_verify_note(data, verifiers={self.origin: former}), False
+            except VerificationError:
+                continue
+        raise ConfigError(
+            f"{self.path} is not a checkpoint signed by the coordinator under its key or "
+            f"any key it held in an installed manifest ({error}); delete it only if the "
+            "coordinator's key changed and its manifest versions were not installed here"
+        ) from None
 
     def known_size(self, key: bytes) -> int:
         """The saved checkpoint's size (0: none), for the Hello."""
@@ -229,7 +246,8 @@ class CoordinatorLog:
         Raises VerificationError (the reason in one line) if it is not signed by the
         coordinator, or its log shrank, forked or did not prove consistency.
         """
-        held = self.held(key)
+        found = self._held(key)
+        held, current = (None, True) if found is None else found
         if not note:
             if held is not None:
                 raise VerificationError(
@@ -244,7 +262,8 @@ class CoordinatorLog:
             raise VerificationError("its checkpoint is of another log")
         if held is not None:
             check_extends(held, new, proof)
-        if held is None or new.size > held.size:
+        # one held under a former key is replaced under the current one at once
+        if held is None or new.size > held.size or not current:
             replace_file(self.path, note.encode("utf-8"))
         return new
 

@@ -53,6 +53,7 @@ from fedscreen.protocol.budget import from_micro
 from fedscreen.tlog import memberlog, merkle
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
 from fedscreen.tlog.log import TransparencyLog
+from fedscreen.trust.history import held_keys
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -163,22 +164,34 @@ def _state(
 
 
 def _verify_note(config: NodeConfig, note: str, *, what: str, file: bool = False) -> Checkpoint:
+    """``note`` verified under the node's key, or a key it held before a re-key in place."""
     origin = member_origin(_ROLE, config.node_id)
+    current = config.signing_key().public_key
     try:
-        checkpoint = parse_and_verify_note(
-            note, verifiers={origin: config.signing_key().public_key}
-        )
+        checkpoint = parse_and_verify_note(note, verifiers={origin: current})
     except VerificationError as exc:
-        hint = (
-            "; put back the node's own file, or move it aside to start the check afresh "
-            "from the database"
-            if file
-            else ""
-        )
-        raise VerificationError(
-            f"{what} does not verify with node {config.node_id}'s key ({exc}): it was altered "
-            f"or is not this node's{hint}"
-        ) from None
+        error = exc
+        # signed before `pki issue --replace`: the node's own history, still its to trust
+        for former in held_keys(config.home, config.node_id):
+            if former == current:
+                continue
+            try:
+                checkpoint = parse_and_verify_note(note, verifiers={origin: former})
+                break
+            except VerificationError:
+                continue
+        else:
+            hint = (
+                "; put back the node's own file, or move it aside to start the check afresh "
+                "from the database"
+                if file
+                else ""
+            )
+            raise VerificationError(
+                f"{what} does not verify with node {config.node_id}'s key, nor any key it "
+                f"held in an installed manifest ({error}): it was altered or is not this "
+                f"node's{hint}"
+            ) from None
     if checkpoint.origin != origin:
         raise VerificationError(f"{what} is for {checkpoint.origin}, not {origin}")
     return checkpoint

@@ -19,8 +19,10 @@ from typing import Final
 from fedscreen._util.canonical import canonical_json
 from fedscreen._util.files import replace_file
 from fedscreen.crypto.envelope import Envelope, sign_envelope, verify_envelope
+from fedscreen.crypto.signing import public_key_id
 from fedscreen.errors import ConfigError, VerificationError
 from fedscreen.node.home import NodeConfig
+from fedscreen.trust.history import held_keys
 
 __all__ = [
     "SPENT_FILE",
@@ -62,7 +64,8 @@ def forgotten(
 
 
 def read_mirror(config: NodeConfig) -> Mirror | None:
-    """The mirror, verified with the node's key; None if there is none."""
+    """The mirror, verified with the node's key (or one it held before a re-key in place,
+    see :func:`fedscreen.trust.history.held_keys`); None if there is none."""
     path = config.home / SPENT_FILE
     try:
         data = path.read_bytes()
@@ -72,11 +75,19 @@ def read_mirror(config: NodeConfig) -> Mirror | None:
         raise ConfigError(f"{path}: unreadable ({exc})") from None
     key = config.signing_key()
     try:
-        payload = verify_envelope(
-            Envelope.from_json(data),
-            expected_payload_type=SPENT_V1,
-            trusted_keys={key.key_id: key.public_key},
-        )
+        envelope = Envelope.from_json(data)
+        try:
+            payload = verify_envelope(
+                envelope, expected_payload_type=SPENT_V1, trusted_keys={key.key_id: key.public_key}
+            )
+        except VerificationError:
+            # signed before `pki issue --replace`: rewritten under the new key at the next save
+            former = held_keys(config.home, config.node_id)
+            payload = verify_envelope(
+                envelope,
+                expected_payload_type=SPENT_V1,
+                trusted_keys={public_key_id(k): k for k in (key.public_key, *former)},
+            )
         doc = json.loads(payload)
         if doc["node_id"] != config.node_id:
             raise ValueError("another node's")

@@ -13,18 +13,29 @@ versions (:func:`fedscreen.trust.manifest.check_successor`).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
 from pathlib import Path
 from typing import Final
 
 from fedscreen._util.files import write_new_file
-from fedscreen.errors import VerificationError
+from fedscreen.errors import UnknownMember, VerificationError
 from fedscreen.trust.certs import read_public_file
 from fedscreen.trust.manifest import Manifest, check_successor, parse_manifest
 
-__all__ = ["HISTORY_DIR", "MAX_MANIFEST_BYTES", "keep_version", "read_history", "version_name"]
+__all__ = [
+    "HISTORY_DIR",
+    "MAX_MANIFEST_BYTES",
+    "held_keys",
+    "keep_version",
+    "read_history",
+    "version_name",
+]
 
 HISTORY_DIR: Final = "manifests"
+#: in a member's home: the authority key pinned at its first install (base64)
+_AUTHORITY_PUB: Final = "authority.pub"
 #: a manifest file larger than this (bytes) is refused
 MAX_MANIFEST_BYTES: Final = 16 * 1024 * 1024
 
@@ -82,3 +93,33 @@ def keep_version(directory: Path, manifest: Manifest, text: bytes) -> None:
         return
     directory.mkdir(mode=0o755, exist_ok=True)
     write_new_file(path, text, mode=0o644)
+
+
+def held_keys(home: Path, member_id: str) -> tuple[bytes, ...]:
+    """Every signing key ``member_id`` held while active in a version installed in
+    ``HOME/manifests/`` (newest version first; empty: no history or no pinned key).
+
+    A member re-keyed in place (``pki issue --replace``) still reads what it signed
+    under its former keys: its own checkpoints, its mirror, its coordinator's notes.
+    Each version is verified under the authority key the home pinned; raises
+    VerificationError if one does not.
+    """
+    pinned = home / _AUTHORITY_PUB
+    if not pinned.is_file():
+        return ()
+    try:
+        authority_key = base64.b64decode(
+            read_public_file(pinned, max_bytes=1024).strip(), validate=True
+        )
+    except binascii.Error:
+        raise VerificationError(f"{pinned}: not a base64 Ed25519 public key") from None
+    keys: list[bytes] = []
+    history = read_history(home / HISTORY_DIR, authority_key=authority_key, contiguous=False)
+    for manifest, _ in reversed(history):
+        try:
+            key = manifest.member(member_id).signing_key
+        except UnknownMember:
+            continue  # not active in that version: what it signed then is not trusted
+        if key not in keys:
+            keys.append(key)
+    return tuple(keys)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from rekeying import rekey_in_place
 
 from fedscreen.analyst.query import make_query
 from fedscreen.cli.main import main
@@ -240,6 +241,50 @@ def test_the_coordinators_log_must_extend_the_one_seen(homes: Homes) -> None:
     (homes.node.home / COORDINATOR_CHECKPOINT_FILE).write_text("tampered\n")
     with pytest.raises(ConfigError, match="not a checkpoint signed by the coordinator"):
         seen.known_size(public)
+
+
+def test_a_coordinator_rekeyed_in_place_keeps_the_node_protected(homes: Homes) -> None:
+    """The checkpoint held under the coordinator's former key (held in an installed
+    manifest version) still binds its log: a shrunk log under the new key is refused,
+    an extended one is taken and the file rewritten under the new key."""
+    old_key = load_identity(homes.coordinator).signing_key()
+    conn = sqlite3.connect(":memory:")
+    seen = CoordinatorLog(homes.node.home, COORDINATOR)
+    first = CoordinatorTree(conn, old_key).grow(5)
+    assert seen.check(first, [], key=old_key.public_key) is not None
+    new_key = rekey_in_place(
+        homes.auth, homes.coordinator, member_id=COORDINATOR, role="coordinator", name="省平台"
+    )
+    update_manifest(homes.node.home, authority.manifest_text(homes.auth))
+    public = new_key.public_key
+    assert seen.known_size(public) == 5
+    # the same log, shrunk and re-signed under the new key: still caught
+    with pytest.raises(VerificationError, match="shrank from 5 to 2"):
+        seen.check(CoordinatorTree(sqlite3.connect(":memory:"), new_key).grow(2), [], key=public)
+    tree = CoordinatorTree(conn, new_key)
+    grown = tree.grow(2)
+    assert seen.check(grown, tree.proof(5), key=public) is not None
+    saved = (homes.node.home / COORDINATOR_CHECKPOINT_FILE).read_text()
+    assert saved == grown
+    # a key the coordinator never held in an installed version is not trusted
+    stranger = CoordinatorTree(sqlite3.connect(":memory:"), SigningKey.generate()).grow(9)
+    (homes.node.home / COORDINATOR_CHECKPOINT_FILE).write_text(stranger)
+    with pytest.raises(ConfigError, match="not a checkpoint signed by the coordinator"):
+        seen.known_size(public)
+
+
+def test_without_the_manifest_history_a_former_key_is_not_trusted(homes: Homes) -> None:
+    old_key = load_identity(homes.coordinator).signing_key()
+    seen = CoordinatorLog(homes.node.home, COORDINATOR)
+    seen.check(CoordinatorTree(sqlite3.connect(":memory:"), old_key).grow(3), [],
+               key=old_key.public_key)  # fmt: skip
+    new_key = rekey_in_place(
+        homes.auth, homes.coordinator, member_id=COORDINATOR, role="coordinator", name="省平台"
+    )
+    update_manifest(homes.node.home, authority.manifest_text(homes.auth))
+    shutil.rmtree(homes.node.home / "manifests")
+    with pytest.raises(ConfigError, match="not a checkpoint signed by the coordinator"):
+        seen.known_size(new_key.public_key)
 
 
 def _charges(config: NodeConfig) -> int:

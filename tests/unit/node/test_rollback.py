@@ -8,6 +8,7 @@ live database, as an operator's tools would.
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +17,11 @@ import pytest
 from exportrows import varied_rows, write_csv
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rekeying import rekey_in_place
 
 from fedscreen._util.sqlite import transaction
 from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
+from fedscreen.crypto.signing import public_key_id
 from fedscreen.errors import ConfigError, VerificationError
 from fedscreen.node import ledger, store
 from fedscreen.node.engine import QueryRequest, answer_query
@@ -33,10 +36,13 @@ from fedscreen.node.rollback import (
     recover,
     sync_checkpoint,
 )
+from fedscreen.node.spent import read_mirror
 from fedscreen.node.statement import statement_body
 from fedscreen.tlog import memberlog
-from fedscreen.tlog.checkpoint import Checkpoint
+from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
 from fedscreen.tlog.log import TransparencyLog
+from fedscreen.trust import authority
+from fedscreen.trust.identity import issue_here
 
 YEAR = "2024-2025"
 AT = "2026-12-06T21:00:00+00:00"
@@ -463,3 +469,75 @@ def test_the_guard_refuses_exactly_the_databases_that_went_back(
                 _restore(work / f"{arg}.db", conn)
     finally:
         conn.close()
+
+
+# --- re-keyed in place (pki issue --replace) ----------------------------------------------
+
+
+def _issued(config: NodeConfig, tmp_path: Path) -> Path:
+    """An authority that issued the node (its manifest version kept in HOME/manifests/)."""
+    auth = tmp_path / "auth"
+    authority.init_authority(auth, federation="test")
+    issue_here(auth, config.home)
+    return auth
+
+
+def _verifies_under(note: str, config: NodeConfig, key: bytes) -> bool:
+    try:
+        parse_and_verify_note(note, verifiers={member_origin("node", config.node_id): key})
+    except VerificationError:
+        return False
+    return True
+
+
+def test_a_node_rekeyed_in_place_keeps_its_history_and_moves_to_the_new_key(
+    node_home: NodeConfig, conn: sqlite3.Connection, tmp_path: Path
+) -> None:
+    auth = _issued(node_home, tmp_path)
+    _append(node_home, conn, 3)
+    sync_checkpoint(node_home)
+    _backup(conn, tmp_path / "backup.db")
+    _append(node_home, conn, 2)
+    sync_checkpoint(node_home)
+    old = node_home.signing_key().public_key
+    new = rekey_in_place(auth, node_home.home, member_id=node_home.node_id, role="node",
+                         name="长安区", level="county").public_key  # fmt: skip
+    # the files and the database's checkpoint, all signed under the former key, are carried over
+    guard = CheckpointGuard.open(node_home, conn)
+    assert guard.saved is not None
+    assert guard.saved.size == 5
+    assert diagnose(node_home) is None
+    mirror = read_mirror(node_home)
+    assert mirror is not None
+    assert mirror.log_size == 5
+    # the next commit (signed under the new key) rewrites both files under it
+    _append(node_home, conn, 1)
+    guard.advance(conn)
+    note = (node_home.home / CHECKPOINT_FILE).read_text(encoding="utf-8")
+    assert _verifies_under(note, node_home, new)
+    assert not _verifies_under(note, node_home, old)
+    spent = Envelope.from_json((node_home.home / SPENT_FILE).read_bytes())
+    assert [s.keyid for s in spent.signatures] == [public_key_id(new)]
+    # and the protection held across the re-key: a backup from before it is still caught
+    _restore(tmp_path / "backup.db", conn)
+    with pytest.raises(ConfigError, match="behind its saved checkpoint"):
+        CheckpointGuard.open(node_home, conn)
+
+
+def test_a_former_key_counts_only_as_the_installed_manifests_say(
+    node_home: NodeConfig, conn: sqlite3.Connection, tmp_path: Path
+) -> None:
+    auth = _issued(node_home, tmp_path)
+    _append(node_home, conn, 2)
+    sync_checkpoint(node_home)
+    rekey_in_place(auth, node_home.home, member_id=node_home.node_id, role="node",
+                   name="长安区", level="county")  # fmt: skip
+    shutil.rmtree(node_home.home / "manifests")  # no record that the node held that key
+    with pytest.raises(VerificationError, match="nor any key it held"):
+        CheckpointGuard.open(node_home, conn)
+    (node_home.home / CHECKPOINT_FILE).unlink()
+    with pytest.raises(VerificationError, match=f"{SPENT_FILE} does not verify"):
+        CheckpointGuard.open(node_home, conn)
+    (node_home.home / SPENT_FILE).unlink()
+    with pytest.raises(VerificationError, match="the database's checkpoint does not verify"):
+        CheckpointGuard.open(node_home, conn)
