@@ -6,7 +6,9 @@
   both checkpoints are the node's own signed notes, that the older one is this
   log's own history just before the entry, that the newer one is really ahead
   (or a fork), and adds the restored ε to the charges it sums — so a node's
-  ``budget_after`` figures keep adding up across a recovery.
+  ``budget_after`` figures keep adding up across a recovery. An entry with
+  ``accepted_lost_budget`` (the operator lost the ledger mirror too) is reported
+  apart: from it on the node's ε sums are only a lower bound.
 * A coordinator's ``quarantine`` entry holds the evidence (two checkpoints the
   node signed: the one the coordinator held and the one it presented); a
   ``readmit`` entry ends a quarantine. The auditor checks the evidence is signed
@@ -82,6 +84,16 @@ def rollback_restored(
                 raise ValueError("a restored ε is never negative")
             charged[str(year), str(analyst)] = micro
     return charged
+
+
+def accepted_lost_budget(entry: Mapping[str, Any]) -> bool:
+    """Whether a rollback entry says the operator accepted lost budget
+    (``node recover --accept-lost-budget``): ε spent after the backup may be uncounted,
+    so the node's sums are a lower bound from this entry on. Raises TypeError."""
+    flag = entry.get("accepted_lost_budget", False)  # entries before the flag: not accepted
+    if not isinstance(flag, bool):
+        raise TypeError("accepted_lost_budget must be true or false")
+    return flag
 
 
 def coordinator_event(

@@ -3,7 +3,8 @@
 Pure, as ``audit.verify`` (which calls it): an answer's ε joins the node's and the
 analyst's sums per academic year, which must equal what the entry says was spent
 and stay within the budgets it recorded; a refusal charges nothing; a rollback
-adds back the ε the restored ledger forgot (``audit.events``).
+adds back the ε the restored ledger forgot (``audit.events``); one whose operator
+accepted lost budget is listed in the report (the sums are a lower bound from it on).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from fedscreen.audit.events import accepted_lost_budget
 from fedscreen.crypto.envelope import parse_json
 from fedscreen.errors import EntryInvalid, VerificationError
 
@@ -52,9 +54,12 @@ def check_node_entry(
     if kind == "rollback":
         try:
             restored = rollback(index, entry)
+            lost = accepted_lost_budget(entry)
         except (ValueError, KeyError, TypeError, VerificationError) as exc:
             raise bad(f"rollback: {exc}") from None
         report.rollbacks += 1
+        if lost:
+            report.lost_budget_entries.append(index)
         # ε the restored ledger forgot, charged again: the sums go on from there
         for (year, analyst), micro in restored.items():
             node_micro[year] = node_micro.get(year, 0) + micro

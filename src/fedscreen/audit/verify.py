@@ -109,6 +109,8 @@ class LogReport:
     requested_ids: set[str] = field(default_factory=set)
     #: database rollbacks the node recorded (``fedscreen node recover``)
     rollbacks: int = 0
+    #: indices of those whose operator accepted lost budget: ε sums are a lower bound
+    lost_budget_entries: list[int] = field(default_factory=list)
     #: node quarantines and readmissions the coordinator recorded
     quarantines: int = 0
     readmissions: int = 0
@@ -116,7 +118,11 @@ class LogReport:
     def coordinator_summary(self) -> str:
         """One line on a coordinator log's requests and releases ("" for a node log)."""
         if self.rollbacks:
-            return f"  {self.rollbacks} database rollback(s) recorded by node recover"
+            lost = len(self.lost_budget_entries)
+            return (
+                f"  {self.rollbacks} database rollback(s) recorded by node recover, "
+                f"{lost} with lost budget accepted"
+            )
         if not (self.requests or self.releases or self.quarantines):
             return ""
         events = (
@@ -145,6 +151,10 @@ class LogReport:
             "unreleased": self.unreleased,
             "partial_releases": self.partial_releases,
             "rollbacks": self.rollbacks,
+            "lost_budget_recoveries": len(self.lost_budget_entries),
+            "lost_budget_entries": self.lost_budget_entries,
+            # the node's ε sums are a lower bound from the first such entry on
+            "epsilon_lower_bound_from": min(self.lost_budget_entries, default=None),
             "quarantines": self.quarantines,
             "readmissions": self.readmissions,
             "node_epsilon": self.node_epsilon,

@@ -205,11 +205,18 @@ def _print_report(report: LogReport) -> None:
     )
     if summary := report.coordinator_summary():
         print(summary)
+    for index in report.lost_budget_entries:
+        print(
+            f"  WARNING: entry {index} is a node recover --accept-lost-budget: ε spent "
+            "after the backup may be uncounted; the node's ε totals below are a lower "
+            f"bound from entry {index} on"
+        )
+    is_ = "≥" if report.lost_budget_entries else "="  # a lower bound: said on every line
     for year, eps in sorted(report.node_epsilon.items()):
-        print(f"  {year}: node spent ε={eps:g}")
+        print(f"  {year}: node spent ε{is_}{eps:g}")
         for (y, analyst), spent in sorted(report.analyst_epsilon.items()):
             if y == year:
-                print(f"    {analyst}: ε={spent:g}")
+                print(f"    {analyst}: ε{is_}{spent:g}")
 
 
 def _report_failure(args: argparse.Namespace, failure: AuditFailure) -> int:

@@ -8,7 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedscreen.audit.events import Quarantines, coordinator_event, rollback_restored
+from fedscreen.audit.events import (
+    Quarantines,
+    accepted_lost_budget,
+    coordinator_event,
+    rollback_restored,
+)
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import VerificationError
 from fedscreen.tlog import merkle
@@ -70,6 +75,20 @@ def test_a_rollback_adds_the_restored_epsilon_in_micro_epsilon() -> None:
 
 def test_a_rollback_without_a_database_checkpoint_is_accepted() -> None:
     assert _check(_entry(to_checkpoint=None, restored={})) == {}
+
+
+def test_an_accepted_lost_budget_is_read_from_the_entry() -> None:
+    """Finding F3: the flag ``node recover --accept-lost-budget`` writes; entries written
+    before the flag existed are not lost-budget recoveries."""
+    assert accepted_lost_budget(_entry(accepted_lost_budget=True)) is True
+    assert accepted_lost_budget(_entry(accepted_lost_budget=False)) is False
+    assert accepted_lost_budget(_entry()) is False
+
+
+@given(st.one_of(st.none(), st.integers(), st.text(), st.lists(st.booleans())))
+def test_an_accepted_lost_budget_that_is_not_a_boolean_is_refused(value: object) -> None:
+    with pytest.raises(TypeError, match="accepted_lost_budget"):
+        accepted_lost_budget(_entry(accepted_lost_budget=value))
 
 
 @pytest.mark.parametrize(

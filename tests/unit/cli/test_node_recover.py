@@ -6,6 +6,7 @@ use SQLite's online backup, as an operator's tools would.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from fedscreen.cli.main import main
 from fedscreen.node import ledger, store
 from fedscreen.node.home import NodeConfig
 from fedscreen.node.rollback import CHECKPOINT_FILE, SPENT_FILE
+from fedscreen.trust import authority
+from fedscreen.trust.identity import issue_here
 
 YEAR = "2024-2025"
 
@@ -126,3 +129,59 @@ def test_recover_without_spent_json_needs_accept_lost_budget(
     assert main(args) == 0
     assert "may no longer be counted" in capsys.readouterr().out
     assert _query(restored.home, "P5") == 0  # it runs again
+
+
+def test_the_auditor_is_told_of_an_accepted_lost_budget(
+    restored: NodeConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Finding F3: audit verify names the --accept-lost-budget entry, says the ε totals
+    are a lower bound from it on, and counts such recoveries apart (text and JSON)."""
+    home = str(restored.home)
+    auth = tmp_path / "auth"
+    authority.init_authority(auth, federation="test")
+    issue_here(auth, restored.home)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(authority.manifest_text(auth), encoding="utf-8")
+    (restored.home / SPENT_FILE).unlink()
+    args = ["node", "recover", "--home", home, "--reason", "disk restore", "--accept-lost-budget"]
+    assert main(args) == 0
+    assert _query(restored.home, "P6") == 0
+    bundle = tmp_path / "audit.json"
+    assert main(["audit", "export", "--home", home, "--out", str(bundle)]) == 0
+    capsys.readouterr()
+    verify = ["audit", "verify", str(bundle), "--manifest", str(manifest)]
+    assert main(verify) == 0  # the log is valid; only its sums are incomplete
+    out = capsys.readouterr().out
+    assert "1 database rollback(s) recorded by node recover, 1 with lost budget accepted" in out
+    assert "entry 1 is a node recover --accept-lost-budget" in out
+    assert "lower bound from entry 1 on" in out
+    assert f"{YEAR}: node spent ε≥0.2" in out  # 0.1 before the backup, 0.1 after recovery
+    assert main([*verify, "--json"]) == 0
+    (log,) = json.loads(capsys.readouterr().out)["logs"]
+    assert (log["rollbacks"], log["lost_budget_recoveries"]) == (1, 1)
+    assert log["lost_budget_entries"] == [1]
+    assert log["epsilon_lower_bound_from"] == 1
+
+
+def test_a_recovery_that_charged_everything_again_is_no_lower_bound(
+    restored: NodeConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = str(restored.home)
+    auth = tmp_path / "auth"
+    authority.init_authority(auth, federation="test")
+    issue_here(auth, restored.home)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(authority.manifest_text(auth), encoding="utf-8")
+    assert main(["node", "recover", "--home", home, "--reason", "disk restore"]) == 0
+    bundle = tmp_path / "audit.json"
+    assert main(["audit", "export", "--home", home, "--out", str(bundle)]) == 0
+    capsys.readouterr()
+    verify = ["audit", "verify", str(bundle), "--manifest", str(manifest)]
+    assert main(verify) == 0
+    out = capsys.readouterr().out
+    assert "1 database rollback(s) recorded by node recover, 0 with lost budget accepted" in out
+    assert "WARNING" not in out
+    assert f"{YEAR}: node spent ε=0.3" in out  # the two forgotten answers charged again
+    assert main([*verify, "--json"]) == 0
+    (log,) = json.loads(capsys.readouterr().out)["logs"]
+    assert (log["lost_budget_recoveries"], log["epsilon_lower_bound_from"]) == (0, None)
