@@ -114,7 +114,8 @@ def run_install(args: argparse.Namespace) -> int:
 
 def run_update_manifest(args: argparse.Namespace) -> int:
     """``fedscreen identity update-manifest``: exit 2, nothing installed, if the manifest
-    revokes this member itself (unless ``--accept-own-revocation``: installed, exit 2)."""
+    revokes this member itself (unless ``--accept-own-revocation``: installed, exit 0 with
+    a warning on stderr — the flag says the operator means it)."""
     text = read_public_file(args.manifest, max_bytes=MAX_MANIFEST_BYTES)
     identity = load_identity(args.home)
     manifest = check_update(args.home, text)
@@ -131,8 +132,10 @@ def run_update_manifest(args: argparse.Namespace) -> int:
     manifest = update_manifest(args.home, text)
     print(f"installed manifest version {manifest.version}")
     if not active:
-        print(f"warning: {shown} is not an active member in this manifest")
-        return 2
+        print(
+            f"warning: {shown} is not an active member in this manifest; it must stop serving",
+            file=sys.stderr,
+        )
     return 0
 
 
