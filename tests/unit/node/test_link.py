@@ -320,7 +320,7 @@ def test_a_manifest_placed_in_the_home_is_in_force_for_the_next_query(homes: Hom
             worker.close()
 
     reason = asyncio.run(scenario())
-    assert "active analyst" in reason
+    assert reason.startswith("revoked: analyst alice is revoked"), reason  # F6c's code
     assert _charges(config) == 0
     version = load_identity(config.home).manifest().version
     assert _manifest_versions(config)[-1] == version
