@@ -41,7 +41,8 @@ def _holder(home: Path) -> subprocess.Popen[str]:
 
 
 def _release(process: subprocess.Popen[str]) -> None:
-    assert process.stdin is not None and process.stdout is not None
+    assert process.stdin is not None
+    assert process.stdout is not None
     process.stdin.close()
     assert process.wait(timeout=30) == 0
     process.stdout.close()
