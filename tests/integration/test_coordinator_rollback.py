@@ -14,8 +14,8 @@ import signal
 import sqlite3
 from pathlib import Path
 
-from test_federation import NODES, READY_TIMEOUT_S, running_federation
-from test_rollback_online import _ask, _copy_database, _until
+from test_federation import NODES, READY_TIMEOUT_S, running_federation, wait_until
+from test_rollback_online import _ask, _copy_database
 
 from fedscreen.tlog.log import TransparencyLog
 
@@ -50,7 +50,7 @@ def test_a_coordinator_restored_from_a_backup_newer_than_the_welcome_is_refused(
         _copy_database(backup, database)
         fed.start_coordinator(listen=fed.address)
         logs = {n: fed.root / f"{n}.log" for n in NODES}
-        _until("every node refuses the rolled-back coordinator",
+        wait_until("every node refuses the rolled-back coordinator",
                lambda: all("NOT WORKING WITH COORDINATOR" in p.read_text(encoding="utf-8")
                            for p in logs.values()))  # fmt: skip
         body = _ask(fed, "SELECT COUNT(*) FROM screenings WHERE phq9_total >= 14")
