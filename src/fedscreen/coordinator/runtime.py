@@ -33,6 +33,7 @@ from fedscreen.rpc import transport
 from fedscreen.rpc.clock import CLOCK_TOLERANCE_MS
 from fedscreen.rpc.transport import DEFAULT_LIMITS, TransportLimits
 from fedscreen.tlog.checkpoint import Checkpoint
+from fedscreen.trust.manifest import Manifest
 
 __all__ = [
     "DEFAULT_SERVER_LIMITS",
@@ -48,6 +49,7 @@ __all__ = [
     "node_refusal",
     "open_session",
     "screen",
+    "settle_statements",
     "shown_query_id",
 ]
 
@@ -346,23 +348,40 @@ async def screen(
     return NodeReply(None, reason)
 
 
-def keep_statement(
-    core: CoreThread, sessions: SessionRegistry, node_id: str, envelope: bytes
-) -> None:
-    """Verify a node's budget statement and keep it if it is the newest; drop a bad one.
+#: unverified statements kept per node until someone reads them (the newest few: if
+#: the newest does not verify, an older one still may)
+UNVERIFIED_STATEMENTS: Final = 4
 
-    Verified on the loop: one Ed25519 verification and a small JSON parse (well under
-    a millisecond), and the core's thread may be busy with a release.
+
+def keep_statement(sessions: SessionRegistry, node_id: str, envelope: bytes) -> None:
+    """Keep a node's budget statement, to be verified when someone reads the statements.
+
+    A node sends one after every answer; verifying each as it came cost the coordinator
+    an Ed25519 verification per answer for statements mostly superseded unread.
     """
-    try:
-        statement = verify_statement(envelope, manifest=core.core.manifest, node_id=node_id)
-    except VerificationError as exc:
-        _log.warning(
-            "node %s sent a budget statement that does not verify; dropped: %s", node_id, exc
-        )
-        return
-    if not sessions.record_budget(statement, envelope):
-        _log.info("node %s sent an out-of-date budget statement; dropped", node_id)
+    queue = sessions.unverified.setdefault(node_id, [])
+    queue.append((envelope, now_ms()))
+    del queue[:-UNVERIFIED_STATEMENTS]
+
+
+def settle_statements(manifest: Manifest, sessions: SessionRegistry) -> None:
+    """Verify the statements kept since the last read: each node's newest that verifies
+    is kept if it is newer than the one held; the others are dropped (logged)."""
+    pending, sessions.unverified = sessions.unverified, {}
+    for node_id, queue in pending.items():
+        for envelope, at_ms in reversed(queue):
+            try:
+                statement = verify_statement(envelope, manifest=manifest, node_id=node_id)
+            except VerificationError as exc:
+                _log.warning(
+                    "node %s sent a budget statement that does not verify; dropped: %s",
+                    node_id,
+                    exc,
+                )
+                continue
+            if not sessions.record_budget(statement, envelope, at_ms=at_ms):
+                _log.info("node %s sent an out-of-date budget statement; dropped", node_id)
+            break
 
 
 def shown_query_id(query_id: str) -> str:

@@ -63,6 +63,7 @@ from fedscreen.coordinator.runtime import (
     node_refusal,
     open_session,
     screen,
+    settle_statements,
     shown_query_id,
 )
 from fedscreen.coordinator.sessions import (
@@ -210,7 +211,7 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
                     self._settle(session, refusal.query_id, NodeReply(None, why))
                 elif kind == "budget":
                     envelope = bytes(message.budget.envelope)
-                    keep_statement(self.core, self.sessions, session.node_id, envelope)
+                    keep_statement(self.sessions, session.node_id, envelope)
                 elif kind == "hello":
                     _log.warning("node %s sent a second Hello; ignored", session.node_id)
                 # heartbeats only prove liveness: reading one reset the idle timer
@@ -302,6 +303,7 @@ class AnalystServicer(pb_grpc.AnalystServicer):
         async with transport.abort_on_error(context):
             # a revoked node's statements are no longer handed out (as Submit, newest manifest)
             node_ids = set(await self.core.call(active_nodes))
+        settle_statements(self.core.core.manifest, self.sessions)
         held = {n: envelope for n, (_, envelope) in self.sessions.budgets.items() if n in node_ids}
         return serde.statements_response(
             held,
@@ -316,6 +318,7 @@ class AnalystServicer(pb_grpc.AnalystServicer):
         await transport.authenticate(context, self.core.core.manifest, roles=STATUS_READERS)
         async with transport.abort_on_error(context):
             node_ids = await self.core.call(active_nodes)
+            settle_statements(self.core.core.manifest, self.sessions)
             book = self.core.book
             # read from the database: a readmission made by another process shows at once
             logs = await self.core.call(lambda _: book.states(node_ids))

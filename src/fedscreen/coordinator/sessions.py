@@ -241,6 +241,10 @@ class SessionRegistry:
         #: verbatim; kept after it disconnects (in memory: a restarted coordinator waits
         #: for each node's next statement, which its Welcome brings)
         self.budgets: dict[str, tuple[BudgetStatement, bytes]] = {}
+        #: node -> its newest statements not yet verified, oldest first, each with the time
+        #: it arrived (a node sends one after every answer; they are verified when someone
+        #: reads them — Budgets, Status — not on the answer path)
+        self.unverified: dict[str, list[tuple[bytes, int]]] = {}
         #: node -> what the coordinator last saw of it (clock, session, statement times)
         self.seen: dict[str, NodeSeen] = {}
         #: held while the coordinator's checkpoint is read and sent down streams (a Welcome,
@@ -270,7 +274,9 @@ class SessionRegistry:
             del self._live[session.node_id]
         session.close(reason)
 
-    def record_budget(self, statement: BudgetStatement, envelope: bytes) -> bool:
+    def record_budget(
+        self, statement: BudgetStatement, envelope: bytes, *, at_ms: int | None = None
+    ) -> bool:
         """Keep a verified statement unless a newer one is held; False if it was older.
 
         Newer is by the node's own signed issue time, so a statement delayed on an
@@ -280,7 +286,8 @@ class SessionRegistry:
         if held is not None and held[0].issued_at_ms > statement.issued_at_ms:
             return False
         self.budgets[statement.node_id] = (statement, envelope)
-        self.seen.setdefault(statement.node_id, NodeSeen()).statement_at_ms = now_ms()
+        seen = self.seen.setdefault(statement.node_id, NodeSeen())
+        seen.statement_at_ms = now_ms() if at_ms is None else at_ms
         return True
 
     def get(self, node_id: str) -> NodeSession | None:

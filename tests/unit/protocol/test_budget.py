@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedscreen._util.canonical import canonical_json
+from fedscreen.coordinator.runtime import UNVERIFIED_STATEMENTS, keep_statement, settle_statements
 from fedscreen.coordinator.sessions import SessionRegistry
 from fedscreen.crypto.envelope import ANSWER_V1, sign_envelope
 from fedscreen.crypto.signing import SigningKey
@@ -337,6 +338,38 @@ def test_the_coordinator_keeps_the_newest_statement_per_node(
     assert kept == [True, False, True]
     assert registry.budgets[NODE][0].issued_at_ms == 3_000
     assert registry.budgets[NODE][1] == envelopes[2]
+
+
+def test_statements_are_verified_when_read_the_newest_good_one_kept(
+    setup: Setup, conn: sqlite3.Connection
+) -> None:
+    """The coordinator verifies statements when someone reads them (Budgets, Status), not
+    one per answer: of those kept meanwhile the newest that verifies counts, with the
+    time it arrived; one that does not verify, or is older than the one held, is dropped."""
+    policy, key = setup.node.policy(), setup.node.signing_key()
+    good = [
+        sign_statement(statement_body(conn, policy, NODE, now_ms=t), key=key)
+        for t in (1_000, 2_000)
+    ]
+    forged = sign_statement(
+        statement_body(conn, policy, NODE, now_ms=9_000), key=SigningKey.generate()
+    )
+    registry = SessionRegistry()
+    for envelope in [*good, forged]:
+        keep_statement(registry, NODE, envelope)
+    assert registry.budgets == {}  # nothing verified yet
+    settle_statements(setup.manifest, registry)
+    assert registry.budgets[NODE] == (
+        verify_statement(good[1], manifest=setup.manifest, node_id=NODE),
+        good[1],
+    )
+    assert registry.unverified == {}
+    keep_statement(registry, NODE, good[0])  # late: older than the one held
+    settle_statements(setup.manifest, registry)
+    assert registry.budgets[NODE][1] == good[1]
+    for n in range(UNVERIFIED_STATEMENTS + 3):  # a node that is never read keeps a few only
+        keep_statement(registry, NODE, good[n % 2])
+    assert len(registry.unverified[NODE]) == UNVERIFIED_STATEMENTS
 
 
 # --- the arithmetic, for every policy and ledger --------------------------------------------
