@@ -321,31 +321,35 @@ async def ask_nodes(
     return await collect_replies(query.query_id, replies, asked, wait_s)
 
 
-async def screen(
-    core: CoreThread, session: NodeSession, query_id: str, envelope: bytes, proof: list[bytes]
-) -> NodeReply:
-    """A node's answer as a reply: itself, unless the node's log rolled back (then: why)."""
-    sent = session.sent_log_size(query_id)
-    if sent is None:
-        return NodeReply(envelope)  # not asked (or long forgotten): settling discards it
-    node_id, book = session.node_id, core.book
-    reason = await core.call(
-        lambda c: screen_answer(
-            c,
-            book,
+def screen(core: Coordinator, query_id: str, replies: dict[str, NodeReply]) -> None:
+    """Screen a query's answers for rollbacks, in the core's thread, all in one call.
+
+    An answer whose node's log shrank, forked or did not prove consistency becomes a
+    reply without an answer, saying why (``screen_answer``: the evidence is logged and
+    the node quarantined). One call per query, not one thread hop per answer as it
+    arrives; the release follows in the core's thread, so no quarantine can fall
+    between an answer's screening and its release.
+    """
+    for node_id, reply in replies.items():
+        if reply.envelope is None or reply.sent_size is None:
+            continue
+        reason = screen_answer(
+            core,
+            core.book,
             node_id=node_id,
-            envelope=envelope,
-            proof=proof,
-            sent_size=sent,
+            envelope=reply.envelope,
+            proof=reply.proof,
+            sent_size=reply.sent_size,
             now_ms=now_ms(),
         )
-    )
-    if reason is None:
-        return NodeReply(envelope)
-    _log.error(
-        "node %s: answer to query %s not used: %s", node_id, shown_query_id(query_id), reason
-    )
-    return NodeReply(None, reason)
+        if reason is not None:
+            _log.error(
+                "node %s: answer to query %s not used: %s",
+                node_id,
+                shown_query_id(query_id),
+                reason,
+            )
+            replies[node_id] = NodeReply(None, reason)
 
 
 #: unverified statements kept per node until someone reads them (the newest few: if

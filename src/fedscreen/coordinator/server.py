@@ -198,11 +198,12 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
                 kind = message.WhichOneof("kind")
                 if kind == "answer":
                     answer = message.answer
-                    proof = [bytes(h) for h in answer.consistency_proof]
-                    reply = await screen(
-                        self.core, session, answer.query_id, bytes(answer.envelope), proof
+                    reply = NodeReply(
+                        bytes(answer.envelope),
+                        proof=tuple(bytes(h) for h in answer.consistency_proof),
+                        sent_size=session.sent_log_size(answer.query_id),
                     )
-                    self._settle(session, message.answer.query_id, reply)
+                    self._settle(session, answer.query_id, reply)
                 elif kind == "refusal":
                     refusal = message.refusal
                     why = node_refusal(refusal.reason)
@@ -274,6 +275,7 @@ class AnalystServicer(pb_grpc.AnalystServicer):
                 self.core, self.sessions, query, envelope, targets, wait_s, known_log_sizes=known,
                 academic_year=year or "",  # a query without years: one year for every node
             )  # fmt: skip
+            await self.core.call(lambda core: screen(core, query.query_id, replies))
             answers = {n: r.envelope for n, r in replies.items() if r.envelope is not None}
             missing = [n for n in targets if n not in answers]
             for node_id in missing:

@@ -99,6 +99,10 @@ class NodeReply:
     #: why there is no answer ("refused: <the node's reason>", "link lost", "not
     #: connected", "no answer before the deadline", ...); the release states it
     reason: str = ""
+    #: the consistency proof the answer came with, and the ``known_log_size`` its query
+    #: was pushed with (None: not pushed); screened for rollbacks before the release
+    proof: tuple[bytes, ...] = ()
+    sent_size: int | None = None
 
 
 @dataclass
