@@ -276,11 +276,12 @@ def coordinator_head(core: Coordinator, sent: Mapping[str, int]) -> CoordinatorH
     that size is 0, the same, or beyond the log (the node judges a log that shrank)."""
     note = core.checkpoint()
     size = Checkpoint.from_body(note[: note.index("\n\n") + 1]).size if note else 0
-    proofs = {
-        node: tuple(core.consistency_proof(known, size)) if 0 < known < size else ()
-        for node, known in sent.items()
+    # sessions that got the same checkpoint get the same proof: one per distinct size
+    by_size = {
+        known: tuple(core.consistency_proof(known, size)) if 0 < known < size else ()
+        for known in set(sent.values())
     }
-    return CoordinatorHead(note, size, proofs)
+    return CoordinatorHead(note, size, {node: by_size[known] for node, known in sent.items()})
 
 
 async def open_session(
