@@ -27,7 +27,7 @@ from fedscreen.coordinator.sessions import (
 )
 from fedscreen.errors import ConfigError, QueryRefused, VerificationError
 from fedscreen.protocol.budget import verify_statement
-from fedscreen.protocol.query import QUERY_ID_HEX, SignedQuery
+from fedscreen.protocol.query import SignedQuery, shown_query_id
 from fedscreen.protocol.refusal import parse_reason, refusal_reason
 from fedscreen.rpc import transport
 from fedscreen.rpc.clock import CLOCK_TOLERANCE_MS
@@ -50,18 +50,14 @@ __all__ = [
     "open_session",
     "screen",
     "settle_statements",
-    "shown_query_id",
 ]
 
 T = TypeVar("T")
 
 _log = logging.getLogger(__name__)
 
-#: how a query id a node sent is shown when it is not one (32 lowercase hex digits)
-INVALID_QUERY_ID: Final = "(invalid id)"
 #: the reason a release states for a node refusal outside the fixed vocabulary
 REASON_NOT_UNDERSTOOD: Final = "refused: (reason not understood)"
-_HEX: Final = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
@@ -387,14 +383,6 @@ def settle_statements(manifest: Manifest, sessions: SessionRegistry) -> None:
             if not sessions.record_budget(statement, envelope, at_ms=at_ms):
                 _log.info("node %s sent an out-of-date budget statement; dropped", node_id)
             break
-
-
-def shown_query_id(query_id: str) -> str:
-    """A query id a node sent, fit for a log line: itself if it is one, else a fixed text
-    (a node's raw string could forge log lines or drive the operator's terminal)."""
-    if len(query_id) == QUERY_ID_HEX and set(query_id) <= _HEX:
-        return query_id
-    return INVALID_QUERY_ID
 
 
 def node_refusal(reason: str) -> str:

@@ -64,7 +64,6 @@ from fedscreen.coordinator.runtime import (
     open_session,
     screen,
     settle_statements,
-    shown_query_id,
 )
 from fedscreen.coordinator.sessions import (
     NodeReply,
@@ -76,6 +75,7 @@ from fedscreen.coordinator.sessions import (
     now_ms,
 )
 from fedscreen.errors import QueryRefused
+from fedscreen.protocol.query import shown_query_id
 from fedscreen.rpc import clock, guard, serde, transport
 from fedscreen.v1 import federation_pb2 as pb
 from fedscreen.v1 import federation_pb2_grpc as pb_grpc

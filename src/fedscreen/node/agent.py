@@ -7,10 +7,9 @@ down and Answers or Refusals up, with a Heartbeat every
 ``heartbeat_interval_ms`` so the coordinator knows the node's loop is alive
 (gRPC keepalive, from :class:`~fedscreen.rpc.transport.TransportLimits`, watches
 the connection itself). When the stream fails the node redials after a
-jittered exponential backoff. Right after each Welcome, and after every Answer
-or Refusal, the node sends a fresh signed budget statement
-(:mod:`fedscreen.node.statement`) made from its ledger after that charge, so analysts
-can see what it has left before they ask.
+jittered exponential backoff. After each Welcome, Answer or Refusal the node sends a
+signed budget statement (:mod:`fedscreen.node.statement`) from its ledger after that
+charge, so analysts can see what it has left before they ask.
 
 The coordinator is only a relay: every query is checked here again by
 :func:`fedscreen.node.requests.handle_query` (the analyst's signature against
@@ -59,9 +58,10 @@ from fedscreen.node.dial import (
     keep_dialling,
 )
 from fedscreen.node.home import load_config
-from fedscreen.node.link import CoordinatorLog, shown_query_id
+from fedscreen.node.link import CoordinatorLog
 from fedscreen.node.status import LinkState, write_link
 from fedscreen.node.worker import QueryWorker, hello_facts
+from fedscreen.protocol.query import shown_query_id
 from fedscreen.protocol.refusal import refusal_reason
 from fedscreen.rpc import clock, transport
 from fedscreen.rpc.transport import RpcFailed

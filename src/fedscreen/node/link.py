@@ -29,7 +29,6 @@ from fedscreen.crypto.envelope import ANSWER_V1, Envelope, parse_json, verify_en
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import ConfigError, MalformedNote, UnknownMember, VerificationError
 from fedscreen.protocol.consistency import check_extends
-from fedscreen.protocol.query import QUERY_ID_HEX
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
 from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust.history import held_keys
@@ -38,14 +37,12 @@ from fedscreen.trust.manifest import Manifest, parse_manifest
 
 __all__ = [
     "COORDINATOR_CHECKPOINT_FILE",
-    "INVALID_QUERY_ID",
     "MAX_PUSHED_MANIFEST_BYTES",
     "Adopted",
     "CoordinatorLog",
     "ManifestKeeper",
     "answer_proof",
     "check_membership",
-    "shown_query_id",
 ]
 
 _log = logging.getLogger(__name__)
@@ -56,20 +53,6 @@ COORDINATOR_CHECKPOINT_FILE: Final = "coordinator.checkpoint"
 MAX_PUSHED_MANIFEST_BYTES: Final = 1 << 20
 #: a saved coordinator checkpoint larger than this (bytes) is not a checkpoint
 _MAX_NOTE_BYTES: Final = 64 << 10
-#: how a query id that is not one (32 lowercase hex digits) is shown and recorded
-INVALID_QUERY_ID: Final = "(invalid id)"
-_HEX: Final = frozenset("0123456789abcdef")
-
-
-def shown_query_id(query_id: str) -> str:
-    """``query_id`` if it is one (32 lowercase hex digits), else ``"(invalid id)"``.
-
-    The coordinator's query ids reach the node's ledger, signed log and process log:
-    text of a dishonest coordinator's choosing (escapes, newlines) never does.
-    """
-    if len(query_id) == QUERY_ID_HEX and set(query_id) <= _HEX:
-        return query_id
-    return INVALID_QUERY_ID
 
 
 def check_membership(manifest: Manifest, *, node_id: str, coordinator_id: str) -> None:

@@ -43,6 +43,9 @@ from fedscreen.trust.manifest import Manifest
 #: a query older (or further in the future) than this is refused as stale, milliseconds
 FRESHNESS_WINDOW_MS: Final = 5 * 60 * 1000
 QUERY_ID_HEX: Final = 32
+#: how logs and records show a text that should be a query id but is not one
+INVALID_QUERY_ID: Final = "(invalid id)"
+_HEX: Final = frozenset("0123456789abcdef")
 #: largest ε or accuracy a query may ask for; beyond, µε arithmetic would lose exactness
 MAX_QUERY_EPSILON: Final = 1e9
 
@@ -72,6 +75,17 @@ class SignedQuery:
             "accuracy": self.accuracy,
             "nodes": list(self.nodes),
         }
+
+
+def is_query_id(text: str) -> bool:
+    """Whether ``text`` is a query id: 32 lowercase hex digits."""
+    return len(text) == QUERY_ID_HEX and set(text) <= _HEX
+
+
+def shown_query_id(text: str) -> str:
+    """A query id from a peer, fit for a log line or a record: itself if it is one, else
+    ``INVALID_QUERY_ID`` (a peer's raw text could forge log lines or drive a terminal)."""
+    return text if is_query_id(text) else INVALID_QUERY_ID
 
 
 def new_query_id() -> str:
@@ -136,9 +150,7 @@ def verify_query(
         )
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise QueryRefused(f"malformed query: {exc!r}") from None
-    if len(query.query_id) != QUERY_ID_HEX or not all(
-        c in "0123456789abcdef" for c in query.query_id
-    ):
+    if not is_query_id(query.query_id):
         raise QueryRefused("a query id is 32 lowercase hex digits")
     # the signature must be the named analyst's own: no signing on someone else's behalf
     signer = manifest.member(query.analyst, role="analyst")

@@ -17,11 +17,9 @@ from hypothesis import strategies as st
 
 from fedscreen.coordinator.core import Coordinator, init_coordinator
 from fedscreen.coordinator.runtime import (
-    INVALID_QUERY_ID,
     REASON_NOT_UNDERSTOOD,
     coordinator_head,
     node_refusal,
-    shown_query_id,
 )
 from fedscreen.coordinator.sessions import NodeSession, Push, SessionRegistry, push_query
 from fedscreen.protocol.refusal import CODES, MAX_DETAIL_CHARS, parse_reason
@@ -29,23 +27,6 @@ from fedscreen.tlog import merkle
 from fedscreen.tlog.checkpoint import Checkpoint
 from fedscreen.trust import authority
 from fedscreen.trust.identity import issue_here, update_manifest
-
-
-@given(st.text(max_size=80))
-def test_a_node_query_id_is_shown_only_if_it_is_one(text: str) -> None:
-    shown = shown_query_id(text)
-    assert shown in (text, INVALID_QUERY_ID)
-    assert shown.isprintable()
-    if shown == text:
-        assert len(text) == 32
-        assert set(text) <= set("0123456789abcdef")
-
-
-def test_a_forged_log_line_in_a_query_id_is_not_shown() -> None:
-    forged = "x\n2026-12-06 CRITICAL coordinator: all nodes quarantined\x1b[2J\x07"
-    assert shown_query_id(forged) == INVALID_QUERY_ID
-    assert shown_query_id("0123456789abcdef" * 2) == "0123456789abcdef" * 2
-    assert shown_query_id("0123456789ABCDEF" * 2) == INVALID_QUERY_ID
 
 
 @given(st.text(max_size=400) | st.sampled_from(sorted(CODES)).map(lambda c: f"{c}: \x1b[31mx\n"))
