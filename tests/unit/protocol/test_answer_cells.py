@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from signedanswers import MANIFEST, NODES, YEAR, signed_answer, signed_query
 
-from fedscreen.crypto.envelope import ANSWER_V1, Envelope, sign_envelope
-from fedscreen.crypto.signing import SigningKey
+from fedscreen.crypto.envelope import ANSWER_V1, sign_envelope
 from fedscreen.errors import VerificationError
 from fedscreen.node.cells import release
 from fedscreen.protocol.answer import (
@@ -29,27 +29,13 @@ from fedscreen.protocol.answer import (
 )
 from fedscreen.protocol.combine import NodeCells, combine
 from fedscreen.protocol.compare import same_figures
-from fedscreen.protocol.query import SignedQuery, issue_query
+from fedscreen.protocol.query import SignedQuery
 from fedscreen.protocol.release import check_release, release_body
 from fedscreen.query import mechanisms
 from fedscreen.query.compile import compile_query
 from fedscreen.query.spec import Comparison, Measure, QuerySpec
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, sign_checkpoint
-from fedscreen.trust.manifest import Manifest, Member
 
-ANALYST, AUTHORITY = SigningKey.generate(), SigningKey.generate()
-NODES = {"130102": SigningKey.generate(), "130104": SigningKey.generate()}
-MANIFEST = Manifest(
-    "test",
-    1,
-    "2026-01-01T00:00:00Z",
-    AUTHORITY.public_key,
-    (
-        Member("alice", "analyst", "Alice", ANALYST.public_key, "00" * 32),
-        *(Member(n, "node", n, k.public_key, "11" * 32) for n, k in NODES.items()),
-    ),
-)
-YEAR = "2024-2025"
 EPSILON = 0.3
 THRESHOLD = shipped_catalogue().limits.publication_threshold
 COUNT = QuerySpec("screenings", Measure("count"), ("sex",), None, (YEAR,))
@@ -63,8 +49,7 @@ MEASURES = {
 
 
 def _query(spec: QuerySpec = COUNT) -> SignedQuery:
-    unsigned = SignedQuery("ab" * 16, "alice", 0, spec, EPSILON, None, ())
-    return issue_query(unsigned, key=ANALYST)[0]
+    return signed_query(spec, EPSILON)
 
 
 def _honest(node: str, spec: QuerySpec = COUNT, rows: list[tuple[Any, ...]] | None = None) -> Any:
@@ -83,19 +68,10 @@ def _honest(node: str, spec: QuerySpec = COUNT, rows: list[tuple[Any, ...]] | No
     }
 
 
-def _signed(node: str, body: dict[str, Any], query: SignedQuery) -> Envelope:
-    note = sign_checkpoint(Checkpoint(member_origin("node", node), 5, bytes(32)), key=NODES[node])
-    charged = body["epsilon"]
-    payload = answer_payload(
-        body, 2, note, charged, query_id=query.query_id, query_sha256=query.digest
-    )
-    return sign_envelope(payload_type=ANSWER_V1, payload=payload, key=NODES[node])
-
-
 def _verify(
     body: dict[str, Any], query: SignedQuery, *, node: str = "130102", public: bool = False
 ) -> tuple[bytes, VerifiedAnswer]:
-    envelope = _signed(node, body, query)
+    envelope = signed_answer(node, body, query)
     verified = verify_answer(
         envelope, manifest=MANIFEST, node_id=node, expected_query=query, public=public
     )

@@ -15,16 +15,15 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from signedanswers import ANALYST, MANIFEST, NODES, YEAR, signed_answer, signed_query
 
 from fedscreen._util.canonical import canonical_json
-from fedscreen.crypto.envelope import ANSWER_V1, Envelope, sign_envelope
-from fedscreen.crypto.signing import SigningKey
+from fedscreen.crypto.envelope import Envelope
 from fedscreen.errors import VerificationError
 from fedscreen.protocol import budget
 from fedscreen.protocol.answer import (
     PUBLIC_MECHANISM,
     VerifiedAnswer,
-    answer_payload,
     dataset_public,
     to_micro,
     verify_answer,
@@ -34,22 +33,7 @@ from fedscreen.protocol.query import SignedQuery, issue_query, verify_query
 from fedscreen.protocol.release import check_release, parse_release, release_body
 from fedscreen.query import mechanisms
 from fedscreen.query.spec import Measure, QuerySpec
-from fedscreen.tlog.checkpoint import Checkpoint, member_origin, sign_checkpoint
-from fedscreen.trust.manifest import Manifest, Member
 
-ANALYST, AUTHORITY = SigningKey.generate(), SigningKey.generate()
-NODES = {"130102": SigningKey.generate(), "130104": SigningKey.generate()}
-MANIFEST = Manifest(
-    "test",
-    1,
-    "2026-01-01T00:00:00Z",
-    AUTHORITY.public_key,
-    (
-        Member("alice", "analyst", "Alice", ANALYST.public_key, "00" * 32),
-        *(Member(n, "node", n, k.public_key, "11" * 32) for n, k in NODES.items()),
-    ),
-)
-YEAR = "2024-2025"
 NO_YEAR = QuerySpec("screenings", Measure("count"), ("sex",), None, ())
 #: the noise an honest node draws for a count at ε 0.3, and its 95% half width
 SCALE = mechanisms.scale_for(epsilon=0.3, sensitivity=1)
@@ -57,8 +41,7 @@ HALF = mechanisms.half_width(SCALE)
 
 
 def _query(spec: QuerySpec = NO_YEAR, epsilon: float = 0.3) -> SignedQuery:
-    unsigned = SignedQuery("ab" * 16, "alice", 0, spec, epsilon, None, ())
-    return issue_query(unsigned, key=ANALYST)[0]
+    return signed_query(spec, epsilon)
 
 
 def _body(node: str, spec: QuerySpec, **changes: Any) -> dict[str, Any]:
@@ -78,17 +61,6 @@ def _body(node: str, spec: QuerySpec, **changes: Any) -> dict[str, Any]:
     }
     body.update(changes)
     return body
-
-
-def _signed(
-    node: str, body: dict[str, Any], query: SignedQuery | None, *, charged: float = 0.3
-) -> Envelope:
-    note = sign_checkpoint(Checkpoint(member_origin("node", node), 5, bytes(32)), key=NODES[node])
-    payload = answer_payload(
-        body, 2, note, charged,
-        query_id=query.query_id if query else None, query_sha256=query.digest if query else None,
-    )  # fmt: skip
-    return sign_envelope(payload_type=ANSWER_V1, payload=payload, key=NODES[node])
 
 
 def _verify(
@@ -113,7 +85,9 @@ def test_the_digest_is_of_the_signed_payload_however_the_envelope_is_encoded() -
 def test_an_answer_is_bound_to_its_query_id_digest_and_epsilon() -> None:
     query = _query()
     spec = replace(NO_YEAR, years=(YEAR,))
-    answer = _verify(_signed("130102", _body("130102", spec), query), query, academic_year=YEAR)
+    answer = _verify(
+        signed_answer("130102", _body("130102", spec), query), query, academic_year=YEAR
+    )
     assert (answer.query_id, answer.query_sha256, answer.charged) == (
         query.query_id,
         query.digest,
@@ -121,7 +95,7 @@ def test_an_answer_is_bound_to_its_query_id_digest_and_epsilon() -> None:
     )
     assert answer.answer.cells[0].value == 120
     assert answer.answer.cells[0].lower == 120 - HALF
-    envelope = _signed("130102", _body("130102", spec), query)
+    envelope = signed_answer("130102", _body("130102", spec), query)
     with pytest.raises(VerificationError, match="another query id"):
         _verify(envelope, replace(query, query_id="cd" * 16))
     with pytest.raises(VerificationError, match="digest differs"):
@@ -129,25 +103,28 @@ def test_an_answer_is_bound_to_its_query_id_digest_and_epsilon() -> None:
     with pytest.raises(VerificationError, match="another ε"):
         _verify(envelope, replace(query, epsilon=0.4))
     with pytest.raises(VerificationError, match="answers no signed query"):
-        _verify(_signed("130102", _body("130102", spec), None), query)
+        _verify(signed_answer("130102", _body("130102", spec), None), query)
     with pytest.raises(VerificationError, match="charged another ε"):
-        _verify(_signed("130102", _body("130102", spec), query, charged=0.2), query)
+        _verify(signed_answer("130102", _body("130102", spec), query, charged=0.2), query)
     # a stored answer given again charges nothing
-    assert _verify(_signed("130102", _body("130102", spec), query, charged=0), query).charged == 0
+    assert (
+        _verify(signed_answer("130102", _body("130102", spec), query, charged=0), query).charged
+        == 0
+    )
 
 
 def test_one_academic_year_for_a_query_without_years() -> None:
     query = _query()
     spec = replace(NO_YEAR, years=(YEAR,))
-    envelope = _signed("130102", _body("130102", spec), query)
+    envelope = signed_answer("130102", _body("130102", spec), query)
     with pytest.raises(VerificationError, match="another academic year"):
         _verify(envelope, query, academic_year="2023-2024")
     two = replace(NO_YEAR, years=("2023-2024", YEAR))
     with pytest.raises(VerificationError, match="another academic year"):
-        _verify(_signed("130102", _body("130102", two), query), query)
+        _verify(signed_answer("130102", _body("130102", two), query), query)
     named = _query(spec)  # a query that names its year is answered for exactly that year
     with pytest.raises(VerificationError, match="different question"):
-        _verify(_signed("130102", _body("130102", two), named), named)
+        _verify(signed_answer("130102", _body("130102", two), named), named)
 
 
 def test_the_mechanism_comes_from_the_catalogue_not_the_answer() -> None:
@@ -160,11 +137,11 @@ def test_the_mechanism_comes_from_the_catalogue_not_the_answer() -> None:
     del exact["scale"]
     # a node claiming its screenings are public (exact, no noise, no suppression) is refused
     with pytest.raises(VerificationError, match="mechanism for noisy data"):
-        _verify(_signed("130102", exact, query, charged=0), query)
+        _verify(signed_answer("130102", exact, query, charged=0), query)
     no_scale = _body("130102", spec)
     del no_scale["scale"]
     with pytest.raises(VerificationError, match="needs its scale"):
-        _verify(_signed("130102", no_scale, query), query)
+        _verify(signed_answer("130102", no_scale, query), query)
 
 
 @pytest.mark.parametrize(
@@ -186,7 +163,7 @@ def test_a_well_signed_malformed_answer_is_a_verification_error(change: Any) -> 
     body = _body("130102", spec)
     change(body)
     with pytest.raises(VerificationError, match="malformed answer from 130102"):
-        _verify(_signed("130102", body, query), query)
+        _verify(signed_answer("130102", body, query, charged=0.3), query)  # the charge honest
 
 
 @given(st.floats(min_value=0, max_value=1e6, allow_nan=False))
@@ -198,7 +175,7 @@ def _release(query: SignedQuery) -> tuple[dict[str, Any], list[VerifiedAnswer]]:
     spec = replace(query.spec, years=query.spec.years or (YEAR,))
     verified = {}
     for n in NODES:
-        envelope = _signed(n, _body(n, spec), query)
+        envelope = signed_answer(n, _body(n, spec), query)
         verified[n] = (envelope.to_json().encode(), _verify(envelope, query, node=n))
     body = release_body(
         coordinator_id="coordinator", query=query, answers=verified, missing=[],
