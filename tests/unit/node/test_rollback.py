@@ -143,29 +143,23 @@ def test_a_shrunk_log_is_refused_naming_both_sizes(
     assert diagnose(node_home) == message
 
 
-def test_the_same_size_with_another_root_is_refused(
-    node_home: NodeConfig, conn: sqlite3.Connection, tmp_path: Path
+@pytest.mark.parametrize(
+    ("appended", "message"),
+    [
+        (1, "has 3 entries, as the saved checkpoint, but another"),  # same size, other root
+        (4, r"\(6 entries\) does not extend the saved checkpoint"),  # longer, other history
+    ],
+)
+def test_another_history_after_a_restore_is_refused(
+    node_home: NodeConfig, conn: sqlite3.Connection, tmp_path: Path, appended: int, message: str
 ) -> None:
     _append(node_home, conn, 2)
     _backup(conn, tmp_path / "backup.db")
     _append(node_home, conn, 1, tag="original")
     sync_checkpoint(node_home)
     _restore(tmp_path / "backup.db", conn)
-    _append(node_home, conn, 1, tag="another history")
-    with pytest.raises(ConfigError, match="has 3 entries, as the saved checkpoint, but another"):
-        CheckpointGuard.open(node_home, conn)
-
-
-def test_a_longer_log_with_another_history_is_refused(
-    node_home: NodeConfig, conn: sqlite3.Connection, tmp_path: Path
-) -> None:
-    _append(node_home, conn, 2)
-    _backup(conn, tmp_path / "backup.db")
-    _append(node_home, conn, 1, tag="original")
-    sync_checkpoint(node_home)
-    _restore(tmp_path / "backup.db", conn)
-    _append(node_home, conn, 4, tag="another history")
-    with pytest.raises(ConfigError, match=r"\(6 entries\) does not extend the saved checkpoint"):
+    _append(node_home, conn, appended, tag="another history")
+    with pytest.raises(ConfigError, match=message):
         CheckpointGuard.open(node_home, conn)
 
 
