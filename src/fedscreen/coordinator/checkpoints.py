@@ -25,6 +25,8 @@ __all__ = [
 #: verified checkpoints kept per node (count): enough to check answers to queries that
 #: were in flight together (each was sent the size known when it was pushed)
 MAX_HELD_CHECKPOINTS: Final = 256
+#: checkpoint rows (or their absence) remembered from reads, across all nodes
+_ROWS_KEPT: Final = 8192
 
 _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS node_checkpoint (node_id TEXT NOT NULL, "
@@ -63,40 +65,86 @@ class CheckpointBook:
             conn.execute(statement)
         #: node -> size -> (root, note): verified, not yet written (see flush)
         self._pending: dict[str, dict[int, tuple[bytes, str]]] = {}
+        # What the tables held when last read, so each answer does not cost a few SQL
+        # queries: kept in step with this connection's own writes, and forgotten by
+        # ``refresh`` when another connection has written (a readmission from the CLI).
+        self._seen_version = -1
+        self._quarantines: dict[str, Quarantined] | None = None
+        self._newest: dict[str, int] = {}
+        self._rows: dict[tuple[str, int], tuple[bytes, str] | None] = {}
+        #: node -> (size, public key) its newest held note was last verified under
+        self.key_checked: dict[str, tuple[int, bytes]] = {}
+
+    def refresh(self) -> None:
+        """Forget what was read if another connection wrote since (``PRAGMA data_version``
+        changes only then). Called once per query, before its answers are screened and
+        before its release: a readmission counts from the next query on."""
+        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._seen_version:
+            self._seen_version = version
+            self._forget_reads()
+
+    def _forget_reads(self, node_id: str | None = None) -> None:
+        if node_id is None:
+            self._quarantines = None
+            self._newest.clear()
+            self._rows.clear()
+            self.key_checked.clear()
+            return
+        self._quarantines = None
+        self._newest.pop(node_id, None)
+        self.key_checked.pop(node_id, None)
+        for key in [k for k in self._rows if k[0] == node_id]:
+            del self._rows[key]
 
     def known_size(self, node_id: str) -> int:
         """Size of the newest checkpoint verified for the node (0: none)."""
-        row = self.conn.execute(
-            "SELECT MAX(size) FROM node_checkpoint WHERE node_id = ?", (node_id,)
-        ).fetchone()
-        held = int(row[0]) if row and row[0] is not None else 0
+        held = self._newest.get(node_id)
+        if held is None:
+            row = self.conn.execute(
+                "SELECT MAX(size) FROM node_checkpoint WHERE node_id = ?", (node_id,)
+            ).fetchone()
+            held = self._newest[node_id] = int(row[0]) if row and row[0] is not None else 0
         return max(held, max(self._pending.get(node_id, {}), default=0))
 
     def known_sizes(self, node_ids: Iterable[str]) -> dict[str, int]:
-        """:meth:`known_size` of each node."""
+        """:meth:`known_size` of each node (after :meth:`refresh`)."""
+        self.refresh()
         return {n: self.known_size(n) for n in node_ids}
 
     def held(self, node_id: str, size: int) -> tuple[Checkpoint, str] | None:
         """The verified checkpoint (and its signed note) of the node's log at ``size``."""
         row = self._pending.get(node_id, {}).get(size)
         if row is None:
-            row = self.conn.execute(
-                "SELECT root, note FROM node_checkpoint WHERE node_id = ? AND size = ?",
-                (node_id, size),
-            ).fetchone()
+            if (node_id, size) in self._rows:
+                row = self._rows[node_id, size]
+            else:
+                found = self.conn.execute(
+                    "SELECT root, note FROM node_checkpoint WHERE node_id = ? AND size = ?",
+                    (node_id, size),
+                ).fetchone()
+                row = None if found is None else (bytes(found[0]), str(found[1]))
+                if len(self._rows) >= _ROWS_KEPT:
+                    self._rows.clear()
+                self._rows[node_id, size] = row
         if row is None:
             return None
-        return Checkpoint(member_origin("node", node_id), size, bytes(row[0])), str(row[1])
+        return Checkpoint(member_origin("node", node_id), size, row[0]), row[1]
 
     def quarantined(self, node_id: str) -> Quarantined | None:
         """The node's quarantine, if it is quarantined."""
-        row = self.conn.execute(
-            "SELECT reason, since_ms FROM node_quarantine WHERE node_id = ?", (node_id,)
-        ).fetchone()
-        return None if row is None else Quarantined(node_id, str(row[0]), int(row[1]))
+        if self._quarantines is None:
+            self._quarantines = {
+                str(n): Quarantined(str(n), str(reason), int(since))
+                for n, reason, since in self.conn.execute(
+                    "SELECT node_id, reason, since_ms FROM node_quarantine"
+                )
+            }
+        return self._quarantines.get(node_id)
 
     def states(self, node_ids: Iterable[str]) -> list[NodeLogState]:
-        """Each node's newest checkpoint size and quarantine."""
+        """Each node's newest checkpoint size and quarantine (read afresh)."""
+        self.refresh()
         return [NodeLogState(n, self.known_size(n), self.quarantined(n)) for n in sorted(node_ids)]
 
     def keep(self, node_id: str, checkpoint: Checkpoint, note: str) -> None:
@@ -109,6 +157,13 @@ class CheckpointBook:
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
+        for node_id, held in pending.items():
+            # older rows may be pruned below: read again if ever asked; these are known
+            for key in [k for k in self._rows if k[0] == node_id]:
+                del self._rows[key]
+            self._rows.update(((node_id, size), row) for size, row in held.items())
+            if node_id in self._newest:
+                self._newest[node_id] = max(self._newest[node_id], *held)
         with transaction(self.conn):
             for node_id, held in pending.items():
                 self.conn.executemany(
@@ -125,6 +180,7 @@ class CheckpointBook:
     def quarantine(self, node_id: str, reason: str, *, now_ms: int) -> None:
         """Mark the node quarantined (a second quarantine keeps the first reason)."""
         self._pending.pop(node_id, None)  # what it showed before is no baseline any more
+        self._forget_reads(node_id)
         with transaction(self.conn):
             self.conn.execute(
                 "INSERT OR IGNORE INTO node_quarantine (node_id, reason, since_ms) "
@@ -135,6 +191,7 @@ class CheckpointBook:
     def release_node(self, node_id: str) -> None:
         """End the node's quarantine and forget its checkpoints (the next is the baseline)."""
         self._pending.pop(node_id, None)
+        self._forget_reads(node_id)
         with transaction(self.conn):
             self.conn.execute("DELETE FROM node_quarantine WHERE node_id = ?", (node_id,))
             self.conn.execute("DELETE FROM node_checkpoint WHERE node_id = ?", (node_id,))
@@ -143,5 +200,6 @@ class CheckpointBook:
         """Forget the node's checkpoints, not its quarantine: signed by a key the node no
         longer holds (re-keyed in the manifest), they are no baseline for its new log."""
         self._pending.pop(node_id, None)
+        self._forget_reads(node_id)
         with transaction(self.conn):
             self.conn.execute("DELETE FROM node_checkpoint WHERE node_id = ?", (node_id,))

@@ -14,7 +14,6 @@ goes into the coordinator's transparency log::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import tomllib
@@ -34,6 +33,7 @@ from fedscreen.policy import Policy, default_policy_dir, load_policy
 from fedscreen.policy import digest as policy_digest
 from fedscreen.policy.default import PROVINCE_FILE
 from fedscreen.protocol.answer import VerifiedAnswer, bounded, dataset_public, verify_answer
+from fedscreen.protocol.memo import BoundedMemo
 from fedscreen.protocol.query import SignedQuery, verify_query
 from fedscreen.protocol.release import release_body
 from fedscreen.query.compile import compile_query
@@ -101,8 +101,10 @@ class Coordinator:
         self.log = TransparencyLog(self.conn, name=ROLE)
         #: the nodes' verified checkpoints and quarantines, in the same database
         self.book = CheckpointBook(self.conn)
-        #: answers are verified on receipt (rollback screening) and again in the release
+        #: checkpoint notes verified on receipt are checked again against later answers
         self.signatures = SignatureMemo()
+        #: answers verified when screened for rollbacks, used again by the release
+        self._verified: BoundedMemo[tuple[Any, ...], VerifiedAnswer] = BoundedMemo(4096)
         self._log_manifest(text)
 
     @classmethod
@@ -256,6 +258,7 @@ class Coordinator:
         missing, with the quarantine as its reason.
         """
         verified: dict[str, tuple[bytes, VerifiedAnswer]] = {}
+        self.book.refresh()  # a quarantine or readmission by another process counts
         lost = list(missing)
         why = {n: (reasons or {}).get(n) or NO_REASON for n in missing}
         public = dataset_public(query.spec, self.policy)
@@ -266,16 +269,7 @@ class Coordinator:
                 why[node_id] = f"quarantined: {bounded(held.reason)}"
                 continue
             try:
-                answer = verify_answer(
-                    Envelope.from_json(raw),
-                    manifest=self.manifest,
-                    node_id=node_id,
-                    expected_query=query,
-                    public=public,
-                    academic_year=academic_year,
-                    catalogue=self.policy,
-                    memo=self.signatures,
-                )
+                answer = self.verified_answer(node_id, raw, query, academic_year=academic_year)
             except VerificationError as exc:
                 lost.append(node_id)  # an answer that does not verify counts as no answer
                 why[node_id] = f"its answer did not verify: {bounded(str(exc))}"
@@ -302,23 +296,42 @@ class Coordinator:
             .to_json()
             .encode("utf-8")
         )
+        # the answers, then the release, in one transaction; one checkpoint covers them all
+        logged = [
+            {"kind": "answer", "query_id": query.query_id, "node": node_id,
+             "envelope": raw.decode("utf-8")}
+            for node_id, (raw, _) in sorted(verified.items())
+        ]  # fmt: skip
+        logged.append(
+            {"kind": "release", "query_id": query.query_id, "envelope": signed.decode("utf-8")}
+        )
         with transaction(self.conn):
-            for node_id, (raw, _) in sorted(verified.items()):
-                self._append(
-                    {
-                        "kind": "answer",
-                        "query_id": query.query_id,
-                        "node": node_id,
-                        "envelope": raw.decode("utf-8"),
-                    },
-                    commit=False,
-                    checkpoint=False,  # one checkpoint, after the release, covers them all
-                )
-            self._append(
-                {"kind": "release", "query_id": query.query_id, "envelope": signed.decode("utf-8")},
-                commit=False,
+            memberlog.append_many(
+                self.conn, member_id=self.member_id, key=self.key, payloads=logged, role=ROLE
             )
         return Release(signed, body, {n: v[0] for n, v in verified.items()}, tuple(sorted(lost)))
+
+    def verified_answer(
+        self, node_id: str, raw: bytes, query: SignedQuery, *, academic_year: str | None
+    ) -> VerifiedAnswer:
+        """``verify_answer`` of a node's answer envelope to ``query``, against the manifest in
+        force and the catalogue; raises VerificationError. Answers screened for rollbacks
+        are verified once, not again when released: a success is kept, keyed by everything
+        the verdict depends on (the manifest by its version: versions only go forward)."""
+        key = (node_id, raw, query.query_id, query.digest, academic_year, self.manifest.version)
+        return self._verified.get(
+            key,
+            lambda: verify_answer(
+                Envelope.from_json(raw),
+                manifest=self.manifest,
+                node_id=node_id,
+                expected_query=query,
+                public=dataset_public(query.spec, self.policy),
+                academic_year=academic_year,
+                catalogue=self.policy,
+                memo=self.signatures,  # the checkpoint's note is checked again when held
+            ),
+        )
 
     def record(self, payload: dict[str, Any]) -> None:
         """Append one event (a manifest version, quarantine evidence, a readmission) to the log.
@@ -327,17 +340,10 @@ class Coordinator:
         """
         self._append(payload)
 
-    def _append(
-        self, payload: dict[str, Any], *, commit: bool = True, checkpoint: bool = True
-    ) -> None:
-        with transaction(self.conn) if commit else contextlib.nullcontext():
+    def _append(self, payload: dict[str, Any]) -> None:
+        with transaction(self.conn):
             memberlog.append(
-                self.conn,
-                member_id=self.member_id,
-                key=self.key,
-                payload=payload,
-                role=ROLE,
-                checkpoint=checkpoint,
+                self.conn, member_id=self.member_id, key=self.key, payload=payload, role=ROLE
             )
 
     # --- the auditors' view ------------------------------------------------------------

@@ -10,7 +10,7 @@ readmits it (``fedscreen coordinator readmit``). Both events go into the
 coordinator's log — the quarantine with its evidence, the two signed checkpoints.
 
 Quarantine lives in the database, not in memory, so a readmission made while the
-server runs (another process) counts from the next answer on. Readmission forgets
+server runs (another process) counts from the next query on. Readmission forgets
 the node's checkpoints: its next answer's checkpoint is the new baseline.
 
 Every function here runs on the core's thread (it uses the core's connection).
@@ -84,16 +84,20 @@ def _forget_old_key(core: Coordinator, book: CheckpointBook, node_id: str) -> No
     made while the coordinator was down is caught too. No log entry: the manifest
     versions in the coordinator's log already show the key change to auditors."""
     newest = book.known_size(node_id)
+    key = core.manifest.member(node_id, role="node").signing_key
+    if book.key_checked.get(node_id) == (newest, key):
+        return  # checked at this size under this key already
     held = book.held(node_id, newest) if newest > 0 else None
     if held is None:
         return
-    key = core.manifest.member(node_id, role="node").signing_key
     try:
         parse_and_verify_note(
             held[1], verifiers={member_origin("node", node_id): key}, memo=core.signatures
         )
     except VerificationError:
         book.forget(node_id)
+        return
+    book.key_checked[node_id] = (newest, key)
 
 
 def screen_answer(
@@ -105,6 +109,7 @@ def screen_answer(
     proof: Sequence[bytes],
     sent_size: int,
     now_ms: int,
+    checkpoint: tuple[Checkpoint, str] | None = None,
 ) -> str | None:
     """Why the node's answer may not be used (its log rolled back), or None if it may.
 
@@ -112,13 +117,14 @@ def screen_answer(
     node's consistency proof from it. A consistent checkpoint is kept (the newest
     is the next query's baseline); an inconsistent one quarantines the node, with
     the evidence logged. An answer that does not verify at all is not evidence of a
-    rollback: None, and the release's own verification drops it.
+    rollback: None, and the release's own verification drops it. ``checkpoint``: the
+    answer's checkpoint and note, when the caller has verified the answer already.
     """
     held_quarantine = book.quarantined(node_id)
     if held_quarantine is not None:
         return f"quarantined: {held_quarantine.reason}"
     try:
-        new, note = _answer_checkpoint(core, node_id, envelope)
+        new, note = checkpoint or _answer_checkpoint(core, node_id, envelope)
     except VerificationError:
         return None
     _forget_old_key(core, book, node_id)
@@ -162,7 +168,8 @@ def readmit(core: Coordinator, *, node_id: str, reason: str, now_ms: int) -> Qua
     reason = reason[:MAX_READMIT_REASON_CHARS]
     if not reason:
         raise ConfigError("a readmission needs a reason (--reason)")
-    book = CheckpointBook(core.conn)
+    book = core.book  # the one book of this connection: its reads stay in step
+    book.refresh()
     held = book.quarantined(node_id)
     if held is None:
         raise ConfigError(f"node {show_id(node_id)} is not quarantined")

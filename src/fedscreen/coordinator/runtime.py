@@ -318,18 +318,33 @@ async def ask_nodes(
     return await collect_replies(query.query_id, replies, asked, wait_s)
 
 
-def screen(core: Coordinator, query_id: str, replies: dict[str, NodeReply]) -> None:
+def screen(
+    core: Coordinator,
+    query: SignedQuery,
+    replies: dict[str, NodeReply],
+    *,
+    academic_year: str | None,
+) -> None:
     """Screen a query's answers for rollbacks, in the core's thread, all in one call.
 
     An answer whose node's log shrank, forked or did not prove consistency becomes a
     reply without an answer, saying why (``screen_answer``: the evidence is logged and
     the node quarantined). One call per query, not one thread hop per answer as it
     arrives; the release follows in the core's thread, so no quarantine can fall
-    between an answer's screening and its release.
+    between an answer's screening and its release. Each answer is verified here in
+    full, once (``academic_year``: the release's pin); the release uses the verdict.
     """
+    core.book.refresh()  # a readmission made by another process counts from here
     for node_id, reply in replies.items():
         if reply.envelope is None or reply.sent_size is None:
             continue
+        try:
+            answer = core.verified_answer(
+                node_id, reply.envelope, query, academic_year=academic_year
+            )
+            checkpoint: tuple[Checkpoint, str] | None = (answer.checkpoint, answer.checkpoint_note)
+        except VerificationError:
+            checkpoint = None  # screened by its checkpoint alone; the release says why
         reason = screen_answer(
             core,
             core.book,
@@ -338,12 +353,13 @@ def screen(core: Coordinator, query_id: str, replies: dict[str, NodeReply]) -> N
             proof=reply.proof,
             sent_size=reply.sent_size,
             now_ms=now_ms(),
+            checkpoint=checkpoint,
         )
         if reason is not None:
             _log.error(
                 "node %s: answer to query %s not used: %s",
                 node_id,
-                shown_query_id(query_id),
+                shown_query_id(query.query_id),
                 reason,
             )
             replies[node_id] = NodeReply(None, reason)

@@ -275,7 +275,7 @@ class AnalystServicer(pb_grpc.AnalystServicer):
                 self.core, self.sessions, query, envelope, targets, wait_s, known_log_sizes=known,
                 academic_year=year or "",  # a query without years: one year for every node
             )  # fmt: skip
-            await self.core.call(lambda core: screen(core, query.query_id, replies))
+            await self.core.call(lambda core: screen(core, query, replies, academic_year=year))
             answers = {n: r.envelope for n, r in replies.items() if r.envelope is not None}
             missing = [n for n in targets if n not in answers]
             for node_id in missing:

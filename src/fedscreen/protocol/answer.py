@@ -39,8 +39,8 @@ from fedscreen.errors import QueryRefused, VerificationError
 from fedscreen.policy import Policy, default_policy_dir, load_policy
 from fedscreen.policy.default import PROVINCE_FILE
 from fedscreen.protocol.compare import REL_TOL
+from fedscreen.protocol.memo import CellKey, cell_key, plan_for, spec_canonical, spec_from_json
 from fedscreen.query import mechanisms
-from fedscreen.query.compile import compile_query
 from fedscreen.query.spec import QuerySpec
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
 from fedscreen.trust.manifest import Manifest, show_id
@@ -252,15 +252,14 @@ def verify_answer(
 def _check_question(
     answered: QuerySpec, expected: QuerySpec, year: str | None, node_id: str
 ) -> None:
-    answered_json = answered.to_json()
-    if not expected.years:
-        # a query without a period is answered for one academic year, the same at every node
-        if len(answered.years) != 1 or (year is not None and answered.years[0] != year):
-            raise VerificationError(
-                f"the answer from {node_id} is for another academic year than the release's"
-            )
-        answered_json["years"] = []
-    if canonical_json(answered_json) != canonical_json(expected.to_json()):
+    # a query without a period is answered for one academic year, the same at every node
+    if not expected.years and (
+        len(answered.years) != 1 or (year is not None and answered.years[0] != year)
+    ):
+        raise VerificationError(
+            f"the answer from {node_id} is for another academic year than the release's"
+        )
+    if spec_canonical(answered, without_years=not expected.years) != spec_canonical(expected):
         raise VerificationError(f"the answer from {node_id} answers a different question")
 
 
@@ -299,15 +298,14 @@ def _check_cells(body: AnswerBody, catalogue: Policy, *, node_id: str) -> None:
     province's interval by stating less noise than it drew.
     """
     try:
-        plan = compile_query(body.query, catalogue)
+        plan, known = plan_for(body.query, catalogue)
     except QueryRefused:
         raise VerificationError(
             f"the answer from {node_id} answers a query the catalogue refuses"
         ) from None
-    known = {canonical_json(list(cell)) for cell in plan.cells}
-    seen: set[bytes] = set()
+    seen: set[CellKey] = set()
     for cell in body.cells:
-        key = canonical_json(list(cell.group))
+        key = cell_key(cell.group)
         if key not in known:
             raise VerificationError(
                 f"the answer from {node_id} has a cell outside the query's public domains"
@@ -366,7 +364,7 @@ def parse_answer_body(body: Mapping[str, Any]) -> AnswerBody:
     """
     if not isinstance(body.get("query"), dict):
         raise TypeError("the answer's query must be an object")
-    query = QuerySpec.from_json(body["query"])
+    query = spec_from_json(body["query"])
     node_id, analyst, mechanism = body["node_id"], body["analyst"], body["mechanism"]
     if not all(isinstance(v, str) for v in (node_id, analyst, mechanism)):
         raise TypeError("node_id, analyst and mechanism must be strings")

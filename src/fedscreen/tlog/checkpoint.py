@@ -220,7 +220,7 @@ def _check_key_name(name: str, what: str) -> None:
     """signed-note §Format: key names are non-empty, without Unicode spaces or '+'."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"{what} must be a non-empty string")
-    if "+" in name or any(c.isspace() for c in name) or _CONTROL_RE.search(name):
+    if "+" in name or any(map(str.isspace, name)) or _CONTROL_RE.search(name):
         raise ValueError(f"{what} {name!r} contains a space, '+' or control character")
 
 

@@ -15,6 +15,7 @@ answer against the log and the log against every checkpoint it has seen.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -58,23 +59,45 @@ def append(
     """Sign ``payload`` as the next entry of the member's log, append it and (unless
     ``checkpoint`` is false: more entries follow in the same transaction) sign a
     checkpoint. Does not commit. (``node_id`` is the log owner's member id.)"""
+    return append_many(
+        conn, member_id=member_id, key=key, payloads=[payload], role=role, checkpoint=checkpoint
+    )
+
+
+def append_many(
+    conn: sqlite3.Connection,
+    *,
+    member_id: str,
+    key: SigningKey,
+    payloads: Sequence[dict[str, Any]],
+    role: str = "node",
+    checkpoint: bool = True,
+) -> Appended:
+    """:func:`append` of each payload in turn, in one batch, with one checkpoint after the
+    last; returns where the last landed. Does not commit."""
+    if not payloads:
+        raise ValueError("nothing to append")
     conn.execute(CHECKPOINT_SCHEMA)
     log = TransparencyLog(conn, name=role)
-    index = log.size()
-    # the entry states its own position, so a reordered log is visible entry by entry too
-    # "node_id" names the log owner in every entry (also the coordinator's: wire format)
-    body = canonical_json({**payload, "index": index, "node_id": member_id})
-    envelope = sign_envelope(payload_type=LOG_ENTRY_V1, payload=body, key=key)
-    log.append(envelope.to_json().encode("utf-8"))
-    size = index + 1
+    start = log.size()
+    envelopes = []
+    for index, payload in enumerate(payloads, start):
+        # the entry states its own position, so a reordered log is visible entry by entry
+        # too; "node_id" names the log owner in every entry (the coordinator's too: wire
+        # format)
+        body = canonical_json({**payload, "index": index, "node_id": member_id})
+        envelope = sign_envelope(payload_type=LOG_ENTRY_V1, payload=body, key=key)
+        envelopes.append(envelope.to_json().encode("utf-8"))
+    log.extend(envelopes)
+    size = start + len(payloads)
     if not checkpoint:
-        return Appended(index, size, "")
+        return Appended(size - 1, size, "")
     head = Checkpoint(member_origin(role, member_id), size, log.root(size))
     note = sign_checkpoint(head, key=key)
     conn.execute(
         "INSERT INTO log_checkpoint (log, size, note) VALUES (?, ?, ?)", (role, size, note)
     )
-    return Appended(index, size, note)
+    return Appended(size - 1, size, note)
 
 
 def export_log(conn: sqlite3.Connection, *, member_id: str, role: str = "node") -> LogExport:

@@ -97,7 +97,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     update_manifest(tmp_path / "coord", authority.manifest_text(auth))
     coordinator = Coordinator.open(tmp_path / "coord")
     try:
-        yield Setup(coordinator, CheckpointBook(coordinator.conn), config.signing_key(), tmp_path)
+        yield Setup(coordinator, coordinator.book, config.signing_key(), tmp_path)
     finally:
         coordinator.close()
 
@@ -236,10 +236,16 @@ def test_checkpoints_are_written_in_batches_and_the_oldest_forgotten(setup: Setu
     for _ in range(MAX_HELD_CHECKPOINTS + 3):
         assert _screen(setup, log, log.grow(1), sent=sent) is None
         sent = log.size()
-    other = CheckpointBook(setup.coordinator.conn)
-    assert other.known_size(NODE) == 0  # verified, not yet written
+    def written() -> int:
+        row = setup.coordinator.conn.execute(
+            "SELECT MAX(size) FROM node_checkpoint WHERE node_id = ?", (NODE,)
+        ).fetchone()
+        return int(row[0] or 0)
+
+    assert written() == 0  # verified, not yet written
+    assert setup.book.known_size(NODE) == sent
     setup.book.flush()
-    assert other.known_size(NODE) == sent
+    assert written() == sent
     sizes = [
         size
         for (size,) in setup.coordinator.conn.execute(
@@ -248,7 +254,8 @@ def test_checkpoints_are_written_in_batches_and_the_oldest_forgotten(setup: Setu
     ]
     assert sizes == list(range(sent - MAX_HELD_CHECKPOINTS + 1, sent + 1))
     setup.book.flush()  # nothing pending: nothing changes
-    assert other.known_size(NODE) == sent
+    assert written() == sent
+    assert CheckpointBook(setup.coordinator.conn).known_size(NODE) == sent  # read afresh
 
 
 def test_a_re_keyed_node_starts_afresh_not_quarantined(setup: Setup) -> None:
