@@ -247,9 +247,7 @@ def _verify_log(
         payloads.extend(result)
 
     # 3. history: every checkpoint's root is the root of the entries it covers
-    tree = merkle.MemoryHashStore()
-    for raw in log.entries:
-        tree.append(merkle.leaf_hash(raw))
+    tree = merkle.MemoryHashStore.from_entries(log.entries)
     size = len(log.entries)
     latest = max(checkpoints, key=lambda c: c[0].size, default=None)
     for checkpoint, note in [*checkpoints, *([trusted] if trusted else [])]:

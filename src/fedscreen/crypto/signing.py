@@ -135,7 +135,9 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> Non
     # RFC 8032 §5.1.7 step 1: S must satisfy 0 <= S < L. libsodium already rejects a
     # non-canonical S (all Wycheproof cases pass without this line); the explicit check
     # keeps signatures non-malleable even with a libsodium built in compatibility mode.
-    if int.from_bytes(signature[32:], "little") >= _GROUP_ORDER:
+    # L > 2^252, so an S whose top byte (little-endian) is below 0x10 is canonical; the
+    # full comparison runs only for S >= 2^252 (about 2^-127 of honest signatures).
+    if signature[63] >= 0x10 and int.from_bytes(signature[32:], "little") >= _GROUP_ORDER:
         raise VerificationError("Ed25519 signature has a non-canonical S")
     try:
         # the binding itself: VerifyKey would re-check the key's type and size per call
