@@ -183,45 +183,65 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
         """Settle queries from the node's answers and refusals until its stream ends."""
         idle_s = self.limits.session_idle_timeout_ms / 1000
         reason = "link lost"
+        # One idle timer per session, moved on by each message: not one wait_for (a task
+        # and a timer) per message, which cost the coordinator more than reading it.
+        loop = asyncio.get_running_loop()
+        reader = asyncio.current_task()
+        heard = loop.time()
+        silent = False
+        timer: asyncio.TimerHandle
+
+        def check_idle() -> None:
+            nonlocal timer, silent
+            quiet = loop.time() - heard
+            if quiet < idle_s:
+                timer = loop.call_later(idle_s - quiet, check_idle)
+            elif reader is not None:
+                silent = True
+                reader.cancel()
+
+        timer = loop.call_later(idle_s, check_idle)
         try:
-            while True:
-                try:
-                    message = await asyncio.wait_for(anext(incoming), timeout=idle_s)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    reason = "silent for too long"
-                    _log.warning(
-                        "node %s sent nothing for %.0f s; dropping it", session.node_id, idle_s
-                    )
-                    break
-                kind = message.WhichOneof("kind")
-                if kind == "answer":
-                    answer = message.answer
-                    reply = NodeReply(
-                        bytes(answer.envelope),
-                        proof=tuple(bytes(h) for h in answer.consistency_proof),
-                        sent_size=session.sent_log_size(answer.query_id),
-                    )
-                    self._settle(session, answer.query_id, reply)
-                elif kind == "refusal":
-                    refusal = message.refusal
-                    why = node_refusal(refusal.reason)
-                    shown = shown_query_id(refusal.query_id)
-                    _log.info("node %s, query %s: %s", session.node_id, shown, why)
-                    self._settle(session, refusal.query_id, NodeReply(None, why))
-                elif kind == "budget":
-                    envelope = bytes(message.budget.envelope)
-                    keep_statement(self.sessions, session.node_id, envelope)
-                elif kind == "hello":
-                    _log.warning("node %s sent a second Hello; ignored", session.node_id)
-                # heartbeats only prove liveness: reading one reset the idle timer
-        except grpc.RpcError as exc:
+            async for message in incoming:
+                heard = loop.time()
+                self._take(session, message)
+                # heartbeats only prove liveness: reading one moved the idle timer on
+        except asyncio.CancelledError:
+            if not silent:
+                raise
+            reason = "silent for too long"
+            _log.warning("node %s sent nothing for %.0f s; dropping it", session.node_id, idle_s)
+        except (grpc.RpcError, grpc.aio.UsageError) as exc:  # UsageError: ended meanwhile
             _log.info("node %s stream failed: %s", session.node_id, exc)
         except grpc.aio.AbortError:
             reason = "sent a message it may not (see the log)"  # the guard refused it
         finally:
+            timer.cancel()
             self.sessions.close(session, reason)
+
+    def _take(self, session: NodeSession, message: pb.NodeMessage) -> None:
+        """One message from the node's stream."""
+        kind = message.WhichOneof("kind")
+        if kind == "answer":
+            answer = message.answer
+            reply = NodeReply(
+                bytes(answer.envelope),
+                proof=tuple(bytes(h) for h in answer.consistency_proof),
+                sent_size=session.sent_log_size(answer.query_id),
+            )
+            self._settle(session, answer.query_id, reply)
+            if answer.budget_statement:
+                keep_statement(self.sessions, session.node_id, bytes(answer.budget_statement))
+        elif kind == "refusal":
+            refusal = message.refusal
+            why = node_refusal(refusal.reason)
+            shown = shown_query_id(refusal.query_id)
+            _log.info("node %s, query %s: %s", session.node_id, shown, why)
+            self._settle(session, refusal.query_id, NodeReply(None, why))
+        elif kind == "budget":
+            keep_statement(self.sessions, session.node_id, bytes(message.budget.envelope))
+        elif kind == "hello":
+            _log.warning("node %s sent a second Hello; ignored", session.node_id)
 
     @staticmethod
     def _settle(session: NodeSession, query_id: str, reply: NodeReply) -> None:

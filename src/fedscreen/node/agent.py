@@ -7,9 +7,9 @@ down and Answers or Refusals up, with a Heartbeat every
 ``heartbeat_interval_ms`` so the coordinator knows the node's loop is alive
 (gRPC keepalive, from :class:`~fedscreen.rpc.transport.TransportLimits`, watches
 the connection itself). When the stream fails the node redials after a
-jittered exponential backoff. After each Welcome, Answer or Refusal the node sends a
-signed budget statement (:mod:`fedscreen.node.statement`) from its ledger after that
-charge, so analysts can see what it has left before they ask.
+jittered exponential backoff. After each Welcome and Refusal the node sends a signed
+budget statement (:mod:`fedscreen.node.statement`) from its ledger, and each Answer
+carries one made after its charge, so analysts can see what it has left before they ask.
 
 The coordinator is only a relay: every query is checked here again by
 :func:`fedscreen.node.requests.handle_query` (the analyst's signature against
@@ -371,12 +371,9 @@ class _Agent:
 
     async def _send_statement(self, send: Callable[[pb.NodeMessage], Awaitable[None]]) -> None:
         """Send a fresh budget statement up the stream; a failure is logged, never fatal."""
-        try:
-            envelope = await self.worker.statement()
-        except Exception:  # the statement is informative only: keep answering queries
-            _log.exception("node %s could not make its budget statement", self.config.node_id)
-            return
-        await send(pb.NodeMessage(budget=pb.BudgetStatement(envelope=envelope)))
+        envelope = await self._statement()
+        if envelope:
+            await send(pb.NodeMessage(budget=pb.BudgetStatement(envelope=envelope)))
 
     async def _answer(
         self,
@@ -384,19 +381,28 @@ class _Agent:
         send: Callable[[pb.NodeMessage], Awaitable[None]],
         end: asyncio.Event,
     ) -> None:
-        await self._reply(request, send)
+        stated = await self._reply(request, send)
         self._note_conflict()  # a manifest installed in the home may be one
         if self.worker.ended:  # a manifest installed in the home ended the membership
             end.set()
             return
-        # made after the answer's charge committed (same worker thread, queued behind it),
-        # so it reflects that charge; after a refusal it shows that nothing was charged
-        await self._send_statement(send)
+        if not stated:
+            # made after the refusal was recorded (same worker thread, queued behind it):
+            # it shows that nothing was charged
+            await self._send_statement(send)
+
+    async def _statement(self) -> bytes:
+        """A fresh budget statement, or b"" if the node cannot make one (logged)."""
+        try:
+            return await self.worker.statement()
+        except Exception:  # the statement is informative only: keep answering queries
+            _log.exception("node %s could not make its budget statement", self.config.node_id)
+            return b""
 
     async def _reply(
         self, request: pb.QueryRequest, send: Callable[[pb.NodeMessage], Awaitable[None]]
-    ) -> None:
-        """Answer or refuse one query."""
+    ) -> bool:
+        """Answer or refuse one query; True if a budget statement went up with the answer."""
         query_id = request.query_id
         shown = shown_query_id(query_id)  # never the coordinator's raw text in a log
         # the deadline is in the coordinator's clock: read it through the offset
@@ -417,7 +423,7 @@ class _Agent:
             except Exception:  # the refusal still goes up: the coordinator must know why
                 _log.exception("node %s could not record a refusal", self.config.node_id)
             await send(pb.NodeMessage(refusal=pb.Refusal(query_id=query_id, reason=refusal)))
-            return
+            return False
         try:
             # a query queued behind another may start late: the worker checks the
             # deadline again (in the node's clock) when it takes the query up
@@ -433,12 +439,12 @@ class _Agent:
             reason = str(refused)[:MAX_REASON_CHARS]
             _log.info("node %s refused query %s: %s", self.config.node_id, shown, reason)
             await send(pb.NodeMessage(refusal=pb.Refusal(query_id=query_id, reason=reason)))
-            return
+            return False
         except Exception:  # anything else is the node's own trouble: say so, keep serving
             _log.exception("node %s could not answer query %s", self.config.node_id, shown)
             reason = refusal_reason("internal", "the node could not answer (see its log)")
             await send(pb.NodeMessage(refusal=pb.Refusal(query_id=query_id, reason=reason)))
-            return
+            return False
         proof: list[bytes] = []
         if request.known_log_size > 0:
             try:
@@ -447,8 +453,17 @@ class _Agent:
                 _log.exception("node %s could not prove its log's consistency", self.config.node_id)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)  # TEST ONLY: see run_node
-        answer = pb.Answer(query_id=query_id, envelope=envelope, consistency_proof=proof)
+        # made after the answer's charge committed (same worker thread, queued behind it),
+        # so it reflects that charge; it rides with the answer: one message, not two
+        statement = await self._statement()
+        answer = pb.Answer(
+            query_id=query_id,
+            envelope=envelope,
+            consistency_proof=proof,
+            budget_statement=statement,
+        )
         await send(pb.NodeMessage(answer=answer))
+        return bool(statement)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep a session open until ``stop`` is set; redial with backoff when one ends."""

@@ -69,7 +69,8 @@ class NodeMessage(_message.Message):
     @_builtins.property
     def budget(self) -> Global___BudgetStatement:
         """The node's signed privacy-budget statement: sent right after the Welcome
-        and after every Answer or Refusal, so it reflects the charge just made.
+        and after every Refusal (an Answer carries its own), so it reflects the
+        charge just made.
         """
 
     def __init__(
@@ -204,12 +205,19 @@ class Answer(_message.Message):
     QUERY_ID_FIELD_NUMBER: _builtins.int
     ENVELOPE_FIELD_NUMBER: _builtins.int
     CONSISTENCY_PROOF_FIELD_NUMBER: _builtins.int
+    BUDGET_STATEMENT_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     """The query id from the QueryRequest this answers."""
     envelope: _builtins.bytes
     """DSSE envelope (JSON bytes, payload type
     application/vnd.fedscreen.answer.v1+json) signed by the node; kept
     verbatim by the coordinator, its log and the release.
+    """
+    budget_statement: _builtins.bytes
+    """The node's signed budget statement made after this answer's charge (as a
+    BudgetStatement's envelope), carried here so that an answer costs one
+    message, not two; empty if the node could not make one (it then sends a
+    BudgetStatement of its own, as after a Refusal).
     """
     @_builtins.property
     def consistency_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
@@ -224,10 +232,11 @@ class Answer(_message.Message):
         query_id: _builtins.str = ...,
         envelope: _builtins.bytes = ...,
         consistency_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+        budget_statement: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_proof", b"consistency_proof", "envelope", b"envelope", "query_id", b"query_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_statement", b"budget_statement", "consistency_proof", b"consistency_proof", "envelope", b"envelope", "query_id", b"query_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -16,18 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from nodehomes import COORDINATOR, NODE, Homes, idle_agent, make_homes
 from rekeying import rekey_in_place
 
 from fedscreen.analyst.query import make_query
 from fedscreen.cli.main import main
-from fedscreen.coordinator.core import init_coordinator
 from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import ConfigError, QueryRefused, UnknownMember, VerificationError
 from fedscreen.node import store
-from fedscreen.node.agent import _Agent
-from fedscreen.node.dial import DEFAULT_NODE_LIMITS
-from fedscreen.node.home import NodeConfig, init_home
+from fedscreen.node.home import NodeConfig
 from fedscreen.node.link import (
     COORDINATOR_CHECKPOINT_FILE,
     CoordinatorLog,
@@ -40,32 +38,13 @@ from fedscreen.protocol.query import INVALID_QUERY_ID
 from fedscreen.tlog import memberlog
 from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust import authority
-from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
+from fedscreen.trust.identity import load_identity, update_manifest
 from fedscreen.v1 import federation_pb2 as pb
-
-NODE = "130102"
-COORDINATOR = "coordinator"
-
-
-@dataclass
-class Homes:
-    auth: Path
-    node: NodeConfig
-    coordinator: Path
 
 
 @pytest.fixture
 def homes(tmp_path: Path) -> Homes:
-    auth = tmp_path / "auth"
-    authority.init_authority(auth, federation="test")
-    init_coordinator(tmp_path / "coord", member_id=COORDINATOR, name="省平台")
-    issue_here(auth, tmp_path / "coord")
-    create_identity(tmp_path / "alice", member_id="alice", role="analyst", name="Alice")
-    issue_here(auth, tmp_path / "alice")
-    config = init_home(tmp_path / NODE, node_id=NODE, name="长安区")
-    issue_here(auth, config.home)
-    update_manifest(config.home, authority.manifest_text(auth))
-    return Homes(auth, config, tmp_path / "coord")
+    return make_homes(tmp_path)
 
 
 def _keeper(homes: Homes) -> ManifestKeeper:
@@ -431,19 +410,6 @@ def test_a_node_whose_membership_ended_answers_nothing_and_pays_nothing(
 # ---------------------------------------------------------------- each query's checkpoint (T3)
 
 
-def _agent(config: NodeConfig) -> _Agent:
-    # never dialled here: the checks under test run on what a QueryRequest carries
-    return _Agent(
-        config.home,
-        "127.0.0.1:1",
-        coordinator_id=COORDINATOR,
-        limits=DEFAULT_NODE_LIMITS,
-        on_welcome=None,
-        unsafe_test_answer_delay_ms=0,
-        unsafe_test_clock_skew_ms=0,
-    )
-
-
 def test_a_query_from_a_coordinator_whose_log_went_back_is_refused_and_recorded(
     homes: Homes,
 ) -> None:
@@ -453,7 +419,7 @@ def test_a_query_from_a_coordinator_whose_log_went_back_is_refused_and_recorded(
     _, envelope = make_query(
         homes.auth.parent / "alice", "SELECT COUNT(*) FROM screenings", epsilon=0.5, accuracy=None
     )
-    agent = _agent(config)
+    agent = idle_agent(config)
     welcomed = tree.grow(3)
     agent.coordinator_log.check(welcomed, [], key=key.public_key)  # as at the Welcome
     grown = tree.grow(2)
@@ -498,7 +464,7 @@ def test_a_query_from_a_coordinator_whose_log_went_back_is_refused_and_recorded(
 def test_a_query_without_a_checkpoint_is_refused_once_the_node_holds_one(homes: Homes) -> None:
     key = load_identity(homes.coordinator).signing_key()
     tree = CoordinatorTree(sqlite3.connect(":memory:"), key)
-    agent = _agent(homes.node)
+    agent = idle_agent(homes.node)
     try:
         agent._check_query_checkpoint(pb.QueryRequest(query_id="ab" * 16))
         assert agent.halted == ""  # a coordinator with an empty log, none held
@@ -513,7 +479,7 @@ def test_node_status_shows_a_manifest_conflict_the_coordinator_pushed(
     homes: Homes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     first, second = _forked(homes, tmp_path)
-    agent = _agent(homes.node)
+    agent = idle_agent(homes.node)
 
     async def pushed() -> None:
         try:
