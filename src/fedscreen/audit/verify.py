@@ -49,6 +49,7 @@ from fedscreen.crypto.envelope import (
     Envelope,
     parse_json,
     verify_envelope,
+    verify_envelope_json,
 )
 from fedscreen.errors import (
     BundleUntrusted,
@@ -293,24 +294,21 @@ def _verify_log(
         return report
     node_micro: dict[str, int] = {}
     analyst_micro: dict[tuple[str, str], int] = {}
+
+    def rollback(at: int, entry: Mapping[str, Any]) -> dict[tuple[str, str], int]:
+        return _rollback_restored(
+            entry,
+            index=at,
+            origin=origin,
+            key=(signers[at] if signers else member).signing_key,  # the key then
+            root_at=lambda n: merkle.root(tree, size=n),
+        )
+
     for index, payload in enumerate(payloads):
         if index in manifests.switches:
             continue  # a manifest entry: checked by in_force
         check_node_entry(
-            index,
-            payload,
-            member.id,
-            origin,
-            report,
-            node_micro,
-            analyst_micro,
-            lambda at, entry: _rollback_restored(
-                entry,
-                index=at,
-                origin=origin,
-                key=(signers[at] if signers else member).signing_key,  # the key then
-                root_at=lambda n: merkle.root(tree, size=n),
-            ),
+            index, payload, member.id, origin, report, node_micro, analyst_micro, rollback
         )
     report.node_epsilon = {y: m / MICRO for y, m in node_micro.items()}
     report.analyst_epsilon = {k: m / MICRO for k, m in analyst_micro.items()}
@@ -345,9 +343,8 @@ def verify_entries(entries: tuple[bytes, ...], start: int, keys: dict[str, bytes
     payloads = []
     for offset, raw in enumerate(entries):
         try:
-            envelope = Envelope.from_json(raw)
             payloads.append(
-                verify_envelope(envelope, expected_payload_type=LOG_ENTRY_V1, trusted_keys=keys)
+                verify_envelope_json(raw, expected_payload_type=LOG_ENTRY_V1, trusted_keys=keys)
             )
         except VerificationError as exc:
             return start + offset, str(exc)

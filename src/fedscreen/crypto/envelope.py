@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
@@ -105,18 +105,10 @@ class Envelope:
         signature exactly ``keyid`` and ``sig``), no duplicate keys, canonical
         standard base64 (DSSE also allows URL-safe; fedscreen only writes standard).
         """
-        fast = _CANONICAL_ONE_SIGNATURE.fullmatch(
-            data if isinstance(data, bytes) else data.encode("utf-8", "replace")
-        )
-        if fast is not None:
-            try:
-                payload = _b64decode_standard(fast[1], "payload")
-                sig = _b64decode_standard(fast[4], "sig")
-            except MalformedEnvelope:
-                pass  # not base64 as to_json writes it (escapes, URL-safe): strict path
-            else:
-                signature = EnvelopeSignature(fast[3].decode("ascii"), sig)
-                return cls._checked(fast[2].decode("ascii"), payload, (signature,))
+        parts = _canonical_parts(data)
+        if parts is not None:
+            payload_type, payload, ((keyid, sig),) = parts
+            return cls._checked(payload_type, payload, (EnvelopeSignature(keyid, sig),))
         try:
             doc = json.loads(data, parse_constant=_no_constant)
             # Fast path: text that is exactly the canonical serialisation (what to_json
@@ -169,28 +161,84 @@ def verify_envelope(
     is not trusted are ignored (DSSE: keyid is only a hint); a signature under a
     trusted key id that fails to verify rejects the whole envelope.
     """
-    if envelope.payload_type != expected_payload_type:
+    return _verify(
+        envelope.payload_type,
+        envelope._payload,
+        envelope.signatures,
+        expected_payload_type,
+        trusted_keys,
+        memo,
+    )
+
+
+def verify_envelope_json(
+    data: str | bytes,
+    *,
+    expected_payload_type: str,
+    trusted_keys: Mapping[str, bytes],
+    memo: SignatureMemo | None = None,
+) -> bytes:
+    """``verify_envelope(Envelope.from_json(data), ...)``: the same checks, errors and result.
+
+    Text as ``to_json`` writes it is verified without building the Envelope (audits
+    verify every entry of every log this way); anything else goes through both steps.
+    """
+    parts = _canonical_parts(data)
+    if parts is None:
+        return verify_envelope(
+            Envelope.from_json(data),
+            expected_payload_type=expected_payload_type,
+            trusted_keys=trusted_keys,
+            memo=memo,
+        )
+    return _verify(*parts, expected_payload_type, trusted_keys, memo)
+
+
+def _verify(
+    payload_type: str,
+    payload: bytes,
+    signatures: Iterable[tuple[str, bytes]],
+    expected_payload_type: str,
+    trusted_keys: Mapping[str, bytes],
+    memo: SignatureMemo | None,
+) -> bytes:
+    """:func:`verify_envelope` of an envelope's parts (key id and signature pairs)."""
+    if payload_type != expected_payload_type:
         raise VerificationError(
-            f"envelope payload type is {envelope.payload_type!r}, "
-            f"expected {expected_payload_type!r}"
+            f"envelope payload type is {payload_type!r}, expected {expected_payload_type!r}"
         )
     # DSSE protocol.md "Verify": signatures are over PAE(payloadType, payload).
-    message = pae(envelope.payload_type, envelope._payload)
+    message = pae(payload_type, payload)
     verified = False
-    for sig in envelope.signatures:
-        public_key = trusted_keys.get(sig.keyid)
+    for keyid, sig in signatures:
+        public_key = trusted_keys.get(keyid)
         if public_key is None:
             continue
         try:
-            (memo.verify if memo is not None else verify_signature)(public_key, message, sig.sig)
+            (memo.verify if memo is not None else verify_signature)(public_key, message, sig)
         except VerificationError:
-            raise VerificationError(
-                f"envelope signature by key {sig.keyid} does not verify"
-            ) from None
+            raise VerificationError(f"envelope signature by key {keyid} does not verify") from None
         verified = True
     if not verified:
         raise VerificationError("envelope has no signature from a trusted key")
-    return envelope._payload
+    return payload
+
+
+def _canonical_parts(data: str | bytes) -> tuple[str, bytes, tuple[tuple[str, bytes]]] | None:
+    """Payload type, payload and its one (key id, signature) of text of the shape
+    ``to_json`` writes whose values are canonical standard base64; else None (the strict
+    parser decides)."""
+    fast = _CANONICAL_ONE_SIGNATURE.fullmatch(
+        data if isinstance(data, bytes) else data.encode("utf-8", "replace")
+    )
+    if fast is None:
+        return None
+    try:
+        payload = _b64decode_standard(fast[1], "payload")
+        sig = _b64decode_standard(fast[4], "sig")
+    except MalformedEnvelope:
+        return None  # not base64 as to_json writes it (escapes, URL-safe): strict path
+    return fast[2].decode("ascii"), payload, ((fast[3].decode("ascii"), sig),)
 
 
 def parse_json(data: str | bytes) -> Any:
