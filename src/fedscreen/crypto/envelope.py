@@ -34,7 +34,7 @@ MAX_SIGNATURES = 16
 #: The shape of the text ``Envelope.to_json`` writes for one signature: sorted keys, no
 #: spaces, a payload type and key id that need no JSON escapes, and two values that
 #: ``from_json`` then decodes as canonical standard base64 (the alphabet checked by the
-#: strict decoder, not here: ``[^"]`` scans three times as fast as a class). Text that
+#: strict decoder, not here: ``[^"]`` scans about twice as fast as a class). Text that
 #: matches and decodes is canonical JSON with exactly the DSSE fields (a value with no
 #: backslash ends at its first quote), so ``from_json`` can skip the JSON parser and the
 #: re-serialisation it needs to rule out duplicate keys; audits read millions of such
@@ -266,7 +266,7 @@ def _parse_compact(data: str | bytes) -> Any:
     name would be lost, so the bytes would differ) and holds nothing outside RFC 8259:
     it means one thing, the value both parsers give. orjson writes nothing nested 255
     deep or more, so deep text is always the strict parser's (whose limit depends on
-    the caller's stack). Audits parse every payload they verify; this is about three
+    the caller's stack). Audits parse every payload they verify; this is two to three
     times as fast as the strict parser.
     """
     if isinstance(data, bytes):
