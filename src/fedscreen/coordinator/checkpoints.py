@@ -157,25 +157,39 @@ class CheckpointBook:
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
+        newest: dict[str, int] = {}
+        try:
+            with transaction(self.conn):
+                for node_id, held in pending.items():
+                    self.conn.executemany(
+                        "INSERT OR IGNORE INTO node_checkpoint (node_id, size, root, note) "
+                        "VALUES (?, ?, ?, ?)",
+                        [(node_id, size, root, note) for size, (root, note) in held.items()],
+                    )
+                    self.conn.execute(
+                        "DELETE FROM node_checkpoint WHERE node_id = ? AND size < (SELECT size "
+                        "FROM node_checkpoint WHERE node_id = ? ORDER BY size DESC LIMIT 1 "
+                        "OFFSET ?)",
+                        (node_id, node_id, MAX_HELD_CHECKPOINTS - 1),
+                    )
+                    row = self.conn.execute(
+                        "SELECT MAX(size) FROM node_checkpoint WHERE node_id = ?", (node_id,)
+                    ).fetchone()
+                    newest[node_id] = int(row[0] or 0)
+        except BaseException:
+            # not written: still held, to be written by the next flush
+            for node_id, held in pending.items():
+                self._pending[node_id] = {**held, **self._pending.get(node_id, {})}
+            raise
+        # the reads kept step with what the table now holds: older rows may have been
+        # pruned (read again if ever asked); the newest is there, and is what the next
+        # query is sent and checked from
         for node_id, held in pending.items():
-            # older rows may be pruned below: read again if ever asked; these are known
             for key in [k for k in self._rows if k[0] == node_id]:
                 del self._rows[key]
-            self._rows.update(((node_id, size), row) for size, row in held.items())
-            if node_id in self._newest:
-                self._newest[node_id] = max(self._newest[node_id], *held)
-        with transaction(self.conn):
-            for node_id, held in pending.items():
-                self.conn.executemany(
-                    "INSERT OR IGNORE INTO node_checkpoint (node_id, size, root, note) "
-                    "VALUES (?, ?, ?, ?)",
-                    [(node_id, size, root, note) for size, (root, note) in held.items()],
-                )
-                self.conn.execute(
-                    "DELETE FROM node_checkpoint WHERE node_id = ? AND size < (SELECT size "
-                    "FROM node_checkpoint WHERE node_id = ? ORDER BY size DESC LIMIT 1 OFFSET ?)",
-                    (node_id, node_id, MAX_HELD_CHECKPOINTS - 1),
-                )
+            self._newest[node_id] = newest[node_id]
+            if newest[node_id] in held:
+                self._rows[node_id, newest[node_id]] = held[newest[node_id]]
 
     def quarantine(self, node_id: str, reason: str, *, now_ms: int) -> None:
         """Mark the node quarantined (a second quarantine keeps the first reason)."""

@@ -9,9 +9,8 @@ encode — and everything they refuse goes through the transport's one error tab
   replaces the old) and queries are pushed down it; answers and refusals coming
   back settle the waiting queries. When the stream ends, every query still
   waiting on that node counts it as missing. The node's signed budget
-  statements (after its Welcome and after each answer or refusal) are verified
-  against the manifest and the newest per node is kept, in memory, also after
-  the node disconnects.
+  statements (after its Welcome and each refusal; each answer carries one) are
+  kept, verified when read, the newest per node, also after it disconnects.
 * **Analyst.Submit** — verify and log the query (``core.accept``), push it to the
   target nodes, wait until all have replied or the deadline passes, then
   ``core.release``. Each query carries the size of the node's log the
@@ -30,7 +29,7 @@ encode — and everything they refuse goes through the transport's one error tab
 * **Analyst.Budgets** — the nodes' newest budget statements, verbatim, for
   analysts and auditors to verify and plan with.
 * **Audit** — checkpoint, entries and Merkle proofs of the coordinator's log, for
-  auditors and analysts, who verify them themselves.
+  auditors and analysts, who verify them themselves (:mod:`.auditrpc`).
 
 Concurrency: one asyncio loop (``grpc.aio``). The core — its SQLite log and its
 signing key — lives on one dedicated worker thread (:class:`CoreThread`), so the
@@ -50,6 +49,7 @@ from typing import Any, Final
 import grpc
 
 from fedscreen._util.files import write_ready_file
+from fedscreen.coordinator.auditrpc import AuditServicer
 from fedscreen.coordinator.core import ACADEMIC_YEAR
 from fedscreen.coordinator.runtime import (
     DEFAULT_SERVER_LIMITS,
@@ -74,7 +74,6 @@ from fedscreen.coordinator.sessions import (
     Withdraw,
     now_ms,
 )
-from fedscreen.errors import QueryRefused
 from fedscreen.protocol.query import shown_query_id
 from fedscreen.rpc import clock, guard, serde, transport
 from fedscreen.v1 import federation_pb2 as pb
@@ -376,75 +375,6 @@ def _to_pb(message: Push | PushManifest | Withdraw) -> pb.CoordinatorMessage:
 def _printable(text: str) -> str:
     """``text`` with control characters blanked: a node's words reach analysts' terminals."""
     return "".join(c if c.isprintable() else " " for c in text)
-
-
-class AuditServicer(pb_grpc.AuditServicer):
-    """The coordinator's transparency log, read-only, for auditors and analysts."""
-
-    ROLES: Final = frozenset({"auditor", "analyst"})
-
-    def __init__(self, core: CoreThread, limits: ServerLimits) -> None:
-        self.core = core
-        self.limits = limits
-
-    async def _check(self, context: grpc.aio.ServicerContext[Any, Any], origin: str) -> None:
-        await transport.authenticate(context, self.core.core.manifest, roles=self.ROLES)
-        if origin and origin != self.core.core.origin:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "this server holds no such log")
-
-    async def _size(self) -> int:
-        return await self.core.call(lambda core: core.log.size())
-
-    async def GetCheckpoint(
-        self, request: pb.CheckpointRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.CheckpointResponse:
-        """The newest signed checkpoint ("" while the log is empty)."""
-        await self._check(context, request.origin)
-        async with transport.abort_on_error(context):
-            note = await self.core.call(lambda core: core.checkpoint())
-        return pb.CheckpointResponse(note=note)
-
-    async def GetEntries(
-        self, request: pb.EntriesRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.Entry]:
-        """Entries [start, end), at most ``max_entries_per_call`` of them."""
-        await self._check(context, request.origin)
-        async with transport.abort_on_error(context):
-            size = await self._size()
-            if not 0 <= request.start <= request.end <= size:
-                raise QueryRefused(f"entries must satisfy 0 <= start <= end <= {size}")
-            start = request.start
-            end = min(request.end, start + self.limits.max_entries_per_call)
-            entries = await self.core.call(lambda core: core.entries(start, end))
-        for offset, data in enumerate(entries):
-            yield pb.Entry(index=start + offset, data=data)
-
-    async def GetInclusionProof(
-        self, request: pb.InclusionRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ProofResponse:
-        """RFC 9162 §2.1.3 inclusion proof."""
-        await self._check(context, request.origin)
-        async with transport.abort_on_error(context):
-            size = await self._size()
-            index, tree = request.index, request.size
-            if not 0 <= index < tree <= size:
-                raise QueryRefused(f"the proof needs 0 <= index < size <= {size}")
-            hashes = await self.core.call(lambda core: core.inclusion_proof(index, tree))
-        return pb.ProofResponse(hashes=hashes)
-
-    async def GetConsistencyProof(
-        self, request: pb.ConsistencyRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ProofResponse:
-        """RFC 9162 §2.1.4 consistency proof."""
-        await self._check(context, request.origin)
-        async with transport.abort_on_error(context):
-            size = await self._size()
-            size1, size2 = request.size1, request.size2
-            # RFC 9162 §2.1.4 defines proofs from a non-empty tree only
-            if not 0 < size1 <= size2 <= size:
-                raise QueryRefused(f"the proof needs 0 < size1 <= size2 <= {size}")
-            hashes = await self.core.call(lambda core: core.consistency_proof(size1, size2))
-        return pb.ProofResponse(hashes=hashes)
 
 
 # ---------------------------------------------------------------- serving

@@ -4,7 +4,7 @@ A release combines the answers of up to 167 nodes to the same question; each ans
 states the question again and must be checked against the catalogue's plan for it.
 Parsing the spec and compiling the plan took most of an answer's verification, and
 give the same result for the same question, so both are kept in small bounded memos
-(thread-safe: the coordinator, analysts and auditors may verify from several threads).
+(safe from several threads: the coordinator, analysts and auditors may verify at once).
 Only successes are kept; a key is exact (canonical JSON, or the very spec and
 catalogue objects, never merely equal ones: ``10 == 10.0``), so a memo can change no
 verdict.
@@ -12,7 +12,6 @@ verdict.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Hashable
 from typing import Any, Final, Generic, TypeVar
 
@@ -35,23 +34,29 @@ CellKey = tuple[tuple[type, object], ...]
 
 
 class BoundedMemo(Generic[K, V]):
-    """A thread-safe dict of at most ``size`` entries that forgets the oldest first."""
+    """A dict of at most about ``size`` entries that forgets the oldest first.
+
+    Safe from several threads without a lock: each dict operation here is one step under
+    the GIL; two threads may both make a missing value (both equal) or both forget the
+    same oldest entry (the second finds it gone), never more than one entry each.
+    """
 
     def __init__(self, size: int = MEMO_ENTRIES) -> None:
         self._size = size
         self._entries: dict[K, V] = {}
-        self._lock = threading.Lock()
 
     def get(self, key: K, make: Callable[[], V]) -> V:
         """The value kept for ``key``, or ``make()`` kept (exceptions propagate, unkept)."""
-        with self._lock:
-            if key in self._entries:
-                return self._entries[key]
-        value = make()
-        with self._lock:
-            self._entries[key] = value
-            while len(self._entries) > self._size:
-                del self._entries[next(iter(self._entries))]
+        try:
+            return self._entries[key]
+        except KeyError:
+            pass
+        value = self._entries[key] = make()
+        while len(self._entries) > self._size:
+            try:
+                self._entries.pop(next(iter(self._entries)), None)
+            except (StopIteration, RuntimeError):  # emptied or changed by another thread
+                break
         return value
 
 

@@ -307,14 +307,6 @@ def test_a_fresh_book_agrees_with_the_table_after_pruning(setup: Setup) -> None:
         fresh.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (issue 11 item 8): CheckpointBook.flush() puts every pending checkpoint "
-    "into its read cache, then prunes the table to MAX_HELD_CHECKPOINTS: with more than "
-    "that many pending, the cached book still claims the pruned sizes (held(node, 1) is "
-    "not None), and screen_answer then checks an old query's proof against a baseline "
-    "a fresh book (a restarted coordinator) does not have",
-)
 def test_the_cached_book_agrees_with_the_table_after_pruning(setup: Setup) -> None:
     setup.book.refresh()  # as every query's known_sizes() does: the book is in use
     log = setup.log()
@@ -327,13 +319,6 @@ def test_the_cached_book_agrees_with_the_table_after_pruning(setup: Setup) -> No
     _agrees_with_table(setup.book, setup, range(1, sent + 2))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (issue 11 item 8): the stale rows of the pruning flush change a verdict: "
-    "an answer to an old query (sent a pruned size) from a forked log is used by a "
-    "restarted coordinator (no baseline: not checked, not kept) but quarantines the node "
-    "at the running one (checked against the pruned checkpoint still in its cache)",
-)
 def test_a_pruned_baseline_gives_the_same_verdict_cached_or_fresh(setup: Setup) -> None:
     setup.book.refresh()
     log = setup.log()
@@ -379,12 +364,6 @@ def test_the_cached_book_agrees_with_the_table_after_pruning_one_flush_at_a_time
     _agrees_with_table(setup.book, setup, range(1, sent + 2))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (issue 11 item 8): CheckpointBook.flush() updates its read cache before "
-    "its transaction; when the write fails (the database locked past the busy timeout) "
-    "the pending checkpoints are dropped, yet known_size/held go on claiming them",
-)
 def test_a_flush_that_fails_leaves_the_book_agreeing_with_the_table(setup: Setup) -> None:
     setup.book.refresh()
     log = setup.log()
@@ -401,4 +380,10 @@ def test_a_flush_that_fails_leaves_the_book_agreeing_with_the_table(setup: Setup
     finally:
         blocker.close()
     setup.book.refresh()  # the next query's: no other connection wrote
+    # not written, not lost: still held (verified), and written by the next flush
+    assert setup.book.known_size(NODE) == 2
+    written = setup.coordinator.conn.execute("SELECT MAX(size) FROM node_checkpoint").fetchone()
+    assert written[0] == 1
+    setup.book.flush()
     _agrees_with_table(setup.book, setup, range(1, 4))
+    assert CheckpointBook(setup.coordinator.conn).known_size(NODE) == 2

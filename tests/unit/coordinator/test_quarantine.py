@@ -236,6 +236,7 @@ def test_checkpoints_are_written_in_batches_and_the_oldest_forgotten(setup: Setu
     for _ in range(MAX_HELD_CHECKPOINTS + 3):
         assert _screen(setup, log, log.grow(1), sent=sent) is None
         sent = log.size()
+
     def written() -> int:
         row = setup.coordinator.conn.execute(
             "SELECT MAX(size) FROM node_checkpoint WHERE node_id = ?", (NODE,)
