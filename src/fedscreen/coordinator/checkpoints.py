@@ -25,8 +25,8 @@ __all__ = [
 #: verified checkpoints kept per node (count): enough to check answers to queries that
 #: were in flight together (each was sent the size known when it was pushed)
 MAX_HELD_CHECKPOINTS: Final = 256
-#: checkpoint rows (or their absence) remembered from reads, across all nodes
-_ROWS_KEPT: Final = 8192
+#: checkpoint rows (or their absence) remembered from reads, per node
+_ROWS_KEPT: Final = 2 * MAX_HELD_CHECKPOINTS
 
 _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS node_checkpoint (node_id TEXT NOT NULL, "
@@ -63,15 +63,16 @@ class CheckpointBook:
         self.conn = conn
         for statement in _SCHEMA:
             conn.execute(statement)
-        #: node -> size -> (root, note): verified, not yet written (see flush)
-        self._pending: dict[str, dict[int, tuple[bytes, str]]] = {}
+        #: node -> size -> (checkpoint, note): verified, not yet written (see flush)
+        self._pending: dict[str, dict[int, tuple[Checkpoint, str]]] = {}
         # What the tables held when last read, so each answer does not cost a few SQL
         # queries: kept in step with this connection's own writes, and forgotten by
         # ``refresh`` when another connection has written (a readmission from the CLI).
         self._seen_version = -1
         self._quarantines: dict[str, Quarantined] | None = None
         self._newest: dict[str, int] = {}
-        self._rows: dict[tuple[str, int], tuple[bytes, str] | None] = {}
+        #: node -> size -> (checkpoint, note), or None: not in the table
+        self._rows: dict[str, dict[int, tuple[Checkpoint, str] | None]] = {}
         #: node -> (size, public key) its newest held note was last verified under
         self.key_checked: dict[str, tuple[int, bytes]] = {}
 
@@ -94,8 +95,7 @@ class CheckpointBook:
         self._quarantines = None
         self._newest.pop(node_id, None)
         self.key_checked.pop(node_id, None)
-        for key in [k for k in self._rows if k[0] == node_id]:
-            del self._rows[key]
+        self._rows.pop(node_id, None)
 
     def known_size(self, node_id: str) -> int:
         """Size of the newest checkpoint verified for the node (0: none)."""
@@ -114,22 +114,24 @@ class CheckpointBook:
 
     def held(self, node_id: str, size: int) -> tuple[Checkpoint, str] | None:
         """The verified checkpoint (and its signed note) of the node's log at ``size``."""
-        row = self._pending.get(node_id, {}).get(size)
-        if row is None:
-            if (node_id, size) in self._rows:
-                row = self._rows[node_id, size]
-            else:
-                found = self.conn.execute(
-                    "SELECT root, note FROM node_checkpoint WHERE node_id = ? AND size = ?",
-                    (node_id, size),
-                ).fetchone()
-                row = None if found is None else (bytes(found[0]), str(found[1]))
-                if len(self._rows) >= _ROWS_KEPT:
-                    self._rows.clear()
-                self._rows[node_id, size] = row
-        if row is None:
-            return None
-        return Checkpoint(member_origin("node", node_id), size, row[0]), row[1]
+        pending = self._pending.get(node_id, {}).get(size)
+        if pending is not None:
+            return pending
+        rows = self._rows.setdefault(node_id, {})
+        if size not in rows:
+            found = self.conn.execute(
+                "SELECT root, note FROM node_checkpoint WHERE node_id = ? AND size = ?",
+                (node_id, size),
+            ).fetchone()
+            if len(rows) >= _ROWS_KEPT:
+                rows.clear()
+            rows[size] = (
+                None
+                if found is None
+                else (Checkpoint(member_origin("node", node_id), size, bytes(found[0])),
+                      str(found[1]))
+            )  # fmt: skip
+        return rows[size]
 
     def quarantined(self, node_id: str) -> Quarantined | None:
         """The node's quarantine, if it is quarantined."""
@@ -149,7 +151,7 @@ class CheckpointBook:
 
     def keep(self, node_id: str, checkpoint: Checkpoint, note: str) -> None:
         """Hold a verified checkpoint (idempotent); written at the next :meth:`flush`."""
-        self._pending.setdefault(node_id, {})[checkpoint.size] = (checkpoint.root, note)
+        self._pending.setdefault(node_id, {})[checkpoint.size] = (checkpoint, note)
 
     def flush(self) -> None:
         """Write the checkpoints held since the last flush, in one transaction; forget
@@ -164,7 +166,7 @@ class CheckpointBook:
                     self.conn.executemany(
                         "INSERT OR IGNORE INTO node_checkpoint (node_id, size, root, note) "
                         "VALUES (?, ?, ?, ?)",
-                        [(node_id, size, root, note) for size, (root, note) in held.items()],
+                        [(node_id, size, c.root, note) for size, (c, note) in held.items()],
                     )
                     self.conn.execute(
                         "DELETE FROM node_checkpoint WHERE node_id = ? AND size < (SELECT size "
@@ -185,11 +187,8 @@ class CheckpointBook:
         # pruned (read again if ever asked); the newest is there, and is what the next
         # query is sent and checked from
         for node_id, held in pending.items():
-            for key in [k for k in self._rows if k[0] == node_id]:
-                del self._rows[key]
-            self._newest[node_id] = newest[node_id]
-            if newest[node_id] in held:
-                self._rows[node_id, newest[node_id]] = held[newest[node_id]]
+            size = self._newest[node_id] = newest[node_id]
+            self._rows[node_id] = {size: held[size]} if size in held else {}
 
     def quarantine(self, node_id: str, reason: str, *, now_ms: int) -> None:
         """Mark the node quarantined (a second quarantine keeps the first reason)."""

@@ -180,7 +180,8 @@ class Coordinator:
         if query.spec.years:
             # the provincial catalogue: a cheap early refusal (nodes apply their own, stricter)
             compile_query(query.spec, self.policy)
-        unknown = [n for n in query.nodes if n not in self.node_ids]
+        active = set(self.node_ids)
+        unknown = [n for n in query.nodes if n not in active]
         if unknown:
             # shown by code point (an analyst's terminal must not get raw control characters)
             named = ", ".join(show_id(n) for n in unknown[:MAX_NAMED_NODES])

@@ -57,6 +57,8 @@ MAX_STATED_EPSILON: Final = 1e9
 PUBLIC_MECHANISM: Final = "none (public data)"
 #: longest reason a verification failure quotes (characters)
 MAX_REASON_CHARS: Final = 200
+#: the types a cell's group may hold (exactly: JSON gives no subclasses)
+_SCALARS: Final = frozenset({str, int, float})
 
 
 def answer_payload(
@@ -387,9 +389,8 @@ def _cell(cell: object, kind: str, width: int, *, noisy: bool) -> AnswerCell:
         raise ValueError("each cell must be an object with a group list")
     group = tuple(cell["group"])
     # a group is one value per GROUP BY column: flat scalars, so no reader ever recurses
-    if len(group) != width or not all(
-        isinstance(v, str | int | float) and not isinstance(v, bool) for v in group
-    ):
+    # (exact types, as JSON gives them: a bool is no int here)
+    if len(group) != width or not all(type(v) in _SCALARS for v in group):
         raise ValueError(f"each cell's group must be a list of {width} values")
     stated = cell.get("value")
     if kind in ("count", "sum"):
@@ -433,17 +434,17 @@ def _epsilon(value: object, what: str) -> float:
 
 
 def _integer(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if type(value) is not int:  # exact: a bool is no count (every cell comes here)
         raise ValueError(f"a cell's {what} must be an integer")
-    if not abs(value) <= MAX_VALUE:
+    if not -MAX_VALUE <= value <= MAX_VALUE:
         raise ValueError(f"a cell's {what} is out of range")
     return value
 
 
 def _finite(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if type(value) is not float and type(value) is not int:  # exact: a bool is no number
         raise ValueError(f"a cell's {what} must be a number")
-    if not abs(value) <= MAX_VALUE or not math.isfinite(value):  # refuses NaN and infinity
+    if not -MAX_VALUE <= value <= MAX_VALUE:  # also refuses NaN and infinity
         raise ValueError(f"a cell's {what} is out of range")
     return float(value)
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from fedscreen.protocol.memo import cell_key
 from fedscreen.query import mechanisms
 
 Z_975: Final = 1.959963984540054
@@ -76,6 +77,16 @@ def _clip(value: float, low: float, high: float) -> float:
     return min(max(value, low), high)
 
 
+def _group_key(group: list[Any]) -> Hashable:
+    """A cell's group as a dict key: groups are the same cell exactly when their JSON is
+    the same (``cell_key``; 1 and 1.0 are two cells). Verified answers hold flat groups;
+    anything else is keyed by its JSON text."""
+    try:
+        return cell_key(group)
+    except TypeError:  # an unhashable value: not a verified answer's
+        return json.dumps(group)
+
+
 def combine(
     kind: str, answers: Sequence[NodeCells], *, threshold: int, public: bool | None = None
 ) -> list[dict[str, Any]]:
@@ -98,11 +109,11 @@ def combine(
         if len(flags) != 1:
             raise ValueError("the answers do not agree on the mechanism")
         public = flags.pop()
-    by_group: dict[str, list[tuple[NodeCells, dict[str, Any]]]] = {}
-    groups: dict[str, list[Any]] = {}
+    by_group: dict[Hashable, list[tuple[NodeCells, dict[str, Any]]]] = {}
+    groups: dict[Hashable, list[Any]] = {}
     for answer in answers:
         for node_cell in answer.body["cells"]:
-            key = json.dumps(node_cell["group"])
+            key = _group_key(node_cell["group"])
             groups.setdefault(key, node_cell["group"])
             by_group.setdefault(key, []).append((answer, node_cell))
     combined: list[dict[str, Any]] = []
