@@ -14,6 +14,7 @@ goes into the coordinator's transparency log::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import tomllib
@@ -104,7 +105,8 @@ class Coordinator:
         #: checkpoint notes verified on receipt are checked again against later answers
         self.signatures = SignatureMemo()
         #: answers verified when screened for rollbacks, used again by the release
-        self._verified: BoundedMemo[tuple[Any, ...], VerifiedAnswer] = BoundedMemo(4096)
+        #: (kept only between a query's screening and its release: a few queries' worth)
+        self._verified: BoundedMemo[tuple[Any, ...], VerifiedAnswer] = BoundedMemo(1024)
         self._log_manifest(text)
 
     @classmethod
@@ -271,6 +273,7 @@ class Coordinator:
                 continue
             try:
                 answer = self.verified_answer(node_id, raw, query, academic_year=academic_year)
+                self._verified.forget(self._answer_key(node_id, raw, query, academic_year))
             except VerificationError as exc:
                 lost.append(node_id)  # an answer that does not verify counts as no answer
                 why[node_id] = f"its answer did not verify: {bounded(str(exc))}"
@@ -317,11 +320,11 @@ class Coordinator:
     ) -> VerifiedAnswer:
         """``verify_answer`` of a node's answer envelope to ``query``, against the manifest in
         force and the catalogue; raises VerificationError. Answers screened for rollbacks
-        are verified once, not again when released: a success is kept, keyed by everything
-        the verdict depends on (the manifest by its version: versions only go forward)."""
-        key = (node_id, raw, query.query_id, query.digest, academic_year, self.manifest.version)
+        are verified once, not again when released: a success is kept until the release
+        takes it (see :meth:`release`), keyed by everything the verdict depends on (the
+        manifest by its version: versions only go forward)."""
         return self._verified.get(
-            key,
+            self._answer_key(node_id, raw, query, academic_year),
             lambda: verify_answer(
                 Envelope.from_json(raw),
                 manifest=self.manifest,
@@ -333,6 +336,13 @@ class Coordinator:
                 memo=self.signatures,  # the checkpoint's note is checked again when held
             ),
         )
+
+    def _answer_key(
+        self, node_id: str, raw: bytes, query: SignedQuery, academic_year: str | None
+    ) -> tuple[str, bytes, str, str, str | None, int]:
+        # a digest, not the bytes: a kept verdict holds no copy of the answer
+        digest = hashlib.sha256(raw).digest()
+        return node_id, digest, query.query_id, query.digest, academic_year, self.manifest.version
 
     def record(self, payload: dict[str, Any]) -> None:
         """Append one event (a manifest version, quarantine evidence, a readmission) to the log.

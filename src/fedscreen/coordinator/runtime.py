@@ -382,11 +382,13 @@ def keep_statement(sessions: SessionRegistry, node_id: str, envelope: bytes) -> 
 
 
 def settle_statements(manifest: Manifest, sessions: SessionRegistry) -> None:
-    """Verify the statements kept since the last read: each node's newest that verifies
-    is kept if it is newer than the one held; the others are dropped (logged)."""
+    """Verify the statements kept since the last read: each node's newest (by the time it
+    was issued, not the order it arrived in: an old stream may deliver late) that
+    verifies is kept if it is newer than the one held; the others are dropped (logged)."""
     pending, sessions.unverified = sessions.unverified, {}
     for node_id, queue in pending.items():
-        for envelope, at_ms in reversed(queue):
+        verified = []
+        for envelope, at_ms in queue:
             try:
                 statement = verify_statement(envelope, manifest=manifest, node_id=node_id)
             except VerificationError as exc:
@@ -396,9 +398,12 @@ def settle_statements(manifest: Manifest, sessions: SessionRegistry) -> None:
                     exc,
                 )
                 continue
-            if not sessions.record_budget(statement, envelope, at_ms=at_ms):
-                _log.info("node %s sent an out-of-date budget statement; dropped", node_id)
-            break
+            verified.append((statement.issued_at_ms, at_ms, statement, envelope))
+        if not verified:
+            continue
+        _, at_ms, statement, envelope = max(verified, key=lambda v: v[0])
+        if not sessions.record_budget(statement, envelope, at_ms=at_ms):
+            _log.info("node %s sent an out-of-date budget statement; dropped", node_id)
 
 
 def node_refusal(reason: str) -> str:

@@ -107,14 +107,17 @@ class Answering(ABC):
             return False
         try:
             # a query queued behind another may start late: the worker checks the
-            # deadline again (in the node's clock) when it takes the query up
+            # deadline again (in the node's clock) when it takes the query up; the proof
+            # and the budget statement (made after the charge, so it reflects it) come
+            # from the same job, and ride with the answer: one message, not two
             deadline = request.deadline_unix_ms
-            envelope = await self.worker.answer(
+            answered = await self.worker.answer_in_full(
                 bytes(request.query_envelope),
                 now_ms=self._now_ms,
                 deadline_ms=deadline + (self.offset_ms or 0) if deadline else None,
                 academic_year=request.academic_year,
                 query_id=shown,
+                known_size=request.known_log_size,
             )
         except QueryRefused as refused:
             reason = str(refused)[:MAX_REASON_CHARS]
@@ -126,21 +129,13 @@ class Answering(ABC):
             reason = refusal_reason("internal", "the node could not answer (see its log)")
             await send(pb.NodeMessage(refusal=pb.Refusal(query_id=query_id, reason=reason)))
             return False
-        proof: list[bytes] = []
-        if request.known_log_size > 0:
-            try:
-                proof = await self.worker.consistency_proof(envelope, request.known_log_size)
-            except Exception:  # the answer is charged: send it; the coordinator judges it
-                _log.exception("node %s could not prove its log's consistency", self.config.node_id)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)  # TEST ONLY: see run_node
-        # made after the answer's charge committed (same worker thread, queued behind it),
-        # so it reflects that charge; it rides with the answer: one message, not two
-        statement = await self._statement()
+        statement = answered.statement
         answer = pb.Answer(
             query_id=query_id,
-            envelope=envelope,
-            consistency_proof=proof,
+            envelope=answered.envelope,
+            consistency_proof=answered.proof,
             budget_statement=statement,
         )
         await send(pb.NodeMessage(answer=answer))

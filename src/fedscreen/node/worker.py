@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from fedscreen._util.sqlite import transaction
@@ -32,6 +34,8 @@ from fedscreen.protocol.refusal import refusal_reason
 from fedscreen.tlog import memberlog
 from fedscreen.trust.manifest import Manifest, manifest_entry
 
+_log = logging.getLogger("fedscreen.node.agent")  # the agent's: its worker's troubles
+
 __all__ = ["QueryWorker", "hello_facts"]
 
 
@@ -47,6 +51,17 @@ def hello_facts(database: Path) -> tuple[int, str]:
         return store.eligible_students(conn), latest_year(conn) or ""
     finally:
         conn.close()
+
+
+@dataclass(frozen=True)
+class Answered:
+    """A signed answer, with what goes up the stream with it."""
+
+    envelope: bytes
+    #: the node log's consistency proof from the coordinator's ``known_log_size``
+    proof: list[bytes]
+    #: a signed budget statement made after the answer's charge (b"": none)
+    statement: bytes
 
 
 class QueryWorker:
@@ -196,10 +211,50 @@ class QueryWorker:
             self._executor, self._answer, envelope, now_ms, deadline_ms, academic_year, query_id
         )
 
-    async def consistency_proof(self, answer: bytes, known_size: int) -> list[bytes]:
-        """The proof that the node's log at ``answer``'s checkpoint extends ``known_size``."""
+    async def answer_in_full(
+        self,
+        envelope: bytes,
+        *,
+        now_ms: Callable[[], int],
+        deadline_ms: int | None = None,
+        academic_year: str = "",
+        query_id: str = "",
+        known_size: int = 0,
+    ) -> Answered:
+        """:meth:`answer`, with the log's consistency proof from ``known_size`` and a budget
+        statement made after the charge, in one job of the worker's thread: a query queued
+        meanwhile does not hold the answer back. Raises as :meth:`answer`; a proof or a
+        statement that cannot be made is logged and left empty (the answer is charged)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._proof, answer, known_size)
+        answer = await loop.run_in_executor(
+            self._executor,
+            self._answer_in_full,
+            envelope, now_ms, deadline_ms, academic_year, query_id, known_size,
+        )  # fmt: skip
+        return answer
+
+    def _answer_in_full(
+        self,
+        envelope: bytes,
+        now_ms: Callable[[], int],
+        deadline_ms: int | None,
+        academic_year: str,
+        query_id: str,
+        known_size: int,
+    ) -> Answered:
+        answer = self._answer(envelope, now_ms, deadline_ms, academic_year, query_id)
+        proof: list[bytes] = []
+        if known_size > 0:
+            try:
+                proof = self._proof(answer, known_size)
+            except Exception:  # the answer is charged: send it; the coordinator judges it
+                _log.exception("node %s could not prove its log's consistency", self.config.node_id)
+        try:
+            statement = self._statement()
+        except Exception:  # the statement is informative only: keep answering queries
+            _log.exception("node %s could not make its budget statement", self.config.node_id)
+            statement = b""
+        return Answered(answer, proof, statement)
 
     async def offer_manifest(self, text: bytes) -> int:
         """Verify a manifest the coordinator sent and use it if newer; the version in force.

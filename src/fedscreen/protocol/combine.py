@@ -81,10 +81,12 @@ def _group_key(group: list[Any]) -> Hashable:
     """A cell's group as a dict key: groups are the same cell exactly when their JSON is
     the same (``cell_key``; 1 and 1.0 are two cells). Verified answers hold flat groups;
     anything else is keyed by its JSON text."""
+    key = cell_key(group)
     try:
-        return cell_key(group)
-    except TypeError:  # an unhashable value: not a verified answer's
+        hash(key)
+    except TypeError:  # an unhashable value (a list): not a verified answer's
         return json.dumps(group)
+    return key
 
 
 def combine(

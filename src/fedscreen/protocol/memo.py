@@ -59,6 +59,10 @@ class BoundedMemo(Generic[K, V]):
                 break
         return value
 
+    def forget(self, key: K) -> None:
+        """Drop ``key``'s entry, if kept."""
+        self._entries.pop(key, None)
+
 
 _specs: BoundedMemo[bytes, QuerySpec] = BoundedMemo()
 _plans: BoundedMemo[tuple[int, int], tuple[QuerySpec, Policy, Plan, frozenset[CellKey]]] = (

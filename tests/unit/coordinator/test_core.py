@@ -23,6 +23,8 @@ from fedscreen.cli.main import main
 from fedscreen.cli.query import print_release
 from fedscreen.coordinator.core import Coordinator, init_coordinator
 from fedscreen.coordinator.quarantine import screen_answer
+from fedscreen.coordinator.runtime import screen
+from fedscreen.coordinator.sessions import NodeReply
 from fedscreen.crypto.envelope import (
     ANSWER_V1,
     RELEASE_V1,
@@ -681,3 +683,23 @@ def test_the_release_names_the_nodes_the_query_was_pushed_to(fed: Federation) ->
     # the analyst still holds the manifest the query was made under
     manifest = load_identity(fed.analyst).manifest()
     verify_release(release.envelope, manifest=manifest, query=query, answers=release.answers)
+
+
+def test_a_release_drops_the_verdicts_its_screening_kept(fed: Federation) -> None:
+    """Answers are verified once, when screened, and the verdict kept for the release; the
+    release drops it, so no answer (whose size its node decides) stays in memory after."""
+    query, envelope = make_query(fed.analyst, SQL, epsilon=0.3, accuracy=None)
+    coordinator = Coordinator.open(fed.coordinator)
+    try:
+        accepted = coordinator.accept(envelope, now_ms=query.issued_at_ms)
+        answers = {code: answer_locally(fed.nodes[code], envelope) for code in COUNTIES}
+        replies = {code: NodeReply(raw, sent_size=0) for code, raw in answers.items()}
+        screen(coordinator, accepted, replies, academic_year=None)
+        assert len(coordinator._verified._entries) == len(COUNTIES)  # kept for the release
+        coordinator.book.flush()
+        release = coordinator.release(accepted, answers, [])
+        assert coordinator._verified._entries == {}
+    finally:
+        coordinator.close()
+    assert release.missing == ()
+    assert sorted(release.answers) == sorted(COUNTIES)
