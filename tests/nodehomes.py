@@ -10,6 +10,8 @@ from fedscreen.coordinator.core import init_coordinator
 from fedscreen.node.agent import _Agent
 from fedscreen.node.dial import DEFAULT_NODE_LIMITS
 from fedscreen.node.home import NodeConfig, init_home
+from fedscreen.node.ingest import ingest_paths
+from fedscreen.synth import generate, write_export
 from fedscreen.trust import authority
 from fedscreen.trust.identity import create_identity, issue_here, update_manifest
 
@@ -24,8 +26,9 @@ class Homes:
     coordinator: Path
 
 
-def make_homes(root: Path) -> Homes:
-    """Authority, coordinator, analyst ``alice`` and node ``NODE`` under ``root``."""
+def make_homes(root: Path, *, students: int = 0) -> Homes:
+    """Authority, coordinator, analyst ``alice`` and node ``NODE`` under ``root``; with
+    ``students``, the node holds a synthetic 2024-2025 export of that many."""
     auth = root / "auth"
     authority.init_authority(auth, federation="test")
     init_coordinator(root / "coord", member_id=COORDINATOR, name="省平台")
@@ -35,6 +38,10 @@ def make_homes(root: Path) -> Homes:
     config = init_home(root / NODE, node_id=NODE, name="长安区")
     issue_here(auth, config.home)
     update_manifest(config.home, authority.manifest_text(auth))
+    if students:
+        write_export(generate(NODE, students, "2024-2025", seed=3), root / "export")
+        _, rejected = ingest_paths(config, [root / "export"])
+        assert not rejected
     return Homes(auth, config, root / "coord")
 
 

@@ -191,26 +191,6 @@ class QueryWorker:
             self._conn.close()
             self._conn = None
 
-    async def answer(
-        self,
-        envelope: bytes,
-        *,
-        now_ms: Callable[[], int],
-        deadline_ms: int | None = None,
-        academic_year: str = "",
-        query_id: str = "",
-    ) -> bytes:
-        """The signed answer envelope; raises QueryRefused (already recorded by the node).
-
-        ``now_ms`` is the node's clock, read when the query is taken up: its freshness
-        and ``deadline_ms`` (the coordinator's deadline in the node's clock) are
-        checked against it, so a query that waited behind another is not started late.
-        """
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, self._answer, envelope, now_ms, deadline_ms, academic_year, query_id
-        )
-
     async def answer_in_full(
         self,
         envelope: bytes,
@@ -221,10 +201,16 @@ class QueryWorker:
         query_id: str = "",
         known_size: int = 0,
     ) -> Answered:
-        """:meth:`answer`, with the log's consistency proof from ``known_size`` and a budget
-        statement made after the charge, in one job of the worker's thread: a query queued
-        meanwhile does not hold the answer back. Raises as :meth:`answer`; a proof or a
-        statement that cannot be made is logged and left empty (the answer is charged)."""
+        """The signed answer envelope, with the log's consistency proof from ``known_size``
+        and a budget statement made after the charge, in one job of the worker's thread (a
+        query queued meanwhile does not hold the answer back). Raises QueryRefused (already
+        recorded by the node); a proof or a statement that cannot be made is logged and
+        left empty (the answer is charged).
+
+        ``now_ms`` is the node's clock, read when the query is taken up: its freshness
+        and ``deadline_ms`` (the coordinator's deadline in the node's clock) are
+        checked against it, so a query that waited behind another is not started late.
+        """
         loop = asyncio.get_running_loop()
         answer = await loop.run_in_executor(
             self._executor,

@@ -21,20 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from nodelogs import NodeLog as SharedNodeLog
 
-from fedscreen._util.canonical import canonical_json
 from fedscreen.analyst.query import make_query
 from fedscreen.coordinator.checkpoints import MAX_HELD_CHECKPOINTS, CheckpointBook
 from fedscreen.coordinator.core import Coordinator, init_coordinator
 from fedscreen.coordinator.quarantine import readmit, screen_answer
 from fedscreen.coordinator.runtime import screen
 from fedscreen.coordinator.sessions import NodeReply
-from fedscreen.crypto.envelope import ANSWER_V1, sign_envelope
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.node.home import init_home
 from fedscreen.protocol.query import SignedQuery
-from fedscreen.tlog import memberlog
-from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust import authority
 from fedscreen.trust.identity import create_identity, issue_here, update_manifest
 
@@ -43,44 +40,13 @@ NOW_MS = 1_800_000_000_000
 SQL = "SELECT sex, COUNT(*) FROM screenings WHERE academic_year = '2024-2025' GROUP BY sex"
 
 
-@dataclass
-class NodeLog:
-    """A node's own log (in memory) and its key."""
-
-    conn: sqlite3.Connection
-    key: SigningKey
-
-    def grow(self, entries: int, tag: str = "") -> str:
-        """Append entries; the newest signed checkpoint note."""
-        note = ""
-        for _ in range(entries):
-            note = memberlog.append(
-                self.conn, member_id=NODE, key=self.key, payload={"kind": "test", "tag": tag}
-            ).note
-        self.conn.commit()
-        return note
-
-    def size(self) -> int:
-        return TransparencyLog(self.conn, name="node").size()
-
-    def proof(self, size1: int) -> tuple[bytes, ...]:
-        size2 = self.size()
-        if not 0 < size1 < size2:
-            return ()
-        return tuple(TransparencyLog(self.conn, name="node").consistency_proof(size1, size2))
-
-    def answer(self, note: str) -> bytes:
-        """An answer envelope signed by the node, carrying ``note`` (its body is empty: it
-        proves the checkpoint, and fails the release's full verification)."""
-        payload = canonical_json({"answer": {}, "log_index": 0, "checkpoint": note})
-        return (
-            sign_envelope(payload_type=ANSWER_V1, payload=payload, key=self.key).to_json().encode()
-        )
+class NodeLog(SharedNodeLog):
+    """The node's log, answering queries."""
 
     def reply(self, sent: int) -> NodeReply:
         """The node's answer with a newly signed checkpoint, to a query sent ``sent``."""
         note = self.grow(1)
-        return NodeReply(self.answer(note), "", self.proof(sent), sent)
+        return NodeReply(self.answer(note), "", tuple(self.proof(sent)), sent)
 
 
 @dataclass

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nodelogs import NodeLog
 
-from fedscreen._util.canonical import canonical_json
 from fedscreen.coordinator.core import Coordinator, init_coordinator
 from fedscreen.coordinator.quarantine import (
     MAX_HELD_CHECKPOINTS,
@@ -25,57 +25,19 @@ from fedscreen.coordinator.quarantine import (
     screen_answer,
 )
 from fedscreen.crypto.envelope import (
-    ANSWER_V1,
     LOG_ENTRY_V1,
     Envelope,
-    sign_envelope,
     verify_envelope,
 )
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import ConfigError
 from fedscreen.node.home import init_home
-from fedscreen.tlog import memberlog
 from fedscreen.tlog.checkpoint import member_origin, parse_and_verify_note
-from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust import authority
 from fedscreen.trust.identity import issue_here, update_manifest
 
 NODE = "130102"
 NOW_MS = 1_800_000_000_000
-
-
-@dataclass
-class NodeLog:
-    """A node's own log (in memory) and its key."""
-
-    conn: sqlite3.Connection
-    key: SigningKey
-
-    def grow(self, entries: int, tag: str = "") -> str:
-        """Append entries; the newest signed checkpoint note."""
-        note = ""
-        for _ in range(entries):
-            note = memberlog.append(
-                self.conn, member_id=NODE, key=self.key, payload={"kind": "test", "tag": tag}
-            ).note
-        self.conn.commit()
-        return note
-
-    def size(self) -> int:
-        return TransparencyLog(self.conn, name="node").size()
-
-    def proof(self, size1: int) -> list[bytes]:
-        size2 = self.size()
-        if not 0 < size1 < size2:
-            return []
-        return TransparencyLog(self.conn, name="node").consistency_proof(size1, size2)
-
-    def answer(self, note: str) -> bytes:
-        """An answer envelope signed by the node, carrying ``note``."""
-        payload = canonical_json({"answer": {}, "log_index": 0, "checkpoint": note})
-        return (
-            sign_envelope(payload_type=ANSWER_V1, payload=payload, key=self.key).to_json().encode()
-        )
 
 
 @dataclass

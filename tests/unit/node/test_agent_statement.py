@@ -12,9 +12,7 @@ from nodehomes import NODE, Homes, idle_agent, make_homes
 
 from fedscreen.analyst.query import make_query
 from fedscreen.crypto.envelope import BUDGET_V1, Envelope, verify_envelope
-from fedscreen.node.ingest import ingest_paths
 from fedscreen.protocol.budget import verify_statement
-from fedscreen.synth import generate, write_export
 from fedscreen.trust.identity import load_identity
 from fedscreen.v1 import federation_pb2 as pb
 
@@ -23,11 +21,7 @@ SQL = "SELECT COUNT(*) FROM screenings WHERE academic_year = '2024-2025'"
 
 @pytest.fixture
 def homes(tmp_path: Path) -> Homes:
-    homes = make_homes(tmp_path)
-    write_export(generate("130102", 200, "2024-2025", seed=3), tmp_path / "export")
-    _, rejected = ingest_paths(homes.node, [tmp_path / "export"])
-    assert not rejected
-    return homes
+    return make_homes(tmp_path, students=200)
 
 
 def _run(homes: Homes, request: pb.QueryRequest) -> list[pb.NodeMessage]:

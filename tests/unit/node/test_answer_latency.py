@@ -16,8 +16,6 @@ import pytest
 from nodehomes import Homes, idle_agent, make_homes
 
 from fedscreen.analyst.query import make_query
-from fedscreen.node.ingest import ingest_paths
-from fedscreen.synth import generate, write_export
 from fedscreen.v1 import federation_pb2 as pb
 
 SQL = "SELECT COUNT(*) FROM screenings WHERE academic_year = '2024-2025'"
@@ -26,11 +24,7 @@ OTHER_WORK_S = 1.5
 
 @pytest.fixture
 def homes(tmp_path: Path) -> Homes:
-    homes = make_homes(tmp_path)
-    write_export(generate("130102", 200, "2024-2025", seed=3), tmp_path / "export")
-    _, rejected = ingest_paths(homes.node, [tmp_path / "export"])
-    assert not rejected
-    return homes
+    return make_homes(tmp_path, students=200)
 
 
 def test_an_answer_is_not_held_back_by_the_next_querys_work(homes: Homes) -> None:

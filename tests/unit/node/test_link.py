@@ -289,7 +289,7 @@ def test_a_manifest_placed_in_the_home_is_in_force_for_the_next_query(homes: Hom
             authority.revoke(homes.auth, "alice")
             update_manifest(config.home, authority.manifest_text(homes.auth))  # the operator
             with pytest.raises(QueryRefused) as refused:
-                await worker.answer(envelope, now_ms=lambda: int(time.time() * 1000))
+                await worker.answer_in_full(envelope, now_ms=lambda: int(time.time() * 1000))
             return str(refused.value)
         finally:
             worker.close()
@@ -390,7 +390,7 @@ def test_a_node_whose_membership_ended_answers_nothing_and_pays_nothing(
             authority.revoke(homes.auth, revoked)
             (config.home / "manifest.json").write_text(authority.manifest_text(homes.auth))
             with pytest.raises(QueryRefused) as refused:
-                await worker.answer(
+                await worker.answer_in_full(
                     envelope, now_ms=lambda: int(time.time() * 1000), query_id=query_id
                 )
             return str(refused.value), worker.membership()
