@@ -1,0 +1,137 @@
+"""Benchmark: the floor under the coordinator's cost per node — gRPC itself.
+
+    python scripts/bench_grpc_floor.py [--streams 50] [--rounds 200]
+
+A server process with fedscreen's transport (mutual TLS, the request guard) and a
+NodeLink servicer that does nothing but answer each message with one small message;
+a client holding ``--streams`` open streams sends one 4 KB message down each and reads
+the reply, ``--rounds`` times. Prints the server's CPU per message pair (one in, one
+out), beside the same without TLS and guard. The coordinator's own CPU per node
+(``bench_federation.py``: receive an answer, push a query) sits on this floor; the
+difference is fedscreen's own work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import grpc  # noqa: E402
+
+from fedscreen.coordinator.core import init_coordinator  # noqa: E402
+from fedscreen.node.home import init_home  # noqa: E402
+from fedscreen.rpc import transport  # noqa: E402
+from fedscreen.trust import authority  # noqa: E402
+from fedscreen.trust.identity import issue_here, load_identity, update_manifest  # noqa: E402
+from fedscreen.v1 import federation_pb2 as pb  # noqa: E402
+from fedscreen.v1 import federation_pb2_grpc as pb_grpc  # noqa: E402
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MESSAGE_BYTES = 4_000
+#: bound on every wait (s)
+WAIT_S = 60.0
+
+
+class Echo(pb_grpc.NodeLinkServicer):
+    """One small message back for each message in."""
+
+    async def Connect(self, request_iterator: Any, context: Any) -> Any:
+        async for _ in request_iterator:
+            yield pb.CoordinatorMessage(cancel=pb.Cancel(query_id="x" * 32))
+
+
+def _serve(work: Path, secure: bool, ports: Any) -> None:
+    async def main() -> None:
+        server = transport.server() if secure else grpc.aio.server()
+        pb_grpc.add_NodeLinkServicer_to_server(Echo(), server)
+        if secure:
+            port = transport.add_secure_port(server, load_identity(work / "coord"), "127.0.0.1:0")
+        else:
+            port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        ports.put(port)
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+async def _drive(work: Path, secure: bool, port: int, pid: int, streams: int, rounds: int) -> float:
+    target = f"127.0.0.1:{port}"
+    if secure:
+        node = load_identity(work / "node")
+        channel = await transport.connect(node, target, peer_id="coordinator")
+    else:
+        channel = grpc.aio.insecure_channel(target)
+    stub = pb_grpc.NodeLinkStub(channel)
+    calls = [stub.Connect() for _ in range(streams)]
+    message = pb.NodeMessage(answer=pb.Answer(query_id="q" * 32, envelope=b"e" * MESSAGE_BYTES))
+    try:
+        for call in calls:  # warm up every stream
+            await call.write(message)
+            await asyncio.wait_for(call.read(), WAIT_S)
+        before = _cpu_seconds(pid)
+        for _ in range(rounds):
+            await asyncio.gather(*(call.write(message) for call in calls))
+            await asyncio.wait_for(asyncio.gather(*(call.read() for call in calls)), WAIT_S)
+        return (_cpu_seconds(pid) - before) / (streams * rounds)
+    finally:
+        for call in calls:
+            call.cancel()
+        await channel.close()
+
+
+def measure(work: Path, secure: bool, streams: int, rounds: int) -> float:
+    """Server CPU seconds per message pair."""
+    ports: Any = multiprocessing.Queue()
+    server = multiprocessing.Process(target=_serve, args=(work, secure, ports), daemon=True)
+    server.start()
+    try:
+        port = int(ports.get(timeout=WAIT_S))
+        assert server.pid is not None
+        return asyncio.run(_drive(work, secure, port, server.pid, streams, rounds))
+    finally:
+        server.terminate()
+        server.join(timeout=WAIT_S)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=200)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        authority.init_authority(work / "auth", federation="bench")
+        init_coordinator(work / "coord", member_id="coordinator", name="bench")
+        issue_here(work / "auth", work / "coord")
+        init_home(work / "node", node_id="130102", name="bench")
+        issue_here(work / "auth", work / "node")
+        for home in (work / "coord", work / "node"):
+            update_manifest(home, authority.manifest_text(work / "auth"))
+        plain = measure(work, False, args.streams, args.rounds)
+        secure = measure(work, True, args.streams, args.rounds)
+    print(f"\n{args.streams} streams x {args.rounds} rounds, {MESSAGE_BYTES} B up, 36 B down\n")
+    print(f"{'server CPU per message pair':40} {'ms':>6} {'x plain':>8}")
+    print(f"{'gRPC aio, no TLS, no guard':40} {plain * 1000:6.3f} {1.0:8.2f}")
+    print(
+        f"{'fedscreen transport (mutual TLS, guard)':40} {secure * 1000:6.3f} {secure / plain:8.2f}"
+    )
+    print("\ncompare: bench_federation.py's coord CPU/node (event loop + gRPC C threads)")
+
+
+if __name__ == "__main__":
+    main()
