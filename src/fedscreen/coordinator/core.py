@@ -268,12 +268,13 @@ class Coordinator:
         for node_id, raw in answers.items():
             held = self.book.quarantined(node_id)
             if held is not None:
+                self.forget_verdict(node_id, raw, query, academic_year=academic_year)
                 lost.append(node_id)
                 why[node_id] = f"quarantined: {bounded(held.reason)}"
                 continue
             try:
                 answer = self.verified_answer(node_id, raw, query, academic_year=academic_year)
-                self._verified.forget(self._answer_key(node_id, raw, query, academic_year))
+                self.forget_verdict(node_id, raw, query, academic_year=academic_year)
             except VerificationError as exc:
                 lost.append(node_id)  # an answer that does not verify counts as no answer
                 why[node_id] = f"its answer did not verify: {bounded(str(exc))}"
@@ -336,6 +337,13 @@ class Coordinator:
                 memo=self.signatures,  # the checkpoint's note is checked again when held
             ),
         )
+
+    def forget_verdict(
+        self, node_id: str, raw: bytes, query: SignedQuery, *, academic_year: str | None
+    ) -> None:
+        """Drop the verdict :meth:`verified_answer` kept for this answer (released, or not
+        to be: its node was quarantined), so no answer stays in memory after its query."""
+        self._verified.forget(self._answer_key(node_id, raw, query, academic_year))
 
     def _answer_key(
         self, node_id: str, raw: bytes, query: SignedQuery, academic_year: str | None

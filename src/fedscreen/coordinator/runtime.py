@@ -356,6 +356,7 @@ def screen(
             checkpoint=checkpoint,
         )
         if reason is not None:
+            core.forget_verdict(node_id, reply.envelope, query, academic_year=academic_year)
             _log.error(
                 "node %s: answer to query %s not used: %s",
                 node_id,
