@@ -1,12 +1,14 @@
 """Benchmark: the floor under the coordinator's cost per node — gRPC itself.
 
-    python scripts/bench_grpc_floor.py [--streams 50] [--rounds 200]
+    python scripts/bench_grpc_floor.py [--streams 50] [--rounds 200] [--stagger-us 300]
 
 A server process with fedscreen's transport (mutual TLS, the request guard) and a
 NodeLink servicer that does nothing but answer each message with one small message;
 a client holding ``--streams`` open streams sends one 4 KB message down each and reads
 the reply, ``--rounds`` times. Prints the server's CPU per message pair (one in, one
-out), beside the same without TLS and guard. The coordinator's own CPU per node
+out), beside the same without TLS and guard; with ``--stagger-us`` the messages of a
+round are sent that far apart, one at a time, as nodes answer (each then costs the
+server a wake-up of its own). The coordinator's own CPU per node
 (``bench_federation.py``: receive an answer, push a query) sits on this floor; the
 difference is fedscreen's own work.
 """
@@ -69,7 +71,9 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-async def _drive(work: Path, secure: bool, port: int, pid: int, streams: int, rounds: int) -> float:
+async def _drive(
+    work: Path, secure: bool, port: int, pid: int, streams: int, rounds: int, stagger_s: float
+) -> float:
     target = f"127.0.0.1:{port}"
     if secure:
         node = load_identity(work / "node")
@@ -85,7 +89,12 @@ async def _drive(work: Path, secure: bool, port: int, pid: int, streams: int, ro
             await asyncio.wait_for(call.read(), WAIT_S)
         before = _cpu_seconds(pid)
         for _ in range(rounds):
-            await asyncio.gather(*(call.write(message) for call in calls))
+            if stagger_s:
+                for call in calls:
+                    await call.write(message)
+                    await asyncio.sleep(stagger_s)
+            else:
+                await asyncio.gather(*(call.write(message) for call in calls))
             await asyncio.wait_for(asyncio.gather(*(call.read() for call in calls)), WAIT_S)
         return (_cpu_seconds(pid) - before) / (streams * rounds)
     finally:
@@ -94,7 +103,7 @@ async def _drive(work: Path, secure: bool, port: int, pid: int, streams: int, ro
         await channel.close()
 
 
-def measure(work: Path, secure: bool, streams: int, rounds: int) -> float:
+def measure(work: Path, secure: bool, streams: int, rounds: int, stagger_s: float) -> float:
     """Server CPU seconds per message pair."""
     ports: Any = multiprocessing.Queue()
     server = multiprocessing.Process(target=_serve, args=(work, secure, ports), daemon=True)
@@ -102,7 +111,7 @@ def measure(work: Path, secure: bool, streams: int, rounds: int) -> float:
     try:
         port = int(ports.get(timeout=WAIT_S))
         assert server.pid is not None
-        return asyncio.run(_drive(work, secure, port, server.pid, streams, rounds))
+        return asyncio.run(_drive(work, secure, port, server.pid, streams, rounds, stagger_s))
     finally:
         server.terminate()
         server.join(timeout=WAIT_S)
@@ -112,6 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--stagger-us", type=int, default=0, help="0: all of a round at once")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -122,9 +132,14 @@ def main() -> None:
         issue_here(work / "auth", work / "node")
         for home in (work / "coord", work / "node"):
             update_manifest(home, authority.manifest_text(work / "auth"))
-        plain = measure(work, False, args.streams, args.rounds)
-        secure = measure(work, True, args.streams, args.rounds)
-    print(f"\n{args.streams} streams x {args.rounds} rounds, {MESSAGE_BYTES} B up, 36 B down\n")
+        stagger_s = args.stagger_us / 1e6
+        plain = measure(work, False, args.streams, args.rounds, stagger_s)
+        secure = measure(work, True, args.streams, args.rounds, stagger_s)
+    sent = f"{args.stagger_us} µs apart" if args.stagger_us else "all at once"
+    print(
+        f"\n{args.streams} streams x {args.rounds} rounds, {MESSAGE_BYTES} B up ({sent}), "
+        "36 B down\n"
+    )
     print(f"{'server CPU per message pair':40} {'ms':>6} {'x plain':>8}")
     print(f"{'gRPC aio, no TLS, no guard':40} {plain * 1000:6.3f} {1.0:8.2f}")
     print(
