@@ -1,0 +1,121 @@
+"""Benchmark: the coordinator core's own CPU per answer, in one process, on no network.
+
+    python scripts/bench_coordinator_core.py [--nodes 50] [--queries 20] [--students 500]
+
+Sets up a federation as ``bench_federation.py`` does (authority, coordinator, N county
+nodes with synthetic students, analysts), has every node answer ``--queries`` signed
+queries in-process (real OpenDP noise, real ledger, real signatures, each answer with
+its consistency proof from the size the coordinator last saw), then times what the
+coordinator's core thread does with them — accept the query, screen the answers for
+rollbacks (verifying each), release (combine, sign, log) — with the CPU clock of this
+process, one query at a time. Without the node processes and gRPC competing for the
+cores this isolates the core's share of ``bench_federation.py``'s "coord CPU/node".
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent / "src"))
+sys.path.insert(0, str(ROOT))
+
+from bench_federation import EPSILON, SQL, setup  # noqa: E402
+
+from fedscreen.analyst.query import make_query  # noqa: E402
+from fedscreen.coordinator.core import Coordinator  # noqa: E402
+from fedscreen.coordinator.runtime import screen  # noqa: E402
+from fedscreen.coordinator.sessions import NodeReply  # noqa: E402
+from fedscreen.node import store  # noqa: E402
+from fedscreen.node.home import load_config  # noqa: E402
+from fedscreen.node.link import answer_proof  # noqa: E402
+from fedscreen.node.requests import handle_query  # noqa: E402
+from fedscreen.tlog.log import TransparencyLog  # noqa: E402
+from fedscreen.trust.identity import load_identity  # noqa: E402
+
+#: (answer envelope, consistency proof, the size the coordinator sent) per node
+Replies = dict[str, tuple[bytes, tuple[bytes, ...], int]]
+
+
+def answered(work: Path, node_ids: list[str], queries: int) -> list[tuple[bytes, Replies]]:
+    """Each query (signed by analyst-1) and every node's answer to it, made in-process."""
+    known = dict.fromkeys(node_ids, 0)
+    rounds = []
+    conns = {n: store.connect(load_config(work / "nodes" / n).database) for n in node_ids}
+    try:
+        for q in range(queries):
+            # a distinct ε each time: the same question would be answered from the store
+            epsilon = EPSILON + (q + 1) * 1e-6
+            _, envelope = make_query(
+                work / "analyst-1", SQL, epsilon=epsilon, accuracy=None, nodes=node_ids
+            )
+            replies: Replies = {}
+            for node_id in node_ids:
+                config = load_config(work / "nodes" / node_id)
+                manifest = load_identity(config.home).manifest()
+                conn = conns[node_id]
+                raw = handle_query(config, config.policy(), manifest, envelope, conn=conn)
+                sent = known[node_id]
+                proof = answer_proof(conn, key=config.signing_key(), answer=raw, known_size=sent)
+                replies[node_id] = (raw, tuple(proof), sent)
+                known[node_id] = TransparencyLog(conn, name="node").size()
+            rounds.append((envelope, replies))
+    finally:
+        for conn in conns.values():
+            conn.close()
+    return rounds
+
+
+def core_seconds(core: Coordinator, envelope: bytes, replies: Replies) -> float:
+    """CPU seconds of the core's work on one query: accept, screen, release."""
+    started = time.process_time()
+    query = core.accept(envelope, now_ms=int(time.time() * 1000), caller="analyst-1")
+    year = core.academic_year_for(query, {})
+    got = {
+        n: NodeReply(raw, proof=proof, sent_size=sent) for n, (raw, proof, sent) in replies.items()
+    }
+    screen(core, query, got, academic_year=year)
+    answers = {n: r.envelope for n, r in got.items() if r.envelope is not None}
+    core.book.flush()
+    release = core.release(query, answers, [], academic_year=year, targeted=tuple(replies))
+    elapsed = time.process_time() - started
+    if release.missing:
+        raise RuntimeError(f"nodes missing from the release: {release.missing}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=50)
+    parser.add_argument("--queries", type=int, default=20)
+    parser.add_argument("--students", type=int, default=500, help="students per node")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fedscreen-core-") as tmp:
+        work = Path(tmp)
+        node_ids = setup(work, args.nodes, args.students, analysts=1)
+        rounds = answered(work, node_ids, args.queries + 2)
+        core = Coordinator.open(work / "coord")
+        try:
+            for envelope, replies in rounds[:2]:  # warm-up: first queries fill caches
+                core_seconds(core, envelope, replies)
+            seconds = [core_seconds(core, e, r) for e, r in rounds[2:]]
+        finally:
+            core.close()
+    n = args.nodes
+    per_answer = [s / n * 1000 for s in seconds]
+    print(f"\ncoordinator core, {n} answers per query, {len(seconds)} queries, CPU clock:")
+    print(f"{'':28} {'median':>8} {'min':>8}")
+    print(f"{'ms per answer':28} {statistics.median(per_answer):8.3f} {min(per_answer):8.3f}")
+    print(
+        f"{'ms per query':28} {statistics.median(seconds) * 1000:8.1f} {min(seconds) * 1000:8.1f}"
+    )
+    print("(bench_federation.py's coord CPU/node adds the event loop and gRPC, target 0.5 ms)")
+
+
+if __name__ == "__main__":
+    main()
