@@ -31,10 +31,11 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from logentries import verified_entries
 
 from fedscreen.analyst.query import make_query, verify_release
 from fedscreen.coordinator.core import init_coordinator
-from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
+from fedscreen.crypto.envelope import Envelope
 from fedscreen.errors import QueryRefused
 from fedscreen.node import store
 from fedscreen.node.agent import NodeLimits, backoff_ms
@@ -719,15 +720,7 @@ def test_audit_service_serves_a_verifiable_log(fed: Federation) -> None:
         size1=first.size, size2=second.size, root1=first.root, root2=second.root, proof=consistency
     )
     # the log holds the analyst's request, every node's answer verbatim, and the release
-    trusted = {coordinator.key_id: coordinator.signing_key}
-    logged = [
-        json.loads(
-            verify_envelope(
-                Envelope.from_json(e), expected_payload_type=LOG_ENTRY_V1, trusted_keys=trusted
-            )
-        )
-        for e in entries
-    ]
+    logged = verified_entries(entries, coordinator.signing_key)
     assert [e["kind"] for e in logged[-len(NODES) - 2 :]] == [
         "request",
         *["answer"] * len(NODES),

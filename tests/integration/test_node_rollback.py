@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from logentries import verified_entries
 from test_federation import (
     ANALYST,
     NODES,
@@ -32,7 +33,6 @@ from test_federation import (
     running_federation,
 )
 
-from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
 from fedscreen.node import ledger
 from fedscreen.node.home import load_config
 from fedscreen.node.rollback import CHECKPOINT_FILE
@@ -78,17 +78,8 @@ def _rollback_entries(bundle: Path, fed: Federation) -> list[dict[str, object]]:
     key = load_config(fed.node_home(NODE)).signing_key()
     doc = json.loads(bundle.read_text(encoding="utf-8"))
     (log,) = [g for g in doc["logs"] if g["member_id"] == NODE]
-    found = []
-    for raw in log["entries"]:
-        payload = verify_envelope(
-            Envelope.from_json(base64.b64decode(raw)),
-            expected_payload_type=LOG_ENTRY_V1,
-            trusted_keys={key.key_id: key.public_key},
-        )
-        entry = json.loads(payload)
-        if entry["kind"] == "rollback":
-            found.append(entry)
-    return found
+    raws = [base64.b64decode(raw) for raw in log["entries"]]
+    return verified_entries(raws, key.public_key, kind="rollback")
 
 
 @pytest.fixture(scope="module")

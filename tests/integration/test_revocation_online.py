@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from logentries import stored_entries, verified_entries
 from test_federation import (
     COORDINATOR,
     NODES,
@@ -30,10 +31,8 @@ from test_federation import (
     wait_until,
 )
 
-from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
 from fedscreen.rpc.client import Submitted
 from fedscreen.rpc.transport import RpcFailed
-from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust import authority
 from fedscreen.trust.identity import load_identity
 
@@ -64,19 +63,9 @@ def _logged_manifest_versions(fed: Federation, node_id: str) -> list[int]:
     """The manifest versions the node's own log says it adopted."""
     conn = fed.db(node_id)
     try:
-        log = TransparencyLog(conn, name="node")
         key = load_identity(fed.node_home(node_id)).signing_key()
-        versions = []
-        for i in range(log.size()):
-            payload = verify_envelope(
-                Envelope.from_json(log.entry(i)),
-                expected_payload_type=LOG_ENTRY_V1,
-                trusted_keys={key.key_id: key.public_key},
-            )
-            entry = json.loads(payload)
-            if entry["kind"] == "manifest":
-                versions.append(int(entry["version"]))
-        return versions
+        entries = verified_entries(stored_entries(conn, "node"), key.public_key, kind="manifest")
+        return [int(entry["version"]) for entry in entries]
     finally:
         conn.close()
 

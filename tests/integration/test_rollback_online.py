@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from logentries import stored_entries, verified_entries
 from test_federation import (
     NODES,
     READY_TIMEOUT_S,
@@ -33,11 +34,9 @@ from test_federation import (
     wait_until,
 )
 
-from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
 from fedscreen.node.home import load_config
 from fedscreen.rpc.client import Submitted
 from fedscreen.tlog.checkpoint import member_origin, parse_and_verify_note
-from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust.identity import load_identity
 
 VICTIM = NODES[1]
@@ -76,24 +75,9 @@ def _ask(fed: Federation, sql: str) -> dict[str, Any]:
 
 def _coordinator_entries(fed: Federation, kind: str) -> list[dict[str, Any]]:
     """The coordinator's log entries of ``kind``, signature-checked."""
-    identity = load_identity(fed.coordinator_home)
-    conn = sqlite3.connect(fed.coordinator_home / "coordinator.db")
-    try:
-        log = TransparencyLog(conn, name="coordinator")
-        key = identity.signing_key()
-        found = []
-        for i in range(log.size()):
-            payload = verify_envelope(
-                Envelope.from_json(log.entry(i)),
-                expected_payload_type=LOG_ENTRY_V1,
-                trusted_keys={key.key_id: key.public_key},
-            )
-            entry = json.loads(payload)
-            if entry["kind"] == kind:
-                found.append(entry)
-        return found
-    finally:
-        conn.close()
+    key = load_identity(fed.coordinator_home).signing_key()
+    raws = stored_entries(fed.coordinator_home / "coordinator.db", "coordinator")
+    return verified_entries(raws, key.public_key, kind=kind)
 
 
 def _status(fed: Federation) -> tuple[int, dict[str, dict[str, Any]]]:

@@ -7,7 +7,6 @@ checkpoint and proof here is one a node would send.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from logentries import verified_entries
 from nodelogs import NodeLog
 
 from fedscreen.coordinator.core import Coordinator, init_coordinator
@@ -23,11 +23,6 @@ from fedscreen.coordinator.quarantine import (
     CheckpointBook,
     readmit,
     screen_answer,
-)
-from fedscreen.crypto.envelope import (
-    LOG_ENTRY_V1,
-    Envelope,
-    verify_envelope,
 )
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import ConfigError
@@ -82,15 +77,7 @@ def _screen(setup: Setup, log: NodeLog, note: str, sent: int) -> str | None:
 
 def _logged(coordinator: Coordinator, kind: str) -> list[dict[str, Any]]:
     """The coordinator's log entries of ``kind``, their signatures verified."""
-    key = {coordinator.key.key_id: coordinator.key.public_key}
-    entries = [
-        json.loads(
-            verify_envelope(Envelope.from_json(raw), expected_payload_type=LOG_ENTRY_V1,
-                            trusted_keys=key)
-        )
-        for raw in coordinator.export().entries
-    ]  # fmt: skip
-    return [e for e in entries if e["kind"] == kind]
+    return verified_entries(coordinator.export().entries, coordinator.key.public_key, kind=kind)
 
 
 def test_a_growing_log_is_followed(setup: Setup) -> None:

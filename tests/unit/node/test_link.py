@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from logentries import stored_entries, verified_entries
 from nodehomes import COORDINATOR, NODE, Homes, idle_agent, make_homes
 from rekeying import rekey_in_place
 
 from fedscreen.analyst.query import make_query
 from fedscreen.cli.main import main
-from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import ConfigError, QueryRefused, UnknownMember, VerificationError
 from fedscreen.node import store
@@ -121,20 +121,8 @@ def test_an_older_or_broken_file_in_the_home_is_ignored(homes: Homes) -> None:
 def _manifest_versions(config: NodeConfig) -> list[int]:
     conn = store.connect(config.database)
     try:
-        log = TransparencyLog(conn, name="node")
-        key = config.signing_key()
-        versions = []
-        for i in range(log.size()):
-            entry = json.loads(
-                verify_envelope(
-                    Envelope.from_json(log.entry(i)),
-                    expected_payload_type=LOG_ENTRY_V1,
-                    trusted_keys={key.key_id: key.public_key},
-                )
-            )
-            if entry["kind"] == "manifest":
-                versions.append(entry["version"])
-        return versions
+        entries = verified_entries(stored_entries(conn, "node"), config.signing_key().public_key)
+        return [entry["version"] for entry in entries if entry["kind"] == "manifest"]
     finally:
         conn.close()
 

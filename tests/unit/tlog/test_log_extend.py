@@ -8,7 +8,6 @@ inclusion and consistency proofs. A batch that fails leaves the log as it was.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +16,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from logentries import stored_entries, verified_entries
 
-from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.tlog import memberlog, merkle
 from fedscreen.tlog.checkpoint import member_origin, parse_and_verify_note
@@ -187,15 +186,7 @@ def test_a_leaf_collision_rolls_back_the_whole_batch(conn: sqlite3.Connection) -
 
 
 def _verified_entries(conn: sqlite3.Connection, role: str) -> list[dict[str, Any]]:
-    log = TransparencyLog(conn, name=role)
-    keys = {KEY.key_id: KEY.public_key}
-    return [
-        json.loads(
-            verify_envelope(Envelope.from_json(log.entry(i)), expected_payload_type=LOG_ENTRY_V1,
-                            trusted_keys=keys)
-        )
-        for i in range(log.size())
-    ]  # fmt: skip
+    return verified_entries(stored_entries(conn, role), KEY.public_key)
 
 
 @pytest.mark.parametrize("role", ["node", "coordinator"])
