@@ -101,8 +101,9 @@ STATUS_READERS: Final = frozenset({"coordinator", "analyst", "auditor"})
 # ---------------------------------------------------------------- servicers
 
 
-class NodeLinkServicer(pb_grpc.NodeLinkServicer):
-    """Nodes' long-lived streams."""
+class _Shared:
+    """What the node and analyst servicers share: the core's thread, the node sessions,
+    the server's limits and the manifest watch."""
 
     def __init__(
         self,
@@ -115,6 +116,10 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
         self.sessions = sessions
         self.limits = limits
         self.watch = watch
+
+
+class NodeLinkServicer(_Shared, pb_grpc.NodeLinkServicer):
+    """Nodes' long-lived streams."""
 
     async def Connect(
         self,
@@ -253,20 +258,8 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer):
             )
 
 
-class AnalystServicer(pb_grpc.AnalystServicer):
+class AnalystServicer(_Shared, pb_grpc.AnalystServicer):
     """Analysts' signed queries in, signed releases out."""
-
-    def __init__(
-        self,
-        core: CoreThread,
-        sessions: SessionRegistry,
-        limits: ServerLimits,
-        watch: ManifestWatch,
-    ) -> None:
-        self.core = core
-        self.sessions = sessions
-        self.limits = limits
-        self.watch = watch
 
     async def Submit(
         self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -257,12 +257,19 @@ def test_checkpoints_deleted_elsewhere_are_not_claimed_after_refresh(setup: Setu
     _agrees_with_table(setup.book, setup, range(1, 8))
 
 
-def test_a_fresh_book_agrees_with_the_table_after_pruning(setup: Setup) -> None:
-    log = setup.log()
+def _screen_past_pruning(setup: Setup, log: NodeLog) -> int:
+    """Screen answers of a growing log, each sent the last size, three more than the book
+    holds; the log's size at the end."""
     sent = 0
     for _ in range(MAX_HELD_CHECKPOINTS + 3):
         assert _screen(setup.coordinator, log, sent=sent) is None
         sent = log.size()
+    return sent
+
+
+def test_a_fresh_book_agrees_with_the_table_after_pruning(setup: Setup) -> None:
+    log = setup.log()
+    sent = _screen_past_pruning(setup, log)
     setup.book.flush()
     assert min(_rows(setup)) == 4  # the three oldest were pruned
     fresh = setup.other()
@@ -276,10 +283,7 @@ def test_a_fresh_book_agrees_with_the_table_after_pruning(setup: Setup) -> None:
 def test_the_cached_book_agrees_with_the_table_after_pruning(setup: Setup) -> None:
     setup.book.refresh()  # as every query's known_sizes() does: the book is in use
     log = setup.log()
-    sent = 0
-    for _ in range(MAX_HELD_CHECKPOINTS + 3):
-        assert _screen(setup.coordinator, log, sent=sent) is None
-        sent = log.size()
+    sent = _screen_past_pruning(setup, log)
     setup.book.flush()
     setup.book.refresh()  # the next query's: no other connection wrote
     _agrees_with_table(setup.book, setup, range(1, sent + 2))
@@ -288,10 +292,7 @@ def test_the_cached_book_agrees_with_the_table_after_pruning(setup: Setup) -> No
 def test_a_pruned_baseline_gives_the_same_verdict_cached_or_fresh(setup: Setup) -> None:
     setup.book.refresh()
     log = setup.log()
-    sent = 0
-    for _ in range(MAX_HELD_CHECKPOINTS + 3):
-        assert _screen(setup.coordinator, log, sent=sent) is None
-        sent = log.size()
+    _screen_past_pruning(setup, log)
     setup.book.flush()
     forked = setup.log()
     forked.grow(1, tag="forked")
