@@ -212,12 +212,11 @@ class QueryWorker:
         checked against it, so a query that waited behind another is not started late.
         """
         loop = asyncio.get_running_loop()
-        answer = await loop.run_in_executor(
+        return await loop.run_in_executor(
             self._executor,
             self._answer_in_full,
             envelope, now_ms, deadline_ms, academic_year, query_id, known_size,
         )  # fmt: skip
-        return answer
 
     def _answer_in_full(
         self,
