@@ -14,6 +14,7 @@ goes into the coordinator's transparency log::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -273,8 +274,11 @@ class Coordinator:
                 why[node_id] = f"quarantined: {bounded(held.reason)}"
                 continue
             try:
-                answer = self.verified_answer(node_id, raw, query, academic_year=academic_year)
-                self.forget_verdict(node_id, raw, query, academic_year=academic_year)
+                # the verdict screening kept, taken (so no answer stays in memory after)
+                answer = self._verified.take(
+                    self._answer_key(node_id, raw, query, academic_year),
+                    functools.partial(self._verify, node_id, raw, query, academic_year),
+                )
             except VerificationError as exc:
                 lost.append(node_id)  # an answer that does not verify counts as no answer
                 why[node_id] = f"its answer did not verify: {bounded(str(exc))}"
@@ -322,27 +326,32 @@ class Coordinator:
         """``verify_answer`` of a node's answer envelope to ``query``, against the manifest in
         force and the catalogue; raises VerificationError. Answers screened for rollbacks
         are verified once, not again when released: a success is kept until the release
-        takes it (see :meth:`release`), keyed by everything the verdict depends on (the
-        manifest by its version: versions only go forward)."""
+        takes it, keyed by everything the verdict depends on (the manifest by its version:
+        versions only go forward)."""
         return self._verified.get(
             self._answer_key(node_id, raw, query, academic_year),
-            lambda: verify_answer(
-                Envelope.from_json(raw),
-                manifest=self.manifest,
-                node_id=node_id,
-                expected_query=query,
-                public=dataset_public(query.spec, self.policy),
-                academic_year=academic_year,
-                catalogue=self.policy,
-                memo=self.signatures,  # the checkpoint's note is checked again when held
-            ),
+            lambda: self._verify(node_id, raw, query, academic_year),
+        )
+
+    def _verify(
+        self, node_id: str, raw: bytes, query: SignedQuery, academic_year: str | None
+    ) -> VerifiedAnswer:
+        return verify_answer(
+            Envelope.from_json(raw),
+            manifest=self.manifest,
+            node_id=node_id,
+            expected_query=query,
+            public=dataset_public(query.spec, self.policy),
+            academic_year=academic_year,
+            catalogue=self.policy,
+            memo=self.signatures,  # the checkpoint's note is checked again when held
         )
 
     def forget_verdict(
         self, node_id: str, raw: bytes, query: SignedQuery, *, academic_year: str | None
     ) -> None:
-        """Drop the verdict :meth:`verified_answer` kept for this answer (released, or not
-        to be: its node was quarantined), so no answer stays in memory after its query."""
+        """Drop the verdict :meth:`verified_answer` kept for an answer that will not be
+        released (its node was quarantined), so no answer stays in memory after its query."""
         self._verified.forget(self._answer_key(node_id, raw, query, academic_year))
 
     def _answer_key(

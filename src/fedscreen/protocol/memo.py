@@ -63,6 +63,13 @@ class BoundedMemo(Generic[K, V]):
         """Drop ``key``'s entry, if kept."""
         self._entries.pop(key, None)
 
+    def take(self, key: K, make: Callable[[], V]) -> V:
+        """The value kept for ``key``, no longer kept; or ``make()``, not kept."""
+        try:
+            return self._entries.pop(key)
+        except KeyError:
+            return make()
+
 
 _specs: BoundedMemo[bytes, QuerySpec] = BoundedMemo()
 _plans: BoundedMemo[tuple[int, int], tuple[QuerySpec, Policy, Plan, frozenset[CellKey]]] = (

@@ -342,3 +342,11 @@ def test_a_memo_shared_by_threads_stays_bounded_and_never_mixes_keys() -> None:
     # lock-free: each thread adds at most one entry before it evicts (the documented bound)
     assert 0 < largest[0] <= size + threads
     assert len(memo._entries) <= size
+
+
+def test_take_hands_over_a_kept_value_and_keeps_nothing() -> None:
+    memo: BoundedMemo[str, int] = BoundedMemo(4)
+    assert memo.get("a", lambda: 1) == 1
+    assert memo.take("a", lambda: -1) == 1  # the kept value, no longer kept
+    assert memo.take("a", lambda: 2) == 2  # made, and not kept either
+    assert memo._entries == {}
