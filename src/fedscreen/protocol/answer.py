@@ -219,7 +219,7 @@ def verify_answer(
         body, index, note = data["answer"], data["log_index"], data["checkpoint"]
         if isinstance(index, bool) or not isinstance(index, int) or not isinstance(note, str):
             raise TypeError("log_index must be an integer and checkpoint a string")
-        charged = _epsilon(data.get("charged"), "charged")
+        charged = stated_epsilon(data.get("charged"), "charged")
         query_id, digest = data.get("query_id"), data.get("query_sha256")
         if not isinstance(query_id, str | None) or not isinstance(digest, str | None):
             raise TypeError("query_id and query_sha256 must be strings or null")
@@ -370,7 +370,7 @@ def parse_answer_body(body: Mapping[str, Any]) -> AnswerBody:
     node_id, analyst, mechanism = body["node_id"], body["analyst"], body["mechanism"]
     if not all(isinstance(v, str) for v in (node_id, analyst, mechanism)):
         raise TypeError("node_id, analyst and mechanism must be strings")
-    epsilon = _epsilon(body["epsilon"], "epsilon")
+    epsilon = stated_epsilon(body["epsilon"], "epsilon")
     scale = _scale(body["scale"]) if "scale" in body else None
     kind = query.measure.kind
     noisy = mechanism != PUBLIC_MECHANISM
@@ -424,8 +424,10 @@ def to_micro(epsilon: float) -> int:
     return max(1, math.ceil(epsilon * 1_000_000 - 1e-6))
 
 
-def _epsilon(value: object, what: str) -> float:
-    """A stated ε: a finite number ≥ 0 (ValueError otherwise)."""
+def stated_epsilon(value: object, what: str) -> float:
+    """An ε a signed message states (an answer, a release): a finite number within
+    [0, ``MAX_STATED_EPSILON``]; ValueError otherwise (also for an int too large for a
+    float, which ``float()`` would raise OverflowError for)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{what} must be a number")
     if not 0 <= value <= MAX_STATED_EPSILON:  # refuses NaN, infinity and huge ints

@@ -26,7 +26,12 @@ from fedscreen._util.canonical import canonical_json
 from fedscreen.errors import QueryRefused, VerificationError
 from fedscreen.policy import Policy
 from fedscreen.policy.digest import digest as policy_digest
-from fedscreen.protocol.answer import VerifiedAnswer, bounded, shipped_catalogue
+from fedscreen.protocol.answer import (
+    VerifiedAnswer,
+    bounded,
+    shipped_catalogue,
+    stated_epsilon,
+)
 from fedscreen.protocol.combine import NodeCells, combine
 from fedscreen.protocol.compare import same_figures
 from fedscreen.protocol.query import SignedQuery
@@ -275,15 +280,14 @@ def _check_release(
 def _released_answer(entry: object) -> ReleasedAnswer:
     if not isinstance(entry, Mapping):
         raise TypeError("each answer a release names is an object")
-    epsilon, index = entry["epsilon"], entry["log_index"]
-    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
-        raise TypeError("an answer's epsilon must be a number")
+    # as an answer's own: a finite number in range (a huge int is no float to convert)
+    epsilon, index = stated_epsilon(entry["epsilon"], "an answer's epsilon"), entry["log_index"]
     if isinstance(index, bool) or not isinstance(index, int):
         raise TypeError("an answer's log_index must be an integer")
     return ReleasedAnswer(
         _text(entry["node_id"], "node_id"),
         _text(entry["envelope_sha256"], "envelope_sha256"),
-        float(epsilon),
+        epsilon,
         index,
         _text(entry["checkpoint"], "checkpoint"),
     )

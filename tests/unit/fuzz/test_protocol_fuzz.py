@@ -285,6 +285,7 @@ RELEASE, NODES = _release()
 @given(payloads(RELEASE))
 @example({**RELEASE, "threshold": float("inf")})
 @example({**RELEASE, "answers": [{}]})
+@example({**RELEASE, "answers": [{**RELEASE["answers"][0], "epsilon": 10**400}]})  # found
 def test_signed_malformed_release_is_refused(body: Any) -> None:
     # a coordinator signs it; what matters is that the checks on its content never crash
     envelope = _sign(RELEASE_V1, body, COORDINATOR)
@@ -305,6 +306,14 @@ def test_release_over_malformed_answer_cells_is_refused(answer_body: Any) -> Non
         check_release(RELEASE, QUERY, [verified], public=False)
 
     served_or_refused(verify_and_check, VerificationError)
+
+
+@pytest.mark.parametrize("epsilon", [10**400, -1, float("nan"), True, "0.3"])
+def test_a_release_stating_an_impossible_epsilon_is_malformed(epsilon: object) -> None:
+    """Found by the fuzzer: a huge integer ε crashed the parser (float() overflows)."""
+    body = {**RELEASE, "answers": [{**RELEASE["answers"][0], "epsilon": epsilon}]}
+    with pytest.raises(VerificationError, match="malformed release"):
+        check_release(body, QUERY, NODES, public=False)
 
 
 def test_the_valid_release_checks() -> None:
