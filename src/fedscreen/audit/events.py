@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from fedscreen.errors import VerificationError
+from fedscreen.protocol.answer import stated_epsilon
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
 from fedscreen.trust.manifest import Manifest
 
@@ -77,11 +78,8 @@ def rollback_restored(
         if not isinstance(analysts, dict):
             raise TypeError("restored[year] must be an object of analysts")
         for analyst, epsilon in analysts.items():
-            if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
-                raise TypeError("a restored ε is a number")
-            micro = round(float(epsilon) * MICRO)
-            if micro < 0:
-                raise ValueError("a restored ε is never negative")
+            # a finite ε in range, never negative (a huge or infinite one would not round)
+            micro = round(stated_epsilon(epsilon, "a restored ε") * MICRO)
             charged[str(year), str(analyst)] = micro
     return charged
 

@@ -104,6 +104,8 @@ def test_an_accepted_lost_budget_that_is_not_a_boolean_is_refused(value: object)
         ({"reason": " "}, 3),
         ({"restored": {"2024-2025": {"analyst-1": -0.1}}}, 3),
         ({"restored": {"2024-2025": {"analyst-1": True}}}, 3),
+        ({"restored": {"2024-2025": {"analyst-1": 10**400}}}, 3),  # no float: was a traceback
+        ({"restored": {"2024-2025": {"analyst-1": float("inf")}}}, 3),  # would not round
         ({"restored": ["2024-2025"]}, 3),
     ],
 )
