@@ -89,7 +89,8 @@ def round_to(values: Floats, totals: Ints, present: Bools) -> Ints:
     order = np.argsort(-remainder, axis=1, kind="stable")
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(values.shape[1])[None, :], axis=1)
-    return floor + (rank < short[:, None]).astype(np.int64)
+    whole: Ints = floor + (rank < short[:, None]).astype(np.int64)
+    return whole
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,9 @@ def consistent(
     """
     top = noisy[root]
     total = max(round(float(top.values[top.present].sum())), 0)
-    rows = project(top.values[None, :], _positive(top), np.array([float(total)]), top.present[None, :])
+    rows = project(
+        top.values[None, :], _positive(top), np.array([float(total)]), top.present[None, :]
+    )
     tables = {root: round_to(rows, np.array([total], dtype=np.int64), top.present[None, :])[0]}
     pending = [root]
     while pending:
