@@ -104,7 +104,8 @@ def ratio(
     num: int, num_scale: float, den: int, den_scale: float, low: float, high: float, threshold: int
 ) -> dict[str, Any]:
     """A noisy ratio with a ≥95% interval (each part at 97.5%, union bound), clipped to bounds."""
-    if den < threshold:
+    # a county may set the threshold to 0: a noisy denominator of 0 still divides nothing
+    if den < threshold or den <= 0:
         return {
             "value": None,
             "lower": low,

@@ -69,6 +69,12 @@ def project(values: Floats, variances: Floats, totals: Floats, present: Bools) -
         lo = np.where(moved & too_much, mid, lo)
         hi = np.where(moved & ~too_much, mid, hi)
     z = np.where(present, np.maximum(x - v * lo[:, None], 0.0), 0.0)
+    # a total below the float resolution of the values (1e-10 next to 1e6) leaves no mass
+    # at the bracket: the optimum is then all of it on the cell(s) of largest x/v
+    empty = live & ~(z.sum(axis=1) > 0)
+    if empty.any():
+        top = ratio == np.max(ratio, axis=1, keepdims=True)
+        z = np.where(empty[:, None] & top, 1.0, z)
     # the bracket is exact to the last bit; rescale what float error leaves over
     mass = z.sum(axis=1)
     scale = np.divide(t, mass, out=np.zeros_like(t), where=mass > 0)

@@ -838,3 +838,11 @@ def test_answers_name_the_signed_query_or_none_and_the_year_they_are_for(
     assert (pinned["query_id"], pinned["query_sha256"]) == ("ab" * 16, "cd" * 32)
     assert pinned["answer"]["query"]["years"] == [EARLIER]
     assert pinned["charged"] == 0.1
+
+
+@pytest.mark.parametrize("den", [0, -3])
+def test_a_zero_threshold_never_divides_by_a_noisy_denominator_of_zero_or_less(den: int) -> None:
+    # a county may set publication_threshold = 0; noise can still make a denominator ≤ 0
+    cell = ratio(5, 2.0, den, 2.0, 0, 1, 0)
+    assert cell["suppressed"] is True
+    assert cell["value"] is None
