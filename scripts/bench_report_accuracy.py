@@ -23,19 +23,20 @@ import argparse
 import statistics
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from fedscreen.cli.reference import reference_county, reference_truth, true_rows
 from fedscreen.node.cells import release
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
-from fedscreen.policy.load import load_policy
+from fedscreen.policy.load import load_node_policy, load_policy
 from fedscreen.protocol.combine import NodeCells, combine
-from fedscreen.query.compile import Plan, compile_query
-from fedscreen.report.derived import Derived, Measured
+from fedscreen.query.compile import Plan
+from fedscreen.report.derived import resolve
 from fedscreen.report.figures import Released, statistic_rows
 from fedscreen.report.plan import ReportPlan, load_plan
-from fedscreen.report.strategy import Strategy, compile_strategy
+from fedscreen.report.strategy import compile_strategy
 
 COUNTY = "130102"
 #: ε at which a "release" is the truth: noise ≠ 0 has probability below e^-50
@@ -68,57 +69,47 @@ def _figures(
 
 
 class Setup:
-    """One county: the compiled queries and tables with their exact rows."""
+    """One county: every query's and table's exact rows, and the truth of every figure."""
 
-    def __init__(self, report: ReportPlan, policy: Any, database: Any) -> None:
-        self.report, self.policy = report, policy
+    def __init__(self, report: ReportPlan, policy: Any, database: Any, counties: Any) -> None:
+        self.report, self.policy, self.counties = report, policy, counties
         self.threshold = policy.limits.publication_threshold
+        self.database = database
         self.rows = {n: true_rows(database, q.spec, policy) for n, q in report.queries.items()}
         self.truth = _figures(
             report, {n: _released(p, r, EXACT, 1) for n, (p, r) in self.rows.items()}
         )
-        reference = reference_truth(
+        self.reference = reference_truth(
             database, {n: q.spec for n, q in report.queries.items()}, policy
         )
-        self.strategies: dict[float, Strategy] = {}
-        self.table_rows: dict[str, tuple[Plan, list[Any]]] = {}
-        self.database, self.reference = database, reference
+        self.plans: dict[float, ReportPlan] = {}
 
-    def strategy(self, epsilon: float) -> Strategy:
-        if epsilon not in self.strategies:
-            strategy = compile_strategy(
-                self.report, self.policy, epsilon=epsilon, reference=self.reference
-            )
-            for table in strategy.tables:
-                if table.name not in self.table_rows:
-                    self.table_rows[table.name] = true_rows(
-                        self.database, table.spec(), self.policy
-                    )
-            self.strategies[epsilon] = strategy
-        return self.strategies[epsilon]
+    def compiled(self, epsilon: float) -> ReportPlan:
+        """The plan compiled for this county at ``epsilon``."""
+        if epsilon not in self.plans:
+            measure = compile_strategy(
+                self.report, self.policy, epsilon=epsilon, reference=self.reference,
+                counties=self.counties,
+            )  # fmt: skip
+            self.plans[epsilon] = replace(self.report, measure=measure)
+        return self.plans[epsilon]
 
-    def today(self) -> dict[tuple[str, str], tuple[Any, Any, Any]]:
-        released = {
-            n: _released(p, r, self.report.queries[n].cost or EXACT, self.threshold)
-            for n, (p, r) in self.rows.items()
-        }
-        return _figures(self.report, released)
+    def run(self, plan: ReportPlan | None) -> dict[tuple[str, str], tuple[Any, Any, Any]]:
+        """One run: every query as written (None), or what ``plan`` asks, through the
+        report's own code (``report.derived.resolve``, ``report.figures``)."""
+        if plan is None:
+            asked = {n: _released(*self.rows[n], q.cost or EXACT, self.threshold)
+                     for n, q in self.report.queries.items()}  # fmt: skip
+            return _figures(self.report, asked)
+        asked = {}
+        for name, query in plan.asked.items():
+            rows = self.rows.get(name) or self._rows(name, query.spec)
+            asked[name] = _released(*rows, query.cost or EXACT, self.threshold)
+        return _figures(plan, resolve(plan, asked))
 
-    def compiled(self, epsilon: float) -> dict[tuple[str, str], tuple[Any, Any, Any]]:
-        strategy = self.strategy(epsilon)
-        released: dict[str, Released] = {}
-        for table in strategy.tables:
-            plan, rows = self.table_rows[table.name]
-            measured = Measured(table, _released(plan, rows, table.epsilon, self.threshold))
-            for name in table.members:
-                spec = self.report.queries[name].spec
-                released[name] = Derived.of(spec, measured, compile_query(spec, self.policy).cells)
-        for name, (plan, rows) in self.rows.items():
-            if name not in released:
-                released[name] = _released(
-                    plan, rows, self.report.queries[name].cost or EXACT, self.threshold
-                )
-        return _figures(self.report, released)
+    def _rows(self, name: str, spec: Any) -> tuple[Plan, list[Any]]:
+        self.rows[name] = true_rows(self.database, spec, self.policy)
+        return self.rows[name]
 
 
 def _summarise(
@@ -147,79 +138,95 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--epsilon", type=float, default=1.0, help="the compiled strategy's ε")
     parser.add_argument("--plan", default="policies/reports/annual.toml")
+    parser.add_argument(
+        "--curve", default="0.5,1,1.5,2,2.5,2.95", help="ε values for the accuracy curve"
+    )
+    parser.add_argument("--curve-runs", type=int, default=50)
     args = parser.parse_args()
     policy = load_policy(default_policy_dir() / PROVINCE_FILE)
     report = load_plan(Path(args.plan), policy)
-    today_eps = report.cost_by_year()[report.year]
+    # the plan as written: every query asked at its own ε (what its [measure] replaces)
+    today_eps = round(sum(q.cost for q in report.queries.values() if report.year in q.years), 6)
+    counties = [
+        load_node_policy(default_policy_dir() / PROVINCE_FILE, path)
+        for path in sorted((default_policy_dir() / "counties").glob("*.toml"))
+    ]
+    curve = [float(e) for e in args.curve.split(",") if e]
     for size in (int(s) for s in args.sizes.split(",")):
         started = time.monotonic()
         years = tuple(sorted({y for q in report.queries.values() for y in q.years}))
         with reference_county(size, years) as database:
-            setup = Setup(report, policy, database)
-            labels = {
-                f"today ε={today_eps:g}": None,
-                f"compiled ε={args.epsilon:g}": args.epsilon,
-                f"compiled ε={today_eps:g}": today_eps,
+            setup = Setup(report, policy, database, counties)
+            plans: dict[str, ReportPlan | None] = {f"as written ε={today_eps:g}": None}
+            if report.measure is not None:
+                plans[f"plan's tables ε={report.measure.epsilon:g}"] = report
+            plans[f"compiled ε={args.epsilon:g}"] = setup.compiled(args.epsilon)
+            plans[f"compiled ε={today_eps:g}"] = setup.compiled(today_eps)
+            results = {
+                label: _summarise(setup.truth, [setup.run(p) for _ in range(args.runs)])
+                for label, p in plans.items()
             }
-            results = {}
-            for label, epsilon in labels.items():
-                runs = [
-                    setup.today() if epsilon is None else setup.compiled(epsilon)
-                    for _ in range(args.runs)
-                ]
-                results[label] = _summarise(setup.truth, runs)
-            _print(size, report, results, setup, args.epsilon)
+            _print(size, report, results)
+            if curve:
+                _curve(setup, results[next(iter(plans))], curve, args.curve_runs)
         print(f"  ({args.runs} runs per strategy, {time.monotonic() - started:.0f} s)\n")
 
 
-def _print(
-    size: int, report: ReportPlan, results: dict[str, Any], setup: Setup, epsilon: float
-) -> None:
+def _curve(setup: Setup, today: Mapping[Any, Any], epsilons: list[float], runs: int) -> None:
+    """Accuracy against ε of the compiled strategy, relative to the plan as written."""
+    print("\naccuracy against ε, compiled for this county (median over figures of the")
+    print("half-width relative to the plan as written; PHQ-9 ≥ 10 worst cell in points):")
+    print(f"{'ε':>6} {'median ratio':>13} {'PHQ-9 worst':>12} {'coverage':>9}")
+    for epsilon in epsilons:
+        result = _summarise(setup.truth, [setup.run(setup.compiled(epsilon)) for _ in range(runs)])
+        ratios = [result[k][0] / today[k][0] for k in today if k in result and today[k][0] > 0]
+        phq = [h * 100 for (s, _), (h, _) in result.items() if s == "phq9_positive"]
+        cov = statistics.median(c for _, c in result.values())
+        print(f"{epsilon:>6g} {statistics.median(ratios):>13.2f} {max(phq):>12.2f} {cov:>9.1%}")
+
+
+def _print(size: int, report: ReportPlan, results: dict[str, Any]) -> None:
+    """Per statistic: each strategy's median half-width and mean coverage, and the ratio of
+    the second strategy's to the first's (the plan's tables / the plan as written)."""
     labels = list(results)
+    today = results[labels[0]]
     print(f"\n=== county of {size:,} students ===")
-    head = f"{'statistic':<24} {'unit':<7}" + "".join(f" {lab:>17} {'cov':>5}" for lab in labels)
-    print(head + "  new/today")
-    ratios: list[float] = []
+    head = f"{'statistic':<24} {'unit':<6}" + "".join(f" {lab:>22} {'cov':>6}" for lab in labels)
+    print(head + "  ratio")
     for stat in report.statistics:
-        cells = []
-        for lab in labels:
-            figs = [v for (s, _), v in results[lab].items() if s == stat.id]
-            cells.append(figs)
-        if not cells[0]:
+        if not any(s == stat.id for s, _ in today):
             continue
         scale = 100 if stat.unit in ("percent", "points") else 1
-        line = f"{stat.id:<24} {('pp' if scale == 100 else stat.unit):<7}"
-        for figs in cells:
+        line = f"{stat.id:<24} {('pp' if scale == 100 else stat.unit):<6}"
+        for lab in labels:
+            figs = [v for (s, _), v in results[lab].items() if s == stat.id]
             if figs:
                 hw = statistics.median(h for h, _ in figs) * scale
-                cov = statistics.mean(c for _, c in figs)
-                line += f" {hw:>17.3g} {cov:>5.1%}"
+                line += f" {hw:>22.3g} {statistics.mean(c for _, c in figs):>6.1%}"
             else:
-                line += f" {'-':>17} {'-':>5}"
-        for key in results[labels[0]]:
-            if key[0] == stat.id and key in results[labels[1]]:
-                ratios.append(results[labels[1]][key][0] / results[labels[0]][key][0])
-        mine = [
-            results[labels[1]][k][0] / results[labels[0]][k][0]
-            for k in results[labels[0]]
-            if k[0] == stat.id and k in results[labels[1]]
-        ]
-        line += f"  {statistics.median(mine):.2f}" if mine else "  -"
-        print(line)
-    phq = [h * 100 for (s, _), (h, _) in results[labels[1]].items() if s == "phq9_positive"]
-    covs = [c for lab in labels[1:] for (h, c) in results[lab].values()]
-    print(
-        f"target: PHQ-9 ≥ 10 by grade band × sex at ε={epsilon:g}: worst ±{max(phq):.2f} pp,"
-        f" median ±{statistics.median(phq):.2f} pp (≤ 2)"
-    )
-    print(
-        f"target: median over {len(ratios)} figures of new/today half-width:"
-        f" {statistics.median(ratios):.2f} (≤ 1)"
-    )
-    print(
-        f"target: coverage of the compiled figures: {min(covs):.1%}–{max(covs):.1%},"
-        f" median {statistics.median(covs):.1%} (94–96%)"
-    )
+                line += f" {'-':>22} {'-':>6}"
+        mine = _ratios(results[labels[1]], today, stat.id)
+        print(line + (f"  {statistics.median(mine):.2f}" if mine else "  -"))
+    for lab in labels[1:]:
+        result = results[lab]
+        phq = [h * 100 for (s, _), (h, _) in result.items() if s == "phq9_positive"]
+        ratios = _ratios(result, today, None)
+        covs = [c for _, c in result.values()]
+        print(
+            f"{lab}: PHQ-9 ≥ 10 by grade band × sex worst ±{max(phq):.2f} pp, median"
+            f" ±{statistics.median(phq):.2f} (target ≤ 2); median half-width ratio to as"
+            f" written over {len(ratios)} figures {statistics.median(ratios):.2f} (target ≤ 1);"
+            f" coverage {min(covs):.0%}–{max(covs):.0%}, median {statistics.median(covs):.1%}"
+            " (target 94–96%)"
+        )
+
+
+def _ratios(result: Mapping[Any, Any], today: Mapping[Any, Any], stat: str | None) -> list[float]:
+    return [
+        result[k][0] / today[k][0]
+        for k in today
+        if (stat is None or k[0] == stat) and k in result and today[k][0] > 0
+    ]
 
 
 if __name__ == "__main__":

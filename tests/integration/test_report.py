@@ -23,7 +23,9 @@ from test_federation import (
 )
 
 from fedscreen.coordinator.core import DATABASE_FILE
-from fedscreen.policy.default import default_policy_dir
+from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
+from fedscreen.policy.load import load_policy
+from fedscreen.report.plan import load_plan
 
 ANNUAL = default_policy_dir() / "reports" / "annual.toml"
 #: seconds one `report run` may take (a plan of a few queries over three nodes)
@@ -58,10 +60,12 @@ def test_plan_prints_each_querys_cost_against_every_nodes_budget(fed: Federation
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "phq9_positive" in out
-    assert "total per node: ε=0.15 in 2023-2024, ε=2.95 in 2024-2025" in out
+    costs = load_plan(ANNUAL, load_policy(default_policy_dir() / PROVINCE_FILE)).cost_by_year()
+    before, year = costs["2023-2024"], costs["2024-2025"]
+    assert f"total per node: ε={before:g} in 2023-2024, ε={year:g} in 2024-2025" in out
     for node in NODES:
         # alice has the default share: half of each node's ε = 10 a year
-        assert f"{node}  yes        2024-2025  2.95" in out
+        assert f"{node}  yes        2024-2025  {year:g}" in out
     assert "every node can pay for this plan" in out
 
 

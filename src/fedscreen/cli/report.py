@@ -21,6 +21,7 @@ from fedscreen.audit.bundle import read_bundle
 from fedscreen.audit.parallel import in_processes
 from fedscreen.audit.verify import verify_bundle
 from fedscreen.cli.output import table
+from fedscreen.cli.reference import reference_county, reference_truth
 from fedscreen.errors import (
     ENTRY_INVALID,
     UNAFFORDABLE,
@@ -31,15 +32,22 @@ from fedscreen.errors import (
     VerificationError,
 )
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
-from fedscreen.policy.load import load_policy
+from fedscreen.policy.load import load_node_policy, load_policy
 from fedscreen.report.affordable import NodeCheck
 from fedscreen.report.files import write_report
 from fedscreen.report.model import build_model, member_names
 from fedscreen.report.plan import ReportPlan, load_plan
 from fedscreen.report.run import check_budgets, run_plan
+from fedscreen.report.strategy import compile_strategy, expected, measure_toml
 from fedscreen.report.verify import releases_logged, verify_report
 from fedscreen.trust.identity import load_identity
 from fedscreen.trust.manifest import load_manifest
+
+#: the county size ``report plan`` predicts accuracy for: issue 13's target county (the
+#: demo's counties have 21,000-42,000 students)
+DEFAULT_STUDENTS = 20_000
+#: a synthetic county is built in a second per 20,000 students: keep it to a minute
+MAX_STUDENTS = 1_000_000
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,6 +81,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "node cannot pay.",
     )
     common(plan, connect_required=False)
+    plan.add_argument(
+        "--compile",
+        type=float,
+        metavar="EPS",
+        help="compile the plan's queries into measured tables spending EPS per county and "
+        "year, print their [measure] section (add it to the plan to use it) and the accuracy",
+    )
+    plan.add_argument(
+        "--students",
+        type=int,
+        default=DEFAULT_STUDENTS,
+        help="the county size the accuracy is predicted for, in students of a synthetic "
+        f"county (default {DEFAULT_STUDENTS:,})",
+    )
     plan.set_defaults(func=run_plan_command)
     run = actions.add_parser(
         "run",
@@ -126,7 +148,7 @@ def print_costs(plan: ReportPlan) -> None:
                 ", ".join(q.years) or "nothing",
                 ", ".join(plan.statistics_of(q.name)),
             ]
-            for q in plan.queries.values()
+            for q in plan.asked.values()
         ],
     )
     totals = ", ".join(f"ε={c:g} in {y}" for y, c in sorted(plan.cost_by_year().items()))
@@ -162,6 +184,8 @@ def run_plan_command(args: argparse.Namespace) -> int:
     """``fedscreen report plan``."""
     plan = _load(args)
     print_costs(plan)
+    if args.compile is not None or plan.measure is not None:
+        print_accuracy(plan, args)
     if args.home is None or args.coordinator is None:
         if args.home is not None or args.coordinator is not None:
             raise ConfigError("give both --home and --coordinator to check the nodes' budgets")
@@ -176,6 +200,57 @@ def run_plan_command(args: argparse.Namespace) -> int:
         return UNAFFORDABLE
     print("\nevery node can pay for this plan")
     return 0
+
+
+def print_accuracy(plan: ReportPlan, args: argparse.Namespace) -> None:
+    """The expected accuracy today and measured, for a synthetic county (and, with
+    --compile, the compiled [measure] section)."""
+    if not 0 < args.students <= MAX_STUDENTS:
+        raise ConfigError(f"--students must be between 1 and {MAX_STUDENTS:,}")
+    province = args.policy or default_policy_dir() / PROVINCE_FILE
+    policy = load_policy(province)
+    # the county documents beside the catalogue: no table a county refuses takes with it
+    # a query that county answers
+    counties = [
+        load_node_policy(province, path)
+        for path in sorted((province.parent / "counties").glob("*.toml"))
+    ]
+    years = tuple(sorted({y for q in plan.queries.values() for y in q.years}))
+    specs = {n: q.spec for n, q in plan.queries.items()}
+    with reference_county(args.students, years) as database:
+        reference = reference_truth(database, specs, policy)
+    if args.compile is not None:
+        measurements = compile_strategy(
+            plan, policy, epsilon=args.compile, reference=reference, counties=counties
+        )
+    else:
+        assert plan.measure is not None
+        measurements = plan.measure
+    spent = sum(q.cost for q in plan.queries.values() if plan.year in q.years)
+    print(
+        f"\nexpected 95% half-width of the query cells each statistic reads (median; a rate "
+        f"in percentage points) in a synthetic county of {args.students:,} students:"
+    )
+    rows = []
+    for e in expected(plan, measurements, reference):
+        if e.today is None or e.compiled is None:
+            # a public or median query, or no such students in the synthetic county
+            rows.append([e.statistic, "", "-", "-", ""])
+            continue
+        rate = plan.queries[plan.statistic(e.statistic).queries[0]].spec.measure.kind == "rate"
+        scale, unit = (100.0, "points") if rate else (1.0, "count")
+        ratio = f"{e.compiled / e.today:.2f}" if e.today > 0 else ""
+        rows.append(
+            [e.statistic, unit, f"±{e.today * scale:.3g}", f"±{e.compiled * scale:.3g}", ratio]
+        )
+    table(
+        ["statistic", "unit", f"as written (ε={spent:g})",
+         f"measured (ε={measurements.epsilon:g})", "ratio"],
+        rows,
+    )  # fmt: skip
+    if args.compile is not None:
+        print("\n# add this to the plan to measure these tables instead of the queries they serve")
+        print(measure_toml(measurements), end="")
 
 
 def run_report_command(args: argparse.Namespace) -> int:

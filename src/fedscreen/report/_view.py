@@ -99,6 +99,26 @@ class Missing:
 
 
 @dataclass(frozen=True)
+class Table:
+    """One measured table of a compiled plan."""
+
+    name: str
+    attributes: tuple[str, ...]
+    cells: int
+    epsilon: float
+    serves: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A compiled plan's measurements: ε per county and year, and the tables."""
+
+    epsilon: float
+    spent: float
+    tables: tuple[Table, ...]
+
+
+@dataclass(frozen=True)
 class Privacy:
     """The privacy page's facts."""
 
@@ -107,6 +127,8 @@ class Privacy:
     threshold: int
     spent: tuple[Spent, ...]
     missing: tuple[Missing, ...]
+    #: the plan's measured tables (None: every query was asked as written)
+    measure: Measure | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +169,10 @@ class _Reader:
             raise ValueError(f"report model: {path or 'the model'} must be an object")
         self._m: Mapping[str, Any] = value
         self._path = path
+
+    def has(self, key: str) -> bool:
+        """Whether the mapping holds ``key`` (an optional part of the model)."""
+        return key in self._m
 
     def _where(self, key: str) -> str:
         return f"{self._path}.{key}" if self._path else key
@@ -282,6 +308,26 @@ def _stat(r: _Reader) -> Stat:
     )
 
 
+def _measure(r: _Reader) -> Measure | None:
+    if not r.has("measure"):
+        return None
+    m = r.child("measure")
+    return Measure(
+        epsilon=m.number("epsilon"),
+        spent=m.number("spent"),
+        tables=tuple(
+            Table(
+                name=t.text("name"),
+                attributes=t.codes("attributes"),
+                cells=t.integer("cells"),
+                epsilon=t.number("epsilon"),
+                serves=t.codes("serves"),
+            )
+            for t in m.objects("tables")
+        ),
+    )
+
+
 def read_report(model: Mapping[str, Any]) -> Report:
     """Read and check the report model; raises ``ValueError`` naming the bad field."""
     r = _Reader(model, "")
@@ -338,6 +384,7 @@ def read_report(model: Mapping[str, Any]) -> Report:
                 )
                 for m in privacy.objects("missing")
             ),
+            measure=_measure(r),
         ),
         sections=sections,
         areas=tuple(

@@ -57,7 +57,7 @@ def check_plan(
     queries: Collection[str] | None = None,
 ) -> list[NodeCheck]:
     """Check the plan (or only its ``queries``) against the statement of each of ``nodes``."""
-    planned = [q for q in plan.queries.values() if queries is None or q.name in queries]
+    planned = [q for q in plan.asked.values() if queries is None or q.name in queries]
     # the ledger charges each query rounded up to a micro-ε: add up the same way
     micro: dict[str, int] = {}
     for query in planned:

@@ -22,6 +22,7 @@ by less than their noise; the intervals are those of the linear estimator, and
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,8 @@ from fedscreen.protocol.combine import LAPLACE_EXCESS_KURTOSIS, Z_975, discrete_
 from fedscreen.query.spec import QuerySpec
 from fedscreen.report.figures import Part, Released
 from fedscreen.report.format import PROVINCE
-from fedscreen.report.strategy import Served, Table, served_cells
+from fedscreen.report.measured import Served, Table, served_cells
+from fedscreen.report.plan import ReportPlan
 from fedscreen.report.tables import Ints, Noisy, consistent
 
 
@@ -236,3 +238,23 @@ def linear_half_width(weighted: Sequence[tuple[float, float]]) -> float:
     kurtosis = LAPLACE_EXCESS_KURTOSIS * sum((w2 * v) ** 2 for w2, v in variances) / kappa2**2
     z = Z_975 + (Z_975**3 - 3 * Z_975) * kurtosis / 24
     return z * math.sqrt(kappa2)
+
+
+def resolve(plan: ReportPlan, asked: Mapping[str, Released]) -> dict[str, Released]:
+    """Each plan query's release, by name: its own as asked, or derived from the verified
+    release of the table that serves it (``asked`` is keyed by what was asked)."""
+    out = {name: r for name, r in asked.items() if name in plan.queries}
+    if plan.measure is None:
+        return out
+    for table in plan.measure.tables:
+        measured = Measured(table, asked[table.name])
+        for name in table.members:
+            spec = plan.queries[name].spec
+            out[name] = Derived.of(spec, measured, _catalogue_cells(table, spec))
+    return out
+
+
+def _catalogue_cells(table: Table, spec: QuerySpec) -> list[tuple[Any, ...]]:
+    """The served query's cells: the product of its group columns' domains (as the table's)."""
+    domains = [table.domains[table.attributes.index(c)] for c in spec.group_by]
+    return list(itertools.product(*domains))

@@ -225,11 +225,38 @@ class _Page(Sections):
             "<li><strong>Public data.</strong> Figures marked “public data, exact” come from "
             "the schools’ public tables; they carry no noise and cost nothing.</li>"
             "</ul>\n"
+            f"{self._measured()}"
             "<h3>Privacy budget spent by this report</h3>\n"
             f"{spent_table}"
             "<h3>Counties missing from statistics</h3>\n"
             f"{missing_table}"
             "</section>\n"
+        )
+
+    def _measured(self) -> str:
+        """The compiled plan's measured tables, if it had any."""
+        m = self.r.privacy.measure
+        if m is None:
+            return ""
+        rows = "".join(
+            f"<tr><td><code>{esc(t.name)}</code></td>"
+            f"<td>{esc(' × '.join(t.attributes))} ({t.cells} cells)</td>"
+            f"<td>{esc(format_epsilon(t.epsilon))}</td>"
+            f"<td>{esc(', '.join(t.serves))}</td></tr>"
+            for t in m.tables
+        )
+        return (
+            "<h3>Measured once, used many times</h3>\n"
+            f"<p>This plan spends at most <strong>ε = {esc(format_epsilon(m.epsilon))} per "
+            f"county and academic year</strong> ({esc(format_epsilon(m.spent))} in the "
+            "report’s year). Rather than asking one noisy question per figure, each county "
+            f"answered {len(m.tables)} noisy tables once; the figures of the questions each "
+            "table serves are sums of its cells (post-processing: free), so parts add up "
+            "to their wholes and counties to their cities and the province.</p>\n"
+            '<table class="measured"><caption>The measured tables</caption><thead><tr>'
+            '<th scope="col">Table</th><th scope="col">Counts students by</th>'
+            '<th scope="col">ε per county</th><th scope="col">Serves</th></tr></thead>'
+            f"<tbody>{rows}</tbody></table>\n"
         )
 
     def _missing_list(self) -> list[tuple[Missing, str]]:

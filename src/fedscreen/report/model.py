@@ -10,6 +10,7 @@ from typing import Any, Final
 
 from fedscreen.report.affordable import NodeCheck
 from fedscreen.report.areas import city_name, city_scopes
+from fedscreen.report.derived import resolve
 from fedscreen.report.figures import Released, dims, statistic_rows
 from fedscreen.report.plan import ReportPlan
 from fedscreen.trust.manifest import Manifest
@@ -42,7 +43,10 @@ def build_model(
     A function of the verified releases, the checks made from the signed budget
     statements and the plan only, so ``report verify`` can recompute all of it.
     """
-    first = next(iter(released.values())).body
+    asked = released
+    # a measured table's release serves its queries: the statistics read them by name
+    released = resolve(plan, asked)
+    first = next(iter(asked.values())).body
     targeted: list[str] = first["targeted"]
     # city rows where the report spans several cities (DOMAIN: "city level where county
     # cells are small")
@@ -73,14 +77,17 @@ def build_model(
                 "dims": dims(stat, released),
                 "target": stat.target,
                 "target_label": stat.target_label,
-                "epsilon": sum(plan.queries[q].cost for q in stat.queries),
+                "epsilon": sum(
+                    plan.asked[src].cost
+                    for src in dict.fromkeys(plan.asked_for(q) for q in stat.queries)
+                ),
                 "public": all(plan.queries[q].public for q in stat.queries),
                 "queries": [released[q].body["query_id"] for q in stat.queries],
                 "missing": sorted(missing),
                 "rows": statistic_rows(stat, plan, released, areas),
             }
         )
-    spent = _spent(plan, released, checks, fresh)
+    spent = _spent(plan, asked, checks, fresh)
     return {
         "version": REPORT_VERSION,
         "title": f"{plan.title} {plan.year}",
@@ -98,8 +105,8 @@ def build_model(
             {
                 "id": node,
                 "name": names.get(node, node),
-                "asked": len(released),
-                "answered": sum(node in r.node_bodies for r in released.values()),
+                "asked": len(asked),
+                "answered": sum(node in r.node_bodies for r in asked.values()),
                 "missing_from": missing_from.get(node, []),
             }
             for node in targeted
@@ -118,7 +125,27 @@ def build_model(
         "sections": [
             {"id": sid, "title": title, "statistics": sections[sid]} for sid, title in plan.sections
         ],
-        "releases": {name: r.body["query_id"] for name, r in released.items()},
+        "releases": {name: r.body["query_id"] for name, r in asked.items()},
+        **({} if plan.measure is None else {"measure": _measure(plan)}),
+    }
+
+
+def _measure(plan: ReportPlan) -> dict[str, Any]:
+    """The measured tables, for the privacy page: ε per county and year, and what each serves."""
+    assert plan.measure is not None
+    return {
+        "epsilon": plan.measure.epsilon,
+        "spent": round(plan.cost_by_year().get(plan.year, 0.0), 6),
+        "tables": [
+            {
+                "name": t.name,
+                "attributes": list(t.attributes),
+                "cells": len(t.cells),
+                "epsilon": t.epsilon,
+                "serves": list(t.members),
+            }
+            for t in plan.measure.tables
+        ],
     }
 
 
@@ -149,7 +176,7 @@ def _spent(
             epsilon = float(body.get("epsilon") or 0.0)
             delivered = release.charged.get(node)
             delivered = epsilon if delivered is None else delivered  # a node that does not say
-            for year in plan.queries[name].years:
+            for year in plan.asked[name].years:
                 key = (node, year)
                 cost[key] = cost.get(key, 0.0) + epsilon
                 charged[key] = charged.get(key, 0.0) + delivered

@@ -10,6 +10,7 @@ here is an upper bound of what any node charges.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import tomllib
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from fedscreen.query.compile import compile_query
 from fedscreen.query.cost import request_epsilon
 from fedscreen.query.spec import QuerySpec
 from fedscreen.query.sqlparse import parse_sql
+from fedscreen.report.measured import Measurements, Table, build_table, table_sql
 
 #: "points" are percentage points: the difference of two percentages (fractions, like them)
 UNITS: Final = ("percent", "points", "count", "days", "ratio")
@@ -31,7 +33,7 @@ UNITS: Final = ("percent", "points", "count", "days", "ratio")
 FORMS: Final = ("query", "ratio", "shares", "flags", "change")
 _STAT_KEYS: Final = {
     "id", "item", "section", "title", "description", "unit", "target", "target_label",
-    "where", "sum_over", "within", "columns", "along", *FORMS,
+    "where", "sum_over", "within", "columns", "along", "weight", *FORMS,
 }  # fmt: skip
 _QUERY_KEYS: Final = {"sql", "epsilon", "accuracy"}
 
@@ -79,6 +81,8 @@ class Statistic:
     #: query: columns summed over; shares: the distribution's column; flags: the 0/1
     #: columns reported (empty: all); change: the column along which it changes
     columns: tuple[str, ...] = ()
+    #: how much its accuracy counts when ``report plan --compile`` splits ε (default 1)
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -99,18 +103,45 @@ class ReportPlan:
     sections: tuple[tuple[str, str], ...]
     queries: Mapping[str, PlannedQuery]
     statistics: tuple[Statistic, ...]
+    #: the tables measured instead of the queries they serve (None: every query is asked)
+    measure: Measurements | None = None
+    #: the catalogue's datasets the plan reads (a table's SQL names its columns)
+    datasets: Mapping[str, Dataset] = field(default_factory=dict)
+
+    @functools.cached_property
+    def asked(self) -> dict[str, PlannedQuery]:
+        """What is asked of the nodes: each measured table, then each query no table serves."""
+        if self.measure is None:
+            return dict(self.queries)
+        served = self.measure.served
+        asked = {t.name: _table_query(t, self.datasets[t.dataset]) for t in self.measure.tables}
+        asked.update((n, q) for n, q in self.queries.items() if n not in served)
+        return asked
+
+    def asked_for(self, query: str) -> str:
+        """The name of what is asked for plan query ``query``: its table's, or its own."""
+        table = None if self.measure is None else self.measure.served.get(query)
+        return query if table is None else table.name
 
     def cost_by_year(self) -> dict[str, float]:
-        """The ε each node is charged per academic year if it answers every query."""
+        """The ε each node is charged per academic year if it answers everything asked."""
         totals: dict[str, float] = {}
-        for query in self.queries.values():
+        for query in self.asked.values():
             for year in query.years:
                 totals[year] = totals.get(year, 0.0) + query.cost
         return totals
 
+    def statistic(self, sid: str) -> Statistic:
+        """The statistic with id ``sid``."""
+        return next(s for s in self.statistics if s.id == sid)
+
     def statistics_of(self, query: str) -> list[str]:
-        """The ids of the statistics that read ``query``."""
-        return [s.id for s in self.statistics if query in s.queries]
+        """The ids of the statistics that read ``query`` (a table: the queries it serves)."""
+        names = {query}
+        for table in () if self.measure is None else self.measure.tables:
+            if table.name == query:
+                names = set(table.members)
+        return [s.id for s in self.statistics if names & set(s.queries)]
 
 
 def load_plan(
@@ -163,6 +194,7 @@ def load_plan(
     if unused:
         # a query no figure reads would spend budget for nothing
         raise ConfigError(f"{where}: queries no statistic reads: {', '.join(unused)}")
+    measure = _measure(doc.get("measure"), queries, policy, plan_year, where)
     return ReportPlan(
         name=_text(doc, "name", where),
         title=_text(doc, "title", where),
@@ -175,7 +207,71 @@ def load_plan(
         sections=sections,
         queries=queries,
         statistics=statistics,
+        measure=measure,
+        datasets={q.spec.dataset: policy.datasets[q.spec.dataset] for q in queries.values()},
     )
+
+
+def _table_query(table: Table, dataset: Dataset) -> PlannedQuery:
+    return PlannedQuery(
+        name=table.name,
+        sql=table_sql(table, dataset),
+        spec=table.spec(),
+        epsilon=table.epsilon,
+        accuracy=None,
+        public=False,
+        cost=table.epsilon,
+        cells=len(table.cells),
+    )
+
+
+def _measure(
+    doc: Any, queries: Mapping[str, PlannedQuery], policy: Policy, year: str, where: str
+) -> Measurements | None:
+    """The plan's ``[measure]`` section, checked (None if it has none)."""
+    if doc is None:
+        return None
+    where = f"{where} [measure]"
+    if not isinstance(doc, dict) or set(doc) - {"epsilon", "tables"}:
+        raise ConfigError(f"{where}: takes epsilon and [measure.tables.<name>] only")
+    total = doc.get("epsilon")
+    if isinstance(total, bool) or not isinstance(total, int | float) or not 0 < total < 1e6:
+        raise ConfigError(f"{where}: epsilon must be a positive number")
+    raw = doc.get("tables")
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{where}: no [measure.tables.<name>]")
+    tables: list[Table] = []
+    served: set[str] = set()
+    for name, t in raw.items():
+        at = f"{where}.tables.{name}"
+        if not isinstance(name, str) or not name.isidentifier() or name in queries:
+            raise ConfigError(f"{at}: a table's name is an identifier no query has")
+        if not isinstance(t, dict) or set(t) != {"serves", "epsilon"}:
+            raise ConfigError(f"{at}: takes serves = [query names] and epsilon")
+        serves, epsilon = t["serves"], t["epsilon"]
+        if not isinstance(serves, list) or not all(isinstance(q, str) for q in serves):
+            raise ConfigError(f"{at}: serves must be a list of query names")
+        unknown = [q for q in serves if q not in queries]
+        if unknown or not serves:
+            raise ConfigError(f"{at}: serves unknown queries: {', '.join(unknown) or 'none'}")
+        twice = served & set(serves)
+        if twice or len(set(serves)) != len(serves):
+            raise ConfigError(f"{at}: a query is served by one table only")
+        served |= set(serves)
+        if isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or not epsilon > 0:
+            raise ConfigError(f"{at}: epsilon must be a positive number")
+        specs = {q: queries[q].spec for q in serves}
+        tables.append(build_table(name, specs, policy, epsilon=float(epsilon), where=at))
+    measure = Measurements(float(total), tuple(tables))
+    spent = sum(t.epsilon for t in tables if year in t.years) + sum(
+        q.cost for n, q in queries.items() if n not in served and year in q.years
+    )
+    if spent > measure.epsilon * (1 + 1e-9):
+        raise ConfigError(
+            f"{where}: the tables and the queries they do not serve spend ε = {spent:g} in"
+            f" {year}, more than the epsilon = {measure.epsilon:g} it states"
+        )
+    return measure
 
 
 def _previous_year(year: str) -> str:
@@ -335,7 +431,14 @@ def _statistic(
         queries=tuple(names),
         where=cells_where,
         columns=columns,
+        weight=_weight(doc.get("weight", 1.0), where),
     )
+
+
+def _weight(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
+        raise ConfigError(f"{where}: weight must be a positive number")
+    return float(value)
 
 
 def _domain(dataset: Dataset, column: str) -> tuple[Any, ...] | None:

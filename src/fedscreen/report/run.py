@@ -117,13 +117,14 @@ def run_plan(
     releases = out / RELEASES_DIR
     releases.mkdir(parents=True, exist_ok=True)
     runs: dict[str, QueryRun] = {}
-    for name, query in plan.queries.items():
+    asked = plan.asked
+    for name, query in asked.items():
         path = releases / f"{name}.json"
         if path.exists():
             runs[name] = read_run(path, query, manifest=manifest)
-    todo = [name for name in plan.queries if name not in runs]
+    todo = [name for name in asked if name not in runs]
     if runs:
-        say(f"  resuming: {len(runs)} of {len(plan.queries)} queries already released in {out}")
+        say(f"  resuming: {len(runs)} of {len(asked)} queries already released in {out}")
     checks, budgets = check_budgets(
         home, coordinator, plan, nodes=targets, coordinator_id=coordinator_id, queries=todo
     )
@@ -145,9 +146,9 @@ def run_plan(
     replace_file(
         out / BUDGETS_FILE, json.dumps(evidence, ensure_ascii=False, indent=1).encode("utf-8")
     )
-    width = len(plan.queries)
-    for n, name in enumerate(plan.queries, start=1):
-        query = plan.queries[name]
+    width = len(asked)
+    for n, name in enumerate(asked, start=1):
+        query = asked[name]
         if name in todo:
             runs[name] = _run_one(home, coordinator, plan, query, targets, coordinator_id)
             write_new_file(
@@ -164,7 +165,7 @@ def run_plan(
             f"  [{n:>{len(str(width))}}/{width}] {name}: "
             f"{len(body['answered'])}/{len(body['targeted'])} nodes, {cost}{missing} — {done}"
         )
-    return Outcome(checks, {name: runs[name] for name in plan.queries}, tuple(todo))
+    return Outcome(checks, {name: runs[name] for name in asked}, tuple(todo))
 
 
 def _run_one(

@@ -32,154 +32,32 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from fedscreen.errors import ConfigError
+from fedscreen.errors import ConfigError, QueryRefused
 from fedscreen.policy import Policy
-from fedscreen.policy.model import CategoryRule, Dataset
+from fedscreen.policy.model import Dataset
 from fedscreen.protocol.combine import Z_975, discrete_laplace_variance
-from fedscreen.query.spec import BoolOp, Comparison, Condition, Measure, QuerySpec, Value
+from fedscreen.query.compile import compile_query
+from fedscreen.query.spec import Condition, Value
+from fedscreen.report.measured import (
+    Measurements,
+    Served,
+    Table,
+    build_table,
+    column_order,
+    domain,
+    measurable,
+    served_cells,
+    size,
+)
 from fedscreen.report.plan import PlannedQuery, ReportPlan
 
-#: the comparisons a table cell can be tested with exactly (its values are domain codes)
-EXACT_OPS: Final = ("=", "!=", "in", "not in")
 #: ε is charged in whole micro-ε: a table's share is rounded down to it
 MICRO: Final = 1_000_000
-
-
-@dataclass(frozen=True)
-class Table:
-    """One measured contingency table and the plan queries it serves."""
-
-    name: str
-    dataset: str
-    where: Condition | None
-    years: tuple[str, ...]
-    attributes: tuple[str, ...]
-    domains: tuple[tuple[Value, ...], ...]
-    #: plan query names computed from it
-    members: tuple[str, ...]
-    epsilon: float = 0.0
-
-    @property
-    def cells(self) -> tuple[tuple[Value, ...], ...]:
-        """Every cell, in the order a node releases them (the product of the domains)."""
-        return tuple(itertools.product(*self.domains))
-
-    def spec(self) -> QuerySpec:
-        """The COUNT query that measures it."""
-        return QuerySpec(
-            dataset=self.dataset,
-            measure=Measure("count"),
-            group_by=self.attributes,
-            where=self.where,
-            years=self.years,
-        )
-
-
-@dataclass(frozen=True)
-class Strategy:
-    """A compiled plan: the tables to measure and the queries that still run as written."""
-
-    tables: tuple[Table, ...]
-    #: plan query name -> the table that serves it
-    served: Mapping[str, str]
-    #: ε per node and year of the plan's own year, over every private query it runs
-    epsilon: float
-
-    def table(self, name: str) -> Table:
-        """The table called ``name``."""
-        return next(t for t in self.tables if t.name == name)
-
-    def table_of(self, query: str) -> Table | None:
-        """The table that serves plan query ``query`` (None: it runs as written)."""
-        name = self.served.get(query)
-        return None if name is None else self.table(name)
-
-
-# --- cells of a served query --------------------------------------------------------------
-
-
-def holds(cond: Condition, row: Mapping[str, Value]) -> bool:
-    """Whether a table cell (column -> value) meets ``cond`` (exact comparisons only)."""
-    if isinstance(cond, BoolOp):
-        if cond.op == "and":
-            return all(holds(c, row) for c in cond.args)
-        if cond.op == "or":
-            return any(holds(c, row) for c in cond.args)
-        return not holds(cond.args[0], row)
-    value = row[cond.column]
-    # a domain code compares like SQLite's: 1 = 1 and '1' <> 1
-    found = any(type(value) is type(v) and value == v for v in cond.values)
-    return found if cond.op in ("=", "in") else not found
-
-
-@dataclass(frozen=True)
-class Served:
-    """How one query's cells are sums of its table's cells.
-
-    ``groups[i]`` is the query's i-th cell; ``numerator[i]`` and ``denominator[i]`` the
-    indexes of the table cells summed (a COUNT's cell has only ``denominator``).
-    """
-
-    groups: tuple[tuple[Value, ...], ...]
-    numerator: tuple[tuple[int, ...], ...] | None
-    denominator: tuple[tuple[int, ...], ...]
-
-
-def served_cells(table: Table, spec: QuerySpec, cells: Sequence[tuple[Value, ...]]) -> Served:
-    """Which of ``table``'s cells make each of the query's ``cells``."""
-    position = [table.attributes.index(c) for c in spec.group_by]
-    rows = [dict(zip(table.attributes, cell, strict=True)) for cell in table.cells]
-    index: dict[tuple[Any, ...], list[int]] = {}
-    for i, cell in enumerate(table.cells):
-        index.setdefault(_typed(cell[p] for p in position), []).append(i)
-    dens = tuple(tuple(index.get(_typed(group), ())) for group in cells)
-    condition = spec.measure.condition
-    nums = None
-    if spec.measure.kind == "rate":
-        assert condition is not None
-        nums = tuple(tuple(i for i in den if holds(condition, rows[i])) for den in dens)
-    return Served(tuple(cells), nums, dens)
-
-
-def _typed(values: Any) -> tuple[Any, ...]:
-    # 1 and "1" are two codes (as in canonical JSON and SQLite)
-    return tuple((type(v).__name__, v) for v in values)
-
-
-# --- selection ----------------------------------------------------------------------------
-
-
-def measurable(query: PlannedQuery, dataset: Dataset) -> tuple[str, ...] | None:
-    """The attributes a table needs to serve ``query`` (None: it cannot be served)."""
-    spec = query.spec
-    measure = spec.measure
-    if query.public or measure.kind not in ("count", "rate") or measure.column is not None:
-        return None
-    columns = list(spec.group_by)
-    if measure.kind == "rate":
-        if measure.condition is None or not _exact(measure.condition):
-            return None
-        columns.extend(sorted(_condition_columns(measure.condition) - set(columns)))
-    for column in columns:
-        if column != dataset.period and not isinstance(dataset.columns.get(column), CategoryRule):
-            return None
-    return tuple(columns)
-
-
-def _exact(cond: Condition) -> bool:
-    if isinstance(cond, BoolOp):
-        return all(_exact(c) for c in cond.args)
-    return cond.op in EXACT_OPS
-
-
-def _condition_columns(cond: Condition) -> set[str]:
-    if isinstance(cond, Comparison):
-        return {cond.column}
-    return set().union(*(_condition_columns(c) for c in cond.args))
 
 
 def compile_strategy(
@@ -189,19 +67,23 @@ def compile_strategy(
     epsilon: float,
     reference: Mapping[str, Sequence[tuple[int, int]]] | None = None,
     weights: Mapping[str, float] | None = None,
-) -> Strategy:
+    counties: Sequence[Policy] = (),
+) -> Measurements:
     """Tables for ``plan``'s measurable queries and ε for each, ``epsilon`` in all per
     node and plan year (less what the queries that run as written spend).
 
     ``reference``: each plan query's true (numerator, denominator) per cell (COUNT:
     (count, count)) in a reference county, for the split; without it every table gets
-    the same share. ``weights``: plan query -> weight (default: how many statistics read
-    it).
+    the same share. ``weights``: plan query -> weight (default: the weights of the
+    statistics that read it). ``counties``: the county policies known; two queries are
+    never merged into a table a county refuses while it answers one of them (长安区 does
+    not let anyone group by left-behind status: PHQ-9 by location must not go missing
+    there with it).
     """
     groups: dict[tuple[str, str, tuple[str, ...]], list[tuple[str, tuple[str, ...]]]] = {}
     for name, query in plan.queries.items():
         dataset = policy.datasets[query.spec.dataset]
-        attributes = measurable(query, dataset)
+        attributes = measurable(query.spec, dataset)
         if attributes is None:
             continue
         where = "" if query.spec.where is None else repr(query.spec.where)
@@ -209,38 +91,50 @@ def compile_strategy(
             (name, attributes)
         )
     limit = policy.limits.max_groups
+    weights = weights or _weights(plan)
     tables: list[Table] = []
-    for (dataset_name, _, years), members in groups.items():
+    for (dataset_name, _, years), members in sorted(groups.items(), key=lambda g: g[1][0][0]):
         dataset = policy.datasets[dataset_name]
-        bins: list[tuple[list[str], list[str]]] = []  # (attributes, members)
-        # largest first, each into the first table it fits (first-fit decreasing)
-        members.sort(key=lambda m: (-_size(dataset, m[1], years), m[0]))
-        for name, attributes in members:
-            for attrs, names in bins:
-                union = attrs + [a for a in attributes if a not in attrs]
-                if _size(dataset, union, years) <= limit:
-                    attrs[:] = union
-                    names.append(name)
-                    break
-            else:
-                if _size(dataset, attributes, years) > limit:
-                    continue  # too many cells even alone: it runs as written
-                bins.append((list(attributes), [name]))
-        for attrs, names in bins:
-            ordered = tuple(c for c in _column_order(dataset, years) if c in attrs)
-            first = plan.queries[names[0]].spec
-            tables.append(
-                Table(
-                    name="table_" + "_".join(sorted(names))[:60],
-                    dataset=dataset_name,
-                    where=first.where,
-                    years=years,
-                    attributes=ordered,
-                    domains=tuple(_domain(dataset, c, years) for c in ordered),
-                    members=tuple(sorted(names)),
-                )
-            )
-    served = {m: t.name for t in tables for m in t.members}
+        condition = plan.queries[members[0][0]].spec.where
+
+        def table(attrs: Sequence[str], names: Sequence[str]) -> Table:
+            return _table(dataset_name, dataset, condition, years, attrs, names)  # noqa: B023
+
+        def root(t: Table) -> float:
+            return float(table_load(plan, policy, t, reference, weights) ** (1 / 3))
+
+        # start from one table per query; merge the pair that lowers the plan's error most
+        # (under the optimal split the error is (Σ_t C_t^⅓)³/E², so a merge pays exactly
+        # when C_ab^⅓ < C_a^⅓ + C_b^⅓), until no merge pays
+        bins = [
+            table(attrs, [name])
+            for name, attrs in sorted(members)
+            if size(dataset, attrs, years) <= limit  # too many cells: it runs as written
+        ]
+        roots = [root(t) for t in bins]
+        while True:
+            best: tuple[float, int, int, Table] | None = None
+            for i, j in itertools.combinations(range(len(bins)), 2):
+                union = list(dict.fromkeys([*bins[i].attributes, *bins[j].attributes]))
+                if size(dataset, union, years) > limit:
+                    continue
+                merged = table(union, [*bins[i].members, *bins[j].members])
+                if any(
+                    not _answers(county, merged)
+                    and (_answers(county, bins[i]) or _answers(county, bins[j]))
+                    for county in counties
+                ):
+                    continue
+                gain = roots[i] + roots[j] - root(merged)
+                if gain > 1e-12 * (roots[i] + roots[j]) and (best is None or gain > best[0]):
+                    best = (gain, i, j, merged)
+            if best is None:
+                break
+            _, i, j, merged = best
+            bins = [t for k, t in enumerate(bins) if k not in (i, j)] + [merged]
+            roots = [r for k, r in enumerate(roots) if k not in (i, j)] + [root(merged)]
+        tables.extend(bins)
+    served = {m for t in tables for m in t.members}
     fixed = sum(q.cost for n, q in plan.queries.items() if n not in served and plan.year in q.years)
     left = epsilon - fixed
     if tables and not left > 0:
@@ -248,38 +142,51 @@ def compile_strategy(
             f"the queries that run as written spend ε = {fixed:g} of the {epsilon:g} given:"
             " nothing is left for the measured tables"
         )
-    shares = split_epsilon(
-        plan, policy, tables, left, reference=reference, weights=weights or _weights(plan)
-    )
-    tables = [_with_epsilon(t, shares[t.name]) for t in tables]
-    return Strategy(tuple(tables), served, epsilon)
+    shares = split_epsilon(plan, policy, tables, left, reference=reference, weights=weights)
+    final = [
+        build_table(t.name, {m: plan.queries[m].spec for m in t.members}, policy,
+                    epsilon=shares[t.name], where=t.name)
+        for t in tables
+    ]  # fmt: skip
+    return Measurements(epsilon, tuple(final))
 
 
-def _with_epsilon(table: Table, epsilon: float) -> Table:
+def _table(
+    name: str,
+    dataset: Dataset,
+    where: Condition | None,
+    years: tuple[str, ...],
+    attrs: Sequence[str],
+    members: Sequence[str],
+) -> Table:
+    # a candidate while merging (build_table checks the final ones)
+    ordered = tuple(c for c in column_order(dataset) if c in attrs)
     return Table(
-        table.name, table.dataset, table.where, table.years, table.attributes, table.domains,
-        table.members, epsilon,
-    )  # fmt: skip
+        name="m_" + min(members),
+        dataset=name,
+        where=where,
+        years=years,
+        attributes=ordered,
+        domains=tuple(domain(dataset, c, years) for c in ordered),
+        members=tuple(sorted(members)),
+    )
+
+
+def _answers(county: Policy, table: Table) -> bool:
+    """Whether a county with this policy answers the table's query."""
+    try:
+        compile_query(table.spec(), county)
+    except QueryRefused:
+        return False
+    return True
 
 
 def _weights(plan: ReportPlan) -> dict[str, float]:
-    return {name: float(len(plan.statistics_of(name)) or 1) for name in plan.queries}
-
-
-def _column_order(dataset: Dataset, years: tuple[str, ...]) -> list[str]:
-    return [dataset.period, *(c for c in dataset.columns if c != dataset.period)]
-
-
-def _domain(dataset: Dataset, column: str, years: tuple[str, ...]) -> tuple[Value, ...]:
-    if column == dataset.period:
-        return years
-    rule = dataset.columns[column]
-    assert isinstance(rule, CategoryRule)
-    return tuple(rule.domain)
-
-
-def _size(dataset: Dataset, attributes: Sequence[str], years: tuple[str, ...]) -> int:
-    return math.prod(len(_domain(dataset, c, years)) for c in attributes)
+    """A query's weight: the weights of the statistics that read it."""
+    return {
+        name: sum(s.weight for s in plan.statistics if name in s.queries) or 1.0
+        for name in plan.queries
+    }
 
 
 # --- the ε split --------------------------------------------------------------------------
@@ -296,32 +203,45 @@ def split_epsilon(
 ) -> dict[str, float]:
     """ε per table, Σ = ``epsilon`` (rounded down to whole µε), minimising the weighted
     mean variance ratio to today's plan (closed form: ε_t ∝ C_t^(1/3))."""
-    loads: dict[str, float] = {}
-    for table in tables:
-        load = 0.0
-        for name in table.members:
-            query = plan.queries[name]
-            ratios = [
-                unit_variance(table, query, cell, truth) / today_variance(query, truth)
-                for cell, truth in _cells_with_truth(query, policy, reference)
-            ]
-            ratios = [r for r in ratios if math.isfinite(r)]
-            if ratios:
-                load += weights.get(name, 1.0) * sum(ratios) / len(ratios)
-        loads[table.name] = load if load > 0 else 1.0
+    loads = {t.name: table_load(plan, policy, t, reference, weights) for t in tables}
     roots = {name: load ** (1 / 3) for name, load in loads.items()}
     total = sum(roots.values())
     return {name: math.floor(epsilon * r / total * MICRO) / MICRO for name, r in roots.items()}
 
 
+def table_load(
+    plan: ReportPlan,
+    policy: Policy,
+    table: Table,
+    reference: Mapping[str, Sequence[tuple[int, int]]] | None,
+    weights: Mapping[str, float],
+) -> float:
+    """C_t: the weighted mean variance ratio (compiled at ε = 1 / today) of the queries
+    ``table`` serves; the table's share of the plan's error is C_t / ε_t²."""
+    load = 0.0
+    for name in table.members:
+        query = plan.queries[name]
+        ratios = [
+            unit_variance(table, query, cell, truth) / today_variance(query, truth)
+            for cell, truth in _cells_with_truth(query, reference)
+        ]
+        ratios = [r for r in ratios if math.isfinite(r)]
+        if ratios:
+            load += weights.get(name, 1.0) * sum(ratios) / len(ratios)
+    return load if load > 0 else 1.0
+
+
 def _cells_with_truth(
-    query: PlannedQuery, policy: Policy, reference: Mapping[str, Sequence[tuple[int, int]]] | None
+    query: PlannedQuery, reference: Mapping[str, Sequence[tuple[int, int]]] | None
 ) -> list[tuple[int, tuple[int, int] | None]]:
-    cells = range(query.cells)
-    if reference is None or query.name not in reference:
-        return [(i, None) for i in cells]
-    truth = reference[query.name]
-    return [(i, truth[i]) for i in cells if truth[i][1] > 0]
+    """The query's cells with their reference truth; without any (no reference, or no such
+    students in the reference county: a county without a university has no UPI), every
+    cell with None, so that the query still weighs like a count."""
+    truth = (reference or {}).get(query.name, ())
+    known = [(i, t) for i, t in enumerate(truth) if t[1] > 0]
+    if known:
+        return [(i, (t[0], t[1])) for i, t in known]
+    return [(i, None) for i in range(query.cells)]
 
 
 def unit_variance(
@@ -364,3 +284,86 @@ def _served(table: Table, query: PlannedQuery) -> Served:
 
 def _query_domain(table: Table, column: str) -> tuple[Value, ...]:
     return table.domains[table.attributes.index(column)]
+
+
+# --- what it promises -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A statistic's expected median 95% half-width over the query cells it reads."""
+
+    statistic: str
+    unit: str
+    #: the plan as written (every query asked at its own ε)
+    today: float | None
+    #: the measured tables (served queries from their table at the table's ε)
+    compiled: float | None
+
+
+def expected(
+    plan: ReportPlan,
+    measurements: Measurements,
+    reference: Mapping[str, Sequence[tuple[int, int]]],
+) -> list[Expected]:
+    """Each statistic's expected half-width today and under ``measurements``, from the
+    closed-form variances (rates in the cells' own fraction units, counts in counts)."""
+    served = measurements.served
+    out = []
+    for stat in plan.statistics:
+        query = plan.queries[stat.queries[0]]
+        known = any(t[1] > 0 for t in reference.get(query.name, ()))
+        if query.public or query.spec.measure.kind not in ("count", "rate") or not known:
+            out.append(Expected(stat.id, stat.unit, None, None))
+            continue
+        table = served.get(query.name)
+        today, compiled = [], []
+        for cell, truth in _cells_with_truth(query, reference):
+            if not _kept(plan, query, cell, stat.where):
+                continue
+            now = today_variance(query, truth)
+            today.append(half_width(now))
+            if table is None:
+                compiled.append(half_width(now))
+            else:
+                compiled.append(
+                    half_width(unit_variance(table, query, cell, truth) / table.epsilon**2)
+                )
+        out.append(
+            Expected(
+                stat.id,
+                stat.unit,
+                statistics.median(today) if today else None,
+                statistics.median(compiled) if compiled else None,
+            )
+        )
+    return out
+
+
+def _kept(
+    plan: ReportPlan, query: PlannedQuery, cell: int, where: Mapping[str, tuple[Any, ...]]
+) -> bool:
+    """Whether the statistic keeps the query's ``cell`` (its ``where``)."""
+    dataset = plan.datasets[query.spec.dataset]
+    domains = [domain(dataset, c, query.spec.years) for c in query.spec.group_by]
+    groups = list(itertools.product(*domains))
+    group = dict(zip(query.spec.group_by, groups[cell], strict=True))
+    return all(group[c] in values for c, values in where.items() if c in group)
+
+
+def measure_toml(measurements: Measurements) -> str:
+    """The ``[measure]`` section of a plan that measures these tables."""
+    lines = [
+        "[measure]",
+        f"epsilon = {measurements.epsilon!r}",
+    ]
+    for table in measurements.tables:
+        serves = ", ".join(f'"{m}"' for m in table.members)
+        lines += [
+            "",
+            f"# {' × '.join(table.attributes)}: {len(table.cells)} cells",
+            f"[measure.tables.{table.name}]",
+            f"serves = [{serves}]",
+            f"epsilon = {table.epsilon!r}",
+        ]
+    return "\n".join(lines) + "\n"

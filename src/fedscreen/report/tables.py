@@ -4,7 +4,6 @@ A measured table is one noisy count per cell of a contingency table, per node. T
 report needs, for every scope (province, city, county), one table that
 
 * has no negative cells (a count below zero means nothing to a reader),
-* keeps the scope's noisy total (the unbiased estimate of how many rows it counts),
 * adds up: each cell of a parent scope is exactly the sum of that cell in its
   children (county → city → province), so every figure derived from the tables
   adds up too, and
@@ -12,10 +11,10 @@ report needs, for every scope (province, city, county), one table that
   sense: a cell measured with twice the noise variance is moved twice as far.
 
 That is the top-down construction of the US Census 2020 (Abowd et al., 2022), in
-its simplest form: the root's table is the weighted least-squares projection of its
-noisy table onto {x ≥ 0, Σx = noisy total}; each parent's cells are then split among
-its children by the weighted projection of the children's noisy values onto
-{z ≥ 0, Σz = parent's cell}. Every projection solves
+its simplest form: the root's table is the least-squares projection of its noisy table
+onto {x ≥ 0} (negative cells become 0, no other cell moves); each parent's cells are
+then split among its children by the weighted projection of the children's noisy
+values onto {z ≥ 0, Σz = parent's cell}. Every split solves
 ``min Σ (z_i − x_i)² / v_i  s.t.  z ≥ 0, Σ z_i = t``, whose solution is
 ``z_i = max(x_i − v_i·θ, 0)`` for the one θ that meets the total; θ is found by
 bisection, vectorised over all cells at once. Integers come last, by largest
@@ -124,15 +123,14 @@ def consistent(
 
     ``noisy`` holds every scope's measured table (a parent's is the sum of its
     children's); ``children`` lists each parent's children (a tree: a scope is the child
-    of one parent). The root keeps its rounded noisy total; each parent's cell is split
-    exactly among its children.
+    of one parent). The root's cells are its noisy cells with negatives set to 0 (the
+    least-squares projection onto x ≥ 0: it moves no cell that was not negative, so a
+    large cell keeps its unbiased estimate); each parent's cell is then split exactly
+    among its children.
     """
     top = noisy[root]
-    total = max(round(float(top.values[top.present].sum())), 0)
-    rows = project(
-        top.values[None, :], _positive(top), np.array([float(total)]), top.present[None, :]
-    )
-    tables = {root: round_to(rows, np.array([total], dtype=np.int64), top.present[None, :])[0]}
+    root_cells = np.where(top.present, np.maximum(np.rint(top.values), 0.0), 0.0)
+    tables = {root: root_cells.astype(np.int64)}
     pending = [root]
     while pending:
         parent = pending.pop()

@@ -73,7 +73,7 @@ def verify_report(directory: Path, *, manifest: Manifest, policy: Policy) -> Ver
         )
     runs = {
         name: read_run(directory / RELEASES_DIR / f"{name}.json", query, manifest=manifest)
-        for name, query in plan.queries.items()
+        for name, query in plan.asked.items()
     }
     analyst = model.get("analyst")
     for run in runs.values():

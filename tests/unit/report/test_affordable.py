@@ -88,7 +88,10 @@ def test_the_annual_plan_fits_fresh_nodes(tmp_path: Path) -> None:
     refuse_if_unaffordable(checks)
     by_node = {c.node_id: c for c in checks}
     (year,) = [y for y in by_node["130102"].years if y.year == YEAR]
-    assert (year.cost, year.left, year.budget) == (pytest.approx(2.95), 3.6, pytest.approx(3.6))
+    # the measured tables and the queries they do not serve: ε ≤ 1 in the year
+    assert year.cost == pytest.approx(plan.cost_by_year()[YEAR])
+    assert 0.99 < year.cost <= 1.0
+    assert (year.left, year.budget) == (3.6, pytest.approx(3.6))
     (year,) = [y for y in by_node["130104"].years if y.year == YEAR]
     assert year.left == 8.0
     assert not any(c.notes for c in checks)

@@ -33,9 +33,19 @@ def test_the_annual_plan_covers_the_standard_report(province: Policy) -> None:
     assert all(q.cost == 0 for q in plan.queries.values() if q.public)
     # the year-over-year query charges both years
     assert plan.queries["phq9_trend"].years == ("2023-2024", "2024-2025")
+    # as written, every query is asked: ε = 2.95 in the year, 0.15 in the year before
+    assert sum(q.cost for q in plan.queries.values()) == pytest.approx(2.95)
+    # measured: the tables and the queries no table serves, ε ≤ 1 in the year
+    assert plan.measure is not None
+    assert plan.measure.epsilon == 1.0
     costs = plan.cost_by_year()
-    assert costs["2023-2024"] == pytest.approx(0.15)
-    assert costs["2024-2025"] == pytest.approx(sum(q.cost for q in plan.queries.values()))
+    assert 0.99 < costs["2024-2025"] <= 1.0
+    assert costs["2024-2025"] == pytest.approx(sum(q.cost for q in plan.asked.values()))
+    trend = plan.measure.served["phq9_trend"]
+    assert costs["2023-2024"] == trend.epsilon
+    assert set(plan.asked) - set(plan.queries) == {t.name for t in plan.measure.tables}
+    # the median and the public tables are asked as written
+    assert {"interview_days", "eligible", "teachers"} <= set(plan.asked)
 
 
 def test_the_annual_plan_fits_the_strictest_county(province: Policy) -> None:
