@@ -1,137 +1,170 @@
-"""Plan queries computed from a measured table's verified release (*reconstruct*).
+"""Plan queries computed from measured tables' verified releases (*reconstruct*).
 
-A query that a compiled plan serves from a table (``report.strategy``) is never asked
-of the nodes; its cells are sums of the table's cells. :class:`Derived` offers the
-same reading interface as a query's own :class:`~fedscreen.report.figures.Released`,
-so every statistic form (shares, ratios, flags, changes) works on it unchanged.
+A query a compiled plan serves from a table (``report.strategy``) is never asked of
+the nodes. Its figures come from the least-squares estimate of its population's joint
+table (``report.wls``: every table of the plan that counts the same rows), node by
+node; a scope's figures are the sums of its counties'. :class:`Derived` offers the
+reading interface of a query's own :class:`~fedscreen.report.figures.Released`, so
+every statistic form (shares, ratios, flags, changes) works on it unchanged, and
+each value carries its noise as weights on the measured cells' noises
+(:class:`~fedscreen.report.parts.Part`): intervals account for what two figures of
+one table share.
 
-Every scope's table is made consistent first (``report.tables.consistent``): no
-negative cells, each county's cells adding up exactly to its city's and the
-province's. A served query's cell is then an exact sum of integers, so its parts
-add up to its wholes (PHQ-9 bands to valid screenings, warning levels to warnings,
-counties to their city and province) in every report.
-
-Intervals: a count cell's noise is the sum of its table cells' discrete Laplace
-noises (the scales the nodes signed); a rate r = N/D with N ⊂ D is linearised,
-N − rD = (1 − r)·Σ_N e − r·Σ_{D∖N} e, and given the same Cornish–Fisher 95% point as
-the provincial sums, with the weighted cumulants. The consistency step moves values
-by less than their noise; the intervals are those of the linear estimator, and
-``scripts/bench_report_accuracy.py`` measures that they keep their coverage.
+Everything here is post-processing of verified releases: it costs no privacy, and
+``report verify`` recomputes it from the same signed bytes.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from fedscreen.protocol.combine import LAPLACE_EXCESS_KURTOSIS, Z_975, discrete_laplace_variance
+from fedscreen.errors import VerificationError
+from fedscreen.protocol.combine import discrete_laplace_variance
 from fedscreen.query.spec import QuerySpec
-from fedscreen.report.figures import Part, Released
-from fedscreen.report.format import PROVINCE
+from fedscreen.report.figures import Released
 from fedscreen.report.measured import Served, Table, served_cells
+from fedscreen.report.parts import Part, Term, linear_half_width, total
 from fedscreen.report.plan import ReportPlan
-from fedscreen.report.tables import Ints, Noisy, consistent
+from fedscreen.report.wls import Joint, Matrix, estimable, estimator
+
+#: a weight below this in a figure's noise is float dust from the pseudo-inverse
+NEGLIGIBLE_WEIGHT = 1e-12
+
+
+@dataclass(frozen=True)
+class Solved:
+    """One node's measurements of a population and their least-squares solution."""
+
+    #: A: one row per measured cell, over the joint's cells
+    rows: Matrix
+    #: y: the node's noisy cells
+    values: np.ndarray[Any, np.dtype[np.float64]]
+    #: the discrete Laplace scale of each measured cell's noise
+    scales: tuple[float, ...]
+    #: each measured cell's name in a Part's shared terms: (node, table, cell index)
+    keys: tuple[tuple[str, str, int], ...]
+    #: L: x̂ = L·y
+    solve: Matrix
 
 
 @dataclass
-class Measured:
-    """One table's verified release, made consistent once per set of areas."""
+class Population:
+    """The tables that count one population, with their verified releases."""
 
-    table: Table
-    released: Released
-    _cache: dict[tuple[tuple[str, tuple[str, ...]], ...], dict[str, Ints]] = field(
-        default_factory=dict, repr=False
-    )
-
-    @functools.cached_property
-    def index(self) -> dict[tuple[Any, ...], int]:
-        """Table cell (typed values) -> its position."""
-        return {_typed(cell): i for i, cell in enumerate(self.table.cells)}
+    tables: tuple[Table, ...]
+    releases: Mapping[str, Released]
+    _solved: dict[str, Solved] = field(default_factory=dict, repr=False)
+    _estimators: dict[Hashable, Matrix] = field(default_factory=dict, repr=False)
 
     @functools.cached_property
-    def noisy(self) -> dict[str, Noisy]:
-        """Each answering node's measured table, cells in the table's order."""
-        size = len(self.table.cells)
-        out: dict[str, Noisy] = {}
-        for node, body in self.released.node_bodies.items():
-            values = np.zeros(size)
-            present = np.zeros(size, dtype=bool)
+    def joint(self) -> Joint:
+        """The joint table over every attribute of the population's tables."""
+        domains: dict[str, tuple[Any, ...]] = {}
+        for table in self.tables:
+            for attribute, values in zip(table.attributes, table.domains, strict=True):
+                domains.setdefault(attribute, values)
+        return Joint(tuple(domains), tuple(domains.values()))
+
+    @functools.cached_property
+    def operators(self) -> dict[str, Matrix]:
+        """Table name -> the matrix summing the joint into the table's cells."""
+        return {t.name: self.joint.operator(t.attributes) for t in self.tables}
+
+    def _allowed(self, node: str) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        """The joint cells whose every value some table of ``node`` released."""
+        seen: dict[str, set[tuple[str, Any]]] = {}
+        for table in self.tables:
+            body = self.releases[table.name].node_bodies.get(node)
+            if body is None:
+                continue
             for cell in body["cells"]:
-                i = self.index.get(_typed(cell["group"]))
-                if i is not None:
-                    values[i] = int(cell["value"])
-                    present[i] = True
-            variance = discrete_laplace_variance(float(body["scale"]))
-            out[node] = Noisy(values, np.where(present, variance, 0.0), present)
-        return out
+                for attribute, value in zip(table.attributes, cell["group"], strict=False):
+                    seen.setdefault(attribute, set()).add((type(value).__name__, value))
+        allowed = np.ones(len(self.joint.cells), dtype=bool)
+        for position, attribute in enumerate(self.joint.attributes):
+            if attribute in seen:
+                known = seen[attribute]
+                allowed &= np.array(
+                    [(type(c[position]).__name__, c[position]) in known for c in self.joint.cells]
+                )
+        return allowed
 
-    def scales(self, node: str) -> float:
-        """The noise scale ``node`` signed for the table."""
-        return float(self.released.node_bodies[node]["scale"])
-
-    def tables(self, areas: Mapping[str, Sequence[str]]) -> dict[str, Ints]:
-        """Every scope's consistent table: province, ``areas`` (cities), counties."""
-        key = tuple(sorted((a, tuple(c)) for a, c in areas.items()))
-        if key not in self._cache:
-            nodes = sorted(self.noisy)
-            placed: set[str] = set()
-            children: dict[str, list[str]] = {PROVINCE: []}
-            noisy = dict(self.noisy)
-            for area, counties in sorted(areas.items()):
-                kids = [c for c in counties if c in self.noisy and c not in placed]
-                if not kids:
+    def solved(self, node: str) -> Solved:
+        """What ``node`` measured of the population, solved (every table it answered)."""
+        if node not in self._solved:
+            blocks: list[Matrix] = []
+            values: list[float] = []
+            scales: list[float] = []
+            keys: list[tuple[str, str, int]] = []
+            for table in self.tables:
+                body = self.releases[table.name].node_bodies.get(node)
+                if body is None:
                     continue
-                placed.update(kids)
-                children[area] = kids
-                children[PROVINCE].append(area)
-                noisy[area] = _sum(self.noisy[k] for k in kids)
-            children[PROVINCE].extend(n for n in nodes if n not in placed)
-            if not nodes:
-                self._cache[key] = {}
-                return self._cache[key]
-            noisy[PROVINCE] = _sum(self.noisy[n] for n in nodes)
-            self._cache[key] = consistent(noisy, PROVINCE, children)
-        return self._cache[key]
-
-
-def _sum(tables: Iterable[Noisy]) -> Noisy:
-    items = list(tables)
-    total = items[0]
-    for t in items[1:]:
-        total = total + t
-    return total
+                index = {_typed(cell): i for i, cell in enumerate(table.cells)}
+                scale = float(body["scale"])
+                for cell in body["cells"]:
+                    i = index.get(_typed(cell["group"]))
+                    if i is None:
+                        continue
+                    blocks.append(self.operators[table.name][i])
+                    values.append(float(cell["value"]))
+                    scales.append(scale)
+                    keys.append((node, table.name, i))
+            rows = np.array(blocks).reshape(len(blocks), len(self.joint.cells))
+            # a county policy narrows a domain (no university there): the node releases
+            # no cell with that value, and the joint has no students with it either —
+            # without this, a table without the attribute would put some there
+            rows[:, ~self._allowed(node)] = 0.0
+            # nodes that measured the same cells at the same scales share one estimator
+            pattern = tuple(keys_[1:] for keys_ in keys), tuple(scales)
+            if pattern not in self._estimators:
+                variances = np.array([discrete_laplace_variance(s) for s in scales])
+                self._estimators[pattern] = estimator(rows, variances)
+            self._solved[node] = Solved(
+                rows, np.array(values), tuple(scales), tuple(keys), self._estimators[pattern]
+            )
+        return self._solved[node]
 
 
 def _typed(values: Any) -> tuple[Any, ...]:
+    # 1 and "1" are two codes (as in canonical JSON and SQLite)
     return tuple((type(v).__name__, v) for v in values)
 
 
 @dataclass(frozen=True)
 class Derived(Released):
-    """A served query's release, computed from its table's (the same reading interface)."""
+    """A served query's release, estimated from its population's tables."""
 
     spec: QuerySpec | None = None
-    measured: Measured | None = field(default=None, compare=False)
+    population: Population | None = field(default=None, compare=False)
+    table: Table | None = None
     served: Served | None = field(default=None, compare=False)
+    #: (node, "num"/"den") -> that node's parts: the same whatever the areas
+    _nodes: dict[tuple[str, str], list[Part]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @staticmethod
-    def of(spec: QuerySpec, measured: Measured, cells: Sequence[tuple[Any, ...]]) -> Derived:
+    def of(
+        spec: QuerySpec, table: Table, population: Population, cells: Sequence[tuple[Any, ...]]
+    ) -> Derived:
         """The served query ``spec`` with these cells (its catalogue groups, in order)."""
-        released = measured.released
+        released = population.releases[table.name]
         return Derived(
             released.body,
             released.node_bodies,
             released.charged,
             released.areas,
             spec=spec,
-            measured=measured,
-            served=served_cells(measured.table, spec, cells),
+            population=population,
+            table=table,
+            served=served_cells(table, spec, cells),
         )
 
     @property
@@ -145,46 +178,67 @@ class Derived(Released):
         """Never: a table is measured only over private data."""
         return False
 
-    def _scope_table(self, scope: str) -> tuple[Ints, list[list[float]]]:
-        """The scope's consistent table and, per cell, the noise scales in it."""
-        assert self.measured is not None
-        tables = self.measured.tables(self.areas)
-        nodes = self.nodes_of(scope)
-        size = len(self.measured.table.cells)
-        scales: list[list[float]] = [[] for _ in range(size)]
-        for node in nodes:
-            present = self.measured.noisy[node].present
-            scale = self.measured.scales(node)
-            for i in np.flatnonzero(present):
-                scales[int(i)].append(scale)
-        return tables[scope], scales
+    def _node_parts(self, node: str, kind: str) -> list[Part]:
+        """``node``'s estimate of each served cell (its numerator or denominator)."""
+        assert self.served is not None
+        assert self.population is not None
+        assert self.table is not None
+        solved = self.population.solved(node)
+        # a cell the node did not release (its county's policy narrowed the domain: no
+        # university there) is 0 by that policy, as in the node's own answers
+        present = {k[2] for k in solved.keys if k[1] == self.table_name}
+        lists = self.served.denominator if kind == "den" else self.served.numerator
+        assert lists is not None
+        operator = self.population.operators[self.table_name]
+        query = np.array(
+            [operator[[i for i in cells if i in present]].sum(axis=0) for cells in lists]
+        ).reshape(len(lists), len(self.population.joint.cells))
+        if solved.rows.shape[0] == 0:
+            return [Part(0.0) for _ in lists]
+        if not estimable(query, solved.rows, solved.solve).all():
+            # cannot happen: the query sums rows the node measured
+            raise VerificationError(f"node {node}'s tables do not determine {self.table_name}")
+        weights = query @ solved.solve
+        estimates = weights @ solved.values
+        out = []
+        for estimate, row in zip(estimates, weights, strict=True):
+            terms: dict[Hashable, Term] = {
+                solved.keys[j]: (float(row[j]), solved.scales[j])
+                for j in np.flatnonzero(np.abs(row) > NEGLIGIBLE_WEIGHT)
+            }
+            out.append(Part(float(estimate), (), terms))
+        return out
+
+    @property
+    def table_name(self) -> str:
+        """The name of the query's own table."""
+        assert self.table is not None
+        return self.table.name
+
+    def _scope_parts(self, scope: str, kind: str) -> list[Part]:
+        assert self.served is not None
+        per_node = []
+        for node in self.nodes_of(scope):
+            if (node, kind) not in self._nodes:
+                self._nodes[(node, kind)] = self._node_parts(node, kind)
+            per_node.append(self._nodes[(node, kind)])
+        if not per_node:
+            return [Part(0.0) for _ in self.served.groups]
+        return [total(cell) for cell in zip(*per_node, strict=True)]
 
     def parts(self, scope: str) -> list[tuple[list[Any], Part]]:
-        """Each cell's value and the noise scales in it (a COUNT)."""
+        """Each cell's estimate and its noise (a COUNT)."""
         assert self.served is not None
-        table, scales = self._scope_table(scope)
-        out = []
-        for group, cells in zip(self.served.groups, self.served.denominator, strict=True):
-            value = int(sum(int(table[i]) for i in cells))
-            noise = tuple(s for i in cells for s in scales[i])
-            out.append((list(group), Part(value, noise)))
-        return out
+        groups = [list(g) for g in self.served.groups]
+        return list(zip(groups, self._scope_parts(scope, "den"), strict=True))
 
     def rate_parts(self, scope: str) -> dict[str, tuple[Part, Part]]:
-        """Each group's numerator and denominator (a RATE)."""
+        """Each group's numerator and denominator estimates (a RATE)."""
         assert self.served is not None
-        assert self.served.numerator is not None
-        table, scales = self._scope_table(scope)
-        out: dict[str, tuple[Part, Part]] = {}
-        for group, num, den in zip(
-            self.served.groups, self.served.numerator, self.served.denominator, strict=True
-        ):
-            parts = []
-            for cells in (num, den):
-                value = int(sum(int(table[i]) for i in cells))
-                parts.append(Part(value, tuple(s for i in cells for s in scales[i])))
-            out[repr(list(group))] = (parts[0], parts[1])
-        return out
+        nums, dens = self._scope_parts(scope, "num"), self._scope_parts(scope, "den")
+        return {
+            repr(list(g)): (n, d) for g, n, d in zip(self.served.groups, nums, dens, strict=True)
+        }
 
     def cells(self, scope: str) -> list[dict[str, Any]]:
         """The scope's cells with 95% intervals, as a release states them."""
@@ -196,61 +250,48 @@ class Derived(Released):
                 low, high = part.interval()
                 small = part.value < threshold
                 out.append(
-                    {
-                        "group": group, "value": part.value, "lower": max(low, 0.0),
-                        "upper": high, "suppressed": small,
-                        "display": f"< {threshold}" if small else str(part.value),
-                    }
+                    {"group": group, "value": part.value, "lower": max(low, 0.0),
+                     "upper": high, "suppressed": small,
+                     "display": f"< {threshold}" if small else f"{part.value:.0f}"}
                 )  # fmt: skip
             return out
-        table, scales = self._scope_table(scope)
         out = []
-        for key, num, den in zip(
-            self.served.groups, self.served.numerator, self.served.denominator, strict=True
-        ):
-            n = int(sum(int(table[i]) for i in num))
-            d = int(sum(int(table[i]) for i in den))
-            cell: dict[str, Any] = {"group": list(key)}
-            if d < threshold or d <= 0:
+        for key, (n, d) in self.rate_parts(scope).items():
+            cell: dict[str, Any] = {"group": _group(key, self.served)}
+            if d.value < threshold or d.value <= 0:
                 cell.update(value=None, lower=0.0, upper=1.0, display=f"< {threshold}")
                 cell["suppressed"] = True
             else:
-                r = n / d
-                rest = [i for i in den if i not in set(num)]
-                weighted = [(1 - r, s) for i in num for s in scales[i]]
-                weighted += [(-r, s) for i in rest for s in scales[i]]
-                half = linear_half_width(weighted) / d
-                cell.update(value=r, lower=max(r - half, 0.0), upper=min(r + half, 1.0))
-                cell.update(display=f"{r:.4g}", suppressed=False)
-            cell["numerator"] = {"value": n}
-            cell["denominator"] = {"value": d}
+                r = n.value / d.value
+                half = linear_half_width((1.0, n), (-r, d)) / d.value
+                value = min(max(r, 0.0), 1.0)
+                cell.update(value=value, lower=max(r - half, 0.0), upper=min(r + half, 1.0))
+                cell.update(display=f"{value:.4g}", suppressed=False)
+            cell["numerator"] = {"value": n.value}
+            cell["denominator"] = {"value": d.value}
             out.append(cell)
         return out
 
 
-def linear_half_width(weighted: Sequence[tuple[float, float]]) -> float:
-    """95% half-width of Σ wᵢ·eᵢ for independent discrete Laplace eᵢ of scale sᵢ, given
-    as (wᵢ, sᵢ): Cornish–Fisher with the weighted cumulants (κ₄ = 3σ⁴ per term)."""
-    variances = [(w * w, discrete_laplace_variance(s)) for w, s in weighted]
-    kappa2 = sum(w2 * v for w2, v in variances)
-    if kappa2 <= 0:
-        return 0.0
-    kurtosis = LAPLACE_EXCESS_KURTOSIS * sum((w2 * v) ** 2 for w2, v in variances) / kappa2**2
-    z = Z_975 + (Z_975**3 - 3 * Z_975) * kurtosis / 24
-    return z * math.sqrt(kappa2)
+def _group(key: str, served: Served) -> list[Any]:
+    return next(list(g) for g in served.groups if repr(list(g)) == key)
 
 
 def resolve(plan: ReportPlan, asked: Mapping[str, Released]) -> dict[str, Released]:
     """Each plan query's release, by name: its own as asked, or derived from the verified
-    release of the table that serves it (``asked`` is keyed by what was asked)."""
+    releases of its population's tables (``asked`` is keyed by what was asked)."""
     out = {name: r for name, r in asked.items() if name in plan.queries}
     if plan.measure is None:
         return out
+    groups: dict[tuple[str, str, tuple[str, ...]], list[Table]] = {}
     for table in plan.measure.tables:
-        measured = Measured(table, asked[table.name])
-        for name in table.members:
-            spec = plan.queries[name].spec
-            out[name] = Derived.of(spec, measured, _catalogue_cells(table, spec))
+        groups.setdefault((table.dataset, repr(table.where), table.years), []).append(table)
+    for tables in groups.values():
+        population = Population(tuple(tables), {t.name: asked[t.name] for t in tables})
+        for table in tables:
+            for name in table.members:
+                spec = plan.queries[name].spec
+                out[name] = Derived.of(spec, table, population, _catalogue_cells(table, spec))
     return out
 
 

@@ -21,12 +21,11 @@ from fedscreen.protocol.combine import (
     Z_975,
     NodeCells,
     combine,
-    discrete_laplace_variance,
     ratio_interval,
-    sum_interval,
 )
 from fedscreen.query.spec import QuerySpec
 from fedscreen.report.format import PROVINCE, format_value
+from fedscreen.report.parts import Part, linear_cumulants, linear_half_width
 from fedscreen.report.plan import ReportPlan, Statistic
 
 
@@ -126,34 +125,6 @@ class Released:
         return list(merged.values())
 
 
-@dataclass(frozen=True)
-class Part:
-    """A sum of released values and the discrete Laplace scale of each noisy term."""
-
-    value: int
-    scales: tuple[float, ...] = ()
-
-    def __add__(self, other: Part) -> Part:
-        return Part(self.value + other.value, self.scales + other.scales)
-
-    @property
-    def exact(self) -> bool:
-        """No noise in it (public data)."""
-        return not self.scales
-
-    @property
-    def variance(self) -> float:
-        """The variance of its noise."""
-        return sum(discrete_laplace_variance(s) for s in self.scales)
-
-    def interval(self) -> tuple[float, float]:
-        """95% interval (Cornish–Fisher for a sum of Laplace-like noises)."""
-        if self.exact:
-            return float(self.value), float(self.value)
-        _, low, high, _ = sum_interval([self.value], list(self.scales))
-        return low, high
-
-
 def _sum_by(
     parts: Iterable[tuple[list[Any], Part]], keep: Sequence[int]
 ) -> list[tuple[list[Any], Part]]:
@@ -208,14 +179,19 @@ def _small(part: Part, threshold: int) -> int | None:
 def _share(
     num: Part, rest: Part, threshold: int
 ) -> tuple[float | None, float | None, float | None, int | None]:
-    """num / (num + rest) for independent num and rest, by the delta method."""
+    """num / (num + rest) by the delta method."""
     small = _small(num, threshold) or _small(num + rest, threshold)
     total = num.value + rest.value
     if total <= 0:
         return None, None, None, small
     p = min(max(num.value / total, 0.0), 1.0)
-    # d/dA A/(A+B) = B/(A+B)², d/dB = −A/(A+B)²
-    sd = math.sqrt(rest.value**2 * num.variance + num.value**2 * rest.variance) / total**2
+    if num.terms or rest.terms:
+        # parts of one measured table share noise: the linearised A − p(A + B), exactly
+        share = num.value / total
+        sd = math.sqrt(linear_cumulants((1 - share, num), (-share, rest))[0]) / total
+    else:
+        # d/dA A/(A+B) = B/(A+B)², d/dB = −A/(A+B)²
+        sd = math.sqrt(rest.value**2 * num.variance + num.value**2 * rest.variance) / total**2
     return p, max(p - Z_975 * sd, 0.0), min(p + Z_975 * sd, 1.0), small
 
 
@@ -332,9 +308,17 @@ def _ratio_form(
                      _clip(low / den.value, top), _clip(high / den.value, top),
                      unit=stat.unit, small=small)
             )  # fmt: skip
+        elif num.terms or den.terms:
+            # estimates from measured tables may share noise: N − rD, exactly
+            r = num.value / den.value
+            half = linear_half_width((1.0, num), (-r, den)) / den.value
+            out.append(
+                _row(scope, group, _clip(r, top), _clip(r - half, top), _clip(r + half, top),
+                     unit=stat.unit, small=small)
+            )  # fmt: skip
         else:
             value, low, high = ratio_interval(
-                num.value, num.variance, den.value, den.variance, 0.0, top
+                int(num.value), num.variance, int(den.value), den.variance, 0.0, top
             )
             out.append(_row(scope, group, value, low, high, unit=stat.unit, small=small))
     return out
@@ -419,6 +403,9 @@ def _change_form(
 def _rate_variance(num: Part, den: Part) -> float:
     """Variance of num / den by the delta method (den > 0: the cell was not suppressed)."""
     ratio = num.value / den.value
+    if num.terms or den.terms:
+        # a measured table's numerator and denominator share noise: N − rD, exactly
+        return linear_cumulants((1.0, num), (-ratio, den))[0] / den.value**2
     return (num.variance + ratio * ratio * den.variance) / den.value**2
 
 

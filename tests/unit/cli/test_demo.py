@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import base64
+import ast
 import csv
 import json
 from pathlib import Path
@@ -14,6 +14,8 @@ from fedscreen.node import store
 from fedscreen.node.home import load_config
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
+from fedscreen.report.derived import resolve
+from fedscreen.report.files import read_run
 from fedscreen.report.plan import load_plan
 from fedscreen.report.verify import verify_report
 from fedscreen.trust.identity import load_identity
@@ -85,32 +87,37 @@ def test_demo_runs_a_whole_federation_reports_and_audits_it(
     checked = verify_report(report, manifest=manifest, policy=policy)
     assert checked.statistics == len(ALL_STATISTICS)
     assert {s["id"] for sec in model["sections"] for s in sec["statistics"]} == ALL_STATISTICS
-    # a served figure is made of the signed table: at the province, PHQ-9 ≥ 10 is the
-    # moderate-or-worse bands over all bands of the coordinator's signed sums (negative
-    # cells set to 0), by grade band and sex
-    bands = plan.measure.served["phq9_positive"]
-    release = json.loads((report / "releases" / f"{bands.name}.json").read_text("utf-8"))
-    payload = json.loads(base64.b64decode(json.loads(release["release_envelope"])["payload"]))
-    assert list(payload["query"]["group_by"]) == ["grade_band", "sex", "phq9_band"]
-    num: dict[str, int] = {}
-    den: dict[str, int] = {}
-    for cell in payload["province"]:
-        key = json.dumps(cell["group"][:2])
-        value = max(int(cell["value"]), 0)
-        den[key] = den.get(key, 0) + value
-        if cell["group"][2] in ("moderate", "moderately_severe", "severe"):
-            num[key] = num.get(key, 0) + value
-    (stat,) = [
-        s for sec in model["sections"] for s in sec["statistics"] if s["id"] == "phq9_positive"
-    ]
-    shown = 0
-    for row in stat["rows"]:
-        if row["scope"] == "province" and not row["suppressed"]:
-            key = json.dumps(row["group"])
-            assert row["value"] == num.get(key, 0) / den[key]
-            assert row["lower"] <= row["value"] <= row["upper"]
-            shown += 1
-    assert shown >= 6
+    # the figures add up in this report: bands to valid screenings (PHQ-9 ≥ 10's
+    # denominators, from another table of the same population), warning levels by grade
+    # band and sex to warning levels (two tables), counties to the province
+    asked = {
+        name: read_run(report / "releases" / f"{name}.json", query, manifest=manifest).released
+        for name, query in plan.asked.items()
+    }
+    released = resolve(plan, asked)
+    counties = released["phq9_bands"].answered
+    assert len(counties) == 3
+    for scope in ("province", *counties):
+        bands = released["phq9_bands"].parts(scope)
+        positive = released["phq9_positive"].rate_parts(scope)
+        for band in plan.datasets["screenings"].columns["grade_band"].domain:  # type: ignore[union-attr]
+            valid = sum(p.value for g, p in bands if g[0] == band)
+            by_sex = sum(
+                d.value for k, (_, d) in positive.items() if ast.literal_eval(k)[0] == band
+            )
+            assert valid == pytest.approx(by_sex, rel=1e-9, abs=1e-6)
+        detail = released["warnings"].parts(scope)
+        for level, part in released["warning_levels"].parts(scope):
+            summed = sum(p.value for g, p in detail if g[2] == level[0])
+            assert part.value == pytest.approx(summed, rel=1e-9, abs=1e-6)
+    for name in ("phq9_bands", "warnings", "screened"):
+        province = dict((json.dumps(g), p.value) for g, p in released[name].parts("province"))
+        for key, value in province.items():
+            counted = sum(
+                dict((json.dumps(g), p.value) for g, p in released[name].parts(c))[key]
+                for c in counties
+            )
+            assert value == pytest.approx(counted, rel=1e-9, abs=1e-6)
     # the county that refused is marked missing, with its node's reason
     (changan,) = [n for n in model["nodes"] if n["id"] == "130102"]
     assert changan["name"] == "长安区"
