@@ -77,9 +77,10 @@ def build_model(
                 "dims": dims(stat, released),
                 "target": stat.target,
                 "target_label": stat.target_label,
+                # a served figure is estimated from every table of its population
                 "epsilon": sum(
                     plan.asked[src].cost
-                    for src in dict.fromkeys(plan.asked_for(q) for q in stat.queries)
+                    for src in dict.fromkeys(src for q in stat.queries for src in plan.sources(q))
                 ),
                 "public": all(plan.queries[q].public for q in stat.queries),
                 "queries": [released[q].body["query_id"] for q in stat.queries],

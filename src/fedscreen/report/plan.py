@@ -118,10 +118,15 @@ class ReportPlan:
         asked.update((n, q) for n, q in self.queries.items() if n not in served)
         return asked
 
-    def asked_for(self, query: str) -> str:
-        """The name of what is asked for plan query ``query``: its table's, or its own."""
+    def sources(self, query: str) -> list[str]:
+        """What plan query ``query``'s figures are computed from: every table of its
+        population (``report.derived`` estimates it from all of them), or itself."""
         table = None if self.measure is None else self.measure.served.get(query)
-        return query if table is None else table.name
+        if table is None:
+            return [query]
+        population = (table.dataset, table.where, table.years)
+        assert self.measure is not None
+        return [t.name for t in self.measure.tables if (t.dataset, t.where, t.years) == population]
 
     def cost_by_year(self) -> dict[str, float]:
         """The ε each node is charged per academic year if it answers everything asked."""

@@ -2,29 +2,32 @@
 
 Many of a plan's queries count the same students by overlapping attributes: PHQ-9
 positive by grade band and sex, PHQ-9 bands by grade band, item 9 by grade band — all
-over valid PHQ-9 screenings. Asked separately, each pays for its own noise and their
-figures do not add up. Compiled, they become **one** noisy contingency table over the
-union of their attributes (grade band × sex × PHQ-9 band × item 9), measured once
-with one ε, and each query's cells are sums of that table's cells (post-processing:
-free, and consistent by construction).
+over valid PHQ-9 screenings. Asked separately, each pays for its own noise (a RATE
+twice: numerator and denominator at ε/2 each) and their figures do not add up.
+Compiled, they are served by a few noisy contingency tables, each measured once; the
+figures are estimated from all the tables of their population by least squares
+(``report.derived``, ``report.wls``: free post-processing, consistent by construction).
 
-Selection (:func:`compile_strategy`): a private COUNT(*) or RATE query whose grouping
-and RATE condition use only category columns (``=``, ``!=``, ``IN``, ``NOT IN``) is
-*measurable*. Measurable queries over the same dataset, filter and years are packed,
-largest first, into tables whose cells (the product of the attributes' domains) stay
-within the catalogue's ``max_groups``; every other query runs as written.
+Selection (:func:`compile_strategy`): a private COUNT(*) or RATE whose grouping and
+RATE condition use only category columns compared exactly is *servable*
+(``report.measured``). The servable queries of one population (dataset, filter,
+years) start as one table each; the compiler then merges, greedily, the pair of tables
+whose merge lowers the plan's error most, while it does (a merged table sums more cells
+per figure but is charged once), within the catalogue's ``max_groups`` and never into
+a table a known county policy refuses while it answers one of the two.
 
-Semantics: a table groups its rows by every one of its attributes, and NULL is never a
-group, so a query served by a table counts the rows whose table attributes are all
-known. For the annual plan's tables that is every row of the filter (an instrument's
-band and items are set exactly when it is valid; the tests check the figures against
-the queries asked directly on synthetic counties).
+The objective and the ε split (:func:`split_epsilon`): the plan's weighted error
+relative to the plan as written, Σ_q w_q · mean_cells(Var_measured / Var_as_written),
+w_q the weights of the statistics reading q. A figure computed from its own table t
+has variance c/ε_t² (a sum of k discrete Laplace cells ≈ 2k/ε²; a rate's linearised
+variance likewise), so the objective is Σ_t C_t/ε_t², minimised under Σ ε_t = E by
+ε_t ∝ C_t^(1/3) (Lagrange), with value (Σ_t C_t^(1/3))³/E²: closed form, and a merge of
+a and b pays exactly when C_ab^(1/3) < C_a^(1/3) + C_b^(1/3). The least-squares
+estimate from all the population's tables is never less accurate than its own table's
+alone, so the split's predictions are upper bounds (``report plan`` prints them).
 
-The ε split (:func:`split_epsilon`) minimises the plan's weighted error relative to
-today's: Σ_q w_q · mean_cells(Var_compiled / Var_today). Each compiled variance is
-c / ε_t² for its table t (a sum of k discrete Laplace cells has variance ≈ 2k/ε²; a
-rate's linearised variance likewise), so the objective is Σ_t C_t / ε_t² and the
-optimum under Σ ε_t = E is ε_t ∝ C_t^(1/3) (Lagrange) — closed form, no search.
+The C_t need cell sizes and rates: they come from a synthetic reference county
+(``fedscreen.cli.reference``); without it, every cell weighs like a count.
 """
 
 from __future__ import annotations
