@@ -33,6 +33,10 @@ from fedscreen.query.sqlparse import parse_sql
 
 #: the comparisons a table cell can be tested with exactly (its values are domain codes)
 EXACT_OPS: Final = ("=", "!=", "in", "not in")
+#: most cells of a population's joint table (the product of the domains of every attribute
+#: its tables use): the least-squares solve holds a joint-cells × measured-cells matrix
+#: (20,000 × a few hundred doubles: tens of MB, a fraction of a second per county)
+MAX_JOINT_CELLS: Final = 20_000
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,20 @@ class Measurements:
     #: ε per node in the plan's year that the plan states it spends in all
     epsilon: float
     tables: tuple[Table, ...]
+
+    def check_joints(self, where: str) -> None:
+        """ConfigError if a population's joint table is over ``MAX_JOINT_CELLS``."""
+        joints: dict[tuple[str, str, tuple[str, ...]], dict[str, int]] = {}
+        for t in self.tables:
+            joint = joints.setdefault((t.dataset, repr(t.where), t.years), {})
+            joint.update((a, len(d)) for a, d in zip(t.attributes, t.domains, strict=True))
+        for sizes in joints.values():
+            cells = math.prod(sizes.values())
+            if cells > MAX_JOINT_CELLS:
+                raise ConfigError(
+                    f"{where}: tables of one population use {', '.join(sizes)}: a joint of"
+                    f" {cells} cells, above {MAX_JOINT_CELLS}; measure fewer attributes"
+                )
 
     @property
     def served(self) -> dict[str, Table]:

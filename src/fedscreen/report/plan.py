@@ -268,6 +268,7 @@ def _measure(
         specs = {q: queries[q].spec for q in serves}
         tables.append(build_table(name, specs, policy, epsilon=float(epsilon), where=at))
     measure = Measurements(float(total), tuple(tables))
+    measure.check_joints(where)
     spent = sum(t.epsilon for t in tables if year in t.years) + sum(
         q.cost for n, q in queries.items() if n not in served and year in q.years
     )

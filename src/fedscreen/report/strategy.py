@@ -47,6 +47,7 @@ from fedscreen.protocol.combine import Z_975, discrete_laplace_variance
 from fedscreen.query.compile import compile_query
 from fedscreen.query.spec import Condition, Value
 from fedscreen.report.measured import (
+    MAX_JOINT_CELLS,
     Measurements,
     Served,
     Table,
@@ -109,11 +110,19 @@ def compile_strategy(
         # start from one table per query; merge the pair that lowers the plan's error most
         # (under the optimal split the error is (Σ_t C_t^⅓)³/E², so a merge pays exactly
         # when C_ab^⅓ < C_a^⅓ + C_b^⅓), until no merge pays
-        bins = [
-            table(attrs, [name])
-            for name, attrs in sorted(members)
-            if size(dataset, attrs, years) <= limit  # too many cells: it runs as written
-        ]
+        # the population's joint table stays solvable: the queries adding the fewest
+        # attributes join first, a query that would take it over MAX_JOINT_CELLS runs as
+        # written (so does one with more cells than max_groups alone)
+        joint: list[str] = []
+        chosen = []
+        for name, attrs in sorted(members, key=lambda m: (size(dataset, m[1], years), m[0])):
+            union = list(dict.fromkeys([*joint, *attrs]))
+            if size(dataset, attrs, years) <= limit and (
+                size(dataset, union, years) <= MAX_JOINT_CELLS
+            ):
+                joint = union
+                chosen.append((name, attrs))
+        bins = [table(attrs, [name]) for name, attrs in sorted(chosen)]
         roots = [root(t) for t in bins]
         while True:
             best: tuple[float, int, int, Table] | None = None
