@@ -94,11 +94,14 @@ class Setup:
             self.plans[epsilon] = replace(self.report, measure=measure)
         return self.plans[epsilon]
 
-    def run(self, plan: ReportPlan | None) -> dict[tuple[str, str], tuple[Any, Any, Any]]:
-        """One run: every query as written (None), or what ``plan`` asks, through the
-        report's own code (``report.derived.resolve``, ``report.figures``)."""
+    def run(
+        self, plan: ReportPlan | None, scale: float = 1.0
+    ) -> dict[tuple[str, str], tuple[Any, Any, Any]]:
+        """One run: every query as written (None; each query's ε times ``scale``), or what
+        ``plan`` asks, through the report's own code (``report.derived.resolve``,
+        ``report.figures``)."""
         if plan is None:
-            asked = {n: _released(*self.rows[n], q.cost or EXACT, self.threshold)
+            asked = {n: _released(*self.rows[n], q.cost * scale or EXACT, self.threshold)
                      for n, q in self.report.queries.items()}  # fmt: skip
             return _figures(self.report, asked)
         asked = {}
@@ -168,21 +171,32 @@ def main() -> None:
             }
             _print(size, report, results)
             if curve:
-                _curve(setup, results[next(iter(plans))], curve, args.curve_runs)
+                _curve(setup, results[next(iter(plans))], today_eps, curve, args.curve_runs)
         print(f"  ({args.runs} runs per strategy, {time.monotonic() - started:.0f} s)\n")
 
 
-def _curve(setup: Setup, today: Mapping[Any, Any], epsilons: list[float], runs: int) -> None:
-    """Accuracy against ε of the compiled strategy, relative to the plan as written."""
-    print("\naccuracy against ε, compiled for this county (median over figures of the")
-    print("half-width relative to the plan as written; PHQ-9 ≥ 10 worst cell in points):")
-    print(f"{'ε':>6} {'median ratio':>13} {'PHQ-9 worst':>12} {'coverage':>9}")
+def _curve(
+    setup: Setup, today: Mapping[Any, Any], total: float, epsilons: list[float], runs: int
+) -> None:
+    """Both strategies' accuracy against ε: the plan as written with every query's ε scaled
+    to the total, and the tables compiled for the total; each as the median over figures
+    of its half-width relative to the plan as written at its own total."""
+    print("\naccuracy against ε per county and year (median over figures of the half-width")
+    print(f"relative to the plan as written at ε={total:g}; PHQ-9 ≥ 10 worst cell in points):")
+    print(
+        f"{'ε':>6} {'as written':>11} {'PHQ-9 worst':>12} {'measured':>9} {'PHQ-9 worst':>12}"
+        f" {'coverage':>9}"
+    )
     for epsilon in epsilons:
-        result = _summarise(setup.truth, [setup.run(setup.compiled(epsilon)) for _ in range(runs)])
-        ratios = [result[k][0] / today[k][0] for k in today if k in result and today[k][0] > 0]
-        phq = [h * 100 for (s, _), (h, _) in result.items() if s == "phq9_positive"]
-        cov = statistics.median(c for _, c in result.values())
-        print(f"{epsilon:>6g} {statistics.median(ratios):>13.2f} {max(phq):>12.2f} {cov:>9.1%}")
+        line = f"{epsilon:>6g}"
+        covs = []
+        for plan, scale in ((None, epsilon / total), (setup.compiled(epsilon), 1.0)):
+            result = _summarise(setup.truth, [setup.run(plan, scale) for _ in range(runs)])
+            ratios = _ratios(result, today, None)
+            phq = [h * 100 for (s, _), (h, _) in result.items() if s == "phq9_positive"]
+            line += f" {statistics.median(ratios):>11.2f} {max(phq):>12.2f}"
+            covs = [c for _, c in result.values()]
+        print(line + f" {statistics.median(covs):>9.1%}")
 
 
 def _print(size: int, report: ReportPlan, results: dict[str, Any]) -> None:
