@@ -1,0 +1,425 @@
+"""report.derived: the annual plan's served queries from measured tables, with real noise.
+
+Four synthetic counties (``fedscreen.cli.reference``, different seeds) answer every
+table of the annual plan's ``[measure]`` with OpenDP noise exactly as a node adds it
+(``fedscreen.node.cells.release``); ``resolve`` derives every served query. Checked:
+counties add up to cities and the province, PHQ-9 bands to valid screenings and
+warning levels to warnings in every scope (from different tables of one population),
+a node missing from one table, a county policy without universities, and the
+coverage of the stated intervals by simulation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from fedscreen.cli.reference import reference_county, true_rows
+from fedscreen.node.cells import release
+from fedscreen.policy import Policy
+from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
+from fedscreen.policy.load import load_policy
+from fedscreen.protocol.combine import NodeCells, combine
+from fedscreen.query.compile import Plan, compile_query
+from fedscreen.report.derived import Derived, Population, resolve
+from fedscreen.report.figures import Released
+from fedscreen.report.format import PROVINCE
+from fedscreen.report.measured import Measurements, Table, build_table, served_cells
+from fedscreen.report.parts import Part
+from fedscreen.report.plan import ReportPlan, load_plan
+
+NODES = ("130102", "130104", "130202", "130203")
+AREAS = {"city:1301": ["130102", "130104"], "city:1302": ["130202", "130203"]}
+MODERATE_OR_WORSE = ("moderate", "moderately_severe", "severe")
+
+#: node -> table name -> (compiled table query, exact rows)
+Rows = Mapping[str, Mapping[str, tuple[Plan, list[Any]]]]
+#: node -> table name -> the node's answer body
+Answers = dict[str, dict[str, dict[str, Any]]]
+
+
+@pytest.fixture(scope="module")
+def policy() -> Policy:
+    return load_policy(default_policy_dir() / PROVINCE_FILE)
+
+
+@pytest.fixture(scope="module")
+def plan(policy: Policy) -> ReportPlan:
+    report = load_plan(default_policy_dir() / "reports" / "annual.toml", policy)
+    assert report.measure is not None
+    return report
+
+
+@pytest.fixture(scope="module")
+def rows(plan: ReportPlan, policy: Policy) -> Rows:
+    assert plan.measure is not None
+    years = tuple(sorted({y for q in plan.queries.values() for y in q.years}))
+    out: dict[str, dict[str, tuple[Plan, list[Any]]]] = {}
+    with ExitStack() as stack:
+        for seed, node in enumerate(NODES, start=1):
+            database = stack.enter_context(reference_county(1500, years, seed=seed))
+            out[node] = {t.name: true_rows(database, t.spec(), policy) for t in plan.measure.tables}
+    return out
+
+
+def noisy_answers(plan: ReportPlan, rows: Rows, threshold: int) -> Answers:
+    """Every node's answer to every table, with fresh OpenDP noise."""
+    assert plan.measure is not None
+    out: Answers = {}
+    for node, tables in rows.items():
+        out[node] = {}
+        for table in plan.measure.tables:
+            compiled, exact = tables[table.name]
+            body = {"query": compiled.spec.to_json(), "threshold": threshold}
+            out[node][table.name] = {**body, **release(compiled, exact, table.epsilon, threshold)}
+    return out
+
+
+def releases(plan: ReportPlan, answers: Answers, threshold: int) -> dict[str, Released]:
+    """The coordinator's releases of each table: its nodes' answers and their combination."""
+    assert plan.measure is not None
+    out = {}
+    for table in plan.measure.tables:
+        bodies = {n: a[table.name] for n, a in answers.items() if table.name in a}
+        nodes = [NodeCells(n, dict(b)) for n, b in sorted(bodies.items())]
+        body = {
+            "query": table.spec().to_json(),
+            "threshold": threshold,
+            "province": combine("count", nodes, threshold=threshold, public=False),
+        }
+        out[table.name] = Released(body, bodies, {n: table.epsilon for n in bodies})
+    return out
+
+
+def derive(plan: ReportPlan, answers: Answers, threshold: int) -> dict[str, Derived]:
+    """Every served query, derived, with the cities as areas."""
+    resolved = resolve(plan, releases(plan, answers, threshold))
+    assert plan.measure is not None
+    out = {}
+    for name in plan.measure.served:
+        derived = resolved[name]
+        assert isinstance(derived, Derived)
+        out[name] = replace(derived, areas=AREAS)
+    return out
+
+
+@pytest.fixture(scope="module")
+def answers(plan: ReportPlan, rows: Rows, policy: Policy) -> Answers:
+    return noisy_answers(plan, rows, policy.limits.publication_threshold)
+
+
+def same(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-7)
+
+
+def by_group(derived: Derived, scope: str) -> dict[tuple[Any, ...], Part]:
+    return {tuple(g): p for g, p in derived.parts(scope)}
+
+
+def rates(derived: Derived, scope: str) -> dict[tuple[Any, ...], tuple[Part, Part]]:
+    assert derived.served is not None
+    parts = derived.rate_parts(scope)
+    return {tuple(g): parts[repr(list(g))] for g in derived.served.groups}
+
+
+def summed(
+    cells: Mapping[tuple[Any, ...], Part], key: Callable[[tuple[Any, ...]], Any]
+) -> dict[Any, float]:
+    out: dict[Any, float] = {}
+    for group, part in cells.items():
+        out[key(group)] = out.get(key(group), 0.0) + part.value
+    return out
+
+
+# --- checks shared by the scenarios --------------------------------------------------------
+
+
+def check_scopes_add_up(derived: Mapping[str, Derived]) -> None:
+    """Province == Σ counties and city == Σ its counties, cell by cell, values and noise."""
+    for name, query in derived.items():
+        wholes = {PROVINCE: query.answered}
+        wholes.update({a: [n for n in c if n in query.answered] for a, c in AREAS.items()})
+        for scope, members in wholes.items():
+            whole, counties = flat(query, scope), [flat(query, n) for n in members]
+            assert whole.keys() == counties[0].keys()
+            for key, part in whole.items():
+                assert same(part.value, sum(c[key].value for c in counties)), (name, scope, key)
+                # the noise of a sum is its counties' noises: nodes share none
+                variance = sum(c[key].variance for c in counties)
+                assert math.isclose(part.variance, variance, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def flat(query: Derived, scope: str) -> dict[tuple[Any, ...], Part]:
+    """(group..., "count" / "num" / "den") -> the scope's part."""
+    assert query.served is not None
+    if query.served.numerator is None:
+        return {(*g, "count"): p for g, p in by_group(query, scope).items()}
+    out = {}
+    for g, (n, d) in rates(query, scope).items():
+        out[(*g, "num")], out[(*g, "den")] = n, d
+    return out
+
+
+def check_phq9_adds_up(derived: Mapping[str, Derived], scopes: list[str]) -> None:
+    """Bands sum to the valid screenings; every table of the population gives one total."""
+    bands, positive = derived["phq9_bands"], derived["phq9_positive"]
+    for scope in scopes:
+        band_cells = by_group(bands, scope)
+        valid_by_grade = summed(band_cells, lambda g: g[0])
+        rate = rates(positive, scope)
+        dens = summed({g: d for g, (_, d) in rate.items()}, lambda g: g[0])
+        nums = summed({g: n for g, (n, _) in rate.items()}, lambda g: g[0])
+        positive_bands = summed(
+            {g: p for g, p in band_cells.items() if g[1] in MODERATE_OR_WORSE}, lambda g: g[0]
+        )
+        assert valid_by_grade.keys() == dens.keys()
+        for grade, valid in valid_by_grade.items():
+            assert same(valid, dens[grade]), (scope, grade)
+            assert same(positive_bands[grade], nums[grade]), (scope, grade)
+        total_valid = sum(valid_by_grade.values())
+        total_positive = sum(positive_bands.values())
+        # other tables of the same population (valid PHQ-9 this year): the same totals
+        for other in ("phq9_by_location", "phq9_by_left_behind", "item9", "item9_2"):
+            if derived[other].nodes_of(scope) != bands.nodes_of(scope):
+                continue  # a node missing from one table: the sums are over other nodes
+            other_rates = rates(derived[other], scope).values()
+            assert same(sum(d.value for _, d in other_rates), total_valid), (scope, other)
+            if other.startswith("phq9_by"):
+                assert same(sum(n.value for n, _ in other_rates), total_positive), (scope, other)
+
+
+def check_warnings_add_up(derived: Mapping[str, Derived], scopes: list[str]) -> None:
+    """Warning levels == warnings summed over grade band and sex."""
+    for scope in scopes:
+        by_level = summed(by_group(derived["warnings"], scope), lambda g: g[2])
+        levels = by_group(derived["warning_levels"], scope)
+        assert {g[0] for g in levels} == set(by_level)
+        for (level,), part in levels.items():
+            assert same(part.value, by_level[level]), (scope, level)
+
+
+# --- (a), (b): sums in every scope -------------------------------------------------------
+
+
+def test_counties_add_up_to_cities_and_the_province(
+    plan: ReportPlan, answers: Answers, policy: Policy
+) -> None:
+    derived = derive(plan, answers, policy.limits.publication_threshold)
+    assert set(derived["warnings"].scopes()) == {PROVINCE, *AREAS, *NODES}
+    check_scopes_add_up(derived)
+    # a county's figures are its own: not the province's, and noisy
+    cells = by_group(derived["warnings"], NODES[0])
+    assert all(not p.exact and p.variance > 0 for p in cells.values())
+
+
+def test_bands_add_up_to_valid_screenings_and_levels_to_warnings(
+    plan: ReportPlan, answers: Answers, policy: Policy
+) -> None:
+    derived = derive(plan, answers, policy.limits.publication_threshold)
+    scopes = derived["phq9_bands"].scopes()
+    assert scopes == [PROVINCE, *AREAS, *NODES]
+    check_phq9_adds_up(derived, scopes)
+    check_warnings_add_up(derived, scopes)
+
+
+def test_a_table_measured_alone_is_its_nodes_own_cells(
+    plan: ReportPlan, answers: Answers, policy: Policy
+) -> None:
+    # the screened table is its population's only table: nothing to reconcile, the
+    # estimate is the node's noisy cell and its noise that cell's alone
+    derived = derive(plan, answers, policy.limits.publication_threshold)
+    for node in NODES:
+        cells = answers[node]["m_screened"]["cells"]
+        parts = by_group(derived["screened"], node)
+        for cell in cells:
+            part = parts[tuple(cell["group"])]
+            assert same(part.value, cell["value"])
+            assert part.variance == pytest.approx(Part(0.0, (cells_scale(answers, node),)).variance)
+
+
+def cells_scale(answers: Answers, node: str) -> float:
+    return float(answers[node]["m_screened"]["scale"])
+
+
+# --- (c) a node missing from one table ---------------------------------------------------
+
+
+def test_a_node_missing_from_one_table_is_absent_only_from_what_it_serves(
+    plan: ReportPlan, answers: Answers, policy: Policy
+) -> None:
+    threshold = policy.limits.publication_threshold
+    missing = NODES[1]
+    partial = {n: dict(a) for n, a in answers.items()}
+    del partial[missing]["m_phq9_bands"]
+    del partial[NODES[2]]["m_warning_levels"]
+    derived = derive(plan, partial, threshold)
+    full = derive(plan, answers, threshold)
+    for name in ("phq9_bands", "phq9_positive"):
+        assert missing not in derived[name].scopes()
+        assert missing not in derived[name].answered
+    assert NODES[2] not in derived["warning_levels"].scopes()
+    for name, query in derived.items():
+        if name not in ("phq9_bands", "phq9_positive"):
+            assert missing in query.scopes(), name
+    check_scopes_add_up(derived)
+    present = [PROVINCE, *(n for n in NODES if n != missing)]
+    check_phq9_adds_up(derived, present)
+    check_warnings_add_up(derived, [n for n in NODES if n != NODES[2]])
+    # the province's bands are the other nodes' valid screenings, whichever table counts them
+    province = sum(p.value for p in by_group(derived["phq9_bands"], PROVINCE).values())
+    others = [rates(derived["phq9_by_location"], n) for n in NODES if n != missing]
+    assert same(province, sum(d.value for r in others for _, d in r.values()))
+    # the missing node's other tables still agree with each other
+    totals = {
+        name: sum(d.value for _, d in rates(derived[name], missing).values())
+        for name in ("phq9_by_location", "phq9_by_left_behind", "item9", "item9_2")
+    }
+    assert all(same(t, totals["item9"]) for t in totals.values()), totals
+    # and its populations that lost no table are untouched
+    for name in ("warnings", "comorbid", "screened", "risk_factors"):
+        assert full[name].cells(missing) == derived[name].cells(missing), name
+    # a node that measured warnings alone gets its own noisy cells
+    alone = by_group(derived["warnings"], NODES[2])
+    for cell in answers[NODES[2]]["m_warnings"]["cells"]:
+        assert same(alone[tuple(cell["group"])].value, cell["value"])
+
+
+# --- (d) a county policy narrowing a domain ----------------------------------------------
+
+
+def test_a_county_without_universities_keeps_them_at_zero(
+    plan: ReportPlan, answers: Answers, policy: Policy
+) -> None:
+    assert plan.measure is not None
+    narrowed = NODES[3]
+    changed = {n: dict(a) for n, a in answers.items()}
+    for table in plan.measure.tables:
+        if "grade_band" not in table.attributes:
+            continue
+        position = table.attributes.index("grade_band")
+        body = dict(changed[narrowed][table.name])
+        body["cells"] = [c for c in body["cells"] if c["group"][position] != "university"]
+        assert len(body["cells"]) < len(changed[narrowed][table.name]["cells"])
+        changed[narrowed][table.name] = body
+    derived = derive(plan, changed, policy.limits.publication_threshold)
+    seen = 0
+    for name, query in derived.items():
+        if "grade_band" not in query.group_by:
+            continue
+        position = query.group_by.index("grade_band")
+        assert query.served is not None
+        if query.served.numerator is None:
+            cells = by_group(query, narrowed)
+            zero = [p for g, p in cells.items() if g[position] == "university"]
+        else:
+            both = rates(query, narrowed)
+            zero = [x for g, (n, d) in both.items() if g[position] == "university" for x in (n, d)]
+        assert zero, name
+        for part in zero:
+            assert part.value == 0.0, name
+            assert part.exact, name
+        seen += 1
+    assert seen >= 8
+    check_scopes_add_up(derived)
+    scopes = derived["phq9_bands"].scopes()
+    check_phq9_adds_up(derived, scopes)
+    check_warnings_add_up(derived, scopes)
+    # the other counties' university figures are still there
+    other = by_group(derived["phq9_bands"], NODES[0])
+    assert any(p.value != 0.0 for g, p in other.items() if g[0] == "university")
+
+
+# --- (e) coverage by simulation ------------------------------------------------------------
+
+#: one table's ε in the simulation: scale 1/ε = 10 per cell
+COVERAGE_EPSILON = 0.1
+DRAWS = 300
+
+
+def fixed_rows(table: Table, base: int) -> list[tuple[Any, ...]]:
+    """True counts in every cell, large enough that no interval is ever clipped."""
+    return [(*cell, base + 37 * (i % 11)) for i, cell in enumerate(table.cells)]
+
+
+def test_intervals_of_derived_figures_cover_the_truth(plan: ReportPlan, policy: Policy) -> None:
+    specs = {name: q.spec for name, q in plan.queries.items()}
+    bands = build_table(
+        "m_bands", {n: specs[n] for n in ("phq9_bands", "phq9_positive")}, policy,
+        epsilon=COVERAGE_EPSILON,
+    )  # fmt: skip
+    warnings = build_table(
+        "m_warn", {n: specs[n] for n in ("warnings", "warning_levels")}, policy,
+        epsilon=COVERAGE_EPSILON,
+    )  # fmt: skip
+    simulated = replace(plan, measure=Measurements(1.0, (bands, warnings)))
+    nodes = NODES[:2]
+    exact = {
+        node: {t.name: (compile_query(t.spec(), policy), fixed_rows(t, 300 + 200 * k))
+               for t in (bands, warnings)}
+        for k, node in enumerate(nodes)
+    }  # fmt: skip
+    figures = [
+        ("phq9_bands", ("junior", "moderate")),
+        ("phq9_bands", ("university", "none")),
+        ("warning_levels", ("red",)),
+        ("warnings", ("senior", "F", "orange")),
+        ("phq9_positive", ("junior", "F")),
+        ("phq9_positive", ("vocational", "M")),
+    ]
+    truth = {}
+    for name, group in figures:
+        table = bands if name.startswith("phq9") else warnings
+        served = served_cells(table, specs[name], [group])
+        for scope in (*nodes, PROVINCE):
+            counts = [
+                {i: row[-1] for i, row in enumerate(exact[n][table.name][1])}
+                for n in (nodes if scope == PROVINCE else [scope])
+            ]
+            den = sum(c[i] for c in counts for i in served.denominator[0])
+            if served.numerator is None:
+                truth[(name, group, scope)] = float(den)
+            else:
+                truth[(name, group, scope)] = (
+                    sum(c[i] for c in counts for i in served.numerator[0]) / den
+                )
+    # each draw is a fresh set of answers; the estimators depend only on what was
+    # measured and at which scales, so the draws share them (as the nodes of one
+    # report do), which keeps 300 draws fast
+    estimators: dict[str, dict[Any, Any]] = {bands.name: {}, warnings.name: {}}
+    groups = {
+        name: list(itertools.product(*(t.domains[t.attributes.index(c)]
+                                       for c in specs[name].group_by)))
+        for t in (bands, warnings) for name in t.members
+    }  # fmt: skip
+    hits = dict.fromkeys(truth, 0)
+    for _ in range(DRAWS):
+        released = releases(simulated, noisy_answers(simulated, exact, 0), 0)
+        derived = {}
+        for t in (bands, warnings):
+            population = Population(
+                (t,), {t.name: released[t.name]}, _estimators=estimators[t.name]
+            )
+            for name in t.members:
+                derived[name] = Derived.of(specs[name], t, population, groups[name])
+        stated = {
+            (name, scope): {tuple(c["group"]): c for c in derived[name].cells(scope)}
+            for name in {n for n, _, _ in truth} for scope in (*nodes, PROVINCE)
+        }  # fmt: skip
+        for (name, group, scope), true_value in truth.items():
+            cell = stated[(name, scope)][group]
+            # no interval is clipped at 0 (or at 1 for a rate): the coverage is the estimator's
+            assert cell["lower"] > 0
+            assert cell["upper"] < 1 or name != "phq9_positive"
+            hits[(name, group, scope)] += cell["lower"] <= true_value <= cell["upper"]
+    coverage = {key: h / DRAWS for key, h in hits.items()}
+    # each figure within about 4 binomial standard errors of 95% (300 draws), and all of
+    # them together (1,800 partly correlated trials) within about 3
+    assert all(0.90 <= c <= 0.993 for c in coverage.values()), coverage
+    pooled = sum(hits.values()) / (DRAWS * len(hits))
+    assert 0.93 <= pooled <= 0.97, coverage
