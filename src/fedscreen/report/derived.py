@@ -28,7 +28,7 @@ from fedscreen.errors import VerificationError
 from fedscreen.protocol.combine import discrete_laplace_variance
 from fedscreen.query.spec import QuerySpec
 from fedscreen.report.figures import Released
-from fedscreen.report.measured import Served, Table, served_cells
+from fedscreen.report.measured import Served, Table, served_cells, typed_key
 from fedscreen.report.parts import Part, Term, linear_half_width, total
 from fedscreen.report.plan import ReportPlan
 from fedscreen.report.wls import Joint, Matrix, estimable, estimator
@@ -106,10 +106,10 @@ class Population:
                 body = self.releases[table.name].node_bodies.get(node)
                 if body is None:
                     continue
-                index = {_typed(cell): i for i, cell in enumerate(table.cells)}
+                index = {typed_key(cell): i for i, cell in enumerate(table.cells)}
                 scale = float(body["scale"])
                 for cell in body["cells"]:
-                    i = index.get(_typed(cell["group"]))
+                    i = index.get(typed_key(cell["group"]))
                     if i is None:
                         continue
                     blocks.append(self.operators[table.name][i])
@@ -130,11 +130,6 @@ class Population:
                 rows, np.array(values), tuple(scales), tuple(keys), self._estimators[pattern]
             )
         return self._solved[node]
-
-
-def _typed(values: Any) -> tuple[Any, ...]:
-    # 1 and "1" are two codes (as in canonical JSON and SQLite)
-    return tuple((type(v).__name__, v) for v in values)
 
 
 @dataclass(frozen=True)

@@ -102,8 +102,8 @@ def served_cells(table: Table, spec: QuerySpec, cells: Sequence[tuple[Value, ...
     rows = [dict(zip(table.attributes, cell, strict=True)) for cell in table.cells]
     index: dict[tuple[Any, ...], list[int]] = {}
     for i, cell in enumerate(table.cells):
-        index.setdefault(_typed(cell[p] for p in position), []).append(i)
-    dens = tuple(tuple(index.get(_typed(group), ())) for group in cells)
+        index.setdefault(typed_key(cell[p] for p in position), []).append(i)
+    dens = tuple(tuple(index.get(typed_key(group), ())) for group in cells)
     condition = spec.measure.condition
     nums = None
     if spec.measure.kind == "rate":
@@ -112,7 +112,8 @@ def served_cells(table: Table, spec: QuerySpec, cells: Sequence[tuple[Value, ...
     return Served(tuple(cells), nums, dens)
 
 
-def _typed(values: Any) -> tuple[Any, ...]:
+def typed_key(values: Any) -> tuple[Any, ...]:
+    """A cell's values as a dict key in which 1 and "1" differ."""
     # 1 and "1" are two codes (as in canonical JSON and SQLite)
     return tuple((type(v).__name__, v) for v in values)
 
