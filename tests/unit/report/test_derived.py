@@ -337,7 +337,7 @@ def test_a_county_without_universities_keeps_them_at_zero(
 
 # --- (e) coverage by simulation ------------------------------------------------------------
 
-#: one table's ε in the simulation: scale 1/ε = 10 per cell
+#: a table's ε in the simulation: scale 1/ε = 10 per cell (20 for the levels' own table)
 COVERAGE_EPSILON = 0.1
 DRAWS = 300
 
@@ -347,23 +347,36 @@ def fixed_rows(table: Table, base: int) -> list[tuple[Any, ...]]:
     return [(*cell, base + 37 * (i % 11)) for i, cell in enumerate(table.cells)]
 
 
+def marginal_rows(fine: Table, rows: list[tuple[Any, ...]], coarse: Table) -> list[tuple[Any, ...]]:
+    """The true counts of ``coarse`` (a marginal of ``fine``): sums of ``fine``'s rows."""
+    positions = [fine.attributes.index(a) for a in coarse.attributes]
+    counts = {cell: 0 for cell in coarse.cells}
+    for row in rows:
+        counts[tuple(row[p] for p in positions)] += row[-1]
+    return [(*cell, n) for cell, n in counts.items()]
+
+
 def test_intervals_of_derived_figures_cover_the_truth(plan: ReportPlan, policy: Policy) -> None:
     specs = {name: q.spec for name, q in plan.queries.items()}
-    bands = build_table(
-        "m_bands", {n: specs[n] for n in ("phq9_bands", "phq9_positive")}, policy,
-        epsilon=COVERAGE_EPSILON,
-    )  # fmt: skip
-    warnings = build_table(
-        "m_warn", {n: specs[n] for n in ("warnings", "warning_levels")}, policy,
-        epsilon=COVERAGE_EPSILON,
-    )  # fmt: skip
-    simulated = replace(plan, measure=Measurements(1.0, (bands, warnings)))
+
+    def table(name: str, members: tuple[str, ...], epsilon: float) -> Table:
+        return build_table(name, {n: specs[n] for n in members}, policy, epsilon=epsilon)
+
+    # a rate and counts from one table; warning levels from two tables by least squares
+    bands = table("m_bands", ("phq9_bands", "phq9_positive"), COVERAGE_EPSILON)
+    warnings = table("m_warn", ("warnings",), COVERAGE_EPSILON)
+    levels = table("m_levels", ("warning_levels",), COVERAGE_EPSILON / 2)
+    populations = ((bands,), (warnings, levels))
+    measure = Measurements(1.0, (bands, warnings, levels))
+    simulated = replace(plan, measure=measure)
     nodes = NODES[:2]
-    exact = {
-        node: {t.name: (compile_query(t.spec(), policy), fixed_rows(t, 300 + 200 * k))
-               for t in (bands, warnings)}
-        for k, node in enumerate(nodes)
-    }  # fmt: skip
+    exact: dict[str, dict[str, tuple[Plan, list[Any]]]] = {}
+    for k, node in enumerate(nodes):
+        exact[node] = {t.name: (compile_query(t.spec(), policy), fixed_rows(t, 300 + 200 * k))
+                       for t in (bands, warnings)}  # fmt: skip
+        warned = marginal_rows(warnings, exact[node][warnings.name][1], levels)
+        exact[node][levels.name] = (compile_query(levels.spec(), policy), warned)
+    serving = measure.served
     figures = [
         ("phq9_bands", ("junior", "moderate")),
         ("phq9_bands", ("university", "none")),
@@ -374,39 +387,37 @@ def test_intervals_of_derived_figures_cover_the_truth(plan: ReportPlan, policy: 
     ]
     truth = {}
     for name, group in figures:
-        table = bands if name.startswith("phq9") else warnings
-        served = served_cells(table, specs[name], [group])
+        served = served_cells(serving[name], specs[name], [group])
         for scope in (*nodes, PROVINCE):
             counts = [
-                {i: row[-1] for i, row in enumerate(exact[n][table.name][1])}
+                {i: row[-1] for i, row in enumerate(exact[n][serving[name].name][1])}
                 for n in (nodes if scope == PROVINCE else [scope])
             ]
             den = sum(c[i] for c in counts for i in served.denominator[0])
             if served.numerator is None:
                 truth[(name, group, scope)] = float(den)
             else:
-                truth[(name, group, scope)] = (
-                    sum(c[i] for c in counts for i in served.numerator[0]) / den
-                )
+                num = sum(c[i] for c in counts for i in served.numerator[0])
+                truth[(name, group, scope)] = num / den
     # each draw is a fresh set of answers; the estimators depend only on what was
     # measured and at which scales, so the draws share them (as the nodes of one
     # report do), which keeps 300 draws fast
-    estimators: dict[str, dict[Any, Any]] = {bands.name: {}, warnings.name: {}}
+    estimators: list[dict[Any, Any]] = [{} for _ in populations]
     groups = {
         name: list(itertools.product(*(t.domains[t.attributes.index(c)]
                                        for c in specs[name].group_by)))
-        for t in (bands, warnings) for name in t.members
+        for t in measure.tables for name in t.members
     }  # fmt: skip
     hits = dict.fromkeys(truth, 0)
     for _ in range(DRAWS):
         released = releases(simulated, noisy_answers(simulated, exact, 0), 0)
         derived = {}
-        for t in (bands, warnings):
-            population = Population(
-                (t,), {t.name: released[t.name]}, _estimators=estimators[t.name]
-            )
-            for name in t.members:
-                derived[name] = Derived.of(specs[name], t, population, groups[name])
+        for tables, cache in zip(populations, estimators, strict=True):
+            measured = {t.name: released[t.name] for t in tables}
+            population = Population(tables, measured, _estimators=cache)
+            for t in tables:
+                for name in t.members:
+                    derived[name] = Derived.of(specs[name], t, population, groups[name])
         stated = {
             (name, scope): {tuple(c["group"]): c for c in derived[name].cells(scope)}
             for name in {n for n, _, _ in truth} for scope in (*nodes, PROVINCE)
@@ -417,9 +428,11 @@ def test_intervals_of_derived_figures_cover_the_truth(plan: ReportPlan, policy: 
             assert cell["lower"] > 0
             assert cell["upper"] < 1 or name != "phq9_positive"
             hits[(name, group, scope)] += cell["lower"] <= true_value <= cell["upper"]
+    # the levels really are combined from both tables
+    assert len(derived["warning_levels"].parts(nodes[0])[0][1].terms) > 1
     coverage = {key: h / DRAWS for key, h in hits.items()}
     # each figure within about 4 binomial standard errors of 95% (300 draws), and all of
-    # them together (1,800 partly correlated trials) within about 3
+    # them together (5,400 partly correlated trials) within about 3
     assert all(0.90 <= c <= 0.993 for c in coverage.values()), coverage
     pooled = sum(hits.values()) / (DRAWS * len(hits))
     assert 0.93 <= pooled <= 0.97, coverage
