@@ -235,16 +235,16 @@ def test_a_table_measured_alone_is_its_nodes_own_cells(
     # estimate is the node's noisy cell and its noise that cell's alone
     derived = derive(plan, answers, policy.limits.publication_threshold)
     for node in NODES:
-        cells = answers[node]["m_screened"]["cells"]
+        answer = answers[node]["m_screened"]
+        alone = Part(0.0, (float(answer["scale"]),))
         parts = by_group(derived["screened"], node)
-        for cell in cells:
+        for cell in answer["cells"]:
             part = parts[tuple(cell["group"])]
             assert same(part.value, cell["value"])
-            assert part.variance == pytest.approx(Part(0.0, (cells_scale(answers, node),)).variance)
-
-
-def cells_scale(answers: Answers, node: str) -> float:
-    return float(answers[node]["m_screened"]["scale"])
+            assert part.variance == pytest.approx(alone.variance)
+            # the shared-term interval is the one the node states for a single cell
+            low, high = part.interval()
+            assert high - low == pytest.approx(alone.interval()[1] * 2, rel=1e-9)
 
 
 # --- (c) a node missing from one table ---------------------------------------------------
