@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,7 @@ def plan_text(
     *,
     top: str = "",
     weight: str = "",
-    queries: dict[str, tuple[str, float | None]] = QUERIES,
+    queries: Mapping[str, tuple[str, float | None]] = QUERIES,
 ) -> str:
     """A plan over ``queries``, one statistic each; ``top`` goes before the first header."""
     lines = [
@@ -529,7 +530,7 @@ def toml_value(value: Any) -> str:
     return "{" + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
 
 
-TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
+TEXT = st.text(st.characters(codec="utf-8"), max_size=40)
 NAMES = st.sampled_from([*QUERIES, "m", "m_phq9", "nope", "", "1m"]) | TEXT
 SCALARS = (
     st.booleans()
