@@ -38,19 +38,28 @@ NEGLIGIBLE_WEIGHT = 1e-12
 
 
 @dataclass(frozen=True)
-class Solved:
-    """One node's measurements of a population and their least-squares solution."""
+class Design:
+    """What some nodes measured of a population (the same cells at the same scales)."""
 
+    #: its number in the population, a cache key
+    number: int
     #: A: one row per measured cell, over the joint's cells
     rows: Matrix
+    #: L: x̂ = L·y
+    solve: Matrix
+
+
+@dataclass(frozen=True)
+class Solved:
+    """One node's measurements of a population: its design and its noisy cells."""
+
+    design: Design
     #: y: the node's noisy cells
     values: np.ndarray[Any, np.dtype[np.float64]]
     #: the discrete Laplace scale of each measured cell's noise
     scales: tuple[float, ...]
     #: each measured cell's name in a Part's shared terms: (node, table, cell index)
     keys: tuple[tuple[str, str, int], ...]
-    #: L: x̂ = L·y
-    solve: Matrix
 
 
 @dataclass
@@ -60,7 +69,7 @@ class Population:
     tables: tuple[Table, ...]
     releases: Mapping[str, Released]
     _solved: dict[str, Solved] = field(default_factory=dict, repr=False)
-    _estimators: dict[Hashable, Matrix] = field(default_factory=dict, repr=False)
+    _patterns: dict[Hashable, Design] = field(default_factory=dict, repr=False)
 
     @functools.cached_property
     def joint(self) -> Joint:
@@ -98,10 +107,9 @@ class Population:
     def solved(self, node: str) -> Solved:
         """What ``node`` measured of the population, solved (every table it answered)."""
         if node not in self._solved:
-            blocks: list[Matrix] = []
+            cells: list[tuple[str, int]] = []
             values: list[float] = []
             scales: list[float] = []
-            keys: list[tuple[str, str, int]] = []
             for table in self.tables:
                 body = self.releases[table.name].node_bodies.get(node)
                 if body is None:
@@ -110,24 +118,31 @@ class Population:
                 scale = float(body["scale"])
                 for cell in body["cells"]:
                     i = index.get(typed_key(cell["group"]))
-                    if i is None:
-                        continue
-                    blocks.append(self.operators[table.name][i])
-                    values.append(float(cell["value"]))
-                    scales.append(scale)
-                    keys.append((node, table.name, i))
-            rows = np.array(blocks).reshape(len(blocks), len(self.joint.cells))
-            # a county policy narrows a domain (no university there): the node releases
-            # no cell with that value, and the joint has no students with it either —
-            # without this, a table without the attribute would put some there
-            rows[:, ~self._allowed(node)] = 0.0
-            # nodes that measured the same cells at the same scales share one estimator
-            pattern = tuple(keys_[1:] for keys_ in keys), tuple(scales)
-            if pattern not in self._estimators:
+                    if i is not None:
+                        cells.append((table.name, i))
+                        values.append(float(cell["value"]))
+                        scales.append(scale)
+            allowed = self._allowed(node)
+            # nodes that measured the same cells at the same scales share one design and
+            # one estimator (a province of 189 counties holds a handful, not 189)
+            pattern = (tuple(cells), tuple(scales), allowed.tobytes())
+            if pattern not in self._patterns:
+                rows = np.array([self.operators[t][i] for t, i in cells]).reshape(
+                    len(cells), len(self.joint.cells)
+                )
+                # a county policy narrows a domain (no university there): the node releases
+                # no cell with that value, and the joint has no students with it either —
+                # without this, a table without the attribute would put some there
+                rows[:, ~allowed] = 0.0
                 variances = np.array([discrete_laplace_variance(s) for s in scales])
-                self._estimators[pattern] = estimator(rows, variances)
+                solve = estimator(rows, variances) if cells else rows.T
+                self._patterns[pattern] = Design(len(self._patterns), rows, solve)
+            design = self._patterns[pattern]
             self._solved[node] = Solved(
-                rows, np.array(values), tuple(scales), tuple(keys), self._estimators[pattern]
+                design,
+                np.array(values),
+                tuple(scales),
+                tuple((node, t, i) for t, i in cells),
             )
         return self._solved[node]
 
@@ -144,6 +159,8 @@ class Derived(Released):
     _nodes: dict[tuple[str, str], list[Part]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    #: (design number, "num"/"den") -> q·L
+    _designs: dict[tuple[int, str], Matrix] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def of(
@@ -175,25 +192,8 @@ class Derived(Released):
 
     def _node_parts(self, node: str, kind: str) -> list[Part]:
         """``node``'s estimate of each served cell (its numerator or denominator)."""
-        assert self.served is not None
-        assert self.population is not None
-        assert self.table is not None
-        solved = self.population.solved(node)
-        # a cell the node did not release (its county's policy narrowed the domain: no
-        # university there) is 0 by that policy, as in the node's own answers
-        present = {k[2] for k in solved.keys if k[1] == self.table_name}
-        lists = self.served.denominator if kind == "den" else self.served.numerator
-        assert lists is not None
-        operator = self.population.operators[self.table_name]
-        query = np.array(
-            [operator[[i for i in cells if i in present]].sum(axis=0) for cells in lists]
-        ).reshape(len(lists), len(self.population.joint.cells))
-        if solved.rows.shape[0] == 0:
-            return [Part(0.0) for _ in lists]
-        if not estimable(query, solved.rows, solved.solve).all():
-            # cannot happen: the query sums rows the node measured
-            raise VerificationError(f"node {node}'s tables do not determine {self.table_name}")
-        weights = query @ solved.solve
+        solved = self._population.solved(node)
+        weights = self._weights(solved.design, kind)
         estimates = weights @ solved.values
         out = []
         for estimate, row in zip(estimates, weights, strict=True):
@@ -203,6 +203,34 @@ class Derived(Released):
             }
             out.append(Part(float(estimate), (), terms))
         return out
+
+    def _weights(self, design: Design, kind: str) -> Matrix:
+        """q·L for each served cell: its estimate's weight on each measured cell (one
+        matrix per design, shared by every node that measured alike)."""
+        key = (design.number, kind)
+        if key not in self._designs:
+            assert self.served is not None
+            lists = self.served.denominator if kind == "den" else self.served.numerator
+            assert lists is not None
+            joint = len(self._population.joint.cells)
+            # a cell the node did not release (its county's policy narrowed the domain: no
+            # university there) is 0 by that policy, as in the node's own answers; its
+            # operator row is what the design zeroed
+            operator = self._population.operators[self.table_name] * (
+                np.abs(design.rows).sum(axis=0) > 0
+            )
+            query = np.array([operator[list(cells)].sum(axis=0) for cells in lists]).reshape(
+                len(lists), joint
+            )
+            if design.rows.shape[0] and not estimable(query, design.rows, design.solve).all():
+                raise VerificationError(f"a node's tables do not determine {self.table_name}")
+            self._designs[key] = query @ design.solve
+        return self._designs[key]
+
+    @property
+    def _population(self) -> Population:
+        assert self.population is not None
+        return self.population
 
     @property
     def table_name(self) -> str:
@@ -260,7 +288,9 @@ class Derived(Released):
                 r = n.value / d.value
                 half = linear_half_width((1.0, n), (-r, d)) / d.value
                 value = min(max(r, 0.0), 1.0)
-                cell.update(value=value, lower=max(r - half, 0.0), upper=min(r + half, 1.0))
+                # both ends clipped to [0, 1]: a negative estimate must not invert it
+                low, high = (min(max(x, 0.0), 1.0) for x in (r - half, r + half))
+                cell.update(value=value, lower=low, upper=high)
                 cell.update(display=f"{value:.4g}", suppressed=False)
             cell["numerator"] = {"value": n.value}
             cell["denominator"] = {"value": d.value}

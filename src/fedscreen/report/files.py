@@ -76,11 +76,13 @@ def read_run(path: Path, query: PlannedQuery, *, manifest: Manifest) -> QueryRun
     """
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
         query_bytes = doc["query_envelope"].encode("utf-8")
         release_bytes = doc["release_envelope"].encode("utf-8")
         answers = {n: a.encode("utf-8") for n, a in doc["answers"].items()}
-    except (OSError, ValueError, KeyError, AttributeError) as exc:
-        raise VerificationError(f"{path}: not a readable release file: {exc}") from None
+    except (OSError, ValueError, KeyError, AttributeError, TypeError, RecursionError) as exc:
+        raise VerificationError(f"{path}: not a readable release file: {exc!r}") from None
     signed = verify_query(
         Envelope.from_json(query_bytes), manifest=manifest, now_ms=0, window_ms=_ANY_TIME
     )

@@ -162,6 +162,9 @@ def load_plan(
         doc = tomllib.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the report plan: {exc}") from exc
+    except RecursionError:
+        # tomllib recurses per level of nesting: no plan nests deeper than a few levels
+        raise ConfigError(f"{path}: cannot read the report plan: nested too deeply") from None
     where = str(path)
     plan_year = year or _text(doc, "year", where)
     if previous_year is not None:
@@ -266,17 +269,31 @@ def _measure(
         if isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or not epsilon > 0:
             raise ConfigError(f"{at}: epsilon must be a positive number")
         specs = {q: queries[q].spec for q in serves}
-        tables.append(build_table(name, specs, policy, epsilon=float(epsilon), where=at))
+        table = build_table(name, specs, policy, epsilon=float(epsilon), where=at)
+        try:
+            # the node's own rule, as for every query: 1 µε to the per-query cap, scale bound
+            request_epsilon(compile_query(table.spec(), policy), policy,
+                            epsilon=table.epsilon, accuracy=None)  # fmt: skip
+        except QueryRefused as exc:
+            raise ConfigError(f"{at}: {exc}") from None
+        twin = next((t.name for t in tables if t.spec() == table.spec()), None)
+        if twin is not None:
+            # a node answers the same question again from its store: the same noise, which
+            # the least squares would count twice (intervals far too narrow)
+            raise ConfigError(f"{at}: measures what table {twin} measures")
+        tables.append(table)
     measure = Measurements(float(total), tuple(tables))
     measure.check_joints(where)
-    spent = sum(t.epsilon for t in tables if year in t.years) + sum(
-        q.cost for n, q in queries.items() if n not in served and year in q.years
-    )
-    if spent > measure.epsilon * (1 + 1e-9):
-        raise ConfigError(
-            f"{where}: the tables and the queries they do not serve spend ε = {spent:g} in"
-            f" {year}, more than the epsilon = {measure.epsilon:g} it states"
+    years = sorted({y for t in tables for y in t.years} | {year})
+    for charged in years:
+        spent = sum(t.epsilon for t in tables if charged in t.years) + sum(
+            q.cost for n, q in queries.items() if n not in served and charged in q.years
         )
+        if spent > measure.epsilon * (1 + 1e-9):
+            raise ConfigError(
+                f"{where}: the tables and the queries they do not serve spend ε = {spent:g} in"
+                f" {charged}, more than the epsilon = {measure.epsilon:g} it states"
+            )
     return measure
 
 
@@ -442,8 +459,8 @@ def _statistic(
 
 
 def _weight(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
-        raise ConfigError(f"{where}: weight must be a positive number")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 1e-6 <= value <= 1e6:
+        raise ConfigError(f"{where}: weight must be a number from 0.000001 to 1000000")
     return float(value)
 
 

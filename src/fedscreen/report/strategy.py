@@ -45,6 +45,7 @@ from fedscreen.policy import Policy
 from fedscreen.policy.model import Dataset
 from fedscreen.protocol.combine import Z_975, discrete_laplace_variance
 from fedscreen.query.compile import compile_query
+from fedscreen.query.cost import MIN_EPSILON
 from fedscreen.query.spec import Condition, Value
 from fedscreen.report.measured import (
     MAX_JOINT_CELLS,
@@ -62,6 +63,8 @@ from fedscreen.report.plan import PlannedQuery, ReportPlan
 
 #: ε is charged in whole micro-ε: a table's share is rounded down to it
 MICRO: Final = 1_000_000
+#: largest ε per county and year a plan may be compiled for (a catalogue allows ~10)
+MAX_PLAN_EPSILON: Final = 1000.0
 
 
 def compile_strategy(
@@ -84,6 +87,8 @@ def compile_strategy(
     not let anyone group by left-behind status: PHQ-9 by location must not go missing
     there with it).
     """
+    if not (math.isfinite(epsilon) and 0 < epsilon <= MAX_PLAN_EPSILON):
+        raise ConfigError(f"ε per county and year must be in (0, {MAX_PLAN_EPSILON:g}]")
     groups: dict[tuple[str, str, tuple[str, ...]], list[tuple[str, tuple[str, ...]]]] = {}
     for name, query in plan.queries.items():
         dataset = policy.datasets[query.spec.dataset]
@@ -155,6 +160,15 @@ def compile_strategy(
             " nothing is left for the measured tables"
         )
     shares = split_epsilon(plan, policy, tables, left, reference=reference, weights=weights)
+    starved = [name for name, share in shares.items() if share < MIN_EPSILON]
+    if starved:
+        raise ConfigError(
+            f"ε = {left:g} left for {len(tables)} tables gives {starved[0]} less than 1 µε,"
+            " the smallest ε a node charges: give more ε"
+        )
+    # no table above the per-query cap a node enforces; what that leaves is not spent
+    cap = policy.limits.max_epsilon_per_query
+    shares = {name: min(share, cap) for name, share in shares.items()}
     final = [
         build_table(t.name, {m: plan.queries[m].spec for m in t.members}, policy,
                     epsilon=shares[t.name], where=t.name)

@@ -64,12 +64,21 @@ def verify_report(directory: Path, *, manifest: Manifest, policy: Policy) -> Ver
         raise ConfigError(f"{directory} does not hold a readable report: {exc}") from exc
     if hashlib.sha256(source).hexdigest() != stated_plan.get("sha256"):
         raise VerificationError(f"{PLAN_FILE} is not the plan the report names (SHA-256 differs)")
-    plan = load_plan(directory / PLAN_FILE, policy)
-    stated_years = (stated_plan.get("year"), stated_plan.get("previous_year"))
-    if (plan.year, plan.previous_year) != stated_years:
-        # run with --year: the years the report states are the ones its queries name
-        plan = load_plan(
-            directory / PLAN_FILE, policy, year=stated_years[0], previous_year=stated_years[1]
+    try:
+        plan = load_plan(directory / PLAN_FILE, policy)
+        stated_years = (stated_plan.get("year"), stated_plan.get("previous_year"))
+        if (plan.year, plan.previous_year) != stated_years:
+            # run with --year: the years the report states are the ones its queries name
+            plan = load_plan(
+                directory / PLAN_FILE, policy, year=stated_years[0], previous_year=stated_years[1]
+            )
+    except ConfigError as exc:
+        # the plan the report names (its SHA-256 matched) is not a plan: the report is wrong
+        raise VerificationError(f"{PLAN_FILE}: {exc}") from None
+    stray = sorted(p.name for p in (directory / RELEASES_DIR).glob("*") if p.stem not in plan.asked)
+    if stray:
+        raise VerificationError(
+            f"{RELEASES_DIR}/ holds files the plan does not ask for: {', '.join(stray[:5])}"
         )
     runs = {
         name: read_run(directory / RELEASES_DIR / f"{name}.json", query, manifest=manifest)
