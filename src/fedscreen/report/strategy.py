@@ -36,7 +36,7 @@ import functools
 import itertools
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -46,7 +46,7 @@ from fedscreen.policy.model import Dataset
 from fedscreen.protocol.combine import Z_975, discrete_laplace_variance
 from fedscreen.query.compile import compile_query
 from fedscreen.query.cost import MIN_EPSILON
-from fedscreen.query.spec import Condition, Value
+from fedscreen.query.spec import Condition, QuerySpec, Value
 from fedscreen.report.measured import (
     MAX_JOINT_CELLS,
     Measurements,
@@ -75,6 +75,7 @@ def compile_strategy(
     reference: Mapping[str, Sequence[tuple[int, int]]] | None = None,
     weights: Mapping[str, float] | None = None,
     counties: Sequence[Policy] = (),
+    truth: Truth | None = None,
 ) -> Measurements:
     """Tables for ``plan``'s measurable queries and ε for each, ``epsilon`` in all per
     node and plan year (less what the queries that run as written spend).
@@ -85,7 +86,10 @@ def compile_strategy(
     statistics that read it). ``counties``: the county policies known; two queries are
     never merged into a table a county refuses while it answers one of them (长安区 does
     not let anyone group by left-behind status: PHQ-9 by location must not go missing
-    there with it).
+    there with it). ``truth``: a query's true (numerator, denominator) per cell in the
+    reference county; with it, a query is served by a table only if the table's cells
+    give exactly what the query asked directly gives there (a table drops the rows where
+    one of its attributes is NULL: such a query runs as written).
     """
     if not (math.isfinite(epsilon) and 0 < epsilon <= MAX_PLAN_EPSILON):
         raise ConfigError(f"ε per county and year must be in (0, {MAX_PLAN_EPSILON:g}]")
@@ -150,7 +154,8 @@ def compile_strategy(
             _, i, j, merged = best
             bins = [t for k, t in enumerate(bins) if k not in (i, j)] + [merged]
             roots = [r for k, r in enumerate(roots) if k not in (i, j)] + [root(merged)]
-        tables.extend(bins)
+        for t in bins:
+            tables.extend(_faithful(plan, t, truth, table) if truth else [t])
     served = {m for t in tables for m in t.members}
     fixed = sum(q.cost for n, q in plan.queries.items() if n not in served and plan.year in q.years)
     left = epsilon - fixed
@@ -196,6 +201,57 @@ def _table(
         domains=tuple(domain(dataset, c, years) for c in ordered),
         members=tuple(sorted(members)),
     )
+
+
+#: a query's true (numerator, denominator) per cell in the reference county
+Truth = Callable[[QuerySpec], Sequence[tuple[int, int]]]
+
+
+def serves_faithfully(plan: ReportPlan, table: Table, query: str, truth: Truth) -> bool:
+    """Whether ``table``'s true cells give exactly what ``query`` asked directly gives, in
+    the reference county (NULL in a table attribute drops rows the query counts)."""
+    spec = plan.queries[query].spec
+    direct = truth(spec)
+    cells = [n for n, _ in truth(table.spec())]
+    served = _served_for(table, spec)
+    for i, (num, den) in enumerate(direct):
+        if sum(cells[j] for j in served.denominator[i]) != den:
+            return False
+        if served.numerator is not None and sum(cells[j] for j in served.numerator[i]) != num:
+            return False
+    return True
+
+
+def _faithful(
+    plan: ReportPlan, t: Table, truth: Truth, table: Callable[[Sequence[str], Sequence[str]], Table]
+) -> list[Table]:
+    """``t`` without the members it does not serve faithfully; each of those alone, if it
+    serves itself faithfully (else it runs as written)."""
+    bad = [m for m in t.members if not serves_faithfully(plan, t, m, truth)]
+    if not bad:
+        return [t]
+    out = []
+    good = [m for m in t.members if m not in bad]
+    if good:
+        attrs = [a for m in good for a in _needed(plan, m, t)]
+        out.extend(_faithful(plan, table(list(dict.fromkeys(attrs)), good), truth, table))
+    for m in bad:
+        alone = table(_needed(plan, m, t), [m])
+        if alone.attributes != t.attributes and serves_faithfully(plan, alone, m, truth):
+            out.append(alone)
+    return out
+
+
+def _needed(plan: ReportPlan, query: str, t: Table) -> list[str]:
+    dataset = plan.datasets[t.dataset]
+    needed = measurable(plan.queries[query].spec, dataset)
+    assert needed is not None
+    return list(needed)
+
+
+def _served_for(table: Table, spec: QuerySpec) -> Served:
+    groups = tuple(itertools.product(*(_query_domain(table, c) for c in spec.group_by)))
+    return served_cells(table, spec, groups)
 
 
 def _answers(county: Policy, table: Table) -> bool:
