@@ -116,6 +116,8 @@ class Measure:
     epsilon: float
     spent: float
     tables: tuple[Table, ...]
+    #: counties whose tables disagree beyond their noise
+    disagreeing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -325,6 +327,7 @@ def _measure(r: _Reader) -> Measure | None:
             )
             for t in m.objects("tables")
         ),
+        disagreeing=tuple(d.text("node") for d in m.objects("disagreeing")),
     )
 
 

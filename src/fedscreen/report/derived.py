@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,8 @@ class Design:
     rows: Matrix
     #: L: x̂ = L·y
     solve: Matrix
+    #: degrees of freedom of the fit: measured cells less the rank of the design
+    dof: int
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,8 @@ class Population:
 
     tables: tuple[Table, ...]
     releases: Mapping[str, Released]
-    _solved: dict[str, Solved] = field(default_factory=dict, repr=False)
+    _solved: dict[tuple[str, str | None], Solved] = field(default_factory=dict, repr=False)
+    _disagreements: dict[str, tuple[float, int] | None] = field(default_factory=dict, repr=False)
     _patterns: dict[Hashable, Design] = field(default_factory=dict, repr=False)
 
     @functools.cached_property
@@ -104,15 +108,41 @@ class Population:
                 )
         return allowed
 
-    def solved(self, node: str) -> Solved:
-        """What ``node`` measured of the population, solved (every table it answered)."""
-        if node not in self._solved:
+    def disagreement(self, node: str) -> tuple[float, int] | None:
+        """(χ², degrees of freedom) of ``node``'s tables against their least-squares fit,
+        if they disagree beyond what their noise explains; None if they agree.
+
+        Honest tables of one population differ only by their noise: the weighted
+        residuals' squares add up to about the degrees of freedom (each has mean 1 and,
+        for Laplace noise, variance 5). A node whose tables tell different stories (one
+        of them made up) would otherwise pass its lie into the figures of its honest
+        tables, with intervals that do not show it.
+        """
+        if node not in self._disagreements:
+            solved = self.solved(node)
+            design = solved.design
+            found = None
+            if design.dof > 0:
+                residual = solved.values - design.rows @ (design.solve @ solved.values)
+                variances = np.array([discrete_laplace_variance(s) for s in solved.scales])
+                chi2 = float(np.sum(residual**2 / variances))
+                # far beyond honest noise (mean dof, sd √(5·dof)): a false alarm would need
+                # a deviation of 8 standard deviations and more
+                if chi2 > design.dof + 8 * math.sqrt(5 * design.dof) + 20:
+                    found = (chi2, design.dof)
+            self._disagreements[node] = found
+        return self._disagreements[node]
+
+    def solved(self, node: str, only: str | None = None) -> Solved:
+        """What ``node`` measured of the population, solved (every table it answered, or
+        table ``only``)."""
+        if (node, only) not in self._solved:
             cells: list[tuple[str, int]] = []
             values: list[float] = []
             scales: list[float] = []
             for table in self.tables:
                 body = self.releases[table.name].node_bodies.get(node)
-                if body is None:
+                if body is None or only not in (None, table.name):
                     continue
                 index = {typed_key(cell): i for i, cell in enumerate(table.cells)}
                 scale = float(body["scale"])
@@ -136,15 +166,18 @@ class Population:
                 rows[:, ~allowed] = 0.0
                 variances = np.array([discrete_laplace_variance(s) for s in scales])
                 solve = estimator(rows, variances) if cells else rows.T
-                self._patterns[pattern] = Design(len(self._patterns), rows, solve)
+                rank = int(np.linalg.matrix_rank(rows, tol=1e-9)) if cells else 0
+                self._patterns[pattern] = Design(
+                    len(self._patterns), rows, solve, len(cells) - rank
+                )
             design = self._patterns[pattern]
-            self._solved[node] = Solved(
+            self._solved[(node, only)] = Solved(
                 design,
                 np.array(values),
                 tuple(scales),
                 tuple((node, t, i) for t, i in cells),
             )
-        return self._solved[node]
+        return self._solved[(node, only)]
 
 
 @dataclass(frozen=True)
@@ -191,8 +224,12 @@ class Derived(Released):
         return False
 
     def _node_parts(self, node: str, kind: str) -> list[Part]:
-        """``node``'s estimate of each served cell (its numerator or denominator)."""
-        solved = self._population.solved(node)
+        """``node``'s estimate of each served cell (its numerator or denominator): from all
+        its tables of the population, or from the query's own table alone if they disagree
+        beyond their noise (``Population.disagreement``)."""
+        population = self._population
+        alone = self.table_name if population.disagreement(node) else None
+        solved = population.solved(node, alone)
         weights = self._weights(solved.design, kind)
         estimates = weights @ solved.values
         out = []
@@ -300,6 +337,27 @@ class Derived(Released):
 
 def _group(key: str, served: Served) -> list[Any]:
     return next(list(g) for g in served.groups if repr(list(g)) == key)
+
+
+def disagreements(released: Mapping[str, Released]) -> list[dict[str, Any]]:
+    """Each node whose tables of one population disagree beyond their noise (its figures
+    then come from each query's own table alone), for the report."""
+    found = []
+    populations = {
+        id(r.population): r.population
+        for r in released.values()
+        if isinstance(r, Derived) and r.population is not None
+    }
+    for population in populations.values():
+        nodes = sorted({n for r in population.releases.values() for n in r.node_bodies})
+        for node in nodes:
+            seen = population.disagreement(node)
+            if seen is not None:
+                found.append(
+                    {"node": node, "tables": [t.name for t in population.tables],
+                     "chi2": round(seen[0], 3), "dof": seen[1]}
+                )  # fmt: skip
+    return found
 
 
 def resolve(plan: ReportPlan, asked: Mapping[str, Released]) -> dict[str, Released]:

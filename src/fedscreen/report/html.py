@@ -257,6 +257,14 @@ class _Page(Sections):
             '<th scope="col">Table</th><th scope="col">Counts students by</th>'
             '<th scope="col">ε per county</th><th scope="col">Serves</th></tr></thead>'
             f"<tbody>{rows}</tbody></table>\n"
+            + (
+                '<p class="notice">The tables of '
+                + esc(", ".join(self.scope_full(n) for n in m.disagreeing))
+                + " disagree with one another beyond their noise: their figures come from "
+                "each question's own table alone, and the data should be checked.</p>\n"
+                if m.disagreeing
+                else ""
+            )
         )
 
     def _missing_list(self) -> list[tuple[Missing, str]]:

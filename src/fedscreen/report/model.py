@@ -10,7 +10,7 @@ from typing import Any, Final
 
 from fedscreen.report.affordable import NodeCheck
 from fedscreen.report.areas import city_name, city_scopes
-from fedscreen.report.derived import resolve
+from fedscreen.report.derived import disagreements, resolve
 from fedscreen.report.figures import Released, dims, statistic_rows
 from fedscreen.report.plan import ReportPlan
 from fedscreen.trust.manifest import Manifest
@@ -127,14 +127,16 @@ def build_model(
             {"id": sid, "title": title, "statistics": sections[sid]} for sid, title in plan.sections
         ],
         "releases": {name: r.body["query_id"] for name, r in asked.items()},
-        **({} if plan.measure is None else {"measure": _measure(plan)}),
+        **({} if plan.measure is None else {"measure": _measure(plan, released)}),
     }
 
 
-def _measure(plan: ReportPlan) -> dict[str, Any]:
-    """The measured tables, for the privacy page: ε per county and year, and what each serves."""
+def _measure(plan: ReportPlan, released: Mapping[str, Released]) -> dict[str, Any]:
+    """The measured tables, for the privacy page: ε per county and year, what each serves,
+    and the counties whose tables disagree beyond their noise."""
     assert plan.measure is not None
     return {
+        "disagreeing": disagreements(released),
         "epsilon": plan.measure.epsilon,
         "spent": round(plan.cost_by_year().get(plan.year, 0.0), 6),
         "tables": [
