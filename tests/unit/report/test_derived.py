@@ -11,7 +11,6 @@ coverage of the stated intervals by simulation.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
@@ -27,7 +26,7 @@ from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
 from fedscreen.protocol.combine import NodeCells, combine
 from fedscreen.query.compile import Plan, compile_query
-from fedscreen.report.derived import Derived, Population, resolve
+from fedscreen.report.derived import Derived, resolve
 from fedscreen.report.figures import Released
 from fedscreen.report.format import PROVINCE
 from fedscreen.report.measured import Measurements, Table, build_table, served_cells
@@ -366,17 +365,18 @@ def test_intervals_of_derived_figures_cover_the_truth(plan: ReportPlan, policy: 
     bands = table("m_bands", ("phq9_bands", "phq9_positive"), COVERAGE_EPSILON)
     warnings = table("m_warn", ("warnings",), COVERAGE_EPSILON)
     levels = table("m_levels", ("warning_levels",), COVERAGE_EPSILON / 2)
-    populations = ((bands,), (warnings, levels))
     measure = Measurements(1.0, (bands, warnings, levels))
     simulated = replace(plan, measure=measure)
-    nodes = NODES[:2]
+    # each draw is a node of its own (independent OpenDP noise on the same true counts),
+    # so one resolve serves every draw; pairs of nodes are areas (a sum of two counties)
+    nodes = [f"draw{k:03d}" for k in range(2 * DRAWS)]
+    pairs = {f"pair{k:03d}": nodes[2 * k : 2 * k + 2] for k in range(DRAWS)}
     exact: dict[str, dict[str, tuple[Plan, list[Any]]]] = {}
     for k, node in enumerate(nodes):
-        exact[node] = {t.name: (compile_query(t.spec(), policy), fixed_rows(t, 300 + 200 * k))
+        exact[node] = {t.name: (compile_query(t.spec(), policy), fixed_rows(t, 300 + 200 * (k % 2)))
                        for t in (bands, warnings)}  # fmt: skip
         warned = marginal_rows(warnings, exact[node][warnings.name][1], levels)
         exact[node][levels.name] = (compile_query(levels.spec(), policy), warned)
-    serving = measure.served
     figures = [
         ("phq9_bands", ("junior", "moderate")),
         ("phq9_bands", ("university", "none")),
@@ -385,51 +385,45 @@ def test_intervals_of_derived_figures_cover_the_truth(plan: ReportPlan, policy: 
         ("phq9_positive", ("junior", "F")),
         ("phq9_positive", ("vocational", "M")),
     ]
+    # the truth of each figure for an even node, an odd node and a pair
     truth = {}
     for name, group in figures:
-        served = served_cells(serving[name], specs[name], [group])
-        for scope in (*nodes, PROVINCE):
+        served = served_cells(measure.served[name], specs[name], [group])
+        for kind, members in (("even", nodes[:1]), ("odd", nodes[1:2]), ("pair", nodes[:2])):
             counts = [
-                {i: row[-1] for i, row in enumerate(exact[n][serving[name].name][1])}
-                for n in (nodes if scope == PROVINCE else [scope])
+                {i: row[-1] for i, row in enumerate(exact[n][measure.served[name].name][1])}
+                for n in members
             ]
             den = sum(c[i] for c in counts for i in served.denominator[0])
             if served.numerator is None:
-                truth[(name, group, scope)] = float(den)
+                truth[(name, group, kind)] = float(den)
             else:
                 num = sum(c[i] for c in counts for i in served.numerator[0])
-                truth[(name, group, scope)] = num / den
-    # each draw is a fresh set of answers; the estimators depend only on what was
-    # measured and at which scales, so the draws share them (as the nodes of one
-    # report do), which keeps 300 draws fast
-    estimators: list[dict[Any, Any]] = [{} for _ in populations]
-    groups = {
-        name: list(itertools.product(*(t.domains[t.attributes.index(c)]
-                                       for c in specs[name].group_by)))
-        for t in measure.tables for name in t.members
-    }  # fmt: skip
+                truth[(name, group, kind)] = num / den
+    resolved = resolve(simulated, releases(simulated, noisy_answers(simulated, exact, 0), 0))
+    derived: dict[str, Derived] = {}
+    for name, _ in figures:
+        query = resolved[name]
+        assert isinstance(query, Derived)
+        derived[name] = replace(query, areas=pairs)
+    scopes = [(n, "odd" if k % 2 else "even") for k, n in enumerate(nodes)]
+    scopes += [(pair, "pair") for pair in pairs]
     hits = dict.fromkeys(truth, 0)
-    for _ in range(DRAWS):
-        released = releases(simulated, noisy_answers(simulated, exact, 0), 0)
-        derived = {}
-        for tables, cache in zip(populations, estimators, strict=True):
-            measured = {t.name: released[t.name] for t in tables}
-            population = Population(tables, measured, _estimators=cache)
-            for t in tables:
-                for name in t.members:
-                    derived[name] = Derived.of(specs[name], t, population, groups[name])
-        stated = {
-            (name, scope): {tuple(c["group"]): c for c in derived[name].cells(scope)}
-            for name in {n for n, _, _ in truth} for scope in (*nodes, PROVINCE)
-        }  # fmt: skip
-        for (name, group, scope), true_value in truth.items():
-            cell = stated[(name, scope)][group]
-            # no interval is clipped at 0 (or at 1 for a rate): the coverage is the estimator's
-            assert cell["lower"] > 0
-            assert cell["upper"] < 1 or name != "phq9_positive"
-            hits[(name, group, scope)] += cell["lower"] <= true_value <= cell["upper"]
+    for name in {n for n, _ in figures}:
+        for scope, kind in scopes:
+            stated = {tuple(c["group"]): c for c in derived[name].cells(scope)}
+            for group in (g for n, g in figures if n == name):
+                cell = stated[group]
+                # never clipped at 0 (or at 1 for a rate): the coverage is the estimator's
+                assert cell["lower"] > 0
+                assert cell["upper"] < 1 or name != "phq9_positive"
+                hits[(name, group, kind)] += (
+                    cell["lower"] <= truth[(name, group, kind)] <= cell["upper"]
+                )
     # the levels really are combined from both tables
-    assert len(derived["warning_levels"].parts(nodes[0])[0][1].terms) > 1
+    parts = by_group(derived["warning_levels"], nodes[0])[("red",)]
+    tables = {key[1] for key in parts.terms if isinstance(key, tuple)}
+    assert tables == {warnings.name, levels.name}
     coverage = {key: h / DRAWS for key, h in hits.items()}
     # each figure within about 4 binomial standard errors of 95% (300 draws), and all of
     # them together (5,400 partly correlated trials) within about 3
@@ -450,14 +444,9 @@ def hand_release(table: Table, node: str, values: Mapping[tuple[Any, ...], int])
     return Released({**body, "province": province}, {node: answer}, {node: table.epsilon})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Derived.cells clips a rate's lower end only from below (max(r - half, 0)) and"
-    " its upper end only from above (min(r + half, 1)): when the noisy numerator exceeds"
-    " the denominator (or is negative) by more than the half-width, lower > upper and the"
-    " interval excludes the displayed value; the node's own ratio clips both to [0, 1]",
-)
 def test_a_rate_interval_always_contains_its_value(plan: ReportPlan) -> None:
+    # a noisy numerator above the denominator (or below 0) by more than the half-width:
+    # both ends are clipped to [0, 1], never inverted around the clipped value
     assert plan.measure is not None
     table = next(t for t in plan.measure.tables if t.name == "m_phq9_valid")
     values = {cell: 500 if cell[1] == 1 else 5 for cell in table.cells}
