@@ -261,6 +261,8 @@ def table_sql(table: Table, dataset: Dataset) -> str:
         f"{dataset.period} = {years}" if len(table.years) == 1 else f"{dataset.period} IN ({years})"
     )
     where = period if table.where is None else f"{period} AND {_sql(table.where)}"
+    if not table.attributes:  # one cell: the count of the whole population
+        return f"SELECT COUNT(*) FROM {table.dataset} WHERE {where}"
     columns = ", ".join(table.attributes)
     return f"SELECT {columns}, COUNT(*) FROM {table.dataset} WHERE {where} GROUP BY {columns}"
 

@@ -242,8 +242,8 @@ TABLE_MISTAKES = [
     ("m", "serves = ['phq9_bands']\nepsilon = true", "epsilon must be a positive number"),
     ("m", "serves = ['phq9_bands']\nepsilon = '0.1'", "epsilon must be a positive number"),
     ("m", "serves = ['phq9_bands']\nepsilon = nan", "epsilon must be a positive number"),
-    ("m", "serves = ['phq9_bands']\nepsilon = inf", "more than the epsilon"),
-    ("m", "serves = ['phq9_bands']\nepsilon = 1e300", "more than the epsilon"),
+    ("m", "serves = ['phq9_bands']\nepsilon = inf", "epsilon must be a positive number"),
+    ("m", "serves = ['phq9_bands']\nepsilon = 1e300", "per-query cap"),
     ('"m x"', "serves = ['phq9_bands']\nepsilon = 0.1", "an identifier no query has"),
     ('"1m"', "serves = ['phq9_bands']\nepsilon = 0.1", "an identifier no query has"),
     ("m-x", "serves = ['phq9_bands']\nepsilon = 0.1", "an identifier no query has"),
@@ -336,11 +336,6 @@ def test_the_stated_epsilon_bounds_tables_and_unserved_queries(
         load_plan(plan_file, province)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: [measure] accepts a table ε above the catalogue's max_epsilon_per_query "
-    "(1.0), which every node refuses; a query with that ε is refused when the plan loads",
-)
 def test_a_table_above_the_per_query_cap_is_refused(tmp_path: Path, province: Policy) -> None:
     assert province.limits.max_epsilon_per_query == 1.0
     plan_file = write(tmp_path, plan_text(table("m", ["phq9_bands"], epsilon=5.0, total=10.0)))
@@ -348,12 +343,6 @@ def test_a_table_above_the_per_query_cap_is_refused(tmp_path: Path, province: Po
         load_plan(plan_file, province)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: [measure] checks only the plan's year against its epsilon (\"the ε per "
-    'county and year the plan states it spends"): a table of the previous year may '
-    "charge more than it",
-)
 def test_every_year_a_table_charges_is_bounded(tmp_path: Path, province: Policy) -> None:
     queries = {
         "last": (
@@ -372,12 +361,6 @@ def test_every_year_a_table_charges_is_bounded(tmp_path: Path, province: Policy)
         load_plan(plan_file, province)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="bug: load_plan lets tomllib's RecursionError out (arrays nested ~1000 deep): "
-    "a traceback, not a ConfigError naming the file",
-)
 def test_a_deeply_nested_measure_is_refused(tmp_path: Path, province: Policy) -> None:
     top = "measure = " + "[" * 5000 + "]" * 5000
     plan_file = write(tmp_path, plan_text(top=top))
@@ -488,11 +471,11 @@ def test_a_statistics_weight_is_read(
 
 
 @pytest.mark.parametrize(
-    "weight", ["0", "-1", "0.0", "true", '"2"', "nan", "inf", "1e6", "[1]", "{ a = 1 }"]
+    "weight", ["0", "-1", "0.0", "true", '"2"', "nan", "inf", "1e7", "1e-7", "[1]", "{ a = 1 }"]
 )
 def test_a_bad_weight_is_refused(tmp_path: Path, province: Policy, weight: str) -> None:
     plan_file = write(tmp_path, plan_text(GOOD_MEASURE, weight=weight))
-    with pytest.raises(ConfigError, match="weight must be a positive number") as caught:
+    with pytest.raises(ConfigError, match="weight must be a number from") as caught:
         load_plan(plan_file, province)
     assert str(caught.value).startswith(str(plan_file))
     assert "(s_phq9_positive)" in str(caught.value)
@@ -608,6 +591,9 @@ PHRASES = [
     "a joint of",
     "more than the epsilon",
     "cannot read",
+    "per-query cap",
+    "below 1e-06",
+    "measures what table",
 ]
 
 
@@ -693,7 +679,7 @@ def test_report_plan_compiles_a_measure_section_the_plan_accepts(
         (["--students", "0"], "--students must be between 1 and"),
         (["--students", "-5"], "--students must be between 1 and"),
         (["--compile", "0.01", "--students", "3000"], "nothing is left for the measured tables"),
-        (["--compile", "0", "--students", "3000"], "nothing is left for the measured tables"),
+        (["--compile", "0", "--students", "3000"], "must be in (0, 1000]"),
         # any one-line message will do: today's says nothing is left for the tables
         (["--compile", "-1", "--students", "3000"], ""),
         (["--compile", "nan", "--students", "3000"], ""),
@@ -712,12 +698,6 @@ def test_report_plan_refuses_bad_arguments_in_one_line(
     assert message in lines[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="bug: report plan --compile inf (or 1e308) ends in a traceback: "
-    "strategy.split_epsilon floors epsilon × share × 1e6 = inf to an integer",
-)
 @pytest.mark.parametrize("epsilon", ["inf", "1e308"])
 def test_report_plan_refuses_an_infinite_epsilon(
     capsys: pytest.CaptureFixture[str], epsilon: str
@@ -728,11 +708,6 @@ def test_report_plan_refuses_an_infinite_epsilon(
     assert err.startswith("error: ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: report plan --compile 100 prints tables of ε up to ~8, above the "
-    "catalogue's max_epsilon_per_query (1.0) that every node enforces, and exits 0",
-)
 def test_report_plan_compiles_no_table_above_the_per_query_cap(
     province: Policy, capsys: pytest.CaptureFixture[str]
 ) -> None:
