@@ -10,8 +10,10 @@ report's own code (``report.figures``; served queries through ``report.derived``
 
 Prints, per statistic, the median 95% half-width over its figures (percentage points
 for rates, counts for counts) and the empirical coverage of the stated intervals,
-then the issue's three targets. Figures suppressed as "< 10" in a run are left out of
-that run (they state no interval). The truth is the same code on a noise-free release.
+then the issue's three targets, and the accuracy of both strategies against ε. A figure
+hidden as "< 10" in a run states no interval there: its half-width is over the runs that
+show it, and its coverage is left out (shown only when its noise pushed it up, it would
+say nothing about the interval). The truth is the same code on a noise-free release.
 
     python scripts/bench_report_accuracy.py                  # 5,000 / 20,000 / 50,000, 200 runs
     python scripts/bench_report_accuracy.py --sizes 20000 --runs 50
@@ -27,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fedscreen.cli.reference import reference_county, reference_truth, true_rows
+from fedscreen.cli.reference import reference_county, reference_truth, true_cells, true_rows
 from fedscreen.node.cells import release
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_node_policy, load_policy
@@ -89,7 +91,7 @@ class Setup:
         if epsilon not in self.plans:
             measure = compile_strategy(
                 self.report, self.policy, epsilon=epsilon, reference=self.reference,
-                counties=self.counties,
+                counties=self.counties, truth=self._truth,
             )  # fmt: skip
             self.plans[epsilon] = replace(self.report, measure=measure)
         return self.plans[epsilon]
@@ -110,6 +112,9 @@ class Setup:
             asked[name] = _released(*rows, query.cost or EXACT, self.threshold)
         return _figures(plan, resolve(plan, asked))
 
+    def _truth(self, spec: Any) -> list[tuple[int, int]]:
+        return true_cells(*true_rows(self.database, spec, self.policy))
+
     def _rows(self, name: str, spec: Any) -> tuple[Plan, list[Any]]:
         self.rows[name] = true_rows(self.database, spec, self.policy)
         return self.rows[name]
@@ -117,9 +122,11 @@ class Setup:
 
 def _summarise(
     truth: Mapping[Any, Any], runs: list[dict[Any, Any]]
-) -> dict[Any, tuple[float, float]]:
-    """Figure -> (median half-width, coverage) over the runs that state it."""
-    out = {}
+) -> dict[Any, tuple[float, float | None]]:
+    """Figure -> (median half-width over the runs that state it, coverage). The coverage is
+    None for a figure hidden as "< k" in some run: shown only when its noise pushed it up,
+    its coverage among the runs that show it says nothing about its interval."""
+    out: dict[Any, tuple[float, float | None]] = {}
     for key, (true_value, _, _) in truth.items():
         halves, hits = [], 0
         for run in runs:
@@ -129,8 +136,13 @@ def _summarise(
             halves.append((high - low) / 2)
             hits += low - 1e-12 <= true_value <= high + 1e-12
         if halves and max(halves) > 0:
-            out[key] = (statistics.median(halves), hits / len(halves))
+            shown_always = len(halves) == len(runs)
+            out[key] = (statistics.median(halves), hits / len(halves) if shown_always else None)
     return out
+
+
+def _covered(values: Any) -> list[float]:
+    return [c for _, c in values if c is not None]
 
 
 def main() -> None:
@@ -195,7 +207,7 @@ def _curve(
             ratios = _ratios(result, today, None)
             phq = [h * 100 for (s, _), (h, _) in result.items() if s == "phq9_positive"]
             line += f" {statistics.median(ratios):>11.2f} {max(phq):>12.2f}"
-            covs = [c for _, c in result.values()]
+            covs = _covered(result.values())
         print(line + f" {statistics.median(covs):>9.1%}")
 
 
@@ -214,9 +226,11 @@ def _print(size: int, report: ReportPlan, results: dict[str, Any]) -> None:
         line = f"{stat.id:<24} {('pp' if scale == 100 else stat.unit):<6}"
         for lab in labels:
             figs = [v for (s, _), v in results[lab].items() if s == stat.id]
+            covs = _covered(figs)
             if figs:
                 hw = statistics.median(h for h, _ in figs) * scale
-                line += f" {hw:>22.3g} {statistics.mean(c for _, c in figs):>6.1%}"
+                cov = f"{statistics.mean(covs):>6.1%}" if covs else f"{'-':>6}"
+                line += f" {hw:>22.3g} {cov}"
             else:
                 line += f" {'-':>22} {'-':>6}"
         mine = _ratios(results[labels[1]], today, stat.id)
@@ -225,7 +239,7 @@ def _print(size: int, report: ReportPlan, results: dict[str, Any]) -> None:
         result = results[lab]
         phq = [h * 100 for (s, _), (h, _) in result.items() if s == "phq9_positive"]
         ratios = _ratios(result, today, None)
-        covs = [c for _, c in result.values()]
+        covs = _covered(result.values())
         print(
             f"{lab}: PHQ-9 ≥ 10 by grade band × sex worst ±{max(phq):.2f} pp, median"
             f" ±{statistics.median(phq):.2f} (target ≤ 2); median half-width ratio to as"

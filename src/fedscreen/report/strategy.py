@@ -17,14 +17,16 @@ per figure but is charged once), within the catalogue's ``max_groups`` and never
 a table a known county policy refuses while it answers one of the two.
 
 The objective and the ε split (:func:`split_epsilon`): the plan's weighted error
-relative to the plan as written, Σ_q w_q · mean_cells(Var_measured / Var_as_written),
-w_q the weights of the statistics reading q. A figure computed from its own table t
-has variance c/ε_t² (a sum of k discrete Laplace cells ≈ 2k/ε²; a rate's linearised
-variance likewise), so the objective is Σ_t C_t/ε_t², minimised under Σ ε_t = E by
-ε_t ∝ C_t^(1/3) (Lagrange), with value (Σ_t C_t^(1/3))³/E²: closed form, and a merge of
-a and b pays exactly when C_ab^(1/3) < C_a^(1/3) + C_b^(1/3). The least-squares
-estimate from all the population's tables is never less accurate than its own table's
-alone, so the split's predictions are upper bounds (``report plan`` prints them).
+relative to the plan as written, Σ_q w_q · Σ_cells(Var_measured / Var_as_written), w_q
+the weights of the statistics reading q: every figure counts (a report is judged by its
+figures, and the median over them), and a statistic's ``weight`` says what matters more.
+A figure computed from its own table t has variance c/ε_t² (a sum of k discrete Laplace
+cells ≈ 2k/ε²; a rate's linearised variance likewise), so the objective is Σ_t C_t/ε_t²,
+minimised under Σ ε_t = E by ε_t ∝ C_t^(1/3) (Lagrange), with value (Σ_t C_t^(1/3))³/E²:
+closed form, and a merge of a and b pays exactly when C_ab^(1/3) < C_a^(1/3) +
+C_b^(1/3). The least-squares estimate from all the population's tables is never less
+accurate than its own table's alone, so the split's predictions are upper bounds
+(``report plan`` prints them).
 
 The C_t need cell sizes and rates: they come from a synthetic reference county
 (``fedscreen.cli.reference``); without it, every cell weighs like a count.
@@ -298,8 +300,9 @@ def table_load(
     reference: Mapping[str, Sequence[tuple[int, int]]] | None,
     weights: Mapping[str, float],
 ) -> float:
-    """C_t: the weighted mean variance ratio (compiled at ε = 1 / today) of the queries
-    ``table`` serves; the table's share of the plan's error is C_t / ε_t²."""
+    """C_t: the weighted sum over the cells of the queries ``table`` serves of their
+    variance ratio (measured at ε = 1 / as written); its share of the plan's error is
+    C_t / ε_t²."""
     load = 0.0
     for name in table.members:
         query = plan.queries[name]
@@ -309,7 +312,7 @@ def table_load(
         ]
         ratios = [r for r in ratios if math.isfinite(r)]
         if ratios:
-            load += weights.get(name, 1.0) * sum(ratios) / len(ratios)
+            load += weights.get(name, 1.0) * sum(ratios)
     return load if load > 0 else 1.0
 
 
