@@ -86,9 +86,7 @@ def test_no_hidden_imports_randomness_or_environment_switches(path: Path) -> Non
     # numpy is the report's linear algebra (report.wls); its random module would be noise
     # outside OpenDP
     randomness = {
-        n
-        for n in _imports(tree)
-        if n.split(".")[0] == "random" or n.startswith("numpy.random")
+        n for n in _imports(tree) if n.split(".")[0] == "random" or n.startswith("numpy.random")
     }
     drawn = [
         node.lineno

@@ -103,5 +103,6 @@ def linear_half_width(*pairs: tuple[float, Part]) -> float:
     kappa2, fourth = linear_cumulants(*pairs)
     if kappa2 <= 0:
         return 0.0
-    kurtosis = LAPLACE_EXCESS_KURTOSIS * fourth / (kappa2 * kappa2)
+    # divided twice: κ₂² underflows to 0 below ~1e-154 where κ₂ itself does not
+    kurtosis = LAPLACE_EXCESS_KURTOSIS * (fourth / kappa2) / kappa2
     return (Z_975 + (Z_975**3 - 3 * Z_975) * kurtosis / 24) * math.sqrt(kappa2)

@@ -19,7 +19,7 @@ EXAMPLES = settings(max_examples=200, deadline=None, database=None)
 scale_st = st.floats(min_value=0.5, max_value=100.0, allow_nan=False)
 value_st = st.integers(min_value=-1000, max_value=10**6)
 #: a measured cell's weight in a figure: least-squares weights below 1e-12 are dropped as
-#: float dust (report.derived.NEGLIGIBLE_WEIGHT); see the xfail test for far smaller ones
+#: float dust (report.derived.NEGLIGIBLE_WEIGHT); see the underflow test for far smaller ones
 weight_st = st.one_of(
     st.just(0.0),
     st.floats(min_value=1e-12, max_value=3.0),
@@ -201,12 +201,6 @@ def test_an_exact_part_has_no_interval_width() -> None:
     assert cancelled.interval() == (0.0, 0.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ZeroDivisionError,
-    reason="linear_half_width divides by kappa2 * kappa2, which underflows to 0 when the"
-    " variance is below about 1e-154 (a weight of 1e-158 on a scale-1 noise)",
-)
 def test_a_negligible_shared_weight_has_a_negligible_interval() -> None:
     part = Part(0.0, (), {("n", "t", 0): (1.2e-158, 1.0)})
     assert part.variance > 0
