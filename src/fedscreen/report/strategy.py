@@ -118,9 +118,6 @@ def compile_strategy(
         def root(t: Table) -> float:
             return float(table_load(plan, policy, t, reference, weights) ** (1 / 3))
 
-        # start from one table per query; merge the pair that lowers the plan's error most
-        # (under the optimal split the error is (Σ_t C_t^⅓)³/E², so a merge pays exactly
-        # when C_ab^⅓ < C_a^⅓ + C_b^⅓), until no merge pays
         # the population's joint table stays solvable: the queries adding the fewest
         # attributes join first, a query that would take it over MAX_JOINT_CELLS runs as
         # written (so does one with more cells than max_groups alone)
@@ -133,6 +130,9 @@ def compile_strategy(
             ):
                 joint = union
                 chosen.append((name, attrs))
+        # start from one table per query; merge the pair that lowers the plan's error most
+        # (under the optimal split the error is (Σ_t C_t^⅓)³/E², so a merge pays exactly
+        # when C_ab^⅓ < C_a^⅓ + C_b^⅓), until no merge pays
         bins = [table(attrs, [name]) for name, attrs in sorted(chosen)]
         roots = [root(t) for t in bins]
         while True:
