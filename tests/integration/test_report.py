@@ -8,6 +8,7 @@ tests run in file order and leave every node running normally.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -161,6 +162,35 @@ def test_an_auditor_verifies_a_report_against_the_logs(fed: Federation, tmp_path
     done = _cli("report", "verify", str(out), "--manifest", manifest)
     assert done.returncode == 2
     assert "report.html is not the report rendered" in done.stderr
+    (out / "report.html").write_bytes(html)
+    assert _cli("report", "verify", str(out), "--manifest", manifest).returncode == 0
+    # a file in releases/ the plan does not ask for, a release file that is not an object,
+    # and a plan.toml that no longer loads (its SHA-256 restated in report.json): exit 2
+    stray = out / "releases" / "extra.json"
+    stray.write_text("{}", encoding="utf-8")
+    done = _cli("report", "verify", str(out), "--manifest", manifest)
+    assert done.returncode == 2
+    assert "releases/ holds files the plan does not ask for: extra.json" in done.stderr
+    stray.unlink()
+    (release,) = (out / "releases").glob("*.json")
+    signed = release.read_bytes()
+    release.write_text("[1, 2, 3]", encoding="utf-8")
+    done = _cli("report", "verify", str(out), "--manifest", manifest)
+    assert done.returncode == 2
+    assert "not a readable release file" in done.stderr
+    assert "Traceback" not in done.stderr
+    release.write_bytes(signed)
+    source = (out / "plan.toml").read_bytes()
+    broken = source + b"\n[measure]\nepsilon = 1.0\n"
+    (out / "plan.toml").write_bytes(broken)
+    restated = json.loads(json.dumps(model))
+    restated["plan"]["sha256"] = hashlib.sha256(broken).hexdigest()
+    (out / "report.json").write_text(json.dumps(restated), encoding="utf-8")
+    done = _cli("report", "verify", str(out), "--manifest", manifest)
+    assert done.returncode == 2
+    assert "plan.toml:" in done.stderr
+    assert "[measure]" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_a_run_that_stopped_part_way_resumes_without_charging_again(

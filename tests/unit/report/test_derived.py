@@ -26,7 +26,7 @@ from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
 from fedscreen.protocol.combine import NodeCells, combine
 from fedscreen.query.compile import Plan, compile_query
-from fedscreen.report.derived import Derived, resolve
+from fedscreen.report.derived import Derived, disagreements, resolve
 from fedscreen.report.figures import Released
 from fedscreen.report.format import PROVINCE
 from fedscreen.report.measured import Measurements, Table, build_table, served_cells
@@ -468,3 +468,43 @@ def test_a_rate_interval_always_contains_its_value(plan: ReportPlan) -> None:
     assert not cells["senior"]["suppressed"]
     for cell in cells.values():
         assert 0.0 <= cell["lower"] <= cell["value"] <= cell["upper"] <= 1.0, cell
+
+
+# --- a county whose tables tell different stories -------------------------------------------
+
+
+def test_a_made_up_table_does_not_pass_into_its_populations_honest_figures(
+    plan: ReportPlan, answers: Answers, policy: Policy
+) -> None:
+    assert plan.measure is not None
+    threshold = policy.limits.publication_threshold
+    liar, bands = NODES[0], plan.measure.served["phq9_bands"]
+    item9 = plan.measure.served["item9"]
+    assert item9 is not bands  # the honest table of the same population
+    made_up = {n: {t: dict(b) for t, b in a.items()} for n, a in answers.items()}
+    body = made_up[liar][bands.name]
+    # "none" inflated twentyfold: far beyond any noise, consistent in itself
+    body["cells"] = [
+        {**c, "value": c["value"] * 20} if c["group"][-1] == "none" else c for c in body["cells"]
+    ]
+    honest = derive(plan, answers, threshold)
+    lying = derive(plan, made_up, threshold)
+    # honest answers never trip the check; the made-up table does, for that node only
+    assert disagreements(honest) == []
+    named = disagreements(lying)
+    assert [d["node"] for d in named] == [liar]
+    assert named[0]["chi2"] > named[0]["dof"]
+    assert bands.name in named[0]["tables"]
+    # item 9 comes from the node's honest table alone: exactly that table's own estimate
+    # (what the node's item-9 figures would be had it measured nothing else)
+    alone = {n: {t: b for t, b in a.items() if t == item9.name} for n, a in answers.items()}
+    only_item9 = replace(plan, measure=Measurements(1.0, (item9,)))
+    expected = resolve(only_item9, releases(only_item9, alone, threshold))["item9"]
+    got, want = rates(lying["item9"], liar), rates(expected, liar)
+    assert got.keys() == want.keys()
+    for group, (num, den) in got.items():
+        assert same(num.value, want[group][0].value)
+        assert same(den.value, want[group][1].value)
+    # the other counties keep the least-squares estimate from all their tables
+    for node in NODES[1:]:
+        assert lying["item9"].cells(node) == honest["item9"].cells(node)

@@ -719,3 +719,23 @@ def test_report_plan_compiles_no_table_above_the_per_query_cap(
                     if line.startswith("epsilon = ")][1:]  # fmt: skip
         assert epsilons
         assert max(epsilons) <= province.limits.max_epsilon_per_query
+
+
+def test_two_tables_measuring_the_same_thing_are_refused(
+    tmp_path: Path, province: Policy
+) -> None:
+    # a node answers the same question again from its store: the same noise twice, which
+    # the least squares would take for two measurements (intervals far too narrow)
+    again = {**QUERIES, "phq9_bands_again": (QUERIES["phq9_bands"][0], 0.07)}
+    measure = (
+        "[measure]\nepsilon = 5.0\n\n"
+        '[measure.tables.m_a]\nserves = ["phq9_bands"]\nepsilon = 0.1\n\n'
+        '[measure.tables.m_b]\nserves = ["phq9_bands_again"]\nepsilon = 0.1\n'
+    )
+    plan_file = write(tmp_path, plan_text(measure, queries=again))
+    with pytest.raises(ConfigError, match=r"tables\.m_b: measures what table m_a measures"):
+        load_plan(plan_file, province)
+    # at another ε it is another question (other noise): still refused, nothing to gain
+    measure = measure.replace("epsilon = 0.1\n", "epsilon = 0.2\n", 1)
+    with pytest.raises(ConfigError, match="measures what table m_a measures"):
+        load_plan(write(tmp_path, plan_text(measure, queries=again)), province)
