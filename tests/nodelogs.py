@@ -17,30 +17,34 @@ NODE = "130102"
 
 @dataclass
 class NodeLog:
-    """A node's own log (in memory) and its key."""
+    """A member's own log (in memory) and its key: a node's by default, or the
+    coordinator's (``member_id``, ``role="coordinator"``)."""
 
     conn: sqlite3.Connection
     key: SigningKey
+    member_id: str = NODE
+    role: str = "node"
 
     def grow(self, entries: int, tag: str = "") -> str:
         """Append entries; the newest signed checkpoint note."""
         note = ""
         for _ in range(entries):
             note = memberlog.append(
-                self.conn, member_id=NODE, key=self.key, payload={"kind": "test", "tag": tag}
-            ).note
+                self.conn, member_id=self.member_id, key=self.key,
+                payload={"kind": "test", "tag": tag}, role=self.role,
+            ).note  # fmt: skip
         self.conn.commit()
         return note
 
     def size(self) -> int:
-        return TransparencyLog(self.conn, name="node").size()
+        return TransparencyLog(self.conn, name=self.role).size()
 
     def proof(self, size1: int) -> list[bytes]:
         """The RFC 9162 consistency proof from ``size1`` to now ([] if none is needed)."""
         size2 = self.size()
         if not 0 < size1 < size2:
             return []
-        return TransparencyLog(self.conn, name="node").consistency_proof(size1, size2)
+        return TransparencyLog(self.conn, name=self.role).consistency_proof(size1, size2)
 
     def answer(self, note: str) -> bytes:
         """An answer envelope signed by the node, carrying ``note`` (its body is empty: it

@@ -12,12 +12,12 @@ import logging
 import shutil
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from logentries import stored_entries, verified_entries
 from nodehomes import COORDINATOR, NODE, Homes, idle_agent, make_homes
+from nodelogs import NodeLog
 from rekeying import rekey_in_place
 
 from fedscreen.analyst.query import make_query
@@ -35,8 +35,6 @@ from fedscreen.node.link import (
 from fedscreen.node.status import read_link
 from fedscreen.node.worker import QueryWorker
 from fedscreen.protocol.query import INVALID_QUERY_ID
-from fedscreen.tlog import memberlog
-from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust import authority
 from fedscreen.trust.identity import load_identity, update_manifest
 from fedscreen.v1 import federation_pb2 as pb
@@ -150,29 +148,14 @@ def test_the_worker_logs_each_manifest_version_it_uses_once(homes: Homes) -> Non
 # ---------------------------------------------------------------- the coordinator's log
 
 
-@dataclass
-class CoordinatorTree:
-    conn: sqlite3.Connection
-    key: SigningKey
-
-    def grow(self, entries: int, tag: str = "") -> str:
-        note = ""
-        for _ in range(entries):
-            note = memberlog.append(
-                self.conn, member_id=COORDINATOR, key=self.key,
-                payload={"kind": "test", "tag": tag}, role="coordinator",
-            ).note  # fmt: skip
-        self.conn.commit()
-        return note
-
-    def proof(self, size1: int) -> list[bytes]:
-        log = TransparencyLog(self.conn, name="coordinator")
-        return log.consistency_proof(size1, log.size())
+def coordinator_tree(conn: sqlite3.Connection, key: SigningKey) -> NodeLog:
+    """The coordinator's log (in memory), as it signs and proves it."""
+    return NodeLog(conn, key, member_id=COORDINATOR, role="coordinator")
 
 
 def test_the_coordinators_log_must_extend_the_one_seen(homes: Homes) -> None:
     key = load_identity(homes.coordinator).signing_key()
-    tree = CoordinatorTree(sqlite3.connect(":memory:"), key)
+    tree = coordinator_tree(sqlite3.connect(":memory:"), key)
     seen = CoordinatorLog(homes.node.home, COORDINATOR)
     public = key.public_key
     assert seen.known_size(public) == 0
@@ -192,12 +175,12 @@ def test_the_coordinators_log_must_extend_the_one_seen(homes: Homes) -> None:
         seen.check(first, [], key=public)
     with pytest.raises(VerificationError, match="shrank"):
         seen.check("", [], key=public)
-    other = CoordinatorTree(sqlite3.connect(":memory:"), key)
+    other = coordinator_tree(sqlite3.connect(":memory:"), key)
     with pytest.raises(VerificationError, match="forked"):
         seen.check(other.grow(7, tag="another history"), [], key=public)
     # signed by someone else
     with pytest.raises(VerificationError):
-        seen.check(CoordinatorTree(sqlite3.connect(":memory:"), SigningKey.generate()).grow(9),
+        seen.check(coordinator_tree(sqlite3.connect(":memory:"), SigningKey.generate()).grow(9),
                    [], key=public)  # fmt: skip
     assert seen.known_size(public) == 7
 
@@ -213,7 +196,7 @@ def test_a_coordinator_rekeyed_in_place_keeps_the_node_protected(homes: Homes) -
     old_key = load_identity(homes.coordinator).signing_key()
     conn = sqlite3.connect(":memory:")
     seen = CoordinatorLog(homes.node.home, COORDINATOR)
-    first = CoordinatorTree(conn, old_key).grow(5)
+    first = coordinator_tree(conn, old_key).grow(5)
     assert seen.check(first, [], key=old_key.public_key) is not None
     new_key = rekey_in_place(
         homes.auth, homes.coordinator, member_id=COORDINATOR, role="coordinator", name="省平台"
@@ -223,14 +206,14 @@ def test_a_coordinator_rekeyed_in_place_keeps_the_node_protected(homes: Homes) -
     assert seen.known_size(public) == 5
     # the same log, shrunk and re-signed under the new key: still caught
     with pytest.raises(VerificationError, match="shrank from 5 to 2"):
-        seen.check(CoordinatorTree(sqlite3.connect(":memory:"), new_key).grow(2), [], key=public)
-    tree = CoordinatorTree(conn, new_key)
+        seen.check(coordinator_tree(sqlite3.connect(":memory:"), new_key).grow(2), [], key=public)
+    tree = coordinator_tree(conn, new_key)
     grown = tree.grow(2)
     assert seen.check(grown, tree.proof(5), key=public) is not None
     saved = (homes.node.home / COORDINATOR_CHECKPOINT_FILE).read_text()
     assert saved == grown
     # a key the coordinator never held in an installed version is not trusted
-    stranger = CoordinatorTree(sqlite3.connect(":memory:"), SigningKey.generate()).grow(9)
+    stranger = coordinator_tree(sqlite3.connect(":memory:"), SigningKey.generate()).grow(9)
     (homes.node.home / COORDINATOR_CHECKPOINT_FILE).write_text(stranger)
     with pytest.raises(ConfigError, match="not a checkpoint signed by the coordinator"):
         seen.known_size(public)
@@ -239,7 +222,7 @@ def test_a_coordinator_rekeyed_in_place_keeps_the_node_protected(homes: Homes) -
 def test_without_the_manifest_history_a_former_key_is_not_trusted(homes: Homes) -> None:
     old_key = load_identity(homes.coordinator).signing_key()
     seen = CoordinatorLog(homes.node.home, COORDINATOR)
-    seen.check(CoordinatorTree(sqlite3.connect(":memory:"), old_key).grow(3), [],
+    seen.check(coordinator_tree(sqlite3.connect(":memory:"), old_key).grow(3), [],
                key=old_key.public_key)  # fmt: skip
     new_key = rekey_in_place(
         homes.auth, homes.coordinator, member_id=COORDINATOR, role="coordinator", name="省平台"
@@ -403,7 +386,7 @@ def test_a_query_from_a_coordinator_whose_log_went_back_is_refused_and_recorded(
 ) -> None:
     config = homes.node
     key = load_identity(homes.coordinator).signing_key()
-    tree = CoordinatorTree(sqlite3.connect(":memory:"), key)
+    tree = coordinator_tree(sqlite3.connect(":memory:"), key)
     _, envelope = make_query(
         homes.auth.parent / "alice", "SELECT COUNT(*) FROM screenings", epsilon=0.5, accuracy=None
     )
@@ -451,7 +434,7 @@ def test_a_query_from_a_coordinator_whose_log_went_back_is_refused_and_recorded(
 
 def test_a_query_without_a_checkpoint_is_refused_once_the_node_holds_one(homes: Homes) -> None:
     key = load_identity(homes.coordinator).signing_key()
-    tree = CoordinatorTree(sqlite3.connect(":memory:"), key)
+    tree = coordinator_tree(sqlite3.connect(":memory:"), key)
     agent = idle_agent(homes.node)
     try:
         agent._check_query_checkpoint(pb.QueryRequest(query_id="ab" * 16))
