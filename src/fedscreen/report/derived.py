@@ -17,9 +17,8 @@ Everything here is post-processing of verified releases: it costs no privacy, an
 from __future__ import annotations
 
 import functools
-import itertools
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +28,7 @@ from fedscreen.errors import VerificationError
 from fedscreen.protocol.combine import discrete_laplace_variance
 from fedscreen.query.spec import QuerySpec
 from fedscreen.report.figures import Released
-from fedscreen.report.measured import Served, Table, served_cells, typed_key
+from fedscreen.report.measured import Served, Table, served_by, typed_key
 from fedscreen.report.parts import Part, Term, linear_half_width, total
 from fedscreen.report.plan import ReportPlan
 from fedscreen.report.wls import Joint, Matrix, estimable, estimator
@@ -196,10 +195,8 @@ class Derived(Released):
     _designs: dict[tuple[int, str], Matrix] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
-    def of(
-        spec: QuerySpec, table: Table, population: Population, cells: Sequence[tuple[Any, ...]]
-    ) -> Derived:
-        """The served query ``spec`` with these cells (its catalogue groups, in order)."""
+    def of(spec: QuerySpec, table: Table, population: Population) -> Derived:
+        """The served query ``spec``, from ``table`` and the rest of its population."""
         released = population.releases[table.name]
         return Derived(
             released.body,
@@ -209,7 +206,7 @@ class Derived(Released):
             spec=spec,
             population=population,
             table=table,
-            served=served_cells(table, spec, cells),
+            served=served_by(table, spec),
         )
 
     @property
@@ -373,12 +370,5 @@ def resolve(plan: ReportPlan, asked: Mapping[str, Released]) -> dict[str, Releas
         population = Population(tuple(tables), {t.name: asked[t.name] for t in tables})
         for table in tables:
             for name in table.members:
-                spec = plan.queries[name].spec
-                out[name] = Derived.of(spec, table, population, _catalogue_cells(table, spec))
+                out[name] = Derived.of(plan.queries[name].spec, table, population)
     return out
-
-
-def _catalogue_cells(table: Table, spec: QuerySpec) -> list[tuple[Any, ...]]:
-    """The served query's cells: the product of its group columns' domains (as the table's)."""
-    domains = [table.domains[table.attributes.index(c)] for c in spec.group_by]
-    return list(itertools.product(*domains))

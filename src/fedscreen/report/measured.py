@@ -19,6 +19,7 @@ back to the same question.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -110,6 +111,14 @@ def served_cells(table: Table, spec: QuerySpec, cells: Sequence[tuple[Value, ...
         assert condition is not None
         nums = tuple(tuple(i for i in den if holds(condition, rows[i])) for den in dens)
     return Served(tuple(cells), nums, dens)
+
+
+@functools.lru_cache(maxsize=1024)
+def served_by(table: Table, spec: QuerySpec) -> Served:
+    """How each of ``spec``'s cells — the product of its group columns' domains, as the
+    table holds them — is a sum of ``table``'s cells."""
+    domains = [table.domains[table.attributes.index(c)] for c in spec.group_by]
+    return served_cells(table, spec, tuple(itertools.product(*domains)))
 
 
 def typed_key(values: Any) -> tuple[Any, ...]:

@@ -34,7 +34,6 @@ The C_t need cell sizes and rates: they come from a synthetic reference county
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import statistics
@@ -48,17 +47,16 @@ from fedscreen.policy.model import Dataset
 from fedscreen.protocol.combine import Z_975, discrete_laplace_variance
 from fedscreen.query.compile import compile_query
 from fedscreen.query.cost import MIN_EPSILON
-from fedscreen.query.spec import Condition, QuerySpec, Value
+from fedscreen.query.spec import Condition, QuerySpec
 from fedscreen.report.measured import (
     MAX_JOINT_CELLS,
     Measurements,
-    Served,
     Table,
     build_table,
     column_order,
     domain,
     measurable,
-    served_cells,
+    served_by,
     size,
 )
 from fedscreen.report.plan import PlannedQuery, ReportPlan
@@ -215,7 +213,7 @@ def serves_faithfully(plan: ReportPlan, table: Table, query: str, truth: Truth) 
     spec = plan.queries[query].spec
     direct = truth(spec)
     cells = [n for n, _ in truth(table.spec())]
-    served = _served_for(table, spec)
+    served = served_by(table, spec)
     for i, (num, den) in enumerate(direct):
         if sum(cells[j] for j in served.denominator[i]) != den:
             return False
@@ -249,11 +247,6 @@ def _needed(plan: ReportPlan, query: str, t: Table) -> list[str]:
     needed = measurable(plan.queries[query].spec, dataset)
     assert needed is not None
     return list(needed)
-
-
-def _served_for(table: Table, spec: QuerySpec) -> Served:
-    groups = tuple(itertools.product(*(_query_domain(table, c) for c in spec.group_by)))
-    return served_cells(table, spec, groups)
 
 
 def _answers(county: Policy, table: Table) -> bool:
@@ -334,7 +327,7 @@ def unit_variance(
 ) -> float:
     """Variance of the query's ``cell`` computed from ``table`` measured at ε = 1, in the
     cell's own unit (a count; a rate as a fraction): scale it by 1/ε² for another ε."""
-    served = _served(table, query)
+    served = served_by(table, query.spec)
     unit = discrete_laplace_variance(1.0)
     den = served.denominator[cell]
     if served.numerator is None or truth is None:
@@ -359,16 +352,6 @@ def today_variance(query: PlannedQuery, truth: tuple[int, int] | None) -> float:
 def half_width(variance: float) -> float:
     """The 95% half-width of a figure with this (linearised) noise variance."""
     return Z_975 * math.sqrt(variance)
-
-
-@functools.lru_cache(maxsize=1024)
-def _served(table: Table, query: PlannedQuery) -> Served:
-    groups = tuple(itertools.product(*(_query_domain(table, c) for c in query.spec.group_by)))
-    return served_cells(table, query.spec, groups)
-
-
-def _query_domain(table: Table, column: str) -> tuple[Value, ...]:
-    return table.domains[table.attributes.index(column)]
 
 
 # --- what it promises -----------------------------------------------------------------------

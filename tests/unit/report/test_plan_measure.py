@@ -721,9 +721,7 @@ def test_report_plan_compiles_no_table_above_the_per_query_cap(
         assert max(epsilons) <= province.limits.max_epsilon_per_query
 
 
-def test_two_tables_measuring_the_same_thing_are_refused(
-    tmp_path: Path, province: Policy
-) -> None:
+def test_two_tables_measuring_the_same_thing_are_refused(tmp_path: Path, province: Policy) -> None:
     # a node answers the same question again from its store: the same noise twice, which
     # the least squares would take for two measurements (intervals far too narrow)
     again = {**QUERIES, "phq9_bands_again": (QUERIES["phq9_bands"][0], 0.07)}

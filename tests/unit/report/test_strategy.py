@@ -13,8 +13,9 @@ from fedscreen.policy import Policy
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
 from fedscreen.query.compile import compile_query
+from fedscreen.report.measured import served_cells
 from fedscreen.report.plan import ReportPlan, load_plan
-from fedscreen.report.strategy import MICRO, compile_strategy, served_cells
+from fedscreen.report.strategy import MICRO, compile_strategy
 
 ANNUAL = Path(__file__).parents[3] / "policies" / "reports" / "annual.toml"
 
