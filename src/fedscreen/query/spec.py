@@ -86,6 +86,9 @@ class QuerySpec:
     group_by: tuple[str, ...] = ()
     where: Condition | None = None
     years: tuple[str, ...] = ()
+    #: released only as a province total through two aggregators (secret-shared exact
+    #: cells, one noise draw each: ``protocol.secure``); never a county value
+    secure: bool = False
 
     def columns(self) -> set[str]:
         """Every column the query mentions."""
@@ -106,13 +109,16 @@ class QuerySpec:
             measure["q"] = self.measure.q
         if self.measure.condition is not None:
             measure["condition"] = _cond_json(self.measure.condition)
-        return {
+        data: dict[str, Any] = {
             "dataset": self.dataset,
             "measure": measure,
             "group_by": list(self.group_by),
             "where": _cond_json(self.where) if self.where is not None else None,
             "years": sorted(self.years),
         }
+        if self.secure:  # absent when false: every plain query keeps its digest
+            data["secure"] = True
+        return data
 
     def canonical(self) -> bytes:
         """Canonical JSON bytes (sorted keys, compact, UTF-8)."""
@@ -139,7 +145,7 @@ class QuerySpec:
                 q=q,
                 condition=_cond_from(m["condition"], 0) if m.get("condition") is not None else None,
             )
-            extra = set(data) - {"dataset", "measure", "group_by", "where", "years"}
+            extra = set(data) - {"dataset", "measure", "group_by", "where", "years", "secure"}
             if extra:
                 raise QueryRefused(f"unknown query fields: {', '.join(sorted(extra))}")
             spec = cls(
@@ -148,11 +154,21 @@ class QuerySpec:
                 group_by=tuple(str(c) for c in data.get("group_by", [])),
                 where=_cond_from(data["where"], 0) if data.get("where") is not None else None,
                 years=tuple(sorted(str(y) for y in data.get("years", []))),
+                secure=_secure_flag(data.get("secure", False)),
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise QueryRefused(f"malformed query spec: {exc!r}"[:200]) from None
         check_size(spec)
         return spec
+
+
+def _secure_flag(value: object) -> bool:
+    # only the JSON literal true: anything else (1, "yes") would give one question two digests
+    if value is True:
+        return True
+    if value is False:
+        return False
+    raise QueryRefused("secure must be true or false")
 
 
 def check_size(spec: QuerySpec) -> None:
