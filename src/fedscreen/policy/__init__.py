@@ -2,7 +2,8 @@
 
 A node enforces ``load_node_policy(province, county)``: the catalogue intersected
 with its county's document, which may only tighten it; ``digest`` of that policy
-goes into every signed answer.
+goes into every signed answer. ``Policy.secure`` says which columns a secure
+(secret-shared, two-aggregator) query may use and whether this node answers one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fedscreen.policy.load import (
 from fedscreen.policy.merge import as_override, check_tightens, loosenings, merge
 from fedscreen.policy.model import (
     CATEGORY_MEASURES,
+    MIN_SECURE_NODES,
     NUMERIC_MEASURES,
     CategoryRule,
     ColumnOverride,
@@ -31,11 +33,14 @@ from fedscreen.policy.model import (
     NumericRule,
     Override,
     Policy,
+    Secure,
+    SecureOverride,
     Value,
 )
 
 __all__ = [
     "CATEGORY_MEASURES",
+    "MIN_SECURE_NODES",
     "NUMERIC_MEASURES",
     "CategoryRule",
     "ColumnOverride",
@@ -48,6 +53,8 @@ __all__ = [
     "NumericRule",
     "Override",
     "Policy",
+    "Secure",
+    "SecureOverride",
     "Value",
     "as_override",
     "canonical_json",

@@ -6,6 +6,10 @@ UTF-8, and numbers as Python writes them (epsilons and shares are always floats,
 sorted; domains and candidates keep their catalogue order, which is the order groups
 are released in. It depends only on the policy's values, never on the layout of the
 TOML documents it came from.
+
+``secure`` is present only when the policy differs from one allowing no secure query
+(a ``[secure]`` section, or a county's refusal): a policy without it keeps the digest
+it had before secure aggregation existed, as a plain query keeps its own.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import hashlib
 from typing import Final
 
 from fedscreen._util.canonical import canonical_json as canonical
-from fedscreen.policy.model import CategoryRule, ColumnRule, Dataset, Limits, Policy
+from fedscreen.policy.model import CategoryRule, ColumnRule, Dataset, Limits, Policy, Secure
 
 __all__ = ["FORMAT", "canonical_json", "digest"]
 
@@ -31,6 +35,8 @@ def canonical_json(policy: Policy) -> bytes:
         "limits": _limits(policy.limits),
         "datasets": {name: _dataset(d) for name, d in policy.datasets.items()},
     }
+    if policy.secure != Secure():
+        document["secure"] = _secure(policy.secure)
     return canonical(document)
 
 
@@ -48,6 +54,14 @@ def _limits(limits: Limits) -> dict[str, object]:
         "publication_threshold": limits.publication_threshold,
         "max_groups": limits.max_groups,
         "approval_above_epsilon": limits.approval_above_epsilon,
+    }
+
+
+def _secure(secure: Secure) -> dict[str, object]:
+    return {
+        "min_nodes": secure.min_nodes,
+        "refused": secure.refused,
+        "columns": {name: sorted(cols) for name, cols in secure.columns.items()},
     }
 
 

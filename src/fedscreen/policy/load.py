@@ -21,6 +21,7 @@ from fedscreen.errors import PolicyError
 from fedscreen.policy.merge import check_tightens, merge
 from fedscreen.policy.model import (
     CATEGORY_MEASURES,
+    MIN_SECURE_NODES,
     NUMERIC_MEASURES,
     CategoryRule,
     ColumnOverride,
@@ -33,6 +34,8 @@ from fedscreen.policy.model import (
     NumericRule,
     Override,
     Policy,
+    Secure,
+    SecureOverride,
     Value,
     key_path,
 )
@@ -77,25 +80,26 @@ def parse_policy(data: Mapping[str, object], *, source: str) -> Policy:
     """Check a parsed catalogue document and build its :class:`Policy`."""
     r = _Reader(source)
     top = r.table(data, ())
-    r.keys(top, (), required=("version", "limits", "datasets"))
+    r.keys(top, (), required=("version", "limits", "datasets"), optional=("secure",))
     version = r.text(top["version"], ("version",))
     limits = _limits(r, r.table(top["limits"], ("limits",)))
-    datasets = r.table(top["datasets"], ("datasets",), non_empty=True)
-    return Policy(
-        version=version,
-        limits=limits,
-        datasets={
-            name: _dataset(r, r.table(value, ("datasets", name)), ("datasets", name))
-            for name, value in r.named(datasets, ("datasets",))
-        },
-    )
+    datasets = {
+        name: _dataset(r, r.table(value, ("datasets", name)), ("datasets", name))
+        for name, value in r.named(
+            r.table(top["datasets"], ("datasets",), non_empty=True), ("datasets",)
+        )
+    }
+    secure = Secure()  # no section: no secure query may run
+    if "secure" in top:
+        secure = _secure(r, r.table(top["secure"], ("secure",)), datasets)
+    return Policy(version=version, limits=limits, datasets=datasets, secure=secure)
 
 
 def parse_override(data: Mapping[str, object], *, source: str) -> Override:
     """Check a parsed county document and build its :class:`Override`."""
     r = _Reader(source)
     top = r.table(data, ())
-    r.keys(top, (), required=("version",), optional=("limits", "datasets"))
+    r.keys(top, (), required=("version",), optional=("limits", "datasets", "secure"))
     version = r.text(top["version"], ("version",))
     limits = _limits_override(r, r.table(top.get("limits", {}), ("limits",)))
     datasets = r.table(top.get("datasets", {}), ("datasets",))
@@ -106,6 +110,7 @@ def parse_override(data: Mapping[str, object], *, source: str) -> Override:
             name: _dataset_override(r, r.table(value, ("datasets", name)), ("datasets", name))
             for name, value in r.named(datasets, ("datasets",))
         },
+        secure=_secure_override(r, r.table(top.get("secure", {}), ("secure",))),
     )
 
 
@@ -239,6 +244,61 @@ def _dataset_override(r: _Reader, t: dict[str, object], at: _At) -> DatasetOverr
         )
     return DatasetOverride(
         withheld=r.identifiers(t.get("withheld", []), (*at, "withheld")), columns=columns
+    )
+
+
+def _secure(r: _Reader, t: dict[str, object], datasets: Mapping[str, Dataset]) -> Secure:
+    at = ("secure",)
+    r.keys(t, at, required=("min_nodes", "datasets"))
+    min_nodes = r.integer(t["min_nodes"], (*at, "min_nodes"), minimum=MIN_SECURE_NODES)
+    sets_at = (*at, "datasets")
+    columns: dict[str, frozenset[str]] = {}
+    for name, value in r.named(r.table(t["datasets"], sets_at, non_empty=True), sets_at):
+        d_at = (*sets_at, name)
+        d = r.table(value, d_at)
+        r.keys(d, d_at, required=("columns",))
+        dataset = datasets.get(name)
+        if dataset is None:
+            r.fail(d_at, "not one of the catalogue's datasets")
+        if dataset.public:
+            r.fail(d_at, "public data is released exactly: it needs no secure aggregation")
+        c_at = (*d_at, "columns")
+        names = r.identifiers(d["columns"], c_at)
+        if not names:
+            r.fail(c_at, "must be a non-empty list of column names")
+        for column in sorted(names):
+            rule = dataset.columns.get(column)
+            if rule is None:
+                why = "withheld" if column in dataset.withheld else "not one of its columns"
+                r.fail(c_at, f"{column!r} is {why} in datasets.{name}")
+            if not isinstance(rule, CategoryRule):
+                r.fail(c_at, f"{column!r} is numeric: secure queries use category columns only")
+            if not rule.measures & {Measure.GROUP, Measure.FILTER}:
+                r.fail(c_at, f"{column!r} allows neither 'group' nor 'filter'")
+        columns[name] = names
+    return Secure(min_nodes=min_nodes, columns=columns)
+
+
+def _secure_override(r: _Reader, t: dict[str, object]) -> SecureOverride:
+    at = ("secure",)
+    r.keys(t, at, optional=("refuse", "min_nodes", "datasets"))
+    sets_at = (*at, "datasets")
+    columns: dict[str, frozenset[str]] = {}
+    for name, value in r.named(r.table(t.get("datasets", {}), sets_at), sets_at):
+        d_at = (*sets_at, name)
+        d = r.table(value, d_at)
+        r.keys(d, d_at, required=("columns",))
+        # an empty list is a county keeping none of this dataset's columns
+        columns[name] = r.identifiers(d["columns"], (*d_at, "columns"))
+    min_nodes = t.get("min_nodes")
+    return SecureOverride(
+        refuse=r.boolean(t.get("refuse", False), (*at, "refuse")),
+        min_nodes=(
+            None
+            if min_nodes is None
+            else r.integer(min_nodes, (*at, "min_nodes"), minimum=MIN_SECURE_NODES)
+        ),
+        columns=columns,
     )
 
 

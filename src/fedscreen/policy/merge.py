@@ -17,12 +17,16 @@ Semantics (the choice, and why):
 * A column left with no measure, no domain value or empty bounds is withheld. A
   dataset whose period column is no longer filterable is emptied (every column
   withheld): the node could not charge a year's budget for its queries.
+* Secure aggregation narrows the same way: a county may refuse it (refusals add up),
+  raise ``min_nodes`` (the maximum wins) and keep fewer columns (they intersect). A
+  secure column must stay a column of its merged dataset that can be grouped by or
+  filtered on; one that is withheld or loses both rights leaves the secure list too.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
 from fedscreen.errors import PolicyError
@@ -38,6 +42,8 @@ from fedscreen.policy.model import (
     NumericRule,
     Override,
     Policy,
+    Secure,
+    SecureOverride,
     key_path,
 )
 
@@ -61,6 +67,7 @@ def merge(province: Policy, county: Override) -> Policy:
         limits=_merge_limits(province.limits, county.limits),
         datasets=datasets,
         overrides=overrides,
+        secure=_merge_secure(province.secure, county.secure, datasets),
     )
 
 
@@ -84,6 +91,14 @@ def as_override(policy: Policy) -> Override:
             )
             for name, dataset in policy.datasets.items()
         },
+        secure=SecureOverride(
+            refuse=policy.secure.refused,
+            min_nodes=policy.secure.min_nodes,
+            # every dataset is named: an absent one would mean "as the province says"
+            columns={
+                name: policy.secure.columns.get(name, frozenset()) for name in policy.datasets
+            },
+        ),
     )
 
 
@@ -125,6 +140,7 @@ def loosenings(province: Policy, county: Override) -> list[str]:
             found.append(f"datasets.{name}: not in the provincial catalogue")
         else:
             found.extend(_dataset_loosenings(f"datasets.{name}", dataset, override))
+    found.extend(_secure_loosenings(province, county.secure))
     return found
 
 
@@ -183,6 +199,29 @@ def _merge_dataset(p: Dataset, c: DatasetOverride) -> Dataset:
     return Dataset(
         public=p.public, period=p.period, unit=p.unit, columns=columns, withheld=frozenset(withheld)
     )
+
+
+def _merge_secure(p: Secure, c: SecureOverride, datasets: Mapping[str, Dataset]) -> Secure:
+    columns: dict[str, frozenset[str]] = {}
+    for name, allowed in p.columns.items():
+        dataset = datasets.get(name)
+        if dataset is None:
+            continue
+        kept = allowed & c.columns.get(name, allowed)
+        kept = frozenset(col for col in kept if _securable(dataset, col))
+        if kept:
+            columns[name] = kept
+    return Secure(
+        min_nodes=max(p.min_nodes, c.min_nodes or 0),
+        columns=columns,
+        refused=p.refused or c.refuse,
+    )
+
+
+def _securable(dataset: Dataset, column: str) -> bool:
+    """May a secure query use ``column`` of ``dataset`` at all (see ``load``)?"""
+    rule = dataset.columns.get(column)
+    return isinstance(rule, CategoryRule) and bool(rule.measures & {Measure.GROUP, Measure.FILTER})
 
 
 def _merge_rule(p: ColumnRule, c: ColumnOverride) -> ColumnRule | None:
@@ -255,6 +294,24 @@ def _column_loosenings(where: str, p: ColumnRule, c: ColumnOverride) -> list[str
     if c.candidates is not None and set(c.candidates) - set(p.candidates):
         extra = [v for v in c.candidates if v not in p.candidates]
         found.append(f"{where}.candidates: {_names(extra)} not among the provincial candidates")
+    return found
+
+
+def _secure_loosenings(province: Policy, c: SecureOverride) -> list[str]:
+    p = province.secure
+    found: list[str] = []
+    if c.min_nodes is not None and c.min_nodes < p.min_nodes:
+        found.append(f"secure.min_nodes: {c.min_nodes} is below the provincial {p.min_nodes}")
+    for name, columns in sorted(c.columns.items()):
+        where = f"secure.datasets.{name}"
+        if name not in province.datasets:
+            found.append(f"{where}: not in the provincial catalogue")
+            continue
+        extra = columns - p.columns.get(name, frozenset())
+        if extra:
+            found.append(
+                f"{where}.columns: {_names(extra)} not allowed in secure queries by the province"
+            )
     return found
 
 

@@ -5,6 +5,10 @@ rule. An :class:`Override` (a county document) is partial: ``None`` or an absent
 means "as the province says". :func:`fedscreen.policy.merge` combines the two.
 
 Everything here is a plain frozen value; parsing and checking live in ``load``.
+
+:class:`Secure` says which columns a *secure* query (exact cells secret-shared to two
+aggregators, released only as a sum over at least ``min_nodes`` nodes) may use; a
+county's :class:`SecureOverride` may narrow it or refuse secure queries altogether.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ CATEGORY_MEASURES: Final = frozenset({Measure.GROUP, Measure.FILTER, Measure.COU
 NUMERIC_MEASURES: Final = frozenset(
     {Measure.FILTER, Measure.COUNT, Measure.SUM, Measure.MEAN, Measure.QUANTILE}
 )
+
+#: the fewest nodes any secure release may sum, whatever a catalogue says: one node's
+#: sum is that county's own value, which a secure query must never release
+MIN_SECURE_NODES: Final = 2
 
 #: a coded value of a category column: a code ("F", "junior") or a 0/1 flag
 Value: TypeAlias = str | int
@@ -124,6 +132,28 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Secure:
+    """What secure aggregation may touch, and what a node enforces of it.
+
+    A secure query is a COUNT whose exact cells a node secret-shares to two aggregators;
+    if the two collude, they see those exact cells. So only the ``columns`` listed here
+    (per non-public dataset: category columns the dataset lets queries group by or filter
+    on) may appear in one, and a county may refuse them. The default allows nothing.
+    """
+
+    #: fewest nodes whose shares one secure release may sum (>= ``MIN_SECURE_NODES``)
+    min_nodes: int = MIN_SECURE_NODES
+    #: dataset -> the columns a secure query may group by, filter on or count
+    columns: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    #: this node answers no secure query (its county's policy says so)
+    refused: bool = False
+
+    def allows(self, dataset: str) -> frozenset[str]:
+        """The columns of ``dataset`` a secure query may use (empty: none may run)."""
+        return frozenset() if self.refused else self.columns.get(dataset, frozenset())
+
+
+@dataclass(frozen=True)
 class Policy:
     """The complete policy a node enforces and states (by digest) in every answer."""
 
@@ -133,6 +163,8 @@ class Policy:
     datasets: Mapping[str, Dataset]
     #: versions of the county documents merged in
     overrides: frozenset[str] = frozenset()
+    #: secure aggregation; a catalogue without a [secure] section allows none
+    secure: Secure = field(default_factory=Secure)
 
 
 # --- a county's override: every field optional, it can only narrow ---------------------
@@ -170,9 +202,23 @@ class LimitsOverride:
 
 
 @dataclass(frozen=True)
+class SecureOverride:
+    """A county's narrowing of secure aggregation; ``None`` or absent keeps the province's."""
+
+    #: answer no secure query: under collusion of the two aggregators this county's
+    #: exact counts would be revealed
+    refuse: bool = False
+    #: a higher minimum of nodes per secure release
+    min_nodes: int | None = None
+    #: dataset -> the only columns kept (an empty set: none of that dataset)
+    columns: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Override:
     """A county policy document: the same schema as the catalogue, every field optional."""
 
     version: str | None = None
     limits: LimitsOverride = field(default_factory=LimitsOverride)
     datasets: Mapping[str, DatasetOverride] = field(default_factory=dict)
+    secure: SecureOverride = field(default_factory=SecureOverride)

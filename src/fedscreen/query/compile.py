@@ -7,6 +7,10 @@ domains, so which cells an answer has never depends on the data. SQLite groups
 every row, but groups outside the public domains (or NULL) are never among the
 cells and are dropped unseen (engine ``_filled``); each student still falls in at
 most one released cell. (Filtering them in SQL instead cost 25% of the query.)
+
+A secure query (``spec.secure``: exact cells secret-shared to two aggregators) must
+also pass :func:`check_secure`: a count, over a non-public dataset, using only the
+catalogue's secure columns, at a node whose county does not refuse secure queries.
 """
 
 from __future__ import annotations
@@ -94,6 +98,64 @@ def _condition(dataset: Dataset, cond: Condition, params: list[Value]) -> str:
     return f"{cond.column} {SQL_OPS[cond.op]} ?"
 
 
+#: the first words of every secure-aggregation refusal, so an operator knows which rule spoke
+SECURE_REFUSAL: Final = "secure aggregation: "
+#: most offending column names one refusal lists
+_SHOWN: Final = 5
+
+
+def check_secure(spec: QuerySpec, policy: Policy) -> None:
+    """Refuse (QueryRefused) a secure ``spec`` that ``policy`` does not allow; else return.
+
+    Only what is particular to secure aggregation: the node's county does not refuse it,
+    the measure is a count (only counts are secret-shared and summed), the dataset is
+    not public, and every column ``spec`` mentions is one of the catalogue's secure
+    columns of that dataset. :func:`compile_query` calls it for every secure spec and
+    checks the rest (group and filter rights, domains, ``max_groups``).
+    """
+    if policy.secure.refused:
+        raise QueryRefused(
+            SECURE_REFUSAL + "this county's policy refuses secure queries (if the two "
+            "aggregators colluded they would see its exact counts)"
+        )
+    if spec.measure.kind != "count":
+        raise QueryRefused(
+            SECURE_REFUSAL + "only counts (COUNT(*), HISTOGRAM(column)) can be secret-shared, "
+            f"not {spec.measure.kind.upper()}"
+        )
+    dataset = policy.datasets.get(spec.dataset)
+    if dataset is None:
+        raise QueryRefused(SECURE_REFUSAL + f"unknown dataset {spec.dataset!r:.80}")
+    if dataset.public:
+        raise QueryRefused(
+            SECURE_REFUSAL + f"{spec.dataset} is public data, released exactly: "
+            "ask it as a plain query"
+        )
+    allowed = policy.secure.columns.get(spec.dataset, frozenset())
+    if not allowed:
+        raise QueryRefused(
+            SECURE_REFUSAL + f"no column of {spec.dataset} may be aggregated securely"
+        )
+    outside = sorted(spec.columns() - allowed)
+    if outside:
+        shown = ", ".join(f"{c!r:.40}" for c in outside[:_SHOWN])
+        more = f" and {len(outside) - _SHOWN} more" if len(outside) > _SHOWN else ""
+        raise QueryRefused(
+            SECURE_REFUSAL + f"column(s) {shown}{more} may not be used in a secure query "
+            f"(allowed: {', '.join(sorted(allowed))})"
+        )
+
+
+def check_secure_release(policy: Policy, *, nodes: int) -> None:
+    """Refuse (QueryRefused) a secure release summing fewer than ``policy.secure.min_nodes``
+    nodes: over fewer it would come too close to one county's own value."""
+    if nodes < policy.secure.min_nodes:
+        raise QueryRefused(
+            SECURE_REFUSAL + f"a release must sum at least {policy.secure.min_nodes} nodes, "
+            f"not {nodes}"
+        )
+
+
 def compile_query(spec: QuerySpec, policy: Policy) -> Plan:
     """Check ``spec`` against ``policy``; return the SQL plan or raise QueryRefused."""
     check_size(spec)  # a spec built in Python skipped the parser's limits
@@ -101,6 +163,8 @@ def compile_query(spec: QuerySpec, policy: Policy) -> Plan:
     if dataset is None or not IDENTIFIER.fullmatch(spec.dataset):
         known = ", ".join(sorted(policy.datasets))
         raise QueryRefused(f"unknown dataset {spec.dataset!r} (known: {known})")
+    if spec.secure:
+        check_secure(spec, policy)
     if not spec.years:
         raise QueryRefused("no academic year given (WHERE academic_year = '2024-2025')")
     period_rule = _rule(dataset, dataset.period, Measure.FILTER, "the period")
@@ -132,7 +196,11 @@ def compile_query(spec: QuerySpec, policy: Policy) -> Plan:
     bounds: tuple[int, int] | None = None
     candidates: tuple[int, ...] = ()
     agg_params: list[Value] = []
-    if measure.kind == "count":
+    if measure.kind == "count" and measure.column is not None:
+        # COUNT(column): rows where it is not NULL (a spec from JSON; SQL text says HISTOGRAM)
+        _rule(dataset, measure.column, Measure.COUNT, "COUNT")
+        aggregates = [f"COUNT({measure.column})"]
+    elif measure.kind == "count":
         aggregates = ["COUNT(*)"]
     elif measure.kind == "rate":
         if measure.condition is None:

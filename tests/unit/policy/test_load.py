@@ -41,6 +41,7 @@ DELETE = object()
 def test_exported_names() -> None:
     assert fedscreen.policy.__all__ == [
         "CATEGORY_MEASURES",
+        "MIN_SECURE_NODES",
         "NUMERIC_MEASURES",
         "CategoryRule",
         "ColumnOverride",
@@ -53,6 +54,8 @@ def test_exported_names() -> None:
         "NumericRule",
         "Override",
         "Policy",
+        "Secure",
+        "SecureOverride",
         "Value",
         "as_override",
         "canonical_json",
@@ -234,7 +237,11 @@ NEEDS_KIND = 'missing: must be "category" or "numeric"'
     [
         ("version", DELETE, "version: missing"),
         ("version", "", "version: must be a non-empty string"),
-        ("extra", 1, "extra: unknown key (expected one of: version, limits, datasets)"),
+        (
+            "extra",
+            1,
+            "extra: unknown key (expected one of: version, limits, datasets, secure)",
+        ),
         ("limits", [], "limits: must be a table"),
         (
             "limits.max_epsilon_per_query",
