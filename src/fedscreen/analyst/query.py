@@ -115,7 +115,7 @@ def verify_release(
                 academic_year=release.academic_year,
             )
         )
-    check_release(body, query, verified, public=public)
+    check_release(body, query, verified, public=public, manifest=manifest)
     return VerifiedRelease(
         body,
         release,

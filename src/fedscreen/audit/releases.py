@@ -61,7 +61,13 @@ def pair_release(
             logged = {n: hashlib.sha256(raw).hexdigest() for n, (raw, _) in verified.items()}
             if release.answer_digests() != logged:
                 raise ValueError("the release names other answers than the ones logged with it")
-            check_release(body, query, [verified[n][1] for n in sorted(verified)], public=public)
+            check_release(
+                body,
+                query,
+                [verified[n][1] for n in sorted(verified)],
+                public=public,
+                manifest=manifest,
+            )
         except (ValueError, KeyError, TypeError, VerificationError) as exc:
             failure = failure or EntryInvalid(f"entry {at}: {exc}", origin=origin, index=at)
             continue

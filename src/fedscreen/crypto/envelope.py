@@ -27,6 +27,7 @@ RELEASE_V1 = "application/vnd.fedscreen.release.v1+json"
 BUDGET_V1 = "application/vnd.fedscreen.budget.v1+json"
 LOG_ENTRY_V1 = "application/vnd.fedscreen.log-entry.v1+json"
 MANIFEST_V1 = "application/vnd.fedscreen.manifest.v1+json"
+PARTIAL_V1 = "application/vnd.fedscreen.partial.v1+json"
 
 # Bounds on what from_json accepts, so a hostile envelope cannot cost unbounded work.
 MAX_SIGNATURES = 16

@@ -17,6 +17,7 @@ from typing import NoReturn
 
 import nacl.bindings
 import nacl.exceptions
+import nacl.public
 import nacl.signing
 import nacl.utils
 
@@ -102,6 +103,17 @@ class SigningKey:
         """Return the 64-byte detached Ed25519 signature of ``message``."""
         return bytes(self._key.sign(message).signature)
 
+    def open_sealed(self, box: bytes) -> bytes:
+        """Decrypt a sealed box made by :func:`seal_to` for this key's public key.
+
+        Raises VerificationError if the box was not made for this key or was altered.
+        """
+        private = self._key.to_curve25519_private_key()
+        try:
+            return bytes(nacl.public.SealedBox(private).decrypt(box))
+        except (nacl.exceptions.CryptoError, ValueError, TypeError):
+            raise VerificationError("a sealed box does not open with this key") from None
+
     def __repr__(self) -> str:
         return f"<SigningKey key_id={self.key_id}>"
 
@@ -144,6 +156,25 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> Non
         nacl.bindings.crypto_sign_open(signature + message, public_key)
     except (nacl.exceptions.BadSignatureError, ValueError):
         raise VerificationError("Ed25519 signature does not verify") from None
+
+
+def seal_to(public_key: bytes, plaintext: bytes) -> bytes:
+    """Encrypt ``plaintext`` to a member's Ed25519 public key (libsodium sealed box).
+
+    The box is to the key's X25519 form (``crypto_sign_ed25519_pk_to_curve25519``), so
+    the manifest's one key per member also receives secret shares: no second key to
+    issue, pin and revoke. Anonymous by design (the sender signs the payload holding
+    the box); only the holder of the private key opens it.
+    """
+    check_public_key(public_key)
+    x25519 = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(public_key)
+    return bytes(nacl.public.SealedBox(nacl.public.PublicKey(x25519)).encrypt(plaintext))
+
+
+def random_u64(count: int) -> list[int]:
+    """``count`` independent uniform 64-bit integers from libsodium's CSPRNG."""
+    raw = nacl.utils.random(8 * count) if count > 0 else b""
+    return [int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8)]
 
 
 class SignatureMemo:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedscreen.protocol.answer import PUBLIC_MECHANISM
+from fedscreen.protocol.answer import PUBLIC_MECHANISM, SHARES_MECHANISM
+from fedscreen.protocol.secure import seal_shares
 from fedscreen.query import mechanisms
 from fedscreen.query.compile import Plan
 
@@ -21,12 +22,32 @@ def _filled(plan: Plan, rows: list[tuple[Any, ...]]) -> list[list[int]]:
 
 
 def release(
-    plan: Plan, rows: list[tuple[Any, ...]], epsilon: float, threshold: int
+    plan: Plan,
+    rows: list[tuple[Any, ...]],
+    epsilon: float,
+    threshold: int,
+    *,
+    node_id: str = "",
+    recipients: tuple[tuple[str, bytes], ...] = (),
 ) -> dict[str, Any]:
-    """Noisy cells for the plan's measure (exact cells for a public dataset)."""
+    """Noisy cells for the plan's measure (exact cells for a public dataset).
+
+    A secure count (``plan.spec.secure``) states its groups only: its exact values
+    leave as two additive shares, each sealed to one of ``recipients`` (the two
+    aggregators), which add the noise to their sums.
+    """
     values = _filled(plan, rows)
     kind = plan.spec.measure.kind
     groups = [list(cell) for cell in plan.cells]
+    if plan.spec.secure:
+        if kind != "count" or plan.dataset.public:
+            raise ValueError("only a count over private data is aggregated securely")
+        shares = seal_shares([v[0] for v in values], node_id=node_id, recipients=recipients)
+        return {
+            "mechanism": SHARES_MECHANISM,
+            "cells": [{"group": g} for g in groups],
+            "shares": shares,
+        }
     if plan.dataset.public:
         return {
             "mechanism": PUBLIC_MECHANISM,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -70,6 +70,9 @@ class QueryRequest:
     #: the year a spec without years is answered for (the coordinator's pin); None: the
     #: node's latest year (a local query)
     academic_year: str | None = None
+    #: a secure query's two aggregators, (member id, public key) each, from the node's
+    #: manifest: its exact cells go to them as sealed shares (``protocol.secure``)
+    recipients: tuple[tuple[str, bytes], ...] = ()
 
 
 class _Refused(Exception):
@@ -131,9 +134,11 @@ def answer_query(
                 year = request.academic_year or latest_year(conn)
                 if year is None:
                     raise _Refused("no-data", "this node holds no screenings yet")
-                spec = QuerySpec(spec.dataset, spec.measure, spec.group_by, spec.where, (year,))
+                spec = replace(spec, years=(year,))
             code = "policy"
             plan = compile_query(spec, policy)
+            if spec.secure and len(request.recipients) != 2:
+                raise _Refused("policy", "a secure query needs the federation's two aggregators")
             epsilon = request_epsilon(
                 plan, policy, epsilon=request.epsilon, accuracy=request.accuracy
             )
@@ -239,9 +244,11 @@ def _answer(
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = store.data_version(conn)
-        key_material = canonical_json(
-            [plan.spec.to_json(), cost_micro, version, digest, config.node_id]
-        )
+        material: list[Any] = [plan.spec.to_json(), cost_micro, version, digest, config.node_id]
+        if plan.spec.secure:
+            # boxes sealed to other aggregators' keys are no answer for these ones
+            material.append([[m, k.hex()] for m, k in request.recipients])
+        key_material = canonical_json(material)
         cache_key = hashlib.sha256(key_material).hexdigest()
         row = conn.execute(
             "SELECT answer_id, answer FROM query_answer WHERE cache_key = ?", (cache_key,)
@@ -306,7 +313,14 @@ def _answer(
             "threshold": policy.limits.publication_threshold,
             # noise drawn at the ε charged (rounded up to whole µε), so the ε the answer
             # states, its scale, its charge and its cache key all agree
-            **release(plan, rows, from_micro(cost_micro), policy.limits.publication_threshold),
+            **release(
+                plan,
+                rows,
+                from_micro(cost_micro),
+                policy.limits.publication_threshold,
+                node_id=config.node_id,
+                recipients=request.recipients,
+            ),
         }
         answer_id = conn.execute(
             "INSERT INTO query_answer (cache_key, analyst, spec, epsilon_micro, policy_digest, "

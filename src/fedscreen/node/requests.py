@@ -25,6 +25,7 @@ from fedscreen.node.home import NodeConfig
 from fedscreen.policy import Policy
 from fedscreen.protocol.query import FRESHNESS_WINDOW_MS, check_fresh, verify_query
 from fedscreen.protocol.refusal import refusal_reason
+from fedscreen.protocol.secure import aggregators
 from fedscreen.trust.manifest import Manifest
 
 #: the freshness window verify_query is given: freshness is checked apart, to say "stale"
@@ -84,6 +85,13 @@ def handle_query(
     if query.nodes and config.node_id not in query.nodes:
         detail = f"query {query.query_id} is not addressed to node {config.node_id}"
         _refuse(config, conn, query.analyst, query.query_id, "not-addressed", detail)
+    recipients: tuple[tuple[str, bytes], ...] = ()
+    if query.spec.secure:
+        try:
+            pair = aggregators(manifest)
+        except QueryRefused as exc:
+            _refuse(config, conn, query.analyst, query.query_id, "policy", str(exc))
+        recipients = tuple((m, manifest.member(m).signing_key) for m in pair)
     request = QueryRequest(
         analyst=query.analyst,
         spec=query.spec,
@@ -93,6 +101,7 @@ def handle_query(
         query_id=query.query_id,
         query_sha256=query.digest,
         academic_year=academic_year or None,
+        recipients=recipients,
     )
     answer = answer_query(config, policy, request, conn=conn)
     return answer.envelope.to_json().encode("utf-8")

@@ -55,6 +55,12 @@ MAX_VALUE: Final = 2**62
 MAX_STATED_EPSILON: Final = 1e9
 #: the mechanism a public dataset's answer states: exact values, no noise, no ε
 PUBLIC_MECHANISM: Final = "none (public data)"
+#: the mechanism a secure query's answer states: exact cells, secret-shared to two
+#: aggregators in sealed boxes (``protocol.secure``), no value in the clear
+SHARES_MECHANISM: Final = "additive shares mod 2^64, sealed to two aggregators"
+#: longest base64 sealed box of shares an answer may carry (characters): 200 cells of
+#: 20-digit shares and the box's overhead fit many times over
+MAX_SHARE_BOX: Final = 64_000
 #: longest reason a verification failure quotes (characters)
 MAX_REASON_CHARS: Final = 200
 #: the types a cell's group may hold (exactly: JSON gives no subclasses)
@@ -135,6 +141,8 @@ class AnswerBody:
     #: the noise scale of count, sum and quantile answers (None: public data, or a ratio)
     scale: float | None
     cells: tuple[AnswerCell, ...]
+    #: a secure answer's sealed shares: recipient member id -> base64 box (else None)
+    shares: Mapping[str, str] | None = None
 
     @property
     def public(self) -> bool:
@@ -278,6 +286,16 @@ def _check_epsilon(
 
 
 def _check_mechanism(body: AnswerBody, *, public: bool, node_id: str) -> None:
+    if body.query.secure != (body.mechanism == SHARES_MECHANISM) or (
+        body.query.secure and (public or body.shares is None or body.scale is not None)
+    ):
+        # a secure query's answer holds sealed shares and nothing else: a node cannot
+        # put a county's value (noisy or not) where only shares belong, nor the reverse
+        raise VerificationError(
+            f"the answer from {node_id} does not use the secure mechanism as its query says"
+        )
+    if body.query.secure:
+        return
     if body.public != public:
         kind = "public" if public else "noisy"
         raise VerificationError(
@@ -318,6 +336,10 @@ def _check_cells(body: AnswerBody, catalogue: Policy, *, node_id: str) -> None:
     if body.public:
         return
     kind, epsilon = body.query.measure.kind, body.epsilon
+    if body.shares is not None:
+        if epsilon <= 0 or any(c.value is not None for c in body.cells):
+            raise VerificationError(f"the secure answer from {node_id} states a value or no ε")
+        return
     if epsilon <= 0:
         raise VerificationError(f"the noisy answer from {node_id} states no ε")
     if kind in ("count", "sum"):
@@ -378,10 +400,33 @@ def parse_answer_body(body: Mapping[str, Any]) -> AnswerBody:
     if not isinstance(cells, list):
         raise ValueError("an answer's cells must be a list")
     width = len(query.group_by)
+    if mechanism == SHARES_MECHANISM:
+        return AnswerBody(
+            node_id, analyst, query, epsilon, mechanism, scale,
+            tuple(_group_only(c, width) for c in cells), _boxes(body.get("shares")),
+        )  # fmt: skip
+    if "shares" in body:
+        raise ValueError("only a secure answer carries shares")
     return AnswerBody(
         node_id, analyst, query, epsilon, mechanism, scale,
         tuple(_cell(c, kind, width, noisy=noisy) for c in cells),
     )  # fmt: skip
+
+
+def _group_only(cell: object, width: int) -> AnswerCell:
+    # a secure answer's cell names its group and nothing else: its value is in the shares
+    if not isinstance(cell, dict) or set(cell) != {"group"}:
+        raise ValueError("a secure answer's cell holds its group only")
+    return _cell(cell, "quantile", width, noisy=True)
+
+
+def _boxes(value: object) -> dict[str, str]:
+    if not isinstance(value, dict) or len(value) != 2:
+        raise ValueError("a secure answer carries shares for exactly two aggregators")
+    for member, box in value.items():
+        if not isinstance(member, str) or not isinstance(box, str) or len(box) > MAX_SHARE_BOX:
+            raise ValueError("shares map member ids to sealed boxes (base64 text)")
+    return dict(value)
 
 
 def _cell(cell: object, kind: str, width: int, *, noisy: bool) -> AnswerCell:

@@ -35,7 +35,15 @@ from fedscreen.protocol.answer import (
 from fedscreen.protocol.combine import NodeCells, combine
 from fedscreen.protocol.compare import same_figures
 from fedscreen.protocol.query import SignedQuery
+from fedscreen.protocol.secure import (
+    PartialBody,
+    check_nodes,
+    combine_partials,
+    parse_partial_envelopes,
+    verify_partial,
+)
 from fedscreen.query.spec import QuerySpec
+from fedscreen.trust.manifest import Manifest
 
 RELEASE_VERSION: Final = 1
 
@@ -68,11 +76,14 @@ def release_body(
     catalogue_digest: str = "",
     eligible: Mapping[str, int] | None = None,
     missing_reasons: Mapping[str, str] | None = None,
+    secure: SecureOutcome | None = None,
 ) -> dict[str, Any]:
     """The body the coordinator signs for one query.
 
     ``public`` (from the catalogue) decides how the cells combine; ``academic_year``
     is the year a query without years was pinned to (None when the query names years).
+    A secure query's figures are its two aggregators' partials combined (``secure``:
+    both partials, or why there are none — then it releases no figure at all).
     """
     ordered = sorted(answers)
     reasons = missing_reasons or {}
@@ -107,8 +118,39 @@ def release_body(
         "per_node": {n: answers[n][1].body["cells"] for n in ordered},
         "threshold": threshold,
         # the auditor recomputes exactly this from the logged answers
-        "province": combine(query.spec.measure.kind, nodes, threshold=threshold, public=public),
+        "province": (
+            combine(query.spec.measure.kind, nodes, threshold=threshold, public=public)
+            if secure is None
+            else secure.cells(threshold)
+        ),
+        **({} if secure is None else {"secure": secure.to_json()}),
     }
+
+
+@dataclass(frozen=True)
+class SecureOutcome:
+    """How a secure query's figures came about: the two aggregators' signed partials
+    (coordinator's first), or the reason there are none."""
+
+    aggregators: tuple[str, str]
+    #: the partial envelopes as signed (JSON text) with their verified bodies
+    partials: tuple[tuple[str, PartialBody], ...] = ()
+    failure: str | None = None
+
+    def cells(self, threshold: int) -> list[dict[str, Any]]:
+        """The released cells: none without both partials."""
+        if not self.partials:
+            return []
+        bodies = [body for _, body in self.partials]
+        return combine_partials(bodies, aggregator_ids=self.aggregators, threshold=threshold)
+
+    def to_json(self) -> dict[str, Any]:
+        """The release's ``secure`` section."""
+        return {
+            "aggregators": list(self.aggregators),
+            "partials": [text for text, _ in self.partials],
+            "failure": self.failure,
+        }
 
 
 @dataclass(frozen=True)
@@ -205,6 +247,7 @@ def check_release(
     *,
     public: bool,
     catalogue: Policy | None = None,
+    manifest: Manifest | None = None,
 ) -> ReleaseBody:
     """Everything a release states from the answers must be those answers.
 
@@ -217,6 +260,9 @@ def check_release(
     to change any of them.) The publication threshold must be the catalogue's
     (``catalogue``, default: the shipped one), the catalogue digest (when stated)
     that catalogue's, and the coverage the share of asked nodes that answered.
+    A secure query's release (``manifest`` needed) must carry both aggregators' partials,
+    each signed by its aggregator, for this query, over exactly these answers, and
+    state their combination; or, with a stated failure, no figure at all.
     Returns the parsed body.
     """
     release = parse_release(body)
@@ -230,6 +276,10 @@ def check_release(
         raise VerificationError("the release states another coverage than its nodes give")
     try:
         _check_release(release, query, answers, public=public)
+        if query.spec.secure:
+            _check_secure(body, release, query, answers, manifest)
+        elif isinstance(body, Mapping) and "secure" in body:
+            raise VerificationError("a release of a plain query states secure partials")
     except (KeyError, TypeError, ValueError, ArithmeticError, RecursionError) as exc:
         # answers whose cells do not combine: never a crash
         raise VerificationError(f"malformed release: {bounded(_why(exc))}") from None
@@ -271,10 +321,50 @@ def _check_release(
         raise VerificationError("the release names other nodes asked than the analyst signed")
     if sorted(release.missing) != sorted(set(release.targeted) - set(ordered)):
         raise VerificationError("the release's missing nodes are not the ones asked less answered")
+    if query.spec.secure:
+        return  # figures from the partials: _check_secure
     nodes = [NodeCells(a.node_id, a.body) for a in sorted(answers, key=lambda a: a.node_id)]
     recomputed = combine(query.spec.measure.kind, nodes, threshold=release.threshold, public=public)
     if not same_figures(recomputed, release.province):
         raise VerificationError("the provincial figures are not the combination of the answers")
+
+
+def _check_secure(
+    body: object,
+    release: ReleaseBody,
+    query: SignedQuery,
+    answers: Sequence[VerifiedAnswer],
+    manifest: Manifest | None,
+) -> None:
+    """Both aggregators' partials are signed, agree on the node list and are exactly
+    the release's answers; the figures are their combination."""
+    if manifest is None:
+        raise VerificationError("a secure release is verified with the manifest")
+    section = body.get("secure") if isinstance(body, Mapping) else None
+    if not isinstance(section, Mapping) or set(section) != {"aggregators", "partials", "failure"}:
+        raise VerificationError("a secure query's release lacks its secure section")
+    ids = section["aggregators"]
+    if not isinstance(ids, list) or len(ids) != 2 or not all(isinstance(i, str) for i in ids):
+        raise VerificationError("a secure release names its two aggregators")
+    if ids[0] != release.coordinator or ids[1] == ids[0]:
+        raise VerificationError("the coordinator must be the first of two aggregators")
+    failure = section["failure"]
+    if failure is not None:
+        if not isinstance(failure, str) or section["partials"] != [] or release.province != []:
+            raise VerificationError("a secure release without partials states no figure")
+        return
+    partials = []
+    for aggregator, envelope in zip(ids, parse_partial_envelopes(section["partials"]), strict=True):
+        partial = verify_partial(
+            envelope, manifest=manifest, aggregator_id=aggregator, expected_query=query
+        )
+        if partial.academic_year != release.academic_year:
+            raise VerificationError(f"the partial from {aggregator} is for another academic year")
+        check_nodes(partial, answers)
+        partials.append(partial)
+    outcome = SecureOutcome((ids[0], ids[1]), tuple(("", p) for p in partials))
+    if not same_figures(outcome.cells(release.threshold), release.province):
+        raise VerificationError("the provincial figures are not the combination of the partials")
 
 
 def _released_answer(entry: object) -> ReleasedAnswer:

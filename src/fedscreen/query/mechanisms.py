@@ -116,6 +116,12 @@ def laplace_vector(values: list[int], *, epsilon: float, sensitivity: int) -> No
     )
 
 
+def laplace_noise(count: int, *, epsilon: float, sensitivity: int) -> NoisyVector:
+    """``count`` discrete-Laplace draws alone (OpenDP's mechanism on zeros), to add to a
+    secret-shared sum mod 2⁶⁴: OpenDP's i64 arithmetic would saturate on a residue."""
+    return laplace_vector([0] * count, epsilon=epsilon, sensitivity=sensitivity)
+
+
 def quantile_fraction(q: float) -> tuple[int, int]:
     """The quantile level as num/den, exactly as OpenDP's quantile scorer rationalises it.
 

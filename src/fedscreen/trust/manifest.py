@@ -43,7 +43,7 @@ from fedscreen.crypto.envelope import (
 from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, SigningKey, public_key_id
 from fedscreen.errors import ConfigError, UnknownMember, VerificationError
 
-ROLES: Final = ("node", "coordinator", "analyst", "auditor")
+ROLES: Final = ("node", "coordinator", "analyst", "auditor", "aggregator")
 #: how many unusual characters :func:`show_id` names by code point
 _SHOWN_CODE_POINTS: Final = 8
 MANIFEST_FORMAT: Final = "fedscreen-manifest/1"
