@@ -198,7 +198,8 @@ def aggregate(
     academic_year: str | None,
     min_nodes: int,
 ) -> dict[str, Any]:
-    """This aggregator's partial body for the signed ``query`` (a ``SignedQuery``).
+    """This aggregator's partial body for the signed ``query`` (a ``SignedQuery``), to
+    store and sign (:func:`sign_partial`) for each query id it answers.
 
     ``answers``: the nodes' verified secure answers to it, one per node. Opens each
     node's share for ``me``, sums per cell mod 2⁶⁴ and adds one OpenDP discrete-Laplace
@@ -237,8 +238,6 @@ def aggregate(
     return {
         "version": PARTIAL_VERSION,
         "aggregator": me,
-        "query_id": query.query_id,
-        "query_sha256": query.digest,
         "query": spec.to_json(),
         "academic_year": academic_year,
         "epsilon": epsilon,
@@ -251,9 +250,17 @@ def aggregate(
     }
 
 
-def sign_partial(body: Mapping[str, Any], key: SigningKey) -> Envelope:
-    """The aggregator's signed partial."""
-    return sign_envelope(payload_type=PARTIAL_V1, payload=canonical_json(dict(body)), key=key)
+def sign_partial(
+    body: Mapping[str, Any], key: SigningKey, *, query_id: str, query_sha256: str
+) -> Envelope:
+    """The aggregator's signed partial for the signed query it answers now.
+
+    As a node's answer, the binding to the query (id and digest of the signed
+    payload) is signed around the body, not in it: the body stored once (its noise
+    drawn once) is signed again for a resubmitted question under a new query id.
+    """
+    payload = {"partial": dict(body), "query_id": query_id, "query_sha256": query_sha256}
+    return sign_envelope(payload_type=PARTIAL_V1, payload=canonical_json(payload), key=key)
 
 
 def verify_partial(
@@ -283,7 +290,7 @@ def verify_partial(
         memo=memo,
     )
     try:
-        partial = _parse_partial(parse_json(payload))
+        partial = _parse_signed(parse_json(payload))
     except (ValueError, TypeError, KeyError, RecursionError, QueryRefused) as exc:
         raise VerificationError(
             f"malformed partial from {aggregator_id}: {bounded(str(exc))}"
@@ -305,14 +312,22 @@ def verify_partial(
     return partial
 
 
-def _parse_partial(data: object) -> PartialBody:
+def _parse_signed(data: object) -> PartialBody:
+    if not isinstance(data, dict) or set(data) != {"partial", "query_id", "query_sha256"}:
+        raise TypeError("a signed partial holds partial, query_id and query_sha256")
+    query_id, digest = data["query_id"], data["query_sha256"]
+    if not isinstance(query_id, str) or not isinstance(digest, str):
+        raise TypeError("query_id and query_sha256 are strings")
+    return _parse_partial(data["partial"], query_id, digest)
+
+
+def _parse_partial(data: object, query_id: str, query_sha256: str) -> PartialBody:
     if not isinstance(data, dict):
         raise TypeError("a partial is an object")
     if data.get("version") != PARTIAL_VERSION or data.get("mechanism") != PARTIAL_MECHANISM:
         raise ValueError("unknown partial version or mechanism")
-    texts = [data["aggregator"], data["query_id"], data["query_sha256"]]
-    if not all(isinstance(t, str) for t in texts):
-        raise TypeError("aggregator, query_id and query_sha256 are strings")
+    if not isinstance(data["aggregator"], str):
+        raise TypeError("aggregator is a string")
     year = data["academic_year"]
     if year is not None and not isinstance(year, str):
         raise TypeError("academic_year is a string or null")
@@ -358,8 +373,8 @@ def _parse_partial(data: object) -> PartialBody:
         cells.append((tuple(group), value))
     return PartialBody(
         aggregator=data["aggregator"],
-        query_id=data["query_id"],
-        query_sha256=data["query_sha256"],
+        query_id=query_id,
+        query_sha256=query_sha256,
         query=spec,
         academic_year=year,
         epsilon=stated_epsilon(data["epsilon"], "epsilon"),
