@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,10 @@ def make_query(
     epsilon: float | None,
     accuracy: float | None,
     nodes: Sequence[str] = (),
+    secure: bool = False,
 ) -> tuple[SignedQuery, bytes]:
-    """Parse ``sql`` and sign it with the analyst identity in ``home``."""
+    """Parse ``sql`` and sign it with the analyst identity in ``home`` (``secure``: released
+    only as a province total through the two aggregators; ``protocol.secure``)."""
     identity = load_identity(home)
     if identity.role != "analyst":
         raise ConfigError(f"{home} holds a {identity.role} identity, not an analyst's")
@@ -47,7 +49,7 @@ def make_query(
         query_id=new_query_id(),
         analyst=identity.member_id,
         issued_at_ms=int(time.time() * 1000),
-        spec=parse_sql(sql),
+        spec=replace(parse_sql(sql), secure=secure),
         epsilon=epsilon,
         accuracy=accuracy,
         nodes=tuple(nodes),

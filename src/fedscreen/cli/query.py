@@ -58,6 +58,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=0,
         help="how long the coordinator waits for nodes (default: its own, 10 s)",
     )
+    query.add_argument(
+        "--secure",
+        action="store_true",
+        help="a COUNT released only as the province total, through the two aggregators: each "
+        "node secret-shares its exact cells, and the total carries two noise draws instead of "
+        "one per node (no county value comes out; see the README's threat model)",
+    )
     query.add_argument("--format", choices=("table", "json", "csv"), default="table")
     add_sql_arguments(query)
     query.set_defaults(func=run_query)
@@ -69,7 +76,12 @@ def run_query(args: argparse.Namespace) -> int:
         raise ConfigError("--deadline-ms must be positive")
     nodes = tuple(n.strip() for n in (args.nodes or "").split(",") if n.strip())
     query, envelope = make_query(
-        args.home, read_sql(args), epsilon=args.epsilon, accuracy=args.accuracy, nodes=nodes
+        args.home,
+        read_sql(args),
+        epsilon=args.epsilon,
+        accuracy=args.accuracy,
+        nodes=nodes,
+        secure=args.secure,
     )
     submitted = asyncio.run(
         submit(
@@ -154,7 +166,8 @@ def _write_release(body: dict[str, Any], stream: io.StringIO) -> None:
         + _population(body.get("population"))
         + ")"
         + (f"; did not answer: {printable(', '.join(missing))}" if missing else "")
-        + "\n\nProvince (combined)\n"
+        + "\n\n"
+        + _province_heading(body.get("secure"))
     )
     table(
         [*groups, "value", "95% interval", "nodes"],
@@ -164,13 +177,17 @@ def _write_release(body: dict[str, Any], stream: io.StringIO) -> None:
         ],
         out=stream,
     )
-    stream.write("\nBy node\n")
+    if body.get("secure") is not None:
+        stream.write("\nBy node: none (a secure query releases no county value)\n")
+    else:
+        stream.write("\nBy node\n")
     table(
         ["node", *groups, "value", "95% interval"],
         [
             [node, *cell["group"], _display(cell), _interval(cell)]
             for node in answered
             for cell in body["per_node"][node]
+            if body.get("secure") is None
         ],
         out=stream,
     )
@@ -192,6 +209,21 @@ def _write_release(body: dict[str, Any], stream: io.StringIO) -> None:
         )
 
 
+def _province_heading(secure: dict[str, Any] | None) -> str:
+    if secure is None:
+        return "Province (combined)\n"
+    first, second = (printable(a) for a in secure["aggregators"])
+    if secure["failure"] is not None:
+        return (
+            f"Province (secure aggregation by {first} and {second}): no figures, "
+            f"{printable(secure['failure'], limit=300)}\n"
+        )
+    return (
+        f"Province (secure aggregation: the sum of {first}'s and {second}'s partials, "
+        "two noise draws in all; both signatures and node lists verified)\n"
+    )
+
+
 def write_csv(body: dict[str, Any], *, out: Any = None) -> None:
     """Write every cell of a verified release as CSV: province first, then each node."""
     writer = csv.writer(out or sys.stdout)
@@ -202,7 +234,7 @@ def write_csv(body: dict[str, Any], *, out: Any = None) -> None:
             ["province", *cell["group"], cell.get("value"), _display(cell),
              cell.get("lower"), cell.get("upper")]
         )  # fmt: skip
-    for node in body["answered"]:
+    for node in body["answered"] if body.get("secure") is None else ():
         for cell in body["per_node"][node]:
             writer.writerow(
                 [node, *cell["group"], cell.get("value"), _display(cell),

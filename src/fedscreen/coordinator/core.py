@@ -28,6 +28,7 @@ from typing import Any, Final
 from fedscreen._util.canonical import canonical_json
 from fedscreen._util.sqlite import connect, transaction
 from fedscreen.coordinator.checkpoints import CheckpointBook
+from fedscreen.coordinator.partials import SCHEMA as PARTIALS_SCHEMA
 from fedscreen.crypto.envelope import RELEASE_V1, Envelope, sign_envelope
 from fedscreen.crypto.signing import SignatureMemo
 from fedscreen.errors import ConfigError, QueryRefused, VerificationError
@@ -37,7 +38,7 @@ from fedscreen.policy.default import PROVINCE_FILE
 from fedscreen.protocol.answer import VerifiedAnswer, bounded, dataset_public, verify_answer
 from fedscreen.protocol.memo import BoundedMemo
 from fedscreen.protocol.query import SignedQuery, verify_query
-from fedscreen.protocol.release import release_body
+from fedscreen.protocol.release import SecureOutcome, release_body
 from fedscreen.query.compile import compile_query
 from fedscreen.tlog import memberlog
 from fedscreen.tlog.checkpoint import member_origin
@@ -55,6 +56,18 @@ ROLE: Final = "coordinator"
 NO_REASON: Final = "no answer"
 #: what ``[query] academic_year`` in coordinator.toml must look like
 ACADEMIC_YEAR: Final = re.compile(r"[0-9]{4}-[0-9]{4}")
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A query's answers as the release will use them: verified ones, and why the others
+    are missing."""
+
+    #: node id -> (answer envelope, verified answer)
+    verified: dict[str, tuple[bytes, VerifiedAnswer]]
+    missing: list[str]
+    why: dict[str, str]
+    academic_year: str | None
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,7 @@ class Coordinator:
         self.origin = member_origin(ROLE, self.member_id)
         self.conn = connect(home / DATABASE_FILE)
         self.conn.execute(memberlog.CHECKPOINT_SCHEMA)
+        self.conn.executescript(PARTIALS_SCHEMA)
         self.log = TransparencyLog(self.conn, name=ROLE)
         #: the nodes' verified checkpoints and quarantines, in the same database
         self.book = CheckpointBook(self.conn)
@@ -245,6 +259,8 @@ class Coordinator:
         reasons: Mapping[str, str] | None = None,
         academic_year: str | None = None,
         targeted: Sequence[str] | None = None,
+        checked: Checked | None = None,
+        secure: SecureOutcome | None = None,
     ) -> Release:
         """Verify the nodes' answers, combine them, sign and log the release.
 
@@ -260,32 +276,18 @@ class Coordinator:
         release must name the nodes actually asked. An answer from a node quarantined
         meanwhile (its answer to another query showed a rollback) is not used: it is
         missing, with the quarantine as its reason.
+
+        ``checked``: the answers as :meth:`check_answers` verified them already (a
+        secure query's, whose partials were made from them); ``secure``: its partials.
         """
-        verified: dict[str, tuple[bytes, VerifiedAnswer]] = {}
-        self.book.refresh()  # a quarantine or readmission by another process counts
-        lost = list(missing)
-        why = {n: (reasons or {}).get(n) or NO_REASON for n in missing}
+        if query.spec.secure and secure is None:
+            raise ValueError("a secure query is released with its partials (or their failure)")
+        checked = checked or self.check_answers(
+            query, answers, missing, reasons=reasons, academic_year=academic_year
+        )
+        verified, lost, why = checked.verified, checked.missing, checked.why
+        academic_year = checked.academic_year
         public = dataset_public(query.spec, self.policy)
-        for node_id, raw in answers.items():
-            held = self.book.quarantined(node_id)
-            if held is not None:
-                self.forget_verdict(node_id, raw, query, academic_year=academic_year)
-                lost.append(node_id)
-                why[node_id] = f"quarantined: {bounded(held.reason)}"
-                continue
-            try:
-                # the verdict screening kept, taken (so no answer stays in memory after)
-                answer = self._verified.take(
-                    self._answer_key(node_id, raw, query, academic_year),
-                    functools.partial(self._verify, node_id, raw, query, academic_year),
-                )
-            except VerificationError as exc:
-                lost.append(node_id)  # an answer that does not verify counts as no answer
-                why[node_id] = f"its answer did not verify: {bounded(str(exc))}"
-                continue
-            verified[node_id] = (raw, answer)
-        if not query.spec.years and academic_year is None:
-            academic_year = _one_year(verified, lost, why)
         targeted = list(targeted if targeted is not None else query.nodes or self.node_ids)
         body = release_body(
             coordinator_id=self.member_id,
@@ -299,6 +301,7 @@ class Coordinator:
             academic_year=academic_year,
             catalogue_digest=policy_digest(self.policy),
             eligible=eligible or {},
+            secure=secure,
         )
         signed = (
             sign_envelope(payload_type=RELEASE_V1, payload=canonical_json(body), key=self.key)
@@ -319,6 +322,42 @@ class Coordinator:
                 self.conn, member_id=self.member_id, key=self.key, payloads=logged, role=ROLE
             )
         return Release(signed, body, {n: v[0] for n, v in verified.items()}, tuple(sorted(lost)))
+
+    def check_answers(
+        self,
+        query: SignedQuery,
+        answers: Mapping[str, bytes],
+        missing: Sequence[str],
+        *,
+        reasons: Mapping[str, str] | None = None,
+        academic_year: str | None = None,
+    ) -> Checked:
+        """Verify the answers a release will use (see :meth:`release`)."""
+        verified: dict[str, tuple[bytes, VerifiedAnswer]] = {}
+        self.book.refresh()  # a quarantine or readmission by another process counts
+        lost = list(missing)
+        why = {n: (reasons or {}).get(n) or NO_REASON for n in missing}
+        for node_id, raw in answers.items():
+            held = self.book.quarantined(node_id)
+            if held is not None:
+                self.forget_verdict(node_id, raw, query, academic_year=academic_year)
+                lost.append(node_id)
+                why[node_id] = f"quarantined: {bounded(held.reason)}"
+                continue
+            try:
+                # the verdict screening kept, taken (so no answer stays in memory after)
+                answer = self._verified.take(
+                    self._answer_key(node_id, raw, query, academic_year),
+                    functools.partial(self._verify, node_id, raw, query, academic_year),
+                )
+            except VerificationError as exc:
+                lost.append(node_id)  # an answer that does not verify counts as no answer
+                why[node_id] = f"its answer did not verify: {bounded(str(exc))}"
+                continue
+            verified[node_id] = (raw, answer)
+        if not query.spec.years and academic_year is None:
+            academic_year = _one_year(verified, lost, why)
+        return Checked(verified, lost, why, academic_year)
 
     def verified_answer(
         self, node_id: str, raw: bytes, query: SignedQuery, *, academic_year: str | None
