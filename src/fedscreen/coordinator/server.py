@@ -49,6 +49,9 @@ from typing import Any, Final
 import grpc
 
 from fedscreen._util.files import write_ready_file
+from fedscreen.coordinator.aggregation import AggregatorSessions
+from fedscreen.coordinator.aggregatorrpc import AggregatorLinkServicer
+from fedscreen.coordinator.partials import secure_round
 from fedscreen.coordinator.auditrpc import AuditServicer
 from fedscreen.coordinator.core import ACADEMIC_YEAR
 from fedscreen.coordinator.runtime import (
@@ -90,7 +93,12 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 #: full service names, for the health service
-SERVICES: Final = ("fedscreen.v1.NodeLink", "fedscreen.v1.Analyst", "fedscreen.v1.Audit")
+SERVICES: Final = (
+    "fedscreen.v1.NodeLink",
+    "fedscreen.v1.Analyst",
+    "fedscreen.v1.Audit",
+    "fedscreen.v1.AggregatorLink",
+)
 #: who may read the nodes' budget statements
 BUDGET_READERS: Final = frozenset({"analyst", "auditor"})
 #: who may read the coordinator's view of its nodes: its operator (the coordinator's
@@ -103,7 +111,7 @@ STATUS_READERS: Final = frozenset({"coordinator", "analyst", "auditor"})
 
 class _Shared:
     """What the node and analyst servicers share: the core's thread, the node sessions,
-    the server's limits and the manifest watch."""
+    the server's limits, the manifest watch and the second aggregator's session."""
 
     def __init__(
         self,
@@ -111,11 +119,14 @@ class _Shared:
         sessions: SessionRegistry,
         limits: ServerLimits,
         watch: ManifestWatch,
+        aggregators: AggregatorSessions | None = None,
     ) -> None:
         self.core = core
         self.sessions = sessions
         self.limits = limits
         self.watch = watch
+        #: the second aggregator of secure queries (its link: :mod:`.aggregatorrpc`)
+        self.aggregators = AggregatorSessions() if aggregators is None else aggregators
 
 
 class NodeLinkServicer(_Shared, pb_grpc.NodeLinkServicer):
@@ -301,10 +312,23 @@ class AnalystServicer(_Shared, pb_grpc.AnalystServicer):
             reasons = {n: replies[n].reason for n in missing}
             # the checkpoints verified with these answers, one commit for all of them
             await self.core.call(lambda _: book.flush())
+            checked = await self.core.call(
+                lambda core: core.check_answers(
+                    query, answers, missing, reasons=reasons, academic_year=year
+                )
+            )
+            outcome = None
+            if query.spec.secure:
+                # the figures come from the two aggregators' partials, never a county's value
+                left = self.limits.answer_wait_s(request.deadline_ms, context.time_remaining())
+                outcome = await secure_round(
+                    self.core, self.aggregators, query, envelope, checked, timeout_s=left
+                )
             release = await self.core.call(
                 lambda core: core.release(
-                    query, answers, missing, eligible=eligible, reasons=reasons,
-                    academic_year=year, targeted=targets,  # those asked, even if revoked since
+                    query, answers, missing, eligible=eligible, academic_year=year,
+                    targeted=targets,  # those asked, even if revoked since
+                    checked=checked, secure=outcome,
                 )
             )  # fmt: skip
         return serde.submit_response(release.envelope, release.answers, release.missing)
@@ -393,10 +417,14 @@ async def serve(
         sessions = SessionRegistry()
         watch = ManifestWatch(core, sessions)
         server = transport.server(limits=limits.transport)
-        node_link = NodeLinkServicer(core, sessions, limits, watch)
+        aggregators = AggregatorSessions()
+        node_link = NodeLinkServicer(core, sessions, limits, watch, aggregators)
         pb_grpc.add_NodeLinkServicer_to_server(node_link, server)
         pb_grpc.add_AnalystServicer_to_server(
-            AnalystServicer(core, sessions, limits, watch), server
+            AnalystServicer(core, sessions, limits, watch, aggregators), server
+        )
+        pb_grpc.add_AggregatorLinkServicer_to_server(
+            AggregatorLinkServicer(core, aggregators, limits, watch), server
         )
         pb_grpc.add_AuditServicer_to_server(AuditServicer(core, limits), server)
         health = await transport.add_health(server, services=SERVICES)
@@ -422,6 +450,7 @@ async def serve(
             # not SERVING any more, streams ended (nodes redial), then calls get their grace
             await health.enter_graceful_shutdown()
             sessions.close_all("the coordinator is shutting down")
+            aggregators.close_all("the coordinator is shutting down")
             await server.stop(grace=limits.shutdown_grace_ms / 1000)
             for task in (trimming, watching):
                 task.cancel()

@@ -63,6 +63,7 @@ _log = logging.getLogger(__name__)
 
 SUBMIT: Final = "/fedscreen.v1.Analyst/Submit"
 CONNECT: Final = "/fedscreen.v1.NodeLink/Connect"
+AGGREGATOR_CONNECT: Final = "/fedscreen.v1.AggregatorLink/Connect"
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class RequestLimits:
     #: one message up a node's NodeLink stream: answers grow with their cells (a few
     #: KiB to a few hundred KiB for the largest histogram by every public group)
     node_message_bytes: int = 4 * 1024 * 1024
+    #: one message up the second aggregator's AggregatorLink stream: a signed partial
+    #: has one cell per group, as an answer does
+    aggregator_message_bytes: int = 4 * 1024 * 1024
     #: every other method (Budgets, Status, the Audit reads, health): they carry
     #: nothing or a log's origin and a few integers
     small_bytes: int = 4 * 1024
@@ -86,14 +90,21 @@ class RequestLimits:
 
     def of(self, method: str) -> int:
         """The limit of ``method`` (its full name, ``/package.Service/Method``)."""
-        return {SUBMIT: self.submit_bytes, CONNECT: self.node_message_bytes}.get(
-            method, self.small_bytes
-        )
+        return {
+            SUBMIT: self.submit_bytes,
+            CONNECT: self.node_message_bytes,
+            AGGREGATOR_CONNECT: self.aggregator_message_bytes,
+        }.get(method, self.small_bytes)
 
     @property
     def largest(self) -> int:
         """The server-wide receive limit: gRPC's core refuses anything larger unread."""
-        return max(self.submit_bytes, self.node_message_bytes, self.small_bytes)
+        return max(
+            self.submit_bytes,
+            self.node_message_bytes,
+            self.aggregator_message_bytes,
+            self.small_bytes,
+        )
 
 
 DEFAULT_REQUEST_LIMITS: Final = RequestLimits()

@@ -13,10 +13,13 @@ from typing import Protocol
 from fedscreen.v1 import federation_pb2 as pb
 
 __all__ = [
+    "AggregationWork",
     "CoordinatorStatus",
     "NodeView",
     "Statements",
     "Submitted",
+    "aggregation_request",
+    "aggregation_work",
     "statements",
     "statements_response",
     "status",
@@ -195,4 +198,44 @@ def status(response: pb.StatusResponse) -> CoordinatorStatus:
             )
             for n in response.nodes
         ),
+    )
+
+
+@dataclass(frozen=True)
+class AggregationWork:
+    """One secure query for the second aggregator to sum, as the coordinator sends it
+    (nothing verified yet: the aggregator verifies every envelope itself)."""
+
+    query_id: str
+    #: the analyst's query envelope, verbatim
+    query_envelope: bytes
+    #: (node id, the node's answer envelope, verbatim), in the order sent
+    answers: tuple[tuple[str, bytes], ...]
+    #: the year the coordinator pinned the query to ("": the spec names its years)
+    academic_year: str
+    #: ms since the Unix epoch after which nobody waits for the partial (0: none)
+    deadline_unix_ms: int
+
+
+def aggregation_request(work: AggregationWork) -> pb.ToAggregator:
+    """The AggregationRequest the coordinator sends down the aggregator's stream."""
+    return pb.ToAggregator(
+        aggregation=pb.AggregationRequest(
+            query_id=work.query_id,
+            query_envelope=work.query_envelope,
+            answers=[pb.NodeAnswer(node_id=n, envelope=e) for n, e in work.answers],
+            academic_year=work.academic_year,
+            deadline_unix_ms=work.deadline_unix_ms,
+        )
+    )
+
+
+def aggregation_work(request: pb.AggregationRequest) -> AggregationWork:
+    """The aggregator's view of an AggregationRequest."""
+    return AggregationWork(
+        query_id=request.query_id,
+        query_envelope=bytes(request.query_envelope),
+        answers=tuple((a.node_id, bytes(a.envelope)) for a in request.answers),
+        academic_year=request.academic_year,
+        deadline_unix_ms=request.deadline_unix_ms,
     )

@@ -955,3 +955,189 @@ class ProofResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProofResponse: _TypeAlias = ProofResponse  # noqa: Y015
+
+@_typing.final
+class AggregatorMessage(_message.Message):
+    """What the aggregator sends up its stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HELLO_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hello(self) -> Global___AggregatorHello:
+        """First message of every session, and only then."""
+
+    @_builtins.property
+    def partial(self) -> Global___Partial:
+        """The aggregator's signed partial for an AggregationRequest."""
+
+    @_builtins.property
+    def refusal(self) -> Global___Refusal:
+        """The aggregator refused an AggregationRequest (verification, too few nodes,
+        an answer already summed into another partial, deadline).
+        """
+
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat:
+        """Application-level liveness while no request is running."""
+
+    def __init__(
+        self,
+        *,
+        hello: Global___AggregatorHello | None = ...,
+        partial: Global___Partial | None = ...,
+        refusal: Global___Refusal | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "partial", b"partial", "refusal", b"refusal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "partial", b"partial", "refusal", b"refusal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "partial", "refusal", "heartbeat"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___AggregatorMessage: _TypeAlias = AggregatorMessage  # noqa: Y015
+
+@_typing.final
+class AggregatorHello(_message.Message):
+    """The aggregator introduces itself. The authenticated identity is the TLS
+    client certificate; `aggregator_id` must equal the member id in it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGGREGATOR_ID_FIELD_NUMBER: _builtins.int
+    SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
+    aggregator_id: _builtins.str
+    """The aggregator's member id."""
+    software_version: _builtins.str
+    """The aggregator software's version string (e.g. "0.1.0")."""
+    def __init__(
+        self,
+        *,
+        aggregator_id: _builtins.str = ...,
+        software_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator_id", b"aggregator_id", "software_version", b"software_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AggregatorHello: _TypeAlias = AggregatorHello  # noqa: Y015
+
+@_typing.final
+class ToAggregator(_message.Message):
+    """What the coordinator sends down an aggregator's stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WELCOME_FIELD_NUMBER: _builtins.int
+    AGGREGATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def welcome(self) -> Global___Welcome:
+        """Reply to the Hello: the session is accepted. Only `manifest_version` and
+        `coordinator_time_unix_ms` are set; the other fields are for nodes.
+        """
+
+    @_builtins.property
+    def aggregation(self) -> Global___AggregationRequest:
+        """A secure query's answers to sum."""
+
+    def __init__(
+        self,
+        *,
+        welcome: Global___Welcome | None = ...,
+        aggregation: Global___AggregationRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["aggregation", b"aggregation", "kind", b"kind", "welcome", b"welcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation", b"aggregation", "kind", b"kind", "welcome", b"welcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["welcome", "aggregation"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___ToAggregator: _TypeAlias = ToAggregator  # noqa: Y015
+
+@_typing.final
+class AggregationRequest(_message.Message):
+    """One secure query for the aggregator to sum."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_ID_FIELD_NUMBER: _builtins.int
+    QUERY_ENVELOPE_FIELD_NUMBER: _builtins.int
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    ACADEMIC_YEAR_FIELD_NUMBER: _builtins.int
+    DEADLINE_UNIX_MS_FIELD_NUMBER: _builtins.int
+    query_id: _builtins.str
+    """The query id (also inside the signed query)."""
+    query_envelope: _builtins.bytes
+    """The analyst's DSSE envelope (JSON bytes, payload type
+    application/vnd.fedscreen.query.v1+json), verbatim as the analyst signed it.
+    """
+    academic_year: _builtins.str
+    """The academic year the coordinator pinned the query to ("" when the spec
+    names its years), as each node answered for.
+    """
+    deadline_unix_ms: _builtins.int
+    """A partial arriving after this instant (milliseconds since the Unix epoch,
+    UTC) is discarded; the aggregator does not start work it cannot finish by
+    then. 0: none.
+    """
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeAnswer]:
+        """Every node answer to sum, each the node's DSSE envelope verbatim; the
+        aggregator sums exactly these nodes, or refuses.
+        """
+
+    def __init__(
+        self,
+        *,
+        query_id: _builtins.str = ...,
+        query_envelope: _builtins.bytes = ...,
+        answers: _abc.Iterable[Global___NodeAnswer] | None = ...,
+        academic_year: _builtins.str = ...,
+        deadline_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["academic_year", b"academic_year", "answers", b"answers", "deadline_unix_ms", b"deadline_unix_ms", "query_envelope", b"query_envelope", "query_id", b"query_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AggregationRequest: _TypeAlias = AggregationRequest  # noqa: Y015
+
+@_typing.final
+class Partial(_message.Message):
+    """The aggregator's signed, noisy partial sum of one secure query."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_ID_FIELD_NUMBER: _builtins.int
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    query_id: _builtins.str
+    """The query id from the AggregationRequest this answers."""
+    envelope: _builtins.bytes
+    """DSSE envelope (JSON bytes, payload type
+    application/vnd.fedscreen.partial.v1+json) signed by the aggregator; kept
+    verbatim by the coordinator, its log and the release.
+    """
+    def __init__(
+        self,
+        *,
+        query_id: _builtins.str = ...,
+        envelope: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "query_id", b"query_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Partial: _TypeAlias = Partial  # noqa: Y015

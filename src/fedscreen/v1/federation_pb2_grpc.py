@@ -489,3 +489,97 @@ class Audit:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AggregatorLinkStub:
+    """The second aggregator of secure queries (issue 14) dials out to the
+    coordinator, as a node does, and keeps one stream open. The coordinator is
+    the first aggregator: for a secure query it sends the second one the
+    analyst's signed query and the nodes' signed answers (each holding a share
+    sealed to each aggregator); the aggregator verifies them all itself, sums its
+    own shares, adds its noise and sends back its signed partial.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Connect = channel.stream_stream(
+                '/fedscreen.v1.AggregatorLink/Connect',
+                request_serializer=fedscreen_dot_v1_dot_federation__pb2.AggregatorMessage.SerializeToString,
+                response_deserializer=fedscreen_dot_v1_dot_federation__pb2.ToAggregator.FromString,
+                _registered_method=True)
+
+
+class AggregatorLinkServicer:
+    """The second aggregator of secure queries (issue 14) dials out to the
+    coordinator, as a node does, and keeps one stream open. The coordinator is
+    the first aggregator: for a secure query it sends the second one the
+    analyst's signed query and the nodes' signed answers (each holding a share
+    sealed to each aggregator); the aggregator verifies them all itself, sums its
+    own shares, adds its noise and sends back its signed partial.
+    """
+
+    def Connect(self, request_iterator, context):
+        """One long-lived session per aggregator. Its first message is an
+        AggregatorHello; the coordinator replies with a Welcome, then
+        AggregationRequests as secure queries come. Either side ending the stream
+        ends the session; the aggregator redials with jittered backoff.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AggregatorLinkServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Connect': grpc.stream_stream_rpc_method_handler(
+                    servicer.Connect,
+                    request_deserializer=fedscreen_dot_v1_dot_federation__pb2.AggregatorMessage.FromString,
+                    response_serializer=fedscreen_dot_v1_dot_federation__pb2.ToAggregator.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedscreen.v1.AggregatorLink', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedscreen.v1.AggregatorLink', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AggregatorLink:
+    """The second aggregator of secure queries (issue 14) dials out to the
+    coordinator, as a node does, and keeps one stream open. The coordinator is
+    the first aggregator: for a secure query it sends the second one the
+    analyst's signed query and the nodes' signed answers (each holding a share
+    sealed to each aggregator); the aggregator verifies them all itself, sums its
+    own shares, adds its noise and sends back its signed partial.
+    """
+
+    @staticmethod
+    def Connect(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fedscreen.v1.AggregatorLink/Connect',
+            fedscreen_dot_v1_dot_federation__pb2.AggregatorMessage.SerializeToString,
+            fedscreen_dot_v1_dot_federation__pb2.ToAggregator.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -178,3 +178,43 @@ class AuditServicer(metaclass=_abc_1.ABCMeta):
         """Consistency proof between two tree sizes (RFC 9162 §2.1.4)."""
 
 def add_AuditServicer_to_server(servicer: AuditServicer, server: _aio.Server) -> None: ...
+
+class AggregatorLinkStub:
+    """The second aggregator of secure queries (issue 14) dials out to the
+    coordinator, as a node does, and keeps one stream open. The coordinator is
+    the first aggregator: for a secure query it sends the second one the
+    analyst's signed query and the nodes' signed answers (each holding a share
+    sealed to each aggregator); the aggregator verifies them all itself, sums its
+    own shares, adds its noise and sends back its signed partial.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Connect: _aio.StreamStreamMultiCallable[_federation_pb2.AggregatorMessage, _federation_pb2.ToAggregator]
+    """One long-lived session per aggregator. Its first message is an
+    AggregatorHello; the coordinator replies with a Welcome, then
+    AggregationRequests as secure queries come. Either side ending the stream
+    ends the session; the aggregator redials with jittered backoff.
+    """
+
+class AggregatorLinkServicer(metaclass=_abc_1.ABCMeta):
+    """The second aggregator of secure queries (issue 14) dials out to the
+    coordinator, as a node does, and keeps one stream open. The coordinator is
+    the first aggregator: for a secure query it sends the second one the
+    analyst's signed query and the nodes' signed answers (each holding a share
+    sealed to each aggregator); the aggregator verifies them all itself, sums its
+    own shares, adds its noise and sends back its signed partial.
+    """
+
+    @_abc_1.abstractmethod
+    def Connect(
+        self,
+        request_iterator: _abc.AsyncIterator[_federation_pb2.AggregatorMessage],
+        context: _aio.ServicerContext[_abc.AsyncIterator[_federation_pb2.AggregatorMessage], _abc.AsyncIterator[_federation_pb2.ToAggregator]],
+    ) -> _abc.AsyncIterator[_federation_pb2.ToAggregator]:
+        """One long-lived session per aggregator. Its first message is an
+        AggregatorHello; the coordinator replies with a Welcome, then
+        AggregationRequests as secure queries come. Either side ending the stream
+        ends the session; the aggregator redials with jittered backoff.
+        """
+
+def add_AggregatorLinkServicer_to_server(servicer: AggregatorLinkServicer, server: _aio.Server) -> None: ...
