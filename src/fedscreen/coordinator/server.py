@@ -51,7 +51,6 @@ import grpc
 from fedscreen._util.files import write_ready_file
 from fedscreen.coordinator.aggregation import AggregatorSessions
 from fedscreen.coordinator.aggregatorrpc import AggregatorLinkServicer
-from fedscreen.coordinator.partials import secure_round
 from fedscreen.coordinator.auditrpc import AuditServicer
 from fedscreen.coordinator.core import ACADEMIC_YEAR
 from fedscreen.coordinator.runtime import (
@@ -312,23 +311,10 @@ class AnalystServicer(_Shared, pb_grpc.AnalystServicer):
             reasons = {n: replies[n].reason for n in missing}
             # the checkpoints verified with these answers, one commit for all of them
             await self.core.call(lambda _: book.flush())
-            checked = await self.core.call(
-                lambda core: core.check_answers(
-                    query, answers, missing, reasons=reasons, academic_year=year
-                )
-            )
-            outcome = None
-            if query.spec.secure:
-                # the figures come from the two aggregators' partials, never a county's value
-                left = self.limits.answer_wait_s(request.deadline_ms, context.time_remaining())
-                outcome = await secure_round(
-                    self.core, self.aggregators, query, envelope, checked, timeout_s=left
-                )
             release = await self.core.call(
                 lambda core: core.release(
-                    query, answers, missing, eligible=eligible, academic_year=year,
-                    targeted=targets,  # those asked, even if revoked since
-                    checked=checked, secure=outcome,
+                    query, answers, missing, eligible=eligible, reasons=reasons,
+                    academic_year=year, targeted=targets,  # those asked, even if revoked since
                 )
             )  # fmt: skip
         return serde.submit_response(release.envelope, release.answers, release.missing)
