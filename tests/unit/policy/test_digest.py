@@ -19,6 +19,7 @@ from fedscreen.policy import (
     Measure,
     NumericRule,
     Policy,
+    Secure,
     canonical_json,
     digest,
     load_node_policy,
@@ -195,6 +196,43 @@ def test_versions_change_the_digest() -> None:
     policy = _policy(DOC)
     assert digest(replace(policy, version="t2")) != digest(policy)
     assert digest(replace(policy, overrides=frozenset({"130102-1"}))) != digest(policy)
+
+
+SECURE = Secure(min_nodes=3, columns={"screenings": frozenset({"academic_year", "sex"})})
+SECURE_EDITS: dict[str, Secure] = {
+    "min_nodes": replace(SECURE, min_nodes=4),
+    "refused": replace(SECURE, refused=True),
+    "column removed": replace(SECURE, columns={"screenings": frozenset({"academic_year"})}),
+    "dataset removed": replace(SECURE, columns={}),
+    "no section": Secure(),
+}
+
+
+@pytest.mark.parametrize("secure", SECURE_EDITS.values(), ids=SECURE_EDITS.keys())
+def test_every_secure_change_changes_the_digest(secure: Secure) -> None:
+    policy = replace(_policy(DOC), secure=SECURE)
+    assert digest(replace(policy, secure=secure)) != digest(policy)
+
+
+def test_a_policy_without_secure_aggregation_keeps_its_digest() -> None:
+    """No [secure] section: the canonical form has no ``secure`` key (DOC_DIGEST stands)."""
+    policy = _policy(DOC)
+    assert policy.secure == Secure()
+    assert "secure" not in json.loads(canonical_json(policy))
+    section = (
+        "\n[secure]\nmin_nodes = 3\n"
+        '[secure.datasets.screenings]\ncolumns = ["sex", "academic_year"]\n'
+    )
+    secure = _policy(DOC + section)
+    assert secure.secure == SECURE
+    assert json.loads(canonical_json(secure))["secure"] == {
+        "columns": {"screenings": ["academic_year", "sex"]},
+        "min_nodes": 3,
+        "refused": False,
+    }
+    # the order of a secure column list is layout, not value
+    reordered = section.replace('["sex", "academic_year"]', '["academic_year", "sex"]')
+    assert canonical_json(_policy(DOC + reordered)) == canonical_json(secure)
 
 
 def test_shipped_policies() -> None:

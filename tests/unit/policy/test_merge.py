@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from fedscreen.errors import PolicyError
 from fedscreen.policy import (
     CATEGORY_MEASURES,
+    MIN_SECURE_NODES,
     NUMERIC_MEASURES,
     CategoryRule,
     ColumnOverride,
@@ -25,6 +26,8 @@ from fedscreen.policy import (
     NumericRule,
     Override,
     Policy,
+    Secure,
+    SecureOverride,
     as_override,
     check_tightens,
     loosenings,
@@ -94,7 +97,29 @@ def policies(draw: st.DrawFn) -> Policy:
         approval_above_epsilon=draw(st.none() | epsilons),
     )
     sets = draw(st.dictionaries(st.sampled_from(["d1", "d2"]), datasets(), min_size=1))
-    return Policy(version="p1", limits=limits, datasets=sets)
+    return Policy(version="p1", limits=limits, datasets=sets, secure=draw(secures(sets)))
+
+
+def _securable(dataset: Dataset) -> list[str]:
+    """The columns a catalogue may list as secure (the loader's rule)."""
+    return [
+        name
+        for name, rule in dataset.columns.items()
+        if isinstance(rule, CategoryRule) and rule.measures & {Measure.GROUP, Measure.FILTER}
+    ]
+
+
+@st.composite
+def secures(draw: st.DrawFn, sets: dict[str, Dataset]) -> Secure:
+    """A secure section as the loader accepts it: non-public datasets, securable columns."""
+    columns: dict[str, frozenset[str]] = {}
+    for name, dataset in sets.items():
+        candidates = _securable(dataset)
+        if not dataset.public and candidates and draw(st.booleans()):
+            columns[name] = draw(st.frozensets(st.sampled_from(candidates), min_size=1))
+    if not columns and draw(st.booleans()):
+        return Secure()  # no [secure] section
+    return Secure(min_nodes=draw(st.integers(MIN_SECURE_NODES, 10)), columns=columns)
 
 
 # --- random county overrides: any value, looser ones and unknown names included ---------
@@ -128,11 +153,21 @@ limits_overrides = st.builds(
     analysts=st.dictionaries(st.sampled_from(ANALYSTS), shares),
     approval_above_epsilon=_maybe(epsilons),
 )
+secure_overrides = st.builds(
+    SecureOverride,
+    refuse=st.booleans(),
+    min_nodes=_maybe(st.integers(MIN_SECURE_NODES, 12)),
+    columns=st.dictionaries(
+        st.sampled_from(["d1", "d2", "d3"]),
+        st.frozensets(st.sampled_from([*COLUMNS, PERIOD, "w1", "zz"])),
+    ),
+)
 overrides = st.builds(
     Override,
     version=_maybe(st.sampled_from(["c1", "c2"])),
     limits=limits_overrides,
     datasets=st.dictionaries(st.sampled_from(["d1", "d2", "d3"]), dataset_overrides),
+    secure=secure_overrides,
 )
 
 
@@ -171,6 +206,13 @@ def _assert_within(m: Policy, p: Policy) -> None:
                 assert isinstance(pr, NumericRule)
                 assert pr.bounds[0] <= mr.bounds[0] <= mr.bounds[1] <= pr.bounds[1]
                 assert set(mr.candidates) <= set(pr.candidates)
+    ms, ps = m.secure, p.secure
+    assert ms.refused >= ps.refused
+    assert ms.min_nodes >= ps.min_nodes
+    for name, columns in ms.columns.items():
+        assert columns <= ps.columns[name]
+    for name in m.datasets:
+        assert ms.allows(name) <= ps.allows(name)
 
 
 def _assert_respects(m: Policy, c: Override) -> None:
@@ -210,6 +252,14 @@ def _assert_respects(m: Policy, c: Override) -> None:
                 assert co.bounds[0] <= mr.bounds[0] <= mr.bounds[1] <= co.bounds[1]
             if co.candidates is not None:
                 assert set(mr.candidates) <= set(co.candidates)
+    cs, ms = c.secure, m.secure
+    if cs.refuse:
+        assert ms.refused
+        assert all(not ms.allows(name) for name in m.datasets)
+    if cs.min_nodes is not None:
+        assert ms.min_nodes >= cs.min_nodes
+    for name, columns in cs.columns.items():
+        assert ms.columns.get(name, frozenset()) <= columns
 
 
 def _assert_well_formed(p: Policy) -> None:
@@ -236,6 +286,12 @@ def _assert_well_formed(p: Policy) -> None:
                 assert list(rule.candidates) == sorted(set(rule.candidates))
                 assert all(low <= x <= high for x in rule.candidates)
                 assert bool(rule.candidates) == (Measure.QUANTILE in rule.measures)
+    assert p.secure.min_nodes >= MIN_SECURE_NODES
+    for name, columns in p.secure.columns.items():
+        dataset = p.datasets[name]
+        assert not dataset.public
+        assert columns
+        assert columns <= set(_securable(dataset))
 
 
 # --- properties -----------------------------------------------------------------------
@@ -413,3 +469,70 @@ def test_override_versions_are_recorded() -> None:
     merged = merge(merge(PROVINCE, Override(version="c2")), Override(version="c1"))
     assert merged.version == "p1"
     assert merged.overrides == {"c1", "c2"}
+
+
+# --- secure aggregation -----------------------------------------------------------------
+
+SECURE_PROVINCE = replace(
+    PROVINCE, secure=Secure(min_nodes=3, columns={"s": frozenset({PERIOD, "sex"})})
+)
+
+
+def test_secure_loosenings_are_named() -> None:
+    county = Override(
+        secure=SecureOverride(
+            min_nodes=2,
+            columns={"s": frozenset({"sex", "score", "nope"}), "t": frozenset()},
+        )
+    )
+    assert loosenings(SECURE_PROVINCE, county) == [
+        "secure.min_nodes: 2 is below the provincial 3",
+        "secure.datasets.s.columns: 'nope', 'score' not allowed in secure queries by the province",
+        "secure.datasets.t: not in the provincial catalogue",
+    ]
+    with pytest.raises(PolicyError, match=r"^c\.toml: secure\.min_nodes: 2 is below"):
+        check_tightens(SECURE_PROVINCE, county, source="c.toml")
+    # the merge keeps the province's minimum and only the columns both allow
+    assert merge(SECURE_PROVINCE, county).secure == Secure(
+        min_nodes=3, columns={"s": frozenset({"sex"})}
+    )
+
+
+def test_a_county_tightens_secure_aggregation() -> None:
+    county = Override(
+        secure=SecureOverride(refuse=True, min_nodes=5, columns={"s": frozenset({PERIOD})})
+    )
+    assert loosenings(SECURE_PROVINCE, county) == []
+    merged = merge(SECURE_PROVINCE, county).secure
+    assert merged == Secure(min_nodes=5, columns={"s": frozenset({PERIOD})}, refused=True)
+    assert merged.allows("s") == frozenset()
+    # an empty list keeps none of the dataset's columns
+    emptied = merge(SECURE_PROVINCE, Override(secure=SecureOverride(columns={"s": frozenset()})))
+    assert emptied.secure == Secure(min_nodes=3)
+    assert emptied.secure.allows("s") == frozenset()
+
+
+def test_a_withheld_or_narrowed_column_leaves_the_secure_list() -> None:
+    county = Override(
+        datasets={
+            "s": DatasetOverride(
+                withheld=frozenset({"sex"}),
+                columns={PERIOD: ColumnOverride(measures=frozenset({Measure.FILTER}))},
+            )
+        }
+    )
+    assert merge(SECURE_PROVINCE, county).secure.columns == {"s": frozenset({PERIOD})}
+    # the period no longer filterable: the dataset is emptied, and leaves the list too
+    county = Override(
+        datasets={"s": DatasetOverride(columns={PERIOD: ColumnOverride(domain=("x",))})}
+    )
+    assert merge(SECURE_PROVINCE, county).secure.columns == {}
+
+
+def test_no_secure_section_allows_nothing() -> None:
+    assert PROVINCE.secure == Secure()
+    assert PROVINCE.secure.allows("s") == frozenset()
+    county = Override(secure=SecureOverride(columns={"s": frozenset({"sex"})}))
+    assert loosenings(PROVINCE, county) == [
+        "secure.datasets.s.columns: 'sex' not allowed in secure queries by the province"
+    ]
