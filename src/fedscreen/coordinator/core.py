@@ -39,7 +39,7 @@ from fedscreen.protocol.answer import VerifiedAnswer, bounded, dataset_public, v
 from fedscreen.protocol.memo import BoundedMemo
 from fedscreen.protocol.query import SignedQuery, verify_query
 from fedscreen.protocol.release import SecureOutcome, release_body
-from fedscreen.query.compile import compile_query
+from fedscreen.query.compile import check_secure_release, compile_query
 from fedscreen.tlog import memberlog
 from fedscreen.tlog.checkpoint import member_origin
 from fedscreen.tlog.export import LogExport
@@ -198,6 +198,9 @@ class Coordinator:
             # the provincial catalogue: a cheap early refusal (nodes apply their own, stricter)
             compile_query(query.spec, self.policy)
         active = set(self.node_ids)
+        if query.spec.secure:
+            # before any node is charged: a release over fewer nodes would have no figure
+            check_secure_release(self.policy, nodes=len(set(query.nodes or self.node_ids)))
         unknown = [n for n in query.nodes if n not in active]
         if unknown:
             # shown by code point (an analyst's terminal must not get raw control characters)

@@ -53,6 +53,7 @@ from fedscreen.coordinator.aggregation import AggregatorSessions
 from fedscreen.coordinator.aggregatorrpc import AggregatorLinkServicer
 from fedscreen.coordinator.auditrpc import AuditServicer
 from fedscreen.coordinator.core import ACADEMIC_YEAR
+from fedscreen.coordinator.partials import secure_round
 from fedscreen.coordinator.runtime import (
     DEFAULT_SERVER_LIMITS,
     CoreThread,
@@ -76,7 +77,9 @@ from fedscreen.coordinator.sessions import (
     Withdraw,
     now_ms,
 )
+from fedscreen.errors import QueryRefused
 from fedscreen.protocol.query import shown_query_id
+from fedscreen.protocol.secure import aggregators as secure_aggregators
 from fedscreen.rpc import clock, guard, serde, transport
 from fedscreen.v1 import federation_pb2 as pb
 from fedscreen.v1 import federation_pb2_grpc as pb_grpc
@@ -284,6 +287,9 @@ class AnalystServicer(_Shared, pb_grpc.AnalystServicer):
             query = await self.core.call(
                 lambda core: core.accept(envelope, now_ms=received_ms, caller=member.id)
             )
+            if query.spec.secure:
+                # no node is charged for a secure query that could get no figure
+                self._second_aggregator_ready()
             wait_s = self.limits.answer_wait_s(request.deadline_ms, context.time_remaining())
             # accept() read the newest manifest: the nodes get it before the query
             await self.watch.current()
@@ -311,13 +317,35 @@ class AnalystServicer(_Shared, pb_grpc.AnalystServicer):
             reasons = {n: replies[n].reason for n in missing}
             # the checkpoints verified with these answers, one commit for all of them
             await self.core.call(lambda _: book.flush())
+            checked = await self.core.call(
+                lambda core: core.check_answers(
+                    query, answers, missing, reasons=reasons, academic_year=year
+                )
+            )
+            outcome = None
+            if query.spec.secure:
+                # the figures come from the two aggregators' partials, never a county's value
+                left = self.limits.answer_wait_s(request.deadline_ms, context.time_remaining())
+                outcome = await secure_round(
+                    self.core, self.aggregators, query, envelope, checked, timeout_s=left
+                )
             release = await self.core.call(
                 lambda core: core.release(
-                    query, answers, missing, eligible=eligible, reasons=reasons,
-                    academic_year=year, targeted=targets,  # those asked, even if revoked since
+                    query, answers, missing, eligible=eligible, academic_year=year,
+                    targeted=targets,  # those asked, even if revoked since
+                    checked=checked, secure=outcome,
                 )
             )  # fmt: skip
         return serde.submit_response(release.envelope, release.answers, release.missing)
+
+    def _second_aggregator_ready(self) -> None:
+        """QueryRefused unless the manifest names the second aggregator and it is connected."""
+        second = secure_aggregators(self.core.core.manifest)[1]
+        if second not in self.aggregators.connected():
+            raise QueryRefused(
+                f"secure aggregation: the second aggregator {second} is not connected; "
+                "nothing was asked of the nodes"
+            )
 
     async def Budgets(
         self, request: pb.BudgetsRequest, context: grpc.aio.ServicerContext[Any, Any]
