@@ -2,7 +2,8 @@
 
 A plan query is *servable* by a table when it is a private COUNT(*) or RATE whose
 grouping and RATE condition use only category columns, compared exactly (``=``,
-``!=``, ``IN``, ``NOT IN``): each of its cells is then a sum of table cells, and a
+``!=``, ``IN``, ``NOT IN``), and not secure (its exact cells go to the two
+aggregators only): each of its cells is then a sum of table cells, and a
 RATE's numerator the sum of those meeting its condition. Queries served by one table
 share its dataset, filter (WHERE) and years; its attributes are the union of theirs.
 
@@ -133,6 +134,9 @@ def typed_key(values: Any) -> tuple[Any, ...]:
 def measurable(spec: QuerySpec, dataset: Dataset) -> tuple[str, ...] | None:
     """The attributes a table needs to serve ``spec`` (None: it cannot be served)."""
     measure = spec.measure
+    if spec.secure:
+        # its exact cells go to the two aggregators only (``protocol.secure``)
+        return None
     if dataset.public or measure.kind not in ("count", "rate") or measure.column is not None:
         return None
     columns = list(spec.group_by)

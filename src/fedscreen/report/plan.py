@@ -14,28 +14,24 @@ import functools
 import hashlib
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
 from fedscreen.errors import ConfigError, QueryRefused
 from fedscreen.policy import Policy
-from fedscreen.policy.model import CategoryRule, Dataset
-from fedscreen.query.compile import compile_query
+from fedscreen.policy.model import Dataset
+from fedscreen.query.compile import check_secure, compile_query
 from fedscreen.query.cost import request_epsilon
 from fedscreen.query.spec import QuerySpec
 from fedscreen.query.sqlparse import parse_sql
 from fedscreen.report.measured import Measurements, Table, build_table, table_sql
+from fedscreen.report.statistic import FORMS, UNITS, Statistic, parse_statistic
+from fedscreen.report.statistic import text as _text
 
-#: "points" are percentage points: the difference of two percentages (fractions, like them)
-UNITS: Final = ("percent", "points", "count", "days", "ratio")
-#: the ways a statistic is made from its queries (see the plan schema)
-FORMS: Final = ("query", "ratio", "shares", "flags", "change")
-_STAT_KEYS: Final = {
-    "id", "item", "section", "title", "description", "unit", "target", "target_label",
-    "where", "sum_over", "within", "columns", "along", "weight", *FORMS,
-}  # fmt: skip
-_QUERY_KEYS: Final = {"sql", "epsilon", "accuracy"}
+__all__ = ["FORMS", "UNITS", "PlannedQuery", "ReportPlan", "Statistic", "load_plan"]
+
+_QUERY_KEYS: Final = {"sql", "epsilon", "accuracy", "secure"}
 
 
 @dataclass(frozen=True)
@@ -59,30 +55,10 @@ class PlannedQuery:
         """The academic years whose budgets the query charges."""
         return () if self.public else self.spec.years
 
-
-@dataclass(frozen=True)
-class Statistic:
-    """One figure of the report and how it is computed from the plan's queries."""
-
-    id: str
-    item: int | None
-    section: str
-    title: str
-    description: str
-    unit: str
-    target: float | None
-    target_label: str | None
-    #: one of FORMS
-    form: str
-    #: the query names it reads, in the form's order (ratio: numerator, denominator)
-    queries: tuple[str, ...]
-    #: cells kept before anything else: column -> allowed values
-    where: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
-    #: query: columns summed over; shares: the distribution's column; flags: the 0/1
-    #: columns reported (empty: all); change: the column along which it changes
-    columns: tuple[str, ...] = ()
-    #: how much its accuracy counts when ``report plan --compile`` splits ε (default 1)
-    weight: float = 1.0
+    @property
+    def secure(self) -> bool:
+        """Released only as province totals through the two aggregators (``protocol.secure``)."""
+        return self.spec.secure
 
 
 @dataclass(frozen=True)
@@ -190,8 +166,12 @@ def load_plan(
         for name, q in raw_queries.items()
     }
     statistics = tuple(
-        _statistic(
-            s, queries, {sid for sid, _ in sections}, policy, f"{where} [[statistic]] #{n + 1}"
+        parse_statistic(
+            s,
+            {name: q.spec for name, q in queries.items()},
+            {sid for sid, _ in sections},
+            policy,
+            f"{where} [[statistic]] #{n + 1}",
         )
         for n, s in enumerate(_tables(doc, "statistic", where))
     )
@@ -265,6 +245,13 @@ def _measure(
         twice = served & set(serves)
         if twice or len(set(serves)) != len(serves):
             raise ConfigError(f"{at}: a query is served by one table only")
+        secure = [q for q in serves if queries[q].secure]
+        if secure:
+            # its exact cells go to the two aggregators only: no table may hold them
+            raise ConfigError(
+                f"{at}: {', '.join(secure)} is secure: a secure query is asked as written, "
+                "never served by a measured table"
+            )
         served |= set(serves)
         if isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or not epsilon > 0:
             raise ConfigError(f"{at}: epsilon must be a positive number")
@@ -305,13 +292,6 @@ def _previous_year(year: str) -> str:
     return f"{first - 1}-{first}"
 
 
-def _text(doc: Mapping[str, Any], key: str, where: str) -> str:
-    value = doc.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{where}: {key} must be a non-empty string")
-    return value
-
-
 def _tables(doc: Mapping[str, Any], key: str, where: str) -> list[dict[str, Any]]:
     value = doc.get(key)
     if not isinstance(value, list) or not value or not all(isinstance(t, dict) for t in value):
@@ -337,11 +317,17 @@ def _query(
         raise ConfigError(f"{where}: uses {{previous_year}} but the plan has no previous_year")
     sql = template.replace("{year}", year).replace("{previous_year}", previous or "")
     epsilon, accuracy = doc.get("epsilon"), doc.get("accuracy")
+    secure = doc.get("secure", False)
+    if not isinstance(secure, bool):
+        raise ConfigError(f"{where}: secure must be true or false")
     for key, value in (("epsilon", epsilon), ("accuracy", accuracy)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise ConfigError(f"{where}: {key} must be a number")
     try:
-        spec = parse_sql(sql)
+        spec = replace(parse_sql(sql), secure=secure)
+        if secure:
+            # said first and on its own: a COUNT over the catalogue's secure columns only
+            check_secure(spec, policy)
         compiled = compile_query(spec, policy)
         public = compiled.dataset.public
         if public and (epsilon is not None or accuracy is not None):
@@ -361,137 +347,3 @@ def _query(
         cost=cost,
         cells=len(compiled.cells),
     )
-
-
-def _statistic(
-    doc: dict[str, Any],
-    queries: Mapping[str, PlannedQuery],
-    sections: set[str],
-    policy: Policy,
-    where: str,
-) -> Statistic:
-    extra = sorted(set(doc) - _STAT_KEYS)
-    if extra:
-        raise ConfigError(f"{where}: unknown keys {', '.join(extra)}")
-    sid = _text(doc, "id", where)
-    where = f"{where} ({sid})"
-    forms = [f for f in FORMS if f in doc]
-    if len(forms) != 1:
-        raise ConfigError(f"{where}: give exactly one of {', '.join(FORMS)}")
-    form = forms[0]
-    names = doc[form]
-    names = [names] if isinstance(names, str) else names
-    if (
-        not isinstance(names, list)
-        or not all(isinstance(n, str) for n in names)
-        or len(names) != (2 if form == "ratio" else 1)
-    ):
-        count = "two query names" if form == "ratio" else "one query name"
-        raise ConfigError(f"{where}: {form} must name {count}")
-    for name in names:
-        if name not in queries:
-            raise ConfigError(f"{where}: no query named {name!r}")
-    section = _text(doc, "section", where)
-    if section not in sections:
-        raise ConfigError(f"{where}: no section {section!r}")
-    unit = _text(doc, "unit", where)
-    if unit not in UNITS:
-        raise ConfigError(f"{where}: unit must be one of {', '.join(UNITS)}")
-    item, target, label = doc.get("item"), doc.get("target"), doc.get("target_label")
-    if item is not None and (isinstance(item, bool) or not isinstance(item, int)):
-        raise ConfigError(f"{where}: item must be an integer")
-    if target is not None and (isinstance(target, bool) or not isinstance(target, int | float)):
-        raise ConfigError(f"{where}: target must be a number")
-    columns = _columns(doc, form, where)
-    first = queries[names[0]].spec
-    cells_where = _where(doc.get("where", {}), first.group_by, where)
-    kind = first.measure.kind
-    if form in ("shares", "flags") and kind not in ("count", "sum"):
-        raise ConfigError(f"{where}: {form} needs a COUNT or SUM query, not {kind.upper()}")
-    if form == "query" and columns and kind not in ("count", "sum"):
-        raise ConfigError(f"{where}: sum_over needs a COUNT or SUM query, not {kind.upper()}")
-    if form == "change" and kind != "rate":
-        raise ConfigError(f"{where}: change needs a RATE query")
-    if form == "ratio":
-        for name in names:
-            if queries[name].spec.measure.kind not in ("count", "sum"):
-                raise ConfigError(f"{where}: a ratio's parts must be COUNT or SUM queries")
-        missing = set(queries[names[1]].spec.group_by) - set(first.group_by)
-        if missing:
-            raise ConfigError(
-                f"{where}: the denominator groups by {', '.join(sorted(missing))}, "
-                "which the numerator lacks"
-            )
-    for column in columns:
-        if column not in first.group_by:
-            raise ConfigError(f"{where}: {names[0]} does not group by {column}")
-    dataset = policy.datasets[first.dataset]
-    for column, values in cells_where.items():
-        # a value outside the public domain would silently empty the statistic
-        allowed = _domain(dataset, column)
-        if allowed is not None and not set(values) <= set(allowed):
-            raise ConfigError(f"{where}: where.{column} has values outside its domain {allowed}")
-    if form == "flags":
-        for column in columns or first.group_by:
-            if set(_domain(dataset, column) or ()) != {0, 1}:
-                raise ConfigError(f"{where}: flags needs 0/1 columns; {column} is not one")
-    if form == "change" and cells_where:
-        raise ConfigError(f"{where}: where does not apply to change")
-    if form in ("shares", "change") and len(columns) != 1:
-        raise ConfigError(
-            f"{where}: {form} needs one column ({'within' if form == 'shares' else 'along'})"
-        )
-    return Statistic(
-        id=sid,
-        item=item,
-        section=section,
-        title=_text(doc, "title", where),
-        description=_text(doc, "description", where),
-        unit=unit,
-        target=None if target is None else float(target),
-        target_label=label if isinstance(label, str) else None,
-        form=form,
-        queries=tuple(names),
-        where=cells_where,
-        columns=columns,
-        weight=_weight(doc.get("weight", 1.0), where),
-    )
-
-
-def _weight(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 1e-6 <= value <= 1e6:
-        raise ConfigError(f"{where}: weight must be a number from 0.000001 to 1000000")
-    return float(value)
-
-
-def _domain(dataset: Dataset, column: str) -> tuple[Any, ...] | None:
-    """The public domain of a category column (None for a numeric one)."""
-    rule = dataset.columns.get(column)
-    return rule.domain if isinstance(rule, CategoryRule) else None
-
-
-def _columns(doc: Mapping[str, Any], form: str, where: str) -> tuple[str, ...]:
-    key = {"query": "sum_over", "shares": "within", "flags": "columns", "change": "along"}.get(form)
-    for other in ("sum_over", "within", "columns", "along"):
-        if other in doc and other != key:
-            raise ConfigError(f"{where}: {other} does not apply to {form}")
-    if key is None or key not in doc:
-        return ()
-    value = doc[key]
-    value = [value] if isinstance(value, str) else value
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where}: {key} must be a list of column names")
-    return tuple(value)
-
-
-def _where(doc: Any, group_by: tuple[str, ...], where: str) -> dict[str, tuple[Any, ...]]:
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{where}: where must be a table of column = [values]")
-    kept: dict[str, tuple[Any, ...]] = {}
-    for column, values in doc.items():
-        if column not in group_by:
-            raise ConfigError(f"{where}: where names {column}, which the query does not group by")
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{where}: where.{column} must be a non-empty list")
-        kept[column] = tuple(values)
-    return kept
