@@ -35,8 +35,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +102,19 @@ def _make_node(args: tuple[Path, str, Path]) -> str:
     return node_id
 
 
-def setup(work: Path, nodes: int, students: int, analysts: int) -> list[str]:
-    """Authority, coordinator, ``nodes`` node homes with data, analysts; all issued."""
+def setup(
+    work: Path,
+    nodes: int,
+    students: int,
+    analysts: int,
+    *,
+    extra: Callable[[Path], list[Path]] | None = None,
+) -> list[str]:
+    """Authority, coordinator, ``nodes`` node homes with data, analysts; all issued.
+
+    ``extra``: called with the authority's directory to make and issue more members'
+    homes (e.g. a second aggregator); returns them, so they get the manifest too.
+    """
     auth = work / "auth"
     authority.init_authority(auth, federation="河北省 (bench)")
     init_coordinator(work / "coord", member_id=COORDINATOR, name="协调服务")
@@ -118,9 +131,11 @@ def setup(work: Path, nodes: int, students: int, analysts: int) -> list[str]:
         home = work / f"analyst-{a + 1}"
         create_identity(home, member_id=f"analyst-{a + 1}", role="analyst", name=f"A{a + 1}")
         issue_here(auth, home)
-    text = authority.manifest_text(auth)
     homes = [work / "coord", *(work / "nodes" / n for n in node_ids)]
     homes += [work / f"analyst-{a + 1}" for a in range(analysts)]
+    if extra is not None:
+        homes += extra(auth)
+    text = authority.manifest_text(auth)  # with the extra members in it
     for home in homes:
         update_manifest(home, text)
     return node_ids
@@ -167,7 +182,8 @@ def role_nodes(job: Path) -> None:
     _until_signalled(main)
 
 
-def _wait_ready(path: Path, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+def wait_ready(path: Path, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """The ready file ``proc`` writes, once it is there (RuntimeError if it exits first)."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not path.is_file():
         if proc.poll() is not None:
@@ -178,9 +194,61 @@ def _wait_ready(path: Path, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
 
 
-def _spawn(*args: str) -> subprocess.Popen[bytes]:
+def spawn(*args: str, script: str = __file__) -> subprocess.Popen[bytes]:
+    """``script`` (this one by default) in a new interpreter, with ``args``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.Popen([sys.executable, __file__, *args], env=env)
+    return subprocess.Popen([sys.executable, script, *args], env=env)
+
+
+@dataclass
+class Running:
+    """A federation's processes: the coordinator, the node processes and any others."""
+
+    address: str
+    coordinator: subprocess.Popen[bytes]
+    nodes: list[subprocess.Popen[bytes]]
+    #: every process, in start order (stopped in reverse); callers may add theirs
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+
+@contextmanager
+def federation(work: Path, node_ids: list[str], processes: int) -> Iterator[Running]:
+    """The coordinator and ``node_ids`` as ``run_node`` tasks in ``processes`` processes,
+    every node connected; on exit every process is stopped, the last started first."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        ready = work / "coordinator.ready"
+        coordinator = spawn("--role", "coordinator", "--home", str(work / "coord"),
+                            "--ready", str(ready))  # fmt: skip
+        procs.append(coordinator)
+        address = str(wait_ready(ready, coordinator)["address"])
+        groups = [node_ids[i::processes] for i in range(processes)]
+        node_procs = []
+        for g, group in enumerate(g for g in groups if g):
+            job = work / f"nodes-{g}.json"
+            job.write_text(
+                json.dumps(
+                    {
+                        "homes": [str(work / "nodes" / n) for n in group],
+                        "coordinator": address,
+                        "ready": str(work / f"nodes-{g}.ready"),
+                    }
+                )
+            )
+            node_procs.append((spawn("--role", "nodes", "--job", str(job)), g))
+        procs.extend(p for p, _ in node_procs)
+        for proc, g in node_procs:
+            wait_ready(work / f"nodes-{g}.ready", proc)
+        yield Running(address, coordinator, [p for p, _ in node_procs], procs)
+    finally:
+        # nodes (and later ones) first, so none of them sees the coordinator go and redials
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+        for proc in reversed(procs):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -445,54 +513,21 @@ def main() -> int:
     started = time.perf_counter()
     node_ids = setup(work, tiers[-1], args.students, args.analysts)
     setup_s = time.perf_counter() - started
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        ready = work / "coordinator.ready"
-        coordinator = _spawn("--role", "coordinator", "--home", str(work / "coord"),
-                             "--ready", str(ready))  # fmt: skip
-        procs.append(coordinator)
-        address = str(_wait_ready(ready, coordinator)["address"])
-        groups = [node_ids[i :: args.processes] for i in range(args.processes)]
-        node_procs = []
-        for g, group in enumerate(g for g in groups if g):
-            job = work / f"nodes-{g}.json"
-            job.write_text(
-                json.dumps(
-                    {
-                        "homes": [str(work / "nodes" / n) for n in group],
-                        "coordinator": address,
-                        "ready": str(work / f"nodes-{g}.ready"),
-                    }
-                )
-            )
-            node_procs.append((_spawn("--role", "nodes", "--job", str(job)), g))
-        procs.extend(p for p, _ in node_procs)
-        for proc, g in node_procs:
-            _wait_ready(work / f"nodes-{g}.ready", proc)
-        print(f"coordinator at {address}; {len(node_ids)} nodes connected", flush=True)
+    with federation(work, node_ids, args.processes) as running:
+        print(f"coordinator at {running.address}; {len(node_ids)} nodes connected", flush=True)
         results = asyncio.run(
             measure(
                 work,
-                address,
+                running.address,
                 node_ids,
                 tiers,
                 args.queries,
                 args.analysts,
                 args.per_analyst,
-                [p.pid for p, _ in node_procs],
-                coordinator.pid,
+                [p.pid for p in running.nodes],
+                running.coordinator.pid,
             )
         )
-    finally:
-        # nodes first, so none of them sees the coordinator go and redials
-        procs.reverse()
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
     # measured with the servers stopped, so nothing else competes for the cores
     answer_times = node_answer_times(work, node_ids[0], args.queries, [10_000])
     report(results, [t * 1000 for t in answer_times], setup_s)
