@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from fedscreen.audit.aggregatorlog import check_aggregator_entries
 from fedscreen.audit.events import COORDINATOR_EVENTS, Quarantines, coordinator_event
 from fedscreen.audit.events import rollback_restored as _rollback_restored
 from fedscreen.audit.manifests import (
@@ -287,10 +288,11 @@ def _verify_log(
     )
     signers = _signers(log.entries, owners) if len(owners) > 1 else None
     manifests = in_force(versions, payloads, owner=member, origin=origin, signers=signers)
-    if member.role == "coordinator":
-        _check_coordinator_entries(
-            payloads, lambda i: signers[i] if signers else member, origin, manifests, report
+    if member.role in ("coordinator", "aggregator"):
+        check = (
+            _check_coordinator_entries if member.role == "coordinator" else check_aggregator_entries
         )
+        check(payloads, lambda i: signers[i] if signers else member, origin, manifests, report)
         return report
     node_micro: dict[str, int] = {}
     analyst_micro: dict[tuple[str, str], int] = {}

@@ -9,6 +9,8 @@ import re
 import sys
 from pathlib import Path
 
+from fedscreen.aggregator.home import is_aggregator_home
+from fedscreen.aggregator.store import export_log as aggregator_log
 from fedscreen.audit.bundle import read_bundle, write_bundle
 from fedscreen.audit.parallel import in_processes
 from fedscreen.audit.verify import LogReport, verify_bundle
@@ -59,15 +61,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
 
     export = audit_sub.add_parser(
-        "export", help="write node and coordinator logs as one self-contained bundle"
+        "export",
+        help="write node, coordinator and aggregator logs as one self-contained bundle",
     )
     export.add_argument(
         "--home",
         type=Path,
         required=True,
         action="append",
-        help="a node or coordinator home (repeat to bundle several logs: split views are "
-        "then checked across them)",
+        help="a node, coordinator or aggregator home (repeat to bundle several logs: split "
+        "views are then checked across them)",
     )
     export.add_argument("--out", type=Path, required=True, help="bundle file to create")
     export.add_argument(
@@ -149,6 +152,8 @@ def _history(copies: list[bytes]) -> list[tuple[int, bytes]]:
 def _export_home(home: Path) -> LogExport:
     if (home / COORDINATOR_CONFIG).is_file():
         return coordinator_log(home)
+    if is_aggregator_home(home):
+        return aggregator_log(home)
     return node_log(home)
 
 

@@ -11,6 +11,7 @@ from typing import Final
 
 from fedscreen import __version__
 from fedscreen.cli import (
+    aggregator,
     audit,
     budgets,
     coordinator,
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fedscreen {__version__}")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, synth, node, identity, pki, coordinator, query, budgets, report, audit):
+    for module in (demo, synth, node, identity, pki, coordinator, aggregator, query, budgets,
+                   report, audit):  # fmt: skip
         module.add_parser(sub)
     return parser
 
