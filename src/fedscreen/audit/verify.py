@@ -17,49 +17,34 @@ Checks, per log, in this order (the first failure decides the outcome):
    summed per academic year for the node and per analyst, the sums must match
    what the entry says was spent and stay within the budgets it recorded; every
    signature inside an entry by the members of the manifest version in force when
-   it was logged (the log's ``manifest`` entries switch it) → else **2**.
+   it was logged (the log's ``manifest`` entries switch it) → else **2**
+   (a coordinator's log: ``audit.coordinatorlog``; an aggregator's: ``audit.aggregatorlog``);
+5. across logs: every node checkpoint a coordinator relayed is a prefix of the node's
+   log (else **3**: a split view), and every secure release's partials agree with its
+   aggregator's log and the use-once rule (``audit.secure``) → else **2**.
 
 Nothing here does I/O: it takes parsed values and returns a report or raises.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from fedscreen.audit.aggregatorlog import check_aggregator_entries
-from fedscreen.audit.events import COORDINATOR_EVENTS, Quarantines, coordinator_event
+from fedscreen.audit.coordinatorlog import check_coordinator_entries
 from fedscreen.audit.events import rollback_restored as _rollback_restored
-from fedscreen.audit.manifests import (
-    InForce,
-    Versions,
-    check_not_revoked,
-    held_keys,
-    in_force,
-    iso_ms,
-    known_versions,
-    owner_keys,
-)
+from fedscreen.audit.manifests import Versions, in_force, known_versions, owner_keys
 from fedscreen.audit.nodelog import check_node_entry
-from fedscreen.audit.releases import pair_release
-from fedscreen.crypto.envelope import (
-    LOG_ENTRY_V1,
-    RELEASE_V1,
-    Envelope,
-    parse_json,
-    verify_envelope,
-    verify_envelope_json,
-)
+from fedscreen.audit.secure import AGGREGATOR_ROLE, SecureLog, aggregator_partials, cross_check
+from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, verify_envelope_json
 from fedscreen.errors import (
     BundleUntrusted,
     EntryInvalid,
     HistoryInconsistent,
-    QueryRefused,
     VerificationError,
 )
-from fedscreen.protocol.query import FRESHNESS_WINDOW_MS, SignedQuery, verify_query
 from fedscreen.tlog import merkle
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
 from fedscreen.tlog.export import Bundle, LogExport
@@ -116,6 +101,8 @@ class LogReport:
     #: node quarantines and readmissions the coordinator recorded
     quarantines: int = 0
     readmissions: int = 0
+    #: secure releases (coordinator logs) or partials (aggregator logs): ``audit.secure``
+    secure: SecureLog | None = None
 
     def coordinator_summary(self) -> str:
         """One line on a coordinator log's requests and releases ("" for a node log)."""
@@ -159,6 +146,7 @@ class LogReport:
             "epsilon_lower_bound_from": min(self.lost_budget_entries, default=None),
             "quarantines": self.quarantines,
             "readmissions": self.readmissions,
+            "secure": self.secure.to_json() if self.secure else None,
             "node_epsilon": self.node_epsilon,
             "analyst_epsilon": [
                 {"year": y, "analyst": a, "epsilon": e}
@@ -204,6 +192,8 @@ def verify_bundle(
                     origin=origin,
                     evidence=(note, latest),
                 )
+    # secure releases: the coordinator's and the aggregators' logs agree
+    cross_check(r.secure for r in reports if r.secure)
     return reports
 
 
@@ -288,11 +278,18 @@ def _verify_log(
     )
     signers = _signers(log.entries, owners) if len(owners) > 1 else None
     manifests = in_force(versions, payloads, owner=member, origin=origin, signers=signers)
-    if member.role in ("coordinator", "aggregator"):
+    if member.role in ("coordinator", AGGREGATOR_ROLE):
+        report.secure = SecureLog(member.role, member.id, origin)
         check = (
-            _check_coordinator_entries if member.role == "coordinator" else check_aggregator_entries
+            check_coordinator_entries if member.role == "coordinator" else check_aggregator_entries
         )
-        check(payloads, lambda i: signers[i] if signers else member, origin, manifests, report)
+
+        def signer_at(index: int) -> Member:
+            return signers[index] if signers else member
+
+        check(payloads, signer_at, origin, manifests, report)
+        if member.role == AGGREGATOR_ROLE:
+            aggregator_partials(payloads, signer_at, origin, manifests, report.secure)
         return report
     node_micro: dict[str, int] = {}
     analyst_micro: dict[tuple[str, str], int] = {}
@@ -356,135 +353,3 @@ def verify_entries(entries: tuple[bytes, ...], start: int, keys: dict[str, bytes
 def in_process(entries: tuple[bytes, ...], keys: dict[str, bytes]) -> Iterator[Checked]:
     """The default :data:`EntryVerifier`: every entry, here, in one chunk."""
     yield verify_entries(entries, 0, keys)
-
-
-def _check_coordinator_entries(
-    payloads: list[bytes],
-    signer_at: Callable[[int], Member],
-    origin: str,
-    manifests: InForce,
-    report: LogReport,
-) -> None:
-    """Requests, answers and releases: each inner envelope verifies (against the manifest
-    in force when it was logged), and each release is exactly the combination of the
-    answers logged with it.
-
-    The coordinator logs a request when it accepts a query, and the answers it used
-    with their release, in one transaction, answers first. So a release is paired
-    with the answers logged just before it (not all answers ever logged under its
-    id: an analyst may resubmit a query id, answered by fewer or other nodes the
-    second time) and with one earlier, not yet released request of its id. A request
-    may lack a release (the coordinator stopped); answers may not (rolled back).
-    """
-    pending: dict[str, list[SignedQuery]] = {}  # query id -> requests not yet released
-    run: list[tuple[int, str, bytes]] = []  # (index, node, envelope) logged since the last
-    run_id = ""  # query id of the answers in ``run``
-    quarantined = Quarantines()
-    for index, payload in enumerate(payloads):
-        if index in manifests.switches:
-            continue  # a manifest entry: checked by in_force
-        manifest, coordinator = manifests.at(index), signer_at(index)
-        try:
-            entry = parse_json(payload)
-            if entry["index"] != index or entry["node_id"] != coordinator.id:
-                raise ValueError(f"says it is entry {entry['index']} of {entry['node_id']}")
-            if entry["kind"] in COORDINATOR_EVENTS:
-                node_keys = held_keys(manifests.versions, str(entry["node"]), manifest)
-                coordinator_event(
-                    entry["kind"], entry, manifest=manifest, seen=quarantined, keys=node_keys
-                )
-                continue
-            kind, query_id = entry["kind"], str(entry["query_id"])
-            inner = str(entry["envelope"]).encode("utf-8")
-            envelope = Envelope.from_json(inner)
-        except (ValueError, KeyError, TypeError, VerificationError) as exc:
-            raise EntryInvalid(f"entry {index}: {exc}", origin=origin, index=index) from None
-        if run and (kind == "request" or query_id != run_id):
-            raise _unreleased(run, origin)
-        try:
-            if kind == "request":
-                # freshness was the nodes' concern at the time; offline only the signature counts
-                query = verify_query(envelope, manifest=manifest, now_ms=0, window_ms=2**62)
-                if query.query_id != query_id:
-                    raise ValueError(f"logged as query {query_id!r} but is {query.query_id!r}")
-                # ... but not one signed after a known version revoked the analyst
-                check_not_revoked(
-                    manifests.versions,
-                    manifest.member(query.analyst),
-                    since=manifest.version,
-                    at_ms=query.issued_at_ms,
-                    window_ms=FRESHNESS_WINDOW_MS,
-                    what="a query",
-                )
-                report.requests += 1
-                if query_id in report.requested_ids:
-                    report.resubmissions += 1
-                report.requested_ids.add(query_id)
-                pending.setdefault(query_id, []).append(query)
-            elif kind == "answer":
-                node = str(entry["node"])
-                if not pending.get(query_id):
-                    raise ValueError("an answer to a query that was not requested")
-                if node in quarantined.current:
-                    raise ValueError(f"an answer from {node}, which was quarantined, was used")
-                if any(n == node for _, n, _ in run):
-                    raise ValueError(f"a second answer from {node} for the same release")
-                run.append((index, node, inner))
-                run_id = query_id
-            elif kind == "release":
-                body = parse_json(
-                    verify_envelope(
-                        envelope,
-                        expected_payload_type=RELEASE_V1,
-                        trusted_keys={coordinator.key_id: coordinator.signing_key},
-                    )
-                )
-                if not isinstance(body, dict):
-                    raise TypeError("a release body is an object")
-                check_not_revoked(
-                    manifests.versions,
-                    coordinator,
-                    since=manifest.version,
-                    at_ms=iso_ms(body.get("released_at")),
-                    window_ms=FRESHNESS_WINDOW_MS,
-                    what="a release",
-                )
-                candidates = pending.get(query_id)
-                if not candidates:
-                    raise ValueError(
-                        "a release of a query that was not requested (or was already released)"
-                    )
-                query, verified = pair_release(index, body, candidates, run, manifest, origin)
-                candidates.remove(query)
-                for node, (_, answer) in verified.items():
-                    # the key the answer verified under tells a re-keyed node's logs apart
-                    relayed = (member_origin("node", node), manifest.member(node).key_id)
-                    known = report.relayed_checkpoints.get(relayed)
-                    if known is None or known[0].size < answer.checkpoint.size:
-                        report.relayed_checkpoints[relayed] = (
-                            answer.checkpoint,
-                            answer.checkpoint_note,
-                        )
-                report.answers += len(run)
-                report.releases += 1
-                if body["missing"]:
-                    report.partial_releases += 1
-                report.release_digests.add(hashlib.sha256(inner).hexdigest())
-                run = []
-            else:
-                raise ValueError(f"unknown kind {kind!r}")
-        except (
-            ValueError, KeyError, TypeError, ArithmeticError, VerificationError, QueryRefused
-        ) as exc:  # fmt: skip
-            raise EntryInvalid(f"entry {index}: {exc}", origin=origin, index=index) from None
-    if run:
-        raise _unreleased(run, origin)
-    report.unreleased = sum(len(queries) for queries in pending.values())
-    report.quarantines, report.readmissions = quarantined.quarantines, quarantined.readmissions
-
-
-def _unreleased(run: list[tuple[int, str, bytes]], origin: str) -> EntryInvalid:
-    first = run[0][0]
-    return EntryInvalid(
-        f"entry {first}: answers logged without their release", origin=origin, index=first
-    )
