@@ -27,10 +27,10 @@ import numpy as np
 from fedscreen.errors import VerificationError
 from fedscreen.protocol.combine import discrete_laplace_variance
 from fedscreen.query.spec import QuerySpec
-from fedscreen.report.figures import Released
 from fedscreen.report.measured import Served, Table, served_by, typed_key
 from fedscreen.report.parts import Part, Term, linear_half_width, total
 from fedscreen.report.plan import ReportPlan
+from fedscreen.report.released import Released
 from fedscreen.report.wls import Joint, Matrix, estimable, estimator
 
 #: a weight below this in a figure's noise is float dust from the pseudo-inverse

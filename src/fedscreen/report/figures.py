@@ -10,119 +10,21 @@ threshold is shown as "< k", like the cells it came from.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Final
 
-from fedscreen.protocol.answer import dataset_public
 from fedscreen.protocol.combine import (
     Z_975,
-    NodeCells,
-    combine,
     ratio_interval,
 )
-from fedscreen.query.spec import QuerySpec
 from fedscreen.report.format import PROVINCE, format_value
 from fedscreen.report.parts import Part, linear_cumulants, linear_half_width
 from fedscreen.report.plan import ReportPlan, Statistic
+from fedscreen.report.released import Released
 
-
-@dataclass(frozen=True)
-class Released:
-    """One query's verified release: the signed body and each node's verified answer.
-
-    County figures come from the nodes' own signed answers (``node_bodies``), which the
-    release was checked to repeat; the release adds the provincial combination.
-    """
-
-    body: Mapping[str, Any]
-    node_bodies: Mapping[str, Mapping[str, Any]]
-    #: node id -> ε that node charged for this delivery (signed by the node; 0 when it
-    #: gave its stored answer again; None if it did not say)
-    charged: Mapping[str, float | None]
-    #: scope id -> its counties, for rows between the province and a county (cities)
-    areas: Mapping[str, Sequence[str]] = field(default_factory=dict)
-
-    @property
-    def answered(self) -> list[str]:
-        """The nodes whose verified answers the release combines, in order."""
-        return sorted(self.node_bodies)
-
-    @functools.cached_property
-    def public(self) -> bool:
-        """Whether the query's dataset is public (exact values), as the shipped catalogue
-        says: never read from what an answer states about itself."""
-        return dataset_public(QuerySpec.from_json(dict(self.body["query"])))
-
-    def nodes_of(self, scope: str) -> list[str]:
-        """The answering nodes a scope's figures combine."""
-        if scope == PROVINCE:
-            return self.answered
-        if scope in self.areas:
-            return [n for n in self.areas[scope] if n in self.node_bodies]
-        return [scope]
-
-    @property
-    def group_by(self) -> list[str]:
-        """The query's group columns."""
-        return list(self.body["query"]["group_by"])
-
-    def threshold(self, scope: str) -> int:
-        """The publication threshold that applies to ``scope``'s cells."""
-        if scope == PROVINCE or scope in self.areas:
-            return int(self.body["threshold"])
-        return int(self.node_bodies[scope].get("threshold", self.body["threshold"]))
-
-    def scopes(self) -> list[str]:
-        """Province first, then each area with an answering county, then every county."""
-        if not self.answered:
-            return []
-        return [PROVINCE, *(a for a in self.areas if self.nodes_of(a)), *self.answered]
-
-    def cells(self, scope: str) -> list[dict[str, Any]]:
-        """The cells of ``scope``: as released, or combined over an area's counties."""
-        if scope == PROVINCE:
-            return list(self.body["province"])
-        if scope in self.areas:
-            # the coordinator's own combination, over the area's counties
-            nodes = [NodeCells(n, dict(self.node_bodies[n])) for n in self.nodes_of(scope)]
-            kind = str(self.body["query"]["measure"]["kind"])
-            return combine(kind, nodes, threshold=self.threshold(scope), public=self.public)
-        return list(self.node_bodies[scope]["cells"])
-
-    def rate_parts(self, scope: str) -> dict[str, tuple[Part, Part]]:
-        """Each group's noisy numerator and denominator (a RATE or AVG query), by repr(group)."""
-        nodes = self.nodes_of(scope)
-        merged: dict[str, tuple[Part, Part]] = {}
-        for node in nodes:
-            for cell in self.node_bodies[node]["cells"]:
-                num = Part(int(cell["numerator"]["value"]), (float(cell["numerator"]["scale"]),))
-                den = Part(
-                    int(cell["denominator"]["value"]), (float(cell["denominator"]["scale"]),)
-                )
-                key = repr(cell["group"])
-                if key in merged:
-                    num, den = merged[key][0] + num, merged[key][1] + den
-                merged[key] = (num, den)
-        return merged
-
-    def parts(self, scope: str) -> list[tuple[list[Any], Part]]:
-        """Each group's noisy value and the noise scales in it (a COUNT or SUM query)."""
-        nodes = self.nodes_of(scope)
-        merged: dict[str, tuple[list[Any], Part]] = {}
-        for node in nodes:
-            answer = self.node_bodies[node]
-            scales = () if self.public else (float(answer["scale"]),)
-            for cell in answer["cells"]:
-                key = repr(cell["group"])
-                part = Part(int(cell["value"]), scales)
-                if key in merged:
-                    merged[key] = (merged[key][0], merged[key][1] + part)
-                else:
-                    merged[key] = (list(cell["group"]), part)
-        return list(merged.values())
+__all__ = ["PROVINCE", "Part", "Released", "dims", "statistic_rows"]
 
 
 def _sum_by(
@@ -273,21 +175,13 @@ def _ratio_form(
 ) -> list[dict[str, Any]]:
     num_source, den_source = released[stat.queries[0]], released[stat.queries[1]]
     keep = [columns.index(c) for c in den_source.group_by]
-    nodes = num_source.nodes_of(scope)
-    nums: dict[str, Part] = {}
-    dens: dict[str, tuple[list[Any], Part]] = {}
-    for node in (n for n in nodes if n in den_source.node_bodies):
-        node_nums = {
-            repr(g): p for g, p in _sum_by(_kept(num_source.parts(node), columns, stat.where), keep)
-        }
-        for group, den in den_source.parts(node):
-            key = repr(group)
-            # a cell the node's county policy withholds from the numerator (a district
-            # without universities) leaves its denominator out too: like with like
-            if key not in node_nums:
-                continue
-            nums[key] = nums.get(key, Part(0)) + node_nums[key]
-            dens[key] = (group, dens[key][1] + den) if key in dens else (group, den)
+    if num_source.secure or den_source.secure:
+        pair = _secure_ratio_parts(stat, columns, keep, num_source, den_source)
+        if pair is None:
+            return [_note_row(scope, "no figure: its two parts cover different counties")]
+        nums, dens = pair
+    else:
+        nums, dens = _node_ratio_parts(stat, scope, columns, keep, num_source, den_source)
     threshold = num_source.threshold(scope)
     # a percentage is a share of its denominator: noise can push the estimate past 100%
     # (coverage of a small university), and clipping it back is free post-processing
@@ -322,6 +216,87 @@ def _ratio_form(
             )
             out.append(_row(scope, group, value, low, high, unit=stat.unit, small=small))
     return out
+
+
+def _node_ratio_parts(
+    stat: Statistic,
+    scope: str,
+    columns: list[str],
+    keep: list[int],
+    num_source: Released,
+    den_source: Released,
+) -> tuple[dict[str, Part], dict[str, tuple[list[Any], Part]]]:
+    """Numerators and denominators by group, summed over the scope's counties."""
+    nums: dict[str, Part] = {}
+    dens: dict[str, tuple[list[Any], Part]] = {}
+    for node in (n for n in num_source.nodes_of(scope) if n in den_source.node_bodies):
+        node_nums = {
+            repr(g): p for g, p in _sum_by(_kept(num_source.parts(node), columns, stat.where), keep)
+        }
+        for group, den in den_source.parts(node):
+            key = repr(group)
+            # a cell the node's county policy withholds from the numerator (a district
+            # without universities) leaves its denominator out too: like with like
+            if key not in node_nums:
+                continue
+            nums[key] = nums.get(key, Part(0)) + node_nums[key]
+            dens[key] = (group, dens[key][1] + den) if key in dens else (group, den)
+    return nums, dens
+
+
+def _secure_ratio_parts(
+    stat: Statistic,
+    columns: list[str],
+    keep: list[int],
+    num_source: Released,
+    den_source: Released,
+) -> tuple[dict[str, Part], dict[str, tuple[list[Any], Part]]] | None:
+    """A province ratio with a secure part: that part's province total, the other summed
+    over exactly the counties in it (None if one answered a part the other lacks).
+    Keys are the denominator's groups (``repr``), as in ``_node_ratio_parts``."""
+    secure, plain = (num_source, den_source) if num_source.secure else (den_source, num_source)
+    if plain.secure:
+        if set(plain.answered) != set(secure.answered):
+            return None
+    elif not set(secure.answered) <= set(plain.node_bodies):
+        return None
+
+    def numerators(scope: str) -> list[tuple[list[Any], Part]]:
+        return _sum_by(_kept(num_source.parts(scope), columns, stat.where), keep)
+
+    def by_key(parts: list[tuple[list[Any], Part]]) -> dict[str, tuple[list[Any], Part]]:
+        return {repr(g): (g, p) for g, p in parts}
+
+    if plain.secure:
+        nums, dens = by_key(numerators(PROVINCE)), by_key(den_source.parts(PROVINCE))
+    else:
+        summed: dict[str, tuple[list[Any], Part]] = {}
+        for node in secure.answered:
+            # like with like: a county's plain cell counts where its secure answer (its
+            # groups, no values) has that cell
+            cells = secure.node_bodies[node]["cells"]
+            held = {
+                repr([c["group"][i] for i in keep] if secure is num_source else list(c["group"]))
+                for c in cells
+            }
+            parts = numerators(node) if plain is num_source else den_source.parts(node)
+            for group, part in parts:
+                key = repr(group)
+                if key in held:
+                    summed[key] = (group, summed[key][1] + part) if key in summed else (group, part)
+        if plain is num_source:
+            nums, dens = summed, by_key(den_source.parts(PROVINCE))
+        else:
+            nums, dens = by_key(numerators(PROVINCE)), summed
+    return {k: p for k, (_, p) in nums.items()}, {k: v for k, v in dens.items() if k in nums}
+
+
+def _note_row(scope: str, note: str) -> dict[str, Any]:
+    """A row with no figure, saying why (never a blank)."""
+    return {
+        "scope": scope, "group": [], "value": None, "lower": None, "upper": None,
+        "display": note, "suppressed": False,
+    }  # fmt: skip
 
 
 def _clip(value: float, top: float) -> float:

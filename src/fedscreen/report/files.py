@@ -21,9 +21,9 @@ from fedscreen.analyst.query import verify_release
 from fedscreen.crypto.envelope import Envelope
 from fedscreen.errors import ConfigError, VerificationError
 from fedscreen.protocol.query import verify_query
-from fedscreen.report.figures import Released
 from fedscreen.report.html import render_html
 from fedscreen.report.plan import PlannedQuery, ReportPlan
+from fedscreen.report.released import Released
 from fedscreen.trust.manifest import Manifest
 
 __all__ = [

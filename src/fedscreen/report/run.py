@@ -36,7 +36,6 @@ from fedscreen.analyst.query import make_query, submit, verify_release
 from fedscreen.errors import ConfigError
 from fedscreen.protocol.budget import Budgets
 from fedscreen.report.affordable import NodeCheck, check_plan, refuse_if_unaffordable
-from fedscreen.report.figures import Released
 from fedscreen.report.files import (
     BUDGETS_FILE,
     RELEASES_DIR,
@@ -45,6 +44,7 @@ from fedscreen.report.files import (
     read_run,
 )
 from fedscreen.report.plan import PlannedQuery, ReportPlan
+from fedscreen.report.released import Released
 from fedscreen.trust.identity import load_identity
 from fedscreen.trust.manifest import Manifest
 
@@ -160,6 +160,12 @@ def run_plan(
         body = runs[name].released.body
         missing = f"; missing {', '.join(body['missing'])}" if body["missing"] else ""
         cost = "public, exact" if query.public else f"ε={query.cost:g} per node"
+        secure = body.get("secure")
+        if isinstance(secure, dict):
+            failure = secure.get("failure")
+            cost += (
+                f", secure: no figure ({failure})" if failure else ", secure: province total only"
+            )
         done = "verified" if name in todo else "verified (released before)"
         say(
             f"  [{n:>{len(str(width))}}/{width}] {name}: "
@@ -177,8 +183,9 @@ def _run_one(
     coordinator_id: str | None,
 ) -> QueryRun:
     signed, envelope = make_query(
-        home, query.sql, epsilon=query.epsilon, accuracy=query.accuracy, nodes=targets
-    )
+        home, query.sql, epsilon=query.epsilon, accuracy=query.accuracy, nodes=targets,
+        secure=query.secure,
+    )  # fmt: skip
     submitted = asyncio.run(
         submit(home, coordinator, envelope, coordinator_id=coordinator_id,
                deadline_ms=plan.deadline_ms)
