@@ -144,7 +144,9 @@ def setup(
 # ---------------------------------------------------------------- worker processes
 
 
-def _until_signalled(main: Any) -> None:
+def until_signalled(main: Any) -> None:
+    """Run ``main(stop)`` in a new event loop; SIGINT or SIGTERM sets ``stop``."""
+
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -159,7 +161,7 @@ def role_coordinator(home: Path, ready: Path) -> None:
     async def main(stop: asyncio.Event) -> None:
         await serve(home, "127.0.0.1:0", ready_file=ready, stop=stop)
 
-    _until_signalled(main)
+    until_signalled(main)
 
 
 def role_nodes(job: Path) -> None:
@@ -179,7 +181,7 @@ def role_nodes(job: Path) -> None:
             *(run_node(h, spec["coordinator"], stop=stop, on_welcome=on_welcome) for h in homes)
         )
 
-    _until_signalled(main)
+    until_signalled(main)
 
 
 def wait_ready(path: Path, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
