@@ -38,8 +38,10 @@ exit codes:
   2  an entry fails: its signature, its format, or its content (ε over budget,
      sums that do not add up, a manifest it logs that fails the authority's
      signature or chain, a query or release dated more than the freshness window
-     after a known version revoked its signer); the first bad index and the
-     reason are printed
+     after a known version revoked its signer; a secure release whose
+     aggregator's partial that aggregator's log does not hold, a partial over
+     fewer nodes than the catalogue's secure min_nodes, an answer summed into
+     two different partials); the first bad index and the reason are printed
   3  the history is inconsistent: rollback, truncation, reordering, or a fork
      against the trusted checkpoint; the conflicting signed checkpoints are
      written as evidence files
@@ -52,6 +54,11 @@ exit codes:
 Each entry is checked against the manifest version in force when it was logged
 (the logs record each version they start using), so an old log still verifies
 after a later revocation.
+
+Secure releases are cross-checked against the second aggregator's log when the
+bundle holds it (export the coordinator's home before the aggregator's); without
+it the outcome is still 0, and the report says which releases were not
+cross-checked and why.
 """
 
 
@@ -210,6 +217,8 @@ def _print_report(report: LogReport) -> None:
     )
     if summary := report.coordinator_summary():
         print(summary)
+    for line in report.secure.lines() if report.secure else ():
+        print(line)
     for index in report.lost_budget_entries:
         print(
             f"  WARNING: entry {index} is a node recover --accept-lost-budget: ε spent "
