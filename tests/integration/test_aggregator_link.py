@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -236,3 +241,57 @@ def test_the_coordinator_serves_the_aggregator_link(homes: SecureHomes) -> None:
     event = asyncio.run(scenario())
     assert (event.aggregator_id, event.coordinator, event.session) == (AGGREGATOR, COORDINATOR, 1)
     assert event.manifest_version == load_identity(homes.coordinator).manifest().version
+
+
+def test_aggregator_serve_as_a_process_connects_and_stops_on_sigterm(
+    homes: SecureHomes, tmp_path: Path
+) -> None:
+    """``fedscreen coordinator serve`` and ``fedscreen aggregator serve``, real processes:
+    the aggregator says it is connected (and writes its ready file); SIGTERM stops it
+    cleanly (exit 0, "aggregator stopped")."""
+    cli = [sys.executable, "-m", "fedscreen.cli.main"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def ready(path: Path, proc: subprocess.Popen[bytes], log: Path) -> dict[str, object]:
+        deadline = time.monotonic() + WAIT_S
+        while not path.is_file():
+            assert proc.poll() is None, log.read_text(encoding="utf-8")
+            assert time.monotonic() < deadline, log.read_text(encoding="utf-8")
+            time.sleep(0.05)
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+
+    try:
+        coord_log, agg_log = tmp_path / "coord.log", tmp_path / "agg.log"
+        with coord_log.open("wb") as out:
+            coordinator = subprocess.Popen(
+                [*cli, "coordinator", "serve", "--home", str(homes.coordinator),
+                 "--listen", "127.0.0.1:0", "--ready-file", str(tmp_path / "coord.ready")],
+                stdout=out, stderr=subprocess.STDOUT, env=env,
+            )  # fmt: skip
+        procs.append(coordinator)
+        address = str(ready(tmp_path / "coord.ready", coordinator, coord_log)["address"])
+        with agg_log.open("wb") as out:
+            aggregator = subprocess.Popen(
+                [*cli, "aggregator", "serve", "--home", str(homes.aggregator),
+                 "--coordinator", address, "--ready-file", str(tmp_path / "agg.ready")],
+                stdout=out, stderr=subprocess.STDOUT, env=env,
+            )  # fmt: skip
+        procs.append(aggregator)
+        welcome = ready(tmp_path / "agg.ready", aggregator, agg_log)
+        assert (welcome["aggregator_id"], welcome["session"]) == (AGGREGATOR, 1)
+        aggregator.send_signal(signal.SIGTERM)
+        assert aggregator.wait(timeout=WAIT_S) == 0
+        text = agg_log.read_text(encoding="utf-8")
+        assert f"aggregator {AGGREGATOR} connected to coordinator {COORDINATOR}" in text
+        assert text.rstrip().endswith("aggregator stopped")
+        assert "Traceback" not in text
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=WAIT_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=WAIT_S)
