@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedscreen.aggregator.home import init_aggregator
 from fedscreen.coordinator.core import init_coordinator
 from fedscreen.node import store
 from fedscreen.node.home import NodeConfig, init_home
@@ -36,14 +37,15 @@ class SecureHomes:
 
 
 def make_secure_homes(
-    root: Path, *, students: int = 300, nodes: tuple[str, ...] = NODES
+    root: Path, *, students: int = 300, nodes: tuple[str, ...] = NODES, varied: bool = False
 ) -> SecureHomes:
-    """Every home under ``root``; each node holds ``students`` synthetic students of YEAR."""
+    """Every home under ``root``; each node holds ``students`` synthetic students of YEAR
+    (``varied``: the i-th node 37·i more, so the counties' counts differ)."""
     auth = root / "auth"
     authority.init_authority(auth, federation="test")
     init_coordinator(root / "coord", member_id=COORDINATOR, name="省平台")
     issue_here(auth, root / "coord")
-    create_identity(root / "agg", member_id=AGGREGATOR, role="aggregator", name="省统计局")
+    init_aggregator(root / "agg", member_id=AGGREGATOR, name="省统计局")
     issue_here(auth, root / "agg")
     create_identity(root / ANALYST, member_id=ANALYST, role="analyst", name="Alice")
     issue_here(auth, root / ANALYST)
@@ -51,7 +53,8 @@ def make_secure_homes(
     for seed, node in enumerate(nodes):
         config = init_home(root / node, node_id=node, name=f"county {node}")
         issue_here(auth, config.home)
-        write_export(generate(node, students, YEAR, seed=seed + 1), root / f"export-{node}")
+        size = students + (37 * seed if varied else 0)
+        write_export(generate(node, size, YEAR, seed=seed + 1), root / f"export-{node}")
         _, rejected = ingest_paths(config, [root / f"export-{node}"])
         assert not rejected
         configs[node] = config
