@@ -242,7 +242,7 @@ def aggregator_partials(
     log: SecureLog,
 ) -> None:
     """Record the partials of an aggregator's log (whose entries ``audit.aggregatorlog``
-    checked): each signed by the aggregator as the manifest in force lists it, over at
+    checked): each signed by the aggregator with the key of its entry, over at
     least min_nodes answers, none summed into another partial body. Raises EntryInvalid."""
     for index, payload in enumerate(payloads):
         if index in manifests.switches:
@@ -255,8 +255,8 @@ def aggregator_partials(
             query_id, text = entry["query_id"], entry["partial"]
             if not isinstance(query_id, str) or not isinstance(text, str):
                 raise TypeError("a partial entry holds its query id and the partial's envelope")
-            signer = manifest.member(owner.id, role=AGGREGATOR_ROLE)
-            signed, nodes = _signed_partial(Envelope.from_json(text), signer, owner.id)
+            # the key that signed the entry (in force there: ``in_force`` checked it)
+            signed, nodes = _signed_partial(Envelope.from_json(text), owner, owner.id)
             if signed["query_id"] != query_id or not isinstance(signed["query_sha256"], str):
                 raise ValueError("the partial is for another query than its entry says")
             _check_min_nodes(nodes)
