@@ -49,7 +49,7 @@ from fedscreen.protocol.query import SignedQuery
 from fedscreen.protocol.secure import parse_partial_envelopes, verify_partial
 from fedscreen.trust.manifest import Manifest, Member, show_id
 
-__all__ = ["AGGREGATOR_ROLE", "SecureLog", "aggregator_partials", "cross_check"]
+__all__ = ["AGGREGATOR_ROLE", "SecureLog", "UseOnce", "aggregator_partials", "cross_check"]
 
 #: the manifest role of the second aggregator (its log's origin: ``fedscreen.aggregator/ID``)
 AGGREGATOR_ROLE: Final = "aggregator"
@@ -78,7 +78,7 @@ class _Logged:
     manifest: Manifest
 
 
-class _UseOnce:
+class UseOnce:
     """Answer body digest -> (the partial body it was summed into, at which entry)."""
 
     def __init__(self) -> None:
@@ -123,7 +123,7 @@ class SecureLog:
     _plain: set[str] = field(default_factory=set, repr=False)
     _released: list[_Released] = field(default_factory=list, repr=False)
     _logged: list[_Logged] = field(default_factory=list, repr=False)
-    _use_once: _UseOnce = field(default_factory=_UseOnce, repr=False)
+    _use_once: UseOnce = field(default_factory=UseOnce, repr=False)
 
     @property
     def bodies(self) -> int:
