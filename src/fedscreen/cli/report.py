@@ -40,9 +40,11 @@ from fedscreen.report.model import build_model, member_names
 from fedscreen.report.plan import ReportPlan, load_plan
 from fedscreen.report.run import check_budgets, run_plan
 from fedscreen.report.strategy import (
+    PROVINCE_COUNTIES,
     compile_strategy,
     expected,
     measure_toml,
+    secure_expected,
     serves_faithfully,
 )
 from fedscreen.report.verify import releases_logged, verify_report
@@ -190,6 +192,7 @@ def run_plan_command(args: argparse.Namespace) -> int:
     """``fedscreen report plan``."""
     plan = _load(args)
     print_costs(plan)
+    print_secure_accuracy(plan)
     if args.compile is not None or plan.measure is not None:
         print_accuracy(plan, args)
     if args.home is None or args.coordinator is None:
@@ -279,6 +282,23 @@ def print_accuracy(plan: ReportPlan, args: argparse.Namespace) -> None:
     if args.compile is not None:
         print("\n# add this to the plan to measure these tables instead of the queries they serve")
         print(measure_toml(measurements), end="")
+
+
+def print_secure_accuracy(plan: ReportPlan) -> None:
+    """The secure statistics' province accuracy: two draws against one per county."""
+    rows = [
+        [e.statistic, f"{e.epsilon:g}", f"±{e.secure:.3g}", f"±{e.summed:.3g}",
+         f"{e.summed / e.secure:.1f}"]
+        for e in secure_expected(plan)
+    ]  # fmt: skip
+    if not rows:
+        return
+    print(
+        "\nsecure statistics (province figures only): expected 95% half-width of a province "
+        "count cell — secure aggregation (two noise draws) against the same ε as "
+        f"{PROVINCE_COUNTIES} counties' noisy answers summed:"
+    )
+    table(["statistic", "ε per county", "secure", f"{PROVINCE_COUNTIES} answers", "gain"], rows)
 
 
 def run_report_command(args: argparse.Namespace) -> int:

@@ -24,6 +24,8 @@ from fedscreen.report._svg import (
 from fedscreen.report._view import Report, Row, Section, Stat
 from fedscreen.report.format import (
     PROVINCE,
+    SECURE_FAILED,
+    SECURE_ONLY,
     code_label,
     code_rank,
     dimension_label,
@@ -71,6 +73,8 @@ class Sections:
             scope: PROVINCE_COLOUR if scope == PROVINCE else next(colours)
             for scope in self.scope_order
         }
+        secure = report.privacy.secure
+        self.aggregators = {a: n or a for a, n in (secure.aggregators if secure else ())}
         self.reasons: dict[tuple[str, str], str] = {
             (m.node, m.statistic): m.reason for m in report.privacy.missing
         }
@@ -147,6 +151,12 @@ class Sections:
         if stat.queries:
             queries = ", ".join(f"<code>{esc(q)}</code>" for q in stat.queries)
             facts.append(f"<li><strong>Signed releases:</strong> {queries}</li>")
+        if stat.secure is not None:
+            by = " and ".join(self.aggregators.get(a, a) for a in stat.secure.aggregators)
+            facts.append(
+                f"<li><strong>Secure aggregation:</strong> {esc(SECURE_ONLY)} ({esc(by)}; "
+                'see <a href="#secure">Privacy</a>): no county or city figure</li>'
+            )
         parts = [
             f'<section class="stat" id="stat-{esc(stat.id)}">\n',
             f'<p class="stat-id">{item_badge(stat)}<code>{esc(stat.id)}</code></p>\n',
@@ -156,6 +166,12 @@ class Sections:
             parts.append(f'<p class="desc">{esc(stat.description)}</p>\n')
         parts.append(f'<ul class="stat-facts">{"".join(facts)}</ul>\n')
         missing = [self.missing_text(stat, n) for n in stat.missing]
+        if stat.secure is not None and stat.secure.failure is not None:
+            parts.append(
+                f'<p class="notice empty">{esc(SECURE_FAILED[:1].upper() + SECURE_FAILED[1:])}: '
+                f"{esc(stat.secure.failure)}</p>\n</section>\n"
+            )
+            return "".join(parts)
         if not stat.rows:
             why = (
                 "no county contributed. Missing: " + "; ".join(missing)
@@ -332,6 +348,12 @@ class Sections:
                         tds.append(f'<td class="{cls}">{status[0]}{mark}</td>')
                 trs.append(f"<tr>{''.join(tds)}</tr>")
             bodies.append(f"<tbody>{''.join(trs)}</tbody>")
+        if stat.secure is not None:
+            # where other statistics list each city and county
+            bodies.append(
+                '<tbody class="secure-only"><tr><th scope="rowgroup">Each city and county</th>'
+                f'<td colspan="{len(heads) - 1}">{esc(SECURE_ONLY)}</td></tr></tbody>'
+            )
         note = (
             '<p class="table-note">† The 95% interval contains the target: '
             "the difference is within the noise.</p>\n"

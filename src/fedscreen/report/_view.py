@@ -31,6 +31,16 @@ class Row:
 
 
 @dataclass(frozen=True)
+class Secure:
+    """How a statistic's figures came from secure aggregation: province totals only."""
+
+    #: the coordinator, then the second aggregator
+    aggregators: tuple[str, ...]
+    #: why the release states no figure (None: it does)
+    failure: str | None = None
+
+
+@dataclass(frozen=True)
 class Stat:
     """One statistic of the report."""
 
@@ -47,6 +57,8 @@ class Stat:
     queries: tuple[str, ...]
     missing: tuple[str, ...]
     rows: tuple[Row, ...]
+    #: its figures came from secure aggregation (None: from the counties' noisy answers)
+    secure: Secure | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +133,15 @@ class Measure:
 
 
 @dataclass(frozen=True)
+class SecurePage:
+    """The privacy page's secure aggregation: who aggregated, which statistics."""
+
+    #: (id, name) of the coordinator and of the second aggregator
+    aggregators: tuple[tuple[str, str], ...]
+    statistics: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Privacy:
     """The privacy page's facts."""
 
@@ -131,6 +152,8 @@ class Privacy:
     missing: tuple[Missing, ...]
     #: the plan's measured tables (None: every query was asked as written)
     measure: Measure | None = None
+    #: the statistics from secure aggregation (None: there are none)
+    secure: SecurePage | None = None
 
 
 @dataclass(frozen=True)
@@ -307,6 +330,24 @@ def _stat(r: _Reader) -> Stat:
         queries=r.codes("queries"),
         missing=r.codes("missing"),
         rows=tuple(_row(x) for x in r.objects("rows")),
+        secure=_secure(r),
+    )
+
+
+def _secure(r: _Reader) -> Secure | None:
+    if not r.has("secure"):
+        return None
+    s = r.child("secure")
+    return Secure(aggregators=s.codes("aggregators"), failure=s.optional_text("failure"))
+
+
+def _secure_page(r: _Reader) -> SecurePage | None:
+    if not r.has("secure"):
+        return None
+    s = r.child("secure")
+    return SecurePage(
+        aggregators=tuple((a.text("id"), a.text("name", "")) for a in s.objects("aggregators")),
+        statistics=s.codes("statistics"),
     )
 
 
@@ -388,6 +429,7 @@ def read_report(model: Mapping[str, Any]) -> Report:
                 for m in privacy.objects("missing")
             ),
             measure=_measure(r),
+            secure=_secure_page(privacy),
         ),
         sections=sections,
         areas=tuple(

@@ -21,6 +21,7 @@ from fedscreen.analyst.query import verify_release
 from fedscreen.crypto.envelope import Envelope
 from fedscreen.errors import ConfigError, VerificationError
 from fedscreen.protocol.query import verify_query
+from fedscreen.report.format import PROVINCE, SECURE_FAILED, SECURE_ONLY
 from fedscreen.report.html import render_html
 from fedscreen.report.plan import PlannedQuery, ReportPlan
 from fedscreen.report.released import Released
@@ -108,13 +109,32 @@ def csv_text(model: Mapping[str, Any]) -> str:
     writer.writerow(CSV_HEADER)
     for section in model["sections"]:
         for stat in section["statistics"]:
-            for row in stat["rows"]:
+            for row in _csv_rows(stat):
                 writer.writerow(
                     [stat["id"], stat["item"], stat["unit"], row["scope"],
                      " / ".join(str(g) for g in row["group"]), row["value"], row["lower"],
                      row["upper"], row["display"], int(row["suppressed"]), stat["epsilon"]]
                 )  # fmt: skip
     return stream.getvalue()
+
+
+def _csv_rows(stat: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A statistic's rows, and for a secure one a row saying what it does not show."""
+    secure = stat.get("secure")
+    if not isinstance(secure, Mapping):
+        return list(stat["rows"])
+    failure = secure.get("failure")
+    scope, note = (
+        ("counties", SECURE_ONLY) if failure is None else (PROVINCE, f"{SECURE_FAILED}: {failure}")
+    )
+    blank: dict[str, Any] = {
+        "group": [],
+        "value": None,
+        "lower": None,
+        "upper": None,
+        "suppressed": False,
+    }
+    return [*stat["rows"], {**blank, "scope": scope, "display": note}]
 
 
 def normalized(model: Mapping[str, Any]) -> Any:

@@ -11,6 +11,10 @@ import math
 from typing import Final
 
 PROVINCE: Final = "province"
+#: what a secure statistic shows where other statistics show cities and counties
+SECURE_ONLY: Final = "province only: secure aggregation"
+#: what a secure statistic whose release states no figure shows, before the reason
+SECURE_FAILED: Final = "no figure: secure aggregation did not complete"
 
 #: column names → table headers
 _DIMENSIONS: Final[dict[str, str]] = {

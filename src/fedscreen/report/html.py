@@ -226,6 +226,7 @@ class _Page(Sections):
             "the schools’ public tables; they carry no noise and cost nothing.</li>"
             "</ul>\n"
             f"{self._measured()}"
+            f"{self._secure()}"
             "<h3>Privacy budget spent by this report</h3>\n"
             f"{spent_table}"
             "<h3>Counties missing from statistics</h3>\n"
@@ -265,6 +266,35 @@ class _Page(Sections):
                 if m.disagreeing
                 else ""
             )
+        )
+
+    def _secure(self) -> str:
+        """Which figures came from secure aggregation, by whom, and what that means."""
+        secure = self.r.privacy.secure
+        if secure is None:
+            return ""
+        titles = {s.id: s.title for s in self.r.statistics()}
+        stats = "".join(
+            f'<li><a href="#stat-{esc(sid)}">{esc(titles.get(sid, sid))}</a> '
+            f"<code>{esc(sid)}</code></li>"
+            for sid in secure.statistics
+        )
+        who = " and ".join(
+            f"{esc(name or ident)} (<code>{esc(ident)}</code>)"
+            for ident, name in secure.aggregators
+        )
+        return (
+            '<h3 id="secure">Secure aggregation</h3>\n'
+            "<p>These figures are province totals from secure aggregation, with no county "
+            f"or city figure; the two aggregators were {who}:</p>\n"
+            f'<ul class="secure-list">{stats}</ul>\n'
+            "<p>Each county’s exact counts for these questions were split into two random "
+            "shares, one for each aggregator, so that a share alone says nothing about the "
+            "count. Each aggregator added up its shares over the same counties and added one "
+            "noise draw before signing its sum; the province figure is the sum of the two, with "
+            "two noise draws in all instead of one per county. Neither aggregator saw any "
+            "county’s value, which only both together, colluding, could recover; each county’s "
+            "privacy budget was still charged for these questions, as for any other.</p>\n"
         )
 
     def _missing_list(self) -> list[tuple[Missing, str]]:

@@ -11,8 +11,9 @@ from typing import Any, Final
 from fedscreen.report.affordable import NodeCheck
 from fedscreen.report.areas import city_name, city_scopes
 from fedscreen.report.derived import disagreements, resolve
-from fedscreen.report.figures import Released, dims, statistic_rows
+from fedscreen.report.figures import dims, statistic_rows
 from fedscreen.report.plan import ReportPlan
+from fedscreen.report.released import Released
 from fedscreen.trust.manifest import Manifest
 
 __all__ = ["MECHANISM", "REPORT_VERSION", "UNIT_OF_PRIVACY", "build_model", "member_names"]
@@ -86,6 +87,7 @@ def build_model(
                 "queries": [released[q].body["query_id"] for q in stat.queries],
                 "missing": sorted(missing),
                 "rows": statistic_rows(stat, plan, released, areas),
+                **_secure(stat.queries, released),
             }
         )
     spent = _spent(plan, asked, checks, fresh)
@@ -122,6 +124,7 @@ def build_model(
             "threshold": int(first["threshold"]),
             "spent": spent,
             "missing": missing_rows,
+            **_secure_page(plan, released, names),
         },
         "sections": [
             {"id": sid, "title": title, "statistics": sections[sid]} for sid, title in plan.sections
@@ -149,6 +152,33 @@ def _measure(plan: ReportPlan, released: Mapping[str, Released]) -> dict[str, An
             }
             for t in plan.measure.tables
         ],
+    }
+
+
+def _secure(queries: Sequence[str], released: Mapping[str, Released]) -> dict[str, Any]:
+    """A statistic's ``secure`` entry (none unless a query it reads is secure): its two
+    aggregators and, if a release states no figure, why."""
+    secure = [released[q] for q in queries if released[q].secure]
+    if not secure:
+        return {}
+    failure = next((r.failure for r in secure if r.failure is not None), None)
+    return {"secure": {"aggregators": secure[0].aggregators, "failure": failure}}
+
+
+def _secure_page(
+    plan: ReportPlan, released: Mapping[str, Released], names: Mapping[str, str]
+) -> dict[str, Any]:
+    """The privacy page's ``secure`` entry: the two aggregators (by name) and the
+    statistics whose figures came from secure aggregation (none: no entry)."""
+    stats = [s for s in plan.statistics if any(released[q].secure for q in s.queries)]
+    if not stats:
+        return {}
+    aggregators = next(released[q].aggregators for q in stats[0].queries if released[q].secure)
+    return {
+        "secure": {
+            "aggregators": [{"id": a, "name": names.get(a, a)} for a in aggregators],
+            "statistics": [s.id for s in stats],
+        }
     }
 
 

@@ -44,7 +44,9 @@ from typing import Any, Final
 from fedscreen.errors import ConfigError, QueryRefused
 from fedscreen.policy import Policy
 from fedscreen.policy.model import Dataset
-from fedscreen.protocol.combine import Z_975, discrete_laplace_variance
+from fedscreen.protocol.combine import Z_975, discrete_laplace_variance, sum_interval
+from fedscreen.protocol.secure import SENSITIVITY as SECURE_SENSITIVITY
+from fedscreen.query import mechanisms
 from fedscreen.query.compile import compile_query
 from fedscreen.query.cost import MIN_EPSILON
 from fedscreen.query.spec import Condition, QuerySpec
@@ -381,7 +383,12 @@ def expected(
     for stat in plan.statistics:
         query = plan.queries[stat.queries[0]]
         known = any(t[1] > 0 for t in reference.get(query.name, ()))
-        if query.public or query.spec.measure.kind not in ("count", "rate") or not known:
+        if (
+            query.public
+            or query.secure  # no county figure: secure_expected gives its province cells
+            or query.spec.measure.kind not in ("count", "rate")
+            or not known
+        ):
             out.append(Expected(stat.id, stat.unit, None, None))
             continue
         table = served.get(query.name)
@@ -405,6 +412,38 @@ def expected(
                 statistics.median(compiled) if compiled else None,
             )
         )
+    return out
+
+
+#: Hebei's county-level divisions: the answers a province figure sums without secure aggregation
+PROVINCE_COUNTIES: Final = 167
+
+
+@dataclass(frozen=True)
+class SecureExpected:
+    """A secure statistic's expected 95% half-width of one province count cell."""
+
+    statistic: str
+    #: ε each county is charged for its secure query
+    epsilon: float
+    #: secure aggregation: the exact total plus one draw from each aggregator
+    secure: float
+    #: the same ε spent on plain answers, one noise draw per county, summed
+    summed: float
+
+
+def secure_expected(plan: ReportPlan, *, counties: int = PROVINCE_COUNTIES) -> list[SecureExpected]:
+    """For each statistic reading a secure query: its province cell's half-width with two
+    draws at the query's ε, and as the sum of ``counties`` plain answers at that ε."""
+    out = []
+    for stat in plan.statistics:
+        query = next((plan.queries[q] for q in stat.queries if plan.queries[q].secure), None)
+        if query is None:
+            continue
+        scale = mechanisms.scale_for(epsilon=query.cost, sensitivity=SECURE_SENSITIVITY)
+        _, low, high, _ = sum_interval([0], [scale, scale])
+        _, low_n, high_n, _ = sum_interval([0], [scale] * counties)
+        out.append(SecureExpected(stat.id, query.cost, (high - low) / 2, (high_n - low_n) / 2))
     return out
 
 

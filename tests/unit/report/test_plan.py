@@ -33,8 +33,8 @@ def test_the_annual_plan_covers_the_standard_report(province: Policy) -> None:
     assert all(q.cost == 0 for q in plan.queries.values() if q.public)
     # the year-over-year query charges both years
     assert plan.queries["phq9_trend"].years == ("2023-2024", "2024-2025")
-    # as written, every query is asked: ε = 2.95 in the year, 0.15 in the year before
-    assert sum(q.cost for q in plan.queries.values()) == pytest.approx(2.95)
+    # as written, every query is asked: ε = 3.35 in the year, 0.15 in the year before
+    assert sum(q.cost for q in plan.queries.values()) == pytest.approx(3.35)
     # measured: the tables and the queries no table serves, ε ≤ 1 in the year
     assert plan.measure is not None
     assert plan.measure.epsilon == 1.0
@@ -46,6 +46,11 @@ def test_the_annual_plan_covers_the_standard_report(province: Policy) -> None:
     assert set(plan.asked) - set(plan.queries) == {t.name for t in plan.measure.tables}
     # the median and the public tables are asked as written
     assert {"interview_days", "eligible", "teachers"} <= set(plan.asked)
+    # the rare outcomes' province figures come from secure aggregation: asked as written
+    secure = {n for n, q in plan.queries.items() if q.secure}
+    assert secure == {"s_item9", "s_item9_2", "s_comorbid", "s_upi_item25", "s_referred"}
+    assert secure <= set(plan.asked) and not secure & set(plan.measure.served)
+    assert sum(plan.queries[n].cost for n in secure) == pytest.approx(0.2)
 
 
 def test_the_annual_plan_fits_the_strictest_county(province: Policy) -> None:
