@@ -35,7 +35,10 @@ Analyst.Submit of a grouped COUNT as a plain query and the same question as a se
 query, alternating, each a distinct question (its ε moves by 1 µε, so no node answers
 from its store), at a small ε so the nodes' budgets last (ε does not change the
 work). Every release is verified as an analyst would (not timed); a secure release
-must carry both partials. The CPU each party spent per query comes from /proc.
+must carry both partials. The CPU each party spent per query comes from /proc, and where
+a secure query's time goes from the timestamps both aggregators store with their
+partials. The default run (167 nodes of 500 students: fewer than a county's, to set up
+quickly; the secure work does not grow with them) takes about 5 minutes on 2 cores.
 
 Caveat: everything shares this machine's cores; in a province each county, the
 coordinator and the aggregator answer on their own machines, in parallel.
@@ -48,12 +51,14 @@ import asyncio
 import json
 import math
 import os
+import sqlite3
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +79,11 @@ from bench_federation import (  # noqa: E402
 
 from fedscreen._util.files import write_ready_file  # noqa: E402
 from fedscreen.aggregator.agent import run_aggregator  # noqa: E402
+from fedscreen.aggregator.home import DATABASE_FILE as AGGREGATOR_DB  # noqa: E402
 from fedscreen.aggregator.home import init_aggregator  # noqa: E402
 from fedscreen.analyst.query import make_query, verify_release  # noqa: E402
 from fedscreen.cli.reference import true_cells, true_rows  # noqa: E402
+from fedscreen.coordinator.core import DATABASE_FILE as COORDINATOR_DB  # noqa: E402
 from fedscreen.crypto.envelope import Envelope  # noqa: E402
 from fedscreen.node import store  # noqa: E402
 from fedscreen.node.cells import release  # noqa: E402
@@ -111,6 +118,12 @@ ACCURACY_TARGET = 1.5
 LATENCY_TARGET = 2.0
 #: the N at which the latency target applies
 LATENCY_TARGET_N = 167
+#: a secure query's time, in three spans (see ``breakdown``)
+SPANS = (
+    "answers in and checked",
+    "coordinator's partial + relay",
+    "aggregator's partial + release",
+)
 
 
 def add_aggregator(work: Path) -> Callable[[Path], list[Path]]:
@@ -357,6 +370,19 @@ def accuracy_rows(results: dict[int, list[Trials]]) -> list[dict[str, Any]]:
     return rows
 
 
+def mae_two_draws(epsilon: float) -> float:
+    """E|X + Y| / E|X| for independent discrete-Laplace draws X, Y at ``epsilon``
+    (sensitivity 1): with q = e^(−ε), E|X| = 2q/(1 − q²) and P(X + Y = s) =
+    c² q^|s| (|s| + 1 + 2q²/(1 − q²)), c = (1 − q)/(1 + q)."""
+    q = math.exp(-epsilon)
+    c = (1 - q) / (1 + q)
+    one = 2 * q / (1 - q * q)
+    two = (
+        2 * c * c * (q * (1 + q) / (1 - q) ** 3 + (1 + 2 * q * q / (1 - q * q)) * q / (1 - q) ** 2)
+    )
+    return two / one
+
+
 def accuracy_met(rows: list[dict[str, Any]]) -> bool:
     """(b) ≤ 1.5 × (c) in 95% half-width, stated and empirical, at every N."""
     return all(
@@ -390,8 +416,8 @@ def print_accuracy(rows: list[dict[str, Any]], epsilon: float, trials: int) -> N
         f"at every N: {'MET' if accuracy_met(rows) else 'NOT MET'}"
     )
     print(
-        "(two independent draws: √2 ≈ 1.41 in standard deviation; the MAE of a sum of two "
-        "Laplace draws is 1.5 × one's)"
+        "(two independent draws: √2 ≈ 1.41 in standard deviation; the MAE of two "
+        f"discrete-Laplace draws is {mae_two_draws(epsilon):.3f} × one's at this ε, exactly)"
     )
 
 
@@ -404,6 +430,8 @@ class Timed:
 
     latencies: list[float]
     cpu: dict[str, float]
+    #: (query id, wall clock at Submit and at its response, ms) per query
+    calls: list[tuple[str, float, float]] = field(default_factory=list)
 
 
 async def measure_latency(
@@ -423,13 +451,13 @@ async def measure_latency(
     try:
         stub = pb_grpc.AnalystStub(channel)
 
-        async def ask(nodes: list[str], secure_query: bool) -> tuple[float, dict[str, float]]:
+        async def ask(nodes: list[str], secure_query: bool) -> tuple[Any, float, dict[str, float]]:
             counter[0] += 1
             query, envelope = make_query(
                 identity.home, TIMED_SQL, epsilon=TIMED_EPSILON + counter[0] * 1e-6,
                 accuracy=None, nodes=nodes, secure=secure_query,
             )  # fmt: skip
-            before = cpu()
+            before, wall = cpu(), time.time() * 1000
             started = time.perf_counter()
             with transport.rpc_errors("submit"):
                 response = await stub.Submit(
@@ -448,7 +476,7 @@ async def measure_latency(
                 section = verified.body.get("secure") or {}
                 if section.get("failure") or len(section.get("partials") or []) != 2:
                     raise RuntimeError(f"a secure release failed: {section.get('failure')}")
-            return elapsed, spent
+            return (query.query_id, wall, wall + elapsed * 1000), elapsed, spent
 
         for n in tiers:
             targets = node_ids[:n]
@@ -458,9 +486,10 @@ async def measure_latency(
             for q in range(queries):
                 # alternate which goes first, so neither always follows the other
                 for kind in (False, True) if q % 2 == 0 else (True, False):
-                    elapsed, spent = await ask(targets, kind)
+                    call, elapsed, spent = await ask(targets, kind)
                     entry = timed["secure" if kind else "plain"]
                     entry.latencies.append(elapsed)
+                    entry.calls.append(call)
                     for party, seconds in spent.items():
                         entry.cpu[party] += seconds / queries
             results[n] = timed
@@ -473,12 +502,38 @@ async def measure_latency(
     return results
 
 
+def breakdown(work: Path, timed: dict[int, dict[str, Timed]]) -> dict[int, list[float]]:
+    """Per N, the median secure query's time (ms) from Submit to the coordinator starting
+    its own partial (every answer in and checked), from there to the aggregator taking
+    the request up (own partial, relay), and from there to the response (the aggregator's
+    partial, its check, the release). From the timestamps both aggregators store with
+    their partials (the coordinator's clock; one machine): read once both have stopped."""
+    with closing(sqlite3.connect(work / "coord" / COORDINATOR_DB)) as conn:
+        own = dict(conn.execute("SELECT key, created_ms FROM secure_partial").fetchall())
+    with closing(sqlite3.connect(work / "agg" / AGGREGATOR_DB)) as conn:
+        taken = {
+            q: (key, at)
+            for q, key, at in conn.execute("SELECT query_id, key, at_ms FROM partial_given")
+        }
+    out = {}
+    for n, kinds in timed.items():
+        spans = []
+        for query_id, sent, back in kinds["secure"].calls:
+            key, at = taken[query_id]
+            spans.append((own[key] - sent, at - own[key], back - at))
+        out[n] = [statistics.median(s[i] for s in spans) for i in range(3)]
+    return out
+
+
 def _p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20)[18] if len(values) >= 2 else values[0]
 
 
-def latency_rows(results: dict[int, dict[str, Timed]]) -> list[dict[str, Any]]:
-    """One row per N: plain and secure latency (ms), their ratio, CPU per query by party."""
+def latency_rows(
+    results: dict[int, dict[str, Timed]], spans: dict[int, list[float]]
+) -> list[dict[str, Any]]:
+    """One row per N: plain and secure latency (ms), their ratio, CPU per query by party,
+    and where a secure query's time goes (:func:`breakdown`)."""
     rows = []
     for n, timed in results.items():
         plain, shared = timed["plain"], timed["secure"]
@@ -493,6 +548,7 @@ def latency_rows(results: dict[int, dict[str, Timed]]) -> list[dict[str, Any]]:
                 "secure_p95_ms": s95 * 1000,
                 "ratio_p50": s50 / p50,
                 "ratio_p95": s95 / p95,
+                "secure_spans_ms": dict(zip(SPANS, spans[n], strict=True)),
                 "cpu_ms": {
                     kind: {party: sec * 1000 for party, sec in t.cpu.items()}
                     for kind, t in timed.items()
@@ -532,6 +588,14 @@ def print_latency(rows: list[dict[str, Any]], queries: int, students: int) -> No
             f"{r['secure_p50_ms'] - r['plain_p50_ms']:>9.1f}  {r['ratio_p50']:>16.2f} "
             f"{r['ratio_p95']:>5.2f} {cpu}"
         )
+    print(
+        "\nwhere a secure query's time goes (median ms since Submit; the timestamps the two "
+        "aggregators store):"
+    )
+    print(f"{'N':>4}  " + "  ".join(f"{name:>{len(name)}}" for name in SPANS))
+    for r in rows:
+        spans = r["secure_spans_ms"]
+        print(f"{r['nodes']:>4}  " + "  ".join(f"{spans[name]:>{len(name)}.0f}" for name in SPANS))
     met = latency_met(rows)
     shown = "not measured" if met is None else "MET" if met else "NOT MET"
     print(f"\ntarget secure ≤ {LATENCY_TARGET} × plain (median) at N = {LATENCY_TARGET_N}: {shown}")
@@ -555,7 +619,7 @@ def main() -> int:
         "--pipeline-max", type=int, default=12,
         help="largest N whose accuracy trials go through the real node and aggregator code",
     )  # fmt: skip
-    parser.add_argument("--queries", type=int, default=20, help="timed queries per kind and N")
+    parser.add_argument("--queries", type=int, default=30, help="timed queries per kind and N")
     parser.add_argument("--students", type=int, default=500, help="students per node")
     parser.add_argument("--processes", type=int, default=4, help="node processes")
     parser.add_argument("--work", type=Path, help="work directory (default: a new temp one)")
@@ -575,7 +639,7 @@ def main() -> int:
     print(f"  setup: {time.perf_counter() - started:.0f} s", flush=True)
     # before the servers start: nothing else competes for the nodes' databases
     accurate = accuracy(work, node_ids, tiers, args.epsilon, args.trials, args.pipeline_max)
-    with federation(work, node_ids, args.processes) as running:
+    with federation(work, node_ids, args.processes) as running:  # stopped before breakdown
         ready = work / "aggregator.ready"
         aggregator = spawn("--role", "aggregator", "--home", str(work / "agg"),
                            "--coordinator", running.address, "--ready", str(ready),
@@ -593,7 +657,7 @@ def main() -> int:
         )
     print(f"\n{os.cpu_count()} cores; all on loopback, mutual TLS")
     # the verdicts are printed (and written); the exit status says only that it ran
-    acc, lat = accuracy_rows(accurate), latency_rows(timed)
+    acc, lat = accuracy_rows(accurate), latency_rows(timed, breakdown(work, timed))
     print_accuracy(acc, args.epsilon, args.trials)
     print_latency(lat, args.queries, args.students)
     if args.json is not None:
