@@ -204,6 +204,11 @@ def test_honest_secure_releases_are_cross_checked_against_the_aggregators_log(
     # the analyst resubmits the same signed query: the same answers, the same partials
     again = _release(fed, query, envelope)
     assert again.body["secure"]["partials"] == first.body["secure"]["partials"]
+    # the same question under a new query id: the same answers, the same partial bodies
+    # (their noise drawn once), signed for the new id
+    asked, asked_envelope = _query(fed)
+    anew = _release(fed, asked, asked_envelope)
+    assert anew.body["province"] == first.body["province"]
     # a second query the aggregator refused: released without figures
     other, other_envelope = _query(fed, epsilon=0.25)
     fed.aggregator.refuse(other.query_id, REFUSAL)
@@ -213,23 +218,23 @@ def test_honest_secure_releases_are_cross_checked_against_the_aggregators_log(
     code, out, text = _audit(fed, tmp_path, capsys)
     assert code == 0, out
     assert _log(out, "coordinator")["secure"] == {
-        "releases": 3,
-        "cross_checked": {AGGREGATOR: 2},
+        "releases": 4,
+        "cross_checked": {AGGREGATOR: 3},
         "without_figures": {f"{AGGREGATOR}: {REFUSAL}": 1},
         "unchecked": {},
     }
     assert _log(out, "aggregator")["secure"] == {
-        "partials": 1,
+        "partials": 2,
         "bodies": 1,
-        "checked_against_requests": 1,
+        "checked_against_requests": 2,
         "unchecked": {},
     }
     assert _log(out, "aggregator")["refusals"] == 1
     assert (
-        f"3 secure releases (2 cross-checked against {AGGREGATOR}'s log, "
+        f"4 secure releases (3 cross-checked against {AGGREGATOR}'s log, "
         f"1 without figures: {AGGREGATOR}: {REFUSAL})"
     ) in text
-    assert "1 secure partials (1 sums, 0 signed again for a resubmitted query id)" in text
+    assert "2 secure partials (1 sums, 1 signed again for a resubmitted query id)" in text
     assert "WARNING" not in text
 
 
