@@ -29,7 +29,7 @@ def _processes_under(work: Path) -> list[int]:
     return found
 
 
-def test_ctrl_c_stops_the_coordinator_and_every_node(tmp_path: Path) -> None:
+def test_ctrl_c_stops_the_coordinator_the_aggregator_and_every_node(tmp_path: Path) -> None:
     work = tmp_path / "demo"
     demo = subprocess.Popen(
         [sys.executable, "-m", "fedscreen.cli.main", "demo", "--dir", str(work),
@@ -42,7 +42,8 @@ def test_ctrl_c_stops_the_coordinator_and_every_node(tmp_path: Path) -> None:
         assert demo.stdout is not None
         deadline = time.monotonic() + WAIT_S
         seen = []
-        # wait until the federation is up: the coordinator and three nodes are running
+        # wait until the federation is up: the coordinator, the second aggregator and three
+        # nodes are running
         while time.monotonic() < deadline:
             line = demo.stdout.readline()
             seen.append(line)
@@ -50,7 +51,7 @@ def test_ctrl_c_stops_the_coordinator_and_every_node(tmp_path: Path) -> None:
                 break
         assert "nodes connected" in seen[-1], "".join(seen)
         servers = [p for p in _processes_under(work) if p != demo.pid]
-        assert len(servers) == 4, servers  # coordinator + 3 nodes
+        assert len(servers) == 5, servers  # coordinator + aggregator + 3 nodes
         demo.send_signal(signal.SIGINT)
         rest, _ = demo.communicate(timeout=WAIT_S)
     finally:

@@ -53,8 +53,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--counties",
         type=int,
         default=federation.DEFAULT_COUNTIES,
-        help=f"county nodes in the federation (1 to {len(federation.COUNTIES)}; "
-        f"default {federation.DEFAULT_COUNTIES})",
+        help=f"county nodes in the federation (3, the fewest a secure figure sums, to "
+        f"{len(federation.COUNTIES)}; default {federation.DEFAULT_COUNTIES})",
     )
     demo.add_argument(
         "--single-node",

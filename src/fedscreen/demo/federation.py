@@ -1,8 +1,10 @@
-"""A whole federation on this machine: authority, coordinator, county nodes, analyst, auditor.
+"""A whole federation on this machine: authority, coordinator, second aggregator, county
+nodes, analyst, auditor.
 
 ``fedscreen demo`` builds it in a work directory (two school years of synthetic
-exports per county), starts the coordinator and every node as real processes on
-127.0.0.1 (mutual TLS, the nodes dialling out), checks the annual report plan
+exports per county), starts the coordinator, the second aggregator of secure queries
+and every node as real processes on 127.0.0.1 (mutual TLS, the aggregator and the
+nodes dialling out), checks the annual report plan
 against every node's signed budget, runs it as the analyst (every release
 verified) and writes the report, then exports every log and verifies them as the
 auditor would, and stops the processes — also on Ctrl-C or an error.
@@ -19,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from fedscreen.aggregator.home import init_aggregator
+from fedscreen.aggregator.store import export_log as aggregator_log
 from fedscreen.audit.verify import verify_bundle
 from fedscreen.coordinator.core import export_log as coordinator_log
 from fedscreen.coordinator.core import init_coordinator
@@ -62,6 +66,8 @@ YEAR: Final = "2024-2025"
 PREVIOUS_YEAR: Final = "2023-2024"
 ANALYST: Final = "hebei-monitoring-centre"
 COORDINATOR: Final = "coordinator"
+#: the second aggregator of secure queries: another department than the coordinator's
+AGGREGATOR: Final = "hebei-stats-bureau"
 #: seconds a process may take to be ready (start, TLS handshake, Welcome)
 READY_TIMEOUT_S: Final = 60.0
 #: seconds a process gets to stop after SIGTERM before it is killed
@@ -135,9 +141,12 @@ def build(
         "coordinator": work / "coordinator",
         "analyst": work / "analyst",
         "auditor": work / "auditor",
+        "aggregator": work / "aggregator",
     }
     init_coordinator(homes["coordinator"], member_id=COORDINATOR, name="河北省平台")
     issue_here(auth, homes["coordinator"])
+    init_aggregator(homes["aggregator"], member_id=AGGREGATOR, name="河北省统计局")
+    issue_here(auth, homes["aggregator"])
     create_identity(homes["analyst"], member_id=ANALYST, role="analyst", name="省心理健康监测中心")
     issue_here(auth, homes["analyst"])
     create_identity(
@@ -173,19 +182,25 @@ def run(
     say: Callable[[str], None] = print,
 ) -> int:
     """Build, start, report, audit and stop the demo federation; returns an exit code."""
-    if not 1 <= counties <= len(COUNTIES):
-        raise ConfigError(f"--counties must be between 1 and {len(COUNTIES)}")
+    policies = default_policy_dir()
+    policy = load_policy(policies / PROVINCE_FILE)
+    # the annual report's secure figures sum at least min_nodes counties (no fewer: a
+    # county could subtract its own count from a release of two)
+    fewest = max(1, policy.secure.min_nodes)
+    if not fewest <= counties <= len(COUNTIES):
+        raise ConfigError(f"--counties must be between {fewest} and {len(COUNTIES)}")
     members = COUNTIES[:counties]
     work.mkdir(parents=True, exist_ok=True)
     say(
-        f"1. a federation in {work}: authority, coordinator, analyst, auditor, "
-        f"{len(members)} county nodes"
+        f"1. a federation in {work}: authority, coordinator, second aggregator, analyst, "
+        f"auditor, {len(members)} county nodes"
     )
     homes = build(work, members, seed=seed, scale=scale, say=say)
     processes = Processes()
     try:
         say(
-            "2. starting the coordinator and the nodes (real processes, mutual TLS, nodes dial out)"
+            "2. starting the coordinator, the second aggregator and the nodes (real processes, "
+            "mutual TLS, the aggregator and the nodes dial out)"
         )
         ready = work / "coordinator.ready"
         proc = processes.start(
@@ -202,8 +217,22 @@ def run(
             work / "coordinator.log",
         )
         address = str(_wait_ready(ready, proc, work / "coordinator.log")["address"])
-        # start every node, then wait for each: their start-ups overlap
-        starting = []
+        # start the aggregator and every node, then wait for each: their start-ups overlap
+        aggregator_ready = work / "aggregator.ready"
+        aggregator = processes.start(
+            [
+                "aggregator",
+                "serve",
+                "--home",
+                str(homes["aggregator"]),
+                "--coordinator",
+                address,
+                "--ready-file",
+                str(aggregator_ready),
+            ],
+            work / "aggregator.log",
+        )
+        starting = [(aggregator_ready, aggregator, work / "aggregator.log")]
         for code, *_ in members:
             node_ready = work / f"{code}.ready"
             node = processes.start(
@@ -222,13 +251,14 @@ def run(
             starting.append((node_ready, node, work / f"{code}.log"))
         for node_ready, node, log in starting:
             _wait_ready(node_ready, node, log)
-        say(f"   coordinator on {address}; {len(members)} nodes connected\n")
+        say(
+            f"   coordinator on {address}; the second aggregator and {len(members)} nodes "
+            "connected\n"
+        )
         say(
             f"3. the analyst runs the annual report ({'/'.join(PLAN)}): first every node's "
             "signed budget, then the signed queries, each release verified"
         )
-        policies = default_policy_dir()
-        policy = load_policy(policies / PROVINCE_FILE)
         plan = load_plan(policies.joinpath(*PLAN), policy)
         report_dir = work / "report"
         outcome = run_plan(homes["analyst"], address, plan, report_dir, say=say)
@@ -288,6 +318,7 @@ def _headline(model: dict[str, Any], say: Callable[[str], None]) -> None:
 
 def _bundle(homes: dict[str, Path], nodes: Sequence[str]) -> Bundle:
     """Every log of the federation, as an auditor's bundle."""
-    logs = [coordinator_log(homes["coordinator"])]
+    # the coordinator's before the aggregator's: secure releases are cross-checked
+    logs = [coordinator_log(homes["coordinator"]), aggregator_log(homes["aggregator"])]
     logs += [node_log(homes[code]) for code in nodes]
     return Bundle(tuple(logs), None)

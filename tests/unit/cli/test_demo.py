@@ -74,9 +74,13 @@ def test_demo_runs_a_whole_federation_reports_and_audits_it(
     assert f"{table.name}: 2/3 nodes, ε={table.epsilon:g} per node; missing 130102" in out
     # ... and only there: the compiler kept PHQ-9 by location out of that table
     assert plan.measure.served["phq9_by_location"] != table
-    # the auditor: the coordinator's log and each node's, then the report against them
+    # the auditor: the coordinator's log, the second aggregator's and each node's, then the
+    # report against them
     assert f"{asked} releases — valid" in out
-    assert out.count(" — valid") == 5
+    secure = [n for n, q in plan.queries.items() if q.secure]
+    assert "fedscreen.aggregator/hebei-stats-bureau: " in out
+    assert f"{len(secure)} answers, 0 releases — valid" in out
+    assert out.count(" — valid") == 6
     recomputed = f"recomputed from its {asked} signed releases, each found in the coordinator's log"
     assert recomputed in out
 
@@ -128,7 +132,29 @@ def test_demo_runs_a_whole_federation_reports_and_audits_it(
     # ε spent per node and year, within what each node allows this analyst
     for spent in model["privacy"]["spent"]:
         assert spent["epsilon"] <= spent["budget"]
-    # the CSV holds the same figures
+    # the secure statistics: province figures only, from both aggregators' partials
+    stats = {s["id"]: s for sec in model["sections"] for s in sec["statistics"]}
+    from_secure = [s for s in stats.values() if "secure" in s]
+    assert {s["id"] for s in from_secure} == set(model["privacy"]["secure"]["statistics"])
+    assert len(from_secure) >= len(secure)
+    for stat in from_secure:
+        assert stat["secure"] == {
+            "aggregators": ["coordinator", "hebei-stats-bureau"],
+            "failure": None,
+        }
+        assert stat["rows"]
+        assert {r["scope"] for r in stat["rows"]} == {"province"}
+    for name in secure:
+        body = released[name].body
+        assert body["answered"] == counties
+        assert len(body["secure"]["partials"]) == 2
+    html = (report / "report.html").read_text(encoding="utf-8")
+    assert html.count("province only: secure aggregation") == 2 * len(from_secure)
+    assert "河北省统计局 (<code>hebei-stats-bureau</code>)" in html
+    # the CSV holds the same figures, and a line per secure statistic saying it has no
+    # county figure
     with (report / "report.csv").open(encoding="utf-8") as stream:
         rows = list(csv.DictReader(stream))
-    assert len(rows) == checked.figures
+    notes = [r for r in rows if r["display"] == "province only: secure aggregation"]
+    assert {r["statistic"] for r in notes} == {s["id"] for s in from_secure}
+    assert len(rows) == checked.figures + len(notes)
