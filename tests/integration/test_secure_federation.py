@@ -172,6 +172,19 @@ def test_a_secure_release_is_the_province_total_with_two_draws(fed: Running) -> 
     assert abs(cell["value"] - exact) < 8 * sd
 
 
+def test_a_city_figure_is_released_over_its_counties(fed: Running) -> None:
+    sql = (
+        f"SELECT city_code, COUNT(*) FROM screenings WHERE academic_year = '{YEAR}' "
+        f"AND {WHERE} GROUP BY city_code"
+    )
+    release = fed.query(epsilon=0.2, sql=sql)
+    # all four counties are in 石家庄: one city cell; the ten others summed no county
+    (cell,) = release["province"]
+    assert cell["group"] == ["1301"]
+    sd = math.sqrt(2 * discrete_laplace_variance(5.0))
+    assert abs(cell["value"] - sum(fed.exact.values())) < 8 * sd
+
+
 def test_releases_are_exact_plus_noise_of_two_draws(fed: Running) -> None:
     """Twelve distinct secure questions (distinct ε, so no store answers them): the errors
     against the exact total are centred and spread as two discrete-Laplace draws."""

@@ -112,16 +112,43 @@ def screening_columns() -> dict[str, type]:
     }
 
 
+#: columns the view ``screenings`` derives from stored ones: the city (GB/T 2260: the
+#: county code's first four digits), so a city's figures are one GROUP BY away
+DERIVED_COLUMNS: Final = {"city_code": "substr(county_code, 1, 4)"}
+
+
 #: columns of the view ``screenings`` (everything but keys and batch bookkeeping)
 def view_columns() -> list[str]:
     """Columns of the contribution-bounded view ``screenings``."""
     hidden = {"id", "batch_id", "student_key", "bounded", "class_id", "screening_date"}
-    return [c for c in screening_columns() if c not in hidden]
+    return [*(c for c in screening_columns() if c not in hidden), *DERIVED_COLUMNS]
+
+
+def _view_sql() -> str:
+    stored = [c for c in view_columns() if c not in DERIVED_COLUMNS]
+    derived = [f"{expr} AS {name}" for name, expr in DERIVED_COLUMNS.items()]
+    return (
+        f"CREATE VIEW screenings AS SELECT {', '.join([*stored, *derived])} "
+        "FROM screening WHERE bounded = 1"
+    )
+
+
+def _current_views(conn: sqlite3.Connection) -> None:
+    """Bring the view ``screenings`` of a database made by an earlier version up to date
+    (a view holds no data: it is dropped and made again, in one transaction)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(screenings)")}
+    if not have or set(view_columns()) <= have:
+        return
+    with sqlite.transaction(conn):
+        conn.execute("DROP VIEW screenings")
+        conn.execute(_view_sql())
 
 
 def connect(path: Path) -> sqlite3.Connection:
     """Open the node database (WAL, ``synchronous=FULL``: see ``fedscreen._util.sqlite``)."""
-    return sqlite.connect(path, cache_kib=CACHE_KIB)
+    conn = sqlite.connect(path, cache_kib=CACHE_KIB)
+    _current_views(conn)
+    return conn
 
 
 #: One row per school and year (public facts, not personal data): staffing, counselling
@@ -210,10 +237,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
     for statement in ledger.SCHEMA.split(";"):
         if statement.strip():
             conn.execute(statement)
-    conn.execute(
-        f"CREATE VIEW screenings AS SELECT {', '.join(view_columns())} "
-        "FROM screening WHERE bounded = 1"
-    )
+    conn.execute(_view_sql())
     # the school tables are not personal: a policy may declare this view public
     conn.execute(
         "CREATE VIEW school_grades AS SELECT g.academic_year, g.school_id, s.school_type, "

@@ -40,6 +40,7 @@ from fedscreen.protocol.secure import (
     check_nodes,
     combine_partials,
     parse_partial_envelopes,
+    thin_city_cells,
     verify_partial,
 )
 from fedscreen.query.spec import QuerySpec
@@ -277,7 +278,8 @@ def check_release(
     try:
         _check_release(release, query, answers, public=public)
         if query.spec.secure:
-            _check_secure(body, release, query, answers, manifest)
+            min_nodes = (catalogue or shipped_catalogue()).secure.min_nodes
+            _check_secure(body, release, query, answers, manifest, min_nodes)
         elif isinstance(body, Mapping) and "secure" in body:
             raise VerificationError("a release of a plain query states secure partials")
     except (KeyError, TypeError, ValueError, ArithmeticError, RecursionError) as exc:
@@ -335,9 +337,11 @@ def _check_secure(
     query: SignedQuery,
     answers: Sequence[VerifiedAnswer],
     manifest: Manifest | None,
+    min_nodes: int,
 ) -> None:
     """Both aggregators' partials are signed, agree on the node list and are exactly
-    the release's answers; the figures are their combination."""
+    the release's answers, each cell over at least ``min_nodes`` nodes (of its city, when
+    grouped by city); the figures are their combination."""
     if manifest is None:
         raise VerificationError("a secure release is verified with the manifest")
     section = body.get("secure") if isinstance(body, Mapping) else None
@@ -361,6 +365,13 @@ def _check_secure(
         if partial.academic_year != release.academic_year:
             raise VerificationError(f"the partial from {aggregator} is for another academic year")
         check_nodes(partial, answers)
+        thin = thin_city_cells(
+            query.spec, [group for group, _ in partial.cells], partial.nodes, min_nodes
+        )
+        if thin or len(partial.nodes) < min_nodes:
+            raise VerificationError(
+                f"the partial from {aggregator} sums fewer than {min_nodes} nodes in a cell"
+            )
         partials.append(partial)
     outcome = SecureOutcome((ids[0], ids[1]), tuple(("", p) for p in partials))
     if not same_figures(outcome.cells(release.threshold), release.province):

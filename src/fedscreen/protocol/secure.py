@@ -31,7 +31,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -60,6 +61,7 @@ __all__ = [
     "aggregators",
     "answer_digest",
     "check_nodes",
+    "city_of",
     "combine_partials",
     "open_shares",
     "parse_partial_envelopes",
@@ -67,6 +69,7 @@ __all__ = [
     "seal_shares",
     "sign_partial",
     "split",
+    "thin_city_cells",
     "to_signed",
     "verify_partial",
 ]
@@ -230,6 +233,8 @@ def aggregate(
             ck = cell_key(cell.group)
             groups.setdefault(ck, list(cell.group))
             totals[ck] = (totals.get(ck, 0) + share) % MODULUS
+    for ck in thin_city_cells(spec, [groups[k] for k in totals], by_node, min_nodes):
+        del totals[ck]  # dropped by both aggregators alike: the rule reads public facts only
     noise = mechanisms.laplace_noise(len(totals), epsilon=epsilon, sensitivity=SENSITIVITY)
     cells = [
         {"group": groups[ck], "value": (total + draw) % MODULUS}
@@ -248,6 +253,26 @@ def aggregate(
         "scale": noise.scale,
         "cells": cells,
     }
+
+
+def city_of(node_id: str) -> str | None:
+    """The city (GB/T 2260: first four digits) of a node whose id is a county code."""
+    return node_id[:4] if len(node_id) == 6 and node_id.isascii() and node_id.isdigit() else None
+
+
+def thin_city_cells(
+    spec: QuerySpec, groups: Sequence[Sequence[Any]], nodes: Iterable[str], min_nodes: int
+) -> list[CellKey]:
+    """The cells of a query grouped by ``city_code`` whose city has fewer than ``min_nodes``
+    of the summed nodes: such a cell would be (nearly) one county's value, so it is not
+    released. Every aggregator and verifier computes the same list from the node ids."""
+    if "city_code" not in spec.group_by:
+        return []
+    column = spec.group_by.index("city_code")
+    per_city = Counter(city_of(n) for n in nodes)
+    return [
+        cell_key(list(group)) for group in groups if per_city.get(str(group[column]), 0) < min_nodes
+    ]
 
 
 def sign_partial(

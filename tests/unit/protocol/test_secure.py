@@ -337,3 +337,27 @@ def _copy(body: dict[str, Any]) -> dict[str, Any]:
     result = parse_json(__import__("json").dumps(body))
     assert isinstance(result, dict)
     return result
+
+
+def test_city_cells_are_released_only_over_enough_of_the_citys_nodes(
+    homes: SecureHomes,
+) -> None:
+    """Grouped by city: the three nodes are all in 石家庄 (1301), so that city's cell is
+    released and every other city's (exact zeros summed) is dropped by both aggregators."""
+    sql = (
+        f"SELECT city_code, COUNT(*) FROM screenings WHERE academic_year = '{YEAR}' "
+        "GROUP BY city_code"
+    )
+    query, envelope = _query(homes, sql)
+    answers = _answers(homes, query, envelope)
+    assert len(answers[0].answer.cells) == 11  # every city's cell leaves each node, shared
+    partials = _partials(homes, query, answers)
+    cells = SecureOutcome((COORDINATOR, AGGREGATOR), tuple(partials)).cells(0)
+    assert [c["group"] for c in cells] == [["1301"]]
+    # two of 石家庄's counties and one of 衡水's: neither city has three
+    nodes = ["130104", "130105", "131102"]
+    thin = secure.thin_city_cells(query.spec, [["1301"], ["1311"], ["1302"]], nodes, 3)
+    assert len(thin) == 3
+    assert secure.thin_city_cells(query.spec, [["1301"]], nodes, 2) == []
+    assert secure.city_of("130104") == "1301"
+    assert secure.city_of("hebei-university") is None
