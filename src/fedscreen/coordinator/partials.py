@@ -14,33 +14,24 @@ coordinator's log holds.
 from __future__ import annotations
 
 import json
-import logging
-import time
+import sqlite3
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final
 
 from fedscreen._util.canonical import canonical_json
 from fedscreen._util.sqlite import transaction
-from fedscreen.crypto.envelope import Envelope
-from fedscreen.errors import QueryRefused, VerificationError
-from fedscreen.protocol import secure
-from fedscreen.protocol.answer import VerifiedAnswer, bounded
+from fedscreen.crypto.signing import SigningKey
+from fedscreen.errors import QueryRefused
+from fedscreen.policy import Policy
+from fedscreen.protocol.answer import VerifiedAnswer
 from fedscreen.protocol.query import SignedQuery
-from fedscreen.protocol.release import SecureOutcome
 from fedscreen.protocol.secure import (
-    PartialBody,
     aggregate,
     answer_digest,
     partial_key,
     sign_partial,
 )
 from fedscreen.query.compile import check_secure_release
-
-if TYPE_CHECKING:
-    from fedscreen.coordinator.core import Checked, Coordinator
-    from fedscreen.coordinator.runtime import CoreThread
-
-_log = logging.getLogger(__name__)
 
 SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS secure_partial ("
@@ -51,22 +42,25 @@ SCHEMA: Final = (
 
 
 def own_partial(
-    core: Coordinator,
+    conn: sqlite3.Connection,
     query: SignedQuery,
     answers: Sequence[VerifiedAnswer],
     *,
+    member_id: str,
+    key: SigningKey,
+    policy: Policy,
     academic_year: str | None,
     now_ms: int,
 ) -> bytes:
-    """The coordinator's signed partial over ``answers`` (verified secure answers to
-    ``query``), as envelope JSON bytes; QueryRefused if it may not make one."""
-    check_secure_release(core.policy, nodes=len(answers))
+    """The coordinator's (``member_id``, ``key``) signed partial over ``answers`` (verified
+    secure answers to ``query``), as envelope JSON bytes, stored in ``conn`` (the
+    coordinator's database); QueryRefused if it may not make one."""
+    check_secure_release(policy, nodes=len(answers))
     nodes = {a.node_id: answer_digest(a) for a in answers}
     epsilon = answers[0].answer.epsilon if answers else 0.0
-    key = partial_key(query.spec, epsilon, nodes)
-    conn = core.conn
+    stored = partial_key(query.spec, epsilon, nodes)
     with transaction(conn):
-        row = conn.execute("SELECT body FROM secure_partial WHERE key = ?", (key,)).fetchone()
+        row = conn.execute("SELECT body FROM secure_partial WHERE key = ?", (stored,)).fetchone()
         if row is not None:
             body = json.loads(row[0])
         else:
@@ -84,105 +78,19 @@ def own_partial(
             body = aggregate(
                 query,
                 answers,
-                me=core.member_id,
-                key=core.key,
+                me=member_id,
+                key=key,
                 academic_year=academic_year,
-                min_nodes=core.policy.secure.min_nodes,
+                min_nodes=policy.secure.min_nodes,
             )
             conn.execute(
                 "INSERT INTO secure_partial (key, body, created_ms) VALUES (?, ?, ?)",
-                (key, canonical_json(body).decode(), now_ms),
+                (stored, canonical_json(body).decode(), now_ms),
             )
             conn.executemany(
                 "INSERT INTO secure_summed (answer_sha256, key) VALUES (?, ?)",
-                [(digest, key) for digest in nodes.values()],
+                [(digest, stored) for digest in nodes.values()],
             )
     # it leaves only inside the release, which the log holds
-    envelope = sign_partial(body, core.key, query_id=query.query_id, query_sha256=query.digest)
+    envelope = sign_partial(body, key, query_id=query.query_id, query_sha256=query.digest)
     return envelope.to_json().encode("utf-8")
-
-
-class Asks(Protocol):
-    """The sessions of connected aggregators (``coordinator.aggregation``), as used here."""
-
-    async def ask(
-        self,
-        aggregator_id: str,
-        *,
-        query_id: str,
-        query_envelope: bytes,
-        answers: Sequence[tuple[str, bytes]],
-        academic_year: str,
-        timeout_s: float,
-    ) -> bytes:
-        """The aggregator's signed partial (envelope JSON); QueryRefused with its reason."""
-        ...
-
-
-async def secure_round(
-    core: CoreThread,
-    aggregators: Asks,
-    query: SignedQuery,
-    query_envelope: bytes,
-    checked: Checked,
-    *,
-    timeout_s: float,
-) -> SecureOutcome:
-    """Both partials of a secure query over its verified answers, or why there are none.
-
-    The coordinator makes its own partial first (stored before anything leaves), then
-    relays the nodes' answers — their sealed boxes, which only the aggregator opens —
-    and verifies the aggregator's partial: signed by it, for this query, over exactly
-    these answers.
-    """
-    manifest = core.core.manifest
-    try:
-        pair = secure.aggregators(manifest)
-    except QueryRefused as exc:
-        return SecureOutcome((core.core.member_id, ""), failure=bounded(str(exc)))
-    ordered = sorted(checked.verified.items())
-    answers = [answer for _, (_, answer) in ordered]
-    try:
-        own = await core.call(
-            lambda c: own_partial(
-                c, query, answers, academic_year=checked.academic_year, now_ms=_now_ms()
-            )
-        )
-        theirs = await aggregators.ask(
-            pair[1],
-            query_id=query.query_id,
-            query_envelope=query_envelope,
-            answers=[(node, raw) for node, (raw, _) in ordered],
-            academic_year=checked.academic_year or "",
-            timeout_s=timeout_s,
-        )
-        partials = await core.call(lambda c: _verified_pair(c, query, pair, answers, own, theirs))
-    except (QueryRefused, VerificationError) as exc:
-        _log.warning("secure query %s has no figures: %s", query.query_id, bounded(str(exc)))
-        return SecureOutcome(pair, failure=bounded(str(exc)))
-    return SecureOutcome(pair, partials)
-
-
-def _verified_pair(
-    core: Coordinator,
-    query: SignedQuery,
-    pair: tuple[str, str],
-    answers: Sequence[VerifiedAnswer],
-    own: bytes,
-    theirs: bytes,
-) -> tuple[tuple[str, PartialBody], tuple[str, PartialBody]]:
-    verified = []
-    for member, raw in zip(pair, (own, theirs), strict=True):
-        partial = secure.verify_partial(
-            Envelope.from_json(raw),
-            manifest=core.manifest,
-            aggregator_id=member,
-            expected_query=query,
-        )
-        secure.check_nodes(partial, answers)
-        verified.append((raw.decode("utf-8"), partial))
-    return verified[0], verified[1]
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

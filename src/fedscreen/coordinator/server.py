@@ -53,7 +53,6 @@ from fedscreen.coordinator.aggregation import AggregatorSessions
 from fedscreen.coordinator.aggregatorrpc import AggregatorLinkServicer
 from fedscreen.coordinator.auditrpc import AuditServicer
 from fedscreen.coordinator.core import ACADEMIC_YEAR
-from fedscreen.coordinator.partials import secure_round
 from fedscreen.coordinator.runtime import (
     DEFAULT_SERVER_LIMITS,
     CoreThread,
@@ -68,6 +67,7 @@ from fedscreen.coordinator.runtime import (
     screen,
     settle_statements,
 )
+from fedscreen.coordinator.secureround import secure_round
 from fedscreen.coordinator.sessions import (
     NodeReply,
     NodeSession,
