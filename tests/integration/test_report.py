@@ -3,7 +3,9 @@
 The federation of ``test_federation.py`` (its builder and helpers, reused): a real
 coordinator and three real node processes on 127.0.0.1, mutual TLS, SQLite ledgers.
 The CLI runs as separate processes, as an analyst and an auditor would run it. The
-tests run in file order and leave every node running normally.
+tests run in file order and leave every node running normally. Secure statistics run
+on the federation of ``test_secure_federation.py``, which adds a real second
+aggregator process.
 """
 
 from __future__ import annotations
@@ -15,17 +17,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reportplans import count_plan
+from reportplans import count_plan, secure_plan
+from securefed import AGGREGATOR, exact_count
 from test_federation import (
     NODES,
     Federation,
     _cli,
     running_federation,
 )
+from test_secure_federation import Running, running
+from test_secure_federation import _charges as _charges_counted
 
 from fedscreen.coordinator.core import DATABASE_FILE
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
+from fedscreen.protocol.combine import discrete_laplace_variance
 from fedscreen.report.plan import load_plan
 
 ANNUAL = default_policy_dir() / "reports" / "annual.toml"
@@ -223,3 +229,90 @@ def test_a_run_that_stopped_part_way_resumes_without_charging_again(
     again = _cli("report", "run", str(plan), *_analyst(fed), "--out", str(out))
     assert again.returncode == 1
     assert "already holds a report" in again.stderr
+
+
+@pytest.fixture(scope="module")
+def secure_fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with running(tmp_path_factory.mktemp("report-secure")) as federation:
+        yield federation
+
+
+def _secure_analyst(fed: Running) -> list[str]:
+    return ["--home", str(fed.homes.analyst), "--coordinator", fed.address]
+
+
+def test_a_report_with_secure_statistics_end_to_end(secure_fed: Running, tmp_path: Path) -> None:
+    """A plan with a secure count, run through a real coordinator, a real second aggregator
+    and four real nodes: province figures only, from both partials, verified again by
+    ``report verify`` against the coordinator's and the aggregator's logs. With the
+    aggregator down the run stops at the secure query, nothing charged for it, and
+    resumes once it is back."""
+    fed = secure_fed
+    epsilon = 0.3
+    plan = secure_plan(tmp_path / "secure.toml", epsilon=epsilon)
+    planned = fed.cli("report", "plan", str(plan))
+    assert planned.returncode == 0, planned.stderr
+    assert "secure statistics (province figures only)" in planned.stdout
+    out = tmp_path / "report"
+    before = _charges_counted(fed)
+    fed.stop("aggregator")
+    try:
+        stopped = fed.cli("report", "run", str(plan), *_secure_analyst(fed), "--out", str(out))
+    finally:
+        fed.start_aggregator()
+    assert stopped.returncode != 0
+    assert f"the second aggregator {AGGREGATOR} is not connected" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert not (out / "report.json").exists()
+    # the plain query ran and was kept; the secure one was refused before any node was asked
+    assert _charges_counted(fed) == before + len(fed.homes.nodes)
+    ran = fed.cli("report", "run", str(plan), *_secure_analyst(fed), "--out", str(out))
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "resuming: 1 of 2 queries already released" in ran.stdout
+    assert f"s_item9: 4/4 nodes, ε={epsilon:g} per node, secure: province total only" in ran.stdout
+    assert _charges_counted(fed) == before + 2 * len(fed.homes.nodes)
+    model = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    stats = {s["id"]: s for sec in model["sections"] for s in sec["statistics"]}
+    nodes = sorted(fed.homes.nodes)
+    assert {r["scope"] for r in stats["valid"]["rows"]} == {"province", *nodes}
+    for sid in ("item9_count", "item9_rate"):
+        assert {r["scope"] for r in stats[sid]["rows"]} == {"province"}
+        assert stats[sid]["secure"] == {"aggregators": ["coordinator", AGGREGATOR], "failure": None}
+    # the province count is the exact total and two draws at ε (sd √(2·Var)), per sex
+    sd = (2 * discrete_laplace_variance(1 / epsilon)) ** 0.5
+    for row in stats["item9_count"]["rows"]:
+        (sex,) = row["group"]
+        exact = sum(
+            exact_count(c, f"phq9_valid = 1 AND phq9_item9 = 1 AND sex = '{sex}'")
+            for c in fed.homes.nodes.values()
+        )
+        if not row["suppressed"]:
+            assert abs(row["value"] - exact) < 8 * sd
+    assert [a["id"] for a in model["privacy"]["secure"]["aggregators"]] == [
+        "coordinator", AGGREGATOR,
+    ]  # fmt: skip
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "province only: secure aggregation" in html
+    assert "split into two random shares" in html
+    # each county was charged for the secure query as for any: its ε, in the year
+    for spent in model["privacy"]["spent"]:
+        assert spent["epsilon"] == pytest.approx(2 * epsilon)
+    # the auditor: both logs, then the report recomputed from its releases
+    bundle = tmp_path / "logs.bundle"
+    exported = fed.cli(
+        "audit", "export", "--home", str(fed.homes.coordinator), "--home",
+        str(fed.homes.aggregator), "--out", str(bundle),
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    manifest = str(fed.homes.auth / "manifest.json")
+    verified = fed.cli(
+        "report", "verify", str(out), "--manifest", manifest, "--bundle", str(bundle)
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "every release is in the coordinator's log" in verified.stdout
+    # a secure figure changed after the fact is caught
+    model["sections"][0]["statistics"][0]["rows"][0]["value"] += 1
+    (out / "report.json").write_text(json.dumps(model), encoding="utf-8")
+    tampered = fed.cli("report", "verify", str(out), "--manifest", manifest)
+    assert tampered.returncode == 2
+    assert "item9_count" in tampered.stderr
