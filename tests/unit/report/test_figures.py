@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,20 +18,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from localnode import answer_locally
 
+from fedscreen.aggregator.home import init_aggregator
 from fedscreen.analyst.query import make_query, verify_release
 from fedscreen.coordinator.core import Coordinator, init_coordinator
 from fedscreen.node.home import NodeConfig, init_home
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
+from fedscreen.protocol import secure
+from fedscreen.protocol.answer import VerifiedAnswer
+from fedscreen.protocol.query import SignedQuery
+from fedscreen.protocol.release import SecureOutcome
 from fedscreen.query.mechanisms import laplace_vector
 from fedscreen.report.figures import PROVINCE, Part, Released, _share, statistic_rows
 from fedscreen.report.plan import ReportPlan, load_plan
 from fedscreen.synth import generate, write_export
 from fedscreen.trust import authority
 from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
+from fedscreen.trust.manifest import Manifest
 
 COUNTIES = {"130104": "mixed", "130105": "urban", "130107": "rural"}
+AGGREGATOR = "stats-bureau"
 YEARS = ("2023-2024", "2024-2025")
 
 
@@ -48,6 +56,8 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Ran:
     authority.init_authority(auth, federation="test")
     init_coordinator(work / "coord", member_id="coordinator", name="省平台")
     issue_here(auth, work / "coord")
+    init_aggregator(work / "agg", member_id=AGGREGATOR, name="省统计局")
+    issue_here(auth, work / "agg")
     create_identity(work / "analyst", member_id="analyst-1", role="analyst", name="a")
     issue_here(auth, work / "analyst")
     nodes = {}
@@ -60,7 +70,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Ran:
             ingest_paths(config, [exports])
         nodes[code] = config
     text = authority.manifest_text(auth)
-    for home in [work / "coord", work / "analyst", *(c.home for c in nodes.values())]:
+    for home in [work / "coord", work / "agg", work / "analyst", *(c.home for c in nodes.values())]:
         update_manifest(home, text)
     policies = default_policy_dir()
     plan = load_plan(policies / "reports" / "annual.toml", load_policy(policies / PROVINCE_FILE))
@@ -70,11 +80,21 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Ran:
     try:
         for query in plan.queries.values():
             signed, envelope = make_query(
-                work / "analyst", query.sql, epsilon=query.epsilon, accuracy=query.accuracy
-            )
+                work / "analyst", query.sql, epsilon=query.epsilon, accuracy=query.accuracy,
+                secure=query.secure,
+            )  # fmt: skip
             accepted = coordinator.accept(envelope, now_ms=signed.issued_at_ms)
             answers = {code: answer_locally(config, envelope) for code, config in nodes.items()}
-            release = coordinator.release(accepted, answers, missing=[])
+            if query.secure:
+                # both aggregators' partials, as the coordinator and the aggregator make them
+                checked = coordinator.check_answers(accepted, answers, [])
+                verified_answers = [a for _, a in checked.verified.values()]
+                outcome = _secure_outcome(work, accepted, verified_answers, manifest)
+                release = coordinator.release(
+                    accepted, answers, missing=[], checked=checked, secure=outcome
+                )
+            else:
+                release = coordinator.release(accepted, answers, missing=[])
             verified = verify_release(
                 release.envelope, manifest=manifest, query=signed, answers=release.answers
             )
@@ -82,6 +102,28 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Ran:
     finally:
         coordinator.close()
     return Ran(plan, released, nodes)
+
+
+def _secure_outcome(
+    work: Path, query: SignedQuery, answers: list[VerifiedAnswer], manifest: Manifest
+) -> SecureOutcome:
+    made = []
+    for member, home in (("coordinator", work / "coord"), (AGGREGATOR, work / "agg")):
+        key = load_identity(home).signing_key()
+        body = secure.aggregate(query, answers, me=member, key=key, academic_year=None, min_nodes=3)
+        envelope = secure.sign_partial(
+            body, key, query_id=query.query_id, query_sha256=query.digest
+        )
+        partial = secure.verify_partial(
+            envelope, manifest=manifest, aggregator_id=member, expected_query=query
+        )
+        made.append((envelope.to_json(), partial))
+    return SecureOutcome(("coordinator", AGGREGATOR), tuple(made))
+
+
+def _secure_stat(ran: Ran, stat_id: str) -> bool:
+    stat = ran.plan.statistic(stat_id)
+    return any(ran.plan.queries[q].secure for q in stat.queries)
 
 
 def _rows(ran: Ran, stat_id: str) -> list[dict[str, Any]]:
@@ -105,8 +147,10 @@ def test_every_statistic_has_figures_for_the_province_and_every_county(ran: Ran)
     for stat in ran.plan.statistics:
         rows = _rows(ran, stat.id)
         scopes = {r["scope"] for r in rows}
-        # medians do not add up: no provincial median
+        # medians do not add up: no provincial median; a secure statistic has no county one
         expected = set(COUNTIES) | ({PROVINCE} if stat.id != "interview_days" else set())
+        if _secure_stat(ran, stat.id):
+            expected = {PROVINCE}
         assert scopes == expected, stat.id
         for row in rows:
             if row["suppressed"]:
@@ -278,8 +322,9 @@ def test_city_rows_combine_their_counties_only(ran: Ran) -> None:
     for stat in ran.plan.statistics:
         rows = statistic_rows(stat, ran.plan, ran.released, city)
         scopes = [r["scope"] for r in rows]
-        if stat.id == "interview_days":
-            assert "city:1301" not in scopes  # medians do not combine
+        if stat.id == "interview_days" or _secure_stat(ran, stat.id):
+            # medians do not combine; a secure release has the province's figures only
+            assert "city:1301" not in scopes
             continue
         assert "city:1301" in scopes, stat.id
         # province first, then the city, then the counties
