@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fedscreen.policy
@@ -410,6 +410,7 @@ toml_values = st.recursive(
 )
 
 
+@settings(deadline=None)  # shared CI machines: a slow example is not a bug
 @given(st.sampled_from(_paths(_catalogue())), toml_values)
 def test_any_edit_parses_or_is_a_policy_error(key: str, value: object) -> None:
     """Whatever a document holds, the loader answers with a policy or a PolicyError."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedscreen.errors import PolicyError
@@ -296,6 +296,7 @@ def county_sections(draw: st.DrawFn) -> dict[str, Any]:
     return section
 
 
+@settings(deadline=None)  # shared CI machines: a slow example is not a bug
 @given(county_sections())
 def test_a_county_section_reads_back_and_only_tightens(section: dict[str, Any]) -> None:
     text = _toml(section)
@@ -350,6 +351,7 @@ SECURE_PATHS = [
 ]
 
 
+@settings(deadline=None)  # shared CI machines: a slow example is not a bug
 @given(st.sampled_from(SECURE_PATHS), toml_values)
 def test_any_secure_edit_parses_or_is_a_policy_error(key: str, value: object) -> None:
     """Whatever the section holds, the loader answers with a policy or a PolicyError."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from exportrows import varied_rows, write_csv
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedscreen.errors import QueryRefused
@@ -295,6 +295,7 @@ _FILTERABLE = sorted(
 )
 
 
+@settings(deadline=None)  # shared CI machines: a slow example is not a bug
 @given(
     st.lists(st.sampled_from(_GROUPABLE), min_size=0, max_size=2, unique=True),
     st.lists(st.sampled_from(_FILTERABLE), min_size=0, max_size=3, unique=True),
