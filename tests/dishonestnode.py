@@ -58,8 +58,10 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
     honest = engine.release
 
-    def release(plan: Plan, rows: list[tuple[Any, ...]], epsilon: float, k: int) -> Any:
-        return _altered(mode, honest(plan, rows, epsilon, k))
+    def release(
+        plan: Plan, rows: list[tuple[Any, ...]], epsilon: float, k: int, **secure: Any
+    ) -> Any:
+        return _altered(mode, honest(plan, rows, epsilon, k, **secure))
 
     engine.release = release  # type: ignore[assignment]
     args = build_parser().parse_args(["node", "serve", *argv[1:]])

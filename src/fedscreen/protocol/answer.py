@@ -55,11 +55,10 @@ MAX_VALUE: Final = 2**62
 MAX_STATED_EPSILON: Final = 1e9
 #: the mechanism a public dataset's answer states: exact values, no noise, no ε
 PUBLIC_MECHANISM: Final = "none (public data)"
-#: the mechanism a secure query's answer states: exact cells, secret-shared to two
-#: aggregators in sealed boxes (``protocol.secure``), no value in the clear
+#: the mechanism of a secure query's answer: exact cells as shares sealed to two
+#: aggregators (``protocol.secure``), no value in the clear
 SHARES_MECHANISM: Final = "additive shares mod 2^64, sealed to two aggregators"
-#: longest base64 sealed box of shares an answer may carry (characters): 200 cells of
-#: 20-digit shares and the box's overhead fit many times over
+#: longest base64 box of shares an answer may carry (characters): fits 200 cells many times
 MAX_SHARE_BOX: Final = 64_000
 #: longest reason a verification failure quotes (characters)
 MAX_REASON_CHARS: Final = 200
@@ -400,16 +399,14 @@ def parse_answer_body(body: Mapping[str, Any]) -> AnswerBody:
     if not isinstance(cells, list):
         raise ValueError("an answer's cells must be a list")
     width = len(query.group_by)
-    if mechanism == SHARES_MECHANISM:
-        return AnswerBody(
-            node_id, analyst, query, epsilon, mechanism, scale,
-            tuple(_group_only(c, width) for c in cells), _boxes(body.get("shares")),
-        )  # fmt: skip
-    if "shares" in body:
+    shared = mechanism == SHARES_MECHANISM  # a secure answer: groups here, values in shares
+    if "shares" in body and not shared:
         raise ValueError("only a secure answer carries shares")
     return AnswerBody(
         node_id, analyst, query, epsilon, mechanism, scale,
-        tuple(_cell(c, kind, width, noisy=noisy) for c in cells),
+        tuple(_group_only(c, width) if shared else _cell(c, kind, width, noisy=noisy)
+              for c in cells),
+        _boxes(body.get("shares")) if shared else None,
     )  # fmt: skip
 
 
@@ -423,9 +420,8 @@ def _group_only(cell: object, width: int) -> AnswerCell:
 def _boxes(value: object) -> dict[str, str]:
     if not isinstance(value, dict) or len(value) != 2:
         raise ValueError("a secure answer carries shares for exactly two aggregators")
-    for member, box in value.items():
-        if not isinstance(member, str) or not isinstance(box, str) or len(box) > MAX_SHARE_BOX:
-            raise ValueError("shares map member ids to sealed boxes (base64 text)")
+    if not all(isinstance(b, str) and len(b) <= MAX_SHARE_BOX for b in value.values()):
+        raise ValueError("shares map member ids to sealed boxes (base64 text)")
     return dict(value)
 
 
