@@ -30,6 +30,7 @@ from securefed import AGGREGATOR, YEAR, SecureHomes, exact_count, make_secure_ho
 from fedscreen.protocol.combine import discrete_laplace_variance
 
 SRC = Path(__file__).resolve().parents[2] / "src"
+DISHONEST_NODE = Path(__file__).resolve().parents[1] / "dishonestnode.py"
 CLI = [sys.executable, "-m", "fedscreen.cli.main"]
 #: crafted so that each county's count of valid PHQ-9 screenings is its own 3-4 digit number
 NODES = ("130104", "130105", "130107", "130108")
@@ -85,6 +86,15 @@ class Running:
         self.start(
             node, [*CLI, "node", "serve", "--home", str(home), "--coordinator", self.address]
         )
+
+    def start_dishonest(self, node: str, mode: str) -> None:
+        """The node as a dishonest county (``tests/dishonestnode.py MODE``), its own keys."""
+        home = self.homes.nodes[node].home
+        self.start(
+            node,
+            [sys.executable, str(DISHONEST_NODE), mode, "--home", str(home),
+             "--coordinator", self.address],
+        )  # fmt: skip
 
     def start_aggregator(self) -> None:
         self.start(
@@ -234,6 +244,36 @@ def test_answers_summed_once_are_not_summed_again_over_fewer_nodes(fed: Running)
         fed.start_node(gone)
     assert release["province"] == []
     assert "already summed" in release["secure"]["failure"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "why"),
+    [
+        ("shortbox", "the second aggregator did not sum its answer"),
+        ("coordbox", "its share for 'coordinator' did not open"),
+    ],
+)
+def test_a_county_sealing_a_bad_box_is_left_out_not_the_release(
+    fed: Running, mode: str, why: str
+) -> None:
+    """One dishonest county cannot sink a secure release for the others: its answer is
+    left out of both sums (listed missing, with why) and the others' figure stands."""
+    bad = NODES[-1]
+    fed.stop(bad)
+    fed.start_dishonest(bad, mode)
+    try:
+        epsilon = 0.21 if mode == "shortbox" else 0.23
+        release = fed.query(epsilon=epsilon)
+    finally:
+        fed.stop(bad)
+        fed.start_node(bad)
+    honest = sorted(n for n in NODES if n != bad)
+    assert release["secure"]["failure"] is None, release["secure"]["failure"]
+    assert release["answered"] == honest
+    assert release["missing"] == [bad]
+    assert why in release["missing_reasons"][bad]
+    sd = math.sqrt(2 * discrete_laplace_variance(1 / epsilon))
+    assert abs(_province(release) - sum(fed.exact[n] for n in honest)) < 8 * sd
 
 
 def test_too_few_nodes_is_refused_before_any_charge(fed: Running) -> None:

@@ -13,6 +13,7 @@ is logged, with a bounded reason, and costs nothing.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -24,7 +25,14 @@ from fedscreen.errors import ConfigError, QueryRefused, VerificationError
 from fedscreen.policy import Policy
 from fedscreen.protocol.answer import VerifiedAnswer, bounded, verify_answer
 from fedscreen.protocol.query import FRESHNESS_WINDOW_MS, SignedQuery, verify_query
-from fedscreen.protocol.secure import aggregate, answer_digest, partial_key, sign_partial
+from fedscreen.protocol.secure import (
+    aggregate,
+    answer_digest,
+    eligible,
+    openable,
+    partial_key,
+    sign_partial,
+)
 from fedscreen.query.compile import check_secure, check_secure_release
 from fedscreen.rpc.limits import check_positive_limits
 from fedscreen.rpc.serde import AggregationWork
@@ -37,6 +45,8 @@ __all__ = [
     "answer_request",
     "min_nodes",
 ]
+
+_log = logging.getLogger(__name__)
 
 #: how many node answers one request may carry at most (count): a province's nodes
 MAX_ANSWERS: Final = 4_096
@@ -107,8 +117,19 @@ def answer_request(
         raise QueryRefused(
             store.refuse(work.query_id, "nested too deeply", now_ms=now_ms)
         ) from None
-    query, answers = checked.query, checked.answers
+    query = checked.query
     key = home.identity.signing_key()
+    # a county whose box for this aggregator does not open, or that asks for more nodes
+    # than remain, is left out of the sum (the coordinator sees it missing from the
+    # partial's list), instead of failing the release for every county
+    opened, left = openable(checked.answers, me=home.member_id, key=key)
+    answers, unwilling = eligible(opened, min_nodes(home.catalogue))
+    for node, why in sorted({**left, **unwilling}.items()):
+        _log.info("query %s: node %s left out of the sum (%s)", query.query_id, node, why)
+    if len(answers) < min_nodes(home.catalogue):
+        reason = f"secure aggregation: {len(answers)} answers can be summed, too few"
+        raise QueryRefused(store.refuse(query.query_id, reason, now_ms=now_ms))
+    digests = {a.node_id: answer_digest(a) for a in answers}
 
     def make() -> dict[str, Any]:
         return aggregate(
@@ -123,8 +144,8 @@ def answer_request(
     try:
         return store.give(
             query_id=query.query_id,
-            key=partial_key(query.spec, answers[0].answer.epsilon, checked.digests),
-            nodes=checked.digests,
+            key=partial_key(query.spec, answers[0].answer.epsilon, digests),
+            nodes=digests,
             make=make,
             sign=sign,
             now_ms=now_ms,

@@ -326,7 +326,7 @@ class AnalystServicer(_Shared, pb_grpc.AnalystServicer):
             if query.spec.secure:
                 # the figures come from the two aggregators' partials, never a county's value
                 left = self.limits.answer_wait_s(request.deadline_ms, context.time_remaining())
-                outcome = await secure_round(
+                outcome, checked = await secure_round(
                     self.core, self.aggregators, query, envelope, checked, timeout_s=left
                 )
             release = await self.core.call(

@@ -29,12 +29,14 @@ def release(
     *,
     node_id: str = "",
     recipients: tuple[tuple[str, bytes], ...] = (),
+    min_nodes: int = 0,
 ) -> dict[str, Any]:
     """Noisy cells for the plan's measure (exact cells for a public dataset).
 
     A secure count (``plan.spec.secure``) states its groups only: its exact values
     leave as two additive shares, each sealed to one of ``recipients`` (the two
-    aggregators), which add the noise to their sums.
+    aggregators), which add the noise to their sums; it states ``min_nodes``, the fewest
+    answers its county's policy lets it be summed with.
     """
     values = _filled(plan, rows)
     kind = plan.spec.measure.kind
@@ -47,6 +49,7 @@ def release(
             "mechanism": SHARES_MECHANISM,
             "cells": [{"group": g} for g in groups],
             "shares": shares,
+            "min_nodes": min_nodes,
         }
     if plan.dataset.public:
         return {

@@ -320,6 +320,7 @@ def _answer(
                 policy.limits.publication_threshold,
                 node_id=config.node_id,
                 recipients=request.recipients,
+                min_nodes=policy.secure.min_nodes,
             ),
         }
         answer_id = conn.execute(

@@ -34,15 +34,16 @@ from fedscreen.protocol.answer import (
 )
 from fedscreen.protocol.combine import NodeCells, combine
 from fedscreen.protocol.compare import same_figures
-from fedscreen.protocol.query import SignedQuery
-from fedscreen.protocol.secure import (
+from fedscreen.protocol.partial import (
     PartialBody,
+    check_cells,
     check_nodes,
     combine_partials,
+    eligible,
     parse_partial_envelopes,
-    thin_city_cells,
     verify_partial,
 )
+from fedscreen.protocol.query import SignedQuery
 from fedscreen.query.spec import QuerySpec
 from fedscreen.trust.manifest import Manifest
 
@@ -138,12 +139,20 @@ class SecureOutcome:
     partials: tuple[tuple[str, PartialBody], ...] = ()
     failure: str | None = None
 
+    #: cell key -> how many summed answers it combines (``partial.check_cells``)
+    contributors: Mapping[Any, int] | None = None
+
     def cells(self, threshold: int) -> list[dict[str, Any]]:
         """The released cells: none without both partials."""
         if not self.partials:
             return []
         bodies = [body for _, body in self.partials]
-        return combine_partials(bodies, aggregator_ids=self.aggregators, threshold=threshold)
+        return combine_partials(
+            bodies,
+            aggregator_ids=self.aggregators,
+            threshold=threshold,
+            contributors=self.contributors,
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The release's ``secure`` section."""
@@ -357,7 +366,13 @@ def _check_secure(
         if not isinstance(failure, str) or section["partials"] != [] or release.province != []:
             raise VerificationError("a secure release without partials states no figure")
         return
+    kept, left = eligible(answers, min_nodes)
+    if left:
+        raise VerificationError(
+            f"the release sums {sorted(left)[0]}'s answer against its county's minimum"
+        )
     partials = []
+    contributors: Mapping[Any, int] = {}
     for aggregator, envelope in zip(ids, parse_partial_envelopes(section["partials"]), strict=True):
         partial = verify_partial(
             envelope, manifest=manifest, aggregator_id=aggregator, expected_query=query
@@ -365,15 +380,11 @@ def _check_secure(
         if partial.academic_year != release.academic_year:
             raise VerificationError(f"the partial from {aggregator} is for another academic year")
         check_nodes(partial, answers)
-        thin = thin_city_cells(
-            query.spec, [group for group, _ in partial.cells], partial.nodes, min_nodes
-        )
-        if thin or len(partial.nodes) < min_nodes:
-            raise VerificationError(
-                f"the partial from {aggregator} sums fewer than {min_nodes} nodes in a cell"
-            )
+        contributors = check_cells(partial, kept, min_nodes)
         partials.append(partial)
-    outcome = SecureOutcome((ids[0], ids[1]), tuple(("", p) for p in partials))
+    outcome = SecureOutcome(
+        (ids[0], ids[1]), tuple(("", p) for p in partials), contributors=contributors
+    )
     if not same_figures(outcome.cells(release.threshold), release.province):
         raise VerificationError("the provincial figures are not the combination of the partials")
 

@@ -31,28 +31,41 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fedscreen._util.canonical import canonical_json
-from fedscreen.crypto.envelope import (
-    PARTIAL_V1,
-    Envelope,
-    parse_json,
-    sign_envelope,
-    verify_envelope,
-)
-from fedscreen.crypto.signing import SignatureMemo, SigningKey, random_u64, seal_to
+from fedscreen.crypto.envelope import parse_json
+from fedscreen.crypto.signing import SigningKey, random_u64, seal_to
 from fedscreen.errors import QueryRefused, VerificationError
-from fedscreen.protocol.answer import VerifiedAnswer, bounded, stated_epsilon, to_micro
-from fedscreen.protocol.combine import sum_interval
-from fedscreen.protocol.memo import CellKey, cell_key, spec_canonical, spec_from_json
+from fedscreen.protocol.answer import VerifiedAnswer, bounded, to_micro
+from fedscreen.protocol.memo import cell_key
+from fedscreen.protocol.partial import (
+    MODULUS,
+    PARTIAL_MECHANISM,
+    PARTIAL_VERSION,
+    SENSITIVITY,
+    PartialBody,
+    answer_digest,
+    check_cells,
+    check_nodes,
+    city_of,
+    combine_partials,
+    eligible,
+    parse_partial_envelopes,
+    released_cells,
+    sign_partial,
+    stated_min_nodes,
+    to_signed,
+    two_draw_half_width,
+    verify_partial,
+)
 from fedscreen.query import mechanisms
 from fedscreen.query.spec import QuerySpec
 from fedscreen.trust.manifest import Manifest, show_id
 
+# the verifiers' half lives in protocol.partial; it is re-exported here, so that one
+# module names the whole protocol
 __all__ = [
     "MODULUS",
     "PARTIAL_VERSION",
@@ -60,27 +73,24 @@ __all__ = [
     "aggregate",
     "aggregators",
     "answer_digest",
+    "check_cells",
     "check_nodes",
     "city_of",
     "combine_partials",
+    "eligible",
     "open_shares",
+    "openable",
     "parse_partial_envelopes",
     "partial_key",
+    "released_cells",
     "seal_shares",
     "sign_partial",
     "split",
-    "thin_city_cells",
+    "stated_min_nodes",
     "to_signed",
+    "two_draw_half_width",
     "verify_partial",
 ]
-
-#: shares and partials are integers mod 2⁶⁴: any count fits, and a share is uniform
-MODULUS: Final = 2**64
-PARTIAL_VERSION: Final = 1
-#: the sensitivity of a secure count: one student is in one cell of one node
-SENSITIVITY: Final = 1
-#: the mechanism a partial states for its own noise
-PARTIAL_MECHANISM: Final = "discrete_laplace"
 
 
 def aggregators(manifest: Manifest) -> tuple[str, str]:
@@ -162,27 +172,22 @@ def open_shares(answer: VerifiedAnswer, *, me: str, key: SigningKey) -> list[int
     return shares
 
 
-def answer_digest(answer: VerifiedAnswer) -> str:
-    """SHA-256 (hex) of a node's answer body as signed: the same for a stored answer
-    given again, so an aggregator can refuse to sum one body into two partials."""
-    return hashlib.sha256(canonical_json(answer.body)).hexdigest()
-
-
-@dataclass(frozen=True)
-class PartialBody:
-    """One aggregator's signed, noisy partial sum (typed; the JSON stays what was signed)."""
-
-    aggregator: str
-    query_id: str
-    query_sha256: str
-    query: QuerySpec
-    academic_year: str | None
-    epsilon: float
-    #: node id -> SHA-256 of the answer body summed, in node id order
-    nodes: Mapping[str, str]
-    scale: float
-    #: (group, share sum + noise, mod 2⁶⁴) per cell, in the answers' cell order
-    cells: tuple[tuple[tuple[Any, ...], int], ...]
+def openable(
+    answers: Sequence[VerifiedAnswer], *, me: str, key: SigningKey
+) -> tuple[list[VerifiedAnswer], dict[str, str]]:
+    """The answers whose share for ``me`` opens, and why each other one does not: a node
+    that seals a bad box is left out of the sum (and says so in the release), instead of
+    failing it for every county."""
+    kept: list[VerifiedAnswer] = []
+    left: dict[str, str] = {}
+    for answer in answers:
+        try:
+            open_shares(answer, me=me, key=key)
+        except VerificationError as exc:
+            left[answer.node_id] = f"its share for {show_id(me)} did not open: {exc}"
+            continue
+        kept.append(answer)
+    return kept, left
 
 
 def partial_key(query: QuerySpec, epsilon: float, nodes: Mapping[str, str]) -> str:
@@ -224,21 +229,20 @@ def aggregate(
     if len(epsilons) != 1 or 0 in epsilons:
         raise QueryRefused("the answers do not state one positive ε")
     epsilon = answers[0].answer.epsilon
-    totals: dict[CellKey, int] = {}
-    groups: dict[CellKey, list[Any]] = {}
+    totals: dict[Any, int] = {}
     for node_id in sorted(by_node):
         answer = by_node[node_id]
         shares = open_shares(answer, me=me, key=key)
         for cell, share in zip(answer.answer.cells, shares, strict=True):
             ck = cell_key(cell.group)
-            groups.setdefault(ck, list(cell.group))
             totals[ck] = (totals.get(ck, 0) + share) % MODULUS
-    for ck in thin_city_cells(spec, [groups[k] for k in totals], by_node, min_nodes):
-        del totals[ck]  # dropped by both aggregators alike: the rule reads public facts only
-    noise = mechanisms.laplace_noise(len(totals), epsilon=epsilon, sensitivity=SENSITIVITY)
+    # only cells enough answers list (of the city, if grouped by it): the rule reads public
+    # facts, so both aggregators and every verifier drop the same ones
+    kept = released_cells(spec, answers, min_nodes)
+    noise = mechanisms.laplace_noise(len(kept), epsilon=epsilon, sensitivity=SENSITIVITY)
     cells = [
-        {"group": groups[ck], "value": (total + draw) % MODULUS}
-        for (ck, total), draw in zip(totals.items(), noise.values, strict=True)
+        {"group": group, "value": (totals[ck] + draw) % MODULUS}
+        for (ck, group, _), draw in zip(kept, noise.values, strict=True)
     ]
     return {
         "version": PARTIAL_VERSION,
@@ -253,223 +257,3 @@ def aggregate(
         "scale": noise.scale,
         "cells": cells,
     }
-
-
-def city_of(node_id: str) -> str | None:
-    """The city (GB/T 2260: first four digits) of a node whose id is a county code."""
-    return node_id[:4] if len(node_id) == 6 and node_id.isascii() and node_id.isdigit() else None
-
-
-def thin_city_cells(
-    spec: QuerySpec, groups: Sequence[Sequence[Any]], nodes: Iterable[str], min_nodes: int
-) -> list[CellKey]:
-    """The cells of a query grouped by ``city_code`` whose city has fewer than ``min_nodes``
-    of the summed nodes: such a cell would be (nearly) one county's value, so it is not
-    released. Every aggregator and verifier computes the same list from the node ids."""
-    if "city_code" not in spec.group_by:
-        return []
-    column = spec.group_by.index("city_code")
-    per_city = Counter(city_of(n) for n in nodes)
-    return [
-        cell_key(list(group)) for group in groups if per_city.get(str(group[column]), 0) < min_nodes
-    ]
-
-
-def sign_partial(
-    body: Mapping[str, Any], key: SigningKey, *, query_id: str, query_sha256: str
-) -> Envelope:
-    """The aggregator's signed partial for the signed query it answers now.
-
-    As a node's answer, the binding to the query (id and digest of the signed
-    payload) is signed around the body, not in it: the body stored once (its noise
-    drawn once) is signed again for a resubmitted question under a new query id.
-    """
-    payload = {"partial": dict(body), "query_id": query_id, "query_sha256": query_sha256}
-    return sign_envelope(payload_type=PARTIAL_V1, payload=canonical_json(payload), key=key)
-
-
-def verify_partial(
-    envelope: Envelope,
-    *,
-    manifest: Manifest,
-    aggregator_id: str,
-    expected_query: Any,
-    memo: SignatureMemo | None = None,
-) -> PartialBody:
-    """Verify ``aggregator_id``'s signed partial for the signed query ``expected_query``.
-
-    The signer must be the manifest's active coordinator or aggregator named
-    ``aggregator_id``; the partial must be for this query (id, digest, question) with
-    the noise scale its ε gives. VerificationError otherwise.
-    """
-    member = next(
-        (m for m in manifest.members if m.id == aggregator_id and not m.revoked),
-        None,
-    )
-    if member is None or member.role not in ("coordinator", "aggregator"):
-        raise VerificationError(f"{show_id(aggregator_id)} is not an active aggregator")
-    payload = verify_envelope(
-        envelope,
-        expected_payload_type=PARTIAL_V1,
-        trusted_keys={member.key_id: member.signing_key},
-        memo=memo,
-    )
-    try:
-        partial = _parse_signed(parse_json(payload))
-    except (ValueError, TypeError, KeyError, RecursionError, QueryRefused) as exc:
-        raise VerificationError(
-            f"malformed partial from {aggregator_id}: {bounded(str(exc))}"
-        ) from None
-    if partial.aggregator != aggregator_id:
-        raise VerificationError(f"a partial claims to be {show_id(partial.aggregator)}'s")
-    if (partial.query_id, partial.query_sha256) != (expected_query.query_id, expected_query.digest):
-        raise VerificationError(f"the partial from {aggregator_id} is for another query")
-    expected: QuerySpec = expected_query.spec
-    answered = partial.query
-    if spec_canonical(answered, without_years=not expected.years) != spec_canonical(expected):
-        raise VerificationError(f"the partial from {aggregator_id} states another question")
-    asked = expected_query.epsilon
-    if asked is not None and to_micro(partial.epsilon) != to_micro(asked):
-        raise VerificationError(f"the partial from {aggregator_id} is for another ε")
-    scale = mechanisms.scale_for(epsilon=partial.epsilon, sensitivity=SENSITIVITY)
-    if abs(partial.scale - scale) > 1e-9 * scale:
-        raise VerificationError(f"the partial from {aggregator_id} states another noise scale")
-    return partial
-
-
-def _parse_signed(data: object) -> PartialBody:
-    if not isinstance(data, dict) or set(data) != {"partial", "query_id", "query_sha256"}:
-        raise TypeError("a signed partial holds partial, query_id and query_sha256")
-    query_id, digest = data["query_id"], data["query_sha256"]
-    if not isinstance(query_id, str) or not isinstance(digest, str):
-        raise TypeError("query_id and query_sha256 are strings")
-    return _parse_partial(data["partial"], query_id, digest)
-
-
-def _parse_partial(data: object, query_id: str, query_sha256: str) -> PartialBody:
-    if not isinstance(data, dict):
-        raise TypeError("a partial is an object")
-    if data.get("version") != PARTIAL_VERSION or data.get("mechanism") != PARTIAL_MECHANISM:
-        raise ValueError("unknown partial version or mechanism")
-    if not isinstance(data["aggregator"], str):
-        raise TypeError("aggregator is a string")
-    year = data["academic_year"]
-    if year is not None and not isinstance(year, str):
-        raise TypeError("academic_year is a string or null")
-    if not isinstance(data["query"], dict):
-        raise TypeError("the partial's query is an object")
-    spec = spec_from_json(data["query"])
-    nodes: dict[str, str] = {}
-    listed = data["nodes"]
-    if not isinstance(listed, list):
-        raise TypeError("nodes is a list")
-    for entry in listed:
-        if not isinstance(entry, dict) or set(entry) != {"node_id", "answer_sha256"}:
-            raise ValueError("each node entry holds node_id and answer_sha256")
-        node, digest = entry["node_id"], entry["answer_sha256"]
-        if not isinstance(node, str) or not isinstance(digest, str) or node in nodes:
-            raise ValueError("node entries are distinct strings")
-        nodes[node] = digest
-    if list(nodes) != sorted(nodes):
-        raise ValueError("nodes are listed in id order")
-    scale = data["scale"]
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < 1e15:
-        raise ValueError("scale is a positive number")
-    cells: list[tuple[tuple[Any, ...], int]] = []
-    seen: set[CellKey] = set()
-    raw = data["cells"]
-    if not isinstance(raw, list):
-        raise TypeError("cells is a list")
-    width = len(spec.group_by)
-    for cell in raw:
-        if not isinstance(cell, dict) or set(cell) != {"group", "value"}:
-            raise ValueError("each cell holds group and value")
-        group, value = cell["group"], cell["value"]
-        if not isinstance(group, list) or len(group) != width:
-            raise ValueError(f"each cell's group is a list of {width} values")
-        if not all(type(v) in (str, int, float) for v in group):
-            raise ValueError("group values are scalars")
-        if type(value) is not int or not 0 <= value < MODULUS:
-            raise ValueError("a partial's value is an integer in [0, 2^64)")
-        ck = cell_key(group)
-        if ck in seen:
-            raise ValueError("a cell is stated twice")
-        seen.add(ck)
-        cells.append((tuple(group), value))
-    return PartialBody(
-        aggregator=data["aggregator"],
-        query_id=query_id,
-        query_sha256=query_sha256,
-        query=spec,
-        academic_year=year,
-        epsilon=stated_epsilon(data["epsilon"], "epsilon"),
-        nodes=nodes,
-        scale=float(scale),
-        cells=tuple(cells),
-    )
-
-
-def to_signed(residue: int) -> int:
-    """A sum mod 2⁶⁴ read as the signed integer it stands for (noise can go below 0)."""
-    return residue - MODULUS if residue >= MODULUS // 2 else residue
-
-
-def combine_partials(
-    partials: Sequence[PartialBody], *, aggregator_ids: tuple[str, str], threshold: int
-) -> list[dict[str, Any]]:
-    """The released cells: the two partials' sum, with the 95% interval of two draws.
-
-    ``aggregator_ids``: (coordinator, aggregator), the order the partials come in.
-    VerificationError unless the partials are the two aggregators', for the same query,
-    ε, academic year, node list and cells. Each cell: ``group``, ``value``, ``lower``,
-    ``upper``, ``display``, ``suppressed``, ``nodes`` (as ``combine.combine`` gives).
-    """
-    if len(partials) != 2 or tuple(p.aggregator for p in partials) != aggregator_ids:
-        raise VerificationError("a secure release needs the partials of both aggregators")
-    first, second = partials
-    same = (
-        first.query_id == second.query_id
-        and first.query_sha256 == second.query_sha256
-        and first.academic_year == second.academic_year
-        and to_micro(first.epsilon) == to_micro(second.epsilon)
-    )
-    if not same:
-        raise VerificationError("the two partials are for different queries, years or ε")
-    if dict(first.nodes) != dict(second.nodes):
-        raise VerificationError("the two aggregators summed different node lists")
-    if [cell_key(g) for g, _ in first.cells] != [cell_key(g) for g, _ in second.cells]:
-        raise VerificationError("the two partials have different cells")
-    cells: list[dict[str, Any]] = []
-    for (group, a), (_, b) in zip(first.cells, second.cells, strict=True):
-        total = to_signed((a + b) % MODULUS)
-        value, low, high, _ = sum_interval([total], [first.scale, second.scale])
-        small = value < threshold
-        cells.append(
-            {
-                "group": list(group),
-                "value": value,
-                "lower": low,
-                "upper": high,
-                "display": f"< {threshold}" if small else str(value),
-                "suppressed": small,
-                "nodes": len(first.nodes),
-            }
-        )
-    return cells
-
-
-def check_nodes(partial: PartialBody, answers: Sequence[VerifiedAnswer]) -> None:
-    """The partial summed exactly these verified answers (by node and body digest)."""
-    stated = dict(partial.nodes)
-    held = {a.node_id: answer_digest(a) for a in answers}
-    if stated != held:
-        raise VerificationError(
-            f"the partial from {partial.aggregator} names other node answers than the release"
-        )
-
-
-def parse_partial_envelopes(value: object) -> list[Envelope]:
-    """The partial envelopes a release carries (``secure.partials``: DSSE JSON texts)."""
-    if not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, str) for v in value):
-        raise VerificationError("a secure release carries its two partials as envelopes")
-    return [Envelope.from_json(v) for v in value]

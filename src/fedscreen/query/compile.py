@@ -29,7 +29,14 @@ from fedscreen.policy.model import (
     NumericRule,
     Policy,
 )
-from fedscreen.query.spec import BoolOp, Condition, QuerySpec, Value, check_size
+from fedscreen.query.spec import (
+    BoolOp,
+    Condition,
+    QuerySpec,
+    Value,
+    check_size,
+    condition_columns,
+)
 from fedscreen.query.sqlparse import IDENTIFIER
 
 INT64_MIN: Final = -(2**63)
@@ -104,6 +111,10 @@ SECURE_REFUSAL: Final = "secure aggregation: "
 _SHOWN: Final = 5
 
 
+#: columns a secure query may group by but not filter on
+GROUP_ONLY_IN_SECURE: Final = frozenset({"city_code"})
+
+
 def check_secure(spec: QuerySpec, policy: Policy) -> None:
     """Refuse (QueryRefused) a secure ``spec`` that ``policy`` does not allow; else return.
 
@@ -144,6 +155,15 @@ def check_secure(spec: QuerySpec, policy: Policy) -> None:
         raise QueryRefused(
             SECURE_REFUSAL + f"column(s) {shown}{more} may not be used in a secure query "
             f"(the catalogue lists those that may under [secure.datasets.{spec.dataset}])"
+        )
+    conditions = [c for c in (spec.where, spec.measure.condition) if c is not None]
+    if any(GROUP_ONLY_IN_SECURE & condition_columns(c) for c in conditions):
+        # a filter on the city leaves the other cities' counties summing zeros: the
+        # release would be that city's counties, however few; grouped, each city's cell
+        # counts its own counties (protocol.partial.released_cells)
+        raise QueryRefused(
+            SECURE_REFUSAL + "city_code may group a secure query, not filter it "
+            "(GROUP BY city_code gives each city over its own counties)"
         )
 
 

@@ -354,10 +354,75 @@ def test_city_cells_are_released_only_over_enough_of_the_citys_nodes(
     partials = _partials(homes, query, answers)
     cells = SecureOutcome((COORDINATOR, AGGREGATOR), tuple(partials)).cells(0)
     assert [c["group"] for c in cells] == [["1301"]]
-    # two of 石家庄's counties and one of 衡水's: neither city has three
-    nodes = ["130104", "130105", "131102"]
-    thin = secure.thin_city_cells(query.spec, [["1301"], ["1311"], ["1302"]], nodes, 3)
-    assert len(thin) == 3
-    assert secure.thin_city_cells(query.spec, [["1301"]], nodes, 2) == []
+    # the same answers as if the last came from 衡水 (1311): 石家庄 has two counties left
+    moved = [*answers[:2], replace(answers[2], node_id="131102")]
+    assert secure.released_cells(query.spec, moved, 3) == []
+    assert [group for _, group, _ in secure.released_cells(query.spec, moved, 2)] == [["1301"]]
     assert secure.city_of("130104") == "1301"
     assert secure.city_of("hebei-university") is None
+
+
+def test_a_cell_few_counties_list_is_not_released(homes: SecureHomes) -> None:
+    """A county that narrowed a domain omits that cell: a cell listed by fewer answers than
+    min_nodes is dropped, and each released cell says how many answers it combines."""
+    query, envelope = _query(homes)
+    answers = _answers(homes, query, envelope)
+    narrowed = [
+        replace(a, answer=replace(a.answer, cells=a.answer.cells[1:])) if i else a
+        for i, a in enumerate(answers)
+    ]
+    released = secure.released_cells(query.spec, narrowed, 3)
+    first = answers[0].answer.cells[0].group
+    assert [group for _, group, _ in released] == [
+        list(c.group) for c in answers[0].answer.cells[1:]
+    ]
+    assert list(first) not in [group for _, group, _ in released]
+    assert {n for _, _, n in released} == {3}
+    assert secure.released_cells(query.spec, narrowed, 1)[0][2] == 1
+
+
+def test_a_countys_own_minimum_leaves_it_out_of_smaller_sums(homes: SecureHomes) -> None:
+    query, envelope = _query(homes)
+    answers = _answers(homes, query, envelope)
+
+    def wanting(*wishes: int) -> list[VerifiedAnswer]:
+        return [
+            replace(a, body={**a.body, "min_nodes": m})
+            for a, m in zip(answers, wishes, strict=True)
+        ]
+
+    # three answers, one asking for four: without it two remain, fewer than the others' 3
+    kept, left = secure.eligible(wanting(3, 3, 4), 3)
+    assert kept == []
+    assert len(left) == 3
+    # the others ask for two: they are summed, the one asking for four is left out
+    kept, left = secure.eligible(wanting(2, 2, 4), 2)
+    assert [a.node_id for a in kept] == sorted(a.node_id for a in answers[:2])
+    assert "at least 4" in left[answers[2].node_id]
+    kept, left = secure.eligible(wanting(0, 3, 3), 3)
+    assert (len(kept), left) == (3, {})
+    with pytest.raises(VerificationError, match="min_nodes"):
+        secure.eligible([replace(answers[0], body={**answers[0].body, "min_nodes": "9"})], 2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(min_value=0.3, max_value=12.0))
+def test_the_two_draw_interval_is_the_exact_95_percent_one(scale: float) -> None:
+    """Against the distribution of N1 + N2 summed term by term: h covers at least 95%,
+    h - 1 does not."""
+    q = math.exp(-1 / scale)
+    c = (1 - q) / (1 + q)
+    reach = int(40 * scale) + 40  # beyond it the mass is below e^-40
+    one = {k: c * q ** abs(k) for k in range(-reach, reach + 1)}
+    two: dict[int, float] = {}
+    for a, pa in one.items():
+        for b in range(-reach, reach + 1):
+            if abs(a + b) <= reach:
+                two[a + b] = two.get(a + b, 0.0) + pa * one[b]
+    half = secure.two_draw_half_width(scale)
+
+    def covered(h: int) -> float:
+        return sum(p for k, p in two.items() if abs(k) <= h)
+
+    assert covered(half) >= 0.95 - 1e-9
+    assert half == 0 or covered(half - 1) < 0.95 + 1e-9

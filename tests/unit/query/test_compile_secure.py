@@ -319,3 +319,30 @@ def test_a_secure_query_runs_exactly_when_its_columns_are_secure(
     else:
         with pytest.raises(QueryRefused, match=r"^secure aggregation: column"):
             compile_query(replace(spec, secure=True), POLICY)
+
+
+def test_a_secure_query_may_group_by_city_but_not_filter_on_it() -> None:
+    """Filtered to one city, every other city's counties would sum zeros and the release
+    would be that city's counties alone, however few; grouped, each city's cell counts
+    its own counties."""
+    from dataclasses import replace as _replace
+
+    from fedscreen.policy import default_policy_dir, load_policy
+    from fedscreen.policy.default import PROVINCE_FILE
+    from fedscreen.query.compile import check_secure
+    from fedscreen.query.sqlparse import parse_sql
+
+    catalogue = load_policy(default_policy_dir() / PROVINCE_FILE)
+    year = "academic_year = '2024-2025'"
+    grouped = parse_sql(
+        f"SELECT city_code, COUNT(*) FROM screenings WHERE {year} GROUP BY city_code"
+    )
+    check_secure(_replace(grouped, secure=True), catalogue)
+    for where in (
+        "city_code = '1302'",
+        "NOT city_code IN ('1301')",
+        "sex = 'F' OR city_code = '1302'",
+    ):
+        spec = parse_sql(f"SELECT COUNT(*) FROM screenings WHERE {year} AND ({where})")
+        with pytest.raises(QueryRefused, match="city_code may group a secure query, not filter"):
+            check_secure(_replace(spec, secure=True), catalogue)
