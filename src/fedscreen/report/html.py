@@ -123,7 +123,12 @@ class _Page(Sections):
             (
                 "Statistics",
                 str(len(stats)),
-                f"in {len(r.sections)} sections; {public} from public data",
+                f"in {len(r.sections)} sections; {public} from public data"
+                + (
+                    f", {sum(1 for s in stats if s.secure is not None)} from secure aggregation"
+                    if r.privacy.secure is not None
+                    else ""
+                ),
             ),
         ]
         body = "".join(
@@ -139,7 +144,15 @@ class _Page(Sections):
             "whiskers and the “95% interval” columns show how far the noise may move them. "
             f"A noisy count below {self.k} is shown as “&lt; {self.k}” and drawn without a bar. "
             "Figures marked “public data, exact” come from the schools’ own tables and have "
-            "no noise. Province figures combine the counties that answered.</p>\n"
+            "no noise. Province figures combine the counties that answered."
+            + (
+                " Figures marked “province only: secure aggregation” are province totals "
+                "whose noise the two aggregators added, with no county or city figure "
+                '(see <a href="#secure">Secure aggregation</a>).'
+                if r.privacy.secure is not None
+                else ""
+            )
+            + "</p>\n"
             "</section>\n"
         )
 
@@ -213,7 +226,14 @@ class _Page(Sections):
             "<ul>"
             "<li><strong>Noise at the source.</strong> Each county node adds the noise to its "
             "own answer before anything leaves it; student records and exact counts never "
-            "leave the county.</li>"
+            "leave the county"
+            + (
+                " (except, for the figures from secure aggregation, as two random shares "
+                "that neither aggregator can read alone: see below)"
+                if p.secure is not None
+                else ""
+            )
+            + ".</li>"
             "<li><strong>Pure ε-differential privacy.</strong> The ε of every answer a county "
             "gives about a year adds up; the smaller the total, the stronger the protection.</li>"
             "<li><strong>Budgets.</strong> Each county keeps its own budget per academic year "

@@ -10,17 +10,20 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from fedscreen.protocol.answer import dataset_public
 from fedscreen.protocol.combine import NodeCells, combine
-from fedscreen.protocol.secure import SENSITIVITY
 from fedscreen.query import mechanisms
 from fedscreen.query.spec import QuerySpec
 from fedscreen.report.format import PROVINCE
 from fedscreen.report.parts import Part
 
-__all__ = ["Released"]
+__all__ = ["SECURE_SENSITIVITY", "Released"]
+
+#: a secure count's sensitivity (one student is in one cell of one node): each partial's
+#: noise scale is the one its ε gives at it, as the analyst checked on each signed partial
+SECURE_SENSITIVITY: Final = 1
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,9 @@ class Released:
         answers = self.body["answers"]
         if not answers:
             return []
-        scale = mechanisms.scale_for(epsilon=float(answers[0]["epsilon"]), sensitivity=SENSITIVITY)
+        scale = mechanisms.scale_for(
+            epsilon=float(answers[0]["epsilon"]), sensitivity=SECURE_SENSITIVITY
+        )
         return [
             (list(c["group"]), Part(int(c["value"]), (scale, scale))) for c in self.cells(scope)
         ]

@@ -45,7 +45,6 @@ from fedscreen.errors import ConfigError, QueryRefused
 from fedscreen.policy import Policy
 from fedscreen.policy.model import Dataset
 from fedscreen.protocol.combine import Z_975, discrete_laplace_variance, sum_interval
-from fedscreen.protocol.secure import SENSITIVITY as SECURE_SENSITIVITY
 from fedscreen.query import mechanisms
 from fedscreen.query.compile import compile_query
 from fedscreen.query.cost import MIN_EPSILON
@@ -62,6 +61,7 @@ from fedscreen.report.measured import (
     size,
 )
 from fedscreen.report.plan import PlannedQuery, ReportPlan
+from fedscreen.report.released import SECURE_SENSITIVITY
 
 #: ε is charged in whole micro-ε: a table's share is rounded down to it
 MICRO: Final = 1_000_000

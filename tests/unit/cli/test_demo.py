@@ -149,7 +149,8 @@ def test_demo_runs_a_whole_federation_reports_and_audits_it(
         assert body["answered"] == counties
         assert len(body["secure"]["partials"]) == 2
     html = (report / "report.html").read_text(encoding="utf-8")
-    assert html.count("province only: secure aggregation") == 2 * len(from_secure)
+    # each statistic's facts and table, and the note on reading the figures
+    assert html.count("province only: secure aggregation") == 2 * len(from_secure) + 1
     assert "河北省统计局 (<code>hebei-stats-bureau</code>)" in html
     # the CSV holds the same figures, and a line per secure statistic saying it has no
     # county figure

@@ -238,7 +238,10 @@ def test_a_secure_statistic_has_province_figures_only(fed: Fed) -> None:
         "statistics": ["item9", "by_sex"],
     }
     html = render_html(model)
-    assert html.count("province only: secure aggregation") == 4  # the facts and the tables
+    # the reading note, and each statistic's facts and table
+    assert html.count("province only: secure aggregation") == 1 + 2 * 2
+    assert "in 1 sections; 0 from public data, 2 from secure aggregation" in html
+    assert "except, for the figures from secure aggregation, as two random shares" in html
     assert "省平台 (<code>coordinator</code>) and 省统计局 (<code>stats-bureau</code>)" in html
     for line in (
         "split into two random shares, one for each aggregator",
@@ -318,3 +321,31 @@ def test_the_secure_report_renders_the_same_from_json(fed: Fed) -> None:
     again = json.loads(json.dumps(model, ensure_ascii=False))
     assert render_html(again) == render_html(model)
     assert csv_text(again) == csv_text(model)
+
+
+def test_a_report_without_secure_statistics_says_nothing_of_them(
+    fed: Fed, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    path = tmp_path_factory.mktemp("plain") / "plan.toml"
+    start = PLAN.index("[queries.s_item9]")
+    plain = PLAN[:start] + PLAN[PLAN.index("[queries.n_valid]") : PLAN.index("[queries.s_sex]")]
+    plain += PLAN[
+        PLAN.index('[[statistic]]\nid = "valid"') : PLAN.index('[[statistic]]\nid = "by_sex"')
+    ]
+    plain = plain.replace('name = "secure"', 'name = "plain"').replace("Secure test", "Plain test")
+    path.write_text(plain, encoding="utf-8")
+    plan = load_plan(path, load_policy(default_policy_dir() / PROVINCE_FILE))
+    model = normalized(
+        build_model(
+            plan,
+            {"n_valid": _released(fed, "n_valid")},
+            [],
+            ["n_valid"],
+            names=member_names(fed.manifest),
+            analyst=ANALYST,
+        )
+    )
+    assert "secure" not in model["privacy"]
+    html = render_html(model)
+    assert "secure" not in html.lower()
+    assert "secure" not in csv_text(model)
