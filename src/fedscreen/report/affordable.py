@@ -3,7 +3,9 @@
 Each node signs what it has spent (``fedscreen.protocol.budget``); the coordinator only relays
 the statements. A plan is refused before any query runs if, at some node, the ε it
 would charge in a year exceeds what that node has left for this analyst, or one of
-its queries costs more than the node's per-query cap (the node would refuse it).
+its queries costs more than the node's per-query cap (the node would refuse it), or
+a secure query would sum fewer nodes than the catalogue's ``[secure] min_nodes`` (the
+coordinator would refuse it).
 A query above the node's approval threshold is allowed but flagged: the node
 refuses it (and files it for its operator) until approved, so that county is
 missing from its figures. The costs are upper bounds: a node
@@ -18,6 +20,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from fedscreen.errors import PlanRefused
+from fedscreen.protocol.answer import shipped_catalogue
 from fedscreen.protocol.budget import Budgets, from_micro, to_micro
 from fedscreen.report.plan import ReportPlan
 
@@ -64,6 +67,15 @@ def check_plan(
         for year in query.years:
             micro[year] = micro.get(year, 0) + to_micro(query.cost)
     now_ms = time.time() * 1000
+    fewest = shipped_catalogue().secure.min_nodes
+    # the coordinator refuses a secure query asked of fewer nodes: say so before anything
+    # runs (and charges), not half way through the plan
+    too_few = [
+        f"query {q.name} is secure: it sums at least {fewest} nodes and the plan asks "
+        f"{len(nodes)}: it would be refused"
+        for q in planned
+        if q.secure and len(nodes) < fewest
+    ]
     checks = []
     for node in nodes:
         statement = budgets.statements.get(node)
@@ -71,10 +83,13 @@ def check_plan(
         if statement is None:
             years = tuple(YearCost(y, from_micro(m), None, None) for y, m in sorted(micro.items()))
             checks.append(
-                NodeCheck(node, connected, None, years, notes=("no budget statement: unknown",))
-            )
+                NodeCheck(
+                    node, connected, None, years, tuple(too_few),
+                    notes=("no budget statement: unknown",),
+                )
+            )  # fmt: skip
             continue
-        problems, notes = [], []
+        problems, notes = list(too_few), []
         years_out = []
         for year, cost in sorted(micro.items()):
             left_micro = statement.remaining_micro(year, analyst)

@@ -32,10 +32,10 @@ CENTRE = "hebei-monitoring-centre"
 YEAR = "2024-2025"
 
 
-def _nodes(tmp_path: Path) -> dict[str, NodeConfig]:
+def _nodes(tmp_path: Path, codes: tuple[str, ...] = ("130102", "130104")) -> dict[str, NodeConfig]:
     authority.init_authority(tmp_path / "auth", federation="test")
     nodes = {}
-    for code in ("130102", "130104"):
+    for code in codes:
         config = init_home(tmp_path / code, node_id=code, name=code)
         issue_here(tmp_path / "auth", config.home)
         nodes[code] = config
@@ -76,12 +76,17 @@ def _plan(tmp_path: Path, epsilons: list[float]) -> ReportPlan:
     return load_plan(path, load_policy(default_policy_dir() / PROVINCE_FILE))
 
 
-def test_the_annual_plan_fits_fresh_nodes(tmp_path: Path) -> None:
-    nodes = _nodes(tmp_path)
-    plan = load_plan(
+def _annual() -> ReportPlan:
+    return load_plan(
         default_policy_dir() / "reports" / "annual.toml",
         load_policy(default_policy_dir() / PROVINCE_FILE),
     )
+
+
+def test_the_annual_plan_fits_fresh_nodes(tmp_path: Path) -> None:
+    # three: the fewest nodes a secure query sums (the catalogue's min_nodes)
+    nodes = _nodes(tmp_path, ("130102", "130104", "130105"))
+    plan = _annual()
     checks = check_plan(
         plan, _budgets(nodes, tuple(nodes), tmp_path / "auth"), analyst=CENTRE, nodes=list(nodes)
     )
@@ -95,6 +100,34 @@ def test_the_annual_plan_fits_fresh_nodes(tmp_path: Path) -> None:
     (year,) = [y for y in by_node["130104"].years if y.year == YEAR]
     assert year.left == 8.0
     assert not any(c.notes for c in checks)
+
+
+def test_secure_queries_asked_of_too_few_nodes_are_refused_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    nodes = _nodes(tmp_path)
+    plan = _annual()
+    budgets = _budgets(nodes, tuple(nodes), tmp_path / "auth")
+    checks = check_plan(plan, budgets, analyst=CENTRE, nodes=list(nodes))
+    secure = [q for q in plan.asked.values() if q.secure]
+    assert secure
+    for check in checks:
+        assert check.problems == tuple(
+            f"query {q.name} is secure: it sums at least 3 nodes and the plan asks 2: "
+            "it would be refused"
+            for q in secure
+        )
+    with pytest.raises(PlanRefused, match="s_item9 is secure"):
+        refuse_if_unaffordable(checks)
+    # also where no node has sent its statement yet
+    unknown = check_plan(plan, Budgets({}, (), tuple(nodes)), analyst=CENTRE, nodes=list(nodes))
+    with pytest.raises(PlanRefused, match="s_item9 is secure"):
+        refuse_if_unaffordable(unknown)
+    # the plain queries alone (a resumed run's) are not
+    plain = [q.name for q in plan.asked.values() if not q.secure]
+    refuse_if_unaffordable(
+        check_plan(plan, budgets, analyst=CENTRE, nodes=list(nodes), queries=plain)
+    )
 
 
 def test_spending_elsewhere_makes_the_plan_unaffordable_at_that_node(tmp_path: Path) -> None:
