@@ -228,7 +228,12 @@ class Sections:
             ident=f"chart-{self._index(stat)}",
             title=stat.title,
             description=(
-                "Horizontal bars, one per area (province first, then each county) "
+                (
+                    "Horizontal bars, one per area (province first, then each county) "
+                    if stat.secure is None
+                    else "Horizontal bars for the province only (secure aggregation: no city "
+                    "or county figure) "
+                )
                 + ("for each group; " if stat.dims else "; ")
                 + ("exact public figures." if stat.public else "whiskers show 95% intervals.")
                 + f" Cells below {self.k} show “< {self.k}” and no bar."
