@@ -321,6 +321,24 @@ def test_a_release_whose_partial_the_aggregator_did_not_log_fails(
     assert f"ENTRY INVALID (first bad index {index})" in text
 
 
+def test_a_release_partial_reencoded_by_the_coordinator_fails(
+    fed: Fed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The aggregator's envelope as the release carries it must be the logged bytes: one
+    re-encoded (its signature still verifies) is not what the aggregator logged."""
+
+    def reencoded(fed: Fed, query: SignedQuery, answers: Any) -> bytes:
+        logged = _given(fed, query, answers)
+        return json.dumps(json.loads(logged), indent=1).encode()
+
+    query, envelope = _query(fed)
+    release = _release(fed, query, envelope, theirs=reencoded)
+    assert release.body["secure"]["partials"][1] not in _aggregator_texts(fed)
+    code, out, _ = _audit(fed, tmp_path, capsys)
+    assert code == 2, out
+    assert f"the release's partial from {AGGREGATOR} is not in" in out["reason"]
+
+
 def test_an_unlogged_partial_before_a_logged_one_fails(
     fed: Fed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
