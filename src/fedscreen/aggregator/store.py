@@ -29,7 +29,7 @@ from fedscreen._util.canonical import canonical_json
 from fedscreen._util.sqlite import connect, transaction
 from fedscreen.aggregator.home import ROLE, AggregatorHome
 from fedscreen.crypto.signing import SigningKey
-from fedscreen.errors import ConfigError, QueryRefused
+from fedscreen.errors import ConfigError, QueryRefused, VerificationError
 from fedscreen.protocol.refusal import MAX_DETAIL_CHARS
 from fedscreen.tlog import memberlog
 from fedscreen.tlog.export import LogExport
@@ -39,7 +39,6 @@ from fedscreen.trust.manifest import manifest_entry
 __all__ = [
     "SCHEMA",
     "AggregatorStatus",
-    "AlreadySummed",
     "PartialStore",
     "Signer",
     "bounded_reason",
@@ -65,10 +64,6 @@ Signer = Callable[[Mapping[str, Any]], bytes]
 #: makes the partial body (opens the shares, sums, draws the noise); called only when
 #: the answers are new to the store
 Aggregate = Callable[[], Mapping[str, Any]]
-
-
-class AlreadySummed(QueryRefused):
-    """An answer body was summed into another partial (the refusal is logged already)."""
 
 
 def bounded_reason(text: str) -> str:
@@ -132,13 +127,13 @@ class PartialStore:
         now_ms: int | None = None,
     ) -> bytes:
         """The signed partial for ``query_id`` over the answer bodies ``nodes`` (node id ->
-        answer digest), whose partial key is ``key``; made (``make``), stored and logged in
-        one transaction, or the stored one again. QueryRefused (logged, nothing stored) if
-        one of these answer bodies was summed into another partial; an error of ``make``
+        answer digest), whose partial key is ``key``: made (``make``), stored and logged in
+        one transaction, or the stored one again. QueryRefused, logged and with nothing
+        stored, if one of these answer bodies was summed into another partial or ``make``
+        refuses (QueryRefused, VerificationError); any other error of ``make`` or ``sign``
         leaves nothing behind."""
         at = _now_ms() if now_ms is None else now_ms
         conn = self.conn
-        refusal = ""
         with transaction(conn):
             given = conn.execute(
                 "SELECT envelope FROM partial_given WHERE query_id = ? AND key = ?",
@@ -147,28 +142,14 @@ class PartialStore:
             if given is not None:
                 return bytes(given[0])  # this query id asked before: the same bytes, free
             row = conn.execute("SELECT body FROM secure_partial WHERE key = ?", (key,)).fetchone()
-            body: Mapping[str, Any] = {}
-            if row is not None:
-                body = json.loads(row[0])
-            elif (summed := self._already_summed(nodes)) is not None:
-                refusal = self._log_refusal(
-                    query_id,
-                    f"node {summed}'s answer was already summed into another release: "
-                    "ask again at another ε for a new one",
-                    at,
-                )
+            made = json.loads(row[0]) if row is not None else self._make(query_id, nodes, make, at)
+            if isinstance(made, str):
+                refusal = made  # logged: it commits with this transaction
             else:
-                body = make()
-                conn.execute(
-                    "INSERT INTO secure_partial (key, body, created_ms) VALUES (?, ?, ?)",
-                    (key, canonical_json(dict(body)).decode(), at),
-                )
-                conn.executemany(
-                    "INSERT INTO secure_summed (answer_sha256, node_id, key) VALUES (?, ?, ?)",
-                    [(digest, node, key) for node, digest in nodes.items()],
-                )
-            if not refusal:
-                envelope = sign(body)
+                refusal = ""
+                if row is None:
+                    self._store(key, made, nodes, at)
+                envelope = sign(made)
                 conn.execute(
                     "INSERT INTO partial_given (query_id, key, envelope, at_ms) "
                     "VALUES (?, ?, ?, ?)",
@@ -177,8 +158,34 @@ class PartialStore:
                 self._append({"kind": "partial", "query_id": query_id,
                               "partial": envelope.decode("utf-8")})  # fmt: skip
         if refusal:
-            raise AlreadySummed(refusal)  # logged (committed above); nothing else written
+            raise QueryRefused(refusal)
         return envelope
+
+    def _make(
+        self, query_id: str, nodes: Mapping[str, str], make: Aggregate, at_ms: int
+    ) -> Mapping[str, Any] | str:
+        """A new partial body, or the reason (logged) why there is none."""
+        summed = self._already_summed(nodes)
+        if summed is not None:
+            why = (
+                f"node {summed}'s answer was already summed into another release: "
+                "ask again at another ε for a new one"
+            )
+            return self._log_refusal(query_id, why, at_ms)
+        try:
+            return make()
+        except (QueryRefused, VerificationError) as exc:  # too few nodes, a share that is bad
+            return self._log_refusal(query_id, str(exc), at_ms)
+
+    def _store(self, key: str, body: Mapping[str, Any], nodes: Mapping[str, str], at: int) -> None:
+        self.conn.execute(
+            "INSERT INTO secure_partial (key, body, created_ms) VALUES (?, ?, ?)",
+            (key, canonical_json(dict(body)).decode(), at),
+        )
+        self.conn.executemany(
+            "INSERT INTO secure_summed (answer_sha256, node_id, key) VALUES (?, ?, ?)",
+            [(digest, node, key) for node, digest in nodes.items()],
+        )
 
     def _already_summed(self, nodes: Mapping[str, str]) -> str | None:
         """The first node (by id) whose answer body is summed into a stored partial."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from fedscreen.aggregator.home import AggregatorHome
-from fedscreen.aggregator.store import AlreadySummed, PartialStore
+from fedscreen.aggregator.store import PartialStore
 from fedscreen.crypto.envelope import Envelope
 from fedscreen.errors import ConfigError, QueryRefused, VerificationError
 from fedscreen.policy import Policy
@@ -141,19 +141,14 @@ def answer_request(
         envelope = sign_partial(body, key, query_id=query.query_id, query_sha256=query.digest)
         return envelope.to_json().encode("utf-8")
 
-    try:
-        return store.give(
-            query_id=query.query_id,
-            key=partial_key(query.spec, answers[0].answer.epsilon, digests),
-            nodes=digests,
-            make=make,
-            sign=sign,
-            now_ms=now_ms,
-        )
-    except AlreadySummed:
-        raise  # logged by the store
-    except (QueryRefused, VerificationError) as exc:  # a share that does not open, ε differ
-        raise QueryRefused(store.refuse(query.query_id, str(exc), now_ms=now_ms)) from None
+    return store.give(  # logs its own refusals
+        query_id=query.query_id,
+        key=partial_key(query.spec, answers[0].answer.epsilon, digests),
+        nodes=digests,
+        make=make,
+        sign=sign,
+        now_ms=now_ms,
+    )
 
 
 def _manifest(home: AggregatorHome, store: PartialStore) -> Manifest:

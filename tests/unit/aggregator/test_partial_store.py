@@ -18,10 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedscreen._util.sqlite import connect
-from fedscreen.aggregator.store import AlreadySummed, PartialStore, bounded_reason
+from fedscreen.aggregator.store import PartialStore, bounded_reason
 from fedscreen.crypto.envelope import parse_json
 from fedscreen.crypto.signing import SigningKey
-from fedscreen.errors import VerificationError
+from fedscreen.errors import QueryRefused, VerificationError
 from fedscreen.protocol.secure import sign_partial
 from fedscreen.tlog.checkpoint import member_origin
 
@@ -101,7 +101,7 @@ def test_an_overlapping_set_is_refused_logged_and_stores_nothing(tmp_path: Path)
     _give(store, "q1", "k1", NODES, make)
     before = store.status()
     overlapping = {"130105": "b" * 64, "130107": "c" * 64, "130108": "d" * 64}
-    with pytest.raises(AlreadySummed, match="node 130105's answer was already summed"):
+    with pytest.raises(QueryRefused, match="node 130105's answer was already summed"):
         _give(store, "q2", "k2", overlapping, make)
     assert make.calls == 1  # no second draw
     after = store.status()
@@ -120,19 +120,31 @@ def test_an_overlapping_set_is_refused_logged_and_stores_nothing(tmp_path: Path)
     assert make.calls == 2
 
 
+def test_a_refused_aggregation_is_logged_and_stores_nothing(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+
+    def refused() -> dict[str, Any]:
+        raise VerificationError("the share from 130104 does not open")
+
+    with pytest.raises(QueryRefused, match="does not open"):
+        store.give(query_id="q1", key="k1", nodes=NODES, make=refused, sign=_signer("q1"))
+    status = store.status()
+    assert (status.partials, status.given, status.refusals, status.log_size) == (0, 0, 1, 1)
+    # the answers are not spent: they still make a partial
+    _give(store, "q1", "k1", NODES, Maker())
+    assert store.status().partials == 1
+
+
 def test_a_failing_aggregation_leaves_nothing(tmp_path: Path) -> None:
     store = _store(tmp_path)
 
     def broken() -> dict[str, Any]:
-        raise VerificationError("a share that does not open")
+        raise RuntimeError("a bug")
 
-    with pytest.raises(VerificationError):
+    with pytest.raises(RuntimeError):
         store.give(query_id="q1", key="k1", nodes=NODES, make=broken, sign=_signer("q1"))
     status = store.status()
     assert (status.partials, status.given, status.refusals, status.log_size) == (0, 0, 0, 0)
-    # the answers are not spent: they still make a partial
-    _give(store, "q1", "k1", NODES, Maker())
-    assert store.status().partials == 1
 
 
 def test_refusal_reasons_are_one_bounded_printable_line(tmp_path: Path) -> None:
@@ -166,7 +178,7 @@ def test_each_answer_is_summed_into_one_partial_at_most(sets: list[frozenset[str
             if answers in summed:
                 assert _give(store, f"q{n}", key, nodes, make) is not None
             elif answers & used:
-                with pytest.raises(AlreadySummed):
+                with pytest.raises(QueryRefused):
                     _give(store, f"q{n}", key, nodes, make)
             else:
                 summed[answers] = _give(store, f"q{n}", key, nodes, make)
