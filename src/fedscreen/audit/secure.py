@@ -55,6 +55,8 @@ __all__ = ["AGGREGATOR_ROLE", "SecureLog", "UseOnce", "aggregator_partials", "cr
 AGGREGATOR_ROLE: Final = "aggregator"
 #: how many digits of a digest an error message shows
 _SHOWN: Final = 12
+#: how many distinct reasons for releases without figures the text report names
+_REASONS_SHOWN: Final = 3
 
 
 @dataclass(frozen=True)
@@ -187,11 +189,15 @@ class SecureLog:
         elif not self.releases:
             return []
         else:
-            parts = [f"{n} cross-checked against {a}'s log" for a, n in
-                     sorted(self.cross_checked.items())]  # fmt: skip
-            parts += [f"{n} without figures: {why}" for why, n in
-                      sorted(self.without_figures.items())]  # fmt: skip
-            found = [f"  {self.releases} secure releases ({', '.join(parts) or 'none checked'})"]
+            checked = sorted(self.cross_checked.items())
+            parts = [f"{n} cross-checked against {member}'s log" for member, n in checked]
+            # the commonest reasons (each release may state its own: a timeout's seconds)
+            reasons = self.without_figures.most_common()
+            parts += [f"{n} without figures: {why}" for why, n in reasons[:_REASONS_SHOWN]]
+            if rest := sum(n for _, n in reasons[_REASONS_SHOWN:]):
+                parts.append(f"{rest} without figures for other reasons (--json lists them)")
+            said = ", ".join(parts) or "none cross-checked"
+            found = [f"  {self.releases} secure releases ({said})"]
         what = "partials" if self.role == AGGREGATOR_ROLE else "releases"
         return found + [
             f"  WARNING: {n} secure {what} not cross-checked: {why}"
