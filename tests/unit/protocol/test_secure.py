@@ -8,6 +8,7 @@ release is checked the way the analyst and the auditor check it.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import statistics
 from dataclasses import replace
@@ -27,6 +28,7 @@ from securefed import (
     make_secure_homes,
 )
 
+from fedscreen._util.canonical import canonical_json
 from fedscreen.crypto.envelope import Envelope, parse_json
 from fedscreen.crypto.signing import SigningKey, seal_to
 from fedscreen.errors import QueryRefused, VerificationError
@@ -426,3 +428,33 @@ def test_the_two_draw_interval_is_the_exact_95_percent_one(scale: float) -> None
 
     assert covered(half) >= 0.95 - 1e-9
     assert half == 0 or covered(half - 1) < 0.95 + 1e-9
+
+
+def test_a_tampered_share_box_is_refused_by_every_verifier(homes: SecureHomes) -> None:
+    """A box swapped for another (re-sealed to the same aggregator, so it would open)
+    changes the node-signed payload: the answer no longer verifies."""
+    query, envelope = _query(homes)
+    config = homes.nodes["130104"]
+    conn = store.connect(config.database)
+    try:
+        raw = handle_query(
+            config, config.policy(), _manifest(homes), envelope, conn=conn,
+            now_ms=query.issued_at_ms,
+        )  # fmt: skip
+    finally:
+        conn.close()
+    signed = json.loads(raw)
+    payload = json.loads(base64.b64decode(signed["payload"]))
+    cells = len(payload["answer"]["cells"])
+    plain = {"node_id": "130104", "recipient": AGGREGATOR, "shares": [7] * cells}
+    box = seal_to(_key(homes.aggregator).public_key, canonical_json(plain))
+    payload["answer"]["shares"][AGGREGATOR] = base64.b64encode(box).decode()
+    signed["payload"] = base64.b64encode(canonical_json(payload)).decode()
+    with pytest.raises(VerificationError):
+        verify_answer(
+            Envelope.from_json(json.dumps(signed)),
+            manifest=_manifest(homes),
+            node_id="130104",
+            expected_query=query,
+            public=False,
+        )
