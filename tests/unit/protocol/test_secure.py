@@ -35,7 +35,7 @@ from fedscreen.errors import QueryRefused, VerificationError
 from fedscreen.node import store
 from fedscreen.node.requests import handle_query
 from fedscreen.protocol import secure
-from fedscreen.protocol.answer import VerifiedAnswer, verify_answer
+from fedscreen.protocol.answer import SHARES_MECHANISM, VerifiedAnswer, verify_answer
 from fedscreen.protocol.combine import discrete_laplace_variance
 from fedscreen.protocol.query import SignedQuery, issue_query, new_query_id
 from fedscreen.protocol.release import SecureOutcome, check_release, release_body
@@ -128,8 +128,6 @@ def test_a_secure_answer_holds_no_county_value(homes: SecureHomes) -> None:
 
 
 def secure_mechanism() -> str:
-    from fedscreen.protocol.answer import SHARES_MECHANISM
-
     return SHARES_MECHANISM
 
 
@@ -316,8 +314,6 @@ def test_a_box_sealed_for_another_node_or_party_is_refused(homes: SecureHomes) -
             "malformed",
         ),
     ):
-        from fedscreen._util.canonical import canonical_json
-
         box = base64.b64encode(seal_to(key.public_key, canonical_json(plaintext))).decode()
         shares = {**dict(answer.answer.shares or {}), COORDINATOR: box}
         forged = replace(answer, answer=replace(answer.answer, shares=shares))
@@ -336,7 +332,7 @@ def _release(
 
 
 def _copy(body: dict[str, Any]) -> dict[str, Any]:
-    result = parse_json(__import__("json").dumps(body))
+    result = parse_json(json.dumps(body))
     assert isinstance(result, dict)
     return result
 
