@@ -61,6 +61,8 @@ def _figures(
 ) -> dict[tuple[str, str], tuple[Any, Any, Any]]:
     out = {}
     for stat in report.statistics:
+        if _secure(report, stat.queries):
+            continue  # province figures only: measured by scripts/bench_secure.py
         for row in statistic_rows(stat, report, released):
             if row["scope"] != COUNTY or row["suppressed"] or row["value"] is None:
                 continue
@@ -70,6 +72,10 @@ def _figures(
     return out
 
 
+def _secure(report: ReportPlan, queries: tuple[str, ...]) -> bool:
+    return any(report.queries[q].spec.secure for q in queries if q in report.queries)
+
+
 class Setup:
     """One county: every query's and table's exact rows, and the truth of every figure."""
 
@@ -77,7 +83,11 @@ class Setup:
         self.report, self.policy, self.counties = report, policy, counties
         self.threshold = policy.limits.publication_threshold
         self.database = database
-        self.rows = {n: true_rows(database, q.spec, policy) for n, q in report.queries.items()}
+        self.rows = {
+            n: true_rows(database, q.spec, policy)
+            for n, q in report.queries.items()
+            if not q.spec.secure  # no county figure: see _figures
+        }
         self.truth = _figures(
             report, {n: _released(p, r, EXACT, 1) for n, (p, r) in self.rows.items()}
         )
@@ -104,10 +114,12 @@ class Setup:
         ``report.figures``)."""
         if plan is None:
             asked = {n: _released(*self.rows[n], q.cost * scale or EXACT, self.threshold)
-                     for n, q in self.report.queries.items()}  # fmt: skip
+                     for n, q in self.report.queries.items() if not q.spec.secure}  # fmt: skip
             return _figures(self.report, asked)
         asked = {}
         for name, query in plan.asked.items():
+            if query.spec.secure:
+                continue
             rows = self.rows.get(name) or self._rows(name, query.spec)
             asked[name] = _released(*rows, query.cost or EXACT, self.threshold)
         return _figures(plan, resolve(plan, asked))

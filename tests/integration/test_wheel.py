@@ -66,6 +66,7 @@ def test_pip_install_then_demo(tmp_path: Path) -> None:
         cwd=empty, env=env, capture_output=True, text=True, timeout=DEMO_TIMEOUT_S,
     )  # fmt: skip
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
-    # the annual plan's 17 measured tables and the 6 queries no table serves
-    assert "28 statistics recomputed from its 23 signed releases" in demo.stdout
+    # the annual plan's 17 measured tables, the 6 queries no table serves and the 5
+    # secure queries
+    assert "34 statistics recomputed from its 28 signed releases" in demo.stdout
     assert (empty / "federation" / "report" / "report.html").is_file()
