@@ -21,8 +21,8 @@ signed, verified with ``verify_answer``), then per trial both aggregators'
 ``secure.aggregate`` with their real keys, ``sign_partial``, ``verify_partial`` and the
 release's ``SecureOutcome.cells`` (``combine_partials``). Above it, the same OpenDP
 draws come straight from ``query.mechanisms.laplace_noise`` (N per trial for (a), two
-for (b)) and the stated interval from ``combine.sum_interval``, as the release states
-it; the table says which. (c) is always ``mechanisms.laplace_vector`` on the exact
+for (b)) and the stated interval as the release states it (``combine.sum_interval`` for
+(a), ``partial.two_draw_half_width`` for (b)); the table says which. (c) is always ``mechanisms.laplace_vector`` on the exact
 total, stated as one answer's interval (``mechanisms.half_width``). The error of a
 trial is its figure minus the exact total (from the nodes' SQL). The empirical 95%
 half-width is the smallest h with |error| ≤ h in 95% of trials; its 95% confidence
@@ -92,6 +92,7 @@ from fedscreen.node.requests import handle_query  # noqa: E402
 from fedscreen.protocol import secure  # noqa: E402
 from fedscreen.protocol.answer import VerifiedAnswer, verify_answer  # noqa: E402
 from fedscreen.protocol.combine import NodeCells, combine, sum_interval  # noqa: E402
+from fedscreen.protocol.partial import two_draw_half_width  # noqa: E402
 from fedscreen.protocol.release import SecureOutcome  # noqa: E402
 from fedscreen.query import mechanisms  # noqa: E402
 from fedscreen.query.sqlparse import parse_sql  # noqa: E402
@@ -305,9 +306,9 @@ def secure_direct(nodes: list[County], epsilon: float, trials: int) -> Trials:
     """(b) with two OpenDP draws per trial straight from ``query.mechanisms``."""
     draws = mechanisms.laplace_noise(2 * trials, epsilon=epsilon, sensitivity=1)
     total = sum(c.exact for c in nodes)
-    _, low, high, _ = sum_interval([total], [draws.scale] * 2)
+    half = two_draw_half_width(draws.scale)  # as combine_partials states it
     values = [total + draws.values[2 * t] + draws.values[2 * t + 1] for t in range(trials)]
-    intervals = [(v - (total - low), v + (high - total)) for v in values]
+    intervals = [(v - half, v + half) for v in values]
     return Trials("(b) secure, two draws", "mechanisms", total, values, intervals)
 
 
