@@ -24,10 +24,10 @@ draws come straight from ``query.mechanisms.laplace_noise`` (N per trial for (a)
 for (b)) and the stated interval as the release states it (``combine.sum_interval`` for
 (a), ``partial.two_draw_half_width`` for (b)); the table says which. (c) is always
 ``mechanisms.laplace_vector`` on the exact total, stated as one answer's interval
-(``mechanisms.half_width``). The error of a trial is its figure minus the exact total (from the nodes' SQL). The empirical 95%
-half-width is the smallest h with |error| ≤ h in 95% of trials; its 95% confidence
-range (order statistics) is printed beside it: at the default 4,000 trials it is
-within about ±5%.
+(``mechanisms.half_width``). The error of a trial is its figure minus the exact total
+(from the nodes' SQL). The empirical 95% half-width is the smallest h with |error| ≤ h
+in 95% of trials; its 95% confidence range (order statistics) is printed beside it: at
+the default 4,000 trials it is within about ±5%.
 
 **Latency** with every party in its own process (coordinator, second aggregator, the
 nodes as ``run_node`` tasks in ``--processes`` processes; mutual TLS, real SQLite):
