@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
+from fedscreen.coordinator.aggregation import AggregatorSessions
 from fedscreen.coordinator.core import Checked, Coordinator
 from fedscreen.coordinator.partials import own_partial
 from fedscreen.coordinator.runtime import CoreThread
@@ -23,31 +24,14 @@ from fedscreen.protocol.query import SignedQuery
 from fedscreen.protocol.release import SecureOutcome
 from fedscreen.protocol.secure import PartialBody
 
-__all__ = ["Asks", "secure_round"]
+__all__ = ["secure_round"]
 
 _log = logging.getLogger(__name__)
 
 
-class Asks(Protocol):
-    """The sessions of connected aggregators (``coordinator.aggregation``), as used here."""
-
-    async def ask(
-        self,
-        aggregator_id: str,
-        *,
-        query_id: str,
-        query_envelope: bytes,
-        answers: Sequence[tuple[str, bytes]],
-        academic_year: str,
-        timeout_s: float,
-    ) -> bytes:
-        """The aggregator's signed partial (envelope JSON); QueryRefused with its reason."""
-        ...
-
-
 async def secure_round(
     core: CoreThread,
-    aggregators: Asks,
+    aggregators: AggregatorSessions,
     query: SignedQuery,
     query_envelope: bytes,
     checked: Checked,
