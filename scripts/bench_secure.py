@@ -121,9 +121,9 @@ LATENCY_TARGET = 2.0
 LATENCY_TARGET_N = 167
 #: a secure query's time, in three spans (see ``breakdown``)
 SPANS = (
-    "answers in and checked",
-    "coordinator's partial + relay",
-    "aggregator's partial + release",
+    "answers in, relayed, aggregator's partial",
+    "coordinator's partial",
+    "release",
 )
 
 
@@ -504,11 +504,13 @@ async def measure_latency(
 
 
 def breakdown(work: Path, timed: dict[int, dict[str, Timed]]) -> dict[int, list[float]]:
-    """Per N, the median secure query's time (ms) from Submit to the coordinator starting
-    its own partial (every answer in and checked), from there to the aggregator taking
-    the request up (own partial, relay), and from there to the response (the aggregator's
-    partial, its check, the release). From the timestamps both aggregators store with
-    their partials (the coordinator's clock; one machine): read once both have stopped."""
+    """Per N, the median secure query's time (ms) from Submit to the aggregator storing its
+    partial (every answer in and checked, the relay, the aggregator's checks and sum),
+    from there to the coordinator storing its own partial over the aggregator's list
+    (the coordinator makes its partial second: ``coordinator.secureround``), and from
+    there to the response (the pair combined, the release signed and logged). From the
+    timestamps both aggregators store with their partials (one machine, one clock): read
+    once both have stopped."""
     with closing(sqlite3.connect(work / "coord" / COORDINATOR_DB)) as conn:
         own = dict(conn.execute("SELECT key, created_ms FROM secure_partial").fetchall())
     with closing(sqlite3.connect(work / "agg" / AGGREGATOR_DB)) as conn:
@@ -521,7 +523,7 @@ def breakdown(work: Path, timed: dict[int, dict[str, Timed]]) -> dict[int, list[
         spans = []
         for query_id, sent, back in kinds["secure"].calls:
             key, at = taken[query_id]
-            spans.append((own[key] - sent, at - own[key], back - at))
+            spans.append((at - sent, own[key] - at, back - own[key]))
         out[n] = [statistics.median(s[i] for s in spans) for i in range(3)]
     return out
 
