@@ -89,8 +89,6 @@ def min_nodes(catalogue: Policy) -> int:
 class _Checked:
     query: SignedQuery
     answers: tuple[VerifiedAnswer, ...]
-    #: node id -> SHA-256 of the answer body (``secure.answer_digest``)
-    digests: Mapping[str, str]
 
 
 def answer_request(
@@ -208,5 +206,4 @@ def _check(
                 catalogue=catalogue,
             )
         )
-    digests = {a.node_id: answer_digest(a) for a in answers}
-    return _Checked(query, tuple(answers), digests)
+    return _Checked(query, tuple(answers))

@@ -42,9 +42,10 @@ from typing import Any, Final
 
 from fedscreen._util.canonical import canonical_json
 from fedscreen.audit.manifests import InForce
-from fedscreen.crypto.envelope import PARTIAL_V1, Envelope, parse_json, verify_envelope
+from fedscreen.crypto.envelope import Envelope, parse_json
 from fedscreen.errors import EntryInvalid, VerificationError
 from fedscreen.protocol.answer import bounded, shipped_catalogue
+from fedscreen.protocol.partial import read_partial
 from fedscreen.protocol.query import SignedQuery
 from fedscreen.protocol.secure import parse_partial_envelopes, verify_partial
 from fedscreen.trust.manifest import Manifest, Member, show_id
@@ -150,11 +151,14 @@ class SecureLog:
         if section["failure"] is not None:
             self.without_figures[bounded(str(section["failure"]))] += 1
             return
-        signed, nodes = _signed_partial(
-            parse_partial_envelopes(section["partials"])[0], coordinator, self.member_id
+        own, partial = read_partial(
+            parse_partial_envelopes(section["partials"])[0],
+            member_id=self.member_id,
+            key_id=coordinator.key_id,
+            key=coordinator.signing_key,
         )
-        _check_min_nodes(nodes)
-        self._use_once.add(index, signed["partial"], nodes)
+        _check_min_nodes(partial.nodes)
+        self._use_once.add(index, own, partial.nodes)
         self._released.append(
             _Released(
                 index, str(body["query_id"]), section["aggregators"][1], section["partials"][1]
@@ -205,32 +209,6 @@ class SecureLog:
         ]
 
 
-def _signed_partial(
-    envelope: Envelope, signer: Member, member_id: str
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """The partial body ``signer`` signed in ``envelope``, and its node list (node ->
-    answer digest); VerificationError, ValueError, TypeError or KeyError otherwise."""
-    payload = parse_json(
-        verify_envelope(
-            envelope,
-            expected_payload_type=PARTIAL_V1,
-            trusted_keys={signer.key_id: signer.signing_key},
-        )
-    )
-    if not isinstance(payload, dict) or not isinstance(payload.get("partial"), dict):
-        raise TypeError("a signed partial holds its partial body")
-    body: dict[str, Any] = payload["partial"]
-    if body["aggregator"] != member_id:
-        raise ValueError(f"a partial of {show_id(body['aggregator'])}, not of its signer")
-    nodes: dict[str, str] = {}
-    for entry in body["nodes"]:
-        node, digest = entry["node_id"], entry["answer_sha256"]
-        if not isinstance(node, str) or not isinstance(digest, str) or node in nodes:
-            raise ValueError("a partial's node entries are distinct strings")
-        nodes[node] = digest
-    return {**payload, "partial": body}, nodes
-
-
 def _check_min_nodes(nodes: Mapping[str, str]) -> None:
     least = shipped_catalogue().secure.min_nodes
     if len(nodes) < least:
@@ -262,17 +240,22 @@ def aggregator_partials(
             if not isinstance(query_id, str) or not isinstance(text, str):
                 raise TypeError("a partial entry holds its query id and the partial's envelope")
             # the key that signed the entry (in force there: ``in_force`` checked it)
-            signed, nodes = _signed_partial(Envelope.from_json(text), owner, owner.id)
-            if signed["query_id"] != query_id or not isinstance(signed["query_sha256"], str):
+            body, partial = read_partial(
+                Envelope.from_json(text),
+                member_id=owner.id,
+                key_id=owner.key_id,
+                key=owner.signing_key,
+            )
+            if partial.query_id != query_id:
                 raise ValueError("the partial is for another query than its entry says")
-            _check_min_nodes(nodes)
-            log._use_once.add(index, signed["partial"], nodes)
+            _check_min_nodes(partial.nodes)
+            log._use_once.add(index, body, partial.nodes)
         except (ValueError, KeyError, TypeError, VerificationError) as exc:
             raise EntryInvalid(
                 f"entry {index}: {bounded(str(exc))}", origin=origin, index=index
             ) from None
         log.partials += 1
-        log._logged.append(_Logged(index, query_id, signed["query_sha256"], text, manifest))
+        log._logged.append(_Logged(index, query_id, partial.query_sha256, text, manifest))
 
 
 def cross_check(logs: Iterable[SecureLog]) -> None:

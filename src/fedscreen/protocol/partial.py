@@ -112,20 +112,9 @@ def verify_partial(
     )
     if member is None or member.role not in ("coordinator", "aggregator"):
         raise VerificationError(f"{show_id(aggregator_id)} is not an active aggregator")
-    payload = verify_envelope(
-        envelope,
-        expected_payload_type=PARTIAL_V1,
-        trusted_keys={member.key_id: member.signing_key},
-        memo=memo,
+    _, partial = read_partial(
+        envelope, member_id=aggregator_id, key_id=member.key_id, key=member.signing_key, memo=memo
     )
-    try:
-        partial = _parse_signed(parse_json(payload))
-    except (ValueError, TypeError, KeyError, RecursionError, QueryRefused) as exc:
-        raise VerificationError(
-            f"malformed partial from {aggregator_id}: {bounded(str(exc))}"
-        ) from None
-    if partial.aggregator != aggregator_id:
-        raise VerificationError(f"a partial claims to be {show_id(partial.aggregator)}'s")
     if (partial.query_id, partial.query_sha256) != (expected_query.query_id, expected_query.digest):
         raise VerificationError(f"the partial from {aggregator_id} is for another query")
     expected: QuerySpec = expected_query.spec
@@ -139,6 +128,35 @@ def verify_partial(
     if abs(partial.scale - scale) > 1e-9 * scale:
         raise VerificationError(f"the partial from {aggregator_id} states another noise scale")
     return partial
+
+
+def read_partial(
+    envelope: Envelope,
+    *,
+    member_id: str,
+    key_id: str,
+    key: bytes,
+    memo: SignatureMemo | None = None,
+) -> tuple[dict[str, Any], PartialBody]:
+    """``member_id``'s signed partial: its body as signed (JSON) and its typed form, once
+    the signature under ``key`` verifies and the body parses and names that member.
+
+    No check against a query: :func:`verify_partial` adds those; an auditor reading an
+    aggregator's log pairs each partial with its request later. VerificationError otherwise.
+    """
+    payload = verify_envelope(
+        envelope, expected_payload_type=PARTIAL_V1, trusted_keys={key_id: key}, memo=memo
+    )
+    try:
+        data = parse_json(payload)
+        partial = _parse_signed(data)
+    except (ValueError, TypeError, KeyError, RecursionError, QueryRefused) as exc:
+        raise VerificationError(
+            f"malformed partial from {member_id}: {bounded(str(exc))}"
+        ) from None
+    if partial.aggregator != member_id:
+        raise VerificationError(f"a partial claims to be {show_id(partial.aggregator)}'s")
+    return data["partial"], partial
 
 
 def _parse_signed(data: object) -> PartialBody:
