@@ -43,6 +43,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     init.add_argument("--role", required=True, choices=ROLES)
     init.add_argument("--name", required=True, help="display name, e.g. 长安区")
     init.add_argument("--level", default="", help="county, city, university, school, province")
+    init.add_argument(
+        "--scope",
+        default="",
+        help="an analyst's scope: province, city:<4 digits>, county:<6 digits> or "
+        "node:<node id> (default: province); a node's place: county:<code> or province "
+        "(`node init` sets it)",
+    )
     init.set_defaults(func=run_init)
 
     install = id_sub.add_parser(
@@ -80,9 +87,16 @@ def run_init(args: argparse.Namespace) -> int:
     """``fedscreen identity init``."""
     adopting = (args.home / SIGNING_KEY_FILE).is_file()
     identity = create_identity(
-        args.home, member_id=args.member_id, role=args.role, name=args.name, level=args.level
+        args.home,
+        member_id=args.member_id,
+        role=args.role,
+        name=args.name,
+        level=args.level,
+        scope=args.scope,
     )
     print(f"created {identity.role} {identity.member_id} ({identity.name}) in {identity.home}")
+    if identity.scope:
+        print(f"  scope                {identity.scope}")
     adopted = " (the existing signing.key)" if adopting else ""
     print(f"  signing key id       {identity.key_id}{adopted}")
     print(f"  certificate request  {identity.request_path}")
@@ -147,6 +161,7 @@ def run_show(args: argparse.Namespace) -> int:
         "role": identity.role,
         "name": identity.name,
         "level": identity.level,
+        "scope": identity.scope,
         "signing_key_id": identity.key_id,
         "issued": identity.is_issued,
     }

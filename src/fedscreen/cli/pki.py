@@ -201,13 +201,14 @@ def run_manifest(args: argparse.Namespace) -> int:
             m.role,
             m.name,
             m.level,
+            m.scope or ("province" if m.role == "analyst" else ""),
             m.key_id,
             m.tls_sha256[:16],
             "revoked" if m.revoked else "active",
         )
         for m in manifest.members
     ]
-    table(("id", "role", "name", "level", "key id", "cert sha256", "status"), rows)
+    table(("id", "role", "name", "level", "scope", "key id", "cert sha256", "status"), rows)
     return 0
 
 

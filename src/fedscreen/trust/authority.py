@@ -57,6 +57,7 @@ from fedscreen.trust.certs import (
     read_private_file,
     read_public_file,
     read_request,
+    scope_extension,
     verify_request,
 )
 from fedscreen.trust.history import HISTORY_DIR, version_name
@@ -167,7 +168,7 @@ def _leaf_certificate(
             x509.NameAttribute(NameOID.COMMON_NAME, request.member_id),
         ]
     )
-    return (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(ca_cert.subject)
@@ -212,8 +213,12 @@ def _leaf_certificate(
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
         )
-        .sign(ca_key, hashes.SHA256())
     )
+    if request.scope:
+        # the scope travels with the certificate too, for whoever reads it; the manifest's
+        # copy is the one every check uses
+        builder = builder.add_extension(scope_extension(request.scope), critical=False)
+    return builder.sign(ca_key, hashes.SHA256())
 
 
 def _make_private_dir(directory: Path) -> None:
@@ -378,6 +383,7 @@ def issue(
             signing_key=verified.signing_key,
             tls_sha256=cert_sha256(cert),
             level=verified.level,
+            scope=verified.scope,
         )
         others = [m for m in manifest.members if m.id != member.id]
         new = replace_manifest(manifest, members=(*others, member))

@@ -52,6 +52,7 @@ from fedscreen.crypto.envelope import pae, parse_json
 from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, check_public_key, verify_signature
 from fedscreen.errors import ConfigError, UnknownMember, VerificationError
 from fedscreen.trust.manifest import ROLES, Manifest, Member, show_id
+from fedscreen.trust.scope import check_member_scope
 
 __all__ = [
     "CLAIMS_OID",
@@ -66,9 +67,11 @@ __all__ = [
     "MEMBER_ID_PATTERN",
     "REQUEST_FORMAT",
     "REQUEST_PROOF_TYPE",
+    "SCOPE_OID",
     "CertIdentity",
     "CertRequest",
     "cert_identity",
+    "cert_scope",
     "cert_sha256",
     "certificate_not_after",
     "check_issued_certificate",
@@ -81,6 +84,7 @@ __all__ = [
     "read_public_file",
     "read_request",
     "request_fingerprint",
+    "scope_extension",
     "validate_member_fields",
     "verify_peer",
     "verify_request",
@@ -105,10 +109,16 @@ REQUEST_PROOF_TYPE: Final = "application/vnd.fedscreen.cert-request.v1+der"
 #: CSR attribute carrying the member's claims as canonical JSON. An OID under the
 #: UUID arc 2.25 (ITU-T X.667), which needs no registration.
 CLAIMS_OID: Final = x509.ObjectIdentifier("2.25.301609026070756324863304464213450673693")
+#: certificate extension carrying the member's scope (``trust.scope``) as a DER
+#: UTF8String; non-critical: TLS stacks ignore it, the manifest is what decides
+SCOPE_OID: Final = x509.ObjectIdentifier("2.25.301609026070756324863304464213450673694")
+_UTF8STRING: Final = 0x0C
 _URI_PREFIX: Final = "fedscreen://member/"
 _REQUEST_FIELDS: Final = frozenset(
     {"format", "id", "role", "name", "level", "signing_key", "csr", "proof"}
 )
+#: fields a request may add: "scope" (an analyst's scope, a node's place; trust.scope)
+_OPTIONAL_REQUEST_FIELDS: Final = frozenset({"scope"})
 
 
 # ---------------------------------------------------------------- names and claims
@@ -119,8 +129,10 @@ def member_uri(role: str, member_id: str) -> str:
     return f"{_URI_PREFIX}{role}/{member_id}"
 
 
-def validate_member_fields(*, member_id: str, role: str, name: str, level: str) -> None:
-    """Check a member's id, role, name and level; raise ConfigError naming the bad one."""
+def validate_member_fields(
+    *, member_id: str, role: str, name: str, level: str, scope: str = ""
+) -> None:
+    """Check a member's id, role, name, level and scope; raise ConfigError naming the bad one."""
     if not MEMBER_ID_PATTERN.fullmatch(member_id) or ".." in member_id:
         raise ConfigError(
             f"member id {show_id(member_id)}: use 2-64 letters, digits, '_', '.' or '-', "
@@ -132,6 +144,7 @@ def validate_member_fields(*, member_id: str, role: str, name: str, level: str) 
         raise ConfigError(f"role {role!r}: one of {', '.join(ROLES)}")
     check_text("name", name, MAX_NAME_CHARS, required=True)
     check_text("level", level, MAX_LEVEL_CHARS, required=False)
+    check_member_scope(role=role, level=level, scope=scope)
 
 
 def _is_ip_address(text: str) -> bool:
@@ -149,7 +162,9 @@ def check_text(what: str, value: str, limit: int, *, required: bool) -> None:
         raise ConfigError(f"{what} {value!r}: at most {limit} characters, no control characters")
 
 
-def claims_bytes(*, member_id: str, role: str, name: str, level: str, signing_key: bytes) -> bytes:
+def claims_bytes(
+    *, member_id: str, role: str, name: str, level: str, signing_key: bytes, scope: str = ""
+) -> bytes:
     """The canonical JSON of a member's claims, as carried in the CSR attribute."""
     body = {
         "id": member_id,
@@ -158,7 +173,35 @@ def claims_bytes(*, member_id: str, role: str, name: str, level: str, signing_ke
         "level": level,
         "signing_key": base64.b64encode(signing_key).decode(),
     }
+    if scope:
+        # absent when unset: requests made before scopes keep their claims and fingerprint
+        body["scope"] = scope
     return canonical_json(body)
+
+
+def scope_extension(scope: str) -> x509.UnrecognizedExtension:
+    """The certificate extension that carries ``scope`` (a short DER UTF8String)."""
+    data = scope.encode("utf-8")
+    if len(data) > 127:
+        raise ConfigError(f"scope {scope!r} is too long")
+    return x509.UnrecognizedExtension(SCOPE_OID, bytes([_UTF8STRING, len(data)]) + data)
+
+
+def cert_scope(cert: x509.Certificate) -> str:
+    """The scope a certificate carries ("" if none); raises VerificationError if malformed."""
+    try:
+        value = cert.extensions.get_extension_for_oid(SCOPE_OID).value
+    except x509.ExtensionNotFound:
+        return ""
+    except ValueError as exc:
+        raise VerificationError(f"the certificate's extensions are malformed: {exc}") from None
+    raw = value.value if isinstance(value, x509.UnrecognizedExtension) else b""
+    if len(raw) < 2 or raw[0] != _UTF8STRING or raw[1] != len(raw) - 2:
+        raise VerificationError("the certificate's scope extension is malformed")
+    try:
+        return raw[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise VerificationError("the certificate's scope is not UTF-8") from None
 
 
 def request_fingerprint(csr: x509.CertificateSigningRequest) -> str:
@@ -182,6 +225,8 @@ class CertRequest:
     csr: x509.CertificateSigningRequest
     #: see :func:`request_fingerprint`
     fingerprint: str
+    #: an analyst's scope or a node's place (``trust.scope``); "" if the request names none
+    scope: str = ""
 
 
 def verify_request(request: Mapping[str, Any]) -> CertRequest:
@@ -192,16 +237,22 @@ def verify_request(request: Mapping[str, Any]) -> CertRequest:
     the subject CN and the SAN carry the member id and role; the Ed25519 proof
     over the CSR's DER (possession of the signing key).
     """
-    if not isinstance(request, Mapping) or set(request) != _REQUEST_FIELDS:
-        raise VerificationError(f"a request has exactly the fields {sorted(_REQUEST_FIELDS)}")
+    if not isinstance(request, Mapping) or not (
+        _REQUEST_FIELDS <= set(request) <= _REQUEST_FIELDS | _OPTIONAL_REQUEST_FIELDS
+    ):
+        raise VerificationError(
+            f"a request has exactly the fields {sorted(_REQUEST_FIELDS)} "
+            f"(and optionally {sorted(_OPTIONAL_REQUEST_FIELDS)})"
+        )
     if request["format"] != REQUEST_FORMAT:
         raise VerificationError(f"request format {request['format']!r}, expected {REQUEST_FORMAT}")
-    fields = {k: request[k] for k in _REQUEST_FIELDS}
+    fields = {k: request[k] for k in _REQUEST_FIELDS | (set(request) & _OPTIONAL_REQUEST_FIELDS)}
     if not all(isinstance(v, str) for v in fields.values()):
         raise VerificationError("request fields must be strings")
     member_id, role, name, level = fields["id"], fields["role"], fields["name"], fields["level"]
+    scope = fields.get("scope", "")
     try:
-        validate_member_fields(member_id=member_id, role=role, name=name, level=level)
+        validate_member_fields(member_id=member_id, role=role, name=name, level=level, scope=scope)
     except ConfigError as exc:
         raise VerificationError(f"request: {exc}") from None
     signing_key = _b64(fields["signing_key"], "signing_key")
@@ -226,7 +277,12 @@ def verify_request(request: Mapping[str, Any]) -> CertRequest:
         raise VerificationError("the CSR's key must be an EC P-256 key")
     signed_claims = _csr_claims(csr)
     wanted = claims_bytes(
-        member_id=member_id, role=role, name=name, level=level, signing_key=signing_key
+        member_id=member_id,
+        role=role,
+        name=name,
+        level=level,
+        signing_key=signing_key,
+        scope=scope,
     )
     if signed_claims != wanted:
         raise VerificationError("the request's fields differ from the claims signed in its CSR")
@@ -266,6 +322,7 @@ def verify_request(request: Mapping[str, Any]) -> CertRequest:
         signing_key=signing_key,
         csr=csr,
         fingerprint=hashlib.sha256(der).hexdigest(),
+        scope=scope,
     )
 
 

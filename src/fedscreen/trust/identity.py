@@ -92,6 +92,8 @@ class Identity:
     level: str
     #: raw 32-byte Ed25519 public key
     signing_public_key: bytes
+    #: an analyst's scope or a node's place (``trust.scope``); "" for none
+    scope: str = ""
 
     @property
     def key_id(self) -> str:
@@ -171,7 +173,7 @@ class Identity:
 
 
 def create_identity(
-    home: Path, *, member_id: str, role: str, name: str, level: str = ""
+    home: Path, *, member_id: str, role: str, name: str, level: str = "", scope: str = ""
 ) -> Identity:
     """Create the keys, ``identity.json`` and ``request.json`` in ``home``.
 
@@ -179,7 +181,7 @@ def create_identity(
     there (``fedscreen node init`` makes one) is adopted, not replaced; any other
     existing identity file refuses the call, and nothing is overwritten.
     """
-    validate_member_fields(member_id=member_id, role=role, name=name, level=level)
+    validate_member_fields(member_id=member_id, role=role, name=name, level=level, scope=scope)
     for file_name in _KEY_FILES:
         path = home / file_name
         if file_name != SIGNING_KEY_FILE and (path.exists() or path.is_symlink()):
@@ -194,6 +196,7 @@ def create_identity(
         role=role,
         name=name,
         level=level,
+        scope=scope,
         signing_key=signing_key,
         tls_key=tls_key,
     )
@@ -215,6 +218,7 @@ def create_identity(
         "role": role,
         "name": name,
         "level": level,
+        **({"scope": scope} if scope else {}),
         "signing_key": base64.b64encode(signing_key.public_key).decode(),
     }
     # written last: a home without it is recognisably unfinished
@@ -228,12 +232,18 @@ def _build_request(
     role: str,
     name: str,
     level: str,
+    scope: str,
     signing_key: SigningKey,
     tls_key: ec.EllipticCurvePrivateKey,
 ) -> dict[str, Any]:
     """The request document: fields, the CSR signed by the TLS key, the Ed25519 proof."""
     claims = claims_bytes(
-        member_id=member_id, role=role, name=name, level=level, signing_key=signing_key.public_key
+        member_id=member_id,
+        role=role,
+        name=name,
+        level=level,
+        signing_key=signing_key.public_key,
+        scope=scope,
     )
     csr = (
         x509.CertificateSigningRequestBuilder()
@@ -258,6 +268,7 @@ def _build_request(
         "role": role,
         "name": name,
         "level": level,
+        **({"scope": scope} if scope else {}),
         "signing_key": base64.b64encode(signing_key.public_key).decode(),
         "csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
         "proof": base64.b64encode(proof).decode(),
@@ -275,14 +286,21 @@ def load_identity(home: Path) -> Identity:
             raise ValueError(f"format {doc['format']!r}")
         member_id, role = str(doc["id"]), str(doc["role"])
         name, level = str(doc["name"]), str(doc.get("level", ""))
+        scope = str(doc.get("scope", ""))
         key = base64.b64decode(str(doc["signing_key"]), validate=True)
         if len(key) != PUBLIC_KEY_SIZE:
             raise ValueError("signing_key is not an Ed25519 public key")
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
         raise ConfigError(f"{path}: malformed identity: {exc}") from None
-    validate_member_fields(member_id=member_id, role=role, name=name, level=level)
+    validate_member_fields(member_id=member_id, role=role, name=name, level=level, scope=scope)
     return Identity(
-        home=home, member_id=member_id, role=role, name=name, level=level, signing_public_key=key
+        home=home,
+        member_id=member_id,
+        role=role,
+        name=name,
+        level=level,
+        signing_public_key=key,
+        scope=scope,
     )
 
 

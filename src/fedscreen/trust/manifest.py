@@ -42,6 +42,7 @@ from fedscreen.crypto.envelope import (
 )
 from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, SigningKey, public_key_id
 from fedscreen.errors import ConfigError, UnknownMember, VerificationError
+from fedscreen.trust.scope import check_member_scope
 
 ROLES: Final = ("node", "coordinator", "analyst", "auditor", "aggregator")
 #: how many unusual characters :func:`show_id` names by code point
@@ -89,6 +90,8 @@ class Member:
     #: "county", "city", "university", "school", "province" — informational
     level: str = ""
     revoked: bool = False
+    #: an analyst's scope or a node's place (``trust.scope``); "" in older manifests
+    scope: str = ""
 
     @property
     def key_id(self) -> str:
@@ -105,6 +108,8 @@ class Member:
             "signing_key": base64.b64encode(self.signing_key).decode(),
             "tls_sha256": self.tls_sha256,
             "revoked": self.revoked,
+            # absent when unset: a member issued before scopes re-signs to the same bytes
+            **({"scope": self.scope} if self.scope else {}),
         }
 
     @classmethod
@@ -118,10 +123,14 @@ class Member:
                 raise TypeError(f"the fields {', '.join(texts)} and level must be strings")
             if not isinstance(data.get("revoked", False), bool):
                 raise TypeError("revoked must be true or false")
+            if not isinstance(data.get("scope", ""), str):
+                raise TypeError("scope must be a string")
             key = base64.b64decode(str(data["signing_key"]), validate=True)
             role = str(data["role"])
             if role not in ROLES or len(key) != PUBLIC_KEY_SIZE:
                 raise ValueError(f"bad role or key for {data.get('id')!r}")
+            scope = str(data.get("scope", ""))
+            check_member_scope(role=role, level=str(data.get("level", "")), scope=scope)
             return cls(
                 id=str(data["id"]),
                 role=role,
@@ -130,8 +139,9 @@ class Member:
                 tls_sha256=str(data["tls_sha256"]).lower(),
                 level=str(data.get("level", "")),
                 revoked=bool(data.get("revoked", False)),
+                scope=scope,
             )
-        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        except (KeyError, TypeError, ValueError, binascii.Error, ConfigError) as exc:
             raise VerificationError(f"malformed manifest member: {exc}") from None
 
 
