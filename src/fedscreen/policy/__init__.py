@@ -2,7 +2,8 @@
 
 A node enforces ``load_node_policy(province, county)``: the catalogue intersected
 with its county's document, which may only tighten it; ``digest`` of that policy
-goes into every signed answer. ``Policy.secure`` says which columns a secure
+goes into every signed answer; ``for_kind`` keeps only the columns its kind of node
+(county, university, school) holds. ``Policy.secure`` says which columns a secure
 (secret-shared, two-aggregator) query may use and whether this node answers one.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from fedscreen.policy.default import county_policy_path, default_policy_dir
 from fedscreen.policy.digest import canonical_json, digest
+from fedscreen.policy.kinds import for_kind, held
 from fedscreen.policy.load import (
     load_node_policy,
     load_override,
@@ -21,6 +23,7 @@ from fedscreen.policy.merge import as_override, check_tightens, loosenings, merg
 from fedscreen.policy.model import (
     CATEGORY_MEASURES,
     MIN_SECURE_NODES,
+    NODE_KINDS,
     NUMERIC_MEASURES,
     CategoryRule,
     ColumnOverride,
@@ -41,6 +44,7 @@ from fedscreen.policy.model import (
 __all__ = [
     "CATEGORY_MEASURES",
     "MIN_SECURE_NODES",
+    "NODE_KINDS",
     "NUMERIC_MEASURES",
     "CategoryRule",
     "ColumnOverride",
@@ -62,6 +66,8 @@ __all__ = [
     "county_policy_path",
     "default_policy_dir",
     "digest",
+    "for_kind",
+    "held",
     "load_node_policy",
     "load_override",
     "load_policy",

@@ -9,7 +9,9 @@ TOML documents it came from.
 
 ``secure`` is present only when the policy differs from one allowing no secure query
 (a ``[secure]`` section, or a county's refusal): a policy without it keeps the digest
-it had before secure aggregation existed, as a plain query keeps its own.
+it had before secure aggregation existed, as a plain query keeps its own. ``kinds``
+(what each kind of node holds), ``kind`` (the kind a node's policy is restricted to)
+and a dataset's ``held_by``/``not_held`` likewise appear only when set.
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ def canonical_json(policy: Policy) -> bytes:
     }
     if policy.secure != Secure():
         document["secure"] = _secure(policy.secure)
+    # present only when set, so a policy without kinds keeps its earlier digest
+    if policy.kinds:
+        document["kinds"] = {
+            kind: {name: sorted(cols) for name, cols in datasets.items()}
+            for kind, datasets in policy.kinds.items()
+        }
+    if policy.kind:
+        document["kind"] = policy.kind
     return canonical(document)
 
 
@@ -66,13 +76,17 @@ def _secure(secure: Secure) -> dict[str, object]:
 
 
 def _dataset(dataset: Dataset) -> dict[str, object]:
-    return {
+    out: dict[str, object] = {
         "public": dataset.public,
         "period": dataset.period,
         "unit": dataset.unit,
         "withheld": sorted(dataset.withheld),
         "columns": {name: _column(rule) for name, rule in dataset.columns.items()},
     }
+    if dataset.held_by:
+        out["held_by"] = dataset.held_by
+        out["not_held"] = sorted(dataset.not_held)
+    return out
 
 
 def _column(rule: ColumnRule) -> dict[str, object]:

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import NoReturn
 
 from fedscreen.errors import PolicyError
+from fedscreen.policy.kinds import for_kind
 from fedscreen.policy.merge import check_tightens, merge
 from fedscreen.policy.model import (
     CATEGORY_MEASURES,
     MIN_SECURE_NODES,
+    NODE_KINDS,
     NUMERIC_MEASURES,
     CategoryRule,
     ColumnOverride,
@@ -52,18 +54,21 @@ _LIMITS_OPTIONAL = ("analysts", "approval_above_epsilon")
 _At = tuple[str, ...]
 
 
-def load_node_policy(province_path: Path, county_path: Path | None = None) -> Policy:
-    """The policy a node enforces: the catalogue, intersected with its county's document.
+def load_node_policy(
+    province_path: Path, county_path: Path | None = None, *, kind: str | None = None
+) -> Policy:
+    """The policy a node enforces: the catalogue, intersected with its county's document,
+    restricted to the columns a node of ``kind`` holds (None: the whole catalogue).
 
     Raises :class:`PolicyError` if either document is malformed, or if the county
     document tries to loosen anything (see ``merge`` for why that is an error).
     """
-    province = load_policy(province_path)
-    if county_path is None:
-        return province
-    county = load_override(county_path)
-    check_tightens(province, county, source=str(county_path))
-    return merge(province, county)
+    policy = load_policy(province_path)
+    if county_path is not None:
+        county = load_override(county_path)
+        check_tightens(policy, county, source=str(county_path))
+        policy = merge(policy, county)
+    return policy if kind is None else for_kind(policy, kind)
 
 
 def load_policy(path: Path) -> Policy:
@@ -80,7 +85,7 @@ def parse_policy(data: Mapping[str, object], *, source: str) -> Policy:
     """Check a parsed catalogue document and build its :class:`Policy`."""
     r = _Reader(source)
     top = r.table(data, ())
-    r.keys(top, (), required=("version", "limits", "datasets"), optional=("secure",))
+    r.keys(top, (), required=("version", "limits", "datasets"), optional=("secure", "kinds"))
     version = r.text(top["version"], ("version",))
     limits = _limits(r, r.table(top["limits"], ("limits",)))
     datasets = {
@@ -92,14 +97,15 @@ def parse_policy(data: Mapping[str, object], *, source: str) -> Policy:
     secure = Secure()  # no section: no secure query may run
     if "secure" in top:
         secure = _secure(r, r.table(top["secure"], ("secure",)), datasets)
-    return Policy(version=version, limits=limits, datasets=datasets, secure=secure)
+    kinds = _kinds(r, top.get("kinds", {}), datasets)
+    return Policy(version=version, limits=limits, datasets=datasets, secure=secure, kinds=kinds)
 
 
 def parse_override(data: Mapping[str, object], *, source: str) -> Override:
     """Check a parsed county document and build its :class:`Override`."""
     r = _Reader(source)
     top = r.table(data, ())
-    r.keys(top, (), required=("version",), optional=("limits", "datasets", "secure"))
+    r.keys(top, (), required=("version",), optional=("limits", "datasets", "secure", "kinds"))
     version = r.text(top["version"], ("version",))
     limits = _limits_override(r, r.table(top.get("limits", {}), ("limits",)))
     datasets = r.table(top.get("datasets", {}), ("datasets",))
@@ -111,6 +117,8 @@ def parse_override(data: Mapping[str, object], *, source: str) -> Override:
             for name, value in r.named(datasets, ("datasets",))
         },
         secure=_secure_override(r, r.table(top.get("secure", {}), ("secure",))),
+        # checked against the catalogue by check_tightens, which knows its datasets
+        kinds=_kinds(r, top.get("kinds", {}), None),
     )
 
 
@@ -300,6 +308,35 @@ def _secure_override(r: _Reader, t: dict[str, object]) -> SecureOverride:
         ),
         columns=columns,
     )
+
+
+def _kinds(
+    r: _Reader, value: object, datasets: Mapping[str, Dataset] | None
+) -> dict[str, dict[str, frozenset[str]]]:
+    """``[kinds.<kind>] datasets.<name> = [columns]``; ``datasets``: the catalogue's own
+    (each list must name its columns, period included), None in a county document."""
+    kinds: dict[str, dict[str, frozenset[str]]] = {}
+    for kind, table in r.table(value, ("kinds",)).items():
+        at = ("kinds", kind)
+        if kind not in NODE_KINDS:
+            r.fail(at, f"not a kind of node (one of: {', '.join(NODE_KINDS)})")
+        t = r.table(table, at)
+        r.keys(t, at, optional=("datasets",))
+        sets_at = (*at, "datasets")
+        kinds[kind] = {}
+        for name, columns in r.named(r.table(t.get("datasets", {}), sets_at), sets_at):
+            c_at = (*sets_at, name)
+            names = kinds[kind][name] = r.identifiers(columns, c_at)
+            if datasets is None:
+                continue
+            dataset = datasets.get(name)
+            if dataset is None:
+                r.fail(c_at, "not one of the catalogue's datasets")
+            for column in sorted(names - dataset.columns.keys()):
+                r.fail(c_at, f"{column!r} is not one of the columns of datasets.{name}")
+            if dataset.period not in names:
+                r.fail(c_at, f"must hold the period column {dataset.period!r}")
+    return kinds
 
 
 # --- values ---------------------------------------------------------------------------

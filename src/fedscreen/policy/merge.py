@@ -17,6 +17,9 @@ Semantics (the choice, and why):
 * A column left with no measure, no domain value or empty bounds is withheld. A
   dataset whose period column is no longer filterable is emptied (every column
   withheld): the node could not charge a year's budget for its queries.
+* What each kind of node holds (``[kinds]``, see ``kinds``) narrows too: the column
+  lists intersect, and a county document naming a column the catalogue does not give
+  that kind is a loosening.
 * Secure aggregation narrows the same way: a county may refuse it (refusals add up),
   raise ``min_nodes`` (the maximum wins) and keep fewer columns (they intersect). A
   secure column must stay a column of its merged dataset that can be grouped by or
@@ -30,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
 from fedscreen.errors import PolicyError
+from fedscreen.policy.kinds import kinds_loosenings, merge_kinds
 from fedscreen.policy.model import (
     CategoryRule,
     ColumnOverride,
@@ -68,6 +72,8 @@ def merge(province: Policy, county: Override) -> Policy:
         datasets=datasets,
         overrides=overrides,
         secure=_merge_secure(province.secure, county.secure, datasets),
+        kinds=merge_kinds(province, county.kinds),
+        kind=province.kind,
     )
 
 
@@ -99,6 +105,7 @@ def as_override(policy: Policy) -> Override:
                 name: policy.secure.columns.get(name, frozenset()) for name in policy.datasets
             },
         ),
+        kinds={kind: dict(datasets) for kind, datasets in policy.kinds.items()},
     )
 
 
@@ -141,6 +148,7 @@ def loosenings(province: Policy, county: Override) -> list[str]:
         else:
             found.extend(_dataset_loosenings(f"datasets.{name}", dataset, override))
     found.extend(_secure_loosenings(province, county.secure))
+    found.extend(kinds_loosenings(province, county.kinds))
     return found
 
 

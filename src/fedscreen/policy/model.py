@@ -41,6 +41,9 @@ NUMERIC_MEASURES: Final = frozenset(
 #: sum is that county's own value, which a secure query must never release
 MIN_SECURE_NODES: Final = 2
 
+#: the kinds of node (a manifest member's ``level``; trust.scope.NODE_KINDS agrees)
+NODE_KINDS: Final = ("county", "university", "school")
+
 #: a coded value of a category column: a code ("F", "junior") or a 0/1 flag
 Value: TypeAlias = str | int
 
@@ -102,6 +105,10 @@ class Dataset:
     unit: str | None
     columns: Mapping[str, ColumnRule]
     withheld: frozenset[str] = frozenset()
+    #: catalogue columns this kind of node does not hold (see ``Policy.kinds``)
+    not_held: frozenset[str] = frozenset()
+    #: the node kind ``not_held`` is about ("" when the policy is no node kind's)
+    held_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -165,6 +172,11 @@ class Policy:
     overrides: frozenset[str] = frozenset()
     #: secure aggregation; a catalogue without a [secure] section allows none
     secure: Secure = field(default_factory=Secure)
+    #: node kind -> dataset -> the columns a node of that kind holds; a kind or dataset
+    #: not named holds everything (``policy.kinds.for_kind`` applies it)
+    kinds: Mapping[str, Mapping[str, frozenset[str]]] = field(default_factory=dict)
+    #: the node kind this policy was restricted to ("": none, the whole catalogue)
+    kind: str = ""
 
 
 # --- a county's override: every field optional, it can only narrow ---------------------
@@ -222,3 +234,5 @@ class Override:
     limits: LimitsOverride = field(default_factory=LimitsOverride)
     datasets: Mapping[str, DatasetOverride] = field(default_factory=dict)
     secure: SecureOverride = field(default_factory=SecureOverride)
+    #: node kind -> dataset -> the only columns kept of those the catalogue gives it
+    kinds: Mapping[str, Mapping[str, frozenset[str]]] = field(default_factory=dict)

@@ -65,6 +65,8 @@ class Plan:
 def _rule(dataset: Dataset, column: str, need: Measure, what: str) -> ColumnRule:
     if not IDENTIFIER.fullmatch(column):
         raise QueryRefused(f"column {column!r} is not a plain identifier")
+    if column in dataset.not_held:
+        raise QueryRefused(f"column {column} is not held by a {dataset.held_by} node")
     if column in dataset.withheld:
         raise QueryRefused(f"column {column} is withheld by this node's policy")
     rule = dataset.columns.get(column)

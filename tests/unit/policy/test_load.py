@@ -42,6 +42,7 @@ def test_exported_names() -> None:
     assert fedscreen.policy.__all__ == [
         "CATEGORY_MEASURES",
         "MIN_SECURE_NODES",
+        "NODE_KINDS",
         "NUMERIC_MEASURES",
         "CategoryRule",
         "ColumnOverride",
@@ -63,6 +64,8 @@ def test_exported_names() -> None:
         "county_policy_path",
         "default_policy_dir",
         "digest",
+        "for_kind",
+        "held",
         "load_node_policy",
         "load_override",
         "load_policy",
@@ -245,7 +248,7 @@ NEEDS_KIND = 'missing: must be "category" or "numeric"'
         (
             "extra",
             1,
-            "extra: unknown key (expected one of: version, limits, datasets, secure)",
+            "extra: unknown key (expected one of: version, limits, datasets, secure, kinds)",
         ),
         ("limits", [], "limits: must be a table"),
         (
