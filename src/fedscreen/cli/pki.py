@@ -82,6 +82,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     revoke.add_argument("--id", dest="member_id", required=True, help="member id")
     revoke.set_defaults(func=run_revoke)
 
+    scope = pki_sub.add_parser(
+        "scope", help="sign a new manifest version changing an analyst's scope (or a node's place)"
+    )
+    scope.add_argument("--dir", type=Path, required=True, help="authority directory")
+    scope.add_argument("--id", dest="member_id", required=True, help="member id")
+    scope.add_argument(
+        "--scope",
+        required=True,
+        help="province, city:<4 digits>, county:<6 digits> or node:<node id>",
+    )
+    scope.set_defaults(func=run_scope)
+
     manifest = pki_sub.add_parser("manifest", help="show the current manifest's members")
     manifest.add_argument("--dir", type=Path, required=True, help="authority directory")
     manifest.add_argument("--json", action="store_true", help="print JSON")
@@ -163,6 +175,15 @@ def _check_out_dir(out: Path) -> None:
     for name in (CERT_FILE, CA_FILE, MANIFEST_FILE):
         if (out / name).exists():
             raise ConfigError(f"{out / name} already exists; choose an empty --out directory")
+
+
+def run_scope(args: argparse.Namespace) -> int:
+    """``fedscreen pki scope``."""
+    manifest = authority.set_scope(args.dir, args.member_id, args.scope)
+    print(f"{args.member_id}: scope {args.scope}; manifest version {manifest.version}")
+    print("install it at the coordinator (`fedscreen identity update-manifest`), which pushes it")
+    print("down every node's stream; offline members install it the same way")
+    return 0
 
 
 def run_revoke(args: argparse.Namespace) -> int:

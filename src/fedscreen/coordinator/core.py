@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from fedscreen._util.canonical import canonical_json
 from fedscreen._util.sqlite import connect, transaction
+from fedscreen.coordinator import scoping
 from fedscreen.coordinator.checkpoints import CheckpointBook
 from fedscreen.coordinator.partials import SCHEMA as PARTIALS_SCHEMA
 from fedscreen.crypto.envelope import RELEASE_V1, Envelope, sign_envelope
@@ -45,11 +46,9 @@ from fedscreen.tlog.checkpoint import member_origin
 from fedscreen.tlog.export import LogExport
 from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust.identity import Identity, create_identity, load_identity
-from fedscreen.trust.manifest import Manifest, manifest_entry, show_id
+from fedscreen.trust.manifest import Manifest, manifest_entry
 
 CONFIG_FILE: Final = "coordinator.toml"
-#: unknown node ids a refusal names before it only counts them
-MAX_NAMED_NODES: Final = 10
 DATABASE_FILE: Final = "coordinator.db"
 ROLE: Final = "coordinator"
 #: the reason a release states for a missing node when the caller gave none
@@ -143,6 +142,10 @@ class Coordinator:
         """Active node members of the manifest."""
         return self.manifest.active("node")
 
+    def targets(self, query: SignedQuery) -> tuple[str, ...]:
+        """The nodes a query goes to (``coordinator.scoping.targets``)."""
+        return scoping.targets(self.manifest, query)
+
     @property
     def revoked(self) -> bool:
         """True once the manifest in force no longer lists this coordinator as active: it
@@ -198,16 +201,14 @@ class Coordinator:
             # the provincial catalogue: a cheap early refusal (nodes apply their own, stricter)
             compile_query(query.spec, self.policy)
         active = set(self.node_ids)
-        if query.spec.secure:
-            # before any node is charged: a release over fewer nodes would have no figure
-            check_secure_release(self.policy, nodes=len(set(query.nodes or self.node_ids)))
         unknown = [n for n in query.nodes if n not in active]
         if unknown:
-            # shown by code point (an analyst's terminal must not get raw control characters)
-            named = ", ".join(show_id(n) for n in unknown[:MAX_NAMED_NODES])
-            extra = len(unknown) - MAX_NAMED_NODES
-            more = f" and {extra} more" if extra > 0 else ""
-            raise QueryRefused(f"not active nodes of the federation: {named}{more}")
+            raise QueryRefused(f"not active nodes of the federation: {scoping.named(unknown)}")
+        # before anything is logged or asked; each node checks it again for itself
+        scoping.check_scope(self.manifest, query)
+        if query.spec.secure:
+            # before any node is charged: a release over fewer nodes would have no figure
+            check_secure_release(self.policy, nodes=len(self.targets(query)))
         self._append(
             {
                 "kind": "request",
@@ -233,7 +234,7 @@ class Coordinator:
         configured = self._configured_year()
         if configured is not None:
             return configured
-        asked = query.nodes or self.node_ids
+        asked = self.targets(query)
         counts = Counter(announced[n] for n in asked if announced.get(n))
         if not counts:
             return None
@@ -291,7 +292,7 @@ class Coordinator:
         verified, lost, why = checked.verified, checked.missing, checked.why
         academic_year = checked.academic_year
         public = dataset_public(query.spec, self.policy)
-        targeted = list(targeted if targeted is not None else query.nodes or self.node_ids)
+        targeted = list(targeted if targeted is not None else self.targets(query))
         body = release_body(
             coordinator_id=self.member_id,
             query=query,

@@ -294,7 +294,8 @@ class AnalystServicer(_Shared, pb_grpc.AnalystServicer):
             # accept() read the newest manifest: the nodes get it before the query
             await self.watch.current()
             # each node once, in the order asked
-            targets = tuple(dict.fromkeys(query.nodes or self.core.core.node_ids))
+            # those it names, else those inside its analyst's scope
+            targets = await self.core.call(lambda core: core.targets(query))
             book = self.core.book
             known = await self.core.call(lambda _: book.known_sizes(targets))
             latest = dict(self.sessions.latest_years)

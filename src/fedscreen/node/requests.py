@@ -2,11 +2,13 @@
 
 The node trusts nobody on the path: it verifies the analyst's signature and
 role against its own copy of the manifest (the coordinator cannot forge or
-alter a query), checks freshness, the coordinator's deadline and that the query
-is addressed to it, then runs the engine, which answers each query id once (a
-replay gets the stored answer and costs nothing) and signs the answer together
-with the query's id and digest. Every refusal — a bad or stale envelope, a
-passed deadline, a query for other nodes, and whatever the engine refuses — is
+alter a query), checks freshness, the coordinator's deadline, that the query
+is addressed to it and that the node lies inside the analyst's scope (a city's
+analyst asks its own counties only, whatever a coordinator relays), then runs
+the engine, which answers each query id once (a replay gets the stored answer
+and costs nothing) and signs the answer together with the query's id and
+digest. Every refusal — a bad or stale envelope, a passed deadline, a query for
+other nodes or from outside the scope, and whatever the engine refuses — is
 recorded and logged with a reason ``<code>: <detail>`` (``protocol.refusal``),
 and costs nothing. Nothing of an envelope that did not verify is recorded.
 """
@@ -26,7 +28,8 @@ from fedscreen.policy import Policy
 from fedscreen.protocol.query import FRESHNESS_WINDOW_MS, check_fresh, verify_query
 from fedscreen.protocol.refusal import refusal_reason
 from fedscreen.protocol.secure import aggregators
-from fedscreen.trust.manifest import Manifest
+from fedscreen.trust.manifest import Manifest, Member
+from fedscreen.trust.scope import PROVINCE, describe, node_place, scope_contains
 
 #: the freshness window verify_query is given: freshness is checked apart, to say "stale"
 _ANY_TIME = 2**62
@@ -85,6 +88,14 @@ def handle_query(
     if query.nodes and config.node_id not in query.nodes:
         detail = f"query {query.query_id} is not addressed to node {config.node_id}"
         _refuse(config, conn, query.analyst, query.query_id, "not-addressed", detail)
+    scope = manifest.member(query.analyst, role="analyst").scope
+    me = _myself(config, manifest)
+    if not scope_contains(scope, me):
+        detail = (
+            f"analyst {query.analyst}'s scope is {describe(scope)}; node {config.node_id} "
+            f"({node_place(me)}) lies outside it (manifest version {manifest.version})"
+        )
+        _refuse(config, conn, query.analyst, query.query_id, "out-of-scope", detail)
     recipients: tuple[tuple[str, bytes], ...] = ()
     if query.spec.secure:
         try:
@@ -105,6 +116,23 @@ def handle_query(
     )
     answer = answer_query(config, policy, request, conn=conn)
     return answer.envelope.to_json().encode("utf-8")
+
+
+def _myself(config: NodeConfig, manifest: Manifest) -> Member:
+    """This node as the manifest lists it: its place is the authority's word, never the
+    node's own configuration. A node the manifest does not list is in no city's or
+    county's scope (only a province analyst may ask it)."""
+    for member in manifest.members:
+        if member.id == config.node_id and member.role == "node":
+            return member
+    return Member(
+        id=config.node_id,
+        role="node",
+        name=config.name,
+        signing_key=b"",
+        tls_sha256="",
+        scope=PROVINCE,
+    )
 
 
 def _revoked_signer(envelope: Envelope, manifest: Manifest) -> str | None:

@@ -18,6 +18,7 @@ CODES: Final = frozenset(
         "stale",  # issued outside the freshness window of the node's clock
         "deadline-passed",  # the coordinator's deadline passed before the node could start
         "not-addressed",  # the query names other nodes
+        "out-of-scope",  # the node lies outside the analyst's scope (trust.scope)
         "policy",  # the node's policy does not allow this question or ε
         "budget",  # not enough ε left
         "approval-required",  # waits for an operator's approval

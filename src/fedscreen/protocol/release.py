@@ -45,7 +45,8 @@ from fedscreen.protocol.partial import (
 )
 from fedscreen.protocol.query import SignedQuery
 from fedscreen.query.spec import QuerySpec
-from fedscreen.trust.manifest import Manifest
+from fedscreen.trust.manifest import Manifest, show_id
+from fedscreen.trust.scope import describe, scope_contains
 
 RELEASE_VERSION: Final = 1
 
@@ -286,6 +287,8 @@ def check_release(
         raise VerificationError("the release states another coverage than its nodes give")
     try:
         _check_release(release, query, answers, public=public)
+        if manifest is not None:
+            _check_scope(release, query, manifest)
         if query.spec.secure:
             min_nodes = (catalogue or shipped_catalogue()).secure.min_nodes
             _check_secure(body, release, query, answers, manifest, min_nodes)
@@ -338,6 +341,22 @@ def _check_release(
     recomputed = combine(query.spec.measure.kind, nodes, threshold=release.threshold, public=public)
     if not same_figures(recomputed, release.province):
         raise VerificationError("the provincial figures are not the combination of the answers")
+
+
+def _check_scope(release: ReleaseBody, query: SignedQuery, manifest: Manifest) -> None:
+    """Every node the release asked lies inside the analyst's scope (``trust.scope``), as
+    ``manifest`` says: a coordinator must not widen a city analyst's question."""
+    members = {m.id: m for m in manifest.members if m.role == "node"}
+    analyst = next((m for m in manifest.members if m.id == query.analyst), None)
+    scope = analyst.scope if analyst is not None else ""
+    outside = [
+        n for n in release.targeted if n in members and not scope_contains(scope, members[n])
+    ]
+    if outside:
+        raise VerificationError(
+            f"the release asked {len(outside)} node(s) outside analyst {query.analyst}'s scope "
+            f"{describe(scope)}, e.g. {show_id(outside[0])}"
+        )
 
 
 def _check_secure(

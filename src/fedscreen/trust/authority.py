@@ -32,20 +32,17 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedscreen._util.files import replace_file, write_new_file
 from fedscreen.crypto.signing import PUBLIC_KEY_SIZE, SigningKey, public_key_id
 from fedscreen.errors import ConfigError, UnknownMember, VerificationError
 from fedscreen.trust.certs import (
-    CLOCK_SKEW,
     DEFAULT_CA_VALIDITY_DAYS,
     DEFAULT_LEAF_VALIDITY_DAYS,
     MAX_FEDERATION_CHARS,
@@ -53,11 +50,9 @@ from fedscreen.trust.certs import (
     cert_sha256,
     check_text,
     load_cert,
-    member_uri,
     read_private_file,
     read_public_file,
     read_request,
-    scope_extension,
     verify_request,
 )
 from fedscreen.trust.history import HISTORY_DIR, version_name
@@ -69,6 +64,8 @@ from fedscreen.trust.manifest import (
     show_id,
     sign_manifest,
 )
+from fedscreen.trust.scope import check_member_scope
+from fedscreen.trust.x509build import ca_certificate, leaf_certificate
 
 __all__ = [
     "AUTHORITY_KEY_FILE",
@@ -86,6 +83,7 @@ __all__ = [
     "manifest_text",
     "replace_manifest",
     "revoke",
+    "set_scope",
 ]
 
 
@@ -97,128 +95,6 @@ MANIFEST_FILE: Final = "manifest.json"
 MANIFESTS_DIR: Final = HISTORY_DIR
 MEMBERS_DIR: Final = "members"
 _LOCK_FILE: Final = ".lock"
-
-
-#: Member ids: also a DNS name in the certificate and a file name at the authority.
-def _ski(key: ec.EllipticCurvePublicKey) -> x509.SubjectKeyIdentifier:
-    # RFC 5280 §4.2.1.2 method (1): SHA-1 of the subjectPublicKey bit string.
-    return x509.SubjectKeyIdentifier.from_public_key(key)
-
-
-def _ca_certificate(
-    key: ec.EllipticCurvePrivateKey, *, federation: str, validity_days: int
-) -> x509.Certificate:
-    now = datetime.now(UTC)
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation),
-            x509.NameAttribute(NameOID.COMMON_NAME, "fedscreen federation CA"),
-        ]
-    )
-    ski = _ski(key.public_key())
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())  # RFC 5280 §4.1.2.2
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + timedelta(days=validity_days))
-        # RFC 5280 §4.2.1.9: critical in CA certs; pathlen 0 — it issues leaves only
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        # RFC 5280 §4.2.1.3: keyCertSign and cRLSign only
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ski, critical=False)  # RFC 5280 §4.2.1.2
-        .add_extension(  # RFC 5280 §4.2.1.1 (optional when self-signed)
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
-        )
-        .sign(key, hashes.SHA256())
-    )
-
-
-def _leaf_certificate(
-    request: CertRequest,
-    *,
-    ca_key: ec.EllipticCurvePrivateKey,
-    ca_cert: x509.Certificate,
-    federation: str,
-    validity_days: int,
-) -> x509.Certificate:
-    now = datetime.now(UTC)
-    not_after = min(now + timedelta(days=validity_days), ca_cert.not_valid_after_utc)
-    public_key = request.csr.public_key()
-    assert isinstance(public_key, ec.EllipticCurvePublicKey)  # checked by verify_request
-    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation),
-            x509.NameAttribute(NameOID.COMMON_NAME, request.member_id),
-        ]
-    )
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca_cert.subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        # RFC 5280 §4.2.1.3: ECDHE key exchange needs digitalSignature only
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        # RFC 5280 §4.2.1.12: every member both dials and accepts mutual-TLS connections
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        # RFC 5280 §4.2.1.6: non-critical, since the subject is not empty
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName(request.member_id),
-                    x509.UniformResourceIdentifier(member_uri(request.role, request.member_id)),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(_ski(public_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
-        )
-    )
-    if request.scope:
-        # the scope travels with the certificate too, for whoever reads it; the manifest's
-        # copy is the one every check uses
-        builder = builder.add_extension(scope_extension(request.scope), critical=False)
-    return builder.sign(ca_key, hashes.SHA256())
 
 
 def _make_private_dir(directory: Path) -> None:
@@ -264,7 +140,7 @@ def init_authority(
         raise ConfigError("CA validity must be 1 to 36500 days")
     _make_private_dir(directory)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = _ca_certificate(ca_key, federation=federation, validity_days=validity_days)
+    ca_cert = ca_certificate(ca_key, federation=federation, validity_days=validity_days)
     signing_key = SigningKey.generate()
     write_new_file(
         directory / CA_KEY_FILE,
@@ -368,7 +244,7 @@ def issue(
             raise ConfigError(f"{authority_dir / CA_CERT_FILE} is not the CA the manifest names")
         ca_key = _load_ca_key(authority_dir / CA_KEY_FILE)
         signing_key = SigningKey.load(authority_dir / AUTHORITY_KEY_FILE)
-        cert = _leaf_certificate(
+        cert = leaf_certificate(
             verified,
             ca_key=ca_key,
             ca_cert=ca_cert,
@@ -439,27 +315,41 @@ def replace_manifest(manifest: Manifest, *, members: tuple[Member, ...]) -> Mani
 
 def revoke(authority_dir: Path, member_id: str) -> Manifest:
     """Sign a new manifest version in which ``member_id`` is revoked; returns it."""
+    return _amend(authority_dir, member_id, "revoke", revoked=True)
+
+
+def set_scope(authority_dir: Path, member_id: str, scope: str) -> Manifest:
+    """Sign a new manifest version giving ``member_id`` (an analyst, or a node's place)
+    this scope (``trust.scope``); returns it. The member keeps its keys and certificate:
+    the manifest, not the certificate's copy from issue time, is what every check reads.
+    """
+    return _amend(authority_dir, member_id, "change the scope of", scope=scope)
+
+
+def _amend(authority_dir: Path, member_id: str, what: str, **changes: Any) -> Manifest:
+    """Sign a new manifest version with one active member's fields changed."""
     with _locked(authority_dir):
         manifest = current_manifest(authority_dir)
         try:
             target = manifest.member(member_id)
         except UnknownMember:
             raise ConfigError(
-                f"{show_id(member_id)} is not an active member; nothing to revoke"
+                f"{show_id(member_id)} is not an active member; nothing to {what}"
             ) from None
+        changed = dataclasses.replace(target, **changes)
+        if "scope" in changes:
+            check_member_scope(role=changed.role, level=changed.level, scope=changed.scope)
         signing_key = SigningKey.load(authority_dir / AUTHORITY_KEY_FILE)
-        members = tuple(
-            dataclasses.replace(m, revoked=True) if m.id == target.id else m
-            for m in manifest.members
-        )
+        members = tuple(changed if m.id == target.id else m for m in manifest.members)
         new = replace_manifest(manifest, members=members)
         _publish(authority_dir, new, signing_key)
         # the member record is a convenience copy; the signed manifest is authoritative
         record_path = authority_dir / MEMBERS_DIR / f"{target.id}.json"
         with contextlib.suppress(ConfigError, ValueError, TypeError):
             record = json.loads(read_public_file(record_path))
-            record["member"] = dataclasses.replace(target, revoked=True).to_json()
-            record["revoked_at"] = new.issued_at
+            record["member"] = changed.to_json()
+            if changed.revoked:
+                record["revoked_at"] = new.issued_at
             record["manifest_version"] = new.version
             replace_file(
                 record_path, json.dumps(record, indent=1, ensure_ascii=False).encode(), mode=0o644
