@@ -19,6 +19,7 @@ from fedscreen.node.ingest import ingest_paths
 from fedscreen.node.reader import ENCODINGS
 from fedscreen.node.rollback import MAX_REASON_CHARS, diagnose, guarded, recover, sync_checkpoint
 from fedscreen.node.status import NodeStatus, node_status, read_link
+from fedscreen.policy import NODE_KINDS
 from fedscreen.protocol.budget import from_micro, to_micro
 
 
@@ -31,7 +32,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     init.add_argument("--home", type=Path, required=True, help="directory to create")
     init.add_argument("--node-id", required=True, help="node id, e.g. the county code 130102")
     init.add_argument("--name", required=True, help="display name, e.g. 长安区")
-    init.add_argument("--county", help="county code of the records (default: the node id)")
+    init.add_argument(
+        "--kind",
+        choices=NODE_KINDS,
+        default="county",
+        help="county (the default); university (id: its own code, e.g. 10075; place: the "
+        "province); school (one school under its county's rules)",
+    )
+    init.add_argument(
+        "--county",
+        help="county code of the records (a county: default the node id; a university: "
+        "where its campus is registered; a school: its county; required for both)",
+    )
+    init.add_argument(
+        "--school",
+        help="a school or university node: the school_id its rows carry (default: the node id)",
+    )
     init.set_defaults(func=run_init)
 
     ingest = node_sub.add_parser(
@@ -103,8 +119,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run_init(args: argparse.Namespace) -> int:
     """``fedscreen node init``."""
-    config = init_home(args.home, node_id=args.node_id, name=args.name, county_code=args.county)
-    print(f"created node {config.node_id} ({config.name}) in {config.home}")
+    config = init_home(
+        args.home,
+        node_id=args.node_id,
+        name=args.name,
+        county_code=args.county,
+        kind=args.kind,
+        school_id=args.school,
+    )
+    print(f"created {config.kind} node {config.node_id} ({config.name}) in {config.home}")
     print(f"next: the province issues its certificate from {config.home / 'request.json'}:")
     print(f"  fedscreen pki issue --dir <authority dir> --home {config.home}")
     return 0
@@ -144,8 +167,9 @@ def run_status(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     print(
-        f"node {config.node_id} ({config.name}), county {config.county_code}, "
-        f"data version {status.data_version}\n"
+        f"{config.kind} node {config.node_id} ({config.name}), county {config.county_code}"
+        + (f", school {config.school_id}" if config.school_id else "")
+        + f", data version {status.data_version}\n"
     )
     link = read_link(config.home)
     if link is None:

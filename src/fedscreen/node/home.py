@@ -3,7 +3,7 @@
 ::
 
     HOME/
-      node.toml      config (id, name, county, limits)
+      node.toml      config (id, name, kind, county, limits)
       node.db        SQLite database (WAL) — raw records stay here
       secret.key     32 random bytes, 0600: the HMAC key for student numbers
       signing.key    Ed25519 private key, 0600: signs answers, log entries, checkpoints
@@ -28,11 +28,18 @@ from fedscreen._util.sqlite import transaction
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import ConfigError
 from fedscreen.node import store
-from fedscreen.policy import Policy, county_policy_path, default_policy_dir, load_node_policy
+from fedscreen.policy import (
+    NODE_KINDS,
+    Policy,
+    county_policy_path,
+    default_policy_dir,
+    load_node_policy,
+)
 from fedscreen.policy.default import PROVINCE_FILE
 from fedscreen.tlog import memberlog
 from fedscreen.tlog.export import LogExport
 from fedscreen.trust.identity import create_identity
+from fedscreen.trust.scope import node_scope
 
 CONFIG_FILE: Final = "node.toml"
 DATABASE_FILE: Final = "node.db"
@@ -40,6 +47,8 @@ SECRET_FILE: Final = "secret.key"  # noqa: S105 - a file name, not a secret
 SIGNING_KEY_FILE: Final = "signing.key"
 SECRET_BYTES: Final = 32
 NODE_ID_PATTERN: Final = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{1,31}")
+#: a school code as exports carry it (node.validate.SCHOOL_ID accepts the same)
+SCHOOL_ID_PATTERN: Final = re.compile(r"[0-9A-Za-z_-]{4,20}")
 #: problems listed for a rejected file before the rest are only counted
 DEFAULT_MAX_PROBLEMS: Final = 50
 
@@ -51,8 +60,15 @@ class NodeConfig:
     home: Path
     node_id: str
     name: str
-    #: rows of a screening export must carry this county code
+    #: rows of a screening export must carry this county code (a university's: the
+    #: county where its campus is registered; a school's: the county it belongs to)
     county_code: str
+    #: "county", "university" or "school": which columns it holds (the catalogue's
+    #: [kinds]) and which exports it accepts
+    kind: str = "county"
+    #: a school's or university's own school code: every row it ingests carries it
+    #: (default: the node id); "" for a county node, which holds many schools
+    school_id: str = ""
     max_problems: int = DEFAULT_MAX_PROBLEMS
     #: the provincial catalogue; None: the one fedscreen ships (policy/catalogue/)
     province_policy: Path | None = None
@@ -65,16 +81,18 @@ class NodeConfig:
         return self.home / DATABASE_FILE
 
     def policy(self) -> Policy:
-        """The merged policy this node enforces (catalogue ∩ county document)."""
+        """The merged policy this node enforces: catalogue ∩ county document, restricted
+        to the columns its kind holds."""
         province = self.province_policy
         county = self.county_policy
+        # a university is under no county's rules; a school is under its county's
         if province is None:
             directory = default_policy_dir()
             province = directory / PROVINCE_FILE
-            if county is None:
+            if county is None and self.kind != "university":
                 candidate = county_policy_path(directory, self.county_code)
                 county = candidate if candidate.is_file() else None
-        return load_node_policy(province, county)
+        return load_node_policy(province, county, kind=self.kind)
 
     def signing_key(self) -> SigningKey:
         """The node's Ed25519 key: signs its answers, log entries and checkpoints."""
@@ -94,13 +112,36 @@ def _toml_str(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def init_home(home: Path, *, node_id: str, name: str, county_code: str | None = None) -> NodeConfig:
-    """Create a node home; refuses a directory that already holds a node."""
+def init_home(
+    home: Path,
+    *,
+    node_id: str,
+    name: str,
+    county_code: str | None = None,
+    kind: str = "county",
+    school_id: str | None = None,
+) -> NodeConfig:
+    """Create a node home; refuses a directory that already holds a node.
+
+    ``kind``: a county node (``county_code`` defaults to its id), a university (its own
+    code as id; ``county_code`` where its campus is registered, required) or a school
+    (``county_code`` of its county, required). A university's and a school's rows all
+    carry ``school_id`` (default: the node id).
+    """
     if not NODE_ID_PATTERN.fullmatch(node_id):
         raise ConfigError(f"node id {node_id!r}: use 2-32 letters, digits, '_' or '-'")
+    if kind not in NODE_KINDS:
+        raise ConfigError(f"node kind {kind!r}: one of {', '.join(NODE_KINDS)}")
+    if kind != "county" and not county_code:
+        raise ConfigError(f"a {kind} node needs --county (the county code of its rows)")
+    if kind == "county" and school_id:
+        raise ConfigError("--school is for a school or university node, not a county's")
     county = county_code or node_id
     if not re.fullmatch(r"\d{6}", county):
         raise ConfigError(f"county code {county!r}: six digits (GB/T 2260), e.g. 130102")
+    school = "" if kind == "county" else (school_id or node_id)
+    if school and not SCHOOL_ID_PATTERN.fullmatch(school):
+        raise ConfigError(f"school id {school!r}: 4-20 letters, digits, '_' or '-'")
     if home.exists() and any(home.iterdir()):
         raise ConfigError(f"{home} is not empty; refusing to overwrite an existing home")
     home.mkdir(parents=True, exist_ok=True)
@@ -110,8 +151,10 @@ def init_home(home: Path, *, node_id: str, name: str, county_code: str | None = 
         "[node]\n"
         f"id = {_toml_str(node_id)}\n"
         f"name = {_toml_str(name)}\n"
+        f"kind = {_toml_str(kind)}\n"
         f"county_code = {_toml_str(county)}\n"
-        f"created = {_toml_str(created)}\n\n"
+        + (f"school_id = {_toml_str(school)}\n" if school else "")
+        + f"created = {_toml_str(created)}\n\n"
         "[policy]\n"
         '# province = "/etc/fedscreen/province.toml"   # default: the catalogue fedscreen ships\n'
         '# county = "/etc/fedscreen/130102.toml"  # default: the shipped counties/<county>.toml\n\n'
@@ -121,7 +164,14 @@ def init_home(home: Path, *, node_id: str, name: str, county_code: str | None = 
     )
     write_new_file(home / SECRET_FILE, secrets.token_bytes(SECRET_BYTES), mode=0o600, what="secret")
     # the node's Ed25519 and TLS keys and its certificate request (fedscreen pki issue signs it)
-    create_identity(home, member_id=node_id, role="node", name=name, level="county")
+    create_identity(
+        home,
+        member_id=node_id,
+        role="node",
+        name=name,
+        level=kind,
+        scope=node_scope(kind, county),
+    )
     conn = store.connect(home / DATABASE_FILE)
     try:
         with transaction(conn, immediate=False):
@@ -153,11 +203,20 @@ def load_config(home: Path) -> NodeConfig:
         node = data["node"]
         max_problems = int(data.get("ingest", {}).get("max_problems", DEFAULT_MAX_PROBLEMS))
         policy = data.get("policy", {})
+        # a node.toml older than node kinds is a county's
+        kind = str(node.get("kind", "county"))
+        if kind not in NODE_KINDS:
+            raise ConfigError(f"{path}: node kind {kind!r}: one of {', '.join(NODE_KINDS)}")
+        school_id = str(node.get("school_id", ""))
+        if (kind != "county") != bool(school_id):
+            raise ConfigError(f"{path}: school_id is set exactly for school and university nodes")
         return NodeConfig(
             home=home,
             node_id=str(node["id"]),
             name=str(node["name"]),
             county_code=str(node["county_code"]),
+            kind=kind,
+            school_id=school_id,
             max_problems=max_problems,
             province_policy=_path(home, policy.get("province")),
             county_policy=_path(home, policy.get("county")),

@@ -37,7 +37,7 @@ from fedscreen.node.parsing import (
     rows_checked,
 )
 from fedscreen.node.reader import CSV_SUFFIXES, XLSX_SUFFIXES, ReadError, Table, open_table
-from fedscreen.node.validate import HeaderError, SchoolParser, ScreeningParser
+from fedscreen.node.validate import HeaderError, Holder, SchoolParser, ScreeningParser
 from fedscreen.screening import exports
 
 #: files at least this large are parsed in a worker process while this one inserts
@@ -143,10 +143,16 @@ def _ingest_table(
                 header=table.header,
                 county_code=config.county_code,
                 secret=config.secret(),
+                holder=_holder(config),
             )
         elif exports.SCHOOL_MARKER in keys:
             kind = "school"
-            parser = SchoolParser(path=name, header=table.header, county_code=config.county_code)
+            parser = SchoolParser(
+                path=name,
+                header=table.header,
+                county_code=config.county_code,
+                holder=_holder(config),
+            )
         else:
             reason = (
                 "neither a screening export (学籍号/student_no) "
@@ -195,6 +201,11 @@ def _ingest_table(
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _holder(config: NodeConfig) -> Holder:
+    """Whose rows this node accepts: any school of its county, or its one school."""
+    return Holder(kind=config.kind, school_id=config.school_id)
 
 
 def _fail(
@@ -254,6 +265,7 @@ def _load_screenings(
             stripe=0,
             stripes=WORKERS,
             block_rows=BLOCK_ROWS,
+            holder=_holder(config),
         )
         blocks = parse_in_workers(args, progress=lambda f: read.__setitem__(0, f))
     else:

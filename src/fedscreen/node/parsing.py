@@ -28,7 +28,7 @@ from typing import Any, Final
 from fedscreen.errors import IngestError, Problem
 from fedscreen.node.limits import MAX_PROBLEMS, MAX_SCHOOL_ROWS, check_cells
 from fedscreen.node.reader import ReadError, open_table
-from fedscreen.node.validate import SchoolParser, ScreeningParser
+from fedscreen.node.validate import Holder, SchoolParser, ScreeningParser
 
 #: input rows per block: large enough to amortise a pickle or an executemany
 BLOCK_ROWS: Final = 10_000
@@ -205,6 +205,8 @@ class WorkerArgs:
     stripe: int
     stripes: int
     block_rows: int = BLOCK_ROWS
+    #: whose rows the node accepts (a university's, a school's; default a county's)
+    holder: Holder = field(default_factory=Holder)
 
 
 def _watch_parent(parent: int) -> None:
@@ -241,6 +243,7 @@ def _worker(args: WorkerArgs, out: Connection, parent: int) -> None:
                 header=table.header,
                 county_code=args.county_code,
                 secret=args.secret,
+                holder=args.holder,
             )
             for block in parse_blocks(
                 table.rows,

@@ -13,6 +13,7 @@ import datetime as dt
 import hmac
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from fedscreen.errors import Problem
@@ -40,6 +41,28 @@ MAX_CLASS_ID: Final = 32
 STUDENT_KEY_BYTES: Final = 16
 #: extra columns schools' systems add; read and dropped, never stored
 DROPPED_COLUMNS: Final = (Column("notes", "备注", required=False, identifier=True),)
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Whose rows a node accepts: a county's (any of its schools), a university's (its
+    own freshmen only) or a school node's (its one school)."""
+
+    kind: str = "county"
+    #: the one school_id every row must carry ("" for a county node)
+    school_id: str = ""
+
+    def check(
+        self, school_id: str, school_type: str | None, bad: Callable[[str, str], None]
+    ) -> None:
+        """Report a row that is not this node's to hold."""
+        if self.school_id and school_id != self.school_id:
+            mine = f"this {self.kind} node's school {self.school_id}"
+            bad("school_id", f"{shown(school_id)} is not {mine}")
+        if self.kind == "university" and school_type and school_type != "university":
+            bad("school_type", f"{school_type}: a university node holds its own freshmen only")
+        if self.kind == "school" and school_type == "university":
+            bad("school_type", "university: a school node holds one primary or secondary school")
 
 
 class HeaderError(Exception):
@@ -188,8 +211,17 @@ class ScreeningParser:
     once per row, because it runs a million times per large file.
     """
 
-    def __init__(self, *, path: str, header: list[str], county_code: str, secret: bytes) -> None:
+    def __init__(
+        self,
+        *,
+        path: str,
+        header: list[str],
+        county_code: str,
+        secret: bytes,
+        holder: Holder = Holder(),
+    ) -> None:
         self.path = path
+        self.holder = holder
         index = map_header(header, exports.SCREENING_COLUMNS, path)
         #: each header cell's name in messages: its column key if known
         self.names = column_names(header, index)
@@ -259,6 +291,7 @@ class ScreeningParser:
         band = exports.GRADE_BAND.get(grade) if grade else None
         if grade and school_type and grade not in exports.SCHOOL_GRADES[school_type]:
             bad("grade", f"{grade} is not taught at a {school_type} school")
+        self.holder.check(school_id, school_type, bad)
         class_id = v["class_id"]
         if not class_id or len(class_id) > MAX_CLASS_ID:
             bad("class_id", f"required, at most {MAX_CLASS_ID} characters")
@@ -384,8 +417,11 @@ RISK_SEPARATORS: Final = re.compile(r"[;；,，、|]")
 class SchoolParser:
     """Parses school-table rows (one per school and grade)."""
 
-    def __init__(self, *, path: str, header: list[str], county_code: str) -> None:
+    def __init__(
+        self, *, path: str, header: list[str], county_code: str, holder: Holder = Holder()
+    ) -> None:
         self.path = path
+        self.holder = holder
         index = map_header(header, exports.SCHOOL_COLUMNS, path)
         #: each header cell's name in messages: its column key if known
         self.names = column_names(header, index)
@@ -415,6 +451,8 @@ class SchoolParser:
         out["grade_band"] = exports.GRADE_BAND.get(grade) if grade else None
         if grade and school_type and grade not in exports.SCHOOL_GRADES[school_type]:
             row.bad("grade", f"{grade} is not taught at a {school_type} school")
+        if school_id is not None:
+            self.holder.check(school_id, school_type, row.bad)
         limit = 1_000_000
         male = out["enrolled_male"] = row.integer("enrolled_male", 0, limit)
         female = out["enrolled_female"] = row.integer("enrolled_female", 0, limit)
