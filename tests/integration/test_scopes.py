@@ -1,0 +1,234 @@
+"""Analyst scopes on a real federation: a coordinator and three county nodes in two
+cities, each its own process (``fedscreen coordinator serve``, ``fedscreen node serve``)
+on 127.0.0.1 with mutual TLS, real SQLite and synthetic screenings; the analysts are the
+real ``fedscreen query`` CLI.
+
+石家庄 (1301) has 130104 and 130105, 唐山 (1302) has 130202. ``prov`` is a province
+analyst, ``sjz`` 石家庄's city analyst (``identity init --scope city:1301``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedscreen.coordinator.core import init_coordinator
+from fedscreen.node.home import NodeConfig, init_home
+from fedscreen.node.ingest import ingest_paths
+from fedscreen.synth import generate, write_export
+from fedscreen.trust import authority
+from fedscreen.trust.certs import cert_scope, load_cert
+from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+CLI = [sys.executable, "-m", "fedscreen.cli.main"]
+YEAR = "2024-2025"
+SJZ = ("130104", "130105")
+TANGSHAN = "130202"
+NODES = (*SJZ, TANGSHAN)
+SQL = f"SELECT COUNT(*) FROM screenings WHERE academic_year = '{YEAR}'"
+READY_TIMEOUT_S = 30.0
+PROCESS_TIMEOUT_S = 60.0
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(SRC)}
+
+
+@dataclass
+class Fed:
+    root: Path
+    auth: Path
+    coordinator: Path
+    analysts: dict[str, Path]
+    nodes: dict[str, NodeConfig]
+    address: str = ""
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, argv: list[str]) -> dict[str, Any]:
+        log, ready = self.root / f"{name}.log", self.root / f"{name}.ready"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [*argv, "--ready-file", str(ready)], stdout=out, stderr=subprocess.STDOUT,
+                env=_env(),
+            )  # fmt: skip
+        self.procs[name] = proc
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if ready.is_file() and ready.read_text(encoding="utf-8").strip():
+                return dict(json.loads(ready.read_text(encoding="utf-8")))
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited {proc.returncode}:\n{log.read_text()}")
+            time.sleep(0.05)
+        raise AssertionError(f"{name} not ready within {READY_TIMEOUT_S} s:\n{log.read_text()}")
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *args], capture_output=True, text=True, env=_env(), timeout=PROCESS_TIMEOUT_S
+        )
+
+    def query(
+        self, analyst: str, *extra: str, epsilon: float = 0.3
+    ) -> subprocess.CompletedProcess[str]:
+        return self.cli(
+            "query", "--home", str(self.analysts[analyst]), "--coordinator", self.address,
+            "--epsilon", str(epsilon), "--format", "json", *extra, SQL,
+        )  # fmt: skip
+
+    def charges(self, node: str) -> int:
+        conn = sqlite3.connect(self.nodes[node].database)
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM ledger_charge").fetchone()[0])
+        finally:
+            conn.close()
+
+    def refusals(self, node: str) -> list[str]:
+        conn = sqlite3.connect(self.nodes[node].database)
+        try:
+            return [str(r[0]) for r in conn.execute("SELECT reason FROM query_refusal")]
+        finally:
+            conn.close()
+
+
+def _make(root: Path, analysts: dict[str, str]) -> Fed:
+    auth = root / "auth"
+    authority.init_authority(auth, federation="scopes")
+    init_coordinator(root / "coord", member_id="coordinator", name="省平台")
+    issue_here(auth, root / "coord")
+    homes: dict[str, Path] = {}
+    for member, scope in analysts.items():
+        create_identity(root / member, member_id=member, role="analyst", name=member, scope=scope)
+        issue_here(auth, root / member)
+        homes[member] = root / member
+    configs: dict[str, NodeConfig] = {}
+    for seed, node in enumerate(NODES):
+        config = init_home(root / node, node_id=node, name=f"county {node}")
+        issue_here(auth, config.home)
+        write_export(generate(node, 150, YEAR, seed=seed + 1), root / f"export-{node}")
+        _, rejected = ingest_paths(config, [root / f"export-{node}"])
+        assert not rejected
+        configs[node] = config
+    text = authority.manifest_text(auth)
+    for home in (root / "coord", *homes.values(), *(c.home for c in configs.values())):
+        update_manifest(home, text)
+    return Fed(root, auth, root / "coord", homes, configs)
+
+
+@contextlib.contextmanager
+def running(root: Path, analysts: dict[str, str]) -> Iterator[Fed]:
+    fed = _make(root, analysts)
+    try:
+        listening = fed.start(
+            "coordinator",
+            [*CLI, "coordinator", "serve", "--home", str(fed.coordinator),
+             "--listen", "127.0.0.1:0"],
+        )  # fmt: skip
+        fed.address = str(listening["address"])
+        for node in NODES:
+            fed.start(node, [*CLI, "node", "serve", "--home", str(fed.nodes[node].home),
+                             "--coordinator", fed.address])  # fmt: skip
+        yield fed
+    finally:
+        fed.stop_all()
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
+    root = tmp_path_factory.mktemp("scopes")
+    with running(root, {"prov": "", "sjz": "city:1301"}) as federation:
+        yield federation
+
+
+def test_the_scope_is_in_the_manifest_and_the_certificate(fed: Fed) -> None:
+    manifest = load_identity(fed.analysts["sjz"]).manifest()
+    assert manifest.member("sjz").scope == "city:1301"
+    assert manifest.member("prov").scope == ""
+    for analyst, scope in (("sjz", "city:1301"), ("prov", "")):
+        cert = load_identity(fed.analysts[analyst]).cert_path.read_bytes()
+        assert cert_scope(load_cert(cert)) == scope
+    listed = fed.cli("pki", "manifest", "--dir", str(fed.auth))
+    assert listed.returncode == 0, listed.stderr
+    assert any("sjz" in line and "city:1301" in line for line in listed.stdout.splitlines())
+
+
+def test_a_city_analysts_query_reaches_only_its_citys_nodes(fed: Fed) -> None:
+    before = {n: fed.charges(n) for n in NODES}
+    result = fed.query("sjz")
+    assert result.returncode == 0, result.stderr
+    release = json.loads(result.stdout)["release"]
+    assert release["targeted"] == sorted(SJZ)
+    assert release["answered"] == sorted(SJZ)
+    assert release["missing"] == []
+    assert fed.charges(TANGSHAN) == before[TANGSHAN]
+    assert all(fed.charges(n) == before[n] + 1 for n in SJZ)
+    # the province analyst's same question goes everywhere
+    wide = fed.query("prov")
+    assert wide.returncode == 0, wide.stderr
+    assert json.loads(wide.stdout)["release"]["answered"] == sorted(NODES)
+
+
+def test_a_city_analyst_naming_another_citys_county_is_refused_before_any_node(
+    fed: Fed,
+) -> None:
+    before = {n: fed.charges(n) for n in NODES}
+    result = fed.query("sjz", "--nodes", f"130104,{TANGSHAN}")
+    assert result.returncode != 0
+    assert "out of scope" in result.stderr
+    assert "city:1301" in result.stderr and TANGSHAN in result.stderr
+    assert "Traceback" not in result.stderr
+    assert {n: fed.charges(n) for n in NODES} == before
+
+
+def test_a_node_refuses_a_query_from_outside_the_scope_a_coordinator_relays(
+    tmp_path: Path,
+) -> None:
+    """The coordinator's manifest still says ``drift`` is a province analyst; the authority
+    has since narrowed it to 石家庄 (``pki scope``), and 唐山's node and the analyst have
+    the new version. The coordinator relays the query to 唐山 too: the node refuses it
+    (recorded, free), and the analyst's own check rejects a release that asked it."""
+    with running(tmp_path, {"drift": ""}) as fed:
+        narrowed = fed.cli("pki", "scope", "--dir", str(fed.auth), "--id", "drift",
+                           "--scope", "city:1301")  # fmt: skip
+        assert narrowed.returncode == 0, narrowed.stderr
+        text = authority.manifest_text(fed.auth)
+        for home in (fed.nodes[TANGSHAN].home, *(fed.nodes[n].home for n in SJZ)):
+            update_manifest(home, text)
+        before = {n: fed.charges(n) for n in NODES}
+        result = fed.query("drift")
+        # the coordinator (old manifest) asked all three; 唐山 refused
+        assert result.returncode == 0, result.stderr
+        release = json.loads(result.stdout)["release"]
+        assert release["targeted"] == sorted(NODES)
+        assert release["missing"] == [TANGSHAN]
+        assert release["missing_reasons"][TANGSHAN].startswith("refused: out-of-scope")
+        assert fed.charges(TANGSHAN) == before[TANGSHAN]
+        (reason,) = [r for r in fed.refusals(TANGSHAN) if r.startswith("out-of-scope")]
+        assert "city:1301" in reason and TANGSHAN in reason
+        # the analyst, on the new manifest, does not accept a release that asked 唐山
+        update_manifest(fed.analysts["drift"], text)
+        again = fed.query("drift", epsilon=0.31)
+        assert again.returncode != 0
+        assert "outside analyst drift's scope city:1301" in again.stderr
+        assert "Traceback" not in again.stderr
