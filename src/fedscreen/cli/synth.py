@@ -1,4 +1,5 @@
-"""``fedscreen synth``: write a synthetic county's screening export and school table."""
+"""``fedscreen synth``: write a synthetic screening export and school table for a county's,
+a university's or a school's node."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import argparse
 import time
 from pathlib import Path
 
-from fedscreen.synth import PROFILES, generate, write_export
+from fedscreen.errors import ConfigError
+from fedscreen.synth import PROFILES, County, generate, generate_university, write_export
 from fedscreen.synth.writer import ENCODINGS, FORMATS, HEADERS
 
 
@@ -22,10 +24,40 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         ),
     )
     parser.add_argument(
-        "--county", default="130102", help="GB/T 2260 county code (default: %(default)s)"
+        "--kind",
+        choices=("county", "university", "school"),
+        default="county",
+        help="whose node the data is for: a county's (the default), a university's "
+        "(--id: its freshmen) or one school's (--school: that school of the county)",
     )
     parser.add_argument(
-        "--students", type=int, default=2000, help="screening rows (default: %(default)s)"
+        "--county",
+        default="130102",
+        help="GB/T 2260 county code (a university: where its campus is registered; "
+        "default: %(default)s)",
+    )
+    parser.add_argument(
+        "--students",
+        type=int,
+        default=2000,
+        help="screening rows (a university: its freshmen; a school: the whole county's, "
+        "of which the school is one; default: %(default)s)",
+    )
+    parser.add_argument("--id", help="--kind university: the university's code, e.g. 10075")
+    parser.add_argument(
+        "--school", help="--kind school: the school_id of the county's school to write"
+    )
+    parser.add_argument(
+        "--without-school",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="--kind county: leave out a school that runs its own node (repeatable)",
+    )
+    parser.add_argument(
+        "--no-universities",
+        action="store_true",
+        help="--kind county: no university among the county's schools (they run their own nodes)",
     )
     parser.add_argument("--year", default="2024-2025", help="academic year (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
@@ -56,7 +88,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     """Generate and write the files; print a one-line summary."""
     started = time.perf_counter()
-    county = generate(args.county, args.students, args.year, args.seed, args.profile)
+    county = _plan(args)
     summary = write_export(
         county,
         args.out,
@@ -71,9 +103,49 @@ def run(args: argparse.Namespace) -> int:
     else:
         where = f"{len(files)} files screenings_<school_id>.{args.format}"
     elapsed = time.perf_counter() - started
+    whose = {
+        "county": f"county {county.code}",
+        "university": f"university {args.id} (campus in {county.code})",
+        "school": f"school {args.school} of county {county.code}",
+    }[args.kind]
     print(
-        f"synth: county {county.code} {county.year}, {len(county.schools)} schools: "
+        f"synth: {whose} {county.year}, {len(county.schools)} schools: "
         f"{summary.screening_rows} screening rows ({where}) and {summary.schools.rows} "
         f"school rows ({summary.schools.path.name}) in {args.out} ({elapsed:.1f} s)"
     )
     return 0
+
+
+def _plan(args: argparse.Namespace) -> County:
+    """The county, university or school the arguments ask for; ConfigError for an option
+    that does not fit the kind."""
+    kind = args.kind
+    misplaced = [
+        option
+        for option, given, fits in (
+            ("--id", args.id, "university"),
+            ("--school", args.school, "school"),
+            ("--without-school", args.without_school, "county"),
+            ("--no-universities", args.no_universities, "county"),
+        )
+        if given and kind != fits
+    ]
+    if misplaced:
+        raise ConfigError(f"{', '.join(misplaced)}: not an option of --kind {kind}")
+    if kind == "university":
+        if not args.id:
+            raise ConfigError("--kind university needs --id (the university's code)")
+        return generate_university(args.id, args.county, args.students, args.year, args.seed)
+    county = generate(
+        args.county,
+        args.students,
+        args.year,
+        args.seed,
+        args.profile,
+        universities=not args.no_universities,
+    )
+    if kind == "school":
+        if not args.school:
+            raise ConfigError("--kind school needs --school (one of the county's school ids)")
+        return county.only(args.school)
+    return county.without(args.without_school) if args.without_school else county

@@ -7,12 +7,25 @@
     county = generate("130102", students=2000, year="2024-2025", seed=1)
     summary = write_export(county, "out/", fmt="csv", headers="zh")
 
+``generate_university`` plans a university running its own node (its freshmen and its
+school-table row); ``County.only(school_id)`` is one school's data for a school node and
+``County.without(...)`` the county without it.
+
 Same arguments, same bytes: everything is derived from the seed (``synth.prng``).
 """
 
 from __future__ import annotations
 
-from fedscreen.synth.generator import PROFILES, County, GradeCell, Profile, Row, School, generate
+from fedscreen.synth.generator import (
+    PROFILES,
+    County,
+    GradeCell,
+    Profile,
+    Row,
+    School,
+    generate,
+    generate_university,
+)
 from fedscreen.synth.writer import ExportSummary, WrittenFile, write_export, write_table
 
 __all__ = [
@@ -25,6 +38,7 @@ __all__ = [
     "School",
     "WrittenFile",
     "generate",
+    "generate_university",
     "write_export",
     "write_table",
 ]

@@ -178,6 +178,9 @@ class School:
     pt_teachers: int
     counselling_room: bool
     cells: tuple[GradeCell, ...]
+    #: a university's enrolment over all years (its school table's enrolment; the cells
+    #: hold only the freshmen it screens); 0: the enrolment is the cells' students
+    enrolment: int = 0
 
     @property
     def students(self) -> int:
@@ -254,11 +257,9 @@ def plan(code: str, students: int, start: int, seed: int, profile: Profile) -> t
         )
         staffing = LOCATION_STAFFING[location]
         if kind == "university":
-            # ratio rule: >= max(2, enrolment / 4000); enrolment ~ 4 cohorts of freshmen.
-            # Most universities meet it, some fall one or two short.
-            need = max(2, math.ceil(4 * cells[0].students / 4000))
-            ft = need if rng.chance(0.75) else max(1, need - 1 - rng.below(2))
-            pt, room = rng.integer(2, 6), True
+            # enrolment ~ 4 cohorts of freshmen
+            ft, pt = university_staffing(rng, 4 * cells[0].students)
+            room = True
         else:
             ft = pt = 0
             if rng.chance(teacher_rate + staffing):
@@ -284,6 +285,37 @@ def plan(code: str, students: int, start: int, seed: int, profile: Profile) -> t
             )
         )
     return tuple(schools)
+
+
+def university_staffing(rng: Stream, enrolment: int) -> tuple[int, int]:
+    """Full- and part-time mental-health teachers of a university of ``enrolment``.
+
+    Ratio rule (DOMAIN): >= max(2, enrolment / 4000) full-time. Most universities meet
+    it, some fall one or two short.
+    """
+    need = max(2, math.ceil(enrolment / 4000))
+    ft = need if rng.chance(0.75) else max(1, need - 1 - rng.below(2))
+    return ft, rng.integer(2, 6)
+
+
+def plan_university(university_id: str, freshmen: int, start: int, seed: int) -> School:
+    """A university that runs its own node: ``freshmen`` U1 students screened this year,
+    an enrolment of about four such cohorts, staffed by the ratio rule."""
+    rng = Stream(seed, university_id, "university")
+    enrolment = round(freshmen * rng.uniform(3.6, 4.4))
+    ft, pt = university_staffing(rng, enrolment)
+    return School(
+        index=0,
+        school_id=university_id,
+        name=_SchoolNames(rng).name("university", "urban"),
+        school_type="university",
+        location="urban",
+        ft_teachers=ft,
+        pt_teachers=pt,
+        counselling_room=True,
+        cells=(GradeCell("U1", start - GRADE_NUMBER["U1"], freshmen),),
+        enrolment=enrolment,
+    )
 
 
 _NUMERALS: Final = "一二三四五六七八九"

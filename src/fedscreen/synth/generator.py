@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 import re
 from bisect import bisect_right
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import date
 from typing import Final
 
@@ -59,6 +59,7 @@ from fedscreen.synth._roster import (
     School,
     allocate,
     plan,
+    plan_university,
 )
 from fedscreen.synth.prng import Keyed, Stream, cumulative, threshold
 
@@ -70,6 +71,7 @@ __all__ = [
     "Row",
     "School",
     "generate",
+    "generate_university",
 ]
 
 #: one export row: values in the column order of ``exports.SCREENING_COLUMNS`` (or
@@ -100,28 +102,51 @@ class County:
                 yield from model.cell_rows(each, cell)
 
     def school_table(self) -> Iterator[Row]:
-        """The school table: one row per school and grade, enrolment counted from the students."""
+        """The school table: one row per school and grade, enrolment counted from the students
+        (a university's own node: its whole enrolment, the freshmen eligible)."""
         model = _Model(self)
         for school in self.schools:
             room = "yes" if school.counselling_room else "no"
             for cell in school.cells:
                 male = model.count_male(school, cell)
+                female = cell.students - male
+                if school.enrolment:
+                    # the older years, split as the freshmen are
+                    older = school.enrolment - cell.students
+                    older_male = round(older * male / cell.students) if cell.students else 0
+                    male, female = male + older_male, female + older - older_male
                 yield (
                     self.year, school.school_id, school.name, self.code, school.school_type,
-                    school.location, cell.grade, male, cell.students - male, cell.students,
+                    school.location, cell.grade, male, female, cell.students,
                     school.ft_teachers, school.pt_teachers, room,
                 )  # fmt: skip
+
+    def only(self, school_id: str) -> County:
+        """The county's one school ``school_id`` (a school node's data): the same rows as
+        in the whole county's export."""
+        for school in self.schools:
+            if school.school_id == school_id:
+                return replace(self, schools=(school,))
+        first, last = self.schools[0].school_id, self.schools[-1].school_id
+        raise ConfigError(
+            f"school {school_id!r} is not one of county {self.code}'s {len(self.schools)} "
+            f"schools ({first} .. {last})"
+        )
+
+    def without(self, school_ids: Iterable[str]) -> County:
+        """The county without the schools that run their own nodes."""
+        leave = set(school_ids)
+        unknown = leave - {school.school_id for school in self.schools}
+        if unknown:
+            raise ConfigError(f"not schools of county {self.code}: {', '.join(sorted(unknown))}")
+        return replace(self, schools=tuple(s for s in self.schools if s.school_id not in leave))
 
 
 _YEAR = re.compile(r"(\d{4})-(\d{4})")
 
 
-def generate(county: str, students: int, year: str, seed: int, profile: str = "mixed") -> County:
-    """Plan a synthetic county of ``students`` screening rows for academic year ``year``.
-
-    Raises ``ConfigError`` for a malformed county code or year, an unknown profile or a
-    non-positive number of students.
-    """
+def _check(county: str, students: int, year: str) -> int:
+    """The academic start year; ConfigError for a malformed county, year or size."""
     if not (len(county) == 6 and county.isascii() and county.isdigit()):
         raise ConfigError(f"county code must be six digits (GB/T 2260), got {county!r}")
     match = _YEAR.fullmatch(year)
@@ -131,13 +156,62 @@ def generate(county: str, students: int, year: str, seed: int, profile: str = "m
         raise ConfigError(f"--students must be at least 1, got {students}")
     if students >= 10**7:
         raise ConfigError("at most 9,999,999 students per county")
+    return int(match[1])
+
+
+def generate(
+    county: str,
+    students: int,
+    year: str,
+    seed: int,
+    profile: str = "mixed",
+    *,
+    universities: bool = True,
+) -> County:
+    """Plan a synthetic county of ``students`` screening rows for academic year ``year``.
+
+    ``universities=False``: the same county without its university, if it has one
+    (universities run their own nodes). Raises ``ConfigError`` for a malformed county
+    code or year, an unknown profile or a non-positive number of students.
+    """
+    start = _check(county, students, year)
     try:
         chosen = PROFILES[profile]
     except KeyError:
         names = ", ".join(sorted(PROFILES))
         raise ConfigError(f"unknown profile {profile!r} (choose from {names})") from None
-    schools = plan(county, students, int(match[1]), seed, chosen)
+    schools = plan(county, students, start, seed, chosen)
+    if not universities:
+        # the same plan without its university (planned last): every other school keeps
+        # its students, as a university's own node and its county's node split them
+        schools = tuple(s for s in schools if s.school_type != "university")
     return County(code=county, year=year, seed=seed, profile=chosen, schools=schools)
+
+
+#: the streams of a university's own node are keyed by its code (the profile's name is
+#: part of every stream key), so two universities in one county are different students
+_UNIVERSITY: Final = Profile(
+    name="university",
+    description="a university that runs its own node",
+    school_types={},
+    locations={"university": (1.0, 0.0, 0.0)},
+    teacher_rate=(1.0, 1.0),
+    room_rate=(1.0, 1.0),
+    university=1.0,
+)
+
+
+def generate_university(
+    university_id: str, county: str, students: int, year: str, seed: int
+) -> County:
+    """A university's own node's data: ``students`` freshmen (grade U1) screened in ``year``
+    on a campus registered in ``county``, and its one row of the school table."""
+    start = _check(county, students, year)
+    if not re.fullmatch(r"[0-9A-Za-z_-]{4,20}", university_id):
+        raise ConfigError(f"university code {university_id!r}: 4-20 letters or digits")
+    school = plan_university(university_id, students, start, seed)
+    profile = replace(_UNIVERSITY, name=f"university:{university_id}")
+    return County(code=county, year=year, seed=seed, profile=profile, schools=(school,))
 
 
 # --- students ---------------------------------------------------------------------------

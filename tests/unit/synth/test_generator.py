@@ -51,7 +51,7 @@ def equals(column: str, value: str) -> Callable[[dict[str, str | int]], bool]:
 def test_public_api_is_pinned() -> None:
     assert set(fedscreen.synth.__all__) == {
         "PROFILES", "County", "ExportSummary", "GradeCell", "Profile", "Row", "School",
-        "WrittenFile", "generate", "write_export", "write_table",
+        "WrittenFile", "generate", "generate_university", "write_export", "write_table",
     }  # fmt: skip
     assert all(hasattr(fedscreen.synth, name) for name in fedscreen.synth.__all__)
 
