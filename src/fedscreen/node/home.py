@@ -157,8 +157,13 @@ def init_home(
         + f"created = {_toml_str(created)}\n\n"
         "[policy]\n"
         '# province = "/etc/fedscreen/province.toml"   # default: the catalogue fedscreen ships\n'
-        '# county = "/etc/fedscreen/130102.toml"  # default: the shipped counties/<county>.toml\n\n'
-        "[ingest]\n"
+        + (
+            "# county = none by default: a university is under no county's document\n\n"
+            if kind == "university"
+            else '# county = "/etc/fedscreen/130102.toml"  # default: the shipped '
+            "counties/<county>.toml\n\n"
+        )
+        + "[ingest]\n"
         "# problems listed for a rejected file before the rest are only counted\n"
         f"max_problems = {DEFAULT_MAX_PROBLEMS}\n"
     )
