@@ -31,14 +31,18 @@ from fedscreen.errors import (
     ConfigError,
     VerificationError,
 )
+from fedscreen.policy import Policy
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_node_policy, load_policy
 from fedscreen.query.spec import QuerySpec
 from fedscreen.report.affordable import NodeCheck
-from fedscreen.report.files import write_report
+from fedscreen.report.areas import node_places
+from fedscreen.report.compare import ProvinceReport
+from fedscreen.report.files import REPORT_FILE, write_report
+from fedscreen.report.format import PROVINCE
 from fedscreen.report.model import build_model, member_names
 from fedscreen.report.plan import ReportPlan, load_plan
-from fedscreen.report.run import check_budgets, run_plan
+from fedscreen.report.run import check_budgets, run_plan, scope_nodes
 from fedscreen.report.strategy import (
     PROVINCE_COUNTIES,
     compile_strategy,
@@ -49,7 +53,7 @@ from fedscreen.report.strategy import (
 )
 from fedscreen.report.verify import releases_logged, verify_report
 from fedscreen.trust.identity import load_identity
-from fedscreen.trust.manifest import load_manifest
+from fedscreen.trust.manifest import Manifest, load_manifest
 
 #: the county size ``report plan`` predicts accuracy for: issue 13's target county (the
 #: demo's counties have 21,000-42,000 students)
@@ -113,6 +117,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     common(run, connect_required=True)
     run.add_argument("--out", type=Path, required=True, help="a new directory for the report")
+    run.add_argument(
+        "--scope",
+        help="what the report covers: province, city:<4 digits> or county:<6 digits>, within "
+        "your own scope in the manifest (default: your scope); every query asks exactly the "
+        "active nodes inside it",
+    )
+    run.add_argument(
+        "--province-report",
+        type=Path,
+        metavar="DIR",
+        help="a city or county report only: the province's published report of the same plan "
+        "(verified first); its figures are shown beside this report's, not asked again",
+    )
     run.set_defaults(func=run_report_command)
     verify = actions.add_parser(
         "verify",
@@ -301,29 +318,60 @@ def print_secure_accuracy(plan: ReportPlan) -> None:
     table(["statistic", "ε per county", "secure", f"{PROVINCE_COUNTIES} answers", "gain"], rows)
 
 
+def _province_report(
+    directory: Path, plan: ReportPlan, manifest: Manifest, policy: Policy
+) -> ProvinceReport:
+    """The province's published report, verified and checked to be of ``plan``."""
+    try:
+        verify_report(directory, manifest=manifest, policy=policy)
+    except VerificationError as exc:
+        raise ConfigError(f"the province report in {directory} does not verify: {exc}") from None
+    province = ProvinceReport.from_bytes((directory / REPORT_FILE).read_bytes())
+    province.check_for(plan)
+    return province
+
+
 def run_report_command(args: argparse.Namespace) -> int:
     """``fedscreen report run``."""
-    plan = _load(args)
+    policy = load_policy(args.policy or default_policy_dir() / PROVINCE_FILE)
+    plan = load_plan(args.plan, policy, year=args.year)
     print(f"plan {plan.name}: {len(plan.queries)} queries, {len(plan.statistics)} statistics")
+    identity = load_identity(args.home)
+    manifest = identity.manifest()
+    # the scope is checked, and the province report read, before anything is asked
+    scope, targets = scope_nodes(manifest, analyst=identity.member_id, scope=args.scope)
+    if _nodes(args):
+        if scope != PROVINCE:
+            raise ConfigError(f"--nodes is for a province report; a {scope} report asks its nodes")
+        targets = _nodes(args)
+    province = None
+    if args.province_report is not None:
+        if scope == PROVINCE:
+            raise ConfigError("--province-report is for a city or county report (give --scope)")
+        province = _province_report(args.province_report, plan, manifest, policy)
+    if scope != PROVINCE:
+        print(f"scope {scope}: {len(targets)} nodes ({', '.join(targets)})")
     # a PlanRefused ends the command with its exit code (3) before anything runs
     outcome = run_plan(
         args.home,
         args.coordinator,
         plan,
         args.out,
-        nodes=_nodes(args),
+        nodes=targets,
         coordinator_id=args.coordinator_id,
     )
-    identity = load_identity(args.home)
     model = build_model(
         plan,
         {name: run.released for name, run in outcome.runs.items()},
         outcome.checks,
         outcome.fresh,
-        names=member_names(identity.manifest()),
+        names=member_names(manifest),
         analyst=identity.member_id,
+        places=node_places(manifest),
+        scope=scope,
+        province=province,
     )
-    paths = write_report(args.out, plan, model)
+    paths = write_report(args.out, plan, model, province=province)
     missing = [n["id"] for n in model["nodes"] if n["missing_from"]]
     if missing:
         print(f"nodes missing from some figures: {', '.join(missing)} (see the privacy page)")

@@ -61,16 +61,20 @@ class Sections:
         self.names = {n.id: n.name or n.id for n in report.nodes}
         self.areas = {a.id: a for a in report.areas}
         self.names.update({a.id: a.name or a.id for a in report.areas})
-        # province, then the cities, then the counties
-        scopes = [a.id for a in report.areas] + [n.id for n in report.nodes]
+        #: the report's own total: the province, or a city or county report's scope
+        self.top = report.scope
+        # the top, the province's published figures (a city report), then each city
+        # with its counties and their nodes, the universities last
+        scopes = list(report.scopes) or [a.id for a in report.areas] + [n.id for n in report.nodes]
         for stat in report.statistics():
-            scopes.extend(row.scope for row in stat.rows if row.scope != PROVINCE)
-        self.scope_order = {PROVINCE: 0}
+            scopes.extend(row.scope for row in stat.rows)
+        self.scope_order = {self.top: 0}
+        self.scope_order.setdefault(PROVINCE, 1)
         for scope in scopes:
             self.scope_order.setdefault(scope, len(self.scope_order))
         colours = itertools.cycle(COUNTY_COLOURS)
         self.colours = {
-            scope: PROVINCE_COLOUR if scope == PROVINCE else next(colours)
+            scope: PROVINCE_COLOUR if scope == self.top else next(colours)
             for scope in self.scope_order
         }
         secure = report.privacy.secure
@@ -82,15 +86,23 @@ class Sections:
     # --- names ------------------------------------------------------------------------
 
     def scope_name(self, scope: str) -> str:
-        return "Province" if scope == PROVINCE else self.names.get(scope, scope)
+        if scope == self.top:
+            return self.r.scope_name
+        if scope == PROVINCE:
+            return "Province (published)"
+        return self.names.get(scope, scope)
 
     def scope_full(self, scope: str) -> str:
+        if scope == self.top:
+            if scope == PROVINCE:
+                return "Province (all counties combined)"
+            return f"{self.r.scope_name} (total: all its nodes combined)"
         if scope == PROVINCE:
-            return "Province (all counties combined)"
+            return "Province (from the province’s published report)"
         area = self.areas.get(scope)
         if area is not None:
-            counties = ", ".join(self.names.get(c, c) for c in area.counties)
-            return f"{area.name or area.id} (city: {counties})"
+            nodes = ", ".join(self.names.get(c, c) for c in area.nodes)
+            return f"{area.name or area.id} ({area.kind}: {nodes})"
         name = self.names.get(scope)
         return f"{name} ({scope})" if name and name != scope else scope
 
@@ -151,6 +163,12 @@ class Sections:
         if stat.queries:
             queries = ", ".join(f"<code>{esc(q)}</code>" for q in stat.queries)
             facts.append(f"<li><strong>Signed releases:</strong> {queries}</li>")
+        if stat.compared:
+            queries = ", ".join(f"<code>{esc(q)}</code>" for q in stat.compared)
+            facts.append(
+                "<li><strong>Province figures:</strong> from the province’s published report "
+                f"(releases {queries}), not asked again</li>"
+            )
         if stat.secure is not None:
             by = " and ".join(self.aggregators.get(a, a) for a in stat.secure.aggregators)
             facts.append(
@@ -184,7 +202,7 @@ class Sections:
             parts.append(
                 '<p class="notice missing"><strong>Not included:</strong> '
                 f"{esc('; '.join(missing))}. "
-                "Province figures combine the other counties only.</p>\n"
+                f"{esc(self.scope_name(self.top))} figures combine the other nodes only.</p>\n"
             )
         if all(row.suppressed for row in stat.rows):
             parts.append(

@@ -59,6 +59,8 @@ class Stat:
     rows: tuple[Row, ...]
     #: its figures came from secure aggregation (None: from the counties' noisy answers)
     secure: Secure | None = None
+    #: query ids of the province releases its published province figures came from
+    compared: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,14 @@ class Node:
 
 @dataclass(frozen=True)
 class Area:
-    """A row between the province and the counties: a city combining its counties."""
+    """A row between the report's top and its nodes: a city, or a county combining its
+    county node and school nodes."""
 
     id: str
     name: str
-    counties: tuple[str, ...]
+    nodes: tuple[str, ...]
+    #: "city" or "county"
+    kind: str = "city"
 
 
 @dataclass(frozen=True)
@@ -178,8 +183,16 @@ class Report:
     nodes: tuple[Node, ...]
     privacy: Privacy
     sections: tuple[Section, ...]
-    #: city rows, in order (optional in the model)
+    #: city and county rows, in order (optional in the model)
     areas: tuple[Area, ...] = ()
+    #: what the report covers: "province", "city:<code>" or "county:<code>"; its top
+    #: rows carry this id
+    scope: str = "province"
+    scope_name: str = "Province"
+    #: areas and nodes in display order (empty: areas, then nodes)
+    scopes: tuple[str, ...] = ()
+    #: (title, SHA-256) of the province report compared with (None: none)
+    compared: tuple[str, str] | None = None
 
     def statistics(self) -> list[Stat]:
         """Every statistic, in report order."""
@@ -314,6 +327,7 @@ def _row(r: _Reader) -> Row:
 
 def _stat(r: _Reader) -> Stat:
     unit = r.text("unit")
+    province = r.child("province") if r.has("province") else _Reader({}, "province")
     if unit not in UNITS:
         raise ValueError(f"report model: unit {unit!r} is not one of {', '.join(UNITS)}")
     return Stat(
@@ -329,8 +343,11 @@ def _stat(r: _Reader) -> Stat:
         public=r.flag("public"),
         queries=r.codes("queries"),
         missing=r.codes("missing"),
-        rows=tuple(_row(x) for x in r.objects("rows")),
+        # the province's published figures sit beside the scope's own (a city report)
+        rows=tuple(_row(x) for x in r.objects("rows"))
+        + tuple(_row(x) for x in province.objects("rows")),
         secure=_secure(r),
+        compared=province.codes("queries"),
     )
 
 
@@ -370,6 +387,18 @@ def _measure(r: _Reader) -> Measure | None:
         ),
         disagreeing=tuple(d.text("node") for d in m.objects("disagreeing")),
     )
+
+
+def _scope(r: _Reader) -> dict[str, Any]:
+    """The report's scope, its display order and the province report it compares with."""
+    out: dict[str, Any] = {"scopes": r.codes("scopes")}
+    if r.has("scope"):
+        out["scope"] = r.child("scope").text("id")
+        out["scope_name"] = r.child("scope").text("name", out["scope"])
+    if r.has("province_report"):
+        compared = r.child("province_report")
+        out["compared"] = (compared.text("title", ""), compared.text("sha256", ""))
+    return out
 
 
 def read_report(model: Mapping[str, Any]) -> Report:
@@ -433,9 +462,16 @@ def read_report(model: Mapping[str, Any]) -> Report:
         ),
         sections=sections,
         areas=tuple(
-            Area(id=a.text("id"), name=a.text("name", ""), counties=a.codes("counties"))
+            Area(
+                id=a.text("id"),
+                name=a.text("name", ""),
+                # reports before node places named an area's nodes "counties"
+                nodes=a.codes("nodes") if a.has("nodes") else a.codes("counties"),
+                kind=a.text("kind", "city"),
+            )
             for a in r.objects("areas")
         ),
+        **_scope(r),
     )
     counts = Counter(stat.id for stat in report.statistics())
     duplicates = sorted(i for i, n in counts.items() if n > 1)

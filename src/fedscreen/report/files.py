@@ -21,6 +21,7 @@ from fedscreen.analyst.query import verify_release
 from fedscreen.crypto.envelope import Envelope
 from fedscreen.errors import ConfigError, VerificationError
 from fedscreen.protocol.query import verify_query
+from fedscreen.report.compare import PROVINCE_COPY, ProvinceReport
 from fedscreen.report.format import PROVINCE, SECURE_FAILED, SECURE_ONLY
 from fedscreen.report.html import render_html
 from fedscreen.report.plan import PlannedQuery, ReportPlan
@@ -142,8 +143,15 @@ def normalized(model: Mapping[str, Any]) -> Any:
     return json.loads(json.dumps(model, ensure_ascii=False))
 
 
-def write_report(out: Path, plan: ReportPlan, model: Mapping[str, Any]) -> dict[str, Path]:
-    """Write plan.toml, report.csv, report.html and, last, report.json into ``out``."""
+def write_report(
+    out: Path,
+    plan: ReportPlan,
+    model: Mapping[str, Any],
+    *,
+    province: ProvinceReport | None = None,
+) -> dict[str, Path]:
+    """Write plan.toml, the province report compared with (if any), report.csv,
+    report.html and, last, report.json into ``out``."""
     if (out / REPORT_FILE).exists():
         raise ConfigError(f"{out} already holds a report; give a new --out directory")
     plan_copy = out / PLAN_FILE
@@ -151,6 +159,11 @@ def write_report(out: Path, plan: ReportPlan, model: Mapping[str, Any]) -> dict[
         raise ConfigError(f"{out} holds the releases of another plan; give a new --out directory")
     if not plan_copy.exists():
         write_new_file(plan_copy, plan.source, mode=0o644, what="plan")
+    if province is not None:
+        copy = out / PROVINCE_COPY
+        # a run that stopped after writing it may have the same bytes there already
+        if not (copy.exists() and copy.read_bytes() == province.data):
+            write_new_file(copy, province.data, mode=0o644, what="province report")
     document = normalized(model)
     paths = {"html": out / "report.html", "json": out / REPORT_FILE, "csv": out / "report.csv"}
     paths["csv"].write_text(csv_text(document), encoding="utf-8", newline="")

@@ -16,14 +16,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from fedscreen.report._css import CSS
 from fedscreen.report._sections import Sections, esc, item_badge
 from fedscreen.report._view import Missing, read_report
-from fedscreen.report.format import format_epsilon
+from fedscreen.report.format import PROVINCE, format_epsilon
 
 __all__ = ["render_html"]
+
+#: the cover's kicker by the first four characters of the report's scope
+_KICKERS: Final = {
+    "prov": "Provincial monitoring",
+    "city": "City monitoring",
+    "coun": "County monitoring",
+}
 
 
 def render_html(model: Mapping[str, Any]) -> str:
@@ -74,11 +81,21 @@ class _Page(Sections):
             ("Analyst", f"<code>{esc(r.analyst)}</code>"),
             ("Coordinator", f"<code>{esc(r.coordinator)}</code>"),
         ]
+        if r.scope != PROVINCE:
+            facts.insert(0, ("Covers", f"{esc(r.scope_name)} (<code>{esc(r.scope)}</code>)"))
+        if r.compared is not None:
+            facts.append(
+                (
+                    "Compared with",
+                    f"{esc(r.compared[0])} (report.json SHA-256 "
+                    f'<code class="hash">{esc(r.compared[1])}</code>)',
+                )
+            )
         rows = "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in facts)
         year = f" · academic year {esc(r.plan.year)}" if r.plan.year else ""
         return (
             '<header class="cover">\n'
-            f'<p class="kicker">Provincial monitoring report{year}</p>\n'
+            f'<p class="kicker">{esc(_KICKERS.get(r.scope[:4], "Monitoring"))} report{year}</p>\n'
             f"<h1>{esc(r.title)}</h1>\n"
             f'<dl class="facts">{rows}</dl>\n</header>\n'
         )
@@ -144,7 +161,17 @@ class _Page(Sections):
             "whiskers and the “95% interval” columns show how far the noise may move them. "
             f"A noisy count below {self.k} is shown as “&lt; {self.k}” and drawn without a bar. "
             "Figures marked “public data, exact” come from the schools’ own tables and have "
-            "no noise. Province figures combine the counties that answered."
+            "no noise. "
+            + (
+                "Province figures combine the counties that answered."
+                if r.scope == PROVINCE
+                else f"{esc(r.scope_name)} figures combine its nodes that answered"
+                + (
+                    "; the province figures beside them are the province’s published ones."
+                    if r.compared is not None
+                    else "."
+                )
+            )
             + (
                 " Figures marked “province only: secure aggregation” are province totals "
                 "whose noise the two aggregators added, with no county or city figure "

@@ -9,14 +9,29 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from fedscreen.report.affordable import NodeCheck
-from fedscreen.report.areas import city_name, city_scopes
+from fedscreen.report.areas import (
+    area_kind,
+    report_areas,
+    scope_name,
+    scope_order,
+    universities,
+)
+from fedscreen.report.compare import ProvinceReport
 from fedscreen.report.derived import disagreements, resolve
 from fedscreen.report.figures import dims, statistic_rows
-from fedscreen.report.plan import ReportPlan
+from fedscreen.report.format import PROVINCE
+from fedscreen.report.plan import ReportPlan, Statistic
 from fedscreen.report.released import Released
 from fedscreen.trust.manifest import Manifest
 
-__all__ = ["MECHANISM", "REPORT_VERSION", "UNIT_OF_PRIVACY", "build_model", "member_names"]
+__all__ = [
+    "MECHANISM",
+    "REPORT_VERSION",
+    "UNITS_SECTION",
+    "UNIT_OF_PRIVACY",
+    "build_model",
+    "member_names",
+]
 
 REPORT_VERSION: Final = 1
 UNIT_OF_PRIVACY: Final = "one student in one academic year"
@@ -27,6 +42,9 @@ MECHANISM: Final = (
     "(all OpenDP samplers). The provincial figures and everything in this report are "
     "computed from those noisy answers only."
 )
+#: the plan section whose statistics show each university (DOMAIN's statistic 8): its node
+#: rows are the university nodes only, when the report has any
+UNITS_SECTION: Final = "universities"
 
 
 def build_model(
@@ -37,21 +55,31 @@ def build_model(
     *,
     names: Mapping[str, str],
     analyst: str,
+    places: Mapping[str, str] | None = None,
+    scope: str = PROVINCE,
+    province: ProvinceReport | None = None,
     generated_at: str | None = None,
 ) -> dict[str, Any]:
     """The report model (``report.json``; the HTML and CSV are rendered from it).
 
     A function of the verified releases, the checks made from the signed budget
-    statements and the plan only, so ``report verify`` can recompute all of it.
+    statements, the plan, the nodes' places (node id -> place, ``areas.node_places``;
+    None: placed by their ids, as manifests before places), the report's ``scope`` and
+    the province's published report it is compared with, so ``report verify`` can
+    recompute all of it. A city or county report's top row is that scope's total (the
+    releases combine exactly its nodes), labelled with the scope's id.
     """
     asked = released
     # a measured table's release serves its queries: the statistics read them by name
     released = resolve(plan, asked)
     first = next(iter(asked.values())).body
     targeted: list[str] = first["targeted"]
+    kind = area_kind(scope)
+    places = dict(places) if places is not None else _places_by_id(targeted)
     # city rows where the report spans several cities (DOMAIN: "city level where county
-    # cells are small")
-    areas = city_scopes(targeted)
+    # cells are small"), county rows where a county has school nodes too
+    areas = report_areas(places, targeted, scope=scope)
+    unis = universities(places, targeted)
     sections: dict[str, list[dict[str, Any]]] = {sid: [] for sid, _ in plan.sections}
     missing_from: dict[str, list[str]] = {n: [] for n in targeted}
     missing_rows = []
@@ -86,14 +114,21 @@ def build_model(
                 "public": all(plan.queries[q].public for q in stat.queries),
                 "queries": [released[q].body["query_id"] for q in stat.queries],
                 "missing": sorted(missing),
-                "rows": statistic_rows(stat, plan, released, areas),
+                "rows": _rows(stat, plan, released, areas, scope=scope, universities=unis),
                 **_secure(stat.queries, released),
+                **({} if province is None else province.comparison(stat.id)),
             }
         )
     spent = _spent(plan, asked, checks, fresh)
+    top = scope_name(scope, names)
     return {
         "version": REPORT_VERSION,
-        "title": f"{plan.title} {plan.year}",
+        "title": f"{plan.title} {plan.year}" + ("" if kind == PROVINCE else f" — {top}"),
+        "scope": {"id": scope, "kind": kind, "name": top, "nodes": list(targeted)},
+        # what the areas were built from: each targeted node's place in the manifest
+        "places": {n: places.get(n, PROVINCE) for n in targeted},
+        "scopes": scope_order(places, targeted, areas),
+        "universities": unis,
         "plan": {
             "name": plan.name,
             "file": plan.path.name,
@@ -115,8 +150,8 @@ def build_model(
             for node in targeted
         ],
         "areas": [
-            {"id": area, "name": city_name(area), "counties": counties}
-            for area, counties in areas.items()
+            {"id": area, "kind": area_kind(area), "name": scope_name(area, names), "nodes": nodes}
+            for area, nodes in areas.items()
         ],
         "privacy": {
             "unit": UNIT_OF_PRIVACY,
@@ -131,7 +166,35 @@ def build_model(
         ],
         "releases": {name: r.body["query_id"] for name, r in asked.items()},
         **({} if plan.measure is None else {"measure": _measure(plan, released)}),
+        **({} if province is None else {"province_report": province.summary()}),
     }
+
+
+def _places_by_id(nodes: Sequence[str]) -> dict[str, str]:
+    """Places of nodes a manifest without places names: a six-digit id is a county."""
+    return {n: f"county:{n}" if len(n) == 6 and n.isdigit() else PROVINCE for n in nodes}
+
+
+def _rows(
+    stat: Statistic,
+    plan: ReportPlan,
+    released: Mapping[str, Released],
+    areas: Mapping[str, Sequence[str]],
+    *,
+    scope: str,
+    universities: Sequence[str],
+) -> list[dict[str, Any]]:
+    """A statistic's rows: the top row labelled with the report's scope; in the
+    universities section, the universities' own rows (counties hold no freshmen)."""
+    rows = statistic_rows(stat, plan, released, areas)
+    if stat.section == UNITS_SECTION and universities:
+        keep = {PROVINCE, *universities}
+        rows = [r for r in rows if r["scope"] in keep]
+    if scope != PROVINCE:
+        for row in rows:
+            if row["scope"] == PROVINCE:
+                row["scope"] = scope
+    return rows
 
 
 def _measure(plan: ReportPlan, released: Mapping[str, Released]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from fedscreen.analyst.query import make_query, submit, verify_release
 from fedscreen.errors import ConfigError
 from fedscreen.protocol.budget import Budgets
 from fedscreen.report.affordable import NodeCheck, check_plan, refuse_if_unaffordable
+from fedscreen.report.areas import REPORT_SCOPES, area_kind, scope_within
 from fedscreen.report.files import (
     BUDGETS_FILE,
     RELEASES_DIR,
@@ -47,6 +48,7 @@ from fedscreen.report.plan import PlannedQuery, ReportPlan
 from fedscreen.report.released import Released
 from fedscreen.trust.identity import load_identity
 from fedscreen.trust.manifest import Manifest
+from fedscreen.trust.scope import PROVINCE, nodes_in_scope
 
 #: seconds to wait for the statement of a node that has just connected
 STATEMENT_WAIT_S: Final = 3.0
@@ -55,6 +57,32 @@ STATEMENT_WAIT_S: Final = 3.0
 def active_nodes(manifest: Manifest) -> list[str]:
     """The manifest's active node ids, in order."""
     return sorted(manifest.active("node"))
+
+
+def scope_nodes(manifest: Manifest, *, analyst: str, scope: str | None) -> tuple[str, list[str]]:
+    """A report's scope (None: the analyst's own) and the active nodes inside it.
+
+    ConfigError, before anything is asked, if the scope is not a report scope or does
+    not lie within the analyst's scope in the manifest: a city's analyst reports on its
+    city or one of its counties, never on the province or another city.
+    """
+    own = manifest.member(analyst, role="analyst").scope or PROVINCE
+    wanted = own if scope is None else scope
+    if wanted.startswith("node:"):
+        raise ConfigError(
+            f"analyst {analyst}'s scope is {own}: give --scope ({REPORT_SCOPES}) for a report"
+        )
+    area_kind(wanted)  # the form, or ConfigError
+    if not scope_within(wanted, own):
+        raise ConfigError(
+            f"scope {wanted} is outside analyst {analyst}'s scope ({own}) in the manifest: "
+            "nothing was asked"
+        )
+    nodes = [m for m in manifest.members if m.role == "node" and not m.revoked]
+    inside = sorted(nodes_in_scope(wanted, nodes))
+    if not inside:
+        raise ConfigError(f"no active node of the manifest lies in {wanted}: nothing to ask")
+    return wanted, inside
 
 
 def check_budgets(

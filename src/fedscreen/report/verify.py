@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,19 +27,24 @@ from fedscreen.policy import Policy
 from fedscreen.protocol.budget import verify_budgets
 from fedscreen.protocol.compare import same_figures
 from fedscreen.report.affordable import check_plan
+from fedscreen.report.areas import area_kind, node_places, scope_within
+from fedscreen.report.compare import PROVINCE_COPY, ProvinceReport
 from fedscreen.report.files import (
     BUDGETS_FILE,
     PLAN_FILE,
     RELEASES_DIR,
     REPORT_FILE,
+    QueryRun,
     csv_text,
     normalized,
     read_run,
 )
+from fedscreen.report.format import PROVINCE
 from fedscreen.report.html import render_html
 from fedscreen.report.model import build_model, member_names
-from fedscreen.report.plan import load_plan
+from fedscreen.report.plan import ReportPlan, load_plan
 from fedscreen.trust.manifest import Manifest
+from fedscreen.trust.scope import scope_contains
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,7 @@ def verify_report(directory: Path, *, manifest: Manifest, policy: Policy) -> Ver
         fresh = list(budgets_doc["fresh"])
     except (KeyError, TypeError, AttributeError) as exc:
         raise VerificationError(f"{BUDGETS_FILE} is malformed: {exc!r}") from None
+    scope, places = _check_scope(model, runs, manifest, analyst=str(analyst))
     recomputed = normalized(
         build_model(
             plan,
@@ -111,6 +117,9 @@ def verify_report(directory: Path, *, manifest: Manifest, policy: Policy) -> Ver
             fresh,
             names=member_names(manifest),
             analyst=str(analyst),
+            places=places,
+            scope=scope,
+            province=_province(directory, model, plan),
             generated_at=str(model.get("generated_at")),
         )
     )
@@ -124,6 +133,78 @@ def verify_report(directory: Path, *, manifest: Manifest, policy: Policy) -> Ver
     figures = sum(len(s["rows"]) for sec in model["sections"] for s in sec["statistics"])
     digests = frozenset(hashlib.sha256(run.release_envelope).hexdigest() for run in runs.values())
     return VerifiedReport(len(plan.statistics), figures, len(runs), digests)
+
+
+def _check_scope(
+    model: Mapping[str, Any], runs: Mapping[str, QueryRun], manifest: Manifest, *, analyst: str
+) -> tuple[str, dict[str, str] | None]:
+    """The report's scope and its nodes' places, checked against the manifest.
+
+    Every release must target the same nodes; in a city or county report, exactly the
+    manifest's active nodes inside the scope (and none outside it), and the scope must
+    lie within the analyst's own. The places the report states must be the manifest's
+    (None: a report from before places, whose areas came from node ids).
+    """
+    stated = model.get("scope", {"id": PROVINCE})
+    scope = stated.get("id") if isinstance(stated, Mapping) else None
+    if not isinstance(scope, str):
+        raise VerificationError("the report's scope is not a scope id")
+    try:
+        area_kind(scope)
+    except ConfigError as exc:
+        raise VerificationError(str(exc)) from None
+    targeted = {tuple(run.released.body["targeted"]) for run in runs.values()}
+    if len(targeted) > 1:
+        raise VerificationError("the report's releases did not all ask the same nodes")
+    nodes = list(next(iter(targeted), ()))
+    members = {m.id: m for m in manifest.members if m.role == "node"}
+    if scope != PROVINCE:
+        own = next((m.scope for m in manifest.members if m.id == analyst), "")
+        if not scope_within(scope, own):
+            raise VerificationError(
+                f"{scope} is outside analyst {analyst}'s scope ({own or PROVINCE})"
+            )
+        outside = sorted(
+            n for n in nodes if n not in members or not scope_contains(scope, members[n])
+        )
+        active = {m.id for m in members.values() if not m.revoked and scope_contains(scope, m)}
+        left_out = sorted(active - set(nodes))
+        if outside or left_out:
+            raise VerificationError(
+                f"the releases' targeted nodes are not exactly {scope}'s: "
+                + "; ".join(
+                    part
+                    for part in (
+                        f"outside it: {', '.join(outside)}" if outside else "",
+                        f"not asked: {', '.join(left_out)}" if left_out else "",
+                    )
+                    if part
+                )
+            )
+    if "places" not in model:
+        return scope, None
+    places = node_places(manifest)
+    stated_places = model["places"]
+    if not isinstance(stated_places, Mapping) or any(
+        stated_places.get(n) != places.get(n, PROVINCE) for n in nodes
+    ):
+        raise VerificationError("the report's node places are not the manifest's")
+    return scope, places
+
+
+def _province(directory: Path, model: Mapping[str, Any], plan: ReportPlan) -> ProvinceReport | None:
+    """The province report a city report compared with: its copy, by the stated SHA-256."""
+    stated = model.get("province_report")
+    if stated is None:
+        return None
+    try:
+        province = ProvinceReport.from_bytes((directory / PROVINCE_COPY).read_bytes())
+        province.check_for(plan)
+    except (OSError, ConfigError) as exc:
+        raise VerificationError(f"{PROVINCE_COPY}: {exc}") from None
+    if not isinstance(stated, Mapping) or stated.get("sha256") != province.sha256:
+        raise VerificationError(f"{PROVINCE_COPY} is not the province report the report names")
+    return province
 
 
 def _compare(recomputed: Any, reported: Any) -> None:
