@@ -88,6 +88,9 @@ class County:
     seed: int
     profile: Profile
     schools: tuple[School, ...]
+    #: what student numbers begin with ("": "G" and the county code, as 学籍号 do); a
+    #: university's own numbers begin with its code, so two universities never share one
+    student_prefix: str = ""
 
     @property
     def students(self) -> int:
@@ -211,7 +214,14 @@ def generate_university(
         raise ConfigError(f"university code {university_id!r}: 4-20 letters or digits")
     school = plan_university(university_id, students, start, seed)
     profile = replace(_UNIVERSITY, name=f"university:{university_id}")
-    return County(code=county, year=year, seed=seed, profile=profile, schools=(school,))
+    return County(
+        code=county,
+        year=year,
+        seed=seed,
+        profile=profile,
+        schools=(school,),
+        student_prefix=f"U{university_id}",
+    )
 
 
 # --- students ---------------------------------------------------------------------------
@@ -353,7 +363,7 @@ class _Model:
         fixed = (code, school.school_id, kind, location, grade)
         academic_year, year_end, follow_ups = county.year, self.year_end, self.follow_up.values
         base_key = self.key(school, cell, 0)
-        sn_prefix = "G" + code
+        sn_prefix = county.student_prefix or "G" + code
         for i in range(cell.students):
             key = base_key + i
             kb = key.to_bytes(8, "little")
