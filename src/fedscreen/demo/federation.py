@@ -16,58 +16,37 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from fedscreen.aggregator.home import init_aggregator
 from fedscreen.aggregator.store import export_log as aggregator_log
 from fedscreen.audit.verify import verify_bundle
 from fedscreen.coordinator.core import export_log as coordinator_log
-from fedscreen.coordinator.core import init_coordinator
+from fedscreen.demo.members import (
+    ANALYST,
+    CITY_ANALYST,
+    COUNTIES,
+    DEFAULT_COUNTIES,
+    Members,
+    build,
+)
+from fedscreen.demo.scopes import ask_outside, outside_node, refused_at_node
 from fedscreen.errors import ConfigError
 from fedscreen.node.home import export_log as node_log
-from fedscreen.node.home import init_home
-from fedscreen.node.ingest import ingest_paths
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
+from fedscreen.report.areas import node_places
 from fedscreen.report.files import write_report
 from fedscreen.report.format import format_value
 from fedscreen.report.model import build_model, member_names
 from fedscreen.report.plan import load_plan
 from fedscreen.report.run import run_plan
 from fedscreen.report.verify import releases_logged, verify_report
-from fedscreen.synth import generate, write_export
 from fedscreen.tlog.export import Bundle
-from fedscreen.trust import authority
-from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
+from fedscreen.trust.identity import load_identity
 
-#: (county code, name, students, profile): real Hebei counties of different sizes and kinds
-COUNTIES: Final = (
-    ("130102", "长安区", 6_000, "urban"),
-    ("130104", "桥西区", 4_000, "mixed"),
-    ("130121", "井陉县", 3_000, "rural"),
-    # more real counties, across Hebei's cities, for larger demo federations (--counties)
-    ("130203", "路北区", 5_000, "urban"),
-    ("130425", "大名县", 4_000, "rural"),
-    ("130602", "竞秀区", 5_000, "urban"),
-    ("130722", "张北县", 2_500, "rural"),
-    ("130528", "宁晋县", 3_500, "mixed"),
-    ("131102", "桃城区", 4_500, "mixed"),
-    ("130802", "双桥区", 3_000, "urban"),
-    ("130681", "涿州市", 4_000, "mixed"),
-    ("131182", "深州市", 3_000, "rural"),
-)
-#: counties in the default demo federation (the first of COUNTIES)
-DEFAULT_COUNTIES: Final = 3
-YEAR: Final = "2024-2025"
-#: the year before, for the report's year-over-year change
-PREVIOUS_YEAR: Final = "2023-2024"
-ANALYST: Final = "hebei-monitoring-centre"
-COORDINATOR: Final = "coordinator"
-#: the second aggregator of secure queries: another department than the coordinator's
-AGGREGATOR: Final = "hebei-stats-bureau"
 #: seconds a process may take to be ready (start, TLS handshake, Welcome)
 READY_TIMEOUT_S: Final = 60.0
 #: seconds a process gets to stop after SIGTERM before it is killed
@@ -123,56 +102,6 @@ def _wait_ready(path: Path, proc: subprocess.Popen[bytes], log: Path) -> dict[st
     )
 
 
-County = tuple[str, str, int, str]
-
-
-def build(
-    work: Path,
-    counties: Sequence[County],
-    *,
-    seed: int,
-    scale: float,
-    say: Callable[[str], None],
-) -> dict[str, Path]:
-    """Create the authority, every member and the nodes' data; returns the homes by role/id."""
-    auth = work / "authority"
-    authority.init_authority(auth, federation="hebei-demo")
-    homes = {
-        "coordinator": work / "coordinator",
-        "analyst": work / "analyst",
-        "auditor": work / "auditor",
-        "aggregator": work / "aggregator",
-    }
-    init_coordinator(homes["coordinator"], member_id=COORDINATOR, name="河北省平台")
-    issue_here(auth, homes["coordinator"])
-    init_aggregator(homes["aggregator"], member_id=AGGREGATOR, name="河北省统计局")
-    issue_here(auth, homes["aggregator"])
-    create_identity(homes["analyst"], member_id=ANALYST, role="analyst", name="省心理健康监测中心")
-    issue_here(auth, homes["analyst"])
-    create_identity(
-        homes["auditor"], member_id="data-security-office", role="auditor", name="数据安全办公室"
-    )
-    issue_here(auth, homes["auditor"])
-    for code, name, students, profile in counties:
-        n = max(200, int(students * scale))
-        say(f"   node {code} {name}: {n:,} synthetic students ({profile})")
-        config = init_home(work / code, node_id=code, name=name)
-        issue_here(auth, config.home)
-        for offset, year in enumerate((PREVIOUS_YEAR, YEAR)):
-            exports = work / f"exports-{code}-{year}"
-            county = generate(code, n, year, seed + offset, profile=profile)
-            write_export(county, exports, per_school=True)
-            _, rejected = ingest_paths(config, [exports])
-            if rejected:
-                raise ConfigError("\n".join(str(e) for e in rejected))
-        homes[code] = config.home
-    text = authority.manifest_text(auth)
-    for home in homes.values():
-        update_manifest(home, text)
-    homes["authority"] = auth
-    return homes
-
-
 def run(
     work: Path,
     *,
@@ -189,14 +118,15 @@ def run(
     fewest = max(1, policy.secure.min_nodes)
     if not fewest <= counties <= len(COUNTIES):
         raise ConfigError(f"--counties must be between {fewest} and {len(COUNTIES)}")
-    members = COUNTIES[:counties]
     work.mkdir(parents=True, exist_ok=True)
     say(
-        f"1. a federation in {work}: authority, coordinator, second aggregator, analyst, "
-        f"auditor, {len(members)} county nodes"
+        f"1. a federation in {work}: authority, coordinator, second aggregator, a province "
+        f"and a city analyst, auditor, {counties} county nodes, a school's and a "
+        "university's own nodes"
     )
-    homes = build(work, members, seed=seed, scale=scale, say=say)
+    homes = build(work, COUNTIES[:counties], seed=seed, scale=scale, say=say)
     processes = Processes()
+    outside, envelope = None, b""
     try:
         say(
             "2. starting the coordinator, the second aggregator and the nodes (real processes, "
@@ -208,7 +138,7 @@ def run(
                 "coordinator",
                 "serve",
                 "--home",
-                str(homes["coordinator"]),
+                str(homes.coordinator),
                 "--listen",
                 "127.0.0.1:0",
                 "--ready-file",
@@ -224,7 +154,7 @@ def run(
                 "aggregator",
                 "serve",
                 "--home",
-                str(homes["aggregator"]),
+                str(homes.aggregator),
                 "--coordinator",
                 address,
                 "--ready-file",
@@ -233,14 +163,14 @@ def run(
             work / "aggregator.log",
         )
         starting = [(aggregator_ready, aggregator, work / "aggregator.log")]
-        for code, *_ in members:
+        for code in homes.nodes:
             node_ready = work / f"{code}.ready"
             node = processes.start(
                 [
                     "node",
                     "serve",
                     "--home",
-                    str(homes[code]),
+                    str(homes.nodes[code]),
                     "--coordinator",
                     address,
                     "--ready-file",
@@ -252,7 +182,7 @@ def run(
         for node_ready, node, log in starting:
             _wait_ready(node_ready, node, log)
         say(
-            f"   coordinator on {address}; the second aggregator and {len(members)} nodes "
+            f"   coordinator on {address}; the second aggregator and {len(homes.nodes)} nodes "
             "connected\n"
         )
         say(
@@ -261,22 +191,33 @@ def run(
         )
         plan = load_plan(policies.joinpath(*PLAN), policy)
         report_dir = work / "report"
-        outcome = run_plan(homes["analyst"], address, plan, report_dir, say=say)
+        outcome = run_plan(homes.analyst, address, plan, report_dir, say=say)
         model = build_model(
             plan,
             {name: run.released for name, run in outcome.runs.items()},
             outcome.checks,
             outcome.fresh,
-            names=member_names(load_identity(homes["analyst"]).manifest()),
+            names=member_names(load_identity(homes.analyst).manifest()),
             analyst=ANALYST,
+            places=node_places(load_identity(homes.analyst).manifest()),
         )
         written = write_report(report_dir, plan, model)
         _headline(model, say)
+        outside = outside_node(homes)
+        if outside is not None:
+            say(
+                f"\n4. {CITY_ANALYST[1]} (scope {CITY_ANALYST[2]}) asks node {outside}, a "
+                "county of another city"
+            )
+            envelope = ask_outside(homes, address, outside, say)
     finally:
         processes.stop()
-    say("\n4. the auditor verifies every log offline, then the report against them")
-    manifest = load_identity(homes["auditor"]).manifest()
-    reports = verify_bundle(_bundle(homes, [c[0] for c in members]), manifest)
+    if outside is not None:
+        # the node's process has stopped: its log has one writer
+        refused_at_node(homes, outside, envelope, say)
+    say("\n5. the auditor verifies every log offline, then the report against them")
+    manifest = load_identity(homes.auditor).manifest()
+    reports = verify_bundle(_bundle(homes), manifest)
     for report in reports:
         say(
             f"   {report.origin}: {report.size} entries, {report.checkpoints} signed "
@@ -316,9 +257,9 @@ def _headline(model: dict[str, Any], say: Callable[[str], None]) -> None:
                 say(f"     {' · '.join(str(g) for g in row['group']):<22}{row['display']:>8}{span}")
 
 
-def _bundle(homes: dict[str, Path], nodes: Sequence[str]) -> Bundle:
+def _bundle(homes: Members) -> Bundle:
     """Every log of the federation, as an auditor's bundle."""
     # the coordinator's before the aggregator's: secure releases are cross-checked
-    logs = [coordinator_log(homes["coordinator"]), aggregator_log(homes["aggregator"])]
-    logs += [node_log(homes[code]) for code in nodes]
+    logs = [coordinator_log(homes.coordinator), aggregator_log(homes.aggregator)]
+    logs += [node_log(home) for home in homes.nodes.values()]
     return Bundle(tuple(logs), None)
