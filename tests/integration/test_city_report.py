@@ -154,6 +154,11 @@ def test_a_city_analysts_report_of_another_city_is_refused_before_anything_is_as
     # nothing was asked: no node charged anything, no report written
     assert {n: fed.charges(n) for n in NODES} == charges
     assert not out.exists()
+    # the budget check of a city plan reads the city's nodes' statements only
+    planned = _cli("report", "plan", str(plan), *_as(fed, CITY_ANALYST))
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert all(f"\n{n}  yes" in planned.stdout for n in CITY)
+    assert not any(n in planned.stdout for n in OTHER_CITY)
     # --province-report is for a city or county report only
     ran = _cli(
         "report", "run", str(plan), *_as(fed, PROVINCE_ANALYST), "--province-report",

@@ -79,6 +79,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         parser.add_argument("--year", help="academic year (default: the plan's)")
         parser.add_argument("--nodes", help="comma-separated node ids (default: every active node)")
         parser.add_argument(
+            "--scope",
+            help="what the report covers: province, city:<4 digits> or county:<6 digits>, "
+            "within your own scope in the manifest (default: your scope); every query asks "
+            "exactly the active nodes inside it",
+        )
+        parser.add_argument(
             "--policy",
             type=Path,
             help="the provincial catalogue the plan is checked against "
@@ -117,12 +123,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     common(run, connect_required=True)
     run.add_argument("--out", type=Path, required=True, help="a new directory for the report")
-    run.add_argument(
-        "--scope",
-        help="what the report covers: province, city:<4 digits> or county:<6 digits>, within "
-        "your own scope in the manifest (default: your scope); every query asks exactly the "
-        "active nodes inside it",
-    )
     run.add_argument(
         "--province-report",
         type=Path,
@@ -217,8 +217,10 @@ def run_plan_command(args: argparse.Namespace) -> int:
             raise ConfigError("give both --home and --coordinator to check the nodes' budgets")
         print("\n(budgets not checked: give --home and --coordinator)")
         return 0
+    identity = load_identity(args.home)
+    _, targets = _targets(args, identity.manifest(), identity.member_id)
     checks, _ = check_budgets(
-        args.home, args.coordinator, plan, nodes=_nodes(args), coordinator_id=args.coordinator_id
+        args.home, args.coordinator, plan, nodes=targets, coordinator_id=args.coordinator_id
     )
     print_checks(checks)
     if any(c.problems for c in checks):
@@ -318,6 +320,16 @@ def print_secure_accuracy(plan: ReportPlan) -> None:
     table(["statistic", "ε per county", "secure", f"{PROVINCE_COUNTIES} answers", "gain"], rows)
 
 
+def _targets(args: argparse.Namespace, manifest: Manifest, analyst: str) -> tuple[str, list[str]]:
+    """The report's scope and the nodes its queries ask (refused before anything is asked)."""
+    scope, targets = scope_nodes(manifest, analyst=analyst, scope=args.scope)
+    if _nodes(args):
+        if scope != PROVINCE:
+            raise ConfigError(f"--nodes is for a province report; a {scope} report asks its nodes")
+        return scope, _nodes(args)
+    return scope, targets
+
+
 def _province_report(
     directory: Path, plan: ReportPlan, manifest: Manifest, policy: Policy
 ) -> ProvinceReport:
@@ -339,11 +351,7 @@ def run_report_command(args: argparse.Namespace) -> int:
     identity = load_identity(args.home)
     manifest = identity.manifest()
     # the scope is checked, and the province report read, before anything is asked
-    scope, targets = scope_nodes(manifest, analyst=identity.member_id, scope=args.scope)
-    if _nodes(args):
-        if scope != PROVINCE:
-            raise ConfigError(f"--nodes is for a province report; a {scope} report asks its nodes")
-        targets = _nodes(args)
+    scope, targets = _targets(args, manifest, identity.member_id)
     province = None
     if args.province_report is not None:
         if scope == PROVINCE:

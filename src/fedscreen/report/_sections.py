@@ -63,6 +63,12 @@ class Sections:
         self.names.update({a.id: a.name or a.id for a in report.areas})
         #: the report's own total: the province, or a city or county report's scope
         self.top = report.scope
+        # a city report's secure figures are the city's totals, not the province's
+        self.secure_only = (
+            SECURE_ONLY
+            if self.top == PROVINCE
+            else SECURE_ONLY.replace("province", report.scope_name, 1)
+        )
         # the top, the province's published figures (a city report), then each city
         # with its counties and their nodes, the universities last
         scopes = list(report.scopes) or [a.id for a in report.areas] + [n.id for n in report.nodes]
@@ -172,7 +178,7 @@ class Sections:
         if stat.secure is not None:
             by = " and ".join(self.aggregators.get(a, a) for a in stat.secure.aggregators)
             facts.append(
-                f"<li><strong>Secure aggregation:</strong> {esc(SECURE_ONLY)} ({esc(by)}; "
+                f"<li><strong>Secure aggregation:</strong> {esc(self.secure_only)} ({esc(by)}; "
                 'see <a href="#secure">Privacy</a>): no county or city figure</li>'
             )
         parts = [
@@ -375,7 +381,7 @@ class Sections:
             # where other statistics list each city and county
             bodies.append(
                 '<tbody class="secure-only"><tr><th scope="rowgroup">Each city and county</th>'
-                f'<td colspan="{len(heads) - 1}">{esc(SECURE_ONLY)}</td></tr></tbody>'
+                f'<td colspan="{len(heads) - 1}">{esc(self.secure_only)}</td></tr></tbody>'
             )
         note = (
             '<p class="table-note">† The 95% interval contains the target: '

@@ -25,11 +25,11 @@ from fedscreen.report.format import PROVINCE, format_epsilon
 
 __all__ = ["render_html"]
 
-#: the cover's kicker by the first four characters of the report's scope
+#: the cover's kicker by the kind of scope the report covers (the part before ":")
 _KICKERS: Final = {
-    "prov": "Provincial monitoring",
+    "province": "Provincial monitoring",
     "city": "City monitoring",
-    "coun": "County monitoring",
+    "county": "County monitoring",
 }
 
 
@@ -93,9 +93,10 @@ class _Page(Sections):
             )
         rows = "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in facts)
         year = f" · academic year {esc(r.plan.year)}" if r.plan.year else ""
+        kicker = _KICKERS.get(r.scope.split(":")[0], "Monitoring")
         return (
             '<header class="cover">\n'
-            f'<p class="kicker">{esc(_KICKERS.get(r.scope[:4], "Monitoring"))} report{year}</p>\n'
+            f'<p class="kicker">{esc(kicker)} report{year}</p>\n'
             f"<h1>{esc(r.title)}</h1>\n"
             f'<dl class="facts">{rows}</dl>\n</header>\n'
         )

@@ -315,3 +315,14 @@ def test_verify_requires_the_releases_to_target_exactly_the_scope(
     moved = {**city, "places": {**city["places"], "130105": "county:130107"}}
     with pytest.raises(VerificationError, match="node places are not the manifest's"):
         _check_scope(moved, _run(_released(fed, CITY)), manifest, analyst=ANALYST)
+
+
+def test_a_city_reports_secure_figures_are_the_citys(city: dict[str, Any]) -> None:
+    model = json.loads(json.dumps(city))
+    model["sections"][0]["statistics"][0]["secure"] = {
+        "aggregators": [COORDINATOR, "stats-bureau"],
+        "failure": None,
+    }
+    html = render_html(model)
+    assert "石家庄市 only: secure aggregation" in html
+    assert "province only: secure aggregation" not in html
