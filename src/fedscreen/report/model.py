@@ -27,8 +27,8 @@ from fedscreen.trust.manifest import Manifest
 __all__ = [
     "MECHANISM",
     "REPORT_VERSION",
-    "UNITS_SECTION",
     "UNIT_OF_PRIVACY",
+    "UNIVERSITIES_SECTION",
     "build_model",
     "member_names",
 ]
@@ -44,7 +44,7 @@ MECHANISM: Final = (
 )
 #: the plan section whose statistics show each university (DOMAIN's statistic 8): its node
 #: rows are the university nodes only, when the report has any
-UNITS_SECTION: Final = "universities"
+UNIVERSITIES_SECTION: Final = "universities"
 
 
 def build_model(
@@ -187,7 +187,7 @@ def _rows(
     """A statistic's rows: the top row labelled with the report's scope; in the
     universities section, the universities' own rows (counties hold no freshmen)."""
     rows = statistic_rows(stat, plan, released, areas)
-    if stat.section == UNITS_SECTION and universities:
+    if stat.section == UNIVERSITIES_SECTION and universities:
         keep = {PROVINCE, *universities}
         rows = [r for r in rows if r["scope"] in keep]
     if scope != PROVINCE:

@@ -140,9 +140,9 @@ def _check_scope(
 ) -> tuple[str, dict[str, str] | None]:
     """The report's scope and its nodes' places, checked against the manifest.
 
-    Every release must target the same nodes; in a city or county report, exactly the
-    manifest's active nodes inside the scope (and none outside it), and the scope must
-    lie within the analyst's own. The places the report states must be the manifest's
+    In a city or county report, every release must target exactly the manifest's
+    active nodes inside the scope (and none outside it), and the scope must lie within
+    the analyst's own. The places the report states must be the manifest's
     (None: a report from before places, whose areas came from node ids).
     """
     stated = model.get("scope", {"id": PROVINCE})
@@ -154,11 +154,11 @@ def _check_scope(
     except ConfigError as exc:
         raise VerificationError(str(exc)) from None
     targeted = {tuple(run.released.body["targeted"]) for run in runs.values()}
-    if len(targeted) > 1:
-        raise VerificationError("the report's releases did not all ask the same nodes")
     nodes = list(next(iter(targeted), ()))
     members = {m.id: m for m in manifest.members if m.role == "node"}
     if scope != PROVINCE:
+        if len(targeted) > 1:
+            raise VerificationError(f"the report's releases did not all ask {scope}'s nodes")
         own = next((m.scope for m in manifest.members if m.id == analyst), "")
         if not scope_within(scope, own):
             raise VerificationError(

@@ -312,6 +312,9 @@ def test_verify_requires_the_releases_to_target_exactly_the_scope(
         _check_scope(
             city, _run(_released(fed, CITY)), _scoped(fed.manifest, "city:1302"), analyst=ANALYST
         )
+    mixed = {**_run(_released(fed, CITY)), "again": _run(_released(fed, CITY[:2]))["by_sex"]}
+    with pytest.raises(VerificationError, match="did not all ask city:1301's nodes"):
+        _check_scope(city, mixed, manifest, analyst=ANALYST)
     moved = {**city, "places": {**city["places"], "130105": "county:130107"}}
     with pytest.raises(VerificationError, match="node places are not the manifest's"):
         _check_scope(moved, _run(_released(fed, CITY)), manifest, analyst=ANALYST)
