@@ -1,21 +1,30 @@
 """Benchmark the federation on loopback: latency and cost per node, and throughput.
 
-    PYTHONPATH=src python scripts/bench_federation.py            # N = 1, 10, 50, 167
+    PYTHONPATH=src python scripts/bench_federation.py            # N = 1, 10, 50, 167, 292
     PYTHONPATH=src python scripts/bench_federation.py --nodes 1,10 --queries 10
 
-Sets up a real federation in a temporary directory (authority, coordinator, up
-to 167 county nodes with 2,000 synthetic students each, 8 analysts), starts the
-coordinator in one process and the nodes as many ``run_node`` tasks spread over
-a few processes (mutual TLS, kept-open streams, real SQLite), then measures, for
-a grouped count query sent to the first N nodes:
+Sets up a real federation in a temporary directory (authority, coordinator, up to
+167 county nodes with 2,000 synthetic students each, then, for N above 167, up to
+125 university nodes with a quarter of that each in freshmen, ``--university-students``;
+8 analysts with province scope), starts the coordinator in one process and the nodes
+as many ``run_node`` tasks spread over a few processes (mutual TLS, kept-open streams,
+real SQLite), then measures, for a grouped count query every kind of node answers
+(PHQ-9 >= 10 by grade band and sex) sent to the first N nodes:
 
 * end-to-end latency (median, p95) of Analyst.Submit, on a kept-open channel;
 * the nodes' own answering time (``handle_query`` in-process: verify, SQL, noise,
-  ledger and log commit, signing) and the CPU the node processes spend per
-  answer in the federation (their /proc CPU time over the answers given);
+  ledger and log commit, signing; a county's, and a university's if there is one)
+  and the CPU the node processes spend per answer in the federation (their /proc
+  CPU time over the answers given);
 * the federation's cost per additional node, (latency(N) − latency(1)) / (N − 1),
-  beside that CPU time per answer;
+  and per node added since the tier before, beside that CPU time per answer;
+* the coordinator's CPU per query and per node, split by thread;
 * throughput with 8 analysts submitting concurrently at N = 10.
+
+N = 292 is the whole province: Hebei's 167 county-level units and its 125 universities
+(ids 10001-10125, 5-digit codes as the Ministry of Education's). The default run
+takes about 3 minutes on 2 cores (set-up of the 292 homes about 40 s, N = 292 about
+2 s a query) and leaves about 0.5 GB in its work directory.
 
 Caveat: every node shares this machine's cores (2 here), so for large N the
 latency mostly measures the nodes' own work queued on those cores; in a real
@@ -26,49 +35,47 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent / "src"))
+sys.path.insert(0, str(ROOT))
 
-from fedscreen._util.files import write_ready_file  # noqa: E402
+from loopback_federation import (  # noqa: E402
+    COORDINATOR,
+    COUNTIES,
+    UNIVERSITIES,
+    YEAR,
+    cpu_seconds,
+    federation,
+    setup,
+    thread_cpu_seconds,
+)
+
+# moved to loopback_federation.py; ``X as X`` keeps them importable from here for
+# bench_secure.py
+from loopback_federation import spawn as spawn  # noqa: E402
+from loopback_federation import until_signalled as until_signalled  # noqa: E402
+from loopback_federation import wait_ready as wait_ready  # noqa: E402
+
 from fedscreen.analyst.query import make_query, verify_release  # noqa: E402
-from fedscreen.coordinator.core import init_coordinator  # noqa: E402
-from fedscreen.coordinator.server import serve  # noqa: E402
 from fedscreen.node import store  # noqa: E402
-from fedscreen.node.agent import run_node  # noqa: E402
-from fedscreen.node.home import init_home, load_config  # noqa: E402
-from fedscreen.node.ingest import ingest_paths  # noqa: E402
+from fedscreen.node.home import load_config  # noqa: E402
 from fedscreen.node.requests import handle_query  # noqa: E402
 from fedscreen.rpc import transport  # noqa: E402
-from fedscreen.synth import generate, write_export  # noqa: E402
-from fedscreen.trust import authority  # noqa: E402
-from fedscreen.trust.identity import (  # noqa: E402
-    create_identity,
-    issue_here,
-    load_identity,
-    update_manifest,
-)
+from fedscreen.trust.identity import load_identity  # noqa: E402
 from fedscreen.v1 import federation_pb2 as pb  # noqa: E402
 from fedscreen.v1 import federation_pb2_grpc as pb_grpc  # noqa: E402
 
-YEAR = "2024-2025"
-COUNTY = "130104"
-COORDINATOR = "coordinator"
+#: columns every kind of node holds (the catalogue's [kinds]): a university answers too
 SQL = (
     "SELECT grade_band, sex, COUNT(*) FROM screenings "
     f"WHERE academic_year = '{YEAR}' AND phq9_total >= 10 GROUP BY grade_band, sex"
@@ -78,204 +85,8 @@ SQL = (
 EPSILON = 0.005
 #: how long the coordinator may wait for nodes (ms): long enough that no node is missing
 DEADLINE_MS = 60_000
-#: bound on a worker process getting ready (s)
-READY_TIMEOUT_S = 300
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: the coordinator's own CPU per node answer the issue asks for (ms)
 COORD_TARGET_MS = 0.5
-
-
-# ---------------------------------------------------------------- setup
-
-
-def _node_id(i: int) -> str:
-    return f"bench-{i:03d}"
-
-
-def _make_node(args: tuple[Path, str, Path]) -> str:
-    """Create a node home and load the county export (one process per call)."""
-    home, node_id, export = args
-    config = init_home(home, node_id=node_id, name=f"县 {node_id}", county_code=COUNTY)
-    _, rejected = ingest_paths(config, [export])
-    if rejected:
-        raise RuntimeError(str(rejected[0]))
-    return node_id
-
-
-def setup(
-    work: Path,
-    nodes: int,
-    students: int,
-    analysts: int,
-    *,
-    extra: Callable[[Path], list[Path]] | None = None,
-) -> list[str]:
-    """Authority, coordinator, ``nodes`` node homes with data, analysts; all issued.
-
-    ``extra``: called with the authority's directory to make and issue more members'
-    homes (e.g. a second aggregator); returns them, so they get the manifest too.
-    """
-    auth = work / "auth"
-    authority.init_authority(auth, federation="河北省 (bench)")
-    init_coordinator(work / "coord", member_id=COORDINATOR, name="协调服务")
-    issue_here(auth, work / "coord")
-    # every node holds the same county's export (same rows, its own secret and keys)
-    write_export(generate(COUNTY, students, YEAR, seed=1), work / "export")
-    node_ids = [_node_id(i) for i in range(nodes)]
-    jobs = [(work / "nodes" / n, n, work / "export") for n in node_ids]
-    with ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        list(pool.map(_make_node, jobs, chunksize=8))
-    for node_id in node_ids:
-        issue_here(auth, work / "nodes" / node_id)
-    for a in range(analysts):
-        home = work / f"analyst-{a + 1}"
-        create_identity(home, member_id=f"analyst-{a + 1}", role="analyst", name=f"A{a + 1}")
-        issue_here(auth, home)
-    homes = [work / "coord", *(work / "nodes" / n for n in node_ids)]
-    homes += [work / f"analyst-{a + 1}" for a in range(analysts)]
-    if extra is not None:
-        homes += extra(auth)
-    text = authority.manifest_text(auth)  # with the extra members in it
-    for home in homes:
-        update_manifest(home, text)
-    return node_ids
-
-
-# ---------------------------------------------------------------- worker processes
-
-
-def until_signalled(main: Any) -> None:
-    """Run ``main(stop)`` in a new event loop; SIGINT or SIGTERM sets ``stop``."""
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await main(stop)
-
-    asyncio.run(runner())
-
-
-def role_coordinator(home: Path, ready: Path) -> None:
-    async def main(stop: asyncio.Event) -> None:
-        await serve(home, "127.0.0.1:0", ready_file=ready, stop=stop)
-
-    until_signalled(main)
-
-
-def role_nodes(job: Path) -> None:
-    """Many nodes in one process: one ``run_node`` task each, one event loop."""
-    spec = json.loads(job.read_text())
-    homes = [Path(h) for h in spec["homes"]]
-
-    async def main(stop: asyncio.Event) -> None:
-        welcomed: set[str] = set()
-
-        def on_welcome(event: Any) -> None:
-            welcomed.add(event.node_id)
-            if len(welcomed) == len(homes):
-                write_ready_file(Path(spec["ready"]), {"nodes": len(homes), "pid": os.getpid()})
-
-        await asyncio.gather(
-            *(run_node(h, spec["coordinator"], stop=stop, on_welcome=on_welcome) for h in homes)
-        )
-
-    until_signalled(main)
-
-
-def wait_ready(path: Path, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
-    """The ready file ``proc`` writes, once it is there (RuntimeError if it exits first)."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not path.is_file():
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"worker not ready within {READY_TIMEOUT_S} s")
-        time.sleep(0.05)
-    return dict(json.loads(path.read_text()))
-
-
-def spawn(*args: str, script: str = __file__) -> subprocess.Popen[bytes]:
-    """``script`` (this one by default) in a new interpreter, with ``args``."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.Popen([sys.executable, script, *args], env=env)
-
-
-@dataclass
-class Running:
-    """A federation's processes: the coordinator, the node processes and any others."""
-
-    address: str
-    coordinator: subprocess.Popen[bytes]
-    nodes: list[subprocess.Popen[bytes]]
-    #: every process, in start order (stopped in reverse); callers may add theirs
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-
-@contextmanager
-def federation(work: Path, node_ids: list[str], processes: int) -> Iterator[Running]:
-    """The coordinator and ``node_ids`` as ``run_node`` tasks in ``processes`` processes,
-    every node connected; on exit every process is stopped, the last started first."""
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        ready = work / "coordinator.ready"
-        coordinator = spawn("--role", "coordinator", "--home", str(work / "coord"),
-                            "--ready", str(ready))  # fmt: skip
-        procs.append(coordinator)
-        address = str(wait_ready(ready, coordinator)["address"])
-        groups = [node_ids[i::processes] for i in range(processes)]
-        node_procs = []
-        for g, group in enumerate(g for g in groups if g):
-            job = work / f"nodes-{g}.json"
-            job.write_text(
-                json.dumps(
-                    {
-                        "homes": [str(work / "nodes" / n) for n in group],
-                        "coordinator": address,
-                        "ready": str(work / f"nodes-{g}.ready"),
-                    }
-                )
-            )
-            node_procs.append((spawn("--role", "nodes", "--job", str(job)), g))
-        procs.extend(p for p, _ in node_procs)
-        for proc, g in node_procs:
-            wait_ready(work / f"nodes-{g}.ready", proc)
-        yield Running(address, coordinator, [p for p, _ in node_procs], procs)
-    finally:
-        # nodes (and later ones) first, so none of them sees the coordinator go and redials
-        for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-        for proc in reversed(procs):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (s), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def thread_cpu_seconds(pid: int) -> dict[str, float]:
-    """CPU time so far (s) of a process's live threads by kind: ``loop`` (the main thread:
-    the asyncio event loop, gRPC's Python side), ``workers`` (other Python threads: the
-    coordinator's core thread, verifying, logging, releasing) and ``grpc`` (gRPC's own C
-    threads, which come and go)."""
-    kinds = {"loop": 0.0, "grpc": 0.0, "workers": 0.0}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            text = (task / "stat").read_text()
-        except OSError:  # the thread ended meanwhile
-            continue
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        fields = text.rsplit(")", 1)[1].split()
-        seconds = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-        kind = "loop" if task.name == str(pid) else "workers" if name == "python" else "grpc"
-        kinds[kind] += seconds
-    return kinds
 
 
 # ---------------------------------------------------------------- measuring
@@ -340,6 +151,7 @@ async def measure(
     per_analyst: int,
     node_pids: list[int],
     coordinator_pid: int,
+    counties: int,
 ) -> dict[str, Any]:
     counter = [0]
     identity = load_identity(work / "analyst-1")
@@ -374,6 +186,7 @@ async def measure(
             results["tiers"].append(
                 {
                     "nodes": n,
+                    "universities": max(0, n - counties),
                     "p50_ms": statistics.median(latencies) * 1000,
                     "p95_ms": _p95(latencies) * 1000,
                     "node_cpu_per_answer_ms": nodes_cpu / (queries * n) * 1000,
@@ -382,10 +195,15 @@ async def measure(
                     "missing": missing,
                 }
             )
-            print(f"  N={n}: median {statistics.median(latencies) * 1000:.1f} ms", flush=True)
-        # verify one release end to end, as an analyst would (not timed above)
+            print(
+                f"  N={n}: median {statistics.median(latencies) * 1000:.1f} ms, {missing} missing",
+                flush=True,
+            )
+        # verify one release end to end, as an analyst would (not timed above): two county
+        # nodes and the last node, a university's when there are any
+        sample = list(dict.fromkeys([*node_ids[:2], node_ids[-1]]))
         query, envelope = make_query(
-            identity.home, SQL, epsilon=EPSILON, accuracy=None, nodes=node_ids[:2]
+            identity.home, SQL, epsilon=EPSILON, accuracy=None, nodes=sample
         )
         response = await main.stub.Submit(
             pb.SubmitRequest(query_envelope=envelope, deadline_ms=DEADLINE_MS), timeout=70
@@ -396,6 +214,8 @@ async def measure(
             query=query,
             answers={a.node_id: a.envelope for a in response.answers},
         )
+        if sorted(a.node_id for a in response.answers) != sorted(sample):
+            raise RuntimeError(f"release over {sample} lacks {list(response.missing_nodes)}")
         # throughput: analysts submitting at once, each query to N = 10 nodes
         targets = node_ids[: min(10, len(node_ids))]
 
@@ -416,36 +236,43 @@ async def measure(
         }
     finally:
         for ch in channels:
-            await ch.close()
+            await ch.close(grace=None)
     return results
 
 
-def report(results: dict[str, Any], answer_ms: list[float], setup_s: float) -> None:
+def report(results: dict[str, Any], answer_ms: dict[str, list[float]], setup: str) -> None:
+    """Print the tables: latency and cost per node by N, the coordinator's CPU by
+    thread, throughput."""
     tiers = results["tiers"]
     base = tiers[0]
-    own = statistics.median(answer_ms)
-    print(f"\nsetup {setup_s:.0f} s; {os.cpu_count()} cores; all on loopback, mutual TLS\n")
-    print(
-        f"node's own answering time (handle_query in-process): median {own:.2f} ms, "
-        f"p95 {_p95(answer_ms):.2f} ms\n"
-    )
+    print(f"\nsetup {setup}; {os.cpu_count()} cores; all on loopback, mutual TLS\n")
+    for kind, times in answer_ms.items():
+        print(
+            f"{kind} node's own answering time (handle_query in-process): median "
+            f"{statistics.median(times):.2f} ms, p95 {_p95(times):.2f} ms"
+        )
     header = (
-        f"{'N':>4}  {'p50 ms':>8}  {'p95 ms':>8}  {'p50/p50(1)':>10}  "
-        f"{'cost/extra node ms':>18}  {'node CPU/answer ms':>18}  {'cost/CPU':>8}  "
-        f"{'coord CPU/query ms':>18}  {'coord CPU/node ms':>17}  {'missing':>7}"
+        f"\n{'N':>4}  {'univ':>4}  {'p50 ms':>8}  {'p95 ms':>8}  {'p50/p50(1)':>10}  "
+        f"{'cost/extra node ms':>18}  {'since N before':>14}  {'node CPU/answer ms':>18}  "
+        f"{'cost/CPU':>8}  {'coord CPU/query ms':>18}  {'coord CPU/node ms':>17}  "
+        f"{'missing':>7}"
     )
     print(header)
-    print("-" * len(header))
+    print("-" * (len(header) - 1))
+    before = base
     for t in tiers:
         n = t["nodes"]
         if n > base["nodes"]:
             extra = (t["p50_ms"] - base["p50_ms"]) / (n - base["nodes"])
             extra_text, ratio = f"{extra:.2f}", f"{extra / t['node_cpu_per_answer_ms']:.2f}"
+            step = (t["p50_ms"] - before["p50_ms"]) / (n - before["nodes"])
+            step_text = f"{step:.2f}"
         else:
-            extra_text, ratio = "-", "-"
+            extra_text, ratio, step_text = "-", "-", "-"
+        before = t
         print(
-            f"{n:>4}  {t['p50_ms']:>8.1f}  {t['p95_ms']:>8.1f}  "
-            f"{t['p50_ms'] / base['p50_ms']:>10.2f}  {extra_text:>18}  "
+            f"{n:>4}  {t['universities']:>4}  {t['p50_ms']:>8.1f}  {t['p95_ms']:>8.1f}  "
+            f"{t['p50_ms'] / base['p50_ms']:>10.2f}  {extra_text:>18}  {step_text:>14}  "
             f"{t['node_cpu_per_answer_ms']:>18.2f}  {ratio:>8}  "
             f"{t['coordinator_cpu_per_query_ms']:>18.1f}  "
             f"{t['coordinator_cpu_per_query_ms'] / n:>17.2f}  {t['missing']:>7}"
@@ -479,22 +306,31 @@ def report(results: dict[str, Any], answer_ms: list[float], setup_s: float) -> N
         line += f"; one analyst alone: {rate:.1f} queries/s (×{tp['per_s'] / rate:.2f})"
     print(line)
     print(
-        "\ncost/extra node: what each additional node adds to the median latency. The nodes "
-        "and the\ncoordinator share this machine's cores, so it is about (node CPU/answer + "
-        "coord CPU/node)\n/ cores; coord CPU/node is the federation's own cost per node "
-        "(receive, verify, log,\ncombine one answer), and bounds throughput at "
-        "1 / (coord CPU/node × N) on one core."
+        "\nuniv: how many of the N nodes are universities (freshmen only); the rest are "
+        "county nodes.\ncost/extra node: what each additional node adds to the median "
+        "latency; since N before:\nwhat each node added since the tier above adds. The "
+        "nodes and the coordinator share this\nmachine's cores, so it is about (node "
+        "CPU/answer + coord CPU/node) / cores; coord CPU/node\nis the federation's own "
+        "cost per node (receive, verify, log, combine one answer), and\nbounds throughput "
+        "at 1 / (coord CPU/node × N) on one core."
     )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--role", choices=("driver", "coordinator", "nodes"), default="driver")
-    parser.add_argument("--home", type=Path)
-    parser.add_argument("--ready", type=Path)
-    parser.add_argument("--job", type=Path)
-    parser.add_argument("--nodes", default="1,10,50,167", help="comma-separated N")
-    parser.add_argument("--students", type=int, default=2_000, help="students per node")
+    parser.add_argument("--nodes", default="1,10,50,167,292", help="comma-separated N")
+    parser.add_argument("--students", type=int, default=2_000, help="students per county node")
+    parser.add_argument(
+        "--university-students",
+        type=int,
+        help="freshmen per university node (default: a quarter of --students)",
+    )
+    parser.add_argument(
+        "--counties",
+        type=int,
+        default=COUNTIES,
+        help=f"county nodes before the universities (at most {UNIVERSITIES}) begin",
+    )
     parser.add_argument("--queries", type=int, default=30, help="timed queries per N")
     parser.add_argument("--analysts", type=int, default=8)
     parser.add_argument("--per-analyst", type=int, default=10, help="queries per analyst")
@@ -502,19 +338,30 @@ def main() -> int:
     parser.add_argument("--work", type=Path, help="work directory (default: a new temp one)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.role == "coordinator":
-        role_coordinator(args.home, args.ready)
-        return 0
-    if args.role == "nodes":
-        role_nodes(args.job)
-        return 0
-
-    tiers = sorted(int(n) for n in args.nodes.split(","))
+    tiers = sorted({int(n) for n in args.nodes.split(",")})
+    if args.counties < 1 or tiers[0] < 1 or tiers[-1] > args.counties + UNIVERSITIES:
+        parser.error(f"N from 1 to {args.counties} counties + {UNIVERSITIES} universities")
+    freshmen = args.university_students or args.students // 4
+    counties = min(tiers[-1], args.counties)
+    universities = tiers[-1] - counties
     work = args.work or Path(tempfile.mkdtemp(prefix="fedscreen-bench-"))
-    print(f"setting up {tiers[-1]} nodes x {args.students} students in {work}", flush=True)
+    print(
+        f"setting up {counties} county nodes x {args.students} students and {universities} "
+        f"universities x {freshmen} freshmen in {work}",
+        flush=True,
+    )
     started = time.perf_counter()
-    node_ids = setup(work, tiers[-1], args.students, args.analysts)
+    node_ids = setup(
+        work,
+        tiers[-1],
+        args.students,
+        args.analysts,
+        counties=args.counties,
+        university_students=freshmen,
+    )
     setup_s = time.perf_counter() - started
+    print(f"  setup: {setup_s:.0f} s", flush=True)
+    started = time.perf_counter()
     with federation(work, node_ids, args.processes) as running:
         print(f"coordinator at {running.address}; {len(node_ids)} nodes connected", flush=True)
         results = asyncio.run(
@@ -528,11 +375,22 @@ def main() -> int:
                 args.per_analyst,
                 [p.pid for p in running.nodes],
                 running.coordinator.pid,
+                args.counties,
             )
         )
+    run_s = time.perf_counter() - started
     # measured with the servers stopped, so nothing else competes for the cores
-    answer_times = node_answer_times(work, node_ids[0], args.queries, [10_000])
-    report(results, [t * 1000 for t in answer_times], setup_s)
+    counter = [10_000]
+    answer_ms = {
+        kind: [t * 1000 for t in node_answer_times(work, node_ids[i], args.queries, counter)]
+        for kind, i in (("county", 0), ("university", args.counties))
+        if i < len(node_ids)
+    }
+    setup_text = (
+        f"{setup_s:.0f} s ({counties} counties x {args.students:,} students, {universities} "
+        f"universities x {freshmen:,} freshmen), run {run_s:.0f} s"
+    )
+    report(results, answer_ms, setup_text)
     return 0
 
 
