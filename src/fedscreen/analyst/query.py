@@ -45,6 +45,9 @@ def make_query(
     identity = load_identity(home)
     if identity.role != "analyst":
         raise ConfigError(f"{home} holds a {identity.role} identity, not an analyst's")
+    twice = sorted({n for n in nodes if list(nodes).count(n) > 1})
+    if twice:
+        raise ConfigError(f"--nodes names {', '.join(twice[:10])} more than once")
     query = SignedQuery(
         query_id=new_query_id(),
         analyst=identity.member_id,

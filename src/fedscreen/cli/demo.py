@@ -15,7 +15,7 @@ from typing import Final
 
 from fedscreen.cli.node import print_answer, print_status
 from fedscreen.cli.output import Progress
-from fedscreen.demo import federation
+from fedscreen.demo import federation, members
 from fedscreen.errors import FedscreenError
 from fedscreen.node import ledger, store
 from fedscreen.node.engine import QueryRequest, answer_query
@@ -52,9 +52,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     demo.add_argument(
         "--counties",
         type=int,
-        default=federation.DEFAULT_COUNTIES,
+        default=members.DEFAULT_COUNTIES,
         help=f"county nodes in the federation (3, the fewest a secure figure sums, to "
-        f"{len(federation.COUNTIES)}; default {federation.DEFAULT_COUNTIES})",
+        f"{len(members.COUNTIES)}; default {members.DEFAULT_COUNTIES}: three of 石家庄 and one "
+        "of 唐山, besides a school's and a university's own nodes)",
     )
     demo.add_argument(
         "--single-node",

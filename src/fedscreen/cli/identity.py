@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from fedscreen.crypto.signing import public_key_id
-from fedscreen.errors import UnknownMember
+from fedscreen.errors import ConfigError, UnknownMember
 from fedscreen.trust.certs import certificate_not_after, read_public_file
 from fedscreen.trust.history import MAX_MANIFEST_BYTES
 from fedscreen.trust.identity import (
@@ -46,8 +46,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     init.add_argument(
         "--scope",
         default="",
-        help="an analyst's scope: province, city:<4 digits>, county:<6 digits> or "
-        "node:<node id> (default: province); a node's place: county:<code> or province "
+        help="an analyst's scope (required for an analyst): province, city:<4 digits>, "
+        "county:<6 digits> or node:<node id>; a node's place: county:<code> or province "
         "(`node init` sets it)",
     )
     init.set_defaults(func=run_init)
@@ -86,6 +86,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run_init(args: argparse.Namespace) -> int:
     """``fedscreen identity init``."""
     adopting = (args.home / SIGNING_KEY_FILE).is_file()
+    if args.role == "analyst" and not args.scope:
+        # every analyst's reach is chosen, never defaulted to the widest
+        raise ConfigError(
+            "an analyst needs --scope: province, city:<4 digits>, county:<6 digits> or "
+            "node:<node id>"
+        )
     identity = create_identity(
         args.home,
         member_id=args.member_id,

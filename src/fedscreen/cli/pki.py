@@ -34,6 +34,8 @@ from fedscreen.trust.identity import (
     install_issued,
     load_identity,
 )
+from fedscreen.trust.manifest import Member
+from fedscreen.trust.scope import node_place
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -140,7 +142,8 @@ def run_issue(args: argparse.Namespace) -> int:
         request_path = args.request
         _check_out_dir(out)
     request = certs.read_request(request_path)
-    fingerprint = certs.verify_request(request).fingerprint
+    claimed = certs.verify_request(request)
+    fingerprint = claimed.fingerprint
     cert_pem, member = authority.issue(
         args.dir,
         request,
@@ -152,6 +155,13 @@ def run_issue(args: argparse.Namespace) -> int:
     manifest_text = authority.manifest_text(args.dir)
     version = authority.current_manifest(args.dir).version
     print(f"issued {member.role} {member.id} ({member.name})")
+    if member.role in ("analyst", "node"):
+        print(f"  {'scope' if member.role == 'analyst' else 'place':19} {_placement(member)}")
+    if member.scope != claimed.scope:
+        print(
+            f"  (the request claims {claimed.scope or 'no scope'}; the manifest keeps "
+            f"{member.scope or 'none'}: `fedscreen pki scope` changes it)"
+        )
     print(f"  request fingerprint {fingerprint}")
     print(f"  signing key id      {member.key_id}")
     print(f"  certificate sha256  {member.tls_sha256}")
@@ -175,6 +185,13 @@ def _check_out_dir(out: Path) -> None:
     for name in (CERT_FILE, CA_FILE, MANIFEST_FILE):
         if (out / name).exists():
             raise ConfigError(f"{out / name} already exists; choose an empty --out directory")
+
+
+def _placement(member: Member) -> str:
+    """An analyst's scope or a node's kind and place, as the authority should read it."""
+    if member.role == "analyst":
+        return member.scope or "province (no scope named: every node)"
+    return f"{member.level or 'county'} node at {node_place(member)}"
 
 
 def run_scope(args: argparse.Namespace) -> int:
@@ -222,7 +239,11 @@ def run_manifest(args: argparse.Namespace) -> int:
             m.role,
             m.name,
             m.level,
-            m.scope or ("province" if m.role == "analyst" else ""),
+            m.scope or "province"
+            if m.role == "analyst"
+            else node_place(m)
+            if m.role == "node"
+            else "",
             m.key_id,
             m.tls_sha256[:16],
             "revoked" if m.revoked else "active",

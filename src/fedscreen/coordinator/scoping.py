@@ -34,8 +34,13 @@ def targets(manifest: Manifest, query: SignedQuery) -> tuple[str, ...]:
 
 
 def check_scope(manifest: Manifest, query: SignedQuery) -> None:
-    """QueryRefused if ``query`` names an active node outside its analyst's scope, or the
-    scope holds no active node (the nodes it names are known to be active)."""
+    """QueryRefused if ``query`` names a node twice, or an active node outside its
+    analyst's scope, or the scope holds no active node (the nodes it names are known to
+    be active)."""
+    twice = [n for n in dict.fromkeys(query.nodes) if query.nodes.count(n) > 1]
+    if twice:
+        # a release names each node once: a list with repeats could never verify
+        raise QueryRefused(f"the query names {named(twice)} more than once; nothing was asked")
     analyst = manifest.member(query.analyst, role="analyst")
     scope = describe(analyst.scope)
     outside = [n for n in query.nodes if not scope_contains(analyst.scope, manifest.member(n))]

@@ -239,6 +239,7 @@ def issue(
     with _locked(authority_dir):
         manifest = current_manifest(authority_dir)
         _check_admissible(manifest, verified, replace=replace)
+        verified = _kept_placement(manifest, verified)
         ca_cert = load_cert(read_public_file(authority_dir / CA_CERT_FILE))
         if cert_sha256(ca_cert) != manifest.ca_sha256:
             raise ConfigError(f"{authority_dir / CA_CERT_FILE} is not the CA the manifest names")
@@ -278,6 +279,19 @@ def issue(
             mode=0o644,
         )
     return cert_pem, member
+
+
+def _kept_placement(manifest: Manifest, request: CertRequest) -> CertRequest:
+    """The request as issued: re-issuing an active member (new keys, renewal) keeps the
+    scope and node kind the manifest gives it, whatever the new request claims; only
+    ``pki scope`` changes a scope (a rekey must not quietly widen a city's analyst)."""
+    current = next(
+        (m for m in manifest.members if m.id == request.member_id and not m.revoked), None
+    )
+    if current is None:
+        return request
+    level = current.level if current.role == "node" else request.level
+    return dataclasses.replace(request, scope=current.scope, level=level)
 
 
 def _check_admissible(manifest: Manifest, request: CertRequest, *, replace: bool) -> None:
@@ -323,6 +337,9 @@ def set_scope(authority_dir: Path, member_id: str, scope: str) -> Manifest:
     this scope (``trust.scope``); returns it. The member keeps its keys and certificate:
     the manifest, not the certificate's copy from issue time, is what every check reads.
     """
+    if not scope:
+        # an unset shell variable must not widen an analyst to the province
+        raise ConfigError("give the scope explicitly (province, city:…, county:…, node:…)")
     return _amend(authority_dir, member_id, "change the scope of", scope=scope)
 
 
@@ -338,7 +355,9 @@ def _amend(authority_dir: Path, member_id: str, what: str, **changes: Any) -> Ma
             ) from None
         changed = dataclasses.replace(target, **changes)
         if "scope" in changes:
-            check_member_scope(role=changed.role, level=changed.level, scope=changed.scope)
+            check_member_scope(
+                role=changed.role, level=changed.level, scope=changed.scope, member_id=changed.id
+            )
         signing_key = SigningKey.load(authority_dir / AUTHORITY_KEY_FILE)
         members = tuple(changed if m.id == target.id else m for m in manifest.members)
         new = replace_manifest(manifest, members=members)

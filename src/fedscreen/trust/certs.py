@@ -144,7 +144,7 @@ def validate_member_fields(
         raise ConfigError(f"role {role!r}: one of {', '.join(ROLES)}")
     check_text("name", name, MAX_NAME_CHARS, required=True)
     check_text("level", level, MAX_LEVEL_CHARS, required=False)
-    check_member_scope(role=role, level=level, scope=scope)
+    check_member_scope(role=role, level=level, scope=scope, member_id=member_id)
 
 
 def _is_ip_address(text: str) -> bool:

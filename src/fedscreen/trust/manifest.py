@@ -130,7 +130,12 @@ class Member:
             if role not in ROLES or len(key) != PUBLIC_KEY_SIZE:
                 raise ValueError(f"bad role or key for {data.get('id')!r}")
             scope = str(data.get("scope", ""))
-            check_member_scope(role=role, level=str(data.get("level", "")), scope=scope)
+            check_member_scope(
+                role=role,
+                level=str(data.get("level", "")),
+                scope=scope,
+                member_id=str(data["id"]),
+            )
             return cls(
                 id=str(data["id"]),
                 role=role,

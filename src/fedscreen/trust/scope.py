@@ -48,11 +48,12 @@ __all__ = [
 PROVINCE: Final = "province"
 #: a node member's ``level``: what kind of holder it is ("" in older manifests: county)
 NODE_KINDS: Final = ("county", "university", "school")
-_CITY: Final = re.compile(r"city:(\d{4})")
-_COUNTY: Final = re.compile(r"county:(\d{6})")
+# ASCII digits only: "city:１３０１" (full-width) must not look like 石家庄 and reach nothing
+_CITY: Final = re.compile(r"city:([0-9]{4})")
+_COUNTY: Final = re.compile(r"county:([0-9]{6})")
 # the member-id grammar of trust.certs (MEMBER_ID_PATTERN), inlined: certs imports us
 _NODE: Final = re.compile(r"node:([A-Za-z0-9][A-Za-z0-9_.-]{1,63})")
-_SIX_DIGITS: Final = re.compile(r"\d{6}")
+_SIX_DIGITS: Final = re.compile(r"[0-9]{6}")
 
 
 class _Placed(Protocol):
@@ -72,15 +73,19 @@ def _is_analyst_scope(scope: str) -> bool:
     return scope == PROVINCE or any(p.fullmatch(scope) for p in (_CITY, _COUNTY, _NODE))
 
 
-def check_member_scope(*, role: str, level: str, scope: str) -> None:
+def check_member_scope(*, role: str, level: str, scope: str, member_id: str = "") -> None:
     """Raise ConfigError unless ``scope`` fits a member of ``role`` (and node kind ``level``).
 
     An analyst's scope is one of the four forms (or empty: the province). A node's
     is its place: ``county:<code>`` for a county or school node, ``province`` for a
-    university (or empty: placed by its id). Other roles have none.
+    university (or empty: placed by its id); a county node whose id is a county code
+    (``member_id``, when given) is placed at that county, not another. Other roles
+    have none.
     """
     if not scope:
         return
+    if role not in ("analyst", "node"):
+        raise ConfigError(f"only analysts and nodes have a scope, not {role}s ({scope!r})")
     if role == "analyst":
         if not _is_analyst_scope(scope):
             raise ConfigError(
@@ -94,8 +99,11 @@ def check_member_scope(*, role: str, level: str, scope: str) -> None:
         ok = scope == PROVINCE if kind == "university" else bool(_COUNTY.fullmatch(scope))
         if kind not in NODE_KINDS or not ok:
             raise ConfigError(f"a {kind} node's place is {wanted}, not {scope!r}")
-        return
-    raise ConfigError(f"only analysts and nodes have a scope, not {role}s ({scope!r})")
+        if kind == "county" and _SIX_DIGITS.fullmatch(member_id) and scope != f"county:{member_id}":
+            raise ConfigError(
+                f"county node {member_id} is placed at {scope!r}: a county node named by its "
+                f"county code is placed at county:{member_id}"
+            )
 
 
 def node_scope(kind: str, county_code: str) -> str:

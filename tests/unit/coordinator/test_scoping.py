@@ -3,15 +3,18 @@ nodes inside its analyst's scope; a named node outside the scope refuses the que
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from fedscreen.analyst.query import make_query
 from fedscreen.coordinator import scoping
-from fedscreen.errors import QueryRefused
+from fedscreen.errors import ConfigError, QueryRefused
+from fedscreen.protocol.query import SignedQuery, issue_query, new_query_id
+from fedscreen.query.sqlparse import parse_sql
 from fedscreen.trust import authority
-from fedscreen.trust.identity import create_identity, issue_here, update_manifest
+from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
 from fedscreen.trust.manifest import Manifest, load_manifest
 
 SQL = "SELECT COUNT(*) FROM screenings WHERE academic_year = '2024-2025'"
@@ -79,9 +82,27 @@ def test_a_named_node_outside_the_scope_refuses_the_whole_query(
     with pytest.raises(QueryRefused, match=r"city:1301.*'10075', '130202'"):
         scoping.check_scope(manifest, query)
     inside, _ = make_query(root / "sjz", SQL, epsilon=0.1, accuracy=None,
-                           nodes=("130104-s01", "130104-s01"))  # fmt: skip
+                           nodes=("130104-s01", "130104"))  # fmt: skip
     scoping.check_scope(manifest, inside)
-    assert scoping.targets(manifest, inside) == ("130104-s01",)
+    assert scoping.targets(manifest, inside) == ("130104-s01", "130104")
+
+
+def test_a_node_named_twice_is_refused_before_anything_is_asked(
+    fed: tuple[Path, Manifest],
+) -> None:
+    """A release names each node once, so a list with repeats could never verify: the
+    analyst's tool refuses to sign one, and the coordinator refuses one signed anyway."""
+    root, manifest = fed
+    with pytest.raises(ConfigError, match="130104 more than once"):
+        make_query(root / "sjz", SQL, epsilon=0.1, accuracy=None, nodes=("130104", "130104"))
+    identity = load_identity(root / "sjz")
+    query = SignedQuery(
+        query_id=new_query_id(), analyst="sjz", issued_at_ms=int(time.time() * 1000),
+        spec=parse_sql(SQL), epsilon=0.1, accuracy=None, nodes=("130104", "130104"),
+    )  # fmt: skip
+    signed, _ = issue_query(query, key=identity.signing_key())
+    with pytest.raises(QueryRefused, match="'130104' more than once"):
+        scoping.check_scope(manifest, signed)
 
 
 def test_a_scope_without_an_active_node_is_refused(fed: tuple[Path, Manifest]) -> None:

@@ -550,7 +550,13 @@ def test_cli_round_trip_never_prints_private_keys(
         == 0
     )  # fmt: skip
     assert _cli("pki", "issue", "--dir", str(auth), "--home", str(node)) == 0
-    _cli("identity", "init", "--home", str(ana), "--id", "ana", "--role", "analyst", "--name", "A")
+    # an analyst's scope is chosen, never defaulted: without --scope, nothing is created
+    with pytest.raises(ConfigError, match="an analyst needs --scope"):
+        _cli("identity", "init", "--home", str(ana), "--id", "ana", "--role", "analyst",
+             "--name", "A")  # fmt: skip
+    assert not (ana / "request.json").exists()
+    _cli("identity", "init", "--home", str(ana), "--id", "ana", "--role", "analyst", "--name", "A",
+         "--scope", "province")  # fmt: skip
     fingerprint = load_identity(ana).request_fingerprint()
     assert (
         _cli(

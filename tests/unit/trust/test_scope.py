@@ -162,3 +162,59 @@ def test_pki_scope_signs_a_new_version_and_refuses_a_bad_one(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="not an active member"):
         authority.set_scope(auth, "nobody", "province")
     assert load_manifest(auth / authority.MANIFEST_FILE).version == after.version
+
+
+def test_reissuing_keeps_the_scope_and_kind_the_manifest_gives(tmp_path: Path) -> None:
+    """A rekey or renewal (``pki issue --replace``) from a request claiming another scope
+    or place keeps the authority's: only ``pki scope`` changes it."""
+    auth = tmp_path / "auth"
+    authority.init_authority(auth, federation="河北省")
+    create_identity(tmp_path / "a1", member_id="sjz", role="analyst", name="石家庄",
+                    scope="city:1301")  # fmt: skip
+    issue_here(auth, tmp_path / "a1")
+    create_identity(tmp_path / "s1", member_id="130202-s01", role="node", name="school",
+                    level="school", scope="county:130202")  # fmt: skip
+    issue_here(auth, tmp_path / "s1")
+    wider = create_identity(tmp_path / "a2", member_id="sjz", role="analyst", name="石家庄")
+    cert_pem, member = authority.issue(auth, wider.request_path, replace=True)
+    assert member.scope == "city:1301"
+    assert certs.cert_scope(certs.load_cert(cert_pem)) == "city:1301"
+    moved = create_identity(tmp_path / "s2", member_id="130202-s01", role="node", name="school")
+    _, node = authority.issue(auth, moved.request_path, replace=True)
+    assert (node.level, node.scope) == ("school", "county:130202")
+    authority.set_scope(auth, "sjz", "county:130104")
+    again = create_identity(tmp_path / "a3", member_id="sjz", role="analyst", name="石家庄",
+                            scope="province")  # fmt: skip
+    _, member = authority.issue(auth, again.request_path, replace=True)
+    assert member.scope == "county:130104"
+
+
+@pytest.mark.parametrize(
+    ("member_id", "role", "value"),
+    [
+        ("sjz", "analyst", ""),  # an unset shell variable must not widen to the province
+        ("coordinator", "coordinator", ""),
+        ("sjz", "analyst", "city:１３０１"),  # full-width digits
+        ("130202", "node", "county:130104"),  # 唐山's county node placed in 石家庄
+    ],
+)
+def test_pki_scope_refuses_what_would_mislead(
+    tmp_path: Path, member_id: str, role: str, value: str
+) -> None:
+    auth = tmp_path / "auth"
+    authority.init_authority(auth, federation="河北省")
+    create_identity(tmp_path / "m", member_id=member_id, role=role, name="m")
+    issue_here(auth, tmp_path / "m")
+    version = load_manifest(auth / authority.MANIFEST_FILE).version
+    with pytest.raises(ConfigError):
+        authority.set_scope(auth, member_id, value)
+    assert load_manifest(auth / authority.MANIFEST_FILE).version == version
+
+
+def test_a_county_node_named_by_its_code_is_placed_at_that_county(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="placed at county:130202"):
+        create_identity(tmp_path / "n", member_id="130202", role="node", name="路南区",
+                        level="county", scope="county:130104")  # fmt: skip
+    for digits in ("１３０１０４", "١٣٠١٠٤"):
+        with pytest.raises(ConfigError):
+            scope.check_member_scope(role="node", level="school", scope=f"county:{digits}")
