@@ -15,7 +15,6 @@ the compiler refuses them with "not held by a university node" rather than as un
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 
 from fedscreen.errors import PolicyError
 from fedscreen.policy.model import NODE_KINDS, Dataset, Policy, Secure
@@ -61,7 +60,11 @@ def kinds_loosenings(province: Policy, county: Holdings) -> list[str]:
 
 
 def for_kind(policy: Policy, kind: str) -> Policy:
-    """``policy`` as a node of ``kind`` enforces it: only the columns that kind holds."""
+    """``policy`` as a node of ``kind`` enforces it: only the columns that kind holds.
+
+    A kind that holds every column (a county) enforces ``policy`` itself, digest and all,
+    so a county node's answers state the policy they stated before kinds existed.
+    """
     if kind not in NODE_KINDS:
         raise PolicyError(f"node kind {kind!r}: one of {', '.join(NODE_KINDS)}")
     datasets: dict[str, Dataset] = {}
@@ -70,13 +73,17 @@ def for_kind(policy: Policy, kind: str) -> Policy:
         if dataset.period not in keep:
             # as in merge: a dataset whose period is gone cannot be charged, so none of it
             keep = frozenset()
-        dropped = frozenset(dataset.columns) - keep
-        datasets[name] = replace(
-            dataset,
+        datasets[name] = Dataset(
+            public=dataset.public,
+            period=dataset.period,
+            unit=dataset.unit,
             columns={c: rule for c, rule in dataset.columns.items() if c in keep},
-            not_held=dataset.not_held | dropped,
+            withheld=dataset.withheld,
+            not_held=dataset.not_held | (frozenset(dataset.columns) - keep),
             held_by=kind,
         )
+    if all(d.columns == policy.datasets[n].columns for n, d in datasets.items()):
+        return policy
     secure = Secure(
         min_nodes=policy.secure.min_nodes,
         columns={
@@ -86,4 +93,12 @@ def for_kind(policy: Policy, kind: str) -> Policy:
         },
         refused=policy.secure.refused,
     )
-    return replace(policy, datasets=datasets, secure=secure, kind=kind)
+    return Policy(
+        version=policy.version,
+        limits=policy.limits,
+        datasets=datasets,
+        overrides=policy.overrides,
+        secure=secure,
+        kinds=policy.kinds,
+        kind=kind,
+    )
