@@ -15,7 +15,7 @@ from typing import Final
 from fedscreen.errors import QueryRefused
 from fedscreen.protocol.query import SignedQuery
 from fedscreen.trust.manifest import Manifest, show_id
-from fedscreen.trust.scope import describe, nodes_in_scope, scope_contains
+from fedscreen.trust.scope import PROVINCE, describe, nodes_in_scope, scope_contains
 
 __all__ = ["MAX_NAMED_NODES", "check_scope", "named", "targets"]
 
@@ -35,8 +35,8 @@ def targets(manifest: Manifest, query: SignedQuery) -> tuple[str, ...]:
 
 def check_scope(manifest: Manifest, query: SignedQuery) -> None:
     """QueryRefused if ``query`` names a node twice, or an active node outside its
-    analyst's scope, or the scope holds no active node (the nodes it names are known to
-    be active)."""
+    analyst's scope, or a city's, county's or node's scope holds no active node (the
+    nodes it names are known to be active)."""
     twice = [n for n in dict.fromkeys(query.nodes) if query.nodes.count(n) > 1]
     if twice:
         # a release names each node once: a list with repeats could never verify
@@ -49,7 +49,8 @@ def check_scope(manifest: Manifest, query: SignedQuery) -> None:
             f"out of scope: analyst {query.analyst}'s scope is {scope}, which does not "
             f"include {named(outside)}; nothing was asked of any node"
         )
-    if not targets(manifest, query):
+    if analyst.scope not in ("", PROVINCE) and not targets(manifest, query):
+        # (a province query before any node joined is logged and released empty, as ever)
         raise QueryRefused(f"no active node lies inside analyst {query.analyst}'s scope {scope}")
 
 
