@@ -137,7 +137,7 @@ def init_home(
     if kind == "county" and school_id:
         raise ConfigError("--school is for a school or university node, not a county's")
     county = county_code or node_id
-    if not re.fullmatch(r"\d{6}", county):
+    if not re.fullmatch(r"[0-9]{6}", county):
         raise ConfigError(f"county code {county!r}: six digits (GB/T 2260), e.g. 130102")
     school = "" if kind == "county" else (school_id or node_id)
     if school and not SCHOOL_ID_PATTERN.fullmatch(school):

@@ -218,3 +218,10 @@ def test_a_county_node_named_by_its_code_is_placed_at_that_county(tmp_path: Path
     for digits in ("１３０１０４", "١٣٠١٠٤"):
         with pytest.raises(ConfigError):
             scope.check_member_scope(role="node", level="school", scope=f"county:{digits}")
+
+
+def test_the_policy_and_the_manifest_know_the_same_node_kinds() -> None:
+    # trust.scope sits below policy in the layering, so each names the kinds itself
+    from fedscreen.policy import NODE_KINDS
+
+    assert scope.NODE_KINDS == NODE_KINDS
