@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,6 +130,20 @@ def test_a_city_report_asks_only_the_citys_nodes_and_verifies(
     verified = _cli("report", "verify", str(city), "--manifest", _manifest(fed))
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "VALID" in verified.stdout
+    assert "not verified here: give that report with --province-report" in verified.stdout
+    both = _cli("report", "verify", str(city), "--manifest", _manifest(fed),
+                "--province-report", str(province))  # fmt: skip
+    assert both.returncode == 0, both.stdout + both.stderr
+    assert "the province report it compares with verified too" in both.stdout
+    # the province report given must verify from its own releases, and be the one copied
+    edited = tmp_path / "province-edited"
+    shutil.copytree(province, edited)
+    doc = json.loads((edited / "report.json").read_text(encoding="utf-8"))
+    doc["generated_at"] = "2020-01-01T00:00:00+00:00"
+    (edited / "report.json").write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    other = _cli("report", "verify", str(city), "--manifest", _manifest(fed),
+                 "--province-report", str(edited))  # fmt: skip
+    assert other.returncode == 2, other.stdout + other.stderr
     # a copy of the province report changed after the fact is caught
     forged = dict(published, title="Another province report")
     (city / "province-report.json").write_text(json.dumps(forged), encoding="utf-8")

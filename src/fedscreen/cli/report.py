@@ -145,6 +145,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     verify.add_argument("--manifest", type=Path, required=True, help="your copy of the manifest")
     verify.add_argument("--bundle", type=Path, help="an audit bundle holding the coordinator's log")
     verify.add_argument(
+        "--province-report",
+        type=Path,
+        help="a city or county report: the province report it compares with, verified from "
+        "its own releases and required to be the one it copied",
+    )
+    verify.add_argument(
         "--policy",
         type=Path,
         help=f"the provincial catalogue (default: the shipped {PROVINCE_FILE})",
@@ -394,7 +400,9 @@ def run_verify_command(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest)
     policy = load_policy(args.policy or default_policy_dir() / PROVINCE_FILE)
     try:
-        checked = verify_report(args.dir, manifest=manifest, policy=policy)
+        checked = verify_report(
+            args.dir, manifest=manifest, policy=policy, province_dir=args.province_report
+        )
     except VerificationError as exc:
         print(f"REPORT INVALID: {exc}", file=sys.stderr)
         return ENTRY_INVALID
@@ -402,6 +410,15 @@ def run_verify_command(args: argparse.Namespace) -> int:
         f"{checked.figures} figures of {checked.statistics} statistics recomputed from "
         f"{checked.releases} verified releases"
     )
+    if checked.province_sha256 is not None:
+        if checked.province_verified:
+            print(f"the province report it compares with verified too ({args.province_report})")
+        else:
+            print(
+                "the province figures shown beside these are the province report's (SHA-256 "
+                f"{checked.province_sha256[:16]}…), not verified here: give that report with "
+                "--province-report DIR to verify them"
+            )
     if args.bundle is not None:
         try:
             logs = verify_bundle(

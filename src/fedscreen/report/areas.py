@@ -62,8 +62,8 @@ CITY_PREFIX: Final = "city:"
 COUNTY_PREFIX: Final = "county:"
 #: the scopes a report may cover: the province, a city or a county
 REPORT_SCOPES: Final = "province, city:<4 digits> or county:<6 digits>"
-_CITY: Final = re.compile(r"city:(\d{4})")
-_COUNTY: Final = re.compile(r"county:(\d{6})")
+_CITY: Final = re.compile(r"city:([0-9]{4})")
+_COUNTY: Final = re.compile(r"county:([0-9]{6})")
 
 
 def node_places(manifest: Manifest) -> dict[str, str]:

@@ -56,10 +56,24 @@ class VerifiedReport:
     releases: int
     #: SHA-256 (hex) of every release envelope, to find in the coordinator's log
     release_digests: frozenset[str]
+    #: SHA-256 (hex) of the province report a city or county report shows beside its
+    #: figures (None: none); checked against its own releases only when
+    #: ``verify_report(province_dir=...)`` is given that report
+    province_sha256: str | None = None
+    #: whether that province report was verified too
+    province_verified: bool = False
 
 
-def verify_report(directory: Path, *, manifest: Manifest, policy: Policy) -> VerifiedReport:
-    """Recompute the report in ``directory``; VerificationError names what differs."""
+def verify_report(
+    directory: Path, *, manifest: Manifest, policy: Policy, province_dir: Path | None = None
+) -> VerifiedReport:
+    """Recompute the report in ``directory``; VerificationError names what differs.
+
+    A city or county report keeps a copy of the province report it compares with; its
+    figures are that report's, checked here only by their SHA-256. ``province_dir``
+    (the province report's own directory) verifies that report from its releases too,
+    and requires it to be the one copied.
+    """
     try:
         model = json.loads((directory / REPORT_FILE).read_text(encoding="utf-8"))
         source = (directory / PLAN_FILE).read_bytes()
@@ -109,6 +123,17 @@ def verify_report(directory: Path, *, manifest: Manifest, policy: Policy) -> Ver
     except (KeyError, TypeError, AttributeError) as exc:
         raise VerificationError(f"{BUDGETS_FILE} is malformed: {exc!r}") from None
     scope, places = _check_scope(model, runs, manifest, analyst=str(analyst))
+    province = _province(directory, model, plan)
+    if province_dir is not None:
+        if province is None:
+            raise VerificationError("the report compares with no province report")
+        verify_report(province_dir, manifest=manifest, policy=policy)
+        if hashlib.sha256((province_dir / REPORT_FILE).read_bytes()).hexdigest() != (
+            province.sha256
+        ):
+            raise VerificationError(
+                f"the report compares with another province report than {province_dir}"
+            )
     recomputed = normalized(
         build_model(
             plan,
@@ -119,7 +144,7 @@ def verify_report(directory: Path, *, manifest: Manifest, policy: Policy) -> Ver
             analyst=str(analyst),
             places=places,
             scope=scope,
-            province=_province(directory, model, plan),
+            province=province,
             generated_at=str(model.get("generated_at")),
         )
     )
@@ -132,7 +157,14 @@ def verify_report(directory: Path, *, manifest: Manifest, policy: Policy) -> Ver
         raise VerificationError("report.html is not the report rendered")
     figures = sum(len(s["rows"]) for sec in model["sections"] for s in sec["statistics"])
     digests = frozenset(hashlib.sha256(run.release_envelope).hexdigest() for run in runs.values())
-    return VerifiedReport(len(plan.statistics), figures, len(runs), digests)
+    return VerifiedReport(
+        len(plan.statistics),
+        figures,
+        len(runs),
+        digests,
+        province_sha256=None if province is None else province.sha256,
+        province_verified=province_dir is not None,
+    )
 
 
 def _check_scope(
@@ -140,9 +172,9 @@ def _check_scope(
 ) -> tuple[str, dict[str, str] | None]:
     """The report's scope and its nodes' places, checked against the manifest.
 
-    In a city or county report, every release must target exactly the manifest's
-    active nodes inside the scope (and none outside it), and the scope must lie within
-    the analyst's own. The places the report states must be the manifest's
+    The scope must lie within the analyst's own (a province report needs a province
+    analyst); in a city or county report, every release must ask the same nodes, none
+    outside the scope. The places the report states must be the manifest's
     (None: a report from before places, whose areas came from node ids).
     """
     stated = model.get("scope", {"id": PROVINCE})
@@ -156,30 +188,22 @@ def _check_scope(
     targeted = {tuple(run.released.body["targeted"]) for run in runs.values()}
     nodes = list(next(iter(targeted), ()))
     members = {m.id: m for m in manifest.members if m.role == "node"}
+    own = next((m.scope for m in manifest.members if m.id == analyst), "")
+    # every scope, the province's too: a city's analyst's releases relabelled as a
+    # province report would otherwise pass for the province's
+    if not scope_within(scope, own):
+        raise VerificationError(f"{scope} is outside analyst {analyst}'s scope ({own or PROVINCE})")
     if scope != PROVINCE:
         if len(targeted) > 1:
             raise VerificationError(f"the report's releases did not all ask {scope}'s nodes")
-        own = next((m.scope for m in manifest.members if m.id == analyst), "")
-        if not scope_within(scope, own):
-            raise VerificationError(
-                f"{scope} is outside analyst {analyst}'s scope ({own or PROVINCE})"
-            )
+        # only that none lies outside: nodes that joined the scope after the report ran
+        # were not there to ask (the signed queries name the nodes the analyst asked)
         outside = sorted(
             n for n in nodes if n not in members or not scope_contains(scope, members[n])
         )
-        active = {m.id for m in members.values() if not m.revoked and scope_contains(scope, m)}
-        left_out = sorted(active - set(nodes))
-        if outside or left_out:
+        if outside:
             raise VerificationError(
-                f"the releases' targeted nodes are not exactly {scope}'s: "
-                + "; ".join(
-                    part
-                    for part in (
-                        f"outside it: {', '.join(outside)}" if outside else "",
-                        f"not asked: {', '.join(left_out)}" if left_out else "",
-                    )
-                    if part
-                )
+                f"the releases asked nodes outside {scope}: {', '.join(outside)}"
             )
     if "places" not in model:
         return scope, None
