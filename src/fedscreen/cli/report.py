@@ -31,18 +31,13 @@ from fedscreen.errors import (
     ConfigError,
     VerificationError,
 )
-from fedscreen.policy import Policy
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_node_policy, load_policy
 from fedscreen.query.spec import QuerySpec
 from fedscreen.report.affordable import NodeCheck
-from fedscreen.report.areas import node_places
-from fedscreen.report.compare import ProvinceReport
-from fedscreen.report.files import REPORT_FILE, write_report
-from fedscreen.report.format import PROVINCE
-from fedscreen.report.model import build_model, member_names
 from fedscreen.report.plan import ReportPlan, load_plan
-from fedscreen.report.run import check_budgets, run_plan, scope_nodes
+from fedscreen.report.produce import produce_report, report_targets
+from fedscreen.report.run import check_budgets
 from fedscreen.report.strategy import (
     PROVINCE_COUNTIES,
     compile_strategy,
@@ -328,25 +323,7 @@ def print_secure_accuracy(plan: ReportPlan) -> None:
 
 def _targets(args: argparse.Namespace, manifest: Manifest, analyst: str) -> tuple[str, list[str]]:
     """The report's scope and the nodes its queries ask (refused before anything is asked)."""
-    scope, targets = scope_nodes(manifest, analyst=analyst, scope=args.scope)
-    if _nodes(args):
-        if scope != PROVINCE:
-            raise ConfigError(f"--nodes is for a province report; a {scope} report asks its nodes")
-        return scope, _nodes(args)
-    return scope, targets
-
-
-def _province_report(
-    directory: Path, plan: ReportPlan, manifest: Manifest, policy: Policy
-) -> ProvinceReport:
-    """The province's published report, verified and checked to be of ``plan``."""
-    try:
-        verify_report(directory, manifest=manifest, policy=policy)
-    except VerificationError as exc:
-        raise ConfigError(f"the province report in {directory} does not verify: {exc}") from None
-    province = ProvinceReport.from_bytes((directory / REPORT_FILE).read_bytes())
-    province.check_for(plan)
-    return province
+    return report_targets(manifest, analyst=analyst, scope=args.scope, nodes=_nodes(args))
 
 
 def run_report_command(args: argparse.Namespace) -> int:
@@ -354,41 +331,23 @@ def run_report_command(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy or default_policy_dir() / PROVINCE_FILE)
     plan = load_plan(args.plan, policy, year=args.year)
     print(f"plan {plan.name}: {len(plan.queries)} queries, {len(plan.statistics)} statistics")
-    identity = load_identity(args.home)
-    manifest = identity.manifest()
-    # the scope is checked, and the province report read, before anything is asked
-    scope, targets = _targets(args, manifest, identity.member_id)
-    province = None
-    if args.province_report is not None:
-        if scope == PROVINCE:
-            raise ConfigError("--province-report is for a city or county report (give --scope)")
-        province = _province_report(args.province_report, plan, manifest, policy)
-    if scope != PROVINCE:
-        print(f"scope {scope}: {len(targets)} nodes ({', '.join(targets)})")
-    # a PlanRefused ends the command with its exit code (3) before anything runs
-    outcome = run_plan(
+    # the scope is checked, and the province report verified, before anything is asked; a
+    # PlanRefused ends the command with its exit code (3) before anything runs
+    produced = produce_report(
         args.home,
         args.coordinator,
         plan,
         args.out,
-        nodes=targets,
+        policy=policy,
+        scope=args.scope,
+        nodes=_nodes(args),
+        province_dir=args.province_report,
         coordinator_id=args.coordinator_id,
     )
-    model = build_model(
-        plan,
-        {name: run.released for name, run in outcome.runs.items()},
-        outcome.checks,
-        outcome.fresh,
-        names=member_names(manifest),
-        analyst=identity.member_id,
-        places=node_places(manifest),
-        scope=scope,
-        province=province,
-    )
-    paths = write_report(args.out, plan, model, province=province)
-    missing = [n["id"] for n in model["nodes"] if n["missing_from"]]
+    missing = [n["id"] for n in produced.model["nodes"] if n["missing_from"]]
     if missing:
         print(f"nodes missing from some figures: {', '.join(missing)} (see the privacy page)")
+    paths = produced.paths
     print(
         f"report: {paths['html']}\n        {paths['json']}, {paths['csv']}, {args.out / 'releases'}"
     )
