@@ -51,7 +51,8 @@ def test_ctrl_c_stops_the_coordinator_the_aggregator_and_every_node(tmp_path: Pa
                 break
         assert "nodes connected" in seen[-1], "".join(seen)
         servers = [p for p in _processes_under(work) if p != demo.pid]
-        assert len(servers) == 5, servers  # coordinator + aggregator + 3 nodes
+        # coordinator + aggregator + 4 county nodes + a school's and a university's nodes
+        assert len(servers) == 8, servers
         demo.send_signal(signal.SIGINT)
         rest, _ = demo.communicate(timeout=WAIT_S)
     finally:

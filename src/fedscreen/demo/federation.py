@@ -25,7 +25,6 @@ from fedscreen.aggregator.store import export_log as aggregator_log
 from fedscreen.audit.verify import verify_bundle
 from fedscreen.coordinator.core import export_log as coordinator_log
 from fedscreen.demo.members import (
-    ANALYST,
     CITY_ANALYST,
     COUNTIES,
     DEFAULT_COUNTIES,
@@ -37,12 +36,9 @@ from fedscreen.errors import ConfigError
 from fedscreen.node.home import export_log as node_log
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_policy
-from fedscreen.report.areas import node_places
-from fedscreen.report.files import write_report
 from fedscreen.report.format import format_value
-from fedscreen.report.model import build_model, member_names
 from fedscreen.report.plan import load_plan
-from fedscreen.report.run import run_plan
+from fedscreen.report.produce import produce_report
 from fedscreen.report.verify import releases_logged, verify_report
 from fedscreen.tlog.export import Bundle
 from fedscreen.trust.identity import load_identity
@@ -127,6 +123,8 @@ def run(
     homes = build(work, COUNTIES[:counties], seed=seed, scale=scale, say=say)
     processes = Processes()
     outside, envelope = None, b""
+    report_dir = work / "report"
+    city_dir = work / f"report-{CITY_ANALYST[2].replace(':', '-')}"
     try:
         say(
             "2. starting the coordinator, the second aggregator and the nodes (real processes, "
@@ -190,23 +188,24 @@ def run(
             "signed budget, then the signed queries, each release verified"
         )
         plan = load_plan(policies.joinpath(*PLAN), policy)
-        report_dir = work / "report"
-        outcome = run_plan(homes.analyst, address, plan, report_dir, say=say)
-        model = build_model(
-            plan,
-            {name: run.released for name, run in outcome.runs.items()},
-            outcome.checks,
-            outcome.fresh,
-            names=member_names(load_identity(homes.analyst).manifest()),
-            analyst=ANALYST,
-            places=node_places(load_identity(homes.analyst).manifest()),
+        province = produce_report(homes.analyst, address, plan, report_dir, policy=policy, say=say)
+        written = province.paths
+        _headline(province.model, say)
+        city_id, city_name, city_scope = CITY_ANALYST
+        say(
+            f"\n4. {city_name} ({city_id}, scope {city_scope}) runs the same plan over its own "
+            "city, beside the province's published figures; its queries go to its city's "
+            "nodes only, charged to its own share of their budgets"
         )
-        written = write_report(report_dir, plan, model)
-        _headline(model, say)
+        city = produce_report(
+            homes.city_analyst, address, plan, city_dir, policy=policy, province_dir=report_dir,
+            say=say,
+        )  # fmt: skip
+        _headline(city.model, say, scope=city.scope)
         outside = outside_node(homes)
         if outside is not None:
             say(
-                f"\n4. {CITY_ANALYST[1]} (scope {CITY_ANALYST[2]}) asks node {outside}, a "
+                f"\n5. {CITY_ANALYST[1]} (scope {CITY_ANALYST[2]}) asks node {outside}, a "
                 "county of another city"
             )
             envelope = ask_outside(homes, address, outside, say)
@@ -215,7 +214,7 @@ def run(
     if outside is not None:
         # the node's process has stopped: its log has one writer
         refused_at_node(homes, outside, envelope, say)
-    say("\n5. the auditor verifies every log offline, then the report against them")
+    say("\n6. the auditor verifies every log offline, then both reports against them")
     manifest = load_identity(homes.auditor).manifest()
     reports = verify_bundle(_bundle(homes), manifest)
     for report in reports:
@@ -223,30 +222,48 @@ def run(
             f"   {report.origin}: {report.size} entries, {report.checkpoints} signed "
             f"checkpoints, {report.answers} answers, {report.releases} releases — valid"
         )
-    checked = verify_report(written["json"].parent, manifest=manifest, policy=policy)
-    releases_logged(checked, {d for r in reports for d in r.release_digests})
+    logged = {d for r in reports for d in r.release_digests}
+    checked = verify_report(report_dir, manifest=manifest, policy=policy)
+    releases_logged(checked, logged)
     say(
-        f"   the report: {checked.figures} figures of {checked.statistics} statistics "
+        f"   the province report: {checked.figures} figures of {checked.statistics} statistics "
         f"recomputed from its {checked.releases} signed releases, each found in the "
         "coordinator's log — valid"
     )
+    checked = verify_report(city_dir, manifest=manifest, policy=policy, province_dir=report_dir)
+    releases_logged(checked, logged)
     say(
-        f"\nthe report: {written['html']}\n   (figures: {written['csv'].name}, "
-        f"{written['json'].name}; signed releases: {written['html'].parent / 'releases'})"
+        f"   the {CITY_ANALYST[2]} report: {checked.figures} figures recomputed from its "
+        f"{checked.releases} signed releases, each in the coordinator's log, and the province "
+        "figures beside them from the province report's — valid"
+    )
+    say(
+        f"\nthe reports: {written['html']}\n             {city_dir / 'report.html'}\n"
+        f"   (figures: {written['csv'].name}, {written['json'].name}; signed releases: "
+        f"{written['html'].parent / 'releases'})"
     )
     say(f"done: {work} (logs of each process: *.log)")
     return 0
 
 
-def _headline(model: dict[str, Any], say: Callable[[str], None]) -> None:
-    """A few provincial figures on the terminal; the report has them all."""
+def _headline(
+    model: dict[str, Any], say: Callable[[str], None], *, scope: str = "province"
+) -> None:
+    """A few figures of ``scope`` on the terminal (a city's beside the province's published
+    ones); the report has them all."""
+    where = "province" if scope == "province" else model["scope"]["name"]
     for section in model["sections"]:
         for stat in section["statistics"]:
             if stat["id"] not in HEADLINE:
                 continue
-            say(f"\n   {stat['title']} (province, 95% interval)")
+            beside = {
+                json.dumps(r["group"]): r["display"]
+                for r in stat.get("province", {}).get("rows", [])
+            }
+            extra = "; province as published" if beside else ""
+            say(f"\n   {stat['title']} ({where}, 95% interval{extra})")
             for row in stat["rows"]:
-                if row["scope"] != "province":
+                if row["scope"] != scope:
                     continue
                 span = (
                     ""
@@ -254,7 +271,10 @@ def _headline(model: dict[str, Any], say: Callable[[str], None]) -> None:
                     else f"  [{format_value(row['lower'], stat['unit'])}, "
                     f"{format_value(row['upper'], stat['unit'])}]"
                 )
-                say(f"     {' · '.join(str(g) for g in row['group']):<22}{row['display']:>8}{span}")
+                theirs = beside.get(json.dumps(row["group"]))
+                also = "" if theirs is None else f"   province {theirs}"
+                group = " · ".join(str(g) for g in row["group"])
+                say(f"     {group:<22}{row['display']:>8}{span}{also}")
 
 
 def _bundle(homes: Members) -> Bundle:

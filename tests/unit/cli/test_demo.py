@@ -59,7 +59,11 @@ def test_demo_runs_a_whole_federation_reports_and_audits_it(
     assert main(["demo", "--dir", str(work), "--students", "2000"]) == 0
     out = capsys.readouterr().out
     report = work / "report"
-    assert f"the report: {report / 'report.html'}" in out
+    # the senior high school of 长安区 that runs its own node
+    (school,) = [
+        m.id for m in load_identity(work / "auditor").manifest().members if m.level == "school"
+    ]
+    assert f"the reports: {report / 'report.html'}" in out
     plan = load_plan(
         default_policy_dir() / "reports" / "annual.toml",
         load_policy(default_policy_dir() / PROVINCE_FILE),
@@ -67,22 +71,39 @@ def test_demo_runs_a_whole_federation_reports_and_audits_it(
     asked = len(plan.asked)  # the measured tables and the queries no table serves
     assert plan.measure is not None
     assert asked < len(plan.queries)
-    # each release verified by the analyst
-    assert out.count("— verified") == asked
-    # 长安区's policy does not let anyone group by left-behind status: it is missing there
+    # each release verified by the analyst: the province's report, then 石家庄's
+    assert out.count("— verified") == 2 * asked
+    # 长安区's policy does not let anyone group by left-behind status: it is missing there,
+    # and so is its school's own node (under 长安区's rules) and the university (which
+    # holds no left-behind column)
     table = plan.measure.served["phq9_by_left_behind"]
-    assert f"{table.name}: 2/3 nodes, ε={table.epsilon:g} per node; missing 130102" in out
+    assert (
+        f"{table.name}: 3/6 nodes, ε={table.epsilon:g} per node; "
+        f"missing 10094, 130102, {school}" in out
+    )
+    # the city's report asks the city's nodes only: three counties and the school
+    assert f"scope city:1301: 4 nodes (130102, {school}, 130104, 130121)" in out
+    assert f"{table.name}: 2/4 nodes, ε={table.epsilon:g} per node; missing 130102, {school}" in out
+    # the city analyst's query to 唐山's county: refused by the coordinator, then by the
+    # county's node itself, free
+    assert "the coordinator refuses it: " in out
+    assert "out of scope: analyst shijiazhuang-centre's scope is city:1301" in out
+    assert "路北区's node refuses it itself: out-of-scope: " in out
+    assert "(recorded in its signed log; nothing charged)" in out
     # ... and only there: the compiler kept PHQ-9 by location out of that table
     assert plan.measure.served["phq9_by_location"] != table
     # the auditor: the coordinator's log, the second aggregator's and each node's, then the
     # report against them
-    assert f"{asked} releases — valid" in out
+    assert f"{2 * asked} releases — valid" in out
     secure = [n for n, q in plan.queries.items() if q.secure]
     assert "fedscreen.aggregator/hebei-stats-bureau: " in out
     assert f"{len(secure)} answers, 0 releases — valid" in out
-    assert out.count(" — valid") == 6
+    # the coordinator's log, the aggregator's, six nodes' and two reports
+    assert out.count(" — valid") == 10
     recomputed = f"recomputed from its {asked} signed releases, each found in the coordinator's log"
     assert recomputed in out
+    city_report = work / "report-city-1301"
+    assert f"{city_report / 'report.html'}" in out
 
     model = json.loads((report / "report.json").read_text(encoding="utf-8"))
     manifest = load_identity(work / "auditor").manifest()
@@ -100,7 +121,7 @@ def test_demo_runs_a_whole_federation_reports_and_audits_it(
     }
     released = resolve(plan, asked)
     counties = released["phq9_bands"].answered
-    assert len(counties) == 3
+    assert counties == sorted(["10094", "130102", school, "130104", "130121", "130203"])
     for scope in ("province", *counties):
         bands = released["phq9_bands"].parts(scope)
         positive = released["phq9_positive"].rate_parts(scope)
@@ -146,7 +167,9 @@ def test_demo_runs_a_whole_federation_reports_and_audits_it(
         assert {r["scope"] for r in stat["rows"]} == {"province"}
     for name in secure:
         body = released[name].body
-        assert body["answered"] == counties
+        # every node, but a school node holds no UPI answers
+        assert sorted([*body["answered"], *body["missing"]]) == counties
+        assert set(body["missing"]) <= {school}
         assert len(body["secure"]["partials"]) == 2
     html = (report / "report.html").read_text(encoding="utf-8")
     # each statistic's facts and table, and the note on reading the figures
