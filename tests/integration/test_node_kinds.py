@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from procfed import Processes, charges, cli, refusals
 
 from fedscreen.coordinator.core import init_coordinator
 from fedscreen.node.home import NodeConfig, init_home
@@ -32,8 +27,6 @@ from fedscreen.synth import County, generate, generate_university, write_export
 from fedscreen.trust import authority
 from fedscreen.trust.identity import create_identity, issue_here, update_manifest
 
-SRC = Path(__file__).resolve().parents[2] / "src"
-CLI = [sys.executable, "-m", "fedscreen.cli.main"]
 YEAR = "2024-2025"
 COUNTY = "130102"
 SCHOOL_NODE = "130102-s01"
@@ -41,12 +34,6 @@ UNIVERSITY = "10075"
 NODES = (COUNTY, SCHOOL_NODE, UNIVERSITY)
 ANALYST = "prov"
 WHERE = f"WHERE academic_year = '{YEAR}'"
-READY_TIMEOUT_S = 30.0
-PROCESS_TIMEOUT_S = 60.0
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(SRC)}
 
 
 @dataclass
@@ -58,57 +45,22 @@ class KindsFed:
     #: the county's plan, the one the county node and the school node split
     county: County
     school_id: str
+    run: Processes
     address: str = ""
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def start(self, name: str, argv: list[str]) -> dict[str, Any]:
-        log, ready = self.root / f"{name}.log", self.root / f"{name}.ready"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [*argv, "--ready-file", str(ready)], stdout=out, stderr=subprocess.STDOUT,
-                env=_env(),
-            )  # fmt: skip
-        self.procs[name] = proc
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if ready.is_file() and ready.read_text(encoding="utf-8").strip():
-                return dict(json.loads(ready.read_text(encoding="utf-8")))
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited {proc.returncode}:\n{log.read_text()}")
-            time.sleep(0.05)
-        raise AssertionError(f"{name} not ready within {READY_TIMEOUT_S} s:\n{log.read_text()}")
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
     def query(self, sql: str, *extra: str, epsilon: float = 0.3) -> dict[str, Any]:
-        result = subprocess.run(
-            [*CLI, "query", "--home", str(self.analyst), "--coordinator", self.address,
-             "--epsilon", str(epsilon), "--format", "json", *extra, sql],
-            capture_output=True, text=True, env=_env(), timeout=PROCESS_TIMEOUT_S,
+        result = cli(
+            "query", "--home", str(self.analyst), "--coordinator", self.address,
+            "--epsilon", str(epsilon), "--format", "json", *extra, sql,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         return dict(json.loads(result.stdout))
 
-    def _one(self, node: str, sql: str) -> list[Any]:
-        conn = sqlite3.connect(self.nodes[node].database)
-        try:
-            return list(conn.execute(sql).fetchall())
-        finally:
-            conn.close()
-
     def charges(self, node: str) -> int:
-        return int(self._one(node, "SELECT COUNT(*) FROM ledger_charge")[0][0])
+        return charges(self.nodes[node])
 
     def refusals(self, node: str) -> list[str]:
-        return [str(r[0]) for r in self._one(node, "SELECT reason FROM query_refusal")]
+        return refusals(self.nodes[node])
 
 
 def _ingest(config: NodeConfig, data: County, out: Path) -> None:
@@ -148,25 +100,21 @@ def _make(root: Path) -> KindsFed:
     text = authority.manifest_text(auth)
     for home in (root / "coord", root / ANALYST, *(c.home for c in configs.values())):
         update_manifest(home, text)
-    return KindsFed(root, root / ANALYST, root / "coord", configs, county, school_id)
+    return KindsFed(
+        root, root / ANALYST, root / "coord", configs, county, school_id, Processes(root)
+    )
 
 
 @contextlib.contextmanager
 def running(root: Path) -> Iterator[KindsFed]:
     fed = _make(root)
     try:
-        listening = fed.start(
-            "coordinator",
-            [*CLI, "coordinator", "serve", "--home", str(fed.coordinator),
-             "--listen", "127.0.0.1:0"],
-        )  # fmt: skip
-        fed.address = str(listening["address"])
+        fed.address = fed.run.coordinator(fed.coordinator)
         for node in NODES:
-            fed.start(node, [*CLI, "node", "serve", "--home", str(fed.nodes[node].home),
-                             "--coordinator", fed.address])  # fmt: skip
+            fed.run.node(fed.nodes[node], fed.address)
         yield fed
     finally:
-        fed.stop_all()
+        fed.run.stop_all()
 
 
 @pytest.fixture(scope="module")

@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import sqlite3
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+from procfed import Processes, charges, cli, refusals
 
 from fedscreen.coordinator.core import init_coordinator
 from fedscreen.node.home import NodeConfig, init_home
@@ -32,19 +27,11 @@ from fedscreen.trust import authority
 from fedscreen.trust.certs import cert_scope, load_cert
 from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
 
-SRC = Path(__file__).resolve().parents[2] / "src"
-CLI = [sys.executable, "-m", "fedscreen.cli.main"]
 YEAR = "2024-2025"
 SJZ = ("130104", "130105")
 TANGSHAN = "130202"
 NODES = (*SJZ, TANGSHAN)
 SQL = f"SELECT COUNT(*) FROM screenings WHERE academic_year = '{YEAR}'"
-READY_TIMEOUT_S = 30.0
-PROCESS_TIMEOUT_S = 60.0
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(SRC)}
 
 
 @dataclass
@@ -54,62 +41,25 @@ class Fed:
     coordinator: Path
     analysts: dict[str, Path]
     nodes: dict[str, NodeConfig]
+    run: Processes
     address: str = ""
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def start(self, name: str, argv: list[str]) -> dict[str, Any]:
-        log, ready = self.root / f"{name}.log", self.root / f"{name}.ready"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [*argv, "--ready-file", str(ready)], stdout=out, stderr=subprocess.STDOUT,
-                env=_env(),
-            )  # fmt: skip
-        self.procs[name] = proc
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if ready.is_file() and ready.read_text(encoding="utf-8").strip():
-                return dict(json.loads(ready.read_text(encoding="utf-8")))
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited {proc.returncode}:\n{log.read_text()}")
-            time.sleep(0.05)
-        raise AssertionError(f"{name} not ready within {READY_TIMEOUT_S} s:\n{log.read_text()}")
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*CLI, *args], capture_output=True, text=True, env=_env(), timeout=PROCESS_TIMEOUT_S
-        )
+        return cli(*args)
 
     def query(
         self, analyst: str, *extra: str, epsilon: float = 0.3
     ) -> subprocess.CompletedProcess[str]:
-        return self.cli(
+        return cli(
             "query", "--home", str(self.analysts[analyst]), "--coordinator", self.address,
             "--epsilon", str(epsilon), "--format", "json", *extra, SQL,
         )  # fmt: skip
 
     def charges(self, node: str) -> int:
-        conn = sqlite3.connect(self.nodes[node].database)
-        try:
-            return int(conn.execute("SELECT COUNT(*) FROM ledger_charge").fetchone()[0])
-        finally:
-            conn.close()
+        return charges(self.nodes[node])
 
     def refusals(self, node: str) -> list[str]:
-        conn = sqlite3.connect(self.nodes[node].database)
-        try:
-            return [str(r[0]) for r in conn.execute("SELECT reason FROM query_refusal")]
-        finally:
-            conn.close()
+        return refusals(self.nodes[node])
 
 
 def _make(root: Path, analysts: dict[str, str]) -> Fed:
@@ -133,25 +83,19 @@ def _make(root: Path, analysts: dict[str, str]) -> Fed:
     text = authority.manifest_text(auth)
     for home in (root / "coord", *homes.values(), *(c.home for c in configs.values())):
         update_manifest(home, text)
-    return Fed(root, auth, root / "coord", homes, configs)
+    return Fed(root, auth, root / "coord", homes, configs, Processes(root))
 
 
 @contextlib.contextmanager
 def running(root: Path, analysts: dict[str, str]) -> Iterator[Fed]:
     fed = _make(root, analysts)
     try:
-        listening = fed.start(
-            "coordinator",
-            [*CLI, "coordinator", "serve", "--home", str(fed.coordinator),
-             "--listen", "127.0.0.1:0"],
-        )  # fmt: skip
-        fed.address = str(listening["address"])
+        fed.address = fed.run.coordinator(fed.coordinator)
         for node in NODES:
-            fed.start(node, [*CLI, "node", "serve", "--home", str(fed.nodes[node].home),
-                             "--coordinator", fed.address])  # fmt: skip
+            fed.run.node(fed.nodes[node], fed.address)
         yield fed
     finally:
-        fed.stop_all()
+        fed.run.stop_all()
 
 
 @pytest.fixture(scope="module")
