@@ -144,6 +144,18 @@ def test_a_city_report_asks_only_the_citys_nodes_and_verifies(
     other = _cli("report", "verify", str(city), "--manifest", _manifest(fed),
                  "--province-report", str(edited))  # fmt: skip
     assert other.returncode == 2, other.stdout + other.stderr
+    # another scope's releases are never resumed into a report (they would mix their
+    # nodes into its figures): a partial run's directory is refused for it
+    partial = tmp_path / "partial"
+    shutil.copytree(city, partial)
+    (partial / "report.json").unlink()
+    mixed = _cli(
+        "report", "run", str(plan), *_as(fed, PROVINCE_ANALYST), "--scope", "county:130104",
+        "--out", str(partial),
+    )  # fmt: skip
+    assert mixed.returncode == 1, mixed.stdout + mixed.stderr
+    assert "give a new --out" in mixed.stderr
+    assert not (partial / "report.json").exists()
     # a copy of the province report changed after the fact is caught
     forged = dict(published, title="Another province report")
     (city / "province-report.json").write_text(json.dumps(forged), encoding="utf-8")

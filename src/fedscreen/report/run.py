@@ -149,7 +149,16 @@ def run_plan(
     for name, query in asked.items():
         path = releases / f"{name}.json"
         if path.exists():
-            runs[name] = read_run(path, query, manifest=manifest)
+            run = read_run(path, query, manifest=manifest)
+            # a stored release is resumed only if this run would have asked it: the same
+            # analyst, the same nodes (another scope's or analyst's would mix in its figures)
+            asked_then = sorted(run.released.body["targeted"])
+            if run.analyst != identity.member_id or asked_then != sorted(targets):
+                raise ConfigError(
+                    f"{path} was released for {run.analyst} over {len(asked_then)} nodes, not "
+                    f"for {identity.member_id} over this run's {len(targets)}: give a new --out"
+                )
+            runs[name] = run
     todo = [name for name in asked if name not in runs]
     if runs:
         say(f"  resuming: {len(runs)} of {len(asked)} queries already released in {out}")
