@@ -58,7 +58,7 @@ from fedscreen.node.dial import (
     backoff_ms,
     keep_dialling,
 )
-from fedscreen.node.home import load_config
+from fedscreen.node.home import check_placement, load_config
 from fedscreen.node.link import CoordinatorLog
 from fedscreen.node.status import LinkState, write_link
 from fedscreen.node.worker import QueryWorker, hello_facts
@@ -106,6 +106,7 @@ class _Agent(Answering):
         if self.identity.member_id != self.config.node_id or self.identity.role != "node":
             raise ConfigError(f"{home}: the identity is not node {self.config.node_id}'s")
         manifest = self.identity.manifest()
+        check_placement(self.config, manifest)
         self.coordinator = coordinator
         self.peer_id = coordinator_id or manifest.coordinator()
         self.coordinator_log = CoordinatorLog(home, self.peer_id)

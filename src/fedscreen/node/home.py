@@ -39,7 +39,8 @@ from fedscreen.policy.default import PROVINCE_FILE
 from fedscreen.tlog import memberlog
 from fedscreen.tlog.export import LogExport
 from fedscreen.trust.identity import create_identity
-from fedscreen.trust.scope import node_scope
+from fedscreen.trust.manifest import Manifest
+from fedscreen.trust.scope import county_of, node_place, node_scope
 
 CONFIG_FILE: Final = "node.toml"
 DATABASE_FILE: Final = "node.db"
@@ -238,3 +239,22 @@ def export_log(home: Path) -> LogExport:
         return memberlog.export_log(conn, member_id=config.node_id)
     finally:
         conn.close()
+
+
+def check_placement(config: NodeConfig, manifest: Manifest) -> None:
+    """ConfigError unless ``node.toml``'s kind and county agree with the manifest's entry
+    for this node (the authority's word): a university's config edited to ``county``
+    would put its freshmen in a county's figures under a policy the manifest never
+    gave it."""
+    member = next((m for m in manifest.members if m.id == config.node_id), None)
+    if member is None or member.role != "node":
+        return  # not issued yet (or not a node): nothing to compare with
+    kind = member.level or "county"
+    county = county_of(member)
+    if kind != config.kind or (kind != "university" and county != config.county_code):
+        raise ConfigError(
+            f"{config.home / CONFIG_FILE} says a {config.kind} node of county "
+            f"{config.county_code}, but manifest version {manifest.version} lists node "
+            f"{config.node_id} as a {kind} node at {node_place(member)}; fix node.toml or ask "
+            "the province to re-issue"
+        )

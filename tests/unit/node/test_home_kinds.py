@@ -3,17 +3,22 @@ and the exports each accepts."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from fedscreen.errors import ConfigError, IngestError
 from fedscreen.node import ingest
-from fedscreen.node.home import CONFIG_FILE, NodeConfig, init_home, load_config
+from fedscreen.node.agent import run_node
+from fedscreen.node.home import CONFIG_FILE, NodeConfig, check_placement, init_home, load_config
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.synth import generate, generate_university, write_export
+from fedscreen.trust import authority
+from fedscreen.trust.identity import issue_here
 
 YEAR = "2024-2025"
 COUNTY = "130102"
@@ -202,3 +207,30 @@ def test_a_school_node_refuses_university_rows(school: NodeConfig, tmp_path: Pat
     _, rejected = ingest_paths(school, [tmp_path / "x" / "screenings.csv"])
     reasons = {p.reason for err in rejected for p in err.problems}
     assert "university: a school node holds one primary or secondary school" in reasons
+
+
+def test_a_node_whose_config_disagrees_with_the_manifest_will_not_serve(tmp_path: Path) -> None:
+    """node.toml edited to another kind or county than the authority issued: ``node serve``
+    refuses to start (a university's freshmen must not answer as a county's)."""
+    auth = tmp_path / "auth"
+    authority.init_authority(auth, federation="kinds")
+    config = init_home(tmp_path / "u", node_id="10094", name="河北师范大学", kind="university",
+                       county_code="130108")  # fmt: skip
+    manifest = issue_here(auth, config.home)
+    check_placement(load_config(config.home), manifest)  # as issued: fine
+    text = (config.home / CONFIG_FILE).read_text(encoding="utf-8")
+    (config.home / CONFIG_FILE).write_text(
+        text.replace('kind = "university"', 'kind = "county"').replace('school_id = "10094"\n', ""),
+        encoding="utf-8",
+    )
+    edited = load_config(config.home)
+    assert edited.kind == "county"
+    with pytest.raises(ConfigError, match="as a university node at province"):
+        check_placement(edited, manifest)
+    with pytest.raises(ConfigError, match="as a university node at province"):
+        asyncio.run(run_node(config.home, "127.0.0.1:9", stop=asyncio.Event()))
+    county = init_home(tmp_path / "c", node_id="130102", name="长安区")
+    manifest = issue_here(auth, county.home)
+    moved = replace(load_config(county.home), county_code="130104")
+    with pytest.raises(ConfigError, match="county 130104"):
+        check_placement(moved, manifest)
