@@ -208,7 +208,10 @@ class Coordinator:
         scoping.check_scope(self.manifest, query)
         if query.spec.secure:
             # before any node is charged: a release over fewer nodes would have no figure
-            check_secure_release(self.policy, nodes=len(self.targets(query)))
+            # (school nodes answer no secure query: policy.kinds.for_kind)
+            check_secure_release(
+                self.policy, nodes=len(scoping.secure_targets(self.manifest, query))
+            )
         self._append(
             {
                 "kind": "request",

@@ -17,7 +17,7 @@ from fedscreen.protocol.query import SignedQuery
 from fedscreen.trust.manifest import Manifest, show_id
 from fedscreen.trust.scope import PROVINCE, describe, nodes_in_scope, scope_contains
 
-__all__ = ["MAX_NAMED_NODES", "check_scope", "named", "targets"]
+__all__ = ["MAX_NAMED_NODES", "check_scope", "named", "secure_targets", "targets"]
 
 #: node ids a refusal names before it only counts them
 MAX_NAMED_NODES: Final = 10
@@ -31,6 +31,13 @@ def targets(manifest: Manifest, query: SignedQuery) -> tuple[str, ...]:
     analyst = manifest.member(query.analyst, role="analyst")
     nodes = [m for m in manifest.members if m.role == "node" and not m.revoked]
     return nodes_in_scope(analyst.scope, nodes)
+
+
+def secure_targets(manifest: Manifest, query: SignedQuery) -> tuple[str, ...]:
+    """The targets that can answer a secure query: all but school nodes, which answer none
+    (a county with its school nodes must not count as several of a release's nodes)."""
+    levels = {m.id: m.level for m in manifest.members if m.role == "node"}
+    return tuple(n for n in targets(manifest, query) if levels.get(n) != "school")
 
 
 def check_scope(manifest: Manifest, query: SignedQuery) -> None:

@@ -195,7 +195,8 @@ def run(
         say(
             f"\n4. {city_name} ({city_id}, scope {city_scope}) runs the same plan over its own "
             "city, beside the province's published figures; its queries go to its city's "
-            "nodes only, charged to its own share of their budgets"
+            "nodes only, which answer the questions the province asked already from their "
+            "stores (no further ε), and no secure figure can be summed again over them"
         )
         city = produce_report(
             homes.city_analyst, address, plan, city_dir, policy=policy, province_dir=report_dir,

@@ -82,7 +82,12 @@ def for_kind(policy: Policy, kind: str) -> Policy:
             not_held=dataset.not_held | (frozenset(dataset.columns) - keep),
             held_by=kind,
         )
-    if all(d.columns == policy.datasets[n].columns for n, d in datasets.items()):
+    # A school node answers no secure query: a release must sum at least min_nodes
+    # nodes so that it is never one county's value, and a county with two school nodes
+    # would be three nodes on its own. Its students are left out of secure figures (the
+    # release lists it missing, with this reason); its county's plain figures keep them.
+    school = kind == "school"
+    if not school and all(d.columns == policy.datasets[n].columns for n, d in datasets.items()):
         return policy
     secure = Secure(
         min_nodes=policy.secure.min_nodes,
@@ -91,7 +96,7 @@ def for_kind(policy: Policy, kind: str) -> Policy:
             for name, cols in policy.secure.columns.items()
             if (kept := cols & frozenset(datasets[name].columns))
         },
-        refused=policy.secure.refused,
+        refused=policy.secure.refused or school,
     )
     return Policy(
         version=policy.version,

@@ -127,6 +127,11 @@ def check_secure(spec: QuerySpec, policy: Policy) -> None:
     checks the rest (group and filter rights, domains, ``max_groups``).
     """
     if policy.secure.refused:
+        if policy.kind == "school":
+            raise QueryRefused(
+                SECURE_REFUSAL + "a school node answers no secure query (with its county's "
+                "node it would count as two of the nodes a release must sum)"
+            )
         raise QueryRefused(
             SECURE_REFUSAL + "this county's policy refuses secure queries (if the two "
             "aggregators colluded they would see its exact counts)"

@@ -117,3 +117,10 @@ def test_a_refusal_names_a_few_nodes_then_counts() -> None:
     text = scoping.named(ids)
     assert text.count("'1301") == scoping.MAX_NAMED_NODES
     assert text.endswith(f"and {25 - scoping.MAX_NAMED_NODES} more")
+
+
+def test_school_nodes_do_not_count_toward_a_secure_release(fed: tuple[Path, Manifest]) -> None:
+    root, manifest = fed
+    query, _ = make_query(root / "changan", SQL, epsilon=0.1, accuracy=None, secure=True)
+    assert scoping.targets(manifest, query) == ("130104", "130104-s01")
+    assert scoping.secure_targets(manifest, query) == ("130104",)

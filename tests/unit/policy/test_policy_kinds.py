@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +182,16 @@ def test_a_county_document_widening_a_kind_stops_the_node(tmp_path: Path) -> Non
     )
     with pytest.raises(PolicyError, match="'mht_total' not held by a university node"):
         load_node_policy(PROVINCE, county, kind="university")
+
+
+def test_a_school_node_answers_no_secure_query_and_the_others_do() -> None:
+    """A county with two school nodes must not make a three-node secure release on its
+    own: school nodes refuse secure queries (their plain answers stand)."""
+    sql = f"SELECT sex, COUNT(*) FROM screenings {YEAR} AND phq9_valid = 1 GROUP BY sex"
+    secure = replace(parse_sql(sql), secure=True)
+    school = load_node_policy(PROVINCE, kind="school")
+    with pytest.raises(QueryRefused, match="a school node answers no secure query"):
+        compile_query(secure, school)
+    assert compile_query(parse_sql(sql), school).cells
+    for kind in ("county", "university"):
+        assert compile_query(secure, load_node_policy(PROVINCE, kind=kind)).cells
