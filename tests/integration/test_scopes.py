@@ -178,3 +178,16 @@ def test_a_node_refuses_a_query_from_outside_the_scope_a_coordinator_relays(
         assert again.returncode != 0
         assert "outside analyst drift's scope city:1301" in again.stderr
         assert "Traceback" not in again.stderr
+
+
+def test_a_city_analyst_sees_the_budgets_of_its_citys_nodes_only(fed: Fed) -> None:
+    def listed(analyst: str) -> list[str]:
+        result = fed.cli(
+            "budgets", "--home", str(fed.analysts[analyst]), "--coordinator", fed.address,
+            "--format", "json",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return [n["node_id"] for n in json.loads(result.stdout)["nodes"]]
+
+    assert listed("sjz") == sorted(SJZ)
+    assert listed("prov") == sorted(NODES)

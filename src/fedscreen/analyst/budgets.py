@@ -29,6 +29,11 @@ async def fetch_budgets(
     statements = await client.budgets(
         home, coordinator, coordinator_id=coordinator_id, limits=limits
     )
+    identity = load_identity(home)
+    manifest = identity.manifest()
+    # the coordinator hands an analyst the statements of the nodes inside its scope
+    own = next((m for m in manifest.members if m.id == identity.member_id), None)
+    scope = own.scope if own is not None and own.role == "analyst" else ""
     return verify_budgets(
-        load_identity(home).manifest(), statements.envelopes, connected=statements.connected
+        manifest, statements.envelopes, connected=statements.connected, scope=scope
     )

@@ -17,7 +17,7 @@ from fedscreen.protocol.query import SignedQuery
 from fedscreen.trust.manifest import Manifest, show_id
 from fedscreen.trust.scope import PROVINCE, describe, nodes_in_scope, scope_contains
 
-__all__ = ["MAX_NAMED_NODES", "check_scope", "named", "secure_targets", "targets"]
+__all__ = ["MAX_NAMED_NODES", "check_scope", "named", "secure_targets", "targets", "within"]
 
 #: node ids a refusal names before it only counts them
 MAX_NAMED_NODES: Final = 10
@@ -31,6 +31,14 @@ def targets(manifest: Manifest, query: SignedQuery) -> tuple[str, ...]:
     analyst = manifest.member(query.analyst, role="analyst")
     nodes = [m for m in manifest.members if m.role == "node" and not m.revoked]
     return nodes_in_scope(analyst.scope, nodes)
+
+
+def within(manifest: Manifest, analyst: str, node_ids: set[str]) -> set[str]:
+    """The nodes of ``node_ids`` inside ``analyst``'s scope (what it may see of them, as
+    budget statements: a city's analyst sees its own city's)."""
+    scope = manifest.member(analyst, role="analyst").scope
+    members = {m.id: m for m in manifest.members if m.role == "node"}
+    return {n for n in node_ids if n in members and scope_contains(scope, members[n])}
 
 
 def secure_targets(manifest: Manifest, query: SignedQuery) -> tuple[str, ...]:

@@ -49,6 +49,7 @@ from typing import Any, Final
 import grpc
 
 from fedscreen._util.files import write_ready_file
+from fedscreen.coordinator import scoping
 from fedscreen.coordinator.aggregation import AggregatorSessions
 from fedscreen.coordinator.aggregatorrpc import AggregatorLinkServicer
 from fedscreen.coordinator.auditrpc import AuditServicer
@@ -351,11 +352,16 @@ class AnalystServicer(_Shared, pb_grpc.AnalystServicer):
     async def Budgets(
         self, request: pb.BudgetsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.BudgetsResponse:
-        """Every active node's newest budget statement, verbatim, and who is connected."""
-        await transport.authenticate(context, self.core.core.manifest, roles=BUDGET_READERS)
+        """Every active node's newest budget statement, verbatim, and who is connected
+        (to an analyst, the nodes inside its scope only)."""
+        member = await transport.authenticate(
+            context, self.core.core.manifest, roles=BUDGET_READERS
+        )
         async with transport.abort_on_error(context):
             # a revoked node's statements are no longer handed out (as Submit, newest manifest)
             node_ids = set(await self.core.call(active_nodes))
+            if member.role == "analyst":
+                node_ids = scoping.within(self.core.core.manifest, member.id, node_ids)
         settle_statements(self.core.core.manifest, self.sessions)
         held = {n: envelope for n, (_, envelope) in self.sessions.budgets.items() if n in node_ids}
         return serde.statements_response(

@@ -48,6 +48,7 @@ from fedscreen.crypto.envelope import BUDGET_V1, Envelope, parse_json, verify_en
 from fedscreen.errors import QueryRefused, VerificationError
 from fedscreen.policy import Limits
 from fedscreen.trust.manifest import Manifest, show_id
+from fedscreen.trust.scope import scope_contains
 
 __all__ = [
     "BUDGET_V1",
@@ -340,11 +341,13 @@ def verify_budgets(
     statements: Iterable[tuple[str, bytes]],
     *,
     connected: Iterable[str] = (),
+    scope: str = "",
 ) -> Budgets:
     """Verify ``(node id, envelope)`` pairs against ``manifest``; raises VerificationError.
 
     A statement that does not verify, or a node listed twice, fails the whole
     collection, naming the node: a coordinator that tampers is not papered over.
+    ``scope`` (an analyst's, ``trust.scope``): the nodes expected are those inside it.
     """
     verified: dict[str, BudgetStatement] = {}
     envelopes: dict[str, bytes] = {}
@@ -356,7 +359,11 @@ def verify_budgets(
         except VerificationError as exc:
             raise VerificationError(f"budget statement of node {node_id!r}: {exc}") from None
         envelopes[node_id] = envelope
-    active = manifest.active("node")
+    active = [
+        m.id
+        for m in manifest.members
+        if m.role == "node" and not m.revoked and scope_contains(scope, m)
+    ]
     return Budgets(
         statements=dict(sorted(verified.items())),
         connected=tuple(sorted(set(connected))),
