@@ -491,6 +491,7 @@ def test_node_with_a_skewed_clock_shows_its_offset_and_says_why_it_refuses(
     assert "(ahead) !" in row, coordinator.stdout
     other = next(line for line in coordinator.stdout.splitlines() if line.startswith(NODES[0]))
     assert "!" not in other, coordinator.stdout
+    assert f" county county:{NODES[0]} " in other, coordinator.stdout  # its kind and place
     assert "s ago" in other, coordinator.stdout  # its newest budget statement
     node = _cli("node", "status", "--home", str(fed.node_home(skewed)))
     assert node.returncode == 0, node.stderr

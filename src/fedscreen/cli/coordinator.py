@@ -30,6 +30,8 @@ from fedscreen.errors import ConfigError
 from fedscreen.rpc import client
 from fedscreen.rpc.clock import clock_refusal, describe_offset
 from fedscreen.rpc.serde import CoordinatorStatus
+from fedscreen.trust.identity import load_identity
+from fedscreen.trust.scope import node_place
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -161,13 +163,23 @@ def run_readmit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status_json(view: CoordinatorStatus) -> dict[str, object]:
+def _places(home: Path) -> dict[str, tuple[str, str]]:
+    """Node id -> (kind, place) as the coordinator's manifest gives them."""
+    manifest = load_identity(home).manifest()
+    return {
+        m.id: (m.level or "county", node_place(m)) for m in manifest.members if m.role == "node"
+    }
+
+
+def _status_json(view: CoordinatorStatus, places: dict[str, tuple[str, str]]) -> dict[str, object]:
     return {
         "coordinator_time_ms": view.coordinator_time_ms,
         "clock_tolerance_ms": view.clock_tolerance_ms,
         "nodes": [
             {
                 "node_id": n.node_id,
+                "kind": places.get(n.node_id, ("", ""))[0],
+                "place": places.get(n.node_id, ("", ""))[1],
                 "connected": n.connected,
                 "clock_offset_ms": n.clock_offset_ms,
                 "clock_ok": clock_refusal(n.clock_offset_ms, view.clock_tolerance_ms) is None,
@@ -187,9 +199,10 @@ def run_status(args: argparse.Namespace) -> int:
     """``fedscreen coordinator status``: exit 1 if a connected node's clock is out of
     tolerance or a node is quarantined."""
     view = asyncio.run(client.status(args.home, args.coordinator))
+    places = _places(args.home)
     quarantined = [n for n in view.nodes if n.quarantined]
     if args.json:
-        print(json.dumps(_status_json(view), ensure_ascii=False, indent=2))
+        print(json.dumps(_status_json(view, places), ensure_ascii=False, indent=2))
         bad_clocks = sum(
             n.connected and clock_refusal(n.clock_offset_ms, view.clock_tolerance_ms) is not None
             for n in view.nodes
@@ -203,8 +216,8 @@ def run_status(args: argparse.Namespace) -> int:
         + (f" (this machine's clock differs by {skew / 1000:+.1f} s)" if abs(skew) > 5000 else "")
     )
     print(
-        f"{'node':<12} {'link':<13} {'log':<11} {'clock offset':<22} {'last statement':<15} "
-        "software"
+        f"{'node':<12} {'kind and place':<26} {'link':<13} {'log':<11} {'clock offset':<22} "
+        f"{'last statement':<15} software"
     )
     bad = 0
     for n in view.nodes:
@@ -219,8 +232,8 @@ def run_status(args: argparse.Namespace) -> int:
             else (f"{n.checkpoint_size} entries" if n.checkpoint_size else "-")
         )
         print(
-            f"{n.node_id:<12} {link:<13} {log:<11} {offset:<22} "
-            f"{_age(n.statement_at_ms, now):<15} {n.software_version or '-'}"
+            f"{n.node_id:<12} {' '.join(places.get(n.node_id, ('-',))):<26} {link:<13} {log:<11} "
+            f"{offset:<22} {_age(n.statement_at_ms, now):<15} {n.software_version or '-'}"
         )
     if bad:
         print(f"{bad} connected node(s) outside the clock tolerance (!) refuse every query")
