@@ -40,7 +40,7 @@ from fedscreen.trust import authority  # noqa: E402
 from fedscreen.trust.identity import create_identity, issue_here, update_manifest  # noqa: E402
 
 YEAR = "2024-2025"
-#: every county node holds this county's export; universities' campuses are registered here
+#: where the universities' campuses are registered
 COUNTY = "130104"
 COORDINATOR = "coordinator"
 #: Hebei's county-level units: the county nodes a province federation has
@@ -62,6 +62,12 @@ def node_id(i: int) -> str:
     return f"bench-{i:03d}"
 
 
+def county_code(i: int) -> str:
+    """The (synthetic) county code of the ``i``-th county node: a county has one county
+    node, so each holds its own county's export."""
+    return f"13{1000 + i:04d}"
+
+
 def university_id(j: int) -> str:
     """The id (its own code) of the ``j``-th university node."""
     return f"{UNIVERSITY_CODE_BASE + j}"
@@ -78,7 +84,9 @@ def _make_node(args: tuple[Path, str, str, Path, int]) -> str:
     generated into ``source`` here (every row carries its own code)."""
     home, member, kind, source, students = args
     if kind == "county":
-        config = init_home(home, node_id=member, name=f"县 {member}", county_code=COUNTY)
+        code = county_code(int(member.removeprefix("bench-")))
+        config = init_home(home, node_id=member, name=f"县 {member}", county_code=code)
+        write_export(generate(code, students, YEAR, seed=1), source)
     else:
         config = init_home(home, node_id=member, name=f"大学 {member}", kind=kind,
                            county_code=COUNTY)  # fmt: skip
@@ -115,11 +123,11 @@ def setup(
     authority.init_authority(auth, federation="河北省 (bench)")
     init_coordinator(work / "coord", member_id=COORDINATOR, name="协调服务")
     issue_here(auth, work / "coord")
-    # every county node holds the same county's export (same rows, its own secret and keys)
-    write_export(generate(COUNTY, students, YEAR, seed=1), work / "export")
     ids = node_ids(nodes, counties)
+    # each county node its own county's export, generated in the worker (same plan and
+    # seed: the counties differ by code only)
     jobs = [
-        (work / "nodes" / n, n, "county", work / "export", students)
+        (work / "nodes" / n, n, "county", work / "exports" / n, students)
         if i < counties
         else (work / "nodes" / n, n, "university", work / "exports" / n, freshmen)
         for i, n in enumerate(ids)

@@ -64,7 +64,7 @@ from fedscreen.trust.manifest import (
     show_id,
     sign_manifest,
 )
-from fedscreen.trust.scope import check_member_scope
+from fedscreen.trust.scope import check_member_scope, node_place
 from fedscreen.trust.x509build import ca_certificate, leaf_certificate
 
 __all__ = [
@@ -240,6 +240,8 @@ def issue(
         manifest = current_manifest(authority_dir)
         _check_admissible(manifest, verified, replace=replace)
         verified = _kept_placement(manifest, verified)
+        if verified.role == "node":
+            _check_one_county_node(manifest, verified.member_id, verified.level, verified.scope)
         ca_cert = load_cert(read_public_file(authority_dir / CA_CERT_FILE))
         if cert_sha256(ca_cert) != manifest.ca_sha256:
             raise ConfigError(f"{authority_dir / CA_CERT_FILE} is not the CA the manifest names")
@@ -279,6 +281,24 @@ def issue(
             mode=0o644,
         )
     return cert_pem, member
+
+
+def _check_one_county_node(manifest: Manifest, member_id: str, level: str, scope: str) -> None:
+    """ConfigError if a county node would join a county that already has one: a county
+    has one county node (its other nodes are school nodes), so a secure release of
+    ``min_nodes`` nodes, which school nodes never join, is never one county's value."""
+    if (level or "county") != "county":
+        return
+    place = node_place(Member(member_id, "node", "", b"", "", level=level, scope=scope))
+    if not place.startswith("county:"):
+        return  # placed at the province (an id that is no county code): a holder of its own
+    for m in manifest.members:
+        county_node = m.role == "node" and (m.level or "county") == "county"
+        if county_node and not m.revoked and m.id != member_id and node_place(m) == place:
+            raise ConfigError(
+                f"{place} already has county node {m.id}; a county has one county node "
+                "(a school's own node is --kind school)"
+            )
 
 
 def _kept_placement(manifest: Manifest, request: CertRequest) -> CertRequest:
@@ -358,6 +378,8 @@ def _amend(authority_dir: Path, member_id: str, what: str, **changes: Any) -> Ma
             check_member_scope(
                 role=changed.role, level=changed.level, scope=changed.scope, member_id=changed.id
             )
+            if changed.role == "node":
+                _check_one_county_node(manifest, changed.id, changed.level, changed.scope)
         signing_key = SigningKey.load(authority_dir / AUTHORITY_KEY_FILE)
         members = tuple(changed if m.id == target.id else m for m in manifest.members)
         new = replace_manifest(manifest, members=members)

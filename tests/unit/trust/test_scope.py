@@ -225,3 +225,29 @@ def test_the_policy_and_the_manifest_know_the_same_node_kinds() -> None:
     from fedscreen.policy import NODE_KINDS
 
     assert scope.NODE_KINDS == NODE_KINDS
+
+
+def test_a_county_has_one_county_node(tmp_path: Path) -> None:
+    """Three county nodes placed in one county would make a three-node secure release one
+    county's value: the authority issues one county node per county (the others are
+    school nodes, which answer no secure query)."""
+    auth = tmp_path / "auth"
+    authority.init_authority(auth, federation="河北省")
+    create_identity(tmp_path / "a", member_id="130102", role="node", name="长安区",
+                    level="county", scope="county:130102")  # fmt: skip
+    issue_here(auth, tmp_path / "a")
+    twin = create_identity(tmp_path / "b", member_id="cz-b", role="node", name="twin",
+                           level="county", scope="county:130102")  # fmt: skip
+    with pytest.raises(ConfigError, match="county:130102 already has county node 130102"):
+        authority.issue(auth, twin.request_path)
+    school = create_identity(tmp_path / "s", member_id="cz-s", role="node", name="school",
+                             level="school", scope="county:130102")  # fmt: skip
+    authority.issue(auth, school.request_path)
+    elsewhere = create_identity(tmp_path / "c", member_id="cz-c", role="node", name="other",
+                                level="county", scope="county:130104")  # fmt: skip
+    authority.issue(auth, elsewhere.request_path)
+    with pytest.raises(ConfigError, match="already has county node 130102"):
+        authority.set_scope(auth, "cz-c", "county:130102")
+    # a county node revoked frees its county for the next one
+    authority.revoke(auth, "130102")
+    authority.issue(auth, twin.request_path)
