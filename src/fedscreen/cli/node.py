@@ -14,13 +14,14 @@ from fedscreen.cli.output import Progress, table
 from fedscreen.cli.sqltext import add_sql_arguments, read_sql
 from fedscreen.node import ledger, store
 from fedscreen.node.engine import QueryRequest, answer_query, now
-from fedscreen.node.home import init_home, load_config
+from fedscreen.node.home import NodeConfig, check_placement, init_home, load_config
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.node.reader import ENCODINGS
 from fedscreen.node.rollback import MAX_REASON_CHARS, diagnose, guarded, recover, sync_checkpoint
 from fedscreen.node.status import NodeStatus, node_status, read_link
 from fedscreen.policy import NODE_KINDS
 from fedscreen.protocol.budget import from_micro, to_micro
+from fedscreen.trust.identity import load_identity
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -133,9 +134,19 @@ def run_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _placed_config(home: Path) -> NodeConfig:
+    """The node's config, refused (ConfigError) when its kind or county disagrees with the
+    manifest installed (once issued): a university's rows must not load as a county's."""
+    config = load_config(home)
+    identity = load_identity(home)
+    if identity.is_issued:
+        check_placement(config, identity.manifest())
+    return config
+
+
 def run_ingest(args: argparse.Namespace) -> int:
     """``fedscreen node ingest``."""
-    config = load_config(args.home)
+    config = _placed_config(args.home)
     sync_checkpoint(config)  # nothing loads into a database restored behind its checkpoint
     loaded, rejected = ingest_paths(config, args.paths, encoding=args.encoding, progress=Progress())
     sync_checkpoint(config)  # after the commits: should a load be logged, it is saved
@@ -233,7 +244,7 @@ def run_recover(args: argparse.Namespace) -> int:
 
 def run_query(args: argparse.Namespace) -> int:
     """``fedscreen node query``."""
-    config = load_config(args.home)
+    config = _placed_config(args.home)
     policy = config.policy()
     request = QueryRequest(
         analyst=args.analyst,

@@ -21,9 +21,9 @@ from typing import NoReturn
 
 from fedscreen._util.canonical import canonical_json
 from fedscreen.crypto.envelope import QUERY_V1, Envelope, verify_envelope
-from fedscreen.errors import QueryRefused, VerificationError
+from fedscreen.errors import ConfigError, QueryRefused, VerificationError
 from fedscreen.node.engine import QueryRequest, answer_query, record_refusal
-from fedscreen.node.home import NodeConfig
+from fedscreen.node.home import NodeConfig, check_placement
 from fedscreen.policy import Policy
 from fedscreen.protocol.query import FRESHNESS_WINDOW_MS, check_fresh, verify_query
 from fedscreen.protocol.refusal import refusal_reason
@@ -88,6 +88,12 @@ def handle_query(
     if query.nodes and config.node_id not in query.nodes:
         detail = f"query {query.query_id} is not addressed to node {config.node_id}"
         _refuse(config, conn, query.analyst, query.query_id, "not-addressed", detail)
+    try:
+        # a manifest adopted while serving may have moved this node (pki scope): it must
+        # not answer as what its node.toml says until the two agree again
+        check_placement(config, manifest)
+    except ConfigError as exc:
+        _refuse(config, conn, query.analyst, query.query_id, "policy", str(exc))
     scope = manifest.member(query.analyst, role="analyst").scope
     me = _myself(config, manifest)
     if not scope_contains(scope, me):

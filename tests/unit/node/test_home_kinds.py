@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fedscreen.cli.main import main
 from fedscreen.errors import ConfigError, IngestError
 from fedscreen.node import ingest
 from fedscreen.node.agent import run_node
@@ -209,7 +210,9 @@ def test_a_school_node_refuses_university_rows(school: NodeConfig, tmp_path: Pat
     assert "university: a school node holds one primary or secondary school" in reasons
 
 
-def test_a_node_whose_config_disagrees_with_the_manifest_will_not_serve(tmp_path: Path) -> None:
+def test_a_node_whose_config_disagrees_with_the_manifest_will_not_serve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """node.toml edited to another kind or county than the authority issued: ``node serve``
     refuses to start (a university's freshmen must not answer as a county's)."""
     auth = tmp_path / "auth"
@@ -229,6 +232,15 @@ def test_a_node_whose_config_disagrees_with_the_manifest_will_not_serve(tmp_path
         check_placement(edited, manifest)
     with pytest.raises(ConfigError, match="as a university node at province"):
         asyncio.run(run_node(config.home, "127.0.0.1:9", stop=asyncio.Event()))
+    # nor does it load rows or answer locally as what node.toml now says
+    export = tmp_path / "county-export"
+    write_export(generate("130108", 60, YEAR, seed=3), export)
+    assert main(["node", "ingest", "--home", str(config.home), str(export)]) == 1
+    assert _rows(edited, "screening") == 0
+    sql = f"SELECT COUNT(*) FROM screenings WHERE academic_year = '{YEAR}'"
+    query = ["node", "query", "--home", str(config.home), "--analyst", "a", "--epsilon", "0.1"]
+    assert main([*query, sql]) == 1
+    assert "as a university node at province" in capsys.readouterr().err
     county = init_home(tmp_path / "c", node_id="130102", name="长安区")
     manifest = issue_here(auth, county.home)
     moved = replace(load_config(county.home), county_code="130104")

@@ -13,7 +13,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -358,3 +358,17 @@ def test_a_revoked_analysts_query_is_refused_as_revoked(
     assert record[0] == "(unverified)"
     # while the analyst was active the same envelope is answered
     assert node.handle(signed)
+
+
+def test_a_node_moved_by_a_newer_manifest_refuses_until_its_config_agrees(
+    node: Node, template: Path
+) -> None:
+    """A manifest adopted while serving that places this node elsewhere (``pki scope``):
+    the node answers nothing as what its node.toml says (refused, recorded, free)."""
+    member = node.manifest.member("130102")
+    moved = replace(node.manifest, members=tuple(
+        replace(m, level="school", scope="county:130104") if m.id == member.id else m
+        for m in node.manifest.members
+    ))  # fmt: skip
+    node.manifest = moved
+    node.assert_refused(node.sign(node.query()), "lists node 130102 as a school node", "policy")
