@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -46,9 +46,11 @@ class ProvinceReport:
             raise ConfigError("the province report has no sections: not a report.json")
         return cls(model, hashlib.sha256(data).hexdigest(), data)
 
-    def check_for(self, plan: ReportPlan) -> None:
+    def check_for(self, plan: ReportPlan, nodes: Sequence[str] = ()) -> None:
         """ConfigError unless this is a province-scope report of ``plan`` (same plan file
-        by SHA-256, same years): only then are its statistics the same questions."""
+        by SHA-256, same years): only then are its statistics the same questions; and
+        unless it asked every one of ``nodes`` (the scoped report's): a province report
+        narrowed to a few nodes (``--nodes``) is not the province's figure."""
         scope = self.model.get("scope")
         scope_id = scope.get("id", PROVINCE) if isinstance(scope, Mapping) else PROVINCE
         if scope_id != PROVINCE:
@@ -66,6 +68,13 @@ class ProvinceReport:
         if years != (plan.year, plan.previous_year):
             raise ConfigError(
                 f"the province report is for {stated.get('year')}, this report for {plan.year}"
+            )
+        asked = {str(n.get("id")) for n in self.model.get("nodes", []) if isinstance(n, Mapping)}
+        left_out = sorted(set(nodes) - asked)
+        if left_out:
+            raise ConfigError(
+                f"the province report did not ask {', '.join(left_out[:5])}"
+                f"{' …' if len(left_out) > 5 else ''}: it is not the province's figure for them"
             )
 
     def _statistics(self) -> dict[str, Mapping[str, Any]]:

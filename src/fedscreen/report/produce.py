@@ -54,15 +54,20 @@ def report_targets(
 
 
 def province_report(
-    directory: Path, plan: ReportPlan, manifest: Manifest, policy: Policy
+    directory: Path,
+    plan: ReportPlan,
+    manifest: Manifest,
+    policy: Policy,
+    nodes: Sequence[str] = (),
 ) -> ProvinceReport:
-    """The province's published report, verified and checked to be of ``plan``."""
+    """The province's published report, verified and checked to be of ``plan`` and to
+    have asked every one of ``nodes``."""
     try:
         verify_report(directory, manifest=manifest, policy=policy)
     except VerificationError as exc:
         raise ConfigError(f"the province report in {directory} does not verify: {exc}") from None
     province = ProvinceReport.from_bytes((directory / REPORT_FILE).read_bytes())
-    province.check_for(plan)
+    province.check_for(plan, nodes)
     return province
 
 
@@ -94,7 +99,7 @@ def produce_report(
     if province_dir is not None:
         if wanted == PROVINCE:
             raise ConfigError("--province-report is for a city or county report (give --scope)")
-        province = province_report(province_dir, plan, manifest, policy)
+        province = province_report(province_dir, plan, manifest, policy, targets)
     if wanted != PROVINCE:
         say(f"scope {wanted}: {len(targets)} nodes ({', '.join(targets)})")
     outcome = run_plan(

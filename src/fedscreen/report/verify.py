@@ -223,7 +223,8 @@ def _province(directory: Path, model: Mapping[str, Any], plan: ReportPlan) -> Pr
         return None
     try:
         province = ProvinceReport.from_bytes((directory / PROVINCE_COPY).read_bytes())
-        province.check_for(plan)
+        mine = [str(n.get("id")) for n in model.get("nodes", []) if isinstance(n, Mapping)]
+        province.check_for(plan, mine)
     except (OSError, ConfigError) as exc:
         raise VerificationError(f"{PROVINCE_COPY}: {exc}") from None
     if not isinstance(stated, Mapping) or stated.get("sha256") != province.sha256:

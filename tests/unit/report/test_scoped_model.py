@@ -251,6 +251,13 @@ def test_only_a_province_report_of_the_same_plan_is_compared(
         ProvinceReport.from_bytes(json.dumps(other).encode()).check_for(fed.plan)
     with pytest.raises(ConfigError, match="not JSON"):
         ProvinceReport.from_bytes(b"\xff")
+    # a province report narrowed to some nodes (--nodes) is not the province's figure
+    asked = [n["id"] for n in province["nodes"]]
+    ProvinceReport.from_bytes(json.dumps(province).encode()).check_for(fed.plan, asked)
+    narrowed = json.loads(json.dumps(province))
+    narrowed["nodes"] = narrowed["nodes"][:1]
+    with pytest.raises(ConfigError, match="did not ask"):
+        ProvinceReport.from_bytes(json.dumps(narrowed).encode()).check_for(fed.plan, asked)
 
 
 def _scoped(manifest: Manifest, scope: str) -> Manifest:
