@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reportplans import count_plan
+from reportplans import count_plan, secure_plan
 from test_federation import COORDINATOR, STUDENTS, YEAR, Federation, _cli
 
 from fedscreen.coordinator.core import init_coordinator
@@ -194,3 +194,19 @@ def test_a_city_analysts_report_of_another_city_is_refused_before_anything_is_as
     assert ran.returncode != 0
     assert "--province-report is for a city or county report" in ran.stderr
     assert {n: fed.charges(n) for n in NODES} == charges
+
+
+def test_a_city_too_small_for_secure_queries_is_refused_before_anything_is_asked(
+    fed: Federation, tmp_path: Path
+) -> None:
+    """Two counties cannot answer a secure query (a release sums at least three): a plan
+    with one is refused before its plain queries are charged, at plan and at run."""
+    plan = secure_plan(tmp_path / "secure.toml", epsilon=0.1)
+    before = {n: fed.charges(n) for n in CITY}
+    for action in ("plan", "run"):
+        out = ["--out", str(tmp_path / "secure-report")] if action == "run" else []
+        refused = _cli("report", action, str(plan), *_as(fed, CITY_ANALYST), *out)
+        assert refused.returncode == 3, refused.stdout + refused.stderr
+        assert "need at least 3 nodes that answer secure queries" in refused.stderr
+    assert {n: fed.charges(n) for n in CITY} == before
+    assert not (tmp_path / "secure-report" / "releases").exists()

@@ -36,7 +36,7 @@ from fedscreen.policy.load import load_node_policy, load_policy
 from fedscreen.query.spec import QuerySpec
 from fedscreen.report.affordable import NodeCheck
 from fedscreen.report.plan import ReportPlan, load_plan
-from fedscreen.report.produce import produce_report, report_targets
+from fedscreen.report.produce import check_secure_floor, produce_report, report_targets
 from fedscreen.report.run import check_budgets
 from fedscreen.report.strategy import (
     PROVINCE_COUNTIES,
@@ -219,7 +219,10 @@ def run_plan_command(args: argparse.Namespace) -> int:
         print("\n(budgets not checked: give --home and --coordinator)")
         return 0
     identity = load_identity(args.home)
-    _, targets = _targets(args, identity.manifest(), identity.member_id)
+    manifest = identity.manifest()
+    _, targets = _targets(args, manifest, identity.member_id)
+    policy = load_policy(args.policy or default_policy_dir() / PROVINCE_FILE)
+    check_secure_floor(plan, policy, manifest, targets)
     checks, _ = check_budgets(
         args.home, args.coordinator, plan, nodes=targets, coordinator_id=args.coordinator_id
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedscreen.errors import ConfigError, VerificationError
+from fedscreen.errors import ConfigError, PlanRefused, VerificationError
 from fedscreen.policy import Policy
 from fedscreen.report.areas import node_places
 from fedscreen.report.compare import ProvinceReport
@@ -25,7 +25,13 @@ from fedscreen.report.verify import verify_report
 from fedscreen.trust.identity import load_identity
 from fedscreen.trust.manifest import Manifest
 
-__all__ = ["Produced", "produce_report", "province_report", "report_targets"]
+__all__ = [
+    "Produced",
+    "check_secure_floor",
+    "produce_report",
+    "province_report",
+    "report_targets",
+]
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,26 @@ def report_targets(
             raise ConfigError(f"--nodes is for a province report; a {wanted} report asks its nodes")
         return wanted, list(nodes)
     return wanted, targets
+
+
+def check_secure_floor(
+    plan: ReportPlan, policy: Policy, manifest: Manifest, targets: Sequence[str]
+) -> None:
+    """PlanRefused, before anything is asked, if the plan has secure queries and fewer
+    than ``min_nodes`` of ``targets`` can answer one (school nodes answer none): the
+    coordinator would refuse each after the plain queries were charged."""
+    secure = [name for name, query in plan.asked.items() if query.secure]
+    if not secure:
+        return
+    levels = {m.id: m.level for m in manifest.members if m.role == "node"}
+    able = [n for n in targets if levels.get(n) != "school"]
+    if len(able) < policy.secure.min_nodes:
+        raise PlanRefused(
+            f"the plan's secure queries ({', '.join(secure[:4])}"
+            f"{' …' if len(secure) > 4 else ''}) need at least {policy.secure.min_nodes} "
+            f"nodes that answer secure queries; these {len(targets)} nodes have "
+            f"{len(able)}: use a plan without them for this scope (nothing was asked)"
+        )
 
 
 def province_report(
@@ -95,6 +121,7 @@ def produce_report(
     manifest = load_identity(home).manifest()
     analyst = load_identity(home).member_id
     wanted, targets = report_targets(manifest, analyst=analyst, scope=scope, nodes=nodes)
+    check_secure_floor(plan, policy, manifest, targets)
     province = None
     if province_dir is not None:
         if wanted == PROVINCE:
