@@ -347,11 +347,15 @@ def verify_budgets(
 
     A statement that does not verify, or a node listed twice, fails the whole
     collection, naming the node: a coordinator that tampers is not papered over.
-    ``scope`` (an analyst's, ``trust.scope``): the nodes expected are those inside it.
+    ``scope`` (an analyst's, ``trust.scope``): the nodes expected are those inside it,
+    and statements of nodes outside it are left out.
     """
     verified: dict[str, BudgetStatement] = {}
     envelopes: dict[str, bytes] = {}
+    members = {m.id: m for m in manifest.members if m.role == "node"}
     for node_id, envelope in statements:
+        if scope and node_id in members and not scope_contains(scope, members[node_id]):
+            continue  # not the caller's to see: a coordinator that sends it is not believed
         if node_id in verified:
             raise VerificationError(f"node {node_id!r} has two budget statements")
         try:

@@ -51,6 +51,9 @@ def report_targets(
 ) -> tuple[str, list[str]]:
     """The report's scope (None: the analyst's own) and the nodes its queries ask;
     ConfigError before anything is asked (``nodes`` narrows a province report only)."""
+    twice = sorted({n for n in nodes if list(nodes).count(n) > 1})
+    if twice:
+        raise ConfigError(f"--nodes names {', '.join(twice[:10])} more than once")
     wanted, targets = scope_nodes(manifest, analyst=analyst, scope=scope)
     if nodes:
         if wanted != PROVINCE:

@@ -440,3 +440,14 @@ def test_remaining_is_never_negative_nor_above_either_budget(
         statement.check_budget(YEAR, ALICE, epsilon=from_micro(left))
     with pytest.raises(QueryRefused, match=r"^budget: "):
         statement.check_budget(YEAR, ALICE, epsilon=from_micro(left + 1))
+
+
+def test_a_scoped_analyst_expects_and_keeps_its_scopes_statements_only(
+    setup: Setup, conn: sqlite3.Connection
+) -> None:
+    genuine = signed(setup.node, conn)
+    mine = verify_budgets(setup.manifest, [(NODE, genuine)], scope=f"county:{NODE}")
+    assert (list(mine.statements), mine.missing) == ([NODE], ())
+    # a statement outside the scope is left out, whatever the coordinator sent
+    other = verify_budgets(setup.manifest, [(NODE, genuine)], scope=f"county:{OTHER}")
+    assert (list(other.statements), other.missing) == ([], (OTHER,))
