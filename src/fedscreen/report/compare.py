@@ -69,7 +69,12 @@ class ProvinceReport:
             raise ConfigError(
                 f"the province report is for {stated.get('year')}, this report for {plan.year}"
             )
-        asked = {str(n.get("id")) for n in self.model.get("nodes", []) if isinstance(n, Mapping)}
+        nodes_stated = self.model.get("nodes")
+        asked = {
+            str(n.get("id"))
+            for n in (nodes_stated if isinstance(nodes_stated, list) else [])
+            if isinstance(n, Mapping)
+        }
         left_out = sorted(set(nodes) - asked)
         if left_out:
             raise ConfigError(
@@ -78,11 +83,13 @@ class ProvinceReport:
             )
 
     def _statistics(self) -> dict[str, Mapping[str, Any]]:
+        # a copy edited into another shape is read as holding nothing, never a traceback
+        # (verify then finds the report's comparison is not what the copy gives)
         return {
             str(s.get("id")): s
             for section in self.model["sections"]
-            if isinstance(section, Mapping)
-            for s in section.get("statistics", [])
+            if isinstance(section, Mapping) and isinstance(section.get("statistics"), list)
+            for s in section["statistics"]
             if isinstance(s, Mapping)
         }
 
@@ -92,12 +99,23 @@ class ProvinceReport:
         stat = self._statistics().get(statistic)
         if stat is None:
             return {}
-        rows = [dict(r) for r in stat.get("rows", []) if r.get("scope") == PROVINCE]
-        return {"province": {"queries": list(stat.get("queries", [])), "rows": rows}}
+        rows = stat.get("rows")
+        queries = stat.get("queries")
+        return {
+            "province": {
+                "queries": list(queries) if isinstance(queries, list) else [],
+                "rows": [
+                    dict(r)
+                    for r in (rows if isinstance(rows, list) else [])
+                    if isinstance(r, Mapping) and r.get("scope") == PROVINCE
+                ],
+            }
+        }
 
     def summary(self) -> dict[str, Any]:
         """What the report states about the province report it compares with."""
         plan = self.model.get("plan", {})
+        releases = self.model.get("releases")
         return {
             "file": PROVINCE_COPY,
             "sha256": self.sha256,
@@ -106,5 +124,5 @@ class ProvinceReport:
             "generated_at": self.model.get("generated_at"),
             "plan_sha256": plan.get("sha256") if isinstance(plan, Mapping) else None,
             "year": plan.get("year") if isinstance(plan, Mapping) else None,
-            "releases": dict(self.model.get("releases", {})),
+            "releases": dict(releases) if isinstance(releases, Mapping) else {},
         }

@@ -10,12 +10,15 @@ are the model's input, as the manifest gives them: one node stands as a school n
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from securefed import ANALYST, COORDINATOR, YEAR, SecureHomes, make_secure_homes
 
 from fedscreen.crypto.envelope import Envelope
@@ -341,3 +344,38 @@ def test_a_city_reports_secure_figures_are_the_citys(city: dict[str, Any]) -> No
     html = render_html(model)
     assert "石家庄市 only: secure aggregation" in html
     assert "province only: secure aggregation" not in html
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {"sections": st.lists(_json, max_size=3)},
+        optional={
+            "nodes": _json,
+            "releases": _json,
+            "plan": _json,
+            "scope": _json,
+            "title": _json,
+        },
+    ),
+    st.sampled_from(["s0", "s1", "x"]),
+)
+def test_a_province_copy_of_any_shape_gives_an_error_not_a_traceback(
+    fed: Fed, model: dict[str, Any], statistic: str
+) -> None:
+    """An edited ``province-report.json`` is read without a traceback: only ConfigError
+    (refused) or an empty comparison, which verify then finds differs from the report."""
+    province = ProvinceReport.from_bytes(json.dumps(model).encode())
+    province.comparison(statistic)
+    province.summary()
+    with contextlib.suppress(ConfigError):
+        province.check_for(fed.plan, ["130104"])
