@@ -223,7 +223,9 @@ def _province(directory: Path, model: Mapping[str, Any], plan: ReportPlan) -> Pr
         return None
     try:
         province = ProvinceReport.from_bytes((directory / PROVINCE_COPY).read_bytes())
-        mine = [str(n.get("id")) for n in model.get("nodes", []) if isinstance(n, Mapping)]
+        listed = model.get("nodes")
+        nodes = listed if isinstance(listed, list) else []
+        mine = [str(n.get("id")) for n in nodes if isinstance(n, Mapping)]
         province.check_for(plan, mine)
     except (OSError, ConfigError) as exc:
         raise VerificationError(f"{PROVINCE_COPY}: {exc}") from None
