@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from fedscreen.errors import QueryRefused
+from fedscreen.policy import secure_answerers
 from fedscreen.protocol.query import SignedQuery
 from fedscreen.trust.manifest import Manifest, show_id
 from fedscreen.trust.scope import PROVINCE, describe, nodes_in_scope, scope_contains
@@ -42,10 +43,10 @@ def within(manifest: Manifest, analyst: str, node_ids: set[str]) -> set[str]:
 
 
 def secure_targets(manifest: Manifest, query: SignedQuery) -> tuple[str, ...]:
-    """The targets that can answer a secure query: all but school nodes, which answer none
-    (a county with its school nodes must not count as several of a release's nodes)."""
+    """The targets that can answer a secure query (``policy.secure_answerers``: not school
+    nodes, so a county with its school nodes never counts as several of a release's)."""
     levels = {m.id: m.level for m in manifest.members if m.role == "node"}
-    return tuple(n for n in targets(manifest, query) if levels.get(n) != "school")
+    return tuple(secure_answerers(levels, targets(manifest, query)))
 
 
 def check_scope(manifest: Manifest, query: SignedQuery) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from fedscreen.policy.default import county_policy_path, default_policy_dir
 from fedscreen.policy.digest import canonical_json, digest
-from fedscreen.policy.kinds import for_kind, held
+from fedscreen.policy.kinds import answers_secure, for_kind, held, secure_answerers
 from fedscreen.policy.load import (
     load_node_policy,
     load_override,
@@ -60,6 +60,7 @@ __all__ = [
     "Secure",
     "SecureOverride",
     "Value",
+    "answers_secure",
     "as_override",
     "canonical_json",
     "check_tightens",
@@ -75,4 +76,5 @@ __all__ = [
     "merge",
     "parse_override",
     "parse_policy",
+    "secure_answerers",
 ]

@@ -14,14 +14,39 @@ the compiler refuses them with "not held by a university node" rather than as un
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Final
 
 from fedscreen.errors import PolicyError
 from fedscreen.policy.model import NODE_KINDS, Dataset, Policy, Secure
 
-__all__ = ["for_kind", "held", "kinds_loosenings", "merge_kinds"]
+__all__ = [
+    "NO_SECURE_KINDS",
+    "answers_secure",
+    "for_kind",
+    "held",
+    "kinds_loosenings",
+    "merge_kinds",
+    "secure_answerers",
+]
 
 Holdings = Mapping[str, Mapping[str, frozenset[str]]]
+
+#: kinds of node that answer no secure query. A release must sum at least ``min_nodes``
+#: nodes so that it is never one county's value, and a county with two school nodes would
+#: be three nodes on its own; a school's students are left out of secure figures (the
+#: release lists it missing, with the reason), its county's plain figures keep them.
+NO_SECURE_KINDS: Final = frozenset({"school"})
+
+
+def answers_secure(kind: str) -> bool:
+    """Whether a node of ``kind`` ("" in older manifests: a county) answers secure queries."""
+    return (kind or "county") not in NO_SECURE_KINDS
+
+
+def secure_answerers(levels: Mapping[str, str], nodes: Iterable[str]) -> list[str]:
+    """The ``nodes`` (node id -> kind in ``levels``) that answer secure queries, in order."""
+    return [n for n in nodes if answers_secure(levels.get(n, ""))]
 
 
 def held(policy: Policy, kind: str, dataset: str) -> frozenset[str]:
@@ -82,12 +107,8 @@ def for_kind(policy: Policy, kind: str) -> Policy:
             not_held=dataset.not_held | (frozenset(dataset.columns) - keep),
             held_by=kind,
         )
-    # A school node answers no secure query: a release must sum at least min_nodes
-    # nodes so that it is never one county's value, and a county with two school nodes
-    # would be three nodes on its own. Its students are left out of secure figures (the
-    # release lists it missing, with this reason); its county's plain figures keep them.
-    school = kind == "school"
-    if not school and all(d.columns == policy.datasets[n].columns for n, d in datasets.items()):
+    refuses = not answers_secure(kind)
+    if not refuses and all(d.columns == policy.datasets[n].columns for n, d in datasets.items()):
         return policy
     secure = Secure(
         min_nodes=policy.secure.min_nodes,
@@ -96,7 +117,7 @@ def for_kind(policy: Policy, kind: str) -> Policy:
             for name, cols in policy.secure.columns.items()
             if (kept := cols & frozenset(datasets[name].columns))
         },
-        refused=policy.secure.refused or school,
+        refused=policy.secure.refused or refuses,
     )
     return Policy(
         version=policy.version,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from fedscreen.errors import QueryRefused
+from fedscreen.policy.kinds import answers_secure
 from fedscreen.policy.model import (
     CategoryRule,
     ColumnRule,
@@ -127,10 +128,10 @@ def check_secure(spec: QuerySpec, policy: Policy) -> None:
     checks the rest (group and filter rights, domains, ``max_groups``).
     """
     if policy.secure.refused:
-        if policy.kind == "school":
+        if policy.kind and not answers_secure(policy.kind):
             raise QueryRefused(
-                SECURE_REFUSAL + "a school node answers no secure query (with its county's "
-                "node it would count as two of the nodes a release must sum)"
+                SECURE_REFUSAL + f"a {policy.kind} node answers no secure query (with its "
+                "county's node it would count as two of the nodes a release must sum)"
             )
         raise QueryRefused(
             SECURE_REFUSAL + "this county's policy refuses secure queries (if the two "

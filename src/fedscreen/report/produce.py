@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedscreen.errors import ConfigError, PlanRefused, VerificationError
-from fedscreen.policy import Policy
+from fedscreen.policy import Policy, secure_answerers
 from fedscreen.report.areas import node_places
 from fedscreen.report.compare import ProvinceReport
 from fedscreen.report.files import REPORT_FILE, write_report
@@ -66,13 +66,13 @@ def check_secure_floor(
     plan: ReportPlan, policy: Policy, manifest: Manifest, targets: Sequence[str]
 ) -> None:
     """PlanRefused, before anything is asked, if the plan has secure queries and fewer
-    than ``min_nodes`` of ``targets`` can answer one (school nodes answer none): the
-    coordinator would refuse each after the plain queries were charged."""
+    than ``min_nodes`` of ``targets`` can answer one (``policy.secure_answerers``, the
+    coordinator's floor too): it would refuse each after the plain queries were charged."""
     secure = [name for name, query in plan.asked.items() if query.secure]
     if not secure:
         return
     levels = {m.id: m.level for m in manifest.members if m.role == "node"}
-    able = [n for n in targets if levels.get(n) != "school"]
+    able = secure_answerers(levels, targets)
     if len(able) < policy.secure.min_nodes:
         raise PlanRefused(
             f"the plan's secure queries ({', '.join(secure[:4])}"

@@ -58,6 +58,7 @@ def test_exported_names() -> None:
         "Secure",
         "SecureOverride",
         "Value",
+        "answers_secure",
         "as_override",
         "canonical_json",
         "check_tightens",
@@ -73,6 +74,7 @@ def test_exported_names() -> None:
         "merge",
         "parse_override",
         "parse_policy",
+        "secure_answerers",
     ]
 
 

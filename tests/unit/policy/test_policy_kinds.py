@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from fedscreen.errors import PolicyError, QueryRefused
 from fedscreen.policy import (
     NODE_KINDS,
+    answers_secure,
     digest,
     for_kind,
     held,
@@ -24,6 +25,7 @@ from fedscreen.policy import (
     merge,
     parse_override,
     parse_policy,
+    secure_answerers,
 )
 from fedscreen.query.compile import compile_query
 from fedscreen.query.sqlparse import parse_sql
@@ -195,3 +197,16 @@ def test_a_school_node_answers_no_secure_query_and_the_others_do() -> None:
     assert compile_query(parse_sql(sql), school).cells
     for kind in ("county", "university"):
         assert compile_query(secure, load_node_policy(PROVINCE, kind=kind)).cells
+
+
+def test_one_rule_says_which_nodes_answer_secure_queries() -> None:
+    """The coordinator's early floor and a report's are counted by the rule the node's
+    own policy follows (for_kind): a node refuses a secure query exactly when it is not
+    counted."""
+    levels = {"130102": "county", "130102-s": "school", "10094": "university", "old": ""}
+    assert secure_answerers(levels, ["130102-s", "10094", "130102", "old", "unknown"]) == [
+        "10094", "130102", "old", "unknown",
+    ]  # fmt: skip
+    for kind in NODE_KINDS:
+        policy = load_node_policy(PROVINCE, kind=kind)
+        assert policy.secure.refused == (not answers_secure(kind))
