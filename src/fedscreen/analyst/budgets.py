@@ -32,7 +32,7 @@ async def fetch_budgets(
     identity = load_identity(home)
     manifest = identity.manifest()
     # the coordinator hands an analyst the statements of the nodes inside its scope
-    own = next((m for m in manifest.members if m.id == identity.member_id), None)
+    own = manifest.find(identity.member_id)
     scope = own.scope if own is not None and own.role == "analyst" else ""
     return verify_budgets(
         manifest, statements.envelopes, connected=statements.connected, scope=scope

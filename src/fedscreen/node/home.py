@@ -246,7 +246,7 @@ def check_placement(config: NodeConfig, manifest: Manifest) -> None:
     for this node (the authority's word): a university's config edited to ``county``
     would put its freshmen in a county's figures under a policy the manifest never
     gave it."""
-    member = next((m for m in manifest.members if m.id == config.node_id), None)
+    member = manifest.find(config.node_id)
     if member is None or member.role != "node":
         return  # not issued yet (or not a node): nothing to compare with
     kind = member.level or "county"

@@ -128,9 +128,9 @@ def _myself(config: NodeConfig, manifest: Manifest) -> Member:
     """This node as the manifest lists it: its place is the authority's word, never the
     node's own configuration. A node the manifest does not list is in no city's or
     county's scope (only a province analyst may ask it)."""
-    for member in manifest.members:
-        if member.id == config.node_id and member.role == "node":
-            return member
+    member = manifest.find(config.node_id)
+    if member is not None and member.role == "node":
+        return member
     return Member(
         id=config.node_id,
         role="node",

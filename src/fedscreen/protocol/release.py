@@ -347,7 +347,7 @@ def _check_scope(release: ReleaseBody, query: SignedQuery, manifest: Manifest) -
     """Every node the release asked lies inside the analyst's scope (``trust.scope``), as
     ``manifest`` says: a coordinator must not widen a city analyst's question."""
     members = {m.id: m for m in manifest.members if m.role == "node"}
-    analyst = next((m for m in manifest.members if m.id == query.analyst), None)
+    analyst = manifest.find(query.analyst)
     scope = analyst.scope if analyst is not None else ""
     outside = [
         n for n in release.targeted if n in members and not scope_contains(scope, members[n])

@@ -188,7 +188,8 @@ def _check_scope(
     targeted = {tuple(run.released.body["targeted"]) for run in runs.values()}
     nodes = list(next(iter(targeted), ()))
     members = {m.id: m for m in manifest.members if m.role == "node"}
-    own = next((m.scope for m in manifest.members if m.id == analyst), "")
+    member = manifest.find(analyst)
+    own = member.scope if member is not None else ""
     # every scope, the province's too: a city's analyst's releases relabelled as a
     # province report would otherwise pass for the province's
     if not scope_within(scope, own):

@@ -305,10 +305,8 @@ def _kept_placement(manifest: Manifest, request: CertRequest) -> CertRequest:
     """The request as issued: re-issuing an active member (new keys, renewal) keeps the
     scope and node kind the manifest gives it, whatever the new request claims; only
     ``pki scope`` changes a scope (a rekey must not quietly widen a city's analyst)."""
-    current = next(
-        (m for m in manifest.members if m.id == request.member_id and not m.revoked), None
-    )
-    if current is None:
+    current = manifest.find(request.member_id)
+    if current is None or current.revoked:
         return request
     level = current.level if current.role == "node" else request.level
     return dataclasses.replace(request, scope=current.scope, level=level)

@@ -186,6 +186,10 @@ class Manifest:
             )
         return member
 
+    def find(self, member_id: str) -> Member | None:
+        """The member with this id, revoked or not (None if the manifest lists none)."""
+        return self._by_id.get(member_id)
+
     def keys(self, *, role: str | None = None) -> dict[str, bytes]:
         """key id -> public key of active members (of one role)."""
         return {
