@@ -17,13 +17,12 @@ below the report's own scope.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Final
 
 from fedscreen.errors import ConfigError
 from fedscreen.trust.manifest import Manifest
-from fedscreen.trust.scope import PROVINCE, node_place
+from fedscreen.trust.scope import PROVINCE, node_place, parse_scope, place_county
 
 __all__ = [
     "CITIES",
@@ -62,8 +61,6 @@ CITY_PREFIX: Final = "city:"
 COUNTY_PREFIX: Final = "county:"
 #: the scopes a report may cover: the province, a city or a county
 REPORT_SCOPES: Final = "province, city:<4 digits> or county:<6 digits>"
-_CITY: Final = re.compile(r"city:([0-9]{4})")
-_COUNTY: Final = re.compile(r"county:([0-9]{6})")
 
 
 def node_places(manifest: Manifest) -> dict[str, str]:
@@ -71,20 +68,12 @@ def node_places(manifest: Manifest) -> dict[str, str]:
     return {m.id: node_place(m) for m in manifest.members if m.role == "node"}
 
 
-def _county(place: str) -> str | None:
-    match = _COUNTY.fullmatch(place)
-    return match[1] if match else None
-
-
 def area_kind(scope: str) -> str:
     """``province``, ``city`` or ``county``; ConfigError for anything else."""
-    if scope == PROVINCE:
-        return PROVINCE
-    if _CITY.fullmatch(scope):
-        return "city"
-    if _COUNTY.fullmatch(scope):
-        return "county"
-    raise ConfigError(f"report scope {scope!r}: one of {REPORT_SCOPES}")
+    form, _ = parse_scope(scope)
+    if form not in (PROVINCE, "city", "county"):
+        raise ConfigError(f"report scope {scope!r}: one of {REPORT_SCOPES}")
+    return form
 
 
 def scope_within(inner: str, outer: str) -> bool:
@@ -95,12 +84,10 @@ def scope_within(inner: str, outer: str) -> bool:
     """
     if not outer or outer == PROVINCE:
         return True
-    if inner == PROVINCE:
-        return False
-    if match := _CITY.fullmatch(outer):
-        code = inner.removeprefix(CITY_PREFIX).removeprefix(COUNTY_PREFIX)
-        return inner.startswith((CITY_PREFIX, COUNTY_PREFIX)) and code[:4] == match[1]
-    return bool(_COUNTY.fullmatch(outer)) and inner == outer
+    (inner_form, inner_code), (outer_form, outer_code) = parse_scope(inner), parse_scope(outer)
+    if outer_form == "city":
+        return inner_form in ("city", "county") and inner_code[:4] == outer_code
+    return outer_form == "county" and inner == outer
 
 
 def report_areas(
@@ -115,7 +102,7 @@ def report_areas(
     """
     by_city: dict[str, dict[str, list[str]]] = {}
     for node in sorted(nodes):
-        county = _county(places.get(node, ""))
+        county = place_county(places.get(node, ""))
         if county is not None:
             by_city.setdefault(county[:4], {}).setdefault(county, []).append(node)
     areas: dict[str, list[str]] = {}
@@ -137,7 +124,7 @@ def city_scopes(counties: Sequence[str]) -> dict[str, list[str]]:
 
 def universities(places: Mapping[str, str], nodes: Sequence[str]) -> list[str]:
     """The nodes of ``nodes`` placed at the province (universities), in order."""
-    return [n for n in nodes if _county(places.get(n, "")) is None]
+    return [n for n in nodes if place_county(places.get(n, "")) is None]
 
 
 def scope_order(
@@ -152,7 +139,7 @@ def scope_order(
         if scope.startswith(COUNTY_PREFIX):
             county = scope.removeprefix(COUNTY_PREFIX)
             return (county[:4], county, 0, "")
-        county = _county(places.get(scope, "")) or ""
+        county = place_county(places.get(scope, "")) or ""
         # "~" sorts after every digit: universities after the last city
         return (county[:4] or "~", county, 1, scope)
 

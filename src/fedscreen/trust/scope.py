@@ -42,6 +42,8 @@ __all__ = [
     "node_place",
     "node_scope",
     "nodes_in_scope",
+    "parse_scope",
+    "place_county",
     "scope_contains",
 ]
 
@@ -69,8 +71,25 @@ class _Placed(Protocol):
     def scope(self) -> str: ...
 
 
+def parse_scope(text: str) -> tuple[str, str]:
+    """The form and code of a scope or place: ``("province", "")``, ``("city", "1301")``,
+    ``("county", "130102")`` or ``("node", "<id>")``; ``("", "")`` for any other text."""
+    if text == PROVINCE:
+        return PROVINCE, ""
+    for form, pattern in (("city", _CITY), ("county", _COUNTY), ("node", _NODE)):
+        if match := pattern.fullmatch(text):
+            return form, match[1]
+    return "", ""
+
+
+def place_county(place: str) -> str | None:
+    """The county code of a place (``county:<code>``), None for the province."""
+    form, code = parse_scope(place)
+    return code if form == "county" else None
+
+
 def _is_analyst_scope(scope: str) -> bool:
-    return scope == PROVINCE or any(p.fullmatch(scope) for p in (_CITY, _COUNTY, _NODE))
+    return parse_scope(scope)[0] != ""
 
 
 def check_member_scope(*, role: str, level: str, scope: str, member_id: str = "") -> None:
@@ -127,8 +146,7 @@ def node_place(node: _Placed) -> str:
 
 def county_of(node: _Placed) -> str | None:
     """The county code a node belongs to (None: a university, under the province)."""
-    match = _COUNTY.fullmatch(node_place(node))
-    return match[1] if match else None
+    return place_county(node_place(node))
 
 
 def city_of(node: _Placed) -> str | None:
@@ -139,17 +157,17 @@ def city_of(node: _Placed) -> str | None:
 
 def scope_contains(scope: str, node: _Placed) -> bool:
     """Whether an analyst scope (empty: the province) includes ``node``."""
-    if not scope or scope == PROVINCE:
+    if not scope:
         return True
-    if match := _NODE.fullmatch(scope):
-        return node.id == match[1]
+    form, code = parse_scope(scope)
     county = county_of(node)
-    if match := _CITY.fullmatch(scope):
-        return county is not None and county[:4] == match[1]
-    if match := _COUNTY.fullmatch(scope):
-        return county == match[1]
-    # an unknown form includes nothing: a scope the code cannot read grants nothing
-    return False
+    # an unknown form ("") includes nothing: a scope the code cannot read grants nothing
+    return {
+        PROVINCE: True,
+        "node": node.id == code,
+        "city": county is not None and county[:4] == code,
+        "county": county == code,
+    }.get(form, False)
 
 
 def in_scope(analyst: _Placed, node: _Placed) -> bool:

@@ -84,6 +84,9 @@ def test_report_scopes_within_an_analysts_scope() -> None:
     assert not scope_within("county:130202", "city:1301")
     assert not scope_within("city:1301", "county:130102")
     assert not scope_within("county:130102", "node:130102")
+    # a malformed report scope lies inside nothing narrower than the province
+    assert not scope_within("city:13015", "city:1301")
+    assert not scope_within("county:1301", "city:1301")
 
 
 def test_scope_names_and_kinds() -> None:

@@ -251,3 +251,21 @@ def test_a_county_has_one_county_node(tmp_path: Path) -> None:
     # a county node revoked frees its county for the next one
     authority.revoke(auth, "130102")
     authority.issue(auth, twin.request_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("province", ("province", "")),
+        ("city:1301", ("city", "1301")),
+        ("county:130102", ("county", "130102")),
+        ("node:10094", ("node", "10094")),
+        ("city:13015", ("", "")),
+        ("county:１３０１０２", ("", "")),
+        ("Province", ("", "")),
+        ("", ("", "")),
+    ],
+)
+def test_one_reader_of_scopes_and_places(text: str, parsed: tuple[str, str]) -> None:
+    assert scope.parse_scope(text) == parsed
+    assert scope.place_county(text) == (parsed[1] if parsed[0] == "county" else None)
