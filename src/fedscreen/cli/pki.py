@@ -96,6 +96,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     scope.set_defaults(func=run_scope)
 
+    link = pki_sub.add_parser(
+        "link",
+        help="sign a new manifest version marking a node offline (queries by file) or online",
+    )
+    link.add_argument("--dir", type=Path, required=True, help="authority directory")
+    link.add_argument("--id", dest="member_id", required=True, help="the node's member id")
+    mode = link.add_mutually_exclusive_group(required=True)
+    mode.add_argument(
+        "--offline", action="store_true", help="no network path: its queries go by file"
+    )
+    mode.add_argument("--online", action="store_true", help="it dials the coordinator again")
+    link.set_defaults(func=run_link)
+
     manifest = pki_sub.add_parser("manifest", help="show the current manifest's members")
     manifest.add_argument("--dir", type=Path, required=True, help="authority directory")
     manifest.add_argument("--json", action="store_true", help="print JSON")
@@ -194,6 +207,16 @@ def _placement(member: Member) -> str:
     return f"{member.level or 'county'} node at {node_place(member)}"
 
 
+def run_link(args: argparse.Namespace) -> int:
+    """``fedscreen pki link``."""
+    manifest = authority.set_offline(args.dir, args.member_id, offline=args.offline)
+    how = "offline: its queries are queued for `fedscreen coordinator outbox`" if args.offline \
+        else "online: it answers over its stream"
+    print(f"{args.member_id}: {how}; manifest version {manifest.version}")
+    print("install it at the coordinator (`fedscreen identity update-manifest`)")
+    return 0
+
+
 def run_scope(args: argparse.Namespace) -> int:
     """``fedscreen pki scope``."""
     manifest = authority.set_scope(args.dir, args.member_id, args.scope)
@@ -246,7 +269,7 @@ def run_manifest(args: argparse.Namespace) -> int:
             else "",
             m.key_id,
             m.tls_sha256[:16],
-            "revoked" if m.revoked else "active",
+            "revoked" if m.revoked else "active (offline)" if m.offline else "active",
         )
         for m in manifest.members
     ]

@@ -30,6 +30,8 @@ from fedscreen._util.sqlite import connect, transaction
 from fedscreen.coordinator import scoping
 from fedscreen.coordinator.checkpoints import CheckpointBook
 from fedscreen.coordinator.partials import SCHEMA as PARTIALS_SCHEMA
+from fedscreen.coordinator.releases import OFFLINE_SCHEMA, StoredRelease, store_release
+from fedscreen.coordinator.releases import SCHEMA as RELEASES_SCHEMA
 from fedscreen.crypto.envelope import RELEASE_V1, Envelope, sign_envelope
 from fedscreen.crypto.signing import SignatureMemo
 from fedscreen.errors import ConfigError, QueryRefused, VerificationError
@@ -113,6 +115,8 @@ class Coordinator:
         self.conn = connect(home / DATABASE_FILE)
         self.conn.execute(memberlog.CHECKPOINT_SCHEMA)
         self.conn.executescript(PARTIALS_SCHEMA)
+        self.conn.executescript(RELEASES_SCHEMA)
+        self.conn.executescript(OFFLINE_SCHEMA)
         self.log = TransparencyLog(self.conn, name=ROLE)
         #: the nodes' verified checkpoints and quarantines, in the same database
         self.book = CheckpointBook(self.conn)
@@ -268,6 +272,8 @@ class Coordinator:
         targeted: Sequence[str] | None = None,
         checked: Checked | None = None,
         secure: SecureOutcome | None = None,
+        query_envelope: bytes = b"",
+        previous: StoredRelease | None = None,
     ) -> Release:
         """Verify the nodes' answers, combine them, sign and log the release.
 
@@ -286,6 +292,12 @@ class Coordinator:
 
         ``checked``: the answers as :meth:`check_answers` verified them already (a
         secure query's, whose partials were made from them); ``secure``: its partials.
+
+        The release is also kept in the release store (``coordinator.releases``) with
+        ``query_envelope`` (the analyst's signed query, for ``fedscreen query
+        --release``). ``previous``: the stored release this one supersedes (a later
+        version with late answers, ``coordinator.offline``); sqlite3.IntegrityError if
+        another version superseded it meanwhile (nothing is logged then).
         """
         if query.spec.secure and secure is None:
             raise ValueError("a secure query is released with its partials (or their failure)")
@@ -309,6 +321,7 @@ class Coordinator:
             catalogue_digest=policy_digest(self.policy),
             eligible=eligible or {},
             secure=secure,
+            previous=None if previous is None else (previous.release_version, previous.digest),
         )
         signed = (
             sign_envelope(payload_type=RELEASE_V1, payload=canonical_json(body), key=self.key)
@@ -324,9 +337,23 @@ class Coordinator:
         logged.append(
             {"kind": "release", "query_id": query.query_id, "envelope": signed.decode("utf-8")}
         )
+        stored = StoredRelease(
+            query_id=query.query_id,
+            release_version=1 if previous is None else previous.release_version + 1,
+            envelope=signed,
+            query_envelope=query_envelope,
+            answers={n: raw for n, (raw, _) in verified.items()},
+            reasons={n: why.get(n, NO_REASON) for n in lost},
+            targeted=tuple(targeted),
+            academic_year=academic_year,
+            eligible=dict(eligible or {}),
+        )
         with transaction(self.conn):
             memberlog.append_many(
                 self.conn, member_id=self.member_id, key=self.key, payloads=logged, role=ROLE
+            )
+            store_release(
+                self.conn, stored, supersedes=None if previous is None else previous.digest
             )
         return Release(signed, body, {n: v[0] for n, v in verified.items()}, tuple(sorted(lost)))
 

@@ -54,6 +54,7 @@ from fedscreen.coordinator.aggregation import AggregatorSessions
 from fedscreen.coordinator.aggregatorrpc import AggregatorLinkServicer
 from fedscreen.coordinator.auditrpc import AuditServicer
 from fedscreen.coordinator.core import ACADEMIC_YEAR
+from fedscreen.coordinator.offline import queue_offline
 from fedscreen.coordinator.runtime import (
     DEFAULT_SERVER_LIMITS,
     CoreThread,
@@ -301,10 +302,16 @@ class AnalystServicer(_Shared, pb_grpc.AnalystServicer):
             known = await self.core.call(lambda _: book.known_sizes(targets))
             latest = dict(self.sessions.latest_years)
             year = await self.core.call(lambda core: core.academic_year_for(query, latest))
+            # offline nodes (no network path) get it by file: queued, missing from this release
+            offline = await self.core.call(
+                lambda core: queue_offline(core, query, envelope, targets, academic_year=year)
+            )
+            online = tuple(n for n in targets if n not in offline)
             replies = await ask_nodes(
-                self.core, self.sessions, query, envelope, targets, wait_s, known_log_sizes=known,
+                self.core, self.sessions, query, envelope, online, wait_s, known_log_sizes=known,
                 academic_year=year or "",  # a query without years: one year for every node
             )  # fmt: skip
+            replies.update({n: NodeReply(None, why) for n, why in offline.items()})
             await self.core.call(lambda core: screen(core, query, replies, academic_year=year))
             answers = {n: r.envelope for n, r in replies.items() if r.envelope is not None}
             missing = [n for n in targets if n not in answers]
@@ -335,7 +342,7 @@ class AnalystServicer(_Shared, pb_grpc.AnalystServicer):
                 lambda core: core.release(
                     query, answers, missing, eligible=eligible, academic_year=year,
                     targeted=targets,  # those asked, even if revoked since
-                    checked=checked, secure=outcome,
+                    checked=checked, secure=outcome, query_envelope=envelope,
                 )
             )  # fmt: skip
         return serde.submit_response(release.envelope, release.answers, release.missing)

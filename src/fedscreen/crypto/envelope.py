@@ -89,6 +89,11 @@ class Envelope:
         object.__setattr__(envelope, "signatures", signatures)
         return envelope
 
+    def unverified_payload(self) -> bytes:
+        """The payload *before* any signature is checked: only to learn who should have
+        signed it (or which manifest to check it with), never to act on."""
+        return self._payload
+
     def to_json(self) -> str:
         """Serialise per DSSE's JSON envelope (standard base64 for payload and sigs)."""
         doc = {

@@ -17,6 +17,7 @@ is a VerificationError, never a crash.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,6 +50,7 @@ from fedscreen.trust.manifest import Manifest, show_id
 from fedscreen.trust.scope import describe, scope_contains
 
 RELEASE_VERSION: Final = 1
+_SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 
 
 def population(
@@ -80,8 +82,12 @@ def release_body(
     eligible: Mapping[str, int] | None = None,
     missing_reasons: Mapping[str, str] | None = None,
     secure: SecureOutcome | None = None,
+    previous: tuple[int, str] | None = None,
 ) -> dict[str, Any]:
     """The body the coordinator signs for one query.
+
+    ``previous``: the version and envelope digest (SHA-256 hex) of the release this one
+    follows, when late answers (an offline node's, by file) make a new version of it.
 
     ``public`` (from the catalogue) decides how the cells combine; ``academic_year``
     is the year a query without years was pinned to (None when the query names years).
@@ -127,6 +133,11 @@ def release_body(
             else secure.cells(threshold)
         ),
         **({} if secure is None else {"secure": secure.to_json()}),
+        **(
+            {}
+            if previous is None
+            else {"release_version": previous[0] + 1, "supersedes": previous[1]}
+        ),
     }
 
 
@@ -196,6 +207,10 @@ class ReleaseBody:
     province: list[Any]
     coverage: float = 0.0
     population: Mapping[str, Any] | None = None
+    #: 1 for a query's release; n + 1 for the version adding late answers to version n
+    release_version: int = 1
+    #: SHA-256 (hex) of the release envelope this version follows (None for version 1)
+    supersedes: str | None = None
 
     def answer_digests(self) -> dict[str, str]:
         """Node id -> SHA-256 (hex) of the answer envelope the release names."""
@@ -243,6 +258,7 @@ def parse_release(body: object) -> ReleaseBody:
             province=_list(body["province"], "province"),
             coverage=_share(body["coverage"], "coverage"),
             population=_population(body.get("population")),
+            **_versioning(body),
         )
     except (KeyError, TypeError, ValueError, RecursionError, QueryRefused) as exc:
         raise VerificationError(f"malformed release: {bounded(_why(exc))}") from None
@@ -406,6 +422,19 @@ def _check_secure(
     )
     if not same_figures(outcome.cells(release.threshold), release.province):
         raise VerificationError("the provincial figures are not the combination of the partials")
+
+
+def _versioning(body: Mapping[str, Any]) -> dict[str, Any]:
+    """``release_version`` and ``supersedes``: both absent (version 1), or a version of 2
+    or more naming the SHA-256 of the release it follows."""
+    if "release_version" not in body and "supersedes" not in body:
+        return {}
+    version, supersedes = body.get("release_version"), body.get("supersedes")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 2:
+        raise TypeError("release_version must be a whole number of 2 or more")
+    if not isinstance(supersedes, str) or not _SHA256_HEX.fullmatch(supersedes):
+        raise TypeError("supersedes must be the SHA-256 (hex) of the release it follows")
+    return {"release_version": version, "supersedes": supersedes}
 
 
 def _released_answer(entry: object) -> ReleasedAnswer:

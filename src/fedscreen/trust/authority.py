@@ -263,6 +263,7 @@ def issue(
             tls_sha256=cert_sha256(cert),
             level=verified.level,
             scope=verified.scope,
+            offline=_kept_offline(manifest, verified.member_id),
         )
         others = [m for m in manifest.members if m.id != member.id]
         new = replace_manifest(manifest, members=(*others, member))
@@ -299,6 +300,12 @@ def _check_one_county_node(manifest: Manifest, member_id: str, level: str, scope
                 f"{place} already has county node {m.id}; a county has one county node "
                 "(a school's own node is --kind school)"
             )
+
+
+def _kept_offline(manifest: Manifest, member_id: str) -> bool:
+    """A re-issued node stays offline if it was (only ``pki link`` changes that)."""
+    current = manifest.find(member_id)
+    return current is not None and not current.revoked and current.offline
 
 
 def _kept_placement(manifest: Manifest, request: CertRequest) -> CertRequest:
@@ -359,6 +366,16 @@ def set_scope(authority_dir: Path, member_id: str, scope: str) -> Manifest:
         # an unset shell variable must not widen an analyst to the province
         raise ConfigError("give the scope explicitly (province, city:…, county:…, node:…)")
     return _amend(authority_dir, member_id, "change the scope of", scope=scope)
+
+
+def set_offline(authority_dir: Path, member_id: str, *, offline: bool) -> Manifest:
+    """Sign a new manifest version marking node ``member_id`` offline (its queries are
+    queued at the coordinator and carried to it by file) or back online."""
+    manifest = current_manifest(authority_dir)
+    member = manifest.find(member_id)
+    if member is not None and not member.revoked and member.role != "node":
+        raise ConfigError(f"{show_id(member_id)} is {a_role(member.role)}: only nodes go offline")
+    return _amend(authority_dir, member_id, "mark offline", offline=offline)
 
 
 def _amend(authority_dir: Path, member_id: str, what: str, **changes: Any) -> Manifest:

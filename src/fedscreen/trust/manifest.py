@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import itertools
 import json
@@ -92,6 +93,9 @@ class Member:
     revoked: bool = False
     #: an analyst's scope or a node's place (``trust.scope``); "" in older manifests
     scope: str = ""
+    #: a node without a network path to the coordinator: its queries are queued and
+    #: carried to it by file (``fedscreen coordinator outbox``); False in older manifests
+    offline: bool = False
 
     @property
     def key_id(self) -> str:
@@ -110,6 +114,7 @@ class Member:
             "revoked": self.revoked,
             # absent when unset: a member issued before scopes re-signs to the same bytes
             **({"scope": self.scope} if self.scope else {}),
+            **({"offline": True} if self.offline else {}),
         }
 
     @classmethod
@@ -125,11 +130,15 @@ class Member:
                 raise TypeError("revoked must be true or false")
             if not isinstance(data.get("scope", ""), str):
                 raise TypeError("scope must be a string")
+            if not isinstance(data.get("offline", False), bool):
+                raise TypeError("offline must be true or false")
             key = base64.b64decode(str(data["signing_key"]), validate=True)
             role = str(data["role"])
             if role not in ROLES or len(key) != PUBLIC_KEY_SIZE:
                 raise ValueError(f"bad role or key for {data.get('id')!r}")
             scope = str(data.get("scope", ""))
+            if data.get("offline", False) and role != "node":
+                raise ValueError(f"only a node can be offline, not {data.get('id')!r}")
             check_member_scope(
                 role=role,
                 level=str(data.get("level", "")),
@@ -145,6 +154,7 @@ class Member:
                 level=str(data.get("level", "")),
                 revoked=bool(data.get("revoked", False)),
                 scope=scope,
+                offline=bool(data.get("offline", False)),
             )
         except (KeyError, TypeError, ValueError, binascii.Error, ConfigError) as exc:
             raise VerificationError(f"malformed manifest member: {exc}") from None
@@ -201,6 +211,11 @@ class Manifest:
     def active(self, role: str) -> tuple[str, ...]:
         """The ids of the active (not revoked) members of ``role``, in manifest order."""
         return tuple(m.id for m in self.members if m.role == role and not m.revoked)
+
+    @functools.cached_property
+    def offline(self) -> frozenset[str]:
+        """The active nodes marked offline: reached by file only, never by a stream."""
+        return frozenset(m.id for m in self.members if m.offline and not m.revoked)
 
     def coordinator(self) -> str:
         """The member id of the federation's coordinator; ConfigError unless exactly one."""

@@ -1,0 +1,303 @@
+"""Offline nodes at the coordinator: queue their queries, write their outbox, import answers.
+
+A node the manifest marks ``offline`` has no stream. When a query targets it, the
+coordinator queues the query (``offline_queue``) and releases without it, stating
+why; ``fedscreen coordinator outbox`` writes the node's pending queries into one
+signed file (``protocol.offline``), and ``fedscreen coordinator inbox`` imports the
+node's signed answer file: each answer is verified exactly as one from a stream
+(bound to its query, its ε, the one academic year; its log consistent with the
+checkpoint the coordinator holds, or the node is quarantined), and the newest
+release of its query is followed by a new version that includes it.
+
+Importing is idempotent: an answer already in its query's newest release, or a
+query already settled, changes nothing. Secure queries are not queued: their two
+aggregators sum the answers of one round, which cannot wait for a file.
+
+Everything here works on the coordinator's database from a separate process too
+(the CLI, while the server runs): SQLite serialises the writers, and the log and
+the release store take their state from the database, never from memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from fedscreen._util.sqlite import transaction
+from fedscreen.coordinator.core import Coordinator
+from fedscreen.coordinator.quarantine import screen_answer
+from fedscreen.coordinator.releases import StoredRelease, newest_release
+from fedscreen.crypto.envelope import Envelope
+from fedscreen.errors import ConfigError, QueryRefused, UnknownMember, VerificationError
+from fedscreen.protocol.answer import bounded
+from fedscreen.protocol.offline import (
+    ANSWERS_V1,
+    MAX_QUERIES,
+    AnswerFile,
+    CarriedQuery,
+    Outbox,
+    read_answer_file,
+    sign_outbox,
+    unverified_payload,
+)
+from fedscreen.protocol.query import SignedQuery, verify_query
+from fedscreen.tlog.checkpoint import Checkpoint
+
+__all__ = ["Imported", "import_answers", "make_outbox", "pending", "queue_offline"]
+
+
+#: why an offline node is missing from a release made before it answered
+QUEUED: Final = "offline: queued for the node's next answer file"
+#: why an offline node is missing from a secure release
+NO_SECURE: Final = "offline: a secure query is summed in one round and cannot wait for a file"
+
+
+def queue_offline(
+    core: Coordinator,
+    query: SignedQuery,
+    envelope: bytes,
+    targets: Iterable[str],
+    *,
+    academic_year: str | None,
+    now_ms: int | None = None,
+) -> dict[str, str]:
+    """Queue ``query`` for its offline targets; returns node id -> why it is missing from
+    the release being made (queued, or a secure query that cannot wait). A query id
+    queued before (a resubmission) stays queued once."""
+    offline = core.manifest.offline
+    nodes = [n for n in targets if n in offline]
+    if not nodes:
+        return {}
+    if query.spec.secure:
+        return {n: NO_SECURE for n in nodes}
+    at = _now_ms() if now_ms is None else now_ms
+    with transaction(core.conn):
+        core.conn.executemany(
+            "INSERT OR IGNORE INTO offline_queue (node, query_id, query_envelope, "
+            "academic_year, queued_ms) VALUES (?, ?, ?, ?, ?)",
+            [(n, query.query_id, envelope, academic_year or "", at) for n in nodes],
+        )
+    return {n: QUEUED for n in nodes}
+
+
+def make_outbox(core: Coordinator, node_id: str, *, now_ms: int | None = None) -> tuple[bytes, int]:
+    """The signed outbox file for ``node_id`` and how many queries it carries.
+
+    ConfigError if the node is not an active offline node of the manifest.
+    """
+    core.reload_manifest()
+    _offline_node(core, node_id)
+    at = _now_ms() if now_ms is None else now_ms
+    rows = core.conn.execute(
+        "SELECT query_id, query_envelope, academic_year, queued_ms FROM offline_queue "
+        "WHERE node = ? AND settled_ms IS NULL ORDER BY queued_ms, query_id LIMIT ?",
+        (node_id, MAX_QUERIES),
+    ).fetchall()
+    queries = tuple(CarriedQuery(str(r[0]), bytes(r[1]), str(r[2]), int(r[3])) for r in rows)
+    held = core.conn.execute(
+        "SELECT coordinator_log_size FROM offline_link WHERE node = ?", (node_id,)
+    ).fetchone()
+    note = core.checkpoint()
+    size = Checkpoint.from_body(note[: note.index("\n\n") + 1]).size if note else 0
+    known = int(held[0]) if held else 0
+    proof = tuple(core.consistency_proof(known, size)) if 0 < known < size else ()
+    core.book.refresh()
+    _, manifest_text = core.identity.manifest_file()
+    outbox = Outbox(
+        coordinator=core.member_id,
+        node=node_id,
+        made_at_ms=at,
+        manifest=manifest_text,
+        coordinator_checkpoint=note,
+        coordinator_proof=proof,
+        known_log_size=core.book.known_size(node_id),
+        queries=queries,
+    )
+    data = sign_outbox(outbox, core.key)
+    with transaction(core.conn):
+        core.conn.execute(
+            "INSERT OR IGNORE INTO offline_outbox (sha256, node, known_log_size, made_ms) "
+            "VALUES (?, ?, ?, ?)",
+            (hashlib.sha256(data).hexdigest(), node_id, outbox.known_log_size, at),
+        )
+    return data, len(queries)
+
+
+@dataclass
+class Imported:
+    """What one answer file changed: new release versions, and what it did not use."""
+
+    node: str
+    #: (query id, the new release version)
+    released: list[tuple[str, int]] = field(default_factory=list)
+    #: (query id, why the answer changed nothing)
+    unchanged: list[tuple[str, str]] = field(default_factory=list)
+    #: (query id, the node's refusal reason)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+
+
+def import_answers(core: Coordinator, data: bytes, *, now_ms: int | None = None) -> Imported:
+    """Verify an offline node's answer file and release what it adds.
+
+    VerificationError (nothing imported) if the file is not signed by an active node of
+    the manifest, is not addressed to this coordinator, or answers an outbox this
+    coordinator did not make for that node.
+    """
+    core.reload_manifest()
+    at = _now_ms() if now_ms is None else now_ms
+    carried = _verified_file(core, data)
+    node = carried.node
+    row = core.conn.execute(
+        "SELECT node, known_log_size FROM offline_outbox WHERE sha256 = ?",
+        (carried.outbox_sha256,),
+    ).fetchone()
+    if row is None or row[0] != node:
+        raise VerificationError(
+            f"the answer file answers an outbox this coordinator did not make for node {node}"
+        )
+    sent_size = int(row[1])
+    done = Imported(node)
+    core.book.refresh()
+    for answer in carried.answers:
+        outcome = _import_one(core, node, answer.query_id, answer.envelope, answer.proof,
+                              sent_size=sent_size, now_ms=at)  # fmt: skip
+        if isinstance(outcome, int):
+            done.released.append((answer.query_id, outcome))
+        else:
+            done.unchanged.append((answer.query_id, outcome))
+    core.book.flush()
+    with transaction(core.conn):
+        for query_id, reason in carried.refusals:
+            done.refused.append((query_id, bounded(reason)))
+            core.conn.execute(
+                "UPDATE offline_queue SET settled_ms = ?, outcome = ? "
+                "WHERE node = ? AND query_id = ? AND settled_ms IS NULL",
+                (at, f"refused: {bounded(reason)}", node, query_id),
+            )
+        core.conn.execute(
+            "INSERT INTO offline_link (node, coordinator_log_size) VALUES (?, ?) "
+            "ON CONFLICT (node) DO UPDATE SET coordinator_log_size = "
+            "max(coordinator_log_size, excluded.coordinator_log_size)",
+            (node, carried.coordinator_log_size),
+        )
+    return done
+
+
+def _import_one(
+    core: Coordinator,
+    node: str,
+    query_id: str,
+    raw: bytes,
+    proof: tuple[bytes, ...],
+    *,
+    sent_size: int,
+    now_ms: int,
+) -> int | str:
+    """Release one late answer as a new version of its query's release; returns the
+    version, or why the answer changed nothing."""
+    queued = core.conn.execute(
+        "SELECT query_envelope, academic_year, settled_ms FROM offline_queue "
+        "WHERE node = ? AND query_id = ?",
+        (node, query_id),
+    ).fetchone()
+    if queued is None:
+        return "this query was not queued for the node"
+    previous = newest_release(core.conn, query_id)
+    if previous is None:
+        return "the query has no release yet: import the file again later"
+    if node in previous.answers or queued[2] is not None:
+        _settle(core, node, query_id, now_ms, "answered")
+        return "already in the newest release"
+    if node not in previous.targeted:
+        return "the query's newest release did not ask this node"
+    try:
+        query = verify_query(
+            Envelope.from_json(bytes(queued[0])), manifest=core.manifest, now_ms=0, window_ms=2**62
+        )
+    except (VerificationError, QueryRefused) as exc:
+        return f"the query no longer verifies: {bounded(str(exc))}"
+    year = previous.academic_year if not query.spec.years else None
+    try:
+        verified = core.verified_answer(node, raw, query, academic_year=year)
+    except VerificationError as exc:
+        return f"its answer did not verify: {bounded(str(exc))}"
+    reason = screen_answer(
+        core, core.book, node_id=node, envelope=raw, proof=proof, sent_size=sent_size,
+        now_ms=now_ms, checkpoint=(verified.checkpoint, verified.checkpoint_note),
+    )  # fmt: skip
+    if reason is not None:
+        core.forget_verdict(node, raw, query, academic_year=year)
+        return reason
+    core.book.flush()  # the checkpoint kept above, before the release that relies on it
+    version = _release_late(core, query, previous, node, raw)
+    _settle(core, node, query_id, now_ms, f"answered in release version {version}")
+    return version
+
+
+def _release_late(
+    core: Coordinator, query: SignedQuery, previous: StoredRelease, node: str, raw: bytes
+) -> int:
+    """The next version of ``previous``: its answers and ``node``'s late one."""
+    answers = {**previous.answers, node: raw}
+    missing = [n for n in previous.targeted if n not in answers]
+    reasons = {n: previous.reasons.get(n, "no answer") for n in missing}
+    release = core.release(
+        query, answers, missing, reasons=reasons, academic_year=previous.academic_year,
+        targeted=previous.targeted, eligible=previous.eligible,
+        query_envelope=previous.query_envelope, previous=previous,
+    )  # fmt: skip
+    return int(release.body.get("release_version", 1))
+
+
+def _settle(core: Coordinator, node: str, query_id: str, now_ms: int, outcome: str) -> None:
+    with transaction(core.conn):
+        core.conn.execute(
+            "UPDATE offline_queue SET settled_ms = ?, outcome = ? "
+            "WHERE node = ? AND query_id = ? AND settled_ms IS NULL",
+            (now_ms, outcome, node, query_id),
+        )
+
+
+def _verified_file(core: Coordinator, data: bytes) -> AnswerFile:
+    """The answer file, verified under the key of the active node it names."""
+    _, payload = unverified_payload(data, ANSWERS_V1)
+    claimed = payload.get("node")
+    if not isinstance(claimed, str):
+        raise VerificationError("the answer file names no node")
+    try:
+        member = core.manifest.member(claimed, role="node")
+    except UnknownMember as exc:
+        raise VerificationError(f"the answer file's signer: {exc}") from None
+    carried = read_answer_file(data, node_key=member.signing_key, key_id=member.key_id)
+    if carried.coordinator != core.member_id:
+        raise VerificationError(
+            f"the answer file is addressed to coordinator {bounded(carried.coordinator)}"
+        )
+    return carried
+
+
+def _offline_node(core: Coordinator, node_id: str) -> None:
+    try:
+        core.manifest.member(node_id, role="node")
+    except UnknownMember as exc:
+        raise ConfigError(str(exc)) from None
+    if node_id not in core.manifest.offline:
+        raise ConfigError(
+            f"node {node_id} is not marked offline in manifest version {core.manifest.version} "
+            "(`fedscreen pki link --offline`)"
+        )
+
+
+def pending(core: Coordinator) -> Mapping[str, int]:
+    """Offline node id -> how many queued queries await its answer file."""
+    rows = core.conn.execute(
+        "SELECT node, count(*) FROM offline_queue WHERE settled_ms IS NULL GROUP BY node"
+    ).fetchall()
+    return {str(n): int(c) for n, c in rows}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

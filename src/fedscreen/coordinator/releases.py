@@ -1,0 +1,151 @@
+"""The coordinator's store of its releases: every version of every query's release.
+
+A release is logged (the answers it used, then the release) and also kept here, in
+the same transaction, with what it was made of: the signed query, the answers
+verbatim, the nodes asked and why the others are missing. Two readers need it:
+
+* an analyst fetching the newest release of a query (``fedscreen query --release``),
+  which may be a later version than the one its submission got;
+* the coordinator's ``inbox``, which makes that later version when an offline node's
+  answer arrives by file: the answers of the newest version plus the late one.
+
+A later version names the version it follows (``supersedes``: the SHA-256 of that
+release envelope), and a release is superseded at most once (a UNIQUE constraint):
+two imports racing for the same query cannot both publish a "version 2".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["OFFLINE_SCHEMA", "SCHEMA", "StoredRelease", "newest_release", "store_release"]
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS release_store (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    query_id TEXT NOT NULL,
+    release_version INTEGER NOT NULL CHECK (release_version >= 1),
+    supersedes TEXT UNIQUE,
+    envelope BLOB NOT NULL,
+    query_envelope BLOB NOT NULL,
+    answers TEXT NOT NULL,
+    reasons TEXT NOT NULL,
+    targeted TEXT NOT NULL,
+    academic_year TEXT,
+    eligible TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS release_store_query ON release_store (query_id, seq);
+"""
+
+
+#: the queue of an offline node's queries, the outboxes made, and the size of the
+#: coordinator's log each offline node last said it holds (``coordinator.offline``)
+OFFLINE_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS offline_queue (
+    node TEXT NOT NULL,
+    query_id TEXT NOT NULL,
+    query_envelope BLOB NOT NULL,
+    academic_year TEXT NOT NULL,
+    queued_ms INTEGER NOT NULL,
+    settled_ms INTEGER,
+    outcome TEXT,
+    PRIMARY KEY (node, query_id)
+);
+CREATE TABLE IF NOT EXISTS offline_outbox (
+    sha256 TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    known_log_size INTEGER NOT NULL,
+    made_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS offline_link (
+    node TEXT PRIMARY KEY,
+    coordinator_log_size INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class StoredRelease:
+    """One stored release version and what it was made of."""
+
+    query_id: str
+    #: 1 for a query's release; n + 1 for the one that adds late answers to version n
+    release_version: int
+    #: the signed release, verbatim
+    envelope: bytes
+    #: the analyst's signed query, verbatim
+    query_envelope: bytes
+    #: node id -> its answer envelope, verbatim
+    answers: dict[str, bytes]
+    #: node id -> why it is missing from this version
+    reasons: dict[str, str]
+    #: the nodes the query was pushed to
+    targeted: tuple[str, ...]
+    academic_year: str | None
+    #: node id -> the eligible students it announced (for the population share)
+    eligible: dict[str, int]
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 (hex) of the release envelope: what a later version ``supersedes``."""
+        return hashlib.sha256(self.envelope).hexdigest()
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """The nodes asked that this version has no answer from."""
+        return tuple(sorted(n for n in self.targeted if n not in self.answers))
+
+
+def store_release(
+    conn: sqlite3.Connection, release: StoredRelease, *, supersedes: str | None
+) -> None:
+    """Keep ``release`` (inside the caller's transaction, with its log entries).
+
+    sqlite3.IntegrityError if ``supersedes`` was superseded already: the caller's
+    transaction then rolls back, log entries included.
+    """
+    conn.execute(
+        "INSERT INTO release_store (query_id, release_version, supersedes, envelope, "
+        "query_envelope, answers, reasons, targeted, academic_year, eligible) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            release.query_id,
+            release.release_version,
+            supersedes,
+            release.envelope,
+            release.query_envelope,
+            json.dumps({n: a.decode("utf-8") for n, a in sorted(release.answers.items())}),
+            json.dumps(dict(sorted(release.reasons.items())), ensure_ascii=False),
+            json.dumps(list(release.targeted)),
+            release.academic_year,
+            json.dumps(dict(sorted(release.eligible.items()))),
+        ),
+    )
+
+
+def newest_release(conn: sqlite3.Connection, query_id: str) -> StoredRelease | None:
+    """The newest stored release of ``query_id`` (None: never released)."""
+    row = conn.execute(
+        "SELECT query_id, release_version, envelope, query_envelope, answers, reasons, "
+        "targeted, academic_year, eligible FROM release_store WHERE query_id = ? "
+        "ORDER BY seq DESC LIMIT 1",
+        (query_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    answers = json.loads(row[4])
+    return StoredRelease(
+        query_id=str(row[0]),
+        release_version=int(row[1]),
+        envelope=bytes(row[2]),
+        query_envelope=bytes(row[3]),
+        answers={str(n): str(a).encode("utf-8") for n, a in answers.items()},
+        reasons={str(n): str(r) for n, r in json.loads(row[5]).items()},
+        targeted=tuple(str(n) for n in json.loads(row[6])),
+        academic_year=None if row[7] is None else str(row[7]),
+        eligible={str(n): int(e) for n, e in json.loads(row[8]).items()},
+    )
