@@ -8,6 +8,8 @@ their signed answers into a signed release and logs all of it::
     fedscreen coordinator serve --home coord --listen 0.0.0.0:7443
     fedscreen coordinator status --home coord --coordinator 127.0.0.1:7443 [--json]
     fedscreen coordinator readmit --home coord --node 130102 --reason "restored from backup"
+    fedscreen coordinator outbox --home coord --node 130104 --out 130104-outbox.json
+    fedscreen coordinator inbox --home coord 130104-answers.json
 """
 
 from __future__ import annotations
@@ -22,14 +24,19 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from fedscreen._util.files import write_new_file
 from fedscreen.audit.bundle import write_bundle
 from fedscreen.coordinator.core import Coordinator, export_log, init_coordinator
+from fedscreen.coordinator.offline import import_answers, make_outbox
 from fedscreen.coordinator.quarantine import readmit
 from fedscreen.coordinator.server import Listening, serve
 from fedscreen.errors import ConfigError
+from fedscreen.protocol.offline import MAX_FILE_BYTES
+from fedscreen.protocol.query import shown_query_id
 from fedscreen.rpc import client
 from fedscreen.rpc.clock import clock_refusal, describe_offset
 from fedscreen.rpc.serde import CoordinatorStatus
+from fedscreen.trust.certs import read_public_file
 from fedscreen.trust.identity import load_identity
 from fedscreen.trust.scope import node_place
 
@@ -81,6 +88,27 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--reason", required=True, help="why the province readmits it (logged; no student data)"
     )
     readmit_cmd.set_defaults(func=run_readmit)
+
+    outbox = coord_sub.add_parser(
+        "outbox",
+        help="write an offline node's pending queries into one signed file, to carry to it",
+        description="For a node the manifest marks offline (`fedscreen pki link --offline`): "
+        "its queued queries, the manifest in force and the coordinator's newest checkpoint, "
+        "signed by the coordinator. The node answers it with `fedscreen node answer-file`.",
+    )
+    outbox.add_argument("--home", type=Path, required=True)
+    outbox.add_argument("--node", required=True, help="the offline node's member id")
+    outbox.add_argument("--out", type=Path, required=True, help="file to create")
+    outbox.set_defaults(func=run_outbox)
+
+    inbox = coord_sub.add_parser(
+        "inbox",
+        help="import an offline node's signed answer file: each late answer makes a new "
+        "release version of its query",
+    )
+    inbox.add_argument("--home", type=Path, required=True)
+    inbox.add_argument("answers", type=Path, help="the answer file the node wrote")
+    inbox.set_defaults(func=run_inbox)
 
     export = coord_sub.add_parser(
         "export", help="write the coordinator's log as an audit bundle (fedscreen audit verify)"
@@ -160,6 +188,41 @@ def run_readmit(args: argparse.Namespace) -> int:
         core.close()
     print(f"node {args.node} readmitted (it was quarantined: {ended.reason}); logged")
     print("its next answer's checkpoint is the new baseline")
+    return 0
+
+
+def run_outbox(args: argparse.Namespace) -> int:
+    """``fedscreen coordinator outbox``: works whether or not the coordinator is running."""
+    core = Coordinator.open(args.home)
+    try:
+        data, count = make_outbox(core, args.node)
+    finally:
+        core.close()
+    write_new_file(args.out, data, mode=0o644, what="outbox")
+    print(f"{args.out}: {count} queries for offline node {args.node} ({len(data)} bytes, signed)")
+    print(f"carry it to the node: fedscreen node answer-file --home <node home> {args.out} "
+          "--out <answers file>")  # fmt: skip
+    return 0
+
+
+def run_inbox(args: argparse.Namespace) -> int:
+    """``fedscreen coordinator inbox``: works whether or not the coordinator is running."""
+    data = read_public_file(args.answers, max_bytes=MAX_FILE_BYTES)
+    core = Coordinator.open(args.home)
+    try:
+        done = import_answers(core, data)
+    finally:
+        core.close()
+    print(
+        f"node {done.node}: {len(done.released)} new release versions, "
+        f"{len(done.unchanged)} answers changed nothing, {len(done.refused)} refusals"
+    )
+    for query_id, version in done.released:
+        print(f"  {query_id}: release version {version}")
+    for query_id, why in done.unchanged:
+        print(f"  {shown_query_id(query_id)}: unchanged ({why})")
+    for query_id, why in done.refused:
+        print(f"  {shown_query_id(query_id)}: refused by the node ({why})")
     return 0
 
 

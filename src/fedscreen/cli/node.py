@@ -16,11 +16,15 @@ from fedscreen.node import ledger, store
 from fedscreen.node.engine import QueryRequest, answer_query, now
 from fedscreen.node.home import NodeConfig, check_placement, init_home, load_config
 from fedscreen.node.ingest import ingest_paths
+from fedscreen.node.offline import answer_outbox
 from fedscreen.node.reader import ENCODINGS
 from fedscreen.node.rollback import MAX_REASON_CHARS, diagnose, guarded, recover, sync_checkpoint
 from fedscreen.node.status import NodeStatus, node_status, read_link
 from fedscreen.policy import NODE_KINDS
 from fedscreen.protocol.budget import from_micro, to_micro
+from fedscreen.protocol.offline import MAX_FILE_BYTES
+from fedscreen.protocol.query import shown_query_id
+from fedscreen.trust.certs import read_public_file
 from fedscreen.trust.identity import load_identity
 
 
@@ -114,6 +118,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "ε spent after the backup may be given back (the rollback entry says so)",
     )
     rec.set_defaults(func=run_recover)
+
+    carried = node_sub.add_parser(
+        "answer-file",
+        help="answer the queries of an outbox file carried from the coordinator (offline node)",
+        description="Verifies the outbox (the coordinator's signature, the manifest against "
+        "the pinned authority key, each analyst's signature, role and scope, freshness "
+        "within the catalogue's offline window), answers each query through the same "
+        "engine and budget (a query answered before costs nothing again) and writes the "
+        "signed answers for `fedscreen coordinator inbox`.",
+    )
+    carried.add_argument("--home", type=Path, required=True)
+    carried.add_argument("outbox", type=Path, help="the outbox file from the coordinator")
+    carried.add_argument("--out", type=Path, required=True, help="answer file to create")
+    carried.set_defaults(func=run_answer_file)
 
     add_serve_parser(node_sub)
 
@@ -210,6 +228,23 @@ def run_status(args: argparse.Namespace) -> int:
     if status.recoveries:
         print()
     print_status(status)
+    return 0
+
+
+def run_answer_file(args: argparse.Namespace) -> int:
+    """``fedscreen node answer-file``."""
+    data = read_public_file(args.outbox, max_bytes=MAX_FILE_BYTES)
+    done = answer_outbox(args.home, data, args.out)
+    print(f"node {done.node} (manifest version {done.manifest_version}): "
+          f"{len(done.answered)} answered, {len(done.refused)} refused; "
+          f"ε spent {done.epsilon_spent:g}")  # fmt: skip
+    for query_id, charged in done.answered:
+        cost = f"ε={charged:g}" if charged else "answered before: no charge"
+        print(f"  {query_id}: answered ({cost})")
+    for query_id, reason in done.refused:
+        print(f"  {shown_query_id(query_id)}: refused ({reason})")
+    print(f"{args.out}: signed answers; carry it back to the coordinator "
+          "(fedscreen coordinator inbox)")  # fmt: skip
     return 0
 
 

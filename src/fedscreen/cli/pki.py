@@ -210,8 +210,11 @@ def _placement(member: Member) -> str:
 def run_link(args: argparse.Namespace) -> int:
     """``fedscreen pki link``."""
     manifest = authority.set_offline(args.dir, args.member_id, offline=args.offline)
-    how = "offline: its queries are queued for `fedscreen coordinator outbox`" if args.offline \
+    how = (
+        "offline: its queries are queued for `fedscreen coordinator outbox`"
+        if args.offline
         else "online: it answers over its stream"
+    )
     print(f"{args.member_id}: {how}; manifest version {manifest.version}")
     print("install it at the coordinator (`fedscreen identity update-manifest`)")
     return 0

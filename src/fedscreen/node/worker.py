@@ -30,6 +30,7 @@ from fedscreen.node.requests import handle_query
 from fedscreen.node.rollback import CheckpointGuard
 from fedscreen.node.statement import sign_statement, statement_body
 from fedscreen.policy import Policy
+from fedscreen.protocol.query import FRESHNESS_WINDOW_MS
 from fedscreen.protocol.refusal import refusal_reason
 from fedscreen.tlog import memberlog
 from fedscreen.trust.manifest import Manifest, manifest_entry
@@ -149,6 +150,7 @@ class QueryWorker:
         deadline_ms: int | None,
         academic_year: str = "",
         query_id: str = "",
+        window_ms: int = FRESHNESS_WINDOW_MS,
     ) -> bytes:
         # a manifest installed in the home since the last query is in force for this one
         self._adopt(self.keeper.check_file())
@@ -167,6 +169,7 @@ class QueryWorker:
                 now_ms=now_ms(),  # read when the query is taken up, not when it was queued
                 deadline_unix_ms=deadline_ms,
                 academic_year=academic_year,
+                window_ms=window_ms,
             )
         finally:  # answers and refusals are both logged: save the checkpoint after the commit
             self._guard.advance(conn)
@@ -226,8 +229,9 @@ class QueryWorker:
         academic_year: str,
         query_id: str,
         known_size: int,
+        window_ms: int = FRESHNESS_WINDOW_MS,
     ) -> Answered:
-        answer = self._answer(envelope, now_ms, deadline_ms, academic_year, query_id)
+        answer = self._answer(envelope, now_ms, deadline_ms, academic_year, query_id, window_ms)
         proof: list[bytes] = []
         if known_size > 0:
             try:
@@ -240,6 +244,37 @@ class QueryWorker:
             _log.exception("node %s could not make its budget statement", self.config.node_id)
             statement = b""
         return Answered(answer, proof, statement)
+
+    # --- for a process without an event loop (``fedscreen node answer-file``) -----------
+
+    def answer_here(
+        self,
+        envelope: bytes,
+        *,
+        now_ms: Callable[[], int],
+        academic_year: str,
+        query_id: str,
+        known_size: int,
+        window_ms: int,
+    ) -> Answered:
+        """:meth:`answer_in_full` on the caller's thread, with freshness ``window_ms``:
+        only for a process that never starts this worker's thread (the connection is
+        the caller's then). Raises QueryRefused (recorded)."""
+        return self._answer_in_full(
+            envelope, now_ms, None, academic_year, query_id, known_size, window_ms
+        )
+
+    def offer_here(self, text: bytes) -> int:
+        """:meth:`offer_manifest` on the caller's thread (see :meth:`answer_here`)."""
+        return self._offer(text)
+
+    def refuse_here(self, query_id: str, reason: str) -> None:
+        """:meth:`refuse` on the caller's thread (see :meth:`answer_here`)."""
+        self._refuse(query_id, reason)
+
+    def statement_here(self) -> bytes:
+        """:meth:`statement` on the caller's thread (see :meth:`answer_here`)."""
+        return self._statement()
 
     async def offer_manifest(self, text: bytes) -> int:
         """Verify a manifest the coordinator sent and use it if newer; the version in force.

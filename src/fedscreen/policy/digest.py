@@ -11,7 +11,8 @@ TOML documents it came from.
 (a ``[secure]`` section, or a county's refusal): a policy without it keeps the digest
 it had before secure aggregation existed, as a plain query keeps its own. ``kinds``
 (what each kind of node holds), ``kind`` (the kind a node's policy is restricted to)
-and a dataset's ``held_by``/``not_held`` likewise appear only when set.
+and a dataset's ``held_by``/``not_held`` likewise appear only when set, and the
+limits' ``offline_window_days`` only when it is not the default 30 days.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ import hashlib
 from typing import Final
 
 from fedscreen._util.canonical import canonical_json as canonical
-from fedscreen.policy.model import CategoryRule, ColumnRule, Dataset, Limits, Policy, Secure
+from fedscreen.policy.model import (
+    OFFLINE_WINDOW_DAYS,
+    CategoryRule,
+    ColumnRule,
+    Dataset,
+    Limits,
+    Policy,
+    Secure,
+)
 
 __all__ = ["FORMAT", "canonical_json", "digest"]
 
@@ -56,7 +65,7 @@ def digest(policy: Policy) -> str:
 
 
 def _limits(limits: Limits) -> dict[str, object]:
-    return {
+    out: dict[str, object] = {
         "max_epsilon_per_query": limits.max_epsilon_per_query,
         "epsilon_per_node_per_year": limits.epsilon_per_node_per_year,
         "analyst_share": limits.analyst_share,
@@ -65,6 +74,11 @@ def _limits(limits: Limits) -> dict[str, object]:
         "max_groups": limits.max_groups,
         "approval_above_epsilon": limits.approval_above_epsilon,
     }
+    # only when not the default, so every policy digest from before the offline window
+    # existed (in signed answers, logs and test vectors) stays the same
+    if limits.offline_window_days != OFFLINE_WINDOW_DAYS:
+        out["offline_window_days"] = limits.offline_window_days
+    return out
 
 
 def _secure(secure: Secure) -> dict[str, object]:

@@ -1,6 +1,7 @@
 """Read policy documents (TOML) into policy values, refusing anything malformed.
 
-Errors are :class:`PolicyError` naming the file and the key path, e.g.
+Errors are :class:`PolicyError` naming the file and the key path (``_reader`` checks
+each value), e.g.
 ``province.toml: datasets.screenings.columns.sex.domain: must be a non-empty list``.
 Unknown keys are errors too: a misspelt key in a document meant to restrict would
 otherwise restrict nothing. The schema is documented in ``policies/province.toml``.
@@ -8,16 +9,12 @@ otherwise restrict nothing. The schema is documented in ``policies/province.toml
 
 from __future__ import annotations
 
-import itertools
-import json
-import math
-import re
 import tomllib
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import NoReturn
 
 from fedscreen.errors import PolicyError
+from fedscreen.policy._reader import At, Reader, show
 from fedscreen.policy.kinds import for_kind
 from fedscreen.policy.merge import check_tightens, merge
 from fedscreen.policy.model import (
@@ -25,6 +22,7 @@ from fedscreen.policy.model import (
     MIN_SECURE_NODES,
     NODE_KINDS,
     NUMERIC_MEASURES,
+    OFFLINE_WINDOW_DAYS,
     CategoryRule,
     ColumnOverride,
     ColumnRule,
@@ -38,20 +36,14 @@ from fedscreen.policy.model import (
     Policy,
     Secure,
     SecureOverride,
-    Value,
-    key_path,
 )
 
 __all__ = ["load_node_policy", "load_override", "load_policy", "parse_override", "parse_policy"]
 
-#: dataset and column names become SQL identifiers: nothing but lowercase identifiers
-_IDENT = re.compile(r"[a-z][a-z0-9_]{0,62}")
 _LIMITS = ("max_epsilon_per_query", "epsilon_per_node_per_year", "analyst_share")
 _LIMITS_INT = ("publication_threshold", "max_groups")
-_LIMITS_OPTIONAL = ("analysts", "approval_above_epsilon")
-
-#: a key path inside a document, for error messages
-_At = tuple[str, ...]
+_WINDOW = "offline_window_days"
+_LIMITS_OPTIONAL = ("analysts", "approval_above_epsilon", _WINDOW)
 
 
 def load_node_policy(
@@ -83,7 +75,7 @@ def load_override(path: Path) -> Override:
 
 def parse_policy(data: Mapping[str, object], *, source: str) -> Policy:
     """Check a parsed catalogue document and build its :class:`Policy`."""
-    r = _Reader(source)
+    r = Reader(source)
     top = r.table(data, ())
     r.keys(top, (), required=("version", "limits", "datasets"), optional=("secure", "kinds"))
     version = r.text(top["version"], ("version",))
@@ -103,7 +95,7 @@ def parse_policy(data: Mapping[str, object], *, source: str) -> Policy:
 
 def parse_override(data: Mapping[str, object], *, source: str) -> Override:
     """Check a parsed county document and build its :class:`Override`."""
-    r = _Reader(source)
+    r = Reader(source)
     top = r.table(data, ())
     r.keys(top, (), required=("version",), optional=("limits", "datasets", "secure", "kinds"))
     version = r.text(top["version"], ("version",))
@@ -125,7 +117,7 @@ def parse_override(data: Mapping[str, object], *, source: str) -> Override:
 # --- sections -------------------------------------------------------------------------
 
 
-def _limits(r: _Reader, t: dict[str, object]) -> Limits:
+def _limits(r: Reader, t: dict[str, object]) -> Limits:
     at = ("limits",)
     r.keys(t, at, required=_LIMITS + _LIMITS_INT, optional=_LIMITS_OPTIONAL)
     per_query = r.epsilon(t["max_epsilon_per_query"], (*at, "max_epsilon_per_query"))
@@ -148,10 +140,11 @@ def _limits(r: _Reader, t: dict[str, object]) -> Limits:
         approval_above_epsilon=(
             None if approval is None else r.epsilon(approval, (*at, "approval_above_epsilon"))
         ),
+        offline_window_days=r.days(t.get(_WINDOW, OFFLINE_WINDOW_DAYS), (*at, _WINDOW)),
     )
 
 
-def _limits_override(r: _Reader, t: dict[str, object]) -> LimitsOverride:
+def _limits_override(r: Reader, t: dict[str, object]) -> LimitsOverride:
     at = ("limits",)
     r.keys(t, at, optional=_LIMITS + _LIMITS_INT + _LIMITS_OPTIONAL)
 
@@ -170,10 +163,11 @@ def _limits_override(r: _Reader, t: dict[str, object]) -> LimitsOverride:
         max_groups=get_integer("max_groups", 1),
         analysts=_analysts(r, t.get("analysts", {})),
         approval_above_epsilon=get_epsilon("approval_above_epsilon"),
+        offline_window_days=r.days(t[_WINDOW], (*at, _WINDOW)) if _WINDOW in t else None,
     )
 
 
-def _analysts(r: _Reader, value: object) -> dict[str, float]:
+def _analysts(r: Reader, value: object) -> dict[str, float]:
     at = ("limits", "analysts")
     table = r.table(value, at)
     for analyst in table:
@@ -182,7 +176,7 @@ def _analysts(r: _Reader, value: object) -> dict[str, float]:
     return {analyst: r.share(share, (*at, analyst)) for analyst, share in table.items()}
 
 
-def _dataset(r: _Reader, t: dict[str, object], at: _At) -> Dataset:
+def _dataset(r: Reader, t: dict[str, object], at: At) -> Dataset:
     r.keys(t, at, required=("period", "columns"), optional=("public", "unit", "withheld"))
     public = r.boolean(t.get("public", False), (*at, "public"))
     if not public and "unit" not in t:
@@ -205,7 +199,7 @@ def _dataset(r: _Reader, t: dict[str, object], at: _At) -> Dataset:
     return Dataset(public=public, period=period, unit=unit, columns=columns, withheld=withheld)
 
 
-def _column(r: _Reader, t: dict[str, object], at: _At) -> ColumnRule:
+def _column(r: Reader, t: dict[str, object], at: At) -> ColumnRule:
     if "kind" not in t:
         r.fail((*at, "kind"), 'missing: must be "category" or "numeric"')
     kind = t["kind"]
@@ -227,10 +221,10 @@ def _column(r: _Reader, t: dict[str, object], at: _At) -> ColumnRule:
         if not (low <= candidates[0] and candidates[-1] <= high):
             r.fail((*at, "candidates"), f"must lie within bounds [{low}, {high}]")
         return NumericRule(bounds=bounds, measures=measures, candidates=candidates)
-    r.fail((*at, "kind"), f'must be "category" or "numeric", not {_show(kind)}')
+    r.fail((*at, "kind"), f'must be "category" or "numeric", not {show(kind)}')
 
 
-def _dataset_override(r: _Reader, t: dict[str, object], at: _At) -> DatasetOverride:
+def _dataset_override(r: Reader, t: dict[str, object], at: At) -> DatasetOverride:
     r.keys(t, at, optional=("withheld", "columns"))
     columns_at = (*at, "columns")
     columns: dict[str, ColumnOverride] = {}
@@ -255,7 +249,7 @@ def _dataset_override(r: _Reader, t: dict[str, object], at: _At) -> DatasetOverr
     )
 
 
-def _secure(r: _Reader, t: dict[str, object], datasets: Mapping[str, Dataset]) -> Secure:
+def _secure(r: Reader, t: dict[str, object], datasets: Mapping[str, Dataset]) -> Secure:
     at = ("secure",)
     r.keys(t, at, required=("min_nodes", "datasets"))
     min_nodes = r.integer(t["min_nodes"], (*at, "min_nodes"), minimum=MIN_SECURE_NODES)
@@ -287,7 +281,7 @@ def _secure(r: _Reader, t: dict[str, object], datasets: Mapping[str, Dataset]) -
     return Secure(min_nodes=min_nodes, columns=columns)
 
 
-def _secure_override(r: _Reader, t: dict[str, object]) -> SecureOverride:
+def _secure_override(r: Reader, t: dict[str, object]) -> SecureOverride:
     at = ("secure",)
     r.keys(t, at, optional=("refuse", "min_nodes", "datasets"))
     sets_at = (*at, "datasets")
@@ -311,7 +305,7 @@ def _secure_override(r: _Reader, t: dict[str, object]) -> SecureOverride:
 
 
 def _kinds(
-    r: _Reader, value: object, datasets: Mapping[str, Dataset] | None
+    r: Reader, value: object, datasets: Mapping[str, Dataset] | None
 ) -> dict[str, dict[str, frozenset[str]]]:
     """``[kinds.<kind>] datasets.<name> = [columns]``; ``datasets``: the catalogue's own
     (each list must name its columns, period included), None in a county document."""
@@ -339,144 +333,6 @@ def _kinds(
     return kinds
 
 
-# --- values ---------------------------------------------------------------------------
-
-
-class _Reader:
-    """Typed access to one parsed document; every failure names the file and key path."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, at: _At, message: str) -> NoReturn:
-        raise PolicyError(f"{self.source}: {key_path(at) or '(document)'}: {message}")
-
-    def keys(
-        self,
-        table: Mapping[str, object],
-        at: _At,
-        *,
-        required: Collection[str] = (),
-        optional: Collection[str] = (),
-    ) -> None:
-        expected = [*required, *optional]
-        for key in table:
-            if key not in expected:
-                self.fail((*at, key), f"unknown key (expected one of: {', '.join(expected)})")
-        for key in required:
-            if key not in table:
-                self.fail((*at, key), "missing")
-
-    def table(self, value: object, at: _At, *, non_empty: bool = False) -> dict[str, object]:
-        if not isinstance(value, Mapping) or (non_empty and not value):
-            self.fail(at, "must be a non-empty table" if non_empty else "must be a table")
-        return {str(k): v for k, v in value.items()}
-
-    def named(self, table: dict[str, object], at: _At) -> list[tuple[str, object]]:
-        """The entries of a table keyed by dataset or column names, names checked."""
-        for name in table:
-            if not _IDENT.fullmatch(name):
-                self.fail((*at, name), "names must be lowercase identifiers ([a-z][a-z0-9_]*)")
-        return list(table.items())
-
-    def text(self, value: object, at: _At) -> str:
-        if not isinstance(value, str) or not value.strip():
-            self.fail(at, "must be a non-empty string")
-        return value
-
-    def boolean(self, value: object, at: _At) -> bool:
-        if not isinstance(value, bool):
-            self.fail(at, "must be true or false")
-        return value
-
-    def integer(self, value: object, at: _At, *, minimum: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.fail(at, f"must be an integer >= {minimum}")
-        return value
-
-    def epsilon(self, value: object, at: _At) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(at, "must be a number")
-        try:
-            number = float(value)  # TOML integers are accepted: 10 means 10.0
-        except OverflowError:
-            number = math.inf
-        if not (math.isfinite(number) and number > 0):
-            self.fail(at, "must be a finite number > 0")
-        return number
-
-    def share(self, value: object, at: _At) -> float:
-        share = self.epsilon(value, at)
-        if share > 1:
-            self.fail(at, "must be a fraction in (0, 1]")
-        return share
-
-    def _list(self, value: object, at: _At) -> list[object]:
-        if not isinstance(value, list) or not value:
-            self.fail(at, "must be a non-empty list")
-        return value
-
-    def _unique(self, values: list[object], at: _At) -> None:
-        seen: set[object] = set()
-        for v in values:
-            if v in seen:
-                self.fail(at, f"{_show(v)} is listed twice")
-            seen.add(v)
-
-    def domain(self, value: object, at: _At) -> tuple[Value, ...]:
-        values = self._list(value, at)
-        # all strings or all integers; bool is excluded (True == 1 would merge two values)
-        if not (
-            all(isinstance(v, str) for v in values)
-            or all(isinstance(v, int) and not isinstance(v, bool) for v in values)
-        ):
-            self.fail(at, "values must be all strings or all integers")
-        self._unique(values, at)
-        return tuple(v for v in values if isinstance(v, str | int))
-
-    def measures(
-        self, value: object, at: _At, *, allowed: frozenset[Measure]
-    ) -> frozenset[Measure]:
-        values = self._list(value, at)
-        names = ", ".join(sorted(allowed))
-        for v in values:
-            if not isinstance(v, str) or v not in allowed:
-                kind = "" if allowed == frozenset(Measure) else " for this kind of column"
-                self.fail(at, f"{_show(v)} is not a measure{kind} (allowed: {names})")
-        self._unique(values, at)
-        return frozenset(Measure(v) for v in values if isinstance(v, str))
-
-    def _integers(self, value: object, at: _At) -> list[int]:
-        values = self._list(value, at)
-        ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
-        if len(ints) != len(values):
-            self.fail(at, "values must be integers")
-        return ints
-
-    def bounds(self, value: object, at: _At) -> tuple[int, int]:
-        if not isinstance(value, list) or len(value) != 2:
-            self.fail(at, "must be [low, high]")
-        low, high = self._integers(value, at)
-        if low > high:
-            self.fail(at, f"low {low} is above high {high}")
-        return low, high
-
-    def candidates(self, value: object, at: _At) -> tuple[int, ...]:
-        values = self._integers(value, at)
-        if any(a >= b for a, b in itertools.pairwise(values)):
-            self.fail(at, "must be strictly increasing")
-        return tuple(values)
-
-    def identifiers(self, value: object, at: _At) -> frozenset[str]:
-        if not isinstance(value, list):
-            self.fail(at, "must be a list of column names")
-        for v in value:
-            if not isinstance(v, str) or not _IDENT.fullmatch(v):
-                self.fail(at, f"{_show(v)} is not a column name")
-        self._unique(value, at)
-        return frozenset(value)
-
-
 def _read(path: Path) -> dict[str, object]:
     try:
         return tomllib.loads(path.read_bytes().decode("utf-8"))
@@ -486,7 +342,3 @@ def _read(path: Path) -> dict[str, object]:
         raise PolicyError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as err:
         raise PolicyError(f"{path}: invalid TOML: {err}") from None
-
-
-def _show(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)

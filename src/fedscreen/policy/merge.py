@@ -8,6 +8,8 @@ Semantics (the choice, and why):
   never looser than the province (nor than the county), so merging is safe even with
   a document nobody checked. It is idempotent, and applying several overrides gives
   the same policy in any order.
+* The offline window (how old a query carried by file may be when a node answers it)
+  takes the minimum too: a county may shorten it, never lengthen it.
 * Whatever in a county document *would* loosen (a higher cap, an unknown column or
   value, wider bounds) has no effect on the merge, and that silence would hide
   mistakes: a misspelt column in a document meant to tighten is a restriction that
@@ -89,6 +91,7 @@ def as_override(policy: Policy) -> Override:
             max_groups=limits.max_groups,
             analysts=dict(limits.analysts),
             approval_above_epsilon=limits.approval_above_epsilon,
+            offline_window_days=limits.offline_window_days,
         ),
         datasets={
             name: DatasetOverride(
@@ -121,6 +124,7 @@ def loosenings(province: Policy, county: Override) -> list[str]:
         ("epsilon_per_node_per_year", c.epsilon_per_node_per_year, p.epsilon_per_node_per_year),
         ("analyst_share", c.analyst_share, p.analyst_share),
         ("max_groups", c.max_groups, p.max_groups),
+        ("offline_window_days", c.offline_window_days, p.offline_window_days),
     ):
         if mine is not None and mine > theirs:
             found.append(f"limits.{key}: {mine} is above the provincial {theirs}")
@@ -185,6 +189,8 @@ def _merge_limits(p: Limits, c: LimitsOverride) -> Limits:
         max_groups=_min(p.max_groups, c.max_groups),
         analysts=analysts,
         approval_above_epsilon=None if math.isinf(approval) else approval,
+        # an offline node answers a carried query only while it is this fresh: shorter wins
+        offline_window_days=_min(p.offline_window_days, c.offline_window_days),
     )
 
 

@@ -41,6 +41,13 @@ NUMERIC_MEASURES: Final = frozenset(
 #: sum is that county's own value, which a secure query must never release
 MIN_SECURE_NODES: Final = 2
 
+#: how many days after an analyst signs it an offline node (queries carried by file) may
+#: still answer a query, unless the catalogue says otherwise; a county may only shorten it
+OFFLINE_WINDOW_DAYS: Final = 30
+#: the longest offline window a catalogue may set: a query is signed for one academic year
+MAX_OFFLINE_WINDOW_DAYS: Final = 366
+_DAY_MS: Final = 86_400_000
+
 #: the kinds of node (a manifest member's ``level``; trust.scope.NODE_KINDS agrees)
 NODE_KINDS: Final = ("county", "university", "school")
 
@@ -128,6 +135,13 @@ class Limits:
     analysts: Mapping[str, float] = field(default_factory=dict)
     #: a query costing more than this ε waits for an operator's approval; None: never
     approval_above_epsilon: float | None = None
+    #: whole days (1..366) an offline node may still answer a query after it was signed
+    offline_window_days: int = OFFLINE_WINDOW_DAYS
+
+    @property
+    def offline_window_ms(self) -> int:
+        """The offline window in milliseconds, the unit of a signed query's timestamps."""
+        return self.offline_window_days * _DAY_MS
 
     def share_of(self, analyst: str) -> float:
         """The fraction of the yearly budget ``analyst`` may spend."""
@@ -211,6 +225,7 @@ class LimitsOverride:
     max_groups: int | None = None
     analysts: Mapping[str, float] = field(default_factory=dict)
     approval_above_epsilon: float | None = None
+    offline_window_days: int | None = None
 
 
 @dataclass(frozen=True)

@@ -554,6 +554,78 @@ class SubmitResponse(_message.Message):
 Global___SubmitResponse: _TypeAlias = SubmitResponse  # noqa: Y015
 
 @_typing.final
+class FetchRequest(_message.Message):
+    """Ask for the newest release of one query."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_ID_FIELD_NUMBER: _builtins.int
+    query_id: _builtins.str
+    """The query id (32 lowercase hex digits) the analyst signed."""
+    def __init__(
+        self,
+        *,
+        query_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["query_id", b"query_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchRequest: _TypeAlias = FetchRequest  # noqa: Y015
+
+@_typing.final
+class FetchResponse(_message.Message):
+    """The newest release of one query, with what it is made of."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_ENVELOPE_FIELD_NUMBER: _builtins.int
+    RELEASE_ENVELOPE_FIELD_NUMBER: _builtins.int
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    MISSING_NODES_FIELD_NUMBER: _builtins.int
+    RELEASE_VERSION_FIELD_NUMBER: _builtins.int
+    query_envelope: _builtins.bytes
+    """The analyst's signed query, verbatim (DSSE envelope, JSON bytes), so the
+    analyst can check it signed exactly this query.
+    """
+    release_envelope: _builtins.bytes
+    """The coordinator's DSSE envelope (JSON bytes, payload type
+    application/vnd.fedscreen.release.v1+json) of the newest version.
+    """
+    release_version: _builtins.int
+    """The version (1: the release Submit returned; n + 1 adds late answers to
+    version n). The coordinator's word: the signed release states it too.
+    """
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeAnswer]:
+        """Every node answer that version combines, verbatim."""
+
+    @_builtins.property
+    def missing_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Member ids of target nodes that version has no answer from (the release
+        names them too, each with the reason, in `missing_reasons`).
+        """
+
+    def __init__(
+        self,
+        *,
+        query_envelope: _builtins.bytes = ...,
+        release_envelope: _builtins.bytes = ...,
+        answers: _abc.Iterable[Global___NodeAnswer] | None = ...,
+        missing_nodes: _abc.Iterable[_builtins.str] | None = ...,
+        release_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers", "missing_nodes", b"missing_nodes", "query_envelope", b"query_envelope", "release_envelope", b"release_envelope", "release_version", b"release_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchResponse: _TypeAlias = FetchResponse  # noqa: Y015
+
+@_typing.final
 class BudgetsRequest(_message.Message):
     """Ask for every node's budget statement; carries nothing (the caller is known
     from its certificate).

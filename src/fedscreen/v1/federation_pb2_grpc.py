@@ -135,6 +135,11 @@ class AnalystStub:
                 request_serializer=fedscreen_dot_v1_dot_federation__pb2.StatusRequest.SerializeToString,
                 response_deserializer=fedscreen_dot_v1_dot_federation__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.Fetch = channel.unary_unary(
+                '/fedscreen.v1.Analyst/Fetch',
+                request_serializer=fedscreen_dot_v1_dot_federation__pb2.FetchRequest.SerializeToString,
+                response_deserializer=fedscreen_dot_v1_dot_federation__pb2.FetchResponse.FromString,
+                _registered_method=True)
 
 
 class AnalystServicer:
@@ -167,6 +172,16 @@ class AnalystServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Fetch(self, request, context):
+        """The newest release of one of the caller's own queries: a later version
+        than the one Submit returned when late answers (an offline node's, by
+        file) arrived since. Only the analyst who signed the query gets it; any
+        other caller, like an unknown query id, gets NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalystServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +199,11 @@ def add_AnalystServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=fedscreen_dot_v1_dot_federation__pb2.StatusRequest.FromString,
                     response_serializer=fedscreen_dot_v1_dot_federation__pb2.StatusResponse.SerializeToString,
+            ),
+            'Fetch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Fetch,
+                    request_deserializer=fedscreen_dot_v1_dot_federation__pb2.FetchRequest.FromString,
+                    response_serializer=fedscreen_dot_v1_dot_federation__pb2.FetchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +288,33 @@ class Analyst:
             '/fedscreen.v1.Analyst/Status',
             fedscreen_dot_v1_dot_federation__pb2.StatusRequest.SerializeToString,
             fedscreen_dot_v1_dot_federation__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedscreen.v1.Analyst/Fetch',
+            fedscreen_dot_v1_dot_federation__pb2.FetchRequest.SerializeToString,
+            fedscreen_dot_v1_dot_federation__pb2.FetchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -83,6 +83,12 @@ class AnalystStub:
     each node's clock offset and how old its newest budget statement is. The
     coordinator itself (its operator), analysts and auditors may call it.
     """
+    Fetch: _aio.UnaryUnaryMultiCallable[_federation_pb2.FetchRequest, _federation_pb2.FetchResponse]
+    """The newest release of one of the caller's own queries: a later version
+    than the one Submit returned when late answers (an offline node's, by
+    file) arrived since. Only the analyst who signed the query gets it; any
+    other caller, like an unknown query id, gets NOT_FOUND.
+    """
 
 class AnalystServicer(metaclass=_abc_1.ABCMeta):
     """Analysts submit signed queries and receive signed releases."""
@@ -117,6 +123,18 @@ class AnalystServicer(metaclass=_abc_1.ABCMeta):
         """The coordinator's view of its nodes for its operator: who is connected,
         each node's clock offset and how old its newest budget statement is. The
         coordinator itself (its operator), analysts and auditors may call it.
+        """
+
+    @_abc_1.abstractmethod
+    def Fetch(
+        self,
+        request: _federation_pb2.FetchRequest,
+        context: _aio.ServicerContext[_federation_pb2.FetchRequest, _abc.Awaitable[_federation_pb2.FetchResponse]],
+    ) -> _abc.Awaitable[_federation_pb2.FetchResponse]:
+        """The newest release of one of the caller's own queries: a later version
+        than the one Submit returned when late answers (an offline node's, by
+        file) arrived since. Only the analyst who signed the query gets it; any
+        other caller, like an unknown query id, gets NOT_FOUND.
         """
 
 def add_AnalystServicer_to_server(servicer: AnalystServicer, server: _aio.Server) -> None: ...

@@ -1,0 +1,206 @@
+"""An offline node answers the queries carried to it by file (``fedscreen node answer-file``).
+
+The node has no network path to the coordinator; an officer brings the outbox the
+coordinator wrote for it (``protocol.offline``). Before anything is answered the
+whole file must hold together:
+
+1. a manifest in the file is verified against the authority key pinned in the
+   home and, if newer, installed and logged (a revocation reaches the node this way);
+2. the outbox is signed by the coordinator that manifest names, for this node;
+3. the coordinator's checkpoint extends the one the node holds (a coordinator whose
+   log went back gets no answers: every query is refused and recorded).
+
+Then each query goes through the same path as one from the stream
+(``node.requests.handle_query`` on the node's worker): the analyst's signature,
+role and scope against the node's own manifest, freshness within the provincial
+catalogue's offline window, the node's policy and budget; a query answered before
+(the same outbox twice, or a query also asked online) gets its stored answer at no
+cost. Refusals are recorded and cost nothing. The signed answers go into one file
+signed by the node, with the consistency proof of its log from the size the
+coordinator last verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from fedscreen._util.files import write_new_file
+from fedscreen.crypto.envelope import Envelope, parse_json
+from fedscreen.errors import ConfigError, QueryRefused, UnknownMember, VerificationError
+from fedscreen.node.home import check_placement, load_config
+from fedscreen.node.link import CoordinatorLog
+from fedscreen.node.worker import QueryWorker
+from fedscreen.protocol.answer import bounded
+from fedscreen.protocol.offline import (
+    OUTBOX_V1,
+    AnswerFile,
+    CarriedAnswer,
+    Outbox,
+    read_outbox,
+    sign_answer_file,
+    unverified_payload,
+)
+from fedscreen.protocol.refusal import refusal_reason
+from fedscreen.trust.identity import load_identity
+from fedscreen.trust.manifest import Manifest
+
+__all__ = ["Answered", "answer_outbox"]
+
+#: the freshness window when the catalogue sets none (the issue's "say 30 days")
+DEFAULT_OFFLINE_WINDOW_MS: Final = 30 * 86_400_000
+
+
+@dataclass
+class Answered:
+    """What one outbox got: answered and refused queries, and the ε charged."""
+
+    node: str
+    manifest_version: int
+    #: (query id, ε charged for this delivery: 0 when answered from the store)
+    answered: list[tuple[str, float]] = field(default_factory=list)
+    #: (query id, reason)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def epsilon_spent(self) -> float:
+        """The ε this outbox cost the node's budget."""
+        return sum(e for _, e in self.answered)
+
+
+def answer_outbox(
+    home: Path, data: bytes, out: Path, *, now_ms: Callable[[], int] | None = None
+) -> Answered:
+    """Verify the outbox ``data``, answer its queries, write the signed answer file ``out``.
+
+    VerificationError or ConfigError (nothing answered, nothing charged) if the file
+    does not hold together or ``out`` exists already.
+    """
+    clock = now_ms or (lambda: int(time.time() * 1000))
+    if out.exists():
+        raise ConfigError(f"{out} exists already; give a new --out")
+    config = load_config(home)
+    identity = load_identity(home)
+    if identity.member_id != config.node_id or identity.role != "node":
+        raise ConfigError(f"{home}: the identity is not node {config.node_id}'s")
+    manifest = identity.manifest()
+    check_placement(config, manifest)
+    _, payload = unverified_payload(data, OUTBOX_V1)
+    policy = config.policy()
+    worker = QueryWorker(config, policy, manifest, coordinator_id=manifest.coordinator())
+    try:
+        text = payload.get("manifest")
+        if not isinstance(text, str):
+            raise VerificationError("the outbox carries no manifest")
+        try:
+            # authority-signed: safe to install before the outbox itself is verified
+            worker.offer_here(text.encode("utf-8"))
+        except (VerificationError, ConfigError) as exc:
+            raise VerificationError(
+                f"the manifest in the outbox does not verify under this node's authority "
+                f"key: {bounded(str(exc))}"
+            ) from None
+        manifest = worker.manifest
+        coordinator = _coordinator(manifest)
+        outbox = read_outbox(data, coordinator_keys={coordinator[1]: coordinator[2]})
+        if outbox.node != config.node_id:
+            raise VerificationError(
+                f"the outbox is for node {bounded(outbox.node)}, not {config.node_id}"
+            )
+        if outbox.coordinator != coordinator[0]:
+            raise VerificationError(f"the outbox names coordinator {bounded(outbox.coordinator)}")
+        check_placement(config, manifest)
+        log = CoordinatorLog(home, coordinator[0])
+        halted = _check_coordinator_log(log, outbox, key=coordinator[2])
+        done = Answered(config.node_id, manifest.version)
+        answers = _answer_all(worker, outbox, halted, done, clock, window_ms=_window(policy))
+        carried = AnswerFile(
+            node=config.node_id,
+            coordinator=coordinator[0],
+            made_at_ms=clock(),
+            outbox_sha256=hashlib.sha256(data).hexdigest(),
+            coordinator_log_size=log.known_size(coordinator[2]),
+            answers=tuple(answers),
+            refusals=tuple(done.refused),
+            statement=worker.statement_here(),
+        )
+        write_new_file(
+            out, sign_answer_file(carried, config.signing_key()), mode=0o644, what="answer file"
+        )
+        return done
+    finally:
+        worker.close()
+
+
+def _answer_all(
+    worker: QueryWorker,
+    outbox: Outbox,
+    halted: str,
+    done: Answered,
+    clock: Callable[[], int],
+    *,
+    window_ms: int,
+) -> list[CarriedAnswer]:
+    answers: list[CarriedAnswer] = []
+    seen: set[str] = set()
+    for query in outbox.queries:
+        if query.query_id in seen:
+            continue  # one answer per query: a repeat would be the stored answer again
+        seen.add(query.query_id)
+        if halted:
+            worker.refuse_here(query.query_id, halted)
+            done.refused.append((query.query_id, halted))
+            continue
+        try:
+            answered = worker.answer_here(
+                query.envelope,
+                now_ms=clock,
+                academic_year=query.academic_year,
+                query_id=query.query_id,
+                known_size=outbox.known_log_size,
+                window_ms=window_ms,
+            )
+        except QueryRefused as exc:
+            done.refused.append((query.query_id, str(exc)))
+            continue
+        answers.append(CarriedAnswer(query.query_id, answered.envelope, tuple(answered.proof)))
+        done.answered.append((query.query_id, _charged(answered.envelope)))
+    return answers
+
+
+def _check_coordinator_log(log: CoordinatorLog, outbox: Outbox, *, key: bytes) -> str:
+    """ "" if the outbox's coordinator checkpoint extends the one held (now held), else the
+    refusal every query of the file gets."""
+    try:
+        log.check(outbox.coordinator_checkpoint, list(outbox.coordinator_proof), key=key)
+    except VerificationError as exc:
+        return refusal_reason("internal", f"the coordinator's log went back: {exc}")
+    return ""
+
+
+def _coordinator(manifest: Manifest) -> tuple[str, str, bytes]:
+    """The coordinator's id, key id and key, from the manifest in force."""
+    try:
+        member = manifest.member(manifest.coordinator(), role="coordinator")
+    except (UnknownMember, ConfigError) as exc:
+        raise VerificationError(f"no active coordinator in the manifest: {exc}") from None
+    return member.id, member.key_id, member.signing_key
+
+
+def _window(policy: object) -> int:
+    limits = getattr(policy, "limits", None)
+    window = getattr(limits, "offline_window_ms", None)
+    return window if isinstance(window, int) else DEFAULT_OFFLINE_WINDOW_MS
+
+
+def _charged(envelope: bytes) -> float:
+    """The ε the node's own fresh answer charged (0 for a stored answer given again)."""
+    try:
+        body = parse_json(Envelope.from_json(envelope).unverified_payload())
+        return float(body.get("charged") or 0.0)
+    except (ValueError, VerificationError, AttributeError, TypeError):
+        return 0.0

@@ -1,0 +1,150 @@
+"""An air-gapped node on a real federation: two county nodes online, one offline.
+
+The coordinator and the two online nodes are processes (``coordinator serve``, ``node
+serve``) on 127.0.0.1 with mutual TLS; the offline node (唐山 路北区, 130203) is never
+started and has no network path: its queries reach it only through the files the real
+CLI writes (``coordinator outbox`` → ``node answer-file`` → ``coordinator inbox``).
+The province's release is first partial, then a second version includes the offline
+node; the analyst fetches the newest, and the auditor verifies every log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from procfed import Processes, charges, cli, refusals
+
+from fedscreen.coordinator.core import init_coordinator
+from fedscreen.node.home import NodeConfig, init_home
+from fedscreen.node.ingest import ingest_paths
+from fedscreen.synth import generate, write_export
+from fedscreen.trust import authority
+from fedscreen.trust.identity import create_identity, issue_here, update_manifest
+
+YEAR = "2024-2025"
+ONLINE = ("130104", "130105")
+OFFLINE = "130203"
+NODES = (*ONLINE, OFFLINE)
+SQL = f"SELECT COUNT(*) FROM screenings WHERE academic_year = '{YEAR}'"
+
+
+@dataclass
+class Fed:
+    root: Path
+    auth: Path
+    coordinator: Path
+    analyst: Path
+    nodes: dict[str, NodeConfig]
+    run: Processes
+    address: str = ""
+
+    def query(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        return cli(
+            "query", "--home", str(self.analyst), "--coordinator", self.address,
+            "--epsilon", "0.3", "--format", "json", *extra, SQL,
+        )  # fmt: skip
+
+    def outbox(self, name: str) -> Path:
+        path = self.root / name
+        done = cli("coordinator", "outbox", "--home", str(self.coordinator), "--node", OFFLINE,
+                   "--out", str(path))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return path
+
+    def answer(self, outbox: Path, name: str) -> subprocess.CompletedProcess[str]:
+        return cli("node", "answer-file", "--home", str(self.nodes[OFFLINE].home), str(outbox),
+                   "--out", str(self.root / name))  # fmt: skip
+
+    def inbox(self, name: str) -> subprocess.CompletedProcess[str]:
+        return cli("coordinator", "inbox", "--home", str(self.coordinator), str(self.root / name))
+
+
+def _make(root: Path) -> Fed:
+    auth = root / "auth"
+    authority.init_authority(auth, federation="offline")
+    init_coordinator(root / "coord", member_id="coordinator", name="省平台")
+    issue_here(auth, root / "coord")
+    create_identity(root / "prov", member_id="prov", role="analyst", name="省级分析员")
+    issue_here(auth, root / "prov")
+    configs: dict[str, NodeConfig] = {}
+    for seed, node in enumerate(NODES):
+        config = init_home(root / node, node_id=node, name=f"county {node}")
+        issue_here(auth, config.home)
+        write_export(generate(node, 150, YEAR, seed=seed + 1), root / f"export-{node}")
+        _, rejected = ingest_paths(config, [root / f"export-{node}"])
+        assert not rejected
+        configs[node] = config
+    linked = cli("pki", "link", "--dir", str(auth), "--id", OFFLINE, "--offline")
+    assert linked.returncode == 0, linked.stderr
+    text = authority.manifest_text(auth)
+    for home in (root / "coord", root / "prov", *(c.home for c in configs.values())):
+        update_manifest(home, text)
+    return Fed(root, auth, root / "coord", root / "prov", configs, Processes(root))
+
+
+@contextlib.contextmanager
+def running(root: Path) -> Iterator[Fed]:
+    fed = _make(root)
+    try:
+        fed.address = fed.run.coordinator(fed.coordinator)
+        for node in ONLINE:
+            fed.run.node(fed.nodes[node], fed.address)
+        yield fed
+    finally:
+        fed.run.stop_all()
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
+    with running(tmp_path_factory.mktemp("offline")) as federation:
+        yield federation
+
+
+def test_the_release_is_partial_then_complete_and_every_log_verifies(fed: Fed) -> None:
+    first = fed.query()
+    assert first.returncode == 0, first.stderr
+    release = json.loads(first.stdout)["release"]
+    assert release["targeted"] == sorted(NODES)
+    assert release["answered"] == sorted(ONLINE)
+    assert release["missing"] == [OFFLINE]
+    assert "queued" in release["missing_reasons"][OFFLINE]
+    assert charges(fed.nodes[OFFLINE]) == 0  # nothing reached it
+
+    outbox = fed.outbox("outbox-1.json")
+    answered = fed.answer(outbox, "answers-1.json")
+    assert answered.returncode == 0, answered.stderr
+    assert "1 answered, 0 refused" in answered.stdout
+    assert charges(fed.nodes[OFFLINE]) == 1
+
+    imported = fed.inbox("answers-1.json")
+    assert imported.returncode == 0, imported.stderr
+    assert "release version 2" in imported.stdout
+    # importing the same file again changes nothing
+    again = fed.inbox("answers-1.json")
+    assert again.returncode == 0, again.stderr
+    assert "0 new release versions" in again.stdout
+
+    # the same outbox answered twice charges once
+    twice = fed.answer(outbox, "answers-1b.json")
+    assert twice.returncode == 0, twice.stderr
+    assert charges(fed.nodes[OFFLINE]) == 1
+    assert "no charge" in twice.stdout
+
+    bundle = fed.root / "offline.bundle"
+    homes = [fed.coordinator, *(fed.nodes[n].home for n in NODES)]
+    args = [a for h in homes for a in ("--home", str(h))]
+    exported = cli("audit", "export", *args, "--out", str(bundle))
+    assert exported.returncode == 0, exported.stderr
+    done = cli("audit", "verify", str(bundle), "--manifest", str(fed.auth / "manifest.json"),
+               "--json")  # fmt: skip
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    logs = json.loads(done.stdout)["logs"]
+    coordinator = next(r for r in logs if r["origin"].startswith("fedscreen.coordinator/"))
+    assert coordinator["releases"] == 2
+    assert refusals(fed.nodes[OFFLINE]) == []
