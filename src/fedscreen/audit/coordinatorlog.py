@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from fedscreen.audit.events import COORDINATOR_EVENTS, Quarantines, coordinator_event
 from fedscreen.audit.manifests import InForce, check_not_revoked, held_keys, iso_ms
@@ -18,6 +19,7 @@ from fedscreen.audit.releases import pair_release
 from fedscreen.crypto.envelope import RELEASE_V1, Envelope, parse_json, verify_envelope
 from fedscreen.errors import EntryInvalid, QueryRefused, VerificationError
 from fedscreen.protocol.query import FRESHNESS_WINDOW_MS, SignedQuery, verify_query
+from fedscreen.protocol.release import parse_release
 from fedscreen.tlog.checkpoint import member_origin
 from fedscreen.trust.manifest import Member
 
@@ -44,8 +46,13 @@ def check_coordinator_entries(
     id: an analyst may resubmit a query id, answered by fewer or other nodes the
     second time) and with one earlier, not yet released request of its id. A request
     may lack a release (the coordinator stopped); answers may not (rolled back).
+    A later version of a release (``release_version``: an offline node's answers
+    imported by file, with every answer it uses logged again before it) pairs with
+    its query's newest release instead: it must supersede exactly that one, count on
+    from its version, and ask the same nodes for the same year.
     """
     pending: dict[str, list[SignedQuery]] = {}  # query id -> requests not yet released
+    newest: dict[str, _Released] = {}  # query id -> its newest release
     run: list[tuple[int, str, bytes]] = []  # (index, node, envelope) logged since the last
     run_id = ""  # query id of the answers in ``run``
     quarantined = Quarantines()
@@ -94,7 +101,7 @@ def check_coordinator_entries(
                     report.secure.request(query)
             elif kind == "answer":
                 node = str(entry["node"])
-                if not pending.get(query_id):
+                if not pending.get(query_id) and query_id not in newest:
                     raise ValueError("an answer to a query that was not requested")
                 if node in quarantined.current:
                     raise ValueError(f"an answer from {node}, which was quarantined, was used")
@@ -120,13 +127,22 @@ def check_coordinator_entries(
                     window_ms=FRESHNESS_WINDOW_MS,
                     what="a release",
                 )
-                candidates = pending.get(query_id)
+                later = "release_version" in body or "supersedes" in body
+                if later:  # late answers: a new version of the query's newest release
+                    candidates = [newest[query_id].query] if query_id in newest else []
+                    refusal = "a later release version of a query that was never released"
+                else:
+                    candidates = pending.get(query_id) or []
+                    refusal = "a release of a query that was not requested (or already released)"
                 if not candidates:
-                    raise ValueError(
-                        "a release of a query that was not requested (or was already released)"
-                    )
+                    raise ValueError(refusal)
                 query, verified = pair_release(index, body, candidates, run, manifest, origin)
-                candidates.remove(query)
+                if later:
+                    _check_later_version(body, newest[query_id])
+                    report.later_versions += 1
+                else:
+                    candidates.remove(query)
+                newest[query_id] = _Released(query, hashlib.sha256(inner).hexdigest(), body)
                 if report.secure is not None:
                     report.secure.release(index, body, coordinator=coordinator)
                 for node, (_, answer) in verified.items():
@@ -154,6 +170,30 @@ def check_coordinator_entries(
         raise _unreleased(run, origin)
     report.unreleased = sum(len(queries) for queries in pending.values())
     report.quarantines, report.readmissions = quarantined.quarantines, quarantined.readmissions
+
+
+@dataclass(frozen=True)
+class _Released:
+    """A query's newest release: what a later version of it must follow."""
+
+    query: SignedQuery
+    #: SHA-256 (hex) of the release envelope
+    digest: str
+    body: dict[str, Any]
+
+
+def _check_later_version(body: dict[str, Any], previous: _Released) -> None:
+    """A later version (late answers by file) follows the newest release of its query:
+    it names it, counts on from it, and asks the same nodes for the same year."""
+    release, before = parse_release(body), parse_release(previous.body)
+    if release.supersedes != previous.digest:
+        raise ValueError("a later release version that does not follow the query's newest release")
+    if release.release_version != before.release_version + 1:
+        raise ValueError(
+            f"release version {release.release_version} follows version {before.release_version}"
+        )
+    if release.targeted != before.targeted or release.academic_year != before.academic_year:
+        raise ValueError("a later release version asks other nodes or another year")
 
 
 def _unreleased(run: list[tuple[int, str, bytes]], origin: str) -> EntryInvalid:

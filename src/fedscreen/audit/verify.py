@@ -92,6 +92,9 @@ class LogReport:
     unreleased: int = 0
     #: releases with nodes missing (some or all of the nodes asked did not answer)
     partial_releases: int = 0
+    #: releases that are a later version of a query's release (an offline node's late
+    #: answers, imported by file)
+    later_versions: int = 0
     #: query ids requested
     requested_ids: set[str] = field(default_factory=set)
     #: database rollbacks the node recorded (``fedscreen node recover``)
@@ -121,7 +124,8 @@ class LogReport:
         )
         return (
             f"  {self.requests} requests ({self.resubmissions} resubmitted query ids), "
-            f"{self.releases} releases ({self.partial_releases} partial), "
+            f"{self.releases} releases ({self.partial_releases} partial"
+            f"{f', {self.later_versions} later versions' if self.later_versions else ''}), "
             f"{self.unreleased} requests without a release{events}"
         )
 
@@ -139,6 +143,7 @@ class LogReport:
             "resubmissions": self.resubmissions,
             "unreleased": self.unreleased,
             "partial_releases": self.partial_releases,
+            "later_versions": self.later_versions,
             "rollbacks": self.rollbacks,
             "lost_budget_recoveries": len(self.lost_budget_entries),
             "lost_budget_entries": self.lost_budget_entries,
