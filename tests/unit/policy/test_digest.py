@@ -137,6 +137,7 @@ def _limit_variants() -> list[tuple[str, Limits]]:
         "max_groups": 99,
         "analysts": {"ana": 0.8, "bob": 0.2},
         "approval_above_epsilon": 0.5,
+        "offline_window_days": 7,
     }
     assert set(changed) == {f.name for f in fields(Limits)}
     return [(name, replace(base, **{name: value})) for name, value in changed.items()]

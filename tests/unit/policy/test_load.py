@@ -288,7 +288,7 @@ NEEDS_KIND = 'missing: must be "category" or "numeric"'
             1,
             "limits.max_eps: unknown key (expected one of: max_epsilon_per_query, "
             "epsilon_per_node_per_year, analyst_share, publication_threshold, max_groups, "
-            "analysts, approval_above_epsilon)",
+            "analysts, approval_above_epsilon, offline_window_days)",
         ),
         ("datasets", {}, "datasets: must be a non-empty table"),
         (
