@@ -44,9 +44,11 @@ def within(manifest: Manifest, analyst: str, node_ids: set[str]) -> set[str]:
 
 def secure_targets(manifest: Manifest, query: SignedQuery) -> tuple[str, ...]:
     """The targets that can answer a secure query (``policy.secure_answerers``: not school
-    nodes, so a county with its school nodes never counts as several of a release's)."""
+    nodes, so a county with its school nodes never counts as several of a release's; not
+    offline nodes, whose answers come by file long after the aggregators' one round)."""
     levels = {m.id: m.level for m in manifest.members if m.role == "node"}
-    return tuple(secure_answerers(levels, targets(manifest, query)))
+    online = [n for n in targets(manifest, query) if n not in manifest.offline]
+    return tuple(secure_answerers(levels, online))
 
 
 def check_scope(manifest: Manifest, query: SignedQuery) -> None:

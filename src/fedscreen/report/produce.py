@@ -72,7 +72,8 @@ def check_secure_floor(
     if not secure:
         return
     levels = {m.id: m.level for m in manifest.members if m.role == "node"}
-    able = secure_answerers(levels, targets)
+    # offline nodes answer by file, long after the aggregators' one round
+    able = secure_answerers(levels, [n for n in targets if n not in manifest.offline])
     if len(able) < policy.secure.min_nodes:
         raise PlanRefused(
             f"the plan's secure queries ({', '.join(secure[:4])}"
