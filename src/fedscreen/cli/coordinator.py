@@ -27,7 +27,7 @@ from typing import Any
 from fedscreen._util.files import write_new_file
 from fedscreen.audit.bundle import write_bundle
 from fedscreen.coordinator.core import Coordinator, export_log, init_coordinator
-from fedscreen.coordinator.offline import import_answers, make_outbox
+from fedscreen.coordinator.offline import import_answers, make_outbox, queued_counts
 from fedscreen.coordinator.quarantine import readmit
 from fedscreen.coordinator.server import Listening, serve
 from fedscreen.errors import ConfigError
@@ -234,7 +234,16 @@ def _places(home: Path) -> dict[str, tuple[str, str]]:
     }
 
 
-def _status_json(view: CoordinatorStatus, places: dict[str, tuple[str, str]]) -> dict[str, object]:
+def _offline(home: Path) -> dict[str, int | None]:
+    """Offline node id -> its queued queries (None: not known from this home)."""
+    offline = load_identity(home).manifest().offline
+    queued = queued_counts(home)
+    return {n: queued.get(n, 0) if (home / "coordinator.db").is_file() else None for n in offline}
+
+
+def _status_json(
+    view: CoordinatorStatus, places: dict[str, tuple[str, str]], offline: dict[str, int | None]
+) -> dict[str, object]:
     return {
         "coordinator_time_ms": view.coordinator_time_ms,
         "clock_tolerance_ms": view.clock_tolerance_ms,
@@ -244,6 +253,8 @@ def _status_json(view: CoordinatorStatus, places: dict[str, tuple[str, str]]) ->
                 "kind": places.get(n.node_id, ("", ""))[0],
                 "place": places.get(n.node_id, ("", ""))[1],
                 "connected": n.connected,
+                "offline": n.node_id in offline,
+                "queued": offline.get(n.node_id),
                 "clock_offset_ms": n.clock_offset_ms,
                 "clock_ok": clock_refusal(n.clock_offset_ms, view.clock_tolerance_ms) is None,
                 "statement_at_ms": n.statement_at_ms,
@@ -263,9 +274,10 @@ def run_status(args: argparse.Namespace) -> int:
     tolerance or a node is quarantined."""
     view = asyncio.run(client.status(args.home, args.coordinator))
     places = _places(args.home)
+    offline = _offline(args.home)
     quarantined = [n for n in view.nodes if n.quarantined]
     if args.json:
-        print(json.dumps(_status_json(view, places), ensure_ascii=False, indent=2))
+        print(json.dumps(_status_json(view, places, offline), ensure_ascii=False, indent=2))
         bad_clocks = sum(
             n.connected and clock_refusal(n.clock_offset_ms, view.clock_tolerance_ms) is not None
             for n in view.nodes
@@ -279,7 +291,7 @@ def run_status(args: argparse.Namespace) -> int:
         + (f" (this machine's clock differs by {skew / 1000:+.1f} s)" if abs(skew) > 5000 else "")
     )
     print(
-        f"{'node':<12} {'kind and place':<26} {'link':<13} {'log':<11} {'clock offset':<22} "
+        f"{'node':<12} {'kind and place':<26} {'link':<19} {'log':<11} {'clock offset':<22} "
         f"{'last statement':<15} software"
     )
     bad = 0
@@ -289,13 +301,16 @@ def run_status(args: argparse.Namespace) -> int:
             offset += " !"
             bad += n.connected
         link = "connected" if n.connected else "disconnected"
+        if n.node_id in offline:
+            queued = offline[n.node_id]
+            link = "by file" if queued is None else f"by file, {queued} queued"
         log = (
             "QUARANTINED"
             if n.quarantined
             else (f"{n.checkpoint_size} entries" if n.checkpoint_size else "-")
         )
         print(
-            f"{n.node_id:<12} {' '.join(places.get(n.node_id, ('-',))):<26} {link:<13} {log:<11} "
+            f"{n.node_id:<12} {' '.join(places.get(n.node_id, ('-',))):<26} {link:<19} {log:<11} "
             f"{offset:<22} {_age(n.statement_at_ms, now):<15} {n.software_version or '-'}"
         )
     if bad:
@@ -304,4 +319,10 @@ def run_status(args: argparse.Namespace) -> int:
         print(f"node {n.node_id} is quarantined, its answers unused: {n.quarantine_reason}")
     if quarantined:
         print("after investigating: fedscreen coordinator readmit --node ID --reason TEXT")
+    for node_id, queued in sorted(offline.items()):
+        if queued:
+            print(
+                f"node {node_id} is offline with {queued} queued queries: "
+                f"fedscreen coordinator outbox --home … --node {node_id} --out FILE"
+            )
     return 1 if bad or quarantined else 0

@@ -21,13 +21,15 @@ the release store take their state from the database, never from memory.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
 from fedscreen._util.sqlite import transaction
-from fedscreen.coordinator.core import Coordinator
+from fedscreen.coordinator.core import DATABASE_FILE, Coordinator
 from fedscreen.coordinator.quarantine import screen_answer
 from fedscreen.coordinator.releases import StoredRelease, newest_release
 from fedscreen.crypto.envelope import Envelope
@@ -46,7 +48,7 @@ from fedscreen.protocol.offline import (
 from fedscreen.protocol.query import SignedQuery, verify_query
 from fedscreen.tlog.checkpoint import Checkpoint
 
-__all__ = ["Imported", "import_answers", "make_outbox", "pending", "queue_offline"]
+__all__ = ["Imported", "import_answers", "make_outbox", "queue_offline", "queued_counts"]
 
 
 #: why an offline node is missing from a release made before it answered
@@ -291,11 +293,22 @@ def _offline_node(core: Coordinator, node_id: str) -> None:
         )
 
 
-def pending(core: Coordinator) -> Mapping[str, int]:
-    """Offline node id -> how many queued queries await its answer file."""
-    rows = core.conn.execute(
-        "SELECT node, count(*) FROM offline_queue WHERE settled_ms IS NULL GROUP BY node"
-    ).fetchall()
+def queued_counts(home: Path) -> dict[str, int]:
+    """Offline node id -> how many queued queries await its answer file, read without
+    writing from the coordinator home's database ({} if it has none or no queue yet)."""
+    path = home / DATABASE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = conn.execute(
+                "SELECT node, count(*) FROM offline_queue WHERE settled_ms IS NULL GROUP BY node"
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return {}
     return {str(n): int(c) for n, c in rows}
 
 
