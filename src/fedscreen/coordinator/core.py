@@ -349,11 +349,17 @@ class Coordinator:
             eligible=dict(eligible or {}),
         )
         with transaction(self.conn):
-            memberlog.append_many(
+            last = memberlog.append_many(
                 self.conn, member_id=self.member_id, key=self.key, payloads=logged, role=ROLE
             )
+            # the answers were logged in node order just before the release
+            first = last.index - len(verified)
+            entries = {node: first + i for i, node in enumerate(sorted(verified))}
             store_release(
-                self.conn, stored, supersedes=None if previous is None else previous.digest
+                self.conn,
+                stored,
+                supersedes=None if previous is None else previous.digest,
+                entries=entries,
             )
         return Release(signed, body, {n: v[0] for n, v in verified.items()}, tuple(sorted(lost)))
 

@@ -1,8 +1,10 @@
 """The coordinator's store of its releases: every version of every query's release.
 
-A release is logged (the answers it used, then the release) and also kept here, in
-the same transaction, with what it was made of: the signed query, the answers
-verbatim, the nodes asked and why the others are missing. Two readers need it:
+A release is logged (the answers it used, then the release) and also indexed here,
+in the same transaction, with what it was made of: the signed query, where each
+answer it used lies in the log (the answers are not stored twice: a release at 292
+nodes uses about a megabyte of them), the nodes asked and why the others are
+missing. Two readers need it:
 
 * an analyst fetching the newest release of a query (``fedscreen query --release``),
   which may be a later version than the one its submission got;
@@ -19,8 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
+
+from fedscreen.crypto.envelope import Envelope, parse_json
+from fedscreen.tlog.log import TransparencyLog
 
 __all__ = ["OFFLINE_SCHEMA", "SCHEMA", "StoredRelease", "newest_release", "store_release"]
 
@@ -32,7 +38,7 @@ CREATE TABLE IF NOT EXISTS release_store (
     supersedes TEXT UNIQUE,
     envelope BLOB NOT NULL,
     query_envelope BLOB NOT NULL,
-    answers TEXT NOT NULL,
+    answer_entries TEXT NOT NULL,
     reasons TEXT NOT NULL,
     targeted TEXT NOT NULL,
     academic_year TEXT,
@@ -101,16 +107,23 @@ class StoredRelease:
 
 
 def store_release(
-    conn: sqlite3.Connection, release: StoredRelease, *, supersedes: str | None
+    conn: sqlite3.Connection,
+    release: StoredRelease,
+    *,
+    supersedes: str | None,
+    entries: Mapping[str, int],
 ) -> None:
-    """Keep ``release`` (inside the caller's transaction, with its log entries).
+    """Index ``release`` (inside the caller's transaction, with its log entries);
+    ``entries``: node id -> the index of the log entry holding its answer.
 
     sqlite3.IntegrityError if ``supersedes`` was superseded already: the caller's
     transaction then rolls back, log entries included.
     """
+    if set(entries) != set(release.answers):
+        raise ValueError("every answer of a stored release is a log entry")
     conn.execute(
         "INSERT INTO release_store (query_id, release_version, supersedes, envelope, "
-        "query_envelope, answers, reasons, targeted, academic_year, eligible) "
+        "query_envelope, answer_entries, reasons, targeted, academic_year, eligible) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             release.query_id,
@@ -118,7 +131,7 @@ def store_release(
             supersedes,
             release.envelope,
             release.query_envelope,
-            json.dumps({n: a.decode("utf-8") for n, a in sorted(release.answers.items())}),
+            json.dumps(dict(sorted(entries.items()))),
             json.dumps(dict(sorted(release.reasons.items())), ensure_ascii=False),
             json.dumps(list(release.targeted)),
             release.academic_year,
@@ -127,25 +140,41 @@ def store_release(
     )
 
 
-def newest_release(conn: sqlite3.Connection, query_id: str) -> StoredRelease | None:
-    """The newest stored release of ``query_id`` (None: never released)."""
+def newest_release(
+    conn: sqlite3.Connection, query_id: str, *, log_name: str = "coordinator"
+) -> StoredRelease | None:
+    """The newest stored release of ``query_id`` (None: never released), its answers read
+    back from the entries of the log ``log_name`` that hold them."""
     row = conn.execute(
-        "SELECT query_id, release_version, envelope, query_envelope, answers, reasons, "
+        "SELECT query_id, release_version, envelope, query_envelope, answer_entries, reasons, "
         "targeted, academic_year, eligible FROM release_store WHERE query_id = ? "
         "ORDER BY seq DESC LIMIT 1",
         (query_id,),
     ).fetchone()
     if row is None:
         return None
-    answers = json.loads(row[4])
+    log = TransparencyLog(conn, name=log_name)
+    answers = {
+        str(node): _logged_answer(log.entry(int(index)), str(node))
+        for node, index in json.loads(row[4]).items()
+    }
     return StoredRelease(
         query_id=str(row[0]),
         release_version=int(row[1]),
         envelope=bytes(row[2]),
         query_envelope=bytes(row[3]),
-        answers={str(n): str(a).encode("utf-8") for n, a in answers.items()},
+        answers=answers,
         reasons={str(n): str(r) for n, r in json.loads(row[5]).items()},
         targeted=tuple(str(n) for n in json.loads(row[6])),
         academic_year=None if row[7] is None else str(row[7]),
         eligible={str(n): int(e) for n, e in json.loads(row[8]).items()},
     )
+
+
+def _logged_answer(entry: bytes, node: str) -> bytes:
+    """The node's answer envelope inside one of the coordinator's own log entries (which
+    it signed itself and reads back from its own database: no signature to check)."""
+    payload = parse_json(Envelope.from_json(entry).unverified_payload())
+    if payload.get("kind") != "answer" or payload.get("node") != node:
+        raise ValueError(f"the release store points at a log entry that is not {node}'s answer")
+    return str(payload["envelope"]).encode("utf-8")
