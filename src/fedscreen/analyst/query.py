@@ -1,4 +1,5 @@
-"""The analyst's side: sign a query, submit it (``submit``, from the gRPC edge), verify a release.
+"""The analyst's side: sign a query, submit it (``submit``, from the gRPC edge), verify a release,
+fetch the newest version of a release (``fetch_verified``).
 
 An analyst's home is a member identity (``fedscreen identity init --role analyst``)
 issued by the authority. ``verify_release`` trusts nothing but the manifest and the
@@ -7,6 +8,11 @@ coordinator, every node answer in it must verify against its node's key and be
 bound to exactly this signed query (its id, its digest, its ε, the one academic
 year the release states), use the mechanism the catalogue gives the dataset, and
 the provincial cells must be the combination of those answers.
+
+A release fetched later (``fedscreen query --release``) may be a later version, with
+answers that came late by file; it comes with the signed query it answers, which must
+be this analyst's own, for the id asked (``verify_fetched``), and is then verified as
+any release.
 """
 
 from __future__ import annotations
@@ -16,19 +22,37 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from fedscreen.crypto.envelope import RELEASE_V1, Envelope, parse_json, verify_envelope
-from fedscreen.errors import ConfigError, VerificationError
+from fedscreen.errors import ConfigError, QueryRefused, VerificationError
 from fedscreen.protocol.answer import bounded, dataset_public, verify_answer
-from fedscreen.protocol.query import SignedQuery, issue_query, new_query_id
+from fedscreen.protocol.query import (
+    SignedQuery,
+    issue_query,
+    new_query_id,
+    shown_query_id,
+    verify_query,
+)
 from fedscreen.protocol.release import ReleaseBody, check_release, parse_release
 from fedscreen.query.sqlparse import parse_sql
-from fedscreen.rpc.client import Submitted, submit
+from fedscreen.rpc.client import Fetched, Submitted, fetch_release, submit
 from fedscreen.trust.identity import load_identity
 from fedscreen.trust.manifest import Manifest
 
-__all__ = ["Submitted", "VerifiedRelease", "make_query", "submit", "verify_release"]
+__all__ = [
+    "FetchedRelease",
+    "Submitted",
+    "VerifiedRelease",
+    "fetch_verified",
+    "make_query",
+    "submit",
+    "verify_fetched",
+    "verify_release",
+]
+
+#: a fetched query is checked for its signature only: its age does not matter any more
+_ANY_TIME: Final = 2**62
 
 
 def make_query(
@@ -126,4 +150,66 @@ def verify_release(
         release,
         {a.node_id: a.body for a in verified},
         {a.node_id: a.charged for a in verified},
+    )
+
+
+@dataclass(frozen=True)
+class FetchedRelease:
+    """The newest release of one of this analyst's queries, verified, with its bytes."""
+
+    query: SignedQuery
+    #: the signed query, the signed release and the answers, verbatim
+    query_envelope: bytes
+    release_envelope: bytes
+    answers: dict[str, bytes]
+    verified: VerifiedRelease
+
+
+def verify_fetched(
+    fetched: Fetched, *, manifest: Manifest, analyst: str, query_id: str
+) -> FetchedRelease:
+    """Verify a fetched release: VerificationError unless the query it came with is a
+    query signed by ``analyst`` (any age) with id ``query_id``, and the release verifies
+    against it (``verify_release``) and states the version the coordinator said."""
+    try:
+        query = verify_query(
+            Envelope.from_json(fetched.query_envelope),
+            manifest=manifest,
+            now_ms=0,
+            window_ms=_ANY_TIME,
+        )
+    except QueryRefused as exc:  # well signed, malformed: still not a query to trust
+        raise VerificationError(f"the fetched query does not verify: {exc}") from None
+    if query.analyst != analyst:
+        raise VerificationError(
+            f"the coordinator returned a query signed by {query.analyst}, not by {analyst}"
+        )
+    if query.query_id != query_id:
+        raise VerificationError(
+            f"the coordinator returned query {query.query_id}, not {shown_query_id(query_id)}"
+        )
+    verified = verify_release(
+        fetched.release_envelope, manifest=manifest, query=query, answers=fetched.answers
+    )
+    if verified.release.release_version != fetched.release_version:
+        raise VerificationError(
+            f"the coordinator calls it version {fetched.release_version}, the signed release "
+            f"says version {verified.release.release_version}"
+        )
+    return FetchedRelease(
+        query, fetched.query_envelope, fetched.release_envelope, dict(fetched.answers), verified
+    )
+
+
+async def fetch_verified(
+    home: Path, coordinator: str, query_id: str, *, coordinator_id: str | None = None
+) -> FetchedRelease:
+    """Fetch the newest release of ``query_id`` (one of the analyst in ``home``'s own
+    queries) and verify it against the home's manifest (``verify_fetched``)."""
+    identity = load_identity(home)
+    if identity.role != "analyst":
+        raise ConfigError(f"{home} holds a {identity.role} identity, not an analyst's")
+    fetched = await fetch_release(home, coordinator, query_id, coordinator_id=coordinator_id)
+    return verify_fetched(
+        fetched, manifest=identity.manifest(), analyst=identity.member_id, query_id=query_id
     )

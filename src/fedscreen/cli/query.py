@@ -6,6 +6,11 @@ manifest (the coordinator's signature, every node's signed answer, and that the
 provincial figures are the combination of those answers), then prints each
 node's cells, the province's, the ε each node charged, the nodes that did not
 answer and the share of nodes covered.
+
+``--release QUERY_ID`` asks for nothing new: it fetches the newest release of one of
+the analyst's own queries (a later version once an offline node's answer came by
+file), verifies it the same way (and that the query it answers is the analyst's own
+signed query), and prints it with its version and the nodes still missing.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from fedscreen.analyst.query import make_query, verify_release
+from fedscreen.analyst.query import fetch_verified, make_query, verify_release
 from fedscreen.cli.output import printable, table
-from fedscreen.cli.sqltext import add_sql_arguments, read_sql
+from fedscreen.cli.sqltext import read_sql
 from fedscreen.errors import ConfigError, VerificationError
+from fedscreen.query.sqlparse import MAX_SQL_CHARS
 from fedscreen.rpc.client import submit
 from fedscreen.trust.identity import load_identity
 
@@ -39,14 +45,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="SELECT <group columns>, COUNT(*) | SUM(col) | AVG(col) | RATE(<condition>) "
         "| QUANTILE(col, q) FROM screenings [WHERE ...] [GROUP BY ...]. Every node charges the "
         "ε (or the ε that reaches the accuracy) to its own budget. The SQL is the argument "
-        "or --file F (- for standard input).",
+        "or --file F (- for standard input). --release QUERY_ID fetches the newest version "
+        "of one of your queries' releases instead.",
     )
     query.add_argument("--home", type=Path, required=True, help="the analyst's identity home")
     query.add_argument("--coordinator", required=True, help="the coordinator's HOST:PORT")
     query.add_argument(
         "--coordinator-id", help="its member id (default: the one coordinator in the manifest)"
     )
-    cost = query.add_mutually_exclusive_group(required=True)
+    # required unless --release (checked in run_query: argparse cannot say "unless")
+    cost = query.add_mutually_exclusive_group()
     cost.add_argument("--epsilon", type=float, help="privacy cost ε at each node")
     cost.add_argument("--accuracy", type=float, help="95%% half-width wanted per noisy count")
     query.add_argument(
@@ -66,12 +74,30 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "one per node (no county value comes out; see the README's threat model)",
     )
     query.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    add_sql_arguments(query)
-    query.set_defaults(func=run_query)
+    # as ``sqltext.add_sql_arguments``, with --release as the third source
+    source = query.add_mutually_exclusive_group(required=True)
+    source.add_argument("sql", nargs="?", metavar="SQL", help="the query")
+    source.add_argument(
+        "--file",
+        metavar="F",
+        help=f"read the query from file F ('-': standard input; UTF-8, at most "
+        f"{MAX_SQL_CHARS} characters)",
+    )
+    source.add_argument(
+        "--release",
+        metavar="QUERY_ID",
+        help="fetch and verify the newest release of your query QUERY_ID (a later version "
+        "adds answers that came late, by file) instead of asking a new one",
+    )
+    query.set_defaults(func=run_query, usage_error=query.error)
 
 
 def run_query(args: argparse.Namespace) -> int:
     """``fedscreen query``."""
+    if args.release is not None:
+        return run_fetch(args)
+    if args.epsilon is None and args.accuracy is None:
+        args.usage_error("one of the arguments --epsilon --accuracy is required")
     if args.deadline_ms < 0:
         raise ConfigError("--deadline-ms must be positive")
     nodes = tuple(n.strip() for n in (args.nodes or "").split(",") if n.strip())
@@ -103,6 +129,50 @@ def run_query(args: argparse.Namespace) -> int:
     else:
         print_release(body)
     return 0
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    """``fedscreen query --release QUERY_ID``: the newest version of a release, verified."""
+    asked = [f for f in ("epsilon", "accuracy", "nodes", "secure") if getattr(args, f)]
+    if asked or args.deadline_ms:
+        flags = ", ".join(
+            f"--{f}" for f in [*asked, *(["deadline-ms"] if args.deadline_ms else [])]
+        )
+        raise ConfigError(f"--release fetches a release already made: {flags} ask a new query")
+    fetched = asyncio.run(
+        fetch_verified(
+            args.home, args.coordinator, args.release, coordinator_id=args.coordinator_id
+        )
+    )
+    release, body = fetched.verified.release, fetched.verified.body
+    if args.format == "json":
+        doc = {"verified": True, "release_version": release.release_version, "release": body}
+        print(json.dumps(doc, ensure_ascii=False, indent=2))
+    elif args.format == "csv":
+        write_csv(body)
+    else:
+        print_release(body)
+        print()
+        print(version_line(release.release_version, release.supersedes))
+        reasons = release.missing_reasons
+        if release.missing:
+            print(f"still missing ({len(release.missing)} of {len(release.targeted)} nodes):")
+            for node in release.missing:
+                why = printable(reasons.get(node, "(not stated)"), limit=300)
+                print(f"  {printable(node)}: {why}")
+        else:
+            count = len(release.targeted)
+            print(f"every node asked has answered ({count} of {count})")
+    return 0
+
+
+def version_line(version: int, supersedes: str | None) -> str:
+    """ "release version 2, superseding an earlier version (release SHA-256 …)"."""
+    if supersedes is None:
+        return f"release version {version}"
+    return (
+        f"release version {version}, superseding an earlier version (release SHA-256 {supersedes})"
+    )
 
 
 def _interval(cell: dict[str, Any]) -> str:

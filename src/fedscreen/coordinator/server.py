@@ -26,8 +26,9 @@ encode — and everything they refuse goes through the transport's one error tab
 * **Manifest** — a newer manifest installed in the home is pushed down every open
   node stream (and sent in each Welcome); a member it revokes has its stream closed
   at once and its Hello refused (:class:`~.runtime.ManifestWatch`).
-* **Analyst.Budgets** — the nodes' newest budget statements, verbatim, for
-  analysts and auditors to verify and plan with.
+* **Analyst.Budgets**, **Status**, **Fetch** — the nodes' newest budget statements,
+  the coordinator's view of its nodes, and the newest version of an analyst's own
+  query's release (:mod:`.analystrpc`).
 * **Audit** — checkpoint, entries and Merkle proofs of the coordinator's log, for
   auditors and analysts, who verify them themselves (:mod:`.auditrpc`).
 
@@ -49,9 +50,9 @@ from typing import Any, Final
 import grpc
 
 from fedscreen._util.files import write_ready_file
-from fedscreen.coordinator import scoping
 from fedscreen.coordinator.aggregation import AggregatorSessions
 from fedscreen.coordinator.aggregatorrpc import AggregatorLinkServicer
+from fedscreen.coordinator.analystrpc import AnalystReads
 from fedscreen.coordinator.auditrpc import AuditServicer
 from fedscreen.coordinator.core import ACADEMIC_YEAR
 from fedscreen.coordinator.offline import queue_offline
@@ -61,13 +62,11 @@ from fedscreen.coordinator.runtime import (
     Listening,
     ManifestWatch,
     ServerLimits,
-    active_nodes,
     ask_nodes,
     keep_statement,
     node_refusal,
     open_session,
     screen,
-    settle_statements,
 )
 from fedscreen.coordinator.secureround import secure_round
 from fedscreen.coordinator.sessions import (
@@ -103,11 +102,6 @@ SERVICES: Final = (
     "fedscreen.v1.Audit",
     "fedscreen.v1.AggregatorLink",
 )
-#: who may read the nodes' budget statements
-BUDGET_READERS: Final = frozenset({"analyst", "auditor"})
-#: who may read the coordinator's view of its nodes: its operator (the coordinator's
-#: own identity), analysts and auditors
-STATUS_READERS: Final = frozenset({"coordinator", "analyst", "auditor"})
 
 
 # ---------------------------------------------------------------- servicers
@@ -273,8 +267,9 @@ class NodeLinkServicer(_Shared, pb_grpc.NodeLinkServicer):
             )
 
 
-class AnalystServicer(_Shared, pb_grpc.AnalystServicer):
-    """Analysts' signed queries in, signed releases out."""
+class AnalystServicer(_Shared, AnalystReads):
+    """Analysts' signed queries in, signed releases out (Budgets, Status and Fetch:
+    :class:`.analystrpc.AnalystReads`)."""
 
     async def Submit(
         self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -355,47 +350,6 @@ class AnalystServicer(_Shared, pb_grpc.AnalystServicer):
                 f"secure aggregation: the second aggregator {second} is not connected; "
                 "nothing was asked of the nodes"
             )
-
-    async def Budgets(
-        self, request: pb.BudgetsRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.BudgetsResponse:
-        """Every active node's newest budget statement, verbatim, and who is connected
-        (to an analyst, the nodes inside its scope only)."""
-        member = await transport.authenticate(
-            context, self.core.core.manifest, roles=BUDGET_READERS
-        )
-        async with transport.abort_on_error(context):
-            # a revoked node's statements are no longer handed out (as Submit, newest manifest)
-            node_ids = set(await self.core.call(active_nodes))
-            if member.role == "analyst":
-                node_ids = scoping.within(self.core.core.manifest, member.id, node_ids)
-        settle_statements(self.core.core.manifest, self.sessions)
-        held = {n: envelope for n, (_, envelope) in self.sessions.budgets.items() if n in node_ids}
-        return serde.statements_response(
-            held,
-            connected=[n for n in self.sessions.connected if n in node_ids],
-            missing=node_ids - set(held),
-        )
-
-    async def Status(
-        self, request: pb.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.StatusResponse:
-        """The coordinator's view of its active nodes: link, clock offset, statement age."""
-        await transport.authenticate(context, self.core.core.manifest, roles=STATUS_READERS)
-        async with transport.abort_on_error(context):
-            node_ids = await self.core.call(active_nodes)
-            settle_statements(self.core.core.manifest, self.sessions)
-            book = self.core.book
-            # read from the database: a readmission made by another process shows at once
-            logs = await self.core.call(lambda _: book.states(node_ids))
-        return serde.status_response(
-            node_ids,
-            self.sessions.seen,
-            connected=set(self.sessions.connected),
-            now_ms=now_ms(),
-            tolerance_ms=self.limits.clock_tolerance_ms,
-            logs={s.node_id: s for s in logs},
-        )
 
 
 def _to_pb(message: Push | PushManifest | Withdraw) -> pb.CoordinatorMessage:

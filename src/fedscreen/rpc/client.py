@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Final
 
 from fedscreen.rpc import serde, transport
-from fedscreen.rpc.serde import CoordinatorStatus, Statements, Submitted
+from fedscreen.rpc.serde import CoordinatorStatus, Fetched, Statements, Submitted
 from fedscreen.rpc.transport import DEFAULT_LIMITS, TransportLimits
 from fedscreen.trust.identity import load_identity
 from fedscreen.v1 import federation_pb2 as pb
@@ -22,9 +22,11 @@ from fedscreen.v1 import federation_pb2_grpc as pb_grpc
 __all__ = [
     "CALL_MARGIN_MS",
     "CoordinatorStatus",
+    "Fetched",
     "Statements",
     "Submitted",
     "budgets",
+    "fetch_release",
     "status",
     "submit",
 ]
@@ -91,3 +93,19 @@ async def status(
     async with _analyst(home, coordinator, coordinator_id, limits, "status") as stub:
         response = await stub.Status(pb.StatusRequest(), timeout=limits.call_timeout_s)
     return serde.status(response)
+
+
+async def fetch_release(
+    home: Path,
+    coordinator: str,
+    query_id: str,
+    *,
+    coordinator_id: str | None = None,
+    limits: TransportLimits = DEFAULT_LIMITS,
+) -> Fetched:
+    """The newest release of one of this analyst's queries (not yet verified); RpcFailed
+    with NOT_FOUND if the coordinator has none for this analyst."""
+    request = pb.FetchRequest(query_id=query_id)
+    async with _analyst(home, coordinator, coordinator_id, limits, "fetch") as stub:
+        response = await stub.Fetch(request, timeout=limits.call_timeout_s)
+    return serde.fetched(response)

@@ -15,11 +15,14 @@ from fedscreen.v1 import federation_pb2 as pb
 __all__ = [
     "AggregationWork",
     "CoordinatorStatus",
+    "Fetched",
     "NodeView",
     "Statements",
     "Submitted",
     "aggregation_request",
     "aggregation_work",
+    "fetch_response",
+    "fetched",
     "statements",
     "statements_response",
     "status",
@@ -66,6 +69,49 @@ def submit_response(
         release_envelope=release_envelope,
         answers=[pb.NodeAnswer(node_id=n, envelope=answers[n]) for n in sorted(answers)],
         missing_nodes=list(missing),
+    )
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """The newest release of a query as the coordinator returned it (not yet verified)."""
+
+    #: the analyst's signed query, verbatim
+    query_envelope: bytes
+    release_envelope: bytes
+    #: node id -> the node's answer envelope, verbatim
+    answers: dict[str, bytes]
+    missing: tuple[str, ...]
+    #: the coordinator's word; the signed release states its own
+    release_version: int
+
+
+def fetch_response(
+    *,
+    query_envelope: bytes,
+    release_envelope: bytes,
+    answers: Mapping[str, bytes],
+    missing: Iterable[str],
+    release_version: int,
+) -> pb.FetchResponse:
+    """The coordinator's FetchResponse: a stored release and what it is made of."""
+    return pb.FetchResponse(
+        query_envelope=query_envelope,
+        release_envelope=release_envelope,
+        answers=[pb.NodeAnswer(node_id=n, envelope=answers[n]) for n in sorted(answers)],
+        missing_nodes=list(missing),
+        release_version=release_version,
+    )
+
+
+def fetched(response: pb.FetchResponse) -> Fetched:
+    """The analyst's view of a FetchResponse."""
+    return Fetched(
+        query_envelope=bytes(response.query_envelope),
+        release_envelope=bytes(response.release_envelope),
+        answers={a.node_id: bytes(a.envelope) for a in response.answers},
+        missing=tuple(response.missing_nodes),
+        release_version=int(response.release_version),
     )
 
 

@@ -1,0 +1,305 @@
+"""Analysts fetch the newest version of a release (``Analyst.Fetch``, ``fedscreen query
+--release``, ``fedscreen report run --include-late``).
+
+A real coordinator (``coordinator.server.serve``) and two real node agents
+(``node.agent.run_node``) run in one event loop on a background thread, on 127.0.0.1
+with mutual TLS; the third node stays away, so every release first misses it. Its late
+answer is then made in process from its own SQLite store (``localnode.answer_locally``:
+signed and charged as its agent would) and published by the coordinator's core as the
+next release version (``Coordinator.release(previous=...)``), beside the running
+server, as ``fedscreen coordinator inbox`` does. The analyst's side (client, CLI) runs
+in the test's thread with its own event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import grpc
+import pytest
+from localnode import answer_locally
+
+from fedscreen.analyst.query import fetch_verified, make_query, verify_fetched
+from fedscreen.cli.main import main
+from fedscreen.coordinator.core import Coordinator, init_coordinator
+from fedscreen.coordinator.releases import StoredRelease, newest_release
+from fedscreen.coordinator.runtime import Listening
+from fedscreen.coordinator.server import serve
+from fedscreen.crypto.envelope import Envelope
+from fedscreen.errors import VerificationError
+from fedscreen.node.agent import run_node
+from fedscreen.node.dial import Welcomed
+from fedscreen.node.home import NodeConfig, init_home
+from fedscreen.node.ingest import ingest_paths
+from fedscreen.protocol.query import new_query_id, verify_query
+from fedscreen.rpc.client import fetch_release, submit
+from fedscreen.rpc.transport import RpcFailed
+from fedscreen.synth import generate, write_export
+from fedscreen.trust import authority
+from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
+
+YEAR = "2024-2025"
+ONLINE = ("130104", "130105")
+LATE = "130107"
+NODES = (*ONLINE, LATE)
+#: synthetic students per node
+STUDENTS = 200
+SQL = f"SELECT sex, COUNT(*) FROM screenings WHERE academic_year = '{YEAR}' GROUP BY sex"
+#: the bound of every wait in these tests (s)
+WAIT_S = 30.0
+
+
+@dataclass
+class Fed:
+    auth: Path
+    coordinator: Path
+    alice: Path
+    bob: Path
+    auditor: Path
+    nodes: dict[str, NodeConfig]
+    address: str = ""
+
+
+def _homes(root: Path) -> Fed:
+    auth = root / "auth"
+    authority.init_authority(auth, federation="test")
+    init_coordinator(root / "coord", member_id="coordinator", name="省平台")
+    issue_here(auth, root / "coord")
+    for member, role in (("alice", "analyst"), ("bob", "analyst"), ("auditor-1", "auditor")):
+        create_identity(root / member, member_id=member, role=role, name=member)
+        issue_here(auth, root / member)
+    nodes = {}
+    for n, node_id in enumerate(NODES):
+        config = init_home(root / node_id, node_id=node_id, name=f"县 {node_id}")
+        issue_here(auth, config.home)
+        write_export(generate(node_id, STUDENTS, YEAR, seed=n + 1), root / f"export-{node_id}")
+        _, rejected = ingest_paths(config, [root / f"export-{node_id}"])
+        assert not rejected, rejected
+        nodes[node_id] = config
+    text = authority.manifest_text(auth)
+    for home in (root / "coord", root / "alice", root / "bob", root / "auditor-1"):
+        update_manifest(home, text)
+    for config in nodes.values():
+        update_manifest(config.home, text)
+    return Fed(auth, root / "coord", root / "alice", root / "bob", root / "auditor-1", nodes)
+
+
+@contextlib.contextmanager
+def _running(fed: Fed) -> Iterator[str]:
+    """The coordinator and the online nodes, serving on a background thread's loop until
+    the block ends; yields the coordinator's address once every online node is welcomed."""
+    ready = threading.Event()
+    state: dict[str, object] = {}
+
+    async def federation() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        state["stop"] = (loop, stop)
+        listening: asyncio.Future[Listening] = loop.create_future()
+        server = asyncio.create_task(
+            serve(fed.coordinator, "127.0.0.1:0", stop=stop, on_ready=listening.set_result)
+        )
+        address = (await asyncio.wait_for(listening, WAIT_S)).address
+        welcomed: dict[str, asyncio.Future[Welcomed]] = {n: loop.create_future() for n in ONLINE}
+
+        def welcome(node: str) -> Callable[[Welcomed], object]:
+            return lambda w: welcomed[node].done() or welcomed[node].set_result(w)
+
+        agents = [
+            asyncio.create_task(
+                run_node(fed.nodes[n].home, address, stop=stop, on_welcome=welcome(n))
+            )
+            for n in ONLINE
+        ]
+        await asyncio.wait_for(asyncio.gather(*welcomed.values()), WAIT_S)
+        state["address"] = address
+        ready.set()
+        await asyncio.gather(server, *agents)
+
+    def thread_main() -> None:
+        try:
+            asyncio.run(federation())
+        except BaseException as exc:  # reported to the test's thread
+            state["failed"] = exc
+            ready.set()
+
+    thread = threading.Thread(target=thread_main, name="federation", daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(WAIT_S), "the federation did not start in time"
+        assert "failed" not in state, state.get("failed")
+        yield str(state["address"])
+    finally:
+        if "stop" in state:
+            loop, stop = state["stop"]  # type: ignore[misc]  # (loop, event), set above
+            loop.call_soon_threadsafe(stop.set)
+        thread.join(WAIT_S)
+        assert not thread.is_alive(), "the federation did not stop in time"
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
+    federation = _homes(tmp_path_factory.mktemp("fetch"))
+    with _running(federation) as address:
+        federation.address = address
+        yield federation
+
+
+def late_version(fed: Fed, query_id: str) -> StoredRelease:
+    """The late node answers ``query_id`` from its store, and the coordinator's core
+    publishes the next version of its release with that answer; returns the new version."""
+    core = Coordinator.open(fed.coordinator)
+    try:
+        stored = newest_release(core.conn, query_id)
+        assert stored is not None
+        query = verify_query(
+            Envelope.from_json(stored.query_envelope), manifest=core.manifest, now_ms=0,
+            window_ms=2**62,
+        )  # fmt: skip
+        answers = {**stored.answers, LATE: answer_locally(fed.nodes[LATE], stored.query_envelope)}
+        core.release(
+            query, answers, [n for n in stored.targeted if n not in answers],
+            eligible=stored.eligible, academic_year=stored.academic_year,
+            targeted=stored.targeted, query_envelope=stored.query_envelope, previous=stored,
+        )  # fmt: skip
+        newest = newest_release(core.conn, query_id)
+    finally:
+        core.close()
+    assert newest is not None
+    assert newest.release_version == stored.release_version + 1
+    return newest
+
+
+def _ask(fed: Fed, home: Path, epsilon: float = 0.1) -> str:
+    """A query from the analyst in ``home``, released without the late node; its id."""
+    query, envelope = make_query(home, SQL, epsilon=epsilon, accuracy=None)
+    submitted = asyncio.run(submit(home, fed.address, envelope, deadline_ms=5_000))
+    assert submitted.missing == (LATE,)
+    return query.query_id
+
+
+def _fetch_failure(fed: Fed, home: Path, query_id: str) -> RpcFailed:
+    with pytest.raises(RpcFailed) as failed:
+        asyncio.run(fetch_release(home, fed.address, query_id))
+    return failed.value
+
+
+# ---------------------------------------------------------------- the Fetch RPC
+
+
+def test_fetch_returns_the_newest_version_to_the_querys_own_analyst(fed: Fed) -> None:
+    query_id = _ask(fed, fed.alice)
+    first = asyncio.run(fetch_verified(fed.alice, fed.address, query_id))
+    assert first.verified.release.release_version == 1
+    assert first.verified.release.supersedes is None
+    assert first.verified.release.missing == (LATE,)
+    before = first.release_envelope
+    second = late_version(fed, query_id)
+    fetched = asyncio.run(fetch_verified(fed.alice, fed.address, query_id))
+    release = fetched.verified.release
+    assert release.release_version == 2
+    assert release.answered == NODES
+    assert release.missing == ()
+    assert fetched.release_envelope == second.envelope
+    # version 2 names version 1, byte for byte
+    assert release.supersedes == hashlib.sha256(before).hexdigest()
+    assert set(fetched.answers) == set(NODES)
+
+
+def test_another_analyst_an_unknown_id_and_a_malformed_id_get_the_same_not_found(
+    fed: Fed,
+) -> None:
+    query_id = _ask(fed, fed.alice)
+    texts = []
+    for home, asked in (
+        (fed.bob, query_id),
+        (fed.alice, new_query_id()),
+        (fed.alice, "x" * 1_000),
+        (fed.alice, "\x1b[2J" + query_id),
+    ):
+        failure = _fetch_failure(fed, home, asked)
+        assert failure.code is grpc.StatusCode.NOT_FOUND
+        texts.append(failure.details)
+    assert texts[0] == f"no release of query {query_id} for analyst bob"
+    assert texts[2] == texts[3] == "no release of query (invalid id) for analyst alice"
+    # an id past the small-request limit is refused before any handler reads it
+    failure = _fetch_failure(fed, fed.alice, "x" * 10_000)
+    assert failure.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    # an auditor may not fetch releases at all
+    failure = _fetch_failure(fed, fed.auditor, query_id)
+    assert failure.code is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_release_of_someone_elses_query_is_refused_by_the_analyst(fed: Fed) -> None:
+    mine, theirs = _ask(fed, fed.alice), _ask(fed, fed.bob)
+    got = asyncio.run(fetch_release(fed.bob, fed.address, theirs))
+    manifest = load_identity(fed.alice).manifest()
+    with pytest.raises(VerificationError, match="signed by bob, not by alice"):
+        verify_fetched(got, manifest=manifest, analyst="alice", query_id=theirs)
+    # bob's release passed off as the answer to alice's query id
+    with pytest.raises(VerificationError, match="signed by bob"):
+        verify_fetched(got, manifest=manifest, analyst="alice", query_id=mine)
+    own = asyncio.run(fetch_release(fed.alice, fed.address, mine))
+    with pytest.raises(VerificationError, match="not " + theirs):
+        verify_fetched(own, manifest=manifest, analyst="alice", query_id=theirs)
+    # the coordinator's word on the version must be the signed release's
+    with pytest.raises(VerificationError, match="calls it version 3"):
+        verify_fetched(
+            replace(own, release_version=3), manifest=manifest, analyst="alice", query_id=mine
+        )
+    # another release under alice's own query does not verify either
+    with pytest.raises(VerificationError):
+        verify_fetched(
+            replace(own, release_envelope=got.release_envelope, answers=got.answers),
+            manifest=manifest, analyst="alice", query_id=mine,
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------- fedscreen query --release
+
+
+def test_query_release_prints_the_version_and_the_nodes_still_missing(
+    fed: Fed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    query_id = _ask(fed, fed.alice)
+    base = ["query", "--home", str(fed.alice), "--coordinator", fed.address]
+    assert main([*base, "--release", query_id]) == 0
+    out = capsys.readouterr().out
+    assert f"release of query {query_id} by alice" in out
+    assert "release version 1\n" in out
+    assert f"still missing (1 of 3 nodes):\n  {LATE}: not connected" in out
+    stored = late_version(fed, query_id)
+    assert main([*base, "--release", query_id]) == 0
+    out = capsys.readouterr().out
+    assert "release version 2, superseding an earlier version (release SHA-256 " in out
+    assert "every node asked has answered (3 of 3)" in out
+    assert main([*base, "--release", query_id, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["release_version"] == 2
+    assert doc["release"]["release_version"] == 2
+    assert doc["release"]["supersedes"] != stored.digest  # it names version 1, not itself
+
+
+def test_query_release_refusals_are_clear(fed: Fed, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["query", "--home", str(fed.bob), "--coordinator", fed.address]
+    query_id = _ask(fed, fed.alice)
+    assert main([*base, "--release", query_id]) == 1
+    err = capsys.readouterr().err
+    assert f"NOT_FOUND: no release of query {query_id} for analyst bob" in err
+    assert "Traceback" not in err
+    assert main([*base, "--release", query_id, "--epsilon", "0.1"]) == 1
+    assert "--epsilon ask a new query" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main([*base, "--release", query_id, SQL])
+    assert exited.value.code == 2
+    with pytest.raises(SystemExit) as exited:
+        main([*base, SQL])  # a new query needs its ε
+    assert exited.value.code == 2
+    assert "--epsilon --accuracy" in capsys.readouterr().err
