@@ -7,7 +7,9 @@ whole file must hold together:
 1. a manifest in the file is verified against the authority key pinned in the
    home and, if newer, installed and logged (a revocation reaches the node this way);
 2. the outbox is signed by the coordinator that manifest names, for this node;
-3. the coordinator's checkpoint extends the one the node holds (a coordinator whose
+3. it is not older than the outbox the node answered last (carried again by
+   mistake, its checkpoint would look like a coordinator log that went back);
+4. the coordinator's checkpoint extends the one the node holds (a coordinator whose
    log went back gets no answers: every query is refused and recorded).
 
 Then each query goes through the same path as one from the stream
@@ -23,13 +25,14 @@ coordinator last verified.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from fedscreen._util.files import write_new_file
+from fedscreen._util.files import replace_file, write_new_file
 from fedscreen.crypto.envelope import Envelope, parse_json
 from fedscreen.errors import ConfigError, QueryRefused, UnknownMember, VerificationError
 from fedscreen.node.home import check_placement, load_config
@@ -51,8 +54,8 @@ from fedscreen.trust.manifest import Manifest
 
 __all__ = ["Answered", "answer_outbox"]
 
-#: the freshness window when the catalogue sets none (the issue's "say 30 days")
-DEFAULT_OFFLINE_WINDOW_MS: Final = 30 * 86_400_000
+#: the outbox this node answered last (``{"outbox_sha256": …, "made_at_ms": …}``)
+LAST_OUTBOX_FILE: Final = "outbox.json"
 
 
 @dataclass
@@ -114,15 +117,18 @@ def answer_outbox(
         if outbox.coordinator != coordinator[0]:
             raise VerificationError(f"the outbox names coordinator {bounded(outbox.coordinator)}")
         check_placement(config, manifest)
+        digest = hashlib.sha256(data).hexdigest()
+        _check_not_older(home, outbox, digest)
         log = CoordinatorLog(home, coordinator[0])
         halted = _check_coordinator_log(log, outbox, key=coordinator[2])
         done = Answered(config.node_id, manifest.version)
-        answers = _answer_all(worker, outbox, halted, done, clock, window_ms=_window(policy))
+        window = policy.limits.offline_window_ms
+        answers = _answer_all(worker, outbox, halted, done, clock, window_ms=window)
         carried = AnswerFile(
             node=config.node_id,
             coordinator=coordinator[0],
             made_at_ms=clock(),
-            outbox_sha256=hashlib.sha256(data).hexdigest(),
+            outbox_sha256=digest,
             coordinator_log_size=log.known_size(coordinator[2]),
             answers=tuple(answers),
             refusals=tuple(done.refused),
@@ -131,6 +137,8 @@ def answer_outbox(
         write_new_file(
             out, sign_answer_file(carried, config.signing_key()), mode=0o644, what="answer file"
         )
+        last = {"outbox_sha256": digest, "made_at_ms": outbox.made_at_ms}
+        replace_file(home / LAST_OUTBOX_FILE, json.dumps(last).encode("utf-8"))
         return done
     finally:
         worker.close()
@@ -172,6 +180,24 @@ def _answer_all(
     return answers
 
 
+def _check_not_older(home: Path, outbox: Outbox, digest: str) -> None:
+    """VerificationError if ``outbox`` is older than the one this node answered last: its
+    coordinator checkpoint is then behind the one held, which would read as a log that
+    went back (the same outbox again is fine: its answers come from the store)."""
+    try:
+        last = json.loads((home / LAST_OUTBOX_FILE).read_bytes())
+        made, answered = int(last["made_at_ms"]), str(last["outbox_sha256"])
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # unreadable: the coordinator checkpoint check still guards the log
+    if digest != answered and outbox.made_at_ms < made:
+        raise VerificationError(
+            "this outbox is older than the one this node answered last; ask the province "
+            "for a new one (nothing was answered)"
+        )
+
+
 def _check_coordinator_log(log: CoordinatorLog, outbox: Outbox, *, key: bytes) -> str:
     """ "" if the outbox's coordinator checkpoint extends the one held (now held), else the
     refusal every query of the file gets."""
@@ -189,12 +215,6 @@ def _coordinator(manifest: Manifest) -> tuple[str, str, bytes]:
     except (UnknownMember, ConfigError) as exc:
         raise VerificationError(f"no active coordinator in the manifest: {exc}") from None
     return member.id, member.key_id, member.signing_key
-
-
-def _window(policy: object) -> int:
-    limits = getattr(policy, "limits", None)
-    window = getattr(limits, "offline_window_ms", None)
-    return window if isinstance(window, int) else DEFAULT_OFFLINE_WINDOW_MS
 
 
 def _charged(envelope: bytes) -> float:
