@@ -206,7 +206,8 @@ def unverified_payload(data: bytes, payload_type: str) -> tuple[Envelope, Mappin
         raise VerificationError(f"the signed payload is not JSON: {_short(exc)}") from None
     if not isinstance(payload, dict):
         raise VerificationError("the signed payload is not an object")
-    if payload.get("format") != FORMAT:
+    # exactly the integer: JSON's true and 1.0 compare equal to 1 in Python
+    if type(payload.get("format")) is not int or payload["format"] != FORMAT:
         raise VerificationError(f"unknown file format {_short(payload.get('format'))!r}")
     return envelope, payload
 
@@ -254,7 +255,7 @@ def read_answer_file(data: bytes, *, node_key: bytes, key_id: str) -> AnswerFile
             node=_id(payload["node"], "node"),
             coordinator=_id(payload["coordinator"], "coordinator"),
             made_at_ms=_count(payload["made_at_ms"], "made_at_ms"),
-            outbox_sha256=_text(payload["outbox_sha256"], "outbox_sha256"),
+            outbox_sha256=_sha256_hex(payload["outbox_sha256"]),
             coordinator_log_size=_count(payload["coordinator_log_size"], "coordinator_log_size"),
             answers=answers,
             refusals=refusals,
@@ -309,6 +310,13 @@ def _id(value: object, what: str) -> str:
     text = _text(value, what, limit=_MAX_ID)
     if not text or not text.isprintable():
         raise ValueError(f"{what} must be a non-empty printable id")
+    return text
+
+
+def _sha256_hex(value: object) -> str:
+    text = _text(value, "outbox_sha256", limit=64)
+    if len(text) != 64 or text.strip("0123456789abcdef"):
+        raise ValueError("outbox_sha256 must be 64 lowercase hex digits")
     return text
 
 
