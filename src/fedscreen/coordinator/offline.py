@@ -106,6 +106,13 @@ def make_outbox(core: Coordinator, node_id: str, *, now_ms: int | None = None) -
     size = Checkpoint.from_body(note[: note.index("\n\n") + 1]).size if note else 0
     known = int(held[0]) if held else 0
     proof = tuple(core.consistency_proof(known, size)) if 0 < known < size else ()
+    # the node may hold the checkpoint of an earlier outbox whose answers are not back yet
+    earlier = core.conn.execute(
+        "SELECT DISTINCT checkpoint_size FROM offline_outbox WHERE node = ? "
+        "AND checkpoint_size > ? AND checkpoint_size < ? ORDER BY checkpoint_size DESC LIMIT 32",
+        (node_id, known, size),
+    ).fetchall()
+    proofs = tuple((int(r[0]), tuple(core.consistency_proof(int(r[0]), size))) for r in earlier)
     core.book.refresh()
     _, manifest_text = core.identity.manifest_file()
     outbox = Outbox(
@@ -115,15 +122,16 @@ def make_outbox(core: Coordinator, node_id: str, *, now_ms: int | None = None) -
         manifest=manifest_text,
         coordinator_checkpoint=note,
         coordinator_proof=proof,
+        coordinator_proofs=proofs,
         known_log_size=core.book.known_size(node_id),
         queries=queries,
     )
     data = sign_outbox(outbox, core.key)
     with transaction(core.conn):
         core.conn.execute(
-            "INSERT OR IGNORE INTO offline_outbox (sha256, node, known_log_size, made_ms) "
-            "VALUES (?, ?, ?, ?)",
-            (hashlib.sha256(data).hexdigest(), node_id, outbox.known_log_size, at),
+            "INSERT OR IGNORE INTO offline_outbox (sha256, node, known_log_size, "
+            "checkpoint_size, made_ms) VALUES (?, ?, ?, ?, ?)",
+            (hashlib.sha256(data).hexdigest(), node_id, outbox.known_log_size, size, at),
         )
     return data, len(queries)
 

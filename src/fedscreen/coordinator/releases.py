@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS offline_outbox (
     sha256 TEXT PRIMARY KEY,
     node TEXT NOT NULL,
     known_log_size INTEGER NOT NULL,
+    checkpoint_size INTEGER NOT NULL,
     made_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS offline_link (

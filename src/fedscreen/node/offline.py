@@ -202,7 +202,8 @@ def _check_coordinator_log(log: CoordinatorLog, outbox: Outbox, *, key: bytes) -
     """ "" if the outbox's coordinator checkpoint extends the one held (now held), else the
     refusal every query of the file gets."""
     try:
-        log.check(outbox.coordinator_checkpoint, list(outbox.coordinator_proof), key=key)
+        proof = outbox.proof_from(log.known_size(key))
+        log.check(outbox.coordinator_checkpoint, list(proof), key=key)
     except VerificationError as exc:
         return refusal_reason("internal", f"the coordinator's log went back: {exc}")
     return ""

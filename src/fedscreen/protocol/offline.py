@@ -11,6 +11,8 @@ the coordinator, payload type :data:`OUTBOX_V1`, whose payload is::
      "manifest": MANIFEST-FILE-TEXT,          # the manifest in force (authority-signed)
      "coordinator_checkpoint": NOTE,          # the coordinator log's newest checkpoint
      "coordinator_proof": [BASE64, ...],      # consistency from the size the node holds
+     "coordinator_proofs": [{"from_size": INT, "proof": [BASE64, ...]}, ...],
+                                              # ... or from an earlier outbox's checkpoint
      "known_log_size": INT,                   # the node's log size the coordinator verified
      "queries": [{"query_id": ID, "query_envelope": ANALYST-SIGNED-QUERY-TEXT,
                   "academic_year": "2024-2025" | "", "queued_at_ms": INT}, ...]}
@@ -72,6 +74,8 @@ MAX_FILE_BYTES: Final = 16 << 20
 MAX_QUERIES: Final = 2000
 #: most hashes in one consistency proof (a log of 2⁶⁴ entries needs 128)
 _MAX_PROOF: Final = 128
+#: most earlier outboxes' checkpoints an outbox proves consistency from
+_MAX_PROOFS: Final = 32
 _MAX_ID: Final = 200
 _MAX_TEXT: Final = 1 << 20
 
@@ -100,6 +104,16 @@ class Outbox:
     coordinator_proof: tuple[bytes, ...]
     known_log_size: int
     queries: tuple[CarriedQuery, ...]
+    #: consistency proofs from the checkpoints of earlier outboxes to this node, whose
+    #: answers have not come back yet (the node may hold any of them): (size, proof)
+    coordinator_proofs: tuple[tuple[int, tuple[bytes, ...]], ...] = ()
+
+    def proof_from(self, size: int) -> tuple[bytes, ...]:
+        """The consistency proof from the coordinator checkpoint of ``size`` the node holds."""
+        for start, proof in self.coordinator_proofs:
+            if start == size:
+                return proof
+        return self.coordinator_proof
 
     def to_json(self) -> dict[str, Any]:
         """The payload."""
@@ -111,6 +125,9 @@ class Outbox:
             "manifest": self.manifest.decode("utf-8"),
             "coordinator_checkpoint": self.coordinator_checkpoint,
             "coordinator_proof": _b64(self.coordinator_proof),
+            "coordinator_proofs": [
+                {"from_size": size, "proof": _b64(proof)} for size, proof in self.coordinator_proofs
+            ],
             "known_log_size": self.known_log_size,
             "queries": [
                 {
@@ -228,6 +245,7 @@ def read_outbox(data: bytes, *, coordinator_keys: Mapping[str, bytes]) -> Outbox
             coordinator_proof=_proof(payload["coordinator_proof"]),
             known_log_size=_count(payload["known_log_size"], "known_log_size"),
             queries=queries,
+            coordinator_proofs=_proofs(payload.get("coordinator_proofs", [])),
         )
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise VerificationError(f"malformed outbox: {_short(exc)}") from None
@@ -338,6 +356,14 @@ def _proof(value: object) -> tuple[bytes, ...]:
             raise ValueError("a proof's hashes are 32 bytes")
         hashes.append(raw)
     return tuple(hashes)
+
+
+def _proofs(value: object) -> tuple[tuple[int, tuple[bytes, ...]], ...]:
+    if not isinstance(value, list) or len(value) > _MAX_PROOFS:
+        raise TypeError(f"coordinator_proofs is a list of at most {_MAX_PROOFS}")
+    if not all(isinstance(v, dict) for v in value):
+        raise TypeError("each of coordinator_proofs is an object")
+    return tuple((_count(v["from_size"], "from_size"), _proof(v["proof"])) for v in value)
 
 
 def _b64(hashes: Sequence[bytes]) -> list[str]:
