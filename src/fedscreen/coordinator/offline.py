@@ -32,6 +32,7 @@ from fedscreen._util.sqlite import transaction
 from fedscreen.coordinator.core import DATABASE_FILE, Coordinator
 from fedscreen.coordinator.quarantine import screen_answer
 from fedscreen.coordinator.releases import StoredRelease, newest_release
+from fedscreen.coordinator.runtime import node_refusal
 from fedscreen.crypto.envelope import Envelope
 from fedscreen.errors import ConfigError, QueryRefused, UnknownMember, VerificationError
 from fedscreen.protocol.answer import bounded
@@ -68,7 +69,7 @@ def queue_offline(
 ) -> dict[str, str]:
     """Queue ``query`` for its offline targets; returns node id -> why it is missing from
     the release being made (queued, or a secure query that cannot wait). A query id
-    queued before (a resubmission) stays queued once."""
+    queued before (a resubmission) is queued once, again unsettled."""
     offline = core.manifest.offline
     nodes = [n for n in targets if n in offline]
     if not nodes:
@@ -77,9 +78,13 @@ def queue_offline(
         return {n: NO_SECURE for n in nodes}
     at = _now_ms() if now_ms is None else now_ms
     with transaction(core.conn):
+        # a resubmitted query id is queued again: its new release needs the node's answer
+        # too (given again from the node's store, at no cost)
         core.conn.executemany(
-            "INSERT OR IGNORE INTO offline_queue (node, query_id, query_envelope, "
-            "academic_year, queued_ms) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO offline_queue (node, query_id, query_envelope, academic_year, "
+            "queued_ms) VALUES (?, ?, ?, ?, ?) ON CONFLICT (node, query_id) DO UPDATE SET "
+            "query_envelope = excluded.query_envelope, academic_year = excluded.academic_year, "
+            "queued_ms = excluded.queued_ms, settled_ms = NULL, outcome = NULL",
             [(n, query.query_id, envelope, academic_year or "", at) for n in nodes],
         )
     return {n: QUEUED for n in nodes}
@@ -179,14 +184,13 @@ def import_answers(core: Coordinator, data: bytes, *, now_ms: int | None = None)
         else:
             done.unchanged.append((answer.query_id, outcome))
     core.book.flush()
+    for query_id, reason in carried.refusals:
+        why = node_refusal(reason)
+        done.refused.append((query_id, why))
+        version = _refused_one(core, node, query_id, why, now_ms=at)
+        if version is not None:
+            done.released.append((query_id, version))
     with transaction(core.conn):
-        for query_id, reason in carried.refusals:
-            done.refused.append((query_id, bounded(reason)))
-            core.conn.execute(
-                "UPDATE offline_queue SET settled_ms = ?, outcome = ? "
-                "WHERE node = ? AND query_id = ? AND settled_ms IS NULL",
-                (at, f"refused: {bounded(reason)}", node, query_id),
-            )
         core.conn.execute(
             "INSERT INTO offline_link (node, coordinator_log_size) VALUES (?, ?) "
             "ON CONFLICT (node) DO UPDATE SET coordinator_log_size = "
@@ -247,13 +251,51 @@ def _import_one(
     return version
 
 
+def _refused_one(
+    core: Coordinator, node: str, query_id: str, why: str, *, now_ms: int
+) -> int | None:
+    """Settle a query the node refused; if its newest release still says the node's answer
+    is queued, the next version says why it is missing instead (returns that version)."""
+    queued = core.conn.execute(
+        "SELECT query_envelope, settled_ms FROM offline_queue WHERE node = ? AND query_id = ?",
+        (node, query_id),
+    ).fetchone()
+    if queued is None or queued[1] is not None:
+        return None
+    previous = newest_release(core.conn, query_id)
+    version = None
+    if previous is not None and previous.reasons.get(node) == QUEUED:
+        try:
+            query = verify_query(
+                Envelope.from_json(bytes(queued[0])),
+                manifest=core.manifest,
+                now_ms=0,
+                window_ms=2**62,
+            )
+        except (VerificationError, QueryRefused):
+            query = None  # its analyst was revoked since: no new version for it
+        if query is not None:
+            version = _release_late(core, query, previous, node, None, why=why)
+    _settle(core, node, query_id, now_ms, why)
+    return version
+
+
 def _release_late(
-    core: Coordinator, query: SignedQuery, previous: StoredRelease, node: str, raw: bytes
+    core: Coordinator,
+    query: SignedQuery,
+    previous: StoredRelease,
+    node: str,
+    raw: bytes | None,
+    *,
+    why: str = "",
 ) -> int:
-    """The next version of ``previous``: its answers and ``node``'s late one."""
-    answers = {**previous.answers, node: raw}
+    """The next version of ``previous``: its answers and ``node``'s late one (``raw``), or
+    with ``why`` as the reason ``node`` is missing (it refused)."""
+    answers = dict(previous.answers) if raw is None else {**previous.answers, node: raw}
     missing = [n for n in previous.targeted if n not in answers]
     reasons = {n: previous.reasons.get(n, "no answer") for n in missing}
+    if raw is None:
+        reasons[node] = why
     release = core.release(
         query, answers, missing, reasons=reasons, academic_year=previous.academic_year,
         targeted=previous.targeted, eligible=previous.eligible,
