@@ -1,0 +1,209 @@
+"""The coordinator's side of offline nodes, in process: queue, outbox, inbox, versions.
+
+Real homes (authority, coordinator, analyst, two county nodes with synthetic rows, one
+of them offline), real signatures and SQLite; the node answers the outbox through
+``node.offline.answer_outbox`` as ``fedscreen node answer-file`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from exportrows import screening_row, write_csv
+from localnode import answer_locally
+
+from fedscreen.analyst.query import make_query
+from fedscreen.coordinator.core import Coordinator, init_coordinator
+from fedscreen.coordinator.offline import (
+    NO_SECURE,
+    QUEUED,
+    import_answers,
+    make_outbox,
+    queue_offline,
+    queued_counts,
+)
+from fedscreen.coordinator.releases import newest_release
+from fedscreen.crypto.envelope import Envelope
+from fedscreen.errors import ConfigError, VerificationError
+from fedscreen.node.home import NodeConfig, init_home
+from fedscreen.node.ingest import ingest_paths
+from fedscreen.node.offline import answer_outbox
+from fedscreen.protocol.query import SignedQuery, verify_query
+from fedscreen.protocol.release import parse_release
+from fedscreen.trust import authority
+from fedscreen.trust.identity import create_identity, issue_here, update_manifest
+
+SQL = "SELECT sex, COUNT(*) FROM screenings WHERE academic_year = '2024-2025' GROUP BY sex"
+ONLINE, OFFLINE = "130104", "130105"
+DAY_MS = 86_400_000
+
+
+@dataclass
+class Fed:
+    root: Path
+    auth: Path
+    coordinator: Path
+    analyst: Path
+    nodes: dict[str, NodeConfig]
+
+
+@pytest.fixture
+def fed(tmp_path: Path) -> Fed:
+    auth = tmp_path / "auth"
+    authority.init_authority(auth, federation="test")
+    init_coordinator(tmp_path / "coord", member_id="coordinator", name="省平台")
+    issue_here(auth, tmp_path / "coord")
+    create_identity(tmp_path / "analyst", member_id="analyst-1", role="analyst", name="a")
+    issue_here(auth, tmp_path / "analyst")
+    nodes = {}
+    for code in (ONLINE, OFFLINE):
+        config = init_home(tmp_path / code, node_id=code, name=code)
+        issue_here(auth, config.home)
+        rows = [
+            screening_row(i, county_code=code, sex="F" if i % 3 else "M") for i in range(1, 120)
+        ]
+        ingest_paths(config, [write_csv(tmp_path / f"{code}.csv", rows)])
+        nodes[code] = config
+    authority.set_offline(auth, OFFLINE, offline=True)
+    text = authority.manifest_text(auth)
+    for home in (tmp_path / "coord", tmp_path / "analyst", *(c.home for c in nodes.values())):
+        update_manifest(home, text)
+    return Fed(tmp_path, auth, tmp_path / "coord", tmp_path / "analyst", nodes)
+
+
+def _ask(fed: Fed, core: Coordinator, *, secure: bool = False) -> tuple[str, dict[str, str]]:
+    """Submit a query as the server does: accept, queue for the offline node, answer the
+    online one, release. Returns the query id and why nodes are missing."""
+    query, envelope = make_query(fed.analyst, SQL, epsilon=0.5, accuracy=None, secure=secure)
+    accepted = core.accept(envelope, now_ms=int(time.time() * 1000))
+    why = queue_offline(core, accepted, envelope, core.targets(accepted), academic_year=None)
+    if secure:
+        return query.query_id, why
+    answer = answer_locally(fed.nodes[ONLINE], envelope)
+    core.release(accepted, {ONLINE: answer}, [OFFLINE], reasons=why, query_envelope=envelope)
+    return query.query_id, why
+
+
+def _trip(fed: Fed, core: Coordinator, name: str, *, later_ms: int = 0) -> str:
+    """Outbox -> the offline node's answer file (its clock ``later_ms`` ahead) -> its path."""
+    data, _ = make_outbox(core, OFFLINE)
+    out = fed.root / name
+    answer_outbox(
+        fed.nodes[OFFLINE].home, data, out, now_ms=lambda: int(time.time() * 1000) + later_ms
+    )
+    return str(out)
+
+
+def test_a_late_answer_makes_the_next_release_version(fed: Fed) -> None:
+    core = Coordinator.open(fed.coordinator)
+    try:
+        query_id, why = _ask(fed, core)
+        assert why == {OFFLINE: QUEUED}
+        assert queued_counts(fed.coordinator) == {OFFLINE: 1}
+        first = newest_release(core.conn, query_id)
+        assert first is not None
+        assert first.release_version == 1
+        assert first.missing == (OFFLINE,)
+        done = import_answers(core, Path(_trip(fed, core, "a.json")).read_bytes())
+        assert done.released == [(query_id, 2)]
+        second = newest_release(core.conn, query_id)
+        assert second is not None
+        assert second.missing == ()
+        body = parse_release(json.loads(_payload(second.envelope)))
+        assert (body.release_version, body.supersedes) == (2, first.digest)
+        assert queued_counts(fed.coordinator) == {}
+        # the same file again changes nothing
+        again = import_answers(core, Path(fed.root / "a.json").read_bytes())
+        assert again.released == []
+        assert [w for _, w in again.unchanged]
+        assert newest_release(core.conn, query_id) == second
+    finally:
+        core.close()
+
+
+def test_a_refusal_makes_a_version_saying_why_the_node_is_missing(fed: Fed) -> None:
+    core = Coordinator.open(fed.coordinator)
+    try:
+        query_id, _ = _ask(fed, core)
+        # carried to the node 31 days later: past the catalogue's 30-day window
+        path = _trip(fed, core, "late.json", later_ms=31 * DAY_MS)
+        done = import_answers(core, Path(path).read_bytes())
+        assert [q for q, _ in done.refused] == [query_id]
+        assert done.refused[0][1].startswith("refused: stale:")
+        newest = newest_release(core.conn, query_id)
+        assert newest is not None
+        assert newest.release_version == 2
+        assert newest.missing == (OFFLINE,)
+        assert newest.reasons[OFFLINE].startswith("refused: stale:")
+        assert queued_counts(fed.coordinator) == {}
+    finally:
+        core.close()
+
+
+def test_a_resubmitted_query_is_queued_again(fed: Fed) -> None:
+    core = Coordinator.open(fed.coordinator)
+    try:
+        _query, envelope = make_query(fed.analyst, SQL, epsilon=0.5, accuracy=None)
+        accepted = core.accept(envelope, now_ms=int(time.time() * 1000))
+        queue_offline(core, accepted, envelope, [OFFLINE], academic_year=None)
+        core.conn.execute("UPDATE offline_queue SET settled_ms = 1, outcome = 'answered'")
+        core.conn.commit()
+        assert queued_counts(fed.coordinator) == {}
+        queue_offline(core, accepted, envelope, [OFFLINE], academic_year=None)
+        assert queued_counts(fed.coordinator) == {OFFLINE: 1}
+    finally:
+        core.close()
+
+
+def test_secure_queries_are_not_queued(fed: Fed) -> None:
+    core = Coordinator.open(fed.coordinator)
+    try:
+        _query, envelope = make_query(fed.analyst, SQL, epsilon=0.5, accuracy=None, secure=True)
+        accepted = _parse(core, envelope)
+        why = queue_offline(core, accepted, envelope, [ONLINE, OFFLINE], academic_year=None)
+        assert why == {OFFLINE: NO_SECURE}
+        assert queued_counts(fed.coordinator) == {}
+    finally:
+        core.close()
+
+
+def test_an_outbox_is_only_for_an_active_offline_node(fed: Fed) -> None:
+    core = Coordinator.open(fed.coordinator)
+    try:
+        with pytest.raises(ConfigError, match="not marked offline"):
+            make_outbox(core, ONLINE)
+        with pytest.raises(ConfigError, match="not an active member"):
+            make_outbox(core, "999999")
+    finally:
+        core.close()
+
+
+def test_an_answer_file_for_an_outbox_never_made_is_refused(fed: Fed) -> None:
+    core = Coordinator.open(fed.coordinator)
+    try:
+        _ask(fed, core)
+        path = Path(_trip(fed, core, "a.json"))
+        core.conn.execute("DELETE FROM offline_outbox")
+        core.conn.commit()
+        size = core.log.size()
+        with pytest.raises(VerificationError, match="did not make"):
+            import_answers(core, path.read_bytes())
+        assert core.log.size() == size
+    finally:
+        core.close()
+
+
+def _parse(core: Coordinator, envelope: bytes) -> SignedQuery:
+    """A signed query without the coordinator's early checks (a secure query needs an
+    aggregator in the manifest for ``accept``; queueing does not)."""
+    return verify_query(
+        Envelope.from_json(envelope), manifest=core.manifest, now_ms=int(time.time() * 1000)
+    )
+
+
+def _payload(envelope: bytes) -> bytes:
+    return Envelope.from_json(envelope).unverified_payload()
