@@ -21,12 +21,14 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from localnode import answer_locally
+from reportplans import count_plan
 
-from fedscreen.analyst.query import fetch_verified, make_query, verify_fetched
+from fedscreen.analyst.query import FetchedRelease, fetch_verified, make_query, verify_fetched
 from fedscreen.cli.main import main
 from fedscreen.coordinator.core import Coordinator, init_coordinator
 from fedscreen.coordinator.releases import StoredRelease, newest_release
@@ -39,6 +41,9 @@ from fedscreen.node.dial import Welcomed
 from fedscreen.node.home import NodeConfig, init_home
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.protocol.query import new_query_id, verify_query
+from fedscreen.report.files import verify_run
+from fedscreen.report.late import check_later
+from fedscreen.report.plan import PlannedQuery
 from fedscreen.rpc.client import fetch_release, submit
 from fedscreen.rpc.transport import RpcFailed
 from fedscreen.synth import generate, write_export
@@ -303,3 +308,136 @@ def test_query_release_refusals_are_clear(fed: Fed, capsys: pytest.CaptureFixtur
         main([*base, SQL])  # a new query needs its ε
     assert exited.value.code == 2
     assert "--epsilon --accuracy" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- report run --include-late
+
+
+def _report_args(fed: Fed, plan: Path, out: Path) -> list[str]:
+    return ["report", "run", str(plan), "--home", str(fed.alice), "--coordinator", fed.address,
+            "--out", str(out)]  # fmt: skip
+
+
+def _model(out: Path) -> dict[str, Any]:
+    return dict(json.loads((out / "report.json").read_text(encoding="utf-8")))
+
+
+def test_report_include_late_replaces_a_release_by_its_later_version_and_verifies(
+    fed: Fed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report"
+    run = _report_args(fed, count_plan(tmp_path / "plan.toml", [0.1, 0.1]), out)
+    verify = ["report", "verify", str(out), "--manifest", str(fed.auth / "manifest.json")]
+    assert main(run) == 0
+    first = _model(out)
+    partial = {"version": 1, "answered": 2, "targeted": 3}
+    assert first["release_versions"] == {"q0": partial, "q1": partial}
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "<code>q0</code> version 1 (2 of 3 nodes answered)" in html
+    assert main(verify) == 0
+    capsys.readouterr()
+    # without --include-late a finished report is refused, as before
+    assert main(run) == 1
+    assert "already holds a report" in capsys.readouterr().err
+    # nothing later yet: nothing is written
+    written = (out / "report.json").read_bytes()
+    assert main([*run, "--include-late"]) == 0
+    said = capsys.readouterr().out
+    assert "q0: no later version (version 1, 2/3 nodes)" in said
+    assert "no release has a later version" in said
+    assert (out / "report.json").read_bytes() == written
+    # the late node answers q0's query; q1 stays as it was
+    version1 = (out / "releases" / "q0.json").read_bytes()
+    q1 = (out / "releases" / "q1.json").read_bytes()
+    late_version(fed, first["releases"]["q0"])
+    assert main([*run, "--include-late"]) == 0
+    said = capsys.readouterr().out
+    assert "q0: version 1 → 2 (now 3/3 nodes)" in said
+    assert "q1: no later version (version 1, 2/3 nodes)" in said
+    assert "1 of 2 releases replaced by a later version" in said
+    model = _model(out)
+    assert model["release_versions"] == {
+        "q0": {**partial, "version": 2, "answered": 3},
+        "q1": partial,
+    }
+    assert {n["id"]: n["answered"] for n in model["nodes"]}[LATE] == 1
+    assert (out / "releases" / "q1.json").read_bytes() == q1
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "<code>q0</code> version 2 (3 of 3 nodes answered)" in html
+    assert "1 of them a later version" in html
+    assert main(verify) == 0
+    assert "VALID" in capsys.readouterr().out
+    # the version the report states must be the release's
+    stated = _model(out)
+    stated["release_versions"]["q0"]["version"] = 1
+    (out / "report.json").write_text(json.dumps(stated), encoding="utf-8")
+    assert main(verify) == 2
+    assert "release_versions" in capsys.readouterr().err
+    (out / "report.json").write_text(json.dumps(model), encoding="utf-8")
+    # an edited release file, or the version-1 file put back under the version-2 report
+    version2 = (out / "releases" / "q0.json").read_bytes()
+    doc = json.loads(version2)
+    doc["answers"].pop(LATE)
+    (out / "releases" / "q0.json").write_text(json.dumps(doc), encoding="utf-8")
+    assert main(verify) == 2
+    assert "other answers than those delivered" in capsys.readouterr().err
+    (out / "releases" / "q0.json").write_bytes(version1)
+    assert main(verify) == 2
+    capsys.readouterr()
+    # (as a regeneration stopped between the release files and the report would leave
+    # it): --include-late fetches version 2 again and writes the report again
+    assert main([*run, "--include-late"]) == 0
+    said = capsys.readouterr().out
+    assert "the report's files do not match its releases" in said
+    assert "q0: version 1 → 2 (now 3/3 nodes)" in said
+    assert (out / "releases" / "q0.json").read_bytes() == version2
+    assert main(verify) == 0
+
+
+def test_a_later_version_must_extend_the_stored_release(fed: Fed) -> None:
+    # q0 of a report: its stored release (version 1), then versions 2 and 3 by the core
+    query_id = _ask(fed, fed.alice)
+    manifest = load_identity(fed.alice).manifest()
+    fetched1 = asyncio.run(fetch_verified(fed.alice, fed.address, query_id))
+    query = make_plan_query(fetched1)
+    stored = verify_run(query, fetched1.query_envelope, fetched1.release_envelope,
+                        fetched1.answers, manifest=manifest, where="q0")  # fmt: skip
+    assert check_later(stored, fetched1) is False  # the same release: nothing later
+    late_version(fed, query_id)
+    fetched2 = asyncio.run(fetch_verified(fed.alice, fed.address, query_id))
+    assert check_later(stored, fetched2) is True
+    release2 = fetched2.verified.release
+
+    def altered(**changes: Any) -> FetchedRelease:
+        verified = replace(fetched2.verified, release=replace(release2, **changes))
+        return replace(fetched2, verified=verified)
+
+    with pytest.raises(VerificationError, match="does not supersede the stored version 1"):
+        check_later(stored, altered(supersedes="00" * 32))
+    with pytest.raises(VerificationError, match="asked other nodes"):
+        check_later(stored, altered(targeted=ONLINE))
+    with pytest.raises(VerificationError, match="another year or from another coordinator"):
+        check_later(stored, altered(academic_year="2023-2024"))
+    with pytest.raises(VerificationError, match="does not keep"):
+        check_later(stored, altered(answers=release2.answers[1:]))
+    # version 3 (a second late answer made again) has no chain to version 1 to show:
+    # accepted on the same query, nodes and kept answers
+    assert check_later(stored, altered(release_version=3, supersedes="11" * 32)) is True
+    # the stored version is 2 now: version 1 is older, another version 2 is not it
+    newer = verify_run(query, fetched2.query_envelope, fetched2.release_envelope,
+                       fetched2.answers, manifest=manifest, where="q0")  # fmt: skip
+    with pytest.raises(VerificationError, match="older than the stored version 2"):
+        check_later(newer, fetched1)
+    with pytest.raises(VerificationError, match="another release of the stored version 2"):
+        check_later(newer, replace(fetched2, release_envelope=fetched1.release_envelope))
+    # another query's release (a signed query of bob's): refused before anything else
+    other = asyncio.run(fetch_verified(fed.bob, fed.address, _ask(fed, fed.bob)))
+    with pytest.raises(VerificationError, match="answers another signed query"):
+        check_later(stored, other)
+
+
+def make_plan_query(fetched: FetchedRelease) -> PlannedQuery:
+    """The plan query ``fetched`` answers (its SQL as the analyst signed it)."""
+    query = fetched.query
+    return PlannedQuery(name="q0", sql=SQL, spec=query.spec, epsilon=query.epsilon,
+                        accuracy=query.accuracy, public=False, cost=0.1, cells=2)  # fmt: skip

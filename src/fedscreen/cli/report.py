@@ -4,7 +4,9 @@
 analyst's home and the coordinator, checks the total against every node's signed
 budget statement; it exits 3 if a node cannot pay. ``report run`` does the same
 check, refuses before any query runs if it fails, then runs the plan and writes
-the report (see ``fedscreen.report.run``). ``report verify`` recomputes a written
+the report (see ``fedscreen.report.run``); ``report run --include-late`` on a finished
+report uses the newest version of each release instead, where late answers made a later
+one (``fedscreen.report.late``). ``report verify`` recomputes a written
 report from its signed releases and, given an audit bundle, finds every release in
 the coordinator's verified log.
 """
@@ -31,10 +33,12 @@ from fedscreen.errors import (
     ConfigError,
     VerificationError,
 )
+from fedscreen.policy import Policy
 from fedscreen.policy.default import PROVINCE_FILE, default_policy_dir
 from fedscreen.policy.load import load_node_policy, load_policy
 from fedscreen.query.spec import QuerySpec
 from fedscreen.report.affordable import NodeCheck
+from fedscreen.report.late import include_late
 from fedscreen.report.plan import ReportPlan, load_plan
 from fedscreen.report.produce import check_secure_floor, produce_report, report_targets
 from fedscreen.report.run import check_budgets
@@ -124,6 +128,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="DIR",
         help="a city or county report only: the province's published report of the same plan "
         "(verified first); its figures are shown beside this report's, not asked again",
+    )
+    run.add_argument(
+        "--include-late",
+        action="store_true",
+        help="--out holds a finished report: fetch the newest version of each of its "
+        "releases (answers that came late, e.g. by file from an offline node), verify it, "
+        "use it where it is a later version and write the report again; asks no node and "
+        "charges nothing",
     )
     run.set_defaults(func=run_report_command)
     verify = actions.add_parser(
@@ -334,6 +346,8 @@ def run_report_command(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy or default_policy_dir() / PROVINCE_FILE)
     plan = load_plan(args.plan, policy, year=args.year)
     print(f"plan {plan.name}: {len(plan.queries)} queries, {len(plan.statistics)} statistics")
+    if args.include_late:
+        return _include_late(args, plan, policy)
     # the scope is checked, and the province report verified, before anything is asked; a
     # PlanRefused ends the command with its exit code (3) before anything runs
     produced = produce_report(
@@ -354,6 +368,38 @@ def run_report_command(args: argparse.Namespace) -> int:
     print(
         f"report: {paths['html']}\n        {paths['json']}, {paths['csv']}, {args.out / 'releases'}"
     )
+    return 0
+
+
+def _include_late(args: argparse.Namespace, plan: ReportPlan, policy: Policy) -> int:
+    """``fedscreen report run --include-late``: the report again from later releases."""
+    given = [
+        flag
+        for flag, value in (
+            ("--year", args.year),
+            ("--nodes", args.nodes),
+            ("--scope", args.scope),
+            ("--province-report", args.province_report),
+        )
+        if value
+    ]
+    if given:
+        raise ConfigError(
+            f"--include-late keeps the report's own year, nodes and scope: drop {', '.join(given)}"
+        )
+    print(f"newest release versions for the report in {args.out}:")
+    updates = include_late(
+        args.home, args.coordinator, plan, args.out, policy=policy,
+        coordinator_id=args.coordinator_id,
+    )  # fmt: skip
+    later = [u for u in updates if u.after != u.before]
+    if later:
+        print(
+            f"{len(later)} of {len(updates)} releases replaced by a later version; report "
+            f"written again and verified: {args.out / 'report.html'}"
+        )
+    else:
+        print("no release has a later version")
     return 0
 
 

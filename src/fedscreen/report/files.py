@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from fedscreen._util.canonical import canonical_json
-from fedscreen._util.files import write_new_file
+from fedscreen._util.files import replace_file, write_new_file
 from fedscreen.analyst.query import verify_release
 from fedscreen.crypto.envelope import Envelope
 from fedscreen.errors import ConfigError, VerificationError
@@ -37,6 +37,7 @@ __all__ = [
     "csv_text",
     "normalized",
     "read_run",
+    "verify_run",
     "write_report",
 ]
 
@@ -85,16 +86,34 @@ def read_run(path: Path, query: PlannedQuery, *, manifest: Manifest) -> QueryRun
         answers = {n: a.encode("utf-8") for n, a in doc["answers"].items()}
     except (OSError, ValueError, KeyError, AttributeError, TypeError, RecursionError) as exc:
         raise VerificationError(f"{path}: not a readable release file: {exc!r}") from None
+    return verify_run(
+        query, query_bytes, release_bytes, answers, manifest=manifest, where=str(path)
+    )
+
+
+def verify_run(
+    query: PlannedQuery,
+    query_envelope: bytes,
+    release_envelope: bytes,
+    answers: Mapping[str, bytes],
+    *,
+    manifest: Manifest,
+    where: str,
+) -> QueryRun:
+    """The plan's ``query`` as run, from its signed bytes, every one verified (as
+    ``read_run``); VerificationError, naming ``where``, if anything fails."""
     signed = verify_query(
-        Envelope.from_json(query_bytes), manifest=manifest, now_ms=0, window_ms=_ANY_TIME
+        Envelope.from_json(query_envelope), manifest=manifest, now_ms=0, window_ms=_ANY_TIME
     )
     if canonical_json(signed.spec.to_json()) != canonical_json(query.spec.to_json()):
-        raise VerificationError(f"{path}: the signed query is not the plan's query {query.name}")
+        raise VerificationError(f"{where}: the signed query is not the plan's query {query.name}")
     if (signed.epsilon, signed.accuracy) != (query.epsilon, query.accuracy):
-        raise VerificationError(f"{path}: the signed query asks another ε than the plan")
-    verified = verify_release(release_bytes, manifest=manifest, query=signed, answers=answers)
+        raise VerificationError(f"{where}: the signed query asks another ε than the plan")
+    verified = verify_release(release_envelope, manifest=manifest, query=signed, answers=answers)
     released = Released(verified.body, verified.node_bodies, verified.charged)
-    return QueryRun(query.name, query_bytes, release_bytes, answers, released, signed.analyst)
+    return QueryRun(
+        query.name, query_envelope, release_envelope, dict(answers), released, signed.analyst
+    )
 
 
 CSV_HEADER: Final = (
@@ -149,10 +168,15 @@ def write_report(
     model: Mapping[str, Any],
     *,
     province: ProvinceReport | None = None,
+    replace: bool = False,
 ) -> dict[str, Path]:
     """Write plan.toml, the province report compared with (if any), report.csv,
-    report.html and, last, report.json into ``out``."""
-    if (out / REPORT_FILE).exists():
+    report.html and, last, report.json into ``out``.
+
+    ``replace``: a report regenerated from later release versions (``report.late``)
+    replaces the one there, each file atomically, the JSON last.
+    """
+    if (out / REPORT_FILE).exists() and not replace:
         raise ConfigError(f"{out} already holds a report; give a new --out directory")
     plan_copy = out / PLAN_FILE
     if plan_copy.exists() and plan_copy.read_bytes() != plan.source:
@@ -166,10 +190,15 @@ def write_report(
             write_new_file(copy, province.data, mode=0o644, what="province report")
     document = normalized(model)
     paths = {"html": out / "report.html", "json": out / REPORT_FILE, "csv": out / "report.csv"}
-    paths["csv"].write_text(csv_text(document), encoding="utf-8", newline="")
-    paths["html"].write_text(render_html(document), encoding="utf-8", newline="")
-    # the JSON last: its presence marks a complete report
-    paths["json"].write_text(
-        json.dumps(document, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
-    )
+    texts = {
+        "csv": csv_text(document),
+        "html": render_html(document),
+        # the JSON last: its presence marks a complete report
+        "json": json.dumps(document, ensure_ascii=False, indent=1) + "\n",
+    }
+    for kind, text in texts.items():
+        if replace:
+            replace_file(paths[kind], text.encode("utf-8"))
+        else:
+            paths[kind].write_text(text, encoding="utf-8", newline="")
     return paths

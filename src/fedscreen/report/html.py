@@ -22,6 +22,7 @@ from fedscreen.report._css import CSS
 from fedscreen.report._sections import Sections, esc, item_badge
 from fedscreen.report._view import Missing, read_report
 from fedscreen.report.format import PROVINCE, format_epsilon
+from fedscreen.report.versions import ReleaseUse, read_versions
 
 __all__ = ["render_html"]
 
@@ -41,6 +42,7 @@ def render_html(model: Mapping[str, Any]) -> str:
     """
     report = read_report(model)
     page = _Page(report)
+    page.versions = read_versions(model)
     return "".join(
         [
             "<!DOCTYPE html>\n",
@@ -65,6 +67,9 @@ def render_html(model: Mapping[str, Any]) -> str:
 
 class _Page(Sections):
     """The whole page: cover, summary, contents, the sections, privacy, how to verify."""
+
+    #: the release version each query used (none: a report from before versions)
+    versions: tuple[ReleaseUse, ...] = ()
 
     # --- parts of the page around the statistics ----------------------------------------
 
@@ -373,8 +378,26 @@ class _Page(Sections):
             "releases it came from. <code>fedscreen audit verify</code> checks them against the "
             "coordinator’s and the counties’ transparency logs. The plan’s SHA-256 on the first "
             "page identifies the exact plan that was run.</p>\n"
+            f"{self._versions()}"
             "</section>\n"
         )
+
+    def _versions(self) -> str:
+        """Which release version each query's figures used, and the nodes it combines."""
+        if not self.versions:
+            return ""
+        uses = "; ".join(
+            f"<code>{esc(u.name)}</code> version {u.version} ({u.answered} of {u.targeted} "
+            "nodes answered)"
+            for u in self.versions
+        )
+        later = sum(u.version > 1 for u in self.versions)
+        note = (
+            f" {later} of them a later version, adding answers that came late."
+            if later
+            else " Each is the first release of its query."
+        )
+        return f'<p class="versions">Releases used: {uses}.{note}</p>\n'
 
 
 def _span(values: Iterable[float]) -> str:

@@ -22,6 +22,7 @@ from fedscreen.report.figures import dims, statistic_rows
 from fedscreen.report.format import PROVINCE
 from fedscreen.report.plan import ReportPlan, Statistic
 from fedscreen.report.released import Released
+from fedscreen.report.versions import release_versions
 from fedscreen.trust.manifest import Manifest
 
 __all__ = [
@@ -165,6 +166,8 @@ def build_model(
             {"id": sid, "title": title, "statistics": sections[sid]} for sid, title in plan.sections
         ],
         "releases": {name: r.body["query_id"] for name, r in asked.items()},
+        # the version of each release used (a later one adds answers that came late)
+        "release_versions": release_versions({name: r.body for name, r in asked.items()}),
         **({} if plan.measure is None else {"measure": _measure(plan, released)}),
         **({} if province is None else {"province_report": province.summary()}),
     }

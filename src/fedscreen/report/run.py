@@ -17,7 +17,8 @@ computes the report's figures from the verified releases only. It writes:
 ``fedscreen report verify`` recomputes the whole report from these files. A run
 that stops part way keeps the releases it verified; running it again with the
 same ``--out`` resumes: it re-verifies them, checks the budgets for the queries
-still to run only, and runs those.
+still to run only, and runs those. A finished report is never run again; ``report run
+--include-late`` (``report.late``) regenerates it from later versions of its releases.
 """
 
 from __future__ import annotations
