@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -27,6 +28,7 @@ import grpc
 import pytest
 from localnode import answer_locally
 from reportplans import count_plan
+from test_federation import _cli
 
 from fedscreen.analyst.query import FetchedRelease, fetch_verified, make_query, verify_fetched
 from fedscreen.cli.main import main
@@ -41,7 +43,8 @@ from fedscreen.node.dial import Welcomed
 from fedscreen.node.home import NodeConfig, init_home
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.protocol.query import new_query_id, verify_query
-from fedscreen.report.files import verify_run
+from fedscreen.report.files import csv_text, verify_run
+from fedscreen.report.html import render_html
 from fedscreen.report.late import check_later
 from fedscreen.report.plan import PlannedQuery
 from fedscreen.rpc.client import fetch_release, submit
@@ -318,6 +321,13 @@ def _report_args(fed: Fed, plan: Path, out: Path) -> list[str]:
             "--out", str(out)]  # fmt: skip
 
 
+def _rewrite(out: Path, model: dict[str, Any]) -> None:
+    """``model`` as the report in ``out``, with its HTML and CSV."""
+    (out / "report.json").write_text(json.dumps(model), encoding="utf-8")
+    (out / "report.html").write_text(render_html(model), encoding="utf-8", newline="")
+    (out / "report.csv").write_text(csv_text(model), encoding="utf-8", newline="")
+
+
 def _model(out: Path) -> dict[str, Any]:
     return dict(json.loads((out / "report.json").read_text(encoding="utf-8")))
 
@@ -335,6 +345,12 @@ def test_report_include_late_replaces_a_release_by_its_later_version_and_verifie
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "<code>q0</code> version 1 (2 of 3 nodes answered)" in html
     assert main(verify) == 0
+    # a report written before release versions (no release_versions, no line in the
+    # HTML) still verifies while each of its releases is a first one
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    _rewrite(old, {k: v for k, v in first.items() if k != "release_versions"})
+    assert main(["report", "verify", str(old), *verify[3:]]) == 0
     capsys.readouterr()
     # without --include-late a finished report is refused, as before
     assert main(run) == 1
@@ -367,6 +383,19 @@ def test_report_include_late_replaces_a_release_by_its_later_version_and_verifie
     assert "1 of them a later version" in html
     assert main(verify) == 0
     assert "VALID" in capsys.readouterr().out
+    # ... but not once a release is a later version
+    _rewrite(old, {k: v for k, v in model.items() if k != "release_versions"})
+    shutil.copy(out / "releases" / "q0.json", old / "releases" / "q0.json")
+    assert main(["report", "verify", str(old), *verify[3:]]) == 2
+    assert "release_versions" in capsys.readouterr().err
+    # an auditor finds both versions in the coordinator's verified log (separate
+    # processes: the bundle's verification forks workers, this process runs a server)
+    bundle = tmp_path / "coordinator.bundle"
+    exported = _cli("audit", "export", "--home", str(fed.coordinator), "--out", str(bundle))
+    assert exported.returncode == 0, exported.stderr
+    audited = _cli(*verify, "--bundle", str(bundle))
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    assert "every release is in the coordinator's log" in audited.stdout
     # the version the report states must be the release's
     stated = _model(out)
     stated["release_versions"]["q0"]["version"] = 1
