@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from fedscreen.report._css import CSS
 from fedscreen.report._sections import Sections, esc, item_badge
-from fedscreen.report._view import Missing, read_report
+from fedscreen.report._view import Missing, Report, read_report
 from fedscreen.report.format import PROVINCE, format_epsilon
 from fedscreen.report.versions import ReleaseUse, read_versions
 
@@ -40,9 +40,8 @@ def render_html(model: Mapping[str, Any]) -> str:
     Raises ``ValueError`` naming the field when the model lacks a required field,
     has a value of the wrong type, or uses one statistic id twice.
     """
-    report = read_report(model)
-    page = _Page(report)
-    page.versions = read_versions(model)
+    page = _Page(read_report(model), read_versions(model))
+    report = page.r
     return "".join(
         [
             "<!DOCTYPE html>\n",
@@ -68,8 +67,10 @@ def render_html(model: Mapping[str, Any]) -> str:
 class _Page(Sections):
     """The whole page: cover, summary, contents, the sections, privacy, how to verify."""
 
-    #: the release version each query used (none: a report from before versions)
-    versions: tuple[ReleaseUse, ...] = ()
+    def __init__(self, report: Report, versions: tuple[ReleaseUse, ...]) -> None:
+        super().__init__(report)
+        #: the release version each query used (none: a report from before versions)
+        self.versions = versions
 
     # --- parts of the page around the statistics ----------------------------------------
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from html_models import realistic_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedscreen.report.html import render_html
 from fedscreen.report.versions import ReleaseUse, read_versions, release_versions
 
 JSON = st.recursive(
@@ -68,3 +70,22 @@ def test_a_model_before_release_versions_states_none() -> None:
 def test_malformed_entries_are_refused(entry: object) -> None:
     with pytest.raises(ValueError, match=r"release_versions\.q0"):
         read_versions({"release_versions": {"q0": entry}})
+
+
+def test_the_html_says_which_version_each_query_used() -> None:
+    model = realistic_model()
+    assert "Releases used" not in render_html(model)  # a report from before versions
+    model["release_versions"] = {
+        "q<1>": {"version": 2, "answered": 3, "targeted": 3},
+        "q2": {"version": 1, "answered": 2, "targeted": 3},
+    }
+    html = render_html(model)
+    assert (
+        "Releases used: <code>q&lt;1&gt;</code> version 2 (3 of 3 nodes answered); "
+        "<code>q2</code> version 1 (2 of 3 nodes answered). 1 of them a later version"
+    ) in html
+    model["release_versions"] = {"q2": {"version": 1, "answered": 2, "targeted": 3}}
+    assert "Each is the first release of its query." in render_html(model)
+    model["release_versions"] = {"q2": {"version": -1, "answered": 2, "targeted": 3}}
+    with pytest.raises(ValueError, match=r"release_versions\.q2"):
+        render_html(model)
