@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import shutil
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -32,7 +33,7 @@ from test_federation import _cli
 
 from fedscreen.analyst.query import FetchedRelease, fetch_verified, make_query, verify_fetched
 from fedscreen.cli.main import main
-from fedscreen.coordinator.core import Coordinator, init_coordinator
+from fedscreen.coordinator.core import DATABASE_FILE, Coordinator, init_coordinator
 from fedscreen.coordinator.releases import StoredRelease, newest_release
 from fedscreen.coordinator.runtime import Listening
 from fedscreen.coordinator.server import serve
@@ -470,3 +471,32 @@ def make_plan_query(fetched: FetchedRelease) -> PlannedQuery:
     query = fetched.query
     return PlannedQuery(name="q0", sql=SQL, spec=query.spec, epsilon=query.epsilon,
                         accuracy=query.accuracy, public=False, cost=0.1, cells=2)  # fmt: skip
+
+
+def test_include_late_keeps_a_release_the_coordinator_does_not_keep(
+    fed: Fed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report"
+    run = _report_args(fed, count_plan(tmp_path / "plan.toml", [0.1]), out)
+    assert main(run) == 0
+    written = (out / "report.json").read_bytes()
+    # as a release made before the coordinator kept its releases
+    query_id = _model(out)["releases"]["q0"]
+    conn = sqlite3.connect(fed.coordinator / DATABASE_FILE)
+    try:
+        with conn:
+            conn.execute("DELETE FROM release_store WHERE query_id = ?", (query_id,))
+    finally:
+        conn.close()
+    capsys.readouterr()
+    assert main([*run, "--include-late"]) == 0
+    said = capsys.readouterr().out
+    assert "q0: the coordinator keeps no version of this release; kept as it is" in said
+    assert (out / "report.json").read_bytes() == written
+    # another analyst cannot regenerate alice's report
+    bob = [*run[:4], str(fed.bob), *run[5:], "--include-late"]
+    assert main(bob) == 1
+    assert "is alice's report; only its analyst can fetch its releases" in capsys.readouterr().err
+    # nor is a directory without a finished report regenerated
+    assert main([*run[:-1], str(tmp_path / "empty"), "--include-late"]) == 1
+    assert "holds no finished report" in capsys.readouterr().err

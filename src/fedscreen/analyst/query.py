@@ -37,6 +37,7 @@ from fedscreen.protocol.query import (
 from fedscreen.protocol.release import ReleaseBody, check_release, parse_release
 from fedscreen.query.sqlparse import parse_sql
 from fedscreen.rpc.client import Fetched, Submitted, fetch_release, submit
+from fedscreen.rpc.transport import RpcFailed
 from fedscreen.trust.identity import load_identity
 from fedscreen.trust.manifest import Manifest
 
@@ -44,6 +45,7 @@ __all__ = [
     "FetchedRelease",
     "Submitted",
     "VerifiedRelease",
+    "fetch_if_kept",
     "fetch_verified",
     "make_query",
     "submit",
@@ -205,7 +207,8 @@ async def fetch_verified(
     home: Path, coordinator: str, query_id: str, *, coordinator_id: str | None = None
 ) -> FetchedRelease:
     """Fetch the newest release of ``query_id`` (one of the analyst in ``home``'s own
-    queries) and verify it against the home's manifest (``verify_fetched``)."""
+    queries) and verify it against the home's manifest (``verify_fetched``); RpcFailed
+    (NOT_FOUND) if the coordinator keeps none for this analyst."""
     identity = load_identity(home)
     if identity.role != "analyst":
         raise ConfigError(f"{home} holds a {identity.role} identity, not an analyst's")
@@ -213,3 +216,16 @@ async def fetch_verified(
     return verify_fetched(
         fetched, manifest=identity.manifest(), analyst=identity.member_id, query_id=query_id
     )
+
+
+async def fetch_if_kept(
+    home: Path, coordinator: str, query_id: str, *, coordinator_id: str | None = None
+) -> FetchedRelease | None:
+    """``fetch_verified``, or None if the coordinator keeps no release of ``query_id`` for
+    this analyst (one released before it kept its releases, or by another coordinator)."""
+    try:
+        return await fetch_verified(home, coordinator, query_id, coordinator_id=coordinator_id)
+    except RpcFailed as exc:
+        if exc.code.name == "NOT_FOUND":  # (grpc itself stays at the edge)
+            return None
+        raise

@@ -5,8 +5,9 @@ A node that answers by file (an offline node) answers after the report ran; the
 coordinator then publishes a later version of that query's release with the late
 answer (``release_version`` n + 1, ``supersedes``: the SHA-256 of version n). For each
 query of the report, ``include_late`` fetches the newest version
-(``analyst.query.fetch_verified``: this analyst's own signed query, the id asked, the
-release and every answer verified) and accepts it in place of the stored release only
+(``analyst.query.fetch_if_kept``: this analyst's own signed query, the id asked, the
+release and every answer verified; none, for a release made before the coordinator
+kept its releases) and accepts it in place of the stored release only
 if (``check_later``):
 
 * it answers the very same signed query (the query envelope, byte for byte): the same
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedscreen._util.files import replace_file
-from fedscreen.analyst.query import FetchedRelease, fetch_verified
+from fedscreen.analyst.query import FetchedRelease, fetch_if_kept
 from fedscreen.errors import ConfigError, VerificationError
 from fedscreen.policy import Policy
 from fedscreen.report.files import (
@@ -86,10 +87,10 @@ def include_late(
     write the report again from them; returns what became of each query's release.
 
     ConfigError if ``out`` holds no finished report of ``plan`` by this analyst;
-    VerificationError if a release the coordinator returns fails a check (nothing of
-    that query is replaced then). The report is rewritten when a release was replaced,
-    or when its files no longer match its releases (a regeneration interrupted between
-    the release files and the report files).
+    VerificationError if a release the coordinator returns fails a check (nothing is
+    replaced then: every release is checked before any file is written). The report is
+    rewritten when a release was replaced, or when its files no longer match its releases
+    (a regeneration interrupted between the release files and the report files).
     """
     identity = load_identity(home)
     manifest = identity.manifest()
@@ -110,26 +111,33 @@ def include_late(
         stale = True
     runs = dict(inputs.runs)
     outcome = []
+    # every release is fetched and checked before any file is replaced: a refused one
+    # leaves the directory as it was
     for name, run in inputs.runs.items():
         query_id = str(run.released.body["query_id"])
         fetched = asyncio.run(
-            fetch_verified(home, coordinator, query_id, coordinator_id=coordinator_id)
+            fetch_if_kept(home, coordinator, query_id, coordinator_id=coordinator_id)
         )
-        before = _version(run)
-        if check_later(run, fetched):
+        if fetched is None:
+            # released before the coordinator kept its releases: no later version either
+            say(f"  {name}: the coordinator keeps no version of this release; kept as it is")
+        elif check_later(run, fetched):
             runs[name] = verify_run(
                 plan.asked[name], fetched.query_envelope, fetched.release_envelope,
                 fetched.answers, manifest=manifest, where=f"the newest release of {name}",
             )  # fmt: skip
-            replace_file(
-                out / RELEASES_DIR / f"{name}.json",
-                json.dumps(runs[name].to_json(), ensure_ascii=False, indent=1).encode("utf-8"),
-            )
         body = runs[name].released.body
-        late = Late(name, before, _version(runs[name]), len(body["answered"]),
+        late = Late(name, _version(run), _version(runs[name]), len(body["answered"]),
                     len(body["targeted"]))  # fmt: skip
-        say(f"  {name}: {late.describe()}")
+        if fetched is not None:
+            say(f"  {name}: {late.describe()}")
         outcome.append(late)
+    for late in outcome:
+        if late.after != late.before:
+            replace_file(
+                out / RELEASES_DIR / f"{late.name}.json",
+                json.dumps(runs[late.name].to_json(), ensure_ascii=False, indent=1).encode(),
+            )
     if stale or any(late.after != late.before for late in outcome):
         model = inputs.build(manifest, runs=runs)
         write_report(out, inputs.plan, model, province=inputs.province, replace=True)
