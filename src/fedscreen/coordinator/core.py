@@ -17,9 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import re
 import tomllib
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from fedscreen.coordinator.checkpoints import CheckpointBook
 from fedscreen.coordinator.partials import SCHEMA as PARTIALS_SCHEMA
 from fedscreen.coordinator.releases import OFFLINE_SCHEMA, StoredRelease, store_release
 from fedscreen.coordinator.releases import SCHEMA as RELEASES_SCHEMA
+from fedscreen.coordinator.years import configured_year, one_year, pinned_year
 from fedscreen.crypto.envelope import RELEASE_V1, Envelope, sign_envelope
 from fedscreen.crypto.signing import SignatureMemo
 from fedscreen.errors import ConfigError, QueryRefused, VerificationError
@@ -55,8 +54,6 @@ DATABASE_FILE: Final = "coordinator.db"
 ROLE: Final = "coordinator"
 #: the reason a release states for a missing node when the caller gave none
 NO_REASON: Final = "no answer"
-#: what ``[query] academic_year`` in coordinator.toml must look like
-ACADEMIC_YEAR: Final = re.compile(r"[0-9]{4}-[0-9]{4}")
 
 
 @dataclass(frozen=True)
@@ -226,39 +223,13 @@ class Coordinator:
         return query
 
     def academic_year_for(self, query: SignedQuery, announced: Mapping[str, str]) -> str | None:
-        """The one academic year a query without years is answered for (None if it has years).
-
-        ``[query] academic_year`` in coordinator.toml if set; else the latest year that
-        most of the asked nodes announced (``announced``: node -> its latest year); None if
-        no node announced one. A tie goes to the *older* year: a node announcing a newer
-        latest year has most likely loaded the older one too, while one whose latest year
-        is older holds nothing newer — so a single node cannot steer the federation to a
-        year the others have not loaded by announcing a newer one. (A node without the
-        pinned year refuses ``no-data`` and is listed missing.)
-        """
+        """The one academic year a query without years is answered for (None if it has
+        years): ``coordinator.years.pinned_year`` with coordinator.toml's ``[query]
+        academic_year`` and the asked nodes' latest years (``announced``: node -> year)."""
         if query.spec.years:
             return None
-        configured = self._configured_year()
-        if configured is not None:
-            return configured
-        asked = self.targets(query)
-        counts = Counter(announced[n] for n in asked if announced.get(n))
-        if not counts:
-            return None
-        most = max(counts.values())
-        return min(year for year, count in counts.items() if count == most)
-
-    def _configured_year(self) -> str | None:
-        try:
-            config = tomllib.loads((self.home / CONFIG_FILE).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{self.home / CONFIG_FILE}: {exc}") from None
-        year = config.get("query", {}).get("academic_year")
-        if year is None:
-            return None
-        if not isinstance(year, str) or not ACADEMIC_YEAR.fullmatch(year):
-            raise ConfigError('[query] academic_year must be a year like "2024-2025"')
-        return year
+        configured = configured_year(self.home / CONFIG_FILE)
+        return pinned_year(configured, self.targets(query), announced)
 
     def release(
         self,
@@ -396,7 +367,7 @@ class Coordinator:
                 continue
             verified[node_id] = (raw, answer)
         if not query.spec.years and academic_year is None:
-            academic_year = _one_year(verified, lost, why)
+            academic_year = one_year(verified, lost, why)
         return Checked(verified, lost, why, academic_year)
 
     def verified_answer(
@@ -482,25 +453,6 @@ class Coordinator:
     def close(self) -> None:
         """Close the log database."""
         self.conn.close()
-
-
-def _one_year(
-    verified: dict[str, tuple[bytes, VerifiedAnswer]], lost: list[str], why: dict[str, str]
-) -> str | None:
-    """With no pinned year, the year most answers are for (ties: the older, as A8 pins);
-    the answers for other years are dropped as missing. None if no answer verified."""
-    years = Counter(answer.answer.query.years[0] for _, answer in verified.values())
-    if not years:
-        return None
-    # Academic years ("2024-2025") sort as strings; min over (-count, year) is the most
-    # common year, the older on a tie.
-    year = min(years.items(), key=lambda item: (-item[1], item[0]))[0]
-    for node_id, (_, answer) in list(verified.items()):
-        if answer.answer.query.years[0] != year:
-            del verified[node_id]
-            lost.append(node_id)
-            why[node_id] = f"answered for another academic year than {year}"
-    return year
 
 
 def export_log(home: Path) -> LogExport:

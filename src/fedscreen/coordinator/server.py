@@ -54,7 +54,6 @@ from fedscreen.coordinator.aggregation import AggregatorSessions
 from fedscreen.coordinator.aggregatorrpc import AggregatorLinkServicer
 from fedscreen.coordinator.analystrpc import AnalystReads
 from fedscreen.coordinator.auditrpc import AuditServicer
-from fedscreen.coordinator.core import ACADEMIC_YEAR
 from fedscreen.coordinator.offline import queue_offline
 from fedscreen.coordinator.runtime import (
     DEFAULT_SERVER_LIMITS,
@@ -78,6 +77,7 @@ from fedscreen.coordinator.sessions import (
     Withdraw,
     now_ms,
 )
+from fedscreen.coordinator.years import ACADEMIC_YEAR
 from fedscreen.errors import QueryRefused
 from fedscreen.protocol.query import shown_query_id
 from fedscreen.protocol.secure import aggregators as secure_aggregators
