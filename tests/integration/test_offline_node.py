@@ -125,6 +125,13 @@ def test_the_release_is_partial_then_complete_and_every_log_verifies(fed: Fed) -
     imported = fed.inbox("answers-1.json")
     assert imported.returncode == 0, imported.stderr
     assert "release version 2" in imported.stdout
+    # the node's signed budget statement came back with its answers: analysts see it
+    budgets = cli("budgets", "--home", str(fed.analyst), "--coordinator", fed.address,
+                  "--format", "json")  # fmt: skip
+    assert budgets.returncode == 0, budgets.stderr
+    (entry,) = [n for n in json.loads(budgets.stdout)["nodes"] if n["node_id"] == OFFLINE]
+    assert entry["statement"] is True
+    assert entry["connected"] is False
     # importing the same file again changes nothing
     again = fed.inbox("answers-1.json")
     assert again.returncode == 0, again.stderr

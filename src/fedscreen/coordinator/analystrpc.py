@@ -22,6 +22,7 @@ import grpc
 
 from fedscreen.coordinator import scoping
 from fedscreen.coordinator.core import Coordinator
+from fedscreen.coordinator.offline import offline_statements
 from fedscreen.coordinator.releases import StoredRelease, newest_release
 from fedscreen.coordinator.runtime import (
     CoreThread,
@@ -97,6 +98,10 @@ class AnalystReads(pb_grpc.AnalystServicer):
                 node_ids = scoping.within(self.core.core.manifest, member.id, node_ids)
         settle_statements(self.core.core.manifest, self.sessions)
         held = {n: envelope for n, (_, envelope) in self.sessions.budgets.items() if n in node_ids}
+        # an offline node's newest statement came in its last answer file
+        offline = node_ids & self.core.core.manifest.offline - set(held)
+        if offline:
+            held.update(await self.core.call(lambda core: offline_statements(core, offline)))
         return serde.statements_response(
             held,
             connected=[n for n in self.sessions.connected if n in node_ids],

@@ -36,6 +36,7 @@ from fedscreen.coordinator.runtime import node_refusal
 from fedscreen.crypto.envelope import Envelope
 from fedscreen.errors import ConfigError, QueryRefused, UnknownMember, VerificationError
 from fedscreen.protocol.answer import bounded
+from fedscreen.protocol.budget import verify_statement
 from fedscreen.protocol.offline import (
     ANSWERS_V1,
     MAX_QUERIES,
@@ -49,7 +50,14 @@ from fedscreen.protocol.offline import (
 from fedscreen.protocol.query import SignedQuery, verify_query
 from fedscreen.tlog.checkpoint import Checkpoint
 
-__all__ = ["Imported", "import_answers", "make_outbox", "queue_offline", "queued_counts"]
+__all__ = [
+    "Imported",
+    "import_answers",
+    "make_outbox",
+    "offline_statements",
+    "queue_offline",
+    "queued_counts",
+]
 
 
 #: why an offline node is missing from a release made before it answered
@@ -190,6 +198,7 @@ def import_answers(core: Coordinator, data: bytes, *, now_ms: int | None = None)
         version = _refused_one(core, node, query_id, why, now_ms=at)
         if version is not None:
             done.released.append((query_id, version))
+    _keep_statement(core, node, carried.statement)
     with transaction(core.conn):
         core.conn.execute(
             "INSERT INTO offline_link (node, coordinator_log_size) VALUES (?, ?) "
@@ -198,6 +207,31 @@ def import_answers(core: Coordinator, data: bytes, *, now_ms: int | None = None)
             (node, carried.coordinator_log_size),
         )
     return done
+
+
+def _keep_statement(core: Coordinator, node: str, envelope: bytes) -> None:
+    """Keep the node's budget statement from its answer file if it verifies and is newer
+    than the one kept: analysts read it (``fedscreen budgets``) as an online node's."""
+    if not envelope:
+        return
+    try:
+        statement = verify_statement(envelope, manifest=core.manifest, node_id=node)
+    except VerificationError:
+        return  # informative only: the answers stand on their own signatures
+    with transaction(core.conn):
+        core.conn.execute(
+            "INSERT INTO offline_statement (node, issued_ms, envelope) VALUES (?, ?, ?) "
+            "ON CONFLICT (node) DO UPDATE SET issued_ms = excluded.issued_ms, "
+            "envelope = excluded.envelope WHERE excluded.issued_ms > issued_ms",
+            (node, statement.issued_at_ms, envelope),
+        )
+
+
+def offline_statements(core: Coordinator, node_ids: Iterable[str]) -> dict[str, bytes]:
+    """The newest budget statement each of ``node_ids`` sent in an answer file."""
+    wanted = set(node_ids)
+    rows = core.conn.execute("SELECT node, envelope FROM offline_statement").fetchall()
+    return {str(n): bytes(e) for n, e in rows if n in wanted}
 
 
 def _import_one(

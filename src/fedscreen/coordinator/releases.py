@@ -48,8 +48,9 @@ CREATE INDEX IF NOT EXISTS release_store_query ON release_store (query_id, seq);
 """
 
 
-#: the queue of an offline node's queries, the outboxes made, and the size of the
-#: coordinator's log each offline node last said it holds (``coordinator.offline``)
+#: the queue of an offline node's queries, the outboxes made, each offline node's newest
+#: budget statement (from its answer files) and the size of the coordinator's log it
+#: last said it holds (``coordinator.offline``)
 OFFLINE_SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS offline_queue (
     node TEXT NOT NULL,
@@ -67,6 +68,11 @@ CREATE TABLE IF NOT EXISTS offline_outbox (
     known_log_size INTEGER NOT NULL,
     checkpoint_size INTEGER NOT NULL,
     made_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS offline_statement (
+    node TEXT PRIMARY KEY,
+    issued_ms INTEGER NOT NULL,
+    envelope BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS offline_link (
     node TEXT PRIMARY KEY,

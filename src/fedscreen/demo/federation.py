@@ -4,9 +4,11 @@ nodes, analyst, auditor.
 ``fedscreen demo`` builds it in a work directory (two school years of synthetic
 exports per county), starts the coordinator, the second aggregator of secure queries
 and every node as real processes on 127.0.0.1 (mutual TLS, the aggregator and the
-nodes dialling out), checks the annual report plan
-against every node's signed budget, runs it as the analyst (every release
-verified) and writes the report, then exports every log and verifies them as the
+nodes dialling out; the university's node is offline and gets its queries by file),
+checks the annual report plan against every node's signed budget, runs it as the
+analyst (every release verified) and writes the report, carries the offline node's
+queries and answers by file and regenerates the report from the later release
+versions, runs a city's report, then exports every log and verifies them as the
 auditor would, and stops the processes — also on Ctrl-C or an error.
 """
 
@@ -31,6 +33,7 @@ from fedscreen.demo.members import (
     Members,
     build,
 )
+from fedscreen.demo.offline import carry_by_file
 from fedscreen.demo.scopes import ask_outside, outside_node, refused_at_node
 from fedscreen.errors import ConfigError
 from fedscreen.node.home import export_log as node_log
@@ -161,7 +164,8 @@ def run(
             work / "aggregator.log",
         )
         starting = [(aggregator_ready, aggregator, work / "aggregator.log")]
-        for code in homes.nodes:
+        offline = load_identity(homes.coordinator).manifest().offline
+        for code in (c for c in homes.nodes if c not in offline):
             node_ready = work / f"{code}.ready"
             node = processes.start(
                 [
@@ -180,8 +184,10 @@ def run(
         for node_ready, node, log in starting:
             _wait_ready(node_ready, node, log)
         say(
-            f"   coordinator on {address}; the second aggregator and {len(homes.nodes)} nodes "
-            "connected\n"
+            f"   coordinator on {address}; the second aggregator and "
+            f"{len(homes.nodes) - len(offline)} nodes connected"
+            + (f" ({', '.join(sorted(offline))} offline: reached by file)" if offline else "")
+            + "\n"
         )
         say(
             f"3. the analyst runs the annual report ({'/'.join(PLAN)}): first every node's "
@@ -191,9 +197,17 @@ def run(
         province = produce_report(homes.analyst, address, plan, report_dir, policy=policy, say=say)
         written = province.paths
         _headline(province.model, say)
+        for node_id in sorted(offline):
+            say(
+                f"\n4. node {node_id} has no network path: its queries were queued, and are "
+                "carried to it by file"
+            )
+            carry_by_file(
+                homes, node_id, address, plan, report_dir, policy=policy, work=work, say=say
+            )
         city_id, city_name, city_scope = CITY_ANALYST
         say(
-            f"\n4. {city_name} ({city_id}, scope {city_scope}) runs the same plan over its own "
+            f"\n5. {city_name} ({city_id}, scope {city_scope}) runs the same plan over its own "
             "city, beside the province's published figures; its queries go to its city's "
             "nodes only, which answer the questions the province asked already from their "
             "stores (no further ε), and no secure figure can be summed again over them"
@@ -206,7 +220,7 @@ def run(
         outside = outside_node(homes)
         if outside is not None:
             say(
-                f"\n5. {CITY_ANALYST[1]} (scope {CITY_ANALYST[2]}) asks node {outside}, a "
+                f"\n6. {CITY_ANALYST[1]} (scope {CITY_ANALYST[2]}) asks node {outside}, a "
                 "county of another city"
             )
             envelope = ask_outside(homes, address, outside, say)
@@ -215,7 +229,7 @@ def run(
     if outside is not None:
         # the node's process has stopped: its log has one writer
         refused_at_node(homes, outside, envelope, say)
-    say("\n6. the auditor verifies every log offline, then both reports against them")
+    say("\n7. the auditor verifies every log offline, then both reports against them")
     manifest = load_identity(homes.auditor).manifest()
     reports = verify_bundle(_bundle(homes), manifest)
     for report in reports:

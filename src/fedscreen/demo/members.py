@@ -3,7 +3,8 @@
 "Province coordinates, city is the centre, county the base, schools the points":
 the demo has county nodes in two cities (石家庄 and 唐山), a senior high school of
 长安区 that runs its own node (its county's figures combine the two), a university
-that runs its own node and reports to the province only, a province analyst and
+that runs its own node and reports to the province only — on a counselling centre's
+machine with no network path, so its queries are carried to it by file — a province analyst and
 石家庄's city analyst (scope ``city:1301``), an auditor, the coordinator and the
 second aggregator. Every member is issued by one authority; every home holds the
 final manifest.
@@ -147,6 +148,9 @@ def build(
         {y: generate_university(uni, campus, n, y, seed + i) for i, y in _years()},
     )
     nodes[uni] = home
+    # its counselling centre's machine may not connect out: its queries go by file
+    authority.set_offline(auth, uni, offline=True)
+    say(f"   node {uni} is offline (no network path): its queries are carried to it by file")
     text = authority.manifest_text(auth)
     members = Members(
         auth=auth,

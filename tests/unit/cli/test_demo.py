@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,12 @@ def test_demo_runs_a_whole_federation_reports_and_audits_it(
         f"{table.name}: 3/6 nodes, ε={table.epsilon:g} per node; "
         f"missing 10094, 130102, {school}" in out
     )
+    # the university's node is offline: its queries were queued, carried to it by file,
+    # answered there and imported as later release versions; the report was regenerated
+    assert "(10094 offline: reached by file)" in out
+    assert "the province writes 10094-outbox.json: " in out
+    assert re.search(r"node 10094 answers it offline: \d+ answered", out)
+    assert re.search(r"\d+ of \d+ releases replaced by a later version; report verified", out)
     # the city's report asks the city's nodes only: three counties and the school
     assert f"scope city:1301: 4 nodes (130102, {school}, 130104, 130121)" in out
     assert f"{table.name}: 2/4 nodes, ε={table.epsilon:g} per node; missing 130102, {school}" in out
@@ -94,7 +101,11 @@ def test_demo_runs_a_whole_federation_reports_and_audits_it(
     assert plan.measure.served["phq9_by_location"] != table
     # the auditor: the coordinator's log, the second aggregator's and each node's, then the
     # report against them
-    assert f"{2 * asked} releases — valid" in out
+    # ... its releases: both reports', and the later versions the university's answers
+    # (carried by file) made
+    later = int(re.search(r"imports it: (\d+) new release versions", out)[1])  # type: ignore[index]
+    assert later > 0
+    assert f"{2 * asked + later} releases — valid" in out
     secure = [n for n, q in plan.queries.items() if q.secure]
     assert "fedscreen.aggregator/hebei-stats-bureau: " in out
     assert f"{len(secure)} answers, 0 releases — valid" in out
@@ -152,6 +163,10 @@ def test_demo_runs_a_whole_federation_reports_and_audits_it(
     )
     # ε spent per node and year, within what each node allows this analyst
     for spent in model["privacy"]["spent"]:
+        if spent["node"] == "10094":
+            # offline: no statement of its budget had come back when the plan was checked
+            assert spent["budget"] is None
+            continue
         assert spent["epsilon"] <= spent["budget"]
     # the secure statistics: province figures only, from both aggregators' partials
     stats = {s["id"]: s for sec in model["sections"] for s in sec["statistics"]}
@@ -169,7 +184,9 @@ def test_demo_runs_a_whole_federation_reports_and_audits_it(
         body = released[name].body
         # every node, but a school node holds no UPI answers
         assert sorted([*body["answered"], *body["missing"]]) == counties
-        assert set(body["missing"]) <= {school}
+        # a school node holds no UPI answers; an offline node cannot join a secure round
+        assert set(body["missing"]) <= {school, "10094"}
+        assert body["missing_reasons"]["10094"].startswith("offline: a secure query")
         assert len(body["secure"]["partials"]) == 2
     html = (report / "report.html").read_text(encoding="utf-8")
     # each statistic's facts and table, and the note on reading the figures
