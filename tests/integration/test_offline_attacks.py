@@ -527,6 +527,28 @@ def test_an_expired_query_is_refused_stale_and_the_refusal_travels_back(fed: Fed
     assert fed.state() == after
 
 
+def test_an_outbox_carried_as_text_still_round_trips(fed: Fed) -> None:
+    """A copy that changed the line ending (or dropped it) is the same signed outbox: the
+    node answers it and the coordinator recognises the outbox its answers are for."""
+    query_id = fed.query()
+    outbox = fed.outbox("crlf-outbox.json")
+    crlf = fed.path("crlf-copy.json")
+    crlf.write_bytes(outbox.read_bytes().rstrip(b"\n") + b"\r\n")
+    before = fed.state()
+    # an --out in a folder that does not exist is refused before anything is charged
+    nowhere = fed.root / "no-such-folder" / "answers.json"
+    refused(fed.answer(crlf, nowhere), "no-such-folder")
+    assert fed.state() == before
+    answers = fed.path("crlf-answers.json")
+    done = fed.answer(crlf, answers)
+    assert done.returncode == 0, done.stderr
+    assert fed.state().charges == before.charges + 1
+    imported = fed.inbox(answers)
+    assert imported.returncode == 0, imported.stderr
+    assert f"{query_id}: release version 2" in imported.stdout
+    assert fed.state().pending == 0
+
+
 # --- trust that changed while the file was on its way -----------------------------------
 
 
@@ -594,10 +616,16 @@ def test_a_node_database_restored_from_a_backup_answers_nothing(fed: Fed) -> Non
     # the operator restores last night's backup: the charge above is forgotten by it
     _copy_database(backup, database)
     assert fed.state().charges == before.charges
+    # meanwhile the authority signed a newer manifest: outbox 2 carries it, and the
+    # refusal must still say what is wrong (the database), not blame the manifest
+    newer = authority.set_offline(fed.auth, OFFLINE, offline=True)
+    update_manifest(fed.coordinator, authority.manifest_text(fed.auth))
     second = fed.outbox("restore-outbox-2.json")
+    assert parse_manifest(payload_of(second)[1]["manifest"]).version == newer.version
     out = fed.path("restore-answers-2.json")
     message = refused(fed.answer(second, out), "behind its saved checkpoint")
     assert "fedscreen node recover" in message
+    assert "does not verify" not in message
     assert not out.exists()
     assert fed.state().charges == before.charges  # nothing answered on the old ledger
 

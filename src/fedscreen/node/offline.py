@@ -24,7 +24,6 @@ coordinator last verified.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from fedscreen.crypto.envelope import Envelope, parse_json
 from fedscreen.errors import ConfigError, QueryRefused, UnknownMember, VerificationError
 from fedscreen.node.home import check_placement, load_config
 from fedscreen.node.link import CoordinatorLog
+from fedscreen.node.rollback import sync_checkpoint
 from fedscreen.node.worker import QueryWorker
 from fedscreen.protocol.answer import bounded
 from fedscreen.protocol.offline import (
@@ -44,6 +44,7 @@ from fedscreen.protocol.offline import (
     AnswerFile,
     CarriedAnswer,
     Outbox,
+    file_digest,
     read_outbox,
     sign_answer_file,
     unverified_payload,
@@ -54,6 +55,10 @@ from fedscreen.trust.manifest import Manifest
 
 __all__ = ["Answered", "answer_outbox"]
 
+#: answer bytes after which no further query of an outbox is answered: one answer is at
+#: most 4 MiB (a stream message's limit), and the file, base64 inside its envelope, must
+#: stay within what the coordinator reads (``protocol.offline.MAX_FILE_BYTES``)
+ANSWER_BYTES: Final = 6 << 20
 #: the outbox this node answered last (``{"outbox_sha256": …, "made_at_ms": …}``)
 LAST_OUTBOX_FILE: Final = "outbox.json"
 
@@ -68,6 +73,8 @@ class Answered:
     answered: list[tuple[str, float]] = field(default_factory=list)
     #: (query id, reason)
     refused: list[tuple[str, str]] = field(default_factory=list)
+    #: queries left for the next outbox: this answer file was full
+    deferred: list[str] = field(default_factory=list)
 
     @property
     def epsilon_spent(self) -> float:
@@ -81,15 +88,22 @@ def answer_outbox(
     """Verify the outbox ``data``, answer its queries, write the signed answer file ``out``.
 
     VerificationError or ConfigError (nothing answered, nothing charged) if the file
-    does not hold together or ``out`` exists already.
+    does not hold together, ``out`` exists already or its folder does not, or the
+    database is behind its saved checkpoint (restored: ``fedscreen node recover``).
     """
     clock = now_ms or (lambda: int(time.time() * 1000))
     if out.exists():
         raise ConfigError(f"{out} exists already; give a new --out")
+    # checked before answering: a file that cannot be written would leave ε charged
+    if not out.parent.is_dir():
+        raise ConfigError(f"{out.parent} is not a folder; give an --out in an existing one")
     config = load_config(home)
     identity = load_identity(home)
     if identity.member_id != config.node_id or identity.role != "node":
         raise ConfigError(f"{home}: the identity is not node {config.node_id}'s")
+    # a database restored behind its saved checkpoint is refused first, with its own
+    # reason (not as a manifest that "does not verify" when the outbox brings a newer one)
+    sync_checkpoint(config)
     manifest = identity.manifest()
     check_placement(config, manifest)
     _, payload = unverified_payload(data, OUTBOX_V1)
@@ -117,7 +131,7 @@ def answer_outbox(
         if outbox.coordinator != coordinator[0]:
             raise VerificationError(f"the outbox names coordinator {bounded(outbox.coordinator)}")
         check_placement(config, manifest)
-        digest = hashlib.sha256(data).hexdigest()
+        digest = file_digest(data)
         _check_not_older(home, outbox, digest)
         log = CoordinatorLog(home, coordinator[0])
         halted = _check_coordinator_log(log, outbox, key=coordinator[2])
@@ -155,9 +169,15 @@ def _answer_all(
 ) -> list[CarriedAnswer]:
     answers: list[CarriedAnswer] = []
     seen: set[str] = set()
+    carried = 0
     for query in outbox.queries:
         if query.query_id in seen:
             continue  # one answer per query: a repeat would be the stored answer again
+        if carried > ANSWER_BYTES:
+            # the file is full: the rest stay queued at the coordinator, uncharged here,
+            # and come again in its next outbox
+            done.deferred.append(query.query_id)
+            continue
         seen.add(query.query_id)
         if halted:
             worker.refuse_here(query.query_id, halted)
@@ -176,6 +196,7 @@ def _answer_all(
             done.refused.append((query.query_id, str(exc)))
             continue
         answers.append(CarriedAnswer(query.query_id, answered.envelope, tuple(answered.proof)))
+        carried += len(answered.envelope) + 64 * len(answered.proof)
         done.answered.append((query.query_id, _charged(answered.envelope)))
     return answers
 

@@ -21,7 +21,7 @@ the coordinator, payload type :data:`OUTBOX_V1`, whose payload is::
 node, payload type :data:`ANSWERS_V1`::
 
     {"format": 1, "node": ID, "coordinator": ID, "made_at_ms": INT,
-     "outbox_sha256": HEX,                    # the outbox file this answers, byte for byte
+     "outbox_sha256": HEX,                    # the outbox this answers (file_digest)
      "coordinator_log_size": INT,             # the coordinator checkpoint the node now holds
      "answers": [{"query_id": ID, "envelope": NODE-SIGNED-ANSWER-TEXT,
                   "proof": [BASE64, ...]}, ...],  # node log consistency from known_log_size
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -58,6 +59,7 @@ __all__ = [
     "CarriedAnswer",
     "CarriedQuery",
     "Outbox",
+    "file_digest",
     "read_answer_file",
     "read_outbox",
     "sign_answer_file",
@@ -201,6 +203,17 @@ def sign_answer_file(answers: AnswerFile, key: SigningKey) -> bytes:
 def _sign(payload_type: str, payload: Mapping[str, Any], key: SigningKey) -> bytes:
     envelope = sign_envelope(payload_type=payload_type, payload=canonical_json(payload), key=key)
     return envelope.to_json().encode("utf-8") + b"\n"
+
+
+def file_digest(data: bytes) -> str:
+    """SHA-256 (hex) of an outbox file as the coordinator wrote it: the envelope in
+    canonical form and a newline (what :func:`sign_outbox` writes). A copy that changed
+    only JSON whitespace or the line ending (carried as text) has the same digest, so the
+    coordinator still recognises the outbox an answer file names. VerificationError if
+    ``data`` is not an outbox envelope."""
+    envelope, _ = unverified_payload(data, OUTBOX_V1)
+    canonical = envelope.to_json().encode("utf-8") + b"\n"
+    return hashlib.sha256(canonical).hexdigest()
 
 
 def unverified_payload(data: bytes, payload_type: str) -> tuple[Envelope, Mapping[str, Any]]:

@@ -30,6 +30,7 @@ from fedscreen.protocol.offline import (
     CarriedAnswer,
     CarriedQuery,
     Outbox,
+    file_digest,
     read_answer_file,
     read_outbox,
     sign_answer_file,
@@ -125,7 +126,7 @@ def test_the_files_round_trip() -> None:
     # the documented shape, field by field
     assert set(payload) == {
         "format", "coordinator", "node", "made_at_ms", "manifest", "coordinator_checkpoint",
-        "coordinator_proof", "known_log_size", "queries",
+        "coordinator_proof", "coordinator_proofs", "known_log_size", "queries",
     }  # fmt: skip
     assert set(unverified_payload(ANSWER_FILE, ANSWERS_V1)[1]) == {
         "format", "node", "coordinator", "made_at_ms", "outbox_sha256",
@@ -150,6 +151,7 @@ outboxes = st.builds(
     coordinator_checkpoint=texts,
     coordinator_proof=proofs,
     known_log_size=counts,
+    coordinator_proofs=st.lists(st.tuples(counts, proofs), max_size=3).map(tuple),
     queries=st.lists(
         st.builds(
             CarriedQuery,
@@ -405,3 +407,22 @@ def test_a_hostile_payload_type_is_quoted_bounded_and_printable() -> None:
     message = refused(read_u, data, "the file holds")
     assert "\x1b" not in message
     assert len(message) < 400
+
+
+def test_the_file_digest_is_the_signed_files_whatever_the_carrying_did() -> None:
+    """What the coordinator hashed when it wrote the outbox is what the node names, even
+    after a copy changed the line ending or JSON whitespace; any other change is not."""
+    written = hashlib.sha256(OUTBOX_FILE).hexdigest()
+    assert file_digest(OUTBOX_FILE) == written
+    body = OUTBOX_FILE.rstrip(b"\n")
+    for carried in (
+        body,
+        body + b"\r\n",
+        b"  " + body + b"\n\n",
+        json.dumps(json.loads(body), indent=2).encode(),
+    ):
+        assert read_o(carried) == OUTBOX
+        assert file_digest(carried) == written
+    assert file_digest(sign_outbox(OUTBOX, OTHER)) != written
+    with pytest.raises(VerificationError):
+        file_digest(b"not a file")
