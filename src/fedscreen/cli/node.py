@@ -243,6 +243,9 @@ def run_answer_file(args: argparse.Namespace) -> int:
         print(f"  {query_id}: answered ({cost})")
     for query_id, reason in done.refused:
         print(f"  {shown_query_id(query_id)}: refused ({reason})")
+    if done.deferred:
+        print(f"  {len(done.deferred)} queries not answered: the file is full; they come "
+              "again in the coordinator's next outbox (nothing was charged for them)")  # fmt: skip
     print(f"{args.out}: signed answers; carry it back to the coordinator "
           "(fedscreen coordinator inbox)")  # fmt: skip
     return 0

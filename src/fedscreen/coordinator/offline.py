@@ -20,6 +20,7 @@ the release store take their state from the database, never from memory.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sqlite3
 import time
@@ -39,6 +40,7 @@ from fedscreen.protocol.answer import bounded
 from fedscreen.protocol.budget import verify_statement
 from fedscreen.protocol.offline import (
     ANSWERS_V1,
+    MAX_FILE_BYTES,
     MAX_QUERIES,
     AnswerFile,
     CarriedQuery,
@@ -99,7 +101,8 @@ def queue_offline(
 
 
 def make_outbox(core: Coordinator, node_id: str, *, now_ms: int | None = None) -> tuple[bytes, int]:
-    """The signed outbox file for ``node_id`` and how many queries it carries.
+    """The signed outbox file for ``node_id`` and how many queries it carries (the oldest
+    queued first, as many as keep the file within ``MAX_FILE_BYTES``).
 
     ConfigError if the node is not an active offline node of the manifest.
     """
@@ -140,13 +143,17 @@ def make_outbox(core: Coordinator, node_id: str, *, now_ms: int | None = None) -
         queries=queries,
     )
     data = sign_outbox(outbox, core.key)
+    while len(data) > MAX_FILE_BYTES and outbox.queries:
+        # the node reads no larger file: the newest queries wait for the next outbox
+        outbox = dataclasses.replace(outbox, queries=outbox.queries[: len(outbox.queries) // 2])
+        data = sign_outbox(outbox, core.key)
     with transaction(core.conn):
         core.conn.execute(
             "INSERT OR IGNORE INTO offline_outbox (sha256, node, known_log_size, "
             "checkpoint_size, made_ms) VALUES (?, ?, ?, ?, ?)",
             (hashlib.sha256(data).hexdigest(), node_id, outbox.known_log_size, size, at),
         )
-    return data, len(queries)
+    return data, len(outbox.queries)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from exportrows import screening_row, write_csv
 from localnode import answer_locally
 
 from fedscreen.analyst.query import make_query
+from fedscreen.coordinator import offline
 from fedscreen.coordinator.core import Coordinator, init_coordinator
 from fedscreen.coordinator.offline import (
     NO_SECURE,
@@ -29,6 +30,7 @@ from fedscreen.coordinator.offline import (
 from fedscreen.coordinator.releases import newest_release
 from fedscreen.crypto.envelope import Envelope
 from fedscreen.errors import ConfigError, VerificationError
+from fedscreen.node import offline as node_offline
 from fedscreen.node.home import NodeConfig, init_home
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.node.offline import answer_outbox
@@ -207,3 +209,30 @@ def _parse(core: Coordinator, envelope: bytes) -> SignedQuery:
 
 def _payload(envelope: bytes) -> bytes:
     return Envelope.from_json(envelope).unverified_payload()
+
+
+def test_an_outbox_and_an_answer_file_stay_within_the_file_limit(
+    fed: Fed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queries that do not fit wait for the next outbox; answers that do not fit are not
+    made (nor charged) and come with the next one."""
+    core = Coordinator.open(fed.coordinator)
+    try:
+        ids = [_ask(fed, core)[0] for _ in range(6)]
+        full, count = make_outbox(core, OFFLINE)
+        assert count == 6
+        monkeypatch.setattr(offline, "MAX_FILE_BYTES", len(full) - 1)
+        trimmed, count = make_outbox(core, OFFLINE)
+        assert 0 < count < 6
+        assert len(trimmed) < len(full)
+        # the node: one answer fills its file; the others are deferred, uncharged
+        monkeypatch.setattr(node_offline, "ANSWER_BYTES", 1)
+        out = fed.root / "first.json"
+        done = answer_outbox(fed.nodes[OFFLINE].home, full, out)
+        assert len(done.answered) == 1
+        assert done.deferred == ids[1:]
+        imported = import_answers(core, out.read_bytes())
+        assert imported.released == [(ids[0], 2)]
+        assert queued_counts(fed.coordinator) == {OFFLINE: 5}
+    finally:
+        core.close()
