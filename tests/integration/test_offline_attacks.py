@@ -549,6 +549,44 @@ def test_an_outbox_carried_as_text_still_round_trips(fed: Fed) -> None:
     assert fed.state().pending == 0
 
 
+def test_a_coordinator_log_that_went_back_gets_no_answers(fed: Fed) -> None:
+    """An outbox signed by the coordinator whose checkpoint is behind the one the node
+    holds (its log was rolled back): every query refused and recorded, nothing charged."""
+    fed.query()
+    fed.settle("went-back-1")  # the node holds this outbox's checkpoint
+    earlier = payload_of(fed.root / "went-back-1-outbox.json")[1]["coordinator_checkpoint"]
+    query_id = fed.query()
+    newer = fed.outbox("went-back-2-outbox.json")
+    answered = fed.path("went-back-2-answers.json")
+    assert fed.answer(newer, answered).returncode == 0  # now it holds a newer one
+
+    def rolled_back(p: dict[str, Any]) -> None:
+        p.update(
+            coordinator_checkpoint=earlier,
+            coordinator_proof=[],
+            coordinator_proofs=[],
+            made_at_ms=p["made_at_ms"] + 1,
+        )
+
+    forged = resigned(newer, fed.path("went-back-forged.json"), key_of(fed.coordinator),
+                      rolled_back)  # fmt: skip
+    before = fed.state()
+    seen = len(refusals(fed.offline))
+    out = fed.path("went-back-forged-answers.json")
+    done = fed.answer(forged, out)
+    assert done.returncode == 0, done.stderr
+    assert "0 answered, 1 refused" in done.stdout
+    assert "the coordinator's log went back" in done.stdout
+    assert fed.state() == before
+    assert len(refusals(fed.offline)) == seen + 1
+    # the inbox knows no such outbox: the refusal changes nothing there either
+    refused(fed.inbox(out), "did not make for node")
+    assert fed.state() == before
+    imported = fed.inbox(answered)
+    assert imported.returncode == 0, imported.stderr
+    assert fed.versions(query_id) == [1, 2]
+
+
 # --- trust that changed while the file was on its way -----------------------------------
 
 
@@ -662,6 +700,6 @@ def test_every_log_verifies_with_the_later_versions_counted(fed: Fed) -> None:
     assert coordinator["later_versions"] == later[0][0]
     assert coordinator["quarantines"] == 0  # no attack above passed for a rollback
     offline = next(r for r in logs if r["origin"].endswith(f"/{OFFLINE}"))
-    # the stale and the revoked refusals; the restored database never wrote to the log
-    assert offline["refusals"] == len(refusals(fed.offline)) == 2
+    # the stale, the revoked and the went-back refusals; the restored database wrote none
+    assert offline["refusals"] == len(refusals(fed.offline)) == 3
     assert offline["rollbacks"] == 0
