@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from fedscreen.audit.events import COORDINATOR_EVENTS, Quarantines, coordinator_event
 from fedscreen.audit.manifests import InForce, check_not_revoked, held_keys, iso_ms
@@ -182,9 +182,19 @@ class _Released:
     body: dict[str, Any]
 
 
+#: the reason a release states for an offline node whose answer is still to come by file
+#: (``coordinator.offline.QUEUED``; the auditor does not import the coordinator)
+QUEUED_REASON: Final = "offline: queued for the node's next answer file"
+#: how a release states a node's refusal (``coordinator.runtime.node_refusal``)
+REFUSAL_PREFIX: Final = "refused: "
+
+
 def _check_later_version(body: dict[str, Any], previous: _Released) -> None:
     """A later version (late answers by file) follows the newest release of its query:
-    it names it, counts on from it, and asks the same nodes for the same year."""
+    it names it, counts on from it, and asks the same nodes for the same year. It keeps
+    every answer of it (node, envelope digest, ε, log index and checkpoint, as named);
+    only nodes missing from it change: each answers now, or its queued answer became
+    its refusal; and at least one does (a version adding nothing is no later version)."""
     release, before = parse_release(body), parse_release(previous.body)
     if release.supersedes != previous.digest:
         raise ValueError("a later release version that does not follow the query's newest release")
@@ -194,6 +204,32 @@ def _check_later_version(body: dict[str, Any], previous: _Released) -> None:
         )
     if release.targeted != before.targeted or release.academic_year != before.academic_year:
         raise ValueError("a later release version asks other nodes or another year")
+    named = {a.node_id: a for a in release.answers}
+    for kept in before.answers:
+        if named.get(kept.node_id) != kept:
+            raise ValueError(
+                f"release version {release.release_version} does not keep {kept.node_id}'s "
+                f"answer of version {before.release_version}"
+            )
+    added = [n for n in named if n not in before.answer_digests()]
+    if any(n not in before.missing for n in added):
+        raise ValueError("a later release version adds an answer of a node that was not missing")
+    refused = []
+    for node in release.missing:
+        was, now = before.missing_reasons.get(node), release.missing_reasons.get(node)
+        if now == was:
+            continue
+        if was != QUEUED_REASON or now is None or not now.startswith(REFUSAL_PREFIX):
+            raise ValueError(
+                f"a later release version changes why {node} is missing other than by "
+                "its refusal of a queued query"
+            )
+        refused.append(node)
+    if not added and not refused:
+        raise ValueError(
+            f"release version {release.release_version} adds no answer and no refusal to "
+            f"version {before.release_version}"
+        )
 
 
 def _unreleased(run: list[tuple[int, str, bytes]], origin: str) -> EntryInvalid:

@@ -1,0 +1,187 @@
+"""The auditor's check of later release versions (issue 16, review finding F3).
+
+A real coordinator and real node homes, in process. A later version of a release
+(``release_version`` n + 1, ``supersedes``) is what ``coordinator inbox`` makes when an
+offline node's answer or refusal arrives by file: version n's answers and the late one.
+The coordinator here signs versions with its own key through ``Coordinator.release``
+(what the inbox calls), honest ones and fabricated ones; ``fedscreen audit verify`` must
+accept the first and exit 2 at the second. A node that keeps two histories (its home
+copied) has the coordinator relay a checkpoint of each; every one relayed must be a
+prefix of the node's own log (exit 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from exportrows import screening_row, write_csv
+from localnode import answer_locally
+
+from fedscreen.analyst.query import make_query
+from fedscreen.audit import coordinatorlog
+from fedscreen.cli.main import main
+from fedscreen.coordinator import offline, runtime
+from fedscreen.coordinator.core import Coordinator, init_coordinator
+from fedscreen.coordinator.releases import StoredRelease, newest_release
+from fedscreen.node.home import NodeConfig, init_home
+from fedscreen.node.ingest import ingest_paths
+from fedscreen.protocol.query import SignedQuery
+from fedscreen.trust import authority
+from fedscreen.trust.identity import create_identity, issue_here, update_manifest
+
+SQL = "SELECT sex, COUNT(*) FROM screenings WHERE academic_year = '2024-2025' GROUP BY sex"
+ONLINE, LATE, THIRD = "130104", "130105", "130107"
+COUNTIES = (ONLINE, LATE, THIRD)
+QUEUED = offline.QUEUED
+
+
+@dataclass
+class Federation:
+    root: Path
+    auth: Path
+    coordinator: Path
+    analyst: Path
+    nodes: dict[str, NodeConfig]
+
+
+@pytest.fixture
+def fed(tmp_path: Path) -> Federation:
+    auth = tmp_path / "auth"
+    authority.init_authority(auth, federation="test")
+    init_coordinator(tmp_path / "coord", member_id="coordinator", name="coordinator")
+    issue_here(auth, tmp_path / "coord")
+    create_identity(tmp_path / "analyst", member_id="analyst-1", role="analyst", name="A")
+    issue_here(auth, tmp_path / "analyst")
+    nodes = {}
+    for n, code in enumerate(COUNTIES):
+        config = init_home(tmp_path / code, node_id=code, name=code)
+        issue_here(auth, config.home)
+        rows = [
+            screening_row(i, county_code=code, sex="F" if i % 3 else "M")
+            for i in range(1, 60 + 20 * n)
+        ]
+        ingest_paths(config, [write_csv(tmp_path / f"{code}.csv", rows)])
+        nodes[code] = config
+    text = authority.manifest_text(auth)
+    for home in (tmp_path / "coord", tmp_path / "analyst", *(c.home for c in nodes.values())):
+        update_manifest(home, text)
+    return Federation(tmp_path, auth, tmp_path / "coord", tmp_path / "analyst", nodes)
+
+
+def _audit(fed: Federation, capsys: pytest.CaptureFixture[str], *, nodes: bool = False) -> int:
+    """``fedscreen audit export`` of the coordinator (and the nodes), then ``verify``."""
+    homes = [fed.coordinator, *((c.home for c in fed.nodes.values()) if nodes else ())]
+    bundle = fed.root / "bundle.json"
+    bundle.unlink(missing_ok=True)
+    args = [a for h in homes for a in ("--home", str(h))]
+    assert main(["audit", "export", *args, "--out", str(bundle)]) == 0
+    code = main(["audit", "verify", str(bundle), "--manifest", str(fed.auth / "manifest.json")])
+    capsys.readouterr()
+    return code
+
+
+def _first_release(fed: Federation) -> tuple[SignedQuery, bytes, StoredRelease]:
+    """A query the first county answers; the second's answer queued (it answers by file),
+    the third not connected."""
+    query, envelope = make_query(fed.analyst, SQL, epsilon=0.3, accuracy=None)
+    core = Coordinator.open(fed.coordinator)
+    try:
+        accepted = core.accept(envelope, now_ms=query.issued_at_ms)
+        core.release(
+            accepted,
+            {ONLINE: answer_locally(fed.nodes[ONLINE], envelope)},
+            [LATE, THIRD],
+            reasons={LATE: QUEUED, THIRD: "not connected"},
+            targeted=COUNTIES,
+            query_envelope=envelope,
+        )
+        stored = newest_release(core.conn, query.query_id)
+    finally:
+        core.close()
+    assert stored is not None
+    return accepted, envelope, stored
+
+
+def _version(
+    fed: Federation,
+    query: SignedQuery,
+    answers: dict[str, bytes],
+    reasons: dict[str, str],
+) -> int:
+    """The coordinator signs the next version of the query's newest release."""
+    core = Coordinator.open(fed.coordinator)
+    try:
+        previous = newest_release(core.conn, query.query_id)
+        assert previous is not None
+        release = core.release(
+            query,
+            answers,
+            [n for n in COUNTIES if n not in answers],
+            reasons=reasons,
+            targeted=previous.targeted,
+            query_envelope=previous.query_envelope,
+            previous=previous,
+        )
+        return int(release.body["release_version"])
+    finally:
+        core.close()
+
+
+def test_the_auditors_queued_reason_is_the_coordinators() -> None:
+    """The auditor states the coordinator's texts itself (the roles never import each
+    other): they must stay the same."""
+    assert coordinatorlog.QUEUED_REASON == offline.QUEUED
+    assert runtime.REASON_NOT_UNDERSTOOD.startswith(coordinatorlog.REFUSAL_PREFIX)
+    assert runtime.node_refusal("stale: too old").startswith(coordinatorlog.REFUSAL_PREFIX)
+
+
+def test_honest_later_versions_verify(fed: Federation, capsys: pytest.CaptureFixture[str]) -> None:
+    query, envelope, first = _first_release(fed)
+    late = answer_locally(fed.nodes[LATE], envelope)
+    # version 2 adds the late answer; another query's version 2 states the node's refusal
+    assert _version(fed, query, {**first.answers, LATE: late}, {THIRD: "not connected"}) == 2
+    assert _audit(fed, capsys, nodes=True) == 0
+    other, _, second = _first_release(fed)
+    refusal = runtime.node_refusal("stale: the query is older than the node accepts")
+    assert _version(fed, other, dict(second.answers), {LATE: refusal, THIRD: "not connected"}) == 2
+    assert _audit(fed, capsys, nodes=True) == 0
+
+
+def test_a_version_that_drops_an_answer_is_caught(
+    fed: Federation, capsys: pytest.CaptureFixture[str]
+) -> None:
+    query, envelope, _ = _first_release(fed)
+    late = answer_locally(fed.nodes[LATE], envelope)
+    _version(fed, query, {LATE: late}, {ONLINE: "no answer", THIRD: "not connected"})
+    assert _audit(fed, capsys) == 2
+
+
+def test_a_version_that_swaps_an_answer_is_caught(
+    fed: Federation, capsys: pytest.CaptureFixture[str]
+) -> None:
+    query, envelope, first = _first_release(fed)
+    # the node's answer given again from its store: another signed envelope of it
+    again = answer_locally(fed.nodes[ONLINE], envelope)
+    assert again != first.answers[ONLINE]
+    late = answer_locally(fed.nodes[LATE], envelope)
+    _version(fed, query, {ONLINE: again, LATE: late}, {THIRD: "not connected"})
+    assert _audit(fed, capsys) == 2
+
+
+@pytest.mark.parametrize(
+    "reasons",
+    [
+        {LATE: QUEUED, THIRD: "not connected"},  # nothing changes
+        {LATE: "whatever the coordinator likes", THIRD: "not connected"},
+        {LATE: QUEUED, THIRD: "refused: budget: exhausted"},  # a node that was not queued
+    ],
+    ids=["nothing-new", "made-up-reason", "not-queued"],
+)
+def test_a_version_adding_no_answer_and_no_refusal_is_caught(
+    fed: Federation, capsys: pytest.CaptureFixture[str], reasons: dict[str, str]
+) -> None:
+    query, _, first = _first_release(fed)
+    _version(fed, query, dict(first.answers), reasons)
+    assert _audit(fed, capsys) == 2
