@@ -33,6 +33,7 @@ from fedscreen.node.ingest import ingest_paths
 from fedscreen.node.offline import answer_outbox
 from fedscreen.protocol.offline import ANSWERS_V1, OUTBOX_V1
 from fedscreen.synth import generate, write_export
+from fedscreen.tlog.checkpoint import Checkpoint, sign_checkpoint
 from fedscreen.trust import authority
 from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
 from fedscreen.trust.manifest import parse_manifest
@@ -549,34 +550,36 @@ def test_an_outbox_carried_as_text_still_round_trips(fed: Fed) -> None:
     assert fed.state().pending == 0
 
 
-def test_a_coordinator_log_that_went_back_gets_no_answers(fed: Fed) -> None:
-    """An outbox signed by the coordinator whose checkpoint is behind the one the node
-    holds (its log was rolled back): every query refused and recorded, nothing charged."""
-    fed.query()
-    fed.settle("went-back-1")  # the node holds this outbox's checkpoint
-    earlier = payload_of(fed.root / "went-back-1-outbox.json")[1]["coordinator_checkpoint"]
+def test_a_coordinator_log_that_forked_gets_no_answers(fed: Fed) -> None:
+    """An outbox signed by the coordinator whose checkpoint has the size of the one the
+    node holds but another root (its log was rewritten): every query refused and
+    recorded, nothing charged."""
     query_id = fed.query()
-    newer = fed.outbox("went-back-2-outbox.json")
-    answered = fed.path("went-back-2-answers.json")
-    assert fed.answer(newer, answered).returncode == 0  # now it holds a newer one
+    newer = fed.outbox("forked-outbox.json")
+    answered = fed.path("forked-answers.json")
+    assert fed.answer(newer, answered).returncode == 0  # the node holds its checkpoint
+    key = key_of(fed.coordinator)
 
-    def rolled_back(p: dict[str, Any]) -> None:
+    def forked(p: dict[str, Any]) -> None:
+        note = p["coordinator_checkpoint"]
+        held = Checkpoint.from_body(note[: note.index("\n\n") + 1])
+        other = Checkpoint(held.origin, held.size, hashlib.sha256(held.root).digest())
         p.update(
-            coordinator_checkpoint=earlier,
+            coordinator_checkpoint=sign_checkpoint(other, key=key),
             coordinator_proof=[],
             coordinator_proofs=[],
             made_at_ms=p["made_at_ms"] + 1,
         )
 
-    forged = resigned(newer, fed.path("went-back-forged.json"), key_of(fed.coordinator),
-                      rolled_back)  # fmt: skip
+    forged = resigned(newer, fed.path("forked-forged.json"), key, forked)
     before = fed.state()
     seen = len(refusals(fed.offline))
-    out = fed.path("went-back-forged-answers.json")
+    out = fed.path("forked-forged-answers.json")
     done = fed.answer(forged, out)
     assert done.returncode == 0, done.stderr
     assert "0 answered, 1 refused" in done.stdout
     assert "the coordinator's log went back" in done.stdout
+    assert "forked" in done.stdout
     assert fed.state() == before
     assert len(refusals(fed.offline)) == seen + 1
     # the inbox knows no such outbox: the refusal changes nothing there either
@@ -700,6 +703,6 @@ def test_every_log_verifies_with_the_later_versions_counted(fed: Fed) -> None:
     assert coordinator["later_versions"] == later[0][0]
     assert coordinator["quarantines"] == 0  # no attack above passed for a rollback
     offline = next(r for r in logs if r["origin"].endswith(f"/{OFFLINE}"))
-    # the stale, the revoked and the went-back refusals; the restored database wrote none
+    # the stale, the revoked and the forked refusals; the restored database wrote none
     assert offline["refusals"] == len(refusals(fed.offline)) == 3
     assert offline["rollbacks"] == 0
