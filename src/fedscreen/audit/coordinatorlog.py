@@ -146,14 +146,14 @@ def check_coordinator_entries(
                 if report.secure is not None:
                     report.secure.release(index, body, coordinator=coordinator)
                 for node, (_, answer) in verified.items():
-                    # the key the answer verified under tells a re-keyed node's logs apart
+                    # the key the answer verified under tells a re-keyed node's logs apart;
+                    # every distinct checkpoint is kept: each must be a prefix of the node's
+                    # log (a node showing the coordinator two histories relays both)
                     relayed = (member_origin("node", node), manifest.member(node).key_id)
-                    known = report.relayed_checkpoints.get(relayed)
-                    if known is None or known[0].size < answer.checkpoint.size:
-                        report.relayed_checkpoints[relayed] = (
-                            answer.checkpoint,
-                            answer.checkpoint_note,
-                        )
+                    checkpoint = answer.checkpoint
+                    report.relayed_checkpoints.setdefault(relayed, {}).setdefault(
+                        (checkpoint.size, checkpoint.root), (checkpoint, answer.checkpoint_note)
+                    )
                 report.answers += len(run)
                 report.releases += 1
                 if body["missing"]:

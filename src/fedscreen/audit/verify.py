@@ -19,9 +19,10 @@ Checks, per log, in this order (the first failure decides the outcome):
    signature inside an entry by the members of the manifest version in force when
    it was logged (the log's ``manifest`` entries switch it) → else **2**
    (a coordinator's log: ``audit.coordinatorlog``; an aggregator's: ``audit.aggregatorlog``);
-5. across logs: every node checkpoint a coordinator relayed is a prefix of the node's
-   log (else **3**: a split view), and every secure release's partials agree with its
-   aggregator's log and the use-once rule (``audit.secure``) → else **2**.
+5. across logs: the node checkpoints a coordinator relayed agree (one root per size) and
+   each is a prefix of the node's log (else **3**: a split view), and every secure
+   release's partials agree with its aggregator's log and the use-once rule
+   (``audit.secure``) → else **2**.
 
 Nothing here does I/O: it takes parsed values and returns a report or raises.
 """
@@ -81,9 +82,12 @@ class LogReport:
     #: SHA-256 (hex) of each verified release envelope, so a report's releases can be
     #: matched to the log (``fedscreen report verify --bundle``)
     release_digests: set[str] = field(default_factory=set)
-    #: node origin -> the largest node checkpoint relayed in an answer (coordinator logs)
-    #: (a re-keyed node's logs under each key are told apart by its key id)
-    relayed_checkpoints: dict[tuple[str, str], tuple[Checkpoint, str]] = field(default_factory=dict)
+    #: (node origin, key id) -> (size, root) -> each distinct node checkpoint relayed in an
+    #: answer, with its signed note (coordinator logs; a re-keyed node's logs under each
+    #: key are told apart by its key id)
+    relayed_checkpoints: dict[tuple[str, str], dict[tuple[int, bytes], tuple[Checkpoint, str]]] = (
+        field(default_factory=dict)
+    )
     #: analysts' queries the coordinator accepted and logged (coordinator logs)
     requests: int = 0
     #: requests whose query id an earlier request already had (an analyst resubmitted it)
@@ -184,22 +188,46 @@ def verify_bundle(
         for log in bundle.logs
     ]
     # split view: every node checkpoint a coordinator relayed must be a prefix of the
-    # log that node exported (when the bundle has it)
+    # log that node exported (when the bundle has it), and no two may differ at one size
     for report in reports:
-        for (origin, key_id), (checkpoint, note) in report.relayed_checkpoints.items():
-            if (origin, key_id) not in trees:
-                continue
-            tree, size, latest = trees[origin, key_id]
-            if checkpoint.size > size or merkle.root(tree, size=checkpoint.size) != checkpoint.root:
-                raise HistoryInconsistent(
-                    f"{report.origin} relayed a checkpoint of {origin} (size {checkpoint.size}) "
-                    "that the node's own log contradicts: a split view",
-                    origin=origin,
-                    evidence=(note, latest),
-                )
+        for (origin, key_id), relayed in report.relayed_checkpoints.items():
+            _check_relayed(report.origin, origin, relayed, trees.get((origin, key_id)))
     # secure releases: the coordinator's and the aggregators' logs agree
     cross_check(r.secure for r in reports if r.secure)
     return reports
+
+
+def _check_relayed(
+    relayer: str,
+    origin: str,
+    relayed: Mapping[tuple[int, bytes], tuple[Checkpoint, str]],
+    tree: tuple[merkle.MemoryHashStore, int, str] | None,
+) -> None:
+    """Each checkpoint of ``origin`` that ``relayer`` relayed is consistent with the others
+    (one root per size) and, when the bundle holds that node's log (``tree``), a prefix of
+    it; else HistoryInconsistent. One root is computed per distinct size (O(log n) each
+    from the stored subtree hashes)."""
+    by_size: dict[int, tuple[bytes, str]] = {}
+    for (size, root), (_, note) in sorted(relayed.items()):
+        if size in by_size and by_size[size][0] != root:
+            raise HistoryInconsistent(
+                f"{relayer} relayed two checkpoints of {origin} of size {size} with "
+                "different roots: a split view",
+                origin=origin,
+                evidence=(by_size[size][1], note),
+            )
+        by_size[size] = (root, note)
+    if tree is None:
+        return
+    store, held, latest = tree
+    for size, (root, note) in by_size.items():
+        if size > held or merkle.root(store, size=size) != root:
+            raise HistoryInconsistent(
+                f"{relayer} relayed a checkpoint of {origin} (size {size}) "
+                "that the node's own log contradicts: a split view",
+                origin=origin,
+                evidence=(note, latest),
+            )
 
 
 def _verify_log(

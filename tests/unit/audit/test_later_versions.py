@@ -1,4 +1,5 @@
-"""The auditor's check of later release versions (issue 16, review finding F3).
+"""The auditor's check of later release versions and of the node checkpoints a
+coordinator relayed (issue 16, review findings F3 and F2).
 
 A real coordinator and real node homes, in process. A later version of a release
 (``release_version`` n + 1, ``supersedes``) is what ``coordinator inbox`` makes when an
@@ -12,6 +13,7 @@ prefix of the node's own log (exit 3).
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from fedscreen.cli.main import main
 from fedscreen.coordinator import offline, runtime
 from fedscreen.coordinator.core import Coordinator, init_coordinator
 from fedscreen.coordinator.releases import StoredRelease, newest_release
-from fedscreen.node.home import NodeConfig, init_home
+from fedscreen.node.home import NodeConfig, init_home, load_config
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.protocol.query import SignedQuery
 from fedscreen.trust import authority
@@ -185,3 +187,48 @@ def test_a_version_adding_no_answer_and_no_refusal_is_caught(
     query, _, first = _first_release(fed)
     _version(fed, query, dict(first.answers), reasons)
     assert _audit(fed, capsys) == 2
+
+
+def _fork(config: NodeConfig, where: Path) -> NodeConfig:
+    """A second copy of the node's home: a node keeping two histories."""
+    shutil.copytree(config.home, where)
+    fork = load_config(where)
+    assert fork.database.is_relative_to(where)
+    return fork
+
+
+def _release(fed: Federation, answers: dict[str, bytes], query: SignedQuery, env: bytes) -> None:
+    core = Coordinator.open(fed.coordinator)
+    try:
+        accepted = core.accept(env, now_ms=query.issued_at_ms)
+        missing = [n for n in COUNTIES if n not in answers]
+        core.release(accepted, answers, missing, query_envelope=env)
+    finally:
+        core.close()
+
+
+def test_every_relayed_checkpoint_is_checked_against_the_nodes_log(
+    fed: Federation, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The coordinator relays a checkpoint of the node's other history, then a larger one of
+    the history the node exports: the smaller one is not a prefix of the node's log."""
+    fork = _fork(fed.nodes[LATE], fed.root / "fork")
+    first, first_env = make_query(fed.analyst, SQL, epsilon=0.3, accuracy=None)
+    _, second_env = make_query(fed.analyst, SQL, epsilon=0.2, accuracy=None)
+    third, third_env = make_query(fed.analyst, SQL, epsilon=0.1, accuracy=None)
+    _release(fed, {LATE: answer_locally(fork, first_env)}, first, first_env)
+    answer_locally(fed.nodes[LATE], second_env)  # the exported history at the same size
+    _release(fed, {LATE: answer_locally(fed.nodes[LATE], third_env)}, third, third_env)
+    assert _audit(fed, capsys) == 0  # alone, the coordinator's log shows no contradiction
+    assert _audit(fed, capsys, nodes=True) == 3
+
+
+def test_two_relayed_checkpoints_of_one_size_are_a_split_view(
+    fed: Federation, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fork = _fork(fed.nodes[LATE], fed.root / "fork")
+    first, first_env = make_query(fed.analyst, SQL, epsilon=0.3, accuracy=None)
+    second, second_env = make_query(fed.analyst, SQL, epsilon=0.2, accuracy=None)
+    _release(fed, {LATE: answer_locally(fork, first_env)}, first, first_env)
+    _release(fed, {LATE: answer_locally(fed.nodes[LATE], second_env)}, second, second_env)
+    assert _audit(fed, capsys) == 3
