@@ -28,6 +28,7 @@ from fedscreen._util.sqlite import connect, transaction
 from fedscreen.coordinator import scoping
 from fedscreen.coordinator.checkpoints import CheckpointBook
 from fedscreen.coordinator.partials import SCHEMA as PARTIALS_SCHEMA
+from fedscreen.coordinator.queryids import check_query_id
 from fedscreen.coordinator.releases import OFFLINE_SCHEMA, StoredRelease, store_release
 from fedscreen.coordinator.releases import SCHEMA as RELEASES_SCHEMA
 from fedscreen.coordinator.years import configured_year, one_year, pinned_year
@@ -213,6 +214,9 @@ class Coordinator:
             check_secure_release(
                 self.policy, nodes=len(scoping.secure_targets(self.manifest, query))
             )
+        # the id stays its first signed query's: another analyst's query under it would
+        # take over its releases and its offline queue rows
+        check_query_id(self.conn, query.query_id, query_envelope, queued_at=self.manifest.offline)
         self._append(
             {
                 "kind": "request",
