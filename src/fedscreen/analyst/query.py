@@ -172,7 +172,14 @@ def verify_fetched(
 ) -> FetchedRelease:
     """Verify a fetched release: VerificationError unless the query it came with is a
     query signed by ``analyst`` (any age) with id ``query_id``, and the release verifies
-    against it (``verify_release``) and states the version the coordinator said."""
+    against it (``verify_release``) and states the version the coordinator said.
+
+    A later version (``release_version`` > 1) is checked on its own only: the release
+    it ``supersedes`` is not fetched, so whether it kept every answer of that one is
+    not known here. ``report run --include-late`` checks that against the release it
+    stored (``report.late.check_later``), and an auditor against the coordinator's log
+    (``audit.coordinatorlog``: a version that drops, swaps or adds nothing is refused).
+    """
     try:
         query = verify_query(
             Envelope.from_json(fetched.query_envelope),
