@@ -31,7 +31,7 @@ from fedscreen.crypto.signing import SigningKey
 from fedscreen.node.home import NodeConfig, init_home
 from fedscreen.node.ingest import ingest_paths
 from fedscreen.node.offline import answer_outbox
-from fedscreen.protocol.offline import ANSWERS_V1, OUTBOX_V1
+from fedscreen.protocol.offline import ANSWERS_V1, MAX_FILE_BYTES, OUTBOX_V1
 from fedscreen.synth import generate, write_export
 from fedscreen.tlog.checkpoint import Checkpoint, sign_checkpoint
 from fedscreen.trust import authority
@@ -438,6 +438,19 @@ def test_a_tampered_or_misattributed_answer_file_changes_nothing(fed: Fed) -> No
         refused(fed.inbox(path), reason)
         assert fed.state() == before, what
         assert fed.versions(query_id) == [1], what
+
+    # truncated, over the size either side reads, or not there: refused, nothing read
+    data = answers.read_bytes()
+    cut = fed.path("t-cut.json")
+    cut.write_bytes(data[: len(data) - 40])
+    refused(fed.inbox(cut), "not a signed fedscreen file")
+    big = fed.path("t-big.json")
+    with big.open("wb") as handle:
+        handle.write(data)
+        handle.truncate(MAX_FILE_BYTES + 1)  # sparse: no 16 MiB written
+    refused(fed.inbox(big), f"larger than {MAX_FILE_BYTES} bytes")
+    refused(fed.inbox(fed.root / "no-such-answers.json"), "cannot read")
+    assert fed.state() == before
 
     # the node's own signature over one answer that is not what it signed: that answer is
     # reported and released in no version; the file's other content is still read
