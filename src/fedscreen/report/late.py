@@ -21,6 +21,15 @@ if (``check_later``):
   only adds answers: no figure of a node is swapped).
 
 The same version again must be the same release, byte for byte; an older one is refused.
+
+A release of the same signed query that is not on the stored release's chain of versions
+leaves the stored release in place, with a line saying why, and the other queries go on
+(``kept_because``): an analyst's client may resubmit the very same signed query (a
+retry), which the coordinator releases as a new version 1 of its own chain, and Fetch
+returns the newest release. So an older version, another release of the stored version,
+or a version n + 1 that does not supersede the stored version n is kept aside, not
+refused. A later version of a chain further on than n + 1 cannot be told from one of the
+stored chain: it is checked as above (and refused if it drops a stored answer).
 Each accepted release replaces ``releases/<name>.json`` atomically, then the report is
 computed again from all releases and its files are replaced (report.json last) and
 verified. Nothing is charged: fetching asks no node anything.
@@ -51,7 +60,7 @@ from fedscreen.report.plan import ReportPlan
 from fedscreen.report.verify import check_report, read_inputs, verify_report
 from fedscreen.trust.identity import load_identity
 
-__all__ = ["Late", "check_later", "include_late"]
+__all__ = ["Late", "check_later", "include_late", "kept_because"]
 
 
 @dataclass(frozen=True)
@@ -64,10 +73,15 @@ class Late:
     after: int
     answered: int
     targeted: int
+    #: why the coordinator's newest release was not taken ("": it was, or none is later)
+    kept: str = ""
 
     def describe(self) -> str:
-        """ "version 1 → 2 (now 3/3 nodes)", or "no later version (…)"."""
+        """ "version 1 → 2 (now 3/3 nodes)", "no later version (…)", or "kept version 2:
+        (why)"."""
         nodes = f"{self.answered}/{self.targeted} nodes"
+        if self.kept:
+            return f"kept version {self.before}: {self.kept}"
         if self.after == self.before:
             return f"no later version (version {self.before}, {nodes})"
         return f"version {self.before} → {self.after} (now {nodes})"
@@ -111,6 +125,7 @@ def include_late(
         stale = True
     runs = dict(inputs.runs)
     outcome = []
+    kept: dict[str, str] = {}
     # every release is fetched and checked before any file is replaced: a refused one
     # leaves the directory as it was
     for name, run in inputs.runs.items():
@@ -121,6 +136,8 @@ def include_late(
         if fetched is None:
             # released before the coordinator kept its releases: no later version either
             say(f"  {name}: the coordinator keeps no version of this release; kept as it is")
+        elif (why := kept_because(run, fetched)) is not None:
+            kept[name] = why  # another chain (a resubmission's): the stored release stays
         elif check_later(run, fetched):
             runs[name] = verify_run(
                 plan.asked[name], fetched.query_envelope, fetched.release_envelope,
@@ -128,7 +145,7 @@ def include_late(
             )  # fmt: skip
         body = runs[name].released.body
         late = Late(name, _version(run), _version(runs[name]), len(body["answered"]),
-                    len(body["targeted"]))  # fmt: skip
+                    len(body["targeted"]), kept.get(name, ""))  # fmt: skip
         if fetched is not None:
             say(f"  {name}: {late.describe()}")
         outcome.append(late)
@@ -179,6 +196,25 @@ def check_later(stored: QueryRun, fetched: FetchedRelease) -> bool:
             f"({len(dropped)} node(s))"
         )
     return True
+
+
+def kept_because(stored: QueryRun, fetched: FetchedRelease) -> str | None:
+    """Why ``fetched``, a release of the stored signed query that is not on the stored
+    release's chain of versions, leaves the stored release in place (a resubmission of
+    the same signed query makes a chain of its own); None: ``check_later`` judges it (the
+    same release, a later version, or one to refuse: another query's, or one claiming to
+    supersede the stored version)."""
+    if fetched.query_envelope != stored.query_envelope:
+        return None  # another signed query: refused by check_later
+    new, before = fetched.verified.release, _version(stored)
+    newest = "the coordinator's newest release of this query is a resubmission's version"
+    if new.release_version < before:
+        return f"{newest} {new.release_version}"
+    if new.release_version == before and fetched.release_envelope != stored.release_envelope:
+        return f"{newest} {before}, another release than the stored one"
+    if new.release_version == before + 1 and new.supersedes != _digest(stored):
+        return f"{newest} {new.release_version}, which does not supersede the stored one"
+    return None
 
 
 def _answer_digests(run: QueryRun) -> dict[str, str]:
