@@ -520,7 +520,7 @@ def test_an_expired_query_is_refused_stale_and_the_refusal_travels_back(fed: Fed
     # the release's next version says why the node is missing: refused, not queued
     assert f"{query_id}: release version 2" in imported.stdout
     assert "1 refusals" in imported.stdout
-    assert "refused by the node (refused: stale" in imported.stdout
+    assert "the node refused: stale" in imported.stdout
     assert fed.versions(query_id) == [1, 2]
     answers, reasons = fed.coordinator_rows(
         "SELECT answer_entries, reasons FROM release_store WHERE query_id = ? "
@@ -636,7 +636,7 @@ def test_a_revoked_analysts_queued_query_is_refused_once_the_node_knows(fed: Fed
 
     imported = fed.inbox(answers)
     assert imported.returncode == 0, imported.stderr
-    assert "refused by the node (refused: revoked" in imported.stdout
+    assert "the node refused: revoked" in imported.stdout
     after = fed.state()
     assert after.charges == before.charges
     assert after.pending == 0

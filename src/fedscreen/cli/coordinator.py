@@ -99,6 +99,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     outbox.add_argument("--home", type=Path, required=True)
     outbox.add_argument("--node", required=True, help="the offline node's member id")
     outbox.add_argument("--out", type=Path, required=True, help="file to create")
+    outbox.add_argument(
+        "--from-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also prove the coordinator's log from its checkpoint of N entries (the size a "
+        "node refusing an outbox names: one it got online before it went offline)",
+    )
     outbox.set_defaults(func=run_outbox)
 
     inbox = coord_sub.add_parser(
@@ -193,9 +201,14 @@ def run_readmit(args: argparse.Namespace) -> int:
 
 def run_outbox(args: argparse.Namespace) -> int:
     """``fedscreen coordinator outbox``: works whether or not the coordinator is running."""
+    # before the outbox is recorded: one that is never written must not be recorded
+    if args.out.exists():
+        raise ConfigError(f"{args.out} exists already; give a new --out")
+    if not args.out.parent.is_dir():
+        raise ConfigError(f"{args.out.parent} is not a folder; give an --out in an existing one")
     core = Coordinator.open(args.home)
     try:
-        data, count = make_outbox(core, args.node)
+        data, count = make_outbox(core, args.node, from_size=max(args.from_size, 0))
     finally:
         core.close()
     write_new_file(args.out, data, mode=0o644, what="outbox")
@@ -222,7 +235,7 @@ def run_inbox(args: argparse.Namespace) -> int:
     for query_id, why in done.unchanged:
         print(f"  {shown_query_id(query_id)}: unchanged ({why})")
     for query_id, why in done.refused:
-        print(f"  {shown_query_id(query_id)}: refused by the node ({why})")
+        print(f"  {shown_query_id(query_id)}: the node {why}")
     return 0
 
 

@@ -38,9 +38,11 @@ from fedscreen.crypto.envelope import Envelope
 from fedscreen.errors import ConfigError, QueryRefused, UnknownMember, VerificationError
 from fedscreen.protocol.answer import bounded
 from fedscreen.protocol.budget import verify_statement
+from fedscreen.protocol.consistency import check_extends
 from fedscreen.protocol.offline import (
     ANSWERS_V1,
     MAX_FILE_BYTES,
+    MAX_PROOFS,
     MAX_QUERIES,
     AnswerFile,
     CarriedQuery,
@@ -50,7 +52,7 @@ from fedscreen.protocol.offline import (
     unverified_payload,
 )
 from fedscreen.protocol.query import SignedQuery, verify_query
-from fedscreen.tlog.checkpoint import Checkpoint
+from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
 
 __all__ = [
     "Imported",
@@ -59,11 +61,15 @@ __all__ = [
     "offline_statements",
     "queue_offline",
     "queued_counts",
+    "remember_stream",
 ]
 
 
 #: why an offline node is missing from a release made before it answered
 QUEUED: Final = "offline: queued for the node's next answer file"
+#: refusals that say the node could not work with the file, not the query: the query
+#: stays queued for the next outbox
+TRANSIENT: Final = "refused: internal:"
 #: why an offline node is missing from a secure release
 NO_SECURE: Final = "offline: a secure query is summed in one round and cannot wait for a file"
 
@@ -100,10 +106,15 @@ def queue_offline(
     return {n: QUEUED for n in nodes}
 
 
-def make_outbox(core: Coordinator, node_id: str, *, now_ms: int | None = None) -> tuple[bytes, int]:
+def make_outbox(
+    core: Coordinator, node_id: str, *, now_ms: int | None = None, from_size: int = 0
+) -> tuple[bytes, int]:
     """The signed outbox file for ``node_id`` and how many queries it carries (the oldest
     queued first, as many as keep the file within ``MAX_FILE_BYTES``).
 
+    It proves the coordinator's log consistent from every checkpoint the node may hold:
+    the one its last imported answer file acknowledged, each earlier outbox's, and
+    ``from_size`` (the size a node refusing an outbox names: one it got online, say).
     ConfigError if the node is not an active offline node of the manifest.
     """
     core.reload_manifest()
@@ -125,10 +136,16 @@ def make_outbox(core: Coordinator, node_id: str, *, now_ms: int | None = None) -
     # the node may hold the checkpoint of an earlier outbox whose answers are not back yet
     earlier = core.conn.execute(
         "SELECT DISTINCT checkpoint_size FROM offline_outbox WHERE node = ? "
-        "AND checkpoint_size > ? AND checkpoint_size < ? ORDER BY checkpoint_size DESC LIMIT 32",
-        (node_id, known, size),
+        "AND checkpoint_size > 0 AND checkpoint_size < ? ORDER BY checkpoint_size DESC LIMIT ?",
+        (node_id, size, MAX_PROOFS - 1),
     ).fetchall()
-    proofs = tuple((int(r[0]), tuple(core.consistency_proof(int(r[0]), size))) for r in earlier)
+    online = core.conn.execute(
+        "SELECT coordinator_log_size FROM online_link WHERE node = ?", (node_id,)
+    ).fetchone()
+    # ... or the one its stream got last, before it went offline
+    sizes = {int(r[0]) for r in earlier} | {int(online[0]) if online else 0, from_size}
+    sizes = {s for s in sizes if 0 < s < size}
+    proofs = tuple((s, tuple(core.consistency_proof(s, size))) for s in sorted(sizes - {known}))
     core.book.refresh()
     _, manifest_text = core.identity.manifest_file()
     outbox = Outbox(
@@ -138,6 +155,7 @@ def make_outbox(core: Coordinator, node_id: str, *, now_ms: int | None = None) -
         manifest=manifest_text,
         coordinator_checkpoint=note,
         coordinator_proof=proof,
+        coordinator_proof_from=known if proof else 0,
         coordinator_proofs=proofs,
         known_log_size=core.book.known_size(node_id),
         queries=queries,
@@ -181,16 +199,20 @@ def import_answers(core: Coordinator, data: bytes, *, now_ms: int | None = None)
     carried = _verified_file(core, data)
     node = carried.node
     row = core.conn.execute(
-        "SELECT node, known_log_size FROM offline_outbox WHERE sha256 = ?",
+        "SELECT node, known_log_size, checkpoint_size FROM offline_outbox WHERE sha256 = ?",
         (carried.outbox_sha256,),
     ).fetchone()
     if row is None or row[0] != node:
         raise VerificationError(
             f"the answer file answers an outbox this coordinator did not make for node {node}"
         )
-    sent_size = int(row[1])
+    sent_size, outbox_size = int(row[1]), int(row[2])
     done = Imported(node)
     core.book.refresh()
+    refused, final = _check_file_log(core, carried, now_ms=at)
+    if refused is not None:
+        done.unchanged = [(a.query_id, refused) for a in carried.answers]
+        return done
     for answer in carried.answers:
         outcome = _import_one(core, node, answer.query_id, answer.envelope, answer.proof,
                               sent_size=sent_size, now_ms=at)  # fmt: skip
@@ -198,22 +220,103 @@ def import_answers(core: Coordinator, data: bytes, *, now_ms: int | None = None)
             done.released.append((answer.query_id, outcome))
         else:
             done.unchanged.append((answer.query_id, outcome))
+    if final is not None and core.book.quarantined(node) is None:
+        # the file's closing checkpoint (after its refusals too) is the next baseline:
+        # the node proves its next file from it
+        core.book.keep(node, final, carried.checkpoint)
     core.book.flush()
     for query_id, reason in carried.refusals:
         why = node_refusal(reason)
         done.refused.append((query_id, why))
+        if why.startswith(TRANSIENT):
+            continue  # the node could not work with this file: the query stays queued
         version = _refused_one(core, node, query_id, why, now_ms=at)
         if version is not None:
             done.released.append((query_id, version))
     _keep_statement(core, node, carried.statement)
+    if carried.coordinator_log_size == outbox_size > 0:
+        # the node now holds that outbox's checkpoint: the next outbox proves from it (a
+        # size the node merely claims is never a baseline)
+        with transaction(core.conn):
+            core.conn.execute(
+                "INSERT INTO offline_link (node, coordinator_log_size) VALUES (?, ?) "
+                "ON CONFLICT (node) DO UPDATE SET coordinator_log_size = "
+                "max(coordinator_log_size, excluded.coordinator_log_size)",
+                (node, outbox_size),
+            )
+    return done
+
+
+def _check_file_log(
+    core: Coordinator, carried: AnswerFile, *, now_ms: int
+) -> tuple[str | None, Checkpoint | None]:
+    """Why none of the file may be used (its node's log went back: the node is now
+    quarantined, with the evidence logged), or None; and the file's closing checkpoint
+    when it extends the newest one held.
+
+    The file's closing checkpoint must extend the newest checkpoint of the node's log
+    the coordinator holds, which may be later than the one the outbox was made with (an
+    earlier answer file imported since): the file proves consistency from every size it
+    may be (``log_proofs``). A file older than that checkpoint (imported out of order)
+    is left to each answer's own proof, and the auditor's check of every relayed
+    checkpoint against the node's log.
+    """
+    node = carried.node
+    held_quarantine = core.book.quarantined(node)
+    if held_quarantine is not None:
+        return f"quarantined: {bounded(held_quarantine.reason)}", None
+    if not carried.checkpoint:
+        return "the answer file carries no checkpoint of the node's log", None
+    member = core.manifest.member(node, role="node")
+    try:
+        final = parse_and_verify_note(
+            carried.checkpoint, verifiers={member_origin("node", node): member.signing_key}
+        )
+    except VerificationError as exc:
+        return f"the answer file's checkpoint does not verify: {bounded(str(exc))}", None
+    size = core.book.known_size(node)
+    held = core.book.held(node, size) if size else None
+    if held is not None and held[0].size > final.size:
+        return None, None  # older than what is held: each answer's own proof decides
+    if held is None:
+        return None, final
+    proof = () if held[0].size == final.size else carried.log_proof_from(held[0].size)
+    try:
+        if proof is None:
+            raise VerificationError(
+                f"its answer file does not prove that its log extends the checkpoint of "
+                f"{held[0].size} entries the coordinator holds"
+            )
+        check_extends(held[0], final, proof)
+    except VerificationError as exc:
+        reason = str(exc)
+        core.record(
+            {
+                "kind": "quarantine",
+                "node": node,
+                "reason": reason,
+                "held_checkpoint": held[1],
+                "presented_checkpoint": carried.checkpoint,
+                "at_ms": now_ms,
+            }
+        )
+        core.book.quarantine(node, reason, now_ms=now_ms)
+        return f"quarantined: {bounded(reason)}", None
+    return None, final
+
+
+def remember_stream(core: Coordinator, node_id: str, coordinator_size: int) -> None:
+    """Note the size of the coordinator's checkpoint a node's stream got last (when the
+    stream ends): should the node go offline, its first outbox proves from it."""
+    if coordinator_size <= 0:
+        return
     with transaction(core.conn):
         core.conn.execute(
-            "INSERT INTO offline_link (node, coordinator_log_size) VALUES (?, ?) "
+            "INSERT INTO online_link (node, coordinator_log_size) VALUES (?, ?) "
             "ON CONFLICT (node) DO UPDATE SET coordinator_log_size = "
-            "max(coordinator_log_size, excluded.coordinator_log_size)",
-            (node, carried.coordinator_log_size),
+            "excluded.coordinator_log_size",
+            (node_id, coordinator_size),
         )
-    return done
 
 
 def _keep_statement(core: Coordinator, node: str, envelope: bytes) -> None:
@@ -288,6 +391,9 @@ def _import_one(
         return reason
     core.book.flush()  # the checkpoint kept above, before the release that relies on it
     version = _release_late(core, query, previous, node, raw)
+    if isinstance(version, str):
+        _settle(core, node, query_id, now_ms, version)
+        return version
     _settle(core, node, query_id, now_ms, f"answered in release version {version}")
     return version
 
@@ -316,7 +422,8 @@ def _refused_one(
         except (VerificationError, QueryRefused):
             query = None  # its analyst was revoked since: no new version for it
         if query is not None:
-            version = _release_late(core, query, previous, node, None, why=why)
+            made = _release_late(core, query, previous, node, None, why=why)
+            version = made if isinstance(made, int) else None
     _settle(core, node, query_id, now_ms, why)
     return version
 
@@ -329,17 +436,30 @@ def _release_late(
     raw: bytes | None,
     *,
     why: str = "",
-) -> int:
+) -> int | str:
     """The next version of ``previous``: its answers and ``node``'s late one (``raw``), or
-    with ``why`` as the reason ``node`` is missing (it refused)."""
+    with ``why`` as the reason ``node`` is missing (it refused); or why there is none.
+
+    A later version keeps every answer of the one it follows (the auditor checks it):
+    if one of them no longer verifies (its node quarantined or revoked since), no later
+    version is made — the analyst asks again."""
     answers = dict(previous.answers) if raw is None else {**previous.answers, node: raw}
     missing = [n for n in previous.targeted if n not in answers]
     reasons = {n: previous.reasons.get(n, "no answer") for n in missing}
     if raw is None:
         reasons[node] = why
+    checked = core.check_answers(
+        query, answers, missing, reasons=reasons, academic_year=previous.academic_year
+    )
+    lost = sorted(set(previous.answers) - set(checked.verified))
+    if lost:
+        return (
+            f"the release's earlier answers of {', '.join(lost[:5])} no longer verify "
+            "(quarantined or revoked since): no later version; ask the query again"
+        )
     release = core.release(
         query, answers, missing, reasons=reasons, academic_year=previous.academic_year,
-        targeted=previous.targeted, eligible=previous.eligible,
+        targeted=previous.targeted, eligible=previous.eligible, checked=checked,
         query_envelope=previous.query_envelope, previous=previous,
     )  # fmt: skip
     return int(release.body.get("release_version", 1))

@@ -49,8 +49,9 @@ CREATE INDEX IF NOT EXISTS release_store_query ON release_store (query_id, seq);
 
 
 #: the queue of an offline node's queries, the outboxes made, each offline node's newest
-#: budget statement (from its answer files) and the size of the coordinator's log it
-#: last said it holds (``coordinator.offline``)
+#: budget statement (from its answer files), the size of the coordinator's log it last
+#: said it holds, and the size each node's stream last got (its first outbox after it
+#: goes offline proves from it) (``coordinator.offline``)
 OFFLINE_SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS offline_queue (
     node TEXT NOT NULL,
@@ -73,6 +74,10 @@ CREATE TABLE IF NOT EXISTS offline_statement (
     node TEXT PRIMARY KEY,
     issued_ms INTEGER NOT NULL,
     envelope BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS online_link (
+    node TEXT PRIMARY KEY,
+    coordinator_log_size INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS offline_link (
     node TEXT PRIMARY KEY,

@@ -54,7 +54,8 @@ from fedscreen.coordinator.aggregation import AggregatorSessions
 from fedscreen.coordinator.aggregatorrpc import AggregatorLinkServicer
 from fedscreen.coordinator.analystrpc import AnalystReads
 from fedscreen.coordinator.auditrpc import AuditServicer
-from fedscreen.coordinator.offline import queue_offline
+from fedscreen.coordinator.core import Coordinator
+from fedscreen.coordinator.offline import queue_offline, remember_stream
 from fedscreen.coordinator.runtime import (
     DEFAULT_SERVER_LIMITS,
     CoreThread,
@@ -125,6 +126,8 @@ class _Shared:
         self.watch = watch
         #: the second aggregator of secure queries (its link: :mod:`.aggregatorrpc`)
         self.aggregators = AggregatorSessions() if aggregators is None else aggregators
+        #: work handed to the core's thread without waiting for it
+        self._tasks: set[asyncio.Task[None]] = set()
 
 
 class NodeLinkServicer(_Shared, pb_grpc.NodeLinkServicer):
@@ -180,6 +183,23 @@ class NodeLinkServicer(_Shared, pb_grpc.NodeLinkServicer):
             reader.cancel()
             self.sessions.close(session, "link lost")
             _log.info("node %s disconnected", member.id)
+            # kept in case the node goes offline next (one write per stream, not per query)
+            size = session.coordinator_size
+            self._later(lambda core: remember_stream(core, member.id, size))
+
+    def _later(self, fn: Callable[[Coordinator], None]) -> None:
+        """Run ``fn`` on the core's thread without waiting (from a stream's cleanup, which
+        must not block); a failure is only logged."""
+
+        async def run() -> None:
+            try:
+                await self.core.call(fn)
+            except Exception:  # the core may be closing: the note is informative only
+                _log.warning("could not note a node's stream in the database", exc_info=True)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)  # a reference, or the task may be collected unfinished
+        task.add_done_callback(self._tasks.discard)
 
     def _hello(self, session: NodeSession, hello: pb.Hello) -> None:
         """Note the node's clock offset and software; say loudly if its clock is off."""

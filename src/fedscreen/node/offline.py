@@ -45,6 +45,7 @@ from fedscreen.protocol.offline import (
     CarriedAnswer,
     Outbox,
     file_digest,
+    note_size,
     read_outbox,
     sign_answer_file,
     unverified_payload,
@@ -59,8 +60,11 @@ __all__ = ["Answered", "answer_outbox"]
 #: most 4 MiB (a stream message's limit), and the file, base64 inside its envelope, must
 #: stay within what the coordinator reads (``protocol.offline.MAX_FILE_BYTES``)
 ANSWER_BYTES: Final = 6 << 20
-#: the outbox this node answered last (``{"outbox_sha256": …, "made_at_ms": …}``)
-LAST_OUTBOX_FILE: Final = "outbox.json"
+#: the sizes of this node's log at the end of each answer file it wrote (newest last):
+#: the coordinator may hold any of them, so each next file proves consistency from them
+EXPORTED_FILE: Final = "offline.json"
+#: how many of those sizes are kept
+MAX_EXPORTED: Final = 32
 
 
 @dataclass
@@ -131,13 +135,21 @@ def answer_outbox(
         if outbox.coordinator != coordinator[0]:
             raise VerificationError(f"the outbox names coordinator {bounded(outbox.coordinator)}")
         check_placement(config, manifest)
+        if config.node_id not in manifest.offline:
+            # an online node's queries come down its stream, fresh: an outbox would let
+            # its coordinator hand it queries up to the offline window old
+            raise VerificationError(
+                f"node {config.node_id} is not offline in manifest version {manifest.version}: "
+                "it answers over its stream, not by file (nothing was answered)"
+            )
         digest = file_digest(data)
-        _check_not_older(home, outbox, digest)
         log = CoordinatorLog(home, coordinator[0])
-        halted = _check_coordinator_log(log, outbox, key=coordinator[2])
+        exported, last_made = _exported(home)
+        halted = _check_coordinator_log(log, outbox, key=coordinator[2], last_made=last_made)
         done = Answered(config.node_id, manifest.version)
         window = policy.limits.offline_window_ms
         answers = _answer_all(worker, outbox, halted, done, clock, window_ms=window)
+        note, proofs = worker.log_head_here({outbox.known_log_size, *exported})
         carried = AnswerFile(
             node=config.node_id,
             coordinator=coordinator[0],
@@ -147,12 +159,17 @@ def answer_outbox(
             answers=tuple(answers),
             refusals=tuple(done.refused),
             statement=worker.statement_here(),
+            checkpoint=note,
+            log_proofs=tuple((size, tuple(proof)) for size, proof in proofs),
         )
         write_new_file(
             out, sign_answer_file(carried, config.signing_key()), mode=0o644, what="answer file"
         )
-        last = {"outbox_sha256": digest, "made_at_ms": outbox.made_at_ms}
-        replace_file(home / LAST_OUTBOX_FILE, json.dumps(last).encode("utf-8"))
+        size = note_size(note)
+        kept = [*(s for s in exported if s != size), size][-MAX_EXPORTED:]
+        made = max(last_made, outbox.made_at_ms)
+        doc = {"exported": kept, "outbox_made_at_ms": made}
+        replace_file(home / EXPORTED_FILE, json.dumps(doc).encode("utf-8"))
         return done
     finally:
         worker.close()
@@ -173,6 +190,14 @@ def _answer_all(
     for query in outbox.queries:
         if query.query_id in seen:
             continue  # one answer per query: a repeat would be the stored answer again
+        if _signed_id(query.envelope) != query.query_id:
+            # one signed query carried under several ids would be answered (from the
+            # store) and logged once per id
+            reason = refusal_reason(
+                "invalid-query", "carried under another id than it is signed with"
+            )
+            done.refused.append((query.query_id, reason))
+            continue
         if carried > ANSWER_BYTES:
             # the file is full: the rest stay queued at the coordinator, uncharged here,
             # and come again in its next outbox
@@ -201,29 +226,55 @@ def _answer_all(
     return answers
 
 
-def _check_not_older(home: Path, outbox: Outbox, digest: str) -> None:
-    """VerificationError if ``outbox`` is older than the one this node answered last: its
-    coordinator checkpoint is then behind the one held, which would read as a log that
-    went back (the same outbox again is fine: its answers come from the store)."""
+def _exported(home: Path) -> tuple[list[int], int]:
+    """The sizes of this node's log at the end of its earlier answer files, and when the
+    last outbox it answered was made (coordinator's clock, 0: none)."""
     try:
-        last = json.loads((home / LAST_OUTBOX_FILE).read_bytes())
-        made, answered = int(last["made_at_ms"]), str(last["outbox_sha256"])
+        doc = json.loads((home / EXPORTED_FILE).read_bytes())
+        sizes, made = doc["exported"], doc.get("outbox_made_at_ms", 0)
     except FileNotFoundError:
-        return
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # unreadable: the coordinator checkpoint check still guards the log
-    if digest != answered and outbox.made_at_ms < made:
+        return [], 0
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return [], 0  # unreadable: the next file proves from known_log_size only
+    if not isinstance(sizes, list):
+        return [], 0
+    made = made if isinstance(made, int) and not isinstance(made, bool) else 0
+    return [s for s in sizes if isinstance(s, int) and not isinstance(s, bool) and s > 0], made
+
+
+def _check_coordinator_log(
+    log: CoordinatorLog, outbox: Outbox, *, key: bytes, last_made: int
+) -> str:
+    """Empty if the outbox's coordinator checkpoint extends the one this node holds (now
+    held); else the refusal every query of the file gets: the coordinator's log went back
+    (a smaller or forked log in an outbox made after the one answered last: evidence,
+    recorded in the node's log).
+
+    VerificationError (the whole file refused, nothing recorded) if the outbox is an
+    older one carried again (made no later than the one answered last, with a smaller
+    checkpoint), or offers no proof from the checkpoint this node holds (it learnt a
+    later one online, say, before it went offline): not evidence against the
+    coordinator, just a file to make again. (Only a smaller checkpoint is judged by the
+    coordinator's clock: a newer outbox with a larger one is checked by its proof.)
+    """
+    held = log.known_size(key)
+    size = outbox.checkpoint_size
+    proof: tuple[bytes, ...] | None = ()
+    if held and size < held and outbox.made_at_ms <= last_made:
         raise VerificationError(
-            "this outbox is older than the one this node answered last; ask the province "
-            "for a new one (nothing was answered)"
+            f"this outbox is older than the one this node answered last (the coordinator's "
+            f"checkpoint in it has {size} entries, this node holds one of {held}): ask the "
+            "province for a new one (nothing was answered)"
         )
-
-
-def _check_coordinator_log(log: CoordinatorLog, outbox: Outbox, *, key: bytes) -> str:
-    """ "" if the outbox's coordinator checkpoint extends the one held (now held), else the
-    refusal every query of the file gets."""
+    if held and size > held:
+        proof = outbox.proof_from(held)
+    if proof is None:
+        raise VerificationError(
+            f"the outbox does not prove that the coordinator's log extends the checkpoint "
+            f"this node holds ({held} entries): ask the province for one made with "
+            f"`fedscreen coordinator outbox … --from-size {held}` (nothing was answered)"
+        )
     try:
-        proof = outbox.proof_from(log.known_size(key))
         log.check(outbox.coordinator_checkpoint, list(proof), key=key)
     except VerificationError as exc:
         return refusal_reason("internal", f"the coordinator's log went back: {exc}")
@@ -237,6 +288,17 @@ def _coordinator(manifest: Manifest) -> tuple[str, str, bytes]:
     except (UnknownMember, ConfigError) as exc:
         raise VerificationError(f"no active coordinator in the manifest: {exc}") from None
     return member.id, member.key_id, member.signing_key
+
+
+def _signed_id(envelope: bytes) -> str | None:
+    """The query id inside a carried query's envelope (not verified here: the engine
+    verifies the envelope; this only matches it with the id it is carried under)."""
+    try:
+        payload = parse_json(Envelope.from_json(envelope).unverified_payload())
+    except (ValueError, VerificationError):
+        return None
+    value = payload.get("query_id") if isinstance(payload, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _charged(envelope: bytes) -> float:

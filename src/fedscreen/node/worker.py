@@ -15,7 +15,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,8 @@ from fedscreen.policy import Policy
 from fedscreen.protocol.query import FRESHNESS_WINDOW_MS
 from fedscreen.protocol.refusal import refusal_reason
 from fedscreen.tlog import memberlog
+from fedscreen.tlog.checkpoint import Checkpoint
+from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust.manifest import Manifest, manifest_entry
 
 _log = logging.getLogger("fedscreen.node.agent")  # the agent's: its worker's troubles
@@ -275,6 +277,16 @@ class QueryWorker:
     def statement_here(self) -> bytes:
         """:meth:`statement` on the caller's thread (see :meth:`answer_here`)."""
         return self._statement()
+
+    def log_head_here(self, sizes: Iterable[int]) -> tuple[str, list[tuple[int, list[bytes]]]]:
+        """The node log's newest signed checkpoint and its consistency proof from each of
+        ``sizes`` below it (on the caller's thread, see :meth:`answer_here`)."""
+        conn = self._connection()
+        note = memberlog.newest_note(conn)
+        size = Checkpoint.from_body(note[: note.index("\n\n") + 1]).size if note else 0
+        log = TransparencyLog(conn, name="node")
+        proofs = [(s, log.consistency_proof(s, size)) for s in sorted(set(sizes)) if 0 < s < size]
+        return note, proofs
 
     async def offer_manifest(self, text: bytes) -> int:
         """Verify a manifest the coordinator sent and use it if newer; the version in force.

@@ -10,9 +10,10 @@ the coordinator, payload type :data:`OUTBOX_V1`, whose payload is::
     {"format": 1, "coordinator": ID, "node": ID, "made_at_ms": INT,
      "manifest": MANIFEST-FILE-TEXT,          # the manifest in force (authority-signed)
      "coordinator_checkpoint": NOTE,          # the coordinator log's newest checkpoint
-     "coordinator_proof": [BASE64, ...],      # consistency from the size the node holds
+     "coordinator_proof": [BASE64, ...],      # consistency from coordinator_proof_from,
+     "coordinator_proof_from": INT,           # the size the node last acknowledged
      "coordinator_proofs": [{"from_size": INT, "proof": [BASE64, ...]}, ...],
-                                              # ... or from an earlier outbox's checkpoint
+                                              # ... and from earlier outboxes' checkpoints
      "known_log_size": INT,                   # the node's log size the coordinator verified
      "queries": [{"query_id": ID, "query_envelope": ANALYST-SIGNED-QUERY-TEXT,
                   "academic_year": "2024-2025" | "", "queued_at_ms": INT}, ...]}
@@ -26,7 +27,12 @@ node, payload type :data:`ANSWERS_V1`::
      "answers": [{"query_id": ID, "envelope": NODE-SIGNED-ANSWER-TEXT,
                   "proof": [BASE64, ...]}, ...],  # node log consistency from known_log_size
      "refusals": [{"query_id": ID, "reason": "<code>: <detail>"}, ...],
-     "statement": BUDGET-STATEMENT-TEXT | ""}
+     "statement": BUDGET-STATEMENT-TEXT | "",
+     "checkpoint": NOTE,                      # the node log's checkpoint after it all
+     "log_proofs": [{"from_size": INT, "proof": [BASE64, ...]}, ...]}
+                                              # consistency to it from the sizes the
+                                              # coordinator may hold (known_log_size and
+                                              # the node's earlier answer files)
 
 Each query and answer inside is the same signed object the network carries, so
 every check holds across the trip: the node verifies each analyst's signature,
@@ -48,11 +54,13 @@ from fedscreen._util.canonical import canonical_json
 from fedscreen.crypto.envelope import Envelope, parse_json, sign_envelope, verify_envelope
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import MalformedEnvelope, VerificationError
+from fedscreen.tlog.checkpoint import Checkpoint
 
 __all__ = [
     "ANSWERS_V1",
     "FORMAT",
     "MAX_FILE_BYTES",
+    "MAX_PROOFS",
     "MAX_QUERIES",
     "OUTBOX_V1",
     "AnswerFile",
@@ -60,6 +68,7 @@ __all__ = [
     "CarriedQuery",
     "Outbox",
     "file_digest",
+    "note_size",
     "read_answer_file",
     "read_outbox",
     "sign_answer_file",
@@ -76,8 +85,8 @@ MAX_FILE_BYTES: Final = 16 << 20
 MAX_QUERIES: Final = 2000
 #: most hashes in one consistency proof (a log of 2⁶⁴ entries needs 128)
 _MAX_PROOF: Final = 128
-#: most earlier outboxes' checkpoints an outbox proves consistency from
-_MAX_PROOFS: Final = 32
+#: most sizes an outbox (or answer file) proves consistency from
+MAX_PROOFS: Final = 256
 _MAX_ID: Final = 200
 _MAX_TEXT: Final = 1 << 20
 
@@ -109,13 +118,23 @@ class Outbox:
     #: consistency proofs from the checkpoints of earlier outboxes to this node, whose
     #: answers have not come back yet (the node may hold any of them): (size, proof)
     coordinator_proofs: tuple[tuple[int, tuple[bytes, ...]], ...] = ()
+    #: the size ``coordinator_proof`` starts from (0: it proves from nothing)
+    coordinator_proof_from: int = 0
 
-    def proof_from(self, size: int) -> tuple[bytes, ...]:
-        """The consistency proof from the coordinator checkpoint of ``size`` the node holds."""
+    @property
+    def checkpoint_size(self) -> int:
+        """The size of the coordinator's log at its checkpoint (0: none)."""
+        return note_size(self.coordinator_checkpoint)
+
+    def proof_from(self, size: int) -> tuple[bytes, ...] | None:
+        """The consistency proof from the coordinator checkpoint of ``size`` the node holds
+        to this outbox's (None: the outbox offers none from that size)."""
+        if size == self.coordinator_proof_from:
+            return self.coordinator_proof
         for start, proof in self.coordinator_proofs:
             if start == size:
                 return proof
-        return self.coordinator_proof
+        return None
 
     def to_json(self) -> dict[str, Any]:
         """The payload."""
@@ -127,6 +146,7 @@ class Outbox:
             "manifest": self.manifest.decode("utf-8"),
             "coordinator_checkpoint": self.coordinator_checkpoint,
             "coordinator_proof": _b64(self.coordinator_proof),
+            "coordinator_proof_from": self.coordinator_proof_from,
             "coordinator_proofs": [
                 {"from_size": size, "proof": _b64(proof)} for size, proof in self.coordinator_proofs
             ],
@@ -167,6 +187,18 @@ class AnswerFile:
     #: (query id, the node's refusal reason)
     refusals: tuple[tuple[str, str], ...]
     statement: bytes
+    #: the node log's signed checkpoint after every answer and refusal of the file
+    checkpoint: str = ""
+    #: consistency proofs to ``checkpoint`` from sizes the coordinator may hold: (size, proof)
+    log_proofs: tuple[tuple[int, tuple[bytes, ...]], ...] = ()
+
+    def log_proof_from(self, size: int) -> tuple[bytes, ...] | None:
+        """The node log's consistency proof from ``size`` to :attr:`checkpoint` (None: none
+        offered)."""
+        for start, proof in self.log_proofs:
+            if start == size:
+                return proof
+        return None
 
     def to_json(self) -> dict[str, Any]:
         """The payload."""
@@ -187,6 +219,10 @@ class AnswerFile:
             ],
             "refusals": [{"query_id": q, "reason": r} for q, r in self.refusals],
             "statement": self.statement.decode("utf-8"),
+            "checkpoint": self.checkpoint,
+            "log_proofs": [
+                {"from_size": size, "proof": _b64(proof)} for size, proof in self.log_proofs
+            ],
         }
 
 
@@ -258,7 +294,10 @@ def read_outbox(data: bytes, *, coordinator_keys: Mapping[str, bytes]) -> Outbox
             coordinator_proof=_proof(payload["coordinator_proof"]),
             known_log_size=_count(payload["known_log_size"], "known_log_size"),
             queries=queries,
-            coordinator_proofs=_proofs(payload.get("coordinator_proofs", [])),
+            coordinator_proofs=_proofs(payload["coordinator_proofs"]),
+            coordinator_proof_from=_count(
+                payload["coordinator_proof_from"], "coordinator_proof_from"
+            ),
         )
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise VerificationError(f"malformed outbox: {_short(exc)}") from None
@@ -291,6 +330,8 @@ def read_answer_file(data: bytes, *, node_key: bytes, key_id: str) -> AnswerFile
             answers=answers,
             refusals=refusals,
             statement=_text(payload["statement"], "statement").encode("utf-8"),
+            checkpoint=_text(payload["checkpoint"], "checkpoint", limit=4096),
+            log_proofs=_proofs(payload["log_proofs"]),
         )
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise VerificationError(f"malformed answer file: {_short(exc)}") from None
@@ -371,9 +412,20 @@ def _proof(value: object) -> tuple[bytes, ...]:
     return tuple(hashes)
 
 
+def note_size(note: str) -> int:
+    """The tree size a checkpoint note states (0: no note); VerificationError if it is
+    not a note."""
+    if not note:
+        return 0
+    end = note.find("\n\n")
+    if end < 0:
+        raise VerificationError("a checkpoint note without its signature lines")
+    return Checkpoint.from_body(note[: end + 1]).size
+
+
 def _proofs(value: object) -> tuple[tuple[int, tuple[bytes, ...]], ...]:
-    if not isinstance(value, list) or len(value) > _MAX_PROOFS:
-        raise TypeError(f"coordinator_proofs is a list of at most {_MAX_PROOFS}")
+    if not isinstance(value, list) or len(value) > MAX_PROOFS:
+        raise TypeError(f"a list of proofs is at most {MAX_PROOFS}")
     if not all(isinstance(v, dict) for v in value):
         raise TypeError("each of coordinator_proofs is an object")
     return tuple((_count(v["from_size"], "from_size"), _proof(v["proof"])) for v in value)

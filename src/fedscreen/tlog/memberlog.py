@@ -114,6 +114,15 @@ def export_log(conn: sqlite3.Connection, *, member_id: str, role: str = "node") 
     return LogExport(member_id, member_origin(role, member_id), tuple(entries), tuple(notes))
 
 
+def newest_note(conn: sqlite3.Connection, *, role: str = "node") -> str:
+    """The newest signed checkpoint of the member's log ("" while it is empty)."""
+    conn.execute(CHECKPOINT_SCHEMA)
+    row = conn.execute(
+        "SELECT note FROM log_checkpoint WHERE log = ? ORDER BY size DESC LIMIT 1", (role,)
+    ).fetchone()
+    return str(row[0]) if row else ""
+
+
 def logged_manifest_version(conn: sqlite3.Connection, *, role: str = "node") -> int | None:
     """The newest manifest version the member's log recorded, or None before the first."""
     conn.execute(MANIFEST_SCHEMA)

@@ -126,11 +126,12 @@ def test_the_files_round_trip() -> None:
     # the documented shape, field by field
     assert set(payload) == {
         "format", "coordinator", "node", "made_at_ms", "manifest", "coordinator_checkpoint",
-        "coordinator_proof", "coordinator_proofs", "known_log_size", "queries",
+        "coordinator_proof", "coordinator_proof_from", "coordinator_proofs", "known_log_size",
+        "queries",
     }  # fmt: skip
     assert set(unverified_payload(ANSWER_FILE, ANSWERS_V1)[1]) == {
         "format", "node", "coordinator", "made_at_ms", "outbox_sha256",
-        "coordinator_log_size", "answers", "refusals", "statement",
+        "coordinator_log_size", "answers", "refusals", "statement", "checkpoint", "log_proofs",
     }  # fmt: skip
     # signing is deterministic: the same content is the same file
     assert sign_outbox(OUTBOX, COORDINATOR) == OUTBOX_FILE
