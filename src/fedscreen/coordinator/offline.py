@@ -209,10 +209,19 @@ def import_answers(core: Coordinator, data: bytes, *, now_ms: int | None = None)
     sent_size, outbox_size = int(row[1]), int(row[2])
     done = Imported(node)
     core.book.refresh()
-    refused, final = _check_file_log(core, carried, now_ms=at)
+    # the file's log is checked once, before anything of it is used: imported again (after
+    # a crash part way, say) the checkpoints it brought are no longer the ones to prove from
+    signed = hashlib.sha256(Envelope.from_json(data).unverified_payload()).hexdigest()
+    again = core.conn.execute("SELECT 1 FROM offline_inbox WHERE sha256 = ?", (signed,))
+    refused, final = _check_file_log(core, carried, now_ms=at, again=again.fetchone() is not None)
     if refused is not None:
         done.unchanged = [(a.query_id, refused) for a in carried.answers]
         return done
+    with transaction(core.conn):
+        core.conn.execute(
+            "INSERT OR IGNORE INTO offline_inbox (sha256, node, imported_ms) VALUES (?, ?, ?)",
+            (signed, node, at),
+        )
     for answer in carried.answers:
         outcome = _import_one(core, node, answer.query_id, answer.envelope, answer.proof,
                               sent_size=sent_size, now_ms=at)  # fmt: skip
@@ -248,7 +257,7 @@ def import_answers(core: Coordinator, data: bytes, *, now_ms: int | None = None)
 
 
 def _check_file_log(
-    core: Coordinator, carried: AnswerFile, *, now_ms: int
+    core: Coordinator, carried: AnswerFile, *, now_ms: int, again: bool = False
 ) -> tuple[str | None, Checkpoint | None]:
     """Why none of the file may be used (its node's log went back: the node is now
     quarantined, with the evidence logged), or None; and the file's closing checkpoint
@@ -259,7 +268,8 @@ def _check_file_log(
     earlier answer file imported since): the file proves consistency from every size it
     may be (``log_proofs``). A file older than that checkpoint (imported out of order)
     is left to each answer's own proof, and the auditor's check of every relayed
-    checkpoint against the node's log.
+    checkpoint against the node's log. ``again``: the file was checked when first
+    imported (a crash may have left checkpoints of its own answers held since).
     """
     node = carried.node
     held_quarantine = core.book.quarantined(node)
@@ -278,7 +288,7 @@ def _check_file_log(
     held = core.book.held(node, size) if size else None
     if held is not None and held[0].size > final.size:
         return None, None  # older than what is held: each answer's own proof decides
-    if held is None:
+    if held is None or again:
         return None, final
     proof = () if held[0].size == final.size else carried.log_proof_from(held[0].size)
     try:

@@ -75,6 +75,11 @@ CREATE TABLE IF NOT EXISTS offline_statement (
     issued_ms INTEGER NOT NULL,
     envelope BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS offline_inbox (
+    sha256 TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    imported_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS online_link (
     node TEXT PRIMARY KEY,
     coordinator_log_size INTEGER NOT NULL

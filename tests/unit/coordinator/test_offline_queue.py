@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from exportrows import screening_row, write_csv
-from localnode import answer_locally
+from offlinefed import OFFLINE, ONLINE, SQL, Fed, ask, make_fed, trip
 
 from fedscreen.analyst.query import make_query
 from fedscreen.coordinator import offline
-from fedscreen.coordinator.core import Coordinator, init_coordinator
+from fedscreen.coordinator.core import Coordinator
 from fedscreen.coordinator.offline import (
     NO_SECURE,
     QUEUED,
@@ -31,73 +29,24 @@ from fedscreen.coordinator.releases import newest_release
 from fedscreen.crypto.envelope import Envelope
 from fedscreen.errors import ConfigError, VerificationError
 from fedscreen.node import offline as node_offline
-from fedscreen.node.home import NodeConfig, init_home
-from fedscreen.node.ingest import ingest_paths
 from fedscreen.node.offline import answer_outbox
 from fedscreen.protocol.query import SignedQuery, verify_query
 from fedscreen.protocol.release import parse_release
-from fedscreen.trust import authority
-from fedscreen.trust.identity import create_identity, issue_here, update_manifest
 
-SQL = "SELECT sex, COUNT(*) FROM screenings WHERE academic_year = '2024-2025' GROUP BY sex"
-ONLINE, OFFLINE = "130104", "130105"
 DAY_MS = 86_400_000
-
-
-@dataclass
-class Fed:
-    root: Path
-    auth: Path
-    coordinator: Path
-    analyst: Path
-    nodes: dict[str, NodeConfig]
 
 
 @pytest.fixture
 def fed(tmp_path: Path) -> Fed:
-    auth = tmp_path / "auth"
-    authority.init_authority(auth, federation="test")
-    init_coordinator(tmp_path / "coord", member_id="coordinator", name="省平台")
-    issue_here(auth, tmp_path / "coord")
-    create_identity(tmp_path / "analyst", member_id="analyst-1", role="analyst", name="a")
-    issue_here(auth, tmp_path / "analyst")
-    nodes = {}
-    for code in (ONLINE, OFFLINE):
-        config = init_home(tmp_path / code, node_id=code, name=code)
-        issue_here(auth, config.home)
-        rows = [
-            screening_row(i, county_code=code, sex="F" if i % 3 else "M") for i in range(1, 120)
-        ]
-        ingest_paths(config, [write_csv(tmp_path / f"{code}.csv", rows)])
-        nodes[code] = config
-    authority.set_offline(auth, OFFLINE, offline=True)
-    text = authority.manifest_text(auth)
-    for home in (tmp_path / "coord", tmp_path / "analyst", *(c.home for c in nodes.values())):
-        update_manifest(home, text)
-    return Fed(tmp_path, auth, tmp_path / "coord", tmp_path / "analyst", nodes)
+    return make_fed(tmp_path)
 
 
 def _ask(fed: Fed, core: Coordinator, *, secure: bool = False) -> tuple[str, dict[str, str]]:
-    """Submit a query as the server does: accept, queue for the offline node, answer the
-    online one, release. Returns the query id and why nodes are missing."""
-    query, envelope = make_query(fed.analyst, SQL, epsilon=0.5, accuracy=None, secure=secure)
-    accepted = core.accept(envelope, now_ms=int(time.time() * 1000))
-    why = queue_offline(core, accepted, envelope, core.targets(accepted), academic_year=None)
-    if secure:
-        return query.query_id, why
-    answer = answer_locally(fed.nodes[ONLINE], envelope)
-    core.release(accepted, {ONLINE: answer}, [OFFLINE], reasons=why, query_envelope=envelope)
-    return query.query_id, why
+    return ask(fed, core, secure=secure)
 
 
 def _trip(fed: Fed, core: Coordinator, name: str, *, later_ms: int = 0) -> str:
-    """Outbox -> the offline node's answer file (its clock ``later_ms`` ahead) -> its path."""
-    data, _ = make_outbox(core, OFFLINE)
-    out = fed.root / name
-    answer_outbox(
-        fed.nodes[OFFLINE].home, data, out, now_ms=lambda: int(time.time() * 1000) + later_ms
-    )
-    return str(out)
+    return str(trip(fed, core, name, later_ms=later_ms))
 
 
 def test_a_late_answer_makes_the_next_release_version(fed: Fed) -> None:

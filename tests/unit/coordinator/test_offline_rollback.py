@@ -1,0 +1,93 @@
+"""An offline node whose home is restored from a backup between two answer files, and an
+inbox that stops part way: in process, real homes, signatures and SQLite.
+
+The whole home goes back (database, saved checkpoint, the sizes it exported): the node
+cannot tell, so the coordinator must, from the checkpoint it holds — whichever order
+the two answer files arrive in, and whether the second outbox was made before or after
+the first file was imported.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from offlinefed import OFFLINE, ask, make_fed, trip
+
+from fedscreen.coordinator import offline
+from fedscreen.coordinator.core import Coordinator
+from fedscreen.coordinator.offline import import_answers
+from fedscreen.coordinator.releases import newest_release
+
+
+@pytest.mark.parametrize("first_imported_before_outbox_b", [True, False])
+def test_a_node_home_restored_from_a_backup_is_quarantined(
+    tmp_path: Path, first_imported_before_outbox_b: bool
+) -> None:
+    fed = make_fed(tmp_path)
+    home = fed.nodes[OFFLINE].home
+    core = Coordinator.open(fed.coordinator)
+    try:
+        ask(fed, core, epsilon=0.2)  # a first round trip: the coordinator holds a baseline
+        import_answers(core, trip(fed, core, "first.json").read_bytes())
+        ask(fed, core, epsilon=0.3)
+        backup = tmp_path / "backup"
+        shutil.copytree(home, backup)
+        a = trip(fed, core, "a.json")
+        if first_imported_before_outbox_b:
+            assert import_answers(core, a.read_bytes()).released
+        ask(fed, core, epsilon=0.4)
+        shutil.rmtree(home)
+        shutil.copytree(backup, home)  # database, checkpoint.note, spent.json, offline.json
+        b = trip(fed, core, "b.json")
+        if not first_imported_before_outbox_b:
+            assert import_answers(core, a.read_bytes()).released
+        size = core.log.size()
+        done = import_answers(core, b.read_bytes())
+        core.book.refresh()
+        held = core.book.quarantined(OFFLINE)
+        assert held is not None
+        assert done.released == []
+        assert all(why.startswith("quarantined: ") for _, why in done.unchanged)
+        # the evidence (both signed checkpoints) is in the coordinator's log
+        assert core.log.size() == size + 1
+    finally:
+        core.close()
+
+
+def test_an_inbox_stopped_part_way_completes_when_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped after its first release version (as by a kill: what was committed stays),
+    the same file imported again releases the rest, and the node is not taken for one
+    whose log went back by the checkpoints the first run kept."""
+    fed = make_fed(tmp_path)
+    core = Coordinator.open(fed.coordinator)
+    try:
+        ids = [ask(fed, core)[0] for _ in range(3)]
+        path = trip(fed, core, "a.json")
+        settle = offline._settle
+        calls = []
+
+        def stop_at_second(*args: object, **kwargs: object) -> None:
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # the process ends here
+            settle(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(offline, "_settle", stop_at_second)
+        with pytest.raises(KeyboardInterrupt):
+            import_answers(core, path.read_bytes())
+        monkeypatch.setattr(offline, "_settle", settle)
+        again = import_answers(core, path.read_bytes())
+        core.book.refresh()
+        assert core.book.quarantined(OFFLINE) is None, again.unchanged
+        versions = {q: newest_release(core.conn, q).release_version for q in ids}  # type: ignore[union-attr]
+        assert versions == dict.fromkeys(ids, 2)
+        # and the next file proves from the checkpoint this one closed with
+        ask(fed, core)
+        nxt = import_answers(core, trip(fed, core, "b.json").read_bytes())
+        assert len(nxt.released) == 1, nxt.unchanged
+    finally:
+        core.close()
