@@ -121,6 +121,10 @@ def test_the_release_is_partial_then_complete_and_every_log_verifies(fed: Fed) -
     assert answered.returncode == 0, answered.stderr
     assert "1 answered, 0 refused" in answered.stdout
     assert charges(fed.nodes[OFFLINE]) == before + 1
+    status = cli("node", "status", "--home", str(fed.nodes[OFFLINE].home))
+    assert status.returncode == 0, status.stderr
+    assert "link: by file; the last outbox answered was made " in status.stdout
+    assert "never connected" not in status.stdout
 
     imported = fed.inbox("answers-1.json")
     assert imported.returncode == 0, imported.stderr

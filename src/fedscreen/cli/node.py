@@ -16,7 +16,7 @@ from fedscreen.node import ledger, store
 from fedscreen.node.engine import QueryRequest, answer_query, now
 from fedscreen.node.home import NodeConfig, check_placement, init_home, load_config
 from fedscreen.node.ingest import ingest_paths
-from fedscreen.node.offline import answer_outbox
+from fedscreen.node.offline import answer_outbox, file_link
 from fedscreen.node.reader import ENCODINGS
 from fedscreen.node.rollback import MAX_REASON_CHARS, diagnose, guarded, recover, sync_checkpoint
 from fedscreen.node.status import NodeStatus, node_status, read_link
@@ -201,8 +201,12 @@ def run_status(args: argparse.Namespace) -> int:
         + f", data version {status.data_version}\n"
     )
     link = read_link(config.home)
+    by_file = file_link(config.home)
+    if by_file is not None:
+        print(by_file)
     if link is None:
-        print("link: never connected (fedscreen node serve records it)\n")
+        if by_file is None:
+            print("link: never connected (fedscreen node serve records it)\n")
     else:
         ms = link.clock_offset_ms
         offset = "unknown" if ms is None else f"{ms / 1000:+.1f} s"

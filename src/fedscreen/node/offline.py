@@ -54,7 +54,7 @@ from fedscreen.protocol.refusal import refusal_reason
 from fedscreen.trust.identity import load_identity
 from fedscreen.trust.manifest import Manifest
 
-__all__ = ["Answered", "answer_outbox"]
+__all__ = ["Answered", "answer_outbox", "file_link"]
 
 #: answer bytes after which no further query of an outbox is answered: one answer is at
 #: most 4 MiB (a stream message's limit), and the file, base64 inside its envelope, must
@@ -240,6 +240,26 @@ def _exported(home: Path) -> tuple[list[int], int]:
         return [], 0
     made = made if isinstance(made, int) and not isinstance(made, bool) else 0
     return [s for s in sizes if isinstance(s, int) and not isinstance(s, bool) and s > 0], made
+
+
+def file_link(home: Path) -> str | None:
+    """One line on this node's exchange by file, for ``fedscreen node status`` (None if it
+    never answered an outbox): when the last outbox was made, and which checkpoint of the
+    coordinator's log it holds (the size a province names in ``outbox --from-size``)."""
+    if not (home / EXPORTED_FILE).is_file():
+        return None
+    _, made = _exported(home)
+    try:
+        manifest = load_identity(home).manifest()
+        _, _, key = _coordinator(manifest)
+        held = CoordinatorLog(home, manifest.coordinator()).known_size(key)
+    except (ConfigError, VerificationError):
+        held = 0
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(made / 1000)) if made else "unknown"
+    return (
+        f"link: by file; the last outbox answered was made {when}; this node holds the "
+        f"coordinator's checkpoint of {held} entries"
+    )
 
 
 def _check_coordinator_log(
