@@ -27,7 +27,8 @@ from typing import Any
 from fedscreen._util.files import write_new_file
 from fedscreen.audit.bundle import write_bundle
 from fedscreen.coordinator.core import Coordinator, export_log, init_coordinator
-from fedscreen.coordinator.offline import import_answers, make_outbox, queued_counts
+from fedscreen.coordinator.inbox import import_answers
+from fedscreen.coordinator.offline import make_outbox, queued_counts
 from fedscreen.coordinator.quarantine import readmit
 from fedscreen.coordinator.server import Listening, serve
 from fedscreen.errors import ConfigError

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from fedscreen._util.files import write_new_file
 from fedscreen.coordinator.core import Coordinator
-from fedscreen.coordinator.offline import import_answers, make_outbox
+from fedscreen.coordinator.inbox import import_answers
+from fedscreen.coordinator.offline import make_outbox
 from fedscreen.demo.members import Members
 from fedscreen.node.offline import answer_outbox
 from fedscreen.policy import Policy

@@ -17,10 +17,10 @@ from offlinefed import OFFLINE, ONLINE, SQL, Fed, ask, make_fed, trip
 from fedscreen.analyst.query import make_query
 from fedscreen.coordinator import offline
 from fedscreen.coordinator.core import Coordinator
+from fedscreen.coordinator.inbox import import_answers
 from fedscreen.coordinator.offline import (
     NO_SECURE,
     QUEUED,
-    import_answers,
     make_outbox,
     queue_offline,
     queued_counts,

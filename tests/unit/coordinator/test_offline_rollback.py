@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from offlinefed import OFFLINE, ask, make_fed, trip
 
-from fedscreen.coordinator import offline
+from fedscreen.coordinator import inbox
 from fedscreen.coordinator.core import Coordinator
-from fedscreen.coordinator.offline import import_answers
+from fedscreen.coordinator.inbox import import_answers
 from fedscreen.coordinator.releases import newest_release
 
 
@@ -67,7 +67,7 @@ def test_an_inbox_stopped_part_way_completes_when_run_again(
     try:
         ids = [ask(fed, core)[0] for _ in range(3)]
         path = trip(fed, core, "a.json")
-        settle = offline._settle
+        settle = inbox._settle
         calls = []
 
         def stop_at_second(*args: object, **kwargs: object) -> None:
@@ -76,10 +76,10 @@ def test_an_inbox_stopped_part_way_completes_when_run_again(
                 raise KeyboardInterrupt  # the process ends here
             settle(*args, **kwargs)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(offline, "_settle", stop_at_second)
+        monkeypatch.setattr(inbox, "_settle", stop_at_second)
         with pytest.raises(KeyboardInterrupt):
             import_answers(core, path.read_bytes())
-        monkeypatch.setattr(offline, "_settle", settle)
+        monkeypatch.setattr(inbox, "_settle", settle)
         again = import_answers(core, path.read_bytes())
         core.book.refresh()
         assert core.book.quarantined(OFFLINE) is None, again.unchanged

@@ -1,0 +1,348 @@
+"""The coordinator imports an offline node's signed answer file (``fedscreen coordinator inbox``).
+
+Each answer is verified exactly as one from a stream (bound to its query, its ε, the
+one academic year; its log consistent with the checkpoint the coordinator holds, or
+the node is quarantined), and the newest release of its query is followed by a new
+version that includes it; a refusal makes a version saying why the node is missing.
+Before any answer of a file is used, the file's closing checkpoint of the node's log
+must extend the newest one the coordinator holds (``_check_file_log``).
+
+Importing is idempotent: an answer already in its query's newest release, or a query
+already settled, changes nothing; a file imported again after a stop part way
+completes what the first run began. It works on the coordinator's database from the
+CLI while the server runs, as ``coordinator.offline`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+from fedscreen._util.sqlite import transaction
+from fedscreen.coordinator.core import Coordinator
+from fedscreen.coordinator.offline import QUEUED, TRANSIENT
+from fedscreen.coordinator.quarantine import screen_answer
+from fedscreen.coordinator.releases import StoredRelease, newest_release
+from fedscreen.coordinator.runtime import node_refusal
+from fedscreen.crypto.envelope import Envelope
+from fedscreen.errors import QueryRefused, UnknownMember, VerificationError
+from fedscreen.protocol.answer import bounded
+from fedscreen.protocol.budget import verify_statement
+from fedscreen.protocol.consistency import check_extends
+from fedscreen.protocol.offline import ANSWERS_V1, AnswerFile, read_answer_file, unverified_payload
+from fedscreen.protocol.query import SignedQuery, verify_query
+from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
+
+__all__ = ["Imported", "import_answers"]
+
+
+@dataclass
+class Imported:
+    """What one answer file changed: new release versions, and what it did not use."""
+
+    node: str
+    #: (query id, the new release version)
+    released: list[tuple[str, int]] = field(default_factory=list)
+    #: (query id, why the answer changed nothing)
+    unchanged: list[tuple[str, str]] = field(default_factory=list)
+    #: (query id, the node's refusal reason)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+
+
+def import_answers(core: Coordinator, data: bytes, *, now_ms: int | None = None) -> Imported:
+    """Verify an offline node's answer file and release what it adds.
+
+    VerificationError (nothing imported) if the file is not signed by an active node of
+    the manifest, is not addressed to this coordinator, or answers an outbox this
+    coordinator did not make for that node.
+    """
+    core.reload_manifest()
+    at = _now_ms() if now_ms is None else now_ms
+    carried = _verified_file(core, data)
+    node = carried.node
+    row = core.conn.execute(
+        "SELECT node, known_log_size, checkpoint_size FROM offline_outbox WHERE sha256 = ?",
+        (carried.outbox_sha256,),
+    ).fetchone()
+    if row is None or row[0] != node:
+        raise VerificationError(
+            f"the answer file answers an outbox this coordinator did not make for node {node}"
+        )
+    sent_size, outbox_size = int(row[1]), int(row[2])
+    done = Imported(node)
+    core.book.refresh()
+    # the file's log is checked once, before anything of it is used: imported again (after
+    # a crash part way, say) the checkpoints it brought are no longer the ones to prove from
+    signed = hashlib.sha256(Envelope.from_json(data).unverified_payload()).hexdigest()
+    again = core.conn.execute("SELECT 1 FROM offline_inbox WHERE sha256 = ?", (signed,))
+    refused, final = _check_file_log(core, carried, now_ms=at, again=again.fetchone() is not None)
+    if refused is not None:
+        done.unchanged = [(a.query_id, refused) for a in carried.answers]
+        return done
+    with transaction(core.conn):
+        core.conn.execute(
+            "INSERT OR IGNORE INTO offline_inbox (sha256, node, imported_ms) VALUES (?, ?, ?)",
+            (signed, node, at),
+        )
+    for answer in carried.answers:
+        outcome = _import_one(core, node, answer.query_id, answer.envelope, answer.proof,
+                              sent_size=sent_size, now_ms=at)  # fmt: skip
+        if isinstance(outcome, int):
+            done.released.append((answer.query_id, outcome))
+        else:
+            done.unchanged.append((answer.query_id, outcome))
+    if final is not None and core.book.quarantined(node) is None:
+        # the file's closing checkpoint (after its refusals too) is the next baseline:
+        # the node proves its next file from it
+        core.book.keep(node, final, carried.checkpoint)
+    core.book.flush()
+    for query_id, reason in carried.refusals:
+        why = node_refusal(reason)
+        done.refused.append((query_id, why))
+        if why.startswith(TRANSIENT):
+            continue  # the node could not work with this file: the query stays queued
+        version = _refused_one(core, node, query_id, why, now_ms=at)
+        if version is not None:
+            done.released.append((query_id, version))
+    _keep_statement(core, node, carried.statement)
+    if carried.coordinator_log_size == outbox_size > 0:
+        # the node now holds that outbox's checkpoint: the next outbox proves from it (a
+        # size the node merely claims is never a baseline)
+        with transaction(core.conn):
+            core.conn.execute(
+                "INSERT INTO offline_link (node, coordinator_log_size) VALUES (?, ?) "
+                "ON CONFLICT (node) DO UPDATE SET coordinator_log_size = "
+                "max(coordinator_log_size, excluded.coordinator_log_size)",
+                (node, outbox_size),
+            )
+    return done
+
+
+def _check_file_log(
+    core: Coordinator, carried: AnswerFile, *, now_ms: int, again: bool = False
+) -> tuple[str | None, Checkpoint | None]:
+    """Why none of the file may be used (its node's log went back: the node is now
+    quarantined, with the evidence logged), or None; and the file's closing checkpoint
+    when it extends the newest one held.
+
+    The file's closing checkpoint must extend the newest checkpoint of the node's log
+    the coordinator holds, which may be later than the one the outbox was made with (an
+    earlier answer file imported since): the file proves consistency from every size it
+    may be (``log_proofs``). A file older than that checkpoint (imported out of order)
+    is left to each answer's own proof, and the auditor's check of every relayed
+    checkpoint against the node's log. ``again``: the file was checked when first
+    imported (a crash may have left checkpoints of its own answers held since).
+    """
+    node = carried.node
+    held_quarantine = core.book.quarantined(node)
+    if held_quarantine is not None:
+        return f"quarantined: {bounded(held_quarantine.reason)}", None
+    if not carried.checkpoint:
+        return "the answer file carries no checkpoint of the node's log", None
+    member = core.manifest.member(node, role="node")
+    try:
+        final = parse_and_verify_note(
+            carried.checkpoint, verifiers={member_origin("node", node): member.signing_key}
+        )
+    except VerificationError as exc:
+        return f"the answer file's checkpoint does not verify: {bounded(str(exc))}", None
+    size = core.book.known_size(node)
+    held = core.book.held(node, size) if size else None
+    if held is not None and held[0].size > final.size:
+        return None, None  # older than what is held: each answer's own proof decides
+    if held is None or again:
+        return None, final
+    proof = () if held[0].size == final.size else carried.log_proof_from(held[0].size)
+    try:
+        if proof is None:
+            raise VerificationError(
+                f"its answer file does not prove that its log extends the checkpoint of "
+                f"{held[0].size} entries the coordinator holds"
+            )
+        check_extends(held[0], final, proof)
+    except VerificationError as exc:
+        reason = str(exc)
+        core.record(
+            {
+                "kind": "quarantine",
+                "node": node,
+                "reason": reason,
+                "held_checkpoint": held[1],
+                "presented_checkpoint": carried.checkpoint,
+                "at_ms": now_ms,
+            }
+        )
+        core.book.quarantine(node, reason, now_ms=now_ms)
+        return f"quarantined: {bounded(reason)}", None
+    return None, final
+
+
+def _keep_statement(core: Coordinator, node: str, envelope: bytes) -> None:
+    """Keep the node's budget statement from its answer file if it verifies and is newer
+    than the one kept: analysts read it (``fedscreen budgets``) as an online node's."""
+    if not envelope:
+        return
+    try:
+        statement = verify_statement(envelope, manifest=core.manifest, node_id=node)
+    except VerificationError:
+        return  # informative only: the answers stand on their own signatures
+    with transaction(core.conn):
+        core.conn.execute(
+            "INSERT INTO offline_statement (node, issued_ms, envelope) VALUES (?, ?, ?) "
+            "ON CONFLICT (node) DO UPDATE SET issued_ms = excluded.issued_ms, "
+            "envelope = excluded.envelope WHERE excluded.issued_ms > issued_ms",
+            (node, statement.issued_at_ms, envelope),
+        )
+
+
+def _import_one(
+    core: Coordinator,
+    node: str,
+    query_id: str,
+    raw: bytes,
+    proof: tuple[bytes, ...],
+    *,
+    sent_size: int,
+    now_ms: int,
+) -> int | str:
+    """Release one late answer as a new version of its query's release; returns the
+    version, or why the answer changed nothing."""
+    queued = core.conn.execute(
+        "SELECT query_envelope, academic_year, settled_ms FROM offline_queue "
+        "WHERE node = ? AND query_id = ?",
+        (node, query_id),
+    ).fetchone()
+    if queued is None:
+        return "this query was not queued for the node"
+    previous = newest_release(core.conn, query_id)
+    if previous is None:
+        return "the query has no release yet: import the file again later"
+    if node in previous.answers or queued[2] is not None:
+        _settle(core, node, query_id, now_ms, "answered")
+        return "already in the newest release"
+    if node not in previous.targeted:
+        return "the query's newest release did not ask this node"
+    try:
+        query = verify_query(
+            Envelope.from_json(bytes(queued[0])), manifest=core.manifest, now_ms=0, window_ms=2**62
+        )
+    except (VerificationError, QueryRefused) as exc:
+        return f"the query no longer verifies: {bounded(str(exc))}"
+    year = previous.academic_year if not query.spec.years else None
+    try:
+        verified = core.verified_answer(node, raw, query, academic_year=year)
+    except VerificationError as exc:
+        return f"its answer did not verify: {bounded(str(exc))}"
+    reason = screen_answer(
+        core, core.book, node_id=node, envelope=raw, proof=proof, sent_size=sent_size,
+        now_ms=now_ms, checkpoint=(verified.checkpoint, verified.checkpoint_note),
+    )  # fmt: skip
+    if reason is not None:
+        core.forget_verdict(node, raw, query, academic_year=year)
+        return reason
+    core.book.flush()  # the checkpoint kept above, before the release that relies on it
+    version = _release_late(core, query, previous, node, raw)
+    if isinstance(version, str):
+        _settle(core, node, query_id, now_ms, version)
+        return version
+    _settle(core, node, query_id, now_ms, f"answered in release version {version}")
+    return version
+
+
+def _refused_one(
+    core: Coordinator, node: str, query_id: str, why: str, *, now_ms: int
+) -> int | None:
+    """Settle a query the node refused; if its newest release still says the node's answer
+    is queued, the next version says why it is missing instead (returns that version)."""
+    queued = core.conn.execute(
+        "SELECT query_envelope, settled_ms FROM offline_queue WHERE node = ? AND query_id = ?",
+        (node, query_id),
+    ).fetchone()
+    if queued is None or queued[1] is not None:
+        return None
+    previous = newest_release(core.conn, query_id)
+    version = None
+    if previous is not None and previous.reasons.get(node) == QUEUED:
+        try:
+            query = verify_query(
+                Envelope.from_json(bytes(queued[0])),
+                manifest=core.manifest,
+                now_ms=0,
+                window_ms=2**62,
+            )
+        except (VerificationError, QueryRefused):
+            query = None  # its analyst was revoked since: no new version for it
+        if query is not None:
+            made = _release_late(core, query, previous, node, None, why=why)
+            version = made if isinstance(made, int) else None
+    _settle(core, node, query_id, now_ms, why)
+    return version
+
+
+def _release_late(
+    core: Coordinator,
+    query: SignedQuery,
+    previous: StoredRelease,
+    node: str,
+    raw: bytes | None,
+    *,
+    why: str = "",
+) -> int | str:
+    """The next version of ``previous``: its answers and ``node``'s late one (``raw``), or
+    with ``why`` as the reason ``node`` is missing (it refused); or why there is none.
+
+    A later version keeps every answer of the one it follows (the auditor checks it):
+    if one of them no longer verifies (its node quarantined or revoked since), no later
+    version is made — the analyst asks again."""
+    answers = dict(previous.answers) if raw is None else {**previous.answers, node: raw}
+    missing = [n for n in previous.targeted if n not in answers]
+    reasons = {n: previous.reasons.get(n, "no answer") for n in missing}
+    if raw is None:
+        reasons[node] = why
+    checked = core.check_answers(
+        query, answers, missing, reasons=reasons, academic_year=previous.academic_year
+    )
+    lost = sorted(set(previous.answers) - set(checked.verified))
+    if lost:
+        return (
+            f"the release's earlier answers of {', '.join(lost[:5])} no longer verify "
+            "(quarantined or revoked since): no later version; ask the query again"
+        )
+    release = core.release(
+        query, answers, missing, reasons=reasons, academic_year=previous.academic_year,
+        targeted=previous.targeted, eligible=previous.eligible, checked=checked,
+        query_envelope=previous.query_envelope, previous=previous,
+    )  # fmt: skip
+    return int(release.body.get("release_version", 1))
+
+
+def _settle(core: Coordinator, node: str, query_id: str, now_ms: int, outcome: str) -> None:
+    with transaction(core.conn):
+        core.conn.execute(
+            "UPDATE offline_queue SET settled_ms = ?, outcome = ? "
+            "WHERE node = ? AND query_id = ? AND settled_ms IS NULL",
+            (now_ms, outcome, node, query_id),
+        )
+
+
+def _verified_file(core: Coordinator, data: bytes) -> AnswerFile:
+    """The answer file, verified under the key of the active node it names."""
+    _, payload = unverified_payload(data, ANSWERS_V1)
+    claimed = payload.get("node")
+    if not isinstance(claimed, str):
+        raise VerificationError("the answer file names no node")
+    try:
+        member = core.manifest.member(claimed, role="node")
+    except UnknownMember as exc:
+        raise VerificationError(f"the answer file's signer: {exc}") from None
+    carried = read_answer_file(data, node_key=member.signing_key, key_id=member.key_id)
+    if carried.coordinator != core.member_id:
+        raise VerificationError(
+            f"the answer file is addressed to coordinator {bounded(carried.coordinator)}"
+        )
+    return carried
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
