@@ -69,6 +69,8 @@ def check_coordinator_entries(
                 coordinator_event(
                     entry["kind"], entry, manifest=manifest, seen=quarantined, keys=node_keys
                 )
+                if entry["kind"] == "quarantine":
+                    _supersede(report, member_origin("node", str(entry["node"])))
                 continue
             kind, query_id = entry["kind"], str(entry["query_id"])
             inner = str(entry["envelope"]).encode("utf-8")
@@ -230,6 +232,15 @@ def _check_later_version(body: dict[str, Any], previous: _Released) -> None:
             f"release version {release.release_version} adds no answer and no refusal to "
             f"version {before.release_version}"
         )
+
+
+def _supersede(report: LogReport, origin: str) -> None:
+    """The coordinator recorded a contradiction of the node's (a quarantine, its evidence
+    checked): the checkpoints it relayed before are another history of the node's, set
+    apart (``audit.verify`` excuses them if the node's own log records its rollback)."""
+    for relayed in [k for k in report.relayed_checkpoints if k[0] == origin]:
+        earlier = report.superseded_checkpoints.setdefault(relayed, {})
+        earlier.update(report.relayed_checkpoints.pop(relayed))
 
 
 def _unreleased(run: list[tuple[int, str, bytes]], origin: str) -> EntryInvalid:

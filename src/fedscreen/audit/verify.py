@@ -88,6 +88,11 @@ class LogReport:
     relayed_checkpoints: dict[tuple[str, str], dict[tuple[int, bytes], tuple[Checkpoint, str]]] = (
         field(default_factory=dict)
     )
+    #: the same, relayed before the coordinator quarantined that node (a history it
+    #: recorded the node contradicting)
+    superseded_checkpoints: dict[
+        tuple[str, str], dict[tuple[int, bytes], tuple[Checkpoint, str]]
+    ] = field(default_factory=dict)
     #: analysts' queries the coordinator accepted and logged (coordinator logs)
     requests: int = 0
     #: requests whose query id an earlier request already had (an analyst resubmitted it)
@@ -188,10 +193,17 @@ def verify_bundle(
         for log in bundle.logs
     ]
     # split view: every node checkpoint a coordinator relayed must be a prefix of the
-    # log that node exported (when the bundle has it), and no two may differ at one size
+    # log that node exported (when the bundle has it), and no two may differ at one size.
+    # Those relayed before a quarantine of the node are its other history if the node's
+    # own log records its rollback (``node recover``); else they count as well.
+    rolled_back = {r.origin for r in reports if r.rollbacks}
     for report in reports:
-        for (origin, key_id), relayed in report.relayed_checkpoints.items():
-            _check_relayed(report.origin, origin, relayed, trees.get((origin, key_id)))
+        for node, relayed in report.relayed_checkpoints.items():
+            _check_relayed(report.origin, node[0], relayed, trees.get(node))
+        for node, earlier in report.superseded_checkpoints.items():
+            if node in trees and node[0] not in rolled_back:
+                every = {**earlier, **report.relayed_checkpoints.get(node, {})}
+                _check_relayed(report.origin, node[0], every, trees[node])
     # secure releases: the coordinator's and the aggregators' logs agree
     cross_check(r.secure for r in reports if r.secure)
     return reports

@@ -26,6 +26,7 @@ from fedscreen.audit import coordinatorlog
 from fedscreen.cli.main import main
 from fedscreen.coordinator import offline, runtime
 from fedscreen.coordinator.core import Coordinator, init_coordinator
+from fedscreen.coordinator.quarantine import readmit, screen_answer
 from fedscreen.coordinator.releases import StoredRelease, newest_release
 from fedscreen.node.home import NodeConfig, init_home, load_config
 from fedscreen.node.ingest import ingest_paths
@@ -232,3 +233,41 @@ def test_two_relayed_checkpoints_of_one_size_are_a_split_view(
     _release(fed, {LATE: answer_locally(fork, first_env)}, first, first_env)
     _release(fed, {LATE: answer_locally(fed.nodes[LATE], second_env)}, second, second_env)
     assert _audit(fed, capsys) == 3
+
+
+def test_a_quarantine_sets_earlier_checkpoints_apart_only_for_a_node_that_recorded_it(
+    fed: Federation, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The coordinator quarantines a node whose checkpoint contradicts one it holds, then
+    readmits it. What it relayed before is excused only when the node's own log records
+    its rollback (``node recover``, ``test_rollback_online``); a node exporting the other
+    history, with no rollback recorded (a whole home restored, or two histories kept), is
+    a split view."""
+    fork = _fork(fed.nodes[LATE], fed.root / "fork")
+    queries = [make_query(fed.analyst, SQL, epsilon=e, accuracy=None) for e in (0.3, 0.2, 0.1)]
+    (first, first_env), (_, second_env), (third, third_env) = queries
+    core = Coordinator.open(fed.coordinator)
+    try:
+
+        def screened(answer: bytes) -> str | None:
+            return screen_answer(core, core.book, node_id=LATE, envelope=answer, proof=(),
+                                 sent_size=0, now_ms=first.issued_at_ms)  # fmt: skip
+
+        answer = answer_locally(fed.nodes[LATE], first_env)
+        assert screened(answer) is None
+        accepted = core.accept(first_env, now_ms=first.issued_at_ms)
+        core.release(accepted, {LATE: answer}, [ONLINE, THIRD], query_envelope=first_env)
+        # the other history at the same size: quarantined, logged with its evidence
+        reason = screened(answer_locally(fork, second_env))
+        assert reason is not None
+        assert reason.startswith("quarantined")
+        readmit(core, node_id=LATE, reason="investigated", now_ms=third.issued_at_ms)
+        answer = answer_locally(fork, third_env)
+        assert screened(answer) is None
+        accepted = core.accept(third_env, now_ms=third.issued_at_ms)
+        core.release(accepted, {LATE: answer}, [ONLINE, THIRD], query_envelope=third_env)
+    finally:
+        core.close()
+    assert _audit(fed, capsys) == 0  # the quarantine is disclosed in the coordinator's log
+    fed.nodes[LATE] = fork  # the node exports the other history, no rollback recorded
+    assert _audit(fed, capsys, nodes=True) == 3
