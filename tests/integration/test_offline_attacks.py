@@ -630,7 +630,7 @@ def test_a_revoked_analysts_queued_query_is_refused_once_the_node_knows(fed: Fed
     # the old outbox, carried after the node has the newer manifest: refused, not charged
     late = fed.path("revoked-answers-1.json")
     stale_file = fed.answer(old, late)
-    refused(stale_file, "older than the one this node answered last")
+    refused(stale_file, "older than what this node last had from the coordinator")
     assert not late.exists()
     assert fed.state() == before
 

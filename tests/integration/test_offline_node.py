@@ -187,5 +187,5 @@ def test_an_outbox_made_before_the_last_answers_came_back_still_proves_the_log(f
     # an outbox older than the one answered last is refused whole, nothing recorded
     old = fed.answer(a, "answers-a2.json")
     assert old.returncode != 0
-    assert "older than the one this node answered last" in old.stderr
+    assert "older than what this node last had from the coordinator" in old.stderr
     assert not (fed.root / "answers-a2.json").exists()

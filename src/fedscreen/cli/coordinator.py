@@ -227,6 +227,10 @@ def run_inbox(args: argparse.Namespace) -> int:
         done = import_answers(core, data)
     finally:
         core.close()
+    if done.problem:
+        what = "QUARANTINED" if done.quarantined else "file not used"
+        print(f"node {done.node}: {what}: {done.problem}; nothing of this file was used")
+        return 2 if done.quarantined else 1
     print(
         f"node {done.node}: {len(done.released)} new release versions, "
         f"{len(done.unchanged)} answers changed nothing, {len(done.refused)} refusals"

@@ -15,7 +15,9 @@ CLI while the server runs, as ``coordinator.offline`` does.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -48,6 +50,10 @@ class Imported:
     unchanged: list[tuple[str, str]] = field(default_factory=list)
     #: (query id, the node's refusal reason)
     refused: list[tuple[str, str]] = field(default_factory=list)
+    #: why nothing of the file was used ("" when it was)
+    problem: str = ""
+    #: the file showed the node's log went back: it is quarantined now
+    quarantined: bool = False
 
 
 def import_answers(core: Coordinator, data: bytes, *, now_ms: int | None = None) -> Imported:
@@ -76,10 +82,14 @@ def import_answers(core: Coordinator, data: bytes, *, now_ms: int | None = None)
     # a crash part way, say) the checkpoints it brought are no longer the ones to prove from
     signed = hashlib.sha256(Envelope.from_json(data).unverified_payload()).hexdigest()
     again = core.conn.execute("SELECT 1 FROM offline_inbox WHERE sha256 = ?", (signed,))
-    refused, final = _check_file_log(core, carried, now_ms=at, again=again.fetchone() is not None)
+    refused, final, quarantined = _check_file_log(
+        core, carried, now_ms=at, again=again.fetchone() is not None
+    )
     if refused is not None:
-        done.unchanged = [(a.query_id, refused) for a in carried.answers]
+        done.problem, done.quarantined = refused, quarantined
         return done
+    if final is not None:
+        _keep_proofs(core, carried, final)
     with transaction(core.conn):
         core.conn.execute(
             "INSERT OR IGNORE INTO offline_inbox (sha256, node, imported_ms) VALUES (?, ?, ?)",
@@ -121,44 +131,62 @@ def import_answers(core: Coordinator, data: bytes, *, now_ms: int | None = None)
 
 def _check_file_log(
     core: Coordinator, carried: AnswerFile, *, now_ms: int, again: bool = False
-) -> tuple[str | None, Checkpoint | None]:
-    """Why none of the file may be used (its node's log went back: the node is now
-    quarantined, with the evidence logged), or None; and the file's closing checkpoint
-    when it extends the newest one held.
+) -> tuple[str | None, Checkpoint | None, bool]:
+    """Why none of the file may be used, or None; the file's closing checkpoint when it
+    is the newest the coordinator now holds; and whether the node was quarantined.
 
-    The file's closing checkpoint must extend the newest checkpoint of the node's log
-    the coordinator holds, which may be later than the one the outbox was made with (an
-    earlier answer file imported since): the file proves consistency from every size it
-    may be (``log_proofs``). A file older than that checkpoint (imported out of order)
-    is left to each answer's own proof, and the auditor's check of every relayed
-    checkpoint against the node's log. ``again``: the file was checked when first
+    The file's closing checkpoint must be consistent with the checkpoints of the node's
+    log the coordinator holds: extend the newest one, with the file's proof from that
+    size (``log_proofs``: from the outbox's ``known_log_size`` and from where the node's
+    earlier files ended), or — a file imported after a later one — be proven a prefix
+    of a held one by a proof an earlier-imported file offered from its size. A proof
+    that fails is a rollback: the node is quarantined, the evidence logged. A file that
+    offers no proof is not used, and not evidence (the node may have lost the note of
+    its earlier files): its queries stay queued, and a new outbox gets their answers
+    again from the node's store at no cost. ``again``: the file was checked when first
     imported (a crash may have left checkpoints of its own answers held since).
     """
     node = carried.node
     held_quarantine = core.book.quarantined(node)
     if held_quarantine is not None:
-        return f"quarantined: {bounded(held_quarantine.reason)}", None
+        return f"quarantined: {bounded(held_quarantine.reason)}", None, False
     if not carried.checkpoint:
-        return "the answer file carries no checkpoint of the node's log", None
+        return "the answer file carries no checkpoint of the node's log", None, False
     member = core.manifest.member(node, role="node")
     try:
         final = parse_and_verify_note(
             carried.checkpoint, verifiers={member_origin("node", node): member.signing_key}
         )
     except VerificationError as exc:
-        return f"the answer file's checkpoint does not verify: {bounded(str(exc))}", None
+        return f"the answer file's checkpoint does not verify: {bounded(str(exc))}", None, False
     size = core.book.known_size(node)
     held = core.book.held(node, size) if size else None
-    if held is not None and held[0].size > final.size:
-        return None, None  # older than what is held: each answer's own proof decides
     if held is None or again:
-        return None, final
-    proof = () if held[0].size == final.size else carried.log_proof_from(held[0].size)
+        return None, final if held is None or held[0].size <= final.size else None, False
     try:
+        if held[0].size > final.size:
+            proven = _prefix_of_held(core, node, final)
+            if proven is None:
+                return (
+                    (
+                        f"the answer file ends before the checkpoint of {held[0].size} entries the "
+                        "coordinator holds and no file imported before proves it a prefix of it: "
+                        "make a new outbox (its answers come again from the node's store, free)"
+                    ),
+                    None,
+                    False,
+                )
+            return None, None, False
+        proof = () if held[0].size == final.size else carried.log_proof_from(held[0].size)
         if proof is None:
-            raise VerificationError(
-                f"its answer file does not prove that its log extends the checkpoint of "
-                f"{held[0].size} entries the coordinator holds"
+            return (
+                (
+                    f"the answer file does not prove that the node's log extends the checkpoint of "
+                    f"{held[0].size} entries the coordinator holds: make a new outbox (its answers "
+                    "come again from the node's store, free)"
+                ),
+                None,
+                False,
             )
         check_extends(held[0], final, proof)
     except VerificationError as exc:
@@ -174,8 +202,54 @@ def _check_file_log(
             }
         )
         core.book.quarantine(node, reason, now_ms=now_ms)
-        return f"quarantined: {bounded(reason)}", None
-    return None, final
+        return f"quarantined: {bounded(reason)}", None, True
+    return None, final, False
+
+
+def _prefix_of_held(core: Coordinator, node: str, final: Checkpoint) -> bool | None:
+    """True if ``final`` is proven a prefix of a checkpoint the coordinator holds (by a
+    proof a file imported before offered from its size, or by equal roots at its size);
+    None if nothing proves it either way. VerificationError if a proof fails."""
+    same = core.book.held(node, final.size)
+    if same is not None:
+        if same[0].root != final.root:
+            raise VerificationError(
+                f"its log has another root at {final.size} entries than the coordinator holds"
+            )
+        return True
+    rows = core.conn.execute(
+        "SELECT to_size, proof FROM offline_proof WHERE node = ? AND from_size = ?",
+        (node, final.size),
+    ).fetchall()
+    for to_size, proof in rows:
+        target = core.book.held(node, int(to_size))
+        if target is not None:
+            check_extends(final, target[0], _hashes(str(proof)))
+            return True
+    return None
+
+
+def _keep_proofs(core: Coordinator, carried: AnswerFile, final: Checkpoint) -> None:
+    """Keep the file's proofs to its closing checkpoint: a file that ended at one of
+    those sizes, imported later, is proven a prefix with them."""
+    with transaction(core.conn):
+        core.conn.executemany(
+            "INSERT OR IGNORE INTO offline_proof (node, from_size, to_size, proof) "
+            "VALUES (?, ?, ?, ?)",
+            [
+                (carried.node, start, final.size, json.dumps(_b64(proof)))
+                for start, proof in carried.log_proofs
+                if 0 < start < final.size
+            ],
+        )
+
+
+def _b64(hashes: tuple[bytes, ...]) -> list[str]:
+    return [base64.b64encode(h).decode("ascii") for h in hashes]
+
+
+def _hashes(text: str) -> tuple[bytes, ...]:
+    return tuple(base64.b64decode(h) for h in json.loads(text))
 
 
 def _keep_statement(core: Coordinator, node: str, envelope: bytes) -> None:

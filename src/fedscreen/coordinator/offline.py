@@ -114,19 +114,21 @@ def make_outbox(
     size = Checkpoint.from_body(note[: note.index("\n\n") + 1]).size if note else 0
     known = int(held[0]) if held else 0
     proof = tuple(core.consistency_proof(known, size)) if 0 < known < size else ()
-    # the node may hold the checkpoint of an earlier outbox whose answers are not back yet
-    earlier = core.conn.execute(
-        "SELECT DISTINCT checkpoint_size FROM offline_outbox WHERE node = ? "
-        "AND checkpoint_size > 0 AND checkpoint_size < ? ORDER BY checkpoint_size DESC LIMIT ?",
-        (node_id, size, MAX_PROOFS - 1),
-    ).fetchall()
+    # the node may hold: the size its stream got last before it went offline, the size
+    # a refusing node named (--from-size), the checkpoint of an earlier outbox (newest
+    # first: whose answers are not back yet, or a node restored to an older one) — as
+    # many as an outbox may carry
     online = core.conn.execute(
         "SELECT coordinator_log_size FROM online_link WHERE node = ?", (node_id,)
     ).fetchone()
-    # ... or the one its stream got last, before it went offline
-    sizes = {int(r[0]) for r in earlier} | {int(online[0]) if online else 0, from_size}
-    sizes = {s for s in sizes if 0 < s < size}
-    proofs = tuple((s, tuple(core.consistency_proof(s, size))) for s in sorted(sizes - {known}))
+    earlier = core.conn.execute(
+        "SELECT DISTINCT checkpoint_size FROM offline_outbox WHERE node = ? "
+        "AND checkpoint_size > 0 AND checkpoint_size < ? ORDER BY checkpoint_size DESC LIMIT ?",
+        (node_id, size, MAX_PROOFS),
+    ).fetchall()
+    candidates = [from_size, int(online[0]) if online else 0, *(int(r[0]) for r in earlier)]
+    sizes = [s for s in dict.fromkeys(candidates) if 0 < s < size and s != known][:MAX_PROOFS]
+    proofs = tuple((s, tuple(core.consistency_proof(s, size))) for s in sizes)
     core.book.refresh()
     _, manifest_text = core.identity.manifest_file()
     outbox = Outbox(

@@ -75,6 +75,13 @@ CREATE TABLE IF NOT EXISTS offline_statement (
     issued_ms INTEGER NOT NULL,
     envelope BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS offline_proof (
+    node TEXT NOT NULL,
+    from_size INTEGER NOT NULL,
+    to_size INTEGER NOT NULL,
+    proof TEXT NOT NULL,
+    PRIMARY KEY (node, from_size, to_size)
+);
 CREATE TABLE IF NOT EXISTS offline_inbox (
     sha256 TEXT PRIMARY KEY,
     node TEXT NOT NULL,

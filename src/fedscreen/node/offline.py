@@ -145,7 +145,7 @@ def answer_outbox(
         digest = file_digest(data)
         log = CoordinatorLog(home, coordinator[0])
         exported, last_made = _exported(home)
-        halted = _check_coordinator_log(log, outbox, key=coordinator[2], last_made=last_made)
+        halted = _check_coordinator_log(log, outbox, key=coordinator[2])
         done = Answered(config.node_id, manifest.version)
         window = policy.limits.offline_window_ms
         answers = _answer_all(worker, outbox, halted, done, clock, window_ms=window)
@@ -251,6 +251,8 @@ def file_link(home: Path) -> str | None:
     _, made = _exported(home)
     try:
         manifest = load_identity(home).manifest()
+        if load_config(home).node_id not in manifest.offline:
+            return None  # back online: its stream's link.json says the rest
         _, _, key = _coordinator(manifest)
         held = CoordinatorLog(home, manifest.coordinator()).known_size(key)
     except (ConfigError, VerificationError):
@@ -262,27 +264,24 @@ def file_link(home: Path) -> str | None:
     )
 
 
-def _check_coordinator_log(
-    log: CoordinatorLog, outbox: Outbox, *, key: bytes, last_made: int
-) -> str:
+def _check_coordinator_log(log: CoordinatorLog, outbox: Outbox, *, key: bytes) -> str:
     """Empty if the outbox's coordinator checkpoint extends the one this node holds (now
-    held); else the refusal every query of the file gets: the coordinator's log went back
-    (a smaller or forked log in an outbox made after the one answered last: evidence,
-    recorded in the node's log).
+    held); else the refusal every query of the file gets: the coordinator's log forked
+    (another root at the size held, or a proof from it that fails — evidence, recorded
+    in the node's log).
 
-    VerificationError (the whole file refused, nothing recorded) if the outbox is an
-    older one carried again (made no later than the one answered last, with a smaller
-    checkpoint), or offers no proof from the checkpoint this node holds (it learnt a
-    later one online, say, before it went offline): not evidence against the
-    coordinator, just a file to make again. (Only a smaller checkpoint is judged by the
-    coordinator's clock: a newer outbox with a larger one is checked by its proof.)
+    VerificationError (the whole file refused, nothing recorded) if its checkpoint is
+    behind the one held — an outbox made before the node last heard from the coordinator
+    (carried late, or before the node went online for a while) looks the same as a log
+    that shrank, so it is no evidence — or it offers no proof from the checkpoint held
+    (the node learnt a later one online, say): a file to make again.
     """
     held = log.known_size(key)
     size = outbox.checkpoint_size
     proof: tuple[bytes, ...] | None = ()
-    if held and size < held and outbox.made_at_ms <= last_made:
+    if held and size < held:
         raise VerificationError(
-            f"this outbox is older than the one this node answered last (the coordinator's "
+            f"this outbox is older than what this node last had from the coordinator (its "
             f"checkpoint in it has {size} entries, this node holds one of {held}): ask the "
             "province for a new one (nothing was answered)"
         )
