@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from fedscreen._util.sqlite import transaction
 from fedscreen.coordinator.core import Coordinator
 from fedscreen.coordinator.offline import QUEUED, TRANSIENT
-from fedscreen.coordinator.quarantine import screen_answer
+from fedscreen.coordinator.quarantine import quarantine, screen_answer
 from fedscreen.coordinator.releases import StoredRelease, newest_release
 from fedscreen.coordinator.runtime import node_refusal
 from fedscreen.crypto.envelope import Envelope
@@ -190,19 +190,10 @@ def _check_file_log(
             )
         check_extends(held[0], final, proof)
     except VerificationError as exc:
-        reason = str(exc)
-        core.record(
-            {
-                "kind": "quarantine",
-                "node": node,
-                "reason": reason,
-                "held_checkpoint": held[1],
-                "presented_checkpoint": carried.checkpoint,
-                "at_ms": now_ms,
-            }
+        why = quarantine(
+            core, core.book, node, str(exc), held=held[1], shown=carried.checkpoint, now_ms=now_ms
         )
-        core.book.quarantine(node, reason, now_ms=now_ms)
-        return f"quarantined: {bounded(reason)}", None, True
+        return bounded(why), None, True
     return None, final, False
 
 

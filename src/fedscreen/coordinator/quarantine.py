@@ -44,6 +44,7 @@ __all__ = [
     "CheckpointBook",
     "NodeLogState",
     "Quarantined",
+    "quarantine",
     "readmit",
     "screen_answer",
 ]
@@ -136,25 +137,42 @@ def screen_answer(
         try:
             check_extends(held[0], new, steps)
         except VerificationError as exc:
-            reason = str(exc)
-            core.record(
-                {
-                    "kind": "quarantine",
-                    "node": node_id,
-                    "reason": reason,
-                    "held_checkpoint": held[1],
-                    "presented_checkpoint": note,
-                    "at_ms": now_ms,
-                }
+            return quarantine(
+                core, book, node_id, str(exc), held=held[1], shown=note, now_ms=now_ms
             )
-            book.quarantine(node_id, reason, now_ms=now_ms)
-            return f"quarantined: {reason}"
     if sent_size > 0 and book.held(node_id, sent_size) is None and book.known_size(node_id):
         # the baseline was forgotten meanwhile (pruned): the proof cannot be checked, so
         # this checkpoint is not kept either; the next query is sent the newest size
         return None
     book.keep(node_id, new, note)
     return None
+
+
+def quarantine(
+    core: Coordinator,
+    book: CheckpointBook,
+    node_id: str,
+    reason: str,
+    *,
+    held: str,
+    shown: str,
+    now_ms: int,
+) -> str:
+    """Quarantine a node whose log went back, with the evidence — the checkpoint the
+    coordinator held and the one shown, both signed by the node — logged first; returns
+    the reason a release states for it."""
+    core.record(
+        {
+            "kind": "quarantine",
+            "node": node_id,
+            "reason": reason,
+            "held_checkpoint": held,
+            "presented_checkpoint": shown,
+            "at_ms": now_ms,
+        }
+    )
+    book.quarantine(node_id, reason, now_ms=now_ms)
+    return f"quarantined: {reason}"
 
 
 def readmit(core: Coordinator, *, node_id: str, reason: str, now_ms: int) -> Quarantined:

@@ -131,10 +131,7 @@ class Outbox:
         to this outbox's (None: the outbox offers none from that size)."""
         if size == self.coordinator_proof_from:
             return self.coordinator_proof
-        for start, proof in self.coordinator_proofs:
-            if start == size:
-                return proof
-        return None
+        return _proof_from(self.coordinator_proofs, size)
 
     def to_json(self) -> dict[str, Any]:
         """The payload."""
@@ -195,10 +192,7 @@ class AnswerFile:
     def log_proof_from(self, size: int) -> tuple[bytes, ...] | None:
         """The node log's consistency proof from ``size`` to :attr:`checkpoint` (None: none
         offered)."""
-        for start, proof in self.log_proofs:
-            if start == size:
-                return proof
-        return None
+        return _proof_from(self.log_proofs, size)
 
     def to_json(self) -> dict[str, Any]:
         """The payload."""
@@ -410,6 +404,13 @@ def _proof(value: object) -> tuple[bytes, ...]:
             raise ValueError("a proof's hashes are 32 bytes")
         hashes.append(raw)
     return tuple(hashes)
+
+
+def _proof_from(
+    proofs: Sequence[tuple[int, tuple[bytes, ...]]], size: int
+) -> tuple[bytes, ...] | None:
+    """The proof of ``proofs`` that starts from ``size`` (None: none does)."""
+    return next((proof for start, proof in proofs if start == size), None)
 
 
 def note_size(note: str) -> int:
