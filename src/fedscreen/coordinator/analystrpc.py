@@ -99,7 +99,7 @@ class AnalystReads(pb_grpc.AnalystServicer):
         settle_statements(self.core.core.manifest, self.sessions)
         held = {n: envelope for n, (_, envelope) in self.sessions.budgets.items() if n in node_ids}
         # an offline node's newest statement came in its last answer file
-        offline = node_ids & self.core.core.manifest.offline - set(held)
+        offline = (node_ids & self.core.core.manifest.offline) - set(held)
         if offline:
             held.update(await self.core.call(lambda core: offline_statements(core, offline)))
         return serde.statements_response(
