@@ -92,6 +92,9 @@ def _homes(root: Path) -> Fed:
         _, rejected = ingest_paths(config, [root / f"export-{node_id}"])
         assert not rejected, rejected
         nodes[node_id] = config
+    # the late node is offline: the coordinator queues its queries (a later version may
+    # add only a queued node's answer)
+    authority.set_offline(auth, LATE, offline=True)
     text = authority.manifest_text(auth)
     for home in (root / "coord", root / "alice", root / "bob", root / "auditor-1"):
         update_manifest(home, text)
@@ -283,7 +286,7 @@ def test_query_release_prints_the_version_and_the_nodes_still_missing(
     out = capsys.readouterr().out
     assert f"release of query {query_id} by alice" in out
     assert "release version 1\n" in out
-    assert f"still missing (1 of 3 nodes):\n  {LATE}: not connected" in out
+    assert f"still missing (1 of 3 nodes):\n  {LATE}: offline: queued for the node's next" in out
     stored = late_version(fed, query_id)
     assert main([*base, "--release", query_id]) == 0
     out = capsys.readouterr().out

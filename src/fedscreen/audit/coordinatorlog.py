@@ -19,7 +19,7 @@ from fedscreen.audit.releases import pair_release
 from fedscreen.crypto.envelope import RELEASE_V1, Envelope, parse_json, verify_envelope
 from fedscreen.errors import EntryInvalid, QueryRefused, VerificationError
 from fedscreen.protocol.query import FRESHNESS_WINDOW_MS, SignedQuery, verify_query
-from fedscreen.protocol.release import parse_release
+from fedscreen.protocol.release import later_population, parse_release
 from fedscreen.tlog.checkpoint import member_origin
 from fedscreen.trust.manifest import Member
 
@@ -214,8 +214,11 @@ def _check_later_version(body: dict[str, Any], previous: _Released) -> None:
                 f"answer of version {before.release_version}"
             )
     added = [n for n in named if n not in before.answer_digests()]
-    if any(n not in before.missing for n in added):
-        raise ValueError("a later release version adds an answer of a node that was not missing")
+    if any(before.missing_reasons.get(n) != QUEUED_REASON for n in added):
+        # an offline node's late answer fills only the place its queued query left
+        raise ValueError("a later release version adds an answer of a node not queued for it")
+    if not later_population(before.population, release.population):
+        raise ValueError("a later release version states another population than it adds")
     refused = []
     for node in release.missing:
         was, now = before.missing_reasons.get(node), release.missing_reasons.get(node)

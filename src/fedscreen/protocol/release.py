@@ -424,6 +424,21 @@ def _check_secure(
         raise VerificationError("the provincial figures are not the combination of the partials")
 
 
+def later_population(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> bool:
+    """Whether a later release version's ``population`` follows from its predecessor's:
+    the same eligible students targeted and the same nodes without a count (a late
+    answer adds no node to the query), and no fewer answered (a late answer only adds)."""
+    if before is None or after is None:
+        return before == after
+    return (
+        after.get("eligible_targeted") == before.get("eligible_targeted")
+        and after.get("unknown") == before.get("unknown")
+        and before.get("eligible_answered", 0)
+        <= after.get("eligible_answered", 0)
+        <= after.get("eligible_targeted", 0)
+    )
+
+
 def _versioning(body: Mapping[str, Any]) -> dict[str, Any]:
     """``release_version`` and ``supersedes``: both absent (version 1), or a version of 2
     or more naming the SHA-256 of the release it follows."""

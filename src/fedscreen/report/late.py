@@ -18,7 +18,8 @@ if (``check_later``):
   answers arrived) cannot show its chain to the stored one without the versions between,
   which the coordinator does not hand out: it is accepted on the checks above and the next;
 * every answer the stored version used is still used, byte for byte (a later version
-  only adds answers: no figure of a node is swapped).
+  only adds answers: no figure of a node is swapped), and its population share counts
+  the same eligible students targeted, and no fewer answered.
 
 The same version again must be the same release, byte for byte; an older one is refused.
 
@@ -48,6 +49,7 @@ from fedscreen._util.files import replace_file
 from fedscreen.analyst.query import FetchedRelease, fetch_if_kept
 from fedscreen.errors import ConfigError, VerificationError
 from fedscreen.policy import Policy
+from fedscreen.protocol.release import later_population, parse_release
 from fedscreen.report.files import (
     PLAN_FILE,
     RELEASES_DIR,
@@ -188,6 +190,8 @@ def check_later(stored: QueryRun, fetched: FetchedRelease) -> bool:
             f"{what} is version {new.release_version} but does not supersede the stored "
             f"version {before}"
         )
+    if not later_population(parse_release(old).population, new.population):
+        raise VerificationError(f"{what} states another population than its late answers add")
     kept = new.answer_digests()
     dropped = [n for n, a in _answer_digests(stored).items() if kept.get(n) != a]
     if dropped:

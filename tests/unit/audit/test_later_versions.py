@@ -190,6 +190,36 @@ def test_a_version_adding_no_answer_and_no_refusal_is_caught(
     assert _audit(fed, capsys) == 2
 
 
+def test_a_version_adding_a_node_that_was_not_queued_is_caught(
+    fed: Federation, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only a queued node's late answer fills a later version: THIRD was not connected."""
+    query, envelope, first = _first_release(fed)
+    third = answer_locally(fed.nodes[THIRD], envelope)
+    _version(fed, query, {**first.answers, THIRD: third}, {LATE: QUEUED})
+    assert _audit(fed, capsys) == 2
+
+
+def test_a_version_stating_another_population_is_caught(
+    fed: Federation, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A later version adds answers, never eligible students to the nodes asked."""
+    query, envelope, first = _first_release(fed)
+    late = answer_locally(fed.nodes[LATE], envelope)
+    core = Coordinator.open(fed.coordinator)
+    try:
+        previous = newest_release(core.conn, query.query_id)
+        assert previous is not None
+        core.release(
+            query, {**first.answers, LATE: late}, [THIRD], reasons={THIRD: "not connected"},
+            targeted=previous.targeted, query_envelope=previous.query_envelope,
+            previous=previous, eligible={ONLINE: 100, LATE: 99_900},
+        )  # fmt: skip
+    finally:
+        core.close()
+    assert _audit(fed, capsys) == 2
+
+
 def _fork(config: NodeConfig, where: Path) -> NodeConfig:
     """A second copy of the node's home: a node keeping two histories."""
     shutil.copytree(config.home, where)
