@@ -382,6 +382,9 @@ def test_report_include_late_replaces_a_release_by_its_later_version_and_verifie
     }
     assert {n["id"]: n["answered"] for n in model["nodes"]}[LATE] == 1
     assert (out / "releases" / "q1.json").read_bytes() == q1
+    # the report it replaced is kept by its digest (a city report may compare with it)
+    kept = out / "superseded" / f"report-{hashlib.sha256(written).hexdigest()}.json"
+    assert kept.read_bytes() == written
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "<code>q0</code> version 2 (3 of 3 nodes answered)" in html
     assert "1 of them a later version" in html

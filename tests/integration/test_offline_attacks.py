@@ -672,7 +672,7 @@ def test_a_node_database_restored_from_a_backup_answers_nothing(fed: Fed) -> Non
     assert fed.state().charges == before.charges
     # meanwhile the authority signed a newer manifest: outbox 2 carries it, and the
     # refusal must still say what is wrong (the database), not blame the manifest
-    newer = authority.set_offline(fed.auth, OFFLINE, offline=True)
+    newer = authority.set_scope(fed.auth, "prov", "province")
     update_manifest(fed.coordinator, authority.manifest_text(fed.auth))
     second = fed.outbox("restore-outbox-2.json")
     assert parse_manifest(payload_of(second)[1]["manifest"]).version == newer.version

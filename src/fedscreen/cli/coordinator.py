@@ -252,6 +252,11 @@ def _places(home: Path) -> dict[str, tuple[str, str]]:
     }
 
 
+def _stranded(home: Path, offline: dict[str, int | None]) -> dict[str, int]:
+    """Online node id -> queries still queued from when it was offline."""
+    return {n: c for n, c in queued_counts(home).items() if n not in offline and c}
+
+
 def _offline(home: Path) -> dict[str, int | None]:
     """Offline node id -> its queued queries (None: not known from this home)."""
     offline = load_identity(home).manifest().offline
@@ -337,6 +342,11 @@ def run_status(args: argparse.Namespace) -> int:
         print(f"node {n.node_id} is quarantined, its answers unused: {n.quarantine_reason}")
     if quarantined:
         print("after investigating: fedscreen coordinator readmit --node ID --reason TEXT")
+    for node_id, queued in sorted(_stranded(args.home, offline).items()):
+        print(
+            f"node {node_id} is online again: {queued} queries queued while it was offline are "
+            "not carried to it any more; ask them again"
+        )
     for node_id, queued in sorted(offline.items()):
         if queued:
             print(

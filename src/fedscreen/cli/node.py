@@ -241,7 +241,7 @@ def run_answer_file(args: argparse.Namespace) -> int:
     done = answer_outbox(args.home, data, args.out)
     print(f"node {done.node} (manifest version {done.manifest_version}): "
           f"{len(done.answered)} answered, {len(done.refused)} refused; "
-          f"ε spent {done.epsilon_spent:g}")  # fmt: skip
+          f"ε spent {done.epsilon_spent:g} in each year a query covers")  # fmt: skip
     for query_id, charged in done.answered:
         cost = f"ε={charged:g}" if charged else "answered before: no charge"
         print(f"  {query_id}: answered ({cost})")

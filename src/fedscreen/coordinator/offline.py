@@ -113,6 +113,11 @@ def make_outbox(
     note = core.checkpoint()
     size = Checkpoint.from_body(note[: note.index("\n\n") + 1]).size if note else 0
     known = int(held[0]) if held else 0
+    if from_size and not 0 < from_size <= size:
+        raise ConfigError(
+            f"--from-size {from_size}: the coordinator's log has {size} entries; give the "
+            "size the node's refusal names"
+        )
     proof = tuple(core.consistency_proof(known, size)) if 0 < known < size else ()
     # the node may hold: the size its stream got last before it went offline, the size
     # a refusing node named (--from-size), the checkpoint of an earlier outbox (newest
@@ -184,9 +189,18 @@ def _offline_node(core: Coordinator, node_id: str) -> None:
     except UnknownMember as exc:
         raise ConfigError(str(exc)) from None
     if node_id not in core.manifest.offline:
+        waiting = core.conn.execute(
+            "SELECT count(*) FROM offline_queue WHERE node = ? AND settled_ms IS NULL", (node_id,)
+        ).fetchone()[0]
+        stranded = (
+            f"; the {waiting} queries queued while it was offline are not carried to it any "
+            "more: ask them again"
+            if waiting
+            else ""
+        )
         raise ConfigError(
             f"node {node_id} is not marked offline in manifest version {core.manifest.version} "
-            "(`fedscreen pki link --offline`)"
+            f"(`fedscreen pki link --offline`){stranded}"
         )
 
 

@@ -44,6 +44,8 @@ __all__ = [
 REPORT_FILE: Final = "report.json"
 PLAN_FILE: Final = "plan.toml"
 RELEASES_DIR: Final = "releases"
+#: the report files ``report run --include-late`` replaced, kept by their SHA-256
+SUPERSEDED_DIR: Final = "superseded"
 BUDGETS_FILE: Final = "budgets.json"
 #: offline, a signed query's age no longer matters: only its signature does
 _ANY_TIME: Final = 2**62

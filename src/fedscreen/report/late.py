@@ -54,6 +54,7 @@ from fedscreen.report.files import (
     PLAN_FILE,
     RELEASES_DIR,
     REPORT_FILE,
+    SUPERSEDED_DIR,
     QueryRun,
     verify_run,
     write_report,
@@ -159,9 +160,21 @@ def include_late(
             )
     if stale or any(late.after != late.before for late in outcome):
         model = inputs.build(manifest, runs=runs)
+        _keep_superseded(out)
         write_report(out, inputs.plan, model, province=inputs.province, replace=True)
         verify_report(out, manifest=manifest, policy=policy)
     return outcome
+
+
+def _keep_superseded(out: Path) -> None:
+    """Keep the report being replaced as ``superseded/report-<sha256>.json``: a city
+    report compared with it names it by that digest (``report verify`` then says the
+    comparison is with an earlier version of this province report)."""
+    data = (out / REPORT_FILE).read_bytes()
+    kept = out / SUPERSEDED_DIR / f"report-{hashlib.sha256(data).hexdigest()}.json"
+    if not kept.exists():
+        kept.parent.mkdir(exist_ok=True)
+        replace_file(kept, data)
 
 
 def check_later(stored: QueryRun, fetched: FetchedRelease) -> bool:

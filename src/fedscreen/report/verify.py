@@ -36,6 +36,7 @@ from fedscreen.report.files import (
     PLAN_FILE,
     RELEASES_DIR,
     REPORT_FILE,
+    SUPERSEDED_DIR,
     QueryRun,
     csv_text,
     normalized,
@@ -196,6 +197,14 @@ def check_report(
         if hashlib.sha256((province_dir / REPORT_FILE).read_bytes()).hexdigest() != (
             province.sha256
         ):
+            earlier = province_dir / SUPERSEDED_DIR / f"report-{province.sha256}.json"
+            if earlier.is_file():
+                raise VerificationError(
+                    f"the report compares with an earlier version of the province report in "
+                    f"{province_dir} (kept in {earlier.parent.name}/ when `report run "
+                    "--include-late` regenerated it with late answers): make this report "
+                    "again to compare with the current one"
+                )
             raise VerificationError(
                 f"the report compares with another province report than {province_dir}"
             )

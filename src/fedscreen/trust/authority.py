@@ -375,6 +375,12 @@ def set_offline(authority_dir: Path, member_id: str, *, offline: bool) -> Manife
     member = manifest.find(member_id)
     if member is not None and not member.revoked and member.role != "node":
         raise ConfigError(f"{show_id(member_id)} is {a_role(member.role)}: only nodes go offline")
+    if member is not None and not member.revoked and member.offline == offline:
+        # a version changing nothing would still have to be installed everywhere
+        raise ConfigError(
+            f"{show_id(member_id)} is already {'offline' if offline else 'online'} in manifest "
+            f"version {manifest.version}: nothing signed"
+        )
     return _amend(authority_dir, member_id, "mark offline", offline=offline)
 
 

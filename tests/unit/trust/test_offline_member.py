@@ -163,3 +163,12 @@ def test_pki_link_needs_exactly_one_mode(federation: Path) -> None:
         with pytest.raises(SystemExit) as exit_:
             main(["pki", "link", "--dir", str(federation), "--id", NODE, *argv])
         assert exit_.value.code == 2
+
+
+def test_a_link_that_changes_nothing_signs_nothing(federation: Path) -> None:
+    """`pki link` twice the same way: the second signs no version (each would have to be
+    installed at every member)."""
+    marked = authority.set_offline(federation, NODE, offline=True)
+    with pytest.raises(ConfigError, match="already offline"):
+        authority.set_offline(federation, NODE, offline=True)
+    assert authority.current_manifest(federation).version == marked.version
