@@ -32,6 +32,8 @@ from fedscreen.node import offline as node_offline
 from fedscreen.node.offline import answer_outbox
 from fedscreen.protocol.query import SignedQuery, verify_query
 from fedscreen.protocol.release import parse_release
+from fedscreen.trust import authority
+from fedscreen.trust.identity import update_manifest
 
 DAY_MS = 86_400_000
 
@@ -183,5 +185,30 @@ def test_an_outbox_and_an_answer_file_stay_within_the_file_limit(
         imported = import_answers(core, out.read_bytes())
         assert imported.released == [(ids[0], 2)]
         assert queued_counts(fed.coordinator) == {OFFLINE: 5}
+    finally:
+        core.close()
+
+
+def test_an_outbox_from_a_size_the_log_never_had_is_refused(fed: Fed) -> None:
+    core = Coordinator.open(fed.coordinator)
+    try:
+        _ask(fed, core)
+        for size in (-5, core.log.size() + 1, 10**20):
+            with pytest.raises(ConfigError, match="--from-size"):
+                make_outbox(core, OFFLINE, from_size=size)
+    finally:
+        core.close()
+
+
+def test_queries_queued_before_a_node_went_online_are_named(fed: Fed) -> None:
+    """Back online, a node answers no outbox: its queued queries are not carried any more,
+    and the province is told to ask them again."""
+    core = Coordinator.open(fed.coordinator)
+    try:
+        _ask(fed, core)
+        authority.set_offline(fed.auth, OFFLINE, offline=False)
+        update_manifest(fed.coordinator, authority.manifest_text(fed.auth))
+        with pytest.raises(ConfigError, match="1 queries queued while it was offline"):
+            make_outbox(core, OFFLINE)
     finally:
         core.close()
