@@ -19,7 +19,8 @@ from fedscreen.audit.releases import pair_release
 from fedscreen.crypto.envelope import RELEASE_V1, Envelope, parse_json, verify_envelope
 from fedscreen.errors import EntryInvalid, QueryRefused, VerificationError
 from fedscreen.protocol.query import FRESHNESS_WINDOW_MS, SignedQuery, verify_query
-from fedscreen.protocol.release import later_population, parse_release
+from fedscreen.protocol.release import parse_release
+from fedscreen.protocol.versioning import later_population
 from fedscreen.tlog.checkpoint import member_origin
 from fedscreen.trust.manifest import Member
 

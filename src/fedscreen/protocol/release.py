@@ -17,7 +17,6 @@ is a VerificationError, never a crash.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,12 +44,12 @@ from fedscreen.protocol.partial import (
     verify_partial,
 )
 from fedscreen.protocol.query import SignedQuery
+from fedscreen.protocol.versioning import versioning
 from fedscreen.query.spec import QuerySpec
 from fedscreen.trust.manifest import Manifest, show_id
 from fedscreen.trust.scope import describe, scope_contains
 
 RELEASE_VERSION: Final = 1
-_SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 
 
 def population(
@@ -258,7 +257,7 @@ def parse_release(body: object) -> ReleaseBody:
             province=_list(body["province"], "province"),
             coverage=_share(body["coverage"], "coverage"),
             population=_population(body.get("population")),
-            **_versioning(body),
+            **versioning(body),
         )
     except (KeyError, TypeError, ValueError, RecursionError, QueryRefused) as exc:
         raise VerificationError(f"malformed release: {bounded(_why(exc))}") from None
@@ -422,34 +421,6 @@ def _check_secure(
     )
     if not same_figures(outcome.cells(release.threshold), release.province):
         raise VerificationError("the provincial figures are not the combination of the partials")
-
-
-def later_population(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> bool:
-    """Whether a later release version's ``population`` follows from its predecessor's:
-    the same eligible students targeted and the same nodes without a count (a late
-    answer adds no node to the query), and no fewer answered (a late answer only adds)."""
-    if before is None or after is None:
-        return before == after
-    return (
-        after.get("eligible_targeted") == before.get("eligible_targeted")
-        and after.get("unknown") == before.get("unknown")
-        and before.get("eligible_answered", 0)
-        <= after.get("eligible_answered", 0)
-        <= after.get("eligible_targeted", 0)
-    )
-
-
-def _versioning(body: Mapping[str, Any]) -> dict[str, Any]:
-    """``release_version`` and ``supersedes``: both absent (version 1), or a version of 2
-    or more naming the SHA-256 of the release it follows."""
-    if "release_version" not in body and "supersedes" not in body:
-        return {}
-    version, supersedes = body.get("release_version"), body.get("supersedes")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 2:
-        raise TypeError("release_version must be a whole number of 2 or more")
-    if not isinstance(supersedes, str) or not _SHA256_HEX.fullmatch(supersedes):
-        raise TypeError("supersedes must be the SHA-256 (hex) of the release it follows")
-    return {"release_version": version, "supersedes": supersedes}
 
 
 def _released_answer(entry: object) -> ReleasedAnswer:

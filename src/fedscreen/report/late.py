@@ -49,7 +49,8 @@ from fedscreen._util.files import replace_file
 from fedscreen.analyst.query import FetchedRelease, fetch_if_kept
 from fedscreen.errors import ConfigError, VerificationError
 from fedscreen.policy import Policy
-from fedscreen.protocol.release import later_population, parse_release
+from fedscreen.protocol.release import parse_release
+from fedscreen.protocol.versioning import later_population
 from fedscreen.report.files import (
     PLAN_FILE,
     RELEASES_DIR,

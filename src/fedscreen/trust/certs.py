@@ -263,7 +263,8 @@ def verify_request(request: Mapping[str, Any]) -> CertRequest:
     check_public_key(signing_key)
     try:
         csr = x509.load_pem_x509_csr(fields["csr"].encode("ascii"))
-    except (ValueError, UnicodeEncodeError):
+    except (ValueError, UnicodeEncodeError, x509.InvalidVersion):
+        # InvalidVersion is no ValueError: a CSR version other than v1 (0)
         raise VerificationError("request csr is not a PEM certificate request") from None
     try:
         # RFC 2986 §3: the CSR is signed by the private key of the public key it carries.

@@ -154,7 +154,7 @@ class Identity:
         try:
             request = json.loads(read_public_file(self.request_path))
             csr = x509.load_pem_x509_csr(str(request["csr"]).encode("ascii"))
-        except (ValueError, KeyError, TypeError, UnicodeEncodeError):
+        except (ValueError, KeyError, TypeError, UnicodeEncodeError, x509.InvalidVersion):
             raise ConfigError(f"{self.request_path}: not a certificate request") from None
         return request_fingerprint(csr)
 

@@ -280,6 +280,19 @@ def test_request_of_any_shape_is_refused(value: Any) -> None:
     served_or_refused(lambda: verify_request(value), VerificationError)
 
 
+def test_a_csr_of_another_version_is_refused(request_doc: dict[str, Any]) -> None:
+    """A found case: a CSR whose version is 32, not v1 (0), raises cryptography's
+    InvalidVersion, which is no ValueError."""
+    pem = request_doc["csr"].splitlines()
+    body = base64.b64decode("".join(pem[1:-1]))
+    at = body.index(b"\x02\x01\x00")  # the version: INTEGER 0
+    odd = body[:at] + b"\x02\x01\x20" + body[at + 3 :]
+    lines = [base64.b64encode(odd).decode()[i : i + 64] for i in range(0, len(odd) * 2, 64)]
+    csr = "\n".join([pem[0], *filter(None, lines), pem[-1]]) + "\n"
+    with pytest.raises(VerificationError, match="not a PEM certificate request"):
+        verify_request({**request_doc, "csr": csr})
+
+
 def test_the_valid_request_verifies(request_doc: dict[str, Any]) -> None:
     assert verify_request(request_doc).member_id == "130102"
 
