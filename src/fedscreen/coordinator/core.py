@@ -271,7 +271,7 @@ class Coordinator:
         The release is also kept in the release store (``coordinator.releases``) with
         ``query_envelope`` (the analyst's signed query, for ``fedscreen query
         --release``). ``previous``: the stored release this one supersedes (a later
-        version with late answers, ``coordinator.offline``); sqlite3.IntegrityError if
+        version with late answers, ``coordinator.inbox``); sqlite3.IntegrityError if
         another version superseded it meanwhile (nothing is logged then).
         """
         if query.spec.secure and secure is None:

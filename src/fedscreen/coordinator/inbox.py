@@ -18,8 +18,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sqlite3
 import time
 from dataclasses import dataclass, field
+from typing import Final
 
 from fedscreen._util.sqlite import transaction
 from fedscreen.coordinator.core import Coordinator
@@ -307,7 +309,10 @@ def _import_one(
         core.forget_verdict(node, raw, query, academic_year=year)
         return reason
     core.book.flush()  # the checkpoint kept above, before the release that relies on it
-    version = _release_late(core, query, previous, node, raw)
+    try:
+        version = _release_late(core, query, previous, node, raw)
+    except _Raced:
+        return RACED
     if isinstance(version, str):
         _settle(core, node, query_id, now_ms, version)
         return version
@@ -339,7 +344,10 @@ def _refused_one(
         except (VerificationError, QueryRefused):
             query = None  # its analyst was revoked since: no new version for it
         if query is not None:
-            made = _release_late(core, query, previous, node, None, why=why)
+            try:
+                made = _release_late(core, query, previous, node, None, why=why)
+            except _Raced:
+                return None  # unsettled: the file imported again settles it
             version = made if isinstance(made, int) else None
     _settle(core, node, query_id, now_ms, why)
     return version
@@ -374,12 +382,24 @@ def _release_late(
             f"the release's earlier answers of {', '.join(lost[:5])} no longer verify "
             "(quarantined or revoked since): no later version; ask the query again"
         )
-    release = core.release(
-        query, answers, missing, reasons=reasons, academic_year=previous.academic_year,
-        targeted=previous.targeted, eligible=previous.eligible, checked=checked,
-        query_envelope=previous.query_envelope, previous=previous,
-    )  # fmt: skip
+    try:
+        release = core.release(
+            query, answers, missing, reasons=reasons, academic_year=previous.academic_year,
+            targeted=previous.targeted, eligible=previous.eligible, checked=checked,
+            query_envelope=previous.query_envelope, previous=previous,
+        )  # fmt: skip
+    except sqlite3.IntegrityError:
+        # another import superseded the same version first (nothing of this one logged):
+        # the query stays unsettled, for the file imported again
+        raise _Raced from None
     return int(release.body.get("release_version", 1))
+
+
+class _Raced(Exception):
+    """Another import made the next version of the same release first."""
+
+
+RACED: Final = "another import made the next version of this release meanwhile: import again"
 
 
 def _settle(core: Coordinator, node: str, query_id: str, now_ms: int, outcome: str) -> None:

@@ -103,3 +103,31 @@ def test_an_inbox_stopped_part_way_completes_when_run_again(
         assert len(nxt.released) == 1, nxt.unchanged
     finally:
         core.close()
+
+
+def test_an_import_racing_another_for_the_same_version_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two imports that both make "the next version" of one release: the second one's
+    version is refused by the store (a release is superseded once), rolled back with its
+    log entries, and its query stays unsettled for the file imported again."""
+    fed = make_fed(tmp_path)
+    core = Coordinator.open(fed.coordinator)
+    try:
+        query_id = ask(fed, core)[0]
+        first = newest_release(core.conn, query_id)
+        path = trip(fed, core, "a.json")
+        assert import_answers(core, path.read_bytes()).released == [(query_id, 2)]
+        # as seen by an import that read the release before the other one wrote version 2
+        core.conn.execute("UPDATE offline_queue SET settled_ms = NULL, outcome = NULL")
+        core.conn.execute("DELETE FROM offline_inbox")
+        core.conn.commit()
+        monkeypatch.setattr(inbox, "newest_release", lambda *_a, **_k: first)
+        size = core.log.size()
+        done = import_answers(core, path.read_bytes())
+        assert done.unchanged == [(query_id, inbox.RACED)]
+        assert core.log.size() == size
+        waiting = core.conn.execute("SELECT count(*) FROM offline_queue WHERE settled_ms IS NULL")
+        assert waiting.fetchone()[0] == 1
+    finally:
+        core.close()
