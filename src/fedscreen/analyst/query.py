@@ -22,12 +22,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from fedscreen.crypto.envelope import RELEASE_V1, Envelope, parse_json, verify_envelope
 from fedscreen.errors import ConfigError, QueryRefused, VerificationError
 from fedscreen.protocol.answer import bounded, dataset_public, verify_answer
 from fedscreen.protocol.query import (
+    ANY_AGE_MS,
     SignedQuery,
     issue_query,
     new_query_id,
@@ -52,9 +53,6 @@ __all__ = [
     "verify_fetched",
     "verify_release",
 ]
-
-#: a fetched query is checked for its signature only: its age does not matter any more
-_ANY_TIME: Final = 2**62
 
 
 def make_query(
@@ -185,7 +183,7 @@ def verify_fetched(
             Envelope.from_json(fetched.query_envelope),
             manifest=manifest,
             now_ms=0,
-            window_ms=_ANY_TIME,
+            window_ms=ANY_AGE_MS,
         )
     except QueryRefused as exc:  # well signed, malformed: still not a query to trust
         raise VerificationError(f"the fetched query does not verify: {exc}") from None

@@ -18,7 +18,7 @@ from fedscreen.audit.manifests import InForce, check_not_revoked, held_keys, iso
 from fedscreen.audit.releases import pair_release
 from fedscreen.crypto.envelope import RELEASE_V1, Envelope, parse_json, verify_envelope
 from fedscreen.errors import EntryInvalid, QueryRefused, VerificationError
-from fedscreen.protocol.query import FRESHNESS_WINDOW_MS, SignedQuery, verify_query
+from fedscreen.protocol.query import ANY_AGE_MS, FRESHNESS_WINDOW_MS, SignedQuery, verify_query
 from fedscreen.protocol.release import parse_release
 from fedscreen.protocol.versioning import later_population
 from fedscreen.tlog.checkpoint import member_origin
@@ -83,7 +83,7 @@ def check_coordinator_entries(
         try:
             if kind == "request":
                 # freshness was the nodes' concern at the time; offline only the signature counts
-                query = verify_query(envelope, manifest=manifest, now_ms=0, window_ms=2**62)
+                query = verify_query(envelope, manifest=manifest, now_ms=0, window_ms=ANY_AGE_MS)
                 if query.query_id != query_id:
                     raise ValueError(f"logged as query {query_id!r} but is {query.query_id!r}")
                 # ... but not one signed after a known version revoked the analyst

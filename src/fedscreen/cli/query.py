@@ -27,9 +27,8 @@ from typing import Any, Final
 
 from fedscreen.analyst.query import fetch_verified, make_query, verify_release
 from fedscreen.cli.output import printable, table
-from fedscreen.cli.sqltext import read_sql
+from fedscreen.cli.sqltext import add_sql_arguments, read_sql
 from fedscreen.errors import ConfigError, VerificationError
-from fedscreen.query.sqlparse import MAX_SQL_CHARS
 from fedscreen.rpc.client import submit
 from fedscreen.trust.identity import load_identity
 
@@ -74,15 +73,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "one per node (no county value comes out; see the README's threat model)",
     )
     query.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    # as ``sqltext.add_sql_arguments``, with --release as the third source
-    source = query.add_mutually_exclusive_group(required=True)
-    source.add_argument("sql", nargs="?", metavar="SQL", help="the query")
-    source.add_argument(
-        "--file",
-        metavar="F",
-        help=f"read the query from file F ('-': standard input; UTF-8, at most "
-        f"{MAX_SQL_CHARS} characters)",
-    )
+    # --release is a third source beside SQL and --file
+    source = add_sql_arguments(query)
     source.add_argument(
         "--release",
         metavar="QUERY_ID",

@@ -23,8 +23,9 @@ from fedscreen.query.sqlparse import MAX_SQL_CHARS
 CHUNK_BYTES: Final = 4096
 
 
-def add_sql_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``SQL`` argument and ``--file``, exactly one of them required."""
+def add_sql_arguments(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
+    """Add the ``SQL`` argument and ``--file``, exactly one of them required; returns their
+    group (a command may add another source to it)."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("sql", nargs="?", metavar="SQL", help="the query")
     source.add_argument(
@@ -33,6 +34,7 @@ def add_sql_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"read the query from file F ('-': standard input; UTF-8, at most "
         f"{MAX_SQL_CHARS} characters)",
     )
+    return source
 
 
 def read_sql(args: argparse.Namespace) -> str:

@@ -33,7 +33,7 @@ from fedscreen.coordinator.runtime import (
 from fedscreen.coordinator.sessions import SessionRegistry, now_ms
 from fedscreen.crypto.envelope import Envelope
 from fedscreen.errors import FedscreenError
-from fedscreen.protocol.query import is_query_id, shown_query_id, verify_query
+from fedscreen.protocol.query import ANY_AGE_MS, is_query_id, shown_query_id, verify_query
 from fedscreen.rpc import serde, transport
 from fedscreen.v1 import federation_pb2 as pb
 from fedscreen.v1 import federation_pb2_grpc as pb_grpc
@@ -47,8 +47,6 @@ BUDGET_READERS: Final = frozenset({"analyst", "auditor"})
 STATUS_READERS: Final = frozenset({"coordinator", "analyst", "auditor"})
 #: who may fetch a release: the analyst who signed its query (checked per query)
 FETCH_READERS: Final = frozenset({"analyst"})
-#: a stored query is checked for its signature only: its age does not matter any more
-_ANY_TIME: Final = 2**62
 
 
 def own_release(core: Coordinator, query_id: str, analyst: str) -> StoredRelease | None:
@@ -68,7 +66,7 @@ def own_release(core: Coordinator, query_id: str, analyst: str) -> StoredRelease
             Envelope.from_json(stored.query_envelope),
             manifest=core.manifest,
             now_ms=0,
-            window_ms=_ANY_TIME,
+            window_ms=ANY_AGE_MS,
         )
     except FedscreenError:
         return None

@@ -35,7 +35,7 @@ from fedscreen.protocol.answer import bounded
 from fedscreen.protocol.budget import verify_statement
 from fedscreen.protocol.consistency import check_extends
 from fedscreen.protocol.offline import ANSWERS_V1, AnswerFile, read_answer_file, unverified_payload
-from fedscreen.protocol.query import SignedQuery, verify_query
+from fedscreen.protocol.query import ANY_AGE_MS, SignedQuery, verify_query
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
 
 __all__ = ["Imported", "import_answers"]
@@ -292,7 +292,10 @@ def _import_one(
         return "the query's newest release did not ask this node"
     try:
         query = verify_query(
-            Envelope.from_json(bytes(queued[0])), manifest=core.manifest, now_ms=0, window_ms=2**62
+            Envelope.from_json(bytes(queued[0])),
+            manifest=core.manifest,
+            now_ms=0,
+            window_ms=ANY_AGE_MS,
         )
     except (VerificationError, QueryRefused) as exc:
         return f"the query no longer verifies: {bounded(str(exc))}"
@@ -339,7 +342,7 @@ def _refused_one(
                 Envelope.from_json(bytes(queued[0])),
                 manifest=core.manifest,
                 now_ms=0,
-                window_ms=2**62,
+                window_ms=ANY_AGE_MS,
             )
         except (VerificationError, QueryRefused):
             query = None  # its analyst was revoked since: no new version for it

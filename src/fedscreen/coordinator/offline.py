@@ -35,7 +35,7 @@ from fedscreen.protocol.offline import (
     sign_outbox,
 )
 from fedscreen.protocol.query import SignedQuery
-from fedscreen.tlog.checkpoint import Checkpoint
+from fedscreen.tlog.checkpoint import note_size
 
 __all__ = [
     "make_outbox",
@@ -111,7 +111,7 @@ def make_outbox(
         "SELECT coordinator_log_size FROM offline_link WHERE node = ?", (node_id,)
     ).fetchone()
     note = core.checkpoint()
-    size = Checkpoint.from_body(note[: note.index("\n\n") + 1]).size if note else 0
+    size = note_size(note)
     known = int(held[0]) if held else 0
     if from_size and not 0 < from_size <= size:
         raise ConfigError(

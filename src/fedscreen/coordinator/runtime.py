@@ -32,7 +32,7 @@ from fedscreen.protocol.refusal import parse_reason, refusal_reason
 from fedscreen.rpc import transport
 from fedscreen.rpc.clock import CLOCK_TOLERANCE_MS
 from fedscreen.rpc.transport import DEFAULT_LIMITS, TransportLimits
-from fedscreen.tlog.checkpoint import Checkpoint
+from fedscreen.tlog.checkpoint import Checkpoint, note_size
 from fedscreen.trust.manifest import Manifest
 
 __all__ = [
@@ -271,7 +271,7 @@ def coordinator_head(core: Coordinator, sent: Mapping[str, int]) -> CoordinatorH
     node from the size ``sent`` names (what its session last got); a proof is empty when
     that size is 0, the same, or beyond the log (the node judges a log that shrank)."""
     note = core.checkpoint()
-    size = Checkpoint.from_body(note[: note.index("\n\n") + 1]).size if note else 0
+    size = note_size(note)
     # sessions that got the same checkpoint get the same proof: one per distinct size
     by_size = {
         known: tuple(core.consistency_proof(known, size)) if 0 < known < size else ()

@@ -29,7 +29,7 @@ from fedscreen.crypto.envelope import ANSWER_V1, Envelope, parse_json, verify_en
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import ConfigError, MalformedNote, UnknownMember, VerificationError
 from fedscreen.protocol.consistency import check_extends
-from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
+from fedscreen.tlog.checkpoint import Checkpoint, member_origin, note_size, parse_and_verify_note
 from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust.history import held_keys
 from fedscreen.trust.identity import MANIFEST_FILE, update_manifest
@@ -266,7 +266,7 @@ def answer_proof(
         trusted_keys={key.key_id: key.public_key},
     )
     note = parse_json(payload)["checkpoint"]
-    size = Checkpoint.from_body(note[: note.index("\n\n") + 1]).size
+    size = note_size(note)
     if not 0 < known_size < size:
         return []
     return TransparencyLog(conn, name="node").consistency_proof(known_size, size)

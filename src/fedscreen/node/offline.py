@@ -45,12 +45,12 @@ from fedscreen.protocol.offline import (
     CarriedAnswer,
     Outbox,
     file_digest,
-    note_size,
     read_outbox,
     sign_answer_file,
     unverified_payload,
 )
 from fedscreen.protocol.refusal import refusal_reason
+from fedscreen.tlog.checkpoint import note_size
 from fedscreen.trust.identity import load_identity
 from fedscreen.trust.manifest import Manifest
 

@@ -25,14 +25,11 @@ from fedscreen.errors import ConfigError, QueryRefused, VerificationError
 from fedscreen.node.engine import QueryRequest, answer_query, record_refusal
 from fedscreen.node.home import NodeConfig, check_placement
 from fedscreen.policy import Policy
-from fedscreen.protocol.query import FRESHNESS_WINDOW_MS, check_fresh, verify_query
+from fedscreen.protocol.query import ANY_AGE_MS, FRESHNESS_WINDOW_MS, check_fresh, verify_query
 from fedscreen.protocol.refusal import refusal_reason
 from fedscreen.protocol.secure import aggregators
 from fedscreen.trust.manifest import Manifest, Member
 from fedscreen.trust.scope import PROVINCE, describe, node_place, scope_contains
-
-#: the freshness window verify_query is given: freshness is checked apart, to say "stale"
-_ANY_TIME = 2**62
 
 
 def handle_query(
@@ -63,7 +60,8 @@ def handle_query(
     except VerificationError:
         _refuse(config, conn, "(unverified)", "", "invalid-query", "not a well-formed envelope")
     try:
-        query = verify_query(envelope, manifest=manifest, now_ms=clock, window_ms=_ANY_TIME)
+        # freshness is checked apart below, to refuse a stale query as "stale"
+        query = verify_query(envelope, manifest=manifest, now_ms=clock, window_ms=ANY_AGE_MS)
     except RecursionError:
         _refuse(config, conn, "(unverified)", "", "invalid-query", "nested too deeply")
     except (VerificationError, QueryRefused) as exc:

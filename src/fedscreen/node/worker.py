@@ -33,7 +33,7 @@ from fedscreen.policy import Policy
 from fedscreen.protocol.query import FRESHNESS_WINDOW_MS
 from fedscreen.protocol.refusal import refusal_reason
 from fedscreen.tlog import memberlog
-from fedscreen.tlog.checkpoint import Checkpoint
+from fedscreen.tlog.checkpoint import note_size
 from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust.manifest import Manifest, manifest_entry
 
@@ -283,7 +283,7 @@ class QueryWorker:
         ``sizes`` below it (on the caller's thread, see :meth:`answer_here`)."""
         conn = self._connection()
         note = memberlog.newest_note(conn)
-        size = Checkpoint.from_body(note[: note.index("\n\n") + 1]).size if note else 0
+        size = note_size(note)
         log = TransparencyLog(conn, name="node")
         proofs = [(s, log.consistency_proof(s, size)) for s in sorted(set(sizes)) if 0 < s < size]
         return note, proofs

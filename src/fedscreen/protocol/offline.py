@@ -54,7 +54,7 @@ from fedscreen._util.canonical import canonical_json
 from fedscreen.crypto.envelope import Envelope, parse_json, sign_envelope, verify_envelope
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import MalformedEnvelope, VerificationError
-from fedscreen.tlog.checkpoint import Checkpoint
+from fedscreen.tlog.checkpoint import note_size
 
 __all__ = [
     "ANSWERS_V1",
@@ -68,7 +68,6 @@ __all__ = [
     "CarriedQuery",
     "Outbox",
     "file_digest",
-    "note_size",
     "read_answer_file",
     "read_outbox",
     "sign_answer_file",
@@ -411,17 +410,6 @@ def _proof_from(
 ) -> tuple[bytes, ...] | None:
     """The proof of ``proofs`` that starts from ``size`` (None: none does)."""
     return next((proof for start, proof in proofs if start == size), None)
-
-
-def note_size(note: str) -> int:
-    """The tree size a checkpoint note states (0: no note); VerificationError if it is
-    not a note."""
-    if not note:
-        return 0
-    end = note.find("\n\n")
-    if end < 0:
-        raise VerificationError("a checkpoint note without its signature lines")
-    return Checkpoint.from_body(note[: end + 1]).size
 
 
 def _proofs(value: object) -> tuple[tuple[int, tuple[bytes, ...]], ...]:

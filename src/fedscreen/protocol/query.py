@@ -42,6 +42,9 @@ from fedscreen.trust.manifest import Manifest
 
 #: a query older (or further in the future) than this is refused as stale, milliseconds
 FRESHNESS_WINDOW_MS: Final = 5 * 60 * 1000
+#: a window no signed query's age falls outside: for checks of its signature only (a
+#: stored or logged query, whose freshness was judged when it arrived)
+ANY_AGE_MS: Final = 2**62
 QUERY_ID_HEX: Final = 32
 #: how logs and records show a text that should be a query id but is not one
 INVALID_QUERY_ID: Final = "(invalid id)"

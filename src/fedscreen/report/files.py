@@ -20,7 +20,7 @@ from fedscreen._util.files import replace_file, write_new_file
 from fedscreen.analyst.query import verify_release
 from fedscreen.crypto.envelope import Envelope
 from fedscreen.errors import ConfigError, VerificationError
-from fedscreen.protocol.query import verify_query
+from fedscreen.protocol.query import ANY_AGE_MS, verify_query
 from fedscreen.report.compare import PROVINCE_COPY, ProvinceReport
 from fedscreen.report.format import PROVINCE, SECURE_FAILED, SECURE_ONLY
 from fedscreen.report.html import render_html
@@ -47,8 +47,6 @@ RELEASES_DIR: Final = "releases"
 #: the report files ``report run --include-late`` replaced, kept by their SHA-256
 SUPERSEDED_DIR: Final = "superseded"
 BUDGETS_FILE: Final = "budgets.json"
-#: offline, a signed query's age no longer matters: only its signature does
-_ANY_TIME: Final = 2**62
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,7 @@ def verify_run(
     """The plan's ``query`` as run, from its signed bytes, every one verified (as
     ``read_run``); VerificationError, naming ``where``, if anything fails."""
     signed = verify_query(
-        Envelope.from_json(query_envelope), manifest=manifest, now_ms=0, window_ms=_ANY_TIME
+        Envelope.from_json(query_envelope), manifest=manifest, now_ms=0, window_ms=ANY_AGE_MS
     )
     if canonical_json(signed.spec.to_json()) != canonical_json(query.spec.to_json()):
         raise VerificationError(f"{where}: the signed query is not the plan's query {query.name}")

@@ -85,6 +85,17 @@ class Checkpoint:
             raise MalformedNote(f"bad checkpoint: {e}") from None
 
 
+def note_size(note: str) -> int:
+    """The tree size a signed checkpoint note states, read without its signatures (they
+    are checked where the note is trusted); 0 for no note. MalformedNote if it is none."""
+    if not note:
+        return 0
+    end = note.find("\n\n")
+    if end < 0:
+        raise MalformedNote("a checkpoint note without its signature lines")
+    return Checkpoint.from_body(note[: end + 1]).size
+
+
 @dataclass(frozen=True)
 class VerifiedNote:
     """A note's text and the names of the trusted keys whose signatures verified."""
