@@ -318,9 +318,12 @@ class AnalystServicer(_Shared, AnalystReads):
             latest = dict(self.sessions.latest_years)
             year = await self.core.call(lambda core: core.academic_year_for(query, latest))
             # offline nodes (no network path) get it by file: queued, missing from this release
-            offline = await self.core.call(
-                lambda core: queue_offline(core, query, envelope, targets, academic_year=year)
-            )
+            # (the core's thread is asked only when there are some: no hop per query)
+            offline: dict[str, str] = {}
+            if self.core.core.manifest.offline.intersection(targets):
+                offline = await self.core.call(
+                    lambda core: queue_offline(core, query, envelope, targets, academic_year=year)
+                )
             online = tuple(n for n in targets if n not in offline)
             replies = await ask_nodes(
                 self.core, self.sessions, query, envelope, online, wait_s, known_log_sizes=known,
