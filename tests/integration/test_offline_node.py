@@ -115,6 +115,13 @@ def test_the_release_is_partial_then_complete_and_every_log_verifies(fed: Fed) -
     assert release["missing"] == [OFFLINE]
     assert "queued" in release["missing_reasons"][OFFLINE]
     before = charges(fed.nodes[OFFLINE])
+    # the province's operator sees the node reached by file, with what waits for it
+    status = cli("coordinator", "status", "--home", str(fed.coordinator),
+                 "--coordinator", fed.address, "--json")  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    (shown,) = [n for n in json.loads(status.stdout)["nodes"] if n["node_id"] == OFFLINE]
+    assert shown["offline"] is True
+    assert shown["queued"] >= 1
 
     outbox = fed.outbox("outbox-1.json")
     answered = fed.answer(outbox, "answers-1.json")
