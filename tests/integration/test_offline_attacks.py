@@ -579,7 +579,6 @@ def test_a_coordinator_log_that_forked_gets_no_answers(fed: Fed) -> None:
         other = Checkpoint(held.origin, held.size, hashlib.sha256(held.root).digest())
         p.update(
             coordinator_checkpoint=sign_checkpoint(other, key=key),
-            coordinator_proof=[],
             coordinator_proofs=[],
             made_at_ms=p["made_at_ms"] + 1,
         )

@@ -118,11 +118,10 @@ def make_outbox(
             f"--from-size {from_size}: the coordinator's log has {size} entries; give the "
             "size the node's refusal names"
         )
-    proof = tuple(core.consistency_proof(known, size)) if 0 < known < size else ()
-    # the node may hold: the size its stream got last before it went offline, the size
-    # a refusing node named (--from-size), the checkpoint of an earlier outbox (newest
-    # first: whose answers are not back yet, or a node restored to an older one) — as
-    # many as an outbox may carry
+    # the node may hold: the checkpoint its last imported answer file acknowledged, the
+    # size its stream got last before it went offline, the size a refusing node named
+    # (--from-size), the checkpoint of an earlier outbox (newest first: whose answers are
+    # not back yet, or a node restored to an older one) — as many as an outbox may carry
     online = core.conn.execute(
         "SELECT coordinator_log_size FROM online_link WHERE node = ?", (node_id,)
     ).fetchone()
@@ -131,8 +130,8 @@ def make_outbox(
         "AND checkpoint_size > 0 AND checkpoint_size < ? ORDER BY checkpoint_size DESC LIMIT ?",
         (node_id, size, MAX_PROOFS),
     ).fetchall()
-    candidates = [from_size, int(online[0]) if online else 0, *(int(r[0]) for r in earlier)]
-    sizes = [s for s in dict.fromkeys(candidates) if 0 < s < size and s != known][:MAX_PROOFS]
+    candidates = [known, from_size, int(online[0]) if online else 0, *(int(r[0]) for r in earlier)]
+    sizes = [s for s in dict.fromkeys(candidates) if 0 < s < size][:MAX_PROOFS]
     proofs = tuple((s, tuple(core.consistency_proof(s, size))) for s in sizes)
     core.book.refresh()
     _, manifest_text = core.identity.manifest_file()
@@ -142,8 +141,6 @@ def make_outbox(
         made_at_ms=at,
         manifest=manifest_text,
         coordinator_checkpoint=note,
-        coordinator_proof=proof,
-        coordinator_proof_from=known if proof else 0,
         coordinator_proofs=proofs,
         known_log_size=core.book.known_size(node_id),
         queries=queries,

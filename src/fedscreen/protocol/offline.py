@@ -10,10 +10,9 @@ the coordinator, payload type :data:`OUTBOX_V1`, whose payload is::
     {"format": 1, "coordinator": ID, "node": ID, "made_at_ms": INT,
      "manifest": MANIFEST-FILE-TEXT,          # the manifest in force (authority-signed)
      "coordinator_checkpoint": NOTE,          # the coordinator log's newest checkpoint
-     "coordinator_proof": [BASE64, ...],      # consistency from coordinator_proof_from,
-     "coordinator_proof_from": INT,           # the size the node last acknowledged
      "coordinator_proofs": [{"from_size": INT, "proof": [BASE64, ...]}, ...],
-                                              # ... and from earlier outboxes' checkpoints
+                                              # consistency to it from each checkpoint
+                                              # the node may hold
      "known_log_size": INT,                   # the node's log size the coordinator verified
      "queries": [{"query_id": ID, "query_envelope": ANALYST-SIGNED-QUERY-TEXT,
                   "academic_year": "2024-2025" | "", "queued_at_ms": INT}, ...]}
@@ -111,14 +110,11 @@ class Outbox:
     made_at_ms: int
     manifest: bytes
     coordinator_checkpoint: str
-    coordinator_proof: tuple[bytes, ...]
     known_log_size: int
     queries: tuple[CarriedQuery, ...]
-    #: consistency proofs from the checkpoints of earlier outboxes to this node, whose
-    #: answers have not come back yet (the node may hold any of them): (size, proof)
+    #: consistency proofs to ``coordinator_checkpoint`` from each checkpoint the node may
+    #: hold (the one it acknowledged last, earlier outboxes', its stream's): (size, proof)
     coordinator_proofs: tuple[tuple[int, tuple[bytes, ...]], ...] = ()
-    #: the size ``coordinator_proof`` starts from (0: it proves from nothing)
-    coordinator_proof_from: int = 0
 
     @property
     def checkpoint_size(self) -> int:
@@ -128,8 +124,6 @@ class Outbox:
     def proof_from(self, size: int) -> tuple[bytes, ...] | None:
         """The consistency proof from the coordinator checkpoint of ``size`` the node holds
         to this outbox's (None: the outbox offers none from that size)."""
-        if size == self.coordinator_proof_from:
-            return self.coordinator_proof
         return _proof_from(self.coordinator_proofs, size)
 
     def to_json(self) -> dict[str, Any]:
@@ -141,8 +135,6 @@ class Outbox:
             "made_at_ms": self.made_at_ms,
             "manifest": self.manifest.decode("utf-8"),
             "coordinator_checkpoint": self.coordinator_checkpoint,
-            "coordinator_proof": _b64(self.coordinator_proof),
-            "coordinator_proof_from": self.coordinator_proof_from,
             "coordinator_proofs": [
                 {"from_size": size, "proof": _b64(proof)} for size, proof in self.coordinator_proofs
             ],
@@ -284,13 +276,9 @@ def read_outbox(data: bytes, *, coordinator_keys: Mapping[str, bytes]) -> Outbox
             made_at_ms=_count(payload["made_at_ms"], "made_at_ms"),
             manifest=_text(payload["manifest"], "manifest").encode("utf-8"),
             coordinator_checkpoint=_text(payload["coordinator_checkpoint"], "checkpoint"),
-            coordinator_proof=_proof(payload["coordinator_proof"]),
             known_log_size=_count(payload["known_log_size"], "known_log_size"),
             queries=queries,
             coordinator_proofs=_proofs(payload["coordinator_proofs"]),
-            coordinator_proof_from=_count(
-                payload["coordinator_proof_from"], "coordinator_proof_from"
-            ),
         )
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise VerificationError(f"malformed outbox: {_short(exc)}") from None

@@ -51,7 +51,7 @@ OUTBOX = Outbox(
     made_at_ms=1_733_558_400_000,
     manifest=b'{"authority_key": "...", "envelope": {}}',
     coordinator_checkpoint="fedscreen.coordinator/coordinator\n3\nAAAA\n\n— sig\n",
-    coordinator_proof=(HASH, HASH[::-1]),
+    coordinator_proofs=((2, (HASH, HASH[::-1])),),
     known_log_size=7,
     queries=(
         CarriedQuery("q-1", b'{"payload":"e30=","payloadType":"x","signatures":[]}', "", 5),
@@ -126,8 +126,7 @@ def test_the_files_round_trip() -> None:
     # the documented shape, field by field
     assert set(payload) == {
         "format", "coordinator", "node", "made_at_ms", "manifest", "coordinator_checkpoint",
-        "coordinator_proof", "coordinator_proof_from", "coordinator_proofs", "known_log_size",
-        "queries",
+        "coordinator_proofs", "known_log_size", "queries",
     }  # fmt: skip
     assert set(unverified_payload(ANSWER_FILE, ANSWERS_V1)[1]) == {
         "format", "node", "coordinator", "made_at_ms", "outbox_sha256",
@@ -150,7 +149,6 @@ outboxes = st.builds(
     made_at_ms=counts,
     manifest=blobs,
     coordinator_checkpoint=texts,
-    coordinator_proof=proofs,
     known_log_size=counts,
     coordinator_proofs=st.lists(st.tuples(counts, proofs), max_size=3).map(tuple),
     queries=st.lists(
@@ -273,9 +271,14 @@ def test_a_genuinely_signed_answer_file_of_any_shape_is_parsed_or_refused(payloa
         ("node", ""),
         ("node", "130\n203"),
         ("node", "x" * 201),
-        ("coordinator_proof", ["AAAA"]),
-        ("coordinator_proof", ["not base64!"]),
-        ("coordinator_proof", [base64.b64encode(HASH).decode()] * 129),
+        ("coordinator_proofs", [{"from_size": 2, "proof": ["AAAA"]}]),
+        ("coordinator_proofs", [{"from_size": 2, "proof": ["not base64!"]}]),
+        (
+            "coordinator_proofs",
+            [{"from_size": 2, "proof": [base64.b64encode(HASH).decode()] * 129}],
+        ),
+        ("coordinator_proofs", [{"from_size": -1, "proof": []}]),
+        ("coordinator_proofs", [{"from_size": 2, "proof": []}] * 257),
         ("queries", {}),
         ("queries", [1]),
         ("queries", [{"query_id": "q"}]),
