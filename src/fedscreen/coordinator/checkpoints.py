@@ -75,6 +75,9 @@ class CheckpointBook:
         self._rows: dict[str, dict[int, tuple[Checkpoint, str] | None]] = {}
         #: node -> (size, public key) its newest held note was last verified under
         self.key_checked: dict[str, tuple[int, bytes]] = {}
+        #: node -> the sizes of its rows in the table, ascending (read once, then kept in
+        #: step by ``flush``), so a flush prunes without scanning the table
+        self._sizes: dict[str, list[int]] = {}
 
     def refresh(self) -> None:
         """Forget what was read if another connection wrote since (``PRAGMA data_version``
@@ -91,11 +94,13 @@ class CheckpointBook:
             self._newest.clear()
             self._rows.clear()
             self.key_checked.clear()
+            self._sizes.clear()
             return
         self._quarantines = None
         self._newest.pop(node_id, None)
         self.key_checked.pop(node_id, None)
         self._rows.pop(node_id, None)
+        self._sizes.pop(node_id, None)
 
     def known_size(self, node_id: str) -> int:
         """Size of the newest checkpoint verified for the node (0: none)."""
@@ -149,9 +154,16 @@ class CheckpointBook:
         self.refresh()
         return [NodeLogState(n, self.known_size(n), self.quarantined(n)) for n in sorted(node_ids)]
 
-    def keep(self, node_id: str, checkpoint: Checkpoint, note: str) -> None:
-        """Hold a verified checkpoint (idempotent); written at the next :meth:`flush`."""
+    def keep(
+        self, node_id: str, checkpoint: Checkpoint, note: str, *, key: bytes | None = None
+    ) -> None:
+        """Hold a verified checkpoint (idempotent); written at the next :meth:`flush`.
+        ``key``: the public key its note was just verified under (then, while it is the
+        newest held, the note need not be verified again against the manifest's key)."""
+        newest = checkpoint.size >= self.known_size(node_id)
         self._pending.setdefault(node_id, {})[checkpoint.size] = (checkpoint, note)
+        if key is not None and newest:
+            self.key_checked[node_id] = (checkpoint.size, key)
 
     def flush(self) -> None:
         """Write the checkpoints held since the last flush, in one transaction; forget
@@ -159,25 +171,28 @@ class CheckpointBook:
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
-        newest: dict[str, int] = {}
+        sizes: dict[str, list[int]] = {}
         try:
             with transaction(self.conn):
+                self.conn.executemany(
+                    "INSERT OR IGNORE INTO node_checkpoint (node_id, size, root, note) "
+                    "VALUES (?, ?, ?, ?)",
+                    [
+                        (node_id, size, c.root, note)
+                        for node_id, held in pending.items()
+                        for size, (c, note) in held.items()
+                    ],
+                )
+                prune = []
                 for node_id, held in pending.items():
-                    self.conn.executemany(
-                        "INSERT OR IGNORE INTO node_checkpoint (node_id, size, root, note) "
-                        "VALUES (?, ?, ?, ?)",
-                        [(node_id, size, c.root, note) for size, (c, note) in held.items()],
-                    )
-                    self.conn.execute(
-                        "DELETE FROM node_checkpoint WHERE node_id = ? AND size < (SELECT size "
-                        "FROM node_checkpoint WHERE node_id = ? ORDER BY size DESC LIMIT 1 "
-                        "OFFSET ?)",
-                        (node_id, node_id, MAX_HELD_CHECKPOINTS - 1),
-                    )
-                    row = self.conn.execute(
-                        "SELECT MAX(size) FROM node_checkpoint WHERE node_id = ?", (node_id,)
-                    ).fetchone()
-                    newest[node_id] = int(row[0] or 0)
+                    kept = self._table_sizes(node_id, held)
+                    if len(kept) > MAX_HELD_CHECKPOINTS:
+                        kept = kept[-MAX_HELD_CHECKPOINTS:]
+                        prune.append((node_id, kept[0]))
+                    sizes[node_id] = kept
+                self.conn.executemany(
+                    "DELETE FROM node_checkpoint WHERE node_id = ? AND size < ?", prune
+                )
         except BaseException:
             # not written: still held, to be written by the next flush
             for node_id, held in pending.items():
@@ -187,8 +202,23 @@ class CheckpointBook:
         # pruned (read again if ever asked); the newest is there, and is what the next
         # query is sent and checked from
         for node_id, held in pending.items():
-            size = self._newest[node_id] = newest[node_id]
+            self._sizes[node_id] = sizes[node_id]
+            size = self._newest[node_id] = sizes[node_id][-1]
             self._rows[node_id] = {size: held[size]} if size in held else {}
+
+    def _table_sizes(self, node_id: str, inserted: Iterable[int]) -> list[int]:
+        """The sizes of the node's rows once ``inserted`` are in (inside flush's
+        transaction): what was kept, with them, or read afresh (all of them then)."""
+        known = self._sizes.get(node_id)
+        if known is None:
+            return [
+                int(size)
+                for (size,) in self.conn.execute(
+                    "SELECT size FROM node_checkpoint WHERE node_id = ? ORDER BY size",
+                    (node_id,),
+                )
+            ]
+        return sorted(set(known).union(inserted))
 
     def quarantine(self, node_id: str, reason: str, *, now_ms: int) -> None:
         """Mark the node quarantined (a second quarantine keeps the first reason)."""

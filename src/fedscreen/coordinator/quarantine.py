@@ -78,14 +78,13 @@ def _answer_checkpoint(core: Coordinator, node_id: str, raw: bytes) -> tuple[Che
     return checkpoint, note
 
 
-def _forget_old_key(core: Coordinator, book: CheckpointBook, node_id: str) -> None:
+def _forget_old_key(core: Coordinator, book: CheckpointBook, node_id: str, key: bytes) -> None:
     """Forget the node's checkpoints if they are not signed by its key in the manifest in
     force: the node was re-keyed (revoked, then added again with a new key) and its new
     log starts afresh — no rollback. Checked against the stored note, so a re-keying
     made while the coordinator was down is caught too. No log entry: the manifest
     versions in the coordinator's log already show the key change to auditors."""
     newest = book.known_size(node_id)
-    key = core.manifest.member(node_id, role="node").signing_key
     if book.key_checked.get(node_id) == (newest, key):
         return  # checked at this size under this key already
     held = book.held(node_id, newest) if newest > 0 else None
@@ -128,7 +127,9 @@ def screen_answer(
         new, note = checkpoint or _answer_checkpoint(core, node_id, envelope)
     except VerificationError:
         return None
-    _forget_old_key(core, book, node_id)
+    # the key the answer (and its checkpoint) was verified under: the manifest's in force
+    key = core.manifest.member(node_id, role="node").signing_key
+    _forget_old_key(core, book, node_id, key)
     # the size the query was sent with, then (answers in flight together) the same size
     for size, steps in ((sent_size, proof), (new.size, ())):
         held = book.held(node_id, size) if size > 0 else None
@@ -144,7 +145,7 @@ def screen_answer(
         # the baseline was forgotten meanwhile (pruned): the proof cannot be checked, so
         # this checkpoint is not kept either; the next query is sent the newest size
         return None
-    book.keep(node_id, new, note)
+    book.keep(node_id, new, note, key=key)
     return None
 
 
