@@ -168,7 +168,8 @@ def until_signalled(main: Any) -> None:
 
 def role_coordinator(home: Path, ready: Path) -> None:
     async def main(stop: asyncio.Event) -> None:
-        await serve(home, "127.0.0.1:0", ready_file=ready, stop=stop)
+        # tuned as ``fedscreen coordinator serve`` is (its process runs nothing else)
+        await serve(home, "127.0.0.1:0", ready_file=ready, stop=stop, own_process=True)
 
     until_signalled(main)
 

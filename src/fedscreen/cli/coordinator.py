@@ -161,7 +161,10 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"coordinator {where.member_id} listening on {where.address}", flush=True)
 
     async def main(stop: asyncio.Event) -> None:
-        await serve(args.home, args.listen, ready_file=args.ready_file, stop=stop, on_ready=ready)
+        await serve(
+            args.home, args.listen, ready_file=args.ready_file, stop=stop, on_ready=ready,
+            own_process=True,
+        )  # fmt: skip
 
     run_until_signalled(main)
     print("coordinator stopped", flush=True)

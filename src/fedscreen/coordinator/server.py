@@ -410,12 +410,15 @@ async def serve(
     ready_file: Path | None = None,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[Listening], None] | None = None,
+    own_process: bool = False,
 ) -> None:
     """Run the coordinator of ``home`` on ``listen`` (``host:port``; port 0 picks one).
 
     Returns when ``stop`` is set (or the task is cancelled), after closing every
     node session and giving calls in flight ``shutdown_grace_ms`` to finish.
     Once listening, writes ``ready_file`` (see :class:`Listening`) and calls ``on_ready``.
+    ``own_process``: the process runs only this server (``fedscreen coordinator
+    serve``), so its garbage collector is tuned for it (:func:`guard.settle_collector`).
     """
     core = await CoreThread.open(home)
     try:
@@ -439,6 +442,8 @@ async def serve(
             guard.return_freed_memory(interval_s=limits.heap_trim_interval_ms / 1000)
         )
         watching = asyncio.create_task(watch.run(limits.manifest_check_interval_ms))
+        if own_process:
+            guard.settle_collector()
         host = listen.rsplit(":", 1)[0]
         where = Listening(core.core.member_id, f"{host}:{port}", port, os.getpid())
         _log.info("coordinator %s listening on %s", where.member_id, where.address)

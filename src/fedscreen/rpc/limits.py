@@ -54,6 +54,13 @@ class TransportLimits:
     max_concurrent_rpcs: int = 1024
     #: concurrent streams on one HTTP/2 connection (count)
     max_concurrent_streams: int = 128
+    #: how much a server lets one stream send before it reads (bytes): a fixed HTTP/2
+    #: flow-control window, since BDP probing is off (see ``_common_options``); the
+    #: requests servers take are small (answers of a few KiB, at most a few MiB)
+    server_stream_window_bytes: int = 256 * 1024
+    #: the same for a client (bytes): analysts receive releases of up to a few MiB,
+    #: which this window lets through in one round trip per MiB
+    client_stream_window_bytes: int = 1024 * 1024
     #: the largest request each server method accepts (bytes), checked before parsing
     requests: RequestLimits = field(default=DEFAULT_REQUEST_LIMITS)
 
@@ -78,6 +85,12 @@ class TransportLimits:
             ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
             # a node's stream may sit idle for hours between queries; keep pinging
             ("grpc.keepalive_permit_without_calls", 1),
+            # No bandwidth-delay probing: gRPC would ping the peer on data received to size
+            # its window, which for the small messages of a federation (one answer or
+            # query of a few KiB at a time) cost more than the message itself — a third
+            # of the coordinator's CPU in its gRPC threads at 292 nodes
+            # (scripts/bench_federation.py). A fixed window (lookahead) takes its place.
+            ("grpc.http2.bdp_probe", 0),
         ]
 
     def channel_options(self) -> list[tuple[str, int]]:
@@ -89,6 +102,7 @@ class TransportLimits:
             # which would let a NAT box forget an idle node stream
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.max_reconnect_backoff_ms", self.max_reconnect_backoff_ms),
+            ("grpc.http2.lookahead_bytes", self.client_stream_window_bytes),
         ]
 
     def server_options(self) -> list[tuple[str, int]]:
@@ -104,6 +118,7 @@ class TransportLimits:
             ("grpc.server_handshake_timeout_ms", self.handshake_timeout_ms),
             # Linux SO_REUSEPORT would let a second process share our port unnoticed
             ("grpc.so_reuseport", 0),
+            ("grpc.http2.lookahead_bytes", self.server_stream_window_bytes),
         ]
 
 
