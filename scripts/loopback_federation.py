@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from fedscreen._util.files import write_ready_file  # noqa: E402
 from fedscreen.coordinator.core import init_coordinator  # noqa: E402
+from fedscreen.coordinator.runtime import CORE_THREAD_NAME  # noqa: E402
 from fedscreen.coordinator.server import serve  # noqa: E402
 from fedscreen.node.agent import run_node  # noqa: E402
 from fedscreen.node.home import init_home  # noqa: E402
@@ -271,10 +272,11 @@ def cpu_seconds(pid: int) -> float:
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
     """CPU time so far (s) of a process's live threads by kind: ``loop`` (the main thread:
-    the asyncio event loop, gRPC's Python side), ``workers`` (other Python threads: the
-    coordinator's core thread, verifying, logging, releasing) and ``grpc`` (gRPC's own C
+    the asyncio event loop, gRPC's Python side), ``core`` (the coordinator's core thread:
+    verifying, logging, releasing; named ``CORE_THREAD_NAME``), ``workers`` (other Python
+    threads: gRPC's completion-queue poller, executors) and ``grpc`` (gRPC's own C
     threads, which come and go)."""
-    kinds = {"loop": 0.0, "grpc": 0.0, "workers": 0.0}
+    kinds = {"loop": 0.0, "core": 0.0, "grpc": 0.0, "workers": 0.0}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             text = (task / "stat").read_text()
@@ -283,7 +285,12 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
         name = text[text.index("(") + 1 : text.rindex(")")]
         fields = text.rsplit(")", 1)[1].split()
         seconds = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-        kind = "loop" if task.name == str(pid) else "workers" if name == "python" else "grpc"
+        if task.name == str(pid):
+            kind = "loop"
+        elif name == CORE_THREAD_NAME:
+            kind = "core"
+        else:
+            kind = "workers" if name == "python" else "grpc"
         kinds[kind] += seconds
     return kinds
 

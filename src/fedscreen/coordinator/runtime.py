@@ -29,13 +29,14 @@ from fedscreen.errors import ConfigError, QueryRefused, VerificationError
 from fedscreen.protocol.budget import verify_statement
 from fedscreen.protocol.query import SignedQuery, shown_query_id
 from fedscreen.protocol.refusal import parse_reason, refusal_reason
-from fedscreen.rpc import transport
+from fedscreen.rpc import guard, transport
 from fedscreen.rpc.clock import CLOCK_TOLERANCE_MS
 from fedscreen.rpc.transport import DEFAULT_LIMITS, TransportLimits
 from fedscreen.tlog.checkpoint import Checkpoint, note_size
 from fedscreen.trust.manifest import Manifest
 
 __all__ = [
+    "CORE_THREAD_NAME",
     "DEFAULT_SERVER_LIMITS",
     "CoreThread",
     "Listening",
@@ -55,6 +56,9 @@ __all__ = [
 T = TypeVar("T")
 
 _log = logging.getLogger(__name__)
+
+#: the operating system's name for the core's thread (``top -H``, /proc/PID/task/*/comm)
+CORE_THREAD_NAME: Final = "fedscreen-core"
 
 #: the reason a release states for a node refusal outside the fixed vocabulary
 REASON_NOT_UNDERSTOOD: Final = "refused: (reason not understood)"
@@ -151,7 +155,12 @@ class CoreThread:
     @classmethod
     async def open(cls, home: Path) -> CoreThread:
         """Open the coordinator home on a new worker thread."""
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coordinator-core")
+        executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="coordinator-core",
+            initializer=guard.name_os_thread,
+            initargs=(CORE_THREAD_NAME,),
+        )
         loop = asyncio.get_running_loop()
         try:
             core = await loop.run_in_executor(executor, Coordinator.open, home)

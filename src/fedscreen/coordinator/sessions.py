@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -169,12 +168,10 @@ class NodeSession:
         waiting = self._waiting.get(query_id)
         if waiting is None:
             # the same query id already on its way (a concurrent replay) is not sent twice
-            message = Push(query_id, envelope, deadline_unix_ms, known_log_size, academic_year)
-            if head is not None:
-                proof = head.proofs.get(self.node_id, ())
-                message = dataclasses.replace(
-                    message, coordinator_checkpoint=head.note, coordinator_proof=proof
-                )
+            message = Push(
+                query_id, envelope, deadline_unix_ms, known_log_size, academic_year,
+                *(("", ()) if head is None else (head.note, head.proofs.get(self.node_id, ()))),
+            )  # fmt: skip
             try:
                 self.outbox.put_nowait(message)
             except asyncio.QueueFull:
