@@ -58,6 +58,8 @@ values = st.recursive(
 @example({"envelope": '{"payload":"eyJ9","sig":"\\u0000"}'})
 @example([2**64, -(2**63)])
 @example({"x": float("nan")})
+@example([1e-4, 9.999999999999999e-05, -2.5e-05, 1e16, 9999999999999998.0, -0.0, 5e-324])
+@example({"inf": float("inf")})
 @example("\ud800")
 def test_same_bytes_or_same_error(value: Any) -> None:
     assert _outcome(canonical_json, value) == _outcome(_stdlib, value)
@@ -67,6 +69,7 @@ def test_the_fast_path_is_taken_for_plain_values() -> None:
     # the speed is the point: a log entry of strings and integers goes to orjson
     assert canonical._plain({"kind": "answer", "index": 3, "ok": True, "n": None}, 32)
     assert canonical._plain([("a", 1), ["b", [2]]], 32)
+    assert canonical._plain({"epsilon": 0.5, "scale": 199.88, "zero": -0.0, "big": 1e300}, 32)
 
 
 def _nested(depth: int) -> Any:
@@ -87,7 +90,7 @@ class _Text(str):
 @pytest.mark.parametrize(
     "value",
     [
-        {"epsilon": 0.1},  # a float
+        {"scale": 1e-05},  # a float orjson writes as 0.00001
         {"n": _Colour.RED},  # an int subclass
         {_Text("k"): "v"},  # a str subclass as a key
         OrderedDict(a=1),  # a dict subclass
