@@ -44,7 +44,8 @@ def _plain(value: Any, depth: int) -> bool:
     if kind is str or kind is int or kind is bool or value is None:
         return True
     if kind is float:  # repr's form is orjson's from 1e-4 on; NaN and infinity fail here
-        return value == 0.0 or _SMALLEST_PLAIN_FLOAT <= abs(value) < math.inf
+        number: float = value
+        return number == 0.0 or _SMALLEST_PLAIN_FLOAT <= abs(number) < math.inf
     if depth <= 0:
         return False
     if kind is dict:
