@@ -12,6 +12,12 @@ import orjson
 _PLAIN_DEPTH: Final = 32
 #: below this magnitude Python writes a float with an exponent (``repr``) and orjson not
 _SMALLEST_PLAIN_FLOAT: Final = 1e-4
+#: floats orjson must write as Python does for it to write any: orjson before 3.11.7
+#: wrote ``1e16`` for ``1e+16`` (pyproject requires a later one; this checks the one here)
+_FLOAT_PROBE: Final = [1e16, 1.5e300, 2.5e-300, 1e-4, 0.1, 123.0, -0.0, 1e22, 2.0**63]
+_FLOATS_AS_REPR: Final = (
+    orjson.dumps(_FLOAT_PROBE) == json.dumps(_FLOAT_PROBE, separators=(",", ":")).encode()
+)
 
 
 def canonical_json(value: Any) -> bytes:
@@ -45,7 +51,9 @@ def _plain(value: Any, depth: int) -> bool:
         return True
     if kind is float:  # repr's form is orjson's from 1e-4 on; NaN and infinity fail here
         number: float = value
-        return number == 0.0 or _SMALLEST_PLAIN_FLOAT <= abs(number) < math.inf
+        return _FLOATS_AS_REPR and (
+            number == 0.0 or _SMALLEST_PLAIN_FLOAT <= abs(number) < math.inf
+        )
     if depth <= 0:
         return False
     if kind is dict:

@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any, Final, Generic, TypeVar
 
-import orjson
-
 from fedscreen._util.canonical import canonical_json
 from fedscreen.policy import Policy
 from fedscreen.query.compile import Plan, compile_query
@@ -86,20 +84,7 @@ def spec_from_json(data: dict[str, Any]) -> QuerySpec:
     Raises as ``from_json`` does (QueryRefused), and ValueError for what canonical
     JSON cannot hold (NaN): ``from_json`` would refuse those anyway.
     """
-    return _specs.get(_spec_key(data), lambda: QuerySpec.from_json(data))
-
-
-def _spec_key(data: dict[str, Any]) -> bytes:
-    """A key as exact as ``data``'s canonical JSON, made faster: orjson's sorted JSON tells
-    apart what canonical JSON does (``1``, ``1.0`` and ``"1"``; ``0.0`` and ``-0.0``;
-    floats by their shortest form). It writes NaN and infinity as ``null``, so a key
-    holding ``null`` is canonical JSON's (which refuses those); so is what orjson cannot
-    write. The two kinds of key cannot meet: one starts with ``\x00``."""
-    try:
-        key = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
-    except orjson.JSONEncodeError:
-        key = b"null"
-    return canonical_json(data) if b"null" in key else b"\x00" + key
+    return _specs.get(canonical_json(data), lambda: QuerySpec.from_json(data))
 
 
 def plan_for(spec: QuerySpec, catalogue: Policy) -> tuple[Plan, frozenset[CellKey]]:

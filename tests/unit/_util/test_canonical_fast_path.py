@@ -60,9 +60,16 @@ values = st.recursive(
 @example({"x": float("nan")})
 @example([1e-4, 9.999999999999999e-05, -2.5e-05, 1e16, 9999999999999998.0, -0.0, 5e-324])
 @example({"inf": float("inf")})
+@example([1e16, 1.2e30, 2.0**63])  # all plain: orjson before 3.11.7 wrote 1e16 here
+@example({"x": 1.2e30, "y": -1.5e300})
 @example("\ud800")
 def test_same_bytes_or_same_error(value: Any) -> None:
     assert _outcome(canonical_json, value) == _outcome(_stdlib, value)
+
+
+def test_the_orjson_here_writes_floats_as_python_does() -> None:
+    # else every float would go to the standard library (correct, only slower)
+    assert canonical._FLOATS_AS_REPR
 
 
 def test_the_fast_path_is_taken_for_plain_values() -> None:
