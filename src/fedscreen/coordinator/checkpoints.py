@@ -174,6 +174,10 @@ class CheckpointBook:
         sizes: dict[str, list[int]] = {}
         try:
             with transaction(self.conn):
+                # another process (``coordinator inbox``, ``readmit``) may have written since
+                # the last refresh: then what was read is forgotten and read again here,
+                # under the write lock, so the prune below counts the rows really there
+                self.refresh()
                 self.conn.executemany(
                     "INSERT OR IGNORE INTO node_checkpoint (node_id, size, root, note) "
                     "VALUES (?, ?, ?, ?)",

@@ -32,6 +32,7 @@ from fedscreen.coordinator.sessions import NodeReply
 from fedscreen.crypto.signing import SigningKey
 from fedscreen.node.home import init_home
 from fedscreen.protocol.query import SignedQuery
+from fedscreen.tlog.checkpoint import member_origin, parse_and_verify_note
 from fedscreen.trust import authority
 from fedscreen.trust.identity import create_identity, issue_here, update_manifest
 
@@ -354,3 +355,43 @@ def test_a_flush_that_fails_leaves_the_book_agreeing_with_the_table(setup: Setup
     setup.book.flush()
     _agrees_with_table(setup.book, setup, range(1, 4))
     assert CheckpointBook(setup.coordinator.conn).known_size(NODE) == 2
+
+
+@pytest.mark.parametrize("write", ["delete", "insert"])
+def test_a_write_by_another_connection_just_before_a_flush_is_counted(
+    setup: Setup, write: str
+) -> None:
+    """Another process (``coordinator inbox`` works while the server runs) writes between
+    a query's screening, which refreshes, and its flush: the flush prunes against the rows
+    really there, not the sizes it remembered (a deleted baseline: the new one is kept; an
+    insert: still no more than ``MAX_HELD_CHECKPOINTS`` rows)."""
+    setup.book.refresh()
+    sent = _screen_past_pruning(setup, setup.log())
+    setup.book.flush()
+    setup.book.refresh()  # the query's screening: nothing new, the reads are kept
+    other = sqlite3.connect(setup.database)
+    try:
+        with other:
+            if write == "delete":  # a re-keyed node's checkpoints forgotten elsewhere
+                other.execute("DELETE FROM node_checkpoint WHERE node_id = ?", (NODE,))
+            else:  # an inbox keeping a newer checkpoint of the node
+                other.execute(
+                    "INSERT INTO node_checkpoint (node_id, size, root, note) VALUES (?, ?, ?, ?)",
+                    (NODE, sent + 100, b"\0" * 32, "elsewhere"),
+                )
+    finally:
+        other.close()
+    fresh = setup.log()  # a new log of the node, one entry (or, for the insert, any size)
+    note = fresh.grow(1)
+    checkpoint = parse_and_verify_note(
+        note, verifiers={member_origin("node", NODE): setup.node_key.public_key}
+    )
+    setup.book.keep(NODE, checkpoint, note)
+    setup.book.flush()
+    rows = _rows(setup)
+    if write == "delete":
+        assert sorted(rows) == [1]
+    else:
+        assert len(rows) == MAX_HELD_CHECKPOINTS
+        assert sent + 100 in rows
+    _agrees_with_table(setup.book, setup, range(1, sent + 102))
