@@ -56,11 +56,12 @@ class TransportLimits:
     max_concurrent_streams: int = 128
     #: how much a server lets one stream send before it reads (bytes): a fixed HTTP/2
     #: flow-control window, since BDP probing is off (see ``_common_options``); the
-    #: requests servers take are small (answers of a few KiB, at most a few MiB)
-    server_stream_window_bytes: int = 256 * 1024
-    #: the same for a client (bytes): analysts receive releases of up to a few MiB,
-    #: which this window lets through in one round trip per MiB
-    client_stream_window_bytes: int = 1024 * 1024
+    #: requests servers take are mostly small (answers of a few KiB, at most 4 MiB),
+    #: and a larger one costs a round trip per MiB on a distant link
+    server_stream_window_bytes: int = 1024 * 1024
+    #: the same for a client (bytes): analysts receive releases of up to 8 MiB, which
+    #: this window lets through in two round trips
+    client_stream_window_bytes: int = 4 * 1024 * 1024
     #: the largest request each server method accepts (bytes), checked before parsing
     requests: RequestLimits = field(default=DEFAULT_REQUEST_LIMITS)
 
