@@ -234,8 +234,9 @@ def settle_collector() -> None:
     a coordinator reads parses into hundreds of small containers, so with Python's
     thresholds the collector ran every few answers and walked the old generations
     often: about 5% of the coordinator's CPU (``perf``, scripts/bench_federation.py
-    at 292 nodes). Young passes now come every 20,000 containers. Reference cycles
-    still go (the guard breaks the one a call's abort makes, see above); later.
+    at 292 nodes). Young passes now come every 20,000 containers: cyclic garbage is
+    still collected, only later (the guard already breaks the cycle a call's abort
+    makes, see above).
     """
     gc.collect()
     gc.freeze()

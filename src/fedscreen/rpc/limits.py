@@ -56,8 +56,8 @@ class TransportLimits:
     max_concurrent_streams: int = 128
     #: how much a server lets one stream send before it reads (bytes): a fixed HTTP/2
     #: flow-control window, since BDP probing is off (see ``_common_options``); the
-    #: requests servers take are mostly small (answers of a few KiB, at most 4 MiB),
-    #: and a larger one costs a round trip per MiB on a distant link
+    #: requests servers take are mostly small (answers of a few KiB, at most 4 MiB): a
+    #: request larger than this waits a round trip for each further MiB
     server_stream_window_bytes: int = 1024 * 1024
     #: the same for a client (bytes): analysts receive releases of up to 8 MiB, which
     #: this window lets through in two round trips
