@@ -105,13 +105,16 @@ def test_running_nodes_refuse_a_revoked_analyst_without_a_restart(fed: Federatio
     version = _revoke(fed, "alice")
     assert version == old + 1
     # pushed down every stream: each running node installs it in its home and logs it
+    # (a node installs the file, then logs it on its worker thread: wait for both)
     took = wait_until(
-        "every node installs the pushed manifest",
-        lambda: all(_version(fed.node_home(n)) == version for n in NODES),
+        "every node installs the pushed manifest and logs it",
+        lambda: all(
+            _version(fed.node_home(n)) == version
+            and _logged_manifest_versions(fed, n)[-1] == version
+            for n in NODES
+        ),
     )
     assert took < 10
-    for node_id in NODES:
-        assert _logged_manifest_versions(fed, node_id)[-1] == version
     assert {n: fed.nodes[n].pid for n in NODES} == pids  # nobody restarted
     charges, refusals = _charges(fed), {n: fed.refusals(n) for n in NODES}
 
