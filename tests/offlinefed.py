@@ -9,17 +9,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from exportrows import screening_row, write_csv
+from countyhomes import county_homes
 from localnode import answer_locally
 
 from fedscreen.analyst.query import make_query
-from fedscreen.coordinator.core import Coordinator, init_coordinator
+from fedscreen.coordinator.core import Coordinator
 from fedscreen.coordinator.offline import make_outbox, queue_offline
-from fedscreen.node.home import NodeConfig, init_home
-from fedscreen.node.ingest import ingest_paths
+from fedscreen.node.home import NodeConfig
 from fedscreen.node.offline import answer_outbox
-from fedscreen.trust import authority
-from fedscreen.trust.identity import create_identity, issue_here, update_manifest
 
 SQL = "SELECT sex, COUNT(*) FROM screenings WHERE academic_year = '2024-2025' GROUP BY sex"
 ONLINE, OFFLINE = "130104", "130105"
@@ -36,26 +33,8 @@ class Fed:
 
 def make_fed(root: Path) -> Fed:
     """The federation in ``root``: its offline node is ``OFFLINE``."""
-    auth = root / "auth"
-    authority.init_authority(auth, federation="test")
-    init_coordinator(root / "coord", member_id="coordinator", name="省平台")
-    issue_here(auth, root / "coord")
-    create_identity(root / "analyst", member_id="analyst-1", role="analyst", name="a")
-    issue_here(auth, root / "analyst")
-    nodes = {}
-    for code in (ONLINE, OFFLINE):
-        config = init_home(root / code, node_id=code, name=code)
-        issue_here(auth, config.home)
-        rows = [
-            screening_row(i, county_code=code, sex="F" if i % 3 else "M") for i in range(1, 120)
-        ]
-        ingest_paths(config, [write_csv(root / f"{code}.csv", rows)])
-        nodes[code] = config
-    authority.set_offline(auth, OFFLINE, offline=True)
-    text = authority.manifest_text(auth)
-    for home in (root / "coord", root / "analyst", *(c.home for c in nodes.values())):
-        update_manifest(home, text)
-    return Fed(root, auth, root / "coord", root / "analyst", nodes)
+    homes = county_homes(root, {ONLINE: 119, OFFLINE: 119}, offline=(OFFLINE,))
+    return Fed(root, homes.auth, homes.coordinator, homes.analysts["analyst-1"], homes.nodes)
 
 
 def ask(

@@ -18,22 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from exportrows import screening_row, write_csv
+from countyhomes import county_homes
 from localnode import answer_locally
 
 from fedscreen._util.canonical import canonical_json
 from fedscreen.analyst.query import make_query
 from fedscreen.cli.main import main
-from fedscreen.coordinator.core import Coordinator, Release, init_coordinator
+from fedscreen.coordinator.core import Coordinator, Release
 from fedscreen.crypto.envelope import RELEASE_V1, Envelope, sign_envelope
 from fedscreen.crypto.signing import SigningKey
-from fedscreen.node.home import NodeConfig, init_home
-from fedscreen.node.ingest import ingest_paths
+from fedscreen.node.home import NodeConfig
 from fedscreen.protocol.answer import verify_answer
 from fedscreen.protocol.query import SignedQuery
 from fedscreen.protocol.release import release_body
 from fedscreen.trust import authority
-from fedscreen.trust.identity import create_identity, issue_here, update_manifest
 from fedscreen.trust.manifest import sign_manifest
 
 SQL = "SELECT sex, COUNT(*) FROM screenings WHERE academic_year = '2024-2025' GROUP BY sex"
@@ -54,26 +52,8 @@ class Federation:
 
 @pytest.fixture
 def fed(tmp_path: Path) -> Federation:
-    auth = tmp_path / "auth"
-    authority.init_authority(auth, federation="test")
-    init_coordinator(tmp_path / "coord", member_id="coordinator", name="省平台")
-    issue_here(auth, tmp_path / "coord")
-    create_identity(tmp_path / "analyst", member_id="analyst-1", role="analyst", name="A")
-    issue_here(auth, tmp_path / "analyst")
-    nodes = {}
-    for n, code in enumerate(COUNTIES):
-        config = init_home(tmp_path / code, node_id=code, name=code)
-        issue_here(auth, config.home)
-        rows = [
-            screening_row(i, county_code=code, sex="F" if i % 3 else "M")
-            for i in range(1, 60 + 20 * n)
-        ]
-        ingest_paths(config, [write_csv(tmp_path / f"{code}.csv", rows)])
-        nodes[code] = config
-    text = authority.manifest_text(auth)
-    for home in (tmp_path / "coord", tmp_path / "analyst", *(c.home for c in nodes.values())):
-        update_manifest(home, text)
-    return Federation(auth, tmp_path / "coord", tmp_path / "analyst", nodes)
+    homes = county_homes(tmp_path, {code: 59 + 20 * n for n, code in enumerate(COUNTIES)})
+    return Federation(homes.auth, homes.coordinator, homes.analysts["analyst-1"], homes.nodes)
 
 
 def _coordinator(fed: Federation, act: Callable[[Coordinator], Any]) -> Any:

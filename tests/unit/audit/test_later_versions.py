@@ -18,21 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from exportrows import screening_row, write_csv
+from countyhomes import county_homes
 from localnode import answer_locally
 
 from fedscreen.analyst.query import make_query
 from fedscreen.audit import coordinatorlog
 from fedscreen.cli.main import main
 from fedscreen.coordinator import offline, runtime
-from fedscreen.coordinator.core import Coordinator, init_coordinator
+from fedscreen.coordinator.core import Coordinator
 from fedscreen.coordinator.quarantine import readmit, screen_answer
 from fedscreen.coordinator.releases import StoredRelease, newest_release
-from fedscreen.node.home import NodeConfig, init_home, load_config
-from fedscreen.node.ingest import ingest_paths
+from fedscreen.node.home import NodeConfig, load_config
 from fedscreen.protocol.query import SignedQuery
-from fedscreen.trust import authority
-from fedscreen.trust.identity import create_identity, issue_here, update_manifest
 
 SQL = "SELECT sex, COUNT(*) FROM screenings WHERE academic_year = '2024-2025' GROUP BY sex"
 ONLINE, LATE, THIRD = "130104", "130105", "130107"
@@ -51,26 +48,9 @@ class Federation:
 
 @pytest.fixture
 def fed(tmp_path: Path) -> Federation:
-    auth = tmp_path / "auth"
-    authority.init_authority(auth, federation="test")
-    init_coordinator(tmp_path / "coord", member_id="coordinator", name="coordinator")
-    issue_here(auth, tmp_path / "coord")
-    create_identity(tmp_path / "analyst", member_id="analyst-1", role="analyst", name="A")
-    issue_here(auth, tmp_path / "analyst")
-    nodes = {}
-    for n, code in enumerate(COUNTIES):
-        config = init_home(tmp_path / code, node_id=code, name=code)
-        issue_here(auth, config.home)
-        rows = [
-            screening_row(i, county_code=code, sex="F" if i % 3 else "M")
-            for i in range(1, 60 + 20 * n)
-        ]
-        ingest_paths(config, [write_csv(tmp_path / f"{code}.csv", rows)])
-        nodes[code] = config
-    text = authority.manifest_text(auth)
-    for home in (tmp_path / "coord", tmp_path / "analyst", *(c.home for c in nodes.values())):
-        update_manifest(home, text)
-    return Federation(tmp_path, auth, tmp_path / "coord", tmp_path / "analyst", nodes)
+    homes = county_homes(tmp_path, {code: 59 + 20 * n for n, code in enumerate(COUNTIES)})
+    analyst = homes.analysts["analyst-1"]
+    return Federation(tmp_path, homes.auth, homes.coordinator, analyst, homes.nodes)
 
 
 def _audit(fed: Federation, capsys: pytest.CaptureFixture[str], *, nodes: bool = False) -> int:

@@ -15,19 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from exportrows import screening_row, write_csv
+from countyhomes import county_homes
 from localnode import answer_locally
 
 from fedscreen.analyst.query import make_query
 from fedscreen.coordinator.analystrpc import own_release
-from fedscreen.coordinator.core import Coordinator, init_coordinator
+from fedscreen.coordinator.core import Coordinator
 from fedscreen.coordinator.offline import queue_offline
 from fedscreen.errors import QueryRefused
-from fedscreen.node.home import NodeConfig, init_home
-from fedscreen.node.ingest import ingest_paths
+from fedscreen.node.home import NodeConfig
 from fedscreen.protocol.query import SignedQuery, issue_query
-from fedscreen.trust import authority
-from fedscreen.trust.identity import create_identity, issue_here, load_identity, update_manifest
+from fedscreen.trust.identity import load_identity
 
 SQL = "SELECT sex, COUNT(*) FROM screenings WHERE academic_year = '2024-2025' GROUP BY sex"
 ONLINE, OFFLINE = "130104", "130105"
@@ -44,26 +42,11 @@ class Fed:
 
 @pytest.fixture
 def fed(tmp_path: Path) -> Fed:
-    auth = tmp_path / "auth"
-    authority.init_authority(auth, federation="test")
-    init_coordinator(tmp_path / "coord", member_id="coordinator", name="coordinator")
-    issue_here(auth, tmp_path / "coord")
-    for member in ("analyst-1", "mallory"):
-        create_identity(tmp_path / member, member_id=member, role="analyst", name=member)
-        issue_here(auth, tmp_path / member)
-    nodes = {}
-    for code in (ONLINE, OFFLINE):
-        config = init_home(tmp_path / code, node_id=code, name=code)
-        issue_here(auth, config.home)
-        rows = [screening_row(i, county_code=code, sex="F" if i % 3 else "M") for i in range(1, 90)]
-        ingest_paths(config, [write_csv(tmp_path / f"{code}.csv", rows)])
-        nodes[code] = config
-    authority.set_offline(auth, OFFLINE, offline=True)
-    text = authority.manifest_text(auth)
-    homes = (tmp_path / "coord", tmp_path / "analyst-1", tmp_path / "mallory")
-    for home in (*homes, *(c.home for c in nodes.values())):
-        update_manifest(home, text)
-    return Fed(auth, tmp_path / "coord", tmp_path / "analyst-1", tmp_path / "mallory", nodes)
+    homes = county_homes(
+        tmp_path, {ONLINE: 89, OFFLINE: 89}, analysts=("analyst-1", "mallory"), offline=(OFFLINE,)
+    )
+    victim, mallory = homes.analysts["analyst-1"], homes.analysts["mallory"]
+    return Fed(homes.auth, homes.coordinator, victim, mallory, homes.nodes)
 
 
 def _now() -> int:
