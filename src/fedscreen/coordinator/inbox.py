@@ -291,12 +291,7 @@ def _import_one(
     if node not in previous.targeted:
         return "the query's newest release did not ask this node"
     try:
-        query = verify_query(
-            Envelope.from_json(bytes(queued[0])),
-            manifest=core.manifest,
-            now_ms=0,
-            window_ms=ANY_AGE_MS,
-        )
+        query = _queued_query(core, bytes(queued[0]))
     except (VerificationError, QueryRefused) as exc:
         return f"the query no longer verifies: {bounded(str(exc))}"
     year = previous.academic_year if not query.spec.years else None
@@ -338,12 +333,7 @@ def _refused_one(
     version = None
     if previous is not None and previous.reasons.get(node) == QUEUED:
         try:
-            query = verify_query(
-                Envelope.from_json(bytes(queued[0])),
-                manifest=core.manifest,
-                now_ms=0,
-                window_ms=ANY_AGE_MS,
-            )
+            query = _queued_query(core, bytes(queued[0]))
         except (VerificationError, QueryRefused):
             query = None  # its analyst was revoked since: no new version for it
         if query is not None:
@@ -354,6 +344,15 @@ def _refused_one(
             version = made if isinstance(made, int) else None
     _settle(core, node, query_id, now_ms, why)
     return version
+
+
+def _queued_query(core: Coordinator, envelope: bytes) -> SignedQuery:
+    """A queued signed query, verified again against the manifest in force (its analyst may
+    have been revoked since it was queued); its age is no matter here, the node's offline
+    window judged it. Raises VerificationError or QueryRefused."""
+    return verify_query(
+        Envelope.from_json(envelope), manifest=core.manifest, now_ms=0, window_ms=ANY_AGE_MS
+    )
 
 
 def _release_late(
