@@ -81,15 +81,9 @@ def answer_payload(
     computed, 0 when the stored answer was given again (identical query, same data).
     ``query_id`` and ``query_sha256`` name the signed query answered (None: a local query).
     """
+    signed = {"answer": body, "log_index": log_index, "checkpoint": checkpoint}
     return canonical_json(
-        {
-            "answer": body,
-            "log_index": log_index,
-            "checkpoint": checkpoint,
-            "charged": charged,
-            "query_id": query_id,
-            "query_sha256": query_sha256,
-        }
+        signed | {"charged": charged, "query_id": query_id, "query_sha256": query_sha256}
     )
 
 
@@ -431,30 +425,35 @@ def _cell(cell: object, kind: str, width: int, *, noisy: bool) -> AnswerCell:
     group = tuple(cell["group"])
     # a group is one value per GROUP BY column: flat scalars, so no reader ever recurses
     # (exact types, as JSON gives them: a bool is no int here)
-    if len(group) != width or not all(type(v) in _SCALARS for v in group):
+    if len(group) != width or not _SCALARS.issuperset(map(type, group)):
         raise ValueError(f"each cell's group must be a list of {width} values")
     stated = cell.get("value")
     if kind in ("count", "sum"):
         count = _integer(stated, "value")
         if not noisy:
-            return AnswerCell(group, count)
-        return AnswerCell(
-            group, count, _finite(cell.get("lower"), "lower"), _finite(cell.get("upper"), "upper")
-        )
+            return _checked_cell(group, count, None, None)
+        lower, upper = _finite(cell.get("lower"), "lower"), _finite(cell.get("upper"), "upper")
+        return _checked_cell(group, count, lower, upper)
     if kind in ("rate", "mean"):
         parts = []
         for name in ("numerator", "denominator"):
             part = cell.get(name)
             if not isinstance(part, dict):
                 raise ValueError(f"a {kind} cell needs a {name} object")
-            parts.append(
-                Part(_integer(part.get("value"), f"{name} value"), _scale(part.get("scale")))
-            )
-        return AnswerCell(
-            group, None if stated is None else _finite(stated, "value"),
-            numerator=parts[0], denominator=parts[1],
-        )  # fmt: skip
+            count = _integer(part.get("value"), f"{name} value")
+            parts.append(Part(count, _scale(part.get("scale"))))
+        ratio = None if stated is None else _finite(stated, "value")
+        return AnswerCell(group, ratio, numerator=parts[0], denominator=parts[1])
     return AnswerCell(group, None if stated is None else _finite(stated, "value"))
+
+
+def _checked_cell(group: tuple[Any, ...], value: int, lower: Any, upper: Any) -> AnswerCell:
+    # AnswerCell(group, value, lower, upper) of values _cell has checked, made without the
+    # frozen dataclass's object.__setattr__ per field: half the cost of a count's cell
+    made = object.__new__(AnswerCell)
+    object.__setattr__(made, "__dict__", {"group": group, "value": value, "lower": lower,
+                       "upper": upper, "numerator": None, "denominator": None})  # fmt: skip
+    return made
 
 
 def to_micro(epsilon: float) -> int:
