@@ -1,4 +1,5 @@
-"""A member's log entries as tests read them: each one's signature verified, then parsed."""
+"""A member's log entries as tests read them: each one's signature verified (a
+coordinator's answer entries are unsigned: ``tlog.entries``), then parsed."""
 
 from __future__ import annotations
 
@@ -10,23 +11,31 @@ from typing import Any
 
 from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, verify_envelope
 from fedscreen.crypto.signing import public_key_id
+from fedscreen.tlog.entries import unsigned_payload
 from fedscreen.tlog.log import TransparencyLog
 
 
 def verified_entries(
-    raws: Iterable[bytes], public_key: bytes, *, kind: str | None = None
+    raws: Iterable[bytes],
+    public_key: bytes,
+    *,
+    kind: str | None = None,
+    unsigned: frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
     """The payload of each entry, signed by ``public_key``'s owner (VerificationError if
-    one is not); only those of ``kind`` if given."""
+    one is not) or, of the kinds in ``unsigned`` (a coordinator's log:
+    ``COORDINATOR_UNSIGNED``), unsigned; only those of ``kind`` if given."""
     trusted = {public_key_id(public_key): public_key}
-    entries = [
-        json.loads(
-            verify_envelope(
-                Envelope.from_json(raw), expected_payload_type=LOG_ENTRY_V1, trusted_keys=trusted
-            )
+
+    def payload(raw: bytes) -> bytes:
+        bare = unsigned_payload(raw, unsigned)
+        if bare is not None:
+            return bare
+        return verify_envelope(
+            Envelope.from_json(raw), expected_payload_type=LOG_ENTRY_V1, trusted_keys=trusted
         )
-        for raw in raws
-    ]
+
+    entries = [json.loads(payload(raw)) for raw in raws]
     return [e for e in entries if kind is None or e["kind"] == kind]
 
 

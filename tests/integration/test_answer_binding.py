@@ -204,7 +204,8 @@ def _request_envelope(coordinator: Coordinator, query_id: str) -> bytes:
 
 
 def _payload(entry: bytes) -> bytes:
-    return base64.b64decode(json.loads(entry)["payload"])
+    doc = json.loads(entry)  # a signed envelope, or an answer entry logged bare
+    return base64.b64decode(doc["payload"]) if "payloadType" in doc else entry
 
 
 class _DishonestAnalystService(pb_grpc.AnalystServicer):

@@ -37,6 +37,7 @@ from test_federation import (
 from fedscreen.node.home import load_config
 from fedscreen.rpc.client import Submitted
 from fedscreen.tlog.checkpoint import member_origin, parse_and_verify_note
+from fedscreen.tlog.entries import COORDINATOR_UNSIGNED
 from fedscreen.trust.identity import load_identity
 
 VICTIM = NODES[1]
@@ -77,7 +78,7 @@ def _coordinator_entries(fed: Federation, kind: str) -> list[dict[str, Any]]:
     """The coordinator's log entries of ``kind``, signature-checked."""
     key = load_identity(fed.coordinator_home).signing_key()
     raws = stored_entries(fed.coordinator_home / "coordinator.db", "coordinator")
-    return verified_entries(raws, key.public_key, kind=kind)
+    return verified_entries(raws, key.public_key, kind=kind, unsigned=COORDINATOR_UNSIGNED)
 
 
 def _status(fed: Federation) -> tuple[int, dict[str, dict[str, Any]]]:

@@ -23,16 +23,18 @@ def in_processes(workers: int) -> EntryVerifier:
     """An entry verifier that spreads logs of ``PARALLEL_MIN_ENTRIES`` or more over
     ``workers`` processes (four chunks each), yielding the chunks in log order."""
 
-    def run(entries: tuple[bytes, ...], keys: dict[str, bytes]) -> Iterator[Checked]:
+    def run(
+        entries: tuple[bytes, ...], keys: dict[str, bytes], unsigned: frozenset[str]
+    ) -> Iterator[Checked]:
         if workers <= 1 or len(entries) < PARALLEL_MIN_ENTRIES:
-            yield verify_entries(entries, 0, keys)
+            yield verify_entries(entries, 0, keys, unsigned)
             return
         step = -(-len(entries) // (workers * 4))
         # spawn: the auditor's process may hold threads; forking them is unsafe
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             futures = [
-                pool.submit(verify_entries, entries[s : s + step], s, keys)
+                pool.submit(verify_entries, entries[s : s + step], s, keys, unsigned)
                 for s in range(0, len(entries), step)
             ]
             for future in futures:

@@ -7,7 +7,10 @@ Checks, per log, in this order (the first failure decides the outcome):
    (``fedscreen.audit.manifests``);
 1. the log belongs to an active manifest member, under its expected origin, and
    every checkpoint is a well-formed note signed by that member  → else **4**;
-2. every entry is a well-formed DSSE envelope signed by that member → else **2**;
+2. every entry is a well-formed DSSE envelope signed by that member, but for a
+   coordinator's answer entries, which are logged unsigned (``tlog.memberlog``:
+   the signed checkpoint of 3. and the signed release paired with them in 4. vouch
+   for them) → else **2**;
 3. every checkpoint's root equals the Merkle root (RFC 9162 §2.1.1) of the
    entries up to its size, the latest checkpoint covers every entry, and the
    trusted checkpoint (the last one this auditor saw) is a prefix of this
@@ -48,6 +51,7 @@ from fedscreen.errors import (
 )
 from fedscreen.tlog import merkle
 from fedscreen.tlog.checkpoint import Checkpoint, member_origin, parse_and_verify_note
+from fedscreen.tlog.entries import COORDINATOR_UNSIGNED, unsigned_payload
 from fedscreen.tlog.export import Bundle, LogExport
 from fedscreen.trust.manifest import Manifest, Member
 
@@ -55,10 +59,11 @@ MICRO: Final = 1_000_000
 
 #: the verified payloads of a run of entries, or (index, reason) of the first bad one
 Checked = list[bytes] | tuple[int, str]
-#: verifies a log's entries against the member's keys, chunk by chunk, in log order;
-#: the offline verifier takes one, so that how it runs (here, or in worker processes:
-#: ``fedscreen.audit.parallel``) is the caller's choice and this module stays pure
-EntryVerifier = Callable[[tuple[bytes, ...], dict[str, bytes]], Iterable[Checked]]
+#: verifies a log's entries against the member's keys (and the kinds the log may hold
+#: unsigned), chunk by chunk, in log order; the offline verifier takes one, so that how
+#: it runs (here, or in worker processes: ``fedscreen.audit.parallel``) is the caller's
+#: choice and this module stays pure
+EntryVerifier = Callable[[tuple[bytes, ...], dict[str, bytes], frozenset[str]], Iterable[Checked]]
 
 
 @dataclass
@@ -276,8 +281,9 @@ def _verify_log(
 
     # 2. entries: signed by the member (in parallel for long logs: it is most of the work)
     keys = {m.key_id: m.signing_key for m in owners}
+    unsigned = COORDINATOR_UNSIGNED if member.role == "coordinator" else frozenset()
     payloads: list[bytes] = []
-    for result in entries(log.entries, keys):
+    for result in entries(log.entries, keys, unsigned):
         if isinstance(result, tuple):
             index, reason = result
             raise EntryInvalid(f"entry {index}: {reason}", origin=origin, index=index)
@@ -373,28 +379,50 @@ def _owner_note(note: str, origin: str, owners: tuple[Member, ...]) -> tuple[Che
 
 
 def _signers(entries: tuple[bytes, ...], owners: tuple[Member, ...]) -> list[Member]:
-    """The owner, with the key that signed it, at each (verified) entry."""
+    """The owner, with the key that signed it, at each (verified) entry; at an unsigned
+    entry, the key of the next signed one (the release that vouches for it)."""
     by_key_id = {m.key_id: m for m in owners}
-    signers = []
-    for raw in entries:
-        ids = [s.keyid for s in Envelope.from_json(raw).signatures if s.keyid in by_key_id]
-        signers.append(by_key_id[ids[0]])
+    signers: list[Member] = []
+    following = owners[0]
+    for raw in reversed(entries):
+        try:
+            envelope = Envelope.from_json(raw)
+        except VerificationError:  # verified already: an unsigned entry
+            signers.append(following)
+            continue
+        ids = [s.keyid for s in envelope.signatures if s.keyid in by_key_id]
+        following = by_key_id[ids[0]]
+        signers.append(following)
+    signers.reverse()
     return signers
 
 
-def verify_entries(entries: tuple[bytes, ...], start: int, keys: dict[str, bytes]) -> Checked:
-    """Payloads of signed entries, or (index, reason) of the first bad one."""
+def verify_entries(
+    entries: tuple[bytes, ...],
+    start: int,
+    keys: dict[str, bytes],
+    unsigned: frozenset[str] = frozenset(),
+) -> Checked:
+    """Payloads of signed entries (and of unsigned ones of the kinds in ``unsigned``), or
+    (index, reason) of the first bad one."""
     payloads = []
     for offset, raw in enumerate(entries):
         try:
+            bare = unsigned_payload(raw, unsigned)
             payloads.append(
-                verify_envelope_json(raw, expected_payload_type=LOG_ENTRY_V1, trusted_keys=keys)
+                bare
+                if bare is not None
+                else verify_envelope_json(
+                    raw, expected_payload_type=LOG_ENTRY_V1, trusted_keys=keys
+                )
             )
         except VerificationError as exc:
             return start + offset, str(exc)
     return payloads
 
 
-def in_process(entries: tuple[bytes, ...], keys: dict[str, bytes]) -> Iterator[Checked]:
+def in_process(
+    entries: tuple[bytes, ...], keys: dict[str, bytes], unsigned: frozenset[str]
+) -> Iterator[Checked]:
     """The default :data:`EntryVerifier`: every entry, here, in one chunk."""
-    yield verify_entries(entries, 0, keys)
+    yield verify_entries(entries, 0, keys, unsigned)

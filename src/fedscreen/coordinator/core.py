@@ -45,6 +45,7 @@ from fedscreen.protocol.release import SecureOutcome, release_body
 from fedscreen.query.compile import check_secure_release, compile_query
 from fedscreen.tlog import memberlog
 from fedscreen.tlog.checkpoint import member_origin
+from fedscreen.tlog.entries import COORDINATOR_UNSIGNED
 from fedscreen.tlog.export import LogExport
 from fedscreen.tlog.log import TransparencyLog
 from fedscreen.trust.identity import Identity, create_identity, load_identity
@@ -325,8 +326,9 @@ class Coordinator:
         )
         with transaction(self.conn):
             last = memberlog.append_many(
-                self.conn, member_id=self.member_id, key=self.key, payloads=logged, role=ROLE
-            )
+                self.conn, member_id=self.member_id, key=self.key, payloads=logged, role=ROLE,
+                unsigned=COORDINATOR_UNSIGNED,
+            )  # fmt: skip
             # the answers were logged in node order just before the release
             first = last.index - len(verified)
             entries = {node: first + i for i, node in enumerate(sorted(verified))}

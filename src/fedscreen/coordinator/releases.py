@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from fedscreen.crypto.envelope import Envelope, parse_json
+from fedscreen.tlog.entries import COORDINATOR_UNSIGNED, unsigned_payload
 from fedscreen.tlog.log import TransparencyLog
 
 __all__ = ["OFFLINE_SCHEMA", "SCHEMA", "StoredRelease", "newest_release", "store_release"]
@@ -197,8 +198,12 @@ def newest_release(
 
 def _logged_answer(entry: bytes, node: str) -> bytes:
     """The node's answer envelope inside one of the coordinator's own log entries (which
-    it signed itself and reads back from its own database: no signature to check)."""
-    payload = parse_json(Envelope.from_json(entry).unverified_payload())
+    it wrote itself and reads back from its own database: no signature to check; an
+    answer entry is unsigned since issue 11, signed in older logs)."""
+    bare = unsigned_payload(entry, COORDINATOR_UNSIGNED)
+    payload = parse_json(
+        bare if bare is not None else Envelope.from_json(entry).unverified_payload()
+    )
     if payload.get("kind") != "answer" or payload.get("node") != node:
         raise ValueError(f"the release store points at a log entry that is not {node}'s answer")
     return str(payload["envelope"]).encode("utf-8")

@@ -3,7 +3,8 @@
 The node logs every query it answered or refused; the coordinator every query,
 answer and release. :func:`export_log` hands either to an auditor.
 
-Each entry is a DSSE envelope (``LOG_ENTRY_V1``) signed by the node, whose
+Each entry is a DSSE envelope (``LOG_ENTRY_V1``) signed by the member (one
+exception: the coordinator's answer entries, see :func:`append_many`); a node's
 payload records the requester, the canonical query, the ε charged, the budget
 after the charge, the policy digest and the digest of the answer — never a
 student-level value. Entries are appended **in the same SQLite transaction as
@@ -15,7 +16,7 @@ answer against the log and the log against every checkpoint it has seen.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -72,9 +73,19 @@ def append_many(
     payloads: Sequence[dict[str, Any]],
     role: str = "node",
     checkpoint: bool = True,
+    unsigned: Collection[str] = (),
 ) -> Appended:
     """:func:`append` of each payload in turn, in one batch, with one checkpoint after the
-    last; returns where the last landed. Does not commit."""
+    last; returns where the last landed. Does not commit.
+
+    A payload whose ``kind`` is in ``unsigned`` is logged as its canonical JSON, not
+    in an envelope of its own: the coordinator's answer entries. Each holds a node's
+    signed answer, and the same batch ends in the release that names the answer by its
+    digest and is signed, and in the signed checkpoint that covers both; a
+    coordinator signature over each answer proved nothing more and cost about as
+    much as verifying the answer (issue 11). Verifiers accept such an entry only in
+    a coordinator's log and only of that kind (``tlog.entries``).
+    """
     if not payloads:
         raise ValueError("nothing to append")
     conn.execute(CHECKPOINT_SCHEMA)
@@ -86,6 +97,9 @@ def append_many(
         # too; "node_id" names the log owner in every entry (the coordinator's too: wire
         # format)
         body = canonical_json({**payload, "index": index, "node_id": member_id})
+        if payload.get("kind") in unsigned:
+            envelopes.append(body)
+            continue
         envelope = sign_envelope(payload_type=LOG_ENTRY_V1, payload=body, key=key)
         envelopes.append(envelope.to_json().encode("utf-8"))
     log.extend(envelopes)

@@ -28,6 +28,7 @@ from fedscreen.crypto.signing import SigningKey
 from fedscreen.errors import ConfigError
 from fedscreen.node.home import init_home
 from fedscreen.tlog.checkpoint import member_origin, parse_and_verify_note
+from fedscreen.tlog.entries import COORDINATOR_UNSIGNED
 from fedscreen.trust import authority
 from fedscreen.trust.identity import issue_here, update_manifest
 
@@ -77,7 +78,12 @@ def _screen(setup: Setup, log: NodeLog, note: str, sent: int) -> str | None:
 
 def _logged(coordinator: Coordinator, kind: str) -> list[dict[str, Any]]:
     """The coordinator's log entries of ``kind``, their signatures verified."""
-    return verified_entries(coordinator.export().entries, coordinator.key.public_key, kind=kind)
+    return verified_entries(
+        coordinator.export().entries,
+        coordinator.key.public_key,
+        kind=kind,
+        unsigned=COORDINATOR_UNSIGNED,
+    )
 
 
 def test_a_growing_log_is_followed(setup: Setup) -> None:
