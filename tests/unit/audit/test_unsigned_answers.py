@@ -19,7 +19,7 @@ from localnode import answer_locally
 
 from fedscreen._util.canonical import canonical_json
 from fedscreen.analyst.query import make_query
-from fedscreen.audit.verify import verify_bundle
+from fedscreen.audit.verify import _signers, verify_bundle
 from fedscreen.coordinator.core import Coordinator
 from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, parse_json, sign_envelope
 from fedscreen.crypto.signing import SigningKey
@@ -30,7 +30,7 @@ from fedscreen.tlog.checkpoint import Checkpoint, note_size, sign_checkpoint
 from fedscreen.tlog.export import Bundle, LogExport
 from fedscreen.tlog.memberlog import export_log
 from fedscreen.trust.identity import load_identity
-from fedscreen.trust.manifest import Manifest
+from fedscreen.trust.manifest import Manifest, Member
 
 SQL = "SELECT sex, COUNT(*) FROM screenings WHERE academic_year = '2024-2025' GROUP BY sex"
 COUNTIES = ("130104", "130105", "130107")
@@ -178,3 +178,17 @@ def test_a_dishonest_coordinator_cannot_swap_unsigned_answers(logs: Logs) -> Non
     with pytest.raises(EntryInvalid, match="other answers than the ones logged") as caught:
         _verify(_forged(logs.coordinator, entries, logs.coordinator_key), manifest=logs.manifest)
     assert caught.value.index == answers[-1] + 1  # the release that names the answers
+
+
+def test_an_unsigned_entry_counts_as_signed_by_the_key_of_the_entry_after_it() -> None:
+    # a re-keyed coordinator: which key is "the signer" decides revocation checks; an
+    # answer is vouched for by the release logged after it in the same batch
+    old, new = SigningKey.generate(), SigningKey.generate()
+    members = tuple(
+        Member("coordinator", "coordinator", "C", k.public_key, "00" * 32) for k in (old, new)
+    )
+    bare = canonical_json({"kind": "answer", "index": 0})
+    entries = (_signed(b"{}", old), bare, bare, _signed(b"{}", new), bare, _signed(b"{}", old))
+    assert [m.signing_key for m in _signers(entries, members)] == [
+        k.public_key for k in (old, new, new, new, old, old)
+    ]
