@@ -2,7 +2,7 @@
 
 A bundle is one JSON file::
 
-    {"format": "fedscreen-audit-bundle/1",
+    {"format": "fedscreen-audit-bundle/2",
      "manifest": <manifest file, as written by the authority> | null,
      "manifests": [<manifest file>, ...],      (optional: the history, oldest first)
      "logs": [{"member_id": "130102", "origin": "fedscreen.node/130102",
@@ -10,7 +10,10 @@ A bundle is one JSON file::
                "checkpoints": ["<signed note>", ...]}]}
 
 Entries are kept as their exact bytes (base64), because their signatures and the
-Merkle tree are over those bytes. The manifest copies are not trusted: the
+Merkle tree are over those bytes. Format 2 is format 1 whose coordinator logs may
+hold unsigned answer entries (``tlog.entries``): an auditor of an earlier version,
+which would take them for forgeries, refuses the file as of an unknown format
+instead; both are read here. The manifest copies are not trusted: the
 auditor verifies each against the authority key it pins
 (``fedscreen.audit.manifests``).
 """
@@ -28,7 +31,9 @@ from fedscreen.crypto.envelope import parse_json
 from fedscreen.errors import BundleError
 from fedscreen.tlog.export import Bundle, LogExport
 
-BUNDLE_FORMAT: Final = "fedscreen-audit-bundle/1"
+BUNDLE_FORMAT: Final = "fedscreen-audit-bundle/2"
+#: the formats read: the current one, and the one before unsigned answer entries
+READ_FORMATS: Final = frozenset({BUNDLE_FORMAT, "fedscreen-audit-bundle/1"})
 #: refuse absurd bundles before parsing them (bytes)
 MAX_BUNDLE_BYTES: Final = 4 << 30
 
@@ -64,8 +69,8 @@ def read_bundle(path: Path) -> Bundle:
     except ValueError as exc:
         raise BundleError(f"{path}: not JSON: {exc}") from None
     try:
-        if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{path}: not a {BUNDLE_FORMAT} file")
+        if not isinstance(data, dict) or data.get("format") not in READ_FORMATS:
+            raise BundleError(f"{path}: not a {BUNDLE_FORMAT} file (nor of format 1)")
         if not isinstance(data["logs"], list):
             raise BundleError(f"{path}: logs must be a list")
         logs = []

@@ -243,7 +243,8 @@ def in_force(
 ) -> InForce:
     """Walk a log's verified entry payloads: check every ``manifest`` entry and say which
     version is in force at each entry. ``signers`` (for an owner that held several
-    keys) is the owner, with the key that signed it, at each entry. Raises
+    keys) is the owner, with the key that signed it, at each entry (at an unsigned
+    answer entry, the key of the release after it). Raises
     EntryInvalid at the first bad entry; BundleUntrusted if a version it logs has
     another digest than the same version seen elsewhere."""
     local = dict(versions.by_version)

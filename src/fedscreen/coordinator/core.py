@@ -392,6 +392,13 @@ class Coordinator:
     def _verify(
         self, node_id: str, raw: bytes, query: SignedQuery, academic_year: str | None
     ) -> VerifiedAnswer:
+        if not raw.isascii():
+            # JSON readers take UTF-16 too, but the log and the release store keep answers
+            # as UTF-8 text: one re-encoded answer would fail the whole release
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise VerificationError(f"the answer from {node_id} is not UTF-8") from None
         return verify_answer(
             Envelope.from_json(raw),
             manifest=self.manifest,

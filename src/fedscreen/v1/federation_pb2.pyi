@@ -923,7 +923,8 @@ class Entry(_message.Message):
     index: _builtins.int
     """The entry's 0-based index in the log."""
     data: _builtins.bytes
-    """The entry's bytes exactly as hashed into the tree (a DSSE envelope, JSON);
+    """The entry's bytes exactly as hashed into the tree (a DSSE envelope, JSON; a
+    coordinator's answer entry is its bare canonical JSON payload, unsigned);
     its leaf hash is SHA-256(0x00 || data) (RFC 9162 §2.1.1).
     """
     def __init__(

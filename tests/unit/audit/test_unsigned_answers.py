@@ -11,6 +11,7 @@ over the edited entries, so only the rules under test can catch them.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,12 @@ from localnode import answer_locally
 
 from fedscreen._util.canonical import canonical_json
 from fedscreen.analyst.query import make_query
+from fedscreen.audit.bundle import read_bundle, write_bundle
 from fedscreen.audit.verify import _signers, verify_bundle
 from fedscreen.coordinator.core import Coordinator
 from fedscreen.crypto.envelope import LOG_ENTRY_V1, Envelope, parse_json, sign_envelope
 from fedscreen.crypto.signing import SigningKey
-from fedscreen.errors import EntryInvalid, HistoryInconsistent
+from fedscreen.errors import BundleError, EntryInvalid, HistoryInconsistent
 from fedscreen.node.store import connect
 from fedscreen.tlog import merkle
 from fedscreen.tlog.checkpoint import Checkpoint, note_size, sign_checkpoint
@@ -192,3 +194,21 @@ def test_an_unsigned_entry_counts_as_signed_by_the_key_of_the_entry_after_it() -
     assert [m.signing_key for m in _signers(entries, members)] == [
         k.public_key for k in (old, new, new, new, old, old)
     ]
+
+
+def test_bundles_are_written_as_format_2_and_format_1_is_still_read(
+    logs: Logs, tmp_path: Path
+) -> None:
+    # an auditor of an earlier version refuses format 2 as unknown, rather than calling
+    # the unsigned answer entries forgeries; this one reads both
+    path = tmp_path / "bundle.json"
+    write_bundle(path, [logs.coordinator], None)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["format"] == "fedscreen-audit-bundle/2"
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps({**data, "format": "fedscreen-audit-bundle/1"}), encoding="utf-8")
+    assert read_bundle(older).logs == read_bundle(path).logs == (logs.coordinator,)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**data, "format": "fedscreen-audit-bundle/3"}), encoding="utf-8")
+    with pytest.raises(BundleError, match="not a fedscreen-audit-bundle/2 file"):
+        read_bundle(other)

@@ -16,7 +16,7 @@ from fedscreen.tlog.entries import COORDINATOR_UNSIGNED, unsigned_payload
 
 KEY = SigningKey(bytes(range(32)))
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
     lambda children: (
         st.lists(children, max_size=3)
         | st.dictionaries(
@@ -35,6 +35,8 @@ _json = st.recursive(
 @example(b'{"kind":"answer","payloadType":"x"}')
 @example(b'{"payload":"e30=","payloadType":"t","signatures":[]}')
 @example(b"\xff")
+@example(b'{"kind":"answer","x":1e400}')  # parses to infinity, which JSON cannot write
+@example(b'{"kind":"answer","x":"\\ud800"}')  # a lone surrogate: no UTF-8 for it
 def test_any_bytes_are_a_bare_entry_an_envelope_candidate_or_refused(raw: bytes) -> None:
     try:
         result = unsigned_payload(raw, COORDINATOR_UNSIGNED)
