@@ -130,9 +130,11 @@ def screen_answer(
     # the key the answer (and its checkpoint) was verified under: the manifest's in force
     key = core.manifest.member(node_id, role="node").signing_key
     _forget_old_key(core, book, node_id, key)
-    # the size the query was sent with, then (answers in flight together) the same size
+    # the size the query was sent with, then (answers in flight together) the same size;
+    # a size beyond the newest held is held by no row (the common case: no read for it)
+    newest = book.known_size(node_id)
     for size, steps in ((sent_size, proof), (new.size, ())):
-        held = book.held(node_id, size) if size > 0 else None
+        held = book.held(node_id, size) if 0 < size <= newest else None
         if held is None:
             continue
         try:
