@@ -119,7 +119,8 @@ class Coordinator:
         self.log = TransparencyLog(self.conn, name=ROLE)
         #: the nodes' verified checkpoints and quarantines, in the same database
         self.book = CheckpointBook(self.conn)
-        #: checkpoint notes verified on receipt are checked again against later answers
+        #: signatures the quarantine's checks of one query share (an answer that did not
+        #: verify whole is checked for its note alone; held notes after a re-read)
         self.signatures = SignatureMemo()
         #: answers verified when screened for rollbacks, used again by the release
         #: (kept only between a query's screening and its release: a few queries' worth)
@@ -407,7 +408,8 @@ class Coordinator:
             public=dataset_public(query.spec, self.policy),
             academic_year=academic_year,
             catalogue=self.policy,
-            memo=self.signatures,  # the checkpoint's note is checked again when held
+            # no signature memo: a verdict is kept whole (``_verified``), and a held note
+            # is checked again only after the book was re-read (``_forget_old_key``)
         )
 
     def forget_verdict(
