@@ -8,7 +8,7 @@ Checks, per log, in this order (the first failure decides the outcome):
 1. the log belongs to an active manifest member, under its expected origin, and
    every checkpoint is a well-formed note signed by that member  → else **4**;
 2. every entry is a well-formed DSSE envelope signed by that member, but for a
-   coordinator's answer entries, which are logged unsigned (``tlog.memberlog``:
+   coordinator's answer entries, which are logged unsigned (``tlog.entries``:
    the signed checkpoint of 3. and the signed release paired with them in 4. vouch
    for them) → else **2**;
 3. every checkpoint's root equals the Merkle root (RFC 9162 §2.1.1) of the

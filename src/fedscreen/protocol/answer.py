@@ -81,9 +81,9 @@ def answer_payload(
     computed, 0 when the stored answer was given again (identical query, same data).
     ``query_id`` and ``query_sha256`` name the signed query answered (None: a local query).
     """
-    signed = {"answer": body, "log_index": log_index, "checkpoint": checkpoint}
+    answered = {"answer": body, "log_index": log_index, "checkpoint": checkpoint}
     return canonical_json(
-        signed | {"charged": charged, "query_id": query_id, "query_sha256": query_sha256}
+        answered | {"charged": charged, "query_id": query_id, "query_sha256": query_sha256}
     )
 
 
