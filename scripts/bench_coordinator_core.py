@@ -20,8 +20,6 @@ rest costs.
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import statistics
 import sys
 import tempfile
@@ -32,14 +30,18 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 sys.path.insert(0, str(ROOT))
 
-import nacl.bindings  # noqa: E402
-from bench_federation import EPSILON, SQL, setup  # noqa: E402
+from bench_federation import (  # noqa: E402
+    EPSILON,
+    SQL,
+    crypto_floor_seconds,
+    setup,
+    verifications,
+)
 
 from fedscreen.analyst.query import make_query  # noqa: E402
 from fedscreen.coordinator.core import Coordinator  # noqa: E402
 from fedscreen.coordinator.runtime import screen  # noqa: E402
 from fedscreen.coordinator.sessions import NodeReply  # noqa: E402
-from fedscreen.crypto.envelope import pae  # noqa: E402
 from fedscreen.node import store  # noqa: E402
 from fedscreen.node.home import load_config  # noqa: E402
 from fedscreen.node.link import answer_proof  # noqa: E402
@@ -100,27 +102,6 @@ def core_seconds(core: Coordinator, envelope: bytes, replies: Replies) -> float:
     return elapsed
 
 
-def crypto_floor_seconds(rounds: list[tuple[bytes, Replies]], node_keys: dict[str, bytes]) -> float:
-    """CPU seconds of raw PyNaCl on every answer: verify its signature and its checkpoint
-    note's."""
-    work = []
-    for _, replies in rounds:
-        for node_id, (raw, _, _) in replies.items():
-            outer = json.loads(raw)
-            payload = base64.b64decode(outer["payload"])
-            signature = base64.b64decode(outer["signatures"][0]["sig"])
-            note = json.loads(payload)["checkpoint"]
-            cut = note.rindex("\n\n") + 1  # signed-note: text, blank line, signature lines
-            note_sig = base64.b64decode(note[cut + 1 :].split()[-1])[4:]  # after the key id
-            message = pae(outer["payloadType"], payload)
-            work.append((node_keys[node_id], message, signature, note[:cut].encode(), note_sig))
-    started = time.process_time()
-    for public_key, message, signature, note_text, note_sig in work:
-        nacl.bindings.crypto_sign_open(signature + message, public_key)
-        nacl.bindings.crypto_sign_open(note_sig + note_text, public_key)
-    return time.process_time() - started
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=50)
@@ -137,7 +118,13 @@ def main() -> None:
             for envelope, replies in rounds[:2]:  # warm-up: first queries fill caches
                 core_seconds(core, envelope, replies)
             seconds = [core_seconds(core, e, r) for e, r in rounds[2:]]
-            floor = crypto_floor_seconds(rounds[2:], node_keys)
+            floor = crypto_floor_seconds(
+                [
+                    verifications(raw, node_keys[n])
+                    for _, r in rounds[2:]
+                    for n, (raw, _, _) in r.items()
+                ]
+            )
         finally:
             core.close()
     answers = args.nodes * len(seconds)

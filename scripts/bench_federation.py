@@ -19,7 +19,12 @@ real SQLite), then measures, for a grouped count query every kind of node answer
 * the federation's cost per additional node, (latency(N) − latency(1)) / (N − 1),
   and per node added since the tier before, beside that CPU time per answer;
 * the coordinator's CPU per query and per node, split by thread;
-* throughput with 8 analysts submitting concurrently at N = 10.
+* throughput with 8 analysts submitting concurrently at N = 10;
+* once the federation has stopped, the floors under the coordinator's CPU per node on
+  this machine, now: gRPC alone in the federation's pattern (``bench_grpc_floor.py
+  --pushed``, N streams each on its own connection, answering as far apart as the
+  nodes did) and PyNaCl verifying an answer's two signatures (``--floor-rounds 0``
+  skips them).
 
 N = 292 is the whole province: Hebei's 167 county-level units and its 125 universities
 (ids 10001-10125, 5-digit codes as the Ministry of Education's). The default run
@@ -35,6 +40,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import logging
 import os
 import statistics
@@ -49,6 +56,8 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 sys.path.insert(0, str(ROOT))
 
+import bench_grpc_floor  # noqa: E402
+import nacl.bindings  # noqa: E402
 from loopback_federation import (  # noqa: E402
     COORDINATOR,
     COUNTIES,
@@ -67,6 +76,7 @@ from loopback_federation import until_signalled as until_signalled  # noqa: E402
 from loopback_federation import wait_ready as wait_ready  # noqa: E402
 
 from fedscreen.analyst.query import make_query, verify_release  # noqa: E402
+from fedscreen.crypto.envelope import pae  # noqa: E402
 from fedscreen.node import store  # noqa: E402
 from fedscreen.node.home import load_config  # noqa: E402
 from fedscreen.node.requests import handle_query  # noqa: E402
@@ -113,6 +123,54 @@ class Client:
             )
         elapsed = time.perf_counter() - started
         return elapsed, len(response.missing_nodes)
+
+
+#: (public key, signed message, signature, note text, note signature) of one answer
+Verification = tuple[bytes, bytes, bytes, bytes, bytes]
+
+
+def verifications(raw: bytes, public_key: bytes) -> Verification:
+    """What verifying a node's answer envelope and its checkpoint note takes."""
+    outer = json.loads(raw)
+    payload = base64.b64decode(outer["payload"])
+    signature = base64.b64decode(outer["signatures"][0]["sig"])
+    note = json.loads(payload)["checkpoint"]
+    cut = note.rindex("\n\n") + 1  # signed-note: text, blank line, signature lines
+    note_sig = base64.b64decode(note[cut + 1 :].split()[-1])[4:]  # after the key id
+    message = pae(outer["payloadType"], payload)
+    return public_key, message, signature, note[:cut].encode(), note_sig
+
+
+def crypto_floor_seconds(work: list[Verification]) -> float:
+    """CPU seconds of raw PyNaCl on ``work``: each answer's two Ed25519 verifications, the
+    cryptography no coordinator can skip (it logs answers unsigned: ``tlog.entries``)."""
+    started = time.process_time()
+    for public_key, message, signature, note_text, note_sig in work:
+        nacl.bindings.crypto_sign_open(signature + message, public_key)
+        nacl.bindings.crypto_sign_open(note_sig + note_text, public_key)
+    return time.process_time() - started
+
+
+def floors(work: Path, results: dict[str, Any], rounds: int) -> None:
+    """Measure the floors under each tier's coordinator CPU per node (see the module
+    docstring) into ``results``; with nothing else running."""
+    keys = {n: load_config(work / "nodes" / n).signing_key().public_key for n in results["sample"]}
+    sample = [verifications(raw, keys[n]) for n, raw in results["sample"].items()] * 300
+    results["crypto_ms"] = crypto_floor_seconds(sample) / len(sample) * 1000
+    (work / "grpc-floor").mkdir()
+    bench_grpc_floor.make_homes(work / "grpc-floor")
+    for tier in results["tiers"]:
+        n = tier["nodes"]
+        spacing_s = tier["p50_ms"] / n / 1000  # how far apart the answers came
+        # at least 400 answers: the CPU clock of /proc ticks in 10 ms
+        tier_rounds = max(rounds, -(-400 // n))
+        tier["grpc_floor_ms"] = {
+            secure: 1000
+            * bench_grpc_floor.measure(
+                work / "grpc-floor", secure, n, tier_rounds, spacing_s, pushed=True
+            )
+            for secure in (False, True)
+        }
 
 
 def _p95(values: list[float]) -> float:
@@ -216,6 +274,7 @@ async def measure(
         )
         if sorted(a.node_id for a in response.answers) != sorted(sample):
             raise RuntimeError(f"release over {sample} lacks {list(response.missing_nodes)}")
+        results["sample"] = {a.node_id: a.envelope for a in response.answers}
         # throughput: analysts submitting at once, each query to N = 10 nodes
         targets = node_ids[: min(10, len(node_ids))]
 
@@ -299,6 +358,8 @@ def report(results: dict[str, Any], answer_ms: dict[str, list[float]], setup: st
         "sign, log;\ngRPC poller: its completion-queue thread (other Python threads "
         "included); gRPC C: its own threads"
     )
+    if "crypto_ms" in results:
+        _report_floors(results)
     tp = results["throughput"]
     alone = next((t for t in tiers if t["nodes"] == tp["nodes"]), None)
     line = (
@@ -318,6 +379,34 @@ def report(results: dict[str, Any], answer_ms: dict[str, list[float]], setup: st
         "CPU/answer + coord CPU/node) / cores; coord CPU/node\nis the federation's own "
         "cost per node (receive, verify, log, combine one answer), and\nbounds throughput "
         "at 1 / (coord CPU/node × N) on one core."
+    )
+
+
+def _report_floors(results: dict[str, Any]) -> None:
+    crypto = results["crypto_ms"]
+    print(
+        f"\nfloors under the coordinator's CPU per node, this machine, this run (ms): "
+        f"target <= {COORD_TARGET_MS} (issue 11)"
+    )
+    print(
+        f"{'N':>4}  {'gRPC alone':>10}  {'fedscreen transport':>19}  {'2 verifications':>15}  "
+        f"{'floor':>6}  {'coord CPU/node':>14}  {'above floor':>11}"
+    )
+    for t in results["tiers"]:
+        n = t["nodes"]
+        plain, secure = t["grpc_floor_ms"][False], t["grpc_floor_ms"][True]
+        total = t["coordinator_cpu_per_query_ms"] / n
+        print(
+            f"{n:>4}  {plain:>10.2f}  {secure:>19.2f}  {crypto:>15.3f}  {secure + crypto:>6.2f}  "
+            f"{total:>14.2f}  {total - secure - crypto:>11.2f}"
+        )
+    print(
+        "gRPC alone: grpc.aio with fedscreen's HTTP/2 settings, no TLS, a servicer that does "
+        "nothing,\nin the federation's pattern (a push down N streams, each on its own "
+        "connection, and\nN 4 KB answers as far apart as the nodes' were); fedscreen "
+        "transport: the same with\nmutual TLS and the request guard; 2 verifications: PyNaCl "
+        "checking an answer's signature\nand its checkpoint note's; floor: transport + "
+        "verifications; above floor: fedscreen's own"
     )
 
 
@@ -341,6 +430,12 @@ def main() -> int:
     parser.add_argument("--per-analyst", type=int, default=10, help="queries per analyst")
     parser.add_argument("--processes", type=int, default=4, help="node processes")
     parser.add_argument("--work", type=Path, help="work directory (default: a new temp one)")
+    parser.add_argument(
+        "--floor-rounds",
+        type=int,
+        default=8,
+        help="rounds of each gRPC floor measurement per N (0: measure no floors)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     tiers = sorted({int(n) for n in args.nodes.split(",")})
@@ -395,6 +490,9 @@ def main() -> int:
         f"{setup_s:.0f} s ({counties} counties x {args.students:,} students, {universities} "
         f"universities x {freshmen:,} freshmen), run {run_s:.0f} s"
     )
+    if args.floor_rounds > 0:
+        print("measuring the floors (gRPC alone, PyNaCl)", flush=True)
+        floors(work, results, args.floor_rounds)
     report(results, answer_ms, setup_text)
     return 0
 
