@@ -390,7 +390,7 @@ def _report_floors(results: dict[str, Any]) -> None:
     )
     print(
         f"{'N':>4}  {'gRPC alone':>10}  {'fedscreen transport':>19}  {'2 verifications':>15}  "
-        f"{'floor':>6}  {'coord CPU/node':>14}  {'above floor':>11}"
+        f"{'floor':>6}  {'coord CPU/node':>14}  {'above floor':>11}  {'x floor':>7}"
     )
     for t in results["tiers"]:
         n = t["nodes"]
@@ -398,7 +398,7 @@ def _report_floors(results: dict[str, Any]) -> None:
         total = t["coordinator_cpu_per_query_ms"] / n
         print(
             f"{n:>4}  {plain:>10.2f}  {secure:>19.2f}  {crypto:>15.3f}  {secure + crypto:>6.2f}  "
-            f"{total:>14.2f}  {total - secure - crypto:>11.2f}"
+            f"{total:>14.2f}  {total - secure - crypto:>11.2f}  {total / (secure + crypto):>7.2f}"
         )
     print(
         "gRPC alone: grpc.aio with fedscreen's HTTP/2 settings, no TLS, a servicer that does "
@@ -406,7 +406,7 @@ def _report_floors(results: dict[str, Any]) -> None:
         "connection, and\nN 4 KB answers as far apart as the nodes' were); fedscreen "
         "transport: the same with\nmutual TLS and the request guard; 2 verifications: PyNaCl "
         "checking an answer's signature\nand its checkpoint note's; floor: transport + "
-        "verifications; above floor: fedscreen's own"
+        "verifications; above floor: fedscreen's own; x floor: coord CPU/node / floor"
     )
 
 
