@@ -178,7 +178,7 @@ async def _answer_pushes(
             await call.write(message)
             if stagger_s:
                 await asyncio.sleep(stagger_s)
-    # the last answers are read by the server before its next round's pushes arrive
+    # the next round's pushes: the server has read every answer of the last
     await asyncio.wait_for(asyncio.gather(*(call.read() for call in calls)), WAIT_S)
     return (_cpu_seconds(pid) - before) / (len(calls) * rounds)
 
