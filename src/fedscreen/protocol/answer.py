@@ -81,9 +81,15 @@ def answer_payload(
     computed, 0 when the stored answer was given again (identical query, same data).
     ``query_id`` and ``query_sha256`` name the signed query answered (None: a local query).
     """
-    answered = {"answer": body, "log_index": log_index, "checkpoint": checkpoint}
     return canonical_json(
-        answered | {"charged": charged, "query_id": query_id, "query_sha256": query_sha256}
+        {
+            "answer": body,
+            "log_index": log_index,
+            "checkpoint": checkpoint,
+            "charged": charged,
+            "query_id": query_id,
+            "query_sha256": query_sha256,
+        }
     )
 
 
