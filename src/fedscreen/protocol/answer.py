@@ -81,15 +81,9 @@ def answer_payload(
     computed, 0 when the stored answer was given again (identical query, same data).
     ``query_id`` and ``query_sha256`` name the signed query answered (None: a local query).
     """
+    answered = {"answer": body, "log_index": log_index, "checkpoint": checkpoint}
     return canonical_json(
-        {
-            "answer": body,
-            "log_index": log_index,
-            "checkpoint": checkpoint,
-            "charged": charged,
-            "query_id": query_id,
-            "query_sha256": query_sha256,
-        }
+        answered | {"charged": charged, "query_id": query_id, "query_sha256": query_sha256}
     )
 
 
