@@ -84,7 +84,7 @@ def _given(fed: Fed, query: SignedQuery, answers: Sequence[VerifiedAnswer]) -> b
     """The aggregator's partial through its real store (made, stored and logged once)."""
     key = fed.key(fed.homes.aggregator)
     digests = {a.node_id: secure.answer_digest(a) for a in answers}
-    return fed.aggregator.give(
+    given = fed.aggregator.give(
         query_id=query.query_id,
         key=secure.partial_key(query.spec, answers[0].answer.epsilon, digests),
         nodes=digests,
@@ -93,6 +93,25 @@ def _given(fed: Fed, query: SignedQuery, answers: Sequence[VerifiedAnswer]) -> b
         ),
         sign=lambda body: _signed(body, key, query),
     )
+    _new_body(AGGREGATOR, query, given)
+    return given
+
+
+#: the partial bodies signed in these tests, per (member, query id): two draws of the
+#: small discrete noise here give the same body about once in a hundred pairs, and the
+#: same body twice is one partial, not fresh noise over answers summed before
+_SIGNED: dict[tuple[str, str], set[str]] = {}
+
+
+def _new_body(member: str, query: SignedQuery, raw: bytes) -> bool:
+    """Record the body of partial ``raw``; False if ``member`` signed it for ``query`` before."""
+    body = json.loads(Envelope.from_json(raw).unverified_payload())["partial"]
+    seen = _SIGNED.setdefault((member, query.query_id), set())
+    text = json.dumps(body, sort_keys=True)
+    if text in seen:
+        return False
+    seen.add(text)
+    return True
 
 
 def _signed(body: Mapping[str, Any], key: SigningKey, query: SignedQuery) -> bytes:
@@ -101,10 +120,15 @@ def _signed(body: Mapping[str, Any], key: SigningKey, query: SignedQuery) -> byt
 
 
 def _fresh(fed: Fed, home: Path, member: str, query: SignedQuery, answers: Any) -> bytes:
-    """A partial with fresh noise, signed by ``member`` and stored nowhere."""
+    """A partial with fresh noise, signed by ``member`` and stored nowhere: drawn again
+    until its body differs from every one ``member`` signed for ``query`` (``_SIGNED``)."""
     key = fed.key(home)
-    body = secure.aggregate(query, answers, me=member, key=key, academic_year=None, min_nodes=2)
-    return _signed(body, key, query)
+    for _ in range(100):
+        body = secure.aggregate(query, answers, me=member, key=key, academic_year=None, min_nodes=2)
+        raw = _signed(body, key, query)
+        if _new_body(member, query, raw):
+            return raw
+    raise AssertionError("100 draws of fresh noise gave no new partial")
 
 
 def _log_partial(fed: Fed, query: SignedQuery, raw: bytes) -> None:
@@ -154,7 +178,7 @@ def _release(
 
 
 def _own(coordinator: Coordinator, query: SignedQuery, answers: Any) -> bytes:
-    return own_partial(
+    own = own_partial(
         coordinator.conn,
         query,
         answers,
@@ -164,6 +188,8 @@ def _own(coordinator: Coordinator, query: SignedQuery, answers: Any) -> bytes:
         academic_year=None,
         now_ms=query.issued_at_ms,
     )
+    _new_body(COORDINATOR, query, own)
+    return own
 
 
 def _verified(
